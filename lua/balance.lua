@@ -1,0 +1,21 @@
+-- balance.lua: the account's balance and its live buckets in burn order.
+--
+-- KEYS: the common six (see _lib.lua).  ARGV: the common four.
+-- Touching the account first expires what is due (recording expiry transactions).
+-- Returns {balance, available, held, debt, overdraft limit, low-balance threshold or '',
+--          {rate requests, period ms, burst} or {}, created,
+--          {{bucket id, remaining, held, static JSON}, ...}}
+
+require_account()
+expire_due()
+if extra_txns > 0 or deadlines_changed then save_account() end
+local rows = {}
+for i, m in ipairs(redis.call('ZRANGE', O, 0, -1)) do
+  local id = string.sub(m, OKEY_PREFIX + 1)
+  local v = redis.call('HMGET', A, 'r:' .. id, 'h:' .. id, 'm:' .. id)
+  rows[i] = {id, tonumber(v[1]) or 0, tonumber(v[2]) or 0, v[3]}
+end
+local rate = {}
+if acct.rl_n then rate = {acct.rl_n, acct.rl_ms, acct.rl_burst} end
+return {balance(), acct.avail, acct.held, acct.debt, acct.ovl, acct.lbt and fmt(acct.lbt) or '',
+  rate, acct.created, rows}

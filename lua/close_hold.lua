@@ -1,0 +1,52 @@
+-- close_hold.lua: settle a hold for the amount actually used, or release it.
+--
+-- KEYS: the common six (see _lib.lua).
+-- ARGV: the common four, then
+--   [5] hold id   [6] mode: 'settle' or 'release'
+--   [7] amount to charge (settle: 0 .. the hold's amount; release: ignored)
+--   [8] description   [9] metadata (JSON object or '')
+-- Settling charges `amount` from the held credits in the order they were drawn and
+-- returns the rest to their buckets (credits of buckets that expired meanwhile are
+-- forfeited). Idempotent by hold id: settling again for the same amount, or
+-- releasing again, returns the first result; settling a released hold, or for
+-- another amount, fails (HOLD_CLOSED / CONFLICT). Releasing a hold whose TTL
+-- already released it returns that release.
+-- Returns {'ok', transaction id, balance after, charged, replayed (0|1), forfeited, state}
+--       | {'hold_expired', transaction id, balance after}
+
+local hid = id_arg(ARGV[5], 'hold_id', 128)
+local mode = ARGV[6]
+if mode ~= 'settle' and mode ~= 'release' then fail('INVALID', 'mode must be settle or release') end
+local amount = 0
+if mode == 'settle' then amount = int_arg(ARGV[7], 'amount', 0, MAXINT) end
+local desc = text_arg(ARGV[8], 'description', 512)
+local metadata = json_obj_arg(ARGV[9], 'metadata', 4096)
+
+require_account()
+local raw = redis.call('HGET', H, hid)
+if not raw then fail('UNKNOWN_HOLD', 'hold ' .. hid .. ' does not exist') end
+local rec = cjson.decode(raw)
+local want = mode == 'settle' and 'settled' or 'released'
+if rec.state ~= 'active' then
+  local same = rec.state == want and (mode == 'release' or rec.charged == amount)
+  if same or (mode == 'release' and rec.state == 'expired') then
+    return {'ok', rec.close_tx, rec.close_balance, rec.charged, 1, rec.forfeited, rec.state}
+  end
+  if rec.state == want then
+    fail('CONFLICT', 'hold ' .. hid .. ' was already settled for ' .. fmt(rec.charged))
+  end
+  fail('HOLD_CLOSED', 'hold ' .. hid .. ' is already ' .. rec.state)
+end
+if amount > rec.amount then
+  fail('INVALID', 'amount must not exceed the hold (' .. fmt(rec.amount) .. ')')
+end
+
+expire_due()
+rec = cjson.decode(redis.call('HGET', H, hid))
+if rec.state ~= 'active' then
+  save_account()
+  return {'hold_expired', rec.close_tx, rec.close_balance}
+end
+rec = close_hold(hid, rec, amount, want, TXID, desc, metadata)
+save_account()
+return {'ok', TXID, rec.close_balance, amount, 0, rec.forfeited, rec.state}

@@ -1,0 +1,14 @@
+-- expire.lua: the sweeper's call. Processes every deadline of one account that is due:
+-- buckets expire (one expiry transaction each), lapsed holds release themselves,
+-- closed holds past the retention are purged.
+--
+-- KEYS: the common six (see _lib.lua).  ARGV: the common four.
+-- Returns the number of transactions written.
+
+if not load_account() then
+  redis.call('ZREM', DUE, ACCOUNT)
+  return 0
+end
+expire_due()
+if extra_txns > 0 or deadlines_changed then save_account() end
+return extra_txns

@@ -1,0 +1,51 @@
+-- hold.lua: reserve credits for long-running work.
+--
+-- KEYS: the common six (see _lib.lua), then [7] events stream of the shard.
+-- ARGV: the common four, then
+--   [5] hold id (unique per account)   [6] amount (credits, 1 .. 2^53-1)
+--   [7] ttl (ms; when it passes the hold releases itself)   [8] description
+--   [9] metadata (JSON object or '')
+-- The credits move out of their buckets (burn order) into the hold, so the balance
+-- drops at once; holds never use the overdraft. Idempotent by hold id.
+-- Returns {'ok', transaction id, balance after, expires_at, replayed (0|1), state}
+--       | {'insufficient', balance, amount}
+
+local hid = id_arg(ARGV[5], 'hold_id', 128)
+local amount = int_arg(ARGV[6], 'amount', 1, MAXINT)
+local ttl = int_arg(ARGV[7], 'ttl_ms', 1, 366 * 86400000)
+local desc = text_arg(ARGV[8], 'description', 512)
+local metadata = json_obj_arg(ARGV[9], 'metadata', 4096)
+
+require_account()
+local raw = redis.call('HGET', H, hid)
+if raw then
+  local rec = cjson.decode(raw)
+  if rec.amount ~= amount or rec.ttl ~= ttl then
+    fail('CONFLICT', 'hold_id ' .. hid .. ' was already used with other parameters')
+  end
+  return {'ok', rec.tx, rec.bal, rec.expires, 1, rec.state}
+end
+
+expire_due()
+local before = balance()
+if before < amount then
+  if extra_txns > 0 or deadlines_changed then save_account() end
+  return {'insufficient', before, amount}
+end
+local alloc = draw(amount, true)
+local parts = {}
+for i, a in ipairs(alloc) do parts[i] = {a[1], -a[2]} end
+local rec = {amount = amount, ttl = ttl, alloc = parts, created = NOW, expires = NOW + ttl,
+  state = 'active', tx = TXID}
+emit(TXID, 'hold', -amount, alloc, {held = parts, hold_id = hid, expires = rec.expires,
+  desc = desc, meta = metadata})
+rec.bal = balance()
+redis.call('HSET', H, hid, jenc(rec))
+schedule('h:' .. hid, rec.expires)
+if acct.lbt and before >= acct.lbt and rec.bal < acct.lbt then
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', 100000, '*', 'type', 'low_balance',
+    'account', ACCOUNT, 'balance', fmt(rec.bal), 'threshold', fmt(acct.lbt), 'transaction_id', TXID,
+    'ts', fmt(NOW))
+end
+save_account()
+return {'ok', TXID, rec.bal, rec.expires, 0, 'active'}

@@ -1,0 +1,96 @@
+"""The sidecar's domain errors. Each has a stable ``code``; sidecar/http/errors.py maps them to statuses.
+
+Errors raised by the Lua scripts arrive as ``CS <CODE> <detail>`` error replies and are
+turned into these classes by :func:`from_script_error`.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class SidecarError(Exception):
+    """Base of all errors a caller can act on; ``code`` is machine-readable, the message is not."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidInput(SidecarError):
+    code = "invalid_request"
+
+
+class InvalidJSON(SidecarError):
+    code = "invalid_json"
+
+
+class Unauthorized(SidecarError):
+    code = "unauthorized"
+
+
+class UnknownAccount(SidecarError):
+    code = "unknown_account"
+
+
+class UnknownHold(SidecarError):
+    code = "unknown_hold"
+
+
+class UnknownTransaction(SidecarError):
+    code = "unknown_transaction"
+
+
+class IdempotencyConflict(SidecarError):
+    """An id was used again with other parameters."""
+
+    code = "idempotency_conflict"
+
+
+class HoldClosed(SidecarError):
+    code = "hold_closed"
+
+
+class HoldExpired(SidecarError):
+    code = "hold_expired"
+
+
+class FullyRefunded(SidecarError):
+    code = "fully_refunded"
+
+
+class BalanceOverflow(SidecarError):
+    code = "balance_overflow"
+
+
+class StoreUnavailable(SidecarError):
+    """Redis could not be reached (after retries)."""
+
+    code = "store_unavailable"
+
+
+_SCRIPT_ERRORS: dict[str, type[SidecarError]] = {
+    "INVALID": InvalidInput,
+    "UNKNOWN_ACCOUNT": UnknownAccount,
+    "UNKNOWN_HOLD": UnknownHold,
+    "UNKNOWN_TRANSACTION": UnknownTransaction,
+    "CONFLICT": IdempotencyConflict,
+    "HOLD_CLOSED": HoldClosed,
+    "FULLY_REFUNDED": FullyRefunded,
+    "OVERFLOW": BalanceOverflow,
+}
+_SCRIPT_ERROR = re.compile(r"^CS (?P<code>[A-Z_]+) (?P<detail>.*?)(?: script: \S+, on @\S+\.)?$", re.S)
+
+
+def from_script_error(message: str) -> SidecarError | None:
+    """The domain error carried by a script's error reply, or None if it is not one of ours."""
+    m = _SCRIPT_ERROR.match(message)
+    if m is None or m["code"] not in _SCRIPT_ERRORS:
+        return None
+    detail = m["detail"]
+    cls = _SCRIPT_ERRORS[m["code"]]
+    field = detail.split(" ", 1)[0] if cls is InvalidInput else None
+    return cls(detail, field=field)

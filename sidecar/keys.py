@@ -1,0 +1,75 @@
+"""Every Redis key name the sidecar uses is built here, and nowhere else.
+
+All keys of one account share one ``{hash tag}``: the tag of the account's shard. The
+shard also owns an outbox stream, an events stream and a due-deadlines zset, so one
+script call touches one Redis Cluster slot. The shard count is fixed per deployment:
+changing it moves accounts to other tags.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+PREFIX = "cs"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKeys:
+    """The keys every ledger script receives first (KEYS[1..6], see lua/_lib.lua)."""
+
+    account: str
+    order: str
+    deadlines: str
+    due: str
+    outbox: str
+    holds: str
+
+    def common(self) -> list[str]:
+        return [self.account, self.order, self.deadlines, self.due, self.outbox, self.holds]
+
+
+class KeySpace:
+    """Builds key names for a deployment with a given number of shards."""
+
+    def __init__(self, shards: int = 1) -> None:
+        if shards < 1:
+            raise ValueError("shards must be >= 1")
+        self.shards = shards
+
+    def shard_of(self, account: str) -> int:
+        return zlib.crc32(account.encode()) % self.shards
+
+    @staticmethod
+    def _tag(shard: int) -> str:
+        return f"{PREFIX}:{{{shard}}}"
+
+    def for_account(self, account: str) -> AccountKeys:
+        shard = self.shard_of(account)
+        t = self._tag(shard)
+        return AccountKeys(
+            account=f"{t}:a:{account}",
+            order=f"{t}:o:{account}",
+            deadlines=f"{t}:d:{account}",
+            due=self.due(shard),
+            outbox=self.outbox(shard),
+            holds=f"{t}:h:{account}",
+        )
+
+    def idempotency(self, account: str, key: str) -> str:
+        return f"{self._tag(self.shard_of(account))}:i:{account}:{key}"
+
+    def usage(self, account: str, transaction_id: str) -> str:
+        return f"{self._tag(self.shard_of(account))}:u:{account}:{transaction_id}"
+
+    def outbox(self, shard: int) -> str:
+        return f"{self._tag(shard)}:outbox"
+
+    def events(self, shard: int) -> str:
+        return f"{self._tag(shard)}:events"
+
+    def events_for(self, account: str) -> str:
+        return self.events(self.shard_of(account))
+
+    def due(self, shard: int) -> str:
+        return f"{self._tag(shard)}:due"

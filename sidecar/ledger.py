@@ -1,0 +1,413 @@
+"""The credit ledger: typed Python calls over the Lua scripts, one script call (one round trip) each.
+
+The Lua scripts do the validation that matters and all writes; this module builds
+keys and arguments, generates transaction ids, reads the clock and turns replies into
+results or domain errors. The clock is injectable so tests can move time.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from sidecar.errors import HoldExpired, StoreUnavailable, from_script_error
+from sidecar.keys import KeySpace
+from sidecar.scripts import Scripts
+
+MAX_CREDITS = 2**53 - 1
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_transaction_id() -> str:
+    return "tx_" + uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    requests: int
+    period_ms: int
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class GrantResult:
+    transaction_id: str
+    balance: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    transaction_id: str
+    balance: int
+    cost: int
+    replayed: bool
+    low_balance: bool
+    allowed: Literal[True] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Insufficient:
+    balance: int
+    required: int
+    allowed: Literal[False] = False
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimited:
+    retry_after_ms: int
+    allowed: Literal[False] = False
+
+
+DeductResult = Allowed | Insufficient | RateLimited
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    hold_id: str
+    transaction_id: str
+    balance: int
+    expires_at: int
+    state: str
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CloseResult:
+    hold_id: str
+    transaction_id: str
+    balance: int
+    charged: int
+    forfeited: int
+    state: str
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    transaction_id: str
+    balance: int
+    refunded: int
+    forfeited: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    id: str
+    credits: int
+    remaining: int
+    held: int
+    created_at: int
+    expires_at: int | None
+    priority: int
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    account: str
+    balance: int
+    available: int
+    held: int
+    debt: int
+    overdraft_limit: int
+    low_balance_threshold: int | None
+    rate_limit: RateLimit | None
+    created_at: int
+    buckets: list[Bucket]
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def encode_metadata(metadata: Mapping[str, Any] | None) -> str:
+    """Canonical JSON (sorted keys) so the same metadata always gives the same fingerprint."""
+    if not metadata:
+        return ""
+    return orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode()
+
+
+class Ledger:
+    """All credit operations of one deployment (one Redis, one key space)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: KeySpace,
+        *,
+        retention_ms: int = 86_400_000,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.retention_ms = retention_ms
+        self.clock = clock
+        self.scripts = Scripts.register(redis)
+
+    async def _run(
+        self,
+        script: AsyncScript,
+        account: str,
+        extra_keys: list[str],
+        args: list[str | int],
+        txid: str | None = None,
+    ) -> Any:
+        """Runs a ledger script with the common keys and arguments (see lua/_lib.lua)."""
+        keys = self.keys.for_account(account).common() + extra_keys
+        common: list[str | int] = [
+            account,
+            self.clock(),
+            txid or new_transaction_id(),
+            self.retention_ms,
+        ]
+        return await _call(script(keys=keys, args=common + args))
+
+    async def configure_account(
+        self,
+        account: str,
+        *,
+        overdraft_limit: int = 0,
+        low_balance_threshold: int | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> bool:
+        """Creates the account or replaces its settings; True when it was created."""
+        rl: list[str | int] = (
+            [rate_limit.requests, rate_limit.period_ms, rate_limit.burst]
+            if rate_limit
+            else ["", "", ""]
+        )
+        opt_lbt = "" if low_balance_threshold is None else low_balance_threshold
+        reply = await self._run(
+            self.scripts.account, account, [], [overdraft_limit, opt_lbt, *rl]
+        )
+        return bool(reply[0])
+
+    async def grant(
+        self,
+        account: str,
+        grant_id: str,
+        credits: int,
+        *,
+        expires_at: int | None = None,
+        priority: int = 0,
+        source: str = "manual",
+        metadata: Mapping[str, Any] | None = None,
+        description: str = "",
+    ) -> GrantResult:
+        reply = await self._run(
+            self.scripts.grant,
+            account,
+            [],
+            [
+                grant_id,
+                credits,
+                "" if expires_at is None else expires_at,
+                priority,
+                source,
+                encode_metadata(metadata),
+                description,
+            ],
+        )
+        return GrantResult(_text(reply[1]), int(reply[2]), bool(reply[3]))
+
+    async def deduct(
+        self,
+        account: str,
+        cost: int,
+        idempotency_key: str,
+        *,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> DeductResult:
+        txid = new_transaction_id()
+        extra_keys = [
+            self.keys.idempotency(account, idempotency_key),
+            self.keys.usage(account, txid),
+            self.keys.events_for(account),
+        ]
+        args: list[str | int] = [cost, idempotency_key, description, encode_metadata(metadata)]
+        reply = await self._run(self.scripts.deduct, account, extra_keys, args, txid)
+        status = _text(reply[0])
+        if status == "ok":
+            return Allowed(
+                _text(reply[1]), int(reply[2]), int(reply[3]), bool(reply[4]), bool(reply[5])
+            )
+        if status == "insufficient":
+            return Insufficient(int(reply[1]), int(reply[2]))
+        return RateLimited(int(reply[1]))
+
+    async def hold(
+        self,
+        account: str,
+        hold_id: str,
+        amount: int,
+        ttl_ms: int,
+        *,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> HoldResult | Insufficient:
+        reply = await self._run(
+            self.scripts.hold,
+            account,
+            [self.keys.events_for(account)],
+            [hold_id, amount, ttl_ms, description, encode_metadata(metadata)],
+        )
+        if _text(reply[0]) == "insufficient":
+            return Insufficient(int(reply[1]), int(reply[2]))
+        return HoldResult(
+            hold_id, _text(reply[1]), int(reply[2]), int(reply[3]), _text(reply[5]), bool(reply[4])
+        )
+
+    async def settle(
+        self,
+        account: str,
+        hold_id: str,
+        amount: int,
+        *,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CloseResult:
+        return await self._close(account, hold_id, "settle", amount, description, metadata)
+
+    async def release(
+        self,
+        account: str,
+        hold_id: str,
+        *,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CloseResult:
+        return await self._close(account, hold_id, "release", 0, description, metadata)
+
+    async def _close(
+        self,
+        account: str,
+        hold_id: str,
+        mode: str,
+        amount: int,
+        description: str,
+        metadata: Mapping[str, Any] | None,
+    ) -> CloseResult:
+        reply = await self._run(
+            self.scripts.close_hold,
+            account,
+            [],
+            [hold_id, mode, amount, description, encode_metadata(metadata)],
+        )
+        if _text(reply[0]) == "hold_expired":
+            raise HoldExpired(
+                f"hold {hold_id} expired and was released by transaction {_text(reply[1])}"
+            )
+        return CloseResult(
+            hold_id,
+            _text(reply[1]),
+            int(reply[2]),
+            int(reply[3]),
+            int(reply[5]),
+            _text(reply[6]),
+            bool(reply[4]),
+        )
+
+    async def refund(
+        self,
+        account: str,
+        refund_id: str,
+        transaction_id: str,
+        amount: int | None = None,
+        *,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> RefundResult:
+        reply = await self._run(
+            self.scripts.refund,
+            account,
+            [self.keys.usage(account, transaction_id)],
+            [
+                refund_id,
+                transaction_id,
+                "" if amount is None else amount,
+                description,
+                encode_metadata(metadata),
+            ],
+        )
+        return RefundResult(
+            _text(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), bool(reply[5])
+        )
+
+    async def balance(self, account: str) -> Balance:
+        r = await self._run(self.scripts.balance, account, [], [])
+        buckets = []
+        for bucket_id, remaining, held, raw in r[8]:
+            meta = orjson.loads(raw)
+            buckets.append(
+                Bucket(
+                    id=_text(bucket_id),
+                    credits=int(meta["credits"]),
+                    remaining=int(remaining),
+                    held=int(held),
+                    created_at=int(meta["created"]),
+                    expires_at=int(meta["expires"]) if "expires" in meta else None,
+                    priority=int(meta["priority"]),
+                    source=meta["source"],
+                    metadata=orjson.loads(meta["metadata"]) if meta["metadata"] else {},
+                )
+            )
+        rate = RateLimit(*(int(x) for x in r[6])) if r[6] else None
+        return Balance(
+            account=account,
+            balance=int(r[0]),
+            available=int(r[1]),
+            held=int(r[2]),
+            debt=int(r[3]),
+            overdraft_limit=int(r[4]),
+            low_balance_threshold=int(r[5]) if r[5] else None,
+            rate_limit=rate,
+            created_at=int(r[7]),
+            buckets=buckets,
+        )
+
+    async def expire(self, account: str) -> int:
+        """Processes the account's due deadlines; returns how many transactions that wrote."""
+        return int(await self._run(self.scripts.expire, account, [], []))
+
+    async def sweep(self, limit: int = 500) -> int:
+        """One pass of the expiry sweep over every shard; returns transactions written."""
+        now = self.clock()
+        written = 0
+        for shard in range(self.keys.shards):
+            accounts = await _call(
+                self.redis.zrangebyscore(self.keys.due(shard), "-inf", now, start=0, num=limit)
+            )
+            for account in accounts:
+                written += await self.expire(_text(account))
+        return written
+
+
+async def _call(awaitable: Awaitable[Any]) -> Any:
+    """Awaits a Redis call, turning script errors into domain errors and outages into one error."""
+    try:
+        return await awaitable
+    except ResponseError as e:
+        err = from_script_error(str(e))
+        if err is None:
+            raise
+        raise err from None
+    except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+        raise StoreUnavailable(f"Redis is unreachable: {e}") from e

@@ -1,0 +1,41 @@
+"""Loads the Lua scripts (package data) and registers them once per Redis client.
+
+Each script is ``lua/_lib.lua`` followed by the script's own file; ``register_script``
+keeps the SHA and reloads the script after a NOSCRIPT (script cache flush, restart).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+NAMES = ("account", "grant", "deduct", "hold", "close_hold", "refund", "balance", "expire")
+
+
+@cache
+def source(name: str) -> str:
+    """The full text sent to Redis for script ``name``."""
+    if name not in NAMES:
+        raise KeyError(name)
+    pkg = files("sidecar.lua")
+    return (pkg / "_lib.lua").read_text() + "\n" + (pkg / f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    account: AsyncScript
+    grant: AsyncScript
+    deduct: AsyncScript
+    hold: AsyncScript
+    close_hold: AsyncScript
+    refund: AsyncScript
+    balance: AsyncScript
+    expire: AsyncScript
+
+    @classmethod
+    def register(cls, client: Redis) -> Scripts:
+        return cls(**{name: client.register_script(source(name)) for name in NAMES})

@@ -1,0 +1,85 @@
+"""The sidecar's settings: one typed place, read from ``SIDECAR_*`` env vars and an optional TOML file.
+
+The file is named by ``SIDECAR_CONFIG``; environment variables override it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Everything the sidecar can be told. Defaults give a working single-machine setup."""
+
+    model_config = SettingsConfigDict(env_prefix="SIDECAR_", extra="forbid")
+
+    listen: str = Field("127.0.0.1:8080", description="host:port the HTTP API binds to")
+    redis_url: str | None = Field(
+        None, description="redis:// or unix:// URL; unset = start a private embedded server"
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the SQL ledger; unset = SQLite file in the data dir"
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the admin API; unset = generated into the data dir"
+    )
+    service_token: SecretStr | None = Field(
+        None, description="Bearer token of the check API; unset = generated into the data dir"
+    )
+    data_dir: Path = Field(Path(".data"), description="embedded Redis data, SQLite file, tokens")
+    shards: int = Field(1, ge=1, le=16384, description="outbox shards; fixed per deployment")
+    retention_s: int = Field(
+        86400, ge=1, description="how long idempotency and usage (refund) records are kept"
+    )
+    hold_ttl_s: int = Field(900, ge=1, description="default TTL of a hold")
+    sweep_interval_s: float = Field(5.0, gt=0, description="period of the expiry sweep")
+    redis_server_bin: str | None = Field(
+        None, description="redis-server/valkey-server binary for the embedded server"
+    )
+    embedded_appendfsync: Literal["always", "everysec", "no"] = "everysec"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("SIDECAR_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    def token(self, name: Literal["admin", "service"]) -> str:
+        """The configured token, or one generated once and kept (mode 0600) in the data dir."""
+        value = self.admin_token if name == "admin" else self.service_token
+        if value is not None:
+            return value.get_secret_value()
+        path = self.data_dir / f"{name}_token"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        generated = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(generated + "\n")
+        return generated
