@@ -1,4 +1,4 @@
-"""The sidecar's domain errors. Each has a stable ``code``; sidecar/http/errors.py maps them to statuses.
+"""Domain errors, each with a stable ``code``; sidecar/http/errors.py maps them to statuses.
 
 Errors raised by the Lua scripts arrive as ``CS <CODE> <detail>`` error replies and are
 turned into these classes by :func:`from_script_error`.
@@ -82,7 +82,9 @@ _SCRIPT_ERRORS: dict[str, type[SidecarError]] = {
     "FULLY_REFUNDED": FullyRefunded,
     "OVERFLOW": BalanceOverflow,
 }
-_SCRIPT_ERROR = re.compile(r"^CS (?P<code>[A-Z_]+) (?P<detail>.*?)(?: script: \S+, on @\S+\.)?$", re.S)
+_SCRIPT_ERROR = re.compile(
+    r"^CS (?P<code>[A-Z_]+) (?P<detail>.*?)(?: script: \S+, on @\S+\.)?$", re.S
+)
 
 
 def from_script_error(message: str) -> SidecarError | None:

@@ -1,4 +1,4 @@
-"""The credit ledger: typed Python calls over the Lua scripts, one script call (one round trip) each.
+"""The credit ledger: typed Python calls over the Lua scripts, one script call each.
 
 The Lua scripts do the validation that matters and all writes; this module builds
 keys and arguments, generates transaction ids, reads the clock and turns replies into
@@ -194,9 +194,7 @@ class Ledger:
             else ["", "", ""]
         )
         opt_lbt = "" if low_balance_threshold is None else low_balance_threshold
-        reply = await self._run(
-            self.scripts.account, account, [], [overdraft_limit, opt_lbt, *rl]
-        )
+        reply = await self._run(self.scripts.account, account, [], [overdraft_limit, opt_lbt, *rl])
         return bool(reply[0])
 
     async def grant(

@@ -1,4 +1,4 @@
-"""The sidecar's settings: one typed place, read from ``SIDECAR_*`` env vars and an optional TOML file.
+"""The sidecar's settings in one typed place: ``SIDECAR_*`` env vars and an optional TOML file.
 
 The file is named by ``SIDECAR_CONFIG``; environment variables override it.
 """

@@ -1,0 +1,50 @@
+"""The ``credit-sidecar`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+import uvloop
+from aiohttp import web
+from pydantic import ValidationError
+
+from sidecar import __version__
+from sidecar.http.app import create_app
+from sidecar.settings import Settings
+
+
+def load_settings(listen: str | None = None) -> Settings:
+    try:
+        return Settings(listen=listen) if listen else Settings()
+    except ValidationError as e:
+        for err in e.errors(include_url=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            click.echo(f"config error: SIDECAR_{loc.upper()}: {err['msg']}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__)
+def main() -> None:
+    """credit-sidecar: prepaid credits enforced on every request."""
+
+
+@main.command()
+@click.option("--listen", help="host:port to bind (SIDECAR_LISTEN)")
+def serve(listen: str | None) -> None:
+    """Serve the HTTP API (starts an embedded Redis when SIDECAR_REDIS_URL is unset)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings(listen=listen)
+    host, port = settings.host_port
+    app = create_app(settings)
+    click.echo(
+        f"credit-sidecar {__version__} on http://{host}:{port} "
+        f"(tokens: {settings.data_dir}/admin_token, {settings.data_dir}/service_token "
+        "unless set in the environment)",
+        err=True,
+    )
+    web.run_app(app, host=host, port=port, print=None, loop=uvloop.new_event_loop())
+    asyncio.set_event_loop(None)

@@ -1,0 +1,1 @@
+"""The HTTP API: app factory, routes, request schemas and error mapping."""

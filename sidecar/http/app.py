@@ -1,0 +1,85 @@
+"""The aiohttp app factory: ``create_app(settings)`` wires Redis (embedded or external), the
+ledger, the expiry sweeper and the routes; background work lives in ``cleanup_ctx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from sidecar.embedded import RedisServer
+from sidecar.errors import StoreUnavailable
+from sidecar.http.errors import error_middleware
+from sidecar.http.keys import LEDGER, SETTINGS, TOKENS
+from sidecar.http.routes import routes
+from sidecar.keys import KeySpace
+from sidecar.ledger import Clock, Ledger, wall_clock_ms
+from sidecar.redis_client import connect
+from sidecar.settings import Settings
+
+log = logging.getLogger(__name__)
+MAX_BODY = 64 * 1024
+
+
+def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[TOKENS] = {"admin": settings.token("admin"), "service": settings.token("service")}
+
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        server = None
+        url = settings.redis_url
+        if url is None:
+            server = RedisServer(
+                settings.data_dir / "redis",
+                binary=settings.redis_server_bin,
+                appendfsync=settings.embedded_appendfsync,
+            )
+            await asyncio.to_thread(server.start)
+            url = server.url
+            log.info("embedded %s listening on %s", server.binary, url)
+        client = connect(url)
+        app[LEDGER] = Ledger(
+            client,
+            KeySpace(settings.shards),
+            retention_ms=settings.retention_s * 1000,
+            clock=clock,
+        )
+        try:
+            yield
+        finally:
+            await client.aclose()
+            if server is not None:
+                await asyncio.to_thread(server.stop)
+
+    app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(sweeper_ctx)
+    app.add_routes(routes)
+    return app
+
+
+async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Expires buckets and lapsed holds of accounts nobody touches, every sweep interval."""
+    ledger, interval = app[LEDGER], app[SETTINGS].sweep_interval_s
+
+    async def loop() -> None:
+        while True:
+            try:
+                written = await ledger.sweep()
+                if written:
+                    log.info("expiry sweep wrote %d transactions", written)
+            except StoreUnavailable as e:
+                log.warning("expiry sweep skipped: %s", e)
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(loop(), name="expiry-sweeper")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

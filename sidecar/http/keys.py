@@ -1,0 +1,12 @@
+"""Typed ``web.AppKey``s for what the app factory puts on the application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from sidecar.ledger import Ledger
+from sidecar.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+LEDGER = web.AppKey("ledger", Ledger)
+TOKENS = web.AppKey("tokens", dict[str, str])

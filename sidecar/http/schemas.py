@@ -1,0 +1,136 @@
+"""Request bodies of the JSON API, validated strictly: integers must be JSON integers (no floats,
+no strings, no booleans), ids use a safe alphabet, unknown fields are rejected by name.
+
+The Lua scripts validate again before their first write; this layer gives callers the
+precise field and reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    TypeAdapter,
+)
+
+from sidecar.ledger import MAX_CREDITS, RateLimit
+
+ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
+Source = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=ID_PATTERN)]
+Credits = Annotated[StrictInt, Field(ge=1, le=MAX_CREDITS)]
+NonNegativeCredits = Annotated[StrictInt, Field(ge=0, le=MAX_CREDITS)]
+Description = Annotated[str, StringConstraints(max_length=512)]
+DurationMs = Annotated[StrictInt, Field(ge=1, le=366 * 86_400_000)]
+
+
+def _metadata_size(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    if v is not None and len(orjson.dumps(v)) > 4096:
+        raise ValueError("metadata must encode to at most 4096 bytes of JSON")
+    return v
+
+
+Metadata = Annotated[dict[str, Any] | None, AfterValidator(_metadata_size)]
+
+
+def _parse_timestamp(v: object) -> object:
+    """RFC 3339 strings (with an offset) become unix milliseconds; integers pass through."""
+    if not isinstance(v, str):
+        return v
+    try:
+        t = datetime.fromisoformat(v)
+    except ValueError:
+        raise ValueError("must be unix milliseconds or an RFC 3339 timestamp") from None
+    if t.tzinfo is None:
+        raise ValueError("timestamp needs a UTC offset (e.g. Z)")
+    return int(t.timestamp() * 1000)
+
+
+# Unix milliseconds, or RFC 3339 with an offset.
+Timestamp = Annotated[
+    StrictInt, BeforeValidator(_parse_timestamp), Field(ge=1, le=999_999_999_999_998)
+]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class CheckRequest(Body):
+    account: Id
+    cost: Credits
+    idempotency_key: Id
+    description: Description = ""
+    metadata: Metadata = None
+
+
+class GrantRequest(Body):
+    grant_id: Id
+    credits: Credits
+    expires_at: Timestamp | None = None
+    priority: Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)] = 0
+    source: Source = "manual"
+    description: Description = ""
+    metadata: Metadata = None
+
+
+class RateLimitBody(Body):
+    requests: Annotated[StrictInt, Field(ge=1, le=1_000_000_000)]
+    period_ms: DurationMs = 1000
+    burst: Annotated[StrictInt, Field(ge=1, le=1_000_000_000)] | None = None
+
+    def to_rate_limit(self) -> RateLimit:
+        return RateLimit(self.requests, self.period_ms, self.burst or self.requests)
+
+
+class AccountRequest(Body):
+    overdraft_limit: NonNegativeCredits = 0
+    low_balance_threshold: Annotated[StrictInt, Field(ge=-MAX_CREDITS, le=MAX_CREDITS)] | None = (
+        None
+    )
+    rate_limit: RateLimitBody | None = None
+
+
+class HoldRequest(Body):
+    account: Id
+    hold_id: Id
+    amount: Credits
+    ttl_ms: DurationMs | None = None
+    description: Description = ""
+    metadata: Metadata = None
+
+
+class SettleRequest(Body):
+    account: Id
+    amount: NonNegativeCredits
+    description: Description = ""
+    metadata: Metadata = None
+
+
+class ReleaseRequest(Body):
+    account: Id
+    description: Description = ""
+    metadata: Metadata = None
+
+
+class RefundRequest(Body):
+    account: Id
+    refund_id: Id
+    transaction_id: Annotated[
+        str, StringConstraints(min_length=1, max_length=64, pattern=ID_PATTERN)
+    ]
+    amount: Credits | None = None
+    description: Description = ""
+    metadata: Metadata = None
+
+
+ID = TypeAdapter(Id)
