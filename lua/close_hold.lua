@@ -10,7 +10,7 @@
 -- forfeited). Idempotent by hold id: settling again for the same amount, or
 -- releasing again, returns the first result; settling a released hold, or for
 -- another amount, fails (HOLD_CLOSED / CONFLICT). Releasing a hold whose TTL
--- already released it returns that release.
+-- already released it returns that release; settling it fails (HOLD_EXPIRED).
 -- Returns {'ok', transaction id, balance after, charged, replayed (0|1), forfeited, state}
 --       | {'hold_expired', transaction id, balance after}
 
@@ -31,6 +31,9 @@ if rec.state ~= 'active' then
   local same = rec.state == want and (mode == 'release' or rec.charged == amount)
   if same or (mode == 'release' and rec.state == 'expired') then
     return {'ok', rec.close_tx, rec.close_balance, rec.charged, 1, rec.forfeited, rec.state}
+  end
+  if rec.state == 'expired' then
+    fail('HOLD_EXPIRED', 'hold ' .. hid .. ' expired and was released by transaction ' .. rec.close_tx)
   end
   if rec.state == want then
     fail('CONFLICT', 'hold ' .. hid .. ' was already settled for ' .. fmt(rec.charged))

@@ -32,6 +32,12 @@ class Unauthorized(SidecarError):
     code = "unauthorized"
 
 
+class Forbidden(SidecarError):
+    """A valid token that this route does not accept."""
+
+    code = "forbidden"
+
+
 class UnknownAccount(SidecarError):
     code = "unknown_account"
 
@@ -79,6 +85,7 @@ _SCRIPT_ERRORS: dict[str, type[SidecarError]] = {
     "UNKNOWN_TRANSACTION": UnknownTransaction,
     "CONFLICT": IdempotencyConflict,
     "HOLD_CLOSED": HoldClosed,
+    "HOLD_EXPIRED": HoldExpired,
     "FULLY_REFUNDED": FullyRefunded,
     "OVERFLOW": BalanceOverflow,
 }

@@ -28,7 +28,7 @@ MAX_BODY = 64 * 1024
 def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
-    app[TOKENS] = {"admin": settings.token("admin"), "service": settings.token("service")}
+    app[TOKENS] = {role: settings.token(role).encode() for role in ("admin", "service")}
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         server = None

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[errors.SidecarError], int] = {
     errors.InvalidJSON: 400,
     errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.UnknownAccount: 404,
     errors.UnknownHold: 404,
     errors.UnknownTransaction: 404,

@@ -9,4 +9,4 @@ from sidecar.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 LEDGER = web.AppKey("ledger", Ledger)
-TOKENS = web.AppKey("tokens", dict[str, str])
+TOKENS = web.AppKey("tokens", dict[str, bytes])

@@ -53,13 +53,14 @@ def authorize(request: web.Request, *roles: str) -> None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise errors.Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    tokens = request.app[TOKENS]
     given = token.strip().encode()
-    ok = False
-    for role in roles:
-        ok |= hmac.compare_digest(given, tokens[role].encode())
-    if not ok:
+    matched = {
+        role for role, secret in request.app[TOKENS].items() if hmac.compare_digest(given, secret)
+    }
+    if not matched:
         raise errors.Unauthorized("invalid token")
+    if not matched.intersection(roles):
+        raise errors.Forbidden(f"this route needs the {' or '.join(roles)} token")
 
 
 async def body(request: web.Request, model: type[M]) -> M:

@@ -1,0 +1,123 @@
+"""Shared fixtures: one real Redis server process per session (free port, temp dir), a clean
+database per test, a ledger with a controllable clock, and an HTTP client on the real app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from sidecar.embedded import RedisServer, free_port
+from sidecar.http.app import create_app
+from sidecar.keys import KeySpace
+from sidecar.ledger import Ledger
+from sidecar.redis_client import connect
+from sidecar.settings import Settings
+
+ADMIN = "admin-test-token"
+SERVICE = "service-test-token"
+START_MS = 1_800_000_000_000
+
+
+class FakeClock:
+    """Unix milliseconds that move only when a test says so."""
+
+    def __init__(self, now: int = START_MS) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = connect(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ledger(redis: Redis, clock: FakeClock) -> Ledger:
+    return Ledger(redis, KeySpace(), retention_ms=3_600_000, clock=clock)
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        admin_token=SecretStr(ADMIN),
+        service_token=SecretStr(SERVICE),
+        data_dir=tmp_path,
+    )
+
+
+@pytest.fixture
+async def client(
+    settings: Settings, redis: Redis, clock: FakeClock
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    app = create_app(settings, clock=clock)
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+def admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN}"}
+
+
+def service() -> dict[str, str]:
+    return {"Authorization": f"Bearer {SERVICE}"}
+
+
+async def snapshot(redis: Redis) -> dict[bytes, object]:
+    """Every key's type and content: equal snapshots mean nothing was written.
+
+    (DUMP is not stable: reading a hashtable-encoded hash may rehash it and reorder fields.)
+    """
+    out: dict[bytes, object] = {}
+    keys: Any = await redis.keys("*")
+    for key in sorted(keys):
+        kind: Any = await redis.type(key)
+        kind = kind.decode()
+        value: object
+        if kind == "hash":
+            value = await redis.hgetall(key)
+        elif kind == "zset":
+            value = await redis.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            value = await redis.xrange(key)
+        elif kind == "string":
+            value = await redis.get(key)
+        else:
+            value = await redis.dump(key)
+        out[key] = (kind, value)
+    return out
+
+
+async def stream(redis: Redis, key: str) -> list[dict[str, str]]:
+    """A stream's entries as text dicts."""
+    entries: Any = await redis.xrange(key)
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
