@@ -1,0 +1,911 @@
+"""A pure-Python reference model of the credit ledger (lua/*.lua), without Redis.
+
+It implements the same operations as :class:`sidecar.ledger.Ledger`, with the same results
+and the same domain errors, so a property test can run one sequence of operations against
+both and compare them step by step. Every rule is written here directly and plainly,
+without the scripts' storage tricks (sorted-set burn order, deadline zsets, JSON records):
+
+* Buckets burn in order of priority (ascending), then expiry (soonest first, never-expiring
+  last), then creation time (oldest first), then id.
+* Every touch of an account (except validation failures, replays and rate-limited
+  deducts, which change nothing) first processes every deadline that has passed, in
+  deadline order (ties: ``b:<bucket>`` before ``h:<hold>``, then by id): a bucket expires
+  (one ``expiry`` transaction if it still had remaining credits), an active hold whose TTL
+  ran out releases itself (state ``expired``), a closed hold past the retention is purged.
+* Grants repay debt first; usages take credits in burn order and overdraw up to the
+  overdraft limit; holds move credits from buckets to ``held`` (never overdrawing);
+  settling charges in draw order and returns the rest, forfeiting credits whose bucket
+  expired; refunds walk the usage backwards (overdraft part, then buckets in reverse draw
+  order) after what earlier refunds covered.
+
+Transactions are recorded as the dicts the scripts append to the outbox stream (all fields
+but ``kind``; numbers as ints, ``alloc``/``held``/grant ``bucket`` as decoded JSON).
+Transaction ids are ``tx_<n>``, one per ledger call, like a Ledger whose
+``new_transaction_id`` is :func:`transaction_id` over a counter; extra transactions of a
+call (expiries, lapsed holds) get ``<id>.1``, ``<id>.2``...
+
+Deliberate simplifications: the per-account ``clock`` guard is not modelled (tests use a
+clock that never goes back), and idempotency keys and usage records never expire: the
+store expires them with a Redis TTL on the server's real clock, which a test's fake clock
+does not move.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.errors import (
+    BalanceOverflow,
+    FullyRefunded,
+    HoldClosed,
+    HoldExpired,
+    IdempotencyConflict,
+    InvalidInput,
+    UnknownAccount,
+    UnknownHold,
+    UnknownTransaction,
+)
+from sidecar.ledger import (
+    Allowed,
+    Balance,
+    Bucket,
+    CloseResult,
+    DeductResult,
+    GrantResult,
+    HoldResult,
+    Insufficient,
+    RateLimit,
+    RateLimited,
+    RefundResult,
+    encode_metadata,
+)
+
+MAX_CREDITS = 2**53 - 1
+NEVER = 999_999_999_999_999
+MAX_TTL_MS = 366 * 86_400_000
+INT32 = 2**31
+
+Json = Any
+Txn = dict[str, Any]
+
+
+# Known deviations of the Lua scripts from the intended semantics. The model follows the
+# intended semantics; a test may ask it to reproduce these so that everything else stays
+# checked until the scripts are fixed.
+RELEASE_OF_LAPSED_HOLD_RAISES = "release-of-lapsed-hold-raises"
+"""close_hold.lua: releasing a hold whose TTL has passed but was not yet processed raises
+HoldExpired, while once the sweeper processed it the same release returns the TTL's release
+(ok, replayed, state expired): the answer depends on whether the sweeper ran."""
+KNOWN_LUA_BUGS = frozenset({RELEASE_OF_LAPSED_HOLD_RAISES})
+
+
+def transaction_id(n: int) -> str:
+    """The id of the n-th ledger call (n >= 1)."""
+    return f"tx_{n}"
+
+
+def okey(priority: int, expires: int | None, created: int, bucket_id: str) -> str:
+    """A bucket's burn-order key: sorting these strings sorts buckets in burn order."""
+    exp = NEVER if expires is None else expires
+    return f"{priority + INT32:010d}:{exp:015d}:{created:015d}:{bucket_id}"
+
+
+@dataclass
+class ModelBucket:
+    id: str
+    credits: int
+    created: int
+    expires: int | None
+    priority: int
+    source: str
+    metadata: str
+    fp: str
+    tx: str
+    bal: int = 0
+    remaining: int | None = 0  # None once expired
+    held: int = 0
+
+    @property
+    def live(self) -> bool:
+        return self.remaining is not None
+
+    @property
+    def listed(self) -> bool:
+        """Live and holding credits: shown by balance, drawn from (when remaining > 0)."""
+        return self.remaining is not None and (self.remaining > 0 or self.held > 0)
+
+    @property
+    def burn_key(self) -> tuple[int, int, int, str]:
+        exp = NEVER if self.expires is None else self.expires
+        return (self.priority, exp, self.created, self.id)
+
+    def meta(self) -> dict[str, Json]:
+        """The static record the store keeps for the bucket (m:<id>)."""
+        m: dict[str, Json] = {
+            "credits": self.credits,
+            "created": self.created,
+            "priority": self.priority,
+            "source": self.source,
+            "metadata": self.metadata,
+            "fp": self.fp,
+            "tx": self.tx,
+            "okey": okey(self.priority, self.expires, self.created, self.id),
+            "bal": self.bal,
+        }
+        if self.expires is not None:
+            m["expires"] = self.expires
+        return m
+
+    def entry(self) -> dict[str, Json]:
+        """The bucket as described in its grant / refund transaction."""
+        e: dict[str, Json] = {
+            "id": self.id,
+            "credits": self.credits,
+            "created": self.created,
+            "priority": self.priority,
+            "source": self.source,
+        }
+        if self.expires is not None:
+            e["expires"] = self.expires
+        return e
+
+
+@dataclass
+class ModelHold:
+    amount: int
+    ttl: int
+    alloc: list[tuple[str, int]]  # (bucket, credits held from it), in draw order
+    created: int
+    expires: int
+    tx: str
+    bal: int = 0
+    state: str = "active"
+    charged: int | None = None
+    close_tx: str | None = None
+    close_balance: int | None = None
+    forfeited: int | None = None
+
+    def record(self) -> dict[str, Json]:
+        """The hold's stored record (JSON), with absent fields left out."""
+        r: dict[str, Json] = {
+            "amount": self.amount,
+            "ttl": self.ttl,
+            "alloc": [[b, n] for b, n in self.alloc],
+            "created": self.created,
+            "expires": self.expires,
+            "state": self.state,
+            "tx": self.tx,
+            "bal": self.bal,
+        }
+        for k, v in (
+            ("charged", self.charged),
+            ("close_tx", self.close_tx),
+            ("close_balance", self.close_balance),
+            ("forfeited", self.forfeited),
+        ):
+            if v is not None:
+                r[k] = v
+        return r
+
+
+@dataclass
+class ModelRefund:
+    arg: str
+    tx: str
+    bal: int
+    refunded: int
+    forfeited: int
+
+
+@dataclass
+class ModelUsage:
+    cost: int
+    alloc: list[tuple[str, int]]  # (bucket, -credits taken), in draw order
+    overdraft: int
+    refunded: int = 0
+    refunds: dict[str, ModelRefund] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Json]:
+        """The usage record as stored (hash fields, JSON ones decoded)."""
+        r: dict[str, Json] = {
+            "cost": self.cost,
+            "alloc": [[b, n] for b, n in self.alloc],
+            "overdraft": self.overdraft,
+            "refunded": self.refunded,
+        }
+        for rid, p in self.refunds.items():
+            r["rf:" + rid] = {
+                "arg": p.arg,
+                "tx": p.tx,
+                "bal": p.bal,
+                "refunded": p.refunded,
+                "forfeited": p.forfeited,
+            }
+        return r
+
+
+@dataclass
+class ModelAccount:
+    created: int
+    ovl: int = 0
+    lbt: int | None = None
+    rate: RateLimit | None = None
+    tat: int | None = None
+    avail: int = 0
+    held: int = 0
+    debt: int = 0
+    seq: int = 0
+    buckets: dict[str, ModelBucket] = field(default_factory=dict)
+    holds: dict[str, ModelHold] = field(default_factory=dict)
+    deadlines: dict[str, int] = field(default_factory=dict)  # "b:<id>" / "h:<id>" -> ms
+    idempotency: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # tx, cost, bal
+    usages: dict[str, ModelUsage] = field(default_factory=dict)
+
+    @property
+    def balance(self) -> int:
+        return self.avail - self.debt
+
+    def burn_order(self) -> list[ModelBucket]:
+        return sorted((b for b in self.buckets.values() if b.listed), key=lambda b: b.burn_key)
+
+
+@dataclass(frozen=True)
+class StoredBucket:
+    meta: dict[str, Json]
+    remaining: int | None  # None once expired
+    held: int
+
+
+@dataclass(frozen=True)
+class StoredAccount:
+    """Everything the store keeps for one account, in a form both sides can produce."""
+
+    created: int
+    avail: int
+    held: int
+    debt: int
+    seq: int
+    overdraft_limit: int
+    low_balance_threshold: int | None
+    rate_limit: RateLimit | None
+    tat: int | None
+    buckets: dict[str, StoredBucket]
+    order: list[str]  # burn-order keys of live buckets with remaining or held credits, sorted
+    deadlines: dict[str, int]
+    holds: dict[str, dict[str, Json]]
+    due: int | None  # the account's score in the sweeper's due zset
+    idempotency: dict[str, dict[str, Json]]
+    usages: dict[str, dict[str, Json]]
+
+
+class LedgerModel:
+    """The ledger's intended semantics over plain Python state; same API as Ledger, sync."""
+
+    def __init__(
+        self,
+        clock: Callable[[], int],
+        retention_ms: int,
+        *,
+        lua_bugs: frozenset[str] = frozenset(),
+    ) -> None:
+        self.clock = clock
+        self.retention_ms = retention_ms
+        self.lua_bugs = lua_bugs
+        self.accounts: dict[str, ModelAccount] = {}
+        self.outbox: list[Txn] = []
+        self._calls = 0
+        self._now = 0
+        self._txid = ""
+        self._extra = 0
+
+    # -- per-call context -------------------------------------------------------------
+
+    def _begin(self) -> None:
+        """Starts a ledger call: takes the next transaction id and reads the clock."""
+        self._calls += 1
+        self._txid = transaction_id(self._calls)
+        self._now = self.clock()
+        self._extra = 0
+
+    def _extra_txid(self) -> str:
+        self._extra += 1
+        return f"{self._txid}.{self._extra}"
+
+    def _require(self, account: str) -> ModelAccount:
+        a = self.accounts.get(account)
+        if a is None:
+            raise UnknownAccount(f"account {account} does not exist")
+        return a
+
+    def _emit(
+        self,
+        account: str,
+        a: ModelAccount,
+        txid: str,
+        ttype: str,
+        amount: int,
+        alloc: list[tuple[str, int]],
+        extra: dict[str, Json],
+    ) -> None:
+        a.seq += 1
+        txn: Txn = {
+            "id": txid,
+            "account": account,
+            "seq": a.seq,
+            "type": ttype,
+            "amount": amount,
+            "balance": a.balance,
+            "debt": a.debt,
+            "ts": self._now,
+            "alloc": [[b, n] for b, n in alloc],
+        }
+        txn.update(extra)
+        self.outbox.append(txn)
+
+    # -- shared mechanics -------------------------------------------------------------
+
+    def _credit(self, a: ModelAccount, bucket_id: str, n: int) -> int:
+        """Puts n credits back into a bucket if it is still live; returns what was credited."""
+        b = a.buckets[bucket_id]
+        if b.remaining is None:
+            return 0
+        b.remaining += n
+        a.avail += n
+        return n
+
+    def _draw(self, a: ModelAccount, amount: int, hold: bool) -> tuple[list[tuple[str, int]], int]:
+        """Takes up to `amount` remaining credits in burn order; returns (alloc, shortfall)."""
+        need = amount
+        alloc: list[tuple[str, int]] = []
+        for b in a.burn_order():
+            if need == 0:
+                break
+            assert b.remaining is not None
+            if b.remaining > 0:
+                t = min(b.remaining, need)
+                need -= t
+                b.remaining -= t
+                if hold:
+                    b.held += t
+                alloc.append((b.id, -t))
+        taken = amount - need
+        a.avail -= taken
+        if hold:
+            a.held += taken
+        return alloc, need
+
+    def _close_hold(
+        self,
+        account: str,
+        a: ModelAccount,
+        hold_id: str,
+        rec: ModelHold,
+        charge: int,
+        state: str,
+        txid: str,
+        desc: str,
+        meta: str,
+    ) -> None:
+        left, returned, forfeited = charge, 0, 0
+        alloc: list[tuple[str, int]] = []
+        held: list[list[Json]] = []
+        for bucket_id, n in rec.alloc:
+            c = min(n, left)
+            left -= c
+            a.buckets[bucket_id].held -= n
+            held.append([bucket_id, -n])
+            back = self._credit(a, bucket_id, n - c)
+            if back > 0:
+                alloc.append((bucket_id, back))
+            returned += back
+            forfeited += n - c - back
+        a.held -= rec.amount
+        rec.state = state
+        rec.charged = charge
+        rec.close_tx = txid
+        self._emit(
+            account,
+            a,
+            txid,
+            "settle" if state == "settled" else "release",
+            returned,
+            alloc,
+            {
+                "held": held,
+                "hold_id": hold_id,
+                "charged": charge,
+                "forfeited": forfeited,
+                "state": state,
+                "desc": desc,
+                "meta": meta,
+            },
+        )
+        rec.close_balance = a.balance
+        rec.forfeited = forfeited
+        a.deadlines["h:" + hold_id] = self._now + self.retention_ms
+
+    def _expire_bucket(self, account: str, a: ModelAccount, bucket_id: str) -> None:
+        b = a.buckets[bucket_id]
+        rem = b.remaining or 0
+        b.remaining = None
+        if rem > 0:
+            a.avail -= rem
+            self._emit(
+                account,
+                a,
+                self._extra_txid(),
+                "expiry",
+                -rem,
+                [(bucket_id, -rem)],
+                {"bucket": bucket_id},
+            )
+
+    def _expire_due(self, account: str, a: ModelAccount) -> None:
+        """Processes every deadline <= now in (deadline, member) order."""
+        due = sorted((at, member) for member, at in a.deadlines.items() if at <= self._now)
+        for _, member in due:
+            del a.deadlines[member]
+        for _, member in due:
+            kind, ident = member[0], member[2:]
+            if kind == "b":
+                self._expire_bucket(account, a, ident)
+                continue
+            rec = a.holds.get(ident)
+            if rec is None:
+                continue
+            if rec.state == "active":
+                self._close_hold(
+                    account, a, ident, rec, 0, "expired", self._extra_txid(), "hold expired", ""
+                )
+            else:
+                del a.holds[ident]
+
+    def _rate_check(self, a: ModelAccount) -> tuple[int, int | None]:
+        """GCRA in the scripts' (double) arithmetic: (wait ms, new TAT in us when allowed)."""
+        if a.rate is None:
+            return 0, None
+        interval = a.rate.period_ms * 1000 / a.rate.requests
+        now_us = self._now * 1000
+        tat: float = a.tat if a.tat is not None else now_us
+        tat = max(tat, now_us)
+        new_tat = tat + interval
+        allow_at = new_tat - interval * a.rate.burst
+        if now_us < allow_at:
+            return math.ceil((allow_at - now_us) / 1000), None
+        return 0, math.floor(new_tat)
+
+    @staticmethod
+    def _check_range(name: str, v: int, lo: int, hi: int) -> None:
+        if not lo <= v <= hi:
+            raise InvalidInput(f"{name} must be between {lo} and {hi}", field=name)
+
+    # -- operations ---------------------------------------------------------------------
+
+    def configure_account(
+        self,
+        account: str,
+        *,
+        overdraft_limit: int = 0,
+        low_balance_threshold: int | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> bool:
+        self._begin()
+        self._check_range("overdraft_limit", overdraft_limit, 0, MAX_CREDITS)
+        a = self.accounts.get(account)
+        created = a is None
+        if a is None:
+            a = self.accounts[account] = ModelAccount(created=self._now)
+        a.ovl = overdraft_limit
+        a.lbt = low_balance_threshold
+        a.rate = rate_limit
+        if rate_limit is None:
+            a.tat = None
+        return created
+
+    def grant(
+        self,
+        account: str,
+        grant_id: str,
+        credits: int,
+        *,
+        expires_at: int | None = None,
+        priority: int = 0,
+        source: str = "manual",
+        metadata: dict[str, Any] | None = None,
+        description: str = "",
+    ) -> GrantResult:
+        self._begin()
+        self._check_range("credits", credits, 1, MAX_CREDITS)
+        if expires_at is not None:
+            self._check_range("expires_at", expires_at, 1, NEVER - 1)
+        self._check_range("priority", priority, -INT32, INT32 - 1)
+        meta = encode_metadata(metadata)
+        a = self._require(account)
+        exp = "" if expires_at is None else str(expires_at)
+        fp = f"{credits}|{exp}|{priority}|{source}|{meta}"
+        existing = a.buckets.get(grant_id)
+        if existing is not None:
+            if existing.fp != fp:
+                raise IdempotencyConflict(f"grant_id {grant_id} was already used")
+            return GrantResult(existing.tx, existing.bal, True)
+        if expires_at is not None and expires_at <= self._now:
+            raise InvalidInput("expires_at must be in the future", field="expires_at")
+        if a.avail + a.held + credits > MAX_CREDITS:
+            raise BalanceOverflow("the account would hold more than 2^53-1 credits")
+        self._expire_due(account, a)
+        repaid = min(a.debt, credits)
+        a.debt -= repaid
+        rem = credits - repaid
+        b = ModelBucket(
+            grant_id,
+            credits,
+            self._now,
+            expires_at,
+            priority,
+            source,
+            meta,
+            fp,
+            self._txid,
+            remaining=rem,
+        )
+        a.buckets[grant_id] = b
+        a.avail += rem
+        if expires_at is not None:
+            a.deadlines["b:" + grant_id] = expires_at
+        self._emit(
+            account,
+            a,
+            self._txid,
+            "purchase" if source == "purchase" else "grant",
+            credits,
+            [(grant_id, rem)],
+            {"bucket": b.entry(), "repaid": repaid, "desc": description, "meta": meta},
+        )
+        b.bal = a.balance
+        return GrantResult(self._txid, a.balance, False)
+
+    def deduct(
+        self,
+        account: str,
+        cost: int,
+        idempotency_key: str,
+        *,
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+    ) -> DeductResult:
+        self._begin()
+        self._check_range("cost", cost, 1, MAX_CREDITS)
+        meta = encode_metadata(metadata)
+        a = self.accounts.get(account)
+        prior = a.idempotency.get(idempotency_key) if a is not None else None
+        if prior is not None:
+            tx, prior_cost, bal = prior
+            if prior_cost != cost:
+                raise IdempotencyConflict(f"idempotency_key {idempotency_key} was already used")
+            return Allowed(tx, bal, cost, True, False)
+        a = self._require(account)
+        wait, new_tat = self._rate_check(a)
+        if wait > 0:
+            return RateLimited(wait)
+        self._expire_due(account, a)
+        before = a.balance
+        if before - cost < -a.ovl:
+            return Insufficient(before, cost)
+        alloc, short = self._draw(a, cost, hold=False)
+        a.debt += short
+        if new_tat is not None:
+            a.tat = new_tat
+        after = a.balance
+        self._emit(
+            account,
+            a,
+            self._txid,
+            "usage",
+            -cost,
+            alloc,
+            {
+                "idempotency_key": idempotency_key,
+                "overdraft": short,
+                "desc": description,
+                "meta": meta,
+            },
+        )
+        a.idempotency[idempotency_key] = (self._txid, cost, after)
+        a.usages[self._txid] = ModelUsage(cost, alloc, short)
+        low = a.lbt is not None and before >= a.lbt and after < a.lbt
+        return Allowed(self._txid, after, cost, False, low)
+
+    def hold(
+        self,
+        account: str,
+        hold_id: str,
+        amount: int,
+        ttl_ms: int,
+        *,
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+    ) -> HoldResult | Insufficient:
+        self._begin()
+        self._check_range("amount", amount, 1, MAX_CREDITS)
+        self._check_range("ttl_ms", ttl_ms, 1, MAX_TTL_MS)
+        meta = encode_metadata(metadata)
+        a = self._require(account)
+        rec = a.holds.get(hold_id)
+        if rec is not None:
+            if rec.amount != amount or rec.ttl != ttl_ms:
+                raise IdempotencyConflict(f"hold_id {hold_id} was already used")
+            return HoldResult(hold_id, rec.tx, rec.bal, rec.expires, rec.state, True)
+        self._expire_due(account, a)
+        before = a.balance
+        if before < amount:
+            return Insufficient(before, amount)
+        alloc, _ = self._draw(a, amount, hold=True)
+        parts = [(b, -n) for b, n in alloc]
+        rec = ModelHold(amount, ttl_ms, parts, self._now, self._now + ttl_ms, self._txid)
+        self._emit(
+            account,
+            a,
+            self._txid,
+            "hold",
+            -amount,
+            alloc,
+            {
+                "held": [[b, n] for b, n in parts],
+                "hold_id": hold_id,
+                "expires": rec.expires,
+                "desc": description,
+                "meta": meta,
+            },
+        )
+        rec.bal = a.balance
+        a.holds[hold_id] = rec
+        a.deadlines["h:" + hold_id] = rec.expires
+        return HoldResult(hold_id, self._txid, rec.bal, rec.expires, "active", False)
+
+    def settle(
+        self,
+        account: str,
+        hold_id: str,
+        amount: int,
+        *,
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+    ) -> CloseResult:
+        return self._close(account, hold_id, "settle", amount, description, metadata)
+
+    def release(
+        self,
+        account: str,
+        hold_id: str,
+        *,
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+    ) -> CloseResult:
+        return self._close(account, hold_id, "release", 0, description, metadata)
+
+    def _close(
+        self,
+        account: str,
+        hold_id: str,
+        mode: str,
+        amount: int,
+        description: str,
+        metadata: dict[str, Any] | None,
+    ) -> CloseResult:
+        self._begin()
+        if mode == "settle":
+            self._check_range("amount", amount, 0, MAX_CREDITS)
+        meta = encode_metadata(metadata)
+        a = self._require(account)
+        rec = a.holds.get(hold_id)
+        if rec is None:
+            raise UnknownHold(f"hold {hold_id} does not exist")
+        want = "settled" if mode == "settle" else "released"
+        if rec.state != "active":
+            same = rec.state == want and (mode == "release" or rec.charged == amount)
+            if same or (mode == "release" and rec.state == "expired"):
+                assert rec.close_tx is not None and rec.close_balance is not None
+                assert rec.charged is not None and rec.forfeited is not None
+                return CloseResult(
+                    hold_id,
+                    rec.close_tx,
+                    rec.close_balance,
+                    rec.charged,
+                    rec.forfeited,
+                    rec.state,
+                    True,
+                )
+            if rec.state == "expired":
+                raise HoldExpired(f"hold {hold_id} expired and was released by {rec.close_tx}")
+            if rec.state == want:
+                raise IdempotencyConflict(f"hold {hold_id} was already settled for {rec.charged}")
+            raise HoldClosed(f"hold {hold_id} is already {rec.state}")
+        if amount > rec.amount:
+            raise InvalidInput("amount must not exceed the hold", field="amount")
+        self._expire_due(account, a)
+        if rec.state != "active":
+            # Its TTL ran out before this call: the same answer as once the sweeper ran.
+            if mode == "settle" or RELEASE_OF_LAPSED_HOLD_RAISES in self.lua_bugs:
+                raise HoldExpired(f"hold {hold_id} expired and was released by {rec.close_tx}")
+            assert rec.close_tx is not None and rec.close_balance is not None
+            assert rec.charged is not None and rec.forfeited is not None
+            return CloseResult(
+                hold_id,
+                rec.close_tx,
+                rec.close_balance,
+                rec.charged,
+                rec.forfeited,
+                rec.state,
+                True,
+            )
+        self._close_hold(account, a, hold_id, rec, amount, want, self._txid, description, meta)
+        assert rec.close_balance is not None and rec.forfeited is not None
+        return CloseResult(
+            hold_id, self._txid, rec.close_balance, amount, rec.forfeited, rec.state, False
+        )
+
+    def refund(
+        self,
+        account: str,
+        refund_id: str,
+        transaction_id: str,
+        amount: int | None = None,
+        *,
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+    ) -> RefundResult:
+        self._begin()
+        if amount is not None:
+            self._check_range("amount", amount, 1, MAX_CREDITS)
+        meta = encode_metadata(metadata)
+        a = self._require(account)
+        u = a.usages.get(transaction_id)
+        if u is None:
+            raise UnknownTransaction(f"no refundable usage transaction {transaction_id}")
+        arg = "" if amount is None else str(amount)
+        prior = u.refunds.get(refund_id)
+        if prior is not None:
+            if prior.arg != arg:
+                raise IdempotencyConflict(f"refund_id {refund_id} was already used")
+            return RefundResult(prior.tx, prior.bal, prior.refunded, prior.forfeited, True)
+        left = u.cost - u.refunded
+        if left == 0:
+            raise FullyRefunded(f"transaction {transaction_id} is already fully refunded")
+        want = left if amount is None else amount
+        total = want
+        if want > left:
+            raise InvalidInput("amount exceeds what is left to refund", field="amount")
+        if a.avail + a.held + want > MAX_CREDITS:
+            raise BalanceOverflow("the account would hold more than 2^53-1 credits")
+        self._expire_due(account, a)
+        # The usage's parts, last taken first: the overdraft, then buckets in reverse order.
+        parts: list[tuple[str | None, int]] = []
+        if u.overdraft > 0:
+            parts.append((None, u.overdraft))
+        parts.extend((b, -n) for b, n in reversed(u.alloc))
+        skip = u.refunded
+        alloc: list[tuple[str, int]] = []
+        restored = forfeited = repaid = excess = 0
+        for bucket_id, n in parts:
+            s = min(skip, n)
+            skip -= s
+            t = min(n - s, want)
+            want -= t
+            if t > 0 and bucket_id is None:
+                repaid = min(a.debt, t)
+                a.debt -= repaid
+                excess = t - repaid
+            elif t > 0 and bucket_id is not None:
+                back = self._credit(a, bucket_id, t)
+                if back > 0:
+                    alloc.append((bucket_id, back))
+                restored += back
+                forfeited += t - back
+            if want == 0:
+                break
+        extra: dict[str, Json] = {
+            "source_transaction_id": transaction_id,
+            "refund_id": refund_id,
+            "repaid": repaid,
+            "forfeited": forfeited,
+            "desc": description,
+            "meta": meta,
+        }
+        if excess > 0:
+            bid = "refund:" + self._txid
+            b = ModelBucket(
+                bid, excess, self._now, None, 0, "refund", "", "", self._txid, remaining=excess
+            )
+            a.buckets[bid] = b
+            a.avail += excess
+            alloc.append((bid, excess))
+            extra["bucket"] = b.entry()
+            b.bal = a.balance
+        self._emit(account, a, self._txid, "refund", restored + repaid + excess, alloc, extra)
+        u.refunded += total
+        u.refunds[refund_id] = ModelRefund(arg, self._txid, a.balance, total, forfeited)
+        return RefundResult(self._txid, a.balance, total, forfeited, False)
+
+    def balance(self, account: str) -> Balance:
+        self._begin()
+        a = self._require(account)
+        self._expire_due(account, a)
+        buckets = [
+            Bucket(
+                id=b.id,
+                credits=b.credits,
+                remaining=b.remaining or 0,
+                held=b.held,
+                created_at=b.created,
+                expires_at=b.expires,
+                priority=b.priority,
+                source=b.source,
+                metadata=json.loads(b.metadata) if b.metadata else {},
+            )
+            for b in a.burn_order()
+        ]
+        return Balance(
+            account=account,
+            balance=a.balance,
+            available=a.avail,
+            held=a.held,
+            debt=a.debt,
+            overdraft_limit=a.ovl,
+            low_balance_threshold=a.lbt,
+            rate_limit=a.rate,
+            created_at=a.created,
+            buckets=buckets,
+        )
+
+    def expire(self, account: str) -> int:
+        self._begin()
+        a = self.accounts.get(account)
+        if a is None:
+            return 0
+        self._expire_due(account, a)
+        return self._extra
+
+    def sweep(self, limit: int = 500) -> int:
+        now = self.clock()
+        due = sorted(
+            (min(a.deadlines.values()), name)
+            for name, a in self.accounts.items()
+            if a.deadlines and min(a.deadlines.values()) <= now
+        )
+        return sum(self.expire(name) for _, name in due[:limit])
+
+    # -- inspection -------------------------------------------------------------------
+
+    def stored(self, account: str) -> StoredAccount | None:
+        """What the store should hold for the account (None: no such account)."""
+        a = self.accounts.get(account)
+        if a is None:
+            return None
+        return StoredAccount(
+            created=a.created,
+            avail=a.avail,
+            held=a.held,
+            debt=a.debt,
+            seq=a.seq,
+            overdraft_limit=a.ovl,
+            low_balance_threshold=a.lbt,
+            rate_limit=a.rate,
+            tat=a.tat,
+            buckets={b.id: StoredBucket(b.meta(), b.remaining, b.held) for b in a.buckets.values()},
+            order=[okey(b.priority, b.expires, b.created, b.id) for b in a.burn_order()],
+            deadlines=dict(a.deadlines),
+            holds={hid: h.record() for hid, h in a.holds.items()},
+            due=min(a.deadlines.values()) if a.deadlines else None,
+            idempotency={
+                k: {"tx": tx, "cost": cost, "bal": bal}
+                for k, (tx, cost, bal) in a.idempotency.items()
+            },
+            usages={tx: u.record() for tx, u in a.usages.items()},
+        )
+
+    def transactions(self, account: str | None = None) -> list[Txn]:
+        return [t for t in self.outbox if account is None or t["account"] == account]
