@@ -11,13 +11,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sidecar.errors import HoldExpired, StoreUnavailable, from_script_error
@@ -177,7 +177,17 @@ class Ledger:
             txid or new_transaction_id(),
             self.retention_ms,
         ]
-        return await _call(script(keys=keys, args=common + args))
+        argv = common + args
+
+        async def invoke() -> Any:
+            try:
+                return await script(keys=keys, args=argv)
+            except NoScriptError:
+                # The cache was flushed again between register_script's reload and its
+                # EVALSHA; EVAL loads and runs in one step, so it cannot miss.
+                return await self.redis.eval(cast(str, script.script), len(keys), *keys, *argv)
+
+        return await _call(invoke())
 
     async def configure_account(
         self,

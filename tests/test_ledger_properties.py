@@ -23,7 +23,7 @@ import sidecar.ledger
 from sidecar.embedded import RedisServer
 from sidecar.errors import SidecarError
 from sidecar.keys import KeySpace
-from sidecar.ledger import Allowed, Ledger, RateLimit
+from sidecar.ledger import Allowed, HoldResult, Ledger, RateLimit
 from sidecar.redis_client import connect
 from tests.conftest import FakeClock
 from tests.model import (
@@ -94,14 +94,14 @@ class Hold:
 @dataclass(frozen=True)
 class Settle:
     account: str
-    hold_id: str
+    hold: int  # the account's n-th most recently created hold; out of range: a pool id
     amount: int
 
 
 @dataclass(frozen=True)
 class Release:
     account: str
-    hold_id: str
+    hold: int
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ grants = st.builds(
     Grant,
     accounts,
     st.sampled_from(GRANT_IDS),
-    st.integers(1, 21).map(lambda n: BIG if n == 21 else n),
+    st.integers(1, 41).map(lambda n: BIG if n == 41 else n),
     st.none() | st.integers(-100, 15_000),
     st.sampled_from((0, 0, -1, 1)),
     st.sampled_from(("manual", "purchase", "promo")),
@@ -177,42 +177,36 @@ holds = st.builds(
     st.integers(1, 15),
     st.sampled_from((1_000, 5_000, 30_000)),
 )
-settles = st.builds(Settle, accounts, st.sampled_from(HOLD_IDS), st.integers(0, 18))
-releases = st.builds(Release, accounts, st.sampled_from(HOLD_IDS))
+settles = st.builds(Settle, accounts, st.integers(0, 2), st.integers(0, 18))
+releases = st.builds(Release, accounts, st.integers(0, 2))
 refunds = st.builds(
     Refund,
     accounts,
     st.sampled_from(REFUND_IDS),
-    st.integers(0, 3),
-    st.none() | st.integers(1, 12),
+    st.integers(0, 2),
+    st.none() | st.integers(1, 6),
 )
 advances = st.builds(
     Advance, st.integers(0, 4_000) | st.sampled_from((5_000, 10_000, RETENTION_MS + 1))
 )
-operations: st.SearchStrategy[Op] = st.one_of(
-    advances,  # first: the shrinker fills minimum-length lists with Advance(0)
-    advances,
-    configures,
-    grants,
-    grants,
-    grants,
-    st.builds(RepeatGrant, st.integers(0, 10), st.booleans()),
-    deducts,
-    deducts,
-    deducts,
-    invalid_deducts,
-    holds,
-    holds,
-    settles,
-    settles,
-    settles,
-    releases,
-    refunds,
-    refunds,
-    st.just(Sweep()),
-    st.builds(CheckBalance, accounts),
-    st.builds(Expire, accounts),
+WEIGHTED_OPERATIONS: tuple[tuple[int, st.SearchStrategy[Op]], ...] = (
+    (10, advances),  # first: the shrinker fills minimum-length lists with Advance(0)
+    (3, configures),
+    (12, grants),
+    (3, st.builds(RepeatGrant, st.integers(0, 10), st.booleans())),
+    (15, deducts),
+    (1, invalid_deducts),
+    (8, holds),
+    (8, settles),
+    (4, releases),
+    (8, refunds),
+    (3, st.just(Sweep())),
+    (4, st.builds(CheckBalance, accounts)),
+    (2, st.builds(Expire, accounts)),
 )
+operations: st.SearchStrategy[Op] = st.sampled_from(
+    [strategy for weight, strategy in WEIGHTED_OPERATIONS for _ in range(weight)]
+).flatmap(lambda strategy: strategy)
 
 
 def _sequence(first: Configure, initial: list[Grant], rest: list[Op]) -> list[Op]:
@@ -221,7 +215,7 @@ def _sequence(first: Configure, initial: list[Grant], rest: list[Op]) -> list[Op
 
 sequences = st.builds(
     _sequence,
-    st.builds(Configure, st.just("a"), st.integers(0, 10), st.none(), st.just(None)),
+    st.builds(Configure, st.just("a"), st.integers(0, 10), st.none(), rate_limits),
     st.lists(grants, min_size=1, max_size=3),
     st.lists(operations, min_size=20, max_size=60),
 )
@@ -401,6 +395,11 @@ class Scenario:
     clock: FakeClock
     grant_calls: list[Call] = field(default_factory=list)
     usages: list[str] = field(default_factory=list)  # usage transaction ids, oldest first
+    holds: list[tuple[str, str]] = field(default_factory=list)  # (account, hold id) created
+
+    def hold_id(self, account: str, n: int) -> str:
+        created = [h for a, h in self.holds if a == account]
+        return created[-1 - n] if n < len(created) else HOLD_IDS[n % len(HOLD_IDS)]
 
     def resolve(self, op: Op) -> Call | None:
         """The ledger call an operation stands for (None: it only moves the clock)."""
@@ -433,10 +432,10 @@ class Scenario:
                 return Call("deduct", (account, cost, key))
             case Hold(account, hid, amount, ttl):
                 return Call("hold", (account, hid, amount, ttl))
-            case Settle(account, hid, amount):
-                return Call("settle", (account, hid, amount))
-            case Release(account, hid):
-                return Call("release", (account, hid))
+            case Settle(account, n, amount):
+                return Call("settle", (account, self.hold_id(account, n), amount))
+            case Release(account, n):
+                return Call("release", (account, self.hold_id(account, n)))
             case Refund(account, rid, usage, amount):
                 tx = self.usages[-1 - usage] if usage < len(self.usages) else "tx_0"
                 return Call("refund", (account, rid, tx, amount))
@@ -476,6 +475,8 @@ class Scenario:
                 self.usages.append(result.transaction_id)
                 ovl = self.model.accounts[call.args[0]].ovl
                 assert result.balance >= -ovl, f"step {i}: usage overdrew past the limit"
+            if isinstance(result, HoldResult) and not result.replayed:
+                self.holds.append((call.args[0], result.hold_id))
         await self.check(i, op)
 
     async def check(self, i: int, op: Op) -> None:

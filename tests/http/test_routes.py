@@ -107,8 +107,9 @@ async def test_hold_settle_release_and_refund_over_http(client: Client) -> None:
         "/v1/holds", json={"account": "acme", "hold_id": "h1", "amount": 30}, headers=service()
     )
     assert r.status == 201 and (await r.json())["balance"] == 70
-    r = await client.post("/v1/holds/h1/settle", json={"account": "acme", "amount": 12},
-                          headers=service())  # fmt: skip
+    r = await client.post(
+        "/v1/holds/h1/settle", json={"account": "acme", "amount": 12}, headers=service()
+    )
     assert r.status == 200 and (await r.json())["balance"] == 88
     r = await client.post("/v1/holds/h1/release", json={"account": "acme"}, headers=service())
     assert r.status == 409 and (await r.json())["error"]["code"] == "hold_closed"
@@ -217,12 +218,12 @@ async def test_bad_check_input_is_a_named_4xx_and_changes_nothing(
             "/v1/accounts/acme/grants",
             {"grant_id": "g2", "credits": 1, "priority": 2**31},
             "priority",
-        ),  # fmt: skip
+        ),
         (
             "/v1/accounts/acme/grants",
             {"grant_id": "g2", "credits": 1, "expires_at": "tomorrow"},
             "expires_at",
-        ),  # fmt: skip
+        ),
         (
             "/v1/accounts/acme/grants",
             {"grant_id": "g2", "credits": 1, "expires_at": "2030-01-01T00:00:00"},

@@ -1,0 +1,5 @@
+"""``python -m sidecar`` runs the CLI."""
+
+from sidecar.cli import main
+
+main()
