@@ -46,5 +46,12 @@ def serve(listen: str | None) -> None:
         "unless set in the environment)",
         err=True,
     )
-    web.run_app(app, host=host, port=port, print=None, loop=uvloop.new_event_loop())
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=None,
+        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+        loop=uvloop.new_event_loop(),
+    )
     asyncio.set_event_loop(None)

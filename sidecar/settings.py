@@ -48,6 +48,7 @@ class Settings(BaseSettings):
         None, description="redis-server/valkey-server binary for the embedded server"
     )
     embedded_appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    access_log: bool = Field(False, description="log every request (off: keeps the hot path lean)")
 
     @classmethod
     def settings_customise_sources(
