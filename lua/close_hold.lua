@@ -47,7 +47,12 @@ end
 expire_due()
 rec = cjson.decode(redis.call('HGET', H, hid))
 if rec.state ~= 'active' then
+  -- its TTL passed and the expire_due above released it: the same answers as when the
+  -- sweeper got there first
   save_account()
+  if mode == 'release' then
+    return {'ok', rec.close_tx, rec.close_balance, rec.charged, 1, rec.forfeited, rec.state}
+  end
   return {'hold_expired', rec.close_tx, rec.close_balance}
 end
 rec = close_hold(hid, rec, amount, want, TXID, desc, metadata)

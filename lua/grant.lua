@@ -9,7 +9,8 @@
 -- Idempotent by grant id: the same id with the same parameters returns the original
 -- result; with other parameters it fails with CONFLICT. Outstanding debt (overdraft)
 -- is repaid from the new credits first.
--- Returns {'ok', transaction id, balance after, replayed (0|1)}.
+-- Returns {'ok', transaction id, balance after, replayed (0|1)}
+--       | {'overflow'} (the account would hold more than 2^53-1 credits; nothing granted).
 
 local gid = id_arg(ARGV[5], 'grant_id', 128)
 local credits = int_arg(ARGV[6], 'credits', 1, MAXINT)
@@ -29,11 +30,12 @@ if existing then
   return {'ok', existing.tx, existing.bal, 1}
 end
 if expires and expires <= NOW then fail('INVALID', 'expires_at must be in the future') end
-if acct.avail + acct.held + credits > MAXINT then
-  fail('OVERFLOW', 'the account would hold more than 2^53-1 credits')
-end
 
 expire_due()
+if acct.avail + acct.held + credits > MAXINT then
+  if extra_txns > 0 or deadlines_changed then save_account() end
+  return {'overflow'}
+end
 local repaid = math.min(acct.debt, credits)
 acct.debt = acct.debt - repaid
 local rem = credits - repaid

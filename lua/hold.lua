@@ -23,10 +23,15 @@ if raw then
   if rec.amount ~= amount or rec.ttl ~= ttl then
     fail('CONFLICT', 'hold_id ' .. hid .. ' was already used with other parameters')
   end
-  return {'ok', rec.tx, rec.bal, rec.expires, 1, rec.state}
 end
 
 expire_due()
+if raw then
+  -- a replay; report the state after due deadlines (its own TTL) were processed
+  if extra_txns > 0 or deadlines_changed then save_account() end
+  local rec = cjson.decode(redis.call('HGET', H, hid) or raw)
+  return {'ok', rec.tx, rec.bal, rec.expires, 1, rec.state}
+end
 local before = balance()
 if before < amount then
   if extra_txns > 0 or deadlines_changed then save_account() end

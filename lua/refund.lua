@@ -12,6 +12,7 @@
 -- (a later grant repaid it) comes back as a new non-expiring bucket (source refund).
 -- Idempotent by refund id (per usage transaction).
 -- Returns {'ok', transaction id, balance after, refunded, forfeited, replayed (0|1)}
+--       | {'overflow'} (the account would hold more than 2^53-1 credits; nothing refunded).
 
 local rid = id_arg(ARGV[5], 'refund_id', 128)
 local src = id_arg(ARGV[6], 'transaction_id', 64)
@@ -38,11 +39,12 @@ amount = amount or left
 if amount > left then
   fail('INVALID', 'amount exceeds what is left to refund (' .. fmt(left) .. ')')
 end
-if acct.avail + acct.held + amount > MAXINT then
-  fail('OVERFLOW', 'the account would hold more than 2^53-1 credits')
-end
 
 expire_due()
+if acct.avail + acct.held + amount > MAXINT then
+  if extra_txns > 0 or deadlines_changed then save_account() end
+  return {'overflow'}
+end
 local parts = {}
 local od = tonumber(u[3])
 if od > 0 then parts[1] = {'', od} end

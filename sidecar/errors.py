@@ -87,7 +87,6 @@ _SCRIPT_ERRORS: dict[str, type[SidecarError]] = {
     "HOLD_CLOSED": HoldClosed,
     "HOLD_EXPIRED": HoldExpired,
     "FULLY_REFUNDED": FullyRefunded,
-    "OVERFLOW": BalanceOverflow,
 }
 _SCRIPT_ERROR = re.compile(
     r"^CS (?P<code>[A-Z_]+) (?P<detail>.*?)(?: script: \S+, on @\S+\.)?$", re.S

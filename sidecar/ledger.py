@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sidecar.errors import HoldExpired, StoreUnavailable, from_script_error
+from sidecar.errors import BalanceOverflow, HoldExpired, StoreUnavailable, from_script_error
 from sidecar.keys import KeySpace
 from sidecar.scripts import Scripts
 
@@ -233,6 +233,7 @@ class Ledger:
                 description,
             ],
         )
+        _raise_overflow(reply)
         return GrantResult(_text(reply[1]), int(reply[2]), bool(reply[3]))
 
     async def deduct(
@@ -355,6 +356,7 @@ class Ledger:
                 encode_metadata(metadata),
             ],
         )
+        _raise_overflow(reply)
         return RefundResult(
             _text(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), bool(reply[5])
         )
@@ -406,6 +408,11 @@ class Ledger:
             for account in accounts:
                 written += await self.expire(_text(account))
         return written
+
+
+def _raise_overflow(reply: Any) -> None:
+    if _text(reply[0]) == "overflow":
+        raise BalanceOverflow("the account would hold more than 2^53-1 credits")
 
 
 async def _call(awaitable: Awaitable[Any]) -> Any:
