@@ -40,7 +40,8 @@ if rec.state ~= 'active' then
   end
   fail('HOLD_CLOSED', 'hold ' .. hid .. ' is already ' .. rec.state)
 end
-if amount > rec.amount then
+-- (a hold whose TTL has passed answers HOLD_EXPIRED below, whatever the amount)
+if amount > rec.amount and rec.expires > NOW then
   fail('INVALID', 'amount must not exceed the hold (' .. fmt(rec.amount) .. ')')
 end
 

@@ -7,8 +7,9 @@ without the scripts' storage tricks (sorted-set burn order, deadline zsets, JSON
 
 * Buckets burn in order of priority (ascending), then expiry (soonest first, never-expiring
   last), then creation time (oldest first), then id.
-* Every touch of an account (except validation failures, replays and rate-limited
-  deducts, which change nothing) first processes every deadline that has passed, in
+* Every grant, deduct, hold, settle / release, refund, balance and expire call first
+  processes every deadline that has passed (calls that fail validation, replay an earlier
+  result or are rate-limited change nothing; configure_account only writes settings), in
   deadline order (ties: ``b:<bucket>`` before ``h:<hold>``, then by id): a bucket expires
   (one ``expiry`` transaction if it still had remaining credits), an active hold whose TTL
   ran out releases itself (state ``expired``), a closed hold past the retention is purged.
@@ -16,7 +17,14 @@ without the scripts' storage tricks (sorted-set burn order, deadline zsets, JSON
   overdraft limit; holds move credits from buckets to ``held`` (never overdrawing);
   settling charges in draw order and returns the rest, forfeiting credits whose bucket
   expired; refunds walk the usage backwards (overdraft part, then buckets in reverse draw
-  order) after what earlier refunds covered.
+  order) after what earlier refunds covered, an overdraft part repaying debt and its excess
+  becoming a new bucket ``refund:<txid>``.
+* An answer never depends on whether the sweeper already processed a deadline: a hold
+  replay processes what is due first (a lapsed hold reads as ``expired``), releasing a
+  lapsed hold returns the TTL's release, settling it fails with HoldExpired; the overflow
+  check comes after expiry (what expired does not count; the expiry is kept).
+  (Except at the end of the retention: a closed hold whose purge is due but not yet
+  processed still answers a replay, settle or release as before.)
 
 Transactions are recorded as the dicts the scripts append to the outbox stream (all fields
 but ``kind``; numbers as ints, ``alloc``/``held``/grant ``bucket`` as decoded JSON).
@@ -71,16 +79,6 @@ INT32 = 2**31
 
 Json = Any
 Txn = dict[str, Any]
-
-
-# Known deviations of the Lua scripts from the intended semantics. The model follows the
-# intended semantics; a test may ask it to reproduce these so that everything else stays
-# checked until the scripts are fixed.
-RELEASE_OF_LAPSED_HOLD_RAISES = "release-of-lapsed-hold-raises"
-"""close_hold.lua: releasing a hold whose TTL has passed but was not yet processed raises
-HoldExpired, while once the sweeper processed it the same release returns the TTL's release
-(ok, replayed, state expired): the answer depends on whether the sweeper ran."""
-KNOWN_LUA_BUGS = frozenset({RELEASE_OF_LAPSED_HOLD_RAISES})
 
 
 def transaction_id(n: int) -> str:
@@ -289,12 +287,9 @@ class LedgerModel:
         self,
         clock: Callable[[], int],
         retention_ms: int,
-        *,
-        lua_bugs: frozenset[str] = frozenset(),
     ) -> None:
         self.clock = clock
         self.retention_ms = retention_ms
-        self.lua_bugs = lua_bugs
         self.accounts: dict[str, ModelAccount] = {}
         self.outbox: list[Txn] = []
         self._calls = 0
@@ -478,6 +473,12 @@ class LedgerModel:
             return math.ceil((allow_at - now_us) / 1000), None
         return 0, math.floor(new_tat)
 
+    def _check_overflow(self, account: str, a: ModelAccount, credits: int) -> None:
+        """Processes what is due, then refuses to let the account hold more than 2^53-1."""
+        self._expire_due(account, a)
+        if a.avail + a.held + credits > MAX_CREDITS:
+            raise BalanceOverflow("the account would hold more than 2^53-1 credits")
+
     @staticmethod
     def _check_range(name: str, v: int, lo: int, hi: int) -> None:
         if not lo <= v <= hi:
@@ -534,9 +535,7 @@ class LedgerModel:
             return GrantResult(existing.tx, existing.bal, True)
         if expires_at is not None and expires_at <= self._now:
             raise InvalidInput("expires_at must be in the future", field="expires_at")
-        if a.avail + a.held + credits > MAX_CREDITS:
-            raise BalanceOverflow("the account would hold more than 2^53-1 credits")
-        self._expire_due(account, a)
+        self._check_overflow(account, a, credits)
         repaid = min(a.debt, credits)
         a.debt -= repaid
         rem = credits - repaid
@@ -635,11 +634,13 @@ class LedgerModel:
         meta = encode_metadata(metadata)
         a = self._require(account)
         rec = a.holds.get(hold_id)
-        if rec is not None:
-            if rec.amount != amount or rec.ttl != ttl_ms:
-                raise IdempotencyConflict(f"hold_id {hold_id} was already used")
-            return HoldResult(hold_id, rec.tx, rec.bal, rec.expires, rec.state, True)
+        if rec is not None and (rec.amount != amount or rec.ttl != ttl_ms):
+            raise IdempotencyConflict(f"hold_id {hold_id} was already used")
         self._expire_due(account, a)
+        if rec is not None:
+            # A replay reports the state after what was due (its own TTL, say) was
+            # processed; a closed hold purged just now still answers this once.
+            return HoldResult(hold_id, rec.tx, rec.bal, rec.expires, rec.state, True)
         before = a.balance
         if before < amount:
             return Insufficient(before, amount)
@@ -724,12 +725,12 @@ class LedgerModel:
             if rec.state == want:
                 raise IdempotencyConflict(f"hold {hold_id} was already settled for {rec.charged}")
             raise HoldClosed(f"hold {hold_id} is already {rec.state}")
-        if amount > rec.amount:
+        if amount > rec.amount and rec.expires > self._now:
             raise InvalidInput("amount must not exceed the hold", field="amount")
         self._expire_due(account, a)
         if rec.state != "active":
             # Its TTL ran out before this call: the same answer as once the sweeper ran.
-            if mode == "settle" or RELEASE_OF_LAPSED_HOLD_RAISES in self.lua_bugs:
+            if mode == "settle":
                 raise HoldExpired(f"hold {hold_id} expired and was released by {rec.close_tx}")
             assert rec.close_tx is not None and rec.close_balance is not None
             assert rec.charged is not None and rec.forfeited is not None
@@ -779,9 +780,7 @@ class LedgerModel:
         total = want
         if want > left:
             raise InvalidInput("amount exceeds what is left to refund", field="amount")
-        if a.avail + a.held + want > MAX_CREDITS:
-            raise BalanceOverflow("the account would hold more than 2^53-1 credits")
-        self._expire_due(account, a)
+        self._check_overflow(account, a, want)
         # The usage's parts, last taken first: the overdraft, then buckets in reverse order.
         parts: list[tuple[str | None, int]] = []
         if u.overdraft > 0:

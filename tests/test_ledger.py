@@ -335,3 +335,14 @@ async def test_every_mutation_appends_one_transaction_with_sequence(
     assert [x["type"] for x in t] == ["grant", "usage", "hold", "release", "refund"]
     assert [int(x["seq"]) for x in t] == [1, 2, 3, 4, 5]
     assert sum(int(x["amount"]) for x in t) == (await ledger.balance("a")).balance == 10
+
+
+async def test_settling_a_lapsed_hold_reports_expiry_whatever_the_amount(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    await ledger.configure_account("a")
+    await ledger.grant("a", "g", 10)
+    await ledger.hold("a", "h", 4, 1000)
+    clock.advance(1000)
+    with pytest.raises(errors.HoldExpired):
+        await ledger.settle("a", "h", 99)
