@@ -56,11 +56,13 @@ class KeySpace:
             holds=f"{t}:h:{account}",
         )
 
+    # Ids may contain ':' but never '/', so '/' keeps two-id keys unambiguous: account "a"
+    # with key "b:c" and account "a:b" with key "c" must not share a record.
     def idempotency(self, account: str, key: str) -> str:
-        return f"{self._tag(self.shard_of(account))}:i:{account}:{key}"
+        return f"{self._tag(self.shard_of(account))}:i:{account}/{key}"
 
     def usage(self, account: str, transaction_id: str) -> str:
-        return f"{self._tag(self.shard_of(account))}:u:{account}:{transaction_id}"
+        return f"{self._tag(self.shard_of(account))}:u:{account}/{transaction_id}"
 
     def outbox(self, shard: int) -> str:
         return f"{self._tag(shard)}:outbox"

@@ -28,3 +28,10 @@ def test_accounts_spread_over_shards() -> None:
 def test_one_shard_puts_everything_in_one_tag() -> None:
     ks = KeySpace()
     assert ks.for_account("a").outbox == ks.outbox(0) == "cs:{0}:outbox"
+
+
+def test_per_request_keys_of_different_accounts_never_collide() -> None:
+    """Ids may contain ':'; account "a" + key "b:c" and account "a:b" + key "c" stay apart."""
+    ks = KeySpace()
+    assert ks.idempotency("a", "b:c") != ks.idempotency("a:b", "c")
+    assert ks.usage("a", "b:c") != ks.usage("a:b", "c")

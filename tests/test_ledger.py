@@ -346,3 +346,15 @@ async def test_settling_a_lapsed_hold_reports_expiry_whatever_the_amount(
     clock.advance(1000)
     with pytest.raises(errors.HoldExpired):
         await ledger.settle("a", "h", 99)
+
+
+async def test_accounts_with_colons_cannot_replay_each_others_requests(ledger: Ledger) -> None:
+    await ledger.configure_account("a")
+    await ledger.configure_account("a:b")
+    await ledger.grant("a", "g", 10)
+    await ledger.grant("a:b", "g", 10)
+    first = await ledger.deduct("a", 1, "b:c")
+    other = await ledger.deduct("a:b", 1, "c")
+    assert isinstance(first, Allowed) and isinstance(other, Allowed)
+    assert not other.replayed and other.transaction_id != first.transaction_id
+    assert (await ledger.balance("a:b")).balance == 9
