@@ -18,7 +18,9 @@
 -- for an account), avail (sum of remaining over live buckets), held, debt, seq
 -- (per-account transaction sequence), ovl (overdraft limit), lbt (low-balance
 -- threshold), rl_n/rl_ms/rl_burst (rate: rl_n requests per rl_ms, burst), tat (GCRA, us);
--- per bucket: m:<id> (static JSON), r:<id> (remaining; absent once expired), h:<id> (held).
+-- per bucket: m:<id> (static JSON), r:<id> (remaining; absent once expired), h:<id> (held);
+-- per API key: k:<key id> (present while the key is active: '' or its rate 'n:ms:burst'),
+-- kt:<key id> (its TAT); per priced route with a rate limit: rt:<route> (its TAT).
 --
 -- Units: credits are integers in [-(2^53-1), 2^53-1], exact in Lua doubles as long
 -- as every sum stays in that range (grant enforces it); times are unix milliseconds.
@@ -108,13 +110,13 @@ local deadlines_changed = false
 
 local function load_account()
   local v = redis.call('HMGET', A, 'created', 'clock', 'avail', 'held', 'debt', 'seq',
-    'ovl', 'lbt', 'rl_n', 'rl_ms', 'rl_burst', 'tat')
+    'ovl', 'lbt', 'rl_n', 'rl_ms', 'rl_burst')
   if not v[1] then return nil end
   acct = {
     created = tonumber(v[1]), avail = tonumber(v[3]) or 0, held = tonumber(v[4]) or 0,
     debt = tonumber(v[5]) or 0, seq = tonumber(v[6]) or 0, ovl = tonumber(v[7]) or 0,
     lbt = tonumber(v[8]), rl_n = tonumber(v[9]), rl_ms = tonumber(v[10]),
-    rl_burst = tonumber(v[11]), tat = tonumber(v[12]),
+    rl_burst = tonumber(v[11]),
   }
   local clock = tonumber(v[2]) or 0
   if clock > NOW then NOW = clock end
@@ -133,7 +135,6 @@ end
 local function save_account()
   local f = {'clock', fmt(NOW), 'avail', fmt(acct.avail), 'held', fmt(acct.held),
     'debt', fmt(acct.debt), 'seq', fmt(acct.seq)}
-  if acct.tat then f[#f + 1] = 'tat'; f[#f + 1] = fmt(acct.tat) end
   redis.call('HSET', A, unpack(f))
   if deadlines_changed then
     local first = redis.call('ZRANGE', D, 0, 0, 'WITHSCORES')
@@ -325,18 +326,28 @@ local function expire_due()
   end
 end
 
--- GCRA: returns 0 when the request may pass (and the new TAT to store on success),
--- else the milliseconds to wait.
-local function rate_check()
-  if not acct.rl_n then return 0, nil end
-  local interval = acct.rl_ms * 1000 / acct.rl_n
+-- GCRA over several limiters at once; limits = {{tat field in the account hash, requests,
+-- period ms, burst}, ...}. Returns the ms to wait (0 when every limiter passes) and the
+-- HSET arguments that store the new TATs (microseconds), to apply only on success.
+local function rate_check(limits)
+  local wait, tats = 0, {}
   local now_us = NOW * 1000
-  local tat = acct.tat or now_us
-  if tat < now_us then tat = now_us end
-  local new_tat = tat + interval
-  local allow_at = new_tat - interval * acct.rl_burst
-  if now_us < allow_at then
-    return math.ceil((allow_at - now_us) / 1000), nil
+  for _, l in ipairs(limits) do
+    local interval = l[3] * 1000 / l[2]
+    local tat = tonumber(redis.call('HGET', A, l[1])) or now_us
+    if tat < now_us then tat = now_us end
+    local new_tat = tat + interval
+    local allow_at = new_tat - interval * l[4]
+    if now_us < allow_at then
+      wait = math.max(wait, math.ceil((allow_at - now_us) / 1000))
+    end
+    tats[#tats + 1] = l[1]
+    tats[#tats + 1] = fmt(math.floor(new_tat))
   end
-  return 0, math.floor(new_tat)
+  return wait, tats
+end
+
+local function account_limits()
+  if acct.rl_n then return {{'tat', acct.rl_n, acct.rl_ms, acct.rl_burst}} end
+  return {}
 end

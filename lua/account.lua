@@ -29,7 +29,6 @@ if rl_n then
   redis.call('HSET', A, 'rl_n', fmt(rl_n), 'rl_ms', fmt(rl_ms), 'rl_burst', fmt(rl_burst))
 else
   redis.call('HDEL', A, 'rl_n', 'rl_ms', 'rl_burst', 'tat')
-  acct.tat = nil
 end
 save_account()
 redis.call('XADD', OUTBOX, '*', 'kind', 'account', 'id', TXID, 'account', ACCOUNT, 'ts', fmt(NOW),

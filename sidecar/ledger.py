@@ -73,7 +73,14 @@ class RateLimited:
     allowed: Literal[False] = False
 
 
-DeductResult = Allowed | Insufficient | RateLimited
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """The API key the call was made with is no longer active on the account."""
+
+    allowed: Literal[False] = False
+
+
+DeductResult = Allowed | Insufficient | RateLimited | Revoked
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,14 +251,35 @@ class Ledger:
         *,
         description: str = "",
         metadata: Mapping[str, Any] | None = None,
+        key_id: str = "",
+        route: str = "",
+        route_limit: RateLimit | None = None,
     ) -> DeductResult:
+        """Takes ``cost`` credits (0: a free route, only authenticate and rate limit).
+
+        With ``key_id`` the call is refused (``Revoked``) unless that API key is still
+        active on the account; ``route_limit`` is the priced route's own rate limit.
+        """
         txid = new_transaction_id()
         extra_keys = [
             self.keys.idempotency(account, idempotency_key),
             self.keys.usage(account, txid),
             self.keys.events_for(account),
         ]
-        args: list[str | int] = [cost, idempotency_key, description, encode_metadata(metadata)]
+        rl: list[str | int] = (
+            [route_limit.requests, route_limit.period_ms, route_limit.burst]
+            if route_limit
+            else ["", "", ""]
+        )
+        args: list[str | int] = [
+            cost,
+            idempotency_key,
+            description,
+            encode_metadata(metadata),
+            key_id,
+            route,
+            *rl,
+        ]
         reply = await self._run(self.scripts.deduct, account, extra_keys, args, txid)
         status = _text(reply[0])
         if status == "ok":
@@ -260,6 +288,8 @@ class Ledger:
             )
         if status == "insufficient":
             return Insufficient(int(reply[1]), int(reply[2]))
+        if status == "revoked":
+            return Revoked()
         return RateLimited(int(reply[1]))
 
     async def hold(

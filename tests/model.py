@@ -577,20 +577,23 @@ class LedgerModel:
         metadata: dict[str, Any] | None = None,
     ) -> DeductResult:
         self._begin()
-        self._check_range("cost", cost, 1, MAX_CREDITS)
+        self._check_range("cost", cost, 0, MAX_CREDITS)
         meta = encode_metadata(metadata)
-        a = self.accounts.get(account)
-        prior = a.idempotency.get(idempotency_key) if a is not None else None
+        a = self._require(account)
+        prior = a.idempotency.get(idempotency_key) if cost > 0 else None
         if prior is not None:
             tx, prior_cost, bal = prior
             if prior_cost != cost:
                 raise IdempotencyConflict(f"idempotency_key {idempotency_key} was already used")
             return Allowed(tx, bal, cost, True, False)
-        a = self._require(account)
         wait, new_tat = self._rate_check(a)
         if wait > 0:
             return RateLimited(wait)
         self._expire_due(account, a)
+        if cost == 0:  # a free route: authenticated and rate limited, nothing recorded
+            if new_tat is not None:
+                a.tat = new_tat
+            return Allowed("", a.balance, 0, False, False)
         before = a.balance
         if before - cost < -a.ovl:
             return Insufficient(before, cost)
@@ -611,6 +614,8 @@ class LedgerModel:
                 "overdraft": short,
                 "desc": description,
                 "meta": meta,
+                "key_id": "",
+                "route": "",
             },
         )
         a.idempotency[idempotency_key] = (self._txid, cost, after)
@@ -760,6 +765,8 @@ class LedgerModel:
         metadata: dict[str, Any] | None = None,
     ) -> RefundResult:
         self._begin()
+        if not transaction_id:  # free (cost 0) checks have no transaction id
+            raise InvalidInput("transaction_id must not be empty", field="transaction_id")
         if amount is not None:
             self._check_range("amount", amount, 1, MAX_CREDITS)
         meta = encode_metadata(metadata)
