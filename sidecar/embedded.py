@@ -9,17 +9,29 @@ on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import redis
 
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGTERM to the server when its parent dies,
+    so a killed sidecar leaves no orphan writing to the data dir."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def find_server_binary(explicit: str | None = None) -> str:
@@ -54,8 +66,18 @@ def free_port() -> int:
         return port
 
 
+class DataDirInUse(RuntimeError):
+    """Another live sidecar owns this data directory."""
+
+
 class RedisServer:
-    """One server process in ``directory``; ``start()`` returns once it answers PING."""
+    """One server process in ``directory``; ``start()`` returns once it answers PING.
+
+    While it runs, the owner holds an exclusive lock on ``directory/lock``: two servers
+    appending to one AOF would corrupt the ledger. The server listens on a unix socket
+    (mode 0700) in the data dir, or, when that path is too long, in a private temp dir.
+    With ``port`` it listens on that TCP port of 127.0.0.1 instead (tests).
+    """
 
     def __init__(
         self,
@@ -72,13 +94,15 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.appendonly = appendonly
         self.extra_args = extra_args
-        sock = self.directory / "redis.sock"
-        # A unix socket is private to the data dir; fall back to TCP when the path is too long.
-        self.unixsocket: Path | None = (
-            sock if port is None and len(str(sock)) <= _SOCKET_PATH_MAX else None
-        )
-        self.port = 0 if self.unixsocket else (port or free_port())
+        self.unixsocket: Path | None = None
+        if port is None:
+            sock = self.directory / "redis.sock"
+            if len(str(sock)) > _SOCKET_PATH_MAX:
+                sock = Path(tempfile.mkdtemp(prefix="cs-redis-")) / "redis.sock"
+            self.unixsocket = sock
+        self.port = port or 0
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -102,12 +126,32 @@ class RedisServer:
             args += ["--unixsocket", str(self.unixsocket), "--unixsocketperm", "700"]
         return args + list(self.extra_args)
 
-    def start(self, timeout: float = 10.0) -> None:
+    def _acquire_dir(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.unixsocket:
+        if self._lock is None:
+            lock = (self.directory / "lock").open("ab")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                raise DataDirInUse(f"{self.directory} is in use by another sidecar") from None
+            self._lock = lock
+        # We own the dir, so a server still answering there is an orphan of a killed owner.
+        if self.unixsocket and self.unixsocket.exists():
+            with (
+                contextlib.suppress(redis.RedisError, OSError),
+                redis.Redis(unix_socket_path=str(self.unixsocket), socket_timeout=2) as old,
+            ):
+                old.shutdown()
             self.unixsocket.unlink(missing_ok=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._acquire_dir()
         self.process = subprocess.Popen(
-            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self._args(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -131,13 +175,20 @@ class RedisServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Asks the server to shut down (fsyncing the AOF), then waits; kills it if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+            if self.process is not None and self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+        finally:
+            self._release_dir()
+
+    def _release_dir(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def kill(self) -> None:
         """SIGKILL: what a crash looks like (tests use it)."""

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from sidecar.embedded import RedisServer, find_server_binary, free_port
+from sidecar.embedded import DataDirInUse, RedisServer, find_server_binary, free_port
 from sidecar.http.app import create_app
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE, admin, service
@@ -65,10 +66,11 @@ def test_server_binary_is_found() -> None:
     assert os.access(find_server_binary(), os.X_OK)
 
 
-def test_long_data_dir_falls_back_to_tcp(tmp_path: Path) -> None:
+def test_long_data_dir_puts_the_socket_in_a_private_temp_dir(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 120)
     server = RedisServer(deep)
-    assert server.unixsocket is None and server.url.startswith("redis://127.0.0.1:")
+    assert server.unixsocket is not None and server.url.startswith("unix://")
+    assert server.unixsocket.parent.stat().st_mode & 0o777 == 0o700
     server.start()
     try:
         assert server.ping()
@@ -111,3 +113,51 @@ async def test_serve_command_starts_on_embedded_defaults_and_stops_on_sigterm(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    first = RedisServer(tmp_path)
+    first.start()
+    try:
+        with pytest.raises(DataDirInUse):
+            RedisServer(tmp_path).start()
+    finally:
+        first.stop()
+    again = RedisServer(tmp_path)
+    again.start()
+    again.stop()
+
+
+def test_an_orphaned_server_is_shut_down_before_a_new_start(tmp_path: Path) -> None:
+    """A sidecar SIGKILLed without its server: the next owner stops the orphan first."""
+    orphan = RedisServer(tmp_path)
+    orphan.start()
+    orphan._release_dir()  # what the kernel does to a killed owner's lock
+    successor = RedisServer(tmp_path)
+    successor.start()
+    try:
+        assert orphan.process is not None and orphan.process.wait(5) is not None
+        assert successor.ping()
+    finally:
+        successor.stop()
+
+
+def test_server_dies_with_its_parent(tmp_path: Path) -> None:
+    code = (
+        "import sys, pathlib\n"
+        "from sidecar.embedded import RedisServer\n"
+        "s = RedisServer(pathlib.Path(sys.argv[1])); s.start()\n"
+        "print(s.process.pid, flush=True)\n"
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    pid = int(out.stdout.split()[0])
+    stat = Path(f"/proc/{pid}/stat")
+    for _ in range(100):
+        if not stat.exists() or stat.read_text().split()[2] == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the server outlived its parent")

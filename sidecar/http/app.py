@@ -39,7 +39,9 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
                 binary=settings.redis_server_bin,
                 appendfsync=settings.embedded_appendfsync,
             )
-            await asyncio.to_thread(server.start)
+            # Started from the main thread: the parent-death signal is tied to the thread
+            # that forked the server, and the main thread lives as long as the process.
+            server.start()
             url = server.url
             log.info("embedded %s listening on %s", server.binary, url)
         client = connect(url)
