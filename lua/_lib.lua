@@ -28,6 +28,7 @@
 
 local MAXINT = 9007199254740991
 local NEVER = 999999999999999
+local MAX_TIME = 253402300799999  -- 9999-12-31T23:59:59.999Z, the latest accepted timestamp
 local OKEY_PREFIX = 43
 local A, O, D, DUE, OUTBOX, H = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
@@ -100,7 +101,7 @@ local function jenc(v)
 end
 
 local ACCOUNT = id_arg(ARGV[1], 'account', 128)
-local NOW = int_arg(ARGV[2], 'now', 0, NEVER - 1)
+local NOW = int_arg(ARGV[2], 'now', 0, MAX_TIME)
 local TXID = id_arg(ARGV[3], 'transaction_id', 64)
 local RETENTION = int_arg(ARGV[4], 'retention_ms', 1, 10 * 366 * 86400000)
 

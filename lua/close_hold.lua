@@ -19,7 +19,7 @@ local mode = ARGV[6]
 if mode ~= 'settle' and mode ~= 'release' then fail('INVALID', 'mode must be settle or release') end
 local amount = 0
 if mode == 'settle' then amount = int_arg(ARGV[7], 'amount', 0, MAXINT) end
-local desc = text_arg(ARGV[8], 'description', 512)
+local desc = text_arg(ARGV[8], 'description', 2048)
 local metadata = json_obj_arg(ARGV[9], 'metadata', 4096)
 
 require_account()

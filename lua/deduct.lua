@@ -20,7 +20,7 @@
 
 local cost = int_arg(ARGV[5], 'cost', 0, MAXINT)
 local key = id_arg(ARGV[6], 'idempotency_key', 128)
-local desc = text_arg(ARGV[7], 'description', 512)
+local desc = text_arg(ARGV[7], 'description', 2048)
 local metadata = json_obj_arg(ARGV[8], 'metadata', 4096)
 local key_id = ARGV[9] or ''
 if key_id ~= '' then id_arg(key_id, 'key_id', 64) end

@@ -14,11 +14,11 @@
 
 local gid = id_arg(ARGV[5], 'grant_id', 128)
 local credits = int_arg(ARGV[6], 'credits', 1, MAXINT)
-local expires = opt_int_arg(ARGV[7], 'expires_at', 1, NEVER - 1)
+local expires = opt_int_arg(ARGV[7], 'expires_at', 1, MAX_TIME)
 local priority = int_arg(ARGV[8], 'priority', -2147483648, 2147483647)
 local source = id_arg(ARGV[9], 'source', 32)
 local metadata = json_obj_arg(ARGV[10], 'metadata', 4096)
-local desc = text_arg(ARGV[11], 'description', 512)
+local desc = text_arg(ARGV[11], 'description', 2048)
 
 require_account()
 local fp = table.concat({ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]}, '|')

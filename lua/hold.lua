@@ -13,7 +13,7 @@
 local hid = id_arg(ARGV[5], 'hold_id', 128)
 local amount = int_arg(ARGV[6], 'amount', 1, MAXINT)
 local ttl = int_arg(ARGV[7], 'ttl_ms', 1, 366 * 86400000)
-local desc = text_arg(ARGV[8], 'description', 512)
+local desc = text_arg(ARGV[8], 'description', 2048)
 local metadata = json_obj_arg(ARGV[9], 'metadata', 4096)
 
 require_account()

@@ -17,7 +17,7 @@
 local rid = id_arg(ARGV[5], 'refund_id', 128)
 local src = id_arg(ARGV[6], 'transaction_id', 64)
 local amount = opt_int_arg(ARGV[7], 'amount', 1, MAXINT)
-local desc = text_arg(ARGV[8], 'description', 512)
+local desc = text_arg(ARGV[8], 'description', 2048)
 local metadata = json_obj_arg(ARGV[9], 'metadata', 4096)
 
 require_account()

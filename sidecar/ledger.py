@@ -7,6 +7,8 @@ results or domain errors. The clock is injectable so tests can move time.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -16,15 +18,17 @@ from typing import Any, Literal, cast
 import orjson
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from sidecar.errors import BalanceOverflow, HoldExpired, StoreUnavailable, from_script_error
 from sidecar.keys import KeySpace
 from sidecar.scripts import Scripts
 
 MAX_CREDITS = 2**53 - 1
+# Latest accepted timestamp (9999-12-31T23:59:59.999Z): every stored time stays printable.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+CALL_DEADLINE_S = 5.0
+log = logging.getLogger(__name__)
 Clock = Callable[[], int]
 
 
@@ -445,14 +449,19 @@ def _raise_overflow(reply: Any) -> None:
         raise BalanceOverflow("the account would hold more than 2^53-1 credits")
 
 
-async def _call(awaitable: Awaitable[Any]) -> Any:
-    """Awaits a Redis call, turning script errors into domain errors and outages into one error."""
+async def _call(awaitable: Awaitable[Any], deadline_s: float = CALL_DEADLINE_S) -> Any:
+    """Awaits a Redis call within ``deadline_s`` (retries included), turning script errors
+    into domain errors and every other Redis failure (unreachable, read-only replica, out of
+    memory, busy) into StoreUnavailable, logged here and answered with a generic message."""
     try:
-        return await awaitable
+        async with asyncio.timeout(deadline_s):
+            return await awaitable
     except ResponseError as e:
         err = from_script_error(str(e))
-        if err is None:
-            raise
-        raise err from None
-    except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-        raise StoreUnavailable(f"Redis is unreachable: {e}") from e
+        if err is not None:
+            raise err from None
+        log.warning("redis refused a call: %s", e)
+        raise StoreUnavailable("the credit store refused the call") from e
+    except (RedisError, OSError, TimeoutError) as e:
+        log.warning("redis unavailable: %r", e)
+        raise StoreUnavailable("the credit store is unavailable") from e

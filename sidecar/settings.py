@@ -10,7 +10,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,9 +40,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".data"), description="embedded Redis data, SQLite file, tokens")
     shards: int = Field(1, ge=1, le=16384, description="outbox shards; fixed per deployment")
     retention_s: int = Field(
-        86400, ge=1, description="how long idempotency and usage (refund) records are kept"
+        86400,
+        ge=1,
+        le=10 * 366 * 86400,
+        description="how long idempotency and usage (refund) records are kept",
     )
-    hold_ttl_s: int = Field(900, ge=1, description="default TTL of a hold")
+    hold_ttl_s: int = Field(900, ge=1, le=366 * 86400, description="default TTL of a hold")
     sweep_interval_s: float = Field(5.0, gt=0, description="period of the expiry sweep")
     redis_server_bin: str | None = Field(
         None, description="redis-server/valkey-server binary for the embedded server"
@@ -65,10 +68,31 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
 
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8080")
+        return v
+
+    @field_validator("admin_token", "service_token")
+    @classmethod
+    def _strong_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> Settings:
+        if self.admin_token is not None and self.admin_token == self.service_token:
+            raise ValueError("SIDECAR_ADMIN_TOKEN and SIDECAR_SERVICE_TOKEN must differ")
+        return self
+
     @property
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return host.strip("[]"), int(port)
 
     def token(self, name: Literal["admin", "service"]) -> str:
         """The configured token, or one generated once and kept (mode 0600) in the data dir."""

@@ -48,3 +48,26 @@ def test_generated_token_is_stable_and_private(tmp_path: Path) -> None:
     assert len(token) >= 32 and s.token("admin") == token
     assert (tmp_path / "admin_token").stat().st_mode & 0o777 == 0o600
     assert s.token("service") != token
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("SIDECAR_LISTEN", "localhost"),
+        ("SIDECAR_LISTEN", "127.0.0.1:99999"),
+        ("SIDECAR_ADMIN_TOKEN", "short"),
+        ("SIDECAR_RETENTION_S", str(20 * 366 * 86400)),
+    ],
+)
+def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValidationError) as e:
+        Settings()
+    assert var.removeprefix("SIDECAR_").lower() in str(e.value)
+
+
+def test_admin_and_service_tokens_must_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDECAR_ADMIN_TOKEN", "x" * 20)
+    monkeypatch.setenv("SIDECAR_SERVICE_TOKEN", "x" * 20)
+    with pytest.raises(ValidationError):
+        Settings()

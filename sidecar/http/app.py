@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from sidecar.embedded import RedisServer
-from sidecar.errors import StoreUnavailable
 from sidecar.http.errors import error_middleware
 from sidecar.http.keys import LEDGER, SETTINGS, TOKENS
 from sidecar.http.routes import routes
@@ -74,8 +73,9 @@ async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
                 written = await ledger.sweep()
                 if written:
                     log.info("expiry sweep wrote %d transactions", written)
-            except StoreUnavailable as e:
-                log.warning("expiry sweep skipped: %s", e)
+            except Exception:
+                # Keep sweeping whatever went wrong; the next pass retries.
+                log.exception("expiry sweep failed")
             await asyncio.sleep(interval)
 
     task = asyncio.create_task(loop(), name="expiry-sweeper")

@@ -53,7 +53,7 @@ def authorize(request: web.Request, *roles: str) -> None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise errors.Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    given = token.strip().encode()
+    given = token.strip().encode("utf-8", "surrogateescape")
     matched = {
         role for role, secret in request.app[TOKENS].items() if hmac.compare_digest(given, secret)
     }

@@ -7,7 +7,8 @@ precise field and reason.
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -22,9 +23,10 @@ from pydantic import (
     TypeAdapter,
 )
 
-from sidecar.ledger import MAX_CREDITS, RateLimit
+from sidecar.ledger import MAX_CREDITS, MAX_TIMESTAMP_MS, RateLimit
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Source = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=ID_PATTERN)]
 Credits = Annotated[StrictInt, Field(ge=1, le=MAX_CREDITS)]
@@ -34,7 +36,17 @@ DurationMs = Annotated[StrictInt, Field(ge=1, le=366 * 86_400_000)]
 
 
 def _metadata_size(v: dict[str, Any] | None) -> dict[str, Any] | None:
-    if v is not None and len(orjson.dumps(v)) > 4096:
+    if v is None:
+        return v
+    try:
+        json.dumps(v, allow_nan=False)
+    except ValueError:
+        raise ValueError("metadata must not contain NaN or Infinity") from None
+    try:
+        encoded = orjson.dumps(v, option=orjson.OPT_STRICT_INTEGER)
+    except orjson.JSONEncodeError:
+        raise ValueError("metadata integers must be within +-(2^53-1)") from None
+    if len(encoded) > 4096:
         raise ValueError("metadata must encode to at most 4096 bytes of JSON")
     return v
 
@@ -52,12 +64,12 @@ def _parse_timestamp(v: object) -> object:
         raise ValueError("must be unix milliseconds or an RFC 3339 timestamp") from None
     if t.tzinfo is None:
         raise ValueError("timestamp needs a UTC offset (e.g. Z)")
-    return int(t.timestamp() * 1000)
+    return (t - EPOCH) // timedelta(milliseconds=1)  # exact: no float rounding
 
 
-# Unix milliseconds, or RFC 3339 with an offset.
+# Unix milliseconds, or RFC 3339 with an offset; at most 9999-12-31T23:59:59.999Z.
 Timestamp = Annotated[
-    StrictInt, BeforeValidator(_parse_timestamp), Field(ge=1, le=999_999_999_999_998)
+    StrictInt, BeforeValidator(_parse_timestamp), Field(ge=1, le=MAX_TIMESTAMP_MS)
 ]
 
 

@@ -187,6 +187,20 @@ CHECK_OK = {"account": "acme", "cost": 1, "idempotency_key": "k"}
         ({**CHECK_OK, "amount": 1}, 422, "invalid_request", "amount"),
         ({**CHECK_OK, "metadata": [1]}, 422, "invalid_request", "metadata"),
         ({**CHECK_OK, "metadata": {"x": "y" * 5000}}, 422, "invalid_request", "metadata"),
+        (
+            b'{"account": "acme", "cost": 1, "idempotency_key": "k", "metadata": {"x": NaN}}',
+            422,
+            "invalid_request",
+            "metadata",
+        ),
+        (
+            b'{"account": "acme", "cost": 1, "idempotency_key": "k", "metadata": {"x": '
+            + b"1" * 40
+            + b"}}",
+            422,
+            "invalid_request",
+            "metadata",
+        ),
         ({**CHECK_OK, "description": "d" * 513}, 422, "invalid_request", "description"),
         ({**CHECK_OK, "account": "ghost"}, 404, "unknown_account", None),
     ],
@@ -235,6 +249,16 @@ async def test_bad_check_input_is_a_named_4xx_and_changes_nothing(
             "expires_at",
         ),
         ("/v1/accounts/acme/grants", {"grant_id": "g2", "credits": MAX_CREDITS}, None),
+        (
+            "/v1/accounts/acme/grants",
+            {"grant_id": "g2", "credits": 1, "expires_at": 999_999_999_999_998},
+            "expires_at",
+        ),
+        (
+            "/v1/accounts/acme/grants",
+            {"grant_id": "g2", "credits": 1, "expires_at": "9999-12-31T23:59:59-23:59"},
+            "expires_at",
+        ),
         ("/v1/accounts/acme", {"overdraft_limit": -1}, "overdraft_limit"),
         ("/v1/accounts/acme", {"rate_limit": {"requests": 0}}, "rate_limit.requests"),
         ("/v1/holds", {"account": "acme", "hold_id": "h", "amount": 1, "ttl_ms": 0}, "ttl_ms"),
@@ -264,3 +288,19 @@ async def test_bad_admin_input_is_a_named_4xx_and_changes_nothing(
 async def test_bad_path_id_is_422(client: Client) -> None:
     r = await client.put("/v1/accounts/" + "x" * 129, json={}, headers=admin())
     assert r.status == 422 and (await r.json())["error"]["field"] == "account"
+
+
+async def test_non_ascii_bearer_token_is_401(client: Client) -> None:
+    r = await client.get(
+        "/v1/accounts/acme/balance", headers={"Authorization": "Bearer \u00ff\u00fe"}
+    )
+    assert r.status == 401
+
+
+def test_rfc3339_timestamps_convert_to_exact_milliseconds() -> None:
+    from sidecar.http.schemas import GrantRequest
+
+    g = GrantRequest.model_validate_json(
+        b'{"grant_id": "g", "credits": 1, "expires_at": "2039-09-04T05:40:49.648Z"}'
+    )
+    assert g.expires_at == 2198727649648  # float timestamp() gives ...647
