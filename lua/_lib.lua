@@ -147,6 +147,21 @@ local function save_account()
   end
 end
 
+-- For paths that may have processed deadlines but otherwise change nothing.
+local function save_if_touched()
+  if deadlines_changed then save_account() end
+end
+
+-- One low_balance event when a debit takes the balance from >= the threshold to below it.
+local function low_balance_event(events_key, before, txid)
+  local after = balance()
+  if not (acct.lbt and before >= acct.lbt and after < acct.lbt) then return 0 end
+  redis.call('XADD', events_key, 'MAXLEN', '~', 100000, '*', 'type', 'low_balance',
+    'account', ACCOUNT, 'balance', fmt(after), 'threshold', fmt(acct.lbt), 'transaction_id', txid,
+    'ts', fmt(NOW))
+  return 1
+end
+
 local function extra_txid()
   extra_txns = extra_txns + 1
   return TXID .. '.' .. extra_txns

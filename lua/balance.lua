@@ -8,7 +8,7 @@
 
 require_account()
 expire_due()
-if extra_txns > 0 or deadlines_changed then save_account() end
+save_if_touched()
 local rows = {}
 for i, m in ipairs(redis.call('ZRANGE', O, 0, -1)) do
   local id = string.sub(m, OKEY_PREFIX + 1)

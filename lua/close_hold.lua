@@ -27,11 +27,12 @@ local raw = redis.call('HGET', H, hid)
 if not raw then fail('UNKNOWN_HOLD', 'hold ' .. hid .. ' does not exist') end
 local rec = cjson.decode(raw)
 local want = mode == 'settle' and 'settled' or 'released'
+local function replay(r)
+  return {'ok', r.close_tx, r.close_balance, r.charged, 1, r.forfeited, r.state}
+end
 if rec.state ~= 'active' then
   local same = rec.state == want and (mode == 'release' or rec.charged == amount)
-  if same or (mode == 'release' and rec.state == 'expired') then
-    return {'ok', rec.close_tx, rec.close_balance, rec.charged, 1, rec.forfeited, rec.state}
-  end
+  if same or (mode == 'release' and rec.state == 'expired') then return replay(rec) end
   if rec.state == 'expired' then
     fail('HOLD_EXPIRED', 'hold ' .. hid .. ' expired and was released by transaction ' .. rec.close_tx)
   end
@@ -51,9 +52,7 @@ if rec.state ~= 'active' then
   -- its TTL passed and the expire_due above released it: the same answers as when the
   -- sweeper got there first
   save_account()
-  if mode == 'release' then
-    return {'ok', rec.close_tx, rec.close_balance, rec.charged, 1, rec.forfeited, rec.state}
-  end
+  if mode == 'release' then return replay(rec) end
   return {'hold_expired', rec.close_tx, rec.close_balance}
 end
 rec = close_hold(hid, rec, amount, want, TXID, desc, metadata)

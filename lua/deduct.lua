@@ -67,7 +67,7 @@ if cost == 0 then
 end
 local before = balance()
 if before - cost < -acct.ovl then
-  if extra_txns > 0 or deadlines_changed then save_account() end
+  save_if_touched()
   return {'insufficient', before, cost}
 end
 
@@ -81,12 +81,6 @@ redis.call('SET', KEYS[7], jenc({tx = TXID, cost = cost, bal = after}), 'PX', RE
 redis.call('HSET', KEYS[8], 'cost', fmt(cost), 'alloc', jenc(alloc), 'overdraft', fmt(short),
   'refunded', '0')
 redis.call('PEXPIRE', KEYS[8], RETENTION)
-local low = 0
-if acct.lbt and before >= acct.lbt and after < acct.lbt then
-  low = 1
-  redis.call('XADD', KEYS[9], 'MAXLEN', '~', 100000, '*', 'type', 'low_balance',
-    'account', ACCOUNT, 'balance', fmt(after), 'threshold', fmt(acct.lbt), 'transaction_id', TXID,
-    'ts', fmt(NOW))
-end
+local low = low_balance_event(KEYS[9], before, TXID)
 save_account()
 return {'ok', TXID, after, cost, 0, low}

@@ -10,5 +10,5 @@ if not load_account() then
   return 0
 end
 expire_due()
-if extra_txns > 0 or deadlines_changed then save_account() end
+save_if_touched()
 return extra_txns

@@ -33,7 +33,7 @@ if expires and expires <= NOW then fail('INVALID', 'expires_at must be in the fu
 
 expire_due()
 if acct.avail + acct.held + credits > MAXINT then
-  if extra_txns > 0 or deadlines_changed then save_account() end
+  save_if_touched()
   return {'overflow'}
 end
 local repaid = math.min(acct.debt, credits)

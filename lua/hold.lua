@@ -28,13 +28,13 @@ end
 expire_due()
 if raw then
   -- a replay; report the state after due deadlines (its own TTL) were processed
-  if extra_txns > 0 or deadlines_changed then save_account() end
+  save_if_touched()
   local rec = cjson.decode(redis.call('HGET', H, hid) or raw)
   return {'ok', rec.tx, rec.bal, rec.expires, 1, rec.state}
 end
 local before = balance()
 if before < amount then
-  if extra_txns > 0 or deadlines_changed then save_account() end
+  save_if_touched()
   return {'insufficient', before, amount}
 end
 local alloc = draw(amount, true)
@@ -47,10 +47,6 @@ emit(TXID, 'hold', -amount, alloc, {held = parts, hold_id = hid, expires = rec.e
 rec.bal = balance()
 redis.call('HSET', H, hid, jenc(rec))
 schedule('h:' .. hid, rec.expires)
-if acct.lbt and before >= acct.lbt and rec.bal < acct.lbt then
-  redis.call('XADD', KEYS[7], 'MAXLEN', '~', 100000, '*', 'type', 'low_balance',
-    'account', ACCOUNT, 'balance', fmt(rec.bal), 'threshold', fmt(acct.lbt), 'transaction_id', TXID,
-    'ts', fmt(NOW))
-end
+low_balance_event(KEYS[7], before, TXID)
 save_account()
 return {'ok', TXID, rec.bal, rec.expires, 0, 'active'}

@@ -42,7 +42,7 @@ end
 
 expire_due()
 if acct.avail + acct.held + amount > MAXINT then
-  if extra_txns > 0 or deadlines_changed then save_account() end
+  save_if_touched()
   return {'overflow'}
 end
 local parts = {}

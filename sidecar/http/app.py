@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from sidecar.embedded import RedisServer
+from sidecar.http.appkeys import LEDGER, SETTINGS, TOKENS
 from sidecar.http.errors import error_middleware
-from sidecar.http.keys import LEDGER, SETTINGS, TOKENS
 from sidecar.http.routes import routes
 from sidecar.keys import KeySpace
-from sidecar.ledger import Clock, Ledger, wall_clock_ms
+from sidecar.ledger import CALL_DEADLINE_S, Clock, Ledger, wall_clock_ms
 from sidecar.redis_client import connect
 from sidecar.settings import Settings
 
@@ -64,11 +64,16 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
 
 
 async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Expires buckets and lapsed holds of accounts nobody touches, every sweep interval."""
+    """Expires buckets and lapsed holds of accounts nobody touches, every sweep interval.
+
+    Stopped by an event rather than by cancellation: a sweep in flight finishes (a
+    cancelled Redis call can surface as an ordinary error, which the loop must survive).
+    """
     ledger, interval = app[LEDGER], app[SETTINGS].sweep_interval_s
+    stop = asyncio.Event()
 
     async def loop() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 written = await ledger.sweep()
                 if written:
@@ -76,12 +81,15 @@ async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
             except Exception:
                 # Keep sweeping whatever went wrong; the next pass retries.
                 log.exception("expiry sweep failed")
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     task = asyncio.create_task(loop(), name="expiry-sweeper")
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        try:
+            await asyncio.wait_for(task, CALL_DEADLINE_S * 2)
+        except TimeoutError:
+            log.error("expiry sweeper did not stop in time")

@@ -15,8 +15,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from sidecar import errors
+from sidecar.http.appkeys import LEDGER, SETTINGS, TOKENS
 from sidecar.http.errors import json_response, validation_error
-from sidecar.http.keys import LEDGER, SETTINGS, TOKENS
 from sidecar.http.schemas import (
     ID,
     AccountRequest,
@@ -33,7 +33,7 @@ from sidecar.ledger import (
     CloseResult,
     Insufficient,
     RateLimit,
-    RateLimited,
+    Revoked,
 )
 
 routes = web.RouteTableDef()
@@ -133,7 +133,8 @@ async def check(request: web.Request) -> web.Response:
         )
     if isinstance(r, Insufficient):
         return insufficient(req.account, r)
-    assert isinstance(r, RateLimited)
+    if isinstance(r, Revoked):  # not reachable without a key id; kept exhaustive
+        raise errors.Unauthorized("API key revoked")
     return json_response(
         {
             "allowed": False,
