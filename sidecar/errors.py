@@ -50,6 +50,10 @@ class UnknownTransaction(SidecarError):
     code = "unknown_transaction"
 
 
+class UnknownKey(SidecarError):
+    code = "unknown_key"
+
+
 class IdempotencyConflict(SidecarError):
     """An id was used again with other parameters."""
 
@@ -83,6 +87,7 @@ _SCRIPT_ERRORS: dict[str, type[SidecarError]] = {
     "UNKNOWN_ACCOUNT": UnknownAccount,
     "UNKNOWN_HOLD": UnknownHold,
     "UNKNOWN_TRANSACTION": UnknownTransaction,
+    "UNKNOWN_KEY": UnknownKey,
     "CONFLICT": IdempotencyConflict,
     "HOLD_CLOSED": HoldClosed,
     "HOLD_EXPIRED": HoldExpired,

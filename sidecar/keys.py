@@ -64,6 +64,21 @@ class KeySpace:
     def usage(self, account: str, transaction_id: str) -> str:
         return f"{self._tag(self.shard_of(account))}:u:{account}/{transaction_id}"
 
+    def api_keys(self, account: str) -> str:
+        """Hash: key id -> the key's JSON record (never the key itself)."""
+        return f"{self._tag(self.shard_of(account))}:k:{account}"
+
+    # Global (one slot): read only on an in-process cache miss, or by the admin API.
+    @staticmethod
+    def api_key_index() -> str:
+        """Hash: SHA-256 of a key -> "<account>/<key id>"."""
+        return f"{PREFIX}:keys:by-hash"
+
+    @staticmethod
+    def api_key_accounts() -> str:
+        """Hash: key id -> account."""
+        return f"{PREFIX}:keys:by-id"
+
     def outbox(self, shard: int) -> str:
         return f"{self._tag(shard)}:outbox"
 

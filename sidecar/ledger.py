@@ -172,7 +172,7 @@ class Ledger:
         self.clock = clock
         self.scripts = Scripts.register(redis)
 
-    async def _run(
+    async def run_script(
         self,
         script: AsyncScript,
         account: str,
@@ -198,7 +198,7 @@ class Ledger:
                 # EVALSHA; EVAL loads and runs in one step, so it cannot miss.
                 return await self.redis.eval(cast(str, script.script), len(keys), *keys, *argv)
 
-        return await _call(invoke())
+        return await store_call(invoke())
 
     async def configure_account(
         self,
@@ -215,7 +215,9 @@ class Ledger:
             else ["", "", ""]
         )
         opt_lbt = "" if low_balance_threshold is None else low_balance_threshold
-        reply = await self._run(self.scripts.account, account, [], [overdraft_limit, opt_lbt, *rl])
+        reply = await self.run_script(
+            self.scripts.account, account, [], [overdraft_limit, opt_lbt, *rl]
+        )
         return bool(reply[0])
 
     async def grant(
@@ -230,7 +232,7 @@ class Ledger:
         metadata: Mapping[str, Any] | None = None,
         description: str = "",
     ) -> GrantResult:
-        reply = await self._run(
+        reply = await self.run_script(
             self.scripts.grant,
             account,
             [],
@@ -284,7 +286,7 @@ class Ledger:
             route,
             *rl,
         ]
-        reply = await self._run(self.scripts.deduct, account, extra_keys, args, txid)
+        reply = await self.run_script(self.scripts.deduct, account, extra_keys, args, txid)
         status = _text(reply[0])
         if status == "ok":
             return Allowed(
@@ -306,7 +308,7 @@ class Ledger:
         description: str = "",
         metadata: Mapping[str, Any] | None = None,
     ) -> HoldResult | Insufficient:
-        reply = await self._run(
+        reply = await self.run_script(
             self.scripts.hold,
             account,
             [self.keys.events_for(account)],
@@ -348,7 +350,7 @@ class Ledger:
         description: str,
         metadata: Mapping[str, Any] | None,
     ) -> CloseResult:
-        reply = await self._run(
+        reply = await self.run_script(
             self.scripts.close_hold,
             account,
             [],
@@ -378,7 +380,7 @@ class Ledger:
         description: str = "",
         metadata: Mapping[str, Any] | None = None,
     ) -> RefundResult:
-        reply = await self._run(
+        reply = await self.run_script(
             self.scripts.refund,
             account,
             [self.keys.usage(account, transaction_id)],
@@ -396,7 +398,7 @@ class Ledger:
         )
 
     async def balance(self, account: str) -> Balance:
-        r = await self._run(self.scripts.balance, account, [], [])
+        r = await self.run_script(self.scripts.balance, account, [], [])
         buckets = []
         for bucket_id, remaining, held, raw in r[8]:
             meta = orjson.loads(raw)
@@ -429,14 +431,14 @@ class Ledger:
 
     async def expire(self, account: str) -> int:
         """Processes the account's due deadlines; returns how many transactions that wrote."""
-        return int(await self._run(self.scripts.expire, account, [], []))
+        return int(await self.run_script(self.scripts.expire, account, [], []))
 
     async def sweep(self, limit: int = 500) -> int:
         """One pass of the expiry sweep over every shard; returns transactions written."""
         now = self.clock()
         written = 0
         for shard in range(self.keys.shards):
-            accounts = await _call(
+            accounts = await store_call(
                 self.redis.zrangebyscore(self.keys.due(shard), "-inf", now, start=0, num=limit)
             )
             for account in accounts:
@@ -449,7 +451,7 @@ def _raise_overflow(reply: Any) -> None:
         raise BalanceOverflow("the account would hold more than 2^53-1 credits")
 
 
-async def _call(awaitable: Awaitable[Any], deadline_s: float = CALL_DEADLINE_S) -> Any:
+async def store_call(awaitable: Awaitable[Any], deadline_s: float = CALL_DEADLINE_S) -> Any:
     """Awaits a Redis call within ``deadline_s`` (retries included), turning script errors
     into domain errors and every other Redis failure (unreachable, read-only replica, out of
     memory, busy) into StoreUnavailable, logged here and answered with a generic message."""

@@ -13,7 +13,17 @@ from importlib.resources import files
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-NAMES = ("account", "grant", "deduct", "hold", "close_hold", "refund", "balance", "expire")
+NAMES = (
+    "account",
+    "grant",
+    "deduct",
+    "hold",
+    "close_hold",
+    "refund",
+    "balance",
+    "expire",
+    "apikey",
+)
 
 
 @cache
@@ -35,6 +45,7 @@ class Scripts:
     refund: AsyncScript
     balance: AsyncScript
     expire: AsyncScript
+    apikey: AsyncScript
 
     @classmethod
     def register(cls, client: Redis) -> Scripts:

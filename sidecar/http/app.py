@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from sidecar.apikeys import ApiKeys
 from sidecar.embedded import RedisServer
-from sidecar.http.appkeys import LEDGER, SETTINGS, TOKENS
+from sidecar.http.appkeys import API_KEYS, LEDGER, SETTINGS, TOKENS
 from sidecar.http.errors import error_middleware
 from sidecar.http.routes import routes
 from sidecar.keys import KeySpace
@@ -44,12 +45,13 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
             url = server.url
             log.info("embedded %s listening on %s", server.binary, url)
         client = connect(url)
-        app[LEDGER] = Ledger(
+        app[LEDGER] = ledger = Ledger(
             client,
             KeySpace(settings.shards),
             retention_ms=settings.retention_s * 1000,
             clock=clock,
         )
+        app[API_KEYS] = ApiKeys(ledger)
         try:
             yield
         finally:

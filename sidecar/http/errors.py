@@ -22,6 +22,7 @@ STATUS: dict[type[errors.SidecarError], int] = {
     errors.UnknownAccount: 404,
     errors.UnknownHold: 404,
     errors.UnknownTransaction: 404,
+    errors.UnknownKey: 404,
     errors.IdempotencyConflict: 409,
     errors.HoldClosed: 409,
     errors.HoldExpired: 409,

@@ -15,7 +15,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from sidecar import errors
-from sidecar.http.appkeys import LEDGER, SETTINGS, TOKENS
+from sidecar.apikeys import KeyInfo
+from sidecar.http.appkeys import API_KEYS, LEDGER, SETTINGS, TOKENS
 from sidecar.http.errors import json_response, validation_error
 from sidecar.http.schemas import (
     ID,
@@ -23,6 +24,7 @@ from sidecar.http.schemas import (
     CheckRequest,
     GrantRequest,
     HoldRequest,
+    KeyRequest,
     RefundRequest,
     ReleaseRequest,
     SettleRequest,
@@ -326,3 +328,40 @@ async def refund(request: web.Request) -> web.Response:
         },
         200 if r.replayed else 201,
     )
+
+
+def key_view(k: KeyInfo) -> dict[str, Any]:
+    return {
+        "key_id": k.key_id,
+        "account": k.account,
+        "name": k.name,
+        "prefix": k.prefix,
+        "created_at": iso(k.created_at),
+        "rate_limit": rate_limit_view(k.rate_limit),
+        "revoked_at": iso(k.revoked_at),
+    }
+
+
+@routes.post("/v1/accounts/{account}/keys")
+async def create_key(request: web.Request) -> web.Response:
+    authorize(request, "admin")
+    account = path_id(request, "account")
+    req = await body(request, KeyRequest)
+    rl = req.rate_limit.to_rate_limit() if req.rate_limit else None
+    info, key = await request.app[API_KEYS].create(account, name=req.name, rate_limit=rl)
+    return json_response({**key_view(info), "key": key}, 201)
+
+
+@routes.get("/v1/accounts/{account}/keys")
+async def list_keys(request: web.Request) -> web.Response:
+    authorize(request, "admin")
+    account = path_id(request, "account")
+    keys = await request.app[API_KEYS].list(account)
+    return json_response({"account": account, "keys": [key_view(k) for k in keys]})
+
+
+@routes.delete("/v1/keys/{key_id}")
+async def revoke_key(request: web.Request) -> web.Response:
+    authorize(request, "admin")
+    key_id = path_id(request, "key_id")
+    return json_response(key_view(await request.app[API_KEYS].revoke(key_id)))

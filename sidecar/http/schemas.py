@@ -112,6 +112,11 @@ class AccountRequest(Body):
     rate_limit: RateLimitBody | None = None
 
 
+class KeyRequest(Body):
+    name: Annotated[str, StringConstraints(max_length=128)] = ""
+    rate_limit: RateLimitBody | None = None
+
+
 class HoldRequest(Body):
     account: Id
     hold_id: Id

@@ -304,3 +304,26 @@ def test_rfc3339_timestamps_convert_to_exact_milliseconds() -> None:
         b'{"grant_id": "g", "credits": 1, "expires_at": "2039-09-04T05:40:49.648Z"}'
     )
     assert g.expires_at == 2198727649648  # float timestamp() gives ...647
+
+
+async def test_key_admin_api_shows_the_key_once(client: Client) -> None:
+    await setup_account(client)
+    r = await client.post(
+        "/v1/accounts/acme/keys",
+        json={"name": "prod", "rate_limit": {"requests": 10}},
+        headers=admin(),
+    )
+    assert r.status == 201
+    created = await r.json()
+    assert created["key"].startswith("csk_") and created["rate_limit"]["burst"] == 10
+    listed = await (await client.get("/v1/accounts/acme/keys", headers=admin())).json()
+    assert [k["key_id"] for k in listed["keys"]] == [created["key_id"]]
+    assert "key" not in listed["keys"][0]
+    r = await client.delete(f"/v1/keys/{created['key_id']}", headers=admin())
+    assert r.status == 200 and (await r.json())["revoked_at"]
+    r = await client.delete("/v1/keys/key_nope", headers=admin())
+    assert r.status == 404 and (await r.json())["error"]["code"] == "unknown_key"
+    r = await client.post("/v1/accounts/acme/keys", json={}, headers=service())
+    assert r.status == 403
+    r = await client.post("/v1/accounts/ghost/keys", json={}, headers=admin())
+    assert r.status == 404

@@ -1,0 +1,40 @@
+-- apikey.lua: activate or revoke an API key on its account.
+--
+-- KEYS: the common six (see _lib.lua), then [7] the account's API-key records (hash:
+--   key id -> JSON record; the key itself is never stored, only its SHA-256 elsewhere).
+-- ARGV: the common four, then
+--   [5] mode: 'create' or 'revoke'   [6] key id
+--   [7] create: the key's JSON record   [8] create: its rate limit 'n:ms:burst' or ''
+-- The account hash field k:<key id> marks the key active; deduct.lua refuses a key
+-- without it, so a revocation takes effect on the very next check in every sidecar.
+-- Returns the key's JSON record (revoke: with revoked_at, ms).
+
+local mode = ARGV[5]
+if mode ~= 'create' and mode ~= 'revoke' then fail('INVALID', 'mode must be create or revoke') end
+local kid = id_arg(ARGV[6], 'key_id', 64)
+require_account()
+
+if mode == 'create' then
+  local record = json_obj_arg(ARGV[7], 'record', 4096)
+  local spec = ARGV[8] or ''
+  if spec ~= '' and not string.match(spec, '^%d+:%d+:%d+$') then
+    fail('INVALID', 'rate_limit must be requests:period_ms:burst')
+  end
+  if redis.call('HEXISTS', KEYS[7], kid) == 1 then
+    fail('CONFLICT', 'key_id ' .. kid .. ' already exists')
+  end
+  redis.call('HSET', A, 'k:' .. kid, spec)
+  redis.call('HSET', KEYS[7], kid, record)
+  return record
+end
+
+local raw = redis.call('HGET', KEYS[7], kid)
+if not raw then fail('UNKNOWN_KEY', 'key ' .. kid .. ' does not exist') end
+local rec = cjson.decode(raw)
+if not rec.revoked_at then
+  rec.revoked_at = NOW
+  redis.call('HDEL', A, 'k:' .. kid, 'kt:' .. kid)
+  raw = jenc(rec)
+  redis.call('HSET', KEYS[7], kid, raw)
+end
+return raw

@@ -1,0 +1,148 @@
+"""API keys: an account owns many (its credits are pooled across them).
+
+A key is shown once, at creation; Redis keeps only its SHA-256 (in a global index that
+maps the hash to account and key id) and a record without the secret. The hot path
+resolves a presented key through an in-process cache, so the common case costs no
+extra round trip. The cache never has to be invalidated for correctness: the deduct
+script itself refuses a key that is no longer active on its account.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from cachetools import LRUCache, TTLCache
+
+from sidecar.errors import UnknownKey
+from sidecar.ledger import Ledger, RateLimit, store_call
+
+KEY_PREFIX = "csk_"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyIdentity:
+    account: str
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    key_id: str
+    account: str
+    name: str
+    prefix: str
+    created_at: int
+    rate_limit: RateLimit | None
+    revoked_at: int | None
+
+    @classmethod
+    def from_record(cls, raw: bytes | str) -> KeyInfo:
+        r: dict[str, Any] = orjson.loads(raw)
+        rl = r.get("rate_limit")
+        return cls(
+            key_id=r["key_id"],
+            account=r["account"],
+            name=r["name"],
+            prefix=r["prefix"],
+            created_at=int(r["created_at"]),
+            rate_limit=RateLimit(rl["requests"], rl["period_ms"], rl["burst"]) if rl else None,
+            revoked_at=int(r["revoked_at"]) if r.get("revoked_at") else None,
+        )
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class ApiKeys:
+    """Creates, lists, revokes and resolves API keys."""
+
+    def __init__(self, ledger: Ledger, *, cache_size: int = 100_000) -> None:
+        self.ledger = ledger
+        self.redis = ledger.redis
+        self.keys = ledger.keys
+        self._known: LRUCache[str, KeyIdentity] = LRUCache(cache_size)
+        # Unknown keys are remembered briefly so a flood of bad keys stays off Redis.
+        self._unknown: TTLCache[str, bool] = TTLCache(10_000, ttl=5)
+
+    async def create(
+        self, account: str, *, name: str = "", rate_limit: RateLimit | None = None
+    ) -> tuple[KeyInfo, str]:
+        """A new key for ``account``: its record, and the key itself (shown only now)."""
+        key_id = "key_" + secrets.token_hex(8)
+        key = f"{KEY_PREFIX}{secrets.token_urlsafe(32)}"
+        digest = hash_key(key)
+        record = {
+            "key_id": key_id,
+            "account": account,
+            "name": name,
+            "prefix": key[:12],
+            "created_at": self.ledger.clock(),
+            "rate_limit": (
+                {
+                    "requests": rate_limit.requests,
+                    "period_ms": rate_limit.period_ms,
+                    "burst": rate_limit.burst,
+                }
+                if rate_limit
+                else None
+            ),
+            "hash": digest,
+        }
+        spec = (
+            f"{rate_limit.requests}:{rate_limit.period_ms}:{rate_limit.burst}" if rate_limit else ""
+        )
+        raw = await self.ledger.run_script(
+            self.ledger.scripts.apikey,
+            account,
+            [self.keys.api_keys(account)],
+            ["create", key_id, orjson.dumps(record).decode(), spec],
+        )
+        # The key is active on its account first, then resolvable: a crash in between
+        # leaves an unusable key that can still be listed and revoked.
+        await store_call(self.redis.hset(self.keys.api_key_accounts(), key_id, account))
+        await store_call(self.redis.hset(self.keys.api_key_index(), digest, f"{account}/{key_id}"))
+        return KeyInfo.from_record(raw), key
+
+    async def list(self, account: str) -> list[KeyInfo]:
+        await self.ledger.balance(account)  # UnknownAccount for a missing account
+        raw: dict[Any, Any] = await store_call(self.redis.hgetall(self.keys.api_keys(account)))
+        infos = [KeyInfo.from_record(v) for v in raw.values()]
+        return sorted(infos, key=lambda k: (k.created_at, k.key_id))
+
+    async def revoke(self, key_id: str) -> KeyInfo:
+        account = await store_call(self.redis.hget(self.keys.api_key_accounts(), key_id))
+        if account is None:
+            raise UnknownKey(f"key {key_id} does not exist")
+        account = account.decode()
+        raw = await self.ledger.run_script(
+            self.ledger.scripts.apikey, account, [self.keys.api_keys(account)], ["revoke", key_id]
+        )
+        digest = orjson.loads(raw)["hash"]
+        await store_call(self.redis.hdel(self.keys.api_key_index(), digest))
+        self._known.pop(digest, None)
+        return KeyInfo.from_record(raw)
+
+    async def resolve(self, key: str) -> KeyIdentity | None:
+        """The account and key id of a presented key, or None when it is unknown.
+
+        A revoked key may still resolve from another process's cache; the deduct script
+        refuses it, so callers must pass the key id on to the ledger."""
+        digest = hash_key(key)
+        ident = self._known.get(digest)
+        if ident is not None:
+            return ident
+        if digest in self._unknown:
+            return None
+        raw = await store_call(self.redis.hget(self.keys.api_key_index(), digest))
+        if raw is None:
+            self._unknown[digest] = True
+            return None
+        account, _, key_id = raw.decode().rpartition("/")
+        ident = KeyIdentity(account, key_id)
+        self._known[digest] = ident
+        return ident
