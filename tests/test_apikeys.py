@@ -99,9 +99,7 @@ async def test_key_rate_limit_applies_per_key(apikeys: ApiKeys, ledger: Ledger) 
 
 async def test_route_rate_limit_and_free_route(apikeys: ApiKeys, ledger: Ledger) -> None:
     route = RateLimit(1, 1000, 1)
-    assert isinstance(
-        await ledger.deduct("a", 1, "r1", route="images", route_limit=route), Allowed
-    )
+    assert isinstance(await ledger.deduct("a", 1, "r1", route="images", route_limit=route), Allowed)
     assert isinstance(
         await ledger.deduct("a", 1, "r2", route="images", route_limit=route), RateLimited
     )
