@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from sidecar import __version__
 from sidecar.http.app import create_app
+from sidecar.pricing import PricingError, load_pricing
 from sidecar.settings import Settings
 
 
@@ -38,6 +39,11 @@ def serve(listen: str | None) -> None:
     """Serve the HTTP API (starts an embedded Redis when SIDECAR_REDIS_URL is unset)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings(listen=listen)
+    try:
+        load_pricing(settings.pricing_file)
+    except PricingError as e:
+        click.echo(f"config error: SIDECAR_PRICING_FILE: {e}", err=True)
+        sys.exit(2)
     host, port = settings.host_port
     app = create_app(settings)
     click.echo(

@@ -52,6 +52,19 @@ class Settings(BaseSettings):
     )
     embedded_appendfsync: Literal["always", "everysec", "no"] = "everysec"
     access_log: bool = Field(False, description="log every request (off: keeps the hot path lean)")
+    pricing_file: Path | None = Field(
+        None, description="TOML route-cost rules; unset = every route costs 1"
+    )
+    request_id_header: str = Field(
+        "X-Request-Id", description="proxy header whose value is the idempotency key"
+    )
+    trust_cost_header: bool = Field(
+        False, description="honour X-Credits-Cost from the proxy (only if the proxy is trusted)"
+    )
+    failure_policy: Literal["fail_closed", "fail_open"] = Field(
+        "fail_closed", description="proxy auth when Redis is unreachable: 503, or allow and count"
+    )
+    shadow: bool = Field(False, description="evaluate and record, but never deny (rollout)")
 
     @classmethod
     def settings_customise_sources(

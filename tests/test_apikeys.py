@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from sidecar import errors
 from sidecar.apikeys import ApiKeys, hash_key
 from sidecar.ledger import Allowed, Ledger, RateLimit, RateLimited, Revoked
-from tests.conftest import snapshot
+from tests.conftest import FakeClock, snapshot
 
 
 @pytest.fixture
@@ -35,8 +35,9 @@ async def test_created_key_resolves_to_its_account(apikeys: ApiKeys) -> None:
     assert await apikeys.resolve("") is None
 
 
-async def test_listing_shows_metadata_never_the_key(apikeys: ApiKeys) -> None:
+async def test_listing_shows_metadata_never_the_key(apikeys: ApiKeys, clock: FakeClock) -> None:
     a, key_a = await apikeys.create("a", name="one")
+    clock.advance(1)
     b, _ = await apikeys.create("a", name="two", rate_limit=RateLimit(5, 1000, 5))
     listed = await apikeys.list("a")
     assert [k.key_id for k in listed] == [a.key_id, b.key_id]

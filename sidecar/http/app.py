@@ -7,17 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from sidecar.apikeys import ApiKeys
 from sidecar.embedded import RedisServer
-from sidecar.http.appkeys import API_KEYS, LEDGER, SETTINGS, TOKENS
+from sidecar.gate import Gate
+from sidecar.http.appkeys import API_KEYS, GATE, LEDGER, SETTINGS, TOKENS
 from sidecar.http.errors import error_middleware
+from sidecar.http.proxy import proxy_routes
 from sidecar.http.routes import routes
 from sidecar.keys import KeySpace
 from sidecar.ledger import CALL_DEADLINE_S, Clock, Ledger, wall_clock_ms
+from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
 from sidecar.settings import Settings
 
@@ -51,7 +55,16 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
             retention_ms=settings.retention_s * 1000,
             clock=clock,
         )
-        app[API_KEYS] = ApiKeys(ledger)
+        app[API_KEYS] = api_keys = ApiKeys(ledger)
+        app[GATE] = Gate(
+            ledger,
+            api_keys,
+            load_pricing(settings.pricing_file),
+            request_id_header=settings.request_id_header,
+            trust_cost_header=settings.trust_cost_header,
+            failure_policy=settings.failure_policy,
+            shadow=settings.shadow,
+        )
         try:
             yield
         finally:
@@ -61,7 +74,9 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
 
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(sweeper_ctx)
+    app.cleanup_ctx.append(reload_ctx)
     app.add_routes(routes)
+    app.add_routes(proxy_routes)
     return app
 
 
@@ -95,3 +110,28 @@ async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.wait_for(task, CALL_DEADLINE_S * 2)
         except TimeoutError:
             log.error("expiry sweeper did not stop in time")
+
+
+async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
+    """SIGHUP reloads the pricing file; in-flight requests keep the rules they started with,
+    and a broken file is logged and ignored (the old rules stay)."""
+    settings, gate = app[SETTINGS], app[GATE]
+
+    def reload() -> None:
+        try:
+            gate.pricing = load_pricing(settings.pricing_file)
+            log.info("pricing reloaded from %s", settings.pricing_file)
+        except PricingError as e:
+            log.error("pricing not reloaded: %s", e)
+
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        installed = True
+    except (NotImplementedError, RuntimeError):  # not the main thread
+        installed = False
+    try:
+        yield
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGHUP)

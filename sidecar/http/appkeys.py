@@ -5,10 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar.apikeys import ApiKeys
+from sidecar.gate import Gate
 from sidecar.ledger import Ledger
 from sidecar.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 LEDGER = web.AppKey("ledger", Ledger)
 API_KEYS = web.AppKey("api_keys", ApiKeys)
+GATE = web.AppKey("gate", Gate)
 TOKENS = web.AppKey("tokens", dict[str, bytes])

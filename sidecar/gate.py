@@ -1,0 +1,134 @@
+"""The proxy-facing decision, shared by every proxy mode: may this request go ahead?
+
+One call: find the API key (``Authorization: Bearer`` or ``X-API-Key``), price the route,
+and run the deduct script with the key id, the route's rate limit and the proxy's request
+id as idempotency key (a retried subrequest is charged once). The result is an
+:class:`Outcome` that each proxy mode renders in the form its proxy understands.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sidecar.apikeys import ApiKeys
+from sidecar.errors import StoreUnavailable
+from sidecar.ledger import Allowed, Insufficient, Ledger, RateLimited, Revoked
+from sidecar.pricing import Pricing
+
+log = logging.getLogger(__name__)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+FailurePolicy = Literal["fail_closed", "fail_open"]
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int  # what the client should get: 200, 400, 401, 402, 403, 429 or 503
+    reason: str
+    account: str = ""
+    balance: int | None = None
+    cost: int | None = None
+    required: int | None = None
+    transaction_id: str = ""
+    retry_after_ms: int | None = None
+    shadow_status: int | None = None  # shadow mode: the status it would have had
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 200
+
+
+@dataclass(slots=True)
+class GateStats:
+    fail_open: int = 0
+    shadow_denials: int = 0
+
+
+class Gate:
+    def __init__(
+        self,
+        ledger: Ledger,
+        api_keys: ApiKeys,
+        pricing: Pricing,
+        *,
+        request_id_header: str = "X-Request-Id",
+        trust_cost_header: bool = False,
+        failure_policy: FailurePolicy = "fail_closed",
+        shadow: bool = False,
+    ) -> None:
+        self.ledger = ledger
+        self.api_keys = api_keys
+        self.pricing = pricing
+        self.request_id_header = request_id_header
+        self.trust_cost_header = trust_cost_header
+        self.failure_policy = failure_policy
+        self.shadow = shadow
+        self.stats = GateStats()
+
+    async def decide(self, method: str, path: str, headers: Mapping[str, str]) -> Outcome:
+        outcome = await self._decide(method, path, headers)
+        if self.shadow and not outcome.allowed:
+            self.stats.shadow_denials += 1
+            outcome.shadow_status, outcome.status = outcome.status, 200
+        return outcome
+
+    async def _decide(self, method: str, path: str, headers: Mapping[str, str]) -> Outcome:
+        key = _presented_key(headers)
+        if not key:
+            return Outcome(401, "missing_api_key")
+        rule = self.pricing.match(method, path)
+        if rule.cost is None:
+            return Outcome(403, "route_denied")
+        cost = rule.cost
+        if self.trust_cost_header and "X-Credits-Cost" in headers:
+            raw = headers["X-Credits-Cost"].strip()
+            if not raw.isdigit() or len(raw) > 16 or int(raw) > 2**53 - 1:
+                return Outcome(400, "invalid_cost_header")
+            cost = int(raw)
+        request_id = headers.get(self.request_id_header, "")
+        if not _REQUEST_ID.match(request_id):
+            request_id = "gen-" + uuid.uuid4().hex  # no id from the proxy: no retry safety
+        try:
+            ident = await self.api_keys.resolve(key)
+            if ident is None:
+                return Outcome(401, "invalid_api_key")
+            r = await self.ledger.deduct(
+                ident.account,
+                cost,
+                request_id,
+                description=f"{method} {path}"[:512],
+                key_id=ident.key_id,
+                route=rule.name,
+                route_limit=rule.rate_limit,
+            )
+        except StoreUnavailable:
+            if self.failure_policy == "fail_open":
+                self.stats.fail_open += 1
+                log.warning("credit store unavailable: failing open for %s %s", method, path)
+                return Outcome(200, "fail_open")
+            return Outcome(503, "store_unavailable")
+        if isinstance(r, Allowed):
+            return Outcome(
+                200, "allowed", ident.account, r.balance, r.cost, transaction_id=r.transaction_id
+            )
+        if isinstance(r, Insufficient):
+            return Outcome(
+                402, "insufficient_credits", ident.account, r.balance, cost, required=r.required
+            )
+        if isinstance(r, RateLimited):
+            return Outcome(429, "rate_limited", ident.account, retry_after_ms=r.retry_after_ms)
+        assert isinstance(r, Revoked)
+        return Outcome(401, "invalid_api_key")
+
+
+def _presented_key(headers: Mapping[str, str]) -> str:
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return headers.get("X-API-Key", "").strip()
