@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests use, when they are missing (apt-get, as root):
-# redis-server (the tests' Redis) and nginx (the end-to-end proxy tests).
+# redis-server (the tests' Redis), nginx and caddy (the end-to-end proxy tests).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v caddy >/dev/null 2>&1 || need+=(caddy)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing system packages: ${need[*]}; install them (apt-get install ${need[*]})" >&2

@@ -4,114 +4,54 @@ JSON; a retried request with the same X-Request-Id is charged once."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from sidecar.embedded import free_port
-from sidecar.http.app import create_app
-from sidecar.settings import Settings
-from tests.conftest import FakeClock, admin
+from tests.e2e.conftest import Stack, wait_listening
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "nginx" / "credit-sidecar.conf"
-PRICING = """
-[[route]]
-name = "search"
-path = "/v1/search*"
-cost = 1
-rate_limit = { requests = 1, period_ms = 60000 }
-"""
 
 
-async def echo(request: web.Request) -> web.Response:
-    return web.json_response(
-        {
-            "method": request.method,
-            "path": request.path_qs,
-            "body": (await request.read()).decode(),
-            "headers": {k: v for k, v in request.headers.items() if k.startswith("X-")},
-        }
-    )
-
-
-def nginx_config(tmp: Path, listen: int, sidecar: int, upstream: int) -> Path:
+def start_nginx(tmp: Path, listen: int, s: Stack) -> subprocess.Popen[bytes]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        pytest.fail("nginx is not installed: `make test` installs it (apt-get install nginx)")
     site = EXAMPLE.read_text()
-    site = site.replace("127.0.0.1:8080", f"127.0.0.1:{sidecar}")
-    site = site.replace("127.0.0.1:9000", f"127.0.0.1:{upstream}")
+    site = site.replace("127.0.0.1:8080", f"127.0.0.1:{s.sidecar_port}")
+    site = site.replace("127.0.0.1:9000", f"127.0.0.1:{s.upstream_port}")
     site = site.replace("listen 8000;", f"listen 127.0.0.1:{listen};")
     (tmp / "site.conf").write_text(site)
     temps = "\n".join(
         f"  {kind}_temp_path {tmp}/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    main = tmp / "nginx.conf"
-    main.write_text(
+    conf = tmp / "nginx.conf"
+    conf.write_text(
         f"daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\n"
         f"error_log {tmp}/error.log info;\nevents {{ worker_connections 256; }}\n"
         f"http {{\n  access_log off;\n{temps}\n  include {tmp}/site.conf;\n}}\n"
     )
-    return main
-
-
-def write(path: Path, text: str) -> None:
-    path.write_text(text)
-
-
-def start_nginx(tmp: Path, listen: int, sidecar: int, upstream: int) -> subprocess.Popen[bytes]:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
-        pytest.fail("nginx is not installed: `make test` installs it (apt-get install nginx)")
-    conf = nginx_config(tmp, listen, sidecar, upstream)
     return subprocess.Popen([nginx, "-p", str(tmp), "-c", str(conf)])
 
 
 @pytest.fixture
-async def through_nginx(
-    settings: Settings, redis: Any, clock: FakeClock, tmp_path: Path
-) -> AsyncIterator[tuple[str, str]]:
+async def through_nginx(stack: Stack, tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
     """(base URL of nginx, an API key of account acme with 3 credits)."""
-    pricing = tmp_path / "pricing.toml"
-    write(pricing, PRICING)
-    s = settings.model_copy(update={"pricing_file": pricing})
-    sidecar = TestServer(create_app(s, clock=clock), host="127.0.0.1", port=free_port())
-    upstream_app = web.Application()
-    upstream_app.router.add_route("*", "/{tail:.*}", echo)
-    upstream = TestServer(upstream_app, host="127.0.0.1", port=free_port())
-    await sidecar.start_server()
-    await upstream.start_server()
     port = free_port()
-    proc = start_nginx(tmp_path, port, sidecar.port or 0, upstream.port or 0)
+    proc = start_nginx(tmp_path, port, stack)
     base = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(100):
-                try:
-                    async with http.get(base + "/"):
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-            sc = f"http://127.0.0.1:{sidecar.port}"
-            await http.put(f"{sc}/v1/accounts/acme", json={}, headers=admin())
-            await http.post(
-                f"{sc}/v1/accounts/acme/grants", json={"grant_id": "g", "credits": 3},
-                headers=admin(),
-            )  # fmt: skip
-            async with http.post(f"{sc}/v1/accounts/acme/keys", json={}, headers=admin()) as r:
-                key = (await r.json())["key"]
-        yield base, key
+        await wait_listening(base + "/healthz-probe")
+        yield base, stack.key
     finally:
         proc.terminate()
         proc.wait(10)
-        await sidecar.close()
-        await upstream.close()
 
 
 async def test_allowed_request_reaches_the_api_with_credit_headers_and_its_body(

@@ -1,0 +1,89 @@
+"""End-to-end fixtures: the sidecar and a small echo API on real ports, an account with a key,
+and a helper to wait for a proxy to listen."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from sidecar.embedded import free_port
+from sidecar.http.app import create_app
+from sidecar.settings import Settings
+from tests.conftest import FakeClock, admin
+
+PRICING = """
+[[route]]
+name = "search"
+path = "/v1/search*"
+cost = 1
+rate_limit = { requests = 1, period_ms = 60000 }
+"""
+
+
+async def echo(request: web.Request) -> web.Response:
+    """The API behind the proxy: tells what reached it."""
+    return web.json_response(
+        {
+            "method": request.method,
+            "path": request.path_qs,
+            "body": (await request.read()).decode(),
+            "headers": {k: v for k, v in request.headers.items() if k.startswith("X-")},
+        }
+    )
+
+
+@dataclass
+class Stack:
+    sidecar_port: int
+    upstream_port: int
+    key: str  # an API key of account acme, which holds 3 credits
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+async def wait_listening(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            try:
+                async with http.get(url):
+                    return
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    pytest.fail(f"nothing listens on {url}")
+
+
+@pytest.fixture
+async def stack(
+    settings: Settings, redis: Any, clock: FakeClock, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    pricing = tmp_path / "pricing.toml"
+    write(pricing, PRICING)
+    s = settings.model_copy(update={"pricing_file": pricing})
+    sidecar = TestServer(create_app(s, clock=clock), host="127.0.0.1", port=free_port())
+    upstream_app = web.Application()
+    upstream_app.router.add_route("*", "/{tail:.*}", echo)
+    upstream = TestServer(upstream_app, host="127.0.0.1", port=free_port())
+    await sidecar.start_server()
+    await upstream.start_server()
+    base = f"http://127.0.0.1:{sidecar.port}"
+    async with aiohttp.ClientSession() as http:
+        await http.put(f"{base}/v1/accounts/acme", json={}, headers=admin())
+        grant = {"grant_id": "g", "credits": 3}
+        await http.post(f"{base}/v1/accounts/acme/grants", json=grant, headers=admin())
+        async with http.post(f"{base}/v1/accounts/acme/keys", json={}, headers=admin()) as r:
+            key = (await r.json())["key"]
+    try:
+        yield Stack(sidecar.port or 0, upstream.port or 0, key)
+    finally:
+        await sidecar.close()
+        await upstream.close()
