@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from cachetools import LRUCache, TTLCache
 
-from sidecar.errors import UnknownKey
+from sidecar.errors import UnknownAccount, UnknownKey
 from sidecar.ledger import Ledger, RateLimit, store_call
 
 KEY_PREFIX = "csk_"
@@ -109,7 +109,8 @@ class ApiKeys:
         return KeyInfo.from_record(raw), key
 
     async def list(self, account: str) -> list[KeyInfo]:
-        await self.ledger.balance(account)  # UnknownAccount for a missing account
+        if not await store_call(self.redis.exists(self.keys.for_account(account).account)):
+            raise UnknownAccount(f"account {account} does not exist")
         raw: dict[Any, Any] = await store_call(self.redis.hgetall(self.keys.api_keys(account)))
         infos = [KeyInfo.from_record(v) for v in raw.values()]
         return sorted(infos, key=lambda k: (k.created_at, k.key_id))

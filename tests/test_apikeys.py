@@ -106,3 +106,8 @@ async def test_route_rate_limit_and_free_route(apikeys: ApiKeys, ledger: Ledger)
     )
     free = await ledger.deduct("a", 0, "r3")
     assert isinstance(free, Allowed) and free.transaction_id == "" and free.balance == 99
+
+
+async def test_listing_keys_of_unknown_account_is_refused(apikeys: ApiKeys) -> None:
+    with pytest.raises(errors.UnknownAccount):
+        await apikeys.list("ghost")

@@ -1,0 +1,171 @@
+"""End to end through real proxies running the shipped configs: examples/nginx/credit-sidecar.conf
+(auth_request) and examples/caddy/Caddyfile (forward_auth). For each: allowed requests reach the
+API with the credit headers and an untouched body; 402, 429 and 401 reach the client as JSON; a
+retried request with the same X-Request-Id is charged once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sidecar.embedded import free_port
+from tests.e2e.conftest import Stack, wait_listening
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def render(example: str, s: Stack, listen_from: str, listen_to: str) -> str:
+    text = (EXAMPLES / example).read_text()
+    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{s.sidecar_port}")
+    text = text.replace("127.0.0.1:9000", f"127.0.0.1:{s.upstream_port}")
+    return text.replace(listen_from, listen_to)
+
+
+def binary(name: str, *fallbacks: str) -> str:
+    found = shutil.which(name) or next((f for f in fallbacks if Path(f).exists()), None)
+    if found is None:
+        pytest.fail(f"{name} is not installed: `make test` installs it (apt-get install {name})")
+    return found
+
+
+def start_nginx(tmp: Path, listen: int, s: Stack) -> subprocess.Popen[bytes]:
+    nginx = binary("nginx", "/usr/sbin/nginx")
+    site = render("nginx/credit-sidecar.conf", s, "listen 8000;", f"listen 127.0.0.1:{listen};")
+    (tmp / "site.conf").write_text(site)
+    temps = "\n".join(
+        f"  {kind}_temp_path {tmp}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\n"
+        f"error_log {tmp}/error.log info;\nevents {{ worker_connections 256; }}\n"
+        f"http {{\n  access_log off;\n{temps}\n  include {tmp}/site.conf;\n}}\n"
+    )
+    return subprocess.Popen([nginx, "-p", str(tmp), "-c", str(conf)])
+
+
+def start_caddy(tmp: Path, listen: int, s: Stack) -> subprocess.Popen[bytes]:
+    caddy = binary("caddy")
+    site = render("caddy/Caddyfile", s, ":8000 {", f"http://127.0.0.1:{listen} {{")
+    conf = tmp / "Caddyfile"
+    conf.write_text("{\n\tadmin off\n\tauto_https off\n}\n" + site)
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp / "data"), "XDG_CONFIG_HOME": str(tmp / "cfg")}
+    log = (tmp / "caddy.log").open("wb")
+    return subprocess.Popen(
+        [caddy, "run", "--config", str(conf), "--adapter", "caddyfile"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+# How each config answers a denial: nginx renders its own JSON (and adds X-Credits-Balance
+# for the client); Caddy passes the sidecar's JSON through as it is.
+DENIALS: dict[str, dict[str, Any]] = {
+    "nginx": {
+        "rate_limited": lambda body: body["error"] == "rate_limited",
+        "insufficient": {"error": "insufficient_credits", "balance": 0},
+        "unauthorized": lambda body: body["reason"] == "invalid_api_key",
+        "client_balance_header": True,
+    },
+    "caddy": {
+        "rate_limited": lambda body: body["reason"] == "rate_limited",
+        "insufficient": {
+            "allowed": False,
+            "reason": "insufficient_credits",
+            "balance": 0,
+            "required": 1,
+        },
+        "unauthorized": lambda body: True,
+        "client_balance_header": False,
+    },
+}
+STARTERS: dict[str, Callable[[Path, int, Stack], subprocess.Popen[bytes]]] = {
+    "nginx": start_nginx,
+    "caddy": start_caddy,
+}
+
+
+@pytest.fixture(params=["nginx", "caddy"])
+async def proxy(
+    request: pytest.FixtureRequest, stack: Stack, tmp_path: Path
+) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
+    """(base URL of the proxy, an API key of account acme with 3 credits, its denial style)."""
+    name: str = request.param
+    port = free_port()
+    proc = STARTERS[name](tmp_path, port, stack)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_listening(base + "/probe")
+        yield base, stack.key, DENIALS[name]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_allowed_request_reaches_the_api_with_credit_headers_and_its_body(
+    proxy: tuple[str, str, dict[str, Any]],
+) -> None:
+    base, key, style = proxy
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            base + "/v1/images?size=2",
+            data=b'{"prompt": "a cat"}',
+            headers={"Authorization": f"Bearer {key}", "X-Request-Id": "req-1"},
+        ) as r,
+    ):
+        assert r.status == 200
+        if style["client_balance_header"]:
+            assert r.headers["X-Credits-Balance"] == "2"
+        got = await r.json()
+    assert got["method"] == "POST" and got["path"] == "/v1/images?size=2"
+    assert got["body"] == '{"prompt": "a cat"}'
+    assert got["headers"]["X-Credits-Account"] == "acme"
+    assert got["headers"]["X-Credits-Balance"] == "2"
+    assert got["headers"]["X-Credits-Transaction"].startswith("tx_")
+
+
+async def test_402_429_and_401_reach_the_client_as_json(
+    proxy: tuple[str, str, dict[str, Any]],
+) -> None:
+    base, key, style = proxy
+    auth = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/v1/search", headers={**auth, "X-Request-Id": "s1"}) as r:
+            assert r.status == 200
+        async with http.get(base + "/v1/search", headers={**auth, "X-Request-Id": "s2"}) as r:
+            assert r.status == 429
+            assert r.headers["Retry-After"] == "60"
+            assert style["rate_limited"](await r.json())
+        for i in range(2):
+            async with http.get(base + "/v1/x", headers={**auth, "X-Request-Id": f"x{i}"}) as r:
+                assert r.status == 200
+        async with http.get(base + "/v1/x", headers={**auth, "X-Request-Id": "x9"}) as r:
+            assert r.status == 402
+            assert r.headers["Content-Type"].startswith("application/json")
+            assert await r.json() == style["insufficient"]
+        async with http.get(base + "/v1/x", headers={"Authorization": "Bearer csk_wrong"}) as r:
+            assert r.status == 401
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")
+            assert style["unauthorized"](await r.json())
+
+
+async def test_retries_with_the_same_request_id_are_charged_once(
+    proxy: tuple[str, str, dict[str, Any]],
+) -> None:
+    base, key, _ = proxy
+    headers = {"X-API-Key": key, "X-Request-Id": "retry-me"}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            async with http.post(base + "/v1/x", data=b"payload", headers=headers) as r:
+                assert r.status == 200
+                assert (await r.json())["headers"]["X-Credits-Balance"] == "2"
