@@ -107,14 +107,20 @@ class Settings(BaseSettings):
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
 
-    def token(self, name: Literal["admin", "service"]) -> str:
-        """The configured token, or one generated once and kept (mode 0600) in the data dir."""
+    def existing_token(self, name: Literal["admin", "service"]) -> str | None:
+        """The configured token, else the one kept in the data dir, else None (never creates)."""
         value = self.admin_token if name == "admin" else self.service_token
         if value is not None:
             return value.get_secret_value()
         path = self.data_dir / f"{name}_token"
-        if path.exists():
-            return path.read_text().strip()
+        return path.read_text().strip() if path.exists() else None
+
+    def token(self, name: Literal["admin", "service"]) -> str:
+        """The configured token, or one generated once and kept (mode 0600) in the data dir."""
+        existing = self.existing_token(name)
+        if existing is not None:
+            return existing
+        path = self.data_dir / f"{name}_token"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         generated = secrets.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

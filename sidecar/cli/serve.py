@@ -1,4 +1,4 @@
-"""The ``credit-sidecar`` command line."""
+"""``credit-sidecar serve``: the HTTP API, on an embedded Redis unless one is configured."""
 
 from __future__ import annotations
 
@@ -9,31 +9,14 @@ import sys
 import click
 import uvloop
 from aiohttp import web
-from pydantic import ValidationError
 
 from sidecar import __version__
+from sidecar.cli.common import load_settings
 from sidecar.http.app import create_app
 from sidecar.pricing import PricingError, load_pricing
-from sidecar.settings import Settings
 
 
-def load_settings(listen: str | None = None) -> Settings:
-    try:
-        return Settings(listen=listen) if listen else Settings()
-    except ValidationError as e:
-        for err in e.errors(include_url=False):
-            loc = ".".join(str(p) for p in err["loc"])
-            click.echo(f"config error: SIDECAR_{loc.upper()}: {err['msg']}", err=True)
-        sys.exit(2)
-
-
-@click.group()
-@click.version_option(__version__)
-def main() -> None:
-    """credit-sidecar: prepaid credits enforced on every request."""
-
-
-@main.command()
+@click.command()
 @click.option("--listen", help="host:port to bind (SIDECAR_LISTEN)")
 def serve(listen: str | None) -> None:
     """Serve the HTTP API (starts an embedded Redis when SIDECAR_REDIS_URL is unset)."""

@@ -1,0 +1,72 @@
+"""What the CLI commands share: settings loading with readable errors, and the admin client."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+import orjson
+from pydantic import ValidationError
+
+from sidecar.adminclient import AdminClient, AdminError
+from sidecar.settings import Settings
+
+T = TypeVar("T")
+
+
+def load_settings(listen: str | None = None) -> Settings:
+    """Settings from env and SIDECAR_CONFIG; a bad value exits 2 naming the variable."""
+    try:
+        return Settings(listen=listen) if listen else Settings()
+    except ValidationError as e:
+        for err in e.errors(include_url=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            click.echo(f"config error: SIDECAR_{loc.upper()}: {err['msg']}", err=True)
+        sys.exit(2)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def admin_client(url: str | None) -> AdminClient:
+    """A client of the running sidecar's admin API.
+
+    The URL defaults to the sidecar's own listen address; the token comes from
+    SIDECAR_ADMIN_TOKEN or the file `serve` generated in the data dir.
+    """
+    settings = load_settings()
+    token = settings.existing_token("admin")
+    if token is None:
+        fail(
+            "no admin token: set SIDECAR_ADMIN_TOKEN, or run where the sidecar keeps its data "
+            f"(SIDECAR_DATA_DIR, now {settings.data_dir})",
+            2,
+        )
+    if url is None:
+        host, port = settings.host_port
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a bind-all address is reached on loopback
+            host = "127.0.0.1"
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return AdminClient(url, token)
+
+
+def run_admin(client: AdminClient, call: Callable[[AdminClient], Awaitable[T]]) -> T:
+    """Run one admin call; API errors and an unreachable sidecar exit 1 with the reason."""
+
+    async def go() -> T:
+        async with client:
+            return await call(client)
+
+    try:
+        return asyncio.run(go())
+    except AdminError as e:
+        fail(f"{e.status} {e.message}")
+
+
+def echo_json(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())

@@ -1,0 +1,150 @@
+"""`credit-sidecar keys create/list/revoke` against a real `serve` process, as a user runs them:
+same data dir (the admin token is found there), no flags beyond the account or key id."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.embedded import free_port
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def http(env: dict[str, str], method: str, path: str, headers: dict[str, str]) -> int:
+    req = urllib.request.Request(
+        f"http://{env['SIDECAR_LISTEN']}{path}", method=method, headers=headers
+    )
+    try:
+        with urllib.request.urlopen(req, data=b"{}" if method != "GET" else None) as r:  # noqa: S310
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A `credit-sidecar serve` on embedded defaults with account `acme`; yields the CLI's env."""
+    data = tmp_path_factory.mktemp("serve")
+    env = {
+        **os.environ,
+        "SIDECAR_DATA_DIR": str(data),
+        "SIDECAR_LISTEN": f"127.0.0.1:{free_port()}",
+    }
+    for k in ("SIDECAR_REDIS_URL", "SIDECAR_ADMIN_TOKEN", "SIDECAR_SERVICE_TOKEN", "SIDECAR_URL"):
+        env.pop(k, None)
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], env=env)
+    try:
+        for _ in range(300):
+            if _up(env):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("serve did not come up")
+        token = (data / "admin_token").read_text().strip()
+        assert http(env, "PUT", "/v1/accounts/acme", _bearer(token)) == 201
+        yield env
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+
+
+def _up(env: dict[str, str]) -> bool:
+    try:
+        return http(env, "GET", "/healthz", {}) == 200
+    except OSError:
+        return False
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+def forward(env: dict[str, str], key: str) -> int:
+    return http(
+        env,
+        "GET",
+        "/auth/forward",
+        {"X-API-Key": key, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/status"},
+    )
+
+
+def test_create_prints_a_working_key_once_and_list_never_shows_it(
+    served: dict[str, str],
+) -> None:
+    out = cli(served, "keys", "create", "acme", "--name", "ci")
+    assert out.returncode == 0, out.stderr
+    key = out.stdout.strip()
+    assert key.startswith("csk_") and "cannot be shown again" in out.stderr
+    assert forward(served, key) in (200, 402)  # authenticated: 402 = no credits yet
+
+    listed = cli(served, "keys", "list", "acme")
+    assert listed.returncode == 0, listed.stderr
+    assert "ci" in listed.stdout and "active" in listed.stdout
+    assert key not in listed.stdout and key[12:] not in listed.stdout
+
+    as_json = json.loads(cli(served, "keys", "list", "acme", "--json").stdout)
+    assert [k["name"] for k in as_json] == ["ci"] and "key" not in as_json[0]
+
+
+def test_create_with_a_rate_limit_and_json_output(served: dict[str, str]) -> None:
+    out = cli(
+        served, "keys", "create", "acme", "--rate-limit", "5", "--period-ms", "60000", "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["rate_limit"] == {"requests": 5, "period_ms": 60000, "burst": 5}
+    assert body["key"].startswith("csk_")
+    assert "5/60000ms" in cli(served, "keys", "list", "acme").stdout
+
+
+def test_revoke_makes_the_key_fail_with_401(served: dict[str, str]) -> None:
+    created = json.loads(cli(served, "keys", "create", "acme", "--json").stdout)
+    out = cli(served, "keys", "revoke", created["key_id"])
+    assert out.returncode == 0, out.stderr
+    assert f"revoked {created['key_id']}" in out.stdout
+    assert forward(served, created["key"]) == 401
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("keys", "create", "nobody"), "404 unknown_account"),
+        (("keys", "revoke", "key_0000"), "404 unknown_key"),
+        (("keys", "create", "acme", "--rate-limit", "0"), "422 invalid_request: rate_limit.requests"),
+    ],
+)
+def test_api_errors_exit_1_with_the_reason(
+    served: dict[str, str], args: tuple[str, ...], message: str
+) -> None:
+    out = cli(served, *args)
+    assert out.returncode == 1 and message in out.stderr, out.stderr
+
+
+def test_without_a_token_or_a_reachable_sidecar_the_cli_says_so(
+    served: dict[str, str], tmp_path: Path
+) -> None:
+    out = cli({**served, "SIDECAR_DATA_DIR": str(tmp_path)}, "keys", "list", "acme")
+    assert out.returncode == 2 and "no admin token" in out.stderr
+    assert not (tmp_path / "admin_token").exists()  # the CLI never invents a token
+    out = cli(served, "keys", "list", "acme", "--url", f"http://127.0.0.1:{free_port()}")
+    assert out.returncode == 1 and "cannot reach the sidecar" in out.stderr
