@@ -130,7 +130,7 @@ def test_revoke_makes_the_key_fail_with_401(served: dict[str, str]) -> None:
     [
         (("keys", "create", "nobody"), "404 unknown_account"),
         (("keys", "revoke", "key_0000"), "404 unknown_key"),
-        (("keys", "create", "acme", "--rate-limit", "0"), "422 invalid_request: rate_limit.requests"),
+        (("keys", "create", "acme", "--rate-limit", "0"), "422 invalid_request: rate_limit"),
     ],
 )
 def test_api_errors_exit_1_with_the_reason(
