@@ -180,6 +180,19 @@ local function emit(txid, ttype, amount, alloc, extra)
     elseif type(v) == 'number' then f[#f + 1] = fmt(v)
     else f[#f + 1] = v end
   end
+  -- The after-state of every bucket touched, so the SQL writer sets absolute values guarded
+  -- by seq: order-independent and idempotent, unlike replaying deltas.
+  local state, seen = {}, {}
+  local function touch(id)
+    if id == '' or seen[id] then return end
+    seen[id] = true
+    local v = redis.call('HMGET', A, 'r:' .. id, 'h:' .. id)
+    state[#state + 1] = {id, v[1] and tonumber(v[1]) or cjson.null, tonumber(v[2]) or 0}
+  end
+  for _, a in ipairs(alloc) do touch(a[1]) end
+  for _, a in ipairs((extra and extra.held) or {}) do touch(a[1]) end
+  f[#f + 1] = 'buckets'
+  f[#f + 1] = jenc(state)
   redis.call('XADD', OUTBOX, '*', unpack(f))
 end
 
@@ -268,7 +281,7 @@ end
 
 local function bucket_entry(id, meta)
   return {id = id, credits = meta.credits, created = meta.created, expires = meta.expires,
-    priority = meta.priority, source = meta.source}
+    priority = meta.priority, source = meta.source, fp = meta.fp}
 end
 
 -- Closes an active hold: charges `charge` of it (in the order it was drawn) and

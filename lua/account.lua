@@ -32,6 +32,7 @@ else
 end
 save_account()
 redis.call('XADD', OUTBOX, '*', 'kind', 'account', 'id', TXID, 'account', ACCOUNT, 'ts', fmt(NOW),
+  'created', redis.call('HGET', A, 'created'),
   'settings', jenc({overdraft_limit = ovl, low_balance_threshold = lbt, rate_limit_requests = rl_n,
     rate_limit_period_ms = rl_ms, rate_limit_burst = rl_burst}))
 return {created}

@@ -8,6 +8,8 @@
 -- The account hash field k:<key id> marks the key active; deduct.lua refuses a key
 -- without it, so a revocation takes effect on the very next check in every sidecar.
 -- Returns the key's JSON record (revoke: with revoked_at, ms).
+-- Appends a kind=key entry (the record, with the key's hash) to the outbox on create and on
+-- the first revoke, so the SQL ledger mirrors the keys.
 
 local mode = ARGV[5]
 if mode ~= 'create' and mode ~= 'revoke' then fail('INVALID', 'mode must be create or revoke') end
@@ -25,6 +27,8 @@ if mode == 'create' then
   end
   redis.call('HSET', A, 'k:' .. kid, spec)
   redis.call('HSET', KEYS[7], kid, record)
+  redis.call('XADD', OUTBOX, '*', 'kind', 'key', 'id', TXID, 'account', ACCOUNT, 'key_id', kid,
+    'ts', fmt(NOW), 'record', record)
   return record
 end
 
@@ -36,5 +40,7 @@ if not rec.revoked_at then
   redis.call('HDEL', A, 'k:' .. kid, 'kt:' .. kid)
   raw = jenc(rec)
   redis.call('HSET', KEYS[7], kid, raw)
+  redis.call('XADD', OUTBOX, '*', 'kind', 'key', 'id', TXID, 'account', ACCOUNT, 'key_id', kid,
+    'ts', fmt(NOW), 'record', raw)
 end
 return raw

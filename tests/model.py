@@ -146,6 +146,7 @@ class ModelBucket:
             "created": self.created,
             "priority": self.priority,
             "source": self.source,
+            "fp": self.fp,
         }
         if self.expires is not None:
             e["expires"] = self.expires
@@ -339,6 +340,15 @@ class LedgerModel:
             "alloc": [[b, n] for b, n in alloc],
         }
         txn.update(extra)
+        touched = [b for b, _ in alloc]
+        held = extra.get("held")
+        if isinstance(held, list):
+            touched += [str(h[0]) for h in held if isinstance(h, list)]
+        after: list[Json] = []
+        for b in dict.fromkeys(t for t in touched if t):
+            bucket = a.buckets[b]
+            after.append([b, bucket.remaining, bucket.held])
+        txn["buckets"] = after
         self.outbox.append(txn)
 
     # -- shared mechanics -------------------------------------------------------------

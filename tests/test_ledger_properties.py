@@ -265,7 +265,7 @@ def _transaction(raw: dict[bytes, bytes]) -> Txn | None:
     for k, v in f.items():
         if k in _INT_FIELDS:
             txn[k] = int(v)
-        elif k in ("alloc", "held") or (k == "bucket" and f["type"] != "expiry"):
+        elif k in ("alloc", "held", "buckets") or (k == "bucket" and f["type"] != "expiry"):
             txn[k] = json.loads(v)
         else:
             txn[k] = v

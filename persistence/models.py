@@ -1,0 +1,236 @@
+"""SQLAlchemy 2 models of the SQL ledger. Money columns are BigInteger credits, never floats.
+
+Rows that mirror Redis state (accounts, buckets, holds, keys) carry a ``version``: the account
+sequence number of the last transaction applied to them. The writer only moves a row forward
+(``version < incoming seq``), so a replayed older outbox entry can never overwrite newer state,
+including a correction an admin made in SQL (see README, "Correcting a balance").
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def from_ms(ms: int) -> datetime:
+    """Unix ms → aware UTC datetime, exactly (no float on the way)."""
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+def to_ms(dt: datetime) -> int:
+    return (dt - EPOCH) // timedelta(milliseconds=1)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite has no time zones: stored naive UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Credits = BigInteger
+Id = String(128)
+
+# Stable constraint names, so migrations are the same on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+    }
+
+
+class CreditPackage(Base):
+    """What customers can buy: credits for a Stripe price."""
+
+    __tablename__ = "credit_packages"
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    credits: Mapped[int] = mapped_column(Credits)
+    stripe_price_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    price: Mapped[int] = mapped_column(BigInteger)  # minor units (cents)
+    currency: Mapped[str] = mapped_column(String(3))
+    credit_expiry_s: Mapped[int | None] = mapped_column(BigInteger)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    created_at: Mapped[datetime | None]
+    overdraft_limit: Mapped[int] = mapped_column(Credits, default=0)
+    low_balance_threshold: Mapped[int | None] = mapped_column(Credits)
+    rate_limit_requests: Mapped[int | None] = mapped_column(BigInteger)
+    rate_limit_period_ms: Mapped[int | None] = mapped_column(BigInteger)
+    rate_limit_burst: Mapped[int | None] = mapped_column(BigInteger)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # Settings version: the outbox entry id ("%015d-%010d") of the last settings change applied.
+    settings_version: Mapped[str] = mapped_column(String(32), default="")
+    balance: Mapped[int] = mapped_column(Credits, default=0)  # after the last transaction
+    debt: Mapped[int] = mapped_column(Credits, default=0)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)  # of the last transaction applied
+    clock_ms: Mapped[int] = mapped_column(BigInteger, default=0)  # its time
+
+
+class ApiKey(Base):
+    """An API key's record: its SHA-256 only, never the key."""
+
+    __tablename__ = "api_keys"
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account: Mapped[str] = mapped_column(Id, ForeignKey("accounts.id"), index=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    prefix: Mapped[str] = mapped_column(String(16))
+    rate_limit_requests: Mapped[int | None] = mapped_column(BigInteger)
+    rate_limit_period_ms: Mapped[int | None] = mapped_column(BigInteger)
+    rate_limit_burst: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class CreditBalance(Base):
+    """A bucket: one purchase, grant or refund, drawn from in burn order."""
+
+    __tablename__ = "credit_balances"
+    account: Mapped[str] = mapped_column(Id, ForeignKey("accounts.id"), primary_key=True)
+    bucket_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # Static: from the transaction that created the bucket (null until it is applied).
+    credits: Mapped[int | None] = mapped_column(Credits)
+    source: Mapped[str | None] = mapped_column(String(32))
+    priority: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime | None]
+    created_ms: Mapped[int | None] = mapped_column(BigInteger)
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime | None]
+    metadata_: Mapped[str | None] = mapped_column("metadata", Text)  # JSON text, as given
+    fingerprint: Mapped[str | None] = mapped_column(Text)  # grant replay check
+    transaction_id: Mapped[str | None] = mapped_column(String(64))
+    balance_after: Mapped[int | None] = mapped_column(Credits)
+    # Current: kept up to date by every transaction that touches the bucket.
+    remaining: Mapped[int] = mapped_column(Credits, default=0)
+    held: Mapped[int] = mapped_column(Credits, default=0)
+    expired: Mapped[bool] = mapped_column(Boolean, default=False)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (Index("ix_credit_balances_live", "account", "expired"),)
+
+
+class CreditTransaction(Base):
+    """One ledger transaction; the sum of an account's amounts is its balance."""
+
+    __tablename__ = "credit_transactions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account: Mapped[str] = mapped_column(Id, ForeignKey("accounts.id"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(Credits)
+    balance_after: Mapped[int] = mapped_column(Credits)
+    debt_after: Mapped[int] = mapped_column(Credits)
+    description: Mapped[str] = mapped_column(Text, default="")
+    metadata_: Mapped[str | None] = mapped_column("metadata", Text)  # JSON text, as given
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    hold_id: Mapped[str | None] = mapped_column(String(128))
+    source_transaction_id: Mapped[str | None] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(64))
+    route: Mapped[str | None] = mapped_column(String(64))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    details: Mapped[dict[str, Any]]  # the entry's other fields (repaid, overdraft, ...)
+
+    __table_args__ = (
+        UniqueConstraint("account", "seq", name="uq_credit_transactions_account_seq"),
+        Index("ix_credit_transactions_account_time", "account", "created_at"),
+        Index("ix_credit_transactions_account_type_time", "account", "type", "created_at"),
+        Index("ix_credit_transactions_source", "source_transaction_id"),
+    )
+
+
+class CreditAllocation(Base):
+    """How a transaction moved one bucket: remaining and held deltas."""
+
+    __tablename__ = "credit_allocations"
+    transaction_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("credit_transactions.id"), primary_key=True
+    )
+    bucket_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    account: Mapped[str] = mapped_column(Id)
+    remaining_delta: Mapped[int] = mapped_column(Credits, default=0)
+    held_delta: Mapped[int] = mapped_column(Credits, default=0)
+
+    __table_args__ = (Index("ix_credit_allocations_bucket", "account", "bucket_id"),)
+
+
+class CreditHold(Base):
+    """A reservation: active until settled, released or lapsed."""
+
+    __tablename__ = "credit_holds"
+    account: Mapped[str] = mapped_column(Id, ForeignKey("accounts.id"), primary_key=True)
+    hold_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    amount: Mapped[int | None] = mapped_column(Credits)
+    ttl_ms: Mapped[int | None] = mapped_column(BigInteger)
+    alloc: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {"parts": [[bucket, n], ...]}
+    created_ms: Mapped[int | None] = mapped_column(BigInteger)
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger)
+    transaction_id: Mapped[str | None] = mapped_column(String(64))
+    balance_after: Mapped[int | None] = mapped_column(Credits)
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    charged: Mapped[int | None] = mapped_column(Credits)
+    forfeited: Mapped[int | None] = mapped_column(Credits)
+    close_transaction_id: Mapped[str | None] = mapped_column(String(64))
+    close_balance: Mapped[int | None] = mapped_column(Credits)
+    closed_ms: Mapped[int | None] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class StripeEvent(Base):
+    """A verified Stripe webhook event, kept so processing is idempotent by event id."""
+
+    __tablename__ = "stripe_events"
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime]
+    processed_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(32), default="received")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
