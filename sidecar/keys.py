@@ -56,6 +56,10 @@ class KeySpace:
             holds=f"{t}:h:{account}",
         )
 
+    def account_prefix(self, shard: int) -> str:
+        """What every account hash name of ``shard`` starts with (for scans)."""
+        return f"{self._tag(shard)}:a:"
+
     # Ids may contain ':' but never '/', so '/' keeps two-id keys unambiguous: account "a"
     # with key "b:c" and account "a:b" with key "c" must not share a record.
     def idempotency(self, account: str, key: str) -> str:
@@ -81,6 +85,14 @@ class KeySpace:
 
     def outbox(self, shard: int) -> str:
         return f"{self._tag(shard)}:outbox"
+
+    def dead_letters(self, shard: int) -> str:
+        """Stream of outbox entries the SQL writer gave up on (with the error)."""
+        return f"{self._tag(shard)}:outbox:dead"
+
+    def writer_lease(self, shard: int) -> str:
+        """String: token of the writer that owns the shard's outbox."""
+        return f"{self._tag(shard)}:outbox:writer"
 
     def events(self, shard: int) -> str:
         return f"{self._tag(shard)}:events"

@@ -24,14 +24,17 @@ NAMES = (
     "expire",
     "apikey",
 )
+STANDALONE = ("lease",)  # not prefixed with _lib.lua: they touch no ledger state
 
 
 @cache
 def source(name: str) -> str:
     """The full text sent to Redis for script ``name``."""
+    pkg = files("sidecar.lua")
+    if name in STANDALONE:
+        return (pkg / f"{name}.lua").read_text()
     if name not in NAMES:
         raise KeyError(name)
-    pkg = files("sidecar.lua")
     return (pkg / "_lib.lua").read_text() + "\n" + (pkg / f"{name}.lua").read_text()
 
 
@@ -46,7 +49,8 @@ class Scripts:
     balance: AsyncScript
     expire: AsyncScript
     apikey: AsyncScript
+    lease: AsyncScript
 
     @classmethod
     def register(cls, client: Redis) -> Scripts:
-        return cls(**{name: client.register_script(source(name)) for name in NAMES})
+        return cls(**{name: client.register_script(source(name)) for name in NAMES + STANDALONE})

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         "fail_closed", description="proxy auth when Redis is unreachable: 503, or allow and count"
     )
     shadow: bool = Field(False, description="evaluate and record, but never deny (rollout)")
+    writer: bool = Field(True, description="run the outbox → SQL writer inside `serve`")
+    writer_batch_size: int = Field(500, ge=1, le=10000, description="outbox entries per SQL txn")
+    writer_max_attempts: int = Field(
+        5, ge=1, le=1000, description="tries before an entry goes to the dead-letter stream"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -6,10 +6,10 @@ from importlib.resources import files
 
 import pytest
 
-from sidecar.scripts import NAMES, source
+from sidecar.scripts import NAMES, STANDALONE, source
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + STANDALONE)
 def test_script_has_a_header_with_keys_and_argv(name: str) -> None:
     text = (files("sidecar.lua") / f"{name}.lua").read_text()
     header = text.split("\n\n", 1)[0]

@@ -15,12 +15,15 @@ from aiohttp import web
 from sidecar.apikeys import ApiKeys
 from sidecar.embedded import RedisServer
 from sidecar.gate import Gate
-from sidecar.http.appkeys import API_KEYS, GATE, LEDGER, SETTINGS, TOKENS
+from sidecar.http.appkeys import API_KEYS, GATE, LEDGER, SETTINGS, TOKENS, WRITER
 from sidecar.http.errors import error_middleware
+from sidecar.http.ops import ops_routes
 from sidecar.http.proxy import proxy_routes
 from sidecar.http.routes import routes
 from sidecar.keys import KeySpace
 from sidecar.ledger import CALL_DEADLINE_S, Clock, Ledger, wall_clock_ms
+from sidecar.persistence.db import create_engine, migrate, resolve_url
+from sidecar.persistence.writer import OutboxWriter
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
 from sidecar.settings import Settings
@@ -75,8 +78,11 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(sweeper_ctx)
     app.cleanup_ctx.append(reload_ctx)
+    if settings.writer:
+        app.cleanup_ctx.append(writer_ctx)
     app.add_routes(routes)
     app.add_routes(proxy_routes)
+    app.add_routes(ops_routes)
     return app
 
 
@@ -135,3 +141,42 @@ async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         if installed:
             loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Streams the outbox into SQL in the background. Never blocks start-up: while SQL is
+    unreachable (or its migration fails) the writer retries, and the sidecar serves on."""
+    settings, ledger = app[SETTINGS], app[LEDGER]
+    engine = create_engine(resolve_url(settings.database_url, settings.data_dir))
+    app[WRITER] = writer = OutboxWriter(
+        ledger.redis,
+        engine,
+        ledger.keys,
+        batch_size=settings.writer_batch_size,
+        max_attempts=settings.writer_max_attempts,
+    )
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                await migrate(engine)
+                break
+            except Exception as e:
+                log.warning("SQL ledger unavailable (%s); retrying in %.1fs", e, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+        await writer.run(stop)
+
+    task = asyncio.create_task(run(), name="outbox-writer")
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, CALL_DEADLINE_S * 2)
+        except TimeoutError:
+            log.error("outbox writer did not stop in time")
+        await engine.dispose()

@@ -7,6 +7,7 @@ from aiohttp import web
 from sidecar.apikeys import ApiKeys
 from sidecar.gate import Gate
 from sidecar.ledger import Ledger
+from sidecar.persistence.writer import OutboxWriter
 from sidecar.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -14,3 +15,4 @@ LEDGER = web.AppKey("ledger", Ledger)
 API_KEYS = web.AppKey("api_keys", ApiKeys)
 GATE = web.AppKey("gate", Gate)
 TOKENS = web.AppKey("tokens", dict[str, bytes])
+WRITER = web.AppKey("writer", OutboxWriter)

@@ -1,0 +1,375 @@
+"""The outbox writer: streams each shard's outbox into SQL, exactly once in effect.
+
+Per shard, one writer holds a lease (``lease.lua``) and reads the outbox through a consumer
+group. Each batch is written in one SQL transaction with idempotent upserts
+(persistence/project.py) and only then XACKed, so a crash anywhere re-delivers entries whose
+writing is a no-op. On start, and after any failure, the writer first re-reads its own
+pending entries, in order; XAUTOCLAIM takes over entries another consumer left pending.
+
+- SQL down: the batch stays pending and is retried with backoff; the sidecar keeps serving
+  from Redis and the outbox grows (``status()`` shows the lag) until SQL is back.
+- Poison entries (malformed, or rejected by SQL): after ``max_attempts`` they move to the
+  shard's dead-letter stream with the error, and are acknowledged.
+- Trimming: only entries below the oldest entry any consumer group still needs are removed,
+  so an unwritten entry is never lost to trimming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sidecar.keys import KeySpace
+from sidecar.persistence.project import Batch, PoisonEntry, apply
+from sidecar.scripts import Scripts
+
+log = logging.getLogger(__name__)
+
+GROUP = "sql-writer"
+CONSUMER = "writer"  # one name: the lease makes it one process at a time per shard
+
+Entry = tuple[str, dict[str, str]]
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _entries(raw: list[Any]) -> list[tuple[str, dict[str, str] | None]]:
+    """(id, fields) pairs; fields None for an entry deleted while pending."""
+    out: list[tuple[str, dict[str, str] | None]] = []
+    for entry_id, fields in raw:
+        out.append((_s(entry_id), {_s(k): _s(v) for k, v in fields.items()} if fields else None))
+    return out
+
+
+def _id_ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass
+class WriterStats:
+    written: int = 0  # entries written to SQL and acknowledged
+    batches: int = 0
+    dead_lettered: int = 0
+    sql_errors: int = 0  # failed batch writes (retried)
+    trimmed: int = 0
+    last_write_ms: int | None = None
+    lease_held: list[int] = field(default_factory=list)
+
+
+class PermanentError(Exception):
+    """Raised by a batch whose entries SQL rejects; they are retried one by one."""
+
+
+class OutboxWriter:
+    def __init__(
+        self,
+        redis: Redis,
+        engine: AsyncEngine,
+        keys: KeySpace,
+        *,
+        batch_size: int = 500,
+        block_ms: int = 1000,
+        max_attempts: int = 5,
+        claim_idle_ms: int = 30_000,
+        lease_ms: int = 10_000,
+        trim_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.engine = engine
+        self.keys = keys
+        self.scripts = Scripts.register(redis)
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.max_attempts = max_attempts
+        self.claim_idle_ms = claim_idle_ms
+        self.lease_ms = lease_ms
+        self.trim_interval_s = trim_interval_s
+        self.clock = clock
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.stats = WriterStats()
+        self._attempts: dict[str, int] = {}
+        self._pending_first: dict[int, bool] = {}
+        self._last_trim: dict[int, float] = {}
+        self._last_claim: dict[int, float] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def ensure_group(self, shard: int) -> None:
+        try:
+            await self.redis.xgroup_create(self.keys.outbox(shard), GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Writes every shard until ``stop`` is set; survives Redis and SQL outages."""
+        tasks = [
+            asyncio.create_task(self._run_shard(s, stop), name=f"outbox-writer-{s}")
+            for s in range(self.keys.shards)
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_shard(self, shard: int, stop: asyncio.Event) -> None:
+        backoff = 0.05
+        while not stop.is_set():
+            try:
+                if not await self.take_lease(shard):
+                    await _sleep(stop, self.lease_ms / 3000)
+                    continue
+                await self.ensure_group(shard)
+                handled = await self.step(shard, block=True)
+                backoff = 0.05
+                if handled:
+                    await self.trim(shard)
+            except Exception as e:
+                # Redis or SQL unavailable, or anything unforeseen: retry the same pending
+                # entries after a pause; nothing was acknowledged.
+                self._pending_first[shard] = True
+                if not isinstance(e, RedisError | OSError):
+                    self.stats.sql_errors += 1
+                log.warning("outbox writer (shard %d): %s; retrying in %.2fs", shard, e, backoff)
+                await _sleep(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+        with contextlib.suppress(Exception):
+            await self.scripts.lease(keys=[self.keys.writer_lease(shard)], args=[self.token, 0])
+
+    async def take_lease(self, shard: int) -> bool:
+        held = bool(
+            await self.scripts.lease(
+                keys=[self.keys.writer_lease(shard)], args=[self.token, self.lease_ms]
+            )
+        )
+        if held and shard not in self.stats.lease_held:
+            self.stats.lease_held.append(shard)
+            self._pending_first[shard] = True  # a new owner starts with what is pending
+        elif not held and shard in self.stats.lease_held:
+            self.stats.lease_held.remove(shard)
+        return held
+
+    # -- one batch -----------------------------------------------------------------------
+
+    async def step(self, shard: int, *, block: bool = False) -> int:
+        """Reads and writes one batch of shard ``shard``; returns the entries handled.
+
+        Pending entries (ours, or claimed from a consumer that went quiet) come first.
+        """
+        stream = self.keys.outbox(shard)
+        entries: list[tuple[str, dict[str, str] | None]] = []
+        if self._pending_first.get(shard, True):
+            entries = await self._read(stream, "0", block=False)
+            if not entries:
+                self._pending_first[shard] = False
+        if not entries and self._claim_due(shard):
+            _, claimed, *_ = await self.redis.xautoclaim(
+                stream, GROUP, CONSUMER, self.claim_idle_ms, "0-0", count=self.batch_size
+            )
+            if claimed:
+                entries = _entries(claimed)
+                self._pending_first[shard] = True
+        if not entries:
+            entries = await self._read(stream, ">", block=block)
+        if not entries:
+            return 0
+        await self._write(shard, entries)
+        return len(entries)
+
+    async def _read(
+        self, stream: str, start: str, *, block: bool
+    ) -> list[tuple[str, dict[str, str] | None]]:
+        reply: Any = await self.redis.xreadgroup(
+            GROUP,
+            CONSUMER,
+            {stream: start},
+            count=self.batch_size,
+            block=self.block_ms if block else None,
+        )
+        if not reply:
+            return []
+        return _entries(reply[0][1])
+
+    def _claim_due(self, shard: int) -> bool:
+        now = self.clock()
+        if now - self._last_claim.get(shard, 0.0) < self.claim_idle_ms / 2000:
+            return False
+        self._last_claim[shard] = now
+        return True
+
+    async def _write(self, shard: int, entries: list[tuple[str, dict[str, str] | None]]) -> None:
+        batch, ack, poison = Batch(), [], []
+        for entry_id, fields in entries:
+            if fields is None:  # trimmed or deleted while pending: nothing to write
+                ack.append(entry_id)
+                continue
+            try:
+                batch.add(entry_id, fields)
+                ack.append(entry_id)
+            except PoisonEntry as e:
+                poison.append((entry_id, fields, str(e)))
+        try:
+            await self._commit(batch)
+        except (IntegrityError, DataError) as e:
+            log.warning("outbox batch rejected by SQL (%s); writing entries one by one", e)
+            await self._one_by_one(shard, [(i, f) for i, f in entries if f is not None])
+            return
+        self.stats.written += len(ack)
+        self.stats.batches += 1
+        self.stats.last_write_ms = int(self.clock() * 1000)
+        if ack:
+            await self.redis.xack(self.keys.outbox(shard), GROUP, *ack)
+        for entry_id, fields, error in poison:
+            await self._failed(shard, entry_id, fields, error)
+
+    async def _commit(self, batch: Batch) -> None:
+        async with self.engine.begin() as conn:
+            await apply(conn, batch)
+
+    async def _one_by_one(self, shard: int, entries: list[tuple[str, dict[str, str]]]) -> None:
+        for entry_id, fields in entries:
+            batch = Batch()
+            try:
+                batch.add(entry_id, fields)
+                await self._commit(batch)
+            except (PoisonEntry, IntegrityError, DataError) as e:
+                await self._failed(shard, entry_id, fields, str(e).splitlines()[0])
+                continue
+            self.stats.written += 1
+            await self.redis.xack(self.keys.outbox(shard), GROUP, entry_id)
+
+    async def _failed(self, shard: int, entry_id: str, fields: dict[str, str], error: str) -> None:
+        n = self._attempts.get(entry_id, 0) + 1
+        self._attempts[entry_id] = n
+        self._pending_first[shard] = True
+        if n < self.max_attempts:
+            log.warning("outbox entry %s failed (attempt %d): %s", entry_id, n, error)
+            return
+        self._attempts.pop(entry_id, None)
+        dead = {**fields, "dl_entry_id": entry_id, "dl_error": error, "dl_attempts": str(n)}
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(self.keys.dead_letters(shard), dead)  # type: ignore[arg-type]
+        pipe.xack(self.keys.outbox(shard), GROUP, entry_id)
+        await pipe.execute()
+        self.stats.dead_lettered += 1
+        log.error("outbox entry %s moved to the dead-letter stream: %s", entry_id, error)
+
+    # -- trimming and status --------------------------------------------------------------
+
+    async def safe_trim_id(self, shard: int) -> str | None:
+        """The lowest entry id any consumer group still needs; None if nothing may go."""
+        stream = self.keys.outbox(shard)
+        try:
+            groups = await self.redis.xinfo_groups(stream)
+        except ResponseError:
+            return None  # no stream
+        if not groups:
+            return None  # nobody has consumed anything yet: keep everything
+        floor: tuple[int, int] | None = None
+        for g in groups:
+            name = _s(g["name"])
+            if int(g["pending"]):
+                summary: Any = await self.redis.xpending(stream, name)
+                need = _id_key(_s(summary["min"]))
+            else:
+                ms, seq = _id_key(_s(g["last-delivered-id"]))
+                need = (ms, seq + 1)
+            floor = need if floor is None else min(floor, need)
+        if floor is None or floor == (0, 1):
+            return None
+        return f"{floor[0]}-{floor[1]}"
+
+    async def trim(self, shard: int, *, force: bool = False) -> int:
+        now = self.clock()
+        if not force and now - self._last_trim.get(shard, 0.0) < self.trim_interval_s:
+            return 0
+        self._last_trim[shard] = now
+        minid = await self.safe_trim_id(shard)
+        if minid is None:
+            return 0
+        removed = int(
+            await self.redis.xtrim(self.keys.outbox(shard), minid=minid, approximate=False)
+        )
+        self.stats.trimmed += removed
+        return removed
+
+
+async def outbox_status(redis: Redis, keys: KeySpace, now_ms: int) -> list[dict[str, Any]]:
+    """Per shard: stream length, entries not yet written (pending + undelivered), the age of
+    the oldest unwritten entry (the writer's lag), and dead letters."""
+    out = []
+    for shard in range(keys.shards):
+        stream = keys.outbox(shard)
+        length = int(await redis.xlen(stream))
+        dead = int(await redis.xlen(keys.dead_letters(shard)))
+        pending = undelivered = 0
+        oldest: str | None = None
+        groups = []
+        with contextlib.suppress(ResponseError):
+            groups = [g for g in await redis.xinfo_groups(stream) if _s(g["name"]) == GROUP]
+        if groups:
+            g = groups[0]
+            pending = int(g["pending"])
+            last = _s(g["last-delivered-id"])
+            if pending:
+                summary: Any = await redis.xpending(stream, GROUP)
+                oldest = _s(summary["min"])
+            after: Any = await redis.xrange(stream, min=f"({last}", count=1)
+            if after and oldest is None:
+                oldest = _s(after[0][0])
+            lag = g.get("lag")
+            undelivered = int(lag) if lag is not None else await _count_after(redis, stream, last)
+        else:
+            undelivered = length
+            first: Any = await redis.xrange(stream, count=1)
+            oldest = _s(first[0][0]) if first else None
+        out.append(
+            {
+                "shard": shard,
+                "length": length,
+                "pending": pending,
+                "undelivered": undelivered,
+                "unwritten": pending + undelivered,
+                "lag_s": max(0, now_ms - _id_ms(oldest)) / 1000 if oldest else 0.0,
+                "dead_letters": dead,
+                "writer_group": bool(groups),
+            }
+        )
+    return out
+
+
+async def _count_after(redis: Redis, stream: str, last: str) -> int:
+    entries: Any = await redis.xrange(stream, min=f"({last}", count=1_000_000)
+    return len(entries)
+
+
+def stats_dict(stats: WriterStats) -> dict[str, Any]:
+    return asdict(stats)
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
