@@ -72,8 +72,10 @@ for _, p in ipairs(parts) do
   if want == 0 then break end
 end
 
-local extra = {source_transaction_id = src, refund_id = rid, repaid = repaid,
-  forfeited = forfeited, desc = desc, meta = metadata}
+-- requested_amount: the amount argument as given ('' = all that was left), which a replay
+-- compares; the SQL ledger keeps it so `rebuild` can restore the refund record exactly.
+local extra = {source_transaction_id = src, refund_id = rid, requested_amount = ARGV[7],
+  repaid = repaid, forfeited = forfeited, desc = desc, meta = metadata}
 local bid = 'refund:' .. TXID
 if excess > 0 then
   local meta = add_bucket(bid, excess, excess, nil, 0, 'refund', '', '', TXID)

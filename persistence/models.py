@@ -106,6 +106,9 @@ class Account(Base):
     stripe_customer_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     # Settings version: the outbox entry id ("%015d-%010d") of the last settings change applied.
     settings_version: Mapped[str] = mapped_column(String(32), default="")
+    # Its time (the account's clock when the settings were written; `rebuild` restores the
+    # clock from this and clock_ms).
+    settings_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     balance: Mapped[int] = mapped_column(Credits, default=0)  # after the last transaction
     debt: Mapped[int] = mapped_column(Credits, default=0)
     seq: Mapped[int] = mapped_column(BigInteger, default=0)  # of the last transaction applied

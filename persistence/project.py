@@ -317,6 +317,7 @@ def _settings_rows(entry_id: str, f: Mapping[str, str]) -> list[Merge]:
         "rate_limit_period_ms": s.get("rate_limit_period_ms"),
         "rate_limit_burst": s.get("rate_limit_burst"),
         "settings_version": stream_version(entry_id),
+        "settings_ms": _int(f, "ts", 0, 253402300799999),
     }
 
     def merge(batch: Batch) -> None:

@@ -58,6 +58,41 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def key_record(
+    key_id: str,
+    account: str,
+    *,
+    name: str,
+    prefix: str,
+    created_at: int,
+    rate_limit: RateLimit | None,
+    digest: str,
+) -> dict[str, Any]:
+    """A key's stored record (apikey.lua keeps it as given; a revocation adds revoked_at)."""
+    return {
+        "key_id": key_id,
+        "account": account,
+        "name": name,
+        "prefix": prefix,
+        "created_at": created_at,
+        "rate_limit": (
+            {
+                "requests": rate_limit.requests,
+                "period_ms": rate_limit.period_ms,
+                "burst": rate_limit.burst,
+            }
+            if rate_limit
+            else None
+        ),
+        "hash": digest,
+    }
+
+
+def rate_spec(rate_limit: RateLimit | None) -> str:
+    """A key's rate limit as the account hash's k:<key id> field holds it ('' = none)."""
+    return f"{rate_limit.requests}:{rate_limit.period_ms}:{rate_limit.burst}" if rate_limit else ""
+
+
 class ApiKeys:
     """Creates, lists, revokes and resolves API keys."""
 
@@ -76,31 +111,20 @@ class ApiKeys:
         key_id = "key_" + secrets.token_hex(8)
         key = f"{KEY_PREFIX}{secrets.token_urlsafe(32)}"
         digest = hash_key(key)
-        record = {
-            "key_id": key_id,
-            "account": account,
-            "name": name,
-            "prefix": key[:12],
-            "created_at": self.ledger.clock(),
-            "rate_limit": (
-                {
-                    "requests": rate_limit.requests,
-                    "period_ms": rate_limit.period_ms,
-                    "burst": rate_limit.burst,
-                }
-                if rate_limit
-                else None
-            ),
-            "hash": digest,
-        }
-        spec = (
-            f"{rate_limit.requests}:{rate_limit.period_ms}:{rate_limit.burst}" if rate_limit else ""
+        record = key_record(
+            key_id,
+            account,
+            name=name,
+            prefix=key[:12],
+            created_at=self.ledger.clock(),
+            rate_limit=rate_limit,
+            digest=digest,
         )
         raw = await self.ledger.run_script(
             self.ledger.scripts.apikey,
             account,
             [self.keys.api_keys(account)],
-            ["create", key_id, orjson.dumps(record).decode(), spec],
+            ["create", key_id, orjson.dumps(record).decode(), rate_spec(rate_limit)],
         )
         # The key is active on its account first, then resolvable: a crash in between
         # leaves an unusable key that can still be listed and revoked.

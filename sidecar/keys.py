@@ -68,6 +68,14 @@ class KeySpace:
     def usage(self, account: str, transaction_id: str) -> str:
         return f"{self._tag(self.shard_of(account))}:u:{account}/{transaction_id}"
 
+    def idempotency_glob(self, account: str) -> str:
+        """SCAN MATCH pattern of every idempotency record of ``account`` (no other account's)."""
+        return _glob_escape(self.idempotency(account, "")) + "*"
+
+    def usage_glob(self, account: str) -> str:
+        """SCAN MATCH pattern of every usage record of ``account`` (no other account's)."""
+        return _glob_escape(self.usage(account, "")) + "*"
+
     def api_keys(self, account: str) -> str:
         """Hash: key id -> the key's JSON record (never the key itself)."""
         return f"{self._tag(self.shard_of(account))}:k:{account}"
@@ -102,3 +110,7 @@ class KeySpace:
 
     def due(self, shard: int) -> str:
         return f"{self._tag(shard)}:due"
+
+
+def _glob_escape(s: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in s)

@@ -23,6 +23,7 @@ NAMES = (
     "balance",
     "expire",
     "apikey",
+    "restore",
 )
 STANDALONE = ("lease",)  # not prefixed with _lib.lua: they touch no ledger state
 
@@ -49,6 +50,7 @@ class Scripts:
     balance: AsyncScript
     expire: AsyncScript
     apikey: AsyncScript
+    restore: AsyncScript
     lease: AsyncScript
 
     @classmethod

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     shadow: bool = Field(False, description="evaluate and record, but never deny (rollout)")
     writer: bool = Field(True, description="run the outbox → SQL writer inside `serve`")
     writer_batch_size: int = Field(500, ge=1, le=10000, description="outbox entries per SQL txn")
+    writer_lease_ms: int = Field(
+        10_000, ge=100, le=600_000, description="a dead writer's shards are taken over after this"
+    )
     writer_max_attempts: int = Field(
         5, ge=1, le=1000, description="tries before an entry goes to the dead-letter stream"
     )

@@ -826,6 +826,7 @@ class LedgerModel:
         extra: dict[str, Json] = {
             "source_transaction_id": transaction_id,
             "refund_id": refund_id,
+            "requested_amount": arg,
             "repaid": repaid,
             "forfeited": forfeited,
             "desc": description,

@@ -6,7 +6,9 @@ import click
 
 from sidecar import __version__
 from sidecar.cli.keys import keys
+from sidecar.cli.outbox import outbox
 from sidecar.cli.serve import serve
+from sidecar.cli.sql import migrate_cmd, rebuild_cmd, reconcile_cmd, writer
 
 
 @click.group()
@@ -17,3 +19,8 @@ def main() -> None:
 
 main.add_command(serve)
 main.add_command(keys)
+main.add_command(outbox)
+main.add_command(writer)
+main.add_command(migrate_cmd)
+main.add_command(reconcile_cmd)
+main.add_command(rebuild_cmd)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from sidecar.adminclient import AdminClient, AdminError
+from sidecar.embedded import DataDirInUse, RedisServer
+from sidecar.redis_client import connect
 from sidecar.settings import Settings
 
 T = TypeVar("T")
@@ -70,3 +74,34 @@ def run_admin(client: AdminClient, call: Callable[[AdminClient], Awaitable[T]]) 
 
 def echo_json(value: Any) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Redis]:
+    """The sidecar's Redis for a command that works on it directly.
+
+    SIDECAR_REDIS_URL if set; else the embedded server of the data dir: the running
+    `serve`'s socket, or, when no sidecar runs, a server this command starts and stops.
+    """
+    server: RedisServer | None = None
+    url = settings.redis_url
+    if url is None:
+        candidate = RedisServer(
+            settings.data_dir / "redis",
+            binary=settings.redis_server_bin,
+            appendfsync=settings.embedded_appendfsync,
+        )
+        try:
+            await asyncio.to_thread(candidate.start)
+            server = candidate
+        except DataDirInUse:
+            if candidate.unixsocket is None or not candidate.unixsocket.exists():
+                fail("the running sidecar's Redis is not reachable: set SIDECAR_REDIS_URL", 2)
+        url = candidate.url
+    client = connect(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        if server is not None:
+            await asyncio.to_thread(server.stop)

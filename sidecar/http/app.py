@@ -154,6 +154,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         ledger.keys,
         batch_size=settings.writer_batch_size,
         max_attempts=settings.writer_max_attempts,
+        lease_ms=settings.writer_lease_ms,
     )
     stop = asyncio.Event()
 

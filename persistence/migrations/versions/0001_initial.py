@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("rate_limit_burst", sa.BigInteger(), nullable=True),
         sa.Column("stripe_customer_id", sa.String(length=200), nullable=True),
         sa.Column("settings_version", sa.String(length=32), nullable=False),
+        sa.Column("settings_ms", sa.BigInteger(), nullable=False),
         sa.Column("balance", sa.BigInteger(), nullable=False),
         sa.Column("debt", sa.BigInteger(), nullable=False),
         sa.Column("seq", sa.BigInteger(), nullable=False),

@@ -1,0 +1,326 @@
+-- restore.lua: write an account's whole state, read from the SQL ledger (`credit-sidecar rebuild`).
+--
+-- KEYS: the common six (see _lib.lua), then
+--   [7] the account's API-key records (hash: key id -> JSON record, as apikey.lua keeps it)
+--   [8 ..] one idempotency record per entry of state.idempotency (in order), then one usage
+--   record per entry of state.usage (in order), then state.purge stale per-request records
+--   to delete (replace mode). Every key must carry the account's {hash tag}.
+-- ARGV: the common four (now: the rebuild's clock, from which the records' remaining TTLs
+--   are computed; the transaction id is unused: nothing goes to the outbox), then
+--   [5] the state: one JSON object (below)
+--   [6] mode: 'create' (fail with EXISTS if the account exists) or 'replace' (delete the
+--   account's keys first, after the whole state has been validated)
+-- State (credits: integers within +-(2^53-1); times: unix ms; '?': may be absent or null):
+--   created, clock, debt, seq, overdraft_limit, low_balance_threshold?,
+--   rate_limit? [requests, period_ms, burst], purge (how many stale keys follow),
+--   buckets [{id, credits, created, expires?, priority, source, metadata, fp, tx, bal,
+--     remaining? (absent: expired), held, held_field (true: h:<id> exists, a hold drew on it)}],
+--   holds [{id, amount, ttl, alloc [[bucket, n], ...], created, expires, state, tx, bal;
+--     closed ones also charged, close_tx, close_balance, forfeited, closed (ms)}],
+--   keys [{id, record (JSON text stored as is, or an object stored as jenc writes it),
+--     rate? ('' or 'n:ms:burst': the key is active; absent: revoked)}],
+--   idempotency [{key, tx, cost, bal, at (the usage's time)}],
+--   usage [{tx, cost, alloc [[bucket, -n], ...], overdraft, at, refunds [{id, arg, tx, bal,
+--     refunded, forfeited}]}]
+-- Derived here, as the other scripts keep them: avail (sum of remaining over live buckets)
+-- and held (sum of held), each bucket's okey, the burn order, the deadlines (live expiring
+-- buckets at their expiry, active holds at their TTL, closed holds at closed + retention)
+-- and the account's due entry. Records expire at `at` + retention. Rate-limiter state (tat,
+-- kt:, rt:) starts empty. Nothing is appended to the outbox: the state is already in SQL.
+-- Returns {buckets, holds, API keys, idempotency records, usage records} written.
+
+local MODE = ARGV[6]
+if MODE ~= 'create' and MODE ~= 'replace' then fail('INVALID', 'mode must be create or replace') end
+local ok, S = pcall(cjson.decode, ARGV[5] or '')
+if not ok or type(S) ~= 'table' or string.sub(ARGV[5], 1, 1) ~= '{' then
+  fail('INVALID', 'state must be a JSON object')
+end
+
+local function absent(v)
+  return v == nil or v == cjson.null
+end
+
+local function int_v(v, name, lo, hi)
+  if type(v) ~= 'number' or v ~= math.floor(v) or v < lo or v > hi then
+    fail('INVALID', name .. ' must be an integer between ' .. fmt(lo) .. ' and ' .. fmt(hi))
+  end
+  return v
+end
+
+local function opt_int_v(v, name, lo, hi)
+  if absent(v) then return nil end
+  return int_v(v, name, lo, hi)
+end
+
+local function list_v(v, name)
+  if absent(v) then return {} end
+  if type(v) ~= 'table' or (next(v) ~= nil and v[1] == nil) then
+    fail('INVALID', name .. ' must be a JSON array')
+  end
+  return v
+end
+
+local function obj_v(v, name)
+  if type(v) ~= 'table' or v[1] ~= nil then fail('INVALID', name .. ' must be a JSON object') end
+  return v
+end
+
+-- [[bucket, n], ...] (a list from list_v) with every n in [lo, hi]; returns the sum of the n.
+local function parts_v(v, name, lo, hi, buckets)
+  local sum = 0
+  for _, p in ipairs(v) do
+    if type(p) ~= 'table' or #p ~= 2 then fail('INVALID', name .. ' must be [[bucket, n], ...]') end
+    id_arg(p[1], name .. ' bucket', 200)
+    if not buckets[p[1]] then fail('INVALID', name .. ' names an unknown bucket ' .. p[1]) end
+    sum = sum + int_v(p[2], name .. ' amount', lo, hi)
+    if math.abs(sum) > MAXINT then fail('INVALID', name .. ' adds up to more than 2^53-1') end
+  end
+  return sum
+end
+
+-- Every key in the account's slot.
+local tag = string.match(A, '{[^}]*}')
+for i = 1, #KEYS do
+  if not tag or string.match(KEYS[i], '{[^}]*}') ~= tag then
+    fail('INVALID', 'key ' .. KEYS[i] .. ' is not in the slot of ' .. A)
+  end
+end
+
+-- The account.
+local created = int_v(S.created, 'created', 0, MAX_TIME)
+local clock = int_v(S.clock, 'clock', created, MAX_TIME)
+local debt = int_v(S.debt, 'debt', 0, MAXINT)
+local seq = int_v(S.seq, 'seq', 0, MAXINT)
+local ovl = int_v(S.overdraft_limit, 'overdraft_limit', 0, MAXINT)
+local lbt = opt_int_v(S.low_balance_threshold, 'low_balance_threshold', -MAXINT, MAXINT)
+local rl = nil
+if not absent(S.rate_limit) then
+  local r = list_v(S.rate_limit, 'rate_limit')
+  rl = {int_v(r[1], 'rate_limit.requests', 1, 1000000000),
+    int_v(r[2], 'rate_limit.period_ms', 1, 366 * 86400000),
+    int_v(r[3], 'rate_limit.burst', 1, 1000000000)}
+end
+local npurge = int_v(absent(S.purge) and 0 or S.purge, 'purge', 0, #KEYS)
+
+-- Buckets.
+local buckets, by_id = list_v(S.buckets, 'buckets'), {}
+local avail, held = 0, 0
+for _, b in ipairs(buckets) do
+  obj_v(b, 'bucket')
+  local id = id_arg(b.id, 'bucket id', 200)
+  local name = 'bucket ' .. id
+  if by_id[id] then fail('INVALID', name .. ' appears twice') end
+  by_id[id] = b
+  int_v(b.credits, name .. ' credits', 1, MAXINT)
+  int_v(b.created, name .. ' created', 0, MAX_TIME)
+  b.expires = opt_int_v(b.expires, name .. ' expires', 1, MAX_TIME)
+  int_v(b.priority, name .. ' priority', -2147483648, 2147483647)
+  id_arg(b.source, name .. ' source', 32)
+  json_obj_arg(b.metadata, name .. ' metadata', 4096)
+  text_arg(b.fp, name .. ' fp', 8192)
+  id_arg(b.tx, name .. ' tx', 64)
+  int_v(b.bal, name .. ' bal', -MAXINT, MAXINT)
+  b.remaining = opt_int_v(b.remaining, name .. ' remaining', 0, MAXINT)
+  int_v(b.held, name .. ' held', 0, MAXINT)
+  if absent(b.held_field) then
+    b.held_field = false
+  elseif type(b.held_field) ~= 'boolean' then
+    fail('INVALID', name .. ' held_field must be true or false')
+  end
+  avail = avail + (b.remaining or 0)
+  held = held + b.held
+  if avail + held > MAXINT then
+    fail('INVALID', 'the account would hold more than 2^53-1 credits')
+  end
+  b.active_held = 0
+end
+
+-- Holds: what the active ones hold must be what their buckets hold.
+local holds, hold_ids = list_v(S.holds, 'holds'), {}
+local STATES = {active = true, settled = true, released = true, expired = true}
+for _, h in ipairs(holds) do
+  obj_v(h, 'hold')
+  local id = id_arg(h.id, 'hold id', 128)
+  local name = 'hold ' .. id
+  if hold_ids[id] then fail('INVALID', name .. ' appears twice') end
+  hold_ids[id] = true
+  int_v(h.amount, name .. ' amount', 1, MAXINT)
+  int_v(h.ttl, name .. ' ttl', 1, 366 * 86400000)
+  int_v(h.created, name .. ' created', 0, MAX_TIME)
+  if int_v(h.expires, name .. ' expires', 1, MAX_TIME) ~= h.created + h.ttl then
+    fail('INVALID', name .. ' expires must be created + ttl')
+  end
+  if type(h.state) ~= 'string' or not STATES[h.state] then
+    fail('INVALID', name .. ' state must be active, settled, released or expired')
+  end
+  id_arg(h.tx, name .. ' tx', 64)
+  int_v(h.bal, name .. ' bal', -MAXINT, MAXINT)
+  h.alloc = list_v(h.alloc, name .. ' alloc')
+  if parts_v(h.alloc, name .. ' alloc', 1, MAXINT, by_id) ~= h.amount then
+    fail('INVALID', name .. ' alloc does not add up to its amount')
+  end
+  if h.state == 'active' then
+    for _, p in ipairs(h.alloc) do
+      by_id[p[1]].active_held = by_id[p[1]].active_held + p[2]
+    end
+  else
+    int_v(h.charged, name .. ' charged', 0, h.amount)
+    id_arg(h.close_tx, name .. ' close_tx', 64)
+    int_v(h.close_balance, name .. ' close_balance', -MAXINT, MAXINT)
+    int_v(h.forfeited, name .. ' forfeited', 0, h.amount - h.charged)
+    int_v(h.closed, name .. ' closed', h.created, MAX_TIME)
+  end
+end
+for _, b in ipairs(buckets) do
+  if b.active_held ~= b.held then
+    fail('INVALID', 'bucket ' .. b.id .. ' holds ' .. fmt(b.held) .. ' but its active holds ' ..
+      fmt(b.active_held))
+  end
+end
+
+-- API keys.
+local keys, key_ids = list_v(S.keys, 'keys'), {}
+for _, k in ipairs(keys) do
+  obj_v(k, 'key')
+  local id = id_arg(k.id, 'key id', 64)
+  if key_ids[id] then fail('INVALID', 'key ' .. id .. ' appears twice') end
+  key_ids[id] = true
+  if type(k.record) == 'table' and next(k.record) ~= nil then
+    k.record = jenc(obj_v(k.record, 'key ' .. id .. ' record'))
+  elseif json_obj_arg(k.record, 'key ' .. id .. ' record', 4096) == '' then
+    fail('INVALID', 'key ' .. id .. ' record must be a JSON object')
+  end
+  if absent(k.rate) then
+    k.rate = nil
+  elseif type(k.rate) ~= 'string'
+      or (k.rate ~= '' and not string.match(k.rate, '^%d+:%d+:%d+$')) then
+    fail('INVALID', 'key ' .. id .. ' rate must be requests:period_ms:burst or empty')
+  end
+end
+
+-- Per-request records, and the keys they go to.
+local function ttl_of(at, name)
+  local px = int_v(at, name .. ' at', 0, MAX_TIME) + RETENTION - NOW
+  if px < 1 then fail('INVALID', name .. ' is past the retention') end
+  return px
+end
+
+local idem, idem_keys = list_v(S.idempotency, 'idempotency'), {}
+for _, r in ipairs(idem) do
+  obj_v(r, 'idempotency record')
+  local name = 'idempotency record ' .. id_arg(r.key, 'idempotency key', 128)
+  if idem_keys[r.key] then fail('INVALID', name .. ' appears twice') end
+  idem_keys[r.key] = true
+  id_arg(r.tx, name .. ' tx', 64)
+  int_v(r.cost, name .. ' cost', 1, MAXINT)
+  int_v(r.bal, name .. ' bal', -MAXINT, MAXINT)
+  r.px = ttl_of(r.at, name)
+end
+
+local usage, usage_ids = list_v(S.usage, 'usage'), {}
+for _, u in ipairs(usage) do
+  obj_v(u, 'usage record')
+  local name = 'usage ' .. id_arg(u.tx, 'usage tx', 64)
+  if usage_ids[u.tx] then fail('INVALID', name .. ' appears twice') end
+  usage_ids[u.tx] = true
+  int_v(u.cost, name .. ' cost', 1, MAXINT)
+  u.alloc = list_v(u.alloc, name .. ' alloc')
+  local taken = -parts_v(u.alloc, name .. ' alloc', -MAXINT, -1, by_id)
+  int_v(u.overdraft, name .. ' overdraft', 0, u.cost)
+  if taken + u.overdraft ~= u.cost then
+    fail('INVALID', name .. ' alloc and overdraft do not add up to its cost')
+  end
+  u.px = ttl_of(u.at, name)
+  u.refunded = 0
+  local seen = {}
+  u.refunds = list_v(u.refunds, name .. ' refunds')
+  for _, rf in ipairs(u.refunds) do
+    obj_v(rf, name .. ' refund')
+    local rname = name .. ' refund ' .. id_arg(rf.id, 'refund id', 128)
+    if seen[rf.id] then fail('INVALID', rname .. ' appears twice') end
+    seen[rf.id] = true
+    if type(rf.arg) ~= 'string' or (rf.arg ~= '' and not string.match(rf.arg, '^%d+$')) then
+      fail('INVALID', rname .. ' arg must be digits or empty')
+    end
+    id_arg(rf.tx, rname .. ' tx', 64)
+    int_v(rf.bal, rname .. ' bal', -MAXINT, MAXINT)
+    int_v(rf.refunded, rname .. ' refunded', 1, u.cost - u.refunded)
+    int_v(rf.forfeited, rname .. ' forfeited', 0, rf.refunded)
+    u.refunded = u.refunded + rf.refunded
+  end
+end
+
+if #KEYS ~= 7 + #idem + #usage + npurge then
+  fail('INVALID', 'expected ' .. fmt(7 + #idem + #usage + npurge) .. ' keys, got ' .. fmt(#KEYS))
+end
+if redis.call('EXISTS', A) == 1 and MODE == 'create' then
+  fail('EXISTS', 'account ' .. ACCOUNT .. ' already exists in Redis (replace overwrites it)')
+end
+
+-- Everything is valid: write. Old keys go first (without an account they are orphans).
+redis.call('DEL', A, O, D, H, KEYS[7])
+for i = 8, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('ZREM', DUE, ACCOUNT)
+
+local f = {'created', fmt(created), 'clock', fmt(clock), 'avail', fmt(avail), 'held', fmt(held),
+  'debt', fmt(debt), 'seq', fmt(seq), 'ovl', fmt(ovl)}
+if lbt then f[#f + 1] = 'lbt'; f[#f + 1] = fmt(lbt) end
+if rl then
+  for i, name in ipairs({'rl_n', 'rl_ms', 'rl_burst'}) do
+    f[#f + 1] = name
+    f[#f + 1] = fmt(rl[i])
+  end
+end
+redis.call('HSET', A, unpack(f))
+
+for _, b in ipairs(buckets) do
+  local meta = {credits = b.credits, created = b.created, expires = b.expires,
+    priority = b.priority, source = b.source, metadata = b.metadata, fp = b.fp, tx = b.tx,
+    okey = okey(b.priority, b.expires, b.created, b.id), bal = b.bal}
+  local bf = {'m:' .. b.id, jenc(meta)}
+  if b.remaining then bf[#bf + 1] = 'r:' .. b.id; bf[#bf + 1] = fmt(b.remaining) end
+  if b.held_field or b.held > 0 then bf[#bf + 1] = 'h:' .. b.id; bf[#bf + 1] = fmt(b.held) end
+  redis.call('HSET', A, unpack(bf))
+  if b.remaining and (b.remaining > 0 or b.held > 0) then redis.call('ZADD', O, 0, meta.okey) end
+  if b.remaining and b.expires then redis.call('ZADD', D, fmt(b.expires), 'b:' .. b.id) end
+end
+
+for _, h in ipairs(holds) do
+  local rec = {amount = h.amount, ttl = h.ttl, alloc = h.alloc, created = h.created,
+    expires = h.expires, state = h.state, tx = h.tx, bal = h.bal}
+  local at = h.expires
+  if h.state ~= 'active' then
+    rec.charged = h.charged
+    rec.close_tx = h.close_tx
+    rec.close_balance = h.close_balance
+    rec.forfeited = h.forfeited
+    at = h.closed + RETENTION
+  end
+  redis.call('HSET', H, h.id, jenc(rec))
+  redis.call('ZADD', D, fmt(at), 'h:' .. h.id)
+end
+
+for _, k in ipairs(keys) do
+  redis.call('HSET', KEYS[7], k.id, k.record)
+  if k.rate then redis.call('HSET', A, 'k:' .. k.id, k.rate) end
+end
+
+for i, r in ipairs(idem) do
+  redis.call('SET', KEYS[7 + i], jenc({tx = r.tx, cost = r.cost, bal = r.bal}), 'PX', fmt(r.px))
+end
+for i, u in ipairs(usage) do
+  local key = KEYS[7 + #idem + i]
+  local uf = {'cost', fmt(u.cost), 'alloc', jenc(u.alloc), 'overdraft', fmt(u.overdraft),
+    'refunded', fmt(u.refunded)}
+  for _, rf in ipairs(u.refunds) do
+    uf[#uf + 1] = 'rf:' .. rf.id
+    uf[#uf + 1] = jenc({arg = rf.arg, tx = rf.tx, bal = rf.bal, refunded = rf.refunded,
+      forfeited = rf.forfeited})
+  end
+  redis.call('HSET', key, unpack(uf))
+  redis.call('PEXPIRE', key, fmt(u.px))
+end
+
+local first = redis.call('ZRANGE', D, 0, 0, 'WITHSCORES')
+if first[1] then redis.call('ZADD', DUE, first[2], ACCOUNT) end
+return {#buckets, #holds, #keys, #idem, #usage}

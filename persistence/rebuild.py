@@ -1,0 +1,543 @@
+"""Restores the Redis ledger from the SQL ledger: the engine of ``credit-sidecar rebuild``.
+
+Used when Redis lost state that SQL has (a FLUSHALL, a lost volume, acknowledged writes lost in
+a crash), or to push an admin's correction made in SQL into Redis (README, "Correcting a
+balance"). Afterwards the ledger behaves as before: the same balances and buckets in the same
+burn order, bucket expiries and hold TTLs still scheduled, the same settings and API keys, and
+the idempotency, usage (refund) and closed-hold records that were still inside the retention
+window. A retried check, grant, hold, settle or refund is therefore answered as the first time
+and never charged or credited twice.
+
+Per account, one consistent read of SQL (one snapshot: REPEATABLE READ on PostgreSQL, one read
+transaction on SQLite's WAL) becomes one JSON document. ``lua/restore.lua`` validates the whole
+document and writes it in one atomic script; unless ``replace`` is given it refuses an account
+that exists in Redis. The global API-key index lives in another slot, so it is written from here,
+after the script. Nothing is appended to the outbox: the state is already in SQL.
+
+What SQL does not record is restored as follows:
+
+- rate-limiter state (the GCRA TATs of the account, its keys and routes) starts fresh;
+- the account clock (a floor: time never runs backwards for an account) is the latest time SQL
+  knows the account saw, from its last transaction or settings change. Calls that write neither
+  may have moved the Redis clock further: free (cost 0) checks, and deadlines that only
+  expired an empty bucket or purged a closed hold. A bucket with nothing left whose expiry
+  is at or before that clock is restored as expired (no transaction differs either way);
+- idempotency and usage records expire at their usage's time + ``retention_ms``, counted on
+  ``now_ms``. Redis had counted their TTL on its own clock;
+- a bucket gets its ``h:`` field if a hold ever drew on it (a held allocation in SQL), as the
+  scripts leave it.
+
+Only transactions the writer has put into SQL can come back, so drain the outbox first
+(``unwritten`` 0 in the outbox status). Accounts that exist only in Redis are left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
+from sqlalchemy import RowMapping, Table, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from sidecar.apikeys import key_record, rate_spec
+from sidecar.keys import KeySpace
+from sidecar.ledger import RateLimit
+from sidecar.persistence.models import (
+    Account,
+    ApiKey,
+    CreditAllocation,
+    CreditBalance,
+    CreditHold,
+    CreditTransaction,
+    from_ms,
+    to_ms,
+)
+from sidecar.scripts import Scripts
+
+log = logging.getLogger(__name__)
+
+REBUILD_TXID = "rebuild"  # ARGV[3] of restore.lua (no transaction is written)
+_SCRIPT_ERROR = re.compile(
+    r"^CS (?P<code>[A-Z_]+) (?P<detail>.*?)(?: script: \S+, on @\S+\.)?$", re.S
+)
+
+
+class RebuildError(Exception):
+    """An account cannot be restored; the message names it and says why."""
+
+
+class AccountExists(RebuildError):
+    """The account exists in Redis and ``replace`` was not given."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyIndexEntry:
+    """An API key as the global index needs it."""
+
+    key_id: str
+    digest: str
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """One account's Redis state as read from SQL: restore.lua's document and its companions."""
+
+    account: str
+    document: dict[str, Any]  # ARGV[5] of restore.lua, without "purge"
+    idempotency_keys: list[str]  # the idempotency records' keys, in document order
+    usage_ids: list[str]  # the usage records' transaction ids, in document order
+    api_keys: list[KeyIndexEntry]
+    sql_balance: int  # accounts.balance in SQL (after its last transaction)
+
+    @property
+    def balance(self) -> int:
+        """The balance the restored state has: remaining over live buckets, minus debt."""
+        live = sum(int(b.get("remaining", 0)) for b in self.document["buckets"])
+        return live - int(self.document["debt"])
+
+
+def _t(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+ACCOUNTS = _t(Account)
+BUCKETS = _t(CreditBalance)
+ALLOCATIONS = _t(CreditAllocation)
+HOLDS = _t(CreditHold)
+TXNS = _t(CreditTransaction)
+API_KEYS = _t(ApiKey)
+
+
+@asynccontextmanager
+async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection whose reads all see one snapshot of the database (nothing is written)."""
+    async with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+        else:
+            # pysqlite opens no transaction for reads; an explicit one pins WAL's snapshot.
+            await conn.exec_driver_sql("BEGIN")
+        try:
+            yield conn
+        finally:
+            await conn.rollback()
+
+
+def _need(row: RowMapping, what: str, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if row[c] is None]
+    if missing:
+        raise RebuildError(
+            f"{what} is incomplete in SQL ({', '.join(missing)} missing): an outbox entry "
+            "that defines it was never written (see the dead-letter stream)"
+        )
+
+
+async def read_account(
+    conn: AsyncConnection, account: str, *, now_ms: int, retention_ms: int
+) -> AccountState | None:
+    """The Redis state of ``account`` from SQL (None if SQL does not know the account).
+
+    ``conn`` should be a :func:`snapshot` so that every table is read at one point in time.
+    """
+    acct = (await conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == account))).mappings().first()
+    if acct is None:
+        return None
+    if acct["created_at"] is None:
+        raise RebuildError(
+            f"account {account} has no settings in SQL: its creation was never written"
+        )
+    created = to_ms(acct["created_at"])
+    clock = max(created, int(acct["clock_ms"]), int(acct["settings_ms"]))
+    doc: dict[str, Any] = {
+        "created": created,
+        "clock": clock,
+        "debt": int(acct["debt"]),
+        "seq": int(acct["seq"]),
+        "overdraft_limit": int(acct["overdraft_limit"]),
+    }
+    if acct["low_balance_threshold"] is not None:
+        doc["low_balance_threshold"] = int(acct["low_balance_threshold"])
+    rate = (acct["rate_limit_requests"], acct["rate_limit_period_ms"], acct["rate_limit_burst"])
+    if None not in rate:
+        doc["rate_limit"] = [int(x) for x in rate]
+
+    doc["buckets"] = await _buckets(conn, account, clock)
+    doc["holds"] = await _holds(conn, account, clock - retention_ms)
+    doc["keys"], index = await _keys(conn, account)
+    idempotency, usage = await _records(conn, account, now_ms - retention_ms)
+    doc["idempotency"], doc["usage"] = idempotency, usage
+    return AccountState(
+        account=account,
+        document=doc,
+        idempotency_keys=[r["key"] for r in idempotency],
+        usage_ids=[u["tx"] for u in usage],
+        api_keys=index,
+        sql_balance=int(acct["balance"]),
+    )
+
+
+async def _buckets(conn: AsyncConnection, account: str, clock: int) -> list[dict[str, Any]]:
+    rows = (
+        await conn.execute(
+            select(BUCKETS).where(BUCKETS.c.account == account).order_by(BUCKETS.c.bucket_id)
+        )
+    ).mappings()
+    ever_held = set(
+        (
+            await conn.execute(
+                select(ALLOCATIONS.c.bucket_id)
+                .where(ALLOCATIONS.c.account == account, ALLOCATIONS.c.held_delta != 0)
+                .distinct()
+            )
+        ).scalars()
+    )
+    out: list[dict[str, Any]] = []
+    for b in rows:
+        bid = b["bucket_id"]
+        _need(
+            b,
+            f"account {account}: bucket {bid}",
+            ("credits", "source", "priority", "created_ms", "transaction_id", "balance_after"),
+        )
+        expires = b["expires_ms"]
+        fp = b["fingerprint"] or ""
+        entry: dict[str, Any] = {
+            "id": bid,
+            "credits": int(b["credits"]),
+            "created": int(b["created_ms"]),
+            "priority": int(b["priority"]),
+            "source": b["source"],
+            # A refund's new bucket (no fingerprint) keeps no metadata in Redis; SQL files the
+            # refund's own metadata with it.
+            "metadata": (b["metadata"] or "") if fp else "",
+            "fp": fp,
+            "tx": b["transaction_id"],
+            "bal": int(b["balance_after"]),
+            "held": int(b["held"]),
+            "held_field": bid in ever_held,
+        }
+        if expires is not None:
+            entry["expires"] = int(expires)
+        # An empty bucket past its expiry expires without a transaction, so SQL may still call
+        # it live; it is the same state either way.
+        empty_and_due = b["remaining"] == 0 and expires is not None and expires <= clock
+        if not (b["expired"] or empty_and_due):
+            entry["remaining"] = int(b["remaining"])
+        out.append(entry)
+    return out
+
+
+async def _holds(conn: AsyncConnection, account: str, closed_after: int) -> list[dict[str, Any]]:
+    """Active holds, and closed ones not yet purged (closed after ``closed_after``)."""
+    rows = (
+        await conn.execute(
+            select(HOLDS)
+            .where(
+                HOLDS.c.account == account,
+                or_(HOLDS.c.state == "active", HOLDS.c.closed_ms > closed_after),
+            )
+            .order_by(HOLDS.c.hold_id)
+        )
+    ).mappings()
+    out: list[dict[str, Any]] = []
+    for h in rows:
+        what = f"account {account}: hold {h['hold_id']}"
+        _need(
+            h,
+            what,
+            (
+                "amount",
+                "ttl_ms",
+                "alloc",
+                "created_ms",
+                "expires_ms",
+                "transaction_id",
+                "balance_after",
+            ),
+        )
+        entry: dict[str, Any] = {
+            "id": h["hold_id"],
+            "amount": int(h["amount"]),
+            "ttl": int(h["ttl_ms"]),
+            "alloc": h["alloc"].get("parts", []),
+            "created": int(h["created_ms"]),
+            "expires": int(h["expires_ms"]),
+            "state": h["state"],
+            "tx": h["transaction_id"],
+            "bal": int(h["balance_after"]),
+        }
+        if h["state"] != "active":
+            _need(
+                h,
+                what,
+                ("charged", "forfeited", "close_transaction_id", "close_balance", "closed_ms"),
+            )
+            entry |= {
+                "charged": int(h["charged"]),
+                "close_tx": h["close_transaction_id"],
+                "close_balance": int(h["close_balance"]),
+                "forfeited": int(h["forfeited"]),
+                "closed": int(h["closed_ms"]),
+            }
+        out.append(entry)
+    return out
+
+
+async def _keys(
+    conn: AsyncConnection, account: str
+) -> tuple[list[dict[str, Any]], list[KeyIndexEntry]]:
+    rows = (
+        await conn.execute(
+            select(API_KEYS).where(API_KEYS.c.account == account).order_by(API_KEYS.c.key_id)
+        )
+    ).mappings()
+    entries: list[dict[str, Any]] = []
+    index: list[KeyIndexEntry] = []
+    for k in rows:
+        rate = (k["rate_limit_requests"], k["rate_limit_period_ms"], k["rate_limit_burst"])
+        rl = RateLimit(*(int(x) for x in rate)) if None not in rate else None
+        record = key_record(
+            k["key_id"],
+            account,
+            name=k["name"],
+            prefix=k["prefix"],
+            created_at=to_ms(k["created_at"]),
+            rate_limit=rl,
+            digest=k["hash"],
+        )
+        active = k["revoked_at"] is None
+        if active:
+            # stored as created: ApiKeys.create's JSON text
+            entries.append(
+                {"id": k["key_id"], "record": orjson.dumps(record).decode(), "rate": rate_spec(rl)}
+            )
+        else:
+            # stored as revoked: re-encoded by apikey.lua's jenc, which restore.lua applies
+            entries.append(
+                {"id": k["key_id"], "record": record | {"revoked_at": to_ms(k["revoked_at"])}}
+            )
+        index.append(KeyIndexEntry(k["key_id"], k["hash"], active))
+    return entries, index
+
+
+async def _records(
+    conn: AsyncConnection, account: str, cutoff: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Idempotency and usage records of the usages after ``cutoff`` (ms), with their refunds."""
+
+    def recent(ttype: str) -> Any:
+        return (
+            select(TXNS)
+            .where(
+                TXNS.c.account == account,
+                TXNS.c.type == ttype,
+                TXNS.c.created_at >= from_ms(cutoff),  # the index's column ...
+                TXNS.c.created_ms > cutoff,  # ... and the exact bound
+            )
+            .order_by(TXNS.c.seq)
+        )
+
+    usages = (await conn.execute(recent("usage"))).mappings().all()
+    refunds: dict[str, list[RowMapping]] = {u["id"]: [] for u in usages}
+    # A refund comes after its usage, so the refunds of these usages are all after the cutoff.
+    for r in (await conn.execute(recent("refund"))).mappings():
+        if r["source_transaction_id"] in refunds:
+            refunds[r["source_transaction_id"]].append(r)
+
+    latest: dict[str, dict[str, Any]] = {}  # idempotency key -> its latest usage
+    usage: list[dict[str, Any]] = []
+    for u in usages:
+        details: dict[str, Any] = u["details"] or {}
+        cost = -int(u["amount"])
+        left = cost
+        done: list[dict[str, Any]] = []
+        for r in refunds[u["id"]]:
+            d: dict[str, Any] = r["details"] or {}
+            forfeited = int(d.get("forfeited", 0))
+            refunded = int(r["amount"]) + forfeited  # what it asked for: given back + forfeited
+            arg = d.get("requested_amount")
+            if arg is None:  # entries written before the field existed: the likelier argument
+                arg = "" if refunded == left else str(refunded)
+            left -= refunded
+            done.append(
+                {
+                    "id": str(d.get("refund_id", "")),
+                    "arg": str(arg),
+                    "tx": r["id"],
+                    "bal": int(r["balance_after"]),
+                    "refunded": refunded,
+                    "forfeited": forfeited,
+                }
+            )
+        usage.append(
+            {
+                "tx": u["id"],
+                "cost": cost,
+                "alloc": details.get("alloc", []),
+                "overdraft": int(details.get("overdraft", 0)),
+                "at": int(u["created_ms"]),
+                "refunds": done,
+            }
+        )
+        if u["idempotency_key"]:
+            latest[u["idempotency_key"]] = {
+                "key": u["idempotency_key"],
+                "tx": u["id"],
+                "cost": cost,
+                "bal": int(u["balance_after"]),
+                "at": int(u["created_ms"]),
+            }
+    return list(latest.values()), usage
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _script_error(account: str, e: ResponseError) -> Exception:
+    m = _SCRIPT_ERROR.match(str(e))
+    if m is None:
+        return e
+    if m["code"] == "EXISTS":
+        return AccountExists(m["detail"])
+    return RebuildError(f"account {account}: {m['detail']}")
+
+
+async def restore_account(
+    redis: Redis,
+    keys: KeySpace,
+    script: AsyncScript,
+    state: AccountState,
+    *,
+    replace: bool,
+    now_ms: int,
+    retention_ms: int,
+) -> None:
+    """Writes one account's state (restore.lua), then its entries in the global key index."""
+    account = state.account
+    old_keys: dict[Any, Any] = {}
+    purge: list[str] = []
+    if replace:
+        # What the account has in Redis and SQL does not: its old per-request records (they
+        # could replay transactions SQL never saw) and its old API keys' index entries.
+        old_keys = await redis.hgetall(keys.api_keys(account))
+        writing = {keys.idempotency(account, k) for k in state.idempotency_keys} | {
+            keys.usage(account, t) for t in state.usage_ids
+        }
+        for pattern in (keys.idempotency_glob(account), keys.usage_glob(account)):
+            async for k in redis.scan_iter(match=pattern, count=1000):
+                if _s(k) not in writing:
+                    purge.append(_s(k))
+    script_keys = [
+        *keys.for_account(account).common(),
+        keys.api_keys(account),
+        *(keys.idempotency(account, k) for k in state.idempotency_keys),
+        *(keys.usage(account, t) for t in state.usage_ids),
+        *sorted(set(purge)),
+    ]
+    document = state.document | {"purge": len(set(purge))}
+    args: list[str | int] = [
+        account,
+        now_ms,
+        REBUILD_TXID,
+        retention_ms,
+        orjson.dumps(document).decode(),
+        "replace" if replace else "create",
+    ]
+    try:
+        await script(keys=script_keys, args=args)
+    except ResponseError as e:
+        raise _script_error(account, e) from None
+
+    by_hash, by_id = keys.api_key_index(), keys.api_key_accounts()
+    pipe = redis.pipeline(transaction=False)
+    current = {k.key_id for k in state.api_keys}
+    for kid, raw in old_keys.items():
+        if _s(kid) not in current:
+            pipe.hdel(by_id, _s(kid))
+            digest = orjson.loads(raw).get("hash")
+            if isinstance(digest, str):
+                pipe.hdel(by_hash, digest)
+    for k in state.api_keys:
+        pipe.hset(by_id, k.key_id, account)  # kept after a revocation, as ApiKeys.revoke does
+        if k.active:
+            pipe.hset(by_hash, k.digest, f"{account}/{k.key_id}")
+        else:
+            pipe.hdel(by_hash, k.digest)
+    await pipe.execute()
+
+
+async def _existing(redis: Redis, keys: KeySpace, accounts: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for i in range(0, len(accounts), 1000):
+        chunk = accounts[i : i + 1000]
+        pipe = redis.pipeline(transaction=False)
+        for a in chunk:
+            pipe.exists(keys.for_account(a).account)
+        found = await pipe.execute()
+        out += [a for a, n in zip(chunk, found, strict=True) if n]
+    return out
+
+
+async def rebuild(
+    redis: Redis,
+    keys: KeySpace,
+    engine: AsyncEngine,
+    *,
+    account: str | None = None,
+    replace: bool = False,
+    now_ms: int,
+    retention_ms: int,
+) -> int:
+    """Restores every account of the SQL ledger (or only ``account``) into Redis; returns how
+    many accounts were restored.
+
+    Without ``replace``, nothing is written if any of them exists in Redis (AccountExists).
+    With it, their Redis state is replaced by SQL's. ``now_ms`` is the current time (it
+    decides which idempotency and usage records are still within ``retention_ms``, and how
+    long they live on); ``retention_ms`` must be the sidecar's (SIDECAR_RETENTION_S).
+    A failure (RebuildError) stops the rebuild at that account; those restored before it stay
+    restored, and running it again with ``replace`` is safe.
+    """
+    if account is not None:
+        accounts = [account]
+    else:
+        async with engine.connect() as conn:
+            accounts = [str(a) for a in (await conn.execute(select(ACCOUNTS.c.id))).scalars()]
+        accounts.sort()
+    if not replace:
+        present = await _existing(redis, keys, accounts)
+        if present:
+            shown = ", ".join(present[:10]) + (" ..." if len(present) > 10 else "")
+            raise AccountExists(
+                f"{len(present)} account(s) already exist in Redis ({shown}); "
+                "rebuild with replace to overwrite them"
+            )
+    script = Scripts.register(redis).restore
+    for a in accounts:
+        async with snapshot(engine) as conn:
+            state = await read_account(conn, a, now_ms=now_ms, retention_ms=retention_ms)
+        if state is None:
+            raise RebuildError(f"account {a} is not in the SQL ledger")
+        if state.balance != state.sql_balance:
+            log.warning(
+                "account %s: its buckets give balance %d, SQL's account row says %d "
+                "(a correction in SQL?); restoring the buckets",
+                a,
+                state.balance,
+                state.sql_balance,
+            )
+        await restore_account(
+            redis, keys, script, state, replace=replace, now_ms=now_ms, retention_ms=retention_ms
+        )
+    return len(accounts)

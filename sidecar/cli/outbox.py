@@ -1,0 +1,43 @@
+"""``credit-sidecar outbox``: the writer's progress and dead letters, through the admin API."""
+
+from __future__ import annotations
+
+import click
+
+from sidecar.cli.common import admin_client, echo_json, run_admin
+
+url_option = click.option(
+    "--url", envvar="SIDECAR_URL", help="the sidecar's base URL (default: SIDECAR_LISTEN)"
+)
+
+
+@click.group()
+def outbox() -> None:
+    """The outbox → SQL writer: lag, unwritten entries, dead letters."""
+
+
+@outbox.command("status")
+@url_option
+@click.option("--json", "as_json", is_flag=True)
+def status(url: str | None, as_json: bool) -> None:
+    """Per shard: entries not yet in SQL, the writer's lag, dead letters."""
+    body = run_admin(admin_client(url), lambda c: c.request("GET", "/v1/admin/outbox"))
+    if as_json:
+        echo_json(body)
+        return
+    click.echo("SHARD  LENGTH  UNWRITTEN  LAG_S  DEAD_LETTERS")
+    for s in body["shards"]:
+        click.echo(
+            f"{s['shard']:<5}  {s['length']:<6}  {s['unwritten']:<9}  {s['lag_s']:<5}  "
+            f"{s['dead_letters']}"
+        )
+
+
+@outbox.command("dead-letters")
+@click.option("--shard", type=int, default=0, show_default=True)
+@click.option("--count", type=int, default=100, show_default=True)
+@url_option
+def dead_letters(shard: int, count: int, url: str | None) -> None:
+    """The entries the writer gave up on, with their error (JSON)."""
+    path = f"/v1/admin/outbox/dead-letters?shard={shard}&count={count}"
+    echo_json(run_admin(admin_client(url), lambda c: c.request("GET", path)))

@@ -1,0 +1,148 @@
+"""SQL ledger commands: ``writer``, ``migrate``, ``reconcile`` and ``rebuild``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+import click
+import uvloop
+
+from sidecar.cli.common import echo_json, fail, load_settings, open_store
+from sidecar.keys import KeySpace
+from sidecar.persistence.db import create_engine, migrate, resolve_url
+from sidecar.persistence.reconcile import reconcile
+from sidecar.persistence.writer import OutboxWriter, outbox_status
+from sidecar.settings import Settings
+
+
+def _engine_url(settings: Settings) -> str:
+    return resolve_url(settings.database_url, settings.data_dir)
+
+
+@click.command()
+def writer() -> None:
+    """Stream the outbox into SQL until SIGTERM (for when `serve` runs with SIDECAR_WRITER=false).
+
+    Several writers may run: each shard is written by one of them at a time (a lease).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        engine = create_engine(_engine_url(settings))
+        try:
+            async with open_store(settings) as redis:
+                w = OutboxWriter(
+                    redis,
+                    engine,
+                    KeySpace(settings.shards),
+                    batch_size=settings.writer_batch_size,
+                    max_attempts=settings.writer_max_attempts,
+                    lease_ms=settings.writer_lease_ms,
+                )
+                while not stop.is_set():
+                    try:
+                        await migrate(engine)
+                        break
+                    except Exception as e:
+                        logging.warning("SQL ledger unavailable (%s); retrying", e)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), 2)
+                await w.run(stop)
+        finally:
+            await engine.dispose()
+
+    uvloop.run(run())
+
+
+@click.command("migrate")
+def migrate_cmd() -> None:
+    """Create or upgrade the SQL ledger's schema (`serve` and `writer` also do it at start)."""
+    settings = load_settings()
+
+    async def run() -> None:
+        engine = create_engine(_engine_url(settings))
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    click.echo("schema is up to date")
+
+
+@click.command("reconcile")
+@click.option("--account", help="only this account (default: every account on either side)")
+@click.option("--json", "as_json", is_flag=True, help="print the differences as JSON")
+def reconcile_cmd(account: str | None, as_json: bool) -> None:
+    """Compare Redis and SQL per account and bucket; exit 1 if they differ."""
+    settings = load_settings()
+
+    async def run() -> tuple[list[str], int]:
+        engine = create_engine(_engine_url(settings))
+        keys = KeySpace(settings.shards)
+        try:
+            async with open_store(settings) as redis:
+                status = await outbox_status(redis, keys, int(time.time() * 1000))
+                diffs = await reconcile(redis, keys, engine, account)
+        finally:
+            await engine.dispose()
+        return [str(d) for d in diffs], sum(s["unwritten"] for s in status)
+
+    diffs, unwritten = asyncio.run(run())
+    if unwritten:
+        click.echo(
+            f"note: {unwritten} outbox entries are not in SQL yet; differences may be only that",
+            err=True,
+        )
+    if as_json:
+        echo_json({"clean": not diffs, "unwritten": unwritten, "differences": diffs})
+    else:
+        for d in diffs:
+            click.echo(d)
+        if not diffs:
+            click.echo("clean: Redis and SQL agree")
+    if diffs:
+        raise SystemExit(1)
+
+
+@click.command("rebuild")
+@click.option("--account", help="only this account (default: every account in SQL)")
+@click.option(
+    "--replace", is_flag=True, help="overwrite accounts that exist in Redis (default: refuse)"
+)
+def rebuild_cmd(account: str | None, replace: bool) -> None:
+    """Restore the Redis state of all (or one) accounts from the SQL ledger."""
+    from sidecar.persistence.rebuild import rebuild
+
+    settings = load_settings()
+
+    async def run() -> int:
+        engine = create_engine(_engine_url(settings))
+        try:
+            async with open_store(settings) as redis:
+                return await rebuild(
+                    redis,
+                    KeySpace(settings.shards),
+                    engine,
+                    account=account,
+                    replace=replace,
+                    now_ms=int(time.time() * 1000),
+                    retention_ms=settings.retention_s * 1000,
+                )
+        finally:
+            await engine.dispose()
+
+    try:
+        n = asyncio.run(run())
+    except Exception as e:  # a domain error from the restore script names the problem
+        fail(str(e))
+    click.echo(f"restored {n} account(s) from SQL")
