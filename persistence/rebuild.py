@@ -521,7 +521,7 @@ async def rebuild(
             shown = ", ".join(present[:10]) + (" ..." if len(present) > 10 else "")
             raise AccountExists(
                 f"{len(present)} account(s) already exist in Redis ({shown}); "
-                "rebuild with replace to overwrite them"
+                "rebuild with --replace to overwrite them"
             )
     script = Scripts.register(redis).restore
     for a in accounts:

@@ -9,6 +9,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import redis
+
 from tests.cli.conftest import call, cli
 
 
@@ -60,3 +62,30 @@ def test_migrate_is_idempotent(served: dict[str, str]) -> None:
     for _ in range(2):
         out = cli(served, "migrate")
         assert out.returncode == 0 and "up to date" in out.stdout, out.stderr
+
+
+def test_flushall_then_rebuild_restores_the_running_sidecar(served: dict[str, str]) -> None:
+    """What an operator does after losing Redis: rebuild from SQL, then reconcile is clean
+    and the balance, buckets and a replayed request come back as before."""
+    assert call(served, "PUT", "/v1/accounts/rb-1", {})[0] == 201
+    grant = {"grant_id": "g", "credits": 20}
+    assert call(served, "POST", "/v1/accounts/rb-1/grants", grant)[0] == 201
+    check = {"account": "rb-1", "cost": 3, "idempotency_key": "r1"}
+    first = call(served, "POST", "/v1/check", check)[1]
+    before = call(served, "GET", "/v1/accounts/rb-1/balance")[1]
+    wait_written(served)
+
+    sock = Path(served["SIDECAR_DATA_DIR"]) / "redis" / "redis.sock"
+    with redis.Redis(unix_socket_path=str(sock)) as r:
+        r.flushall()
+    assert call(served, "GET", "/v1/accounts/rb-1/balance")[0] == 404
+
+    out = cli(served, "rebuild")
+    assert out.returncode == 0 and "restored" in out.stdout, out.stderr
+    assert call(served, "GET", "/v1/accounts/rb-1/balance")[1] == before
+    replay = call(served, "POST", "/v1/check", check)[1]
+    assert replay["transaction_id"] == first["transaction_id"] and replay["replayed"] is True
+    assert cli(served, "reconcile").returncode == 0
+
+    out = cli(served, "rebuild", "--account", "rb-1")
+    assert out.returncode == 1 and "already exist" in out.stderr and "--replace" in out.stderr
