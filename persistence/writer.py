@@ -49,10 +49,14 @@ def _s(v: bytes | str) -> str:
 
 
 def _entries(raw: list[Any]) -> list[tuple[str, dict[str, str] | None]]:
-    """(id, fields) pairs; fields None for an entry deleted while pending."""
+    """(id, fields) pairs; fields None for an entry deleted while pending. A client with
+    decode_responses (what the writer is given in `serve`) needs no per-field decoding."""
     out: list[tuple[str, dict[str, str] | None]] = []
     for entry_id, fields in raw:
-        out.append((_s(entry_id), {_s(k): _s(v) for k, v in fields.items()} if fields else None))
+        if isinstance(entry_id, bytes):
+            entry_id = entry_id.decode()
+            fields = {k.decode(): v.decode() for k, v in fields.items()} if fields else None
+        out.append((entry_id, fields or None))
     return out
 
 

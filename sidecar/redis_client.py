@@ -13,10 +13,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
-def connect(url: str, *, retries: int = 12, max_connections: int = 64) -> Redis:
+def connect(
+    url: str, *, retries: int = 12, max_connections: int = 64, decode_responses: bool = False
+) -> Redis:
     """A client whose pool makes callers wait for a free connection rather than fail."""
     pool = BlockingConnectionPool.from_url(
         url,
+        decode_responses=decode_responses,
         max_connections=max_connections,
         timeout=10,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), retries),

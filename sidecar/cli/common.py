@@ -77,7 +77,7 @@ def echo_json(value: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Redis]:
+async def open_store(settings: Settings, *, decode_responses: bool = False) -> AsyncIterator[Redis]:
     """The sidecar's Redis for a command that works on it directly.
 
     SIDECAR_REDIS_URL if set; else the embedded server of the data dir: the running
@@ -98,7 +98,7 @@ async def open_store(settings: Settings) -> AsyncIterator[Redis]:
             if candidate.unixsocket is None or not candidate.unixsocket.exists():
                 fail("the running sidecar's Redis is not reachable: set SIDECAR_REDIS_URL", 2)
         url = candidate.url
-    client = connect(url)
+    client = connect(url, decode_responses=decode_responses)
     try:
         yield client
     finally:

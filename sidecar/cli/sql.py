@@ -39,7 +39,7 @@ def writer() -> None:
             loop.add_signal_handler(sig, stop.set)
         engine = create_engine(_engine_url(settings))
         try:
-            async with open_store(settings) as redis:
+            async with open_store(settings, decode_responses=True) as redis:
                 w = OutboxWriter(
                     redis,
                     engine,

@@ -15,7 +15,7 @@ from aiohttp import web
 from sidecar.apikeys import ApiKeys
 from sidecar.embedded import RedisServer
 from sidecar.gate import Gate
-from sidecar.http.appkeys import API_KEYS, GATE, LEDGER, SETTINGS, TOKENS, WRITER
+from sidecar.http.appkeys import API_KEYS, GATE, LEDGER, REDIS_URL, SETTINGS, TOKENS, WRITER
 from sidecar.http.errors import error_middleware
 from sidecar.http.ops import ops_routes
 from sidecar.http.proxy import proxy_routes
@@ -51,6 +51,7 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
             server.start()
             url = server.url
             log.info("embedded %s listening on %s", server.binary, url)
+        app[REDIS_URL] = url
         client = connect(url)
         app[LEDGER] = ledger = Ledger(
             client,
@@ -148,8 +149,10 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     unreachable (or its migration fails) the writer retries, and the sidecar serves on."""
     settings, ledger = app[SETTINGS], app[LEDGER]
     engine = create_engine(resolve_url(settings.database_url, settings.data_dir))
+    # Its own connections: with a shared pool, request handlers under load starve it.
+    redis = connect(app[REDIS_URL], max_connections=4, decode_responses=True)
     app[WRITER] = writer = OutboxWriter(
-        ledger.redis,
+        redis,
         engine,
         ledger.keys,
         batch_size=settings.writer_batch_size,
@@ -181,3 +184,4 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         except TimeoutError:
             log.error("outbox writer did not stop in time")
         await engine.dispose()
+        await redis.aclose()
