@@ -368,9 +368,11 @@ def _t(model: Any) -> Table:
 async def apply(conn: AsyncConnection, batch: Batch) -> None:
     """Writes a batch; the caller owns the SQL transaction (one per batch)."""
     accounts = _t(Account)
-    if batch.touched_accounts:
+    # Rows for accounts that only appear in key entries; the upserts below create the rest.
+    bare = batch.touched_accounts - batch.settings.keys() - batch.account_state.keys()
+    if bare:
         stmt = _insert(conn, accounts).on_conflict_do_nothing(index_elements=["id"])
-        await conn.execute(stmt, [{"id": a} for a in sorted(batch.touched_accounts)])
+        await conn.execute(stmt, [{"id": a} for a in sorted(bare)])
     if batch.settings:
         stmt = _insert(conn, accounts)
         cols = [c for c in next(iter(batch.settings.values())) if c != "id"]

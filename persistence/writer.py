@@ -350,9 +350,11 @@ async def outbox_status(redis: Redis, keys: KeySpace, now_ms: int) -> list[dict[
             undelivered = length
             first: Any = await redis.xrange(stream, count=1)
             oldest = _s(first[0][0]) if first else None
+        holder = await redis.get(keys.writer_lease(shard))
         out.append(
             {
                 "shard": shard,
+                "writer_lease": _s(holder) if holder is not None else None,
                 "length": length,
                 "pending": pending,
                 "undelivered": undelivered,

@@ -27,7 +27,7 @@ _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: the kernel sends SIGTERM to the server when its parent dies,
     so a killed sidecar leaves no orphan writing to the data dir."""
     with contextlib.suppress(OSError, AttributeError):
@@ -151,7 +151,7 @@ class RedisServer:
             self._args(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

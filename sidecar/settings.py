@@ -65,8 +65,12 @@ class Settings(BaseSettings):
         "fail_closed", description="proxy auth when Redis is unreachable: 503, or allow and count"
     )
     shadow: bool = Field(False, description="evaluate and record, but never deny (rollout)")
-    writer: bool = Field(True, description="run the outbox → SQL writer inside `serve`")
-    writer_batch_size: int = Field(500, ge=1, le=10000, description="outbox entries per SQL txn")
+    writer: Literal["process", "inline", "off"] = Field(
+        "process",
+        description="the outbox → SQL writer of `serve`: a child process (own core), on the "
+        "event loop, or off (run `credit-sidecar writer` yourself)",
+    )
+    writer_batch_size: int = Field(2000, ge=1, le=10000, description="outbox entries per SQL txn")
     writer_lease_ms: int = Field(
         10_000, ge=100, le=600_000, description="a dead writer's shards are taken over after this"
     )

@@ -72,7 +72,7 @@ def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
         admin_token=SecretStr(ADMIN),
         service_token=SecretStr(SERVICE),
         data_dir=tmp_path,
-        writer=False,  # the writer's own tests turn it on (tests/persistence/)
+        writer="off",  # the writer's own tests turn it on (tests/persistence/)
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -15,8 +14,9 @@ from sidecar.cli.common import echo_json, fail, load_settings, open_store
 from sidecar.keys import KeySpace
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.reconcile import reconcile
-from sidecar.persistence.writer import OutboxWriter, outbox_status
+from sidecar.persistence.writer import outbox_status
 from sidecar.settings import Settings
+from sidecar.writer_runner import run_inline
 
 
 def _engine_url(settings: Settings) -> str:
@@ -25,7 +25,7 @@ def _engine_url(settings: Settings) -> str:
 
 @click.command()
 def writer() -> None:
-    """Stream the outbox into SQL until SIGTERM (for when `serve` runs with SIDECAR_WRITER=false).
+    """Stream the outbox into SQL until SIGTERM (`serve` runs one unless SIDECAR_WRITER=off).
 
     Several writers may run: each shard is written by one of them at a time (a lease).
     """
@@ -37,28 +37,8 @@ def writer() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        engine = create_engine(_engine_url(settings))
-        try:
-            async with open_store(settings, decode_responses=True) as redis:
-                w = OutboxWriter(
-                    redis,
-                    engine,
-                    KeySpace(settings.shards),
-                    batch_size=settings.writer_batch_size,
-                    max_attempts=settings.writer_max_attempts,
-                    lease_ms=settings.writer_lease_ms,
-                )
-                while not stop.is_set():
-                    try:
-                        await migrate(engine)
-                        break
-                    except Exception as e:
-                        logging.warning("SQL ledger unavailable (%s); retrying", e)
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), 2)
-                await w.run(stop)
-        finally:
-            await engine.dispose()
+        async with open_store(settings, decode_responses=True) as redis:
+            await run_inline(redis, settings, stop, [])
 
     uvloop.run(run())
 

@@ -15,18 +15,27 @@ from aiohttp import web
 from sidecar.apikeys import ApiKeys
 from sidecar.embedded import RedisServer
 from sidecar.gate import Gate
-from sidecar.http.appkeys import API_KEYS, GATE, LEDGER, REDIS_URL, SETTINGS, TOKENS, WRITER
+from sidecar.http.appkeys import (
+    API_KEYS,
+    GATE,
+    LEDGER,
+    REDIS_URL,
+    SETTINGS,
+    TOKENS,
+    WRITER,
+    WRITER_PROCESS,
+)
 from sidecar.http.errors import error_middleware
 from sidecar.http.ops import ops_routes
 from sidecar.http.proxy import proxy_routes
 from sidecar.http.routes import routes
 from sidecar.keys import KeySpace
 from sidecar.ledger import CALL_DEADLINE_S, Clock, Ledger, wall_clock_ms
-from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.writer import OutboxWriter
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
 from sidecar.settings import Settings
+from sidecar.writer_runner import WriterProcess, run_inline
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
@@ -79,7 +88,7 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(sweeper_ctx)
     app.cleanup_ctx.append(reload_ctx)
-    if settings.writer:
+    if settings.writer != "off":
         app.cleanup_ctx.append(writer_ctx)
     app.add_routes(routes)
     app.add_routes(proxy_routes)
@@ -147,34 +156,22 @@ async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
 async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     """Streams the outbox into SQL in the background. Never blocks start-up: while SQL is
     unreachable (or its migration fails) the writer retries, and the sidecar serves on."""
-    settings, ledger = app[SETTINGS], app[LEDGER]
-    engine = create_engine(resolve_url(settings.database_url, settings.data_dir))
-    # Its own connections: with a shared pool, request handlers under load starve it.
+    settings = app[SETTINGS]
+    if settings.writer == "process":
+        app[WRITER_PROCESS] = child = WriterProcess(settings, app[REDIS_URL])
+        child.start()
+        try:
+            yield
+        finally:
+            await child.stop()
+        return
+    # Inline: its own connections; with a shared pool, request handlers under load starve it.
     redis = connect(app[REDIS_URL], max_connections=4, decode_responses=True)
-    app[WRITER] = writer = OutboxWriter(
-        redis,
-        engine,
-        ledger.keys,
-        batch_size=settings.writer_batch_size,
-        max_attempts=settings.writer_max_attempts,
-        lease_ms=settings.writer_lease_ms,
-    )
-    stop = asyncio.Event()
-
-    async def run() -> None:
-        backoff = 0.1
-        while not stop.is_set():
-            try:
-                await migrate(engine)
-                break
-            except Exception as e:
-                log.warning("SQL ledger unavailable (%s); retrying in %.1fs", e, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
-        await writer.run(stop)
-
-    task = asyncio.create_task(run(), name="outbox-writer")
+    stop, started = asyncio.Event(), list[OutboxWriter]()
+    task = asyncio.create_task(run_inline(redis, settings, stop, started), name="outbox-writer")
+    await asyncio.sleep(0)
+    if started:
+        app[WRITER] = started[0]
     try:
         yield
     finally:
@@ -183,5 +180,4 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.wait_for(task, CALL_DEADLINE_S * 2)
         except TimeoutError:
             log.error("outbox writer did not stop in time")
-        await engine.dispose()
         await redis.aclose()

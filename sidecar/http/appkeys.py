@@ -9,6 +9,7 @@ from sidecar.gate import Gate
 from sidecar.ledger import Ledger
 from sidecar.persistence.writer import OutboxWriter
 from sidecar.settings import Settings
+from sidecar.writer_runner import WriterProcess
 
 SETTINGS = web.AppKey("settings", Settings)
 LEDGER = web.AppKey("ledger", Ledger)
@@ -17,3 +18,4 @@ GATE = web.AppKey("gate", Gate)
 TOKENS = web.AppKey("tokens", dict[str, bytes])
 WRITER = web.AppKey("writer", OutboxWriter)
 REDIS_URL = web.AppKey("redis_url", str)
+WRITER_PROCESS = web.AppKey("writer_process", WriterProcess)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar import errors
-from sidecar.http.appkeys import LEDGER, WRITER
+from sidecar.http.appkeys import LEDGER, WRITER, WRITER_PROCESS
 from sidecar.http.errors import json_response
 from sidecar.http.routes import authorize
 from sidecar.ledger import store_call
@@ -20,14 +20,20 @@ async def outbox(request: web.Request) -> web.Response:
     authorize(request, "admin")
     ledger = request.app[LEDGER]
     shards = await store_call(outbox_status(ledger.redis, ledger.keys, ledger.clock()))
-    writer = request.app.get(WRITER)
+    writer, child = request.app.get(WRITER), request.app.get(WRITER_PROCESS)
+    if writer is not None:
+        writer_view: object = {"mode": "inline", **stats_dict(writer.stats)}
+    elif child is not None:
+        writer_view = child.status()
+    else:
+        writer_view = {"mode": "off"}
     return json_response(
         {
             "shards": shards,
             "unwritten": sum(s["unwritten"] for s in shards),
             "lag_s": max((s["lag_s"] for s in shards), default=0.0),
             "dead_letters": sum(s["dead_letters"] for s in shards),
-            "writer": stats_dict(writer.stats) if writer is not None else None,
+            "writer": writer_view,
         }
     )
 

@@ -52,7 +52,9 @@ def test_outbox_status_and_dead_letters(served: dict[str, str]) -> None:
     out = cli(served, "outbox", "status", "--json")
     assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout)
-    assert body["unwritten"] == 0 and body["writer"]["lease_held"] == [0]
+    assert body["unwritten"] == 0 and body["writer"]["mode"] == "process"
+    assert body["writer"]["running"] and body["writer"]["restarts"] == 0
+    assert str(body["writer"]["pid"]) in body["shards"][0]["writer_lease"]
     assert "UNWRITTEN" in cli(served, "outbox", "status").stdout
     out = cli(served, "outbox", "dead-letters")
     assert json.loads(out.stdout) == {"shard": 0, "entries": []}
