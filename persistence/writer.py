@@ -70,6 +70,30 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 
 @dataclass
+class Parsed:
+    """A batch of entries read from the outbox, parsed into rows."""
+
+    entries: list[tuple[str, dict[str, str] | None]]
+    batch: Batch
+    ack: list[str]  # written with the batch
+    poison: list[tuple[str, dict[str, str], str]]  # unparseable: (id, fields, error)
+
+
+def _parse(entries: list[tuple[str, dict[str, str] | None]]) -> Parsed:
+    parsed = Parsed(entries, Batch(), [], [])
+    for entry_id, fields in entries:
+        if fields is None:  # trimmed or deleted while pending: nothing to write
+            parsed.ack.append(entry_id)
+            continue
+        try:
+            parsed.batch.add(entry_id, fields)
+            parsed.ack.append(entry_id)
+        except PoisonEntry as e:
+            parsed.poison.append((entry_id, fields, str(e)))
+    return parsed
+
+
+@dataclass
 class WriterStats:
     written: int = 0  # entries written to SQL and acknowledged
     batches: int = 0
@@ -141,27 +165,52 @@ class OutboxWriter:
 
     async def _run_shard(self, shard: int, stop: asyncio.Event) -> None:
         backoff = 0.05
+        # The next batch is read and parsed while the current one is in SQL (its own thread
+        # for SQLite, its own process for PostgreSQL): the two overlap instead of alternating.
+        ahead: asyncio.Task[Parsed] | None = None
         while not stop.is_set():
             try:
                 if not await self.take_lease(shard):
                     await _sleep(stop, self.lease_ms / 3000)
                     continue
                 await self.ensure_group(shard)
-                handled = await self.step(shard, block=True)
+                if ahead is not None:
+                    parsed, ahead = await ahead, None
+                    if not parsed.entries:
+                        parsed = _parse(await self._fetch(shard, block=True))
+                else:
+                    parsed = _parse(await self._fetch(shard, block=True))
+                if not parsed.entries:
+                    continue
+                if not self._pending_first.get(shard, True):
+                    ahead = asyncio.create_task(self._read_ahead(shard))
+                await self._write(shard, parsed)
                 backoff = 0.05
-                if handled:
-                    await self.trim(shard)
+                await self.trim(shard)
             except Exception as e:
-                # Redis or SQL unavailable, or anything unforeseen: retry the same pending
-                # entries after a pause; nothing was acknowledged.
+                # Redis or SQL unavailable, or anything unforeseen: retry the pending entries
+                # (a batch read ahead is pending too) after a pause; nothing was acknowledged.
+                if ahead is not None:
+                    ahead.cancel()
+                    with contextlib.suppress(BaseException):
+                        await ahead
+                    ahead = None
                 self._pending_first[shard] = True
                 if not isinstance(e, RedisError | OSError):
                     self.stats.sql_errors += 1
                 log.warning("outbox writer (shard %d): %s; retrying in %.2fs", shard, e, backoff)
                 await _sleep(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
+        if ahead is not None:
+            # Read but not written: it stays pending, and the next owner starts with it.
+            ahead.cancel()
+            with contextlib.suppress(BaseException):
+                await ahead
         with contextlib.suppress(Exception):
             await self.scripts.lease(keys=[self.keys.writer_lease(shard)], args=[self.token, 0])
+
+    async def _read_ahead(self, shard: int) -> Parsed:
+        return _parse(await self._read(self.keys.outbox(shard), ">", block=False))
 
     async def take_lease(self, shard: int) -> bool:
         held = bool(
@@ -179,10 +228,15 @@ class OutboxWriter:
     # -- one batch -----------------------------------------------------------------------
 
     async def step(self, shard: int, *, block: bool = False) -> int:
-        """Reads and writes one batch of shard ``shard``; returns the entries handled.
+        """Reads and writes one batch of shard ``shard``; returns the entries handled."""
+        entries = await self._fetch(shard, block=block)
+        if entries:
+            await self._write(shard, _parse(entries))
+        return len(entries)
 
-        Pending entries (ours, or claimed from a consumer that went quiet) come first.
-        """
+    async def _fetch(self, shard: int, *, block: bool) -> list[tuple[str, dict[str, str] | None]]:
+        """The next batch: pending entries first (ours, or claimed from a consumer that went
+        quiet), then new ones."""
         stream = self.keys.outbox(shard)
         entries: list[tuple[str, dict[str, str] | None]] = []
         if self._pending_first.get(shard, True):
@@ -198,10 +252,7 @@ class OutboxWriter:
                 self._pending_first[shard] = True
         if not entries:
             entries = await self._read(stream, ">", block=block)
-        if not entries:
-            return 0
-        await self._write(shard, entries)
-        return len(entries)
+        return entries
 
     async def _read(
         self, stream: str, start: str, *, block: bool
@@ -224,29 +275,19 @@ class OutboxWriter:
         self._last_claim[shard] = now
         return True
 
-    async def _write(self, shard: int, entries: list[tuple[str, dict[str, str] | None]]) -> None:
-        batch, ack, poison = Batch(), [], []
-        for entry_id, fields in entries:
-            if fields is None:  # trimmed or deleted while pending: nothing to write
-                ack.append(entry_id)
-                continue
-            try:
-                batch.add(entry_id, fields)
-                ack.append(entry_id)
-            except PoisonEntry as e:
-                poison.append((entry_id, fields, str(e)))
+    async def _write(self, shard: int, parsed: Parsed) -> None:
         try:
-            await self._commit(batch)
+            await self._commit(parsed.batch)
         except (IntegrityError, DataError) as e:
             log.warning("outbox batch rejected by SQL (%s); writing entries one by one", e)
-            await self._one_by_one(shard, [(i, f) for i, f in entries if f is not None])
+            await self._one_by_one(shard, [(i, f) for i, f in parsed.entries if f is not None])
             return
-        self.stats.written += len(ack)
+        self.stats.written += len(parsed.ack)
         self.stats.batches += 1
         self.stats.last_write_ms = int(self.clock() * 1000)
-        if ack:
-            await self.redis.xack(self.keys.outbox(shard), GROUP, *ack)
-        for entry_id, fields, error in poison:
+        if parsed.ack:
+            await self.redis.xack(self.keys.outbox(shard), GROUP, *parsed.ack)
+        for entry_id, fields, error in parsed.poison:
             await self._failed(shard, entry_id, fields, error)
 
     async def _commit(self, batch: Batch) -> None:
