@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup system-deps clean
+.PHONY: run test lint setup system-deps clean bench-writer bench-aof
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,13 @@ lint: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q
+
+# Benchmarks (not tests): results go to bench/results/ as Markdown and JSON.
+bench-writer: $(STAMP)
+	$(BIN)/python -m bench.writer
+
+bench-aof: $(STAMP)
+	$(BIN)/python -m bench.aof_loss
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -13,6 +13,7 @@ import json
 import random
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from sidecar.embedded import RedisServer, free_port
 from sidecar.keys import KeySpace
@@ -50,7 +51,7 @@ async def one_run(mode: str, seconds: float) -> dict[str, int]:
         await client.aclose()
         server.start()
         client = connect(server.url)
-        entries = await client.xrange(KeySpace().outbox(0))
+        entries: Any = await client.xrange(KeySpace().outbox(0))
         kept = {f[b"id"].decode() for _, f in entries if f.get(b"type") == b"usage"}
         await client.aclose()
         server.stop()
