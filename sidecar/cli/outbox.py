@@ -41,3 +41,19 @@ def dead_letters(shard: int, count: int, url: str | None) -> None:
     """The entries the writer gave up on, with their error (JSON)."""
     path = f"/v1/admin/outbox/dead-letters?shard={shard}&count={count}"
     echo_json(run_admin(admin_client(url), lambda c: c.request("GET", path)))
+
+
+@outbox.command("retry-dead-letters")
+@click.option("--shard", type=int, default=0, show_default=True)
+@click.option("--id", "ids", multiple=True, help="only these entries (default: all)")
+@url_option
+def retry_dead_letters(shard: int, ids: tuple[str, ...], url: str | None) -> None:
+    """Move dead letters back into the outbox, once what made SQL refuse them is fixed."""
+    body: dict[str, object] = {"shard": shard}
+    if ids:
+        body["ids"] = list(ids)
+    result = run_admin(
+        admin_client(url),
+        lambda c: c.request("POST", "/v1/admin/outbox/dead-letters/retry", body),
+    )
+    click.echo(f"moved {len(result['retried'])} entries back into the outbox of shard {shard}")

@@ -38,6 +38,13 @@ async def outbox(request: web.Request) -> web.Response:
     )
 
 
+def _shard(request: web.Request, value: object) -> int:
+    shards = request.app[LEDGER].keys.shards
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < shards:
+        raise errors.InvalidInput(f"shard must be an integer in [0, {shards})", field="shard")
+    return value
+
+
 @ops_routes.get("/v1/admin/outbox/dead-letters")
 async def dead_letters(request: web.Request) -> web.Response:
     """The entries the writer gave up on, with their error, oldest first."""
@@ -48,10 +55,47 @@ async def dead_letters(request: web.Request) -> web.Response:
         count = int(request.query.get("count", "100"))
     except ValueError:
         raise errors.InvalidInput("shard and count must be integers") from None
-    if not 0 <= shard < ledger.keys.shards or not 1 <= count <= 1000:
-        raise errors.InvalidInput(f"shard must be in [0, {ledger.keys.shards}), count in [1, 1000]")
+    shard = _shard(request, shard)
+    if not 1 <= count <= 1000:
+        raise errors.InvalidInput("count must be in [1, 1000]", field="count")
     raw = await store_call(ledger.redis.xrange(ledger.keys.dead_letters(shard), count=count))
     entries = [
         {"id": i.decode(), "fields": {k.decode(): v.decode() for k, v in f.items()}} for i, f in raw
     ]
     return json_response({"shard": shard, "entries": entries})
+
+
+@ops_routes.post("/v1/admin/outbox/dead-letters/retry")
+async def retry_dead_letters(request: web.Request) -> web.Response:
+    """Moves dead letters back into the outbox (after fixing what made SQL refuse them); the
+    writer applies them like any entry, idempotently. Body: {"shard", "ids"?} (default all)."""
+    authorize(request, "admin")
+    ledger = request.app[LEDGER]
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        raise errors.InvalidJSON("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise errors.InvalidInput("the body must be a JSON object")
+    shard = _shard(request, body.get("shard", 0))
+    ids = body.get("ids")
+    if ids is not None and not (
+        isinstance(ids, list) and len(ids) <= 1000 and all(isinstance(i, str) for i in ids)
+    ):
+        raise errors.InvalidInput("ids must be a list of at most 1000 ids", field="ids")
+    dead, outbox = ledger.keys.dead_letters(shard), ledger.keys.outbox(shard)
+    raw = await store_call(ledger.redis.xrange(dead, count=1000))
+    chosen = [(i, f) for i, f in raw if ids is None or i.decode() in ids]
+    if ids is not None and (missing := sorted(set(ids) - {i.decode() for i, _ in chosen})):
+        raise errors.InvalidInput(f"no such dead letter: {', '.join(missing[:5])}", field="ids")
+    retried = []
+    for entry_id, fields in chosen:
+        original = {k: v for k, v in fields.items() if not k.startswith(b"dl_")}
+        # Same slot (one hash tag): the move is one MULTI, so an entry is never in both or
+        # in neither.
+        pipe = ledger.redis.pipeline(transaction=True)
+        pipe.xadd(outbox, original)
+        pipe.xdel(dead, entry_id)
+        await store_call(pipe.execute())
+        retried.append(entry_id.decode())
+    return json_response({"shard": shard, "retried": retried})

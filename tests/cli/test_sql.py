@@ -58,6 +58,10 @@ def test_outbox_status_and_dead_letters(served: dict[str, str]) -> None:
     assert "UNWRITTEN" in cli(served, "outbox", "status").stdout
     out = cli(served, "outbox", "dead-letters")
     assert json.loads(out.stdout) == {"shard": 0, "entries": []}
+    out = cli(served, "outbox", "retry-dead-letters")
+    assert out.returncode == 0 and "moved 0 entries" in out.stdout, out.stderr
+    out = cli(served, "outbox", "retry-dead-letters", "--id", "1-1")
+    assert out.returncode == 1 and "no such dead letter" in out.stderr
 
 
 def test_migrate_is_idempotent(served: dict[str, str]) -> None:
