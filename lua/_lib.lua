@@ -67,6 +67,8 @@ local function text_arg(v, name, maxlen)
   if type(v) ~= 'string' or #v > maxlen then
     fail('INVALID', name .. ' must be at most ' .. maxlen .. ' bytes')
   end
+  -- NUL cannot be stored in a PostgreSQL text column: refuse it here, not in the SQL writer.
+  if string.find(v, '%z') then fail('INVALID', name .. ' must not contain NUL characters') end
   return v
 end
 

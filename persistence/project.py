@@ -130,14 +130,19 @@ class Batch:
     def add(self, entry_id: str, fields: Mapping[str, str]) -> None:
         """Parses one entry into the batch (raises PoisonEntry, leaving the batch unchanged)."""
         kind = fields.get("kind")
-        if kind == "txn":
-            rows = _txn_rows(fields)
-        elif kind == "account":
-            rows = _settings_rows(entry_id, fields)
-        elif kind == "key":
-            rows = _key_rows(fields)
-        else:
-            raise PoisonEntry(f"unknown entry kind {kind!r}")
+        try:
+            if kind == "txn":
+                rows = _txn_rows(fields)
+            elif kind == "account":
+                # A dead letter moved back keeps its first id: settings order by it.
+                rows = _settings_rows(fields.get("orig_id") or entry_id, fields)
+            elif kind == "key":
+                rows = _key_rows(fields)
+            else:
+                raise PoisonEntry(f"unknown entry kind {kind!r}")
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            # Everything is converted before any merge, so a bad entry leaves the batch as is.
+            raise PoisonEntry(f"malformed {kind} entry: {type(e).__name__}: {e}") from None
         for merge in rows:
             merge(self)
 
@@ -208,6 +213,31 @@ def _txn_rows(f: Mapping[str, str]) -> list[Merge]:
         if b:
             deltas.setdefault(b, [0, 0])[1] += n
 
+    bucket_def: dict[str, Any] | None = None
+    if bucket is not None:
+        created = int(bucket.get("created", ts))
+        expires = bucket.get("expires")
+        bucket_def = {
+            "account": account,
+            "bucket_id": bucket["id"],
+            "credits": int(bucket["credits"]),
+            "source": str(bucket.get("source", "")),
+            "priority": int(bucket.get("priority", 0)),
+            "created_ms": created,
+            "created_at": from_ms(created),
+            "expires_ms": None if expires is None else int(expires),
+            "expires_at": from_ms(int(expires)) if expires is not None else None,
+            "metadata": f.get("meta") or None,
+            "fingerprint": str(bucket.get("fp", "")),
+            "transaction_id": txid,
+            "balance_after": balance,
+        }
+    for _bucket, remaining, held_after in after:
+        if not (remaining is None or isinstance(remaining, int)) or not isinstance(held_after, int):
+            raise PoisonEntry("buckets has a non-integer amount")
+    hid = f.get("hold_id")
+    hold_expires = int(details.get("expires", ts)) if ttype == "hold" else ts
+
     def merge(batch: Batch) -> None:
         batch.touched_accounts.add(account)
         batch.txns[txid] = txn
@@ -225,24 +255,8 @@ def _txn_rows(f: Mapping[str, str]) -> list[Merge]:
             {"id": account, "balance": balance, "debt": debt, "seq": seq, "clock_ms": ts},
             "seq",
         )
-        if bucket is not None:
-            created = int(bucket.get("created", ts))
-            expires = bucket.get("expires")
-            batch.bucket_defs[(account, bucket["id"])] = {
-                "account": account,
-                "bucket_id": bucket["id"],
-                "credits": int(bucket["credits"]),
-                "source": str(bucket.get("source", "")),
-                "priority": int(bucket.get("priority", 0)),
-                "created_ms": created,
-                "created_at": from_ms(created),
-                "expires_ms": expires,
-                "expires_at": from_ms(expires) if expires is not None else None,
-                "metadata": f.get("meta") or None,
-                "fingerprint": str(bucket.get("fp", "")),
-                "transaction_id": txid,
-                "balance_after": balance,
-            }
+        if bucket_def is not None:
+            batch.bucket_defs[(account, bucket_def["bucket_id"])] = bucket_def
         for b, remaining, held_after in after:
             _newer(
                 batch.bucket_state,
@@ -257,9 +271,8 @@ def _txn_rows(f: Mapping[str, str]) -> list[Merge]:
                 },
                 "version",
             )
-        hid = f.get("hold_id")
         if ttype == "hold" and hid:
-            expires = details.get("expires", ts)
+            expires = hold_expires
             batch.hold_defs[(account, hid)] = {
                 "account": account,
                 "hold_id": hid,

@@ -496,6 +496,7 @@ async def rebuild(
     *,
     account: str | None = None,
     replace: bool = False,
+    force: bool = False,
     now_ms: int,
     retention_ms: int,
 ) -> int:
@@ -503,7 +504,8 @@ async def rebuild(
     many accounts were restored.
 
     Without ``replace``, nothing is written if any of them exists in Redis (AccountExists).
-    With it, their Redis state is replaced by SQL's. ``now_ms`` is the current time (it
+    With it, their Redis state is replaced by SQL's, but only where Redis holds no transaction
+    SQL lacks (its seq is not ahead of SQL's), unless ``force``. ``now_ms`` is the current time (it
     decides which idempotency and usage records are still within ``retention_ms``, and how
     long they live on); ``retention_ms`` must be the sidecar's (SIDECAR_RETENTION_S).
     A failure (RebuildError) stops the rebuild at that account; those restored before it stay
@@ -523,6 +525,15 @@ async def rebuild(
                 f"{len(present)} account(s) already exist in Redis ({shown}); "
                 "rebuild with --replace to overwrite them"
             )
+    if replace and not force:
+        ahead = await _ahead_of_sql(redis, keys, engine, accounts)
+        if ahead:
+            shown = ", ".join(ahead[:10]) + (" ..." if len(ahead) > 10 else "")
+            raise RebuildError(
+                f"Redis has transactions SQL does not have yet for {len(ahead)} account(s) "
+                f"({shown}): replacing them now would undo those transactions. Wait for the "
+                "writer (credit-sidecar outbox status), or pass --force to restore anyway"
+            )
     script = Scripts.register(redis).restore
     for a in accounts:
         async with snapshot(engine) as conn:
@@ -541,3 +552,18 @@ async def rebuild(
             redis, keys, script, state, replace=replace, now_ms=now_ms, retention_ms=retention_ms
         )
     return len(accounts)
+
+
+async def _ahead_of_sql(
+    redis: Redis, keys: KeySpace, engine: AsyncEngine, accounts: list[str]
+) -> list[str]:
+    """Accounts whose Redis sequence number is ahead of SQL's: transactions not written yet."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(ACCOUNTS.c.id, ACCOUNTS.c.seq))
+        sql_seq = {str(r[0]): int(r[1]) for r in rows}
+    ahead = []
+    for a in accounts:
+        raw = await redis.hget(keys.for_account(a).account, "seq")
+        if raw is not None and int(raw) > sql_seq.get(a, 0):
+            ahead.append(a)
+    return ahead

@@ -29,7 +29,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.keys import KeySpace
@@ -67,6 +67,16 @@ def _id_ms(entry_id: str) -> int:
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _refused(e: DBAPIError) -> bool:
+    """SQL refused the data itself (retrying the same rows cannot help), as opposed to being
+    unreachable or busy. asyncpg's errors arrive as generic DBAPI errors: go by SQLSTATE class
+    22 (data exception) or 23 (integrity constraint)."""
+    if isinstance(e, IntegrityError | DataError):
+        return True
+    state = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
+    return isinstance(state, str) and state[:2] in ("22", "23")
 
 
 @dataclass
@@ -278,8 +288,13 @@ class OutboxWriter:
     async def _write(self, shard: int, parsed: Parsed) -> None:
         try:
             await self._commit(parsed.batch)
-        except (IntegrityError, DataError) as e:
+        except DBAPIError as e:
+            if not _refused(e):
+                raise
             log.warning("outbox batch rejected by SQL (%s); writing entries one by one", e)
+            gone = [i for i, f in parsed.entries if f is None]
+            if gone:
+                await self.redis.xack(self.keys.outbox(shard), GROUP, *gone)
             await self._one_by_one(shard, [(i, f) for i, f in parsed.entries if f is not None])
             return
         self.stats.written += len(parsed.ack)
@@ -287,6 +302,9 @@ class OutboxWriter:
         self.stats.last_write_ms = int(self.clock() * 1000)
         if parsed.ack:
             await self.redis.xack(self.keys.outbox(shard), GROUP, *parsed.ack)
+            if self._attempts:
+                for entry_id in parsed.ack:
+                    self._attempts.pop(entry_id, None)
         for entry_id, fields, error in parsed.poison:
             await self._failed(shard, entry_id, fields, error)
 
@@ -300,9 +318,15 @@ class OutboxWriter:
             try:
                 batch.add(entry_id, fields)
                 await self._commit(batch)
-            except (PoisonEntry, IntegrityError, DataError) as e:
+            except DBAPIError as e:
+                if not _refused(e):
+                    raise
                 await self._failed(shard, entry_id, fields, str(e).splitlines()[0])
                 continue
+            except PoisonEntry as e:
+                await self._failed(shard, entry_id, fields, str(e))
+                continue
+            self._attempts.pop(entry_id, None)
             self.stats.written += 1
             await self.redis.xack(self.keys.outbox(shard), GROUP, entry_id)
 
@@ -312,6 +336,9 @@ class OutboxWriter:
         self._pending_first[shard] = True
         if n < self.max_attempts:
             log.warning("outbox entry %s failed (attempt %d): %s", entry_id, n, error)
+            # Spaced out, so a passing conflict (say, two writers overlapping for a moment)
+            # does not use up every attempt at once.
+            await asyncio.sleep(min(0.05 * 2**n, 2.0))
             return
         self._attempts.pop(entry_id, None)
         dead = {**fields, "dl_entry_id": entry_id, "dl_error": error, "dl_attempts": str(n)}
@@ -336,8 +363,8 @@ class OutboxWriter:
         floor: tuple[int, int] | None = None
         for g in groups:
             name = _s(g["name"])
-            if int(g["pending"]):
-                summary: Any = await self.redis.xpending(stream, name)
+            summary: Any = await self.redis.xpending(stream, name) if int(g["pending"]) else None
+            if summary and summary.get("min"):
                 need = _id_key(_s(summary["min"]))
             else:
                 ms, seq = _id_key(_s(g["last-delivered-id"]))

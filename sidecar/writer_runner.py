@@ -94,18 +94,30 @@ class WriterProcess:
                 env=self.env(),
                 preexec_fn=die_with_parent,
             )
+            if self._stop.is_set():  # stop() ran while it was being spawned
+                await self._terminate(self.process, 15.0)
+                return
+            started = asyncio.get_running_loop().time()
             code = await self.process.wait()
             if self._stop.is_set():
                 return
             self.restarts += 1
+            if asyncio.get_running_loop().time() - started > 60:
+                backoff = 0.5  # it had been healthy: a fresh failure, not a crash loop
             log.error("outbox writer process exited (%s); restarting in %.1fs", code, backoff)
             await _sleep(self._stop, backoff)
             backoff = min(backoff * 2, 10.0)
 
     async def stop(self, grace_s: float = 15.0) -> None:
         self._stop.set()
-        p = self.process
-        if p is not None and p.returncode is None:
+        if self.process is not None:
+            await self._terminate(self.process, grace_s)
+        if self._task is not None:
+            await self._task  # it terminates a child spawned meanwhile itself
+
+    @staticmethod
+    async def _terminate(p: asyncio.subprocess.Process, grace_s: float) -> None:
+        if p.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
             try:
@@ -115,8 +127,6 @@ class WriterProcess:
                 with contextlib.suppress(ProcessLookupError):
                     p.kill()
                 await p.wait()
-        if self._task is not None:
-            await self._task
 
     def status(self) -> dict[str, object]:
         p = self.process

@@ -99,7 +99,12 @@ def reconcile_cmd(account: str | None, as_json: bool) -> None:
 @click.option(
     "--replace", is_flag=True, help="overwrite accounts that exist in Redis (default: refuse)"
 )
-def rebuild_cmd(account: str | None, replace: bool) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="with --replace: even where Redis has transactions SQL lacks (they are undone)",
+)
+def rebuild_cmd(account: str | None, replace: bool, force: bool) -> None:
     """Restore the Redis state of all (or one) accounts from the SQL ledger."""
     from sidecar.persistence.rebuild import rebuild
 
@@ -115,6 +120,7 @@ def rebuild_cmd(account: str | None, replace: bool) -> None:
                     engine,
                     account=account,
                     replace=replace,
+                    force=force,
                     now_ms=int(time.time() * 1000),
                     retention_ms=settings.retention_s * 1000,
                 )

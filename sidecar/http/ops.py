@@ -91,6 +91,9 @@ async def retry_dead_letters(request: web.Request) -> web.Response:
     retried = []
     for entry_id, fields in chosen:
         original = {k: v for k, v in fields.items() if not k.startswith(b"dl_")}
+        # Its first outbox id: settings entries are ordered by it, so a late retry cannot
+        # overwrite newer settings.
+        original[b"orig_id"] = fields.get(b"orig_id") or fields.get(b"dl_entry_id", entry_id)
         # Same slot (one hash tag): the move is one MULTI, so an entry is never in both or
         # in neither.
         pipe = ledger.redis.pipeline(transaction=True)

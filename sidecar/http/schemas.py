@@ -31,7 +31,8 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_P
 Source = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=ID_PATTERN)]
 Credits = Annotated[StrictInt, Field(ge=1, le=MAX_CREDITS)]
 NonNegativeCredits = Annotated[StrictInt, Field(ge=0, le=MAX_CREDITS)]
-Description = Annotated[str, StringConstraints(max_length=512)]
+# No NUL: PostgreSQL text cannot hold it (the SQL ledger would refuse the transaction).
+Description = Annotated[str, StringConstraints(max_length=512, pattern=r"^[^\x00]*$")]
 DurationMs = Annotated[StrictInt, Field(ge=1, le=366 * 86_400_000)]
 
 
@@ -113,7 +114,7 @@ class AccountRequest(Body):
 
 
 class KeyRequest(Body):
-    name: Annotated[str, StringConstraints(max_length=128)] = ""
+    name: Annotated[str, StringConstraints(max_length=128, pattern=r"^[^\x00]*$")] = ""
     rate_limit: RateLimitBody | None = None
 
 

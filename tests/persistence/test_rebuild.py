@@ -419,9 +419,10 @@ async def test_rebuild_refuses_to_overwrite_an_account_that_exists_without_repla
 async def test_replace_discards_what_only_redis_had_and_restores_sql(
     ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: Redis
 ) -> None:
-    """With replace, an existing account's keys are replaced by SQL's state: a usage SQL never
-    saw is gone with its idempotency and usage records, an API key SQL never saw is gone from
-    the account and from the global index, and the rate limiters start fresh."""
+    """With replace (and force, since Redis is ahead of SQL), an existing account's keys are
+    replaced by SQL's state: a usage SQL never saw is gone with its idempotency and usage
+    records, an API key SQL never saw is gone from the account and from the global index, and
+    the rate limiters start fresh."""
     s = await busy(ledger, clock)
     await drain(make_writer(ledger, engine))
     before = await redis_state(redis, ledger.keys)
@@ -429,9 +430,22 @@ async def test_replace_discards_what_only_redis_had_and_restores_sql(
     await ledger.deduct("acme", 7, "not-in-sql", key_id=s.key_ids["active"])
     _, stray_key = await api.create("acme", name="not in sql")
     await api.revoke(s.key_ids["plain"])
-    assert await redis_state(redis, ledger.keys) != before
+    changed = await redis_state(redis, ledger.keys)
+    assert changed != before
+    # Redis holds a usage SQL lacks: replacing would undo it, so it takes force.
+    with pytest.raises(RebuildError, match="not have yet for 1 account"):
+        await rebuild(
+            redis, ledger.keys, engine, replace=True, now_ms=clock.now, retention_ms=3_600_000
+        )
+    assert await redis_state(redis, ledger.keys) == changed
     assert await rebuild(
-        redis, ledger.keys, engine, replace=True, now_ms=clock.now, retention_ms=3_600_000
+        redis,
+        ledger.keys,
+        engine,
+        replace=True,
+        force=True,
+        now_ms=clock.now,
+        retention_ms=3_600_000,
     ) == len(ACCOUNTS)
     assert await redis_state(redis, ledger.keys) == before
     fresh = ApiKeys(ledger)

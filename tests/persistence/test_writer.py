@@ -244,3 +244,60 @@ async def test_sql_down_keeps_entries_pending_until_it_is_back(
     assert await reconcile(ledger.redis, ledger.keys, engine) == []
     status = await outbox_status(ledger.redis, ledger.keys, clock.now)
     assert status[0]["unwritten"] == 0 and status[0]["lag_s"] == 0
+
+
+async def test_malformed_and_sql_refused_entries_are_dead_lettered_not_retried_forever(
+    ledger: Ledger, engine: AsyncEngine, database_url: str
+) -> None:
+    """A grant whose bucket lacks its credits cannot be parsed; a description with a NUL
+    (which the API refuses, but an entry can still carry) is refused by PostgreSQL with a
+    plain driver error. Both end in the dead-letter stream; the entries after them are
+    written."""
+    await ledger.configure_account("acme")
+    outbox = ledger.keys.outbox(0)
+    base: dict[Any, Any] = {"kind": "txn", "account": "acme", "amount": "5", "balance": "5", "debt": "0"}
+    base |= {"ts": "1800000000000", "alloc": "[]", "buckets": "[]"}
+    await ledger.redis.xadd(
+        outbox, base | {"id": "t1", "seq": "901", "type": "grant"} | {"bucket": '{"id": "b"}'}
+    )
+    await ledger.redis.xadd(
+        outbox, base | {"id": "t2", "seq": "902", "type": "usage"} | {"desc": "x\x00y"}
+    )
+    await ledger.grant("acme", "g", 10)
+    await drain(make_writer(ledger, engine, max_attempts=2))
+    dead: Any = await ledger.redis.xrange(ledger.keys.dead_letters(0))
+    reasons = [f[b"dl_error"].decode() for _, f in dead]
+    assert "malformed txn entry: KeyError" in reasons[0]
+    nul_refused = database_url.startswith("postgresql")
+    assert len(dead) == (2 if nul_refused else 1)
+    status = await outbox_status(ledger.redis, ledger.keys, ledger.clock())
+    assert status[0]["unwritten"] == 0
+    (g,) = await rows(engine, "SELECT amount FROM credit_transactions WHERE type = 'grant'")
+    assert g[0] == 10
+
+
+async def test_nul_characters_are_refused_before_anything_is_written(ledger: Ledger) -> None:
+    from sidecar.errors import InvalidInput
+
+    await ledger.configure_account("acme")
+    await ledger.grant("acme", "g", 10)
+    length = await ledger.redis.xlen(ledger.keys.outbox(0))
+    with pytest.raises(InvalidInput, match="NUL"):
+        await ledger.deduct("acme", 1, "r1", description="a\x00b")
+    assert await ledger.redis.xlen(ledger.keys.outbox(0)) == length
+
+
+async def test_a_retried_settings_dead_letter_keeps_its_place_in_the_order(
+    ledger: Ledger, engine: AsyncEngine
+) -> None:
+    """Settings are ordered by outbox id; a dead letter moved back gets a new id but carries
+    its first one (orig_id), so it cannot overwrite the newer settings written meanwhile."""
+    await ledger.configure_account("acme", overdraft_limit=7)
+    await ledger.configure_account("acme", overdraft_limit=9)
+    entries: Any = await ledger.redis.xrange(ledger.keys.outbox(0))
+    first_id, first = entries[0]
+    await drain(make_writer(ledger, engine))
+    await ledger.redis.xadd(ledger.keys.outbox(0), {**first, b"orig_id": first_id})
+    await drain(make_writer(ledger, engine))
+    (acme,) = await rows(engine, "SELECT overdraft_limit FROM accounts WHERE id = 'acme'")
+    assert acme[0] == 9
