@@ -255,7 +255,13 @@ async def test_malformed_and_sql_refused_entries_are_dead_lettered_not_retried_f
     written."""
     await ledger.configure_account("acme")
     outbox = ledger.keys.outbox(0)
-    base: dict[Any, Any] = {"kind": "txn", "account": "acme", "amount": "5", "balance": "5", "debt": "0"}
+    base: dict[Any, Any] = {
+        "kind": "txn",
+        "account": "acme",
+        "amount": "5",
+        "balance": "5",
+        "debt": "0",
+    }
     base |= {"ts": "1800000000000", "alloc": "[]", "buckets": "[]"}
     await ledger.redis.xadd(
         outbox, base | {"id": "t1", "seq": "901", "type": "grant"} | {"bucket": '{"id": "b"}'}
