@@ -13,7 +13,7 @@ Entries are validated while they are parsed; a malformed one raises :class:`Pois
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +147,7 @@ class Batch:
             merge(self)
 
 
-Merge = Any  # Callable[[Batch], None]; kept loose so rows stay plain closures
+Merge = Callable[[Batch], None]
 
 
 def _newer(table: dict[Any, dict[str, Any]], key: Any, row: dict[str, Any], by: str) -> None:

@@ -181,7 +181,7 @@ class OutboxWriter:
         while not stop.is_set():
             try:
                 if not await self.take_lease(shard):
-                    await _sleep(stop, self.lease_ms / 3000)
+                    await pause(stop, self.lease_ms / 3000)
                     continue
                 await self.ensure_group(shard)
                 if ahead is not None:
@@ -209,7 +209,7 @@ class OutboxWriter:
                 if not isinstance(e, RedisError | OSError):
                     self.stats.sql_errors += 1
                 log.warning("outbox writer (shard %d): %s; retrying in %.2fs", shard, e, backoff)
-                await _sleep(stop, backoff)
+                await pause(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
         if ahead is not None:
             # Read but not written: it stays pending, and the next owner starts with it.
@@ -444,6 +444,7 @@ def stats_dict(stats: WriterStats) -> dict[str, Any]:
     return asdict(stats)
 
 
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleeps ``seconds``, or less if ``stop`` is set meanwhile."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)

@@ -19,9 +19,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import redis
+
+if TYPE_CHECKING:
+    from sidecar.settings import Settings
 
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux
 _PR_SET_PDEATHSIG = 1
@@ -196,3 +199,12 @@ class RedisServer:
             self.process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5)
+
+
+def embedded_server(settings: Settings) -> RedisServer:
+    """The private server of the sidecar's data dir, as its settings describe it."""
+    return RedisServer(
+        settings.data_dir / "redis",
+        binary=settings.redis_server_bin,
+        appendfsync=settings.embedded_appendfsync,
+    )

@@ -20,39 +20,40 @@ from redis.asyncio import Redis
 from sidecar.embedded import die_with_parent
 from sidecar.keys import KeySpace
 from sidecar.persistence.db import create_engine, migrate, resolve_url
-from sidecar.persistence.writer import OutboxWriter
+from sidecar.persistence.writer import OutboxWriter, pause
 from sidecar.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-async def run_inline(
-    redis: Redis, settings: Settings, stop: asyncio.Event, started: list[OutboxWriter]
-) -> None:
-    """Migrates (retrying while SQL is unreachable) and writes until ``stop``."""
-    engine = create_engine(resolve_url(settings.database_url, settings.data_dir))
-    writer = OutboxWriter(
+def make_writer(redis: Redis, settings: Settings) -> OutboxWriter:
+    """A writer configured by ``settings``, on its own SQL engine."""
+    return OutboxWriter(
         redis,
-        engine,
+        create_engine(resolve_url(settings.database_url, settings.data_dir)),
         KeySpace(settings.shards),
         batch_size=settings.writer_batch_size,
         max_attempts=settings.writer_max_attempts,
         lease_ms=settings.writer_lease_ms,
     )
-    started.append(writer)
+
+
+async def run_inline(writer: OutboxWriter, stop: asyncio.Event) -> None:
+    """Migrates (retrying while SQL is unreachable) and writes until ``stop``; then disposes
+    of the writer's engine."""
     try:
         backoff = 0.1
         while not stop.is_set():
             try:
-                await migrate(engine)
+                await migrate(writer.engine)
                 break
             except Exception as e:
                 log.warning("SQL ledger unavailable (%s); retrying in %.1fs", e, backoff)
-                await _sleep(stop, backoff)
+                await pause(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
         await writer.run(stop)
     finally:
-        await engine.dispose()
+        await writer.engine.dispose()
 
 
 class WriterProcess:
@@ -105,7 +106,7 @@ class WriterProcess:
             if asyncio.get_running_loop().time() - started > 60:
                 backoff = 0.5  # it had been healthy: a fresh failure, not a crash loop
             log.error("outbox writer process exited (%s); restarting in %.1fs", code, backoff)
-            await _sleep(self._stop, backoff)
+            await pause(self._stop, backoff)
             backoff = min(backoff * 2, 10.0)
 
     async def stop(self, grace_s: float = 15.0) -> None:
@@ -136,8 +137,3 @@ class WriterProcess:
             "running": p is not None and p.returncode is None,
             "restarts": self.restarts,
         }
-
-
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

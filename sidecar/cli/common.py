@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from sidecar.adminclient import AdminClient, AdminError
-from sidecar.embedded import DataDirInUse, RedisServer
+from sidecar.embedded import DataDirInUse, RedisServer, embedded_server
 from sidecar.redis_client import connect
 from sidecar.settings import Settings
 
@@ -86,11 +86,7 @@ async def open_store(settings: Settings, *, decode_responses: bool = False) -> A
     server: RedisServer | None = None
     url = settings.redis_url
     if url is None:
-        candidate = RedisServer(
-            settings.data_dir / "redis",
-            binary=settings.redis_server_bin,
-            appendfsync=settings.embedded_appendfsync,
-        )
+        candidate = embedded_server(settings)
         try:
             await asyncio.to_thread(candidate.start)
             server = candidate

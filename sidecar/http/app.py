@@ -5,7 +5,6 @@ ledger, the expiry sweeper and the routes; background work lives in ``cleanup_ct
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -13,7 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from sidecar.apikeys import ApiKeys
-from sidecar.embedded import RedisServer
+from sidecar.embedded import embedded_server
 from sidecar.gate import Gate
 from sidecar.http.appkeys import (
     API_KEYS,
@@ -31,11 +30,11 @@ from sidecar.http.proxy import proxy_routes
 from sidecar.http.routes import routes
 from sidecar.keys import KeySpace
 from sidecar.ledger import CALL_DEADLINE_S, Clock, Ledger, wall_clock_ms
-from sidecar.persistence.writer import OutboxWriter
+from sidecar.persistence.writer import pause
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
 from sidecar.settings import Settings
-from sidecar.writer_runner import WriterProcess, run_inline
+from sidecar.writer_runner import WriterProcess, make_writer, run_inline
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
@@ -50,11 +49,7 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
         server = None
         url = settings.redis_url
         if url is None:
-            server = RedisServer(
-                settings.data_dir / "redis",
-                binary=settings.redis_server_bin,
-                appendfsync=settings.embedded_appendfsync,
-            )
+            server = embedded_server(settings)
             # Started from the main thread: the parent-death signal is tied to the thread
             # that forked the server, and the main thread lives as long as the process.
             server.start()
@@ -114,18 +109,13 @@ async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
             except Exception:
                 # Keep sweeping whatever went wrong; the next pass retries.
                 log.exception("expiry sweep failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            await pause(stop, interval)
 
     task = asyncio.create_task(loop(), name="expiry-sweeper")
     try:
         yield
     finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(task, CALL_DEADLINE_S * 2)
-        except TimeoutError:
-            log.error("expiry sweeper did not stop in time")
+        await stop_task(task, stop)
 
 
 async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -167,17 +157,20 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     # Inline: its own connections; with a shared pool, request handlers under load starve it.
     redis = connect(app[REDIS_URL], max_connections=4, decode_responses=True)
-    stop, started = asyncio.Event(), list[OutboxWriter]()
-    task = asyncio.create_task(run_inline(redis, settings, stop, started), name="outbox-writer")
-    await asyncio.sleep(0)
-    if started:
-        app[WRITER] = started[0]
+    app[WRITER] = writer = make_writer(redis, settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_inline(writer, stop), name="outbox-writer")
     try:
         yield
     finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(task, CALL_DEADLINE_S * 2)
-        except TimeoutError:
-            log.error("outbox writer did not stop in time")
+        await stop_task(task, stop)
         await redis.aclose()
+
+
+async def stop_task(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Sets ``stop`` and waits for ``task`` to finish what it is doing, within a deadline."""
+    stop.set()
+    try:
+        await asyncio.wait_for(task, CALL_DEADLINE_S * 2)
+    except TimeoutError:
+        log.error("%s did not stop in time", task.get_name())

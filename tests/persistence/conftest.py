@@ -65,3 +65,17 @@ async def empty(engine: AsyncEngine) -> None:
 async def rows(engine: AsyncEngine, sql: str, **params: Any) -> list[Any]:
     async with engine.connect() as conn:
         return list((await conn.execute(text(sql), params)).all())
+
+
+async def correct_bucket(engine: AsyncEngine, account: str, bucket: str, remaining: int) -> None:
+    """An admin's correction as the README describes it: the bucket's new remaining credits,
+    stamped with the account's current seq."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE credit_balances SET remaining = :remaining, "
+                "version = (SELECT seq FROM accounts WHERE id = :account) "
+                "WHERE account = :account AND bucket_id = :bucket"
+            ),
+            {"remaining": remaining, "account": account, "bucket": bucket},
+        )

@@ -49,7 +49,7 @@ from sidecar.scripts import Scripts
 from tests.conftest import FakeClock, stream
 from tests.conftest import snapshot as redis_snapshot
 from tests.model import LedgerModel
-from tests.persistence.conftest import empty, rows
+from tests.persistence.conftest import correct_bucket, empty, rows
 from tests.persistence.test_writer import drain, make_writer
 from tests.test_ledger_properties import RETENTION_MS, Scenario, sequences
 
@@ -468,14 +468,7 @@ async def test_a_bucket_corrected_in_sql_reaches_redis_with_rebuild_replace(
     await ledger.grant("acme", "paid", 100)
     await ledger.deduct("acme", 30, "r1")
     await drain(make_writer(ledger, engine))
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE credit_balances SET remaining = 90, "
-                "version = (SELECT seq FROM accounts WHERE id = 'acme') "
-                "WHERE account = 'acme' AND bucket_id = 'paid'"
-            )
-        )
+    await correct_bucket(engine, "acme", "paid", 90)
     await rebuild(
         redis,
         ledger.keys,

@@ -18,7 +18,7 @@ from sidecar.persistence.db import create_engine
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import GROUP, OutboxWriter, outbox_status
 from tests.conftest import FakeClock
-from tests.persistence.conftest import rows
+from tests.persistence.conftest import correct_bucket, rows
 
 
 def make_writer(ledger: Ledger, engine: AsyncEngine, **kw: Any) -> OutboxWriter:
@@ -155,14 +155,8 @@ async def test_an_admin_correction_in_sql_survives_an_older_entry_replayed(
     await ledger.grant("acme", "paid", 100)
     await ledger.deduct("acme", 30, "r1")
     await drain(make_writer(ledger, engine))
+    await correct_bucket(engine, "acme", "paid", 90)
     async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE credit_balances SET remaining = 90, "
-                "version = (SELECT seq FROM accounts WHERE id = 'acme') "
-                "WHERE account = 'acme' AND bucket_id = 'paid'"
-            )
-        )
         await conn.execute(text("DELETE FROM credit_allocations"))
         await conn.execute(text("DELETE FROM credit_transactions"))  # even if rows are gone
     await ledger.redis.xgroup_setid(ledger.keys.outbox(0), GROUP, "0")
