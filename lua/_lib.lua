@@ -169,18 +169,28 @@ local function extra_txid()
   return TXID .. '.' .. extra_txns
 end
 
--- Appends one transaction to the outbox. alloc: {{bucket, delta_remaining}, ...};
--- extra: string/number/table fields added to the entry (tables are JSON-encoded).
+-- Appends one entry to the outbox stream: a single field, d, holding a JSON object with
+-- exact integers, which the SQL writer decodes in one call. kv = {name, value, ...} (names are
+-- our own identifiers; a value {json = text} is inserted as the JSON text it already is).
+local function outbox_add(kv)
+  local parts = {}
+  for i = 1, #kv, 2 do
+    local v = kv[i + 1]
+    local j = type(v) == 'table' and v.json or jenc(v)
+    parts[#parts + 1] = '"' .. kv[i] .. '":' .. j
+  end
+  redis.call('XADD', OUTBOX, '*', 'd', '{' .. table.concat(parts, ',') .. '}')
+end
+
+-- Appends one kind=txn entry to the outbox. alloc: {{bucket, delta_remaining}, ...};
+-- extra: more fields of the entry (strings, numbers, tables).
 local function emit(txid, ttype, amount, alloc, extra)
   acct.seq = acct.seq + 1
-  local f = {'kind', 'txn', 'id', txid, 'account', ACCOUNT, 'seq', fmt(acct.seq), 'type', ttype,
-    'amount', fmt(amount), 'balance', fmt(balance()), 'debt', fmt(acct.debt), 'ts', fmt(NOW),
-    'alloc', jenc(alloc)}
+  local kv = {'kind', 'txn', 'id', txid, 'account', ACCOUNT, 'seq', acct.seq, 'type', ttype,
+    'amount', amount, 'balance', balance(), 'debt', acct.debt, 'ts', NOW, 'alloc', alloc}
   for k, v in pairs(extra or {}) do
-    f[#f + 1] = k
-    if type(v) == 'table' then f[#f + 1] = jenc(v)
-    elseif type(v) == 'number' then f[#f + 1] = fmt(v)
-    else f[#f + 1] = v end
+    kv[#kv + 1] = k
+    kv[#kv + 1] = v
   end
   -- The after-state of every bucket touched, so the SQL writer sets absolute values guarded
   -- by seq: order-independent and idempotent, unlike replaying deltas.
@@ -193,9 +203,9 @@ local function emit(txid, ttype, amount, alloc, extra)
   end
   for _, a in ipairs(alloc) do touch(a[1]) end
   for _, a in ipairs((extra and extra.held) or {}) do touch(a[1]) end
-  f[#f + 1] = 'buckets'
-  f[#f + 1] = jenc(state)
-  redis.call('XADD', OUTBOX, '*', unpack(f))
+  kv[#kv + 1] = 'buckets'
+  kv[#kv + 1] = state
+  outbox_add(kv)
 end
 
 local function okey(priority, expires, created, id)

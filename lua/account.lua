@@ -31,8 +31,8 @@ else
   redis.call('HDEL', A, 'rl_n', 'rl_ms', 'rl_burst', 'tat')
 end
 save_account()
-redis.call('XADD', OUTBOX, '*', 'kind', 'account', 'id', TXID, 'account', ACCOUNT, 'ts', fmt(NOW),
-  'created', redis.call('HGET', A, 'created'),
-  'settings', jenc({overdraft_limit = ovl, low_balance_threshold = lbt, rate_limit_requests = rl_n,
-    rate_limit_period_ms = rl_ms, rate_limit_burst = rl_burst}))
+outbox_add({'kind', 'account', 'id', TXID, 'account', ACCOUNT, 'ts', NOW,
+  'created', tonumber(redis.call('HGET', A, 'created')),
+  'settings', {overdraft_limit = ovl, low_balance_threshold = lbt, rate_limit_requests = rl_n,
+    rate_limit_period_ms = rl_ms, rate_limit_burst = rl_burst}})
 return {created}

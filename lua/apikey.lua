@@ -27,8 +27,8 @@ if mode == 'create' then
   end
   redis.call('HSET', A, 'k:' .. kid, spec)
   redis.call('HSET', KEYS[7], kid, record)
-  redis.call('XADD', OUTBOX, '*', 'kind', 'key', 'id', TXID, 'account', ACCOUNT, 'key_id', kid,
-    'ts', fmt(NOW), 'record', record)
+  outbox_add({'kind', 'key', 'id', TXID, 'account', ACCOUNT, 'key_id', kid, 'ts', NOW,
+    'record', {json = record}})
   return record
 end
 
@@ -40,7 +40,7 @@ if not rec.revoked_at then
   redis.call('HDEL', A, 'k:' .. kid, 'kt:' .. kid)
   raw = jenc(rec)
   redis.call('HSET', KEYS[7], kid, raw)
-  redis.call('XADD', OUTBOX, '*', 'kind', 'key', 'id', TXID, 'account', ACCOUNT, 'key_id', kid,
-    'ts', fmt(NOW), 'record', raw)
+  outbox_add({'kind', 'key', 'id', TXID, 'account', ACCOUNT, 'key_id', kid, 'ts', NOW,
+    'record', {json = raw}})
 end
 return raw

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sidecar import outbox
 from sidecar.keys import KeySpace
 from sidecar.persistence.project import Batch, PoisonEntry, apply
 from sidecar.scripts import Scripts
@@ -89,14 +90,22 @@ class Parsed:
     poison: list[tuple[str, dict[str, str], str]]  # unparseable: (id, fields, error)
 
 
-def _parse(entries: list[tuple[str, dict[str, str] | None]]) -> Parsed:
-    parsed = Parsed(entries, Batch(), [], [])
+def _add(batch: Batch, entry_id: str, fields: dict[str, str]) -> None:
+    try:
+        entry = outbox.decode(fields)
+    except ValueError as e:
+        raise PoisonEntry(str(e)) from None
+    batch.add(entry_id, entry, outbox.orig_id(fields))
+
+
+def _parse(entries: list[tuple[str, dict[str, str] | None]], dialect: str) -> Parsed:
+    parsed = Parsed(entries, Batch(dialect), [], [])
     for entry_id, fields in entries:
         if fields is None:  # trimmed or deleted while pending: nothing to write
             parsed.ack.append(entry_id)
             continue
         try:
-            parsed.batch.add(entry_id, fields)
+            _add(parsed.batch, entry_id, fields)
             parsed.ack.append(entry_id)
         except PoisonEntry as e:
             parsed.poison.append((entry_id, fields, str(e)))
@@ -187,9 +196,9 @@ class OutboxWriter:
                 if ahead is not None:
                     parsed, ahead = await ahead, None
                     if not parsed.entries:
-                        parsed = _parse(await self._fetch(shard, block=True))
+                        parsed = self._parse(await self._fetch(shard, block=True))
                 else:
-                    parsed = _parse(await self._fetch(shard, block=True))
+                    parsed = self._parse(await self._fetch(shard, block=True))
                 if not parsed.entries:
                     continue
                 if not self._pending_first.get(shard, True):
@@ -220,7 +229,10 @@ class OutboxWriter:
             await self.scripts.lease(keys=[self.keys.writer_lease(shard)], args=[self.token, 0])
 
     async def _read_ahead(self, shard: int) -> Parsed:
-        return _parse(await self._read(self.keys.outbox(shard), ">", block=False))
+        return self._parse(await self._read(self.keys.outbox(shard), ">", block=False))
+
+    def _parse(self, entries: list[tuple[str, dict[str, str] | None]]) -> Parsed:
+        return _parse(entries, self.engine.dialect.name)
 
     async def take_lease(self, shard: int) -> bool:
         held = bool(
@@ -241,7 +253,7 @@ class OutboxWriter:
         """Reads and writes one batch of shard ``shard``; returns the entries handled."""
         entries = await self._fetch(shard, block=block)
         if entries:
-            await self._write(shard, _parse(entries))
+            await self._write(shard, self._parse(entries))
         return len(entries)
 
     async def _fetch(self, shard: int, *, block: bool) -> list[tuple[str, dict[str, str] | None]]:
@@ -314,9 +326,9 @@ class OutboxWriter:
 
     async def _one_by_one(self, shard: int, entries: list[tuple[str, dict[str, str]]]) -> None:
         for entry_id, fields in entries:
-            batch = Batch()
+            batch = Batch(self.engine.dialect.name)
             try:
-                batch.add(entry_id, fields)
+                _add(batch, entry_id, fields)
                 await self._commit(batch)
             except DBAPIError as e:
                 if not _refused(e):

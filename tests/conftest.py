@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from sidecar import outbox
 from sidecar.embedded import RedisServer, free_port
 from sidecar.http.app import create_app
 from sidecar.keys import KeySpace
@@ -122,3 +123,9 @@ async def stream(redis: Redis, key: str) -> list[dict[str, str]]:
     """A stream's entries as text dicts."""
     entries: Any = await redis.xrange(key)
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+async def outbox_entries(redis: Redis, shard: int = 0) -> list[dict[str, Any]]:
+    """The outbox's entries, decoded (typed JSON objects, sidecar/outbox.py)."""
+    entries: Any = await redis.xrange(KeySpace().outbox(shard))
+    return [outbox.decode(fields) for _, fields in entries]

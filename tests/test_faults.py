@@ -14,7 +14,7 @@ from sidecar.embedded import RedisServer, free_port
 from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, Ledger
 from sidecar.redis_client import connect
-from tests.conftest import stream
+from tests.conftest import outbox_entries
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ async def load(ledger: Ledger) -> None:
 async def assert_charged_once_each(client: Redis, ledger: Ledger) -> None:
     total = WORKERS * PER_WORKER
     assert (await ledger.balance("a")).balance == 1_000_000 - total
-    usage = [e for e in await stream(client, KeySpace().outbox(0)) if e.get("type") == "usage"]
+    usage = [e for e in await outbox_entries(client) if e.get("type") == "usage"]
     assert len(usage) == total
     assert len({e["idempotency_key"] for e in usage}) == total
 

@@ -3,7 +3,8 @@ holds, refunds, idempotency and conflicts, rate limits, exactness at 2^53-1."""
 
 from __future__ import annotations
 
-import orjson
+from typing import Any
+
 import pytest
 from redis.asyncio import Redis
 
@@ -18,11 +19,11 @@ from sidecar.ledger import (
     RateLimit,
     RateLimited,
 )
-from tests.conftest import FakeClock, snapshot, stream
+from tests.conftest import FakeClock, outbox_entries, snapshot, stream
 
 
-async def txns(redis: Redis) -> list[dict[str, str]]:
-    return [e for e in await stream(redis, KeySpace().outbox(0)) if e["kind"] == "txn"]
+async def txns(redis: Redis) -> list[dict[str, Any]]:
+    return [e for e in await outbox_entries(redis) if e["kind"] == "txn"]
 
 
 async def remaining(ledger: Ledger, account: str) -> dict[str, int]:
@@ -56,7 +57,7 @@ async def test_burn_order_priority_then_expiry_then_age(ledger: Ledger, clock: F
     for i, expected in enumerate(order):
         r = await ledger.deduct("a", 1, f"k{i}")
         assert isinstance(r, Allowed)
-        assert orjson.loads((await txns(ledger.redis))[-1]["alloc"]) == [[expected, -1]]
+        assert (await txns(ledger.redis))[-1]["alloc"] == [[expected, -1]]
 
 
 async def test_expired_bucket_is_never_drawn_and_records_one_expiry(
@@ -72,7 +73,7 @@ async def test_expired_bucket_is_never_drawn_and_records_one_expiry(
     await ledger.sweep()
     expiries = [t for t in await txns(redis) if t["type"] == "expiry"]
     assert len(expiries) == 1
-    assert expiries[0]["amount"] == "-50" and expiries[0]["bucket"] == "promo"
+    assert expiries[0]["amount"] == -50 and expiries[0]["bucket"] == "promo"
 
 
 async def test_sweep_expires_untouched_accounts(
@@ -112,7 +113,7 @@ async def test_overdraft_records_debt_and_next_grant_repays_it(
     b = await ledger.balance("a")
     assert (b.debt, b.available, [k.remaining for k in b.buckets]) == (0, 3, [3])
     purchase = (await txns(redis))[-1]
-    assert (purchase["type"], purchase["amount"], purchase["repaid"]) == ("purchase", "10", "7")
+    assert (purchase["type"], purchase["amount"], purchase["repaid"]) == ("purchase", 10, 7)
 
 
 async def test_low_balance_event_emitted_once_per_crossing(ledger: Ledger, redis: Redis) -> None:
@@ -177,7 +178,7 @@ async def test_hold_settle_returns_the_rest(ledger: Ledger, redis: Redis) -> Non
         await ledger.release("a", "h1")
     assert (await ledger.balance("a")).held == 0
     types = [(t["type"], t["amount"]) for t in await txns(redis)]
-    assert types == [("grant", "100"), ("hold", "-60"), ("settle", "35")]
+    assert types == [("grant", 100), ("hold", -60), ("settle", 35)]
 
 
 async def test_hold_beyond_balance_is_refused_without_change(ledger: Ledger, redis: Redis) -> None:
@@ -294,7 +295,7 @@ async def test_credits_stay_exact_at_2_pow_53_minus_1(ledger: Ledger, redis: Red
     r = await ledger.deduct("a", MAX_CREDITS - 2, "k")
     assert isinstance(r, Allowed) and r.balance == 2
     assert (await ledger.balance("a")).buckets[0].remaining == 1
-    assert (await txns(redis))[0]["amount"] == str(MAX_CREDITS - 1)
+    assert (await txns(redis))[0]["amount"] == MAX_CREDITS - 1
 
 
 @pytest.mark.parametrize(
@@ -333,8 +334,8 @@ async def test_every_mutation_appends_one_transaction_with_sequence(
     await ledger.refund("a", "r", u.transaction_id)
     t = await txns(redis)
     assert [x["type"] for x in t] == ["grant", "usage", "hold", "release", "refund"]
-    assert [int(x["seq"]) for x in t] == [1, 2, 3, 4, 5]
-    assert sum(int(x["amount"]) for x in t) == (await ledger.balance("a")).balance == 10
+    assert [x["seq"] for x in t] == [1, 2, 3, 4, 5]
+    assert sum(x["amount"] for x in t) == (await ledger.balance("a")).balance == 10
 
 
 async def test_settling_a_lapsed_hold_reports_expiry_whatever_the_amount(

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 import sidecar.ledger
+from sidecar import outbox
 from sidecar.embedded import RedisServer
 from sidecar.errors import SidecarError
 from sidecar.keys import KeySpace
@@ -240,36 +241,10 @@ def _text_dict(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in raw.items()}
 
 
-_INT_FIELDS = frozenset(
-    [
-        "seq",
-        "amount",
-        "balance",
-        "debt",
-        "ts",
-        "repaid",
-        "overdraft",
-        "expires",
-        "charged",
-        "forfeited",
-    ]
-)
-
-
 def _transaction(raw: dict[bytes, bytes]) -> Txn | None:
-    """An outbox entry typed like the model's transactions (None: not a transaction)."""
-    f = _text_dict(raw)
-    if f.pop("kind") != "txn":
-        return None
-    txn: Txn = {}
-    for k, v in f.items():
-        if k in _INT_FIELDS:
-            txn[k] = int(v)
-        elif k in ("alloc", "held", "buckets") or (k == "bucket" and f["type"] != "expiry"):
-            txn[k] = json.loads(v)
-        else:
-            txn[k] = v
-    return txn
+    """An outbox entry as the model's transactions (None: not a transaction)."""
+    txn: Txn = outbox.decode(raw)
+    return txn if txn.pop("kind") == "txn" else None
 
 
 def _account(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from sidecar import errors
+from sidecar import outbox as entries
 from sidecar.http.appkeys import LEDGER, WRITER, WRITER_PROCESS
 from sidecar.http.errors import json_response
 from sidecar.http.routes import authorize
@@ -60,9 +63,22 @@ async def dead_letters(request: web.Request) -> web.Response:
         raise errors.InvalidInput("count must be in [1, 1000]", field="count")
     raw = await store_call(ledger.redis.xrange(ledger.keys.dead_letters(shard), count=count))
     entries = [
-        {"id": i.decode(), "fields": {k.decode(): v.decode() for k, v in f.items()}} for i, f in raw
+        {
+            "id": i.decode(),
+            "entry": _decoded(f),
+            "fields": {k.decode(): v.decode() for k, v in f.items()},
+        }
+        for i, f in raw
     ]
     return json_response({"shard": shard, "entries": entries})
+
+
+def _decoded(fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """The dead letter's entry as JSON, or None if it has none (``fields`` shows it raw)."""
+    try:
+        return entries.decode(fields)
+    except ValueError:
+        return None
 
 
 @ops_routes.post("/v1/admin/outbox/dead-letters/retry")
@@ -83,7 +99,7 @@ async def retry_dead_letters(request: web.Request) -> web.Response:
         isinstance(ids, list) and len(ids) <= 1000 and all(isinstance(i, str) for i in ids)
     ):
         raise errors.InvalidInput("ids must be a list of at most 1000 ids", field="ids")
-    dead, outbox = ledger.keys.dead_letters(shard), ledger.keys.outbox(shard)
+    dead, stream = ledger.keys.dead_letters(shard), ledger.keys.outbox(shard)
     raw = await store_call(ledger.redis.xrange(dead, count=1000))
     chosen = [(i, f) for i, f in raw if ids is None or i.decode() in ids]
     if ids is not None and (missing := sorted(set(ids) - {i.decode() for i, _ in chosen})):
@@ -93,11 +109,13 @@ async def retry_dead_letters(request: web.Request) -> web.Response:
         original = {k: v for k, v in fields.items() if not k.startswith(b"dl_")}
         # Its first outbox id: settings entries are ordered by it, so a late retry cannot
         # overwrite newer settings.
-        original[b"orig_id"] = fields.get(b"orig_id") or fields.get(b"dl_entry_id", entry_id)
+        original[entries.ORIG_ID.encode()] = (
+            fields.get(entries.ORIG_ID.encode()) or fields.get(b"dl_entry_id") or entry_id
+        )
         # Same slot (one hash tag): the move is one MULTI, so an entry is never in both or
         # in neither.
         pipe = ledger.redis.pipeline(transaction=True)
-        pipe.xadd(outbox, original)
+        pipe.xadd(stream, original)
         pipe.xdel(dead, entry_id)
         await store_call(pipe.execute())
         retried.append(entry_id.decode())

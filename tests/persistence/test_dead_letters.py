@@ -51,7 +51,7 @@ async def test_a_refused_entry_is_dead_lettered_then_retried_after_the_fix(
 
     r = await api.get("/v1/admin/outbox/dead-letters", headers=admin())
     (dead,) = (await r.json())["entries"]
-    assert dead["fields"]["idempotency_key"] == "r1" and "dl_error" in dead["fields"]
+    assert dead["entry"]["idempotency_key"] == "r1" and "dl_error" in dead["fields"]
     assert (await reconcile(ledger.redis, ledger.keys, engine)) != []
 
     for bad in ({"shard": 7}, {"ids": "x"}, {"ids": [dead["id"], "1-1"]}, [1]):

@@ -46,7 +46,7 @@ from sidecar.persistence.rebuild import (
 from sidecar.persistence.reconcile import reconcile
 from sidecar.redis_client import connect
 from sidecar.scripts import Scripts
-from tests.conftest import FakeClock, stream
+from tests.conftest import FakeClock, outbox_entries
 from tests.conftest import snapshot as redis_snapshot
 from tests.model import LedgerModel
 from tests.persistence.conftest import correct_bucket, empty, rows
@@ -282,9 +282,9 @@ async def moves(ledger: Ledger, clock: FakeClock, s: Story) -> list[Any]:
     return [strip_ids(r) for r in results]
 
 
-async def new_transactions(redis: Redis, keys: KeySpace, after: int) -> list[dict[str, str]]:
+async def new_transactions(redis: Redis, keys: KeySpace, after: int) -> list[dict[str, Any]]:
     """The outbox transactions from the ``after``-th entry on, without their ids."""
-    entries = (await stream(redis, keys.outbox(0)))[after:]
+    entries = (await outbox_entries(redis))[after:]
     return [{k: v for k, v in e.items() if k != "id"} for e in entries if e["kind"] == "txn"]
 
 
@@ -522,10 +522,10 @@ async def test_only_records_within_the_retention_come_back_and_live_what_is_left
         assert left - 5000 < await redis.pttl(key) <= left
 
     assert await ledger.sweep() == 2  # h-ttl's release, then promo's expiry
-    txns = await stream(redis, k.outbox(0))
+    txns = await outbox_entries(redis)
     assert [(t["type"], t["amount"], t["seq"]) for t in txns] == [
-        ("release", "2", "11"),
-        ("expiry", "-6", "12"),
+        ("release", 2, 11),
+        ("expiry", -6, 12),
     ]
     assert await outcome(ledger.refund("acme", "rf", old.transaction_id)) is UnknownTransaction
     assert await outcome(ledger.settle("acme", "h-old", 1)) is UnknownHold

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.apikeys import ApiKeys
 from sidecar.ledger import Ledger, RateLimit
+from sidecar.outbox import FIELD
 from sidecar.persistence.db import create_engine
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import GROUP, OutboxWriter, outbox_status
@@ -176,19 +178,23 @@ async def test_poison_entries_go_to_the_dead_letter_stream_after_n_tries(
     await ledger.configure_account("acme")
     await ledger.grant("acme", "paid", 10)
     outbox = ledger.keys.outbox(0)
-    await ledger.redis.xadd(outbox, {"kind": "txn", "id": "bad", "account": "acme", "seq": "x"})
-    await ledger.redis.xadd(outbox, {"kind": "mystery"})
+    bad = {"kind": "txn", "id": "bad", "account": "acme", "seq": "x"}
+    await ledger.redis.xadd(outbox, {FIELD: orjson.dumps(bad)})
+    await ledger.redis.xadd(outbox, {FIELD: b'{"kind": "mystery"}'})
+    await ledger.redis.xadd(outbox, {"kind": "txn"})  # no d field at all
     await ledger.deduct("acme", 1, "r1")
     writer = make_writer(ledger, engine, max_attempts=3)
     await drain(writer)
     dead: Any = await ledger.redis.xrange(ledger.keys.dead_letters(0))
-    assert len(dead) == 2
+    assert len(dead) == 3
     assert b"not an integer" in dead[0][1][b"dl_error"]
+    assert b"unknown entry kind" in dead[1][1][b"dl_error"]
+    assert b"no field" in dead[2][1][b"dl_error"]
     assert dead[0][1][b"dl_attempts"] == b"3"
     assert (await ledger.redis.xpending(outbox, GROUP))["pending"] == 0
     assert await reconcile(ledger.redis, ledger.keys, engine) == []
     status = await outbox_status(ledger.redis, ledger.keys, ledger.clock())
-    assert status[0]["dead_letters"] == 2 and status[0]["unwritten"] == 0
+    assert status[0]["dead_letters"] == 3 and status[0]["unwritten"] == 0
 
 
 async def test_trimming_keeps_every_unwritten_entry(
@@ -249,25 +255,17 @@ async def test_malformed_and_sql_refused_entries_are_dead_lettered_not_retried_f
     written."""
     await ledger.configure_account("acme")
     outbox = ledger.keys.outbox(0)
-    base: dict[Any, Any] = {
-        "kind": "txn",
-        "account": "acme",
-        "amount": "5",
-        "balance": "5",
-        "debt": "0",
-    }
-    base |= {"ts": "1800000000000", "alloc": "[]", "buckets": "[]"}
-    await ledger.redis.xadd(
-        outbox, base | {"id": "t1", "seq": "901", "type": "grant"} | {"bucket": '{"id": "b"}'}
-    )
-    await ledger.redis.xadd(
-        outbox, base | {"id": "t2", "seq": "902", "type": "usage"} | {"desc": "x\x00y"}
-    )
+    base: dict[str, Any] = {"kind": "txn", "account": "acme", "amount": 5, "balance": 5}
+    base |= {"debt": 0, "ts": 1800000000000, "alloc": [], "buckets": []}
+    t1 = base | {"id": "t1", "seq": 901, "type": "grant", "bucket": {"id": "b"}}
+    t2 = base | {"id": "t2", "seq": 902, "type": "usage", "desc": "x\x00y"}
+    await ledger.redis.xadd(outbox, {FIELD: orjson.dumps(t1)})
+    await ledger.redis.xadd(outbox, {FIELD: orjson.dumps(t2)})
     await ledger.grant("acme", "g", 10)
     await drain(make_writer(ledger, engine, max_attempts=2))
     dead: Any = await ledger.redis.xrange(ledger.keys.dead_letters(0))
     reasons = [f[b"dl_error"].decode() for _, f in dead]
-    assert "malformed txn entry: KeyError" in reasons[0]
+    assert "field credits is missing" in reasons[0]
     nul_refused = database_url.startswith("postgresql")
     assert len(dead) == (2 if nul_refused else 1)
     status = await outbox_status(ledger.redis, ledger.keys, ledger.clock())
