@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sidecar import outbox
 from sidecar.embedded import RedisServer, free_port
 from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, Ledger
@@ -52,7 +53,8 @@ async def one_run(mode: str, seconds: float) -> dict[str, int]:
         server.start()
         client = connect(server.url)
         entries: Any = await client.xrange(KeySpace().outbox(0))
-        kept = {f[b"id"].decode() for _, f in entries if f.get(b"type") == b"usage"}
+        decoded = [outbox.decode(f) for _, f in entries]
+        kept = {e["id"] for e in decoded if e.get("type") == "usage"}
         await client.aclose()
         server.stop()
         return {"acknowledged": len(acked), "lost": len(acked - kept)}

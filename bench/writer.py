@@ -39,9 +39,12 @@ from bench.harness import (
     write_results,
 )
 from bench.writer_drain import (
-    SHARD,
+    Census,
+    Drain,
+    Fill,
     Rig,
     drain,
+    dump_outbox,
     fill_outbox,
     outbox_census,
     redis_truth,
@@ -55,6 +58,7 @@ from bench.writer_report import GOAL, method, render
 from sidecar.keys import KeySpace
 from sidecar.ledger import Ledger
 from sidecar.redis_client import connect
+from sidecar.writer_runner import tune_gc
 
 # The batch size of the profile and of the runs under check load (the sweep covers others).
 DEFAULT_BATCH = 500
@@ -62,9 +66,9 @@ WRITER_FILES = ["persistence/writer.py", "persistence/project.py", "persistence/
 LIBRARIES = ("redis", "hiredis", "sqlalchemy", "aiosqlite", "asyncpg", "aiohttp")
 # Option defaults of a full run and of --quick (a smoke test: it must not overwrite the
 # tracked results in bench/results).
-FULL: dict[str, Any] = dict(events=50_000, accounts=1000, batch_sizes="100,500,2000")
+FULL: dict[str, Any] = dict(events=50_000, accounts=1000, batch_sizes="100,500,2000", shards="1,2")
 FULL |= dict(profile="auto", warmup=1.0, seconds=5.0, out=Path("bench/results"))
-QUICK: dict[str, Any] = dict(events=5_000, accounts=200, batch_sizes=str(DEFAULT_BATCH))
+QUICK: dict[str, Any] = dict(events=5_000, accounts=200, batch_sizes=str(DEFAULT_BATCH), shards="1")
 QUICK |= dict(profile="never", warmup=0.5, seconds=1.0)
 QUICK |= dict(out=Path(tempfile.gettempdir()) / "cs-bench-writer-quick")
 
@@ -77,6 +81,7 @@ class Config:
     warmup_s: float
     measure_s: float
     batch_sizes: list[int]
+    shards: list[int]
     out: Path
     profile: str
     seed: int
@@ -107,11 +112,16 @@ async def run(cfg: Config) -> dict[str, Any]:
 async def _measure(
     cfg: Config, srv: servers.Servers, redis: Redis, wredis: Redis
 ) -> dict[str, Any]:
-    keys = KeySpace(1)
-    ledger = Ledger(redis, keys)
     accounts = account_names(cfg.accounts)
     probe = CpuProbe(srv.watched())
-    rig = Rig(srv, redis, wredis, keys, ledger, accounts, probe, cfg.drain_timeout_s)
+
+    def rig_of(shards: int) -> Rig:
+        keys = KeySpace(shards)
+        ledger = Ledger(redis, keys)
+        return Rig(srv, redis, wredis, keys, ledger, accounts, probe, cfg.drain_timeout_s)
+
+    rig = rig_of(1)
+    ledger = rig.ledger
     machine = host_info() | {
         "redis": await servers.redis_version(redis),
         **await srv.dbs.versions(),
@@ -132,49 +142,31 @@ async def _measure(
     log(f"  {http.per_s:,.0f} checks/s")
     peak = max(direct.per_s, http.per_s)
 
-    # 2. the outbox to drain, and what SQL must hold after each drain
-    await redis.flushall()
-    log(f"filling the outbox: {cfg.events:,} usage transactions")
-    await setup_accounts(ledger, accounts, cfg.concurrency)
-    fill = await fill_outbox(ledger, accounts, cfg.events, cfg.concurrency, cfg.seed)
-    census = await outbox_census(redis, keys.outbox(SHARD))
-    if census.txns != cfg.events + cfg.accounts:
-        raise BenchFailure(
-            f"outbox holds {census.txns} transactions, expected {cfg.events + cfg.accounts}"
-        )
-    truth = await redis_truth(rig)
-    for a, (balance, _seq) in truth.items():
-        if balance != GRANT - fill.spent[a]:
-            raise BenchFailure(
-                f"Redis balance of {a} is {balance}, expected {GRANT - fill.spent[a]}"
-            )
-    payload: Any = await redis.dump(keys.outbox(SHARD))
-    log(f"  {fill.per_s:,.0f}/s while filling; outbox {census.entries:,} entries")
-
-    # 3. the writer, per backend and batch size, verified after every drain
+    # 2. per shard count: the outbox to drain, and what SQL must hold after each drain;
+    # 3. the writer, per backend and batch size, verified after every drain. The process
+    # tunes its garbage collector as `credit-sidecar writer` does.
+    tune_gc()
     drains: list[dict[str, Any]] = []
-    for backend in servers.BACKENDS:
-        for bs in cfg.batch_sizes:
-            await restore_outbox(rig, payload)
-            engine = await srv.dbs.fresh(backend)
-            try:
-                warm_at = warmup_entries(census, bs, cfg.events)
-                d = await drain(rig, engine, backend, bs, census, warm_at)
-                t_verify = time.perf_counter()
-                d.checks = await verify(rig, engine, census, truth)
-                d.verified = True
+    fills: dict[int, Fill] = {}
+    # The fewest shards last: the profile and the mixed runs below use the state it leaves.
+    for shards in sorted(cfg.shards, reverse=True):
+        srig = rig_of(shards)
+        fills[shards], census, truth = await _fill(cfg, srig)
+        payload = await dump_outbox(srig)
+        log(
+            f"  {fills[shards].per_s:,.0f}/s while filling; {shards} outbox shard(s), "
+            f"{census.entries:,} entries"
+        )
+        for backend in servers.BACKENDS:
+            for bs in cfg.batch_sizes:
+                d = await _drain_verified(srig, payload, census, truth, backend, bs, cfg.events)
+                ratio = d.txns_per_s / peak
+                drains.append(asdict(d) | {"ratio": round(ratio, 3), "goal_met": ratio >= GOAL})
                 log(
-                    f"    drained in {d.total_seconds:.1f}s, verified in "
-                    f"{time.perf_counter() - t_verify:.1f}s"
+                    f"  {backend:10} batch {bs:5} shards {shards}: {d.txns_per_s:9,.0f} txns/s  "
+                    f"({ratio:.2f}x peak check rate)  verified"
                 )
-            finally:
-                await engine.dispose()
-            ratio = d.txns_per_s / peak
-            drains.append(asdict(d) | {"ratio": round(ratio, 3), "goal_met": ratio >= GOAL})
-            log(
-                f"  {backend:10} batch {bs:5}: {d.txns_per_s:9,.0f} txns/s  "
-                f"({ratio:.2f}x peak check rate)  verified"
-            )
+    rig, fill = srig, fills[min(fills)]
     goal = {b: _goal([d for d in drains if d["backend"] == b], peak) for b in servers.BACKENDS}
 
     # 4. profile when below the goal
@@ -221,12 +213,62 @@ async def _measure(
     }
 
 
+async def _fill(cfg: Config, rig: Rig) -> tuple[Fill, Census, dict[str, tuple[int, int]]]:
+    """A fresh Redis with the accounts and ``cfg.events`` usage transactions in the outbox;
+    checks Redis itself holds what the fill did."""
+    await rig.redis.flushall()
+    log(f"filling {rig.keys.shards} outbox shard(s): {cfg.events:,} usage transactions")
+    await setup_accounts(rig.ledger, rig.accounts, cfg.concurrency)
+    fill = await fill_outbox(rig.ledger, rig.accounts, cfg.events, cfg.concurrency, cfg.seed)
+    census = await outbox_census(rig.redis, rig.keys)
+    if census.txns != cfg.events + cfg.accounts:
+        raise BenchFailure(
+            f"outbox holds {census.txns} transactions, expected {cfg.events + cfg.accounts}"
+        )
+    truth = await redis_truth(rig)
+    for a, (balance, _seq) in truth.items():
+        if balance != GRANT - fill.spent[a]:
+            raise BenchFailure(
+                f"Redis balance of {a} is {balance}, expected {GRANT - fill.spent[a]}"
+            )
+    return fill, census, truth
+
+
+async def _drain_verified(
+    rig: Rig,
+    payload: list[bytes],
+    census: Census,
+    truth: dict[str, tuple[int, int]],
+    backend: str,
+    batch_size: int,
+    events: int,
+) -> Drain:
+    await restore_outbox(rig, payload)
+    engine = await rig.srv.dbs.fresh(backend)
+    try:
+        warm_at = warmup_entries(census, batch_size, events)
+        d = await drain(rig, engine, backend, batch_size, census, warm_at)
+        t_verify = time.perf_counter()
+        d.checks = await verify(rig, engine, census, truth)
+        d.verified = True
+        log(
+            f"    drained in {d.total_seconds:.1f}s, verified in "
+            f"{time.perf_counter() - t_verify:.1f}s"
+        )
+    finally:
+        await engine.dispose()
+    return d
+
+
 def _goal(mine: list[dict[str, Any]], peak: float) -> dict[str, Any]:
     best = max(mine, key=lambda d: d["ratio"])
+    one_shard = max((d for d in mine if d["shards"] == 1), key=lambda d: d["ratio"], default=None)
     return {
         "met": best["ratio"] >= GOAL,
         "best_ratio": best["ratio"],
         "best_batch": best["batch_size"],
+        "best_shards": best["shards"],
+        "best_ratio_one_shard": one_shard["ratio"] if one_shard else None,
         "best_txns_per_s": best["txns_per_s"],
         "needed_txns_per_s": round(GOAL * peak, 1),
         "ratio_at_default_batch": next(
@@ -246,6 +288,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--warmup", type=float, help="check warm-up seconds (1)")
     p.add_argument("--seconds", type=float, help="check measurement seconds (5)")
     p.add_argument("--batch-sizes", help="comma-separated (100,500,2000)")
+    p.add_argument("--shards", help="outbox shard counts to drain, comma-separated (1,2)")
     p.add_argument("--out", type=Path, help="results directory (bench/results)")
     p.add_argument(
         "--profile",
@@ -275,6 +318,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         warmup_s=a.warmup,
         measure_s=a.seconds,
         batch_sizes=[int(x) for x in a.batch_sizes.split(",") if x],
+        shards=sorted({int(x) for x in a.shards.split(",") if x}),
         out=a.out,
         profile=a.profile,
         seed=a.seed,

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.harness import BenchFailure, CpuProbe, CpuSnap
 from bench.servers import Servers
+from sidecar import outbox
 from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, Ledger
 from sidecar.persistence.reconcile import Difference, reconcile, redis_state
@@ -59,6 +60,7 @@ class Census:
 class Drain:
     backend: str
     batch_size: int
+    shards: int  # outbox shards, each written by its own task (concurrent SQL transactions)
     entries_total: int
     total_seconds: float  # start of the writer to the last batch written (incl. warm-up)
     measured_entries: int
@@ -94,26 +96,27 @@ async def fill_outbox(
     return Fill(events, round(seconds, 3), round(events / seconds, 1), spent)
 
 
-async def outbox_census(redis: Redis, stream: str) -> Census:
+async def outbox_census(redis: Redis, keys: KeySpace) -> Census:
+    """What every shard's outbox holds; setup entries are those before each shard's first
+    usage transaction."""
     kinds: Counter[str] = Counter()
-    first_usage: int | None = None
-    n, start = 0, "-"
-    while True:
-        chunk: Any = await redis.xrange(stream, min=start, count=10_000)
-        if not chunk:
-            break
-        for _entry_id, fields in chunk:
-            kinds[fields[b"kind"].decode()] += 1
-            if first_usage is None and fields.get(b"type") == b"usage":
-                first_usage = n
-            n += 1
-        start = "(" + chunk[-1][0].decode()
-    return Census(
-        entries=n,
-        txns=kinds["txn"],
-        setup_entries=first_usage if first_usage is not None else n,
-        by_kind=dict(kinds),
-    )
+    n = setup = 0
+    for shard in range(keys.shards):
+        first_usage: int | None = None
+        start, before = "-", n
+        while True:
+            chunk: Any = await redis.xrange(keys.outbox(shard), min=start, count=10_000)
+            if not chunk:
+                break
+            for _entry_id, fields in chunk:
+                entry = outbox.decode(fields)
+                kinds[entry["kind"]] += 1
+                if first_usage is None and entry.get("type") == "usage":
+                    first_usage = n - before
+                n += 1
+            start = "(" + chunk[-1][0].decode()
+        setup += first_usage if first_usage is not None else n - before
+    return Census(entries=n, txns=kinds["txn"], setup_entries=setup, by_kind=dict(kinds))
 
 
 async def redis_truth(rig: Rig) -> dict[str, tuple[int, int]]:
@@ -127,14 +130,22 @@ async def redis_truth(rig: Rig) -> dict[str, tuple[int, int]]:
     return truth
 
 
-async def restore_outbox(rig: Rig, payload: bytes) -> None:
-    """The filled outbox exactly as it was, without any consumer group, lease or dead letter."""
+async def dump_outbox(rig: Rig) -> list[bytes]:
+    """Every shard's filled outbox (DUMP payloads), to restore before each drain."""
+    return [await rig.redis.dump(rig.keys.outbox(s)) for s in range(rig.keys.shards)]  # type: ignore[misc]
+
+
+async def restore_outbox(rig: Rig, payload: list[bytes]) -> None:
+    """The filled outboxes exactly as they were, without consumer groups, leases or dead
+    letters."""
     redis, keys = rig.redis, rig.keys
-    await redis.delete(keys.outbox(SHARD), keys.writer_lease(SHARD), keys.dead_letters(SHARD))
-    await redis.restore(keys.outbox(SHARD), 0, payload)
-    groups: Any = await redis.xinfo_groups(keys.outbox(SHARD))
-    if groups:
-        raise BenchFailure("the restored outbox already has a consumer group")
+    for shard, dumped in enumerate(payload):
+        outbox_key = keys.outbox(shard)
+        await redis.delete(outbox_key, keys.writer_lease(shard), keys.dead_letters(shard))
+        await redis.restore(outbox_key, 0, dumped)
+        groups: Any = await redis.xinfo_groups(outbox_key)
+        if groups:
+            raise BenchFailure("the restored outbox already has a consumer group")
 
 
 def warmup_entries(census: Census, batch_size: int, events: int) -> int:
@@ -188,6 +199,7 @@ async def drain(
     return Drain(
         backend=backend,
         batch_size=batch_size,
+        shards=rig.keys.shards,
         entries_total=written,
         total_seconds=round(end.wall - start.wall, 3),
         measured_entries=measured,
@@ -218,9 +230,9 @@ async def verify(
     returns what was checked (for the report)."""
     redis, keys = rig.redis, rig.keys
     problems: list[str] = []
-    status = (await outbox_status(redis, keys, int(time.time() * 1000)))[SHARD]
-    if status["unwritten"] or status["dead_letters"]:
-        problems.append(f"outbox not drained: {status}")
+    for status in await outbox_status(redis, keys, int(time.time() * 1000)):
+        if status["unwritten"] or status["dead_letters"]:
+            problems.append(f"outbox not drained: {status}")
     async with engine.connect() as conn:
         n_txn = (await conn.execute(text("SELECT count(*) FROM credit_transactions"))).scalar()
         sql_accounts = set((await conn.execute(text("SELECT id FROM accounts"))).scalars())

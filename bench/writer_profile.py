@@ -71,7 +71,13 @@ def phase_of(frames: list[str]) -> str:
 
 
 async def profile_writer(
-    rig: Rig, backend: str, batch_size: int, payload: bytes, census: Census, events: int, out: Path
+    rig: Rig,
+    backend: str,
+    batch_size: int,
+    payload: list[bytes],
+    census: Census,
+    events: int,
+    out: Path,
 ) -> Profile:
     """One more drain under a profiler, of the first half of the usage transactions (not
     verified, and not counted in the results: the profiler costs some throughput)."""

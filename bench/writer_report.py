@@ -32,6 +32,11 @@ def method(config: dict[str, Any], cpu_count: int, http: dict[str, str], batch: 
         "a second) drains it; txns/s are counted from the end of the warm-up (the "
         "account setup entries plus max(2 batches, 5% of the usage transactions)) to the "
         "last batch, so the measured entries are all usage transactions.",
+        "Shards: the outbox is split by account into `SIDECAR_SHARDS` streams, each "
+        "written by its own task of the one writer (one SQL transaction in flight per "
+        "shard); a shard count is a deployment setting, and each is filled and drained "
+        "separately. The bench process tunes its garbage collector before the drains as "
+        "`credit-sidecar writer` does (`tune_gc`).",
         "Writer and check load are measured separately above (the writer has the machine "
         "to itself); the section on the writer under check load runs them together.",
         "Profiles: none (`--profile never`)."
@@ -122,6 +127,7 @@ def _writer(result: dict[str, Any]) -> list[str]:
         [
             d["backend"],
             str(d["batch_size"]),
+            str(d["shards"]),
             n(d["txns_per_s"]),
             n(peak),
             f"{d['ratio']:.2f}x",
@@ -133,11 +139,16 @@ def _writer(result: dict[str, Any]) -> list[str]:
         ]
         for d in result["writer"]
     ]
-    header = ["backend", "batch", "writer txns/s", "peak checks/s", "writer/check"]
+    header = ["backend", "batch", "shards", "writer txns/s", "peak checks/s", "writer/check"]
     header += [f">= {GOAL:g}x", "writer/HTTP check", "drain s", "CPU (% of one core)", "verified"]
     goals = ", ".join(
         f"{b}: {'yes' if g['met'] else 'no'} (best {g['best_ratio']:.2f}x at batch "
-        f"{g['best_batch']})"
+        f"{g['best_batch']}, {g['best_shards']} shard(s)"
+        + (
+            f"; with 1 shard {g['best_ratio_one_shard']:.2f}x)"
+            if g.get("best_ratio_one_shard") is not None and g["best_shards"] != 1
+            else ")"
+        )
         for b, g in result["goal"].items()
     )
     return [

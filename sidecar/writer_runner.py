@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -36,6 +37,15 @@ def make_writer(redis: Redis, settings: Settings) -> OutboxWriter:
         max_attempts=settings.writer_max_attempts,
         lease_ms=settings.writer_lease_ms,
     )
+
+
+def tune_gc() -> None:
+    """For a process that runs the writer alone. A batch allocates tens of thousands of
+    short-lived, acyclic tuples, which would set off many collections per batch, each also
+    walking every long-lived object: those alive at start-up are frozen out of collection,
+    and the young generation is collected 50x less often (cycles are still collected)."""
+    gc.freeze()
+    gc.set_threshold(35_000, 20, 20)
 
 
 async def run_inline(writer: OutboxWriter, stop: asyncio.Event) -> None:

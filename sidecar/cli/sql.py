@@ -16,7 +16,7 @@ from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import outbox_status
 from sidecar.settings import Settings
-from sidecar.writer_runner import make_writer, run_inline
+from sidecar.writer_runner import make_writer, run_inline, tune_gc
 
 
 def _engine_url(settings: Settings) -> str:
@@ -38,6 +38,7 @@ def writer() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with open_store(settings, decode_responses=True) as redis:
+            tune_gc()
             await run_inline(make_writer(redis, settings), stop)
 
     uvloop.run(run())
