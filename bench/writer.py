@@ -66,7 +66,7 @@ WRITER_FILES = ["persistence/writer.py", "persistence/project.py", "persistence/
 LIBRARIES = ("redis", "hiredis", "sqlalchemy", "aiosqlite", "asyncpg", "aiohttp")
 # Option defaults of a full run and of --quick (a smoke test: it must not overwrite the
 # tracked results in bench/results).
-FULL: dict[str, Any] = dict(events=50_000, accounts=1000, batch_sizes="100,500,2000", shards="1,2")
+FULL: dict[str, Any] = dict(events=50_000, accounts=1000, batch_sizes="500,2000,5000", shards="1,2")
 FULL |= dict(profile="auto", warmup=1.0, seconds=5.0, out=Path("bench/results"))
 QUICK: dict[str, Any] = dict(events=5_000, accounts=200, batch_sizes=str(DEFAULT_BATCH), shards="1")
 QUICK |= dict(profile="never", warmup=0.5, seconds=1.0)
@@ -287,7 +287,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--concurrency", type=int, default=64, help="concurrent checks")
     p.add_argument("--warmup", type=float, help="check warm-up seconds (1)")
     p.add_argument("--seconds", type=float, help="check measurement seconds (5)")
-    p.add_argument("--batch-sizes", help="comma-separated (100,500,2000)")
+    p.add_argument("--batch-sizes", help="comma-separated (500,2000,5000)")
     p.add_argument("--shards", help="outbox shard counts to drain, comma-separated (1,2)")
     p.add_argument("--out", type=Path, help="results directory (bench/results)")
     p.add_argument(

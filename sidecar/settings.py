@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         description="the outbox → SQL writer of `serve`: a child process (own core), on the "
         "event loop, or off (run `credit-sidecar writer` yourself)",
     )
-    writer_batch_size: int = Field(2000, ge=1, le=10000, description="outbox entries per SQL txn")
+    writer_batch_size: int = Field(5000, ge=1, le=10000, description="outbox entries per SQL txn")
     writer_lease_ms: int = Field(
         10_000, ge=100, le=600_000, description="a dead writer's shards are taken over after this"
     )
