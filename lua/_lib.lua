@@ -17,7 +17,9 @@
 -- Account hash fields: created, clock (latest now seen: time never runs backwards
 -- for an account), avail (sum of remaining over live buckets), held, debt, seq
 -- (per-account transaction sequence), ovl (overdraft limit), lbt (low-balance
--- threshold), rl_n/rl_ms/rl_burst (rate: rl_n requests per rl_ms, burst), tat (GCRA, us);
+-- threshold), att (auto top-up threshold), rl_n/rl_ms/rl_burst (rate: rl_n requests per
+-- rl_ms, burst), tat (GCRA, us); cb:<purchase> (credits of a refunded or disputed purchase
+-- taken back so far, see revoke.lua);
 -- per bucket: m:<id> (static JSON), r:<id> (remaining; absent once expired), h:<id> (held);
 -- per API key: k:<key id> (present while the key is active: '' or its rate 'n:ms:burst'),
 -- kt:<key id> (its TAT); per priced route with a rate limit: rt:<route> (its TAT).
@@ -113,13 +115,13 @@ local deadlines_changed = false
 
 local function load_account()
   local v = redis.call('HMGET', A, 'created', 'clock', 'avail', 'held', 'debt', 'seq',
-    'ovl', 'lbt', 'rl_n', 'rl_ms', 'rl_burst')
+    'ovl', 'lbt', 'rl_n', 'rl_ms', 'rl_burst', 'att')
   if not v[1] then return nil end
   acct = {
     created = tonumber(v[1]), avail = tonumber(v[3]) or 0, held = tonumber(v[4]) or 0,
     debt = tonumber(v[5]) or 0, seq = tonumber(v[6]) or 0, ovl = tonumber(v[7]) or 0,
     lbt = tonumber(v[8]), rl_n = tonumber(v[9]), rl_ms = tonumber(v[10]),
-    rl_burst = tonumber(v[11]),
+    rl_burst = tonumber(v[11]), att = tonumber(v[12]),
   }
   local clock = tonumber(v[2]) or 0
   if clock > NOW then NOW = clock end
@@ -154,9 +156,17 @@ local function save_if_touched()
   if deadlines_changed then save_account() end
 end
 
--- One low_balance event when a debit takes the balance from >= the threshold to below it.
+-- When a debit takes the balance from >= a threshold to below it, one event on the shard's
+-- events stream for the billing worker: low_balance (the low-balance threshold: notify the
+-- customer) and auto_topup (the auto top-up threshold: charge the saved card). Returns 1 if
+-- the low-balance threshold was crossed.
 local function low_balance_event(events_key, before, txid)
   local after = balance()
+  if acct.att and before >= acct.att and after < acct.att then
+    redis.call('XADD', events_key, 'MAXLEN', '~', 100000, '*', 'type', 'auto_topup',
+      'account', ACCOUNT, 'balance', fmt(after), 'threshold', fmt(acct.att),
+      'transaction_id', txid, 'ts', fmt(NOW))
+  end
   if not (acct.lbt and before >= acct.lbt and after < acct.lbt) then return 0 end
   redis.call('XADD', events_key, 'MAXLEN', '~', 100000, '*', 'type', 'low_balance',
     'account', ACCOUNT, 'balance', fmt(after), 'threshold', fmt(acct.lbt), 'transaction_id', txid,

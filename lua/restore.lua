@@ -11,7 +11,8 @@
 --   [6] mode: 'create' (fail with EXISTS if the account exists) or 'replace' (delete the
 --   account's keys first, after the whole state has been validated)
 -- State (credits: integers within +-(2^53-1); times: unix ms; '?': may be absent or null):
---   created, clock, debt, seq, overdraft_limit, low_balance_threshold?,
+--   created, clock, debt, seq, overdraft_limit, low_balance_threshold?, auto_topup_threshold?,
+--   clawbacks? {purchase: credits taken back so far (revoke.lua's cb:<purchase>)},
 --   rate_limit? [requests, period_ms, burst], purge (how many stale keys follow),
 --   buckets [{id, credits, created, expires?, priority, source, metadata, fp, tx, bal,
 --     remaining? (absent: expired), held, held_field (true: h:<id> exists, a hold drew on it)}],
@@ -93,6 +94,15 @@ local debt = int_v(S.debt, 'debt', 0, MAXINT)
 local seq = int_v(S.seq, 'seq', 0, MAXINT)
 local ovl = int_v(S.overdraft_limit, 'overdraft_limit', 0, MAXINT)
 local lbt = opt_int_v(S.low_balance_threshold, 'low_balance_threshold', -MAXINT, MAXINT)
+local att = opt_int_v(S.auto_topup_threshold, 'auto_topup_threshold', -MAXINT, MAXINT)
+local clawbacks = {}
+if not absent(S.clawbacks) then
+  if type(S.clawbacks) ~= 'table' then fail('INVALID', 'clawbacks must be a JSON object') end
+  for p, n in pairs(S.clawbacks) do
+    clawbacks[#clawbacks + 1] = {id_arg(p, 'clawback purchase', 255),
+      int_v(n, 'clawback credits', 0, MAXINT)}
+  end
+end
 local rl = nil
 if not absent(S.rate_limit) then
   local r = list_v(S.rate_limit, 'rate_limit')
@@ -265,6 +275,11 @@ redis.call('ZREM', DUE, ACCOUNT)
 local f = {'created', fmt(created), 'clock', fmt(clock), 'avail', fmt(avail), 'held', fmt(held),
   'debt', fmt(debt), 'seq', fmt(seq), 'ovl', fmt(ovl)}
 if lbt then f[#f + 1] = 'lbt'; f[#f + 1] = fmt(lbt) end
+if att then f[#f + 1] = 'att'; f[#f + 1] = fmt(att) end
+for _, c in ipairs(clawbacks) do
+  f[#f + 1] = 'cb:' .. c[1]
+  f[#f + 1] = fmt(c[2])
+end
 if rl then
   for i, name in ipairs({'rl_n', 'rl_ms', 'rl_burst'}) do
     f[#f + 1] = name

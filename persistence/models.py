@@ -229,7 +229,11 @@ class CreditHold(Base):
 
 
 class StripeEvent(Base):
-    """A verified Stripe webhook event, kept so processing is idempotent by event id."""
+    """A verified Stripe webhook event, stored before it is acknowledged; the billing worker
+    processes it (idempotent by event id) and records the outcome.
+
+    status: received (to do), retry (failed, due again at next_attempt_ms), processed,
+    ignored (a type we do not act on), dead (failed event_max_attempts times)."""
 
     __tablename__ = "stripe_events"
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -240,3 +244,80 @@ class StripeEvent(Base):
     status: Mapped[str] = mapped_column(String(32), default="received")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    outcome: Mapped[str | None] = mapped_column(Text)  # what processing did, for operators
+
+    __table_args__ = (Index("ix_stripe_events_due", "status", "next_attempt_ms"),)
+
+
+class StripePurchase(Base):
+    """A Checkout Session or an auto top-up PaymentIntent, and what it granted or took back.
+
+    Credits are granted once per line item (bucket ``purchase:<session>:<item>``); refunds and
+    disputes take back a share of ``credits``, tracked as a cumulative target in the ledger
+    (``revoke.lua``), so duplicates and reordering are harmless."""
+
+    __tablename__ = "stripe_purchases"
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # cs_... or pi_...
+    kind: Mapped[str] = mapped_column(String(16))  # checkout | auto_topup
+    account: Mapped[str] = mapped_column(Id, index=True)
+    payment_intent: Mapped[str | None] = mapped_column(String(255), unique=True)
+    status: Mapped[str] = mapped_column(String(32))  # pending | awaiting_payment | paid | failed
+    amount_total: Mapped[int | None] = mapped_column(BigInteger)  # minor units
+    currency: Mapped[str | None] = mapped_column(String(3))
+    credits: Mapped[int] = mapped_column(Credits, default=0)  # granted in total
+    buckets: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {"ids": [...]}
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0)  # last seen, cumulative
+    amount_disputed: Mapped[int] = mapped_column(BigInteger, default=0)
+    clawback_target: Mapped[int] = mapped_column(Credits, default=0)  # credits to take back
+    flagged: Mapped[str | None] = mapped_column(Text)  # refund_policy=flag: what happened
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class AutoTopUp(Base):
+    """An account's auto top-up: when its balance falls below ``threshold``, one off-session
+    PaymentIntent for ``package_id`` with the saved ``payment_method``."""
+
+    __tablename__ = "auto_topups"
+    account: Mapped[str] = mapped_column(Id, primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    threshold: Mapped[int] = mapped_column(Credits)
+    package_id: Mapped[str] = mapped_column(Id)
+    payment_method: Mapped[str] = mapped_column(String(255))
+    pending_payment_intent: Mapped[str | None] = mapped_column(String(255))
+    last_attempt_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # charges started, ever
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # in a row
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class NotificationEndpoint(Base):
+    """Where an account's low-balance webhooks go, and the secret that signs them."""
+
+    __tablename__ = "notification_endpoints"
+    account: Mapped[str] = mapped_column(Id, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(128))  # shared with the customer to verify
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+
+
+class NotificationDelivery(Base):
+    """One signed webhook to send, retried with backoff until delivered or given up."""
+
+    __tablename__ = "notification_deliveries"
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # the event's id
+    account: Mapped[str] = mapped_column(Id, index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_notification_deliveries_due", "status", "next_attempt_ms"),)

@@ -53,8 +53,18 @@ TXN_COLUMNS = {
     "key_id",
     "route",
 }
-INT_DETAILS = ("repaid", "overdraft", "forfeited", "charged", "expires")
-TXN_TYPES = {"usage", "purchase", "grant", "expiry", "refund", "hold", "settle", "release"}
+INT_DETAILS = ("repaid", "overdraft", "forfeited", "charged", "expires", "target", "unrecovered")
+TXN_TYPES = {
+    "usage",
+    "purchase",
+    "grant",
+    "expiry",
+    "refund",
+    "hold",
+    "settle",
+    "release",
+    "revoke",
+}
 
 # Row layouts: every row below is a tuple of already-bound values in this column order.
 SETTINGS_COLS = (

@@ -53,6 +53,7 @@ from sidecar.ledger import RateLimit
 from sidecar.persistence.models import (
     Account,
     ApiKey,
+    AutoTopUp,
     CreditAllocation,
     CreditBalance,
     CreditHold,
@@ -116,6 +117,7 @@ ALLOCATIONS = _t(CreditAllocation)
 HOLDS = _t(CreditHold)
 TXNS = _t(CreditTransaction)
 API_KEYS = _t(ApiKey)
+AUTO_TOPUPS = _t(AutoTopUp)
 
 
 @asynccontextmanager
@@ -171,6 +173,18 @@ async def read_account(
     if None not in rate:
         doc["rate_limit"] = [int(x) for x in rate]
 
+    topup = (
+        await conn.execute(
+            select(AUTO_TOPUPS.c.threshold).where(
+                AUTO_TOPUPS.c.account == account,
+                AUTO_TOPUPS.c.enabled.is_(True),
+                AUTO_TOPUPS.c.paused.is_(False),
+            )
+        )
+    ).scalar()
+    if topup is not None:
+        doc["auto_topup_threshold"] = int(topup)
+    doc["clawbacks"] = await _clawbacks(conn, account)
     doc["buckets"] = await _buckets(conn, account, clock)
     doc["holds"] = await _holds(conn, account, clock - retention_ms)
     doc["keys"], index = await _keys(conn, account)
@@ -184,6 +198,20 @@ async def read_account(
         api_keys=index,
         sql_balance=int(acct["balance"]),
     )
+
+
+async def _clawbacks(conn: AsyncConnection, account: str) -> dict[str, int]:
+    """Per refunded or disputed purchase, the credits taken back so far (revoke.lua)."""
+    rows = await conn.execute(
+        select(TXNS.c.details).where(TXNS.c.account == account, TXNS.c.type == "revoke")
+    )
+    out: dict[str, int] = {}
+    for (details,) in rows:
+        d = details or {}
+        purchase, target = d.get("purchase"), d.get("target")
+        if isinstance(purchase, str) and isinstance(target, int):
+            out[purchase] = max(out.get(purchase, 0), target)
+    return out
 
 
 async def _buckets(conn: AsyncConnection, account: str, clock: int) -> list[dict[str, Any]]:

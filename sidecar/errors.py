@@ -76,6 +76,34 @@ class BalanceOverflow(SidecarError):
     code = "balance_overflow"
 
 
+class UnknownPackage(SidecarError):
+    code = "unknown_package"
+
+
+class InvalidSignature(SidecarError):
+    """A webhook whose Stripe-Signature does not verify (or is stale, or from the future)."""
+
+    code = "invalid_signature"
+
+
+class BillingNotConfigured(SidecarError):
+    """A Stripe feature was used without SIDECAR_STRIPE_API_KEY (or webhook secrets)."""
+
+    code = "billing_not_configured"
+
+
+class PaymentProviderError(SidecarError):
+    """Stripe refused a call or could not be reached; ``message`` says which."""
+
+    code = "payment_provider_error"
+
+
+class LedgerUnavailable(SidecarError):
+    """The SQL ledger could not be reached."""
+
+    code = "ledger_unavailable"
+
+
 class StoreUnavailable(SidecarError):
     """Redis could not be reached (after retries)."""
 

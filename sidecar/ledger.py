@@ -65,6 +65,17 @@ class Allowed:
 
 
 @dataclass(frozen=True, slots=True)
+class RevokeResult:
+    """Credits of a refunded or disputed purchase taken back (see lua/revoke.lua)."""
+
+    transaction_id: str | None  # None: nothing was due (a duplicate, or an older target)
+    taken: int  # from the purchase's buckets
+    debt_added: int  # policy "negative": what its buckets no longer held
+    unrecovered: int  # policy "unspent": what its buckets no longer held
+    balance: int
+
+
+@dataclass(frozen=True, slots=True)
 class Insufficient:
     balance: int
     required: int
@@ -396,6 +407,36 @@ class Ledger:
         return RefundResult(
             _text(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), bool(reply[5])
         )
+
+    async def revoke(
+        self,
+        account: str,
+        purchase: str,
+        target: int,
+        *,
+        buckets: list[str],
+        policy: Literal["unspent", "negative"],
+        description: str = "",
+    ) -> RevokeResult:
+        """Takes back credits of ``purchase`` until ``target`` (cumulative) have been taken:
+        duplicates and older targets change nothing."""
+        reply = await self.run_script(
+            self.scripts.revoke,
+            account,
+            [],
+            [purchase, target, policy, orjson.dumps(buckets).decode(), description],
+        )
+        txid = _text(reply[0])
+        return RevokeResult(
+            txid or None, int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4])
+        )
+
+    async def set_auto_topup_threshold(self, account: str, threshold: int | None) -> int:
+        """Arms (or, with None, disarms) the auto top-up trigger; returns the balance."""
+        reply = await self.run_script(
+            self.scripts.autotopup, account, [], ["" if threshold is None else threshold]
+        )
+        return int(reply[0])
 
     async def balance(self, account: str) -> Balance:
         r = await self.run_script(self.scripts.balance, account, [], [])

@@ -24,6 +24,8 @@ NAMES = (
     "expire",
     "apikey",
     "restore",
+    "autotopup",
+    "revoke",
 )
 STANDALONE = ("lease",)  # not prefixed with _lib.lua: they touch no ledger state
 
@@ -51,6 +53,8 @@ class Scripts:
     expire: AsyncScript
     apikey: AsyncScript
     restore: AsyncScript
+    autotopup: AsyncScript
+    revoke: AsyncScript
     lease: AsyncScript
 
     @classmethod

@@ -78,6 +78,43 @@ class Settings(BaseSettings):
         5, ge=1, le=1000, description="tries before an entry goes to the dead-letter stream"
     )
 
+    stripe_api_key: SecretStr | None = Field(
+        None, description="Stripe secret key (sk_...); unset = Checkout and auto top-up off"
+    )
+    stripe_api_base: str | None = Field(
+        None, description="Stripe API base URL override (stripe-mock, tests); unset = Stripe"
+    )
+    stripe_webhook_secrets: SecretStr | None = Field(
+        None,
+        description="webhook endpoint secrets (whsec_...), comma-separated: several during "
+        "a rotation; unset = the webhook endpoint refuses everything",
+    )
+    stripe_webhook_tolerance_s: int = Field(
+        300, ge=1, le=86400, description="max age (and max future skew) of a webhook signature"
+    )
+    billing_worker: Literal["inline", "off"] = Field(
+        "inline",
+        description="the Stripe event / notification worker of `serve`: on its event loop, or "
+        "off (run `credit-sidecar worker` yourself)",
+    )
+    refund_policy: Literal["revoke_unspent", "allow_negative", "flag"] = Field(
+        "revoke_unspent",
+        description="on a Stripe refund or dispute: take back the purchase's unspent credits, "
+        "take back all of them (the balance may go negative), or only record it",
+    )
+    auto_topup_cooldown_s: int = Field(
+        600, ge=0, le=366 * 86400, description="min time between two auto top-up charges"
+    )
+    auto_topup_max_failures: int = Field(
+        3, ge=1, le=100, description="failed auto top-ups in a row before it is paused"
+    )
+    notify_max_attempts: int = Field(
+        8, ge=1, le=50, description="tries of a low-balance webhook before it is given up"
+    )
+    event_max_attempts: int = Field(
+        8, ge=1, le=100, description="tries of a Stripe event before it is a dead letter"
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -113,6 +150,13 @@ class Settings(BaseSettings):
         if self.admin_token is not None and self.admin_token == self.service_token:
             raise ValueError("SIDECAR_ADMIN_TOKEN and SIDECAR_SERVICE_TOKEN must differ")
         return self
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        if self.stripe_webhook_secrets is None:
+            return []
+        raw = self.stripe_webhook_secrets.get_secret_value()
+        return [s.strip() for s in raw.split(",") if s.strip()]
 
     @property
     def host_port(self) -> tuple[str, int]:

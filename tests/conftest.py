@@ -74,6 +74,7 @@ def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
         service_token=SecretStr(SERVICE),
         data_dir=tmp_path,
         writer="off",  # the writer's own tests turn it on (tests/persistence/)
+        billing_worker="off",  # and the billing tests theirs (tests/billing/)
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from sidecar import __version__
+from sidecar.cli.billing import billing, packages, worker
 from sidecar.cli.keys import keys
 from sidecar.cli.outbox import outbox
 from sidecar.cli.serve import serve
@@ -24,3 +25,6 @@ main.add_command(writer)
 main.add_command(migrate_cmd)
 main.add_command(reconcile_cmd)
 main.add_command(rebuild_cmd)
+main.add_command(packages)
+main.add_command(billing)
+main.add_command(worker)

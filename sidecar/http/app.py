@@ -5,17 +5,25 @@ ledger, the expiry sweeper and the routes; background work lives in ``cleanup_ct
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.apikeys import ApiKeys
+from sidecar.billing.context import Billing
+from sidecar.billing.gateway import StripeGateway
+from sidecar.billing.store import BillingStore
+from sidecar.billing.worker import BillingWorker
 from sidecar.embedded import embedded_server
 from sidecar.gate import Gate
 from sidecar.http.appkeys import (
     API_KEYS,
+    BILLING,
+    BILLING_WORKER,
     GATE,
     LEDGER,
     REDIS_URL,
@@ -24,12 +32,14 @@ from sidecar.http.appkeys import (
     WRITER,
     WRITER_PROCESS,
 )
+from sidecar.http.billing import billing_routes
 from sidecar.http.errors import error_middleware
 from sidecar.http.ops import ops_routes
 from sidecar.http.proxy import proxy_routes
 from sidecar.http.routes import routes
 from sidecar.keys import KeySpace
 from sidecar.ledger import CALL_DEADLINE_S, Clock, Ledger, wall_clock_ms
+from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.writer import pause
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
@@ -81,6 +91,7 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
                 await asyncio.to_thread(server.stop)
 
     app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(billing_ctx)
     app.cleanup_ctx.append(sweeper_ctx)
     app.cleanup_ctx.append(reload_ctx)
     if settings.writer != "off":
@@ -88,7 +99,54 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
     app.add_routes(routes)
     app.add_routes(proxy_routes)
     app.add_routes(ops_routes)
+    app.add_routes(billing_routes)
     return app
+
+
+async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The SQL store and Stripe client of billing, and the billing worker (inline).
+
+    The schema is brought up to date first, but SQL being down does not stop the sidecar:
+    checks never need SQL; billing calls answer 503 and the migration is retried."""
+    settings, ledger = app[SETTINGS], app[LEDGER]
+    engine = create_engine(resolve_url(settings.database_url, settings.data_dir))
+    key = settings.stripe_api_key
+    gateway = (
+        StripeGateway(key.get_secret_value(), api_base=settings.stripe_api_base) if key else None
+    )
+    app[BILLING] = billing = Billing(ledger, BillingStore(engine), gateway, settings, ledger.clock)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(_migrated(engine, stop), name="billing-migrate")]
+    if settings.billing_worker == "inline":
+        app[BILLING_WORKER] = worker = BillingWorker(billing)
+
+        async def work() -> None:
+            await tasks[0]
+            await worker.run(stop)
+
+        tasks.append(asyncio.create_task(work(), name="billing-worker"))
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(tasks[0]), 10)
+        yield
+    finally:
+        for task in reversed(tasks):
+            await stop_task(task, stop)
+        if gateway is not None:
+            await gateway.close()
+        await engine.dispose()
+
+
+async def _migrated(engine: AsyncEngine, stop: asyncio.Event) -> None:
+    backoff = 0.2
+    while not stop.is_set():
+        try:
+            await migrate(engine)
+            return
+        except Exception as e:
+            log.warning("SQL ledger not migrated yet (%s); retrying in %.1fs", e, backoff)
+            await pause(stop, backoff)
+            backoff = min(backoff * 2, 10.0)
 
 
 async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:

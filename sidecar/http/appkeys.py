@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar.apikeys import ApiKeys
+from sidecar.billing.context import Billing
+from sidecar.billing.worker import BillingWorker
 from sidecar.gate import Gate
 from sidecar.ledger import Ledger
 from sidecar.persistence.writer import OutboxWriter
@@ -19,3 +21,5 @@ TOKENS = web.AppKey("tokens", dict[str, bytes])
 WRITER = web.AppKey("writer", OutboxWriter)
 REDIS_URL = web.AppKey("redis_url", str)
 WRITER_PROCESS = web.AppKey("writer_process", WriterProcess)
+BILLING = web.AppKey("billing", Billing)
+BILLING_WORKER = web.AppKey("billing_worker", BillingWorker)

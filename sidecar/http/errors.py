@@ -17,12 +17,14 @@ log = logging.getLogger(__name__)
 
 STATUS: dict[type[errors.SidecarError], int] = {
     errors.InvalidJSON: 400,
+    errors.InvalidSignature: 400,
     errors.Unauthorized: 401,
     errors.Forbidden: 403,
     errors.UnknownAccount: 404,
     errors.UnknownHold: 404,
     errors.UnknownTransaction: 404,
     errors.UnknownKey: 404,
+    errors.UnknownPackage: 404,
     errors.IdempotencyConflict: 409,
     errors.HoldClosed: 409,
     errors.HoldExpired: 409,
@@ -30,6 +32,9 @@ STATUS: dict[type[errors.SidecarError], int] = {
     errors.InvalidInput: 422,
     errors.BalanceOverflow: 422,
     errors.StoreUnavailable: 503,
+    errors.LedgerUnavailable: 503,
+    errors.BillingNotConfigured: 503,
+    errors.PaymentProviderError: 502,
 }
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}

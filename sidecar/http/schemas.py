@@ -151,4 +151,51 @@ class RefundRequest(Body):
     metadata: Metadata = None
 
 
+def _http_url(v: str) -> str:
+    if not (v.startswith("https://") or v.startswith("http://")) or any(c.isspace() for c in v):
+        raise ValueError("must be an http(s) URL")
+    return v
+
+
+Url = Annotated[str, StringConstraints(min_length=8, max_length=2048), AfterValidator(_http_url)]
+StripeId = Annotated[
+    str, StringConstraints(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_]+$")
+]
+
+
+class PackageRequest(Body):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
+    credits: Credits
+    stripe_price_id: StripeId | None = None
+    price: Annotated[StrictInt, Field(ge=0, le=10**12)]  # minor units (cents)
+    currency: Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")] = "usd"
+    credit_expiry_s: Annotated[StrictInt, Field(ge=1, le=10 * 366 * 86400)] | None = None
+    active: bool = True
+
+
+class CheckoutItem(Body):
+    package_id: Id
+    quantity: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
+
+
+class CheckoutRequest(Body):
+    account: Id
+    package_id: Id | None = None
+    items: Annotated[list[CheckoutItem], Field(min_length=1, max_length=20)] | None = None
+    success_url: Url
+    cancel_url: Url
+    idempotency_key: Id | None = None
+
+
+class AutoTopUpRequest(Body):
+    threshold: Annotated[StrictInt, Field(ge=-MAX_CREDITS, le=MAX_CREDITS)]
+    package_id: Id
+    payment_method: StripeId
+    enabled: bool = True
+
+
+class NotificationRequest(Body):
+    url: Url
+
+
 ID = TypeAdapter(Id)

@@ -1,0 +1,45 @@
+"""What every part of billing works with: the ledger, the SQL store, Stripe (if configured),
+the settings and the clock; and the one place that makes a Stripe customer for an account."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sidecar.billing.gateway import StripeGateway
+from sidecar.billing.store import BillingStore
+from sidecar.errors import BillingNotConfigured
+from sidecar.ledger import Clock, Ledger
+from sidecar.settings import Settings
+
+
+class Permanent(Exception):
+    """Processing cannot succeed as things stand (an unknown price, a session without an
+    account): the event is retried a few times, then kept as a dead letter to look at."""
+
+
+class NotYet(Exception):
+    """Processing depends on something not yet recorded (a refund before its purchase):
+    retried with backoff like a transient error."""
+
+
+@dataclass
+class Billing:
+    ledger: Ledger
+    store: BillingStore
+    gateway: StripeGateway | None
+    settings: Settings
+    clock: Clock
+
+    def stripe(self) -> StripeGateway:
+        if self.gateway is None:
+            raise BillingNotConfigured("Stripe is not configured (SIDECAR_STRIPE_API_KEY)")
+        return self.gateway
+
+    async def customer(self, account: str) -> str:
+        """The account's Stripe customer, created once (Stripe's idempotency key and a
+        conditional SQL write keep concurrent callers on one customer)."""
+        existing = await self.store.customer(account)
+        if existing:
+            return existing
+        created = await self.stripe().create_customer(account)
+        return await self.store.set_customer(account, created)

@@ -1,0 +1,206 @@
+"""The billing worker: processes stored Stripe events, reacts to the ledger's own events
+(low balance: notify; auto top-up threshold crossed: charge) and sends notifications.
+
+Runs inside `serve` (SIDECAR_BILLING_WORKER=inline, the default) or as `credit-sidecar
+worker`; several may run at once: events are claimed with a lease in SQL, the ledger's events
+are read through a consumer group, deliveries are claimed by attempt number.
+
+Stripe events: processed by type, idempotently; a transient failure (Stripe unreachable, a
+refund whose purchase is not recorded yet) is retried with backoff; after
+``event_max_attempts`` failures the event is ``dead`` (the CLI and the admin API list them,
+and retry them once the cause is fixed). Unknown types are acknowledged and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aiohttp
+from redis.exceptions import RedisError, ResponseError
+
+from sidecar.billing import notify, purchases, topup
+from sidecar.billing.context import Billing, NotYet, Permanent
+from sidecar.billing.gateway import StripeRefused, StripeTransient
+from sidecar.errors import LedgerUnavailable, StoreUnavailable
+from sidecar.persistence.writer import pause
+
+log = logging.getLogger(__name__)
+
+GROUP = "billing"
+CONSUMER = "worker"
+EVENT_LEASE_MS = 60_000
+SESSION_EVENTS = (
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+)
+CHARGE_EVENTS = ("charge.refunded", "charge.dispute.created")
+PAYMENT_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed")
+# The ledger's auto_topup events are queued with the Stripe events, for the same retries.
+TOPUP_TRIGGER = "credit_sidecar.auto_topup"
+
+
+def retry_delay_ms(attempt: int) -> int:
+    """2 s, 4 s, 8 s ... capped at 10 minutes."""
+    return int(min(2000 * 2 ** max(attempt - 1, 0), 600_000))
+
+
+async def dispatch(b: Billing, event_id: str, etype: str, obj: dict[str, Any]) -> str | None:
+    """Processes one event; returns what it did, or None for a type we ignore."""
+    if etype in SESSION_EVENTS:
+        return await purchases.session_event(b, event_id, etype, obj)
+    if etype in CHARGE_EVENTS:
+        return await purchases.charge_event(b, etype, obj)
+    if etype in PAYMENT_EVENTS:
+        return await topup.payment_event(b, etype, obj)
+    if etype == TOPUP_TRIGGER:
+        return await topup.trigger(b, str(obj.get("account", "")))
+    return None
+
+
+class BillingWorker:
+    def __init__(self, billing: Billing, *, poll_s: float = 0.5) -> None:
+        self.b = billing
+        self.poll_s = poll_s
+        self._wake = asyncio.Event()
+        self.processed = 0
+
+    def wake(self) -> None:
+        """A new event was stored: process it now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with aiohttp.ClientSession() as session:
+            loops = [
+                self._loop(stop, self.stripe_events_once, "stripe events"),
+                self._loop(stop, self.ledger_events_once, "ledger events"),
+                self._loop(stop, lambda: notify.deliver_due(self.b, session), "notifications"),
+            ]
+            await asyncio.gather(*loops)
+
+    async def _loop(self, stop: asyncio.Event, once: Any, what: str) -> None:
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                busy = await once()
+                backoff = 0.1
+            except Exception as e:
+                log.warning("billing worker (%s): %s; retrying in %.1fs", what, e, backoff)
+                await pause(stop, backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if not busy:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_first(stop, self._wake), self.poll_s)
+
+    # -- Stripe events ----------------------------------------------------------------------
+
+    async def stripe_events_once(self) -> int:
+        b = self.b
+        n = 0
+        for event_id in await b.store.due_events(b.clock()):
+            claimed = await b.store.claim_event(event_id, b.clock(), EVENT_LEASE_MS)
+            if claimed is None:
+                continue
+            n += 1
+            await self.process(event_id, *claimed)
+        return n
+
+    async def process(
+        self, event_id: str, etype: str, payload: dict[str, Any], attempt: int
+    ) -> None:
+        b = self.b
+        obj = (payload.get("data") or {}).get("object") or {}
+        try:
+            outcome = await dispatch(b, event_id, etype, obj)
+        except (
+            StripeTransient,
+            NotYet,
+            StoreUnavailable,
+            LedgerUnavailable,
+            RedisError,
+            OSError,
+        ) as e:
+            await self._failed(event_id, attempt, f"{type(e).__name__}: {e}")
+            return
+        except (Permanent, StripeRefused) as e:
+            await self._failed(event_id, attempt, f"{type(e).__name__}: {e}")
+            return
+        except Exception as e:  # a bug: keep the event, say why
+            log.exception("Stripe event %s (%s) failed", event_id, etype)
+            await self._failed(event_id, attempt, f"{type(e).__name__}: {e}")
+            return
+        self.processed += 1
+        status = "ignored" if outcome is None else "processed"
+        await b.store.finish_event(
+            event_id, status, b.clock(), outcome=outcome or f"ignored: {etype} is not acted on"
+        )
+        log.info("Stripe event %s (%s): %s", event_id, etype, outcome or "ignored")
+
+    async def _failed(self, event_id: str, attempt: int, error: str) -> None:
+        b = self.b
+        now = b.clock()
+        if attempt >= b.settings.event_max_attempts:
+            log.error(
+                "Stripe event %s is a dead letter after %d attempts: %s", event_id, attempt, error
+            )
+            await b.store.finish_event(event_id, "dead", now, error=error)
+        else:
+            log.warning("Stripe event %s failed (attempt %d): %s", event_id, attempt, error)
+            await b.store.finish_event(
+                event_id, "retry", now, error=error, next_attempt_ms=now + retry_delay_ms(attempt)
+            )
+
+    # -- the ledger's events (low balance, auto top-up) ---------------------------------------
+
+    async def ledger_events_once(self) -> int:
+        b = self.b
+        redis, keys = b.ledger.redis, b.ledger.keys
+        n = 0
+        for shard in range(keys.shards):
+            stream = keys.events(shard)
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+                await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            # Our own pending entries first (a crash mid-way), then new ones.
+            for start in ("0", ">"):
+                reply: Any = await redis.xreadgroup(GROUP, CONSUMER, {stream: start}, count=100)
+                entries = reply[0][1] if reply else []
+                for entry_id, raw in entries:
+                    fields = {_s(k): _s(v) for k, v in (raw or {}).items()}
+                    await self.ledger_event(_s(entry_id), fields)
+                    await redis.xack(stream, GROUP, entry_id)
+                    n += 1
+                if entries:
+                    break
+        return n
+
+    async def ledger_event(self, entry_id: str, fields: dict[str, str]) -> None:
+        kind, account = fields.get("type"), fields.get("account", "")
+        if kind == "low_balance":
+            result = await notify.low_balance(self.b, fields, entry_id)
+        elif kind == "auto_topup":
+            trigger_id = f"ledger:{entry_id}"
+            payload = {"id": trigger_id, "data": {"object": {"account": account}}}
+            await self.b.store.store_event(trigger_id, TOPUP_TRIGGER, payload, self.b.clock())
+            self.wake()
+            result = "queued"
+        else:
+            result = "ignored"
+        log.info("ledger event %s (%s, %s): %s", entry_id, kind, account, result)
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

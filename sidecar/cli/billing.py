@@ -1,0 +1,134 @@
+"""``credit-sidecar packages``, ``credit-sidecar billing`` (through the admin API) and
+``credit-sidecar worker`` (the billing worker on its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import urllib.parse
+
+import click
+import uvloop
+
+from sidecar.billing.context import Billing
+from sidecar.billing.gateway import StripeGateway
+from sidecar.billing.store import BillingStore
+from sidecar.billing.worker import BillingWorker
+from sidecar.cli.common import admin_client, echo_json, load_settings, open_store, run_admin
+from sidecar.cli.keys import url_option
+from sidecar.keys import KeySpace
+from sidecar.ledger import Ledger
+from sidecar.persistence.db import create_engine, migrate, resolve_url
+
+
+@click.group()
+def packages() -> None:
+    """Credit packages: what customers buy through Stripe Checkout."""
+
+
+@packages.command("put")
+@click.argument("package_id")
+@click.option("--name", required=True)
+@click.option("--credits", type=int, required=True, help="credits granted per unit bought")
+@click.option("--price", type=int, required=True, help="in minor units (cents)")
+@click.option("--currency", default="usd", show_default=True)
+@click.option("--stripe-price", "stripe_price_id", help="the Stripe Price id (price_...)")
+@click.option("--expiry-days", type=int, help="the credits expire this many days after purchase")
+@click.option("--inactive", is_flag=True, help="not for sale (existing purchases unaffected)")
+@url_option
+def put(
+    package_id: str,
+    name: str,
+    credits: int,
+    price: int,
+    currency: str,
+    stripe_price_id: str | None,
+    expiry_days: int | None,
+    inactive: bool,
+    url: str | None,
+) -> None:
+    """Create or replace PACKAGE_ID."""
+    body = {
+        "name": name,
+        "credits": credits,
+        "price": price,
+        "currency": currency,
+        "stripe_price_id": stripe_price_id,
+        "credit_expiry_s": expiry_days * 86400 if expiry_days else None,
+        "active": not inactive,
+    }
+    path = f"/v1/admin/packages/{urllib.parse.quote(package_id, safe='')}"
+    echo_json(run_admin(admin_client(url), lambda c: c.request("PUT", path, body)))
+
+
+@packages.command("list")
+@url_option
+def list_cmd(url: str | None) -> None:
+    """Every package (JSON)."""
+    echo_json(run_admin(admin_client(url), lambda c: c.request("GET", "/v1/admin/packages")))
+
+
+@click.group()
+def billing() -> None:
+    """Stored Stripe events: list them, retry dead letters."""
+
+
+@billing.command("events")
+@click.option(
+    "--status",
+    type=click.Choice(["received", "processing", "retry", "processed", "ignored", "dead"]),
+    help="only events in this state (dead: the dead letters)",
+)
+@click.option("--limit", type=int, default=100, show_default=True)
+@url_option
+def events(status: str | None, limit: int, url: str | None) -> None:
+    """Stripe events, newest first (JSON)."""
+    query = urllib.parse.urlencode({"limit": limit} | ({"status": status} if status else {}))
+    path = f"/v1/admin/billing/events?{query}"
+    echo_json(run_admin(admin_client(url), lambda c: c.request("GET", path)))
+
+
+@billing.command("retry")
+@click.argument("event_id")
+@url_option
+def retry(event_id: str, url: str | None) -> None:
+    """Process a dead (or retrying) event again, now."""
+    path = f"/v1/admin/billing/events/{urllib.parse.quote(event_id, safe='')}/retry"
+    run_admin(admin_client(url), lambda c: c.request("POST", path))
+    click.echo(f"event {event_id} queued again")
+
+
+@click.command("worker")
+def worker() -> None:
+    """Run the billing worker until SIGTERM: Stripe events, auto top-ups, low-balance
+    webhooks (`serve` runs one unless SIDECAR_BILLING_WORKER=off). Several may run."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        engine = create_engine(resolve_url(settings.database_url, settings.data_dir))
+        key = settings.stripe_api_key
+        gateway = (
+            StripeGateway(key.get_secret_value(), api_base=settings.stripe_api_base)
+            if key
+            else None
+        )
+        try:
+            await migrate(engine)
+            async with open_store(settings) as redis:
+                ledger = Ledger(
+                    redis, KeySpace(settings.shards), retention_ms=settings.retention_s * 1000
+                )
+                b = Billing(ledger, BillingStore(engine), gateway, settings, ledger.clock)
+                await BillingWorker(b).run(stop)
+        finally:
+            if gateway is not None:
+                await gateway.close()
+            await engine.dispose()
+
+    uvloop.run(run())

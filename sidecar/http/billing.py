@@ -1,0 +1,242 @@
+"""Billing routes: credit packages, Checkout, auto top-up and notification settings, the
+Stripe webhook receiver and the stored events (admin token, except where noted)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.exc import IntegrityError
+
+from sidecar import errors
+from sidecar.billing import notify, purchases, topup
+from sidecar.billing.store import Package
+from sidecar.billing.webhook import verify
+from sidecar.http.appkeys import BILLING, BILLING_WORKER, SETTINGS
+from sidecar.http.errors import json_response
+from sidecar.http.routes import authorize, body, path_id
+from sidecar.http.schemas import (
+    AutoTopUpRequest,
+    CheckoutRequest,
+    NotificationRequest,
+    PackageRequest,
+)
+
+billing_routes = web.RouteTableDef()
+
+
+@billing_routes.put("/v1/admin/packages/{package_id}")
+async def put_package(request: web.Request) -> web.Response:
+    """Creates or replaces a credit package (``active: false`` retires it)."""
+    authorize(request, "admin")
+    package_id = path_id(request, "package_id")
+    req = await body(request, PackageRequest)
+    b = request.app[BILLING]
+    p = Package(
+        package_id,
+        req.name,
+        req.credits,
+        req.stripe_price_id,
+        req.price,
+        req.currency,
+        req.credit_expiry_s,
+        req.active,
+    )
+    try:
+        created = await b.store.put_package(p, b.clock())
+    except IntegrityError:  # the only unique column besides the id: the Stripe price
+        raise errors.InvalidInput(
+            f"stripe_price_id {req.stripe_price_id} belongs to another package",
+            field="stripe_price_id",
+        ) from None
+    return json_response(p.view(), 201 if created else 200)
+
+
+@billing_routes.get("/v1/admin/packages")
+async def list_packages(request: web.Request) -> web.Response:
+    authorize(request, "admin", "service")
+    active = request.query.get("active") == "true"
+    packages = await request.app[BILLING].store.packages(active_only=active)
+    return json_response({"packages": [p.view() for p in packages]})
+
+
+@billing_routes.get("/v1/admin/packages/{package_id}")
+async def get_package(request: web.Request) -> web.Response:
+    authorize(request, "admin", "service")
+    package_id = path_id(request, "package_id")
+    p = await request.app[BILLING].store.package(package_id)
+    if p is None:
+        raise errors.UnknownPackage(f"no package {package_id}")
+    return json_response(p.view())
+
+
+@billing_routes.post("/v1/checkout")
+async def checkout(request: web.Request) -> web.Response:
+    """A Stripe Checkout Session for an account (service or admin token): its URL."""
+    authorize(request, "admin", "service")
+    req = await body(request, CheckoutRequest)
+    if (req.package_id is None) == (req.items is None):
+        raise errors.InvalidInput("give either package_id or items", field="items")
+    items = (
+        [purchases.Item(req.package_id, 1)]
+        if req.package_id is not None
+        else [purchases.Item(i.package_id, i.quantity) for i in req.items or []]
+    )
+    session = await purchases.checkout(
+        request.app[BILLING],
+        req.account,
+        items,
+        req.success_url,
+        req.cancel_url,
+        req.idempotency_key,
+    )
+    return json_response({"id": session.id, "url": session.url, "account": req.account}, 201)
+
+
+@billing_routes.put("/v1/admin/accounts/{account}/auto-topup")
+async def put_auto_topup(request: web.Request) -> web.Response:
+    authorize(request, "admin")
+    account = path_id(request, "account")
+    req = await body(request, AutoTopUpRequest)
+    b = request.app[BILLING]
+    b.stripe()
+    await b.ledger.balance(account)  # UnknownAccount
+    p = await b.store.package(req.package_id)
+    if p is None or not p.active:
+        raise errors.UnknownPackage(f"no active package {req.package_id}", field="package_id")
+    await topup.configure(
+        b,
+        account,
+        threshold=req.threshold,
+        package_id=req.package_id,
+        payment_method=req.payment_method,
+        enabled=req.enabled,
+    )
+    return json_response(_topup_view(await b.store.topup(account)))
+
+
+@billing_routes.get("/v1/admin/accounts/{account}/auto-topup")
+async def get_auto_topup(request: web.Request) -> web.Response:
+    authorize(request, "admin")
+    account = path_id(request, "account")
+    cfg = await request.app[BILLING].store.topup(account)
+    if cfg is None:
+        raise errors.UnknownAccount(f"account {account} has no auto top-up")
+    return json_response(_topup_view(cfg))
+
+
+@billing_routes.delete("/v1/admin/accounts/{account}/auto-topup")
+async def delete_auto_topup(request: web.Request) -> web.Response:
+    authorize(request, "admin")
+    account = path_id(request, "account")
+    existed = await topup.disable(request.app[BILLING], account)
+    return json_response({"account": account, "deleted": existed})
+
+
+def _topup_view(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    assert cfg is not None
+    keys = ("account", "enabled", "threshold", "package_id", "payment_method", "paused")
+    view = {k: cfg[k] for k in keys}
+    view |= {"failures": cfg["failures"], "last_error": cfg["last_error"]}
+    pending = cfg["pending_payment_intent"]
+    view["pending_payment_intent"] = pending if pending != "starting" else None
+    return view
+
+
+@billing_routes.put("/v1/admin/accounts/{account}/notifications")
+async def put_notifications(request: web.Request) -> web.Response:
+    """Where low-balance webhooks go; returns the signing secret (only here: keep it)."""
+    authorize(request, "admin")
+    account = path_id(request, "account")
+    req = await body(request, NotificationRequest)
+    b = request.app[BILLING]
+    await b.ledger.balance(account)  # UnknownAccount
+    secret = notify.new_secret()
+    await b.store.put_endpoint(account, req.url, secret, b.clock())
+    return json_response(
+        {"account": account, "url": req.url, "secret": secret, "header": notify.HEADER}
+    )
+
+
+@billing_routes.get("/v1/admin/accounts/{account}/notifications")
+async def get_notifications(request: web.Request) -> web.Response:
+    authorize(request, "admin")
+    account = path_id(request, "account")
+    b = request.app[BILLING]
+    ep = await b.store.endpoint(account)
+    deliveries = await b.store.deliveries(account, 20)
+    return json_response(
+        {
+            "account": account,
+            "url": ep["url"] if ep else None,
+            "deliveries": [
+                {
+                    "id": d["id"],
+                    "status": d["status"],
+                    "attempts": d["attempts"],
+                    "last_error": d["last_error"],
+                    "payload": d["payload"],
+                }
+                for d in deliveries
+            ],
+        }
+    )
+
+
+@billing_routes.delete("/v1/admin/accounts/{account}/notifications")
+async def delete_notifications(request: web.Request) -> web.Response:
+    authorize(request, "admin")
+    account = path_id(request, "account")
+    existed = await request.app[BILLING].store.delete_endpoint(account)
+    return json_response({"account": account, "deleted": existed})
+
+
+@billing_routes.post("/webhooks/stripe")
+async def stripe_webhook(request: web.Request) -> web.Response:
+    """Stripe's webhook: verified, stored durably, acknowledged; the worker processes it.
+    No bearer token: the signature is the authentication."""
+    settings = request.app[SETTINGS]
+    payload = await request.read()
+    event = verify(
+        payload,
+        request.headers.get("Stripe-Signature"),
+        settings.webhook_secrets,
+        settings.stripe_webhook_tolerance_s,
+    )
+    b = request.app[BILLING]
+    stored = await b.store.store_event(event["id"], event["type"], event, b.clock())
+    worker = request.app.get(BILLING_WORKER)
+    if worker is not None:
+        worker.wake()
+    return json_response({"received": True, "id": event["id"], "duplicate": not stored})
+
+
+@billing_routes.get("/v1/admin/billing/events")
+async def list_events(request: web.Request) -> web.Response:
+    """Stored Stripe events, newest first; ?status=dead lists the dead letters."""
+    authorize(request, "admin")
+    status = request.query.get("status") or None
+    if status not in (None, "received", "processing", "retry", "processed", "ignored", "dead"):
+        raise errors.InvalidInput("unknown status", field="status")
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise errors.InvalidInput("limit must be an integer", field="limit") from None
+    if not 1 <= limit <= 1000:
+        raise errors.InvalidInput("limit must be in [1, 1000]", field="limit")
+    events = await request.app[BILLING].store.events(status, limit)
+    return json_response({"events": events})
+
+
+@billing_routes.post("/v1/admin/billing/events/{event_id}/retry")
+async def retry_event(request: web.Request) -> web.Response:
+    authorize(request, "admin")
+    event_id = request.match_info["event_id"]
+    if not 1 <= len(event_id) <= 255:
+        raise errors.InvalidInput("event_id is malformed", field="event_id")
+    if not await request.app[BILLING].store.retry_event(event_id):
+        raise errors.InvalidInput(f"no dead or retrying event {event_id}", field="event_id")
+    worker = request.app.get(BILLING_WORKER)
+    if worker is not None:
+        worker.wake()
+    return json_response({"id": event_id, "status": "received"})

@@ -1,0 +1,142 @@
+"""Billing fixtures: the app with Stripe pointed at a local fake (tests/billing/fakestripe.py),
+its billing worker running inline, a SQLite ledger in the test's temp dir; webhooks are signed
+by the tests with Stripe's scheme."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from sidecar.billing.context import Billing
+from sidecar.embedded import RedisServer
+from sidecar.http.app import create_app
+from sidecar.http.appkeys import BILLING
+from sidecar.settings import Settings
+from tests.billing.fakestripe import FakeStripe, event, sign_webhook
+from tests.conftest import ADMIN, SERVICE, FakeClock, admin
+
+SECRET = "whsec_test_current_secret"
+OLD_SECRET = "whsec_test_previous_secret"
+PRICE = "price_starter"  # 500 cents for 1,000 credits (package "starter")
+
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeStripe]:
+    async with FakeStripe() as f:
+        f.add_price(PRICE, 500)
+        f.add_price("price_pro", 2000)
+        yield f
+
+
+def billing_settings(
+    redis_server: RedisServer, tmp_path: Path, fake: FakeStripe, **more: Any
+) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_server.url,
+        "admin_token": SecretStr(ADMIN),
+        "service_token": SecretStr(SERVICE),
+        "data_dir": tmp_path,
+        "writer": "off",
+        "stripe_api_key": SecretStr(fake.api_key),
+        "stripe_api_base": fake.url,
+        "stripe_webhook_secrets": SecretStr(f"{SECRET},{OLD_SECRET}"),
+    }
+    return Settings(**(values | more))
+
+
+@dataclass
+class Rig:
+    client: Client
+    fake: FakeStripe
+    clock: FakeClock
+
+    @property
+    def billing(self) -> Billing:
+        return self.client.app[BILLING]
+
+    async def webhook(
+        self,
+        etype: str,
+        obj: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        secret: str = SECRET,
+        timestamp: int | None = None,
+    ) -> Any:
+        body = orjson.dumps(event(etype, obj, event_id=event_id))
+        headers = {"Stripe-Signature": sign_webhook(body, secret, timestamp)}
+        return await self.client.post("/webhooks/stripe", data=body, headers=headers)
+
+    async def settle(self, timeout_s: float = 10.0) -> None:
+        """Waits until the worker has processed every stored event that is due."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not await self.billing.store.due_events(self.clock()):
+                pending = await self.billing.store.count_events("processing")
+                if not pending:
+                    return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the billing worker did not settle")
+
+    async def account(self, account: str, **settings: Any) -> None:
+        r = await self.client.put(f"/v1/accounts/{account}", json=settings, headers=admin())
+        assert r.status in (200, 201), await r.text()
+
+    async def package(self, package_id: str = "starter", **overrides: Any) -> None:
+        body = {"name": "Starter", "credits": 1000, "stripe_price_id": PRICE, "price": 500}
+        r = await self.client.put(
+            f"/v1/admin/packages/{package_id}", json=body | overrides, headers=admin()
+        )
+        assert r.status in (200, 201), await r.text()
+
+    async def balance(self, account: str) -> int:
+        r = await self.client.get(f"/v1/accounts/{account}/balance", headers=admin())
+        body: Any = await r.json()
+        return int(body["balance"])
+
+    async def checkout(self, account: str, **body: Any) -> dict[str, Any]:
+        req = {"account": account, "package_id": "starter"} | body
+        req |= {"success_url": "https://app.test/ok", "cancel_url": "https://app.test/no"}
+        r = await self.client.post("/v1/checkout", json=req, headers=admin())
+        assert r.status == 201, await r.text()
+        out: dict[str, Any] = await r.json()
+        return out
+
+
+MakeRig = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def make_rig(
+    redis_server: RedisServer, redis: Redis, tmp_path: Path, fake: FakeStripe, clock: FakeClock
+) -> AsyncIterator[MakeRig]:
+    clients: list[Client] = []
+
+    async def make(**more: Any) -> Rig:
+        settings = billing_settings(redis_server, tmp_path, fake, **more)
+        client: Client = TestClient(TestServer(create_app(settings, clock=clock)))
+        await client.start_server()
+        clients.append(client)
+        return Rig(client, fake, clock)
+
+    yield make
+    for c in clients:
+        await c.close()
+
+
+@pytest.fixture
+async def rig(make_rig: MakeRig) -> Rig:
+    return await make_rig()

@@ -1,0 +1,309 @@
+"""Buying credits end to end: packages, Checkout through the official stripe library (against
+the fake), signed webhooks, the worker's grants; duplicates, reordering, refunds, disputes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import text
+
+from sidecar.persistence.db import create_engine, resolve_url
+from sidecar.persistence.writer import OutboxWriter
+from tests.billing.conftest import MakeRig, Rig
+from tests.conftest import admin, service
+
+
+async def paid_session(rig: Rig, account: str = "acme", **checkout: Any) -> dict[str, Any]:
+    """A Checkout Session created through the API and paid on the (fake) hosted page."""
+    session = await rig.checkout(account, **checkout)
+    return rig.fake.complete_session(session["id"], "paid")
+
+
+async def test_packages_are_managed_through_the_admin_api(rig: Rig) -> None:
+    await rig.package(credit_expiry_s=86400)
+    r = await rig.client.get("/v1/admin/packages/starter", headers=service())
+    assert (await r.json()) | {} == {
+        "id": "starter",
+        "name": "Starter",
+        "credits": 1000,
+        "stripe_price_id": "price_starter",
+        "price": 500,
+        "currency": "usd",
+        "credit_expiry_s": 86400,
+        "active": True,
+    }
+    r = await rig.client.put(
+        "/v1/admin/packages/other",
+        json={"name": "x", "credits": 1, "stripe_price_id": "price_starter", "price": 100},
+        headers=admin(),
+    )
+    assert r.status == 422 and (await r.json())["error"]["field"] == "stripe_price_id"
+    bads: list[object] = [{"name": "x", "credits": 1.5, "price": 1}, {"credits": 1, "price": 1}, []]
+    for bad in bads:
+        r = await rig.client.put("/v1/admin/packages/p", json=bad, headers=admin())
+        assert r.status in (400, 422), bad
+    r = await rig.client.put("/v1/admin/packages/p", json={}, headers=service())
+    assert r.status == 403
+
+
+async def test_checkout_creates_a_session_for_the_accounts_stripe_customer(rig: Rig) -> None:
+    await rig.account("acme")
+    await rig.package()
+    first = await rig.checkout("acme")
+    second = await rig.checkout(
+        "acme", items=[{"package_id": "starter", "quantity": 3}], package_id=None
+    )
+    assert first["url"].startswith("https://") and first["id"] != second["id"]
+    assert len(rig.fake.customers) == 1  # one customer per account, reused
+    (customer,) = rig.fake.customers.values()
+    s = rig.fake.session(second["id"])
+    assert s["customer"] == customer["id"] and s["client_reference_id"] == "acme"
+    assert s["metadata"]["account"] == "acme" and s["mode"] == "payment"
+    assert s["amount_total"] == 1500
+
+
+async def test_checkout_refuses_bad_requests_without_calling_stripe(rig: Rig) -> None:
+    await rig.account("acme")
+    await rig.package()
+    await rig.package("old", stripe_price_id="price_pro", active=False)
+    base = {"success_url": "https://a.test/ok", "cancel_url": "https://a.test/no"}
+    cases: list[tuple[dict[str, str], int]] = [
+        ({"account": "ghost", "package_id": "starter"}, 404),
+        ({"account": "acme", "package_id": "nope"}, 404),
+        ({"account": "acme", "package_id": "old"}, 404),
+        ({"account": "acme"}, 422),
+        ({"account": "acme", "package_id": "starter", "items": "starter"}, 422),
+        ({"account": "acme", "package_id": "starter", "success_url": "ftp://x"}, 422),
+    ]
+    for body, status in cases:
+        r = await rig.client.post("/v1/checkout", json=base | body, headers=service())
+        assert r.status == status, (body, await r.text())
+    assert rig.fake.sessions == {}
+
+
+async def test_checkout_webhook_worker_balance_check_and_sql_end_to_end(
+    rig: Rig, tmp_path: Any
+) -> None:
+    """checkout → signed webhook → worker grants → the credits are spendable through
+    /v1/check → the purchase transaction reaches the SQL ledger."""
+    await rig.account("acme")
+    await rig.package()
+    session = await paid_session(
+        rig, items=[{"package_id": "starter", "quantity": 2}], package_id=None
+    )
+    r = await rig.webhook("checkout.session.completed", session)
+    assert r.status == 200
+    await rig.settle()
+    assert await rig.balance("acme") == 2000
+    r = await rig.client.post(
+        "/v1/check",
+        json={"account": "acme", "cost": 1500, "idempotency_key": "req-1"},
+        headers=service(),
+    )
+    assert r.status == 200 and (await r.json())["balance"] == 500
+
+    engine = create_engine(resolve_url(None, tmp_path))
+    try:
+        ledger = rig.billing.ledger
+        writer = OutboxWriter(ledger.redis, engine, ledger.keys)
+        await writer.ensure_group(0)
+        while await writer.step(0):
+            pass
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT type, amount, metadata FROM credit_transactions "
+                        "WHERE account = 'acme' ORDER BY seq"
+                    )
+                )
+            ).all()
+            purchase = (
+                await conn.execute(text("SELECT status, credits, account FROM stripe_purchases"))
+            ).one()
+    finally:
+        await engine.dispose()
+    assert [(t, a) for t, a, _ in rows] == [("purchase", 2000), ("usage", -1500)]
+    assert session["id"] in rows[0][2] and "starter" in rows[0][2]
+    assert tuple(purchase) == ("paid", 2000, "acme")
+
+
+async def test_the_same_event_delivered_five_times_at_once_grants_once(rig: Rig) -> None:
+    await rig.account("acme")
+    await rig.package()
+    session = await paid_session(rig)
+    replies = await asyncio.gather(
+        *(rig.webhook("checkout.session.completed", session, event_id="evt_dup") for _ in range(5))
+    )
+    assert [r.status for r in replies] == [200] * 5
+    # A redelivery under a new event id (Stripe retries keep the id; a replay tool may not).
+    await rig.webhook("checkout.session.completed", session, event_id="evt_other")
+    await rig.settle()
+    assert await rig.balance("acme") == 1000
+
+
+async def test_unpaid_completion_waits_for_async_success_in_either_order(rig: Rig) -> None:
+    await rig.account("acme")
+    await rig.account("beta")
+    await rig.package()
+    for account, order in (("acme", "completed-first"), ("beta", "succeeded-first")):
+        created = await rig.checkout(account)
+        unpaid = rig.fake.complete_session(created["id"], "unpaid")
+        paid = unpaid | {"payment_status": "paid"}
+        events = [
+            ("checkout.session.completed", unpaid),
+            ("checkout.session.async_payment_succeeded", paid),
+        ]
+        if order == "succeeded-first":
+            events.reverse()
+        await rig.webhook(*events[0])
+        await rig.settle()
+        if order == "completed-first":
+            assert await rig.balance(account) == 0  # not paid yet: nothing granted
+        await rig.webhook(*events[1])
+        await rig.settle()
+        assert await rig.balance(account) == 1000, order
+        purchase = await rig.billing.store.purchase(created["id"])
+        assert purchase is not None and purchase["status"] == "paid"
+
+
+async def test_async_payment_failure_grants_nothing_and_is_recorded(rig: Rig) -> None:
+    await rig.account("acme")
+    await rig.package()
+    created = await rig.checkout("acme")
+    unpaid = rig.fake.complete_session(created["id"], "unpaid")
+    await rig.webhook("checkout.session.completed", unpaid)
+    await rig.webhook("checkout.session.async_payment_failed", unpaid)
+    await rig.settle()
+    assert await rig.balance("acme") == 0
+    purchase = await rig.billing.store.purchase(created["id"])
+    assert purchase is not None and purchase["status"] == "failed"
+
+
+async def test_an_unknown_price_ends_as_a_dead_letter_and_can_be_retried(make_rig: MakeRig) -> None:
+    rig = await make_rig(event_max_attempts=1)
+    await rig.account("acme")
+    await rig.package()
+    session = await paid_session(rig)
+    await rig.client.put(
+        "/v1/admin/packages/starter",
+        json={"name": "Starter", "credits": 1000, "stripe_price_id": "price_pro", "price": 500},
+        headers=admin(),
+    )
+    await rig.webhook("checkout.session.completed", session, event_id="evt_x")
+    await rig.settle()
+    r = await rig.client.get("/v1/admin/billing/events?status=dead", headers=admin())
+    (dead,) = (await r.json())["events"]
+    assert dead["id"] == "evt_x" and "price_starter" in dead["error"]
+    assert await rig.balance("acme") == 0
+    await rig.package()  # the operator maps the price again
+    r = await rig.client.post("/v1/admin/billing/events/evt_x/retry", headers=admin())
+    assert r.status == 200
+    await rig.settle()
+    assert await rig.balance("acme") == 1000
+
+
+async def test_transient_stripe_errors_are_retried(rig: Rig) -> None:
+    await rig.account("acme")
+    await rig.package()
+    session = await paid_session(rig)
+    rig.fake.fail_next(6, 503)  # more than the library's own retries: the worker retries
+    await rig.webhook("checkout.session.completed", session, event_id="evt_t")
+    for _ in range(200):
+        await rig.settle()
+        if await rig.balance("acme") == 1000:
+            break
+        rig.clock.advance(10_000)  # the retry's backoff
+        await asyncio.sleep(0.05)
+    assert await rig.balance("acme") == 1000
+    (ev,) = await rig.billing.store.events(None, 10)
+    assert ev["status"] == "processed" and ev["attempts"] >= 2
+
+
+def charge(session: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {
+        "id": "ch_1",
+        "object": "charge",
+        "payment_intent": session["payment_intent"],
+        "amount": 500,
+    } | fields
+
+
+async def test_partial_refunds_twice_take_back_the_right_credits_in_any_order(rig: Rig) -> None:
+    await rig.account("acme")
+    await rig.account("beta")
+    await rig.package()
+    for account, order in (("acme", [150, 300]), ("beta", [300, 150])):
+        session = await paid_session(rig, account)
+        await rig.webhook("checkout.session.completed", session)
+        await rig.settle()
+        for i, refunded in enumerate(order):
+            obj = charge(session, amount_refunded=refunded)
+            await rig.webhook("charge.refunded", obj, event_id=f"evt_{account}_{i}")
+            await rig.webhook("charge.refunded", obj, event_id=f"evt_{account}_{i}_again")
+            await rig.settle()
+        # 300 of 500 cents refunded in total: 60% of 1,000 credits taken back, once.
+        assert await rig.balance(account) == 400, account
+
+
+async def test_refund_policies_decide_what_happens_to_spent_credits(make_rig: MakeRig) -> None:
+    for policy, expected in (("revoke_unspent", 0), ("allow_negative", -600), ("flag", 400)):
+        rig = await make_rig(refund_policy=policy)
+        account = f"acct-{policy.replace('_', '-')}"
+        await rig.account(account)
+        await rig.package()
+        session = await paid_session(rig, account)
+        await rig.webhook("checkout.session.completed", session)
+        await rig.settle()
+        r = await rig.client.post(
+            "/v1/check",
+            json={"account": account, "cost": 600, "idempotency_key": "spend"},
+            headers=service(),
+        )
+        assert r.status == 200
+        await rig.webhook("charge.refunded", charge(session, amount_refunded=500))
+        await rig.settle()
+        assert await rig.balance(account) == expected, policy
+        purchase = await rig.billing.store.purchase(session["id"])
+        assert purchase is not None
+        assert (purchase["flagged"] is not None) == (policy == "flag")
+
+
+async def test_a_dispute_takes_back_the_disputed_credits_once(rig: Rig) -> None:
+    await rig.account("acme")
+    await rig.package()
+    session = await paid_session(rig)
+    await rig.webhook("checkout.session.completed", session)
+    await rig.settle()
+    dispute = {
+        "id": "dp_1",
+        "object": "dispute",
+        "charge": "ch_1",
+        "amount": 250,
+        "payment_intent": session["payment_intent"],
+    }
+    for i in range(3):
+        await rig.webhook("charge.dispute.created", dispute, event_id=f"evt_dp_{i}")
+    await rig.settle()
+    assert await rig.balance("acme") == 500
+    # A later refund of the same money takes nothing more.
+    await rig.webhook("charge.refunded", charge(session, amount_refunded=250))
+    await rig.settle()
+    assert await rig.balance("acme") == 500
+
+
+async def test_a_refund_before_its_purchase_is_retried_until_the_purchase_is_known(
+    rig: Rig,
+) -> None:
+    await rig.account("acme")
+    await rig.package()
+    session = await paid_session(rig)
+    await rig.webhook("charge.refunded", charge(session, amount_refunded=500), event_id="evt_r")
+    await rig.settle()
+    await rig.webhook("checkout.session.completed", session)
+    await rig.settle()
+    assert await rig.balance("acme") == 1000
+    rig.clock.advance(60_000)
+    await rig.settle()
+    assert await rig.balance("acme") == 0

@@ -1,0 +1,64 @@
+"""The Stripe webhook receiver: only correctly signed, fresh events are accepted (several
+secrets during a rotation); accepted events are stored once and acknowledged at once."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from tests.billing.conftest import OLD_SECRET, SECRET, MakeRig, Rig
+from tests.billing.fakestripe import event, sign_webhook
+
+
+async def test_a_correctly_signed_event_is_stored_once_and_acknowledged(rig: Rig) -> None:
+    r = await rig.webhook("customer.created", {"id": "cus_1"}, event_id="evt_1")
+    assert r.status == 200
+    assert (await r.json()) == {"received": True, "id": "evt_1", "duplicate": False}
+    again = await rig.webhook("customer.created", {"id": "cus_1"}, event_id="evt_1")
+    assert (await again.json())["duplicate"] is True
+    await rig.settle()
+    (stored,) = await rig.billing.store.events(None, 10)
+    assert stored["status"] == "ignored" and stored["attempts"] == 1
+
+
+async def test_the_previous_secret_is_accepted_during_a_rotation(rig: Rig) -> None:
+    r = await rig.webhook("customer.created", {"id": "cus_1"}, secret=OLD_SECRET)
+    assert r.status == 200
+
+
+async def _refused(rig: Rig, body: bytes, header: str | None) -> str:
+    headers = {"Stripe-Signature": header} if header is not None else {}
+    r = await rig.client.post("/webhooks/stripe", data=body, headers=headers)
+    assert r.status == 400, await r.text()
+    err = (await r.json())["error"]
+    assert await rig.billing.store.events(None, 10) == []
+    return str(err["code"]) + ": " + str(err["message"])
+
+
+async def test_tampered_body_wrong_secret_stale_and_future_timestamps_are_refused(
+    rig: Rig,
+) -> None:
+    body = orjson.dumps(event("checkout.session.completed", {"id": "cs_1"}))
+    now = int(time.time())
+    tampered = body.replace(b"cs_1", b"cs_2")
+    assert "no signature matches" in await _refused(rig, tampered, sign_webhook(body, SECRET))
+    assert "invalid_signature" in await _refused(rig, body, sign_webhook(body, "whsec_wrong"))
+    stale = sign_webhook(body, SECRET, now - 3600)
+    assert "tolerance" in await _refused(rig, body, stale)
+    future = sign_webhook(body, SECRET, now + 3600)
+    assert "future" in await _refused(rig, body, future)
+    assert "missing" in await _refused(rig, body, None)
+    assert "timestamp" in await _refused(rig, body, "v1=abc")
+    not_event = b'{"hello": "world"}'
+    assert "not a Stripe event" in await _refused(rig, not_event, sign_webhook(not_event, SECRET))
+
+
+async def test_without_configured_secrets_every_webhook_is_refused(make_rig: MakeRig) -> None:
+    rig = await make_rig(stripe_webhook_secrets=None)
+    body = orjson.dumps(event("customer.created", {"id": "cus_1"}))
+    r = await rig.client.post(
+        "/webhooks/stripe", data=body, headers={"Stripe-Signature": sign_webhook(body, SECRET)}
+    )
+    assert r.status == 503
+    assert (await r.json())["error"]["code"] == "billing_not_configured"
