@@ -84,12 +84,25 @@ class Rig:
         """Waits until the worker has processed every stored event that is due."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not await self.billing.store.due_events(self.clock()):
-                pending = await self.billing.store.count_events("processing")
-                if not pending:
-                    return
+            if (
+                await self._ledger_events_done()
+                and not await self.billing.store.due_events(self.clock())
+                and not await self.billing.store.count_events("processing")
+                and await self._ledger_events_done()
+            ):
+                return
             await asyncio.sleep(0.02)
         raise AssertionError("the billing worker did not settle")
+
+    async def _ledger_events_done(self) -> bool:
+        """The worker has read and acknowledged every entry of the ledger's events stream."""
+        redis = self.billing.ledger.redis
+        stream = self.billing.ledger.keys.events(0)
+        if not await redis.exists(stream):
+            return True
+        groups: Any = await redis.xinfo_groups(stream)
+        mine = [g for g in groups if g["name"] in (b"billing", "billing")]
+        return bool(mine) and mine[0]["pending"] == 0 and mine[0]["lag"] == 0
 
     async def account(self, account: str, **settings: Any) -> None:
         r = await self.client.put(f"/v1/accounts/{account}", json=settings, headers=admin())

@@ -1,0 +1,134 @@
+"""Auto top-up: crossing the threshold charges the saved card once (off-session PaymentIntent
+at the fake Stripe), the credits arrive once, concurrent triggers start one charge, and
+repeated declines pause it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sidecar.billing import topup
+from tests.billing.conftest import MakeRig, Rig
+from tests.conftest import admin, service
+
+PM = "pm_card_visa"
+
+
+async def spend(rig: Rig, account: str, cost: int, key: str) -> None:
+    r = await rig.client.post(
+        "/v1/check",
+        json={"account": account, "cost": cost, "idempotency_key": key},
+        headers=service(),
+    )
+    assert r.status == 200, await r.text()
+
+
+async def grant(rig: Rig, account: str, credits: int, grant_id: str) -> None:
+    r = await rig.client.post(
+        f"/v1/accounts/{account}/grants",
+        json={"grant_id": grant_id, "credits": credits},
+        headers=admin(),
+    )
+    assert r.status == 201, await r.text()
+
+
+async def arm(rig: Rig, account: str, threshold: int = 100) -> None:
+    r = await rig.client.put(
+        f"/v1/admin/accounts/{account}/auto-topup",
+        json={"threshold": threshold, "package_id": "starter", "payment_method": PM},
+        headers=admin(),
+    )
+    assert r.status == 200, await r.text()
+
+
+async def wait_for(rig: Rig, predicate: object, timeout_s: float = 10.0) -> None:
+    assert callable(predicate)
+    for _ in range(int(timeout_s / 0.02)):
+        await rig.settle()
+        if await predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_crossing_the_threshold_charges_once_and_grants_the_package(rig: Rig) -> None:
+    await rig.account("acme")
+    await rig.package()
+    await grant(rig, "acme", 150, "free")
+    await arm(rig, "acme")
+    await spend(rig, "acme", 100, "r1")  # 150 -> 50: crosses 100
+
+    async def topped_up() -> bool:
+        return await rig.balance("acme") == 1050
+
+    await wait_for(rig, topped_up)
+    (pi,) = rig.fake.payment_intents.values()
+    assert pi["amount"] == 500 and pi["payment_method"] == PM and pi["status"] == "succeeded"
+    assert pi["metadata"]["account"] == "acme" and pi["metadata"]["kind"] == "auto_topup"
+    # Stripe's webhook for the same charge grants nothing more.
+    await rig.webhook("payment_intent.succeeded", pi)
+    await rig.settle()
+    assert await rig.balance("acme") == 1050
+    await spend(rig, "acme", 10, "r2")  # no crossing: no second charge
+    await rig.settle()
+    assert len(rig.fake.payment_intents) == 1
+    r = await rig.client.get("/v1/admin/accounts/acme/auto-topup", headers=admin())
+    body = await r.json()
+    assert body["pending_payment_intent"] is None and body["failures"] == 0
+
+
+async def test_auto_topup_racing_with_itself_starts_one_charge(rig: Rig) -> None:
+    await rig.account("acme")
+    await rig.package()
+    await arm(rig, "acme")
+    results = await asyncio.gather(*(topup.trigger(rig.billing, "acme") for _ in range(5)))
+    assert sum(r.startswith("auto top-up") for r in results) == 1, results
+    assert len(rig.fake.payment_intents) == 1
+    assert await rig.balance("acme") == 1000
+    # Within the cooldown a new crossing does not charge again.
+    assert (await topup.trigger(rig.billing, "acme")).startswith("skipped")
+
+
+async def test_repeated_declines_pause_the_auto_topup_and_disarm_it(make_rig: MakeRig) -> None:
+    rig = await make_rig(auto_topup_cooldown_s=0, auto_topup_max_failures=2)
+    await rig.account("acme")
+    await rig.package()
+    rig.fake.decline(PM)
+    await arm(rig, "acme")
+    for i in range(3):
+        await grant(rig, "acme", 150, f"g{i}")
+        await spend(rig, "acme", 150, f"r{i}")  # 150 -> 0: crosses 100 each time
+        await rig.settle()
+    r = await rig.client.get("/v1/admin/accounts/acme/auto-topup", headers=admin())
+    body = await r.json()
+    assert body["paused"] is True and body["failures"] == 2
+    assert "declined" in body["last_error"]
+    # Paused: the third crossing appended no trigger, and nothing was charged.
+    assert len(rig.fake.payment_intents) == 2
+    assert await rig.balance("acme") == 0
+    # Configuring it again (a new card) lifts the pause.
+    rig.fake.payment_intents.clear()
+    r = await rig.client.put(
+        "/v1/admin/accounts/acme/auto-topup",
+        json={"threshold": 100, "package_id": "starter", "payment_method": "pm_new"},
+        headers=admin(),
+    )
+    body = await r.json()
+    assert body["paused"] is False and body["failures"] == 0
+
+
+async def test_auto_topup_settings_are_validated(rig: Rig) -> None:
+    await rig.account("acme")
+    await rig.package()
+    cases = [
+        ("ghost", {"threshold": 1, "package_id": "starter", "payment_method": PM}, 404),
+        ("acme", {"threshold": 1, "package_id": "nope", "payment_method": PM}, 404),
+        ("acme", {"threshold": 1, "package_id": "starter", "payment_method": "pm x"}, 422),
+        ("acme", {"threshold": "1", "package_id": "starter", "payment_method": PM}, 422),
+    ]
+    for account, body, status in cases:
+        r = await rig.client.put(
+            f"/v1/admin/accounts/{account}/auto-topup", json=body, headers=admin()
+        )
+        assert r.status == status, (body, await r.text())
+    r = await rig.client.delete("/v1/admin/accounts/acme/auto-topup", headers=admin())
+    assert (await r.json())["deleted"] is False
