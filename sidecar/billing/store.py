@@ -270,6 +270,18 @@ class BillingStore:
             )
         return bool(result.rowcount)
 
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Stripe events and notification deliveries by status (what an operator watches:
+        ``dead`` ones need a look)."""
+        out: dict[str, dict[str, int]] = {}
+        async with self.tx() as conn:
+            for name, table in (("events", EVENTS), ("deliveries", DELIVERIES)):
+                rows = await conn.execute(
+                    select(table.c.status, func.count()).group_by(table.c.status)
+                )
+                out[name] = {str(status): int(n) for status, n in rows}
+        return out
+
     async def count_events(self, status: str) -> int:
         async with self.tx() as conn:
             return int(

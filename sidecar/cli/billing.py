@@ -89,6 +89,13 @@ def events(status: str | None, limit: int, url: str | None) -> None:
     echo_json(run_admin(admin_client(url), lambda c: c.request("GET", path)))
 
 
+@billing.command("status")
+@url_option
+def status(url: str | None) -> None:
+    """Stripe events and low-balance deliveries by status (JSON)."""
+    echo_json(run_admin(admin_client(url), lambda c: c.request("GET", "/v1/admin/billing/status")))
+
+
 @billing.command("retry")
 @click.argument("event_id")
 @url_option

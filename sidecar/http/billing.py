@@ -228,6 +228,15 @@ async def list_events(request: web.Request) -> web.Response:
     return json_response({"events": events})
 
 
+@billing_routes.get("/v1/admin/billing/status")
+async def billing_status(request: web.Request) -> web.Response:
+    """Stripe events and low-balance deliveries by status; ``dead`` counts need a look."""
+    authorize(request, "admin")
+    b = request.app[BILLING]
+    counts = await b.store.counts()
+    return json_response(counts | {"stripe": b.gateway is not None})
+
+
 @billing_routes.post("/v1/admin/billing/events/{event_id}/retry")
 async def retry_event(request: web.Request) -> web.Response:
     authorize(request, "admin")

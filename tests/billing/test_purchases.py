@@ -196,6 +196,8 @@ async def test_an_unknown_price_ends_as_a_dead_letter_and_can_be_retried(make_ri
     r = await rig.client.get("/v1/admin/billing/events?status=dead", headers=admin())
     (dead,) = (await r.json())["events"]
     assert dead["id"] == "evt_x" and "price_starter" in dead["error"]
+    r = await rig.client.get("/v1/admin/billing/status", headers=admin())
+    assert (await r.json())["events"] == {"dead": 1}
     assert await rig.balance("acme") == 0
     await rig.package()  # the operator maps the price again
     r = await rig.client.post("/v1/admin/billing/events/evt_x/retry", headers=admin())
