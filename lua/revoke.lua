@@ -30,15 +30,16 @@ for _, id in ipairs(ids) do id_arg(id, 'bucket', 200) end
 local desc = text_arg(ARGV[9], 'description', 2048)
 
 require_account()
-expire_due()
 local done = tonumber(redis.call('HGET', A, 'cb:' .. pid)) or 0
-if target <= done then
+local want = target - done
+if want > 0 and policy == 'negative' and acct.debt + want > MAXINT then
+  fail('INVALID', 'taking back ' .. fmt(want) .. ' credits would overflow the debt')
+end
+-- Everything is valid: from here on, only writes.
+expire_due()
+if want <= 0 then
   save_if_touched()
   return {'', 0, 0, 0, balance()}
-end
-local want = target - done
-if policy == 'negative' and acct.debt + want > MAXINT then
-  fail('INVALID', 'taking back ' .. fmt(want) .. ' credits would overflow the debt')
 end
 
 local alloc, taken = {}, 0

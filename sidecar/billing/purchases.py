@@ -72,8 +72,11 @@ def _account_of(session: dict[str, Any]) -> str | None:
     return account if isinstance(account, str) and account else None
 
 
-async def session_event(b: Billing, event_id: str, etype: str, session: dict[str, Any]) -> str:
-    """checkout.session.completed / async_payment_succeeded / async_payment_failed."""
+async def session_event(
+    b: Billing, event_id: str, etype: str, session: dict[str, Any], paid_at_s: int = 0
+) -> str:
+    """checkout.session.completed / async_payment_succeeded / async_payment_failed;
+    ``paid_at_s``: when the event was created (credit expiry counts from the payment)."""
     account = _account_of(session)
     sid = session.get("id")
     if account is None or not isinstance(sid, str):
@@ -94,11 +97,10 @@ async def session_event(b: Billing, event_id: str, etype: str, session: dict[str
         session.get("payment_status") in PAID
     )
     if not paid:
-        existing = await b.store.purchase(sid)
-        if existing is None or existing["status"] not in ("paid", "failed"):
-            await b.store.record_purchase(base | {"status": "awaiting_payment"}, now)
+        # (A purchase already paid or failed keeps its status: see record_purchase.)
+        await b.store.record_purchase(base | {"status": "awaiting_payment"}, now)
         return f"payment {session.get('payment_status')}: waiting for async_payment_succeeded"
-    granted, buckets = await grant_session(b, account, sid, int(session.get("created") or 0))
+    granted, buckets = await grant_session(b, account, sid, paid_at_s, event_id)
     await b.store.record_purchase(
         base | {"status": "paid", "credits": granted, "buckets": {"ids": buckets}}, now
     )
@@ -106,9 +108,10 @@ async def session_event(b: Billing, event_id: str, etype: str, session: dict[str
 
 
 async def grant_session(
-    b: Billing, account: str, session_id: str, created_s: int
+    b: Billing, account: str, session_id: str, paid_at_s: int, event_id: str
 ) -> tuple[int, list[str]]:
-    """Grants every line item of a paid session (each once); returns credits and buckets."""
+    """Grants every line item of a paid session (each once); returns the credits its buckets
+    hold and their ids."""
     items = await b.stripe().line_items(session_id)
     plan: list[tuple[str, Package, int]] = []
     for li in items:
@@ -117,12 +120,16 @@ async def grant_session(
             raise Permanent(f"price {li.price} of line item {li.id} is no credit package")
         plan.append((li.id, p, li.quantity))
     total, buckets = 0, []
+    now_s = b.clock() // 1000
     for li_id, p, quantity in plan:
         bucket = f"purchase:{session_id}:{li_id}"
         credits = p.credits * quantity
         expires = None
         if p.credit_expiry_s:
-            expires = (created_s + p.credit_expiry_s) * 1000
+            # From the payment; from now if that moment has already passed (a late retry):
+            # a second grant of the bucket is refused by its id whatever its expiry.
+            base = paid_at_s if paid_at_s and paid_at_s + p.credit_expiry_s > now_s else now_s
+            expires = (base + p.credit_expiry_s) * 1000
         try:
             await b.ledger.grant(
                 account,
@@ -136,15 +143,23 @@ async def grant_session(
                     "line_item": li_id,
                     "quantity": quantity,
                 },
-                description=f"{p.name} x{quantity}",
+                description=f"{p.name} x{quantity} (Stripe event {event_id})",
             )
         except IdempotencyConflict:
-            pass  # granted before, with the package as it was then: still granted once
+            # Granted before (another event, or the package as it was then): once is enough.
+            credits = await _bucket_credits(b, account, bucket, credits)
         except UnknownAccount:
             raise Permanent(f"account {account} does not exist") from None
         total += credits
         buckets.append(bucket)
     return total, buckets
+
+
+async def _bucket_credits(b: Billing, account: str, bucket: str, default: int) -> int:
+    for held in (await b.ledger.balance(account)).buckets:
+        if held.id == bucket:
+            return held.credits
+    return default
 
 
 async def clawback(
@@ -160,7 +175,8 @@ async def clawback(
     credits = int(row["credits"] or 0)
     if row["status"] != "paid" or amount_total <= 0 or credits <= 0:
         raise NotYet(f"purchase {row['id']} has not been granted yet")
-    money = min(amount_total, max(int(row["amount_refunded"]), int(row["amount_disputed"])))
+    # Stripe refunds and disputes cover different money (a disputed amount cannot be refunded).
+    money = min(amount_total, int(row["amount_refunded"]) + int(row["amount_disputed"]))
     target = credits * money // amount_total
     policy = b.settings.refund_policy
     what = f"refunded {row['amount_refunded']}, disputed {row['amount_disputed']} of {amount_total}"

@@ -6,11 +6,12 @@ so several workers and sidecars can share the tables."""
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Insert, Table, delete, func, or_, select, update
+from sqlalchemy import Insert, Table, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -230,16 +231,28 @@ class BillingStore:
         status: str,
         now_ms: int,
         *,
+        attempt: int,
         outcome: str | None = None,
         error: str | None = None,
         next_attempt_ms: int = 0,
-    ) -> None:
+    ) -> bool:
+        """Records the outcome of attempt ``attempt``; False (nothing written) if the event
+        was taken over by another worker since (its lease ran out)."""
         values: dict[str, Any] = {"status": status, "outcome": outcome, "error": error}
         values["next_attempt_ms"] = next_attempt_ms
         if status in ("processed", "ignored"):
             values["processed_at"] = from_ms(now_ms)
         async with self.tx() as conn:
-            await conn.execute(update(EVENTS).where(EVENTS.c.id == event_id).values(values))
+            result = await conn.execute(
+                update(EVENTS)
+                .where(
+                    EVENTS.c.id == event_id,
+                    EVENTS.c.status == "processing",
+                    EVENTS.c.attempts == attempt,
+                )
+                .values(values)
+            )
+        return bool(result.rowcount)
 
     async def events(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         q = select(EVENTS).order_by(EVENTS.c.received_at.desc()).limit(limit)
@@ -319,6 +332,14 @@ class BillingStore:
         async with self.tx() as conn:
             stmt = insert_for(conn, PURCHASES).values(row | {"created_at": from_ms(now_ms)})
             changed = {k: v for k, v in row.items() if k not in ("id", "kind", "account")}
+            if "status" in changed:
+                # paid is final, failed only gives way to paid: events arrive in any order.
+                new = stmt.excluded.status
+                changed["status"] = case(
+                    (PURCHASES.c.status == "paid", "paid"),
+                    (and_(PURCHASES.c.status == "failed", new != "paid"), "failed"),
+                    else_=new,
+                )
             await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=changed))
 
     async def update_purchase(self, purchase_id: str, now_ms: int, **values: Any) -> None:
@@ -399,10 +420,15 @@ class BillingStore:
         return bool(result.rowcount)
 
     async def claim_topup(
-        self, account: str, now_ms: int, cooldown_ms: int
+        self, account: str, now_ms: int, cooldown_ms: int, stale_ms: int
     ) -> dict[str, Any] | None:
-        """Starts one auto top-up: only if it is enabled, not paused, none is pending and the
-        cooldown has passed. One statement, so concurrent triggers start one charge."""
+        """Takes the account's charge slot: a new one (enabled, not paused, nothing pending,
+        cooldown passed) gets a fresh idempotency key; a slot left ``starting`` for
+        ``stale_ms`` (its worker died, or Stripe was unreachable) is taken over with its key,
+        so a charge Stripe did make is replayed, not made twice. One statement: concurrent
+        triggers take the slot once."""
+        token = "starting:" + uuid.uuid4().hex
+        pending = TOPUPS.c.pending_payment_intent
         async with self.tx() as conn:
             result = await conn.execute(
                 update(TOPUPS)
@@ -410,14 +436,22 @@ class BillingStore:
                     TOPUPS.c.account == account,
                     TOPUPS.c.enabled.is_(True),
                     TOPUPS.c.paused.is_(False),
-                    TOPUPS.c.pending_payment_intent.is_(None),
                     or_(
-                        TOPUPS.c.last_attempt_ms == 0,
-                        TOPUPS.c.last_attempt_ms <= now_ms - cooldown_ms,
+                        and_(
+                            pending.is_(None),
+                            or_(
+                                TOPUPS.c.last_attempt_ms == 0,
+                                TOPUPS.c.last_attempt_ms <= now_ms - cooldown_ms,
+                            ),
+                        ),
+                        and_(
+                            pending.like("starting:%"),
+                            TOPUPS.c.last_attempt_ms <= now_ms - stale_ms,
+                        ),
                     ),
                 )
                 .values(
-                    pending_payment_intent="starting",
+                    pending_payment_intent=case((pending.is_(None), token), else_=pending),
                     last_attempt_ms=now_ms,
                     attempts=TOPUPS.c.attempts + 1,
                 )
@@ -431,43 +465,44 @@ class BillingStore:
             )
         return dict(row)
 
-    async def topup_release(self, account: str) -> None:
-        """Gives back a charge slot taken by claim_topup when no charge was made."""
+    async def topup_release(self, account: str, slot: str) -> None:
+        """Stripe was unreachable: the slot stays ``starting`` with its key, due for a
+        takeover at once (by the retry of the same trigger)."""
         async with self.tx() as conn:
             await conn.execute(
                 update(TOPUPS)
-                .where(TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent == "starting")
-                .values(pending_payment_intent=None, last_attempt_ms=0)
+                .where(TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent == slot)
+                .values(last_attempt_ms=0)
             )
 
-    async def topup_pending(self, account: str, pi: str) -> None:
+    async def topup_pending(self, account: str, slot: str, pi: str) -> None:
         async with self.tx() as conn:
             await conn.execute(
                 update(TOPUPS)
-                .where(TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent == "starting")
+                .where(TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent == slot)
                 .values(pending_payment_intent=pi)
             )
 
     async def topup_done(
         self,
         account: str,
-        pi: str | None,
+        pending: str,
         *,
         ok: bool,
         error: str | None,
         max_failures: int,
         now_ms: int,
     ) -> bool:
-        """Clears the pending charge (if it is ``pi``, or the one being started); counts a
-        failure. Returns True if the auto top-up is now paused."""
-        pending = ["starting"] if pi is None else ["starting", pi]
+        """Clears the charge slot if it still holds ``pending`` (the charge's PaymentIntent,
+        or the ``starting:`` slot when none was made), counting a failure; an outcome of an
+        older charge leaves a newer slot alone. Returns True if the auto top-up is now
+        paused."""
         async with self.tx() as conn:
+            where = (TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent == pending)
             if ok:
                 await conn.execute(
                     update(TOPUPS)
-                    .where(
-                        TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent.in_(pending)
-                    )
+                    .where(*where)
                     .values(
                         pending_payment_intent=None,
                         failures=0,
@@ -478,7 +513,7 @@ class BillingStore:
                 return False
             result = await conn.execute(
                 update(TOPUPS)
-                .where(TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent.in_(pending))
+                .where(*where)
                 .values(
                     pending_payment_intent=None,
                     failures=TOPUPS.c.failures + 1,

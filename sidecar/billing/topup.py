@@ -19,6 +19,9 @@ from sidecar.billing.gateway import StripeRefused
 from sidecar.errors import IdempotencyConflict, UnknownAccount
 
 log = logging.getLogger(__name__)
+# A charge slot left "starting" this long (its worker died mid-charge) is taken over by the
+# next trigger, with the same idempotency key. Shorter than a retried event's lease.
+STALE_MS = 120_000
 
 
 async def configure(
@@ -51,12 +54,13 @@ async def trigger(b: Billing, account: str) -> str:
     """Starts a charge if one is due; returns what happened."""
     now = b.clock()
     cooldown_ms = b.settings.auto_topup_cooldown_s * 1000
-    cfg = await b.store.claim_topup(account, now, cooldown_ms)
+    cfg = await b.store.claim_topup(account, now, cooldown_ms, STALE_MS)
     if cfg is None:
         return "skipped: disabled, paused, pending or cooling down"
+    slot = str(cfg["pending_payment_intent"])  # "starting:<key>"
     package = await b.store.package(cfg["package_id"])
     if package is None or not package.active:
-        await _failed(b, account, None, f"package {cfg['package_id']} is not available")
+        await _failed(b, account, slot, f"package {cfg['package_id']} is not available")
         return "failed: package not available"
     gateway = b.stripe()
     try:
@@ -68,15 +72,16 @@ async def trigger(b: Billing, account: str) -> str:
             amount=package.price,
             currency=package.currency,
             package_id=package.id,
-            idempotency_key=f"credit-sidecar-topup-{account}-{cfg['attempts']}",
+            # One key per slot: a retry after a lost reply replays the same PaymentIntent.
+            idempotency_key=f"credit-sidecar-topup-{account}-{slot.partition(':')[2]}",
         )
     except StripeRefused as e:
-        await _failed(b, account, None, str(e))
+        await _failed(b, account, slot, str(e))
         return f"failed: {e}"
     except Exception:
-        # Transient (Stripe unreachable): nothing was charged; free the slot, without counting
-        # a failure of the card, for the retry of this trigger.
-        await b.store.topup_release(account)
+        # Transient (Stripe unreachable; it may or may not have charged): the slot keeps its
+        # key and the retry of this trigger takes it over, without counting a failure.
+        await b.store.topup_release(account, slot)
         raise
     if payment.id:
         await b.store.record_purchase(
@@ -91,26 +96,29 @@ async def trigger(b: Billing, account: str) -> str:
             },
             b.clock(),
         )
-        await b.store.topup_pending(account, payment.id)
+        await b.store.topup_pending(account, slot, payment.id)
     if payment.status == "succeeded":
         return await succeeded(b, account, payment.id, package.id, 0)
     if payment.status in ("failed", "requires_payment_method", "canceled"):
-        await _failed(b, account, payment.id or None, payment.error or payment.status)
+        await _failed(b, account, payment.id or slot, payment.error or payment.status)
         return f"failed: {payment.error or payment.status}"
     return f"charge {payment.id} is {payment.status}: waiting for its webhook"
 
 
-async def _failed(b: Billing, account: str, pi: str | None, error: str) -> None:
+async def _failed(b: Billing, account: str, pending: str, error: str) -> None:
+    """A charge failed: ``pending`` is its PaymentIntent, or its ``starting:`` slot."""
     paused = await b.store.topup_done(
         account,
-        pi,
+        pending,
         ok=False,
         error=error,
         max_failures=b.settings.auto_topup_max_failures,
         now_ms=b.clock(),
     )
-    if pi:
-        await b.store.update_purchase(pi, b.clock(), status="failed")
+    if not pending.startswith("starting:"):
+        purchase = await b.store.purchase(pending)
+        if purchase is not None and purchase["status"] != "paid":
+            await b.store.update_purchase(pending, b.clock(), status="failed")
     if paused:
         log.warning("auto top-up of %s paused after repeated failures: %s", account, error)
         await b.ledger.set_auto_topup_threshold(account, None)

@@ -5,6 +5,7 @@ future is refused here too)."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -15,9 +16,13 @@ from sidecar.errors import BillingNotConfigured, InvalidSignature
 
 
 def _timestamp(header: str) -> int:
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit():
+    """The header's timestamp, read exactly as the library reads it (the first ``t`` item),
+    so the freshness checked here is that of the signature it verifies."""
+    for item in header.split(","):
+        key, _, value = item.partition("=")
+        if key == "t":
+            if not re.fullmatch(r"[0-9]{1,12}", value):
+                raise InvalidSignature("Stripe-Signature has a malformed timestamp")
             return int(value)
     raise InvalidSignature("Stripe-Signature has no timestamp")
 
@@ -63,6 +68,7 @@ def verify(
         and isinstance(event.get("id"), str)
         and 0 < len(event["id"]) <= 255
         and isinstance(event.get("type"), str)
+        and 0 < len(event["type"]) <= 100
         and isinstance(event.get("data"), dict)
         and isinstance(event["data"].get("object"), dict)
     ):

@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 
 GROUP = "billing"
 CONSUMER = "worker"
-EVENT_LEASE_MS = 60_000
+# Longer than the slowest processing (Stripe calls with their own retries).
+EVENT_LEASE_MS = 300_000
+# An event waiting for another (a refund before its purchase) is kept trying this long.
+NOT_YET_HORIZON_MS = 3 * 86_400_000
 SESSION_EVENTS = (
     "checkout.session.completed",
     "checkout.session.async_payment_succeeded",
@@ -48,10 +51,12 @@ def retry_delay_ms(attempt: int) -> int:
     return int(min(2000 * 2 ** max(attempt - 1, 0), 600_000))
 
 
-async def dispatch(b: Billing, event_id: str, etype: str, obj: dict[str, Any]) -> str | None:
+async def dispatch(
+    b: Billing, event_id: str, etype: str, obj: dict[str, Any], created_s: int = 0
+) -> str | None:
     """Processes one event; returns what it did, or None for a type we ignore."""
     if etype in SESSION_EVENTS:
-        return await purchases.session_event(b, event_id, etype, obj)
+        return await purchases.session_event(b, event_id, etype, obj, created_s)
     if etype in CHARGE_EVENTS:
         return await purchases.charge_event(b, etype, obj)
     if etype in PAYMENT_EVENTS:
@@ -115,11 +120,19 @@ class BillingWorker:
     ) -> None:
         b = self.b
         obj = (payload.get("data") or {}).get("object") or {}
+        created = payload.get("created")
+        created_s = created if isinstance(created, int) else 0
         try:
-            outcome = await dispatch(b, event_id, etype, obj)
+            outcome = await dispatch(b, event_id, etype, obj, created_s)
+        except NotYet as e:
+            # Not a failure of this event: wait (with backoff) for the one it depends on.
+            waited = b.clock() - created_s * 1000 if created_s else 0
+            await self._failed(
+                event_id, attempt, f"waiting: {e}", give_up=waited > NOT_YET_HORIZON_MS
+            )
+            return
         except (
             StripeTransient,
-            NotYet,
             StoreUnavailable,
             LedgerUnavailable,
             RedisError,
@@ -137,22 +150,31 @@ class BillingWorker:
         self.processed += 1
         status = "ignored" if outcome is None else "processed"
         await b.store.finish_event(
-            event_id, status, b.clock(), outcome=outcome or f"ignored: {etype} is not acted on"
+            event_id,
+            status,
+            b.clock(),
+            attempt=attempt,
+            outcome=outcome or f"ignored: {etype} is not acted on",
         )
         log.info("Stripe event %s (%s): %s", event_id, etype, outcome or "ignored")
 
-    async def _failed(self, event_id: str, attempt: int, error: str) -> None:
+    async def _failed(
+        self, event_id: str, attempt: int, error: str, *, give_up: bool | None = None
+    ) -> None:
         b = self.b
         now = b.clock()
-        if attempt >= b.settings.event_max_attempts:
+        if give_up is None:
+            give_up = attempt >= b.settings.event_max_attempts
+        if give_up:
             log.error(
                 "Stripe event %s is a dead letter after %d attempts: %s", event_id, attempt, error
             )
-            await b.store.finish_event(event_id, "dead", now, error=error)
+            await b.store.finish_event(event_id, "dead", now, attempt=attempt, error=error)
         else:
             log.warning("Stripe event %s failed (attempt %d): %s", event_id, attempt, error)
+            delay = retry_delay_ms(min(attempt, 10))
             await b.store.finish_event(
-                event_id, "retry", now, error=error, next_attempt_ms=now + retry_delay_ms(attempt)
+                event_id, "retry", now, attempt=attempt, error=error, next_attempt_ms=now + delay
             )
 
     # -- the ledger's events (low balance, auto top-up) ---------------------------------------
@@ -183,7 +205,8 @@ class BillingWorker:
         if kind == "low_balance":
             result = await notify.low_balance(self.b, fields, entry_id)
         elif kind == "auto_topup":
-            trigger_id = f"ledger:{entry_id}"
+            # Unique across shards (stream entry ids are not): the debit that crossed.
+            trigger_id = f"auto_topup:{account}:{fields.get('transaction_id', entry_id)}"
             payload = {"id": trigger_id, "data": {"object": {"account": account}}}
             await self.b.store.store_event(trigger_id, TOPUP_TRIGGER, payload, self.b.clock())
             self.wake()

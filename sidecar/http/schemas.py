@@ -159,7 +159,7 @@ def _http_url(v: str) -> str:
 
 Url = Annotated[str, StringConstraints(min_length=8, max_length=2048), AfterValidator(_http_url)]
 StripeId = Annotated[
-    str, StringConstraints(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_]+$")
+    str, StringConstraints(min_length=3, max_length=200, pattern=r"^[A-Za-z0-9_]+$")
 ]
 
 

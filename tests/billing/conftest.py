@@ -76,7 +76,9 @@ class Rig:
         secret: str = SECRET,
         timestamp: int | None = None,
     ) -> Any:
-        body = orjson.dumps(event(etype, obj, event_id=event_id))
+        # Created on the test's clock, which the worker reads too.
+        created = self.clock() // 1000
+        body = orjson.dumps(event(etype, obj, event_id=event_id, created=created))
         headers = {"Stripe-Signature": sign_webhook(body, secret, timestamp)}
         return await self.client.post("/webhooks/stripe", data=body, headers=headers)
 

@@ -289,10 +289,14 @@ async def test_a_dispute_takes_back_the_disputed_credits_once(rig: Rig) -> None:
         await rig.webhook("charge.dispute.created", dispute, event_id=f"evt_dp_{i}")
     await rig.settle()
     assert await rig.balance("acme") == 500
-    # A later refund of the same money takes nothing more.
-    await rig.webhook("charge.refunded", charge(session, amount_refunded=250))
+    # A refund is other money than the disputed part (Stripe cannot refund disputed money):
+    # 250 disputed + 150 refunded of 500 cents = 80% of the credits.
+    await rig.webhook("charge.refunded", charge(session, amount_refunded=150))
     await rig.settle()
-    assert await rig.balance("acme") == 500
+    assert await rig.balance("acme") == 200
+    await rig.webhook("charge.refunded", charge(session, amount_refunded=150), event_id="evt_again")
+    await rig.settle()
+    assert await rig.balance("acme") == 200
 
 
 async def test_a_refund_before_its_purchase_is_retried_until_the_purchase_is_known(

@@ -88,6 +88,29 @@ async def test_auto_topup_racing_with_itself_starts_one_charge(rig: Rig) -> None
     assert (await topup.trigger(rig.billing, "acme")).startswith("skipped")
 
 
+async def test_a_charge_retried_after_stripe_failed_reuses_its_idempotency_key(
+    rig: Rig,
+) -> None:
+    """Stripe unreachable mid-charge (it may have charged): the retry of the trigger takes the
+    slot over with the same key, so Stripe cannot charge twice."""
+    await rig.account("acme")
+    await rig.package()
+    await arm(rig, "acme")
+    await grant(rig, "acme", 150, "free")
+    await rig.billing.customer("acme")  # so the failures hit the PaymentIntent call
+    rig.fake.fail_next(3, 503)  # the library's own 2 retries, then the worker's
+    await spend(rig, "acme", 100, "r1")
+
+    async def topped_up() -> bool:
+        rig.clock.advance(5_000)  # the event's retry backoff
+        return await rig.balance("acme") == 1050
+
+    await wait_for(rig, topped_up)
+    calls = [r for r in rig.fake.requests if r.path == "/v1/payment_intents"]
+    assert len(calls) == 4  # 3 failed, then the retry
+    assert len({r.idempotency_key for r in calls}) == 1 and len(rig.fake.payment_intents) == 1
+
+
 async def test_repeated_declines_pause_the_auto_topup_and_disarm_it(make_rig: MakeRig) -> None:
     rig = await make_rig(auto_topup_cooldown_s=0, auto_topup_max_failures=2)
     await rig.account("acme")

@@ -50,6 +50,10 @@ async def test_tampered_body_wrong_secret_stale_and_future_timestamps_are_refuse
     assert "future" in await _refused(rig, body, future)
     assert "missing" in await _refused(rig, body, None)
     assert "timestamp" in await _refused(rig, body, "v1=abc")
+    sig = sign_webhook(body, SECRET, now + 3600).split(",")[1]  # v1=… over a future time
+    smuggled = f"{sig}, t={now},t={now + 3600}"  # the library verifies the first exact "t"
+    assert "future" in await _refused(rig, body, smuggled)
+    assert "malformed" in await _refused(rig, body, f"t=\u00b2,{sig}")
     not_event = b'{"hello": "world"}'
     assert "not a Stripe event" in await _refused(rig, not_event, sign_webhook(not_event, SECRET))
 
