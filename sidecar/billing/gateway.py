@@ -4,6 +4,7 @@ request itself was turned down: a declined card, an unknown price)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,8 @@ import stripe
 
 # Pinned so that the shape of the objects we read does not move under us.
 API_VERSION = "2024-06-20"
+# The library logs every request at INFO; the worker logs what each event did instead.
+logging.getLogger("stripe").setLevel(logging.WARNING)
 
 
 class StripeTransient(Exception):
