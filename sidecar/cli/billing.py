@@ -4,18 +4,22 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
 import urllib.parse
 
 import click
-import uvloop
 
 from sidecar.billing.context import Billing
 from sidecar.billing.gateway import StripeGateway
 from sidecar.billing.store import BillingStore
 from sidecar.billing.worker import BillingWorker
-from sidecar.cli.common import admin_client, echo_json, load_settings, open_store, run_admin
+from sidecar.cli.common import (
+    admin_client,
+    echo_json,
+    load_settings,
+    open_store,
+    run_admin,
+    run_until_signal,
+)
 from sidecar.cli.keys import url_option
 from sidecar.keys import KeySpace
 from sidecar.ledger import Ledger
@@ -110,14 +114,9 @@ def retry(event_id: str, url: str | None) -> None:
 def worker() -> None:
     """Run the billing worker until SIGTERM: Stripe events, auto top-ups, low-balance
     webhooks (`serve` runs one unless SIDECAR_BILLING_WORKER=off). Several may run."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    async def run(stop: asyncio.Event) -> None:
         engine = create_engine(resolve_url(settings.database_url, settings.data_dir))
         key = settings.stripe_api_key
         gateway = (
@@ -138,4 +137,4 @@ def worker() -> None:
                 await gateway.close()
             await engine.dispose()
 
-    uvloop.run(run())
+    run_until_signal(run)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
+import uvloop
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
@@ -19,6 +22,21 @@ from sidecar.redis_client import connect
 from sidecar.settings import Settings
 
 T = TypeVar("T")
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Runs a long-lived command (``writer``, ``worker``) on uvloop, logging to stderr, until
+    SIGTERM or SIGINT sets the event it is given."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    uvloop.run(run())
 
 
 def load_settings(listen: str | None = None) -> Settings:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
 import time
 
 import click
-import uvloop
 
-from sidecar.cli.common import echo_json, fail, load_settings, open_store
+from sidecar.cli.common import echo_json, fail, load_settings, open_store, run_until_signal
 from sidecar.keys import KeySpace
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.reconcile import reconcile
@@ -29,19 +26,14 @@ def writer() -> None:
 
     Several writers may run: each shard is written by one of them at a time (a lease).
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    async def run(stop: asyncio.Event) -> None:
         async with open_store(settings, decode_responses=True) as redis:
             tune_gc()
             await run_inline(make_writer(redis, settings), stop)
 
-    uvloop.run(run())
+    run_until_signal(run)
 
 
 @click.command("migrate")
