@@ -25,6 +25,20 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIDECAR_", extra="forbid")
 
     listen: str = Field("127.0.0.1:8080", description="host:port the HTTP API binds to")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="HTTP worker processes of `serve` (SO_REUSEPORT), e.g. one per core",
+    )
+    reuse_port: bool = Field(
+        False, description="bind with SO_REUSEPORT (set by `serve --workers` for its workers)"
+    )
+    background: bool = Field(
+        True,
+        description="run the expiry sweeper and the billing worker in this process (`serve "
+        "--workers` runs them in one worker only)",
+    )
     redis_url: str | None = Field(
         None, description="redis:// or unix:// URL; unset = start a private embedded server"
     )

@@ -92,7 +92,8 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
 
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(billing_ctx)
-    app.cleanup_ctx.append(sweeper_ctx)
+    if settings.background:
+        app.cleanup_ctx.append(sweeper_ctx)
     app.cleanup_ctx.append(reload_ctx)
     if settings.writer != "off":
         app.cleanup_ctx.append(writer_ctx)
@@ -117,7 +118,7 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
     app[BILLING] = billing = Billing(ledger, BillingStore(engine), gateway, settings, ledger.clock)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(_migrated(engine, stop), name="billing-migrate")]
-    if settings.billing_worker == "inline":
+    if settings.billing_worker == "inline" and settings.background:
         app[BILLING_WORKER] = worker = BillingWorker(billing)
 
         async def work() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -107,7 +108,7 @@ def insufficient(account: str, r: Insufficient) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response({"status": "ok", "pid": os.getpid()})
 
 
 @routes.post("/v1/check")
