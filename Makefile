@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup system-deps clean bench-writer bench-aof
+.PHONY: run test lint setup system-deps clean bench bench-deps bench-writer bench-aof
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q
 
 # Benchmarks (not tests): results go to bench/results/ as Markdown and JSON.
+bench-deps:
+	@bash scripts/bench-deps.sh
+
+bench: $(STAMP) system-deps bench-deps
+	$(BIN)/python -m bench.http
+
 bench-writer: $(STAMP)
 	$(BIN)/python -m bench.writer
 

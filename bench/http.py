@@ -1,0 +1,563 @@
+"""The HTTP hot path, side by side in one run: the sidecar's check against the HTTP ceiling of
+one Python process, the seed design (one SQL transaction per check), and Redis itself.
+
+Every target runs as its own server process on this machine, loaded by ``wrk`` (C, one
+thread, the same connections and duration for all), after a warm-up run that is discarded:
+
+1. ``bare``: an aiohttp handler on uvloop that reads the body and returns 200 (bench/bare_app.py);
+2. the sidecar (`credit-sidecar serve`, writer in its own process as deployed): ``POST
+   /v1/check`` with 1 and 2 workers, and ``/auth/nginx`` as nginx's auth_request sends it;
+   also one hot account (every check on the same account until its credits run out) and
+   accounts with 20 buckets each;
+3. ``seed``: the Laravel article's deduction behind the same HTTP stack (bench/seed_app.py),
+   on SQLite and on PostgreSQL;
+4. ``redis-benchmark``: EVALSHA of deduct.lua against a plain SET, both pipelined.
+
+Reported: requests/s, latency p50/p99/p99.9, server CPU per request, Redis commands per
+check, and the ratios check/bare, check/seed and script/SET. Every load run is verified: Redis
+(or SQL) spent exactly what the 2xx answers say (within the requests in flight when wrk
+stopped), the hot account exactly its credits, never more. Results: bench/results/http.md,
+http.json and http.png.
+
+    .venv/bin/python -m bench.http [--seconds 10] [--connections 64] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import uvloop
+from redis.asyncio import Redis
+
+from bench import servers
+from bench.checkrate import ADMIN_TOKEN, GRANT, SERVICE_TOKEN, account_names, setup_accounts
+from bench.harness import BenchFailure, CpuProbe, busy_before_start, host_info, log, write_results
+from bench.http_report import plot, render
+from sidecar.apikeys import ApiKeys
+from sidecar.embedded import free_port
+from sidecar.keys import KeySpace
+from sidecar.ledger import Ledger
+from sidecar.redis_client import connect
+from sidecar.scripts import source
+
+WRK_DIR = Path(__file__).parent / "wrk"
+
+
+@dataclass
+class Config:
+    seconds: float
+    warmup: float
+    connections: int
+    accounts: int
+    out: Path
+    quick: bool
+
+
+@dataclass
+class Run:
+    target: str
+    requests: int
+    ok: int  # 2xx
+    per_s: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    cpu_us_per_req: float  # server processes (and Redis) CPU per request
+    server_cpu_pct: float
+    redis_cpu_pct: float
+    redis_cmds_per_req: float | None
+    checks: list[str] = field(default_factory=list)
+    warmup_ok: int = 0  # 2xx of the discarded warm-up run (they spent credits too)
+
+
+class Server:
+    """A server process (and its children) on a free port, up when /healthz answers."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int) -> None:
+        self.name, self.argv, self.env, self.port = name, argv, env, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        found, todo = [self.proc.pid], [self.proc.pid]
+        while todo:
+            out = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True)
+            kids = [int(p) for p in out.stdout.split()]
+            found += kids
+            todo += kids
+        return found
+
+    async def __aenter__(self) -> Server:
+        # A long-lived child, polled below; Popen itself returns at once.
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL)  # noqa: ASYNC220
+        for _ in range(600):
+            if self.proc.poll() is not None:
+                raise BenchFailure(f"{self.name} exited with {self.proc.returncode}")
+            if _healthy(self.url):
+                return self
+            await asyncio.sleep(0.05)
+        raise BenchFailure(f"{self.name} did not come up")
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _healthy(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=1) as r:  # noqa: S310
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def wrk(url: str, script: str, args: list[str], connections: int, seconds: float) -> dict[str, Any]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+    # A fresh tag per wrk run: idempotency keys never repeat across runs (a repeat is a replay).
+    tag = f"r{time.time_ns():x}"
+    cmd += ["-s", str(WRK_DIR / script), url, "--", tag, *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    m = re.search(r"^JSON (\{.*\})$", out, re.M)
+    if not m:
+        raise BenchFailure(f"wrk printed no result:\n{out}")
+    result: dict[str, Any] = json.loads(m.group(1))
+    return result
+
+
+async def commands(redis: Redis) -> int:
+    stats: Any = await redis.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_"))
+
+
+async def measure(
+    cfg: Config,
+    target: str,
+    server: Server,
+    redis: Redis | None,
+    probe: CpuProbe,
+    script: str,
+    args: list[str],
+) -> tuple[Run, dict[str, Any]]:
+    warm = await asyncio.to_thread(wrk, server.url, script, args, cfg.connections, cfg.warmup)
+    before_cmds = await commands(redis) if redis is not None else 0
+    watched = probe.plus("server", server.pids)
+    a = watched.snap()
+    res = await asyncio.to_thread(wrk, server.url, script, args, cfg.connections, cfg.seconds)
+    b = watched.snap()
+    after_cmds = await commands(redis) if redis is not None else 0
+    cpu = CpuProbe.usage(a, b)
+    seconds = res["duration_us"] / 1e6
+    ok = res["requests"] - res["non2xx"]
+    wall = b.wall - a.wall
+    cpu_s = (cpu["server_pct"] + cpu.get("redis_server_pct", 0.0)) / 100 * wall
+    run = Run(
+        target=target,
+        requests=res["requests"],
+        ok=ok,
+        per_s=round(res["requests"] / seconds, 1),
+        p50_ms=res["p50_us"] / 1000,
+        p99_ms=res["p99_us"] / 1000,
+        p999_ms=res["p999_us"] / 1000,
+        cpu_us_per_req=round(cpu_s / max(res["requests"], 1) * 1e6, 1),
+        server_cpu_pct=cpu["server_pct"],
+        redis_cpu_pct=cpu.get("redis_server_pct", 0.0),
+        warmup_ok=warm["requests"] - warm["non2xx"],
+        redis_cmds_per_req=(
+            round((after_cmds - before_cmds) / max(res["requests"], 1), 2)
+            if redis is not None
+            else None
+        ),
+    )
+    if res["socket_errors"]:
+        raise BenchFailure(f"{target}: {res['socket_errors']} socket errors")
+    log(
+        f"  {target:32} {run.per_s:9,.0f} req/s  p50 {run.p50_ms:.2f} ms  p99 {run.p99_ms:.2f} ms"
+        f"  p99.9 {run.p999_ms:.2f} ms  {run.cpu_us_per_req:.0f} µs CPU/req"
+    )
+    return run, res
+
+
+async def spent(ledger: Ledger, accounts: list[str], grant: int) -> tuple[int, int]:
+    """Credits spent over ``accounts`` (each granted ``grant``) and the lowest balance."""
+    total, lowest = 0, grant
+    for a in accounts:
+        b = await ledger.balance(a)
+        total += grant - b.balance
+        lowest = min(lowest, b.balance)
+    return total, lowest
+
+
+def verify_spent(target: str, runs: list[Run], total: int, lowest: int, slack: int) -> str:
+    """Redis spent what the 2xx answers say (warm-ups included), give or take the requests
+    in flight when wrk stopped (at most ``slack``); no balance below zero."""
+    ok = sum(r.ok + r.warmup_ok for r in runs)
+    if lowest < 0:
+        raise BenchFailure(f"WRONG RESULT ({target}): a balance went negative ({lowest})")
+    if not ok <= total <= ok + slack:
+        raise BenchFailure(f"WRONG RESULT ({target}): {ok} checks allowed but {total} spent")
+    return f"{total:,} credits spent for {ok:,} allowed checks (+ <= {slack} in flight)"
+
+
+async def verify_seed(run: Run, db: str, slack: int) -> str:
+    """The seed's SQL ledger holds one usage row of 1 credit per allowed check."""
+    from sqlalchemy import text
+
+    from bench.seed_app import seed_engine
+
+    engine = seed_engine(db)
+    try:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*), coalesce(-sum(amount), 0) FROM seed_credit_transactions"
+                        " WHERE type = 'usage'"
+                    )
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+    count, total = int(row[0]), int(row[1])
+    ok = run.ok + run.warmup_ok
+    if count != total or not ok <= count <= ok + slack:
+        raise BenchFailure(
+            f"WRONG RESULT ({run.target}): {ok} allowed, {count} rows, {total} spent"
+        )
+    return f"{count:,} usage rows ({total:,} credits) for {ok:,} allowed checks"
+
+
+def sidecar_env(redis_url: str, data: Path, workers: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    return env | {
+        "SIDECAR_REDIS_URL": redis_url,
+        "SIDECAR_DATA_DIR": str(data),
+        "SIDECAR_ADMIN_TOKEN": ADMIN_TOKEN,
+        "SIDECAR_SERVICE_TOKEN": SERVICE_TOKEN,
+        "SIDECAR_WORKERS": str(workers),
+    }
+
+
+async def run(cfg: Config) -> dict[str, Any]:
+    started = datetime.now(UTC).replace(microsecond=0).isoformat()
+    t0 = time.perf_counter()
+    quiet = await busy_before_start()
+    runs: list[Run] = []
+    async with servers.started("cs-bench-http-") as srv:
+        redis = connect(srv.redis.url, max_connections=64)
+        probe = CpuProbe(srv.watched())
+        ledger = Ledger(redis, KeySpace())
+        accounts = account_names(cfg.accounts)
+        py = sys.executable
+        try:
+            # 1. the HTTP ceiling
+            port = free_port()
+            async with Server(
+                "bare", [py, "-m", "bench.bare_app", "--port", str(port)], dict(os.environ), port
+            ) as s:
+                r, _ = await measure(
+                    cfg, "bare aiohttp handler", s, None, probe, "check.lua", ["1", ""]
+                )
+                runs.append(r)
+
+            # 2. the sidecar
+            for workers in (1, 2):
+                await redis.flushall()
+                await setup_accounts(ledger, accounts, 64)
+                keys_file = srv.tmp / "keys.txt"
+                if workers == 1:
+                    api_keys = ApiKeys(ledger)
+                    lines = []
+                    for a in accounts[: min(200, len(accounts))]:
+                        _, key = await api_keys.create(a, name="bench")
+                        lines.append(f"{a} {key}")
+                    keys_file.write_text("\n".join(lines) + "\n")
+                port = free_port()
+                env = sidecar_env(srv.redis.url, srv.tmp / f"sidecar-{workers}", workers)
+                env["SIDECAR_LISTEN"] = f"127.0.0.1:{port}"
+                argv = [py, "-m", "sidecar", "serve"]
+                async with Server(f"sidecar x{workers}", argv, env, port) as s:
+                    name = f"sidecar POST /v1/check, {workers} worker{'s' if workers > 1 else ''}"
+                    r, _ = await measure(
+                        cfg, name, s, redis, probe, "check.lua", [str(cfg.accounts), SERVICE_TOKEN]
+                    )
+                    mine = [r]
+                    if workers == 1:
+                        r2, _ = await measure(
+                            cfg,
+                            "sidecar /auth/nginx (API key), 1 worker",
+                            s,
+                            redis,
+                            probe,
+                            "nginx_auth.lua",
+                            [str(keys_file)],
+                        )
+                        mine.append(r2)
+                total, lowest = await spent(ledger, accounts, GRANT)
+                note = verify_spent(name, mine, total, lowest, 4 * cfg.connections)
+                for x in mine:
+                    x.checks.append(note)
+                runs += mine
+
+            # hot account: every check on one account with 5,000 credits
+            await redis.flushall()
+            await ledger.configure_account("acct-00000")
+            await ledger.grant("acct-00000", "hot", 5000)
+            port = free_port()
+            env = sidecar_env(srv.redis.url, srv.tmp / "sidecar-hot", 1) | {
+                "SIDECAR_LISTEN": f"127.0.0.1:{port}"
+            }
+            async with Server("sidecar hot", [py, "-m", "sidecar", "serve"], env, port) as s:
+                res = await asyncio.to_thread(
+                    wrk, s.url, "check.lua", ["1", SERVICE_TOKEN], cfg.connections, cfg.seconds
+                )
+                ok = res["requests"] - res["non2xx"]
+                bal = (await ledger.balance("acct-00000")).balance
+                if ok != 5000 or bal != 0:
+                    raise BenchFailure(
+                        f"WRONG RESULT (hot account): {ok} allowed of 5000 credits, balance {bal}"
+                    )
+                runs.append(
+                    Run(
+                        "sidecar hot account (5,000 credits, then 402)",
+                        res["requests"],
+                        ok,
+                        round(res["requests"] / (res["duration_us"] / 1e6), 1),
+                        res["p50_us"] / 1000,
+                        res["p99_us"] / 1000,
+                        res["p999_us"] / 1000,
+                        0.0,
+                        0.0,
+                        0.0,
+                        None,
+                        [f"exactly 5,000 allowed, {res['non2xx']:,} refused with 402, balance 0"],
+                    )
+                )
+                log(f"  hot account: {ok} allowed, {res['non2xx']} refused, balance {bal}")
+
+            # 20 buckets per account
+            await redis.flushall()
+            few = accounts[: min(200, len(accounts))]
+            for a in few:
+                await ledger.configure_account(a)
+                for i in range(20):
+                    await ledger.grant(a, f"b{i:02d}", 10**9, priority=i)
+            port = free_port()
+            env = sidecar_env(srv.redis.url, srv.tmp / "sidecar-20", 1) | {
+                "SIDECAR_LISTEN": f"127.0.0.1:{port}"
+            }
+            async with Server("sidecar 20 buckets", [py, "-m", "sidecar", "serve"], env, port) as s:
+                r, _ = await measure(
+                    cfg,
+                    "sidecar /v1/check, 20 buckets/account",
+                    s,
+                    redis,
+                    probe,
+                    "check.lua",
+                    [str(len(few)), SERVICE_TOKEN],
+                )
+            total, lowest = await spent(ledger, few, 20 * 10**9)
+            r.checks.append(verify_spent(r.target, [r], total, lowest, 4 * cfg.connections))
+            runs.append(r)
+
+            # 3. the seed design
+            for backend in ("sqlite", "postgresql"):
+                db = f"sqlite:///{srv.tmp / 'seed.db'}" if backend == "sqlite" else srv.dbs.pg_url
+                port = free_port()
+                argv = [
+                    py,
+                    "-m",
+                    "bench.seed_app",
+                    "--db",
+                    db,
+                    "--port",
+                    str(port),
+                    "--setup-accounts",
+                    str(cfg.accounts),
+                    "--service-token",
+                    SERVICE_TOKEN,
+                ]
+                watched = (
+                    probe.plus("postgres_db", lambda: servers.postgres_pids(srv.dbs.pg_name))
+                    if backend == "postgresql"
+                    else probe
+                )
+                async with Server(f"seed {backend}", argv, dict(os.environ), port) as s:
+                    r, _ = await measure(
+                        cfg,
+                        f"seed design, {backend}",
+                        s,
+                        None,
+                        watched,
+                        "check.lua",
+                        [str(cfg.accounts), SERVICE_TOKEN],
+                    )
+                r.checks.append(await verify_seed(r, db, 4 * cfg.connections))
+                runs.append(r)
+
+            # 4. Redis itself
+            redis_bench = await redis_benchmark(srv, redis, ledger, cfg)
+        finally:
+            await redis.aclose()
+    result = {
+        "started": started,
+        "elapsed_s": round(time.perf_counter() - t0, 1),
+        "machine": host_info() | {"busy_before_start_pct": quiet},
+        "config": asdict(cfg) | {"out": str(cfg.out)},
+        "runs": [asdict(r) for r in runs],
+        "redis_benchmark": redis_bench,
+    }
+    return result
+
+
+async def redis_benchmark(
+    srv: servers.Servers, redis: Redis, ledger: Ledger, cfg: Config
+) -> dict[str, Any]:
+    """redis-benchmark (pipelined 16, 50 clients): deduct.lua's EVALSHA against a plain SET."""
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        raise BenchFailure("redis-benchmark is missing (apt-get install redis-tools)")
+    await redis.flushall()
+    account = "acct-00000"
+    await ledger.configure_account(account)
+    await ledger.grant(account, "rb", GRANT)
+    sha = await redis.script_load(source("deduct"))
+    k = ledger.keys.for_account(account)
+    keys = [
+        *k.common(),
+        ledger.keys.idempotency(account, "rb:__rand_int__"),
+        ledger.keys.usage(account, "tx__rand_int__"),
+        ledger.keys.events_for(account),
+    ]
+    args = [
+        account,
+        str(int(time.time() * 1000)),
+        "tx__rand_int__",
+        "86400000",
+        "1",
+        "rb__rand_int__",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+    ]
+    n = 20_000 if cfg.quick else 200_000
+    host, port = "127.0.0.1", str(srv.redis.port)
+    base = [
+        exe,
+        "-h",
+        host,
+        "-p",
+        port,
+        "-n",
+        str(n),
+        "-c",
+        "50",
+        "-P",
+        "16",
+        "-r",
+        "1000000000",
+        "-q",
+    ]
+    out_set = await asyncio.to_thread(_output, [*base, "set", "k:__rand_int__", "v"])
+    out_eval = await asyncio.to_thread(
+        _output, [*base, "evalsha", sha, str(len(keys)), *keys, *args]
+    )
+    rates = [_rps(out_set), _rps(out_eval)]
+    bal = (await ledger.balance(account)).balance
+    if GRANT - bal > n:
+        raise BenchFailure(
+            f"WRONG RESULT (redis-benchmark): {GRANT - bal} credits spent by {n} calls"
+        )
+    log(f"  redis-benchmark: SET {rates[0]:,.0f}/s, EVALSHA deduct {rates[1]:,.0f}/s")
+    return {
+        "set_per_s": rates[0],
+        "evalsha_deduct_per_s": rates[1],
+        "calls": n,
+        "spent": GRANT - bal,
+        "pipeline": 16,
+        "clients": 50,
+    }
+
+
+def _output(cmd: list[str]) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+def _rps(out: str) -> float:
+    m = re.findall(r"([0-9.]+) requests per second", out)
+    if not m:
+        raise BenchFailure(f"redis-benchmark printed no rate:\n{out}")
+    return float(m[-1])
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.http", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--accounts", type=int, default=1000)
+    p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--quick", action="store_true", help="2 s runs; results to a temp dir unless --out"
+    )
+    a = p.parse_args(argv)
+    if a.quick:
+        a.seconds, a.warmup = min(a.seconds, 2.0), 1.0
+    out = a.out or (
+        Path(tempfile.gettempdir()) / "cs-bench-http-quick" if a.quick else Path("bench/results")
+    )
+    return Config(a.seconds, a.warmup, a.connections, a.accounts, out, a.quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    if shutil.which("wrk") is None:
+        print("wrk is missing: run scripts/bench-deps.sh (apt-get install wrk)", file=sys.stderr)
+        return 2
+    try:
+        result = uvloop.run(run(cfg))
+    except BenchFailure as e:
+        print(f"\nBENCH FAILED: {e}", file=sys.stderr)
+        return 1
+    md = render(result)
+    write_results(cfg.out, "http", md, result)
+    with contextlib.suppress(Exception):
+        plot(result, cfg.out / "http.png")
+    print(md)
+    log(f"wrote {cfg.out / 'http.md'}, http.json and http.png ({result['elapsed_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

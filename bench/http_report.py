@@ -1,0 +1,117 @@
+"""The HTTP bench's report: the Markdown table with the ratios, and the PNG plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.harness import md_table, n
+
+
+def _find(runs: list[dict[str, Any]], prefix: str) -> dict[str, Any] | None:
+    return next((r for r in runs if r["target"].startswith(prefix)), None)
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float | None]:
+    runs = result["runs"]
+    bare = _find(runs, "bare")
+    check = _find(runs, "sidecar POST /v1/check, 1 worker")
+    check2 = _find(runs, "sidecar POST /v1/check, 2 workers")
+    seeds = {b: _find(runs, f"seed design, {b}") for b in ("sqlite", "postgresql")}
+    rb = result["redis_benchmark"]
+
+    def div(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+        return round(a["per_s"] / b["per_s"], 2) if a and b and b["per_s"] else None
+
+    return {
+        "check_1_worker / bare": div(check, bare),
+        "check_2_workers / check_1_worker": div(check2, check),
+        "check / seed sqlite": div(check, seeds["sqlite"]),
+        "check / seed postgresql": div(check, seeds["postgresql"]),
+        "evalsha deduct / set": round(rb["evalsha_deduct_per_s"] / rb["set_per_s"], 2),
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    m, cfg = result["machine"], result["config"]
+    rows = [
+        [
+            r["target"],
+            n(r["per_s"]),
+            f"{r['p50_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['p999_ms']:.2f}",
+            f"{r['cpu_us_per_req']:.0f}" if r["cpu_us_per_req"] else "",
+            "" if r["redis_cmds_per_req"] is None else f"{r['redis_cmds_per_req']:.2f}",
+            "; ".join(r["checks"]),
+        ]
+        for r in result["runs"]
+    ]
+    header = ["target", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/req", "Redis cmds/req"]
+    header.append("verified")
+    rb = result["redis_benchmark"]
+    ratio_rows = [[k, "" if v is None else f"{v:.2f}x"] for k, v in ratios(result).items()]
+    return "\n".join(
+        [
+            "# The HTTP hot path: sidecar vs bare handler vs seed design vs Redis",
+            "",
+            f"Run {result['started']} on one machine: {m['cpu_count']} CPUs ({m['cpu_model']}), "
+            f"{m['python']}, {m['event_loop']}; busy before start: "
+            f"{m['busy_before_start_pct']}% of one core. Load: wrk, 1 thread, "
+            f"{cfg['connections']} connections, {cfg['seconds']:g} s per target after a "
+            f"{cfg['warmup']:g} s warm-up; {cfg['accounts']:,} accounts. Client, servers, Redis "
+            "and PostgreSQL share the same cores: every number is relative to this machine.",
+            "",
+            md_table(rows, header),
+            "",
+            "| ratio | |",
+            "| --- | --- |",
+            *[f"| {a} | {b} |" for a, b in ratio_rows],
+            "",
+            f"redis-benchmark ({rb['clients']} clients, pipeline {rb['pipeline']}, "
+            f"{rb['calls']:,} calls each): SET {n(rb['set_per_s'])}/s, EVALSHA deduct.lua "
+            f"{n(rb['evalsha_deduct_per_s'])}/s ({rb['spent']:,} credits spent, one per call).",
+            "",
+            "CPU µs/req: CPU time of the server's processes (all workers, the outbox writer) "
+            "and of Redis, divided by the requests served. Redis cmds/req: Redis's own "
+            "command count (INFO commandstats) divided by the requests; with auto-pipelining "
+            "a script call is one command, the sweeper and writer add their own. Every sidecar "
+            "run is verified: the credits Redis spent equal the checks answered 2xx (warm-up "
+            "included, give or take those in flight when wrk stopped), no balance below zero; "
+            "the hot account allows exactly its credits; the seed's SQL holds one usage row per "
+            "allowed check.",
+            "",
+        ]
+    )
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in result["runs"] if r["cpu_us_per_req"]]
+    names = [r["target"].replace("sidecar ", "").replace(", ", "\n") for r in runs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6))
+    ax1.barh(names, [r["per_s"] for r in runs], color="tab:blue")
+    ax1.set_xlabel("requests/s")
+    ax1.set_title("throughput")
+    ax1.invert_yaxis()
+    width = 0.27
+    ys = range(len(runs))
+    for i, (key, label) in enumerate((("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9"))):
+        ax2.barh(
+            [y + (i - 1) * width for y in ys], [r[key] for r in runs], height=width, label=label
+        )
+    ax2.set_yticks(list(ys))
+    ax2.set_yticklabels(names)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("latency, ms (log)")
+    ax2.set_title("latency percentiles")
+    ax2.invert_yaxis()
+    ax2.legend()
+    fig.suptitle(f"credit-sidecar HTTP bench, {result['started']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
