@@ -34,9 +34,11 @@ class _Call:
 
 
 class AutoPipeline:
-    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH, deadline_s: float = 5.0) -> None:
         self.redis = redis
         self.max_batch = max_batch
+        self.deadline_s = deadline_s  # for a whole batch, retries included
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[_Call] = []
         self._scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
@@ -44,7 +46,10 @@ class AutoPipeline:
         self.calls = 0
 
     async def run(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
-        loop = asyncio.get_running_loop()
+        # The loop, once: get_running_loop costs a getpid() system call on every use.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         call = _Call(script, keys, args, loop.create_future())
         self._pending.append(call)
         if len(self._pending) >= self.max_batch:
@@ -60,7 +65,8 @@ class AutoPipeline:
         batch = [c for c in batch if not c.future.done()]  # callers that gave up
         if not batch:
             return
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        assert self._loop is not None
+        task = self._loop.create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
@@ -68,15 +74,8 @@ class AutoPipeline:
         self.batches += 1
         self.calls += len(batch)
         try:
-            replies = await self._pipeline(batch, evalsha=True)
-            missing = [
-                c for c, r in zip(batch, replies, strict=True) if isinstance(r, NoScriptError)
-            ]
-            if missing:
-                again = dict(
-                    zip(map(id, missing), await self._pipeline(missing, evalsha=False), strict=True)
-                )
-                replies = [again.get(id(c), r) for c, r in zip(batch, replies, strict=True)]
+            async with asyncio.timeout(self.deadline_s):
+                replies = await self._sent(batch)
         except BaseException as e:  # the connection failed (after its retries), or cancelled
             for c in batch:
                 if not c.future.done():
@@ -93,6 +92,16 @@ class AutoPipeline:
                 c.future.set_exception(r)
             else:
                 c.future.set_result(r)
+
+    async def _sent(self, batch: list[_Call]) -> list[Any]:
+        replies = await self._pipeline(batch, evalsha=True)
+        missing = [c for c, r in zip(batch, replies, strict=True) if isinstance(r, NoScriptError)]
+        if missing:
+            again = dict(
+                zip(map(id, missing), await self._pipeline(missing, evalsha=False), strict=True)
+            )
+            replies = [again.get(id(c), r) for c, r in zip(batch, replies, strict=True)]
+        return replies
 
     async def _pipeline(self, calls: list[_Call], *, evalsha: bool) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)

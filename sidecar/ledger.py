@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -37,8 +38,13 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# Transaction ids need to be unique, not secret: 128 random bits from a generator seeded from
+# the OS once per process, without uuid4's system call per id (a hot-path cost).
+_ids = random.Random(int.from_bytes(os.urandom(32), "big"))
+
+
 def new_transaction_id() -> str:
-    return "tx_" + uuid.uuid4().hex
+    return f"tx_{_ids.getrandbits(128):032x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +191,7 @@ class Ledger:
         self.clock = clock
         self.scripts = Scripts.register(redis)
         # Concurrent calls share round trips (sidecar/autopipe.py).
-        self.pipeline = AutoPipeline(redis) if auto_pipeline else None
+        self.pipeline = AutoPipeline(redis, deadline_s=CALL_DEADLINE_S) if auto_pipeline else None
 
     async def run_script(
         self,
@@ -206,7 +212,8 @@ class Ledger:
         argv = common + args
 
         if self.pipeline is not None:
-            return await store_call(self.pipeline.run(script, keys, argv))
+            # The pipeline applies the deadline once per batch (CALL_DEADLINE_S).
+            return await store_errors(self.pipeline.run(script, keys, argv))
 
         async def invoke() -> Any:
             try:
@@ -500,12 +507,17 @@ def _raise_overflow(reply: Any) -> None:
 
 
 async def store_call(awaitable: Awaitable[Any], deadline_s: float = CALL_DEADLINE_S) -> Any:
-    """Awaits a Redis call within ``deadline_s`` (retries included), turning script errors
-    into domain errors and every other Redis failure (unreachable, read-only replica, out of
-    memory, busy) into StoreUnavailable, logged here and answered with a generic message."""
+    """Awaits a Redis call within ``deadline_s`` (retries included); errors as store_errors."""
+    async with asyncio.timeout(deadline_s):
+        return await store_errors(awaitable)
+
+
+async def store_errors(awaitable: Awaitable[Any]) -> Any:
+    """Turns script errors into domain errors and every other Redis failure (unreachable,
+    read-only replica, out of memory, busy, the deadline) into StoreUnavailable, logged here
+    and answered with a generic message."""
     try:
-        async with asyncio.timeout(deadline_s):
-            return await awaitable
+        return await awaitable
     except ResponseError as e:
         err = from_script_error(str(e))
         if err is not None:

@@ -37,10 +37,11 @@ def make_writer(redis: Redis, settings: Settings) -> OutboxWriter:
 
 
 def tune_gc() -> None:
-    """For a process that runs the writer alone. A batch allocates tens of thousands of
-    short-lived, acyclic tuples, which would set off many collections per batch, each also
-    walking every long-lived object: those alive at start-up are frozen out of collection,
-    and the young generation is collected 50x less often (cycles are still collected)."""
+    """For a long-running process of ours (the writer, an HTTP worker). A writer's batch or a
+    burst of requests allocates tens of thousands of short-lived, mostly acyclic objects,
+    which would set off many collections, each also walking every long-lived object: those
+    alive at start-up are frozen out of collection, and the young generation is collected
+    less often (cycles are still collected)."""
     gc.freeze()
     gc.set_threshold(35_000, 20, 20)
 

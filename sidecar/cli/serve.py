@@ -25,7 +25,7 @@ from sidecar.http.app import create_app
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.settings import Settings
 from sidecar.supervisor import Supervised
-from sidecar.writer_runner import WriterProcess
+from sidecar.writer_runner import WriterProcess, tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def serve(listen: str | None, workers: int | None) -> None:
     if settings.workers > 1:
         uvloop.run(supervise(settings))
         return
+    tune_gc()  # per request, aiohttp and the ledger allocate many short-lived objects
     web.run_app(
         create_app(settings),
         host=host,
