@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +76,28 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
-    """Brings the schema to ``revision`` (idempotent; safe for several processes on PostgreSQL,
-    which serializes them on a lock; SQLite serializes writers itself)."""
+    """Brings the schema to ``revision``; idempotent, and safe for several processes at once
+    (`serve`, its writer, its workers): PostgreSQL serializes them on an advisory lock, SQLite
+    on a file lock next to the database."""
 
     def upgrade(conn: Connection) -> None:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(748213)")
         command.upgrade(alembic_config(conn), revision)
 
-    async with engine.begin() as conn:
-        await conn.run_sync(upgrade)
+    lock_fd = None
+    db = engine.url.database
+    if engine.url.get_backend_name() == "sqlite" and db and db != ":memory:":
+        lock_fd = await asyncio.to_thread(_flock, f"{db}.migrate-lock")
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade)
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)  # releases the lock
+
+
+def _flock(path: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
