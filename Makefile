@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup system-deps clean bench bench-deps bench-writer bench-aof
+.PHONY: run test lint setup system-deps clean bench bench-deps bench-writer bench-aof bench-memory
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-writer: $(STAMP)
 
 bench-aof: $(STAMP)
 	$(BIN)/python -m bench.aof_loss
+
+bench-memory: $(STAMP) system-deps
+	$(BIN)/python -m bench.memory
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .hypothesis
