@@ -74,8 +74,10 @@ def render(result: dict[str, Any]) -> str:
             "",
             "CPU µs/req: CPU time of the server's processes (all workers, the outbox writer) "
             "and of Redis, divided by the requests served. Redis cmds/req: Redis's own "
-            "command count (INFO commandstats) divided by the requests; with auto-pipelining "
-            "a script call is one command, the sweeper and writer add their own. Every sidecar "
+            "command count (INFO commandstats: the commands a script runs count too) divided by "
+            "the requests: a check is one round trip, one EVALSHA, inside which deduct.lua runs "
+            "about a dozen commands; the writer's reads and acknowledgements add the rest. "
+            "Every sidecar "
             "run is verified: the credits Redis spent equal the checks answered 2xx (warm-up "
             "included, give or take those in flight when wrk stopped), no balance below zero; "
             "the hot account allows exactly its credits; the seed's SQL holds one usage row per "
