@@ -90,6 +90,7 @@ class Server:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int) -> None:
         self.name, self.argv, self.env, self.port = name, argv, env, port
         self.proc: subprocess.Popen[bytes] | None = None
+        self.probe_ok = 0  # 2xx of unmeasured probe runs (they spend credits too)
 
     @property
     def url(self) -> str:
@@ -162,12 +163,14 @@ async def measure(
     probe: CpuProbe,
     script: str,
     args: list[str],
+    connections: int | None = None,
 ) -> tuple[Run, dict[str, Any]]:
-    warm = await asyncio.to_thread(wrk, server.url, script, args, cfg.connections, cfg.warmup)
+    conns = connections or cfg.connections
+    warm = await asyncio.to_thread(wrk, server.url, script, args, conns, cfg.warmup)
     before_cmds = await commands(redis) if redis is not None else 0
     watched = probe.plus("server", server.pids)
     a = watched.snap()
-    res = await asyncio.to_thread(wrk, server.url, script, args, cfg.connections, cfg.seconds)
+    res = await asyncio.to_thread(wrk, server.url, script, args, conns, cfg.seconds)
     b = watched.snap()
     after_cmds = await commands(redis) if redis is not None else 0
     cpu = CpuProbe.usage(a, b)
@@ -200,6 +203,32 @@ async def measure(
         f"  p99.9 {run.p999_ms:.2f} ms  {run.cpu_us_per_req:.0f} µs CPU/req"
     )
     return run, res
+
+
+async def half_load(cfg: Config, server: Server, redis: Redis, probe: CpuProbe, peak: float) -> Run:
+    """The check's latency at about half its peak rate: wrk is a closed loop, so the load is
+    set by its connections; short probes find the count whose rate is nearest half the peak."""
+    args = [str(cfg.accounts), SERVICE_TOKEN]
+    best, best_gap = 1, float("inf")
+    for c in (1, 2, 4, 8, 16):
+        res = await asyncio.to_thread(wrk, server.url, "check.lua", args, c, 1.0)
+        rate = res["requests"] / (res["duration_us"] / 1e6)
+        probe_ok = res["requests"] - res["non2xx"]
+        server.probe_ok += probe_ok
+        if abs(rate - peak / 2) < best_gap:
+            best, best_gap = c, abs(rate - peak / 2)
+    run, _ = await measure(
+        cfg,
+        f"sidecar POST /v1/check at ~half load ({best} conn.)",
+        server,
+        redis,
+        probe,
+        "check.lua",
+        args,
+        connections=best,
+    )
+    run.warmup_ok += server.probe_ok
+    return run
 
 
 async def spent(ledger: Ledger, accounts: list[str], grant: int) -> tuple[int, int]:
@@ -307,6 +336,8 @@ async def run(cfg: Config) -> dict[str, Any]:
                     )
                     mine = [r]
                     if workers == 1:
+                        half = await half_load(cfg, s, redis, probe, r.per_s)
+                        mine.append(half)
                         r2, _ = await measure(
                             cfg,
                             "sidecar /auth/nginx (API key), 1 worker",
