@@ -88,7 +88,7 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     lock_fd = None
     db = engine.url.database
     if engine.url.get_backend_name() == "sqlite" and db and db != ":memory:":
-        lock_fd = await asyncio.to_thread(_flock, f"{db}.migrate-lock")
+        lock_fd = await _flock(f"{db}.migrate-lock")
     try:
         async with engine.begin() as conn:
             await conn.run_sync(upgrade)
@@ -97,7 +97,16 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
             os.close(lock_fd)  # releases the lock
 
 
-def _flock(path: str) -> int:
+async def _flock(path: str) -> int:
+    """An exclusive lock on ``path``, polled (a cancelled wait leaves nothing behind)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
+    except BaseException:
+        os.close(fd)
+        raise

@@ -86,17 +86,17 @@ class AutoPipeline:
                 raise
             return
         for c, r in zip(batch, replies, strict=True):
-            if c.future.done():
-                continue
-            if isinstance(r, Exception):
-                c.future.set_exception(r)
-            else:
-                c.future.set_result(r)
+            _settle(c, r)
 
     async def _sent(self, batch: list[_Call]) -> list[Any]:
         replies = await self._pipeline(batch, evalsha=True)
         missing = [c for c, r in zip(batch, replies, strict=True) if isinstance(r, NoScriptError)]
         if missing:
+            # The calls that ran are answered now: a failure of the retry must not tell them
+            # they failed (they happened).
+            for c, r in zip(batch, replies, strict=True):
+                if not isinstance(r, NoScriptError):
+                    _settle(c, r)
             again = dict(
                 zip(map(id, missing), await self._pipeline(missing, evalsha=False), strict=True)
             )
@@ -112,3 +112,12 @@ class AutoPipeline:
                 pipe.eval(c.script.script, len(c.keys), *c.keys, *c.args)  # type: ignore[arg-type]
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
+
+
+def _settle(c: _Call, reply: Any) -> None:
+    if c.future.done():  # answered already, or the caller gave up
+        return
+    if isinstance(reply, Exception):
+        c.future.set_exception(reply)
+    else:
+        c.future.set_result(reply)

@@ -41,6 +41,8 @@ def wall_clock_ms() -> int:
 # Transaction ids need to be unique, not secret: 128 random bits from a generator seeded from
 # the OS once per process, without uuid4's system call per id (a hot-path cost).
 _ids = random.Random(int.from_bytes(os.urandom(32), "big"))
+# A forked child must not repeat its parent's ids.
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
 def new_transaction_id() -> str:
@@ -507,9 +509,14 @@ def _raise_overflow(reply: Any) -> None:
 
 
 async def store_call(awaitable: Awaitable[Any], deadline_s: float = CALL_DEADLINE_S) -> Any:
-    """Awaits a Redis call within ``deadline_s`` (retries included); errors as store_errors."""
-    async with asyncio.timeout(deadline_s):
-        return await store_errors(awaitable)
+    """Awaits a Redis call within ``deadline_s`` (retries included); errors as store_errors,
+    and a missed deadline is StoreUnavailable too."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await store_errors(awaitable)
+    except TimeoutError as e:
+        log.warning("redis call missed its %.1fs deadline", deadline_s)
+        raise StoreUnavailable("the credit store is unavailable") from e
 
 
 async def store_errors(awaitable: Awaitable[Any]) -> Any:

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from sidecar.embedded import die_with_parent
 from sidecar.persistence.writer import pause
@@ -17,11 +18,25 @@ from sidecar.persistence.writer import pause
 log = logging.getLogger(__name__)
 
 
+# A child that exits this soon after starting, this many times in a row, cannot run (its port
+# is taken, its config is wrong): restarting it forever would hide that.
+FAST_EXIT_S = 5.0
+FAST_EXITS = 5
+
+
 class Supervised:
-    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        on_give_up: Callable[[], None] | None = None,
+    ) -> None:
         self.name = name
         self.args = args
         self.env = env
+        self.on_give_up = on_give_up
+        self.gave_up = False
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._stop = asyncio.Event()
@@ -32,6 +47,7 @@ class Supervised:
 
     async def _supervise(self) -> None:
         backoff = 0.5
+        fast_exits = 0
         while not self._stop.is_set():
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -49,11 +65,27 @@ class Supervised:
             if self._stop.is_set():
                 return
             self.restarts += 1
-            if asyncio.get_running_loop().time() - started > 60:
+            uptime = asyncio.get_running_loop().time() - started
+            fast_exits = fast_exits + 1 if uptime < FAST_EXIT_S else 0
+            if self.on_give_up is not None and fast_exits >= FAST_EXITS:
+                log.error(
+                    "%s exited %d times right after starting; giving up", self.name, fast_exits
+                )
+                self.gave_up = True
+                self.on_give_up()
+                return
+            if uptime > 60:
                 backoff = 0.5  # it had been healthy: a fresh failure, not a crash loop
             log.error("%s exited (%s); restarting in %.1fs", self.name, code, backoff)
             await pause(self._stop, backoff)
             backoff = min(backoff * 2, 10.0)
+
+    def signal(self, sig: int) -> None:
+        """Forwards ``sig`` to the running child, if any."""
+        p = self.process
+        if p is not None and p.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(sig)
 
     async def stop(self, grace_s: float = 15.0) -> None:
         self._stop.set()

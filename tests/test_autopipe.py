@@ -54,3 +54,13 @@ async def test_a_caller_that_gives_up_does_not_disturb_the_others(redis: Redis) 
     assert await kept == b"kept"
     with pytest.raises(asyncio.CancelledError):
         await doomed
+
+
+async def test_a_store_call_past_its_deadline_is_store_unavailable() -> None:
+    """A hung Redis call ends as StoreUnavailable (503, or the failure policy at the proxy
+    endpoints), never as a bare timeout."""
+    from sidecar.errors import StoreUnavailable
+    from sidecar.ledger import store_call
+
+    with pytest.raises(StoreUnavailable):
+        await store_call(asyncio.sleep(10), deadline_s=0.05)

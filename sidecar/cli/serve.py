@@ -97,21 +97,30 @@ async def supervise(settings: Settings) -> None:
     children: list[Supervised] = []
     if settings.writer == "process":
         children.append(WriterProcess(settings, url))
-    children += [
-        Supervised(f"http worker {i}", ["serve"], worker_env(settings, url, i))
+    stop = asyncio.Event()
+    workers = [
+        Supervised(f"http worker {i}", ["serve"], worker_env(settings, url, i), stop.set)
         for i in range(settings.workers)
     ]
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    for child in children:
+    def reload() -> None:  # SIGHUP reloads the pricing file: in every worker
+        for w in workers:
+            w.signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    for child in [*children, *workers]:
         child.start()
     try:
         await stop.wait()
     finally:
-        # The HTTP workers first (they finish their requests), then the writer, then Redis.
-        for child in reversed(children):
+        # The HTTP workers first, together (they finish their requests), then the writer, then
+        # Redis.
+        await asyncio.gather(*(w.stop() for w in workers))
+        for child in children:
             await child.stop()
         if server is not None:
             await asyncio.to_thread(server.stop)
+    if any(w.gave_up for w in workers):
+        raise SystemExit("an HTTP worker cannot start (is the port taken?); see the log above")

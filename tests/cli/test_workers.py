@@ -59,6 +59,10 @@ def test_two_workers_share_the_port_are_restarted_and_stop_together(tmp_path: Pa
         assert seen - pids, "the killed worker was not replaced"
         started = _children(proc.pid)  # workers, the writer and the embedded Redis
         assert len(started) >= 4
+        proc.send_signal(signal.SIGHUP)  # reloads pricing in the workers; stops nothing
+        time.sleep(0.5)
+        assert proc.poll() is None and _health(listen) is not None
+        assert _children(proc.pid) == started
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
