@@ -195,6 +195,11 @@ class Ledger:
         # Concurrent calls share round trips (sidecar/autopipe.py).
         self.pipeline = AutoPipeline(redis, deadline_s=CALL_DEADLINE_S) if auto_pipeline else None
 
+    def close(self) -> None:
+        """Closes the auto-pipeline's own connections (the Redis client is the caller's)."""
+        if self.pipeline is not None:
+            self.pipeline.close()
+
     async def run_script(
         self,
         script: AsyncScript,

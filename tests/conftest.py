@@ -62,8 +62,10 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def ledger(redis: Redis, clock: FakeClock) -> Ledger:
-    return Ledger(redis, KeySpace(), retention_ms=3_600_000, clock=clock)
+def ledger(redis: Redis, clock: FakeClock) -> Iterator[Ledger]:
+    ledger = Ledger(redis, KeySpace(), retention_ms=3_600_000, clock=clock)
+    yield ledger
+    ledger.close()
 
 
 @pytest.fixture

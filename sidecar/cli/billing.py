@@ -131,7 +131,10 @@ def worker() -> None:
                     redis, KeySpace(settings.shards), retention_ms=settings.retention_s * 1000
                 )
                 b = Billing(ledger, BillingStore(engine), gateway, settings, ledger.clock)
-                await BillingWorker(b).run(stop)
+                try:
+                    await BillingWorker(b).run(stop)
+                finally:
+                    ledger.close()
         finally:
             if gateway is not None:
                 await gateway.close()

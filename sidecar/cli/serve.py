@@ -105,6 +105,7 @@ async def supervise(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
     def reload() -> None:  # SIGHUP reloads the pricing file: in every worker
         for w in workers:
             w.signal(signal.SIGHUP)

@@ -86,6 +86,7 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
         try:
             yield
         finally:
+            ledger.close()
             await client.aclose()
             if server is not None:
                 await asyncio.to_thread(server.stop)

@@ -1,0 +1,140 @@
+"""A lean Redis connection for the hot path: commands go out as RESP packed by hiredis, replies
+are parsed by hiredis and handed to their waiters in order (Redis answers in order), with no
+per-command timers, pool checkouts or retry wrappers. The auto-pipeline (sidecar/autopipe.py)
+sends its batches through a few of these; everything else uses redis-py.
+
+Error replies come back as redis-py's exception objects (``NoScriptError`` for a flushed
+script, ``ResponseError`` otherwise), so callers treat them as before. A lost connection
+fails its waiters with ``ConnectionError`` and the next send reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any, cast
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+
+def _error(reply: Exception) -> Exception:
+    message = str(reply)
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    return ResponseError(message)
+
+
+class RespProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are not asyncio.Transport subclasses, but have its methods.)
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as e:
+                self._fail(RedisConnectionError(f"protocol error: {e}"))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            if reply is False:
+                return
+            if not self.waiters:  # nobody asked: the stream is out of step
+                self._fail(RedisConnectionError("unexpected reply"))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                if isinstance(reply, hiredis.ReplyError):
+                    waiter.set_result(_error(reply))
+                else:
+                    waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError(f"connection lost: {exc or 'closed'}"))
+
+    def _fail(self, error: Exception) -> None:
+        self.lost = error
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+
+
+class RespChannel:
+    """One connection, (re)opened on demand from a redis-py pool's connection settings."""
+
+    def __init__(self, connection_kwargs: dict[str, Any]) -> None:
+        self.kw = connection_kwargs
+        self.protocol: RespProtocol | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def _connect(self) -> RespProtocol:
+        loop = asyncio.get_running_loop()
+        kw = self.kw
+        timeout = kw.get("socket_connect_timeout") or 2
+        async with asyncio.timeout(timeout):
+            if kw.get("path"):
+                _, protocol = await loop.create_unix_connection(RespProtocol, kw["path"])
+            else:
+                _, protocol = await loop.create_connection(
+                    RespProtocol, kw.get("host", "127.0.0.1"), kw.get("port", 6379)
+                )
+        setup: list[tuple[Any, ...]] = []
+        if kw.get("password"):
+            user = kw.get("username")
+            setup.append(("AUTH", user, kw["password"]) if user else ("AUTH", kw["password"]))
+        if kw.get("db"):
+            setup.append(("SELECT", kw["db"]))
+        for reply in await self._send(protocol, setup) if setup else []:
+            if isinstance(reply, Exception):
+                assert protocol.transport is not None
+                protocol.transport.close()
+                raise RedisConnectionError(f"connection setup refused: {reply}")
+        return protocol
+
+    @staticmethod
+    async def _send(protocol: RespProtocol, commands: list[tuple[Any, ...]]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        waiters = [loop.create_future() for _ in commands]
+        protocol.waiters.extend(waiters)
+        assert protocol.transport is not None
+        protocol.transport.write(b"".join(hiredis.pack_command(c) for c in commands))
+        return list(await asyncio.gather(*waiters))
+
+    async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Sends ``commands`` in one write; their replies (error replies as exceptions)."""
+        protocol = self.protocol
+        if protocol is None or protocol.lost is not None or protocol.transport is None:
+            if self._connecting is None:
+                self._connecting = asyncio.Lock()
+            async with self._connecting:
+                protocol = self.protocol
+                if protocol is None or protocol.lost is not None:
+                    try:
+                        protocol = self.protocol = await self._connect()
+                    except (OSError, TimeoutError) as e:
+                        raise RedisConnectionError(f"cannot connect to Redis: {e}") from e
+        try:
+            return await self._send(protocol, commands)
+        except BaseException:
+            # Cancelled or failed mid-way: replies may still arrive for these commands, and
+            # the next batch must not read them as its own.
+            self.close()
+            raise
+
+    def close(self) -> None:
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
