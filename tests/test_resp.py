@@ -38,7 +38,7 @@ async def test_a_dropped_connection_fails_its_waiters_and_the_next_call_reconnec
         assert await ch.execute([("CLIENT", "SETNAME", "resp-test")]) == [b"OK"]
         blocked = asyncio.ensure_future(ch.execute([("BLPOP", "nothing", 5)]))
         await asyncio.sleep(0.1)
-        await redis.execute_command("CLIENT", "KILL", "SKIPME", "yes", "TYPE", "normal")
+        await redis.client_kill_filter(_type="normal", skipme=True)
         with pytest.raises(RedisConnectionError):
             await blocked
         assert await ch.execute([("PING",)]) == [b"PONG"]
