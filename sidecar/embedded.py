@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ import redis
 if TYPE_CHECKING:
     from sidecar.settings import Settings
 
+log = logging.getLogger(__name__)
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux
 _PR_SET_PDEATHSIG = 1
 
@@ -208,3 +210,16 @@ def embedded_server(settings: Settings) -> RedisServer:
         binary=settings.redis_server_bin,
         appendfsync=settings.embedded_appendfsync,
     )
+
+
+def redis_for(settings: Settings) -> tuple[RedisServer | None, str]:
+    """The configured Redis URL; unset: a started embedded server (to stop) and its URL.
+
+    Call it from the main thread: the server's parent-death signal is tied to the thread that
+    forked it, and the main thread lives as long as the process."""
+    if settings.redis_url is not None:
+        return None, settings.redis_url
+    server = embedded_server(settings)
+    server.start()
+    log.info("embedded %s listening on %s", server.binary, server.url)
+    return server, server.url

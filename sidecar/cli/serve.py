@@ -20,7 +20,7 @@ from aiohttp import web
 
 from sidecar import __version__
 from sidecar.cli.common import load_settings
-from sidecar.embedded import embedded_server
+from sidecar.embedded import redis_for
 from sidecar.http.app import create_app
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.settings import Settings
@@ -85,13 +85,7 @@ def worker_env(settings: Settings, redis_url: str, index: int) -> dict[str, str]
 
 
 async def supervise(settings: Settings) -> None:
-    server = None
-    url = settings.redis_url
-    if url is None:
-        server = embedded_server(settings)
-        server.start()
-        url = server.url
-        log.info("embedded %s listening on %s", server.binary, url)
+    server, url = redis_for(settings)
     for role in ("admin", "service"):
         settings.token(role)  # generated once, here, before the workers read it
     children: list[Supervised] = []

@@ -18,7 +18,7 @@ from sidecar.billing.context import Billing
 from sidecar.billing.gateway import StripeGateway
 from sidecar.billing.store import BillingStore
 from sidecar.billing.worker import BillingWorker
-from sidecar.embedded import embedded_server
+from sidecar.embedded import redis_for
 from sidecar.gate import Gate
 from sidecar.http.appkeys import (
     API_KEYS,
@@ -56,15 +56,7 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
     app[TOKENS] = {role: settings.token(role).encode() for role in ("admin", "service")}
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-        server = None
-        url = settings.redis_url
-        if url is None:
-            server = embedded_server(settings)
-            # Started from the main thread: the parent-death signal is tied to the thread
-            # that forked the server, and the main thread lives as long as the process.
-            server.start()
-            url = server.url
-            log.info("embedded %s listening on %s", server.binary, url)
+        server, url = redis_for(settings)
         app[REDIS_URL] = url
         client = connect(url)
         app[LEDGER] = ledger = Ledger(
