@@ -65,6 +65,7 @@ class Config:
     accounts: int
     out: Path
     quick: bool
+    sustained: float = 60.0
 
 
 @dataclass
@@ -236,6 +237,86 @@ async def half_load(cfg: Config, server: Server, redis: Redis, probe: CpuProbe, 
     return run
 
 
+async def sustained_run(
+    cfg: Config, srv: servers.Servers, redis: Redis, ledger: Ledger, accounts: list[str]
+) -> dict[str, Any]:
+    """The sidecar as deployed (1 worker, the writer in its own process, SQLite) under a
+    sustained check load: the outbox backlog and lag, sampled every second, must stay bounded,
+    and after the load the writer drains to zero with every check in SQL."""
+    from sidecar.persistence.writer import outbox_status
+
+    await redis.flushall()
+    await setup_accounts(ledger, accounts, 64)
+    port = free_port()
+    data = srv.tmp / "sidecar-sustained"
+    env = sidecar_env(srv.redis.url, data, 1) | {"SIDECAR_LISTEN": f"127.0.0.1:{port}"}
+    samples: list[dict[str, float]] = []
+    async with Server(
+        "sidecar sustained", [sys.executable, "-m", "sidecar", "serve"], env, port
+    ) as s:
+        load = asyncio.create_task(
+            asyncio.to_thread(
+                wrk,
+                s.url,
+                "check.lua",
+                [str(cfg.accounts), SERVICE_TOKEN],
+                cfg.connections,
+                cfg.sustained,
+            )
+        )
+        t0 = time.perf_counter()
+        while not load.done():
+            st = (await outbox_status(redis, ledger.keys, int(time.time() * 1000)))[0]
+            samples.append(
+                {
+                    "t": round(time.perf_counter() - t0, 1),
+                    "unwritten": st["unwritten"],
+                    "lag_s": st["lag_s"],
+                }
+            )
+            await asyncio.sleep(1.0)
+        res = await load
+        drained_in = None
+        t1 = time.perf_counter()
+        while time.perf_counter() - t1 < 60:
+            st = (await outbox_status(redis, ledger.keys, int(time.time() * 1000)))[0]
+            if st["unwritten"] == 0:
+                drained_in = round(time.perf_counter() - t1, 1)
+                break
+            await asyncio.sleep(0.2)
+    if drained_in is None:
+        raise BenchFailure("WRONG RESULT (sustained): the writer did not drain the outbox")
+    import sqlite3
+
+    db = sqlite3.connect(data / "ledger.db")
+    try:
+        usage = db.execute(
+            "SELECT count(*) FROM credit_transactions WHERE type = 'usage'"
+        ).fetchone()[0]
+    finally:
+        db.close()
+    ok = res["requests"] - res["non2xx"]
+    total, lowest = await spent(ledger, accounts, GRANT)
+    if usage != total or lowest < 0 or not ok <= total <= ok + cfg.connections:
+        raise BenchFailure(f"WRONG RESULT (sustained): {ok} allowed, {total} spent, {usage} in SQL")
+    worst = max(samples, key=lambda x: x["unwritten"]) if samples else {"unwritten": 0, "lag_s": 0}
+    out = {
+        "seconds": cfg.sustained,
+        "checks_per_s": round(res["requests"] / (res["duration_us"] / 1e6), 1),
+        "max_unwritten": worst["unwritten"],
+        "max_lag_s": max((x["lag_s"] for x in samples), default=0.0),
+        "drained_in_s": drained_in,
+        "sql_usage_rows": usage,
+        "samples": samples,
+    }
+    log(
+        f"  sustained {cfg.sustained:g} s: {out['checks_per_s']:,.0f} checks/s, backlog at most "
+        f"{out['max_unwritten']:,}, lag at most {out['max_lag_s']:.1f} s, drained in "
+        f"{drained_in} s, {usage:,} rows in SQL"
+    )
+    return out
+
+
 async def spent(ledger: Ledger, accounts: list[str], grant: int) -> tuple[int, int]:
     """Credits spent over ``accounts`` (each granted ``grant``) and the lowest balance."""
     total, lowest = 0, grant
@@ -360,6 +441,8 @@ async def run(cfg: Config) -> dict[str, Any]:
                     x.checks.append(note)
                 runs += mine
 
+            sustained = await sustained_run(cfg, srv, redis, ledger, accounts)
+
             # hot account: every check on one account with 5,000 credits
             await redis.flushall()
             await ledger.configure_account("acct-00000")
@@ -467,6 +550,7 @@ async def run(cfg: Config) -> dict[str, Any]:
         "config": asdict(cfg) | {"out": str(cfg.out)},
         "runs": [asdict(r) for r in runs],
         "redis_benchmark": redis_bench,
+        "sustained": sustained,
     }
     return result
 
@@ -563,17 +647,18 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--accounts", type=int, default=1000)
+    p.add_argument("--sustained", type=float, default=60.0, help="seconds of the sustained run")
     p.add_argument("--out", type=Path)
     p.add_argument(
         "--quick", action="store_true", help="2 s runs; results to a temp dir unless --out"
     )
     a = p.parse_args(argv)
     if a.quick:
-        a.seconds, a.warmup = min(a.seconds, 2.0), 1.0
+        a.seconds, a.warmup, a.sustained = min(a.seconds, 2.0), 1.0, 5.0
     out = a.out or (
         Path(tempfile.gettempdir()) / "cs-bench-http-quick" if a.quick else Path("bench/results")
     )
-    return Config(a.seconds, a.warmup, a.connections, a.accounts, out, a.quick)
+    return Config(a.seconds, a.warmup, a.connections, a.accounts, out, a.quick, a.sustained)
 
 
 def main(argv: list[str] | None = None) -> int:

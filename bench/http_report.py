@@ -50,6 +50,7 @@ def render(result: dict[str, Any]) -> str:
     header = ["target", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/req", "Redis cmds/req"]
     header.append("verified")
     rb = result["redis_benchmark"]
+    su = result["sustained"]
     ratio_rows = [[k, "" if v is None else f"{v:.2f}x"] for k, v in ratios(result).items()]
     return "\n".join(
         [
@@ -71,6 +72,12 @@ def render(result: dict[str, Any]) -> str:
             f"redis-benchmark ({rb['clients']} clients, pipeline {rb['pipeline']}, "
             f"{rb['calls']:,} calls each): SET {n(rb['set_per_s'])}/s, EVALSHA deduct.lua "
             f"{n(rb['evalsha_deduct_per_s'])}/s ({rb['spent']:,} credits spent, one per call).",
+            "",
+            f"Sustained: {su['seconds']:g} s of checks against the sidecar as deployed (1 worker, "
+            f"the writer in its own process, SQLite): {n(su['checks_per_s'])} checks/s; the "
+            f"outbox backlog peaked at {su['max_unwritten']:,} entries and its lag at "
+            f"{su['max_lag_s']:.1f} s, and after the load the writer drained it in "
+            f"{su['drained_in_s']:g} s with all {su['sql_usage_rows']:,} checks in SQL.",
             "",
             "CPU µs/req: CPU time of the server's processes (all workers, the outbox writer) "
             "and of Redis, divided by the requests served. Redis cmds/req: Redis's own "
