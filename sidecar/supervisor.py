@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -31,8 +32,10 @@ class Supervised:
         args: list[str],
         env: dict[str, str],
         on_give_up: Callable[[], None] | None = None,
+        nice: int = 0,
     ) -> None:
         self.name = name
+        self.nice = nice
         self.args = args
         self.env = env
         self.on_give_up = on_give_up
@@ -55,7 +58,7 @@ class Supervised:
                 "sidecar",
                 *self.args,
                 env=self.env,
-                preexec_fn=die_with_parent,
+                preexec_fn=self._preexec,
             )
             if self._stop.is_set():  # stop() ran while it was being spawned
                 await self._terminate(self.process, 15.0)
@@ -79,6 +82,11 @@ class Supervised:
             log.error("%s exited (%s); restarting in %.1fs", self.name, code, backoff)
             await pause(self._stop, backoff)
             backoff = min(backoff * 2, 10.0)
+
+    def _preexec(self) -> None:
+        die_with_parent()
+        if self.nice:
+            os.nice(self.nice)
 
     def signal(self, sig: int) -> None:
         """Forwards ``sig`` to the running child, if any."""

@@ -64,11 +64,18 @@ async def run_inline(writer: OutboxWriter, stop: asyncio.Event) -> None:
         await writer.engine.dispose()
 
 
+WRITER_NICE = 10
+
+
 class WriterProcess(Supervised):
     """``credit-sidecar writer`` as a child of ``serve``, restarted if it exits."""
 
     def __init__(self, settings: Settings, redis_url: str) -> None:
-        super().__init__("outbox writer", ["writer"], self._env(settings, redis_url))
+        # Niced: the writer is about throughput and catches up in idle time; at the same
+        # priority its batches took the CPU from the HTTP workers and doubled their p99.
+        super().__init__(
+            "outbox writer", ["writer"], self._env(settings, redis_url), nice=WRITER_NICE
+        )
 
     @staticmethod
     def _env(s: Settings, redis_url: str) -> dict[str, str]:
