@@ -23,6 +23,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -36,6 +37,12 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def from_ms(ms: int) -> datetime:
     """Unix ms → aware UTC datetime, exactly (no float on the way)."""
     return EPOCH + timedelta(milliseconds=ms)
+
+
+def table_of(model: Any) -> Table:
+    """A model's Core table, typed."""
+    t: Table = model.__table__
+    return t
 
 
 def to_ms(dt: datetime) -> int:

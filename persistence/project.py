@@ -31,6 +31,7 @@ from sidecar.persistence.models import (
     CreditHold,
     CreditTransaction,
     from_ms,
+    table_of,
 )
 
 MAXINT = 2**53 - 1
@@ -431,16 +432,11 @@ class Batch:
             self.keys[row[0]] = row
 
 
-def _t(model: Any) -> Table:
-    table: Table = model.__table__
-    return table
-
-
 async def apply(conn: AsyncConnection, batch: Batch) -> None:
     """Writes a batch; the caller owns the SQL transaction (one per batch)."""
     # Rows for accounts that only appear in key entries; the upserts below create the rest.
     bare = batch.touched_accounts - batch.settings.keys() - batch.account_state.keys()
-    accounts = _t(Account)
+    accounts = table_of(Account)
     await _upsert(conn, accounts, ("id",), [(a,) for a in sorted(bare)], ["id"])
     await _upsert(
         conn,
@@ -463,7 +459,7 @@ async def apply(conn: AsyncConnection, batch: Batch) -> None:
     )
     for table, pk, def_cols, defs, state_cols, state in (
         (
-            _t(CreditBalance),
+            table_of(CreditBalance),
             ["account", "bucket_id"],
             BUCKET_DEF_COLS,
             batch.bucket_defs,
@@ -471,7 +467,7 @@ async def apply(conn: AsyncConnection, batch: Batch) -> None:
             batch.bucket_state,
         ),
         (
-            _t(CreditHold),
+            table_of(CreditHold),
             ["account", "hold_id"],
             HOLD_DEF_COLS,
             batch.hold_defs,
@@ -486,16 +482,16 @@ async def apply(conn: AsyncConnection, batch: Batch) -> None:
         await _upsert(conn, table, state_cols, rows, pk, update=state_cols[2:], where=where)
     await _upsert(
         conn,
-        _t(ApiKey),
+        table_of(ApiKey),
         KEY_COLS,
         list(batch.keys.values()),
         ["key_id"],
         extra_set={"revoked_at": 'COALESCE("api_keys"."revoked_at", excluded."revoked_at")'},
     )
-    await _upsert(conn, _t(CreditTransaction), TXN_COLS, list(batch.txns.values()), ["id"])
+    await _upsert(conn, table_of(CreditTransaction), TXN_COLS, list(batch.txns.values()), ["id"])
     await _upsert(
         conn,
-        _t(CreditAllocation),
+        table_of(CreditAllocation),
         ALLOC_COLS,
         list(batch.allocs.values()),
         ["transaction_id", "bucket_id"],

@@ -44,7 +44,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
-from sqlalchemy import RowMapping, Table, or_, select
+from sqlalchemy import RowMapping, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sidecar.apikeys import key_record, rate_spec
@@ -59,8 +59,10 @@ from sidecar.persistence.models import (
     CreditHold,
     CreditTransaction,
     from_ms,
+    table_of,
     to_ms,
 )
+from sidecar.redis_client import text as _s
 from sidecar.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -106,18 +108,13 @@ class AccountState:
         return live - int(self.document["debt"])
 
 
-def _t(model: Any) -> Table:
-    table: Table = model.__table__
-    return table
-
-
-ACCOUNTS = _t(Account)
-BUCKETS = _t(CreditBalance)
-ALLOCATIONS = _t(CreditAllocation)
-HOLDS = _t(CreditHold)
-TXNS = _t(CreditTransaction)
-API_KEYS = _t(ApiKey)
-AUTO_TOPUPS = _t(AutoTopUp)
+ACCOUNTS = table_of(Account)
+BUCKETS = table_of(CreditBalance)
+ALLOCATIONS = table_of(CreditAllocation)
+HOLDS = table_of(CreditHold)
+TXNS = table_of(CreditTransaction)
+API_KEYS = table_of(ApiKey)
+AUTO_TOPUPS = table_of(AutoTopUp)
 
 
 @asynccontextmanager
@@ -426,10 +423,6 @@ async def _records(
                 "at": int(u["created_ms"]),
             }
     return list(latest.values()), usage
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def _script_error(account: str, e: ResponseError) -> Exception:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.keys import KeySpace
 from sidecar.persistence.models import Account, CreditBalance, CreditTransaction
+from sidecar.redis_client import text as _s
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,6 @@ class Difference:
 
     def __str__(self) -> str:
         return f"{self.account}: {self.what}: redis={self.redis!r} sql={self.sql!r}"
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 async def redis_accounts(redis: Redis, keys: KeySpace) -> AsyncIterator[str]:

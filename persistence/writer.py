@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sidecar import outbox
 from sidecar.keys import KeySpace
 from sidecar.persistence.project import Batch, PoisonEntry, apply
+from sidecar.redis_client import text as _s
 from sidecar.scripts import Scripts
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,6 @@ GROUP = "sql-writer"
 CONSUMER = "writer"  # one name: the lease makes it one process at a time per shard
 
 Entry = tuple[str, dict[str, str]]
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def _entries(raw: list[Any]) -> list[tuple[str, dict[str, str] | None]]:

@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from sidecar.autopipe import AutoPipeline
 from sidecar.errors import BalanceOverflow, HoldExpired, StoreUnavailable, from_script_error
 from sidecar.keys import KeySpace
+from sidecar.redis_client import text as _text
 from sidecar.scripts import Scripts
 
 MAX_CREDITS = 2**53 - 1
@@ -162,10 +163,6 @@ class Balance:
     rate_limit: RateLimit | None
     created_at: int
     buckets: list[Bucket]
-
-
-def _text(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def encode_metadata(metadata: Mapping[str, Any] | None) -> str:

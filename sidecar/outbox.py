@@ -17,12 +17,10 @@ from typing import Any
 
 import orjson
 
+from sidecar.redis_client import text as _text
+
 FIELD = "d"
 ORIG_ID = "orig_id"
-
-
-def _text(v: str | bytes) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def decode(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> dict[str, Any]:

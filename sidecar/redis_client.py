@@ -18,6 +18,11 @@ from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
+def text(v: bytes | str) -> str:
+    """A Redis reply as text, whether the client decodes replies or not."""
+    return v.decode() if isinstance(v, bytes) else v
+
+
 class _HiredisPacking:
     """Packs commands with hiredis (C) instead of redis-py's asyncio packer (pure Python,
     microseconds per argument): every script call's ARGV, and the writer's XACK of a whole

@@ -26,15 +26,16 @@ from sidecar.persistence.models import (
     StripeEvent,
     StripePurchase,
     from_ms,
+    table_of,
 )
 
-PACKAGES: Table = CreditPackage.__table__  # type: ignore[assignment]
-ACCOUNTS: Table = Account.__table__  # type: ignore[assignment]
-EVENTS: Table = StripeEvent.__table__  # type: ignore[assignment]
-PURCHASES: Table = StripePurchase.__table__  # type: ignore[assignment]
-TOPUPS: Table = AutoTopUp.__table__  # type: ignore[assignment]
-ENDPOINTS: Table = NotificationEndpoint.__table__  # type: ignore[assignment]
-DELIVERIES: Table = NotificationDelivery.__table__  # type: ignore[assignment]
+PACKAGES = table_of(CreditPackage)
+ACCOUNTS = table_of(Account)
+EVENTS = table_of(StripeEvent)
+PURCHASES = table_of(StripePurchase)
+TOPUPS = table_of(AutoTopUp)
+ENDPOINTS = table_of(NotificationEndpoint)
+DELIVERIES = table_of(NotificationDelivery)
 
 CLAIMABLE = ("received", "retry", "processing")
 

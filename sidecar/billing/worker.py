@@ -26,6 +26,7 @@ from sidecar.billing.context import Billing, NotYet, Permanent
 from sidecar.billing.gateway import StripeRefused, StripeTransient
 from sidecar.errors import LedgerUnavailable, StoreUnavailable
 from sidecar.persistence.writer import pause
+from sidecar.redis_client import text as _s
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +215,6 @@ class BillingWorker:
         else:
             result = "ignored"
         log.info("ledger event %s (%s, %s): %s", entry_id, kind, account, result)
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 async def _first(*events: asyncio.Event) -> None:
