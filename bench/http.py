@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -47,14 +46,14 @@ from bench import servers
 from bench.checkrate import ADMIN_TOKEN, GRANT, SERVICE_TOKEN, account_names, setup_accounts
 from bench.harness import BenchFailure, CpuProbe, busy_before_start, host_info, log, write_results
 from bench.http_report import plot, render
+from bench.load import Server, wrk
+from bench.pinned import pinned
 from sidecar.apikeys import ApiKeys
 from sidecar.embedded import free_port
 from sidecar.keys import KeySpace
 from sidecar.ledger import Ledger
 from sidecar.redis_client import connect
 from sidecar.scripts import source
-
-WRK_DIR = Path(__file__).parent / "wrk"
 
 
 @dataclass
@@ -83,75 +82,6 @@ class Run:
     redis_cmds_per_req: float | None
     checks: list[str] = field(default_factory=list)
     warmup_ok: int = 0  # 2xx of the discarded warm-up run (they spent credits too)
-
-
-class Server:
-    """A server process (and its children) on a free port, up when /healthz answers."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int) -> None:
-        self.name, self.argv, self.env, self.port = name, argv, env, port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.probe_ok = 0  # 2xx of unmeasured probe runs (they spend credits too)
-        # Requests that may have been served after wrk stopped counting: its connections,
-        # summed over every wrk run against this server.
-        self.in_flight = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def pids(self) -> list[int]:
-        if self.proc is None:
-            return []
-        found, todo = [self.proc.pid], [self.proc.pid]
-        while todo:
-            out = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True)
-            kids = [int(p) for p in out.stdout.split()]
-            found += kids
-            todo += kids
-        return found
-
-    async def __aenter__(self) -> Server:
-        # A long-lived child, polled below; Popen itself returns at once.
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL)  # noqa: ASYNC220
-        for _ in range(600):
-            if self.proc.poll() is not None:
-                raise BenchFailure(f"{self.name} exited with {self.proc.returncode}")
-            if _healthy(self.url):
-                return self
-            await asyncio.sleep(0.05)
-        raise BenchFailure(f"{self.name} did not come up")
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                await asyncio.to_thread(self.proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def _healthy(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url + "/healthz", timeout=1) as r:  # noqa: S310
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
-def wrk(url: str, script: str, args: list[str], connections: int, seconds: float) -> dict[str, Any]:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
-    # A fresh tag per wrk run: idempotency keys never repeat across runs (a repeat is a replay).
-    tag = f"r{time.time_ns():x}"
-    cmd += ["-s", str(WRK_DIR / script), url, "--", tag, *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    m = re.search(r"^JSON (\{.*\})$", out, re.M)
-    if not m:
-        raise BenchFailure(f"wrk printed no result:\n{out}")
-    result: dict[str, Any] = json.loads(m.group(1))
-    return result
 
 
 async def commands(redis: Redis) -> int:
@@ -238,17 +168,24 @@ async def half_load(cfg: Config, server: Server, redis: Redis, probe: CpuProbe, 
 
 
 async def sustained_run(
-    cfg: Config, srv: servers.Servers, redis: Redis, ledger: Ledger, accounts: list[str]
+    cfg: Config,
+    srv: servers.Servers,
+    redis: Redis,
+    ledger: Ledger,
+    accounts: list[str],
+    rate: float | None = None,
 ) -> dict[str, Any]:
     """The sidecar as deployed (1 worker, the writer in its own process, SQLite) under a
-    sustained check load: the outbox backlog and lag, sampled every second, must stay bounded,
-    and after the load the writer drains to zero with every check in SQL."""
+    sustained check load, flat out or offered at ``rate`` checks/s (wrk's connections paced):
+    the outbox backlog and lag are sampled every second, their trend tells whether the writer
+    keeps up, and after the load the writer drains to zero with every check in SQL."""
     from sidecar.persistence.writer import outbox_status
 
     await redis.flushall()
     await setup_accounts(ledger, accounts, 64)
     port = free_port()
-    data = srv.tmp / "sidecar-sustained"
+    data = srv.tmp / f"sidecar-sustained-{'paced' if rate else 'flat'}"
+    pace = ["1", "/v1/check", str(max(1, round(cfg.connections * 1000 / rate)))] if rate else []
     env = sidecar_env(srv.redis.url, data, 1) | {"SIDECAR_LISTEN": f"127.0.0.1:{port}"}
     samples: list[dict[str, float]] = []
     async with Server(
@@ -259,7 +196,7 @@ async def sustained_run(
                 wrk,
                 s.url,
                 "check.lua",
-                [str(cfg.accounts), SERVICE_TOKEN],
+                [str(cfg.accounts), SERVICE_TOKEN, *pace],
                 cfg.connections,
                 cfg.sustained,
             )
@@ -302,11 +239,16 @@ async def sustained_run(
     worst = max(samples, key=lambda x: x["unwritten"]) if samples else {"unwritten": 0, "lag_s": 0}
     out = {
         "seconds": cfg.sustained,
+        "offered_per_s": rate,
         "checks_per_s": round(res["requests"] / (res["duration_us"] / 1e6), 1),
         "max_unwritten": worst["unwritten"],
         "max_lag_s": max((x["lag_s"] for x in samples), default=0.0),
         "drained_in_s": drained_in,
         "sql_usage_rows": usage,
+        # The backlog's trend over the second half of the run, entries/s: about 0 when the
+        # writer keeps up (the backlog oscillates by a batch or so), positive when it falls
+        # behind (the lag would grow without bound).
+        "backlog_growth_per_s": growth(samples[len(samples) // 2 :]),
         "samples": samples,
     }
     log(
@@ -315,6 +257,17 @@ async def sustained_run(
         f"{drained_in} s, {usage:,} rows in SQL"
     )
     return out
+
+
+def growth(samples: list[dict[str, float]]) -> float:
+    """Least-squares slope of the unwritten entries over time."""
+    if len(samples) < 2:
+        return 0.0
+    ts, ys = [x["t"] for x in samples], [x["unwritten"] for x in samples]
+    mt, my = sum(ts) / len(ts), sum(ys) / len(ys)
+    var = sum((t - mt) ** 2 for t in ts)
+    cov = sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True))
+    return round(cov / var, 1) if var else 0.0
 
 
 async def spent(ledger: Ledger, accounts: list[str], grant: int) -> tuple[int, int]:
@@ -441,7 +394,25 @@ async def run(cfg: Config) -> dict[str, Any]:
                     x.checks.append(note)
                 runs += mine
 
+            assert srv.redis.process is not None
+            pinned_result = await pinned(
+                srv.redis.process.pid,
+                redis,
+                ledger,
+                accounts,
+                sidecar_env(srv.redis.url, srv.tmp / "sidecar-pinned", 1),
+                srv.tmp / "sidecar-pinned",
+                connections=cfg.connections,
+                seconds=cfg.seconds,
+                warmup=cfg.warmup,
+            )
+
             sustained = await sustained_run(cfg, srv, redis, ledger, accounts)
+            # And at a rate a deployment would run at: three quarters of the peak.
+            peak = next(r.per_s for r in runs if r.target.endswith("1 worker"))
+            sustained_paced = await sustained_run(
+                cfg, srv, redis, ledger, accounts, rate=0.75 * peak
+            )
 
             # hot account: every check on one account with 5,000 credits
             await redis.flushall()
@@ -551,6 +522,8 @@ async def run(cfg: Config) -> dict[str, Any]:
         "runs": [asdict(r) for r in runs],
         "redis_benchmark": redis_bench,
         "sustained": sustained,
+        "sustained_paced": sustained_paced,
+        "pinned": pinned_result,
     }
     return result
 

@@ -26,12 +26,27 @@ def _error(reply: Exception) -> Exception:
     return ResponseError(message)
 
 
+class _Batch:
+    """The replies of one write's commands, handed over together once all have arrived."""
+
+    __slots__ = ("future", "replies", "size")
+
+    def __init__(self, future: asyncio.Future[list[Any]], size: int) -> None:
+        self.future = future
+        self.replies: list[Any] = []
+        self.size = size
+
+
 class RespProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
-        self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # One waiter per write, not per command: a batch costs one future, not one each
+        # plus a gather.
+        self.waiters: collections.deque[_Batch] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        # Kept: get_running_loop() costs a getpid() system call on every use.
+        self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are not asyncio.Transport subclasses, but have its methods.)
@@ -54,12 +69,12 @@ class RespProtocol(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.close()
                 return
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                if isinstance(reply, hiredis.ReplyError):
-                    waiter.set_result(_error(reply))
-                else:
-                    waiter.set_result(reply)
+            batch = self.waiters[0]
+            batch.replies.append(_error(reply) if isinstance(reply, hiredis.ReplyError) else reply)
+            if len(batch.replies) == batch.size:
+                self.waiters.popleft()
+                if not batch.future.done():
+                    batch.future.set_result(batch.replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"connection lost: {exc or 'closed'}"))
@@ -67,9 +82,9 @@ class RespProtocol(asyncio.Protocol):
     def _fail(self, error: Exception) -> None:
         self.lost = error
         while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(error)
+            batch = self.waiters.popleft()
+            if not batch.future.done():
+                batch.future.set_exception(error)
 
 
 class RespChannel:
@@ -106,12 +121,11 @@ class RespChannel:
 
     @staticmethod
     async def _send(protocol: RespProtocol, commands: list[tuple[Any, ...]]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        waiters = [loop.create_future() for _ in commands]
-        protocol.waiters.extend(waiters)
+        batch = _Batch(protocol.loop.create_future(), len(commands))
+        protocol.waiters.append(batch)
         assert protocol.transport is not None
-        protocol.transport.write(b"".join(hiredis.pack_command(c) for c in commands))
-        return list(await asyncio.gather(*waiters))
+        protocol.transport.write(b"".join([hiredis.pack_command(c) for c in commands]))
+        return await batch.future
 
     async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Sends ``commands`` in one write; their replies (error replies as exceptions)."""

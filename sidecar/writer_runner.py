@@ -33,6 +33,7 @@ def make_writer(redis: Redis, settings: Settings) -> OutboxWriter:
         batch_size=settings.writer_batch_size,
         max_attempts=settings.writer_max_attempts,
         lease_ms=settings.writer_lease_ms,
+        linger_s=settings.writer_linger_ms / 1000,
     )
 
 
@@ -88,5 +89,6 @@ class WriterProcess(Supervised):
             "SIDECAR_WRITER_BATCH_SIZE": str(s.writer_batch_size),
             "SIDECAR_WRITER_MAX_ATTEMPTS": str(s.writer_max_attempts),
             "SIDECAR_WRITER_LEASE_MS": str(s.writer_lease_ms),
+            "SIDECAR_WRITER_LINGER_MS": str(s.writer_linger_ms),
         }
         return env

@@ -299,3 +299,31 @@ async def test_a_retried_settings_dead_letter_keeps_its_place_in_the_order(
     await drain(make_writer(ledger, engine))
     (acme,) = await rows(engine, "SELECT overdraft_limit FROM accounts WHERE id = 'acme'")
     assert acme[0] == 9
+
+
+async def test_a_caught_up_writer_lingers_then_writes_what_gathered_in_one_batch(
+    ledger: Ledger, engine: AsyncEngine
+) -> None:
+    """After a batch smaller than batch_size the writer waits linger_s before reading again,
+    so what arrives meanwhile is committed together; a stop cuts the wait short."""
+    import asyncio
+
+    await ledger.configure_account("acme")
+    await ledger.grant("acme", "g", 100)
+    writer = make_writer(ledger, engine, linger_s=30.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    try:
+        for _ in range(1000):  # the account and the grant: one small batch
+            if writer.stats.written >= 2:
+                break
+            await asyncio.sleep(0.01)
+        batches = writer.stats.batches
+        for i in range(5):
+            await ledger.deduct("acme", 1, f"r{i}")
+        await asyncio.sleep(0.5)
+        assert writer.stats.written == 2 and writer.stats.batches == batches  # lingering
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)  # the stop ends the linger at once
+    assert await drain(writer) == 5  # all five, pending for the next run, in one batch
