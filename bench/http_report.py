@@ -168,7 +168,8 @@ def keeping_up(su: dict[str, Any]) -> str:
 
 def sustained_paragraph(su: dict[str, Any]) -> str:
     load = (
-        f"offered at {n(su['offered_per_s'])} checks/s (three quarters of the peak)"
+        f"paced below the peak (wrk's connections wait between requests, aiming at three "
+        f"quarters of the peak, {n(su['offered_per_s'])}/s)"
         if su.get("offered_per_s")
         else "flat out"
     )
