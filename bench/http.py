@@ -14,7 +14,7 @@ thread, the same connections and duration for all), after a warm-up run that is 
 4. ``redis-benchmark``: EVALSHA of deduct.lua against a plain SET, both pipelined.
 
 Reported: requests/s, latency p50/p99/p99.9, server CPU per request, Redis commands per
-check, and the ratios check/bare, check/seed and script/SET. Every load run is verified: Redis
+check, and the ratios check/bare, check/seed and script/SET. Every load run is verified: RedisClient
 (or SQL) spent exactly what the 2xx answers say (within the requests in flight when wrk
 stopped), the hot account exactly its credits, never more. Results: bench/results/http.md,
 http.json and http.png.
@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from redis.asyncio import Redis
 
 from bench import servers
 from bench.checkrate import ADMIN_TOKEN, GRANT, SERVICE_TOKEN, account_names, setup_accounts
@@ -52,7 +51,7 @@ from sidecar.apikeys import ApiKeys
 from sidecar.embedded import free_port
 from sidecar.keys import KeySpace
 from sidecar.ledger import Ledger
-from sidecar.redis_client import connect
+from sidecar.redis_client import RedisClient, connect
 from sidecar.scripts import source
 
 
@@ -84,7 +83,7 @@ class Run:
     warmup_ok: int = 0  # 2xx of the discarded warm-up run (they spent credits too)
 
 
-async def commands(redis: Redis) -> int:
+async def commands(redis: RedisClient) -> int:
     stats: Any = await redis.info("commandstats")
     return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_"))
 
@@ -93,7 +92,7 @@ async def measure(
     cfg: Config,
     target: str,
     server: Server,
-    redis: Redis | None,
+    redis: RedisClient | None,
     probe: CpuProbe,
     script: str,
     args: list[str],
@@ -140,7 +139,9 @@ async def measure(
     return run, res
 
 
-async def half_load(cfg: Config, server: Server, redis: Redis, probe: CpuProbe, peak: float) -> Run:
+async def half_load(
+    cfg: Config, server: Server, redis: RedisClient, probe: CpuProbe, peak: float
+) -> Run:
     """The check's latency at about half its peak rate: wrk is a closed loop, so the load is
     set by its connections; short probes find the count whose rate is nearest half the peak."""
     args = [str(cfg.accounts), SERVICE_TOKEN]
@@ -170,7 +171,7 @@ async def half_load(cfg: Config, server: Server, redis: Redis, probe: CpuProbe, 
 async def sustained_run(
     cfg: Config,
     srv: servers.Servers,
-    redis: Redis,
+    redis: RedisClient,
     ledger: Ledger,
     accounts: list[str],
     rate: float | None = None,
@@ -529,7 +530,7 @@ async def run(cfg: Config) -> dict[str, Any]:
 
 
 async def redis_benchmark(
-    srv: servers.Servers, redis: Redis, ledger: Ledger, cfg: Config
+    srv: servers.Servers, redis: RedisClient, ledger: Ledger, cfg: Config
 ) -> dict[str, Any]:
     """redis-benchmark (pipelined 16, 50 clients): deduct.lua's EVALSHA against a plain SET."""
     exe = shutil.which("redis-benchmark")

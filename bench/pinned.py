@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
 from bench.checkrate import GRANT, SERVICE_TOKEN, setup_accounts
 from bench.harness import BenchFailure, log, proc_cpu_s
 from bench.load import Server, wrk
 from sidecar.embedded import free_port
 from sidecar.ledger import Ledger
+from sidecar.redis_client import RedisClient
 
 OWN = "0"  # the core of the process under test
 
@@ -68,7 +67,7 @@ async def _run(
 
 async def pinned(
     redis_pid: int,
-    redis: Redis,
+    redis: RedisClient,
     ledger: Ledger,
     accounts: list[str],
     env: dict[str, str],

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,6 +22,7 @@ from bench.harness import BenchFailure, Pids
 from sidecar.embedded import RedisServer, free_port
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.models import Base
+from sidecar.redis_client import RedisClient
 
 PG_ADMIN_URL = os.environ.get("SIDECAR_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ("sqlite", "postgresql")
@@ -106,7 +106,7 @@ class Databases:
         }
 
 
-async def redis_version(client: Redis) -> str:
+async def redis_version(client: RedisClient) -> str:
     info: Any = await client.info("server")
     return f"{info.get('redis_version')} (AOF appendfsync everysec, as embedded)"
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from redis.asyncio import Redis
 
 from bench import servers
 from bench.checkrate import GRANT, account_names, check_rate_direct, check_rate_http, setup_accounts
@@ -57,7 +56,7 @@ from bench.writer_profile import profile_writer
 from bench.writer_report import GOAL, method, render
 from sidecar.keys import KeySpace
 from sidecar.ledger import Ledger
-from sidecar.redis_client import connect
+from sidecar.redis_client import RedisClient, connect
 from sidecar.writer_runner import tune_gc
 
 # The batch size of the profile and of the runs under check load (the sweep covers others).
@@ -110,7 +109,7 @@ async def run(cfg: Config) -> dict[str, Any]:
 
 
 async def _measure(
-    cfg: Config, srv: servers.Servers, redis: Redis, wredis: Redis
+    cfg: Config, srv: servers.Servers, redis: RedisClient, wredis: RedisClient
 ) -> dict[str, Any]:
     accounts = account_names(cfg.accounts)
     probe = CpuProbe(srv.watched())

@@ -11,7 +11,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,6 +21,7 @@ from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, Ledger
 from sidecar.persistence.reconcile import Difference, reconcile, redis_state
 from sidecar.persistence.writer import OutboxWriter, outbox_status
+from sidecar.redis_client import RedisClient
 
 SHARD = 0
 
@@ -31,8 +31,10 @@ class Rig:
     """What every run of the writer scenario uses."""
 
     srv: Servers
-    redis: Redis  # the bench's client (bytes replies, a pool for the check load)
-    writer_redis: Redis  # the writer's own client, as `serve` and `credit-sidecar writer` make it
+    redis: RedisClient  # the bench's client (bytes replies, a pool for the check load)
+    writer_redis: (
+        RedisClient  # the writer's own client, as `serve` and `credit-sidecar writer` make it
+    )
     keys: KeySpace
     ledger: Ledger
     accounts: list[str]
@@ -96,7 +98,7 @@ async def fill_outbox(
     return Fill(events, round(seconds, 3), round(events / seconds, 1), spent)
 
 
-async def outbox_census(redis: Redis, keys: KeySpace) -> Census:
+async def outbox_census(redis: RedisClient, keys: KeySpace) -> Census:
     """What every shard's outbox holds; setup entries are those before each shard's first
     usage transaction."""
     kinds: Counter[str] = Counter()
@@ -211,7 +213,7 @@ async def drain(
 
 
 async def _reconcile_all(
-    redis: Redis, keys: KeySpace, engine: AsyncEngine, accounts: set[str]
+    redis: RedisClient, keys: KeySpace, engine: AsyncEngine, accounts: set[str]
 ) -> list[Difference]:
     sem = asyncio.Semaphore(8)  # a few at a time: each one needs a connection of the SQL pool
 

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 from sqlalchemy import RowMapping, or_, select
@@ -62,6 +61,7 @@ from sidecar.persistence.models import (
     table_of,
     to_ms,
 )
+from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _s
 from sidecar.scripts import Scripts
 
@@ -435,7 +435,7 @@ def _script_error(account: str, e: ResponseError) -> Exception:
 
 
 async def restore_account(
-    redis: Redis,
+    redis: RedisClient,
     keys: KeySpace,
     script: AsyncScript,
     state: AccountState,
@@ -498,7 +498,7 @@ async def restore_account(
     await pipe.execute()
 
 
-async def _existing(redis: Redis, keys: KeySpace, accounts: Sequence[str]) -> list[str]:
+async def _existing(redis: RedisClient, keys: KeySpace, accounts: Sequence[str]) -> list[str]:
     out: list[str] = []
     for i in range(0, len(accounts), 1000):
         chunk = accounts[i : i + 1000]
@@ -511,7 +511,7 @@ async def _existing(redis: Redis, keys: KeySpace, accounts: Sequence[str]) -> li
 
 
 async def rebuild(
-    redis: Redis,
+    redis: RedisClient,
     keys: KeySpace,
     engine: AsyncEngine,
     *,
@@ -576,7 +576,7 @@ async def rebuild(
 
 
 async def _ahead_of_sql(
-    redis: Redis, keys: KeySpace, engine: AsyncEngine, accounts: list[str]
+    redis: RedisClient, keys: KeySpace, engine: AsyncEngine, accounts: list[str]
 ) -> list[str]:
     """Accounts whose Redis sequence number is ahead of SQL's: transactions not written yet."""
     async with engine.connect() as conn:

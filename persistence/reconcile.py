@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.keys import KeySpace
 from sidecar.persistence.models import Account, CreditBalance, CreditTransaction
+from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _s
 
 
@@ -31,7 +31,7 @@ class Difference:
         return f"{self.account}: {self.what}: redis={self.redis!r} sql={self.sql!r}"
 
 
-async def redis_accounts(redis: Redis, keys: KeySpace) -> AsyncIterator[str]:
+async def redis_accounts(redis: RedisClient, keys: KeySpace) -> AsyncIterator[str]:
     """Every account in Redis (scans the account hashes of each shard)."""
     for shard in range(keys.shards):
         prefix = keys.account_prefix(shard)
@@ -43,7 +43,7 @@ def _glob_escape(s: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in s)
 
 
-async def redis_state(redis: Redis, keys: KeySpace, account: str) -> dict[str, Any] | None:
+async def redis_state(redis: RedisClient, keys: KeySpace, account: str) -> dict[str, Any] | None:
     """The balance-relevant Redis state of one account (None if it does not exist)."""
     raw = await redis.hgetall(keys.for_account(account).account)
     h = {_s(k): _s(v) for k, v in raw.items()}
@@ -93,7 +93,7 @@ async def sql_state(engine: AsyncEngine, account: str) -> dict[str, Any] | None:
 
 
 async def reconcile_account(
-    redis: Redis, keys: KeySpace, engine: AsyncEngine, account: str
+    redis: RedisClient, keys: KeySpace, engine: AsyncEngine, account: str
 ) -> list[Difference]:
     r = await redis_state(redis, keys, account)
     s = await sql_state(engine, account)
@@ -123,7 +123,7 @@ async def reconcile_account(
 
 
 async def reconcile(
-    redis: Redis, keys: KeySpace, engine: AsyncEngine, account: str | None = None
+    redis: RedisClient, keys: KeySpace, engine: AsyncEngine, account: str | None = None
 ) -> list[Difference]:
     """Differences for one account, or for every account on either side."""
     if account is not None:

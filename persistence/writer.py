@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sidecar import outbox
 from sidecar.keys import KeySpace
 from sidecar.persistence.project import Batch, PoisonEntry, apply
+from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _s
 from sidecar.scripts import Scripts
 
@@ -127,7 +127,7 @@ class PermanentError(Exception):
 class OutboxWriter:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         engine: AsyncEngine,
         keys: KeySpace,
         *,
@@ -406,7 +406,7 @@ class OutboxWriter:
         return removed
 
 
-async def outbox_status(redis: Redis, keys: KeySpace, now_ms: int) -> list[dict[str, Any]]:
+async def outbox_status(redis: RedisClient, keys: KeySpace, now_ms: int) -> list[dict[str, Any]]:
     """Per shard: stream length, entries not yet written (pending + undelivered), the age of
     the oldest unwritten entry (the writer's lag), and dead letters."""
     out = []
@@ -452,7 +452,7 @@ async def outbox_status(redis: Redis, keys: KeySpace, now_ms: int) -> list[dict[
     return out
 
 
-async def _count_after(redis: Redis, stream: str, last: str) -> int:
+async def _count_after(redis: RedisClient, stream: str, last: str) -> int:
     entries: Any = await redis.xrange(stream, min=f"({last}", count=1_000_000)
     return len(entries)
 

@@ -8,6 +8,10 @@ to callers in order; an error reply fails only its own call.
 
 A script missing from the server's cache (restart, SCRIPT FLUSH) is sent again with EVAL,
 which loads and runs it in one step, so a flush never fails a call.
+
+On a Redis Cluster a batch goes out as redis-py's cluster pipeline instead: it splits the
+batch by slot owner, sends one pipeline per master, and follows MOVED and ASK redirections
+and a failover's new topology (every call's keys share one slot).
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from sidecar.resp import RespChannel
 
@@ -40,15 +44,20 @@ class _Call:
 class AutoPipeline:
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         max_batch: int = MAX_BATCH,
         deadline_s: float = 5.0,
         channels: int = CHANNELS,
     ) -> None:
         self.redis = redis
-        # Lean connections of our own (sidecar/resp.py), set up like the client's pool.
-        kw = dict(redis.connection_pool.connection_kwargs)
-        self._channels = [RespChannel(kw) for _ in range(channels)]
+        self._cluster = redis if isinstance(redis, RedisCluster) else None
+        # Single node: lean connections of our own (sidecar/resp.py), set up like the
+        # client's pool.
+        self._channels = (
+            [RespChannel(dict(redis.connection_pool.connection_kwargs)) for _ in range(channels)]
+            if isinstance(redis, Redis)
+            else []
+        )
         self._next = 0
         self.max_batch = max_batch
         self.deadline_s = deadline_s  # for a whole batch, retries included
@@ -129,6 +138,18 @@ class AutoPipeline:
             for c in calls
         ]
         backoff = 0.01
+        while self._cluster is not None:  # until the batch's deadline: a failover, say
+            pipe = self._cluster.pipeline(transaction=False)
+            for c in commands:
+                pipe.execute_command(*c)
+            try:
+                return list(await pipe.execute(raise_on_error=False))
+            except (RedisError, OSError, AttributeError):
+                # Safe to send again: every script call is idempotent by its ids. (During a
+                # failover redis-py 8.1 can also fail a connection torn down under it with
+                # AttributeError: its writer is already gone.)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
         while True:  # until the batch's deadline: Redis restarting, say
             channel = self._channels[self._next % len(self._channels)]
             self._next += 1

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import orjson
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from sidecar.autopipe import AutoPipeline
 from sidecar.errors import BalanceOverflow, HoldExpired, StoreUnavailable, from_script_error
 from sidecar.keys import KeySpace
+from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _text
 from sidecar.scripts import Scripts
 
@@ -177,7 +177,7 @@ class Ledger:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: KeySpace,
         *,
         retention_ms: int = 86_400_000,
@@ -189,7 +189,7 @@ class Ledger:
         self.retention_ms = retention_ms
         self.clock = clock
         self.scripts = Scripts.register(redis)
-        # Concurrent calls share round trips (sidecar/autopipe.py).
+        # Concurrent calls share round trips (sidecar/autopipe.py), on one node or a cluster.
         self.pipeline = AutoPipeline(redis, deadline_s=CALL_DEADLINE_S) if auto_pipeline else None
 
     def close(self) -> None:

@@ -2,6 +2,11 @@
 
 Retrying a script call is safe because every mutation carries an id and is idempotent;
 the retries ride out a server restart (and AOF loading) of a few seconds.
+
+A ``redis+cluster://host:port`` URL (or ``rediss+cluster://``) means a Redis Cluster: any
+node's address; the client discovers the rest, follows MOVED and ASK redirections, and finds
+the new master after a failover. Every script's keys share one hash tag, so each call is
+served by one node.
 """
 
 from __future__ import annotations
@@ -9,13 +14,23 @@ from __future__ import annotations
 from typing import Any
 
 import hiredis
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# What every part of the sidecar talks to: one server (or a primary with replicas), or a
+# cluster. Both offer the commands we use on keys of one slot.
+RedisClient = Redis | RedisCluster
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0] in CLUSTER_SCHEMES
 
 
 def text(v: bytes | str) -> str:
@@ -51,14 +66,28 @@ class FastUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
 
 def connect(
     url: str, *, retries: int = 12, max_connections: int = 64, decode_responses: bool = False
-) -> Redis:
+) -> RedisClient:
     """A client whose pool makes callers wait for a free connection rather than fail."""
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.01), retries)
+    if is_cluster_url(url):
+        scheme, _, rest = url.partition("://")
+        # The retries also cover a failover: on a connection error or CLUSTERDOWN the client
+        # reloads the slot map and tries the slot's new master.
+        return RedisCluster.from_url(
+            f"{CLUSTER_SCHEMES[scheme]}://{rest}",
+            decode_responses=decode_responses,
+            max_connections=max_connections,
+            retry=retry,
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            socket_timeout=5,
+            socket_connect_timeout=2,
+        )
     pool = BlockingConnectionPool.from_url(
         url,
         decode_responses=decode_responses,
         max_connections=max_connections,
         timeout=10,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), retries),
+        retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         socket_timeout=5,
         socket_connect_timeout=2,

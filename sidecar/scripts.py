@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from sidecar.redis_client import RedisClient
 
 NAMES = (
     "account",
@@ -58,5 +59,5 @@ class Scripts:
     lease: AsyncScript
 
     @classmethod
-    def register(cls, client: Redis) -> Scripts:
+    def register(cls, client: RedisClient) -> Scripts:
         return cls(**{name: client.register_script(source(name)) for name in NAMES + STANDALONE})

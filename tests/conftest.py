@@ -12,14 +12,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
-from redis.asyncio import Redis
 
 from sidecar import outbox
 from sidecar.embedded import RedisServer, free_port
 from sidecar.http.app import create_app
 from sidecar.keys import KeySpace
 from sidecar.ledger import Ledger
-from sidecar.redis_client import connect
+from sidecar.redis_client import RedisClient, connect
 from sidecar.settings import Settings
 
 ADMIN = "admin-test-token"
@@ -49,7 +48,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+async def redis(redis_server: RedisServer) -> AsyncIterator[RedisClient]:
     client = connect(redis_server.url)
     await client.flushall()
     yield client
@@ -62,7 +61,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def ledger(redis: Redis, clock: FakeClock) -> Iterator[Ledger]:
+def ledger(redis: RedisClient, clock: FakeClock) -> Iterator[Ledger]:
     ledger = Ledger(redis, KeySpace(), retention_ms=3_600_000, clock=clock)
     yield ledger
     ledger.close()
@@ -82,7 +81,7 @@ def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def client(
-    settings: Settings, redis: Redis, clock: FakeClock
+    settings: Settings, redis: RedisClient, clock: FakeClock
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = create_app(settings, clock=clock)
     async with TestClient(TestServer(app)) as c:
@@ -97,7 +96,7 @@ def service() -> dict[str, str]:
     return {"Authorization": f"Bearer {SERVICE}"}
 
 
-async def snapshot(redis: Redis) -> dict[bytes, object]:
+async def snapshot(redis: RedisClient) -> dict[bytes, object]:
     """Every key's type and content: equal snapshots mean nothing was written.
 
     (DUMP is not stable: reading a hashtable-encoded hash may rehash it and reorder fields.)
@@ -122,13 +121,13 @@ async def snapshot(redis: Redis) -> dict[bytes, object]:
     return out
 
 
-async def stream(redis: Redis, key: str) -> list[dict[str, str]]:
+async def stream(redis: RedisClient, key: str) -> list[dict[str, str]]:
     """A stream's entries as text dicts."""
     entries: Any = await redis.xrange(key)
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
 
 
-async def outbox_entries(redis: Redis, shard: int = 0) -> list[dict[str, Any]]:
+async def outbox_entries(redis: RedisClient, shard: int = 0) -> list[dict[str, Any]]:
     """The outbox's entries, decoded (typed JSON objects, sidecar/outbox.py)."""
     entries: Any = await redis.xrange(KeySpace().outbox(shard))
     return [outbox.decode(fields) for _, fields in entries]

@@ -44,6 +44,8 @@ class LocalCluster:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                    # The bus port, explicitly: port + 10000 (the default) may not exist.
+                    "--cluster-port", str(free_port()),
                     # A replica may be promoted however long it was cut off (tests kill masters).
                     "--cluster-replica-validity-factor", "0",
                 ),
@@ -51,14 +53,30 @@ class LocalCluster:
             node.start()
             self.nodes.append(node)
         addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        replicas = ["--cluster-replicas", str(self.replicas)]
         subprocess.run(
-            [cli, "--cluster", "create", *addrs, "--cluster-replicas", str(self.replicas)]
-            + ["--cluster-yes"],
+            [cli, "--cluster", "create", *addrs, "--cluster-yes", *replicas],
             check=True,
             capture_output=True,
             timeout=60,
         )
         self.wait_ok()
+        self.wait_synced()
+
+    def wait_synced(self, timeout: float = 30.0) -> None:
+        """Until every live replica's link to its master is up (its initial sync done)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pending = 0
+            for node in self.live():
+                with self._client(node) as c:
+                    info = c.info("replication")
+                    if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                        pending += 1
+            if not pending:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the replicas did not finish their initial sync")
 
     def _client(self, node: RedisServer) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1)

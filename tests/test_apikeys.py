@@ -4,11 +4,11 @@ refused by the deduct script the moment they are revoked (even from a stale cach
 from __future__ import annotations
 
 import pytest
-from redis.asyncio import Redis
 
 from sidecar import errors
 from sidecar.apikeys import ApiKeys, hash_key
 from sidecar.ledger import Allowed, Ledger, RateLimit, RateLimited, Revoked
+from sidecar.redis_client import RedisClient
 from tests.conftest import FakeClock, snapshot
 
 
@@ -19,7 +19,7 @@ async def apikeys(ledger: Ledger) -> ApiKeys:
     return ApiKeys(ledger)
 
 
-async def test_key_is_stored_only_as_its_hash(apikeys: ApiKeys, redis: Redis) -> None:
+async def test_key_is_stored_only_as_its_hash(apikeys: ApiKeys, redis: RedisClient) -> None:
     info, key = await apikeys.create("a", name="ci")
     assert key.startswith("csk_") and info.prefix == key[:12]
     dump = repr(await snapshot(redis))

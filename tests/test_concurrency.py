@@ -7,16 +7,16 @@ import asyncio
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from redis.asyncio import Redis
 
 from sidecar.ledger import Allowed, Ledger
+from sidecar.redis_client import RedisClient
 from tests.conftest import FakeClock, admin, outbox_entries, service
 
 Client = TestClient[web.Request, web.Application]
 
 
 async def test_1000_concurrent_checks_spend_exactly_the_live_credits(
-    client: Client, redis: Redis, clock: FakeClock
+    client: Client, redis: RedisClient, clock: FakeClock
 ) -> None:
     """100 live credits in 3 buckets (one expired, one promotional with priority): exactly
     100 of 1000 one-credit checks pass, no bucket goes negative, buckets drain in burn order."""

@@ -8,12 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
 
 from sidecar.embedded import RedisServer, free_port
 from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, Ledger
-from sidecar.redis_client import connect
+from sidecar.redis_client import RedisClient, connect
 from tests.conftest import outbox_entries
 
 pytestmark = pytest.mark.slow
@@ -22,7 +21,7 @@ WORKERS, PER_WORKER = 8, 150
 
 
 @pytest.fixture
-async def private(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, Redis, Ledger]]:
+async def private(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, RedisClient, Ledger]]:
     """A server of the test's own (it gets killed), fsyncing every write."""
     server = RedisServer(tmp_path / "redis", port=free_port(), appendfsync="always")
     server.start()
@@ -44,7 +43,7 @@ async def load(ledger: Ledger) -> None:
     await asyncio.gather(*(worker(w) for w in range(WORKERS)))
 
 
-async def assert_charged_once_each(client: Redis, ledger: Ledger) -> None:
+async def assert_charged_once_each(client: RedisClient, ledger: Ledger) -> None:
     total = WORKERS * PER_WORKER
     assert (await ledger.balance("a")).balance == 1_000_000 - total
     usage = [e for e in await outbox_entries(client) if e.get("type") == "usage"]
@@ -53,7 +52,7 @@ async def assert_charged_once_each(client: Redis, ledger: Ledger) -> None:
 
 
 async def test_script_flush_under_load_fails_no_request(
-    private: tuple[RedisServer, Redis, Ledger],
+    private: tuple[RedisServer, RedisClient, Ledger],
 ) -> None:
     _, client, ledger = private
     done = asyncio.Event()
@@ -74,7 +73,7 @@ async def test_script_flush_under_load_fails_no_request(
 
 
 async def test_server_killed_and_restarted_under_load_fails_no_request(
-    private: tuple[RedisServer, Redis, Ledger],
+    private: tuple[RedisServer, RedisClient, Ledger],
 ) -> None:
     server, client, ledger = private
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from sidecar import errors
 from sidecar.keys import KeySpace
@@ -19,10 +18,11 @@ from sidecar.ledger import (
     RateLimit,
     RateLimited,
 )
+from sidecar.redis_client import RedisClient
 from tests.conftest import FakeClock, outbox_entries, snapshot, stream
 
 
-async def txns(redis: Redis) -> list[dict[str, Any]]:
+async def txns(redis: RedisClient) -> list[dict[str, Any]]:
     return [e for e in await outbox_entries(redis) if e["kind"] == "txn"]
 
 
@@ -61,7 +61,7 @@ async def test_burn_order_priority_then_expiry_then_age(ledger: Ledger, clock: F
 
 
 async def test_expired_bucket_is_never_drawn_and_records_one_expiry(
-    ledger: Ledger, redis: Redis, clock: FakeClock
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
 ) -> None:
     await ledger.configure_account("a")
     await ledger.grant("a", "promo", 50, expires_at=clock.now + 1000, priority=-1)
@@ -77,7 +77,7 @@ async def test_expired_bucket_is_never_drawn_and_records_one_expiry(
 
 
 async def test_sweep_expires_untouched_accounts(
-    ledger: Ledger, redis: Redis, clock: FakeClock
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
 ) -> None:
     await ledger.configure_account("a")
     await ledger.grant("a", "promo", 7, expires_at=clock.now + 10)
@@ -90,7 +90,7 @@ async def test_sweep_expires_untouched_accounts(
 
 
 async def test_drained_bucket_expires_without_a_transaction(
-    ledger: Ledger, redis: Redis, clock: FakeClock
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
 ) -> None:
     await ledger.configure_account("a")
     await ledger.grant("a", "promo", 5, expires_at=clock.now + 10)
@@ -101,7 +101,7 @@ async def test_drained_bucket_expires_without_a_transaction(
 
 
 async def test_overdraft_records_debt_and_next_grant_repays_it(
-    ledger: Ledger, redis: Redis
+    ledger: Ledger, redis: RedisClient
 ) -> None:
     await ledger.configure_account("a", overdraft_limit=10)
     await ledger.grant("a", "g1", 5)
@@ -116,7 +116,9 @@ async def test_overdraft_records_debt_and_next_grant_repays_it(
     assert (purchase["type"], purchase["amount"], purchase["repaid"]) == ("purchase", 10, 7)
 
 
-async def test_low_balance_event_emitted_once_per_crossing(ledger: Ledger, redis: Redis) -> None:
+async def test_low_balance_event_emitted_once_per_crossing(
+    ledger: Ledger, redis: RedisClient
+) -> None:
     await ledger.configure_account("a", low_balance_threshold=50)
     await ledger.grant("a", "g", 100)
     flags = []
@@ -139,7 +141,9 @@ async def test_repeated_idempotency_key_returns_first_result(ledger: Ledger) -> 
     assert (await ledger.balance("a")).balance == 7
 
 
-async def test_idempotency_key_with_other_cost_is_a_conflict(ledger: Ledger, redis: Redis) -> None:
+async def test_idempotency_key_with_other_cost_is_a_conflict(
+    ledger: Ledger, redis: RedisClient
+) -> None:
     await ledger.configure_account("a")
     await ledger.grant("a", "g", 10)
     await ledger.deduct("a", 3, "req-1")
@@ -149,7 +153,7 @@ async def test_idempotency_key_with_other_cost_is_a_conflict(ledger: Ledger, red
     assert await snapshot(redis) == before
 
 
-async def test_grant_replay_and_conflict(ledger: Ledger, redis: Redis) -> None:
+async def test_grant_replay_and_conflict(ledger: Ledger, redis: RedisClient) -> None:
     await ledger.configure_account("a")
     g = await ledger.grant("a", "g", 10, metadata={"x": 1, "y": 2})
     again = await ledger.grant("a", "g", 10, metadata={"y": 2, "x": 1})
@@ -161,7 +165,7 @@ async def test_grant_replay_and_conflict(ledger: Ledger, redis: Redis) -> None:
     assert (await ledger.balance("a")).balance == 10
 
 
-async def test_hold_settle_returns_the_rest(ledger: Ledger, redis: Redis) -> None:
+async def test_hold_settle_returns_the_rest(ledger: Ledger, redis: RedisClient) -> None:
     await ledger.configure_account("a")
     await ledger.grant("a", "g", 100)
     h = await ledger.hold("a", "h1", 60, 10_000)
@@ -181,7 +185,9 @@ async def test_hold_settle_returns_the_rest(ledger: Ledger, redis: Redis) -> Non
     assert types == [("grant", 100), ("hold", -60), ("settle", 35)]
 
 
-async def test_hold_beyond_balance_is_refused_without_change(ledger: Ledger, redis: Redis) -> None:
+async def test_hold_beyond_balance_is_refused_without_change(
+    ledger: Ledger, redis: RedisClient
+) -> None:
     await ledger.configure_account("a", overdraft_limit=100)
     await ledger.grant("a", "g", 10)
     before = await snapshot(redis)
@@ -190,7 +196,7 @@ async def test_hold_beyond_balance_is_refused_without_change(ledger: Ledger, red
 
 
 async def test_hold_releases_itself_when_its_ttl_passes(
-    ledger: Ledger, redis: Redis, clock: FakeClock
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
 ) -> None:
     await ledger.configure_account("a")
     await ledger.grant("a", "g", 10)
@@ -229,7 +235,7 @@ async def test_held_credits_of_an_expired_bucket_are_forfeited_on_release(
 
 
 async def test_refund_returns_credits_to_their_buckets_at_most_once(
-    ledger: Ledger, redis: Redis, clock: FakeClock
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
 ) -> None:
     await ledger.configure_account("a")
     await ledger.grant("a", "g1", 5)
@@ -248,7 +254,7 @@ async def test_refund_returns_credits_to_their_buckets_at_most_once(
         await ledger.refund("a", "rf3", u.transaction_id, 1)
 
 
-async def test_refund_more_than_taken_is_rejected(ledger: Ledger, redis: Redis) -> None:
+async def test_refund_more_than_taken_is_rejected(ledger: Ledger, redis: RedisClient) -> None:
     await ledger.configure_account("a")
     await ledger.grant("a", "g", 10)
     u = await ledger.deduct("a", 3, "k")
@@ -286,7 +292,7 @@ async def test_rate_limit_denies_without_deducting(ledger: Ledger, clock: FakeCl
     assert isinstance(await ledger.deduct("a", 1, "k3"), Allowed)
 
 
-async def test_credits_stay_exact_at_2_pow_53_minus_1(ledger: Ledger, redis: Redis) -> None:
+async def test_credits_stay_exact_at_2_pow_53_minus_1(ledger: Ledger, redis: RedisClient) -> None:
     await ledger.configure_account("a")
     await ledger.grant("a", "big", MAX_CREDITS - 1)
     await ledger.grant("a", "one", 1)
@@ -303,7 +309,7 @@ async def test_credits_stay_exact_at_2_pow_53_minus_1(ledger: Ledger, redis: Red
     [(-1, "cost"), (MAX_CREDITS + 1, "cost")],
 )
 async def test_script_rejects_bad_arguments_before_writing(
-    ledger: Ledger, redis: Redis, cost: int, field: str
+    ledger: Ledger, redis: RedisClient, cost: int, field: str
 ) -> None:
     await ledger.configure_account("a")
     await ledger.grant("a", "g", 10)
@@ -314,7 +320,7 @@ async def test_script_rejects_bad_arguments_before_writing(
     assert await snapshot(redis) == before
 
 
-async def test_unknown_account_is_an_error(ledger: Ledger, redis: Redis) -> None:
+async def test_unknown_account_is_an_error(ledger: Ledger, redis: RedisClient) -> None:
     with pytest.raises(errors.UnknownAccount):
         await ledger.deduct("ghost", 1, "k")
     with pytest.raises(errors.UnknownAccount):
@@ -323,7 +329,7 @@ async def test_unknown_account_is_an_error(ledger: Ledger, redis: Redis) -> None
 
 
 async def test_every_mutation_appends_one_transaction_with_sequence(
-    ledger: Ledger, redis: Redis
+    ledger: Ledger, redis: RedisClient
 ) -> None:
     await ledger.configure_account("a")
     await ledger.grant("a", "g", 10)

@@ -22,7 +22,6 @@ from unittest.mock import patch
 import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 
 import sidecar.ledger
 from sidecar import outbox
@@ -30,7 +29,7 @@ from sidecar.embedded import RedisServer
 from sidecar.errors import SidecarError
 from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, HoldResult, Ledger, RateLimit
-from sidecar.redis_client import connect
+from sidecar.redis_client import RedisClient, connect
 from tests.conftest import FakeClock
 from tests.model import (
     MAX_CREDITS,
@@ -303,7 +302,7 @@ def _account(
     )
 
 
-async def read_store(redis: Redis) -> tuple[dict[str, StoredAccount | None], list[Txn]]:
+async def read_store(redis: RedisClient) -> tuple[dict[str, StoredAccount | None], list[Txn]]:
     """Every account's stored state and the outbox's transactions, in two round trips."""
     pipe = redis.pipeline(transaction=False)
     for account in ACCOUNTS:
@@ -373,7 +372,7 @@ class Call:
 
 @dataclass
 class Scenario:
-    redis: Redis
+    redis: RedisClient
     ledger: Ledger
     model: LedgerModel
     clock: FakeClock

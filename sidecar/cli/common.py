@@ -14,11 +14,10 @@ import click
 import orjson
 import uvloop
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
 from sidecar.adminclient import AdminClient, AdminError
 from sidecar.embedded import DataDirInUse, RedisServer, embedded_server
-from sidecar.redis_client import connect
+from sidecar.redis_client import RedisClient, connect
 from sidecar.settings import Settings
 
 T = TypeVar("T")
@@ -95,7 +94,9 @@ def echo_json(value: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings, *, decode_responses: bool = False) -> AsyncIterator[Redis]:
+async def open_store(
+    settings: Settings, *, decode_responses: bool = False
+) -> AsyncIterator[RedisClient]:
     """The sidecar's Redis for a command that works on it directly.
 
     SIDECAR_REDIS_URL if set; else the embedded server of the data dir: the running

@@ -16,12 +16,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
-from redis.asyncio import Redis
 
 from sidecar.billing.context import Billing
 from sidecar.embedded import RedisServer
 from sidecar.http.app import create_app
 from sidecar.http.appkeys import BILLING
+from sidecar.redis_client import RedisClient
 from sidecar.settings import Settings
 from tests.billing.fakestripe import FakeStripe, event, sign_webhook
 from tests.conftest import ADMIN, SERVICE, FakeClock, admin
@@ -136,7 +136,11 @@ MakeRig = Callable[..., Awaitable[Rig]]
 
 @pytest.fixture
 async def make_rig(
-    redis_server: RedisServer, redis: Redis, tmp_path: Path, fake: FakeStripe, clock: FakeClock
+    redis_server: RedisServer,
+    redis: RedisClient,
+    tmp_path: Path,
+    fake: FakeStripe,
+    clock: FakeClock,
 ) -> AsyncIterator[MakeRig]:
     clients: list[Client] = []
 

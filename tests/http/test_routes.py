@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from redis.asyncio import Redis
 
 from sidecar.ledger import MAX_CREDITS
+from sidecar.redis_client import RedisClient
 from tests.conftest import FakeClock, admin, service, snapshot
 
 Client = TestClient[web.Request, web.Application]
@@ -206,7 +206,7 @@ CHECK_OK = {"account": "acme", "cost": 1, "idempotency_key": "k"}
     ],
 )
 async def test_bad_check_input_is_a_named_4xx_and_changes_nothing(
-    client: Client, redis: Redis, body: Any, status: int, code: str, field: str | None
+    client: Client, redis: RedisClient, body: Any, status: int, code: str, field: str | None
 ) -> None:
     await setup_account(client)
     before = await snapshot(redis)
@@ -273,7 +273,7 @@ async def test_bad_check_input_is_a_named_4xx_and_changes_nothing(
     ],
 )
 async def test_bad_admin_input_is_a_named_4xx_and_changes_nothing(
-    client: Client, redis: Redis, path: str, body: dict[str, Any], field: str | None
+    client: Client, redis: RedisClient, path: str, body: dict[str, Any], field: str | None
 ) -> None:
     await setup_account(client)
     before = await snapshot(redis)

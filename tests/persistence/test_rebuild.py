@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -44,7 +43,7 @@ from sidecar.persistence.rebuild import (
     snapshot,
 )
 from sidecar.persistence.reconcile import reconcile
-from sidecar.redis_client import connect
+from sidecar.redis_client import RedisClient, connect
 from sidecar.scripts import Scripts
 from tests.conftest import FakeClock, outbox_entries
 from tests.conftest import snapshot as redis_snapshot
@@ -183,7 +182,7 @@ async def check_story_coverage(engine: AsyncEngine) -> None:
 # -- comparing ----------------------------------------------------------------------------
 
 
-async def redis_state(redis: Redis, keys: KeySpace) -> dict[bytes, Any]:
+async def redis_state(redis: RedisClient, keys: KeySpace) -> dict[bytes, Any]:
     """Every key and its content, without the streams (outbox, events: not restored) and the
     rate limiters' TATs (tat, kt:<key>, rt:<route> in the account hashes: they start fresh)."""
     prefix = keys.account_prefix(0).encode()
@@ -282,7 +281,7 @@ async def moves(ledger: Ledger, clock: FakeClock, s: Story) -> list[Any]:
     return [strip_ids(r) for r in results]
 
 
-async def new_transactions(redis: Redis, keys: KeySpace, after: int) -> list[dict[str, Any]]:
+async def new_transactions(redis: RedisClient, keys: KeySpace, after: int) -> list[dict[str, Any]]:
     """The outbox transactions from the ``after``-th entry on, without their ids."""
     entries = (await outbox_entries(redis))[after:]
     return [{k: v for k, v in e.items() if k != "id"} for e in entries if e["kind"] == "txn"]
@@ -292,7 +291,7 @@ async def new_transactions(redis: Redis, keys: KeySpace, after: int) -> list[dic
 
 
 async def test_flushall_then_rebuild_restores_the_state_and_every_answer(
-    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: Redis
+    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: RedisClient
 ) -> None:
     """After FLUSHALL + rebuild: the same keys and contents (but TATs and streams), reconcile is
     clean, every answer (balances, replays, conflicts, lapsed holds, keys) is the same, replays
@@ -343,7 +342,7 @@ async def test_flushall_then_rebuild_restores_the_state_and_every_answer(
 
 
 async def test_rebuilding_one_account_restores_only_that_account(
-    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: Redis
+    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: RedisClient
 ) -> None:
     """rebuild(account=...) writes that account's keys, its due entry and its API keys' index
     entries, exactly as they were, and nothing of any other account."""
@@ -382,7 +381,7 @@ async def test_rebuilding_one_account_restores_only_that_account(
 
 
 async def test_rebuild_refuses_to_overwrite_an_account_that_exists_without_replace(
-    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: Redis
+    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: RedisClient
 ) -> None:
     """Without replace nothing is written when any account to restore exists in Redis, and
     restore.lua itself refuses (EXISTS) when the account appears after that check."""
@@ -417,7 +416,7 @@ async def test_rebuild_refuses_to_overwrite_an_account_that_exists_without_repla
 
 
 async def test_replace_discards_what_only_redis_had_and_restores_sql(
-    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: Redis
+    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: RedisClient
 ) -> None:
     """With replace (and force, since Redis is ahead of SQL), an existing account's keys are
     replaced by SQL's state: a usage SQL never saw is gone with its idempotency and usage
@@ -460,7 +459,7 @@ async def test_replace_discards_what_only_redis_had_and_restores_sql(
 
 
 async def test_a_bucket_corrected_in_sql_reaches_redis_with_rebuild_replace(
-    ledger: Ledger, engine: AsyncEngine, redis: Redis
+    ledger: Ledger, engine: AsyncEngine, redis: RedisClient
 ) -> None:
     """README, "Correcting a balance": after an UPDATE of a bucket in SQL (stamped with the
     account's seq), rebuild --account --replace makes Redis spend the corrected amount."""
@@ -489,7 +488,7 @@ async def test_a_bucket_corrected_in_sql_reaches_redis_with_rebuild_replace(
 
 
 async def test_only_records_within_the_retention_come_back_and_live_what_is_left_of_it(
-    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: Redis
+    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: RedisClient
 ) -> None:
     """Usages older than the retention lose their idempotency and usage records (a refund is
     refused, the key charges anew), closed holds past the retention are not restored, the rest
@@ -539,7 +538,7 @@ async def test_only_records_within_the_retention_come_back_and_live_what_is_left
 
 
 async def test_an_account_sql_cannot_restore_is_refused_with_its_reason(
-    ledger: Ledger, engine: AsyncEngine, redis: Redis
+    ledger: Ledger, engine: AsyncEngine, redis: RedisClient
 ) -> None:
     """An account missing from SQL, or with a bucket whose defining entry never reached SQL,
     stops the rebuild with a message naming it, before anything of it is written."""
@@ -559,7 +558,7 @@ async def test_an_account_sql_cannot_restore_is_refused_with_its_reason(
 
 
 async def test_restore_lua_validates_the_whole_state_before_writing(
-    ledger: Ledger, engine: AsyncEngine, redis: Redis
+    ledger: Ledger, engine: AsyncEngine, redis: RedisClient
 ) -> None:
     """An invalid state (here: active holds that do not match what their buckets hold, a
     negative seq, a hold drawn from an unknown bucket, a key record that is not JSON) is

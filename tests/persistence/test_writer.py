@@ -8,7 +8,6 @@ from typing import Any
 
 import orjson
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,6 +18,7 @@ from sidecar.outbox import FIELD
 from sidecar.persistence.db import create_engine
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import GROUP, OutboxWriter, outbox_status
+from sidecar.redis_client import RedisClient
 from tests.conftest import FakeClock
 from tests.persistence.conftest import correct_bucket, rows
 
@@ -198,7 +198,7 @@ async def test_poison_entries_go_to_the_dead_letter_stream_after_n_tries(
 
 
 async def test_trimming_keeps_every_unwritten_entry(
-    ledger: Ledger, engine: AsyncEngine, redis: Redis
+    ledger: Ledger, engine: AsyncEngine, redis: RedisClient
 ) -> None:
     await ledger.configure_account("acme")
     await ledger.grant("acme", "paid", 10_000)

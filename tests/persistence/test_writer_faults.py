@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.embedded import RedisServer, free_port
@@ -30,7 +29,7 @@ from sidecar.ledger import Allowed, Ledger
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import OutboxWriter, outbox_status
-from sidecar.redis_client import connect
+from sidecar.redis_client import RedisClient, connect
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE, admin, service
 from tests.persistence.conftest import empty, rows
@@ -162,7 +161,7 @@ async def test_redis_sigkilled_under_load_every_acknowledged_deduction_reaches_s
 
 
 async def test_writer_stopped_while_50k_events_pile_up_and_trimming_runs(
-    ledger: Ledger, engine: AsyncEngine, redis: Redis
+    ledger: Ledger, engine: AsyncEngine, redis: RedisClient
 ) -> None:
     accounts = await setup_accounts(ledger, 100, 1_000)
     writer = OutboxWriter(ledger.redis, engine, ledger.keys, batch_size=1000)
@@ -215,7 +214,7 @@ class TcpProxy:
 
 
 async def test_sql_down_fails_no_request_and_the_lag_drains_when_it_is_back(
-    redis: Redis, redis_server: RedisServer, pg_database: str, tmp_path: Path
+    redis: RedisClient, redis_server: RedisServer, pg_database: str, tmp_path: Path
 ) -> None:
     """PostgreSQL only: a SQLite file cannot be made unreachable the way a server can."""
     proxy = TcpProxy(5432)
