@@ -26,8 +26,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The whole suite (SQL ledger tests on SQLite and PostgreSQL, app-level tests on SQLite), then
+# the app-level tests that write the SQL ledger again on PostgreSQL (tests/sqlbackend.py).
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q
+	SIDECAR_TEST_SQL=postgresql $(BIN)/pytest -q tests/e2e tests/billing tests/cli tests/http
 
 # Benchmarks (not tests): results go to bench/results/ as Markdown and JSON.
 bench-deps:

@@ -6,7 +6,7 @@ import asyncio
 import fcntl
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from alembic import command
@@ -14,6 +14,9 @@ from alembic.config import Config
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:
+    from sidecar.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -56,7 +59,9 @@ def _dumps(value: Any) -> str:
 _JSON: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> AsyncEngine:
+    """An engine for ``url``. ``pool_size`` and ``max_overflow`` size PostgreSQL's connection
+    pool; SQLite keeps SQLAlchemy's default pool (one file, one writer at a time)."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
@@ -64,7 +69,18 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, pool_pre_ping=False, **_JSON)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True, **_JSON)
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, **_JSON
+    )
+
+
+def engine_for(settings: Settings) -> AsyncEngine:
+    """The SQL ledger's engine as ``settings`` configure it (URL and pool size)."""
+    return create_engine(
+        resolve_url(settings.database_url, settings.data_dir),
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -45,6 +45,20 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the SQL ledger; unset = SQLite file in the data dir"
     )
+    database_pool_size: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections each engine keeps open (one engine per process: "
+        "an HTTP worker's billing store, the writer); SQLite ignores it",
+    )
+    database_max_overflow: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="PostgreSQL connections an engine may open beyond the pool size under "
+        "load (closed again when returned); SQLite ignores it",
+    )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token of the admin API; unset = generated into the data dir"
     )

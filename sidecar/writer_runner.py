@@ -13,27 +13,29 @@ import gc
 import logging
 import os
 
-from redis.asyncio import Redis
-
 from sidecar.keys import KeySpace
-from sidecar.persistence.db import create_engine, migrate, resolve_url
+from sidecar.persistence.db import engine_for, migrate, resolve_url
 from sidecar.persistence.writer import OutboxWriter, pause
+from sidecar.redis_client import RedisClient
 from sidecar.settings import Settings
 from sidecar.supervisor import Supervised
 
 log = logging.getLogger(__name__)
 
 
-def make_writer(redis: Redis, settings: Settings) -> OutboxWriter:
+def make_writer(redis: RedisClient, settings: Settings) -> OutboxWriter:
     """A writer configured by ``settings``, on its own SQL engine."""
     return OutboxWriter(
         redis,
-        create_engine(resolve_url(settings.database_url, settings.data_dir)),
+        engine_for(settings),
         KeySpace(settings.shards),
         batch_size=settings.writer_batch_size,
         max_attempts=settings.writer_max_attempts,
         lease_ms=settings.writer_lease_ms,
         linger_s=settings.writer_linger_ms / 1000,
+        # An idle writer renews its leases between blocking reads: several per lease, or
+        # two writers take a short lease from each other back and forth.
+        block_ms=max(10, min(1000, settings.writer_lease_ms // 3)),
     )
 
 
@@ -84,6 +86,8 @@ class WriterProcess(Supervised):
         env |= {
             "SIDECAR_REDIS_URL": redis_url,
             "SIDECAR_DATABASE_URL": resolve_url(s.database_url, s.data_dir),
+            "SIDECAR_DATABASE_POOL_SIZE": str(s.database_pool_size),
+            "SIDECAR_DATABASE_MAX_OVERFLOW": str(s.database_max_overflow),
             "SIDECAR_DATA_DIR": str(s.data_dir),
             "SIDECAR_SHARDS": str(s.shards),
             "SIDECAR_WRITER_BATCH_SIZE": str(s.writer_batch_size),

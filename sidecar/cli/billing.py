@@ -23,7 +23,7 @@ from sidecar.cli.common import (
 from sidecar.cli.keys import url_option
 from sidecar.keys import KeySpace
 from sidecar.ledger import Ledger
-from sidecar.persistence.db import create_engine, migrate, resolve_url
+from sidecar.persistence.db import engine_for, migrate
 
 
 @click.group()
@@ -117,7 +117,7 @@ def worker() -> None:
     settings = load_settings()
 
     async def run(stop: asyncio.Event) -> None:
-        engine = create_engine(resolve_url(settings.database_url, settings.data_dir))
+        engine = engine_for(settings)
         key = settings.stripe_api_key
         gateway = (
             StripeGateway(key.get_secret_value(), api_base=settings.stripe_api_base)

@@ -9,15 +9,10 @@ import click
 
 from sidecar.cli.common import echo_json, fail, load_settings, open_store, run_until_signal
 from sidecar.keys import KeySpace
-from sidecar.persistence.db import create_engine, migrate, resolve_url
+from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import outbox_status
-from sidecar.settings import Settings
 from sidecar.writer_runner import make_writer, run_inline, tune_gc
-
-
-def _engine_url(settings: Settings) -> str:
-    return resolve_url(settings.database_url, settings.data_dir)
 
 
 @click.command()
@@ -42,7 +37,7 @@ def migrate_cmd() -> None:
     settings = load_settings()
 
     async def run() -> None:
-        engine = create_engine(_engine_url(settings))
+        engine = engine_for(settings)
         try:
             await migrate(engine)
         finally:
@@ -60,7 +55,7 @@ def reconcile_cmd(account: str | None, as_json: bool) -> None:
     settings = load_settings()
 
     async def run() -> tuple[list[str], int]:
-        engine = create_engine(_engine_url(settings))
+        engine = engine_for(settings)
         keys = KeySpace(settings.shards)
         try:
             async with open_store(settings) as redis:
@@ -104,7 +99,7 @@ def rebuild_cmd(account: str | None, replace: bool, force: bool) -> None:
     settings = load_settings()
 
     async def run() -> int:
-        engine = create_engine(_engine_url(settings))
+        engine = engine_for(settings)
         try:
             async with open_store(settings) as redis:
                 return await rebuild(

@@ -39,7 +39,7 @@ from sidecar.http.proxy import proxy_routes
 from sidecar.http.routes import routes
 from sidecar.keys import KeySpace
 from sidecar.ledger import CALL_DEADLINE_S, Clock, Ledger, wall_clock_ms
-from sidecar.persistence.db import create_engine, migrate, resolve_url
+from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.writer import pause
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
@@ -103,7 +103,7 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
     The schema is brought up to date first, but SQL being down does not stop the sidecar:
     checks never need SQL; billing calls answer 503 and the migration is retried."""
     settings, ledger = app[SETTINGS], app[LEDGER]
-    engine = create_engine(resolve_url(settings.database_url, settings.data_dir))
+    engine = engine_for(settings)
     key = settings.stripe_api_key
     gateway = (
         StripeGateway(key.get_secret_value(), api_base=settings.stripe_api_base) if key else None

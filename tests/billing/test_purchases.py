@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from sidecar.persistence.db import create_engine, resolve_url
+from sidecar.http.appkeys import SETTINGS
+from sidecar.persistence.db import engine_for
 from sidecar.persistence.writer import OutboxWriter
 from tests.billing.conftest import MakeRig, Rig
 from tests.conftest import admin, service
@@ -82,9 +83,7 @@ async def test_checkout_refuses_bad_requests_without_calling_stripe(rig: Rig) ->
     assert rig.fake.sessions == {}
 
 
-async def test_checkout_webhook_worker_balance_check_and_sql_end_to_end(
-    rig: Rig, tmp_path: Any
-) -> None:
+async def test_checkout_webhook_worker_balance_check_and_sql_end_to_end(rig: Rig) -> None:
     """checkout → signed webhook → worker grants → the credits are spendable through
     /v1/check → the purchase transaction reaches the SQL ledger."""
     await rig.account("acme")
@@ -103,7 +102,7 @@ async def test_checkout_webhook_worker_balance_check_and_sql_end_to_end(
     )
     assert r.status == 200 and (await r.json())["balance"] == 500
 
-    engine = create_engine(resolve_url(None, tmp_path))
+    engine = engine_for(rig.client.app[SETTINGS])  # the app's own SQL ledger
     try:
         ledger = rig.billing.ledger
         writer = OutboxWriter(ledger.redis, engine, ledger.keys)

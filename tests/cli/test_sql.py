@@ -9,6 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.cli.conftest import call, cli
@@ -24,6 +25,7 @@ def wait_written(env: dict[str, str]) -> dict[str, object]:
     raise AssertionError("the writer did not catch up")
 
 
+@pytest.mark.sqlite_only  # reads the SQLite file (tests/e2e/test_many_sidecars.py: PostgreSQL)
 def test_serve_writes_the_ledger_to_sqlite_and_reconcile_is_clean(served: dict[str, str]) -> None:
     assert call(served, "PUT", "/v1/accounts/sql-1", {})[0] == 201
     grant = {"grant_id": "g", "credits": 50, "source": "purchase"}
