@@ -16,6 +16,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Dialect,
     ForeignKey,
@@ -328,3 +329,33 @@ class NotificationDelivery(Base):
     delivered_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_notification_deliveries_due", "status", "next_attempt_ms"),)
+
+
+def _archive_of(source: type[Base], name: str, *extra: Index) -> Table:
+    """A table with ``source``'s columns (no foreign keys, no other indexes): where
+    `credit-sidecar archive` moves old rows."""
+    columns = [
+        Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+        for c in table_of(source).columns
+    ]
+    return Table(name, Base.metadata, *columns, *extra)
+
+
+ARCHIVED_TRANSACTIONS = _archive_of(
+    CreditTransaction,
+    "credit_transactions_archive",
+    Index("ix_credit_transactions_archive_account_seq", "account", "seq"),
+)
+ARCHIVED_ALLOCATIONS = _archive_of(CreditAllocation, "credit_allocations_archive")
+
+
+class ArchiveTotal(Base):
+    """Per account, what was moved to the archive tables: the live transactions' amounts plus
+    ``amount`` is still the balance."""
+
+    __tablename__ = "credit_archive_totals"
+    account: Mapped[str] = mapped_column(Id, primary_key=True)
+    transactions: Mapped[int] = mapped_column(BigInteger, default=0)
+    amount: Mapped[int] = mapped_column(Credits, default=0)
+    through_seq: Mapped[int] = mapped_column(BigInteger, default=0)  # the newest one archived
+    updated_at: Mapped[datetime]

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.keys import KeySpace
-from sidecar.persistence.models import Account, CreditBalance, CreditTransaction
+from sidecar.persistence.models import Account, ArchiveTotal, CreditBalance, CreditTransaction
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _s
 
@@ -81,14 +81,22 @@ async def sql_state(engine: AsyncEngine, account: str) -> dict[str, Any] | None:
                 ).where(CreditTransaction.account == account)
             )
         ).one()
+        # What `credit-sidecar archive` moved out of the live table counts too.
+        arch = (
+            await conn.execute(
+                select(
+                    ArchiveTotal.transactions, ArchiveTotal.amount, ArchiveTotal.through_seq
+                ).where(ArchiveTotal.account == account)
+            )
+        ).first() or (0, 0, 0)
     return {
         "balance": row.balance,
         "debt": row.debt,
         "seq": row.seq,
         "buckets": {b.bucket_id: (b.remaining, b.held, b.expired) for b in bs},
-        "txn_count": int(agg[0]),
-        "txn_sum": int(agg[1]),
-        "txn_max_seq": int(agg[2]),
+        "txn_count": int(agg[0]) + int(arch[0]),
+        "txn_sum": int(agg[1]) + int(arch[1]),
+        "txn_max_seq": max(int(agg[2]), int(arch[2])),
     }
 
 

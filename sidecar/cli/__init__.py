@@ -9,7 +9,7 @@ from sidecar.cli.billing import billing, packages, worker
 from sidecar.cli.keys import keys
 from sidecar.cli.outbox import outbox
 from sidecar.cli.serve import serve
-from sidecar.cli.sql import migrate_cmd, rebuild_cmd, reconcile_cmd, writer
+from sidecar.cli.sql import archive_cmd, migrate_cmd, rebuild_cmd, reconcile_cmd, writer
 
 
 @click.group()
@@ -25,6 +25,7 @@ main.add_command(writer)
 main.add_command(migrate_cmd)
 main.add_command(reconcile_cmd)
 main.add_command(rebuild_cmd)
+main.add_command(archive_cmd)
 main.add_command(packages)
 main.add_command(billing)
 main.add_command(worker)

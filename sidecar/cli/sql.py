@@ -1,9 +1,10 @@
-"""SQL ledger commands: ``writer``, ``migrate``, ``reconcile`` and ``rebuild``."""
+"""SQL ledger commands: ``writer``, ``migrate``, ``reconcile``, ``rebuild`` and ``archive``."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
 import click
 
@@ -120,3 +121,72 @@ def rebuild_cmd(account: str | None, replace: bool, force: bool) -> None:
     except Exception as e:  # a domain error from the restore script names the problem
         fail(str(e))
     click.echo(f"restored {n} account(s) from SQL")
+
+
+def _cutoff(value: str, now_ms: int) -> int:
+    """``90d`` / ``12h`` (that long ago) or an RFC 3339 time, as unix ms."""
+    units = {"d": 86_400_000, "h": 3_600_000}
+    if value[-1:] in units and value[:-1].isdigit():
+        return now_ms - int(value[:-1]) * units[value[-1]]
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("a duration like 90d or 12h, or an RFC 3339 time") from None
+    if t.tzinfo is None:
+        raise click.BadParameter("the time needs an offset (Z or +hh:mm)")
+    return int(t.timestamp() * 1000)
+
+
+@click.command("archive")
+@click.option(
+    "--before", required=True, help="archive transactions older than this: 90d, 12h or RFC 3339"
+)
+@click.option("--account", help="only this account (default: every account)")
+@click.option("--dry-run", is_flag=True, help="count what would move; move nothing")
+@click.option("--json", "as_json", is_flag=True)
+def archive_cmd(before: str, account: str | None, dry_run: bool, as_json: bool) -> None:
+    """Move old transactions (and their allocations) to the archive tables.
+
+    The ledger totals do not change: live amounts plus the archived total still equal each
+    balance (checked per batch), and `reconcile` counts both. Transactions within the
+    idempotency retention (SIDECAR_RETENTION_S) or younger than a day stay.
+    """
+    from sidecar.persistence.archive import ArchiveError, archive
+
+    settings = load_settings()
+    now_ms = int(time.time() * 1000)
+    before_ms = _cutoff(before, now_ms)
+
+    async def run() -> dict[str, object]:
+        engine = engine_for(settings)
+        try:
+            r = await archive(
+                engine,
+                before_ms,
+                now_ms,
+                retention_ms=settings.retention_s * 1000,
+                account=account,
+                dry_run=dry_run,
+            )
+        finally:
+            await engine.dispose()
+        return {
+            "dry_run": dry_run,
+            "before_ms": before_ms,
+            "transactions": r.transactions,
+            "allocations": r.allocations,
+            "accounts": len(r.accounts),
+        }
+
+    try:
+        out = asyncio.run(run())
+    except ArchiveError as e:
+        fail(str(e))
+    if as_json:
+        echo_json(out)
+    else:
+        verb = "would move" if dry_run else "moved"
+        click.echo(
+            f"{verb} {out['transactions']} transactions ({out['allocations']} allocations) "
+            f"of {out['accounts']} accounts to the archive"
+        )
