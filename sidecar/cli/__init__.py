@@ -5,7 +5,11 @@ from __future__ import annotations
 import click
 
 from sidecar import __version__
+from sidecar.cli.accounts import accounts, balance, grants
+from sidecar.cli.activity import holds, refunds, transactions
 from sidecar.cli.billing import billing, packages, worker
+from sidecar.cli.config import config
+from sidecar.cli.deadletters import dead_letters
 from sidecar.cli.keys import keys
 from sidecar.cli.outbox import outbox
 from sidecar.cli.serve import serve
@@ -29,3 +33,11 @@ main.add_command(archive_cmd)
 main.add_command(packages)
 main.add_command(billing)
 main.add_command(worker)
+main.add_command(accounts)
+main.add_command(balance)
+main.add_command(grants)
+main.add_command(transactions)
+main.add_command(holds)
+main.add_command(refunds)
+main.add_command(dead_letters)
+main.add_command(config)
