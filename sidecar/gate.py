@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sidecar import metrics
 from sidecar.apikeys import ApiKeys
 from sidecar.errors import StoreUnavailable
 from sidecar.ledger import Allowed, Insufficient, Ledger, RateLimited, Revoked
@@ -110,7 +111,13 @@ class Gate:
         except StoreUnavailable:
             if self.failure_policy == "fail_open":
                 self.stats.fail_open += 1
-                log.warning("credit store unavailable: failing open for %s %s", method, path)
+                metrics.FAIL_OPEN.inc()
+                # The path only: a query string can carry an API key.
+                log.warning(
+                    "credit store unavailable: failing open for %s %s",
+                    method,
+                    path.partition("?")[0],
+                )
                 return Outcome(200, "fail_open")
             return Outcome(503, "store_unavailable")
         if isinstance(r, Allowed):

@@ -7,6 +7,9 @@ triggers racing each other start one charge. Credits are granted once per Paymen
 (bucket ``topup:<payment intent>``), when it succeeds, whether that is seen in the reply or in
 the ``payment_intent.succeeded`` webhook. After ``auto_topup_max_failures`` failures in a row
 the auto top-up is paused (and disarmed in Redis) until it is configured again.
+
+Counted in the metrics (``credit_sidecar_auto_topups_total``): a charge claimed is
+``started``, its credits granted ``succeeded``, a refusal or failed payment ``failed``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sidecar import metrics
 from sidecar.billing.context import Billing, Permanent
 from sidecar.billing.gateway import StripeRefused
 from sidecar.errors import IdempotencyConflict, UnknownAccount
@@ -57,6 +61,7 @@ async def trigger(b: Billing, account: str) -> str:
     cfg = await b.store.claim_topup(account, now, cooldown_ms, STALE_MS)
     if cfg is None:
         return "skipped: disabled, paused, pending or cooling down"
+    metrics.TOPUPS.labels("started").inc()
     slot = str(cfg["pending_payment_intent"])  # "starting:<key>"
     package = await b.store.package(cfg["package_id"])
     if package is None or not package.active:
@@ -107,6 +112,7 @@ async def trigger(b: Billing, account: str) -> str:
 
 async def _failed(b: Billing, account: str, pending: str, error: str) -> None:
     """A charge failed: ``pending`` is its PaymentIntent, or its ``starting:`` slot."""
+    metrics.TOPUPS.labels("failed").inc()
     paused = await b.store.topup_done(
         account,
         pending,
@@ -152,6 +158,8 @@ async def succeeded(b: Billing, account: str, pi: str, package_id: str, created_
         pass  # granted already (the reply and the webhook both saw the success)
     except UnknownAccount:
         raise Permanent(f"account {account} does not exist") from None
+    else:
+        metrics.TOPUPS.labels("succeeded").inc()
     await b.store.record_purchase(
         {
             "id": pi,

@@ -140,4 +140,4 @@ def worker() -> None:
                 await gateway.close()
             await engine.dispose()
 
-    run_until_signal(run)
+    run_until_signal(run, settings)

@@ -15,6 +15,7 @@ import orjson
 import uvloop
 from pydantic import ValidationError
 
+from sidecar import logs
 from sidecar.adminclient import AdminClient, AdminError
 from sidecar.embedded import DataDirInUse, RedisServer, embedded_server
 from sidecar.redis_client import RedisClient, connect
@@ -23,10 +24,18 @@ from sidecar.settings import Settings
 T = TypeVar("T")
 
 
-def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Runs a long-lived command (``writer``, ``worker``) on uvloop, logging to stderr, until
-    SIGTERM or SIGINT sets the event it is given."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def run_until_signal(
+    main: Callable[[asyncio.Event], Awaitable[None]], settings: Settings | None = None
+) -> None:
+    """Runs a long-lived command (``writer``, ``worker``) on uvloop, logging to stderr as
+    ``settings`` say (``log_format``, ``log_level``), until SIGTERM or SIGINT sets the event
+    it is given."""
+    if settings is not None:
+        logs.configure(settings.log_format, settings.log_level)
+    else:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -4,6 +4,12 @@ With ``--workers N`` (N > 1) this process supervises: it starts the embedded Red
 outbox writer once, then N HTTP worker processes that share the port (SO_REUSEPORT: the kernel
 spreads connections over them), each with its own event loop and Redis connections; one of
 them also runs the expiry sweeper and the billing worker. A worker that dies is restarted.
+The workers share one fresh directory for their Prometheus metrics (PROMETHEUS_MULTIPROC_DIR,
+removed at exit), so that ``GET /metrics``, whichever worker answers it, counts them all.
+
+SIGTERM (or SIGINT) stops gracefully: no new connections, the requests in flight are
+answered, the writer gets ``SIDECAR_SHUTDOWN_DRAIN_S`` to write the outbox to SQL, then the
+writer stops, and last the embedded Redis (which fsyncs its AOF as it exits).
 """
 
 from __future__ import annotations
@@ -11,18 +17,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 
 import click
 import uvloop
 from aiohttp import web
 
-from sidecar import __version__
+from sidecar import __version__, logs, metrics
 from sidecar.cli.common import load_settings
 from sidecar.embedded import redis_for
 from sidecar.http.app import create_app
+from sidecar.http.health import outbox_drained
+from sidecar.keys import KeySpace
+from sidecar.ledger import wall_clock_ms
 from sidecar.pricing import PricingError, load_pricing
+from sidecar.redis_client import connect
 from sidecar.settings import Settings
 from sidecar.supervisor import Supervised
 from sidecar.writer_runner import WriterProcess, tune_gc
@@ -37,8 +49,8 @@ log = logging.getLogger(__name__)
 )
 def serve(listen: str | None, workers: int | None) -> None:
     """Serve the HTTP API (starts an embedded Redis when SIDECAR_REDIS_URL is unset)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings(listen=listen)
+    logs.configure(settings.log_format, settings.log_level)
     if workers is not None:
         settings = settings.model_copy(update={"workers": workers})
     try:
@@ -47,11 +59,15 @@ def serve(listen: str | None, workers: int | None) -> None:
         click.echo(f"config error: SIDECAR_PRICING_FILE: {e}", err=True)
         sys.exit(2)
     host, port = settings.host_port
-    click.echo(
-        f"credit-sidecar {__version__} on http://{host}:{port} "
-        f"({settings.workers} worker(s); tokens: {settings.data_dir}/admin_token, "
-        f"{settings.data_dir}/service_token unless set in the environment)",
-        err=True,
+    log.info(
+        "credit-sidecar %s on http://%s:%s (%d worker(s); tokens: %s/admin_token, "
+        "%s/service_token unless set in the environment)",
+        __version__,
+        host,
+        port,
+        settings.workers,
+        settings.data_dir,
+        settings.data_dir,
     )
     if settings.workers > 1:
         uvloop.run(supervise(settings))
@@ -64,16 +80,20 @@ def serve(listen: str | None, workers: int | None) -> None:
         print=None,
         reuse_port=settings.reuse_port or None,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+        access_log_class=logs.AccessLogger,
         loop=uvloop.new_event_loop(),
     )
     asyncio.set_event_loop(None)
+    log.info("stopped")
 
 
-def worker_env(settings: Settings, redis_url: str, index: int) -> dict[str, str]:
+def worker_env(settings: Settings, redis_url: str, index: int, metrics_dir: str) -> dict[str, str]:
     """A worker is a one-process `serve` on the shared Redis; only worker 0 runs the sweeper,
-    the billing worker, and an inline writer if one was asked for."""
+    the billing worker, and an inline writer if one was asked for. Their metrics go to
+    ``metrics_dir``, shared by all of them."""
     writer = "inline" if settings.writer == "inline" and index == 0 else "off"
     return os.environ | {
+        metrics.MULTIPROC_ENV: metrics_dir,
         "SIDECAR_REDIS_URL": redis_url,
         "SIDECAR_LISTEN": settings.listen,
         "SIDECAR_DATA_DIR": str(settings.data_dir),
@@ -85,6 +105,15 @@ def worker_env(settings: Settings, redis_url: str, index: int) -> dict[str, str]
 
 
 async def supervise(settings: Settings) -> None:
+    # Fresh for each serve: counts of an earlier run must not be summed into this one's.
+    metrics_dir = tempfile.mkdtemp(prefix="credit-sidecar-metrics-")
+    try:
+        await _supervise(settings, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+async def _supervise(settings: Settings, metrics_dir: str) -> None:
     server, url = redis_for(settings)
     for role in ("admin", "service"):
         settings.token(role)  # generated once, here, before the workers read it
@@ -93,7 +122,9 @@ async def supervise(settings: Settings) -> None:
         children.append(WriterProcess(settings, url))
     stop = asyncio.Event()
     workers = [
-        Supervised(f"http worker {i}", ["serve"], worker_env(settings, url, i), stop.set)
+        Supervised(
+            f"http worker {i}", ["serve"], worker_env(settings, url, i, metrics_dir), stop.set
+        )
         for i in range(settings.workers)
     ]
     loop = asyncio.get_running_loop()
@@ -113,9 +144,26 @@ async def supervise(settings: Settings) -> None:
         # The HTTP workers first, together (they finish their requests), then the writer, then
         # Redis.
         await asyncio.gather(*(w.stop() for w in workers))
+        if children:  # the writer: what the workers appended to the outbox reaches SQL first
+            await _drain(settings, url)
         for child in children:
             await child.stop()
         if server is not None:
             await asyncio.to_thread(server.stop)
+        log.info("stopped")
     if any(w.gave_up for w in workers):
         raise SystemExit("an HTTP worker cannot start (is the port taken?); see the log above")
+
+
+async def _drain(settings: Settings, url: str) -> None:
+    if settings.shutdown_drain_s <= 0:
+        return
+    redis = connect(url, retries=1, max_connections=2)
+    try:
+        left = await outbox_drained(
+            redis, KeySpace(settings.shards), wall_clock_ms, settings.shutdown_drain_s
+        )
+    finally:
+        await redis.aclose()
+    if left:
+        log.warning("stopping with outbox entries not yet in SQL; they are written at next start")

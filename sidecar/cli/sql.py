@@ -29,7 +29,7 @@ def writer() -> None:
             tune_gc()
             await run_inline(make_writer(redis, settings), stop)
 
-    run_until_signal(run)
+    run_until_signal(run, settings)
 
 
 @click.command("migrate")

@@ -11,15 +11,20 @@
 
 On allow every mode returns ``X-Credits-Account``, ``X-Credits-Balance``,
 ``X-Credits-Cost`` and ``X-Credits-Transaction`` for the proxy to pass upstream.
+
+Each decision is counted and timed for ``/metrics`` under its endpoint (``nginx``,
+``forward``, ``envoy``) by its real outcome (in shadow mode: the one it would have had).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 
 from aiohttp import web
 
+from sidecar import metrics
 from sidecar.gate import Outcome
 from sidecar.http.appkeys import GATE
 from sidecar.http.errors import json_response
@@ -69,13 +74,32 @@ def render_nginx(o: Outcome) -> web.Response:
     return json_response(outcome_body(o), 403, headers)
 
 
-def handler(extract: Extract, render: Render) -> Callable[[web.Request], Awaitable[web.Response]]:
+def handler(
+    extract: Extract, render: Render, endpoint: int
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    checks = metrics.CHECKS
+
     async def handle(request: web.Request) -> web.Response:
+        started = perf_counter()
         method, uri = extract(request)
-        outcome = await request.app[GATE].decide(method, uri, request.headers)
+        try:
+            outcome = await request.app[GATE].decide(method, uri, request.headers)
+        except Exception:
+            checks.record(endpoint, metrics.ERROR, perf_counter() - started)
+            raise
+        counted = _counted_as(outcome)
+        checks.record(endpoint, counted, perf_counter() - started)
+        if counted == metrics.ERROR:
+            checks.store_error(endpoint)
         return render(outcome)
 
     return handle
+
+
+def _counted_as(o: Outcome) -> int:
+    if o.reason in ("store_unavailable", "fail_open"):
+        return metrics.ERROR
+    return metrics.OUTCOME_OF_STATUS.get(o.shadow_status or o.status, metrics.REJECTED)
 
 
 def _nginx(request: web.Request) -> tuple[str, str]:
@@ -96,9 +120,9 @@ def _envoy(request: web.Request) -> tuple[str, str]:
     return request.method, request.path_qs.removeprefix("/auth/envoy") or "/"
 
 
-nginx = handler(_nginx, render_nginx)
-forward = handler(_forward, render_as_is)
-envoy = handler(_envoy, render_as_is)
+nginx = handler(_nginx, render_nginx, metrics.NGINX)
+forward = handler(_forward, render_as_is, metrics.FORWARD)
+envoy = handler(_envoy, render_as_is, metrics.ENVOY)
 
 proxy_routes.route("*", "/auth/nginx")(nginx)
 proxy_routes.route("*", "/auth/forward")(forward)

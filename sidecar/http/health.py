@@ -1,0 +1,180 @@
+"""Readiness, metrics, and the outbox drain of a graceful shutdown.
+
+- ``GET /readyz`` (no token; for load balancers and orchestrators): 200
+  ``{"status": "ready", "checks": {...}}`` when Redis answers PING, the ledger's Lua scripts are
+  in its script cache (missing ones, after a Redis restart or SCRIPT FLUSH, are loaded here;
+  on a cluster, on every primary), and either SQL answers ``SELECT 1`` or the writer's lag is
+  within ``SIDECAR_READY_MAX_LAG_S`` (checks need only Redis, but a sidecar whose ledger of
+  record is out of reach and falling behind is not one to send traffic to). Otherwise 503
+  ``{"status": "not_ready", "failing": [...], "checks": {...}}``. Each check is bounded by a
+  short timeout; nothing here answers 500. (``GET /healthz`` only says the process is up.)
+- ``GET /metrics``: the Prometheus text exposition (sidecar/metrics.py); open unless
+  ``SIDECAR_METRICS_TOKEN`` is set, then that bearer token is required.
+- :func:`outbox_drained`: on shutdown, the writer is given a few seconds to write what the
+  outbox still holds before it is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+
+from sidecar import errors, metrics
+from sidecar.http.appkeys import BILLING, LEDGER, SETTINGS
+from sidecar.http.errors import json_response
+from sidecar.keys import KeySpace
+from sidecar.ledger import Clock
+from sidecar.persistence.writer import outbox_status, pause
+from sidecar.redis_client import RedisClient
+
+log = logging.getLogger(__name__)
+health_routes = web.RouteTableDef()
+SCRAPE = web.AppKey("metrics_scrape", metrics.Scrape)
+CHECK_TIMEOUT_S = 1.0
+FLUSH_INTERVAL_S = 1.0
+
+
+async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The scrape state; in a worker of a multi-process ``serve``, the counts flushed to the
+    shared files every second, and once more at exit."""
+    billing = app.get(BILLING)
+    app[SCRAPE] = scrape = metrics.Scrape(app[LEDGER], billing.store if billing else None)
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        while not stop.is_set():
+            await pause(stop, FLUSH_INTERVAL_S)
+            scrape.flush()
+
+    task = asyncio.create_task(loop(), name="metrics-flush") if metrics.MULTIPROCESS else None
+    try:
+        yield
+    finally:
+        stop.set()
+        if task is not None:
+            await task
+        scrape.flush()
+
+
+@health_routes.get("/metrics")
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    token = request.app[SETTINGS].metrics_token
+    if token is not None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        expected = token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogateescape"), expected
+        ):
+            raise errors.Unauthorized("GET /metrics needs the metrics token (Bearer)")
+    body = await request.app[SCRAPE].exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+Check = Callable[[], Awaitable[dict[str, Any]]]
+
+
+async def _run(name: str, check: Check) -> tuple[str, dict[str, Any]]:
+    """A check's result: ``{"ok": bool, ...}``; an exception or a timeout is a failure named
+    by its type only (the reply is public; the log has the message)."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S * 2):
+            result = await check()
+    except TimeoutError:
+        result = {"ok": False, "error": "timeout"}
+    except Exception as e:
+        log.debug("readiness check %s failed: %r", name, e)
+        result = {"ok": False, "error": type(e).__name__}
+    result["ms"] = round((time.perf_counter() - started) * 1000, 2)
+    return name, result
+
+
+@health_routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    ledger, settings = app[LEDGER], app[SETTINGS]
+    redis = ledger.redis
+
+    async def ping() -> dict[str, Any]:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            return {"ok": bool(await redis.ping())}
+
+    async def scripts() -> dict[str, Any]:
+        all_scripts = [getattr(ledger.scripts, f.name) for f in dataclasses.fields(ledger.scripts)]
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            exists = await redis.script_exists(*(s.sha for s in all_scripts))
+            missing = [s for s, there in zip(all_scripts, exists, strict=True) if not there]
+            for s in missing:  # the next call would load it (EVAL): load it now instead
+                await redis.script_load(s.script)
+        return {"ok": True, "count": len(all_scripts), "loaded": len(missing)}
+
+    async def sql() -> dict[str, Any]:
+        billing = app.get(BILLING)
+        if billing is None:
+            return {"ok": False, "error": "not configured"}
+        async with asyncio.timeout(CHECK_TIMEOUT_S), billing.store.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return {"ok": True}
+
+    async def writer_lag() -> dict[str, Any]:
+        shards = await app[SCRAPE].outbox_status()
+        lag = max((float(s["lag_s"]) for s in shards), default=0.0)
+        limit = settings.ready_max_lag_s
+        return {"ok": lag <= limit, "lag_s": lag, "max_lag_s": limit}
+
+    results = dict(
+        await asyncio.gather(
+            _run("redis", ping),
+            _run("scripts", scripts),
+            _run("sql", sql),
+            _run("writer_lag", writer_lag),
+        )
+    )
+    failing = [n for n in ("redis", "scripts") if not results[n]["ok"]]
+    if not (results["sql"]["ok"] or results["writer_lag"]["ok"]):
+        failing += ["sql", "writer_lag"]
+    if failing:
+        return json_response({"status": "not_ready", "failing": failing, "checks": results}, 503)
+    return json_response({"status": "ready", "checks": results})
+
+
+async def outbox_drained(redis: RedisClient, keys: KeySpace, clock: Clock, timeout_s: float) -> int:
+    """Waits up to ``timeout_s`` for the writer to have written every outbox entry; returns
+    how many were still unwritten: 0 when drained, -1 at once when Redis does not answer
+    (stopped already, say by a Ctrl-C sent to the whole process group: nothing to wait for)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            async with asyncio.timeout(2.0):
+                shards = await outbox_status(redis, keys, clock())
+        except Exception:
+            return -1
+        unwritten = sum(int(s["unwritten"]) for s in shards)
+        if unwritten == 0 or time.monotonic() >= deadline:
+            return unwritten
+        await asyncio.sleep(0.05)
+
+
+async def drain_outbox(app: web.Application) -> None:
+    """At shutdown, once the last requests are answered: gives the writer up to
+    ``SIDECAR_SHUTDOWN_DRAIN_S`` to write what they appended to the outbox, so a stopped
+    sidecar's SQL ledger has every acknowledged check (what is left waits in Redis for the
+    next start)."""
+    settings, ledger = app[SETTINGS], app[LEDGER]
+    if settings.shutdown_drain_s <= 0:
+        return
+    left = await outbox_drained(ledger.redis, ledger.keys, ledger.clock, settings.shutdown_drain_s)
+    if left:
+        log.warning(
+            "stopping with %s outbox entries not yet in SQL; they are written at the next start",
+            left if left > 0 else "an unknown number of",
+        )

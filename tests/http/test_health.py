@@ -1,0 +1,117 @@
+"""GET /readyz: ready when Redis answers, the scripts are in its cache (loaded if a flush or
+restart dropped them) and SQL answers or the writer's lag is within bounds; otherwise 503
+naming the failing checks, never a 500. GET /healthz only says the process is up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from sidecar.embedded import free_port
+from sidecar.http.app import create_app
+from sidecar.http.appkeys import BILLING, LEDGER
+from sidecar.ledger import wall_clock_ms
+from sidecar.persistence.db import engine_for
+from sidecar.redis_client import RedisClient
+from sidecar.settings import Settings
+from tests.conftest import FakeClock, admin
+
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def client_now(
+    settings: Settings, redis: RedisClient, clock: FakeClock
+) -> AsyncIterator[Client]:
+    """The app on a clock at the real time (the outbox's entry ids are Redis's clock)."""
+    clock.now = wall_clock_ms()
+    async with TestClient(TestServer(create_app(settings, clock=clock))) as c:
+        yield c
+
+
+async def ready(c: Client) -> tuple[int, dict[str, Any]]:
+    r = await c.get("/readyz")
+    body: dict[str, Any] = await r.json()
+    return r.status, body
+
+
+async def test_ready_when_redis_scripts_and_sql_answer(client_now: Client) -> None:
+    status, body = await ready(client_now)
+    assert status == 200, body
+    assert body["status"] == "ready"
+    checks = body["checks"]
+    assert {"redis", "scripts", "sql", "writer_lag"} <= set(checks)
+    assert all(check["ok"] for check in checks.values())
+    assert checks["writer_lag"]["max_lag_s"] == 60
+    assert (await client_now.get("/healthz")).status == 200
+
+
+async def test_scripts_flushed_from_the_cache_are_loaded_again(
+    client_now: Client, redis: RedisClient
+) -> None:
+    await ready(client_now)
+    await redis.script_flush()
+    status, body = await ready(client_now)
+    assert status == 200
+    scripts = body["checks"]["scripts"]
+    assert scripts["loaded"] == scripts["count"] > 10
+    ledger = client_now.app[LEDGER]
+    shas = [ledger.scripts.deduct.sha, ledger.scripts.grant.sha]
+    assert await redis.script_exists(*shas) == [True, True]
+    _, body = await ready(client_now)
+    assert body["checks"]["scripts"]["loaded"] == 0
+
+
+async def test_sql_down_is_ready_while_the_writer_lag_is_small(
+    client_now: Client, settings: Settings, clock: FakeClock
+) -> None:
+    await client_now.put("/v1/accounts/acme", json={}, headers=admin())  # one unwritten entry
+    store = client_now.app[BILLING].store
+    reachable = store.engine
+    # The SQL ledger goes away: a server that is not there.
+    store.engine = engine_for(
+        settings.model_copy(
+            update={"database_url": f"postgresql://postgres@127.0.0.1:{free_port()}/gone"}
+        )
+    )
+    try:
+        status, body = await ready(client_now)
+        assert status == 200, body
+        assert body["checks"]["sql"]["ok"] is False
+        assert body["checks"]["writer_lag"]["ok"] is True
+
+        clock.advance(61_000)  # the unwritten entry is now older than 60 s
+        await asyncio.sleep(1.05)  # the outbox status read is cached for a second
+        status, body = await ready(client_now)
+        assert status == 503
+        assert body["status"] == "not_ready"
+        assert body["failing"] == ["sql", "writer_lag"]
+        assert body["checks"]["writer_lag"]["lag_s"] > 60
+    finally:
+        await store.engine.dispose()
+        store.engine = reachable
+    status, _ = await ready(client_now)  # SQL back: ready, whatever the lag
+    assert status == 200
+
+
+async def test_redis_down_is_503_naming_redis_never_500(settings: Settings) -> None:
+    gone = settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}", "background": False}
+    )
+    async with TestClient(TestServer(create_app(gone))) as c:
+        status, body = await ready(c)
+        assert status == 503
+        assert body["status"] == "not_ready"
+        assert {"redis", "scripts"} <= set(body["failing"])
+        for name in ("redis", "scripts"):
+            assert body["checks"][name]["ok"] is False
+            assert body["checks"][name]["error"]  # the error's type, no message
+        # And the metrics say so, rather than failing.
+        r = await c.get("/metrics")
+        assert r.status == 200
+        assert "credit_sidecar_redis_up 0.0" in await r.text()
