@@ -16,6 +16,9 @@ API_VERSION = "2024-06-20"
 logging.getLogger("stripe").setLevel(logging.WARNING)
 
 
+IDEMPOTENCY = "idempotency_error"  # StripeRefused.code: an idempotency key reused differently
+
+
 class StripeTransient(Exception):
     """Stripe could not be reached, rate limited us or failed on its side: try again later."""
 
@@ -56,6 +59,8 @@ def _map(e: stripe.StripeError) -> Exception:
         return StripeTransient(f"{type(e).__name__}: {e.user_message or e}")
     if status == 409:  # a request with the same idempotency key is still running
         return StripeTransient(f"{type(e).__name__}: {e.user_message or e}")
+    if isinstance(e, stripe.IdempotencyError):  # the key was used with other parameters
+        return StripeRefused(f"{type(e).__name__}: {e.user_message or e}", code=IDEMPOTENCY)
     return StripeRefused(f"{type(e).__name__}: {e.user_message or e}", code=e.code)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.billing.context import Billing, NotYet, Permanent
-from sidecar.billing.gateway import Session, StripeRefused, StripeTransient
+from sidecar.billing.gateway import IDEMPOTENCY, Session, StripeRefused, StripeTransient
 from sidecar.billing.store import Package
 from sidecar.errors import (
     IdempotencyConflict,
@@ -63,7 +63,13 @@ async def checkout(
             if idempotency_key
             else None,
         )
-    except (StripeTransient, StripeRefused) as e:
+    except StripeRefused as e:
+        if e.code == IDEMPOTENCY:
+            raise IdempotencyConflict(
+                "idempotency_key was used before with other parameters", field="idempotency_key"
+            ) from None
+        raise PaymentProviderError(f"Stripe: {e}") from None
+    except StripeTransient as e:
         raise PaymentProviderError(f"Stripe: {e}") from None
 
 

@@ -21,6 +21,7 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     TypeAdapter,
+    WithJsonSchema,
 )
 
 from sidecar.ledger import MAX_CREDITS, MAX_TIMESTAMP_MS, RateLimit
@@ -68,9 +69,21 @@ def _parse_timestamp(v: object) -> object:
     return (t - EPOCH) // timedelta(milliseconds=1)  # exact: no float rounding
 
 
-# Unix milliseconds, or RFC 3339 with an offset; at most 9999-12-31T23:59:59.999Z.
+# Unix milliseconds, or RFC 3339 with an offset; at most 9999-12-31T23:59:59.999Z. (The bounds
+# come before the string parser so that the JSON Schema keeps them; it documents both forms.)
 Timestamp = Annotated[
-    StrictInt, BeforeValidator(_parse_timestamp), Field(ge=1, le=MAX_TIMESTAMP_MS)
+    StrictInt,
+    Field(ge=1, le=MAX_TIMESTAMP_MS),
+    BeforeValidator(_parse_timestamp),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_TIMESTAMP_MS},
+                {"type": "string", "format": "date-time"},
+            ],
+            "description": "unix milliseconds, or RFC 3339 with an offset",
+        }
+    ),
 ]
 
 
@@ -152,12 +165,21 @@ class RefundRequest(Body):
 
 
 def _http_url(v: str) -> str:
-    if not (v.startswith("https://") or v.startswith("http://")) or any(c.isspace() for c in v):
-        raise ValueError("must be an http(s) URL")
+    # Printable ASCII only (RFC 3986; percent-encode the rest): no spaces, control characters
+    # or NUL, which PostgreSQL cannot store, and no lone surrogates.
+    if not (v.startswith("https://") or v.startswith("http://")) or not all(
+        "!" <= c <= "~" for c in v
+    ):
+        raise ValueError("must be an http(s) URL of printable ASCII characters")
     return v
 
 
-Url = Annotated[str, StringConstraints(min_length=8, max_length=2048), AfterValidator(_http_url)]
+Url = Annotated[
+    str,
+    StringConstraints(min_length=8, max_length=2048),
+    AfterValidator(_http_url),
+    Field(json_schema_extra={"pattern": r"^https?://[!-~]+$"}),  # documents _http_url
+]
 StripeId = Annotated[
     str, StringConstraints(min_length=3, max_length=200, pattern=r"^[A-Za-z0-9_]+$")
 ]
@@ -179,6 +201,22 @@ class CheckoutItem(Body):
 
 
 class CheckoutRequest(Body):
+    # Exactly one of package_id and items (the handler checks; the schema documents it).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "required": ["package_id"],
+                    "properties": {"package_id": {"type": "string"}, "items": {"type": "null"}},
+                },
+                {
+                    "required": ["items"],
+                    "properties": {"items": {"type": "array"}, "package_id": {"type": "null"}},
+                },
+            ]
+        }
+    )
+
     account: Id
     package_id: Id | None = None
     items: Annotated[list[CheckoutItem], Field(min_length=1, max_length=20)] | None = None
