@@ -149,6 +149,30 @@ class Settings(BaseSettings):
     event_max_attempts: int = Field(
         8, ge=1, le=100, description="tries of a Stripe event before it is a dead letter"
     )
+    metrics_token: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="bearer token GET /metrics requires; unset = /metrics is open",
+    )
+    ready_max_lag_s: float = Field(
+        60.0,
+        gt=0,
+        description="GET /readyz: while SQL is unreachable, ready as long as the writer's lag "
+        "stays within this",
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="log lines as JSON or text; auto = text on a terminal, else JSON"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="the least severe log records written"
+    )
+    shutdown_drain_s: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description="on SIGTERM, how long `serve` waits for the writer to write the outbox to "
+        "SQL before stopping it (what is left is written at the next start)",
+    )
 
     @classmethod
     def settings_customise_sources(

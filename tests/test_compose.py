@@ -213,16 +213,16 @@ def test_serve_leaves_the_writer_and_billing_worker_to_their_own_services(
     assert env["SIDECAR_BILLING_WORKER"] == "off"
 
 
-def test_sidecar_healthcheck_probes_healthz_on_its_listen_port(
+def test_sidecar_healthcheck_probes_readyz_on_its_listen_port(
     services: dict[str, dict[str, Any]],
 ) -> None:
     """The sidecar listens on all interfaces of its container, and its healthcheck asks
-    /healthz on that port (with Python: the slim image has no curl)."""
+    /readyz on that port (Redis, scripts and SQL up) (with Python: the slim image has no curl)."""
     sidecar = services["sidecar"]
     listen = env_of(sidecar)["SIDECAR_LISTEN"]
     assert listen == "0.0.0.0:8080"
     test = " ".join(sidecar["healthcheck"]["test"])
-    assert "http://127.0.0.1:8080/healthz" in test
+    assert "http://127.0.0.1:8080/readyz" in test
     assert "python" in test
 
 

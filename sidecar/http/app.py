@@ -20,6 +20,7 @@ from sidecar.billing.store import BillingStore
 from sidecar.billing.worker import BillingWorker
 from sidecar.embedded import redis_for
 from sidecar.gate import Gate
+from sidecar.http.admin import admin_routes
 from sidecar.http.appkeys import (
     API_KEYS,
     BILLING,
@@ -33,12 +34,16 @@ from sidecar.http.appkeys import (
     WRITER_PROCESS,
 )
 from sidecar.http.billing import billing_routes
+from sidecar.http.console import console_routes
 from sidecar.http.errors import error_middleware
+from sidecar.http.health import drain_outbox, health_routes, metrics_ctx
+from sidecar.http.openapi import openapi_routes
 from sidecar.http.ops import ops_routes
 from sidecar.http.proxy import proxy_routes
 from sidecar.http.routes import routes
 from sidecar.keys import KeySpace
 from sidecar.ledger import CALL_DEADLINE_S, Clock, Ledger, wall_clock_ms
+from sidecar.logs import request_id_middleware
 from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.writer import pause
 from sidecar.pricing import PricingError, load_pricing
@@ -51,7 +56,10 @@ MAX_BODY = 64 * 1024
 
 
 def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[request_id_middleware(settings.request_id_header), error_middleware],
+        client_max_size=MAX_BODY,
+    )
     app[SETTINGS] = settings
     app[TOKENS] = {role: settings.token(role).encode() for role in ("admin", "service")}
 
@@ -85,6 +93,7 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
 
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(billing_ctx)
+    app.cleanup_ctx.append(metrics_ctx)
     if settings.background:
         app.cleanup_ctx.append(sweeper_ctx)
     app.cleanup_ctx.append(reload_ctx)
@@ -94,6 +103,10 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
     app.add_routes(proxy_routes)
     app.add_routes(ops_routes)
     app.add_routes(billing_routes)
+    app.add_routes(health_routes)
+    app.add_routes(openapi_routes)
+    app.add_routes(console_routes)
+    app.add_routes(admin_routes)
     return app
 
 
@@ -205,6 +218,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            await drain_outbox(app)  # what the requests just served appended reaches SQL
             await child.stop()
         return
     # Inline: its own connections; with a shared pool, request handlers under load starve it.
@@ -215,6 +229,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await drain_outbox(app)
         await stop_task(task, stop)
         await redis.aclose()
 

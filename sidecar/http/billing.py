@@ -8,10 +8,11 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
-from sidecar import errors
+from sidecar import errors, metrics
 from sidecar.billing import notify, purchases, topup
 from sidecar.billing.store import Package
 from sidecar.billing.webhook import verify
+from sidecar.billing.worker import CHARGE_EVENTS, PAYMENT_EVENTS, SESSION_EVENTS
 from sidecar.http.appkeys import BILLING, BILLING_WORKER, SETTINGS
 from sidecar.http.errors import json_response
 from sidecar.http.routes import authorize, body, path_id
@@ -23,6 +24,8 @@ from sidecar.http.schemas import (
 )
 
 billing_routes = web.RouteTableDef()
+# Event types counted by name in the metrics (the ones billing handles); others are "other".
+COUNTED_EVENT_TYPES = frozenset((*SESSION_EVENTS, *CHARGE_EVENTS, *PAYMENT_EVENTS))
 
 
 @billing_routes.put("/v1/admin/packages/{package_id}")
@@ -139,7 +142,10 @@ def _topup_view(cfg: dict[str, Any] | None) -> dict[str, Any]:
     view = {k: cfg[k] for k in keys}
     view |= {"failures": cfg["failures"], "last_error": cfg["last_error"]}
     pending = cfg["pending_payment_intent"]
-    view["pending_payment_intent"] = pending if pending != "starting" else None
+    # "starting:<uuid>" is the slot of a charge being created, not a PaymentIntent yet.
+    view["pending_payment_intent"] = (
+        pending if pending and not pending.startswith("starting") else None
+    )
     return view
 
 
@@ -194,17 +200,30 @@ async def delete_notifications(request: web.Request) -> web.Response:
 @billing_routes.post("/webhooks/stripe")
 async def stripe_webhook(request: web.Request) -> web.Response:
     """Stripe's webhook: verified, stored durably, acknowledged; the worker processes it.
-    No bearer token: the signature is the authentication."""
+    No bearer token: the signature is the authentication. Counted in the metrics by event type
+    and outcome."""
     settings = request.app[SETTINGS]
-    payload = await request.read()
-    event = verify(
-        payload,
-        request.headers.get("Stripe-Signature"),
-        settings.webhook_secrets,
-        settings.stripe_webhook_tolerance_s,
-    )
-    b = request.app[BILLING]
-    stored = await b.store.store_event(event["id"], event["type"], event, b.clock())
+    etype, outcome = "unknown", "error"
+    try:
+        payload = await request.read()
+        event = verify(
+            payload,
+            request.headers.get("Stripe-Signature"),
+            settings.webhook_secrets,
+            settings.stripe_webhook_tolerance_s,
+        )
+        etype = event["type"] if event["type"] in COUNTED_EVENT_TYPES else "other"
+        b = request.app[BILLING]
+        stored = await b.store.store_event(event["id"], event["type"], event, b.clock())
+        outcome = "received" if stored else "duplicate"
+    except errors.InvalidSignature:
+        outcome = "invalid_signature"
+        raise
+    except errors.BillingNotConfigured:
+        outcome = "not_configured"
+        raise
+    finally:
+        metrics.WEBHOOKS.labels(etype, outcome).inc()
     worker = request.app.get(BILLING_WORKER)
     if worker is not None:
         worker.wake()

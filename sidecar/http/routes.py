@@ -10,12 +10,13 @@ import hmac
 import math
 import os
 from datetime import UTC, datetime, timedelta
+from time import perf_counter
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from sidecar import errors
+from sidecar import errors, metrics
 from sidecar.apikeys import KeyInfo
 from sidecar.http.appkeys import API_KEYS, LEDGER, SETTINGS, TOKENS
 from sidecar.http.errors import json_response, validation_error
@@ -34,6 +35,7 @@ from sidecar.ledger import (
     Allowed,
     Balance,
     CloseResult,
+    DeductResult,
     Insufficient,
     RateLimit,
     Revoked,
@@ -113,20 +115,40 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.post("/v1/check")
 async def check(request: web.Request) -> web.Response:
-    authorize(request, "service", "admin")
-    req = await body(request, CheckRequest)
-    r = await request.app[LEDGER].deduct(
-        req.account,
-        req.cost,
-        req.idempotency_key,
-        description=req.description,
-        metadata=req.metadata,
-    )
+    """The check: deducts ``cost`` from the account unless its credits or rate limit say no.
+    Counted and timed for the metrics by its outcome (sidecar/metrics.py)."""
+    started = perf_counter()
+    try:
+        authorize(request, "service", "admin")
+        req = await body(request, CheckRequest)
+        r = await request.app[LEDGER].deduct(
+            req.account,
+            req.cost,
+            req.idempotency_key,
+            description=req.description,
+            metadata=req.metadata,
+        )
+    except errors.StoreUnavailable:
+        metrics.CHECKS.store_error(metrics.CHECK)
+        metrics.CHECKS.record(metrics.CHECK, metrics.ERROR, perf_counter() - started)
+        raise
+    except errors.SidecarError:
+        metrics.CHECKS.record(metrics.CHECK, metrics.REJECTED, perf_counter() - started)
+        raise
+    except Exception:
+        metrics.CHECKS.record(metrics.CHECK, metrics.ERROR, perf_counter() - started)
+        raise
+    response = _check_response(req.account, r)
+    metrics.record_outcome(metrics.CHECK, response.status, perf_counter() - started)
+    return response
+
+
+def _check_response(account: str, r: DeductResult) -> web.Response:
     if isinstance(r, Allowed):
         return json_response(
             {
                 "allowed": True,
-                "account": req.account,
+                "account": account,
                 "balance": r.balance,
                 "cost": r.cost,
                 "transaction_id": r.transaction_id,
@@ -135,14 +157,14 @@ async def check(request: web.Request) -> web.Response:
             }
         )
     if isinstance(r, Insufficient):
-        return insufficient(req.account, r)
+        return insufficient(account, r)
     if isinstance(r, Revoked):  # not reachable without a key id; kept exhaustive
         raise errors.Unauthorized("API key revoked")
     return json_response(
         {
             "allowed": False,
             "reason": "rate_limited",
-            "account": req.account,
+            "account": account,
             "retry_after_ms": r.retry_after_ms,
         },
         429,
