@@ -23,7 +23,7 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from sidecar.resp import RespChannel
 
@@ -144,7 +144,7 @@ class AutoPipeline:
                 pipe.execute_command(*c)
             try:
                 return list(await pipe.execute(raise_on_error=False))
-            except (RedisError, OSError, AttributeError):
+            except (RedisError, RedisClusterException, OSError, AttributeError):
                 # Safe to send again: every script call is idempotent by its ids. (During a
                 # failover redis-py 8.1 can also fail a connection torn down under it with
                 # AttributeError: its writer is already gone.)

@@ -11,8 +11,15 @@ from typing import Any
 import click
 
 from sidecar.adminclient import AdminClient
-from sidecar.cli.common import admin_client, echo_json, run_admin
-from sidecar.cli.keys import json_option, url_option
+from sidecar.cli.common import (
+    admin_client,
+    echo_json,
+    json_option,
+    rate_limit_body,
+    rate_limit_options,
+    run_admin,
+    url_option,
+)
 from sidecar.cli.tables import echo_table, rate_limit_text, seg
 
 
@@ -124,9 +131,7 @@ def show(account: str, url: str | None, as_json: bool) -> None:
 @click.option(
     "--low-balance-threshold", type=int, help="a debit crossing below this is a low_balance event"
 )
-@click.option("--rate-limit", type=int, help="requests allowed per period for the account")
-@click.option("--period-ms", type=int, default=1000, show_default=True, help="the rate period")
-@click.option("--burst", type=int, help="bucket size (default: the rate limit)")
+@rate_limit_options("the account")
 @url_option
 @json_option
 def create(
@@ -143,12 +148,8 @@ def create(
     body: dict[str, Any] = {"overdraft_limit": overdraft_limit}
     if low_balance_threshold is not None:
         body["low_balance_threshold"] = low_balance_threshold
-    if rate_limit is not None:
-        body["rate_limit"] = {"requests": rate_limit, "period_ms": period_ms}
-        if burst is not None:
-            body["rate_limit"]["burst"] = burst
-    elif burst is not None:
-        raise click.UsageError("--burst needs --rate-limit")
+    if (rl := rate_limit_body(rate_limit, period_ms, burst)) is not None:
+        body["rate_limit"] = rl
     path = f"/v1/accounts/{seg(account)}"
     result = run_admin(admin_client(url), lambda c: c.request("PUT", path, body))
     if as_json:
@@ -183,7 +184,7 @@ def _timestamp(value: str | None) -> int | str | None:
     """Unix milliseconds as an integer, anything else as given (the API validates it)."""
     if value is None:
         return None
-    return int(value) if value.isdigit() else value
+    return int(value) if value.isascii() and value.isdigit() else value
 
 
 @grants.command("add")

@@ -3,13 +3,14 @@ giving credits back, through the running sidecar's admin API."""
 
 from __future__ import annotations
 
+import csv
+import io
 import urllib.parse
 from typing import Any
 
 import click
 
-from sidecar.cli.common import admin_client, echo_json, run_admin
-from sidecar.cli.keys import json_option, url_option
+from sidecar.cli.common import admin_client, echo_json, json_option, run_admin, url_option
 from sidecar.cli.tables import echo_table, seg
 from sidecar.persistence.project import TXN_TYPES
 
@@ -58,6 +59,9 @@ def transactions(
         assert isinstance(body, str), "the sidecar did not answer with CSV"
         csv_file.write(body)
         csv_file.close()
+        rows = list(csv.DictReader(io.StringIO(body)))
+        if len(rows) >= limit:  # a full page: older transactions may follow
+            click.echo(f"more: --before {rows[-1]['seq']} (this page holds {limit})", err=True)
         return
     if as_json:
         echo_json(body)

@@ -19,8 +19,8 @@ from sidecar.cli.common import (
     open_store,
     run_admin,
     run_until_signal,
+    url_option,
 )
-from sidecar.cli.keys import url_option
 from sidecar.keys import KeySpace
 from sidecar.ledger import Ledger
 from sidecar.persistence.db import engine_for, migrate

@@ -22,6 +22,7 @@ from sidecar.redis_client import RedisClient, connect
 from sidecar.settings import Settings
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def run_until_signal(
@@ -55,6 +56,9 @@ def load_settings(listen: str | None = None) -> Settings:
         for err in e.errors(include_url=False):
             loc = ".".join(str(p) for p in err["loc"])
             click.echo(f"config error: SIDECAR_{loc.upper()}: {err['msg']}", err=True)
+        sys.exit(2)
+    except (OSError, ValueError) as e:  # SIDECAR_CONFIG unreadable, not UTF-8, not TOML
+        click.echo(f"config error: SIDECAR_CONFIG: {e}", err=True)
         sys.exit(2)
 
 
@@ -129,3 +133,40 @@ async def open_store(
         await client.aclose()
         if server is not None:
             await asyncio.to_thread(server.stop)
+
+
+url_option = click.option(
+    "--url",
+    envvar="SIDECAR_URL",
+    help="the sidecar's base URL (SIDECAR_URL; default: its SIDECAR_LISTEN address)",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="print the API's JSON")
+
+
+def rate_limit_options(what: str) -> Callable[[F], F]:
+    """--rate-limit, --period-ms and --burst, for ``what`` ("the account", "this key")."""
+
+    def add(f: F) -> F:
+        f = click.option("--burst", type=int, help="bucket size (default: the rate limit)")(f)
+        f = click.option(
+            "--period-ms", type=int, default=1000, show_default=True, help="the rate period"
+        )(f)
+        return click.option(
+            "--rate-limit", type=int, help=f"requests allowed per period for {what}"
+        )(f)
+
+    return add
+
+
+def rate_limit_body(
+    rate_limit: int | None, period_ms: int, burst: int | None
+) -> dict[str, int] | None:
+    """The API's ``rate_limit`` object from those options (None: no limit)."""
+    if rate_limit is None:
+        if burst is not None:
+            raise click.UsageError("--burst needs --rate-limit")
+        return None
+    rl = {"requests": rate_limit, "period_ms": period_ms}
+    if burst is not None:
+        rl["burst"] = burst
+    return rl

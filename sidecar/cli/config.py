@@ -14,8 +14,7 @@ from typing import Any, NoReturn
 import click
 from pydantic import SecretStr, ValidationError
 
-from sidecar.cli.common import echo_json
-from sidecar.cli.keys import json_option
+from sidecar.cli.common import echo_json, json_option
 from sidecar.cli.tables import echo_table
 from sidecar.persistence.db import resolve_url
 from sidecar.pricing import PricingError, load_pricing
@@ -50,7 +49,7 @@ def _file_values() -> tuple[Path | None, dict[str, Any]]:
             return path, tomllib.load(f)
     except FileNotFoundError:
         _invalid([f"{PREFIX}CONFIG: {path} does not exist"])
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8 (UnicodeDecodeError), not TOML
         _invalid([f"{PREFIX}CONFIG: {path} is not readable TOML: {e}"])
 
 

@@ -10,8 +10,7 @@ from typing import Any
 import click
 
 from sidecar.adminclient import AdminClient
-from sidecar.cli.common import admin_client, echo_json, run_admin
-from sidecar.cli.keys import json_option, url_option
+from sidecar.cli.common import admin_client, echo_json, json_option, run_admin, url_option
 from sidecar.cli.tables import echo_table, seg
 
 

@@ -6,14 +6,15 @@ from typing import Any
 
 import click
 
-from sidecar.cli.common import admin_client, echo_json, run_admin
-
-url_option = click.option(
-    "--url",
-    envvar="SIDECAR_URL",
-    help="the sidecar's base URL (SIDECAR_URL; default: its SIDECAR_LISTEN address)",
+from sidecar.cli.common import (
+    admin_client,
+    echo_json,
+    json_option,
+    rate_limit_body,
+    rate_limit_options,
+    run_admin,
+    url_option,
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="print the API's JSON")
 
 
 @click.group()
@@ -24,9 +25,7 @@ def keys() -> None:
 @keys.command("create")
 @click.argument("account")
 @click.option("--name", default="", help="a label for the key (e.g. where it is used)")
-@click.option("--rate-limit", type=int, help="requests allowed per period for this key")
-@click.option("--period-ms", type=int, default=1000, show_default=True, help="the rate period")
-@click.option("--burst", type=int, help="bucket size (default: the rate limit)")
+@rate_limit_options("this key")
 @url_option
 @json_option
 def create(
@@ -39,13 +38,7 @@ def create(
     as_json: bool,
 ) -> None:
     """Create a key for ACCOUNT and print it (the only time it is shown)."""
-    rl: dict[str, int] | None = None
-    if rate_limit is not None:
-        rl = {"requests": rate_limit, "period_ms": period_ms}
-        if burst is not None:
-            rl["burst"] = burst
-    elif burst is not None:
-        raise click.UsageError("--burst needs --rate-limit")
+    rl = rate_limit_body(rate_limit, period_ms, burst)
     key = run_admin(admin_client(url), lambda c: c.create_key(account, name, rl))
     if as_json:
         echo_json(key)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sidecar.cli.common import admin_client, echo_json, run_admin
-
-url_option = click.option(
-    "--url", envvar="SIDECAR_URL", help="the sidecar's base URL (default: SIDECAR_LISTEN)"
-)
+from sidecar.cli.common import admin_client, echo_json, run_admin, url_option
 
 
 @click.group()

@@ -126,7 +126,7 @@ def rebuild_cmd(account: str | None, replace: bool, force: bool) -> None:
 def _cutoff(value: str, now_ms: int) -> int:
     """``90d`` / ``12h`` (that long ago) or an RFC 3339 time, as unix ms."""
     units = {"d": 86_400_000, "h": 3_600_000}
-    if value[-1:] in units and value[:-1].isdigit():
+    if value[-1:] in units and value[:-1].isascii() and value[:-1].isdigit():
         return now_ms - int(value[:-1]) * units[value[-1]]
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -29,6 +29,7 @@ from sidecar.http.schemas import ID
 from sidecar.ledger import MAX_TIMESTAMP_MS, store_call
 from sidecar.persistence.models import Account, CreditTransaction, from_ms, table_of, to_ms
 from sidecar.persistence.project import TXN_TYPES
+from sidecar.redis_client import text
 
 admin_routes = web.RouteTableDef()
 
@@ -106,7 +107,7 @@ def _time_param(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    if raw.isdigit() and len(raw) <= 16:
+    if raw.isascii() and raw.isdigit() and len(raw) <= 16:
         ms = int(raw)
     else:
         try:
@@ -354,10 +355,6 @@ def _hold(hold_id: str, rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _text(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
 @admin_routes.get("/v1/accounts/{account}/holds")
 async def holds(request: web.Request) -> web.Response:
     """The account's holds from Redis: active ones and closed ones still remembered (for the
@@ -370,6 +367,6 @@ async def holds(request: web.Request) -> web.Response:
     raw: dict[Any, Any] = await store_call(
         ledger.redis.hgetall(ledger.keys.for_account(account).holds)
     )
-    found = [_hold(_text(k), orjson.loads(v)) for k, v in raw.items()]
+    found = [_hold(text(k), orjson.loads(v)) for k, v in raw.items()]
     found.sort(key=lambda h: (h["created_at"] or "", h["hold_id"]), reverse=True)
     return json_response({"account": account, "holds": found})

@@ -314,6 +314,7 @@ async def test_holds_lists_active_and_closed_holds_from_redis(
         ("/v1/accounts/a@b/transactions", "account"),
         ("/v1/accounts/acme/usage?interval=week", "interval"),
         ("/v1/accounts/acme/usage?since=yesterday", "since"),
+        ("/v1/accounts/acme/usage?since=%C2%B2", "since"),  # a Unicode digit: was a 500
         ("/v1/accounts/acme/usage?since=2027-01-15T08:00:00", "since"),  # no offset
         ("/v1/accounts/acme/usage?until=2027-13-01T00:00:00Z", "until"),
         ("/v1/accounts/acme/usage?since=2027-01-15T00:00:00Z&until=2027-01-14T00:00:00Z", "until"),
