@@ -13,6 +13,9 @@
 --   KEYS[6] holds hash        hold id -> JSON record (active ones, and closed ones until purged)
 --   ARGV[1] account id   ARGV[2] now (unix ms)   ARGV[3] transaction id
 --   ARGV[4] retention (ms) of idempotency records, usage records and closed holds
+--   ARGV[5] deadline (unix ms on Redis' clock, '' = none): the caller answers "unavailable"
+--           once it passes, so a call that runs later (Redis was paused, the call queued)
+--           must change nothing; mutating scripts call in_time() before their first write
 --
 -- Account hash fields: created, clock (latest now seen: time never runs backwards
 -- for an account), avail (sum of remaining over live buckets), held, debt, seq
@@ -108,6 +111,29 @@ local ACCOUNT = id_arg(ARGV[1], 'account', 128)
 local NOW = int_arg(ARGV[2], 'now', 0, MAX_TIME)
 local TXID = id_arg(ARGV[3], 'transaction_id', 64)
 local RETENTION = int_arg(ARGV[4], 'retention_ms', 1, 10 * 366 * 86400000)
+local DEADLINE = opt_int_arg(ARGV[5], 'deadline', 0, MAX_TIME)
+
+-- Refuses (LATE, nothing written) a call that runs after its caller's deadline. Called after
+-- a replay is answered (a retry of a call that did run still gets its result) and before the
+-- first write. Redis' own clock: the caller's deadline already allows for skew (the sidecar
+-- sets it a margin before it gives up itself).
+local function in_time()
+  if not DEADLINE then return end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now > DEADLINE then
+    fail('LATE', 'the call reached Redis ' .. fmt(now - DEADLINE) .. ' ms after its deadline')
+  end
+end
+
+-- A short digest of what a request asked for beyond its cost, stored with its idempotency
+-- record: a replay must be the same request, not only the same key. Each part is
+-- length-prefixed, so no two different lists of parts give the same input.
+local function request_fp(parts)
+  local buf = {}
+  for i, v in ipairs(parts) do buf[i] = #v .. ':' .. v end
+  return string.sub(redis.sha1hex(table.concat(buf)), 1, 16)
+end
 
 local acct = nil        -- loaded account state (numbers), written back by save_account()
 local extra_txns = 0    -- transactions emitted besides the main one (expiries, lapsed holds)

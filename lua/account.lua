@@ -1,22 +1,23 @@
 -- account.lua: create an account, or replace its settings.
 --
 -- KEYS: the common six (see _lib.lua).
--- ARGV: the common four, then
---   [5] overdraft limit (credits >= 0; the balance may go down to minus this)
---   [6] low-balance threshold (credits, '' = none)
---   [7] rate limit: requests per period ('' = unlimited)   [8] period (ms)   [9] burst (requests)
+-- ARGV: the common five, then
+--   [6] overdraft limit (credits >= 0; the balance may go down to minus this)
+--   [7] low-balance threshold (credits, '' = none)
+--   [8] rate limit: requests per period ('' = unlimited)   [9] period (ms)   [10] burst (requests)
 -- Returns {created (1 new, 0 updated)}.
 -- Appends one kind=account entry to the outbox so the SQL ledger mirrors the settings.
 
-local ovl = int_arg(ARGV[5], 'overdraft_limit', 0, MAXINT)
-local lbt = opt_int_arg(ARGV[6], 'low_balance_threshold', -MAXINT, MAXINT)
-local rl_n = opt_int_arg(ARGV[7], 'rate_limit.requests', 1, 1000000000)
+local ovl = int_arg(ARGV[6], 'overdraft_limit', 0, MAXINT)
+local lbt = opt_int_arg(ARGV[7], 'low_balance_threshold', -MAXINT, MAXINT)
+local rl_n = opt_int_arg(ARGV[8], 'rate_limit.requests', 1, 1000000000)
 local rl_ms, rl_burst
 if rl_n then
-  rl_ms = int_arg(ARGV[8], 'rate_limit.period_ms', 1, 366 * 86400000)
-  rl_burst = int_arg(ARGV[9], 'rate_limit.burst', 1, 1000000000)
+  rl_ms = int_arg(ARGV[9], 'rate_limit.period_ms', 1, 366 * 86400000)
+  rl_burst = int_arg(ARGV[10], 'rate_limit.burst', 1, 1000000000)
 end
 
+in_time()
 local created = 0
 if not load_account() then
   created = 1

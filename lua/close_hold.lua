@@ -1,10 +1,10 @@
 -- close_hold.lua: settle a hold for the amount actually used, or release it.
 --
 -- KEYS: the common six (see _lib.lua).
--- ARGV: the common four, then
---   [5] hold id   [6] mode: 'settle' or 'release'
---   [7] amount to charge (settle: 0 .. the hold's amount; release: ignored)
---   [8] description   [9] metadata (JSON object or '')
+-- ARGV: the common five, then
+--   [6] hold id   [7] mode: 'settle' or 'release'
+--   [8] amount to charge (settle: 0 .. the hold's amount; release: ignored)
+--   [9] description   [10] metadata (JSON object or '')
 -- Settling charges `amount` from the held credits in the order they were drawn and
 -- returns the rest to their buckets (credits of buckets that expired meanwhile are
 -- forfeited). Idempotent by hold id: settling again for the same amount, or
@@ -14,13 +14,13 @@
 -- Returns {'ok', transaction id, balance after, charged, replayed (0|1), forfeited, state}
 --       | {'hold_expired', transaction id, balance after}
 
-local hid = id_arg(ARGV[5], 'hold_id', 128)
-local mode = ARGV[6]
+local hid = id_arg(ARGV[6], 'hold_id', 128)
+local mode = ARGV[7]
 if mode ~= 'settle' and mode ~= 'release' then fail('INVALID', 'mode must be settle or release') end
 local amount = 0
-if mode == 'settle' then amount = int_arg(ARGV[7], 'amount', 0, MAXINT) end
-local desc = text_arg(ARGV[8], 'description', 2048)
-local metadata = json_obj_arg(ARGV[9], 'metadata', 4096)
+if mode == 'settle' then amount = int_arg(ARGV[8], 'amount', 0, MAXINT) end
+local desc = text_arg(ARGV[9], 'description', 2048)
+local metadata = json_obj_arg(ARGV[10], 'metadata', 4096)
 
 require_account()
 local raw = redis.call('HGET', H, hid)
@@ -46,6 +46,7 @@ if amount > rec.amount and rec.expires > NOW then
   fail('INVALID', 'amount must not exceed the hold (' .. fmt(rec.amount) .. ')')
 end
 
+in_time()
 expire_due()
 rec = cjson.decode(redis.call('HGET', H, hid))
 if rec.state ~= 'active' then

@@ -4,36 +4,42 @@
 --   [7] idempotency record (string, expires after the retention)
 --   [8] usage record of this transaction (hash, same retention; what refunds read)
 --   [9] events stream of the shard (low_balance events)
--- ARGV: the common four, then
---   [5] cost (credits, 0 .. 2^53-1; 0 = a free route: authenticate and rate limit only)
---   [6] idempotency key   [7] description   [8] metadata (JSON object or '')
---   [9] API key id ('' = none; else it must still be active on the account)
---   [10] route name ('' = none)   [11] [12] [13] the route's rate limit: requests, period
+-- ARGV: the common five, then
+--   [6] cost (credits, 0 .. 2^53-1; 0 = a free route: authenticate and rate limit only)
+--   [7] idempotency key   [8] description   [9] metadata (JSON object or '')
+--   [10] API key id ('' = none; else it must still be active on the account)
+--   [11] route name ('' = none)   [12] [13] [14] the route's rate limit: requests, period
 --   (ms), burst ('' = none)
--- Order: validate; a revoked key is refused; replay a known idempotency key (another cost:
--- CONFLICT); rate limit with the account's, the key's and the route's GCRA (nothing
--- written when limited); expire what is due; then deduct, or change nothing when
--- balance - cost would go below -overdraft.
+--   [15] replay window (ms, 1 .. retention; '' = the retention): how long the idempotency
+--   record answers a replay (the proxy modes keep it short); the usage record, which
+--   refunds read, is kept for the retention whatever this says
+-- Order: validate; a revoked key is refused; replay a known idempotency key: only the same
+-- request is a replay (same cost, and the same key id, route, description and metadata, by
+-- their digest), anything else is a CONFLICT; refuse a call past its deadline (LATE); rate
+-- limit with the account's, the key's and the route's GCRA (nothing written when limited);
+-- expire what is due; then deduct, or change nothing when balance - cost would go below
+-- -overdraft.
 -- Returns {'ok', transaction id ('' for cost 0), balance after, cost, replayed (0|1),
 --          low_balance (0|1)} | {'insufficient', balance, cost}
 --       | {'rate_limited', retry after (ms)} | {'revoked'}
 
-local cost = int_arg(ARGV[5], 'cost', 0, MAXINT)
-local key = id_arg(ARGV[6], 'idempotency_key', 128)
-local desc = text_arg(ARGV[7], 'description', 2048)
-local metadata = json_obj_arg(ARGV[8], 'metadata', 4096)
-local key_id = ARGV[9] or ''
+local cost = int_arg(ARGV[6], 'cost', 0, MAXINT)
+local key = id_arg(ARGV[7], 'idempotency_key', 128)
+local desc = text_arg(ARGV[8], 'description', 2048)
+local metadata = json_obj_arg(ARGV[9], 'metadata', 4096)
+local key_id = ARGV[10] or ''
 if key_id ~= '' then id_arg(key_id, 'key_id', 64) end
-local route = ARGV[10] or ''
+local route = ARGV[11] or ''
 local route_limit = nil
 if route ~= '' then
   id_arg(route, 'route', 64)
-  if (ARGV[11] or '') ~= '' then
-    route_limit = {'rt:' .. route, int_arg(ARGV[11], 'route.requests', 1, 1000000000),
-      int_arg(ARGV[12], 'route.period_ms', 1, 366 * 86400000),
-      int_arg(ARGV[13], 'route.burst', 1, 1000000000)}
+  if (ARGV[12] or '') ~= '' then
+    route_limit = {'rt:' .. route, int_arg(ARGV[12], 'route.requests', 1, 1000000000),
+      int_arg(ARGV[13], 'route.period_ms', 1, 366 * 86400000),
+      int_arg(ARGV[14], 'route.burst', 1, 1000000000)}
   end
 end
+local window = opt_int_arg(ARGV[15], 'replay_window_ms', 1, RETENTION) or RETENTION
 
 require_account()
 local limits = account_limits()
@@ -47,14 +53,20 @@ if key_id ~= '' then
 end
 if route_limit then limits[#limits + 1] = route_limit end
 
+local fp = cost > 0 and request_fp({key_id, route, desc, metadata})
 local prior = cost > 0 and redis.call('GET', KEYS[7])
 if prior then
   local p = cjson.decode(prior)
   if p.cost ~= cost then
     fail('CONFLICT', 'idempotency_key ' .. key .. ' was already used with cost ' .. fmt(p.cost))
   end
+  -- (records written before the digest existed carry none: the cost is all they bind)
+  if p.fp and p.fp ~= fp then
+    fail('CONFLICT', 'idempotency_key ' .. key .. ' was already used for another request')
+  end
   return {'ok', p.tx, p.bal, cost, 1, 0}
 end
+in_time()
 
 local wait, tats = rate_check(limits)
 if wait > 0 then return {'rate_limited', wait} end
@@ -75,9 +87,11 @@ local alloc, short = draw(cost, false)
 acct.debt = acct.debt + short
 if #tats > 0 then redis.call('HSET', A, unpack(tats)) end
 local after = balance()
-emit(TXID, 'usage', -cost, alloc, {idempotency_key = key, overdraft = short, desc = desc,
-  meta = metadata, key_id = key_id, route = route})
-redis.call('SET', KEYS[7], jenc({tx = TXID, cost = cost, bal = after}), 'PX', RETENTION)
+local usage = {idempotency_key = key, overdraft = short, desc = desc, meta = metadata,
+  key_id = key_id, route = route, fp = fp}
+if window ~= RETENTION then usage.replay_ms = window end
+emit(TXID, 'usage', -cost, alloc, usage)
+redis.call('SET', KEYS[7], jenc({tx = TXID, cost = cost, bal = after, fp = fp}), 'PX', window)
 redis.call('HSET', KEYS[8], 'cost', fmt(cost), 'alloc', jenc(alloc), 'overdraft', fmt(short),
   'refunded', '0')
 redis.call('PEXPIRE', KEYS[8], RETENTION)

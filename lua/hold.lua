@@ -1,20 +1,20 @@
 -- hold.lua: reserve credits for long-running work.
 --
 -- KEYS: the common six (see _lib.lua), then [7] events stream of the shard.
--- ARGV: the common four, then
---   [5] hold id (unique per account)   [6] amount (credits, 1 .. 2^53-1)
---   [7] ttl (ms; when it passes the hold releases itself)   [8] description
---   [9] metadata (JSON object or '')
+-- ARGV: the common five, then
+--   [6] hold id (unique per account)   [7] amount (credits, 1 .. 2^53-1)
+--   [8] ttl (ms; when it passes the hold releases itself)   [9] description
+--   [10] metadata (JSON object or '')
 -- The credits move out of their buckets (burn order) into the hold, so the balance
 -- drops at once; holds never use the overdraft. Idempotent by hold id.
 -- Returns {'ok', transaction id, balance after, expires_at, replayed (0|1), state}
 --       | {'insufficient', balance, amount}
 
-local hid = id_arg(ARGV[5], 'hold_id', 128)
-local amount = int_arg(ARGV[6], 'amount', 1, MAXINT)
-local ttl = int_arg(ARGV[7], 'ttl_ms', 1, 366 * 86400000)
-local desc = text_arg(ARGV[8], 'description', 2048)
-local metadata = json_obj_arg(ARGV[9], 'metadata', 4096)
+local hid = id_arg(ARGV[6], 'hold_id', 128)
+local amount = int_arg(ARGV[7], 'amount', 1, MAXINT)
+local ttl = int_arg(ARGV[8], 'ttl_ms', 1, 366 * 86400000)
+local desc = text_arg(ARGV[9], 'description', 2048)
+local metadata = json_obj_arg(ARGV[10], 'metadata', 4096)
 
 require_account()
 local raw = redis.call('HGET', H, hid)
@@ -25,6 +25,7 @@ if raw then
   end
 end
 
+if not raw then in_time() end
 expire_due()
 if raw then
   -- a replay; report the state after due deadlines (its own TTL) were processed

@@ -2,9 +2,9 @@
 --
 -- KEYS: the common six (see _lib.lua), then [7] the usage record of the transaction
 --   being refunded (written by deduct.lua; gone after the retention window).
--- ARGV: the common four, then
---   [5] refund id   [6] usage transaction id   [7] amount ('' = all that is left)
---   [8] description   [9] metadata (JSON object or '')
+-- ARGV: the common five, then
+--   [6] refund id   [7] usage transaction id   [8] amount ('' = all that is left)
+--   [9] description   [10] metadata (JSON object or '')
 -- Refunds walk the usage's parts in reverse burn order (the overdraft part first,
 -- then the buckets last drawn), continuing where earlier refunds stopped, so the
 -- refunds of one transaction never exceed what it took. A part whose bucket expired
@@ -14,11 +14,11 @@
 -- Returns {'ok', transaction id, balance after, refunded, forfeited, replayed (0|1)}
 --       | {'overflow'} (the account would hold more than 2^53-1 credits; nothing refunded).
 
-local rid = id_arg(ARGV[5], 'refund_id', 128)
-local src = id_arg(ARGV[6], 'transaction_id', 64)
-local amount = opt_int_arg(ARGV[7], 'amount', 1, MAXINT)
-local desc = text_arg(ARGV[8], 'description', 2048)
-local metadata = json_obj_arg(ARGV[9], 'metadata', 4096)
+local rid = id_arg(ARGV[6], 'refund_id', 128)
+local src = id_arg(ARGV[7], 'transaction_id', 64)
+local amount = opt_int_arg(ARGV[8], 'amount', 1, MAXINT)
+local desc = text_arg(ARGV[9], 'description', 2048)
+local metadata = json_obj_arg(ARGV[10], 'metadata', 4096)
 
 require_account()
 local u = redis.call('HMGET', KEYS[7], 'cost', 'alloc', 'overdraft', 'refunded', 'rf:' .. rid)
@@ -28,7 +28,7 @@ if not u[1] then
 end
 if u[5] then
   local p = cjson.decode(u[5])
-  if p.arg ~= ARGV[7] then
+  if p.arg ~= ARGV[8] then
     fail('CONFLICT', 'refund_id ' .. rid .. ' was already used with another amount')
   end
   return {'ok', p.tx, p.bal, p.refunded, p.forfeited, 1}
@@ -39,6 +39,7 @@ amount = amount or left
 if amount > left then
   fail('INVALID', 'amount exceeds what is left to refund (' .. fmt(left) .. ')')
 end
+in_time()
 
 expire_due()
 if acct.avail + acct.held + amount > MAXINT then
@@ -74,7 +75,7 @@ end
 
 -- requested_amount: the amount argument as given ('' = all that was left), which a replay
 -- compares; the SQL ledger keeps it so `rebuild` can restore the refund record exactly.
-local extra = {source_transaction_id = src, refund_id = rid, requested_amount = ARGV[7],
+local extra = {source_transaction_id = src, refund_id = rid, requested_amount = ARGV[8],
   repaid = repaid, forfeited = forfeited, desc = desc, meta = metadata}
 local bid = 'refund:' .. TXID
 if excess > 0 then
@@ -87,7 +88,7 @@ end
 emit(TXID, 'refund', restored + repaid + excess, alloc, extra)
 local bal = balance()
 redis.call('HINCRBY', KEYS[7], 'refunded', fmt(amount))
-redis.call('HSET', KEYS[7], 'rf:' .. rid, jenc({arg = ARGV[7], tx = TXID, bal = bal,
+redis.call('HSET', KEYS[7], 'rf:' .. rid, jenc({arg = ARGV[8], tx = TXID, bal = bal,
   refunded = amount, forfeited = forfeited}))
 save_account()
 return {'ok', TXID, bal, amount, forfeited, 0}

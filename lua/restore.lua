@@ -5,10 +5,10 @@
 --   [8 ..] one idempotency record per entry of state.idempotency (in order), then one usage
 --   record per entry of state.usage (in order), then state.purge stale per-request records
 --   to delete (replace mode). Every key must carry the account's {hash tag}.
--- ARGV: the common four (now: the rebuild's clock, from which the records' remaining TTLs
+-- ARGV: the common five (now: the rebuild's clock, from which the records' remaining TTLs
 --   are computed; the transaction id is unused: nothing goes to the outbox), then
---   [5] the state: one JSON object (below)
---   [6] mode: 'create' (fail with EXISTS if the account exists) or 'replace' (delete the
+--   [6] the state: one JSON object (below)
+--   [7] mode: 'create' (fail with EXISTS if the account exists) or 'replace' (delete the
 --   account's keys first, after the whole state has been validated)
 -- State (credits: integers within +-(2^53-1); times: unix ms; '?': may be absent or null):
 --   created, clock, debt, seq, overdraft_limit, low_balance_threshold?, auto_topup_threshold?,
@@ -20,7 +20,8 @@
 --     closed ones also charged, close_tx, close_balance, forfeited, closed (ms)}],
 --   keys [{id, record (JSON text stored as is, or an object stored as jenc writes it),
 --     rate? ('' or 'n:ms:burst': the key is active; absent: revoked)}],
---   idempotency [{key, tx, cost, bal, at (the usage's time)}],
+--   idempotency [{key, tx, cost, bal, at (the usage's time), fp? (its request digest, see
+--     deduct.lua), window? (its replay window, ms; absent: the retention)}],
 --   usage [{tx, cost, alloc [[bucket, -n], ...], overdraft, at, refunds [{id, arg, tx, bal,
 --     refunded, forfeited}]}]
 -- Derived here, as the other scripts keep them: avail (sum of remaining over live buckets)
@@ -30,10 +31,10 @@
 -- kt:, rt:) starts empty. Nothing is appended to the outbox: the state is already in SQL.
 -- Returns {buckets, holds, API keys, idempotency records, usage records} written.
 
-local MODE = ARGV[6]
+local MODE = ARGV[7]
 if MODE ~= 'create' and MODE ~= 'replace' then fail('INVALID', 'mode must be create or replace') end
-local ok, S = pcall(cjson.decode, ARGV[5] or '')
-if not ok or type(S) ~= 'table' or string.sub(ARGV[5], 1, 1) ~= '{' then
+local ok, S = pcall(cjson.decode, ARGV[6] or '')
+if not ok or type(S) ~= 'table' or string.sub(ARGV[6], 1, 1) ~= '{' then
   fail('INVALID', 'state must be a JSON object')
 end
 
@@ -209,9 +210,9 @@ for _, k in ipairs(keys) do
 end
 
 -- Per-request records, and the keys they go to.
-local function ttl_of(at, name)
-  local px = int_v(at, name .. ' at', 0, MAX_TIME) + RETENTION - NOW
-  if px < 1 then fail('INVALID', name .. ' is past the retention') end
+local function ttl_of(at, name, window)
+  local px = int_v(at, name .. ' at', 0, MAX_TIME) + (window or RETENTION) - NOW
+  if px < 1 then fail('INVALID', name .. ' is past its retention') end
   return px
 end
 
@@ -224,7 +225,11 @@ for _, r in ipairs(idem) do
   id_arg(r.tx, name .. ' tx', 64)
   int_v(r.cost, name .. ' cost', 1, MAXINT)
   int_v(r.bal, name .. ' bal', -MAXINT, MAXINT)
-  r.px = ttl_of(r.at, name)
+  if r.fp ~= nil and (type(r.fp) ~= 'string' or not string.match(r.fp, '^%x+$') or #r.fp ~= 16) then
+    fail('INVALID', name .. ' fp must be 16 hex digits')
+  end
+  if r.window ~= nil then int_v(r.window, name .. ' window', 1, RETENTION) end
+  r.px = ttl_of(r.at, name, r.window)
 end
 
 local usage, usage_ids = list_v(S.usage, 'usage'), {}
@@ -321,7 +326,8 @@ for _, k in ipairs(keys) do
 end
 
 for i, r in ipairs(idem) do
-  redis.call('SET', KEYS[7 + i], jenc({tx = r.tx, cost = r.cost, bal = r.bal}), 'PX', fmt(r.px))
+  redis.call('SET', KEYS[7 + i], jenc({tx = r.tx, cost = r.cost, bal = r.bal, fp = r.fp}), 'PX',
+    fmt(r.px))
 end
 for i, u in ipairs(usage) do
   local key = KEYS[7 + #idem + i]

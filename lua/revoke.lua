@@ -1,13 +1,13 @@
 -- revoke.lua: take back the credits of a purchase that was refunded or disputed.
 --
 -- KEYS: the common six (see _lib.lua).
--- ARGV: the common four, then
---   [5] purchase id (the Checkout Session or PaymentIntent id)
---   [6] target: credits of this purchase to have taken back in total (cumulative, >= 0)
---   [7] policy: 'unspent' (only what is left in the purchase's buckets) or 'negative' (the
+-- ARGV: the common five, then
+--   [6] purchase id (the Checkout Session or PaymentIntent id)
+--   [7] target: credits of this purchase to have taken back in total (cumulative, >= 0)
+--   [8] policy: 'unspent' (only what is left in the purchase's buckets) or 'negative' (the
 --       rest is added to the account's debt: the balance goes below zero)
---   [8] the purchase's bucket ids, a JSON array (they are drawn from in this order)
---   [9] description
+--   [9] the purchase's bucket ids, a JSON array (they are drawn from in this order)
+--   [10] description
 -- Idempotent and order-independent: the account keeps the target reached per purchase
 -- (cb:<purchase>), and a call whose target is not above it changes nothing. Refunds carry a
 -- cumulative amount, so duplicated or reordered events take back the right credits once.
@@ -16,18 +16,18 @@
 -- Returns {transaction id ('' when nothing was due), taken from the buckets, added to debt,
 --          unrecovered, balance after}.
 
-local pid = id_arg(ARGV[5], 'purchase', 255)
-local target = int_arg(ARGV[6], 'target', 0, MAXINT)
-local policy = ARGV[7]
+local pid = id_arg(ARGV[6], 'purchase', 255)
+local target = int_arg(ARGV[7], 'target', 0, MAXINT)
+local policy = ARGV[8]
 if policy ~= 'unspent' and policy ~= 'negative' then
   fail('INVALID', 'policy must be unspent or negative')
 end
-local ok, ids = pcall(cjson.decode, ARGV[8] or '')
-if not ok or type(ids) ~= 'table' or string.sub(ARGV[8], 1, 1) ~= '[' then
+local ok, ids = pcall(cjson.decode, ARGV[9] or '')
+if not ok or type(ids) ~= 'table' or string.sub(ARGV[9], 1, 1) ~= '[' then
   fail('INVALID', 'buckets must be a JSON array of bucket ids')
 end
 for _, id in ipairs(ids) do id_arg(id, 'bucket', 200) end
-local desc = text_arg(ARGV[9], 'description', 2048)
+local desc = text_arg(ARGV[10], 'description', 2048)
 
 require_account()
 local done = tonumber(redis.call('HGET', A, 'cb:' .. pid)) or 0
@@ -35,6 +35,7 @@ local want = target - done
 if want > 0 and policy == 'negative' and acct.debt + want > MAXINT then
   fail('INVALID', 'taking back ' .. fmt(want) .. ' credits would overflow the debt')
 end
+if want > 0 then in_time() end
 -- Everything is valid: from here on, only writes.
 expire_due()
 if want <= 0 then

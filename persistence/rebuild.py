@@ -95,7 +95,7 @@ class AccountState:
     """One account's Redis state as read from SQL: restore.lua's document and its companions."""
 
     account: str
-    document: dict[str, Any]  # ARGV[5] of restore.lua, without "purge"
+    document: dict[str, Any]  # ARGV[6] of restore.lua, without "purge"
     idempotency_keys: list[str]  # the idempotency records' keys, in document order
     usage_ids: list[str]  # the usage records' transaction ids, in document order
     api_keys: list[KeyIndexEntry]
@@ -185,7 +185,7 @@ async def read_account(
     doc["buckets"] = await _buckets(conn, account, clock)
     doc["holds"] = await _holds(conn, account, clock - retention_ms)
     doc["keys"], index = await _keys(conn, account)
-    idempotency, usage = await _records(conn, account, now_ms - retention_ms)
+    idempotency, usage = await _records(conn, account, now_ms, retention_ms)
     doc["idempotency"], doc["usage"] = idempotency, usage
     return AccountState(
         account=account,
@@ -356,9 +356,11 @@ async def _keys(
 
 
 async def _records(
-    conn: AsyncConnection, account: str, cutoff: int
+    conn: AsyncConnection, account: str, now: int, retention: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Idempotency and usage records of the usages after ``cutoff`` (ms), with their refunds."""
+    """Idempotency and usage records of the usages within the retention at ``now`` (ms), with
+    their refunds; idempotency records only while their replay window lasts."""
+    cutoff = now - retention
 
     def recent(ttype: str) -> Any:
         return (
@@ -415,14 +417,21 @@ async def _records(
             }
         )
         if u["idempotency_key"]:
-            latest[u["idempotency_key"]] = {
+            record: dict[str, Any] = {
                 "key": u["idempotency_key"],
                 "tx": u["id"],
                 "cost": cost,
                 "bal": int(u["balance_after"]),
                 "at": int(u["created_ms"]),
             }
-    return list(latest.values()), usage
+            # The request digest and the replay window (deduct.lua); usages written before
+            # they existed have neither: their records bind the cost only, for the retention.
+            if "fp" in details:
+                record["fp"] = str(details["fp"])
+            if "replay_ms" in details:
+                record["window"] = int(details["replay_ms"])
+            latest[u["idempotency_key"]] = record
+    return [r for r in latest.values() if r["at"] + r.get("window", retention) > now], usage
 
 
 def _script_error(account: str, e: ResponseError) -> Exception:
@@ -472,6 +481,7 @@ async def restore_account(
         now_ms,
         REBUILD_TXID,
         retention_ms,
+        "",  # no deadline: an operator's command, not a caller that gives up
         orjson.dumps(document).decode(),
         "replace" if replace else "create",
     ]

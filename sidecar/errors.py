@@ -120,6 +120,8 @@ _SCRIPT_ERRORS: dict[str, type[SidecarError]] = {
     "HOLD_CLOSED": HoldClosed,
     "HOLD_EXPIRED": HoldExpired,
     "FULLY_REFUNDED": FullyRefunded,
+    # The call reached Redis after its caller's deadline and changed nothing (lua/_lib.lua).
+    "LATE": StoreUnavailable,
 }
 _SCRIPT_ERROR = re.compile(
     r"^CS (?P<code>[A-Z_]+) (?P<detail>.*?)(?: script: \S+, on @\S+\.)?$", re.S

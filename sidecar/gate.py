@@ -2,12 +2,15 @@
 
 One call: find the API key (``Authorization: Bearer`` or ``X-API-Key``), price the route,
 and run the deduct script with the key id, the route's rate limit and the proxy's request
-id as idempotency key (a retried subrequest is charged once). The result is an
+id as idempotency key. A retry of the same request (same key, method, URI and cost) within
+the replay window is answered as the first was and charged once; the same request id on
+any other request is a conflict (409), never a free pass. The result is an
 :class:`Outcome` that each proxy mode renders in the form its proxy understands.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import uuid
@@ -17,19 +20,20 @@ from typing import Literal
 
 from sidecar import metrics
 from sidecar.apikeys import ApiKeys
-from sidecar.errors import StoreUnavailable
+from sidecar.errors import IdempotencyConflict, InvalidInput, StoreUnavailable
 from sidecar.ledger import Allowed, Insufficient, Ledger, RateLimited, Revoked
 from sidecar.pricing import Pricing
 
 log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+DESCRIPTION_MAX = 2048  # bytes, as lua/deduct.lua accepts
 
 FailurePolicy = Literal["fail_closed", "fail_open"]
 
 
 @dataclass(slots=True)
 class Outcome:
-    status: int  # what the client should get: 200, 400, 401, 402, 403, 429 or 503
+    status: int  # what the client should get: 200, 400, 401, 402, 403, 409, 429 or 503
     reason: str
     account: str = ""
     balance: int | None = None
@@ -62,6 +66,7 @@ class Gate:
         trust_cost_header: bool = False,
         failure_policy: FailurePolicy = "fail_closed",
         shadow: bool = False,
+        replay_window_ms: int = 300_000,
     ) -> None:
         self.ledger = ledger
         self.api_keys = api_keys
@@ -70,6 +75,7 @@ class Gate:
         self.trust_cost_header = trust_cost_header
         self.failure_policy = failure_policy
         self.shadow = shadow
+        self.replay_window_ms = replay_window_ms
         self.stats = GateStats()
 
     async def decide(self, method: str, path: str, headers: Mapping[str, str]) -> Outcome:
@@ -103,11 +109,16 @@ class Gate:
                 ident.account,
                 cost,
                 request_id,
-                description=f"{method} {path}"[:512],
+                description=describe(method, path),
                 key_id=ident.key_id,
                 route=rule.name,
                 route_limit=rule.rate_limit,
+                replay_window_ms=self.replay_window_ms,
             )
+        except IdempotencyConflict:
+            return Outcome(409, "idempotency_conflict")
+        except InvalidInput:
+            return Outcome(400, "invalid_request")
         except StoreUnavailable:
             if self.failure_policy == "fail_open":
                 self.stats.fail_open += 1
@@ -132,6 +143,18 @@ class Gate:
             return Outcome(429, "rate_limited", ident.account, retry_after_ms=r.retry_after_ms)
         assert isinstance(r, Revoked)
         return Outcome(401, "invalid_api_key")
+
+
+def describe(method: str, uri: str) -> str:
+    """The usage's description, ``METHOD URI``: what a replay is compared by (with the key id,
+    the route and the cost), so a URI too long for it keeps a digest of the whole in its place."""
+    text = f"{method} {uri}"
+    raw = text.encode()
+    if len(raw) <= DESCRIPTION_MAX:
+        return text
+    digest = hashlib.sha256(raw).hexdigest()[:32]
+    head = raw[: DESCRIPTION_MAX - 40].decode(errors="ignore")
+    return f"{head}...#{digest}"
 
 
 def _presented_key(headers: Mapping[str, str]) -> str:

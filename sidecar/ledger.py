@@ -26,11 +26,15 @@ from sidecar.keys import KeySpace
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _text
 from sidecar.scripts import Scripts
+from sidecar.settings import Settings
 
 MAX_CREDITS = 2**53 - 1
 # Latest accepted timestamp (9999-12-31T23:59:59.999Z): every stored time stays printable.
 MAX_TIMESTAMP_MS = 253_402_300_799_999
 CALL_DEADLINE_S = 5.0
+# How much earlier than the caller gives up a script stops accepting a call (lua/_lib.lua
+# in_time): it covers clock skew between this host and Redis plus a reply's way back.
+DEADLINE_MARGIN_MS = 500
 log = logging.getLogger(__name__)
 Clock = Callable[[], int]
 
@@ -183,14 +187,21 @@ class Ledger:
         retention_ms: int = 86_400_000,
         clock: Clock = wall_clock_ms,
         auto_pipeline: bool = True,
+        deadline_s: float = CALL_DEADLINE_S,
+        deadline_margin_ms: int = DEADLINE_MARGIN_MS,
     ) -> None:
+        if not 0 <= deadline_margin_ms < deadline_s * 1000:
+            raise ValueError("the deadline margin must be shorter than the deadline")
         self.redis = redis
         self.keys = keys
         self.retention_ms = retention_ms
         self.clock = clock
+        self.deadline_s = deadline_s
+        # A script refuses a call that runs later than this after it was made (ms).
+        self._script_deadline_ms = int(deadline_s * 1000) - deadline_margin_ms
         self.scripts = Scripts.register(redis)
         # Concurrent calls share round trips (sidecar/autopipe.py), on one node or a cluster.
-        self.pipeline = AutoPipeline(redis, deadline_s=CALL_DEADLINE_S) if auto_pipeline else None
+        self.pipeline = AutoPipeline(redis, deadline_s=deadline_s) if auto_pipeline else None
 
     def close(self) -> None:
         """Closes the auto-pipeline's own connections (the Redis client is the caller's)."""
@@ -205,18 +216,25 @@ class Ledger:
         args: list[str | int],
         txid: str | None = None,
     ) -> Any:
-        """Runs a ledger script with the common keys and arguments (see lua/_lib.lua)."""
+        """Runs a ledger script with the common keys and arguments (see lua/_lib.lua).
+
+        The call is answered within ``deadline_s`` or fails with StoreUnavailable; the script
+        itself refuses to run (LATE) after a deadline a margin earlier, on the real clock (not
+        the ledger's, which tests move), so a call answered "unavailable" never took effect.
+        """
         keys = self.keys.for_account(account).common() + extra_keys
         common: list[str | int] = [
             account,
             self.clock(),
             txid or new_transaction_id(),
             self.retention_ms,
+            wall_clock_ms() + self._script_deadline_ms,
         ]
         argv = common + args
 
         if self.pipeline is not None:
-            # The pipeline applies the deadline once per batch (CALL_DEADLINE_S).
+            # The pipeline applies the deadline once per batch, from when the batch is sent:
+            # never earlier than the script's own.
             return await store_errors(self.pipeline.run(script, keys, argv))
 
         async def invoke() -> Any:
@@ -227,7 +245,7 @@ class Ledger:
                 # EVALSHA; EVAL loads and runs in one step, so it cannot miss.
                 return await self.redis.eval(cast(str, script.script), len(keys), *keys, *argv)
 
-        return await store_call(invoke())
+        return await store_call(invoke(), self.deadline_s)
 
     async def configure_account(
         self,
@@ -289,11 +307,15 @@ class Ledger:
         key_id: str = "",
         route: str = "",
         route_limit: RateLimit | None = None,
+        replay_window_ms: int | None = None,
     ) -> DeductResult:
         """Takes ``cost`` credits (0: a free route, only authenticate and rate limit).
 
         With ``key_id`` the call is refused (``Revoked``) unless that API key is still
-        active on the account; ``route_limit`` is the priced route's own rate limit.
+        active on the account; ``route_limit`` is the priced route's own rate limit. The
+        idempotency key replays only the same request (cost, key id, route, description and
+        metadata), for ``replay_window_ms`` (None: the retention); anything else reusing it
+        is an IdempotencyConflict.
         """
         txid = new_transaction_id()
         extra_keys = [
@@ -314,6 +336,7 @@ class Ledger:
             key_id,
             route,
             *rl,
+            "" if replay_window_ms is None else min(replay_window_ms, self.retention_ms),
         ]
         reply = await self.run_script(self.scripts.deduct, account, extra_keys, args, txid)
         status = _text(reply[0])
@@ -498,11 +521,23 @@ class Ledger:
         written = 0
         for shard in range(self.keys.shards):
             accounts = await store_call(
-                self.redis.zrangebyscore(self.keys.due(shard), "-inf", now, start=0, num=limit)
+                self.redis.zrangebyscore(self.keys.due(shard), "-inf", now, start=0, num=limit),
+                self.deadline_s,
             )
             for account in accounts:
                 written += await self.expire(_text(account))
         return written
+
+
+def ledger_for(redis: RedisClient, settings: Settings, clock: Clock = wall_clock_ms) -> Ledger:
+    """The deployment's ledger on ``redis``, as its settings describe it."""
+    return Ledger(
+        redis,
+        KeySpace(settings.shards),
+        retention_ms=settings.retention_s * 1000,
+        clock=clock,
+        deadline_margin_ms=settings.redis_deadline_margin_ms,
+    )
 
 
 def _raise_overflow(reply: Any) -> None:
@@ -529,6 +564,9 @@ async def store_errors(awaitable: Awaitable[Any]) -> Any:
         return await awaitable
     except ResponseError as e:
         err = from_script_error(str(e))
+        if isinstance(err, StoreUnavailable):  # LATE: it ran after its deadline, did nothing
+            log.warning("a call reached redis too late and changed nothing: %s", err.message)
+            raise StoreUnavailable("the credit store is unavailable") from None
         if err is not None:
             raise err from None
         log.warning("redis refused a call: %s", e)

@@ -93,6 +93,22 @@ class Settings(BaseSettings):
         "fail_closed", description="proxy auth when Redis is unreachable: 503, or allow and count"
     )
     shadow: bool = Field(False, description="evaluate and record, but never deny (rollout)")
+    proxy_replay_window_s: int = Field(
+        300,
+        ge=1,
+        le=10 * 366 * 86400,
+        description="proxy modes: how long a request id answers a retry of the same request "
+        "(key, method, URI, cost) as a replay, charged once; any other request with that id is "
+        "a conflict (409). Capped at retention_s; refunds are unaffected",
+    )
+    redis_deadline_margin_ms: int = Field(
+        500,
+        ge=0,
+        le=60_000,
+        description="a script refuses a call this long before the caller gives up on it, so "
+        "an answered 503 was never charged: covers clock skew between sidecar hosts and Redis "
+        "plus a reply's way back (keep clocks NTP-synced)",
+    )
     writer: Literal["process", "inline", "off"] = Field(
         "process",
         description="the outbox → SQL writer of `serve`: a child process (own core), on the "

@@ -40,6 +40,7 @@ does not move.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -90,6 +91,13 @@ def okey(priority: int, expires: int | None, created: int, bucket_id: str) -> st
     """A bucket's burn-order key: sorting these strings sorts buckets in burn order."""
     exp = NEVER if expires is None else expires
     return f"{priority + INT32:010d}:{exp:015d}:{created:015d}:{bucket_id}"
+
+
+def request_fp(*parts: str) -> str:
+    """The request digest deduct.lua stores with an idempotency record: SHA-1 over the
+    length-prefixed parts (key id, route, description, metadata), 16 hex digits."""
+    joined = "".join(f"{len(v.encode())}:{v}" for v in parts)
+    return hashlib.sha1(joined.encode()).hexdigest()[:16]  # noqa: S324 (a digest, not security)
 
 
 @dataclass
@@ -241,7 +249,8 @@ class ModelAccount:
     buckets: dict[str, ModelBucket] = field(default_factory=dict)
     holds: dict[str, ModelHold] = field(default_factory=dict)
     deadlines: dict[str, int] = field(default_factory=dict)  # "b:<id>" / "h:<id>" -> ms
-    idempotency: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # tx, cost, bal
+    # key -> tx, cost, bal, request digest
+    idempotency: dict[str, tuple[str, int, int, str]] = field(default_factory=dict)
     usages: dict[str, ModelUsage] = field(default_factory=dict)
 
     @property
@@ -590,10 +599,11 @@ class LedgerModel:
         self._check_range("cost", cost, 0, MAX_CREDITS)
         meta = encode_metadata(metadata)
         a = self._require(account)
+        fp = request_fp("", "", description, meta)
         prior = a.idempotency.get(idempotency_key) if cost > 0 else None
         if prior is not None:
-            tx, prior_cost, bal = prior
-            if prior_cost != cost:
+            tx, prior_cost, bal, prior_fp = prior
+            if prior_cost != cost or prior_fp != fp:
                 raise IdempotencyConflict(f"idempotency_key {idempotency_key} was already used")
             return Allowed(tx, bal, cost, True, False)
         wait, new_tat = self._rate_check(a)
@@ -626,9 +636,10 @@ class LedgerModel:
                 "meta": meta,
                 "key_id": "",
                 "route": "",
+                "fp": fp,
             },
         )
-        a.idempotency[idempotency_key] = (self._txid, cost, after)
+        a.idempotency[idempotency_key] = (self._txid, cost, after, fp)
         a.usages[self._txid] = ModelUsage(cost, alloc, short)
         low = a.lbt is not None and before >= a.lbt and after < a.lbt
         return Allowed(self._txid, after, cost, False, low)
@@ -918,8 +929,8 @@ class LedgerModel:
             holds={hid: h.record() for hid, h in a.holds.items()},
             due=min(a.deadlines.values()) if a.deadlines else None,
             idempotency={
-                k: {"tx": tx, "cost": cost, "bal": bal}
-                for k, (tx, cost, bal) in a.idempotency.items()
+                k: {"tx": tx, "cost": cost, "bal": bal, "fp": fp}
+                for k, (tx, cost, bal, fp) in a.idempotency.items()
             },
             usages={tx: u.record() for tx, u in a.usages.items()},
         )

@@ -21,8 +21,7 @@ from sidecar.cli.common import (
     run_until_signal,
     url_option,
 )
-from sidecar.keys import KeySpace
-from sidecar.ledger import Ledger
+from sidecar.ledger import ledger_for
 from sidecar.persistence.db import engine_for, migrate
 
 
@@ -127,9 +126,7 @@ def worker() -> None:
         try:
             await migrate(engine)
             async with open_store(settings) as redis:
-                ledger = Ledger(
-                    redis, KeySpace(settings.shards), retention_ms=settings.retention_s * 1000
-                )
+                ledger = ledger_for(redis, settings)
                 b = Billing(ledger, BillingStore(engine), gateway, settings, ledger.clock)
                 try:
                     await BillingWorker(b).run(stop)

@@ -41,8 +41,7 @@ from sidecar.http.openapi import openapi_routes
 from sidecar.http.ops import ops_routes
 from sidecar.http.proxy import proxy_routes
 from sidecar.http.routes import routes
-from sidecar.keys import KeySpace
-from sidecar.ledger import CALL_DEADLINE_S, Clock, Ledger, wall_clock_ms
+from sidecar.ledger import CALL_DEADLINE_S, Clock, ledger_for, wall_clock_ms
 from sidecar.logs import request_id_middleware
 from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.writer import pause
@@ -67,12 +66,7 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
         server, url = redis_for(settings)
         app[REDIS_URL] = url
         client = connect(url)
-        app[LEDGER] = ledger = Ledger(
-            client,
-            KeySpace(settings.shards),
-            retention_ms=settings.retention_s * 1000,
-            clock=clock,
-        )
+        app[LEDGER] = ledger = ledger_for(client, settings, clock)
         app[API_KEYS] = api_keys = ApiKeys(ledger)
         app[GATE] = Gate(
             ledger,
@@ -82,6 +76,7 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
             trust_cost_header=settings.trust_cost_header,
             failure_policy=settings.failure_policy,
             shadow=settings.shadow,
+            replay_window_ms=settings.proxy_replay_window_s * 1000,
         )
         try:
             yield

@@ -228,7 +228,8 @@ async def answers(ledger: Ledger, s: Story) -> dict[str, Any]:
     u = s.usage
     out: dict[str, Any] = {f"balance {a}": await ledger.balance(a) for a in ACCOUNTS}
     calls: dict[str, Awaitable[Any]] = {
-        "replay r1": ledger.deduct("acme", 4, "r1", key_id=s.key_ids["active"]),
+        "replay r1": ledger.deduct("acme", 4, "r1", key_id=s.key_ids["active"], description="chat"),
+        "r1 for another request": ledger.deduct("acme", 4, "r1", key_id=s.key_ids["active"]),
         "replay b-r1": ledger.deduct("beta", 25, "b-r1"),
         "conflicting r2": ledger.deduct("acme", 21, "r2"),
         "replay grant": ledger.grant(

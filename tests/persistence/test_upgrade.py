@@ -1,0 +1,95 @@
+"""Upgrading in place from the previous script contract (tests/previous/): a Redis populated by
+the previous scripts, with its outbox entries not yet written to SQL, keeps working: old
+idempotency records still replay (by cost, all they bind), the writer takes the old entries,
+reconcile is clean, and rebuild restores the old records as they were."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sidecar.ledger import Allowed, Ledger
+from sidecar.persistence.rebuild import rebuild
+from sidecar.persistence.reconcile import reconcile
+from sidecar.redis_client import RedisClient
+from tests.conftest import FakeClock
+from tests.persistence.test_writer import drain, make_writer
+
+PREVIOUS = Path(__file__).parents[1] / "previous"
+
+
+async def previous(
+    redis: RedisClient, name: str, ledger: Ledger, keys: list[str], args: list[Any]
+) -> Any:
+    """Runs the previous release's script ``name`` as that release called it (common ARGV:
+    account, now, transaction id, retention)."""
+    source = (PREVIOUS / "_lib.lua").read_text() + "\n" + (PREVIOUS / f"{name}.lua").read_text()
+    account = str(args[0])
+    common = ledger.keys.for_account(account).common()
+    return await redis.eval(source, len(common) + len(keys), *common, *keys, *args)
+
+
+async def populate(redis: RedisClient, ledger: Ledger, clock: FakeClock) -> str:
+    """acme with 100 credits and one check of 3 (idempotency key r1), by the previous scripts;
+    returns the check's transaction id."""
+    now, ret = clock.now, ledger.retention_ms
+    await previous(redis, "account", ledger, [], ["acme", now, "tx_a", ret, 0, "", "", "", ""])
+    await previous(
+        redis, "grant", ledger, [], ["acme", now, "tx_g", ret, "g", 100, "", 0, "manual", "", ""]
+    )
+    k = ledger.keys
+    reply = await previous(
+        redis,
+        "deduct",
+        ledger,
+        [k.idempotency("acme", "r1"), k.usage("acme", "tx_u"), k.events_for("acme")],
+        ["acme", now, "tx_u", ret, 3, "r1", "chat", "", "", "", "", "", ""],
+    )
+    assert reply[0] == b"ok"
+    return "tx_u"
+
+
+async def test_a_previous_idempotency_record_still_replays_by_its_cost(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
+) -> None:
+    tx = await populate(redis, ledger, clock)
+    record = orjson.loads(await redis.get(ledger.keys.idempotency("acme", "r1")))
+    assert "fp" not in record  # written by the previous script
+    r = await ledger.deduct("acme", 3, "r1", description="chat")
+    assert isinstance(r, Allowed) and r.replayed and r.transaction_id == tx
+    # the cost is all an old record binds: another description is still its replay
+    r = await ledger.deduct("acme", 3, "r1", description="other")
+    assert isinstance(r, Allowed) and r.replayed
+    assert (await ledger.balance("acme")).balance == 97
+    # new checks bind the whole request
+    assert isinstance(await ledger.deduct("acme", 3, "r2", description="chat"), Allowed)
+    assert (await ledger.balance("acme")).balance == 94
+
+
+async def test_pending_previous_outbox_entries_reach_sql_and_rebuild_restores_their_records(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    tx = await populate(redis, ledger, clock)
+    await ledger.deduct("acme", 2, "r2", description="new")  # a new-contract entry after them
+    assert await drain(make_writer(ledger, engine)) == 4
+    assert await reconcile(redis, ledger.keys, engine) == []
+    before = {key: await redis.get(ledger.keys.idempotency("acme", key)) for key in ("r1", "r2")}
+    await rebuild(
+        redis,
+        ledger.keys,
+        engine,
+        replace=True,
+        now_ms=clock.now,
+        retention_ms=ledger.retention_ms,
+    )
+    after = {key: await redis.get(ledger.keys.idempotency("acme", key)) for key in ("r1", "r2")}
+    assert {k: orjson.loads(v) for k, v in after.items()} == {
+        k: orjson.loads(v) for k, v in before.items()
+    }
+    r = await ledger.deduct("acme", 3, "r1", description="chat")
+    assert isinstance(r, Allowed) and r.replayed and r.transaction_id == tx
+    assert (await ledger.balance("acme")).balance == 95
+    assert await reconcile(redis, ledger.keys, engine) == []

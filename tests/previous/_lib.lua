@@ -1,0 +1,406 @@
+-- _lib.lua: helpers shared by every ledger script.
+--
+-- The loader (sidecar/scripts.py) prepends this file to each script, so every
+-- script is still one self-contained EVALSHA on the server.
+--
+-- Common calling convention of all ledger scripts:
+--   KEYS[1] account hash      config, aggregates and per-bucket fields (see below)
+--   KEYS[2] burn-order zset   live buckets with remaining > 0 or held > 0, all score 0,
+--                             member = okey (sorts lexicographically in burn order)
+--   KEYS[3] deadlines zset    "b:<bucket>" at its expiry, "h:<hold>" at its TTL / purge time (ms)
+--   KEYS[4] due zset          per shard: account -> its earliest deadline (for the sweeper)
+--   KEYS[5] outbox stream     per shard: one entry per transaction
+--   KEYS[6] holds hash        hold id -> JSON record (active ones, and closed ones until purged)
+--   ARGV[1] account id   ARGV[2] now (unix ms)   ARGV[3] transaction id
+--   ARGV[4] retention (ms) of idempotency records, usage records and closed holds
+--
+-- Account hash fields: created, clock (latest now seen: time never runs backwards
+-- for an account), avail (sum of remaining over live buckets), held, debt, seq
+-- (per-account transaction sequence), ovl (overdraft limit), lbt (low-balance
+-- threshold), att (auto top-up threshold), rl_n/rl_ms/rl_burst (rate: rl_n requests per
+-- rl_ms, burst), tat (GCRA, us); cb:<purchase> (credits of a refunded or disputed purchase
+-- taken back so far, see revoke.lua);
+-- per bucket: m:<id> (static JSON), r:<id> (remaining; absent once expired), h:<id> (held);
+-- per API key: k:<key id> (present while the key is active: '' or its rate 'n:ms:burst'),
+-- kt:<key id> (its TAT); per priced route with a rate limit: rt:<route> (its TAT).
+--
+-- Units: credits are integers in [-(2^53-1), 2^53-1], exact in Lua doubles as long
+-- as every sum stays in that range (grant enforces it); times are unix milliseconds.
+-- Rule: validate everything first, then write; nothing after the first write may fail.
+
+local MAXINT = 9007199254740991
+local NEVER = 999999999999999
+local MAX_TIME = 253402300799999  -- 9999-12-31T23:59:59.999Z, the latest accepted timestamp
+local OKEY_PREFIX = 43
+local A, O, D, DUE, OUTBOX, H = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+
+local function fail(code, detail)
+  error({err = 'CS ' .. code .. ' ' .. detail})
+end
+
+local function fmt(n)
+  return string.format('%d', n)
+end
+
+local function int_arg(v, name, lo, hi)
+  if type(v) ~= 'string' or #v == 0 or #v > 17 or not string.match(v, '^%-?%d+$') then
+    fail('INVALID', name .. ' must be an integer')
+  end
+  local n = tonumber(v)
+  if n < lo or n > hi then
+    fail('INVALID', name .. ' must be between ' .. fmt(lo) .. ' and ' .. fmt(hi))
+  end
+  return n
+end
+
+local function opt_int_arg(v, name, lo, hi)
+  if v == '' then return nil end
+  return int_arg(v, name, lo, hi)
+end
+
+local function id_arg(v, name, maxlen)
+  if type(v) ~= 'string' or #v == 0 or #v > maxlen or not string.match(v, '^[%w%._:%-]+$') then
+    fail('INVALID', name .. ' must be 1-' .. maxlen .. ' characters of [A-Za-z0-9._:-]')
+  end
+  return v
+end
+
+local function text_arg(v, name, maxlen)
+  if type(v) ~= 'string' or #v > maxlen then
+    fail('INVALID', name .. ' must be at most ' .. maxlen .. ' bytes')
+  end
+  -- NUL cannot be stored in a PostgreSQL text column: refuse it here, not in the SQL writer.
+  if string.find(v, '%z') then fail('INVALID', name .. ' must not contain NUL characters') end
+  return v
+end
+
+local function json_obj_arg(v, name, maxlen)
+  text_arg(v, name, maxlen)
+  if v == '' then return v end
+  local ok, t = pcall(cjson.decode, v)
+  if not ok or type(t) ~= 'table' or string.sub(v, 1, 1) ~= '{' then
+    fail('INVALID', name .. ' must be a JSON object')
+  end
+  return v
+end
+
+-- JSON encoder that keeps integers exact (cjson.encode rounds to 14 digits).
+-- Tables with t[1] (or empty ones) are arrays; others are objects with sorted keys.
+local function jenc(v)
+  local t = type(v)
+  if t == 'number' then return fmt(v) end
+  if t == 'string' then return cjson.encode(v) end
+  if t == 'boolean' then return v and 'true' or 'false' end
+  if t ~= 'table' then return 'null' end
+  local parts = {}
+  if v[1] ~= nil or next(v) == nil then
+    for i = 1, #v do parts[i] = jenc(v[i]) end
+    return '[' .. table.concat(parts, ',') .. ']'
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for i, k in ipairs(keys) do parts[i] = cjson.encode(k) .. ':' .. jenc(v[k]) end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+
+local ACCOUNT = id_arg(ARGV[1], 'account', 128)
+local NOW = int_arg(ARGV[2], 'now', 0, MAX_TIME)
+local TXID = id_arg(ARGV[3], 'transaction_id', 64)
+local RETENTION = int_arg(ARGV[4], 'retention_ms', 1, 10 * 366 * 86400000)
+
+local acct = nil        -- loaded account state (numbers), written back by save_account()
+local extra_txns = 0    -- transactions emitted besides the main one (expiries, lapsed holds)
+local deadlines_changed = false
+
+local function load_account()
+  local v = redis.call('HMGET', A, 'created', 'clock', 'avail', 'held', 'debt', 'seq',
+    'ovl', 'lbt', 'rl_n', 'rl_ms', 'rl_burst', 'att')
+  if not v[1] then return nil end
+  acct = {
+    created = tonumber(v[1]), avail = tonumber(v[3]) or 0, held = tonumber(v[4]) or 0,
+    debt = tonumber(v[5]) or 0, seq = tonumber(v[6]) or 0, ovl = tonumber(v[7]) or 0,
+    lbt = tonumber(v[8]), rl_n = tonumber(v[9]), rl_ms = tonumber(v[10]),
+    rl_burst = tonumber(v[11]), att = tonumber(v[12]),
+  }
+  local clock = tonumber(v[2]) or 0
+  if clock > NOW then NOW = clock end
+  return acct
+end
+
+local function require_account()
+  if not load_account() then fail('UNKNOWN_ACCOUNT', 'account ' .. ACCOUNT .. ' does not exist') end
+  return acct
+end
+
+local function balance()
+  return acct.avail - acct.debt
+end
+
+local function save_account()
+  local f = {'clock', fmt(NOW), 'avail', fmt(acct.avail), 'held', fmt(acct.held),
+    'debt', fmt(acct.debt), 'seq', fmt(acct.seq)}
+  redis.call('HSET', A, unpack(f))
+  if deadlines_changed then
+    local first = redis.call('ZRANGE', D, 0, 0, 'WITHSCORES')
+    if first[1] then
+      redis.call('ZADD', DUE, first[2], ACCOUNT)
+    else
+      redis.call('ZREM', DUE, ACCOUNT)
+    end
+  end
+end
+
+-- For paths that may have processed deadlines but otherwise change nothing.
+local function save_if_touched()
+  if deadlines_changed then save_account() end
+end
+
+-- When a debit takes the balance from >= a threshold to below it, one event on the shard's
+-- events stream for the billing worker: low_balance (the low-balance threshold: notify the
+-- customer) and auto_topup (the auto top-up threshold: charge the saved card). Returns 1 if
+-- the low-balance threshold was crossed.
+local function low_balance_event(events_key, before, txid)
+  local after = balance()
+  if acct.att and before >= acct.att and after < acct.att then
+    redis.call('XADD', events_key, 'MAXLEN', '~', 100000, '*', 'type', 'auto_topup',
+      'account', ACCOUNT, 'balance', fmt(after), 'threshold', fmt(acct.att),
+      'transaction_id', txid, 'ts', fmt(NOW))
+  end
+  if not (acct.lbt and before >= acct.lbt and after < acct.lbt) then return 0 end
+  redis.call('XADD', events_key, 'MAXLEN', '~', 100000, '*', 'type', 'low_balance',
+    'account', ACCOUNT, 'balance', fmt(after), 'threshold', fmt(acct.lbt), 'transaction_id', txid,
+    'ts', fmt(NOW))
+  return 1
+end
+
+local function extra_txid()
+  extra_txns = extra_txns + 1
+  return TXID .. '.' .. extra_txns
+end
+
+-- Appends one entry to the outbox stream: a single field, d, holding a JSON object with
+-- exact integers, which the SQL writer decodes in one call. kv = {name, value, ...} (names are
+-- our own identifiers; a value {json = text} is inserted as the JSON text it already is).
+local function outbox_add(kv)
+  local parts = {}
+  for i = 1, #kv, 2 do
+    local v = kv[i + 1]
+    local j = type(v) == 'table' and v.json or jenc(v)
+    parts[#parts + 1] = '"' .. kv[i] .. '":' .. j
+  end
+  redis.call('XADD', OUTBOX, '*', 'd', '{' .. table.concat(parts, ',') .. '}')
+end
+
+-- Appends one kind=txn entry to the outbox. alloc: {{bucket, delta_remaining}, ...};
+-- extra: more fields of the entry (strings, numbers, tables).
+local function emit(txid, ttype, amount, alloc, extra)
+  acct.seq = acct.seq + 1
+  -- The fixed fields in one format (the hot path): ids are id_arg-checked, [A-Za-z0-9._:-]
+  -- only, and types are ours, so none needs JSON escaping.
+  local parts = {string.format(
+    '{"kind":"txn","id":"%s","account":"%s","seq":%d,"type":"%s","amount":%d,"balance":%d,'
+    .. '"debt":%d,"ts":%d,"alloc":%s',
+    txid, ACCOUNT, acct.seq, ttype, amount, balance(), acct.debt, NOW, jenc(alloc))}
+  for k, v in pairs(extra or {}) do
+    parts[#parts + 1] = ',"' .. k .. '":' .. (type(v) == 'table' and v.json or jenc(v))
+  end
+  -- The after-state of every bucket touched, so the SQL writer sets absolute values guarded
+  -- by seq: order-independent and idempotent, unlike replaying deltas.
+  local state, seen = {}, {}
+  local function touch(id)
+    if id == '' or seen[id] then return end
+    seen[id] = true
+    local v = redis.call('HMGET', A, 'r:' .. id, 'h:' .. id)
+    state[#state + 1] = {id, v[1] and tonumber(v[1]) or cjson.null, tonumber(v[2]) or 0}
+  end
+  for _, a in ipairs(alloc) do touch(a[1]) end
+  for _, a in ipairs((extra and extra.held) or {}) do touch(a[1]) end
+  parts[#parts + 1] = ',"buckets":' .. jenc(state) .. '}'
+  redis.call('XADD', OUTBOX, '*', 'd', table.concat(parts))
+end
+
+local function okey(priority, expires, created, id)
+  return string.format('%010d:%015d:%015d:', priority + 2147483648, expires or NEVER, created) .. id
+end
+
+local function bucket_meta(id)
+  local raw = redis.call('HGET', A, 'm:' .. id)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+-- Keeps the burn-order zset exact: a bucket is in it iff it is live and has remaining or held credits.
+local function sync_order(id, meta)
+  local v = redis.call('HMGET', A, 'r:' .. id, 'h:' .. id)
+  if v[1] and ((tonumber(v[1]) or 0) > 0 or (tonumber(v[2]) or 0) > 0) then
+    redis.call('ZADD', O, 0, meta.okey)
+  else
+    redis.call('ZREM', O, meta.okey)
+  end
+end
+
+-- Credits `n` back to a bucket if it is still live; returns what was credited (0 if expired).
+local function credit_bucket(id, n)
+  local r = redis.call('HGET', A, 'r:' .. id)
+  if not r then return 0 end
+  redis.call('HSET', A, 'r:' .. id, fmt(tonumber(r) + n))
+  redis.call('ZADD', O, 0, bucket_meta(id).okey)
+  acct.avail = acct.avail + n
+  return n
+end
+
+-- Draws `amount` credits from live buckets in burn order; with hold=true the credits
+-- move to the buckets' held fields instead of being spent. Returns the allocation
+-- list and how much could not be covered.
+local function draw(amount, hold)
+  local need, alloc, drained = amount, {}, {}
+  local start = 0
+  while need > 0 do
+    local members = redis.call('ZRANGE', O, start, start + 15)
+    if #members == 0 then break end
+    for _, m in ipairs(members) do
+      local id = string.sub(m, OKEY_PREFIX + 1)
+      local v = redis.call('HMGET', A, 'r:' .. id, 'h:' .. id)
+      local rem, held = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+      if rem > 0 then
+        local t = math.min(rem, need)
+        need = need - t
+        redis.call('HSET', A, 'r:' .. id, fmt(rem - t))
+        if hold then
+          redis.call('HSET', A, 'h:' .. id, fmt(held + t))
+        elseif rem == t and held == 0 then
+          drained[#drained + 1] = m
+        end
+        alloc[#alloc + 1] = {id, -t}
+        if need == 0 then break end
+      end
+    end
+    start = start + 16
+  end
+  if #drained > 0 then redis.call('ZREM', O, unpack(drained)) end
+  local taken = amount - need
+  acct.avail = acct.avail - taken
+  if hold then acct.held = acct.held + taken end
+  return alloc, need
+end
+
+local function schedule(member, at)
+  redis.call('ZADD', D, at, member)
+  deadlines_changed = true
+end
+
+-- Creates bucket `id` holding `rem` of its `credits` (the rest repaid debt); returns
+-- its static record, which the caller completes and stores as m:<id>.
+local function add_bucket(id, credits, rem, expires, priority, source, metadata, fp, txid)
+  local meta = {credits = credits, created = NOW, expires = expires, priority = priority,
+    source = source, metadata = metadata, fp = fp, tx = txid,
+    okey = okey(priority, expires, NOW, id)}
+  redis.call('HSET', A, 'r:' .. id, fmt(rem))
+  if rem > 0 then redis.call('ZADD', O, 0, meta.okey) end
+  if expires then schedule('b:' .. id, expires) end
+  acct.avail = acct.avail + rem
+  return meta
+end
+
+local function bucket_entry(id, meta)
+  return {id = id, credits = meta.credits, created = meta.created, expires = meta.expires,
+    priority = meta.priority, source = meta.source, fp = meta.fp}
+end
+
+-- Closes an active hold: charges `charge` of it (in the order it was drawn) and
+-- returns the rest to the buckets it came from; credits whose bucket expired
+-- meanwhile are forfeited. Emits one settle/release transaction.
+local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
+  local left, returned, forfeited = charge, 0, 0
+  local alloc, held = {}, {}
+  for _, a in ipairs(rec.alloc) do
+    local id, n = a[1], a[2]
+    local c = math.min(n, left)
+    left = left - c
+    redis.call('HINCRBY', A, 'h:' .. id, fmt(-n))
+    held[#held + 1] = {id, -n}
+    local back = credit_bucket(id, n - c)
+    if back > 0 then alloc[#alloc + 1] = {id, back} end
+    returned = returned + back
+    forfeited = forfeited + (n - c - back)
+    sync_order(id, bucket_meta(id))
+  end
+  acct.held = acct.held - rec.amount
+  rec.state = state
+  rec.charged = charge
+  rec.close_tx = txid
+  emit(txid, state == 'settled' and 'settle' or 'release', returned, alloc, {
+    held = held, hold_id = hold_id, charged = charge, forfeited = forfeited, state = state,
+    desc = desc or '', meta = meta or '',
+  })
+  rec.close_balance = balance()
+  rec.forfeited = forfeited
+  redis.call('HSET', H, hold_id, jenc(rec))
+  schedule('h:' .. hold_id, NOW + RETENTION)
+  return rec
+end
+
+local function expire_bucket(id)
+  local meta = bucket_meta(id)
+  local rem = tonumber(redis.call('HGET', A, 'r:' .. id)) or 0
+  redis.call('HDEL', A, 'r:' .. id)
+  redis.call('ZREM', O, meta.okey)
+  if rem > 0 then
+    acct.avail = acct.avail - rem
+    emit(extra_txid(), 'expiry', -rem, {{id, -rem}}, {bucket = id})
+  end
+end
+
+-- Processes every deadline that has passed: expires buckets, releases holds whose
+-- TTL ran out, and purges closed holds kept for idempotency.
+local function expire_due()
+  while true do
+    local due = redis.call('ZRANGEBYSCORE', D, '-inf', NOW, 'LIMIT', 0, 64)
+    if #due == 0 then return end
+    redis.call('ZREM', D, unpack(due))
+    deadlines_changed = true
+    for _, member in ipairs(due) do
+      local id = string.sub(member, 3)
+      if string.sub(member, 1, 1) == 'b' then
+        expire_bucket(id)
+      else
+        local raw = redis.call('HGET', H, id)
+        if raw then
+          local rec = cjson.decode(raw)
+          if rec.state == 'active' then
+            close_hold(id, rec, 0, 'expired', extra_txid(), 'hold expired', '')
+          else
+            redis.call('HDEL', H, id)
+          end
+        end
+      end
+    end
+  end
+end
+
+-- GCRA over several limiters at once; limits = {{tat field in the account hash, requests,
+-- period ms, burst}, ...}. Returns the ms to wait (0 when every limiter passes) and the
+-- HSET arguments that store the new TATs (microseconds), to apply only on success.
+local function rate_check(limits)
+  local wait, tats = 0, {}
+  local now_us = NOW * 1000
+  for _, l in ipairs(limits) do
+    local interval = l[3] * 1000 / l[2]
+    local tat = tonumber(redis.call('HGET', A, l[1])) or now_us
+    if tat < now_us then tat = now_us end
+    local new_tat = tat + interval
+    local allow_at = new_tat - interval * l[4]
+    if now_us < allow_at then
+      wait = math.max(wait, math.ceil((allow_at - now_us) / 1000))
+    end
+    tats[#tats + 1] = l[1]
+    tats[#tats + 1] = fmt(math.floor(new_tat))
+  end
+  return wait, tats
+end
+
+local function account_limits()
+  if acct.rl_n then return {{'tat', acct.rl_n, acct.rl_ms, acct.rl_burst}} end
+  return {}
+end

@@ -1,0 +1,86 @@
+-- deduct.lua: the check. Verify the API key, rate limit, then take `cost` credits in burn order.
+--
+-- KEYS: the common six (see _lib.lua), then
+--   [7] idempotency record (string, expires after the retention)
+--   [8] usage record of this transaction (hash, same retention; what refunds read)
+--   [9] events stream of the shard (low_balance events)
+-- ARGV: the common four, then
+--   [5] cost (credits, 0 .. 2^53-1; 0 = a free route: authenticate and rate limit only)
+--   [6] idempotency key   [7] description   [8] metadata (JSON object or '')
+--   [9] API key id ('' = none; else it must still be active on the account)
+--   [10] route name ('' = none)   [11] [12] [13] the route's rate limit: requests, period
+--   (ms), burst ('' = none)
+-- Order: validate; a revoked key is refused; replay a known idempotency key (another cost:
+-- CONFLICT); rate limit with the account's, the key's and the route's GCRA (nothing
+-- written when limited); expire what is due; then deduct, or change nothing when
+-- balance - cost would go below -overdraft.
+-- Returns {'ok', transaction id ('' for cost 0), balance after, cost, replayed (0|1),
+--          low_balance (0|1)} | {'insufficient', balance, cost}
+--       | {'rate_limited', retry after (ms)} | {'revoked'}
+
+local cost = int_arg(ARGV[5], 'cost', 0, MAXINT)
+local key = id_arg(ARGV[6], 'idempotency_key', 128)
+local desc = text_arg(ARGV[7], 'description', 2048)
+local metadata = json_obj_arg(ARGV[8], 'metadata', 4096)
+local key_id = ARGV[9] or ''
+if key_id ~= '' then id_arg(key_id, 'key_id', 64) end
+local route = ARGV[10] or ''
+local route_limit = nil
+if route ~= '' then
+  id_arg(route, 'route', 64)
+  if (ARGV[11] or '') ~= '' then
+    route_limit = {'rt:' .. route, int_arg(ARGV[11], 'route.requests', 1, 1000000000),
+      int_arg(ARGV[12], 'route.period_ms', 1, 366 * 86400000),
+      int_arg(ARGV[13], 'route.burst', 1, 1000000000)}
+  end
+end
+
+require_account()
+local limits = account_limits()
+if key_id ~= '' then
+  local spec = redis.call('HGET', A, 'k:' .. key_id)
+  if not spec then return {'revoked'} end
+  if spec ~= '' then
+    local n, ms, b = string.match(spec, '^(%d+):(%d+):(%d+)$')
+    limits[#limits + 1] = {'kt:' .. key_id, tonumber(n), tonumber(ms), tonumber(b)}
+  end
+end
+if route_limit then limits[#limits + 1] = route_limit end
+
+local prior = cost > 0 and redis.call('GET', KEYS[7])
+if prior then
+  local p = cjson.decode(prior)
+  if p.cost ~= cost then
+    fail('CONFLICT', 'idempotency_key ' .. key .. ' was already used with cost ' .. fmt(p.cost))
+  end
+  return {'ok', p.tx, p.bal, cost, 1, 0}
+end
+
+local wait, tats = rate_check(limits)
+if wait > 0 then return {'rate_limited', wait} end
+
+expire_due()
+if cost == 0 then
+  if #tats > 0 then redis.call('HSET', A, unpack(tats)) end
+  save_account()
+  return {'ok', '', balance(), 0, 0, 0}
+end
+local before = balance()
+if before - cost < -acct.ovl then
+  save_if_touched()
+  return {'insufficient', before, cost}
+end
+
+local alloc, short = draw(cost, false)
+acct.debt = acct.debt + short
+if #tats > 0 then redis.call('HSET', A, unpack(tats)) end
+local after = balance()
+emit(TXID, 'usage', -cost, alloc, {idempotency_key = key, overdraft = short, desc = desc,
+  meta = metadata, key_id = key_id, route = route})
+redis.call('SET', KEYS[7], jenc({tx = TXID, cost = cost, bal = after}), 'PX', RETENTION)
+redis.call('HSET', KEYS[8], 'cost', fmt(cost), 'alloc', jenc(alloc), 'overdraft', fmt(short),
+  'refunded', '0')
+redis.call('PEXPIRE', KEYS[8], RETENTION)
+local low = low_balance_event(KEYS[9], before, TXID)
+save_account()
+return {'ok', TXID, after, cost, 0, low}
