@@ -553,8 +553,10 @@ async def redis_benchmark(
         str(int(time.time() * 1000)),
         "tx__rand_int__",
         "86400000",
+        "",  # no deadline: redis-benchmark repeats these arguments for minutes
         "1",
         "rb__rand_int__",
+        "",
         "",
         "",
         "",

@@ -32,7 +32,7 @@ async def deduct_late(ledger: Ledger, key: str, *, deadline: int) -> Any:
         k.usage("acme", "tx_late"),
         k.events_for("acme"),
     ]
-    args = ["acme", ledger.clock(), "tx_late", ledger.retention_ms, deadline]
+    args: list[str | int] = ["acme", ledger.clock(), "tx_late", ledger.retention_ms, deadline]
     args += [5, key, "", "", "", "", "", "", "", ""]
     return await ledger.scripts.deduct(keys=keys, args=args)
 

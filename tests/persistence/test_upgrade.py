@@ -56,7 +56,7 @@ async def test_a_previous_idempotency_record_still_replays_by_its_cost(
     ledger: Ledger, redis: RedisClient, clock: FakeClock
 ) -> None:
     tx = await populate(redis, ledger, clock)
-    record = orjson.loads(await redis.get(ledger.keys.idempotency("acme", "r1")))
+    record = orjson.loads(await redis.get(ledger.keys.idempotency("acme", "r1")) or b"")
     assert "fp" not in record  # written by the previous script
     r = await ledger.deduct("acme", 3, "r1", description="chat")
     assert isinstance(r, Allowed) and r.replayed and r.transaction_id == tx
@@ -86,8 +86,8 @@ async def test_pending_previous_outbox_entries_reach_sql_and_rebuild_restores_th
         retention_ms=ledger.retention_ms,
     )
     after = {key: await redis.get(ledger.keys.idempotency("acme", key)) for key in ("r1", "r2")}
-    assert {k: orjson.loads(v) for k, v in after.items()} == {
-        k: orjson.loads(v) for k, v in before.items()
+    assert {k: orjson.loads(v or b"") for k, v in after.items()} == {
+        k: orjson.loads(v or b"") for k, v in before.items()
     }
     r = await ledger.deduct("acme", 3, "r1", description="chat")
     assert isinstance(r, Allowed) and r.replayed and r.transaction_id == tx
