@@ -336,14 +336,16 @@ end
 
 -- Closes an active hold: charges `charge` of it (in the order it was drawn) and
 -- returns the rest to the buckets it came from; credits whose bucket expired
--- meanwhile are forfeited. Emits one settle/release transaction.
+-- meanwhile are forfeited. Emits one settle/release transaction. Returns the hold's
+-- record and what was charged per bucket ({{bucket, -credits}, ...}, as a usage's alloc).
 local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
   local left, returned, forfeited = charge, 0, 0
-  local alloc, held = {}, {}
+  local alloc, held, charged = {}, {}, {}
   for _, a in ipairs(rec.alloc) do
     local id, n = a[1], a[2]
     local c = math.min(n, left)
     left = left - c
+    if c > 0 then charged[#charged + 1] = {id, -c} end
     redis.call('HINCRBY', A, 'h:' .. id, fmt(-n))
     held[#held + 1] = {id, -n}
     local back = credit_bucket(id, n - c)
@@ -364,7 +366,7 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
   rec.forfeited = forfeited
   redis.call('HSET', H, hold_id, jenc(rec))
   schedule('h:' .. hold_id, NOW + RETENTION)
-  return rec
+  return rec, charged
 end
 
 local function expire_bucket(id)

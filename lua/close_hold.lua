@@ -1,6 +1,7 @@
 -- close_hold.lua: settle a hold for the amount actually used, or release it.
 --
--- KEYS: the common six (see _lib.lua).
+-- KEYS: the common six (see _lib.lua), then [7] the usage record of this call's transaction
+--   (hash, kept for the retention: a settle that charged is refundable like a check's usage)
 -- ARGV: the common five, then
 --   [6] hold id   [7] mode: 'settle' or 'release'
 --   [8] amount to charge (settle: 0 .. the hold's amount; release: ignored)
@@ -56,6 +57,12 @@ if rec.state ~= 'active' then
   if mode == 'release' then return replay(rec) end
   return {'hold_expired', rec.close_tx, rec.close_balance}
 end
-rec = close_hold(hid, rec, amount, want, TXID, desc, metadata)
+local charged
+rec, charged = close_hold(hid, rec, amount, want, TXID, desc, metadata)
+if amount > 0 then
+  redis.call('HSET', KEYS[7], 'cost', fmt(amount), 'alloc', jenc(charged), 'overdraft', '0',
+    'refunded', '0')
+  redis.call('PEXPIRE', KEYS[7], RETENTION)
+end
 save_account()
 return {'ok', TXID, rec.close_balance, amount, 0, rec.forfeited, rec.state}

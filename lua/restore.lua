@@ -8,8 +8,11 @@
 -- ARGV: the common five (now: the rebuild's clock, from which the records' remaining TTLs
 --   are computed; the transaction id is unused: nothing goes to the outbox), then
 --   [6] the state: one JSON object (below)
---   [7] mode: 'create' (fail with EXISTS if the account exists) or 'replace' (delete the
---   account's keys first, after the whole state has been validated)
+--   [7] mode: 'create' (fail with EXISTS if the account exists), 'replace' (delete the
+--   account's keys first, after the whole state has been validated; fail with AHEAD if
+--   Redis' seq has moved past the document's: transactions were acknowledged after SQL was
+--   read, and replacing would undo them and reuse their sequence numbers), or 'force'
+--   (replace whatever Redis holds)
 -- State (credits: integers within +-(2^53-1); times: unix ms; '?': may be absent or null):
 --   created, clock, debt, seq, overdraft_limit, low_balance_threshold?, auto_topup_threshold?,
 --   clawbacks? {purchase: credits taken back so far (revoke.lua's cb:<purchase>)},
@@ -32,7 +35,9 @@
 -- Returns {buckets, holds, API keys, idempotency records, usage records} written.
 
 local MODE = ARGV[7]
-if MODE ~= 'create' and MODE ~= 'replace' then fail('INVALID', 'mode must be create or replace') end
+if MODE ~= 'create' and MODE ~= 'replace' and MODE ~= 'force' then
+  fail('INVALID', 'mode must be create, replace or force')
+end
 local ok, S = pcall(cjson.decode, ARGV[6] or '')
 if not ok or type(S) ~= 'table' or string.sub(ARGV[6], 1, 1) ~= '{' then
   fail('INVALID', 'state must be a JSON object')
@@ -270,6 +275,12 @@ if #KEYS ~= 7 + #idem + #usage + npurge then
 end
 if redis.call('EXISTS', A) == 1 and MODE == 'create' then
   fail('EXISTS', 'account ' .. ACCOUNT .. ' already exists in Redis (replace overwrites it)')
+end
+-- The compare-and-set: the check and the writes below are one atomic script.
+local current = tonumber(redis.call('HGET', A, 'seq'))
+if MODE == 'replace' and current and current > seq then
+  fail('AHEAD', 'account ' .. ACCOUNT .. ' has transactions up to seq ' .. fmt(current) ..
+    ' in Redis, SQL only up to ' .. fmt(seq))
 end
 
 -- Everything is valid: write. Old keys go first (without an account they are orphans).

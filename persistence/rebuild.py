@@ -374,7 +374,23 @@ async def _records(
             .order_by(TXNS.c.seq)
         )
 
-    usages = (await conn.execute(recent("usage"))).mappings().all()
+    usages = list((await conn.execute(recent("usage"))).mappings().all())
+    # A settle that charged is refundable like a usage (close_hold.lua keeps a usage record
+    # for it): what it charged per bucket follows from the hold's parts, drawn in order.
+    settles = [
+        r
+        for r in (await conn.execute(recent("settle"))).mappings()
+        if int((r["details"] or {}).get("charged", 0)) > 0 and r["hold_id"]
+    ]
+    parts: dict[str, list[list[Any]]] = {}
+    if settles:
+        rows = await conn.execute(
+            select(HOLDS.c.hold_id, HOLDS.c.alloc).where(
+                HOLDS.c.account == account, HOLDS.c.hold_id.in_({r["hold_id"] for r in settles})
+            )
+        )
+        parts = {str(h): (alloc or {}).get("parts", []) for h, alloc in rows}
+    usages = sorted([*usages, *settles], key=lambda r: int(r["seq"]))
     refunds: dict[str, list[RowMapping]] = {u["id"]: [] for u in usages}
     # A refund comes after its usage, so the refunds of these usages are all after the cutoff.
     for r in (await conn.execute(recent("refund"))).mappings():
@@ -385,7 +401,11 @@ async def _records(
     usage: list[dict[str, Any]] = []
     for u in usages:
         details: dict[str, Any] = u["details"] or {}
-        cost = -int(u["amount"])
+        if u["type"] == "settle":
+            cost = int(details["charged"])
+            details = {"alloc": _charged(parts.get(str(u["hold_id"]), []), cost)}
+        else:
+            cost = -int(u["amount"])
         left = cost
         done: list[dict[str, Any]] = []
         for r in refunds[u["id"]]:
@@ -434,12 +454,30 @@ async def _records(
     return [r for r in latest.values() if r["at"] + r.get("window", retention) > now], usage
 
 
+def _charged(parts: list[list[Any]], charge: int) -> list[list[Any]]:
+    """What a settle for ``charge`` took per bucket from a hold's parts (in the order they
+    were drawn), as a usage's alloc: [[bucket, -credits], ...] (lua/_lib.lua close_hold)."""
+    out: list[list[Any]] = []
+    for bucket, n in parts:
+        c = min(int(n), charge)
+        charge -= c
+        if c > 0:
+            out.append([bucket, -c])
+    return out
+
+
 def _script_error(account: str, e: ResponseError) -> Exception:
     m = _SCRIPT_ERROR.match(str(e))
     if m is None:
         return e
     if m["code"] == "EXISTS":
         return AccountExists(m["detail"])
+    if m["code"] == "AHEAD":
+        return RebuildError(
+            f"{m['detail']}: checks were acknowledged while the rebuild read SQL, and "
+            "replacing would undo them. Wait for the writer (credit-sidecar outbox status) "
+            "and stop traffic to the account, or pass --force to restore anyway"
+        )
     return RebuildError(f"account {account}: {m['detail']}")
 
 
@@ -452,9 +490,14 @@ async def restore_account(
     replace: bool,
     now_ms: int,
     retention_ms: int,
+    force: bool = False,
 ) -> None:
-    """Writes one account's state (restore.lua), then its entries in the global key index."""
+    """Writes one account's state (restore.lua), then its entries in the global key index.
+
+    With ``replace`` the script refuses (RebuildError) if Redis has moved past the state's
+    seq since SQL was read, unless ``force``."""
     account = state.account
+    mode = ("force" if force else "replace") if replace else "create"
     old_keys: dict[Any, Any] = {}
     purge: list[str] = []
     if replace:
@@ -483,7 +526,7 @@ async def restore_account(
         retention_ms,
         "",  # no deadline: an operator's command, not a caller that gives up
         orjson.dumps(document).decode(),
-        "replace" if replace else "create",
+        mode,
     ]
     try:
         await script(keys=script_keys, args=args)
@@ -536,7 +579,9 @@ async def rebuild(
 
     Without ``replace``, nothing is written if any of them exists in Redis (AccountExists).
     With it, their Redis state is replaced by SQL's, but only where Redis holds no transaction
-    SQL lacks (its seq is not ahead of SQL's), unless ``force``. ``now_ms`` is the current time (it
+    SQL lacks (its seq is not ahead of SQL's), unless ``force``: checked for all of them first
+    (to name every such account at once), and again atomically by restore.lua against the
+    snapshot each account is restored from. ``now_ms`` is the current time (it
     decides which idempotency and usage records are still within ``retention_ms``, and how
     long they live on); ``retention_ms`` must be the sidecar's (SIDECAR_RETENTION_S).
     A failure (RebuildError) stops the rebuild at that account; those restored before it stay
@@ -580,7 +625,14 @@ async def rebuild(
                 state.sql_balance,
             )
         await restore_account(
-            redis, keys, script, state, replace=replace, now_ms=now_ms, retention_ms=retention_ms
+            redis,
+            keys,
+            script,
+            state,
+            replace=replace,
+            now_ms=now_ms,
+            retention_ms=retention_ms,
+            force=force,
         )
     return len(accounts)
 

@@ -3,6 +3,10 @@
 Differences are reported, never fixed: `credit-sidecar rebuild` restores Redis from SQL, and
 the writer brings SQL up to Redis. Only transactions already written to SQL can match, so
 reconcile the quiet ledger (outbox drained: ``unwritten`` is 0 in the outbox status).
+
+A dead-lettered outbox entry is a difference too, whatever the totals say: SQL lacks something
+Redis did. A sequence collision (two transactions of one account with one seq, as a rebuild
+that undid acknowledged checks leaves) is named as such.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sidecar import outbox
 from sidecar.keys import KeySpace
 from sidecar.persistence.models import Account, ArchiveTotal, CreditBalance, CreditTransaction
 from sidecar.redis_client import RedisClient
@@ -130,16 +135,52 @@ async def reconcile_account(
     return out
 
 
+# How SQLite and PostgreSQL word a violation of credit_transactions' (account, seq) key.
+_SEQ_COLLISION = (
+    "uq_credit_transactions_account_seq",
+    "credit_transactions.account, credit_transactions.seq",
+)
+
+
+async def dead_letters(
+    redis: RedisClient, keys: KeySpace, account: str | None = None
+) -> list[Difference]:
+    """One difference per dead-lettered outbox entry (of ``account``, or of any)."""
+    out: list[Difference] = []
+    for shard in range(keys.shards):
+        for entry_id, fields in await redis.xrange(keys.dead_letters(shard)):
+            f = {_s(k): _s(v) for k, v in fields.items()}
+            try:
+                entry = outbox.decode(f)
+            except ValueError:
+                entry = {}
+            who = str(entry.get("account", "?"))
+            if account is not None and who != account:
+                continue
+            error = f.get("dl_error", "")
+            what = (
+                "sequence collision" if any(c in error for c in _SEQ_COLLISION) else "dead letter"
+            )
+            kind, txid = entry.get("kind", "?"), entry.get("id", "?")
+            detail = f"{what} (dead letter {_s(entry_id)}: {kind} {txid}"
+            if "seq" in entry:
+                detail += f", seq {entry['seq']}"
+            out.append(Difference(who, detail + ")", "written", error or "not written"))
+    return out
+
+
 async def reconcile(
     redis: RedisClient, keys: KeySpace, engine: AsyncEngine, account: str | None = None
 ) -> list[Difference]:
-    """Differences for one account, or for every account on either side."""
+    """Differences for one account, or for every account on either side, then dead letters."""
     if account is not None:
-        return await reconcile_account(redis, keys, engine, account)
+        return await reconcile_account(redis, keys, engine, account) + await dead_letters(
+            redis, keys, account
+        )
     accounts = {a async for a in redis_accounts(redis, keys)}
     async with engine.connect() as conn:
         accounts |= set((await conn.execute(select(Account.id))).scalars())
     out: list[Difference] = []
     for a in sorted(accounts):
         out += await reconcile_account(redis, keys, engine, a)
-    return out
+    return out + await dead_letters(redis, keys)

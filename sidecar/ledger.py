@@ -402,11 +402,13 @@ class Ledger:
         description: str,
         metadata: Mapping[str, Any] | None,
     ) -> CloseResult:
+        txid = new_transaction_id()
         reply = await self.run_script(
             self.scripts.close_hold,
             account,
-            [],
+            [self.keys.usage(account, txid)],
             [hold_id, mode, amount, description, encode_metadata(metadata)],
+            txid,
         )
         if _text(reply[0]) == "hold_expired":
             raise HoldExpired(

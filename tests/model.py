@@ -406,10 +406,13 @@ class LedgerModel:
     ) -> None:
         left, returned, forfeited = charge, 0, 0
         alloc: list[tuple[str, int]] = []
+        charged: list[tuple[str, int]] = []
         held: list[list[Json]] = []
         for bucket_id, n in rec.alloc:
             c = min(n, left)
             left -= c
+            if c > 0:
+                charged.append((bucket_id, -c))
             a.buckets[bucket_id].held -= n
             held.append([bucket_id, -n])
             back = self._credit(a, bucket_id, n - c)
@@ -441,6 +444,8 @@ class LedgerModel:
         rec.close_balance = a.balance
         rec.forfeited = forfeited
         a.deadlines["h:" + hold_id] = self._now + self.retention_ms
+        if state == "settled" and charge > 0:  # refundable like a check's usage
+            a.usages[txid] = ModelUsage(charge, charged, 0)
 
     def _expire_bucket(self, account: str, a: ModelAccount, bucket_id: str) -> None:
         b = a.buckets[bucket_id]

@@ -365,3 +365,25 @@ async def test_accounts_with_colons_cannot_replay_each_others_requests(ledger: L
     assert isinstance(first, Allowed) and isinstance(other, Allowed)
     assert not other.replayed and other.transaction_id != first.transaction_id
     assert (await ledger.balance("a:b")).balance == 9
+
+
+async def test_a_settled_holds_charge_is_refundable_like_a_usage(ledger: Ledger) -> None:
+    await ledger.configure_account("acme")
+    await ledger.grant("acme", "a", 5, priority=0)
+    await ledger.grant("acme", "b", 20, priority=1)
+    await ledger.hold("acme", "h", 10, 60_000)  # 5 from a, 5 from b
+    settled = await ledger.settle("acme", "h", 7)  # charges a's 5, then 2 of b's
+    assert (await ledger.balance("acme")).balance == 18
+    r = await ledger.refund("acme", "rf1", settled.transaction_id, 3)  # b's 2, then 1 of a's
+    assert (r.refunded, r.forfeited, r.balance) == (3, 0, 21)
+    again = await ledger.refund("acme", "rf1", settled.transaction_id, 3)
+    assert again.replayed and again.balance == 21
+    rest = await ledger.refund("acme", "rf2", settled.transaction_id)
+    assert rest.refunded == 4 and rest.balance == 25
+    with pytest.raises(errors.FullyRefunded):
+        await ledger.refund("acme", "rf3", settled.transaction_id)
+    remaining = {b.id: b.remaining for b in (await ledger.balance("acme")).buckets}
+    assert remaining == {"a": 5, "b": 20}
+    released = await ledger.release("acme", (await ledger.hold("acme", "h2", 1, 60_000)).hold_id)
+    with pytest.raises(errors.UnknownTransaction):  # a release charged nothing
+        await ledger.refund("acme", "rf4", released.transaction_id)

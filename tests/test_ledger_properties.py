@@ -28,7 +28,7 @@ from sidecar import outbox
 from sidecar.embedded import RedisServer
 from sidecar.errors import SidecarError
 from sidecar.keys import KeySpace
-from sidecar.ledger import Allowed, HoldResult, Ledger, RateLimit
+from sidecar.ledger import Allowed, CloseResult, HoldResult, Ledger, RateLimit
 from sidecar.redis_client import RedisClient, connect
 from tests.conftest import FakeClock
 from tests.model import (
@@ -462,6 +462,8 @@ class Scenario:
                 assert result.cost == 0 or result.balance >= -ovl, f"step {i}: overdrew"
             if isinstance(result, HoldResult) and not result.replayed:
                 self.holds.append((call.args[0], result.hold_id))
+            if isinstance(result, CloseResult) and not result.replayed and result.charged:
+                self.usages.append(result.transaction_id)  # a settle is refundable too
         await self.check(i, op)
 
     async def check(self, i: int, op: Op) -> None:

@@ -66,6 +66,7 @@ class Story:
 
     t0: int = 0  # when it started
     usage: dict[str, str] = field(default_factory=dict)  # idempotency key -> transaction id
+    settles: dict[str, str] = field(default_factory=dict)  # hold id -> its settle's transaction
     key_ids: dict[str, str] = field(default_factory=dict)  # name -> key id
     keys: dict[str, str] = field(default_factory=dict)  # name -> the key itself
 
@@ -110,7 +111,7 @@ async def busy(ledger: Ledger, clock: FakeClock) -> Story:
     await use("acme", 4, "r1", key_id=s.key_ids["active"], description="chat")  # drained, held-exp
     await ledger.hold("acme", "h-active", 10, 20 * MINUTE)  # held-exp 4, promo 6
     await ledger.hold("acme", "h-settle", 8, 20 * MINUTE)
-    await ledger.settle("acme", "h-settle", 5)
+    s.settles["h-settle"] = (await ledger.settle("acme", "h-settle", 5)).transaction_id
     await ledger.hold("acme", "h-release", 3, 20 * MINUTE)
     await ledger.release("acme", "h-release")
     await ledger.hold("acme", "h-lapse", 2, 1000)
@@ -130,7 +131,8 @@ async def busy(ledger: Ledger, clock: FakeClock) -> Story:
     await ledger.refund("beta", "b-rf2", s.usage["b-r1"], 10)  # no debt left: a new bucket
     await use("beta", 1, "b-r2", key_id=s.key_ids["beta"])
     await ledger.hold("beta", "b-h0", 2, 20 * MINUTE)
-    await ledger.settle("beta", "b-h0", 2)  # leaves h:<bucket> = 0 behind
+    # leaves h:<bucket> = 0 behind
+    s.settles["b-h0"] = (await ledger.settle("beta", "b-h0", 2)).transaction_id
     # the last calls: a settings change (a clock SQL only knows from the settings entry)
     await ledger.configure_account(
         "acme", overdraft_limit=50, low_balance_threshold=15, rate_limit=RateLimit(1000, 1000, 500)
@@ -270,6 +272,7 @@ async def moves(ledger: Ledger, clock: FakeClock, s: Story) -> list[Any]:
     results without the new transaction ids."""
     results = [
         await ledger.refund("acme", "rf-new", s.usage["r3"], 1),
+        await ledger.refund("acme", "rf-settle", s.settles["h-settle"], 2),  # a settle's charge
         await ledger.settle("acme", "h-active", 3),  # 3 of held-exp's 4, which expired: 1 lost
         await ledger.deduct("acme", 6, "r-new", key_id=s.key_ids["active"]),
         await ledger.grant("acme", "g-new", 10),
@@ -364,6 +367,7 @@ async def test_rebuilding_one_account_restores_only_that_account(
         k.api_keys("beta").encode(),
         *(k.idempotency("beta", key).encode() for key in s.usage if key.startswith("b-")),
         *(k.usage("beta", tx).encode() for key, tx in s.usage.items() if key.startswith("b-")),
+        *(k.usage("beta", tx).encode() for h, tx in s.settles.items() if h.startswith("b-")),
     }
     assert {key: v for key, v in before.items() if key in beta} == {
         key: v for key, v in after.items() if key in beta
@@ -636,7 +640,10 @@ async def _roundtrip(redis_url: str, database_url: str, ops: list[Any]) -> None:
         assert await reconcile(redis, keys, engine) == []
 
         times = dict(
-            await rows(engine, "SELECT id, created_ms FROM credit_transactions WHERE type='usage'")
+            await rows(
+                engine,
+                "SELECT id, created_ms FROM credit_transactions WHERE type IN ('usage', 'settle')",
+            )
         )
         kept: dict[bytes, Any] = {}
         for key, value in before.items():
@@ -670,3 +677,78 @@ def test_any_operation_sequence_survives_flushall_and_rebuild(
     burn order, deadlines, holds, due entries, and the records still within the retention (the
     clock may lag behind calls that wrote no transaction, never run ahead)."""
     asyncio.run(_roundtrip(redis_server.url, database_url, ops))
+
+
+async def test_replace_refuses_atomically_when_checks_were_acknowledged_after_sql_was_read(
+    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: RedisClient
+) -> None:
+    """The 'Redis is ahead of SQL' guard is a compare-and-set inside restore.lua: a check
+    acknowledged between the SQL read and the restore makes the restore refuse, writing
+    nothing, instead of undoing the check and reusing its sequence number."""
+    await ledger.configure_account("acme")
+    await ledger.grant("acme", "g", 100)
+    await drain(make_writer(ledger, engine))
+    async with snapshot(engine) as conn:
+        state = await read_account(conn, "acme", now_ms=clock.now, retention_ms=3_600_000)
+    assert state is not None
+    acked = await ledger.deduct("acme", 7, "between")  # after the read, before the restore
+    assert isinstance(acked, Allowed)
+    before = await redis_snapshot(redis)
+    script = Scripts.register(redis).restore
+    with pytest.raises(RebuildError, match="up to seq 2 in Redis, SQL only up to 1"):
+        await restore_account(
+            redis,
+            ledger.keys,
+            script,
+            state,
+            replace=True,
+            now_ms=clock.now,
+            retention_ms=3_600_000,
+        )
+    assert await redis_snapshot(redis) == before
+    assert (await ledger.balance("acme")).balance == 93
+    # force still replaces (the operator's explicit choice)
+    await restore_account(
+        redis,
+        ledger.keys,
+        script,
+        state,
+        replace=True,
+        force=True,
+        now_ms=clock.now,
+        retention_ms=3_600_000,
+    )
+    assert (await ledger.balance("acme")).balance == 100
+
+
+async def test_reconcile_reports_the_sequence_collisions_an_undone_check_leaves(
+    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: RedisClient
+) -> None:
+    """A forced restore from a stale snapshot undoes an acknowledged check; the next check
+    reuses its seq, SQL refuses it (dead letter), and the totals happen to agree again:
+    reconcile still names the collision instead of calling the ledger clean."""
+    await ledger.configure_account("acme")
+    await ledger.grant("acme", "g", 100)
+    await drain(make_writer(ledger, engine))
+    async with snapshot(engine) as conn:
+        stale = await read_account(conn, "acme", now_ms=clock.now, retention_ms=3_600_000)
+    assert stale is not None
+    await ledger.deduct("acme", 7, "acked")
+    await drain(make_writer(ledger, engine))
+    script = Scripts.register(redis).restore
+    await restore_account(
+        redis,
+        ledger.keys,
+        script,
+        stale,
+        replace=True,
+        force=True,
+        now_ms=clock.now,
+        retention_ms=3_600_000,
+    )
+    await ledger.deduct("acme", 7, "reused-seq")
+    await drain(make_writer(ledger, engine, max_attempts=1))
+    (diff,) = await reconcile(redis, ledger.keys, engine)
+    assert diff.account == "acme" and diff.what.startswith("sequence collision")
+    assert "seq 2" in diff.what
+    assert await reconcile(redis, ledger.keys, engine, "acme") == [diff]
