@@ -148,7 +148,8 @@ async def dead_letters(
     """One difference per dead-lettered outbox entry (of ``account``, or of any)."""
     out: list[Difference] = []
     for shard in range(keys.shards):
-        for entry_id, fields in await redis.xrange(keys.dead_letters(shard)):
+        entries: Any = await redis.xrange(keys.dead_letters(shard))
+        for entry_id, fields in entries:
             f = {_s(k): _s(v) for k, v in fields.items()}
             try:
                 entry = outbox.decode(f)

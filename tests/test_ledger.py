@@ -384,6 +384,7 @@ async def test_a_settled_holds_charge_is_refundable_like_a_usage(ledger: Ledger)
         await ledger.refund("acme", "rf3", settled.transaction_id)
     remaining = {b.id: b.remaining for b in (await ledger.balance("acme")).buckets}
     assert remaining == {"a": 5, "b": 20}
-    released = await ledger.release("acme", (await ledger.hold("acme", "h2", 1, 60_000)).hold_id)
+    await ledger.hold("acme", "h2", 1, 60_000)
+    released = await ledger.release("acme", "h2")
     with pytest.raises(errors.UnknownTransaction):  # a release charged nothing
         await ledger.refund("acme", "rf4", released.transaction_id)
