@@ -92,7 +92,12 @@ class Settings(BaseSettings):
     failure_policy: Literal["fail_closed", "fail_open"] = Field(
         "fail_closed", description="proxy auth when Redis is unreachable: 503, or allow and count"
     )
-    shadow: bool = Field(False, description="evaluate and record, but never deny (rollout)")
+    shadow: bool = Field(
+        False,
+        description="evaluate and record, but never deny a check (rollout): a refusal is let "
+        "through uncharged, the proxy modes answer 200 with X-Credits-Shadow-Status, POST "
+        "/v1/check answers allowed with charged: false and the refusal under `shadow`",
+    )
     writer: Literal["process", "inline", "off"] = Field(
         "process",
         description="the outbox → SQL writer of `serve`: a child process (own core), on the "
