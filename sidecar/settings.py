@@ -151,6 +151,32 @@ class Settings(BaseSettings):
     notify_max_attempts: int = Field(
         8, ge=1, le=50, description="tries of a low-balance webhook before it is given up"
     )
+    notify_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="time one low-balance webhook attempt may take"
+    )
+    notify_concurrency: int = Field(
+        16, ge=1, le=1000, description="low-balance webhooks in flight at once (per worker)"
+    )
+    notify_per_host: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="low-balance webhooks in flight at once to one host (per worker): a slow "
+        "endpoint holds at most this many of the notify_concurrency slots",
+    )
+    notify_allow_private: bool = Field(
+        False,
+        description="let low-balance webhooks reach loopback, private, link-local, CGNAT, "
+        "multicast and reserved addresses (tests, on-premises endpoints); off = refused when "
+        "the URL is saved and, after DNS, when it is sent",
+    )
+    billing_retention_s: int = Field(
+        30 * 86400,
+        ge=3600,
+        le=10 * 366 * 86400,
+        description="how long delivered and given-up low-balance webhooks and finished auto "
+        "top-up trigger events are kept in SQL (the billing worker prunes them)",
+    )
     event_max_attempts: int = Field(
         8, ge=1, le=100, description="tries of a Stripe event before it is a dead letter"
     )
