@@ -155,14 +155,22 @@ class Settings(BaseSettings):
         10.0, gt=0, le=120, description="time one low-balance webhook attempt may take"
     )
     notify_concurrency: int = Field(
-        16, ge=1, le=1000, description="low-balance webhooks in flight at once (per worker)"
+        32, ge=1, le=1000, description="low-balance webhooks in flight at once (per worker)"
     )
-    notify_per_host: int = Field(
+    notify_per_endpoint: int = Field(
         2,
         ge=1,
         le=100,
-        description="low-balance webhooks in flight at once to one host (per worker): a slow "
-        "endpoint holds at most this many of the notify_concurrency slots",
+        description="low-balance webhooks in flight at once to one endpoint URL (per worker): "
+        "an endpoint that never answers holds at most this many slots",
+    )
+    notify_per_host: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="low-balance webhooks in flight at once to one host, all its endpoints "
+        "together (per worker): keep it below notify_concurrency so a host that never "
+        "answers leaves slots for the others",
     )
     notify_allow_private: bool = Field(
         False,

@@ -4,10 +4,10 @@ A webhook URL is given by an operator on a tenant's behalf, and the sidecar sits
 operator's network: a URL naming 127.0.0.1, a cloud metadata address or a private host would
 make the sidecar a proxy into that network. So, unless ``SIDECAR_NOTIFY_ALLOW_PRIVATE``:
 
-- when a URL is saved, :func:`url_refusal` refuses a host that is a disallowed literal address
-  (in any spelling the resolver would accept: IPv4-mapped IPv6, ``0177.0.0.1``,
+- when a URL is saved, :func:`saved_url_refusal` refuses a host that is a disallowed literal
+  address (in any spelling the resolver would accept: IPv4-mapped IPv6, ``0177.0.0.1``,
   ``2130706433``) or a ``localhost`` name;
-- when a webhook is sent, the same check runs on the URL, and :class:`GuardedResolver` drops
+- when a webhook is sent, the address check runs on the URL, and :class:`GuardedResolver` drops
   every resolved address that is disallowed (a name resolving to 10.0.0.5). aiohttp connects
   to exactly the addresses the resolver returned, so a DNS answer that changes between the
   check and the connection (rebinding) cannot switch the target.
@@ -88,7 +88,9 @@ def webhook_host(url: str) -> str:
 
 
 def url_refusal(url: str, *, allow_private: bool) -> str | None:
-    """Why a webhook may not go to ``url`` as written (before any DNS lookup), else None."""
+    """Why a webhook may not go to ``url`` as written (its scheme, or a host that is an
+    address), else None. Checked before each delivery: aiohttp does not ask the resolver about
+    a host that is an address."""
     try:
         parsed = URL(url)
     except ValueError:
@@ -104,11 +106,21 @@ def url_refusal(url: str, *, allow_private: bool) -> str | None:
         return f"spells {ip} in a legacy form: write IPv4 addresses as four decimal numbers"
     if allow_private:
         return None
-    if ip is not None:
-        kind = address_refusal(ip)
-        if kind is not None:
-            return f"points at a non-public address ({kind}: {ip}); {_ALLOW}"
-    elif host == "localhost" or host.endswith(".localhost"):
+    kind = None if ip is None else address_refusal(ip)
+    if kind is not None:
+        return f"points at a non-public address ({kind}: {ip}); {_ALLOW}"
+    return None
+
+
+def saved_url_refusal(url: str, *, allow_private: bool) -> str | None:
+    """Why ``url`` may not be saved as a webhook endpoint, else None: :func:`url_refusal`,
+    and names that are loopback by definition (RFC 6761). Other names are judged by what
+    they resolve to when a webhook is sent."""
+    refused = url_refusal(url, allow_private=allow_private)
+    if refused is not None or allow_private:
+        return refused
+    host = webhook_host(url)
+    if host == "localhost" or host.endswith(".localhost"):
         return f"points at a non-public address (loopback: {host}); {_ALLOW}"
     return None
 

@@ -6,11 +6,12 @@ Signature, in Stripe's scheme so customers can reuse their verification code:
 Deliveries are stored in SQL first (id = the event's id, so a re-read event is not sent
 twice), then sent; an endpoint that keeps failing gets ``notify_max_attempts`` tries.
 
-Sending is concurrent and isolated per host (:class:`Deliverer`): at most
-``notify_concurrency`` webhooks in flight, at most ``notify_per_host`` of them to one host, so
-an endpoint that never answers holds a few slots for its timeout and nobody else's webhook
-waits for it. Where webhooks may go at all is sidecar/billing/netguard.py's job; redirects
-are not followed, and a failure is recorded as a category, never the network's own words.
+Sending is concurrent and isolated (:class:`Deliverer`): at most ``notify_concurrency``
+webhooks in flight, at most ``notify_per_endpoint`` of them to one endpoint (URL) and
+``notify_per_host`` to one host, so an endpoint (or a whole host) that never answers holds a
+few slots for its timeout and nobody else's webhook waits for it. Where webhooks may go at
+all is sidecar/billing/netguard.py's job; redirects are not followed, and a failure is
+recorded as a category, never the network's own words.
 """
 
 from __future__ import annotations
@@ -110,10 +111,11 @@ async def send(
 class Deliverer:
     """Starts due deliveries as concurrent tasks within the in-flight limits.
 
-    A due delivery is claimed only when a slot for it is free (overall and for its host), so a
-    delivery never waits inside a slot, and one whose host is full stays due for the next pass;
-    the SQL query leaves those hosts out, so they cannot fill the page of due deliveries
-    either. ``on_done`` is called when a delivery ends (a slot is free: look again)."""
+    A due delivery is claimed only when a slot for it is free (overall, for its endpoint and
+    for its host), so a delivery never waits inside a slot, and one whose endpoint or host is
+    full stays due for the next pass; the SQL query leaves those endpoints and hosts out, so
+    their backlog cannot fill the page of due deliveries either. ``on_done`` is called when a
+    delivery ends (a slot is free: look again)."""
 
     def __init__(
         self,
@@ -126,8 +128,10 @@ class Deliverer:
         self.session = session
         self.on_done = on_done
         self.limit = b.settings.notify_concurrency
+        self.per_endpoint = b.settings.notify_per_endpoint
         self.per_host = b.settings.notify_per_host
         self._tasks: set[asyncio.Task[None]] = set()
+        self._endpoints: collections.Counter[str] = collections.Counter()
         self._hosts: collections.Counter[str] = collections.Counter()
         self._ids: set[str] = set()
 
@@ -141,17 +145,27 @@ class Deliverer:
         if free <= 0:
             return 0
         b = self.b
-        full = [h for h, n in self._hosts.items() if n >= self.per_host]
-        rows = await b.store.due_deliveries(b.clock(), limit=free, exclude_hosts=full)
+        rows = await b.store.due_deliveries(
+            b.clock(),
+            limit=free,
+            exclude_urls=[u for u, n in self._endpoints.items() if n >= self.per_endpoint],
+            exclude_hosts=[h for h, n in self._hosts.items() if n >= self.per_host],
+        )
         lease_ms = int(b.settings.notify_timeout_s * 1000) + LEASE_MARGIN_MS
         started = 0
         for d in rows:
-            host = d["host"]
-            if d["id"] in self._ids or self._hosts[host] >= self.per_host:
-                continue  # its host filled up within this page: next pass
+            if len(self._tasks) >= self.limit:
+                break
+            if (
+                d["id"] in self._ids
+                or self._endpoints[d["url"]] >= self.per_endpoint
+                or self._hosts[d["host"]] >= self.per_host
+            ):
+                continue  # filled up within this page: next pass
             if not await b.store.claim_delivery(d["id"], d["attempts"], b.clock(), lease_ms):
                 continue  # another worker has it
-            self._hosts[host] += 1
+            self._endpoints[d["url"]] += 1
+            self._hosts[d["host"]] += 1
             self._ids.add(d["id"])
             task = asyncio.create_task(self._deliver(d, d["attempts"] + 1))
             self._tasks.add(task)
@@ -162,9 +176,10 @@ class Deliverer:
     def _done(self, task: asyncio.Task[None], d: dict[str, Any]) -> None:
         self._tasks.discard(task)
         self._ids.discard(d["id"])
-        self._hosts[d["host"]] -= 1
-        if self._hosts[d["host"]] <= 0:
-            del self._hosts[d["host"]]
+        for counter, key in ((self._endpoints, d["url"]), (self._hosts, d["host"])):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
         if not task.cancelled() and task.exception() is not None:
             # The store failed to record the outcome: the lease runs out, it is tried again.
             log.warning("low-balance webhook %s: %s", d["id"], task.exception())

@@ -579,16 +579,24 @@ class BillingStore:
         return bool(result.rowcount)
 
     async def due_deliveries(
-        self, now_ms: int, limit: int = 50, exclude_hosts: Collection[str] = ()
+        self,
+        now_ms: int,
+        limit: int = 50,
+        *,
+        exclude_urls: Collection[str] = (),
+        exclude_hosts: Collection[str] = (),
     ) -> list[dict[str, Any]]:
-        """The deliveries due now, longest waiting first, but none to ``exclude_hosts`` (hosts
-        the caller has no room for: their backlog must not hide everyone else's)."""
+        """The deliveries due now, longest waiting first, but none to ``exclude_urls`` or
+        ``exclude_hosts`` (those the caller has no room for: their backlog must not hide
+        everyone else's)."""
         q = (
             select(DELIVERIES)
             .where(DELIVERIES.c.status == "pending", DELIVERIES.c.next_attempt_ms <= now_ms)
             .order_by(DELIVERIES.c.next_attempt_ms, DELIVERIES.c.created_at)
             .limit(limit)
         )
+        if exclude_urls:
+            q = q.where(DELIVERIES.c.url.not_in(list(exclude_urls)))
         if exclude_hosts:
             q = q.where(DELIVERIES.c.host.not_in(list(exclude_hosts)))
         async with self.tx() as conn:

@@ -234,6 +234,7 @@ class BillingWorker:
         kind, account = fields.get("type"), fields.get("account", "")
         if kind == "low_balance":
             result = await notify.low_balance(self.b, fields, entry_id)
+            self.wake()  # send it now rather than at the next poll
         elif kind == "auto_topup":
             # Unique across shards (stream entry ids are not): the debit that crossed.
             trigger_id = f"auto_topup:{account}:{fields.get('transaction_id', entry_id)}"

@@ -155,7 +155,7 @@ async def put_notifications(request: web.Request) -> web.Response:
     authorize(request, "admin")
     account = path_id(request, "account")
     req = await body(request, NotificationRequest)
-    refused = netguard.url_refusal(
+    refused = netguard.saved_url_refusal(
         req.url, allow_private=request.app[SETTINGS].notify_allow_private
     )
     if refused is not None:
