@@ -1006,7 +1006,13 @@ def _billing_paths() -> dict[str, dict[str, Any]]:
                 "billing",
                 ADMIN,
                 {200: json_body(ref("NotificationEndpoint"), "the endpoint and its secret")},
-                {404: "`unknown_account`", 503: sql_503},
+                {
+                    404: "`unknown_account`",
+                    422: "`invalid_request`: a malformed URL, or one naming a non-public "
+                    "address (loopback, private, link-local, CGNAT, multicast, reserved; "
+                    "unless SIDECAR_NOTIFY_ALLOW_PRIVATE)",
+                    503: sql_503,
+                },
                 params=[ACCOUNT],
                 body="NotificationRequest",
             ),
