@@ -255,7 +255,10 @@ class StripeEvent(Base):
     next_attempt_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     outcome: Mapped[str | None] = mapped_column(Text)  # what processing did, for operators
 
-    __table_args__ = (Index("ix_stripe_events_due", "status", "next_attempt_ms"),)
+    __table_args__ = (
+        Index("ix_stripe_events_due", "status", "next_attempt_ms"),
+        Index("ix_stripe_events_type_received", "type", "received_at"),  # pruning
+    )
 
 
 class StripePurchase(Base):
@@ -320,6 +323,8 @@ class NotificationDelivery(Base):
     id: Mapped[str] = mapped_column(String(255), primary_key=True)  # the event's id
     account: Mapped[str] = mapped_column(Id, index=True)
     url: Mapped[str] = mapped_column(String(2048))
+    # The URL's host: deliveries in flight are limited per host.
+    host: Mapped[str] = mapped_column(String(255), default="", server_default="")
     payload: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|dead
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -328,7 +333,10 @@ class NotificationDelivery(Base):
     created_at: Mapped[datetime]
     delivered_at: Mapped[datetime | None]
 
-    __table_args__ = (Index("ix_notification_deliveries_due", "status", "next_attempt_ms"),)
+    __table_args__ = (
+        Index("ix_notification_deliveries_due", "status", "next_attempt_ms"),
+        Index("ix_notification_deliveries_finished", "status", "created_at"),  # pruning
+    )
 
 
 def _archive_of(source: type[Base], name: str, *extra: Index) -> Table:

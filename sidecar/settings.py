@@ -92,7 +92,12 @@ class Settings(BaseSettings):
     failure_policy: Literal["fail_closed", "fail_open"] = Field(
         "fail_closed", description="proxy auth when Redis is unreachable: 503, or allow and count"
     )
-    shadow: bool = Field(False, description="evaluate and record, but never deny (rollout)")
+    shadow: bool = Field(
+        False,
+        description="evaluate and record, but never deny a check (rollout): a refusal is let "
+        "through uncharged, the proxy modes answer 200 with X-Credits-Shadow-Status, POST "
+        "/v1/check answers allowed with charged: false and the refusal under `shadow`",
+    )
     proxy_replay_window_s: int = Field(
         300,
         ge=1,
@@ -161,6 +166,40 @@ class Settings(BaseSettings):
     )
     notify_max_attempts: int = Field(
         8, ge=1, le=50, description="tries of a low-balance webhook before it is given up"
+    )
+    notify_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="time one low-balance webhook attempt may take"
+    )
+    notify_concurrency: int = Field(
+        32, ge=1, le=1000, description="low-balance webhooks in flight at once (per worker)"
+    )
+    notify_per_endpoint: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="low-balance webhooks in flight at once to one endpoint URL (per worker): "
+        "an endpoint that never answers holds at most this many slots",
+    )
+    notify_per_host: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="low-balance webhooks in flight at once to one host, all its endpoints "
+        "together (per worker): keep it below notify_concurrency so a host that never "
+        "answers leaves slots for the others",
+    )
+    notify_allow_private: bool = Field(
+        False,
+        description="let low-balance webhooks reach loopback, private, link-local, CGNAT, "
+        "multicast and reserved addresses (tests, on-premises endpoints); off = refused when "
+        "the URL is saved and, after DNS, when it is sent",
+    )
+    billing_retention_s: int = Field(
+        30 * 86400,
+        ge=3600,
+        le=10 * 366 * 86400,
+        description="how long delivered and given-up low-balance webhooks and finished auto "
+        "top-up trigger events are kept in SQL (the billing worker prunes them)",
     )
     event_max_attempts: int = Field(
         8, ge=1, le=100, description="tries of a Stripe event before it is a dead letter"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -555,13 +555,20 @@ class BillingStore:
         return bool(result.rowcount)
 
     async def enqueue_delivery(
-        self, delivery_id: str, account: str, url: str, payload: dict[str, Any], now_ms: int
+        self,
+        delivery_id: str,
+        account: str,
+        url: str,
+        host: str,
+        payload: dict[str, Any],
+        now_ms: int,
     ) -> bool:
         async with self.tx() as conn:
             stmt = insert_for(conn, DELIVERIES).values(
                 id=delivery_id,
                 account=account,
                 url=url,
+                host=host,
                 payload=payload,
                 status="pending",
                 attempts=0,
@@ -571,13 +578,27 @@ class BillingStore:
             result = await conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
         return bool(result.rowcount)
 
-    async def due_deliveries(self, now_ms: int, limit: int = 50) -> list[dict[str, Any]]:
+    async def due_deliveries(
+        self,
+        now_ms: int,
+        limit: int = 50,
+        *,
+        exclude_urls: Collection[str] = (),
+        exclude_hosts: Collection[str] = (),
+    ) -> list[dict[str, Any]]:
+        """The deliveries due now, longest waiting first, but none to ``exclude_urls`` or
+        ``exclude_hosts`` (those the caller has no room for: their backlog must not hide
+        everyone else's)."""
         q = (
             select(DELIVERIES)
             .where(DELIVERIES.c.status == "pending", DELIVERIES.c.next_attempt_ms <= now_ms)
-            .order_by(DELIVERIES.c.next_attempt_ms)
+            .order_by(DELIVERIES.c.next_attempt_ms, DELIVERIES.c.created_at)
             .limit(limit)
         )
+        if exclude_urls:
+            q = q.where(DELIVERIES.c.url.not_in(list(exclude_urls)))
+        if exclude_hosts:
+            q = q.where(DELIVERIES.c.host.not_in(list(exclude_hosts)))
         async with self.tx() as conn:
             return [dict(r) for r in (await conn.execute(q)).mappings()]
 
@@ -598,16 +619,69 @@ class BillingStore:
         return bool(result.rowcount)
 
     async def finish_delivery(
-        self, delivery_id: str, status: str, *, error: str | None, next_attempt_ms: int, now_ms: int
-    ) -> None:
+        self,
+        delivery_id: str,
+        status: str,
+        *,
+        attempt: int,
+        error: str | None,
+        next_attempt_ms: int,
+        now_ms: int,
+    ) -> bool:
+        """Records the outcome of attempt ``attempt``; False (nothing written) if another
+        worker took the delivery over since (the lease ran out) and the outcome is its."""
         values: dict[str, Any] = {"status": status, "last_error": error}
         values["next_attempt_ms"] = next_attempt_ms
         if status == "delivered":
             values["delivered_at"] = from_ms(now_ms)
         async with self.tx() as conn:
-            await conn.execute(
-                update(DELIVERIES).where(DELIVERIES.c.id == delivery_id).values(values)
+            result = await conn.execute(
+                update(DELIVERIES)
+                .where(
+                    DELIVERIES.c.id == delivery_id,
+                    DELIVERIES.c.status == "pending",
+                    DELIVERIES.c.attempts == attempt,
+                )
+                .values(values)
             )
+        return bool(result.rowcount)
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def prune_deliveries(self, before_ms: int, batch: int) -> int:
+        """Deletes up to ``batch`` delivered or given-up deliveries created before
+        ``before_ms``, in one short transaction; returns how many."""
+        old = (
+            select(DELIVERIES.c.id)
+            .where(
+                DELIVERIES.c.status.in_(("delivered", "dead")),
+                DELIVERIES.c.created_at < from_ms(before_ms),
+            )
+            .limit(batch)
+        )
+        async with self.tx() as conn:
+            result = await conn.execute(
+                delete(DELIVERIES).where(DELIVERIES.c.id.in_(old.scalar_subquery()))
+            )
+        return int(result.rowcount or 0)
+
+    async def prune_events(self, types: Sequence[str], before_ms: int, batch: int) -> int:
+        """Deletes up to ``batch`` finished (processed, ignored or dead) stored events of
+        ``types`` received before ``before_ms``, in one short transaction; returns how many."""
+        old = (
+            select(EVENTS.c.id)
+            .where(
+                EVENTS.c.type.in_(list(types)),
+                EVENTS.c.status.in_(("processed", "ignored", "dead")),
+                EVENTS.c.received_at < from_ms(before_ms),
+            )
+            .limit(batch)
+        )
+        async with self.tx() as conn:
+            result = await conn.execute(
+                delete(EVENTS).where(EVENTS.c.id.in_(old.scalar_subquery()))
+            )
+        return int(result.rowcount or 0)
 
     async def deliveries(self, account: str | None, limit: int) -> Sequence[dict[str, Any]]:
         q = select(DELIVERIES).order_by(DELIVERIES.c.created_at.desc()).limit(limit)

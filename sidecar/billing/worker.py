@@ -18,10 +18,9 @@ import contextlib
 import logging
 from typing import Any
 
-import aiohttp
 from redis.exceptions import RedisError, ResponseError
 
-from sidecar.billing import notify, purchases, topup
+from sidecar.billing import netguard, notify, purchases, topup
 from sidecar.billing.context import Billing, NotYet, Permanent
 from sidecar.billing.gateway import StripeRefused, StripeTransient
 from sidecar.errors import LedgerUnavailable, StoreUnavailable
@@ -45,6 +44,10 @@ CHARGE_EVENTS = ("charge.refunded", "charge.dispute.created")
 PAYMENT_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed")
 # The ledger's auto_topup events are queued with the Stripe events, for the same retries.
 TOPUP_TRIGGER = "credit_sidecar.auto_topup"
+# Finished deliveries and trigger events older than the retention go in batches this size
+# (each one short transaction), looked for this often.
+PRUNE_BATCH = 500
+PRUNE_INTERVAL_MS = 600_000
 
 
 def retry_delay_ms(attempt: int) -> int:
@@ -73,19 +76,45 @@ class BillingWorker:
         self.poll_s = poll_s
         self._wake = asyncio.Event()
         self.processed = 0
+        self._next_prune_ms = 0
 
     def wake(self) -> None:
         """A new event was stored: process it now rather than at the next poll."""
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with aiohttp.ClientSession() as session:
+        settings = self.b.settings
+        async with netguard.webhook_session(
+            allow_private=settings.notify_allow_private, limit=settings.notify_concurrency
+        ) as session:
+            deliverer = notify.Deliverer(self.b, session, on_done=self.wake)
             loops = [
                 self._loop(stop, self.stripe_events_once, "stripe events"),
                 self._loop(stop, self.ledger_events_once, "ledger events"),
-                self._loop(stop, lambda: notify.deliver_due(self.b, session), "notifications"),
+                self._loop(stop, deliverer.start_due, "notifications"),
+                self._loop(stop, self.prune_once, "pruning"),
             ]
-            await asyncio.gather(*loops)
+            try:
+                await asyncio.gather(*loops)
+            finally:
+                await deliverer.close()
+
+    async def prune_once(self) -> int:
+        """Deletes one batch of each kind of finished row older than the retention, when a
+        pruning is due (every PRUNE_INTERVAL_MS, and at start); returns how many rows went
+        (more than 0: call again at once for the next batch)."""
+        b = self.b
+        now = b.clock()
+        if now < self._next_prune_ms:
+            return 0
+        before = now - b.settings.billing_retention_s * 1000
+        deliveries = await b.store.prune_deliveries(before, PRUNE_BATCH)
+        events = await b.store.prune_events((TOPUP_TRIGGER,), before, PRUNE_BATCH)
+        if deliveries < PRUNE_BATCH and events < PRUNE_BATCH:
+            self._next_prune_ms = now + PRUNE_INTERVAL_MS
+        if deliveries or events:
+            log.info("pruned %d webhook deliveries and %d trigger events", deliveries, events)
+        return deliveries + events
 
     async def _loop(self, stop: asyncio.Event, once: Any, what: str) -> None:
         backoff = 0.1
@@ -205,6 +234,7 @@ class BillingWorker:
         kind, account = fields.get("type"), fields.get("account", "")
         if kind == "low_balance":
             result = await notify.low_balance(self.b, fields, entry_id)
+            self.wake()  # send it now rather than at the next poll
         elif kind == "auto_topup":
             # Unique across shards (stream entry ids are not): the debit that crossed.
             trigger_id = f"auto_topup:{account}:{fields.get('transaction_id', entry_id)}"

@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
 from sidecar import errors, metrics
-from sidecar.billing import notify, purchases, topup
+from sidecar.billing import netguard, notify, purchases, topup
 from sidecar.billing.store import Package
 from sidecar.billing.webhook import verify
 from sidecar.billing.worker import CHARGE_EVENTS, PAYMENT_EVENTS, SESSION_EVENTS
@@ -155,6 +155,11 @@ async def put_notifications(request: web.Request) -> web.Response:
     authorize(request, "admin")
     account = path_id(request, "account")
     req = await body(request, NotificationRequest)
+    refused = netguard.saved_url_refusal(
+        req.url, allow_private=request.app[SETTINGS].notify_allow_private
+    )
+    if refused is not None:
+        raise errors.InvalidInput(f"url {refused}", field="url")
     b = request.app[BILLING]
     await b.ledger.balance(account)  # UnknownAccount
     secret = notify.new_secret()

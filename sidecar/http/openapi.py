@@ -209,6 +209,20 @@ def response_schemas() -> dict[str, Schema]:
                 "low_balance": BOOL,
             }
         ),
+        "CheckShadowed": obj(
+            {
+                "allowed": {"const": True},
+                "account": STR,
+                "charged": {"const": False},
+                "shadow": {
+                    "type": "object",
+                    "description": "the refusal it would have been without SIDECAR_SHADOW: "
+                    "`status` (402, 429), `reason`, and that refusal's other fields",
+                    "properties": {"status": INT, "reason": STR},
+                    "required": ["status", "reason"],
+                },
+            }
+        ),
         "InsufficientCredits": obj(
             {
                 "allowed": {"const": False},
@@ -598,7 +612,19 @@ def _accounts_paths() -> dict[str, dict[str, Any]]:
                 "checks",
                 ADMIN_OR_SERVICE,
                 {
-                    200: json_body(ref("CheckAllowed"), "allowed and charged (or a replay)"),
+                    200: json_body(
+                        {"anyOf": [ref("CheckAllowed"), ref("CheckShadowed")]},
+                        "allowed and charged (or a replay); with SIDECAR_SHADOW also a "
+                        "refusal let through uncharged (`shadow` says what it was)",
+                    )
+                    | {
+                        "headers": {
+                            "X-Credits-Shadow-Status": {
+                                "schema": INT,
+                                "description": "shadow mode: the status it would have had",
+                            }
+                        }
+                    },
                     402: json_body(ref("InsufficientCredits"), "not enough credits"),
                     429: json_body(ref("RateLimited"), "rate limited") | {"headers": RETRY_AFTER},
                 },
@@ -980,7 +1006,13 @@ def _billing_paths() -> dict[str, dict[str, Any]]:
                 "billing",
                 ADMIN,
                 {200: json_body(ref("NotificationEndpoint"), "the endpoint and its secret")},
-                {404: "`unknown_account`", 503: sql_503},
+                {
+                    404: "`unknown_account`",
+                    422: "`invalid_request`: a malformed URL, or one naming a non-public "
+                    "address (loopback, private, link-local, CGNAT, multicast, reserved; "
+                    "unless SIDECAR_NOTIFY_ALLOW_PRIVATE)",
+                    503: sql_503,
+                },
                 params=[ACCOUNT],
                 body="NotificationRequest",
             ),

@@ -95,17 +95,18 @@ def rate_limit_view(rl: RateLimit | None) -> dict[str, int] | None:
     return {"requests": rl.requests, "period_ms": rl.period_ms, "burst": rl.burst}
 
 
+def insufficient_body(account: str, r: Insufficient) -> dict[str, Any]:
+    return {
+        "allowed": False,
+        "reason": "insufficient_credits",
+        "account": account,
+        "balance": r.balance,
+        "required": r.required,
+    }
+
+
 def insufficient(account: str, r: Insufficient) -> web.Response:
-    return json_response(
-        {
-            "allowed": False,
-            "reason": "insufficient_credits",
-            "account": account,
-            "balance": r.balance,
-            "required": r.required,
-        },
-        402,
-    )
+    return json_response(insufficient_body(account, r), 402)
 
 
 @routes.get("/healthz")
@@ -138,14 +139,30 @@ async def check(request: web.Request) -> web.Response:
     except Exception:
         metrics.CHECKS.record(metrics.CHECK, metrics.ERROR, perf_counter() - started)
         raise
-    response = _check_response(req.account, r)
-    metrics.record_outcome(metrics.CHECK, response.status, perf_counter() - started)
-    return response
+    status, answer, headers = _check_answer(req.account, r)
+    # Counted as what happened (in shadow mode: what would have happened).
+    metrics.record_outcome(metrics.CHECK, status, perf_counter() - started)
+    if status in SHADOWED and request.app[SETTINGS].shadow:
+        # Nothing was charged (the ledger refused); the answer says what the refusal was.
+        shadow = {"status": status} | {
+            k: v for k, v in answer.items() if k not in ("allowed", "account")
+        }
+        answer = {"allowed": True, "account": req.account, "charged": False, "shadow": shadow}
+        status, headers = 200, {"X-Credits-Shadow-Status": str(shadow["status"])}
+    return json_response(answer, status, headers)
 
 
-def _check_response(account: str, r: DeductResult) -> web.Response:
+# Shadow mode (SIDECAR_SHADOW) lets the ledger's refusals through. Errors of the call itself
+# (token, body, unknown account, idempotency conflict, store unavailable) stay errors: shadow
+# hides decisions about the customer, not the caller's bugs.
+SHADOWED = (402, 429)
+
+
+def _check_answer(account: str, r: DeductResult) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The check's status, JSON body and headers."""
     if isinstance(r, Allowed):
-        return json_response(
+        return (
+            200,
             {
                 "allowed": True,
                 "account": account,
@@ -154,20 +171,21 @@ def _check_response(account: str, r: DeductResult) -> web.Response:
                 "transaction_id": r.transaction_id,
                 "replayed": r.replayed,
                 "low_balance": r.low_balance,
-            }
+            },
+            {},
         )
     if isinstance(r, Insufficient):
-        return insufficient(account, r)
+        return 402, insufficient_body(account, r), {}
     if isinstance(r, Revoked):  # not reachable without a key id; kept exhaustive
         raise errors.Unauthorized("API key revoked")
-    return json_response(
+    return (
+        429,
         {
             "allowed": False,
             "reason": "rate_limited",
             "account": account,
             "retry_after_ms": r.retry_after_ms,
         },
-        429,
         {"Retry-After": str(math.ceil(r.retry_after_ms / 1000))},
     )
 

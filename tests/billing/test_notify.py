@@ -37,6 +37,12 @@ class Receiver:
 
 
 @pytest.fixture
+async def rig(make_rig: MakeRig) -> Rig:
+    """The receivers listen on 127.0.0.1: private addresses are allowed here."""
+    return await make_rig(notify_allow_private=True)
+
+
+@pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     r = Receiver()
     await r.server.start_server()
@@ -119,7 +125,7 @@ async def test_failed_deliveries_are_retried_with_backoff(rig: Rig, receiver: Re
 async def test_an_endpoint_that_keeps_failing_is_given_up_after_the_last_try(
     make_rig: MakeRig, receiver: Receiver
 ) -> None:
-    rig = await make_rig(notify_max_attempts=3)
+    rig = await make_rig(notify_max_attempts=3, notify_allow_private=True)
     await setup(rig, receiver)
     receiver.statuses = [500] * 10
     await cross(rig)

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from sidecar.http.app import create_app
 from sidecar.ledger import MAX_CREDITS
 from sidecar.redis_client import RedisClient
+from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin, service, snapshot
 
 Client = TestClient[web.Request, web.Application]
@@ -58,6 +60,43 @@ async def test_check_rate_limited_gives_429_with_retry_after(client: Client) -> 
     assert r.headers["Retry-After"] == "2"
     body = await r.json()
     assert body["reason"] == "rate_limited" and body["retry_after_ms"] == 2000
+
+
+async def test_shadow_mode_check_lets_refusals_through_uncharged_and_says_what_they_were(
+    settings: Settings, redis: RedisClient, clock: FakeClock
+) -> None:
+    """SIDECAR_SHADOW: a check the ledger refuses (402, 429) answers 200 ``allowed`` with
+    ``charged: false`` and the refusal under ``shadow``; nothing is deducted. A check the
+    ledger allows is charged as always; errors of the call itself stay errors."""
+    s = settings.model_copy(update={"shadow": True})
+    async with TestClient(TestServer(create_app(s, clock=clock))) as c:
+        await setup_account(c, credits=10, rate_limit={"requests": 2, "period_ms": 2000})
+        r = await check(c, 7, "r1")
+        assert r.status == 200 and (await r.json())["balance"] == 3
+        assert "X-Credits-Shadow-Status" not in r.headers
+        r = await check(c, 7, "r2")
+        assert r.status == 200 and r.headers["X-Credits-Shadow-Status"] == "402"
+        assert await r.json() == {
+            "allowed": True,
+            "account": "acme",
+            "charged": False,
+            "shadow": {
+                "status": 402,
+                "reason": "insufficient_credits",
+                "balance": 3,
+                "required": 7,
+            },
+        }
+        assert (await (await check(c, 1, "r3")).json())["balance"] == 2
+        r = await check(c, 1, "r4")
+        assert r.status == 200 and r.headers["X-Credits-Shadow-Status"] == "429"
+        assert "Retry-After" not in r.headers
+        body = await r.json()
+        assert body["charged"] is False and body["shadow"]["reason"] == "rate_limited"
+        assert body["shadow"]["retry_after_ms"] > 0
+        balance = await (await c.get("/v1/accounts/acme/balance", headers=admin())).json()
+        assert balance["balance"] == 2
+        assert (await check(c, 1, "r5", account="ghost")).status == 404
 
 
 async def test_retried_check_is_not_charged_twice(client: Client) -> None:
