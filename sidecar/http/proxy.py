@@ -152,12 +152,17 @@ def _header(headers: CIMultiDictProxy[str], name: str, reason: str) -> str | Non
     return value
 
 
-def _from_headers(request: web.Request, method_header: str, uri_header: str) -> tuple[str, str]:
-    method = _header(request.headers, method_header, "invalid_method") or request.method
+def _method(method: str, field: str) -> str:
     if not _TOKEN.fullmatch(method):
         raise Refused(
-            "invalid_method", method_header, f"{method_header} must be an HTTP method token"
+            "invalid_method", field, f"{field}: must be an HTTP method of 1-16 characters"
         )
+    return method
+
+
+def _from_headers(request: web.Request, method_header: str, uri_header: str) -> tuple[str, str]:
+    method = _header(request.headers, method_header, "invalid_method") or request.method
+    _method(method, method_header)
     uri = _header(request.headers, uri_header, "invalid_path")
     return method, _canonical("/" if uri is None else uri, uri_header)
 
@@ -184,7 +189,7 @@ def _envoy(request: web.Request) -> tuple[str, str]:
     tail = raw[len(ENVOY_PREFIX) :]
     if not raw.startswith(ENVOY_PREFIX) or tail[:1] not in ("", "/"):
         raise Refused("invalid_path", "path", f"path: must start with {ENVOY_PREFIX}/")
-    return request.method, _canonical(tail or "/", "path")
+    return _method(request.method, "method"), _canonical(tail or "/", "path")
 
 
 nginx = handler(_nginx, render_nginx, metrics.NGINX)
