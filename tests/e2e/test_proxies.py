@@ -243,9 +243,9 @@ async def test_tricky_paths_are_priced_as_the_route_the_api_serves(running: Runn
             assert s.received == [], target
     async with (
         aiohttp.ClientSession() as http,
-        http.get(f"{s.sidecar_url}/v1/accounts/rich/balance", headers=admin()) as r,
+        http.get(f"{s.sidecar_url}/v1/accounts/rich/balance", headers=admin()) as balance,
     ):
-        assert (await r.json())["balance"] == 1000 - spent
+        assert (await balance.json())["balance"] == 1000 - spent
 
 
 async def test_bad_bytes_in_a_key_header_are_a_400_naming_it(running: Running) -> None:

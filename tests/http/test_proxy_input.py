@@ -7,7 +7,7 @@ Redis; the trusted cost header takes ASCII digits only."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,9 @@ async def ask(
     """The decision as the client would see it (nginx's 403 + X-Credits-Deny-Status unfolded)."""
     port = c.server.port
     assert port is not None
-    pairs = list(headers.items() if isinstance(headers, dict) else headers)
+    pairs: list[tuple[str, bytes]] = list(
+        headers.items() if isinstance(headers, Mapping) else headers
+    )
     if mode == "envoy":
         r = await send(port, method.encode(), b"/auth/envoy" + uri, pairs)
     else:
@@ -162,9 +164,9 @@ async def test_methods_must_be_short_http_tokens(
     c, key = app
     before = await snapshot(redis)
     header = METHOD_HEADER[mode]
+    port = c.server.port
+    assert port is not None
     for method in (b"P\xffST", b"P\xc3\xa9ST", b"GET /x", b"GE\tT", b"A" * 17, b"G(T"):
-        port = c.server.port
-        assert port is not None
         via = [(header, method), (URI_FIELD[mode], b"/v1/images/a"), *key_header(key)]
         r = await send(port, b"GET", f"/auth/{mode}".encode(), via)
         status = int(r.headers.get("x-credits-deny-status", r.status))
