@@ -255,3 +255,19 @@ async def test_bad_bytes_in_a_key_header_are_a_400_naming_it(running: Running) -
     assert r.status == 400 and isinstance(body, dict)
     assert (body["reason"], body["field"]) == ("invalid_header", "X-API-Key")
     assert running.stack.received == []
+
+
+async def test_a_clients_own_method_and_uri_headers_do_not_change_the_price(
+    running: Running,
+) -> None:
+    """The proxy replaces them: the sidecar prices the request line, not what the client says."""
+    lies = [
+        ("X-Original-URI", b"/v1/x"),
+        ("X-Original-Method", b"GET"),
+        ("X-Forwarded-Uri", b"/v1/x"),
+        ("X-Forwarded-Method", b"GET"),
+    ]
+    headers = [("X-API-Key", running.stack.rich_key.encode()), ("X-Request-Id", b"lie"), *lies]
+    r = await send(running.port, b"POST", b"/v1/images/a", headers)
+    assert r.status == 200
+    assert running.stack.received[0]["headers"]["X-Credits-Cost"] == "10"
