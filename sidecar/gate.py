@@ -20,8 +20,9 @@ from typing import Literal
 
 from sidecar import metrics
 from sidecar.apikeys import ApiKeys
+from sidecar.asciiint import parse_ascii_int
 from sidecar.errors import IdempotencyConflict, InvalidInput, StoreUnavailable
-from sidecar.ledger import Allowed, Insufficient, Ledger, RateLimited, Revoked
+from sidecar.ledger import MAX_CREDITS, Allowed, Insufficient, Ledger, RateLimited, Revoked
 from sidecar.pricing import Pricing
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,15 @@ class Gate:
         self.stats = GateStats()
 
     async def decide(self, method: str, path: str, headers: Mapping[str, str]) -> Outcome:
-        outcome = await self._decide(method, path, headers)
+        """``path`` is canonical (sidecar/paths.py); the proxy layer has checked the headers."""
+        return self._shadowed(await self._decide(method, path, headers))
+
+    def refuse(self, reason: str, field: str, message: str) -> Outcome:
+        """A request the proxy layer could not read (sidecar/http/proxy.py): 400, nothing
+        reaches Redis; in shadow mode allowed like every other denial."""
+        return self._shadowed(Outcome(400, reason, extra={"field": field, "message": message}))
+
+    def _shadowed(self, outcome: Outcome) -> Outcome:
         if self.shadow and not outcome.allowed:
             self.stats.shadow_denials += 1
             outcome.shadow_status, outcome.status = outcome.status, 200
@@ -94,10 +103,11 @@ class Gate:
             return Outcome(403, "route_denied")
         cost = rule.cost
         if self.trust_cost_header and "X-Credits-Cost" in headers:
-            raw = headers["X-Credits-Cost"].strip()
-            if not raw.isdigit() or len(raw) > 16 or int(raw) > 2**53 - 1:
-                return Outcome(400, "invalid_cost_header")
-            cost = int(raw)
+            try:
+                cost = parse_ascii_int(headers["X-Credits-Cost"], 0, MAX_CREDITS)
+            except ValueError as e:
+                problem = {"field": "X-Credits-Cost", "message": f"X-Credits-Cost {e}"}
+                return Outcome(400, "invalid_cost_header", extra=problem)
         request_id = headers.get(self.request_id_header, "")
         if not _REQUEST_ID.match(request_id):
             request_id = "gen-" + uuid.uuid4().hex  # no id from the proxy: no retry safety

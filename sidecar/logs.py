@@ -130,7 +130,7 @@ def request_id_middleware(header: str) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = request.headers.get(header)
-        if request_id is None or not VALID_ID.match(request_id):
+        if request_id is None or not VALID_ID.fullmatch(request_id):
             request_id = new_request_id()
         REQUEST_ID.set(request_id)
         response = await handler(request)

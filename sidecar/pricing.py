@@ -2,20 +2,31 @@
 
 The first matching rule wins; unmatched routes cost ``default_cost`` (1 unless the file
 says otherwise, and ``"deny"`` refuses them). A cost of 0 means free but still
-authenticated. Paths match with shell-style globs (``*`` also crosses ``/``), without the
-query string. Example::
+authenticated. Example::
 
     default_cost = 1
+    case_insensitive = false   # true: patterns and paths compare lower-cased (casefold)
     [[route]]
     name = "images"
     methods = ["POST"]
     path = "/v1/images/*"
     cost = 10
     rate_limit = { requests = 5, period_ms = 1000 }
+
+Patterns are shell-style globs (``*`` also crosses ``/``) matched against the request's
+canonical path (sidecar/paths.py), never the raw URI: without the query string, decoded
+(``/%69mages`` is ``/images``, ``%3A`` is ``:``), with ``;`` parameters removed,
+``.``/``..``/``//`` resolved, and ``%25``, ``%3F``, ``%23``, ``%3B`` kept escaped in upper
+case. A trailing slash is kept, so ``/v1/status`` does not match ``/v1/status/``. Paths are
+case-sensitive unless ``case_insensitive = true`` (for an upstream that routes
+case-insensitively). A pattern that no canonical path can match (another percent-escape,
+a ``;``, a backslash, ``//``, ``/./`` or ``/../``) is refused when the file is loaded, so a
+``deny`` rule cannot silently match nothing.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -48,6 +59,7 @@ class _RouteFile(BaseModel):
 class _PricingFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     default_cost: Cost = 1
+    case_insensitive: bool = False
     route: list[_RouteFile] = []
 
 
@@ -70,9 +82,13 @@ DEFAULT_RULE = Rule("default", "*", None, 1, None)
 class Pricing:
     rules: tuple[Rule, ...] = ()
     default: Rule = DEFAULT_RULE
+    case_insensitive: bool = False  # the rules' patterns are casefolded already
 
     def match(self, method: str, path: str) -> Rule:
+        """The rule for ``path``, a canonical path (sidecar/paths.py)."""
         path = path.split("?", 1)[0]
+        if self.case_insensitive:
+            path = path.casefold()
         method = method.upper()
         for rule in self.rules:
             if rule.matches(method, path):
@@ -82,6 +98,33 @@ class Pricing:
 
 class PricingError(ValueError):
     """The rules file is unreadable or invalid; the message names the problem."""
+
+
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_KEPT_ESCAPES = frozenset({"%25", "%3F", "%23", "%3B"})
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.{1,2}(?:/|$)")
+
+
+def _pattern(raw: str, case_insensitive: bool) -> str:
+    """The pattern as matched (escapes in upper case, casefolded if asked), or ValueError
+    if no canonical path can match it."""
+    pattern = _ESCAPE.sub(lambda m: m[0].upper(), raw)
+    for escape in _ESCAPE.findall(pattern):
+        if f"%{escape}" not in _KEPT_ESCAPES:
+            raise ValueError(
+                f"%{escape} never matches: paths are matched decoded, write the character "
+                "itself (only %25, %3F, %23 and %3B stay escaped)"
+            )
+    for bad, why in (
+        (";", "; parameters are removed from paths before matching"),
+        ("\\", "paths with a backslash are refused"),
+        ("//", "repeated slashes are merged"),
+    ):
+        if bad in pattern:
+            raise ValueError(f"{bad!r} never matches: {why}")
+    if _DOT_SEGMENT.search(pattern):
+        raise ValueError("a . or .. segment never matches: dot segments are resolved")
+    return pattern.casefold() if case_insensitive else pattern
 
 
 def load_pricing(path: Path | None) -> Pricing:
@@ -95,10 +138,16 @@ def load_pricing(path: Path | None) -> Pricing:
         err = e.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in err["loc"])
         raise PricingError(f"{path}: {loc}: {err['msg']}") from None
+    patterns = []
+    for i, r in enumerate(parsed.route):
+        try:
+            patterns.append(_pattern(r.path, parsed.case_insensitive))
+        except ValueError as e:
+            raise PricingError(f"{path}: route.{i}.path: {e}") from None
     rules = tuple(
         Rule(
             name=r.name,
-            path=r.path,
+            path=pattern,
             methods=frozenset(m.upper() for m in r.methods) if r.methods else None,
             cost=None if r.cost == "deny" else r.cost,
             rate_limit=(
@@ -111,10 +160,10 @@ def load_pricing(path: Path | None) -> Pricing:
                 else None
             ),
         )
-        for r in parsed.route
+        for r, pattern in zip(parsed.route, patterns, strict=True)
     )
     names = [r.name for r in rules]
     if len(set(names)) != len(names):
         raise PricingError(f"{path}: route names must be unique (they key the route's rate limit)")
     default_cost = None if parsed.default_cost == "deny" else parsed.default_cost
-    return Pricing(rules, Rule("default", "*", None, default_cost, None))
+    return Pricing(rules, Rule("default", "*", None, default_cost, None), parsed.case_insensitive)

@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sidecar.asciiint import parse_ascii_int
+
 
 class Settings(BaseSettings):
     """Everything the sidecar can be told. Defaults give a working single-machine setup."""
@@ -248,7 +250,11 @@ class Settings(BaseSettings):
     @classmethod
     def _host_port(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        try:
+            parse_ascii_int(port, 1, 65535)
+        except ValueError:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8080") from None
+        if not sep or not host:
             raise ValueError("must be host:port, e.g. 127.0.0.1:8080")
         return v
 

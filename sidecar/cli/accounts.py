@@ -12,6 +12,7 @@ import click
 
 from sidecar.adminclient import AdminClient
 from sidecar.cli.common import (
+    AsciiInt,
     admin_client,
     echo_json,
     json_option,
@@ -31,7 +32,7 @@ def accounts() -> None:
 @accounts.command("list")
 @click.option("--prefix", help="only accounts whose id starts with this (case-sensitive)")
 @click.option("--after", help="start after this account id (the previous page's `next`)")
-@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--limit", type=AsciiInt(1, 1000), default=50, show_default=True)
 @click.option("--all", "every", is_flag=True, help="follow the pages to the end")
 @url_option
 @json_option
@@ -123,13 +124,15 @@ def show(account: str, url: str | None, as_json: bool) -> None:
 @click.argument("account")
 @click.option(
     "--overdraft-limit",
-    type=int,
+    type=AsciiInt(),
     default=0,
     show_default=True,
     help="credits the balance may go below 0 (0 = hard stop)",
 )
 @click.option(
-    "--low-balance-threshold", type=int, help="a debit crossing below this is a low_balance event"
+    "--low-balance-threshold",
+    type=AsciiInt(),
+    help="a debit crossing below this is a low_balance event",
 )
 @rate_limit_options("the account")
 @url_option
@@ -189,10 +192,10 @@ def _timestamp(value: str | None) -> int | str | None:
 
 @grants.command("add")
 @click.argument("account")
-@click.option("--credits", type=int, required=True, help="credits in the new bucket")
+@click.option("--credits", type=AsciiInt(), required=True, help="credits in the new bucket")
 @click.option("--id", "grant_id", help="grant id (default: generated; reuse it to retry safely)")
 @click.option("--expires-at", help="RFC 3339 time (e.g. 2030-01-01T00:00:00Z) or unix ms")
-@click.option("--priority", type=int, default=0, show_default=True, help="lower burns first")
+@click.option("--priority", type=AsciiInt(), default=0, show_default=True, help="lower burns first")
 @click.option("--source", default="manual", show_default=True, help="purchase, promo, manual, …")
 @click.option("--description", default="", help="recorded on the transaction")
 @url_option

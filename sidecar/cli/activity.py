@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sidecar.cli.common import admin_client, echo_json, json_option, run_admin, url_option
+from sidecar.cli.common import AsciiInt, admin_client, echo_json, json_option, run_admin, url_option
 from sidecar.cli.tables import echo_table, seg
 from sidecar.persistence.project import TXN_TYPES
 
@@ -21,10 +21,8 @@ def _short(text: str, width: int = 40) -> str:
 
 @click.command("transactions")
 @click.argument("account")
-@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
-@click.option(
-    "--before", type=click.IntRange(1), help="only transactions with a lower seq (paging)"
-)
+@click.option("--limit", type=AsciiInt(1, 1000), default=50, show_default=True)
+@click.option("--before", type=AsciiInt(1), help="only transactions with a lower seq (paging)")
 @click.option("--type", "ttype", type=click.Choice(sorted(TXN_TYPES)), help="only this type")
 @click.option(
     "--csv",
@@ -117,7 +115,7 @@ def refunds() -> None:
 @click.argument("account")
 @click.argument("transaction_id")
 @click.option("--id", "refund_id", required=True, help="refund id (reuse it to retry safely)")
-@click.option("--credits", type=int, help="how much to give back (default: all of it)")
+@click.option("--credits", type=AsciiInt(), help="how much to give back (default: all of it)")
 @click.option("--description", default="", help="recorded on the refund transaction")
 @url_option
 @json_option

@@ -13,6 +13,7 @@ from sidecar.billing.gateway import StripeGateway
 from sidecar.billing.store import BillingStore
 from sidecar.billing.worker import BillingWorker
 from sidecar.cli.common import (
+    AsciiInt,
     admin_client,
     echo_json,
     load_settings,
@@ -33,11 +34,13 @@ def packages() -> None:
 @packages.command("put")
 @click.argument("package_id")
 @click.option("--name", required=True)
-@click.option("--credits", type=int, required=True, help="credits granted per unit bought")
-@click.option("--price", type=int, required=True, help="in minor units (cents)")
+@click.option("--credits", type=AsciiInt(), required=True, help="credits granted per unit bought")
+@click.option("--price", type=AsciiInt(), required=True, help="in minor units (cents)")
 @click.option("--currency", default="usd", show_default=True)
 @click.option("--stripe-price", "stripe_price_id", help="the Stripe Price id (price_...)")
-@click.option("--expiry-days", type=int, help="the credits expire this many days after purchase")
+@click.option(
+    "--expiry-days", type=AsciiInt(), help="the credits expire this many days after purchase"
+)
 @click.option("--inactive", is_flag=True, help="not for sale (existing purchases unaffected)")
 @url_option
 def put(
@@ -83,7 +86,7 @@ def billing() -> None:
     type=click.Choice(["received", "processing", "retry", "processed", "ignored", "dead"]),
     help="only events in this state (dead: the dead letters)",
 )
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=AsciiInt(), default=100, show_default=True)
 @url_option
 def events(status: str | None, limit: int, url: str | None) -> None:
     """Stripe events, newest first (JSON)."""

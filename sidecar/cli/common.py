@@ -17,12 +17,31 @@ from pydantic import ValidationError
 
 from sidecar import logs
 from sidecar.adminclient import AdminClient, AdminError
+from sidecar.asciiint import parse_ascii_int
 from sidecar.embedded import DataDirInUse, RedisServer, embedded_server
 from sidecar.redis_client import RedisClient, connect
 from sidecar.settings import Settings
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AsciiInt(click.ParamType[int, Any]):
+    """An integer option in ``[lo, hi]``, ASCII digits only: click's ``int`` and ``IntRange``
+    call ``int()``, which also takes ``٣``, ``1_000`` and `` 5 ``."""
+
+    name = "integer"
+
+    def __init__(self, lo: int = -(2**63), hi: int = 2**63 - 1) -> None:
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value  # a default
+        try:
+            return parse_ascii_int(str(value), self.lo, self.hi)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 def run_until_signal(
@@ -147,12 +166,14 @@ def rate_limit_options(what: str) -> Callable[[F], F]:
     """--rate-limit, --period-ms and --burst, for ``what`` ("the account", "this key")."""
 
     def add(f: F) -> F:
-        f = click.option("--burst", type=int, help="bucket size (default: the rate limit)")(f)
+        f = click.option("--burst", type=AsciiInt(), help="bucket size (default: the rate limit)")(
+            f
+        )
         f = click.option(
-            "--period-ms", type=int, default=1000, show_default=True, help="the rate period"
+            "--period-ms", type=AsciiInt(), default=1000, show_default=True, help="the rate period"
         )(f)
         return click.option(
-            "--rate-limit", type=int, help=f"requests allowed per period for {what}"
+            "--rate-limit", type=AsciiInt(), help=f"requests allowed per period for {what}"
         )(f)
 
     return add

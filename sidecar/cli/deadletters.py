@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from sidecar.adminclient import AdminClient
-from sidecar.cli.common import admin_client, echo_json, json_option, run_admin, url_option
+from sidecar.cli.common import AsciiInt, admin_client, echo_json, json_option, run_admin, url_option
 from sidecar.cli.tables import echo_table, seg
 
 
@@ -52,7 +52,7 @@ def list_cmd(url: str | None, as_json: bool) -> None:
 
 
 @dead_letters.command("retry-outbox")
-@click.option("--shard", type=int, help="only this shard (default: every shard with some)")
+@click.option("--shard", type=AsciiInt(), help="only this shard (default: every shard with some)")
 @click.option("--id", "ids", multiple=True, help="only these entries (needs --shard if >1 shard)")
 @url_option
 def retry_outbox(shard: int | None, ids: tuple[str, ...], url: str | None) -> None:

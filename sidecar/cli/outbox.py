@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sidecar.cli.common import admin_client, echo_json, run_admin, url_option
+from sidecar.cli.common import AsciiInt, admin_client, echo_json, run_admin, url_option
 
 
 @click.group()
@@ -30,8 +30,8 @@ def status(url: str | None, as_json: bool) -> None:
 
 
 @outbox.command("dead-letters")
-@click.option("--shard", type=int, default=0, show_default=True)
-@click.option("--count", type=int, default=100, show_default=True)
+@click.option("--shard", type=AsciiInt(), default=0, show_default=True)
+@click.option("--count", type=AsciiInt(), default=100, show_default=True)
 @url_option
 def dead_letters(shard: int, count: int, url: str | None) -> None:
     """The entries the writer gave up on, with their error (JSON)."""
@@ -40,7 +40,7 @@ def dead_letters(shard: int, count: int, url: str | None) -> None:
 
 
 @outbox.command("retry-dead-letters")
-@click.option("--shard", type=int, default=0, show_default=True)
+@click.option("--shard", type=AsciiInt(), default=0, show_default=True)
 @click.option("--id", "ids", multiple=True, help="only these entries (default: all)")
 @url_option
 def retry_dead_letters(shard: int, ids: tuple[str, ...], url: str | None) -> None:

@@ -27,7 +27,7 @@ import uvloop
 from aiohttp import web
 
 from sidecar import __version__, logs, metrics
-from sidecar.cli.common import load_settings
+from sidecar.cli.common import AsciiInt, load_settings
 from sidecar.embedded import redis_for
 from sidecar.http.app import create_app
 from sidecar.http.health import outbox_drained
@@ -44,9 +44,7 @@ log = logging.getLogger(__name__)
 
 @click.command()
 @click.option("--listen", help="host:port to bind (SIDECAR_LISTEN)")
-@click.option(
-    "--workers", type=click.IntRange(1, 64), help="HTTP worker processes (SIDECAR_WORKERS)"
-)
+@click.option("--workers", type=AsciiInt(1, 64), help="HTTP worker processes (SIDECAR_WORKERS)")
 def serve(listen: str | None, workers: int | None) -> None:
     """Serve the HTTP API (starts an embedded Redis when SIDECAR_REDIS_URL is unset)."""
     settings = load_settings(listen=listen)

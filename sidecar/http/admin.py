@@ -24,7 +24,7 @@ from sidecar import errors
 from sidecar.billing.store import BillingStore
 from sidecar.http.appkeys import BILLING, LEDGER
 from sidecar.http.errors import json_response
-from sidecar.http.routes import authorize, iso, path_id
+from sidecar.http.routes import authorize, iso, path_id, query_int
 from sidecar.http.schemas import ID
 from sidecar.ledger import MAX_TIMESTAMP_MS, store_call
 from sidecar.persistence.models import Account, CreditTransaction, from_ms, table_of, to_ms
@@ -57,7 +57,7 @@ TRANSACTION_FIELDS = (
     "metadata",
 )
 # A query string decodes "+" to a space: "…T10:00:00+02:00" unencoded arrives as "… 02:00".
-_SPACED_OFFSET = re.compile(r" (\d\d:\d\d)$")
+_SPACED_OFFSET = re.compile(r" ([0-9][0-9]:[0-9][0-9])$")
 
 
 # -- query parameters ------------------------------------------------------------------------
@@ -72,12 +72,9 @@ def _only(request: web.Request, allowed: Collection[str]) -> None:
 def _int_param(
     request: web.Request, name: str, default: int | None, lo: int, hi: int
 ) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
+    if request.query.get(name, "") == "":
         return default
-    if not re.fullmatch(r"-?[0-9]{1,19}", raw) or not lo <= int(raw) <= hi:
-        raise errors.InvalidInput(f"{name}: must be an integer in [{lo}, {hi}]", field=name)
-    return int(raw)
+    return query_int(request, name, lo, lo, hi)
 
 
 def _id_param(request: web.Request, name: str) -> str | None:

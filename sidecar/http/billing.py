@@ -15,7 +15,7 @@ from sidecar.billing.webhook import verify
 from sidecar.billing.worker import CHARGE_EVENTS, PAYMENT_EVENTS, SESSION_EVENTS
 from sidecar.http.appkeys import BILLING, BILLING_WORKER, SETTINGS
 from sidecar.http.errors import json_response
-from sidecar.http.routes import authorize, body, path_id
+from sidecar.http.routes import authorize, body, path_id, query_int
 from sidecar.http.schemas import (
     AutoTopUpRequest,
     CheckoutRequest,
@@ -242,12 +242,7 @@ async def list_events(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
     if status not in (None, "received", "processing", "retry", "processed", "ignored", "dead"):
         raise errors.InvalidInput("unknown status", field="status")
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        raise errors.InvalidInput("limit must be an integer", field="limit") from None
-    if not 1 <= limit <= 1000:
-        raise errors.InvalidInput("limit must be in [1, 1000]", field="limit")
+    limit = query_int(request, "limit", 100, 1, 1000)
     events = await request.app[BILLING].store.events(status, limit)
     return json_response({"events": events})
 

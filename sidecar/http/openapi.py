@@ -171,10 +171,16 @@ def response_schemas() -> dict[str, Schema]:
                 "type": "string",
                 "description": "allowed, missing_api_key, invalid_api_key, "
                 "insufficient_credits, rate_limited, route_denied, invalid_cost_header, "
-                "store_unavailable, fail_open, ...",
+                "invalid_path, invalid_method, invalid_header, store_unavailable, fail_open, ...",
             },
         },
-        {"balance": INT, "required": INT, "retry_after_ms": INT},
+        {
+            "balance": INT,
+            "required": INT,
+            "retry_after_ms": INT,
+            "field": {"type": "string", "description": "a 400: the header (or path) refused"},
+            "message": {"type": "string", "description": "a 400: what is wrong with it"},
+        },
     )
     return {
         "Error": obj(
@@ -1130,7 +1136,10 @@ def _proxy_paths() -> dict[str, dict[str, Any]]:
         }
 
     denials = {
-        400: outcome("`invalid_cost_header`"),
+        400: outcome(
+            "`invalid_path`, `invalid_method`, `invalid_header`, `invalid_cost_header`",
+            {"X-Credits-Field": {"schema": STR, "description": "the header (or path) refused"}},
+        ),
         401: outcome("`missing_api_key`, `invalid_api_key`", WWW_AUTHENTICATE),
         402: outcome("`insufficient_credits`"),
         403: outcome("`route_denied`"),

@@ -10,7 +10,7 @@ from sidecar import errors
 from sidecar import outbox as entries
 from sidecar.http.appkeys import LEDGER, WRITER, WRITER_PROCESS
 from sidecar.http.errors import json_response
-from sidecar.http.routes import authorize
+from sidecar.http.routes import authorize, query_int
 from sidecar.ledger import store_call
 from sidecar.persistence.writer import outbox_status, stats_dict
 
@@ -53,14 +53,8 @@ async def dead_letters(request: web.Request) -> web.Response:
     """The entries the writer gave up on, with their error, oldest first."""
     authorize(request, "admin")
     ledger = request.app[LEDGER]
-    try:
-        shard = int(request.query.get("shard", "0"))
-        count = int(request.query.get("count", "100"))
-    except ValueError:
-        raise errors.InvalidInput("shard and count must be integers") from None
-    shard = _shard(request, shard)
-    if not 1 <= count <= 1000:
-        raise errors.InvalidInput("count must be in [1, 1000]", field="count")
+    shard = query_int(request, "shard", 0, 0, ledger.keys.shards - 1)
+    count = query_int(request, "count", 100, 1, 1000)
     raw = await store_call(ledger.redis.xrange(ledger.keys.dead_letters(shard), count=count))
     entries = [
         {

@@ -12,6 +12,12 @@
 On allow every mode returns ``X-Credits-Account``, ``X-Credits-Balance``,
 ``X-Credits-Cost`` and ``X-Credits-Transaction`` for the proxy to pass upstream.
 
+Every mode reads its input here, once, before the gate: the method must be an HTTP token,
+the URI is reduced to its canonical path (sidecar/paths.py) or refused, and the headers the
+gate reads (the method and URI headers, ``Authorization``, ``X-API-Key``, the request id) must
+be sent at most once, as UTF-8 without control characters. A refusal is a 400 whose body
+(and ``X-Credits-Field`` header) names the header, so a client's bad bytes never reach Redis.
+
 Each decision is counted and timed for ``/metrics`` under its endpoint (``nginx``,
 ``forward``, ``envoy``) by its real outcome (in shadow mode: the one it would have had).
 """
@@ -19,15 +25,18 @@ Each decision is counted and timed for ``/metrics`` under its endpoint (``nginx`
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from sidecar import metrics
 from sidecar.gate import Outcome
 from sidecar.http.appkeys import GATE
 from sidecar.http.errors import json_response
+from sidecar.paths import InvalidPath, canonical_path
 
 proxy_routes = web.RouteTableDef()
 Extract = Callable[[web.Request], tuple[str, str]]
@@ -50,6 +59,8 @@ def outcome_headers(o: Outcome) -> dict[str, str]:
         h["X-Credits-Shadow-Status"] = str(o.shadow_status)
     if o.status == 401:
         h["WWW-Authenticate"] = 'Bearer realm="credit-sidecar"'
+    if "field" in o.extra:
+        h["X-Credits-Field"] = o.extra["field"]
     return h
 
 
@@ -59,6 +70,7 @@ def outcome_body(o: Outcome) -> dict[str, object]:
         value = getattr(o, name)
         if value is not None:
             body[name] = value
+    body.update(o.extra)
     return body
 
 
@@ -81,12 +93,19 @@ def handler(
 
     async def handle(request: web.Request) -> web.Response:
         started = perf_counter()
-        method, uri = extract(request)
+        gate = request.app[GATE]
         try:
-            outcome = await request.app[GATE].decide(method, uri, request.headers)
-        except Exception:
-            checks.record(endpoint, metrics.ERROR, perf_counter() - started)
-            raise
+            method, path = extract(request)
+            for name in ("Authorization", "X-API-Key", gate.request_id_header):
+                _header(request.headers, name, "invalid_header")
+        except Refused as e:
+            outcome = gate.refuse(e.reason, e.field, e.message)
+        else:
+            try:
+                outcome = await gate.decide(method, path, request.headers)
+            except Exception:
+                checks.record(endpoint, metrics.ERROR, perf_counter() - started)
+                raise
         counted = _counted_as(outcome)
         checks.record(endpoint, counted, perf_counter() - started)
         if counted == metrics.ERROR:
@@ -102,22 +121,75 @@ def _counted_as(o: Outcome) -> int:
     return metrics.OUTCOME_OF_STATUS.get(o.shadow_status or o.status, metrics.REJECTED)
 
 
+class Refused(Exception):
+    """Input the gate must not see: a 400 with ``reason``, naming ``field``."""
+
+    def __init__(self, reason: str, field: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.field, self.message = reason, field, message
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,16}")  # RFC 9110 token, at most 16 chars
+ENVOY_PREFIX = "/auth/envoy"
+
+
+def _header(headers: CIMultiDictProxy[str], name: str, reason: str) -> str | None:
+    """The header's only value, or None; Refused if repeated, not UTF-8 (aiohttp hands raw
+    bytes over as surrogate escapes) or holding a control character (a tab gets through)."""
+    values = headers.getall(name, ())
+    if not values:
+        return None
+    if len(values) > 1:
+        raise Refused(reason, name, f"{name} was sent more than once")
+    value = values[0]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Refused(reason, name, f"{name} is not valid UTF-8") from None
+    if _CONTROL.search(value):
+        raise Refused(reason, name, f"{name} contains a control character")
+    return value
+
+
+def _method(method: str, field: str) -> str:
+    if not _TOKEN.fullmatch(method):
+        raise Refused(
+            "invalid_method", field, f"{field}: must be an HTTP method of 1-16 characters"
+        )
+    return method
+
+
+def _from_headers(request: web.Request, method_header: str, uri_header: str) -> tuple[str, str]:
+    method = _header(request.headers, method_header, "invalid_method") or request.method
+    _method(method, method_header)
+    uri = _header(request.headers, uri_header, "invalid_path")
+    return method, _canonical("/" if uri is None else uri, uri_header)
+
+
+def _canonical(target: str, field: str) -> str:
+    try:
+        return canonical_path(target)
+    except InvalidPath as e:
+        raise Refused("invalid_path", field, f"{field}: {e}") from None
+
+
 def _nginx(request: web.Request) -> tuple[str, str]:
-    return (
-        request.headers.get("X-Original-Method", request.method),
-        request.headers.get("X-Original-URI", "/"),
-    )
+    return _from_headers(request, "X-Original-Method", "X-Original-URI")
 
 
 def _forward(request: web.Request) -> tuple[str, str]:
-    return (
-        request.headers.get("X-Forwarded-Method", request.method),
-        request.headers.get("X-Forwarded-Uri", "/"),
-    )
+    return _from_headers(request, "X-Forwarded-Method", "X-Forwarded-Uri")
 
 
 def _envoy(request: web.Request) -> tuple[str, str]:
-    return request.method, request.path_qs.removeprefix("/auth/envoy") or "/"
+    # The raw path: request.path is already decoded (and the router matched on it, so
+    # /auth/%65nvoy/x lands here too). Envoy sends the prefix as configured, literally.
+    raw = request.rel_url.raw_path
+    tail = raw[len(ENVOY_PREFIX) :]
+    if not raw.startswith(ENVOY_PREFIX) or tail[:1] not in ("", "/"):
+        raise Refused("invalid_path", "path", f"path: must start with {ENVOY_PREFIX}/")
+    return _method(request.method, "method"), _canonical(tail or "/", "path")
 
 
 nginx = handler(_nginx, render_nginx, metrics.NGINX)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from sidecar import errors, metrics
 from sidecar.apikeys import KeyInfo
+from sidecar.asciiint import parse_ascii_int
 from sidecar.http.appkeys import API_KEYS, LEDGER, SETTINGS, TOKENS
 from sidecar.http.errors import json_response, validation_error
 from sidecar.http.schemas import (
@@ -87,6 +88,17 @@ def path_id(request: web.Request, name: str) -> str:
     except ValidationError as e:
         msg = e.errors(include_url=False)[0]["msg"]
         raise errors.InvalidInput(f"{name}: {msg}", field=name) from None
+
+
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    """An integer query parameter (ASCII digits only), ``default`` when absent or empty."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse_ascii_int(raw, lo, hi)
+    except ValueError as e:
+        raise errors.InvalidInput(f"{name}: {e}", field=name) from None
 
 
 def rate_limit_view(rl: RateLimit | None) -> dict[str, int] | None:

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ import aiohttp
 import pytest
 
 from sidecar.embedded import free_port
+from tests.conftest import admin
 from tests.e2e.conftest import Stack, wait_listening
+from tests.rawhttp import send
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -94,21 +97,34 @@ STARTERS: dict[str, Callable[[Path, int, Stack], subprocess.Popen[bytes]]] = {
 }
 
 
+@dataclass
+class Running:
+    name: str  # nginx or caddy
+    port: int
+    stack: Stack
+
+
 @pytest.fixture(params=["nginx", "caddy"])
-async def proxy(
+async def running(
     request: pytest.FixtureRequest, stack: Stack, tmp_path: Path
-) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
-    """(base URL of the proxy, an API key of account acme with 3 credits, its denial style)."""
+) -> AsyncIterator[Running]:
+    """The proxy, with its shipped config, in front of the sidecar and the echo upstream."""
     name: str = request.param
     port = free_port()
     proc = STARTERS[name](tmp_path, port, stack)
-    base = f"http://127.0.0.1:{port}"
     try:
-        await wait_listening(base + "/probe")
-        yield base, stack.key, DENIALS[name]
+        await wait_listening(f"http://127.0.0.1:{port}/probe")
+        stack.received.clear()
+        yield Running(name, port, stack)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def proxy(running: Running) -> tuple[str, str, dict[str, Any]]:
+    """(base URL of the proxy, an API key of account acme with 3 credits, its denial style)."""
+    return f"http://127.0.0.1:{running.port}", running.stack.key, DENIALS[running.name]
 
 
 async def test_allowed_request_reaches_the_api_with_credit_headers_and_its_body(
@@ -169,3 +185,89 @@ async def test_retries_with_the_same_request_id_are_charged_once(
             async with http.post(base + "/v1/x", data=b"payload", headers=headers) as r:
                 assert r.status == 200
                 assert (await r.json())["headers"]["X-Credits-Balance"] == "2"
+
+
+# (method, the raw request target, the outcome): a cost charged (the request reaches the API
+# with its raw target) or (status, reason) of the refusal (the API never sees it).
+Refusal = tuple[int, str | None]
+TRICKS: list[tuple[bytes, bytes, int | Refusal | dict[str, Refusal]]] = [
+    (b"POST", b"/v1/images/a", 10),
+    (b"GET", b"/%69nternal/secret", (403, "route_denied")),
+    (b"POST", b"/v1/%69mages/a", 10),
+    (b"POST", b"/v1/x/%2e%2E/images/a", 10),
+    (b"GET", b"/v1/x/../../internal/secret", (403, "route_denied")),
+    (b"GET", b"/v1/x/%2e%2e/%2e%2e/internal/secret", (403, "route_denied")),
+    # Above the root: nginx refuses it itself (its HTML 400), Caddy leaves it to the sidecar.
+    (
+        b"GET",
+        b"/v1/%2e%2e/%2e%2e/internal/secret",
+        {"nginx": (400, None), "caddy": (400, "invalid_path")},
+    ),
+    (b"GET", b"/../internal/secret", {"nginx": (400, None), "caddy": (400, "invalid_path")}),
+    (b"POST", b"/v1/./images/a", 10),
+    (b"POST", b"//v1//images//a", 10),
+    (b"POST", b"/v1/images;x=1/a", 10),
+    (b"GET", b"/v1/images/..;/..;/internal/secret", (400, "invalid_path")),
+    (b"POST", b"/v1/images%2Fa", (400, "invalid_path")),
+    (b"POST", b"/v1/images%2fa", (400, "invalid_path")),
+    (b"POST", b"/v1/%2569mages/a", 1),  # the API decodes once: /v1/%69mages/a, not images
+    (b"GET", b"/internal\\secret", (400, "invalid_path")),
+    (b"GET", b"/v1/images%5Ca", (400, "invalid_path")),
+    (b"POST", b"/V1/Images/a", 1),  # case-sensitive (the pricing file can fold case)
+    (b"POST", b"/v1/images/a?next=/../../internal/x", 10),
+    (b"GET", b"/v1/a%00b", {"nginx": (400, None), "caddy": (400, "invalid_path")}),
+    (b"GET", b"/v1/a%FFb", (400, "invalid_path")),
+    (b"GET", b"/v1/a\xffb", (400, "invalid_path")),
+]
+
+
+async def test_tricky_paths_are_priced_as_the_route_the_api_serves(running: Running) -> None:
+    """Each trick through the real proxy: what reached the API and what was charged."""
+    s = running.stack
+    spent = 0
+    for i, (method, target, expected) in enumerate(TRICKS):
+        if isinstance(expected, dict):
+            expected = expected[running.name]
+        s.received.clear()
+        headers = {"X-API-Key": s.rich_key.encode(), "X-Request-Id": b"t%d" % i}
+        r = await send(running.port, method, target, headers)
+        body = r.json() if r.body.startswith(b"{") else {}
+        assert isinstance(body, dict)
+        if isinstance(expected, int):
+            assert r.status == 200, (target, r.status, r.body)
+            assert [x["raw_path"] for x in s.received] == [target.decode()]
+            assert s.received[0]["headers"]["X-Credits-Cost"] == str(expected)
+            spent += expected
+        else:
+            assert (r.status, body.get("reason")) == expected, (target, r.status, r.body)
+            assert s.received == [], target
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{s.sidecar_url}/v1/accounts/rich/balance", headers=admin()) as balance,
+    ):
+        assert (await balance.json())["balance"] == 1000 - spent
+
+
+async def test_bad_bytes_in_a_key_header_are_a_400_naming_it(running: Running) -> None:
+    headers = {"X-API-Key": b"csk_\xff\xfe", "X-Request-Id": b"k1"}
+    r = await send(running.port, b"GET", b"/v1/x", headers)
+    body = r.json()
+    assert r.status == 400 and isinstance(body, dict)
+    assert (body["reason"], body["field"]) == ("invalid_header", "X-API-Key")
+    assert running.stack.received == []
+
+
+async def test_a_clients_own_method_and_uri_headers_do_not_change_the_price(
+    running: Running,
+) -> None:
+    """The proxy replaces them: the sidecar prices the request line, not what the client says."""
+    lies = [
+        ("X-Original-URI", b"/v1/x"),
+        ("X-Original-Method", b"GET"),
+        ("X-Forwarded-Uri", b"/v1/x"),
+        ("X-Forwarded-Method", b"GET"),
+    ]
+    headers = [("X-API-Key", running.stack.rich_key.encode()), ("X-Request-Id", b"lie"), *lies]
+    r = await send(running.port, b"POST", b"/v1/images/a", headers)
+    assert r.status == 200
+    assert running.stack.received[0]["headers"]["X-Credits-Cost"] == "10"

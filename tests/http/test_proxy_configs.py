@@ -202,6 +202,13 @@ def test_envoy_fails_closed_and_keeps_client_request_ids() -> None:
     assert hcm["preserve_external_request_id"] is True
 
 
+def test_envoy_normalises_the_path_it_prices_and_forwards() -> None:
+    """The path Envoy forwards is the one it sends the sidecar; an encoded slash is refused."""
+    hcm = next(n for n in walk(load("envoy/envoy.yaml")) if "preserve_external_request_id" in n)
+    assert hcm["normalize_path"] is True and hcm["merge_slashes"] is True
+    assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+
+
 def test_traefik_does_not_trust_client_forwarded_headers() -> None:
     """The route's price comes from X-Forwarded-Method/-Uri, so clients must not set them."""
     auth = Traefik(load("traefik/dynamic.yml")).auth
