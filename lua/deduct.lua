@@ -13,9 +13,11 @@
 --   [15] replay window (ms, 1 .. retention; '' = the retention): how long the idempotency
 --   record answers a replay (the proxy modes keep it short); the usage record, which
 --   refunds read, is kept for the retention whatever this says
+--   [16] more of what identifies the request, folded into its digest only ('' = nothing;
+--   at most 256 bytes: the proxy modes pass a digest of the query string)
 -- Order: validate; a revoked key is refused; replay a known idempotency key: only the same
--- request is a replay (same cost, and the same key id, route, description and metadata, by
--- their digest), anything else is a CONFLICT; refuse a call past its deadline (LATE); rate
+-- request is a replay (same cost, and the same key id, route, description, metadata and
+-- ARGV[16], by their digest), anything else is a CONFLICT; refuse a call past its deadline (LATE); rate
 -- limit with the account's, the key's and the route's GCRA (nothing written when limited);
 -- expire what is due; then deduct, or change nothing when balance - cost would go below
 -- -overdraft.
@@ -40,6 +42,7 @@ if route ~= '' then
   end
 end
 local window = opt_int_arg(ARGV[15], 'replay_window_ms', 1, RETENTION) or RETENTION
+local identity = text_arg(ARGV[16] or '', 'request', 256)
 
 require_account()
 local limits = account_limits()
@@ -53,7 +56,7 @@ if key_id ~= '' then
 end
 if route_limit then limits[#limits + 1] = route_limit end
 
-local fp = cost > 0 and request_fp({key_id, route, desc, metadata})
+local fp = cost > 0 and request_fp({key_id, route, desc, metadata, identity})
 local prior = cost > 0 and redis.call('GET', KEYS[7])
 if prior then
   local p = cjson.decode(prior)

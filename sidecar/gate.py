@@ -79,9 +79,12 @@ class Gate:
         self.replay_window_ms = replay_window_ms
         self.stats = GateStats()
 
-    async def decide(self, method: str, path: str, headers: Mapping[str, str]) -> Outcome:
-        """``path`` is canonical (sidecar/paths.py); the proxy layer has checked the headers."""
-        return self._shadowed(await self._decide(method, path, headers))
+    async def decide(
+        self, method: str, path: str, headers: Mapping[str, str], query: str = ""
+    ) -> Outcome:
+        """``path`` is canonical (sidecar/paths.py); the proxy layer has checked the headers.
+        ``query`` (raw) is part of what a replay must repeat, and is never stored."""
+        return self._shadowed(await self._decide(method, path, headers, query))
 
     def refuse(self, reason: str, field: str, message: str) -> Outcome:
         """A request the proxy layer could not read (sidecar/http/proxy.py): 400, nothing
@@ -94,7 +97,9 @@ class Gate:
             outcome.shadow_status, outcome.status = outcome.status, 200
         return outcome
 
-    async def _decide(self, method: str, path: str, headers: Mapping[str, str]) -> Outcome:
+    async def _decide(
+        self, method: str, path: str, headers: Mapping[str, str], query: str
+    ) -> Outcome:
         key = _presented_key(headers)
         if not key:
             return Outcome(401, "missing_api_key")
@@ -124,6 +129,8 @@ class Gate:
                 route=rule.name,
                 route_limit=rule.rate_limit,
                 replay_window_ms=self.replay_window_ms,
+                # a digest: the query may carry secrets, and only its identity matters here
+                request=hashlib.sha256(query.encode()).hexdigest()[:32] if query else "",
             )
         except IdempotencyConflict:
             return Outcome(409, "idempotency_conflict")

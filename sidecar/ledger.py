@@ -308,14 +308,16 @@ class Ledger:
         route: str = "",
         route_limit: RateLimit | None = None,
         replay_window_ms: int | None = None,
+        request: str = "",
     ) -> DeductResult:
         """Takes ``cost`` credits (0: a free route, only authenticate and rate limit).
 
         With ``key_id`` the call is refused (``Revoked``) unless that API key is still
         active on the account; ``route_limit`` is the priced route's own rate limit. The
-        idempotency key replays only the same request (cost, key id, route, description and
-        metadata), for ``replay_window_ms`` (None: the retention); anything else reusing it
-        is an IdempotencyConflict.
+        idempotency key replays only the same request (cost, key id, route, description,
+        metadata and ``request``: more of what identifies it, up to 256 bytes), for
+        ``replay_window_ms`` (None: the retention); anything else reusing it is an
+        IdempotencyConflict.
         """
         txid = new_transaction_id()
         extra_keys = [
@@ -337,6 +339,7 @@ class Ledger:
             route,
             *rl,
             "" if replay_window_ms is None else min(replay_window_ms, self.retention_ms),
+            request,
         ]
         reply = await self.run_script(self.scripts.deduct, account, extra_keys, args, txid)
         status = _text(reply[0])

@@ -95,7 +95,7 @@ def okey(priority: int, expires: int | None, created: int, bucket_id: str) -> st
 
 def request_fp(*parts: str) -> str:
     """The request digest deduct.lua stores with an idempotency record: SHA-1 over the
-    length-prefixed parts (key id, route, description, metadata), 16 hex digits."""
+    length-prefixed parts (key id, route, description, metadata, request), 16 hex digits."""
     joined = "".join(f"{len(v.encode())}:{v}" for v in parts)
     return hashlib.sha1(joined.encode()).hexdigest()[:16]  # noqa: S324 (a digest, not security)
 
@@ -604,7 +604,7 @@ class LedgerModel:
         self._check_range("cost", cost, 0, MAX_CREDITS)
         meta = encode_metadata(metadata)
         a = self._require(account)
-        fp = request_fp("", "", description, meta)
+        fp = request_fp("", "", description, meta, "")
         prior = a.idempotency.get(idempotency_key) if cost > 0 else None
         if prior is not None:
             tx, prior_cost, bal, prior_fp = prior

@@ -39,7 +39,8 @@ from sidecar.http.errors import json_response
 from sidecar.paths import InvalidPath, canonical_path
 
 proxy_routes = web.RouteTableDef()
-Extract = Callable[[web.Request], tuple[str, str]]
+# (method, canonical path, raw query string)
+Extract = Callable[[web.Request], tuple[str, str, str]]
 Render = Callable[[Outcome], web.Response]
 
 
@@ -95,14 +96,14 @@ def handler(
         started = perf_counter()
         gate = request.app[GATE]
         try:
-            method, path = extract(request)
+            method, path, query = extract(request)
             for name in ("Authorization", "X-API-Key", gate.request_id_header):
                 _header(request.headers, name, "invalid_header")
         except Refused as e:
             outcome = gate.refuse(e.reason, e.field, e.message)
         else:
             try:
-                outcome = await gate.decide(method, path, request.headers)
+                outcome = await gate.decide(method, path, request.headers, query)
             except Exception:
                 checks.record(endpoint, metrics.ERROR, perf_counter() - started)
                 raise
@@ -160,11 +161,15 @@ def _method(method: str, field: str) -> str:
     return method
 
 
-def _from_headers(request: web.Request, method_header: str, uri_header: str) -> tuple[str, str]:
+def _from_headers(
+    request: web.Request, method_header: str, uri_header: str
+) -> tuple[str, str, str]:
     method = _header(request.headers, method_header, "invalid_method") or request.method
     _method(method, method_header)
     uri = _header(request.headers, uri_header, "invalid_path")
-    return method, _canonical("/" if uri is None else uri, uri_header)
+    if uri is None:
+        uri = "/"
+    return method, _canonical(uri, uri_header), uri.partition("?")[2]
 
 
 def _canonical(target: str, field: str) -> str:
@@ -174,22 +179,23 @@ def _canonical(target: str, field: str) -> str:
         raise Refused("invalid_path", field, f"{field}: {e}") from None
 
 
-def _nginx(request: web.Request) -> tuple[str, str]:
+def _nginx(request: web.Request) -> tuple[str, str, str]:
     return _from_headers(request, "X-Original-Method", "X-Original-URI")
 
 
-def _forward(request: web.Request) -> tuple[str, str]:
+def _forward(request: web.Request) -> tuple[str, str, str]:
     return _from_headers(request, "X-Forwarded-Method", "X-Forwarded-Uri")
 
 
-def _envoy(request: web.Request) -> tuple[str, str]:
+def _envoy(request: web.Request) -> tuple[str, str, str]:
     # The raw path: request.path is already decoded (and the router matched on it, so
     # /auth/%65nvoy/x lands here too). Envoy sends the prefix as configured, literally.
     raw = request.rel_url.raw_path
     tail = raw[len(ENVOY_PREFIX) :]
     if not raw.startswith(ENVOY_PREFIX) or tail[:1] not in ("", "/"):
         raise Refused("invalid_path", "path", f"path: must start with {ENVOY_PREFIX}/")
-    return _method(request.method, "method"), _canonical(tail or "/", "path")
+    method = _method(request.method, "method")
+    return method, _canonical(tail or "/", "path"), request.rel_url.raw_query_string
 
 
 nginx = handler(_nginx, render_nginx, metrics.NGINX)
