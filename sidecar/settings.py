@@ -143,6 +143,14 @@ class Settings(BaseSettings):
     stripe_webhook_tolerance_s: int = Field(
         300, ge=1, le=86400, description="max age (and max future skew) of a webhook signature"
     )
+    stripe_webhook_max_bytes: int = Field(
+        5 * 1024 * 1024,
+        ge=64 * 1024,
+        le=64 * 1024 * 1024,
+        description="the largest Stripe webhook body accepted (Stripe documents no limit; "
+        "its events are usually a few KiB, some hundreds); larger ones get 413. Other routes "
+        "take at most 64 KiB",
+    )
     billing_worker: Literal["inline", "off"] = Field(
         "inline",
         description="the Stripe event / notification worker of `serve`: on its event loop, or "

@@ -17,6 +17,11 @@ class Permanent(Exception):
     account): the event is retried a few times, then kept as a dead letter to look at."""
 
 
+class Refused(Permanent):
+    """The event cannot be reconciled as it is (another currency than its charge, an API
+    version we do not read): kept as a dead letter at once, with the reason."""
+
+
 class NotYet(Exception):
     """Processing depends on something not yet recorded (a refund before its purchase):
     retried with backoff like a transient error."""

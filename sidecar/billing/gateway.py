@@ -4,10 +4,12 @@ request itself was turned down: a declined card, an unknown price)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import stripe
 
 # Pinned so that the shape of the objects we read does not move under us.
@@ -17,6 +19,15 @@ logging.getLogger("stripe").setLevel(logging.WARNING)
 
 
 IDEMPOTENCY = "idempotency_error"  # StripeRefused.code: an idempotency key reused differently
+
+
+def idempotency_key(kind: str, *parts: str | int) -> str:
+    """A Stripe idempotency key for one request of ``kind`` made of ``parts``: the SHA-256 of
+    their JSON array, so keys always fit Stripe's 255 characters and no two different lists
+    of parts give the same key (``"a", "b-c"`` and ``"a-b", "c"`` differ), stable across
+    retries and processes."""
+    digest = hashlib.sha256(orjson.dumps([kind, *parts])).hexdigest()
+    return f"credit-sidecar-{kind}-{digest}"
 
 
 class StripeTransient(Exception):
@@ -51,6 +62,23 @@ class Payment:
     id: str
     status: str
     error: str | None
+    code: str | None = None  # the decline's code (authentication_required: needs the customer)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    id: str
+    amount: int  # minor units of currency
+    currency: str
+    payment_intent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refund:
+    id: str
+    amount: int
+    currency: str
+    status: str  # pending | requires_action | succeeded | failed | canceled
 
 
 def _map(e: stripe.StripeError) -> Exception:
@@ -84,7 +112,7 @@ class StripeGateway:
         try:
             c = await self.client.v1.customers.create_async(
                 params={"metadata": {"account": account}, "description": f"account {account}"},
-                options={"idempotency_key": f"credit-sidecar-customer-{account}"},
+                options={"idempotency_key": idempotency_key("customer", account)},
             )
         except stripe.StripeError as e:
             raise _map(e) from None
@@ -149,6 +177,50 @@ class StripeGateway:
         except stripe.StripeError as e:
             raise _map(e) from None
 
+    async def charge(self, charge_id: str) -> Charge:
+        try:
+            c = await self.client.v1.charges.retrieve_async(charge_id)
+        except stripe.StripeError as e:
+            raise _map(e) from None
+        pi = c.payment_intent
+        return Charge(
+            str(c.id),
+            int(c.amount),
+            str(c.currency),
+            None if pi is None else str(pi if isinstance(pi, str) else pi.id),
+        )
+
+    async def refunds(self, charge_id: str) -> list[Refund]:
+        """Every refund of a charge (all pages), whatever its status."""
+        out: list[Refund] = []
+        params: dict[str, Any] = {"charge": charge_id, "limit": 100}
+        try:
+            while True:
+                page = await self.client.v1.refunds.list_async(params=params)  # type: ignore[arg-type]
+                out += [
+                    Refund(str(r.id), int(r.amount), str(r.currency), str(r.status))
+                    for r in page.data
+                ]
+                if not page.has_more or not page.data:
+                    return out
+                params["starting_after"] = out[-1].id
+        except stripe.StripeError as e:
+            raise _map(e) from None
+
+    async def disputes(self, charge_id: str) -> list[dict[str, Any]]:
+        """Every dispute of a charge (all pages), as plain dicts."""
+        out: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"charge": charge_id, "limit": 100}
+        try:
+            while True:
+                page = await self.client.v1.disputes.list_async(params=params)  # type: ignore[arg-type]
+                out += [d.to_dict() for d in page.data]
+                if not page.has_more or not page.data:
+                    return out
+                params["starting_after"] = out[-1]["id"]
+        except stripe.StripeError as e:
+            raise _map(e) from None
+
     async def charge_off_session(
         self,
         *,
@@ -171,6 +243,9 @@ class StripeGateway:
                     "payment_method": payment_method,
                     "off_session": True,
                     "confirm": True,
+                    # Nothing can redirect the customer (they are not there), so no return_url
+                    # is needed: https://docs.stripe.com/api/payment_intents/create
+                    "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
                     "metadata": {
                         "account": account,
                         "package_id": package_id,

@@ -1,10 +1,9 @@
-"""Buying credits: Checkout Sessions, the grants that follow a paid session, and taking
-credits back after a refund or a dispute.
+"""Buying credits: Checkout Sessions and the grants that follow a paid session (refunds
+and disputes: clawback.py).
 
 Grants are idempotent by bucket id, ``purchase:<session>:<line item>``, with parameters fixed
 by the session (its creation time, the package), so any number of deliveries of any of the
-session's events grant each line item once. Refunds and disputes move a cumulative target
-(``revoke.lua``), so duplicates and reordering take back the right credits once.
+session's events grant each line item once.
 """
 
 from __future__ import annotations
@@ -12,8 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.billing.context import Billing, NotYet, Permanent
-from sidecar.billing.gateway import IDEMPOTENCY, Session, StripeRefused, StripeTransient
+from sidecar.billing.context import Billing, Permanent
+from sidecar.billing.gateway import (
+    IDEMPOTENCY,
+    Session,
+    StripeRefused,
+    StripeTransient,
+    idempotency_key,
+)
 from sidecar.billing.store import Package
 from sidecar.errors import (
     IdempotencyConflict,
@@ -38,7 +43,7 @@ async def checkout(
     items: list[Item],
     success_url: str,
     cancel_url: str,
-    idempotency_key: str | None,
+    key: str | None,
 ) -> Session:
     """A Checkout Session (mode payment) for ``items``, for the account's Stripe customer."""
     gateway = b.stripe()
@@ -59,9 +64,7 @@ async def checkout(
             line_items=line_items,
             success_url=success_url,
             cancel_url=cancel_url,
-            idempotency_key=f"credit-sidecar-checkout-{account}-{idempotency_key}"
-            if idempotency_key
-            else None,
+            idempotency_key=idempotency_key("checkout", account, key) if key else None,
         )
     except StripeRefused as e:
         if e.code == IDEMPOTENCY:
@@ -166,57 +169,3 @@ async def _bucket_credits(b: Billing, account: str, bucket: str, default: int) -
         if held.id == bucket:
             return held.credits
     return default
-
-
-async def clawback(
-    b: Billing, purchase: dict[str, Any], *, refunded: int | None, disputed: int | None
-) -> str:
-    """Takes back the share of the purchase's credits that was refunded or disputed."""
-    row = await b.store.raise_clawback(
-        purchase["id"], refunded=refunded, disputed=disputed, now_ms=b.clock()
-    )
-    if row is None:
-        raise NotYet(f"purchase {purchase['id']} vanished")
-    amount_total = int(row["amount_total"] or 0)
-    credits = int(row["credits"] or 0)
-    if row["status"] != "paid" or amount_total <= 0 or credits <= 0:
-        raise NotYet(f"purchase {row['id']} has not been granted yet")
-    # Stripe refunds and disputes cover different money (a disputed amount cannot be refunded).
-    money = min(amount_total, int(row["amount_refunded"]) + int(row["amount_disputed"]))
-    target = credits * money // amount_total
-    policy = b.settings.refund_policy
-    what = f"refunded {row['amount_refunded']}, disputed {row['amount_disputed']} of {amount_total}"
-    if policy == "flag":
-        note = f"{what}: {target} credits would be taken back (refund_policy=flag)"
-        await b.store.update_purchase(row["id"], b.clock(), flagged=note)
-        return "flagged: " + note
-    r = await b.ledger.revoke(
-        row["account"],
-        row["id"],
-        target,
-        buckets=list((row["buckets"] or {}).get("ids", [])),
-        policy="unspent" if policy == "revoke_unspent" else "negative",
-        description=f"Stripe {what}",
-    )
-    await b.store.update_purchase(row["id"], b.clock(), clawback_target=target)
-    if r.transaction_id is None:
-        return f"{what}: nothing more to take back (target {target} reached)"
-    return (
-        f"{what}: took back {r.taken} credits, added {r.debt_added} to debt, "
-        f"{r.unrecovered} already spent"
-    )
-
-
-async def charge_event(b: Billing, etype: str, obj: dict[str, Any]) -> str:
-    """charge.refunded (cumulative amount_refunded) and charge.dispute.created."""
-    pi = obj.get("payment_intent")
-    if not isinstance(pi, str):
-        return "ignored: no payment intent"
-    purchase = await b.store.purchase_by_payment_intent(pi)
-    if purchase is None:
-        raise NotYet(f"no purchase with payment intent {pi} (yet)")
-    if etype == "charge.refunded":
-        return await clawback(
-            b, purchase, refunded=int(obj.get("amount_refunded") or 0), disputed=None
-        )
-    return await clawback(b, purchase, refunded=None, disputed=int(obj.get("amount") or 0))

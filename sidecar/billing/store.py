@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -351,31 +351,41 @@ class BillingStore:
                 .values(values | {"updated_at": from_ms(now_ms)})
             )
 
-    async def raise_clawback(
-        self, purchase_id: str, *, refunded: int | None, disputed: int | None, now_ms: int
+    async def merge_clawback(
+        self,
+        purchase_id: str,
+        merge: Callable[[dict[str, Any]], dict[str, Any] | None],
+        now_ms: int,
     ) -> dict[str, Any] | None:
-        """Keeps the largest refunded / disputed amounts seen (Stripe's are cumulative, and
-        events may arrive in any order); returns the purchase after the update."""
-        async with self.tx() as conn:
-            values: dict[str, Any] = {"updated_at": from_ms(now_ms)}
-            if refunded is not None:
-                await conn.execute(
-                    update(PURCHASES)
-                    .where(PURCHASES.c.id == purchase_id, PURCHASES.c.amount_refunded < refunded)
-                    .values(amount_refunded=refunded, **values)
+        """Applies ``merge`` to the purchase (it returns the columns to change, or None when
+        nothing changes) and bumps ``clawback_version`` with the change, as one compare-and-set
+        on the version, retried when another worker changed it first: every stored state is
+        derived from the one before it. Returns the purchase after it (None if there is none).
+        """
+        for _ in range(50):
+            async with self.tx() as conn:
+                row = (
+                    (await conn.execute(select(PURCHASES).where(PURCHASES.c.id == purchase_id)))
+                    .mappings()
+                    .first()
                 )
-            if disputed is not None:
-                await conn.execute(
+                if row is None:
+                    return None
+                current = dict(row)
+                changes = merge(current)
+                if changes is None:
+                    return current
+                version = int(current["clawback_version"])
+                result = await conn.execute(
                     update(PURCHASES)
-                    .where(PURCHASES.c.id == purchase_id, PURCHASES.c.amount_disputed < disputed)
-                    .values(amount_disputed=disputed, **values)
+                    .where(PURCHASES.c.id == purchase_id, PURCHASES.c.clawback_version == version)
+                    .values(
+                        changes | {"clawback_version": version + 1, "updated_at": from_ms(now_ms)}
+                    )
                 )
-            row = (
-                (await conn.execute(select(PURCHASES).where(PURCHASES.c.id == purchase_id)))
-                .mappings()
-                .first()
-            )
-        return None if row is None else dict(row)
+                if result.rowcount:
+                    return current | changes | {"clawback_version": version + 1}
+        raise LedgerUnavailable(f"purchase {purchase_id} keeps changing: try again")
 
     # -- auto top-up ----------------------------------------------------------------------
 
@@ -493,15 +503,17 @@ class BillingStore:
         error: str | None,
         max_failures: int,
         now_ms: int,
-    ) -> bool:
+        count: bool = True,
+    ) -> tuple[bool, bool]:
         """Clears the charge slot if it still holds ``pending`` (the charge's PaymentIntent,
-        or the ``starting:`` slot when none was made), counting a failure; an outcome of an
-        older charge leaves a newer slot alone. Returns True if the auto top-up is now
-        paused."""
+        or the ``starting:`` slot when none was made), counting a failure (unless not
+        ``count``); an outcome of an older charge, or one seen before (the reply and the
+        webhook), leaves the slot alone. Returns (whether this call cleared it, whether the
+        auto top-up is now paused)."""
         async with self.tx() as conn:
             where = (TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent == pending)
             if ok:
-                await conn.execute(
+                result = await conn.execute(
                     update(TOPUPS)
                     .where(*where)
                     .values(
@@ -511,25 +523,25 @@ class BillingStore:
                         updated_at=from_ms(now_ms),
                     )
                 )
-                return False
+                return bool(result.rowcount), False
             result = await conn.execute(
                 update(TOPUPS)
                 .where(*where)
                 .values(
                     pending_payment_intent=None,
-                    failures=TOPUPS.c.failures + 1,
+                    failures=TOPUPS.c.failures + (1 if count else 0),
                     last_error=error,
                     updated_at=from_ms(now_ms),
                 )
             )
             if not result.rowcount:
-                return False
+                return False, False
             paused = await conn.execute(
                 update(TOPUPS)
                 .where(TOPUPS.c.account == account, TOPUPS.c.failures >= max_failures)
                 .values(paused=True)
             )
-        return bool(paused.rowcount)
+        return True, bool(paused.rowcount)
 
     # -- notifications --------------------------------------------------------------------
 

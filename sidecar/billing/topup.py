@@ -111,9 +111,9 @@ async def trigger(b: Billing, account: str) -> str:
 
 
 async def _failed(b: Billing, account: str, pending: str, error: str) -> None:
-    """A charge failed: ``pending`` is its PaymentIntent, or its ``starting:`` slot."""
-    metrics.TOPUPS.labels("failed").inc()
-    paused = await b.store.topup_done(
+    """A charge failed: ``pending`` is its PaymentIntent, or its ``starting:`` slot. Counted
+    once, by whichever of Stripe's reply and its webhook clears the slot."""
+    cleared, paused = await b.store.topup_done(
         account,
         pending,
         ok=False,
@@ -121,6 +121,8 @@ async def _failed(b: Billing, account: str, pending: str, error: str) -> None:
         max_failures=b.settings.auto_topup_max_failures,
         now_ms=b.clock(),
     )
+    if cleared:
+        metrics.TOPUPS.labels("failed").inc()
     if not pending.startswith("starting:"):
         purchase = await b.store.purchase(pending)
         if purchase is not None and purchase["status"] != "paid":

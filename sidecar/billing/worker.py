@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 from redis.exceptions import RedisError, ResponseError
 
-from sidecar.billing import notify, purchases, topup
-from sidecar.billing.context import Billing, NotYet, Permanent
+from sidecar.billing import clawback, notify, purchases, topup
+from sidecar.billing.context import Billing, NotYet, Permanent, Refused
 from sidecar.billing.gateway import StripeRefused, StripeTransient
 from sidecar.errors import LedgerUnavailable, StoreUnavailable
 from sidecar.persistence.writer import pause
@@ -41,7 +41,7 @@ SESSION_EVENTS = (
     "checkout.session.async_payment_succeeded",
     "checkout.session.async_payment_failed",
 )
-CHARGE_EVENTS = ("charge.refunded", "charge.dispute.created")
+CHARGE_EVENTS = clawback.EVENTS
 PAYMENT_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed")
 # The ledger's auto_topup events are queued with the Stripe events, for the same retries.
 TOPUP_TRIGGER = "credit_sidecar.auto_topup"
@@ -59,7 +59,7 @@ async def dispatch(
     if etype in SESSION_EVENTS:
         return await purchases.session_event(b, event_id, etype, obj, created_s)
     if etype in CHARGE_EVENTS:
-        return await purchases.charge_event(b, etype, obj)
+        return await clawback.charge_event(b, etype, obj)
     if etype in PAYMENT_EVENTS:
         return await topup.payment_event(b, etype, obj)
     if etype == TOPUP_TRIGGER:
@@ -140,6 +140,9 @@ class BillingWorker:
             OSError,
         ) as e:
             await self._failed(event_id, attempt, f"{type(e).__name__}: {e}")
+            return
+        except Refused as e:
+            await self._failed(event_id, attempt, f"refused: {e}", give_up=True)
             return
         except (Permanent, StripeRefused) as e:
             await self._failed(event_id, attempt, f"{type(e).__name__}: {e}")

@@ -1012,7 +1012,8 @@ def _billing_paths() -> dict[str, dict[str, Any]]:
                 {200: json_body(ref("WebhookReceived"), "stored (or a duplicate)")},
                 {
                     400: "`invalid_signature`: missing, wrong, stale or not a Stripe event",
-                    413: None,
+                    413: "`request_too_large`: the body is over SIDECAR_STRIPE_WEBHOOK_MAX_BYTES "
+                    "(5 MiB by default)",
                     503: "`billing_not_configured`: no webhook secret; `ledger_unavailable`",
                 },
                 description="No bearer token: the `Stripe-Signature` header authenticates "

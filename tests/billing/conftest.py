@@ -82,6 +82,20 @@ class Rig:
         headers = {"Stripe-Signature": sign_webhook(body, secret, timestamp)}
         return await self.client.post("/webhooks/stripe", data=body, headers=headers)
 
+    async def deliver(self, *events: dict[str, Any]) -> None:
+        """Delivers events the fake recorded (``fake.events``), in the order given, signed;
+        created on the test's clock, which the worker reads too."""
+        for e in events:
+            body = orjson.dumps(e | {"created": self.clock() // 1000})
+            headers = {"Stripe-Signature": sign_webhook(body, SECRET)}
+            r = await self.client.post("/webhooks/stripe", data=body, headers=headers)
+            assert r.status == 200, await r.text()
+
+    def take_events(self, *types: str) -> list[dict[str, Any]]:
+        """The events the fake recorded since the last call (only ``types``, if given)."""
+        events, self.fake.events[:] = list(self.fake.events), []
+        return [e for e in events if not types or e["type"] in types]
+
     async def settle(self, timeout_s: float = 10.0) -> None:
         """Waits until the worker has processed every stored event that is due."""
         deadline = time.monotonic() + timeout_s

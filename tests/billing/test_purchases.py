@@ -222,28 +222,29 @@ async def test_transient_stripe_errors_are_retried(rig: Rig) -> None:
     assert ev["status"] == "processed" and ev["attempts"] >= 2
 
 
-def charge(session: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    return {
-        "id": "ch_1",
-        "object": "charge",
-        "payment_intent": session["payment_intent"],
-        "amount": 500,
-    } | fields
+async def bought(rig: Rig, account: str = "acme") -> str:
+    """acme buys the starter package (1,000 credits for 500 cents); returns its Charge id."""
+    session = await paid_session(rig, account)
+    await rig.webhook("checkout.session.completed", session)
+    await rig.settle()
+    rig.take_events()
+    pi = rig.fake.payment_intents[session["payment_intent"]]
+    return str(pi["latest_charge"])
 
 
 async def test_partial_refunds_twice_take_back_the_right_credits_in_any_order(rig: Rig) -> None:
     await rig.account("acme")
     await rig.account("beta")
     await rig.package()
-    for account, order in (("acme", [150, 300]), ("beta", [300, 150])):
-        session = await paid_session(rig, account)
-        await rig.webhook("checkout.session.completed", session)
+    for account, order in (("acme", "as sent"), ("beta", "reversed")):
+        charge = await bought(rig, account)
+        rig.fake.refund(charge, 150)
+        rig.fake.refund(charge, 150)
+        events = rig.take_events()
+        if order == "reversed":
+            events.reverse()
+        await rig.deliver(*events, *events)  # every event twice
         await rig.settle()
-        for i, refunded in enumerate(order):
-            obj = charge(session, amount_refunded=refunded)
-            await rig.webhook("charge.refunded", obj, event_id=f"evt_{account}_{i}")
-            await rig.webhook("charge.refunded", obj, event_id=f"evt_{account}_{i}_again")
-            await rig.settle()
         # 300 of 500 cents refunded in total: 60% of 1,000 credits taken back, once.
         assert await rig.balance(account) == 400, account
 
@@ -254,46 +255,40 @@ async def test_refund_policies_decide_what_happens_to_spent_credits(make_rig: Ma
         account = f"acct-{policy.replace('_', '-')}"
         await rig.account(account)
         await rig.package()
-        session = await paid_session(rig, account)
-        await rig.webhook("checkout.session.completed", session)
-        await rig.settle()
+        charge = await bought(rig, account)
         r = await rig.client.post(
             "/v1/check",
             json={"account": account, "cost": 600, "idempotency_key": "spend"},
             headers=service(),
         )
         assert r.status == 200
-        await rig.webhook("charge.refunded", charge(session, amount_refunded=500))
+        rig.fake.refund(charge)
+        await rig.deliver(*rig.take_events())
         await rig.settle()
         assert await rig.balance(account) == expected, policy
-        purchase = await rig.billing.store.purchase(session["id"])
+        purchase = await rig.billing.store.purchase_by_payment_intent(
+            rig.fake.charges[charge]["payment_intent"]
+        )
         assert purchase is not None
         assert (purchase["flagged"] is not None) == (policy == "flag")
 
 
-async def test_a_dispute_takes_back_the_disputed_credits_once(rig: Rig) -> None:
+async def test_a_chargeback_takes_back_the_disputed_credits_once(rig: Rig) -> None:
     await rig.account("acme")
     await rig.package()
-    session = await paid_session(rig)
-    await rig.webhook("checkout.session.completed", session)
-    await rig.settle()
-    dispute = {
-        "id": "dp_1",
-        "object": "dispute",
-        "charge": "ch_1",
-        "amount": 250,
-        "payment_intent": session["payment_intent"],
-    }
-    for i in range(3):
-        await rig.webhook("charge.dispute.created", dispute, event_id=f"evt_dp_{i}")
+    charge = await bought(rig)
+    rig.fake.dispute(charge, amount=250)
+    events = rig.take_events()
+    await rig.deliver(*events, *events, *events)
     await rig.settle()
     assert await rig.balance("acme") == 500
-    # A refund is other money than the disputed part (Stripe cannot refund disputed money):
-    # 250 disputed + 150 refunded of 500 cents = 80% of the credits.
-    await rig.webhook("charge.refunded", charge(session, amount_refunded=150))
-    await rig.settle()
-    assert await rig.balance("acme") == 200
-    await rig.webhook("charge.refunded", charge(session, amount_refunded=150), event_id="evt_again")
+    # A refund is other money than the disputed part (Stripe cannot refund disputed money;
+    # the fake, like Stripe, refuses it while the chargeback is open): 250 disputed + 150
+    # refunded of 500 cents = 80% of the credits, as if both had happened.
+    rig.fake.disputes[next(iter(rig.fake.disputes))]["is_charge_refundable"] = True
+    rig.fake.refund(charge, 150)
+    events = rig.take_events()
+    await rig.deliver(*events, *events)
     await rig.settle()
     assert await rig.balance("acme") == 200
 
@@ -304,7 +299,10 @@ async def test_a_refund_before_its_purchase_is_retried_until_the_purchase_is_kno
     await rig.account("acme")
     await rig.package()
     session = await paid_session(rig)
-    await rig.webhook("charge.refunded", charge(session, amount_refunded=500), event_id="evt_r")
+    charge = rig.fake.payment_intents[session["payment_intent"]]["latest_charge"]
+    rig.take_events()
+    rig.fake.refund(charge)
+    await rig.deliver(*rig.take_events("charge.refunded"))
     await rig.settle()
     await rig.webhook("checkout.session.completed", session)
     await rig.settle()
@@ -312,3 +310,24 @@ async def test_a_refund_before_its_purchase_is_retried_until_the_purchase_is_kno
     rig.clock.advance(60_000)
     await rig.settle()
     assert await rig.balance("acme") == 0
+
+
+async def test_checkout_idempotency_keys_fit_stripe_and_never_collide_across_accounts(
+    rig: Rig,
+) -> None:
+    """Issue 17 #5: "a" + "b-c" and "a-b" + "c" are two requests, not one key used twice (a
+    409 for the second account); the longest account and key still give a key Stripe takes
+    (at most 255 characters); a retry reuses its key and gets the same session."""
+    await rig.package()
+    longest = "x" * 128
+    for account in ("a", "a-b", longest):
+        await rig.account(account)
+    first = await rig.checkout("a", idempotency_key="b-c")
+    second = await rig.checkout("a-b", idempotency_key="c")
+    assert first["id"] != second["id"]
+    big = await rig.checkout(longest, idempotency_key="k" * 128)
+    assert big["id"] in rig.fake.sessions
+    again = await rig.checkout(longest, idempotency_key="k" * 128)
+    assert again["id"] == big["id"]
+    keys = [r.idempotency_key or "" for r in rig.fake.requests if r.method == "POST"]
+    assert keys and all(len(k) <= 255 for k in keys)

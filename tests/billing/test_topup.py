@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from sidecar import metrics
 from sidecar.billing import topup
 from tests.billing.conftest import MakeRig, Rig
 from tests.conftest import admin, service
@@ -31,7 +32,16 @@ async def grant(rig: Rig, account: str, credits: int, grant_id: str) -> None:
     assert r.status == 201, await r.text()
 
 
+async def saved_card(rig: Rig, account: str, pm: str = PM) -> str:
+    """A card the customer saved with Stripe (the account's Stripe customer is made now)."""
+    customer = await rig.billing.customer(account)
+    if pm not in rig.fake.payment_methods:
+        rig.fake.add_payment_method(customer, pm)
+    return pm
+
+
 async def arm(rig: Rig, account: str, threshold: int = 100) -> None:
+    await saved_card(rig, account)
     r = await rig.client.put(
         f"/v1/admin/accounts/{account}/auto-topup",
         json={"threshold": threshold, "package_id": "starter", "payment_method": PM},
@@ -130,6 +140,7 @@ async def test_repeated_declines_pause_the_auto_topup_and_disarm_it(make_rig: Ma
     assert await rig.balance("acme") == 0
     # Configuring it again (a new card) lifts the pause.
     rig.fake.payment_intents.clear()
+    await saved_card(rig, "acme", "pm_new")
     r = await rig.client.put(
         "/v1/admin/accounts/acme/auto-topup",
         json={"threshold": 100, "package_id": "starter", "payment_method": "pm_new"},
@@ -155,3 +166,27 @@ async def test_auto_topup_settings_are_validated(rig: Rig) -> None:
         assert r.status == status, (body, await r.text())
     r = await rig.client.delete("/v1/admin/accounts/acme/auto-topup", headers=admin())
     assert (await r.json())["deleted"] is False
+
+
+def topups(result: str) -> float:
+    return (
+        metrics.REGISTRY.get_sample_value("credit_sidecar_auto_topups_total", {"result": result})
+        or 0.0
+    )
+
+
+async def test_a_synchronous_decline_counts_one_failure(make_rig: MakeRig) -> None:
+    """Issue 17 #15: the decline seen in Stripe's reply and in payment_intent.payment_failed
+    is one failed charge."""
+    rig = await make_rig(auto_topup_max_failures=5)
+    await rig.account("acme")
+    await rig.package()
+    await arm(rig, "acme")
+    rig.fake.decline(PM)
+    before = topups("failed"), await rig.billing.store.topup("acme")
+    assert (await topup.trigger(rig.billing, "acme")).startswith("failed")
+    await rig.deliver(*rig.take_events("payment_intent.payment_failed"))
+    await rig.settle()
+    cfg = await rig.billing.store.topup("acme")
+    assert cfg is not None and cfg["failures"] == 1
+    assert topups("failed") - before[0] == 1

@@ -9,6 +9,7 @@ import orjson
 
 from tests.billing.conftest import OLD_SECRET, SECRET, MakeRig, Rig
 from tests.billing.fakestripe import event, sign_webhook
+from tests.conftest import admin
 
 
 async def test_a_correctly_signed_event_is_stored_once_and_acknowledged(rig: Rig) -> None:
@@ -66,3 +67,21 @@ async def test_without_configured_secrets_every_webhook_is_refused(make_rig: Mak
     )
     assert r.status == 503
     assert (await r.json())["error"]["code"] == "billing_not_configured"
+
+
+async def test_events_larger_than_64_kib_are_accepted_up_to_the_documented_bound(
+    make_rig: MakeRig,
+) -> None:
+    """Issue 17 #6: Stripe documents no small size for events; a 300 KiB one is stored, and
+    only what exceeds SIDECAR_STRIPE_WEBHOOK_MAX_BYTES is refused (413)."""
+    rig = await make_rig()
+    big = {"id": "cs_big", "object": "checkout.session", "padding": "x" * 300_000}
+    r = await rig.webhook("customer.updated", big, event_id="evt_big")
+    assert r.status == 200, await r.text()
+    small = await make_rig(stripe_webhook_max_bytes=100_000)
+    r = await small.webhook("customer.updated", big, event_id="evt_big2")
+    assert r.status == 413
+    assert (await r.json())["error"]["code"] == "request_too_large"
+    # other routes keep their own bound
+    r = await rig.client.put("/v1/accounts/x", data=b"{" + b" " * 70_000 + b"}", headers=admin())
+    assert r.status == 413

@@ -20,9 +20,12 @@ from tests.billing.fakestripe.forms import (
     StripeObject,
     check_known,
     missing,
+    names,
     new_id,
     no_expand,
     now,
+    page,
+    text,
 )
 from tests.billing.fakestripe.server import Route
 
@@ -33,6 +36,7 @@ class Disputes(Charges):
     def routes(self) -> list[Route]:
         return [
             *super().routes(),
+            ("GET", r"/v1/disputes", self._list_disputes),
             ("GET", r"/v1/disputes/(?P<id>[^/]+)", self._retrieve_dispute),
         ]
 
@@ -134,6 +138,21 @@ class Disputes(Charges):
             "status": "available",
             "type": "adjustment",
         }
+
+    def _list_disputes(self, params: Params) -> StripeObject:
+        """https://docs.stripe.com/api/disputes/list (``charge``, ``payment_intent``)"""
+        check_known(
+            params, names("charge created ending_before expand limit payment_intent starting_after")
+        )
+        no_expand(params)
+        charge_id, pi_id = text(params, "charge"), text(params, "payment_intent")
+        mine = [
+            copy.deepcopy(d)
+            for d in reversed(self.disputes.values())
+            if (charge_id is None or d["charge"] == charge_id)
+            and (pi_id is None or d["payment_intent"] == pi_id)
+        ]
+        return page(params, mine, "/v1/disputes")
 
     def _retrieve_dispute(self, params: Params, id: str) -> StripeObject:
         check_known(params, frozenset({"expand"}))
