@@ -42,9 +42,11 @@ class Billing:
 
     async def customer(self, account: str) -> str:
         """The account's Stripe customer, created once (Stripe's idempotency key and a
-        conditional SQL write keep concurrent callers on one customer)."""
+        conditional SQL write keep concurrent callers on one customer), with the account's
+        billing email when it has one (Stripe sends receipts there)."""
         existing = await self.store.customer(account)
         if existing:
             return existing
-        created = await self.stripe().create_customer(account)
+        email = await self.store.billing_email(account)
+        created = await self.stripe().create_customer(account, email)
         return await self.store.set_customer(account, created)

@@ -1,5 +1,6 @@
-"""Low-balance notifications: a signed JSON webhook to the account's endpoint each time a
-debit takes its balance below its low-balance threshold, retried with exponential backoff.
+"""Notifications to an account's endpoint, signed JSON webhooks retried with exponential
+backoff: ``balance.low`` each time a debit takes its balance below its low-balance threshold,
+and ``auto_topup.action_required`` when an auto top-up charge needs the customer.
 
 Signature, in Stripe's scheme so customers can reuse their verification code:
 ``Credit-Sidecar-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
@@ -55,6 +56,19 @@ async def low_balance(b: Billing, fields: dict[str, str], event_id: str) -> str:
         "transaction_id": txid,
         "created": int(fields.get("ts", "0")),
     }
+    queued = await b.store.enqueue_delivery(
+        delivery_id, account, endpoint["url"], payload, b.clock()
+    )
+    return "queued" if queued else "already queued"
+
+
+async def enqueue(b: Billing, account: str, payload: dict[str, object]) -> str:
+    """Queues a notification (``payload["id"]`` is its delivery id: queued once) to the
+    account's endpoint."""
+    endpoint = await b.store.endpoint(account)
+    if endpoint is None or not endpoint["enabled"]:
+        return "no endpoint"
+    delivery_id = str(payload["id"])
     queued = await b.store.enqueue_delivery(
         delivery_id, account, endpoint["url"], payload, b.clock()
     )

@@ -8,9 +8,12 @@ session's events grant each line item once.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.billing import topup
 from sidecar.billing.context import Billing, Permanent
 from sidecar.billing.gateway import (
     IDEMPOTENCY,
@@ -44,8 +47,12 @@ async def checkout(
     success_url: str,
     cancel_url: str,
     key: str | None,
+    *,
+    save_card: bool = False,
+    email: str | None = None,
 ) -> Session:
-    """A Checkout Session (mode payment) for ``items``, for the account's Stripe customer."""
+    """A Checkout Session (mode payment) for ``items``, for the account's Stripe customer;
+    ``save_card``: the customer agrees to keep the card for auto top-up (off-session use)."""
     gateway = b.stripe()
     await b.ledger.balance(account)  # UnknownAccount before anything is created at Stripe
     line_items = []
@@ -56,8 +63,8 @@ async def checkout(
         if not p.stripe_price_id:
             raise InvalidInput(f"package {p.id} has no Stripe price", field="package_id")
         line_items.append({"price": p.stripe_price_id, "quantity": item.quantity})
-    try:
-        customer = await b.customer(account)
+    async with _stripe_call():
+        customer = await _customer_with(b, account, email)
         return await gateway.create_checkout_session(
             account=account,
             customer=customer,
@@ -65,7 +72,55 @@ async def checkout(
             success_url=success_url,
             cancel_url=cancel_url,
             idempotency_key=idempotency_key("checkout", account, key) if key else None,
+            save_card=save_card,
+            invoices=b.settings.stripe_invoices,
+            automatic_tax=b.settings.stripe_automatic_tax,
+            metadata={"save_card": "true"} if save_card else None,
         )
+
+
+async def setup_checkout(
+    b: Billing,
+    account: str,
+    success_url: str,
+    cancel_url: str | None,
+    currency: str,
+    key: str | None,
+    *,
+    email: str | None = None,
+) -> Session:
+    """A Checkout Session in setup mode: the customer saves a card without paying; once done,
+    it becomes the auto top-up's card (if the account has one)."""
+    gateway = b.stripe()
+    await b.ledger.balance(account)  # UnknownAccount
+    async with _stripe_call():
+        customer = await _customer_with(b, account, email)
+        return await gateway.create_checkout_session(
+            account=account,
+            customer=customer,
+            success_url=success_url,
+            cancel_url=cancel_url,
+            currency=currency,
+            idempotency_key=idempotency_key("setup", account, key) if key else None,
+            metadata={"kind": "setup"},
+        )
+
+
+async def _customer_with(b: Billing, account: str, email: str | None) -> str:
+    """The account's Stripe customer; a new billing email is kept and given to Stripe."""
+    if email is not None and email != await b.store.billing_email(account):
+        await b.store.set_billing_email(account, email)
+        existing = await b.store.customer(account)
+        if existing:
+            await b.stripe().set_customer_email(existing, email)
+    return await b.customer(account)
+
+
+@contextlib.asynccontextmanager
+async def _stripe_call() -> AsyncIterator[None]:
+    """Stripe's refusals and outages as the API answers them."""
+    try:
+        yield
     except StripeRefused as e:
         if e.code == IDEMPOTENCY:
             raise IdempotencyConflict(
@@ -90,6 +145,8 @@ async def session_event(
     sid = session.get("id")
     if account is None or not isinstance(sid, str):
         return "ignored: the session names no account"
+    if session.get("mode") == "setup":
+        return await _card_saved(b, account, session)
     now = b.clock()
     base = {
         "id": sid,
@@ -113,7 +170,31 @@ async def session_event(
     await b.store.record_purchase(
         base | {"status": "paid", "credits": granted, "buckets": {"ids": buckets}}, now
     )
-    return f"granted {granted} credits in {len(buckets)} bucket(s) to {account}"
+    done = f"granted {granted} credits in {len(buckets)} bucket(s) to {account}"
+    meta = session.get("metadata") or {}
+    if meta.get("kind") == "auto_topup_action" or meta.get("save_card") == "true":
+        # The customer paid an auto top-up's link, or saved the card for it: auto top-up
+        # charges that card from now on.
+        pi = session.get("payment_intent")
+        pm = (await b.stripe().payment_intent(pi)).payment_method if isinstance(pi, str) else None
+        if await topup.customer_acted(b, account, pm):
+            done += f"; auto top-up uses {pm}"
+    return done
+
+
+async def _card_saved(b: Billing, account: str, session: dict[str, Any]) -> str:
+    """A setup-mode session completed: its card becomes the auto top-up's card."""
+    if session.get("status") != "complete":
+        return f"setup session {session.get('status')}: nothing saved"
+    si = session.get("setup_intent")
+    if not isinstance(si, str):
+        return "ignored: the setup session has no SetupIntent"
+    pm = await b.stripe().setup_intent_payment_method(si)
+    if pm is None:
+        return f"setup intent {si} saved no payment method"
+    if await topup.customer_acted(b, account, pm):
+        return f"card {pm} saved: auto top-up uses it"
+    return f"card {pm} saved (no auto top-up configured)"
 
 
 async def grant_session(

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from sidecar.billing import currency
 from sidecar.errors import LedgerUnavailable
 from sidecar.persistence.models import (
     Account,
@@ -62,6 +63,10 @@ class Package:
             "credit_expiry_s": self.credit_expiry_s,
             "active": self.active,
         }
+
+    def public(self) -> dict[str, Any]:
+        """What the API shows: the stored fields and the price as a person reads it."""
+        return self.view() | {"price_display": currency.display(self.price, self.currency)}
 
 
 def _package(row: Any) -> Package:
@@ -147,6 +152,22 @@ class BillingStore:
                 )
             ).scalar()
         return None if v is None else str(v)
+
+    async def billing_email(self, account: str) -> str | None:
+        async with self.tx() as conn:
+            v = (
+                await conn.execute(select(ACCOUNTS.c.billing_email).where(ACCOUNTS.c.id == account))
+            ).scalar()
+        return None if v is None else str(v)
+
+    async def set_billing_email(self, account: str, email: str | None) -> None:
+        async with self.tx() as conn:
+            stmt: Insert = insert_for(conn, ACCOUNTS).values(id=account, billing_email=email)
+            await conn.execute(
+                stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+                    index_elements=["id"], set_={"billing_email": email}
+                )
+            )
 
     async def set_customer(self, account: str, customer: str) -> str:
         """Records the account's Stripe customer unless it has one; returns the one kept."""
@@ -411,9 +432,19 @@ class BillingStore:
             stmt = insert_for(conn, TOPUPS).values(
                 values | {"last_attempt_ms": 0, "attempts": 0, "failures": 0, "paused": False}
             )
-            # A new configuration (say, a new card) also lifts a pause after failures.
+            # A new configuration (say, a new card) also lifts a pause after failures, ends a
+            # wait for the customer and frees a charge slot left stuck (a PaymentIntent that
+            # still succeeds grants its credits through its webhook).
             changed = {k: v for k, v in values.items() if k != "account"}
-            changed |= {"paused": False, "failures": 0, "last_error": None}
+            changed |= {
+                "paused": False,
+                "failures": 0,
+                "last_error": None,
+                "pending_payment_intent": None,
+                "action_url": None,
+                "action_payment_intent": None,
+                "key_attempt": 0,
+            }
             await conn.execute(stmt.on_conflict_do_update(index_elements=["account"], set_=changed))
 
     async def topup(self, account: str) -> dict[str, Any] | None:
@@ -447,6 +478,7 @@ class BillingStore:
                     TOPUPS.c.account == account,
                     TOPUPS.c.enabled.is_(True),
                     TOPUPS.c.paused.is_(False),
+                    TOPUPS.c.action_url.is_(None),
                     or_(
                         and_(
                             pending.is_(None),
@@ -463,6 +495,7 @@ class BillingStore:
                 )
                 .values(
                     pending_payment_intent=case((pending.is_(None), token), else_=pending),
+                    key_attempt=case((pending.is_(None), 0), else_=TOPUPS.c.key_attempt),
                     last_attempt_ms=now_ms,
                     attempts=TOPUPS.c.attempts + 1,
                 )
@@ -476,15 +509,74 @@ class BillingStore:
             )
         return dict(row)
 
-    async def topup_release(self, account: str, slot: str) -> None:
-        """Stripe was unreachable: the slot stays ``starting`` with its key, due for a
-        takeover at once (by the retry of the same trigger)."""
+    async def topup_release(self, account: str, slot: str, *, new_key: bool) -> None:
+        """Stripe's answer was lost or an error: the slot stays ``starting``, due for a
+        takeover at once (by the retry of the same trigger), with its idempotency key, or,
+        after an error Stripe keeps under that key (``new_key``), the next one."""
         async with self.tx() as conn:
             await conn.execute(
                 update(TOPUPS)
                 .where(TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent == slot)
-                .values(last_attempt_ms=0)
+                .values(
+                    last_attempt_ms=0,
+                    key_attempt=TOPUPS.c.key_attempt + (1 if new_key else 0),
+                )
             )
+
+    async def topup_needs_customer(
+        self, account: str, pending: str, pi: str, url: str | None, error: str, now_ms: int
+    ) -> bool:
+        """The charge ``pending`` needs the customer (authentication): the slot is cleared
+        without counting a failure, and no off-session charge is tried while the link waits.
+        False if the slot had moved on."""
+        async with self.tx() as conn:
+            result = await conn.execute(
+                update(TOPUPS)
+                .where(TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent == pending)
+                .values(
+                    pending_payment_intent=None,
+                    action_url=url or "",
+                    action_payment_intent=pi,
+                    last_error=error,
+                    updated_at=from_ms(now_ms),
+                )
+            )
+        return bool(result.rowcount)
+
+    async def topup_customer_acted(
+        self, account: str, payment_method: str | None, now_ms: int
+    ) -> bool:
+        """The customer paid the link (or saved a card): auto top-up charges again, with the
+        card they used if it was saved. False if there was no wait."""
+        values: dict[str, Any] = {
+            "action_url": None,
+            "action_payment_intent": None,
+            "failures": 0,
+            "last_error": None,
+            "paused": False,
+            "updated_at": from_ms(now_ms),
+        }
+        if payment_method:
+            values["payment_method"] = payment_method
+        async with self.tx() as conn:
+            result = await conn.execute(
+                update(TOPUPS).where(TOPUPS.c.account == account).values(values)
+            )
+        return bool(result.rowcount)
+
+    async def stuck_topups(self, before_ms: int, limit: int = 100) -> list[tuple[str, str]]:
+        """(account, PaymentIntent) of charges pending since before ``before_ms``."""
+        q = (
+            select(TOPUPS.c.account, TOPUPS.c.pending_payment_intent)
+            .where(
+                TOPUPS.c.pending_payment_intent.is_not(None),
+                TOPUPS.c.pending_payment_intent.not_like("starting:%"),
+                TOPUPS.c.last_attempt_ms <= before_ms,
+            )
+            .limit(limit)
+        )
+        async with self.tx() as conn:
+            return [(str(a), str(p)) for a, p in await conn.execute(q)]
 
     async def topup_pending(self, account: str, slot: str, pi: str) -> None:
         async with self.tx() as conn:

@@ -42,7 +42,13 @@ SESSION_EVENTS = (
     "checkout.session.async_payment_failed",
 )
 CHARGE_EVENTS = clawback.EVENTS
-PAYMENT_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed")
+PAYMENT_EVENTS = (
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "payment_intent.canceled",
+)
+# How often (on the billing clock) a worker looks for auto top-up charges left pending.
+STUCK_SWEEP_MS = 60_000
 # The ledger's auto_topup events are queued with the Stripe events, for the same retries.
 TOPUP_TRIGGER = "credit_sidecar.auto_topup"
 
@@ -73,6 +79,7 @@ class BillingWorker:
         self.poll_s = poll_s
         self._wake = asyncio.Event()
         self.processed = 0
+        self._swept_at: int | None = None
 
     def wake(self) -> None:
         """A new event was stored: process it now rather than at the next poll."""
@@ -84,6 +91,7 @@ class BillingWorker:
                 self._loop(stop, self.stripe_events_once, "stripe events"),
                 self._loop(stop, self.ledger_events_once, "ledger events"),
                 self._loop(stop, lambda: notify.deliver_due(self.b, session), "notifications"),
+                self._loop(stop, self.stuck_once, "stuck auto top-ups"),
             ]
             await asyncio.gather(*loops)
 
@@ -180,6 +188,17 @@ class BillingWorker:
             await b.store.finish_event(
                 event_id, "retry", now, attempt=attempt, error=error, next_attempt_ms=now + delay
             )
+
+    async def stuck_once(self) -> int:
+        """Every STUCK_SWEEP_MS: auto top-up charges pending too long (topup.sweep_stuck)."""
+        now = self.b.clock()
+        if self.b.gateway is None or (
+            self._swept_at is not None and now - self._swept_at < STUCK_SWEEP_MS
+        ):
+            return 0
+        self._swept_at = now
+        await topup.sweep_stuck(self.b)
+        return 0
 
     # -- the ledger's events (low balance, auto top-up) ---------------------------------------
 

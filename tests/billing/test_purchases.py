@@ -33,10 +33,11 @@ async def test_packages_are_managed_through_the_admin_api(rig: Rig) -> None:
         "currency": "usd",
         "credit_expiry_s": 86400,
         "active": True,
+        "price_display": "5.00 USD",
     }
     r = await rig.client.put(
         "/v1/admin/packages/other",
-        json={"name": "x", "credits": 1, "stripe_price_id": "price_starter", "price": 100},
+        json={"name": "x", "credits": 1, "stripe_price_id": "price_starter", "price": 500},
         headers=admin(),
     )
     assert r.status == 422 and (await r.json())["error"]["field"] == "stripe_price_id"
@@ -67,7 +68,7 @@ async def test_checkout_creates_a_session_for_the_accounts_stripe_customer(rig: 
 async def test_checkout_refuses_bad_requests_without_calling_stripe(rig: Rig) -> None:
     await rig.account("acme")
     await rig.package()
-    await rig.package("old", stripe_price_id="price_pro", active=False)
+    await rig.package("old", stripe_price_id="price_pro", price=2000, active=False)
     base = {"success_url": "https://a.test/ok", "cancel_url": "https://a.test/no"}
     cases: list[tuple[dict[str, str], int]] = [
         ({"account": "ghost", "package_id": "starter"}, 404),
@@ -187,7 +188,7 @@ async def test_an_unknown_price_ends_as_a_dead_letter_and_can_be_retried(make_ri
     session = await paid_session(rig)
     await rig.client.put(
         "/v1/admin/packages/starter",
-        json={"name": "Starter", "credits": 1000, "stripe_price_id": "price_pro", "price": 500},
+        json={"name": "Starter", "credits": 1000, "stripe_price_id": "price_pro", "price": 2000},
         headers=admin(),
     )
     await rig.webhook("checkout.session.completed", session, event_id="evt_x")

@@ -12,6 +12,7 @@ if the caller gives none) and reuses it on its retries."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hmac
 import json
@@ -100,6 +101,7 @@ class Server(State):
         *,
         should_retry: bool | None = None,
         stored: bool | None = None,
+        ran: bool = False,
     ) -> None:
         """The next ``n`` API requests (whatever they are) fail with ``status`` and Stripe's
         error body (``api_error`` for 5xx; for 429 ``code: rate_limit``), without doing
@@ -111,10 +113,11 @@ class Server(State):
         the API, a 429) leaves the key unused. The library retries 5xx and 409 responses by
         itself, up to the client's ``max_network_retries`` (each retry is a new request here
         and consumes one fault unless it is a replay). ``should_retry`` sends
-        ``Stripe-Should-Retry``, which the library obeys over the status.
+        ``Stripe-Should-Retry``, which the library obeys over the status. ``ran``: the
+        request did what it does (a PaymentIntent was made) before the error (stored).
         """
-        keep = status == 500 if stored is None else stored
-        self._faults.extend([Fault(status, should_retry, keep)] * n)
+        keep = ran or (status == 500 if stored is None else stored)
+        self._faults.extend([Fault(status, should_retry, keep, ran)] * n)
 
     def drop_reply_next(self, n: int = 1) -> None:
         """The next ``n`` requests run (and are kept under their idempotency key) but their
@@ -177,6 +180,9 @@ class Server(State):
         if self._faults:
             fault = self._faults.popleft()
             err = _fault_error(fault)
+            if fault.ran:
+                with contextlib.suppress(StripeError):
+                    handler(copy.deepcopy(params), **args)
             body = _dumps(err.body())
             if idempotent and key and fault.stored:
                 self._idempotent[key] = Stored(

@@ -35,6 +35,7 @@ class Fault(NamedTuple):
     status: int
     should_retry: bool | None
     stored: bool  # the endpoint ran and failed: kept under the idempotency key
+    ran: bool = False  # what the request does was done before the failure
 
 
 class Stored(NamedTuple):
