@@ -4,6 +4,7 @@ the settings and the clock; and the one place that makes a Stripe customer for a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sidecar.billing.gateway import StripeGateway
 from sidecar.billing.store import BillingStore
@@ -34,6 +35,8 @@ class Billing:
     gateway: StripeGateway | None
     settings: Settings
     clock: Clock
+    # The Stripe webhook endpoints and their API versions, as read at start (apiversion.py).
+    endpoints: list[dict[str, Any]] | None = None
 
     def stripe(self) -> StripeGateway:
         if self.gateway is None:

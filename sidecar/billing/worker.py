@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from redis.exceptions import RedisError, ResponseError
 
-from sidecar.billing import clawback, notify, purchases, topup
+from sidecar.billing import apiversion, clawback, notify, purchases, topup
 from sidecar.billing.context import Billing, NotYet, Permanent, Refused
 from sidecar.billing.gateway import StripeRefused, StripeTransient
 from sidecar.errors import LedgerUnavailable, StoreUnavailable
@@ -51,6 +51,8 @@ PAYMENT_EVENTS = (
 STUCK_SWEEP_MS = 60_000
 # The ledger's auto_topup events are queued with the Stripe events, for the same retries.
 TOPUP_TRIGGER = "credit_sidecar.auto_topup"
+# Stripe event types billing acts on (the others are stored and ignored).
+HANDLED = frozenset((*SESSION_EVENTS, *CHARGE_EVENTS, *PAYMENT_EVENTS))
 
 
 def retry_delay_ms(attempt: int) -> int:
@@ -132,6 +134,8 @@ class BillingWorker:
         created = payload.get("created")
         created_s = created if isinstance(created, int) else 0
         try:
+            if etype in HANDLED:
+                apiversion.check_event(payload)
             outcome = await dispatch(b, event_id, etype, obj, created_s)
         except NotYet as e:
             # Not a failure of this event: wait (with backoff) for the one it depends on.

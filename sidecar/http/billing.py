@@ -10,10 +10,10 @@ from sqlalchemy.exc import IntegrityError
 
 from sidecar import errors, metrics
 from sidecar.billing import currency, notify, purchases, topup
-from sidecar.billing.gateway import StripeGateway, StripeRefused, StripeTransient
+from sidecar.billing.gateway import API_VERSION, StripeGateway, StripeRefused, StripeTransient
 from sidecar.billing.store import Package
 from sidecar.billing.webhook import verify
-from sidecar.billing.worker import CHARGE_EVENTS, PAYMENT_EVENTS, SESSION_EVENTS
+from sidecar.billing.worker import HANDLED
 from sidecar.http.appkeys import BILLING, BILLING_WORKER, SETTINGS
 from sidecar.http.errors import json_response
 from sidecar.http.routes import authorize, body, path_id
@@ -28,7 +28,7 @@ from sidecar.http.schemas import (
 
 billing_routes = web.RouteTableDef()
 # Event types counted by name in the metrics (the ones billing handles); others are "other".
-COUNTED_EVENT_TYPES = frozenset((*SESSION_EVENTS, *CHARGE_EVENTS, *PAYMENT_EVENTS))
+COUNTED_EVENT_TYPES = HANDLED
 
 
 @billing_routes.put("/v1/admin/packages/{package_id}")
@@ -364,7 +364,14 @@ async def billing_status(request: web.Request) -> web.Response:
     authorize(request, "admin")
     b = request.app[BILLING]
     counts = await b.store.counts()
-    return json_response(counts | {"stripe": b.gateway is not None})
+    return json_response(
+        counts
+        | {
+            "stripe": b.gateway is not None,
+            "api_version": API_VERSION,
+            "webhook_endpoints": b.endpoints,
+        }
+    )
 
 
 @billing_routes.post("/v1/admin/billing/events/{event_id}/retry")

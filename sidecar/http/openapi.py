@@ -501,6 +501,23 @@ def response_schemas() -> dict[str, Schema]:
                 "events": {"type": "object", "additionalProperties": INT},
                 "deliveries": {"type": "object", "additionalProperties": INT},
                 "stripe": BOOL,
+                "api_version": {
+                    "type": "string",
+                    "description": "the Stripe API version billing reads (pinned)",
+                },
+                "webhook_endpoints": nullable(
+                    array(
+                        obj(
+                            {
+                                "id": STR,
+                                "url": STR,
+                                "api_version": nullable(STR),
+                                "matches": BOOL,
+                                "sidecar": BOOL,
+                            }
+                        )
+                    )
+                ),
             }
         ),
         "EventRetried": obj({"id": STR, "status": {"const": "received"}}),

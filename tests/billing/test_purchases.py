@@ -332,3 +332,93 @@ async def test_checkout_idempotency_keys_fit_stripe_and_never_collide_across_acc
     assert again["id"] == big["id"]
     keys = [r.idempotency_key or "" for r in rig.fake.requests if r.method == "POST"]
     assert keys and all(len(k) <= 255 for k in keys)
+
+
+async def test_invoices_and_stripe_tax_are_asked_of_checkout_by_setting(
+    make_rig: MakeRig,
+) -> None:
+    """Issue 17 #12: SIDECAR_STRIPE_INVOICES and SIDECAR_STRIPE_AUTOMATIC_TAX; with tax, the
+    customer pays more than the package's price, and a full refund still takes back exactly
+    the purchase's credits (the ratio is of the Charge)."""
+    rig = await make_rig(stripe_invoices=True, stripe_automatic_tax=True)
+    rig.fake.tax_bps = 2000  # 20% on top
+    await rig.account("acme")
+    await rig.package()
+    session = await rig.checkout("acme", email="ap@acme.test")
+    stored = rig.fake.sessions[session["id"]]
+    assert stored["invoice_creation"]["enabled"] and stored["automatic_tax"]["enabled"]
+    assert stored["amount_total"] == 600
+    (customer,) = rig.fake.customers.values()
+    assert customer["email"] == "ap@acme.test"
+    rig.take_events()
+    done = rig.fake.complete_session(session["id"])
+    assert done["invoice"]
+    await rig.deliver(*rig.take_events("checkout.session.completed"))
+    await rig.settle()
+    assert await rig.balance("acme") == 1000
+    charge = rig.fake.payment_intents[done["payment_intent"]]["latest_charge"]
+    rig.fake.refund(charge, 300)  # half of what was paid, tax included
+    await rig.deliver(*rig.take_events())
+    await rig.settle()
+    assert await rig.balance("acme") == 500
+
+
+async def test_a_package_must_agree_with_its_stripe_price(rig: Rig) -> None:
+    """Issue 17 #13: checked through Stripe's API when the package is saved."""
+    rig.fake.add_price("price_sub", 500, recurring=True)
+    rig.fake.add_price("price_old", 500, active=False)
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"price": 400}, "price", "500"),
+        ({"currency": "eur"}, "currency", "usd"),
+        ({"stripe_price_id": "price_nope"}, "stripe_price_id", "no price"),
+        ({"stripe_price_id": "price_sub"}, "stripe_price_id", "recurring"),
+        ({"stripe_price_id": "price_old"}, "stripe_price_id", "inactive"),
+    ]
+    base = {"name": "Starter", "credits": 1000, "stripe_price_id": "price_starter", "price": 500}
+    for change, field, words in cases:
+        r = await rig.client.put("/v1/admin/packages/starter", json=base | change, headers=admin())
+        assert r.status == 422, change
+        err = (await r.json())["error"]
+        assert err["field"] == field and words in err["message"], (change, err)
+    r = await rig.client.put("/v1/admin/packages/starter", json=base, headers=admin())
+    assert r.status == 201
+
+
+async def test_zero_and_three_decimal_currencies_use_their_own_minor_units(rig: Rig) -> None:
+    """Issue 17 #13: JPY has no minor unit (500 = 500 yen), KWD three digits that Stripe
+    wants to end in 0; a package in cents-thinking (50000 for 500 yen) is refused."""
+    rig.fake.add_price("price_yen", 500, "jpy")
+    rig.fake.add_price("price_won", 9900, "krw")
+    base = {"name": "Yen", "credits": 1000, "stripe_price_id": "price_yen", "currency": "jpy"}
+    r = await rig.client.put(
+        "/v1/admin/packages/yen", json=base | {"price": 50000}, headers=admin()
+    )
+    assert r.status == 422 and "500 JPY" in (await r.json())["error"]["message"]
+    r = await rig.client.put("/v1/admin/packages/yen", json=base | {"price": 500}, headers=admin())
+    assert r.status == 201 and (await r.json())["price_display"] == "500 JPY"
+    won = {"name": "Won", "credits": 100, "stripe_price_id": "price_won", "currency": "krw"}
+    r = await rig.client.put("/v1/admin/packages/won", json=won | {"price": 9900}, headers=admin())
+    assert (await r.json())["price_display"] == "9900 KRW"
+    r = await rig.client.put(
+        "/v1/admin/packages/dinar",
+        json={"name": "KWD", "credits": 1, "price": 5125, "currency": "kwd"},
+        headers=admin(),
+    )
+    assert r.status == 422 and "end in 0" in (await r.json())["error"]["message"]
+    await rig.account("acme")
+    session = await rig.checkout("acme", package_id="yen")
+    assert rig.fake.sessions[session["id"]]["amount_total"] == 500
+    rig.take_events()
+    done = rig.fake.complete_session(session["id"])
+    await rig.deliver(*rig.take_events("checkout.session.completed"))
+    await rig.settle()
+    assert await rig.balance("acme") == 1000
+    charge = rig.fake.payment_intents[done["payment_intent"]]["latest_charge"]
+    assert (rig.fake.charges[charge]["amount"], rig.fake.charges[charge]["currency"]) == (
+        500,
+        "jpy",
+    )
+    rig.fake.refund(charge, 125)  # 125 yen of 500
+    await rig.deliver(*rig.take_events())
+    await rig.settle()
+    assert await rig.balance("acme") == 750
