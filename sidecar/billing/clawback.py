@@ -179,6 +179,15 @@ async def charge_event(b: Billing, etype: str, obj: dict[str, Any]) -> str:
         did = str(obj.get("id"))
         disputes[did] = merge_dispute(disputes.get(did), dispute_view(etype, obj))
 
+    # Validated before anything is stored: what cannot be reconciled changes nothing.
+    for what, seen in (("refund", refunds), ("dispute", disputes)):
+        for oid, o in seen.items():
+            if o["currency"] != charge.currency:
+                raise Refused(
+                    f"{what} {oid} is in {o['currency']}, its charge {charge_id} in "
+                    f"{charge.currency}"
+                )
+
     def merge(row: dict[str, Any]) -> dict[str, Any] | None:
         state = dict(row["clawback_state"] or {})
         known_r = dict(state.get("refunds") or {})

@@ -1,4 +1,4 @@
-"""Billing fixtures: the app with Stripe pointed at a local fake (tests/billing/fakestripe.py),
+"""Billing fixtures: the app with Stripe pointed at a local fake (tests/billing/fakestripe/),
 its billing worker running inline, a SQLite ledger in the test's temp dir; webhooks are signed
 by the tests with Stripe's scheme."""
 

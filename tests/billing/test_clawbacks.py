@@ -253,6 +253,7 @@ async def test_a_refund_in_another_currency_than_its_charge_is_a_dead_letter(rig
     (dead,) = await dead_letters(rig)
     assert "eur" in dead["error"] and "usd" in dead["error"] and dead["attempts"] == 1
     assert await rig.balance("acme") == 1000
+    assert (await purchase_of(rig, charge))["clawback_state"] is None  # nothing stored
 
 
 async def test_a_charge_of_another_payment_intent_is_a_dead_letter(rig: Rig) -> None:
