@@ -5,6 +5,7 @@ dead letter that says why."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import Any
 
@@ -321,3 +322,28 @@ async def test_a_purchase_refunded_before_this_release_is_read_complete(rig: Rig
     await rig.deliver(*rig.take_events("charge.dispute.updated"))  # no funds_withdrawn
     await rig.settle()
     assert await rig.balance("acme") == 0  # 100 refunded + 400 withdrawn, read from Stripe
+
+
+async def test_two_workers_racing_on_one_purchases_events_agree(make_rig: MakeRig) -> None:
+    """Two sidecars (two workers on one SQL ledger and one Redis) take a purchase's refund and
+    dispute events at the same time: the merged view is compare-and-set on its version and the
+    ledger ignores an older view, so the result is the newest state's."""
+    first = await make_rig()
+    second = await make_rig()
+    await first.account("acme")
+    await first.package()
+    charge = await bought(first)
+    first.fake.refund(charge, 100)
+    doomed = first.fake.refund(charge, 200)
+    first.fake.fail_refund(doomed["id"])
+    d = first.fake.dispute(charge, amount=200)
+    first.fake.close_dispute(d["id"], "won")
+    events = first.take_events()
+    await asyncio.gather(
+        *(rig.deliver(e) for e in events for rig in (first, second)),
+    )
+    await first.settle()
+    await second.settle()
+    assert await first.balance("acme") == 800  # 100 of 500 cents refunded, nothing else
+    p = await purchase_of(first, charge)
+    assert (p["amount_refunded"], p["amount_disputed"], p["clawback_target"]) == (100, 0, 200)
