@@ -387,6 +387,34 @@ async def test_clawbacks_survive_flushall_and_rebuild_with_what_they_wait_for(
     assert r.balance == 120
 
 
+async def test_credits_a_lowered_clawback_gives_back_reach_sql_and_survive_rebuild(
+    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: RedisClient
+) -> None:
+    """A clawback that became debt, repaid by a later grant, then given back (a won dispute):
+    the new clawback:<tx> bucket and the cancelled debt reach SQL (reconcile is clean) and
+    come back after a rebuild."""
+    await ledger.configure_account("acme")
+    await ledger.grant("acme", "purchase:cs_1:li", 100, source="purchase")
+    await ledger.deduct("acme", 100, "spend")
+    await ledger.revoke(
+        "acme", "cs_1", 100, buckets=["purchase:cs_1:li"], policy="negative", version=1
+    )
+    await ledger.grant("acme", "later", 150)
+    r = await ledger.revoke(
+        "acme", "cs_1", 0, buckets=["purchase:cs_1:li"], policy="negative", version=2
+    )
+    assert (r.given_back, r.balance) == (100, 150)
+    await drain(make_writer(ledger, engine))
+    assert await reconcile(redis, ledger.keys, engine) == []
+    types = await rows(engine, "SELECT type, amount FROM credit_transactions ORDER BY seq")
+    assert [tuple(t) for t in types][-1] == ("revoke", 100)
+    before = await redis_state(redis, ledger.keys)
+    await redis.flushall()
+    await rebuild(redis, ledger.keys, engine, now_ms=clock.now, retention_ms=3_600_000)
+    assert await redis_state(redis, ledger.keys) == before
+    assert (await ledger.balance("acme")).balance == 150
+
+
 async def test_rebuilding_one_account_restores_only_that_account(
     ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: RedisClient
 ) -> None:
