@@ -21,8 +21,8 @@
 -- for an account), avail (sum of remaining over live buckets), held, debt, seq
 -- (per-account transaction sequence), ovl (overdraft limit), lbt (low-balance
 -- threshold), att (auto top-up threshold), rl_n/rl_ms/rl_burst (rate: rl_n requests per
--- rl_ms, burst), tat (GCRA, us); cb:<purchase> (credits of a refunded or disputed purchase
--- taken back so far, see revoke.lua);
+-- rl_ms, burst), tat (GCRA, us); cb:<purchase>, cbs:<purchase> and pc:<bucket> (the
+-- clawback of a refunded or disputed purchase, see "Clawbacks" below and revoke.lua);
 -- per bucket: m:<id> (static JSON), r:<id> (remaining; absent once expired), h:<id> (held);
 -- per API key: k:<key id> (present while the key is active: '' or its rate 'n:ms:burst'),
 -- kt:<key id> (its TAT); per priced route with a rate limit: rt:<route> (its TAT).
@@ -266,8 +266,12 @@ local function sync_order(id, meta)
   end
 end
 
+local touched = {}  -- buckets credits came back to in this call (see claw_returns)
+
 -- Credits `n` back to a bucket if it is still live; returns what was credited (0 if expired).
-local function credit_bucket(id, n)
+-- The bucket is noted for claw_returns unless `quiet`.
+local function credit_bucket(id, n, quiet)
+  if not quiet then touched[#touched + 1] = id end
   local r = redis.call('HGET', A, 'r:' .. id)
   if not r then return 0 end
   redis.call('HSET', A, 'r:' .. id, fmt(tonumber(r) + n))
@@ -334,6 +338,111 @@ local function bucket_entry(id, meta)
     priority = meta.priority, source = meta.source, fp = meta.fp}
 end
 
+-- Clawbacks (revoke.lua). Per purchase, cb:<purchase> = the credits to have taken back (the
+-- target) and cbs:<purchase> = how, a JSON object {v: version of the state the target was
+-- computed from, pol: policy ('unspent' | 'negative'), b: [the purchase's bucket ids],
+-- tk: [credits taken from each], pd: [held credits of each still to take (pending: a hold
+-- has them)], debt: added to the debt, un: not recovered (spent)}; tk + pd + debt + un is
+-- always the target. pc:<bucket> = the purchase whose clawback watches the bucket: credits
+-- that come back to it (a hold closing, a usage refund) are taken while that clawback is
+-- short (pending first, then unrecovered), and pending credits a hold charged instead are
+-- settled by the policy (unrecovered, or debt). A cb:<purchase> above the parts (written by
+-- an earlier release, which kept no breakdown) counts the difference as unrecovered.
+
+local function claw_load(pid, ids)
+  local v = redis.call('HMGET', A, 'cb:' .. pid, 'cbs:' .. pid)
+  local st
+  if v[2] then
+    st = cjson.decode(v[2])
+  else
+    st = {v = 0, pol = 'unspent', b = ids or {}, tk = {}, pd = {}, debt = 0, un = 0}
+    for i = 1, #st.b do
+      st.tk[i] = 0
+      st.pd[i] = 0
+    end
+  end
+  local sum = st.debt + st.un
+  for i = 1, #st.b do sum = sum + st.tk[i] + st.pd[i] end
+  local cb = tonumber(v[1]) or 0
+  if cb > sum then
+    st.un = st.un + cb - sum
+    sum = cb
+  end
+  st.t = sum
+  return st
+end
+
+-- Stores a clawback and appends its 'revoke' transaction (amount: the balance's change); the
+-- transaction carries the state after it, from which `rebuild` restores the clawback.
+local function claw_save(pid, st, txid, amount, alloc, extra)
+  local t = st.t
+  st.t = nil
+  local enc = jenc(st)
+  st.t = t
+  redis.call('HSET', A, 'cb:' .. pid, fmt(t), 'cbs:' .. pid, enc)
+  for _, id in ipairs(st.b) do redis.call('HSET', A, 'pc:' .. id, pid) end
+  extra.purchase = pid
+  extra.target = t
+  extra.version = st.v
+  extra.state = {json = enc}
+  emit(txid, 'revoke', amount, alloc, extra)
+end
+
+-- After credits came back to buckets (credit_bucket): each clawback watching one of them
+-- takes what it is short of, and settles pending credits that their hold charged.
+local function claw_returns()
+  if #touched == 0 then return end
+  local list, seen, pids = touched, {}, {}
+  touched = {}
+  for _, id in ipairs(list) do
+    local pid = redis.call('HGET', A, 'pc:' .. id)
+    if pid and not seen[pid] then
+      seen[pid] = true
+      pids[#pids + 1] = pid
+    end
+  end
+  for _, pid in ipairs(pids) do
+    local st = claw_load(pid)
+    local alloc, taken, debt_added, unrec = {}, 0, 0, 0
+    for i, id in ipairs(st.b) do
+      local v = redis.call('HMGET', A, 'r:' .. id, 'h:' .. id)
+      local r, h = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+      local c = math.min(r, st.pd[i])
+      st.pd[i] = st.pd[i] - c
+      local u = math.min(r - c, st.un)
+      st.un = st.un - u
+      c = c + u
+      if c > 0 then
+        redis.call('HSET', A, 'r:' .. id, fmt(r - c))
+        sync_order(id, bucket_meta(id))
+        st.tk[i] = st.tk[i] + c
+        alloc[#alloc + 1] = {id, -c}
+        taken = taken + c
+      end
+      if st.pd[i] > h then
+        -- the hold charged (or the bucket's expiry forfeited) credits the clawback waited for
+        local x = st.pd[i] - h
+        st.pd[i] = h
+        if st.pol == 'negative' and acct.debt + x <= MAXINT then
+          st.debt = st.debt + x
+          acct.debt = acct.debt + x
+          debt_added = debt_added + x
+        else
+          st.un = st.un + x
+          unrec = unrec + x
+        end
+      end
+    end
+    if taken > 0 or debt_added > 0 or unrec > 0 then
+      acct.avail = acct.avail - taken
+      claw_save(pid, st, extra_txid(), -(taken + debt_added), alloc, {
+        unrecovered = unrec, debt_added = debt_added,
+        desc = 'clawback of ' .. pid .. ': credits came back or a hold was closed',
+      })
+    end
+  end
+end
+
 -- Closes an active hold: charges `charge` of it (in the order it was drawn) and
 -- returns the rest to the buckets it came from; credits whose bucket expired
 -- meanwhile are forfeited. Emits one settle/release transaction. Returns the hold's
@@ -362,6 +471,7 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
     held = held, hold_id = hold_id, charged = charge, forfeited = forfeited, state = state,
     desc = desc or '', meta = meta or '',
   })
+  claw_returns()
   rec.close_balance = balance()
   rec.forfeited = forfeited
   redis.call('HSET', H, hold_id, jenc(rec))

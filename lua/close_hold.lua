@@ -8,7 +8,9 @@
 --   [9] description   [10] metadata (JSON object or '')
 -- Settling charges `amount` from the held credits in the order they were drawn and
 -- returns the rest to their buckets (credits of buckets that expired meanwhile are
--- forfeited). Idempotent by hold id: settling again for the same amount, or
+-- forfeited); credits returned to a bucket of a refunded purchase whose clawback waits for
+-- them are taken back (a 'revoke' transaction after this one, see "Clawbacks" in _lib.lua).
+-- Idempotent by hold id: settling again for the same amount, or
 -- releasing again, returns the first result; settling a released hold, or for
 -- another amount, fails (HOLD_CLOSED / CONFLICT). Releasing a hold whose TTL
 -- already released it returns that release; settling it fails (HOLD_EXPIRED).

@@ -10,6 +10,8 @@
 -- refunds of one transaction never exceed what it took. A part whose bucket expired
 -- since is forfeited; an overdraft part reduces the debt, and what exceeds the debt
 -- (a later grant repaid it) comes back as a new non-expiring bucket (source refund).
+-- Credits that come back to a bucket of a purchase whose clawback is short (revoke.lua) are
+-- taken back at once (a 'revoke' transaction after the refund).
 -- Idempotent by refund id (per usage transaction).
 -- Returns {'ok', transaction id, balance after, refunded, forfeited, replayed (0|1)}
 --       | {'overflow'} (the account would hold more than 2^53-1 credits; nothing refunded).
@@ -86,6 +88,8 @@ if excess > 0 then
   redis.call('HSET', A, 'm:' .. bid, jenc(meta))
 end
 emit(TXID, 'refund', restored + repaid + excess, alloc, extra)
+-- credits back in a bucket whose purchase was refunded by Stripe go to its clawback
+claw_returns()
 local bal = balance()
 redis.call('HINCRBY', KEYS[7], 'refunded', fmt(amount))
 redis.call('HSET', KEYS[7], 'rf:' .. rid, jenc({arg = ARGV[8], tx = TXID, bal = bal,

@@ -15,7 +15,8 @@
 --   (replace whatever Redis holds)
 -- State (credits: integers within +-(2^53-1); times: unix ms; '?': may be absent or null):
 --   created, clock, debt, seq, overdraft_limit, low_balance_threshold?, auto_topup_threshold?,
---   clawbacks? {purchase: credits taken back so far (revoke.lua's cb:<purchase>)},
+--   clawbacks? {purchase: the clawback's target (revoke.lua's cb:<purchase>), or
+--     {target, state (cbs:<purchase>: {v, pol, b, tk, pd, debt, un}, see _lib.lua)}},
 --   rate_limit? [requests, period_ms, burst], purge (how many stale keys follow),
 --   buckets [{id, credits, created, expires?, priority, source, metadata, fp, tx, bal,
 --     remaining? (absent: expired), held, held_field (true: h:<id> exists, a hold drew on it)}],
@@ -104,9 +105,32 @@ local att = opt_int_v(S.auto_topup_threshold, 'auto_topup_threshold', -MAXINT, M
 local clawbacks = {}
 if not absent(S.clawbacks) then
   if type(S.clawbacks) ~= 'table' then fail('INVALID', 'clawbacks must be a JSON object') end
-  for p, n in pairs(S.clawbacks) do
-    clawbacks[#clawbacks + 1] = {id_arg(p, 'clawback purchase', 255),
-      int_v(n, 'clawback credits', 0, MAXINT)}
+  for p, c in pairs(S.clawbacks) do
+    local name = 'clawback ' .. id_arg(p, 'clawback purchase', 255)
+    if type(c) == 'number' then
+      clawbacks[#clawbacks + 1] = {p, int_v(c, name .. ' credits', 0, MAXINT)}
+    else
+      obj_v(c, name)
+      local t = int_v(c.target, name .. ' target', 0, MAXINT)
+      local cs = obj_v(c.state, name .. ' state')
+      int_v(cs.v, name .. ' version', 0, MAXINT)
+      if cs.pol ~= 'unspent' and cs.pol ~= 'negative' then
+        fail('INVALID', name .. ' policy must be unspent or negative')
+      end
+      local b, tk, pd = list_v(cs.b, name .. ' buckets'), list_v(cs.tk, name .. ' taken'),
+        list_v(cs.pd, name .. ' pending')
+      if #tk ~= #b or #pd ~= #b then
+        fail('INVALID', name .. ' taken and pending must have one entry per bucket')
+      end
+      local sum = int_v(cs.debt, name .. ' debt', 0, MAXINT) + int_v(cs.un, name .. ' un', 0, MAXINT)
+      for i = 1, #b do
+        id_arg(b[i], name .. ' bucket', 200)
+        sum = sum + int_v(tk[i], name .. ' taken', 0, MAXINT) + int_v(pd[i], name .. ' pending', 0, MAXINT)
+      end
+      if sum ~= t then fail('INVALID', name .. ' parts do not add up to its target') end
+      cs.b, cs.tk, cs.pd = b, tk, pd
+      clawbacks[#clawbacks + 1] = {p, t, cs}
+    end
   end
 end
 local rl = nil
@@ -295,6 +319,14 @@ if att then f[#f + 1] = 'att'; f[#f + 1] = fmt(att) end
 for _, c in ipairs(clawbacks) do
   f[#f + 1] = 'cb:' .. c[1]
   f[#f + 1] = fmt(c[2])
+  if c[3] then
+    f[#f + 1] = 'cbs:' .. c[1]
+    f[#f + 1] = jenc(c[3])
+    for _, id in ipairs(c[3].b) do
+      f[#f + 1] = 'pc:' .. id
+      f[#f + 1] = c[1]
+    end
+  end
 end
 if rl then
   for i, name in ipairs({'rl_n', 'rl_ms', 'rl_burst'}) do

@@ -114,6 +114,7 @@ class Account(Base):
     rate_limit_period_ms: Mapped[int | None] = mapped_column(BigInteger)
     rate_limit_burst: Mapped[int | None] = mapped_column(BigInteger)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    billing_email: Mapped[str | None] = mapped_column(String(320))  # receipts (Stripe customer)
     # Settings version: the outbox entry id ("%015d-%010d") of the last settings change applied.
     settings_version: Mapped[str] = mapped_column(String(32), default="")
     # Its time (the account's clock when the settings were written; `rebuild` restores the
@@ -282,6 +283,15 @@ class StripePurchase(Base):
     amount_disputed: Mapped[int] = mapped_column(BigInteger, default=0)
     clawback_target: Mapped[int] = mapped_column(Credits, default=0)  # credits to take back
     flagged: Mapped[str | None] = mapped_column(Text)  # refund_policy=flag: what happened
+    # The purchase's Charge (the clawback's ratio is of its amount, in its currency).
+    charge_id: Mapped[str | None] = mapped_column(String(255))
+    charge_amount: Mapped[int | None] = mapped_column(BigInteger)  # minor units
+    charge_currency: Mapped[str | None] = mapped_column(String(3))
+    # Its refunds and disputes as seen so far ({"refunds": {id: ...}, "disputes": {id: ...}},
+    # merged so that no older view undoes a newer one), and the version of that view (grows
+    # with each change; revoke.lua ignores a call from an older one).
+    clawback_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    clawback_version: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -302,6 +312,13 @@ class AutoTopUp(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)  # in a row
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # A charge that needs the customer (authentication): the link sent to the business, and
+    # the PaymentIntent it replaces; no off-session charge is tried until it is cleared.
+    action_url: Mapped[str | None] = mapped_column(Text)
+    action_payment_intent: Mapped[str | None] = mapped_column(String(255))
+    # The charge slot's idempotency key generation: a new key after Stripe answered an error
+    # (Stripe keeps that answer under the key for 24 hours).
+    key_attempt: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime]
 
 

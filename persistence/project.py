@@ -54,7 +54,18 @@ TXN_COLUMNS = {
     "key_id",
     "route",
 }
-INT_DETAILS = ("repaid", "overdraft", "forfeited", "charged", "expires", "target", "unrecovered")
+INT_DETAILS = (
+    "repaid",
+    "overdraft",
+    "forfeited",
+    "charged",
+    "expires",
+    "target",
+    "unrecovered",
+    "version",
+    "pending",
+    "debt_added",
+)
 TXN_TYPES = {
     "usage",
     "purchase",
@@ -295,7 +306,7 @@ class Batch:
         meta = _opt_text(e, "meta")
         hid = _opt_text(e, "hold_id")
         bucket_def: Row | None = None
-        if ttype in ("purchase", "grant", "refund") and e.get("bucket") is not None:
+        if ttype in ("purchase", "grant", "refund", "revoke") and e.get("bucket") is not None:
             bucket = e["bucket"]
             if not isinstance(bucket, dict):
                 raise PoisonEntry("bucket is malformed")

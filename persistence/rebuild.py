@@ -43,13 +43,14 @@ from typing import Any
 import orjson
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
-from sqlalchemy import RowMapping, or_, select
+from sqlalchemy import RowMapping, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sidecar.apikeys import key_record, rate_spec
 from sidecar.keys import KeySpace
 from sidecar.ledger import RateLimit
 from sidecar.persistence.models import (
+    ARCHIVED_TRANSACTIONS,
     Account,
     ApiKey,
     AutoTopUp,
@@ -197,17 +198,27 @@ async def read_account(
     )
 
 
-async def _clawbacks(conn: AsyncConnection, account: str) -> dict[str, int]:
-    """Per refunded or disputed purchase, the credits taken back so far (revoke.lua)."""
-    rows = await conn.execute(
-        select(TXNS.c.details).where(TXNS.c.account == account, TXNS.c.type == "revoke")
+async def _clawbacks(conn: AsyncConnection, account: str) -> dict[str, Any]:
+    """Per refunded or disputed purchase, its clawback (revoke.lua): the state carried by its
+    latest 'revoke' transaction (live or archived), or, for transactions of a release that
+    kept none, the highest target reached (its targets only grew)."""
+    # Archived ones too: an archived clawback still binds later refunds and disputes.
+    live, old = (
+        select(t.c.seq, t.c.details).where(t.c.account == account, t.c.type == "revoke")
+        for t in (TXNS, ARCHIVED_TRANSACTIONS)
     )
-    out: dict[str, int] = {}
-    for (details,) in rows:
+    rows = sorted((await conn.execute(union_all(live, old))).all(), key=lambda r: int(r[0]))
+    out: dict[str, Any] = {}
+    for _, details in rows:
         d = details or {}
-        purchase, target = d.get("purchase"), d.get("target")
-        if isinstance(purchase, str) and isinstance(target, int):
-            out[purchase] = max(out.get(purchase, 0), target)
+        purchase, target, state = d.get("purchase"), d.get("target"), d.get("state")
+        if not (isinstance(purchase, str) and isinstance(target, int)):
+            continue
+        if isinstance(state, dict):
+            out[purchase] = {"target": target, "state": state}
+        else:
+            prev = out.get(purchase, 0)
+            out[purchase] = max(prev if isinstance(prev, int) else 0, target)
     return out
 
 

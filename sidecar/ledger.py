@@ -82,11 +82,15 @@ class Allowed:
 class RevokeResult:
     """Credits of a refunded or disputed purchase taken back (see lua/revoke.lua)."""
 
-    transaction_id: str | None  # None: nothing was due (a duplicate, or an older target)
+    transaction_id: str | None  # None: nothing changed (a duplicate, or an older view)
     taken: int  # from the purchase's buckets
     debt_added: int  # policy "negative": what its buckets no longer held
     unrecovered: int  # policy "unspent": what its buckets no longer held
     balance: int
+    pending: int = 0  # held credits of its buckets, taken when their hold releases them
+    given_back: int = 0  # a lower target: credits returned plus debt cancelled
+    target: int = 0  # the clawback's target now
+    version: int = 0  # the version of the view it was last set from
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,20 +466,20 @@ class Ledger:
         *,
         buckets: list[str],
         policy: Literal["unspent", "negative"],
+        version: int,
         description: str = "",
     ) -> RevokeResult:
-        """Takes back credits of ``purchase`` until ``target`` (cumulative) have been taken:
-        duplicates and older targets change nothing."""
+        """Sets the credits of ``purchase`` taken back in total to ``target`` (a lower one
+        gives credits back), as seen in version ``version`` of the purchase's refunds and
+        disputes: repeated calls and older versions change nothing (lua/revoke.lua)."""
         reply = await self.run_script(
             self.scripts.revoke,
             account,
             [],
-            [purchase, target, policy, orjson.dumps(buckets).decode(), description],
+            [purchase, target, policy, orjson.dumps(buckets).decode(), description, version],
         )
         txid = _text(reply[0])
-        return RevokeResult(
-            txid or None, int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4])
-        )
+        return RevokeResult(txid or None, *(int(x) for x in reply[1:9]))
 
     async def set_auto_topup_threshold(self, account: str, threshold: int | None) -> int:
         """Arms (or, with None, disarms) the auto top-up trigger; returns the balance."""

@@ -150,6 +150,14 @@ class Settings(BaseSettings):
     stripe_webhook_tolerance_s: int = Field(
         300, ge=1, le=86400, description="max age (and max future skew) of a webhook signature"
     )
+    stripe_webhook_max_bytes: int = Field(
+        5 * 1024 * 1024,
+        ge=64 * 1024,
+        le=64 * 1024 * 1024,
+        description="the largest Stripe webhook body accepted (Stripe documents no limit; "
+        "its events are usually a few KiB, some hundreds); larger ones get 413. Other routes "
+        "take at most 64 KiB",
+    )
     billing_worker: Literal["inline", "off"] = Field(
         "inline",
         description="the Stripe event / notification worker of `serve`: on its event loop, or "
@@ -165,6 +173,31 @@ class Settings(BaseSettings):
     )
     auto_topup_max_failures: int = Field(
         3, ge=1, le=100, description="failed auto top-ups in a row before it is paused"
+    )
+    auto_topup_pending_timeout_s: int = Field(
+        3600,
+        ge=60,
+        le=30 * 86400,
+        description="an auto top-up charge still processing or awaiting action after this "
+        "long is looked up at Stripe, canceled if it can be, and its slot freed",
+    )
+    auto_topup_action_url: str | None = Field(
+        None,
+        pattern=r"^https?://[!-~]+$",
+        max_length=2048,
+        description="where Stripe Checkout sends a customer back after paying the link an "
+        "auto top-up that needs them (authentication) creates; unset = no link is made, the "
+        "notification only says the customer must act",
+    )
+    stripe_invoices: bool = Field(
+        False,
+        description="Checkout creates an invoice for each purchase (invoice_creation; Stripe "
+        "emails it, and charges its fee for invoices)",
+    )
+    stripe_automatic_tax: bool = Field(
+        False,
+        description="Checkout computes tax with Stripe Tax (automatic_tax; the customer's "
+        "address is collected and saved); needs Stripe Tax set up in the dashboard",
     )
     notify_max_attempts: int = Field(
         8, ge=1, le=50, description="tries of a low-balance webhook before it is given up"

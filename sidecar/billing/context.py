@@ -4,6 +4,7 @@ the settings and the clock; and the one place that makes a Stripe customer for a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sidecar.billing.gateway import StripeGateway
 from sidecar.billing.store import BillingStore
@@ -15,6 +16,11 @@ from sidecar.settings import Settings
 class Permanent(Exception):
     """Processing cannot succeed as things stand (an unknown price, a session without an
     account): the event is retried a few times, then kept as a dead letter to look at."""
+
+
+class Refused(Permanent):
+    """The event cannot be reconciled as it is (another currency than its charge, an API
+    version we do not read): kept as a dead letter at once, with the reason."""
 
 
 class NotYet(Exception):
@@ -29,6 +35,8 @@ class Billing:
     gateway: StripeGateway | None
     settings: Settings
     clock: Clock
+    # The Stripe webhook endpoints and their API versions, as read at start (apiversion.py).
+    endpoints: list[dict[str, Any]] | None = None
 
     def stripe(self) -> StripeGateway:
         if self.gateway is None:
@@ -37,9 +45,11 @@ class Billing:
 
     async def customer(self, account: str) -> str:
         """The account's Stripe customer, created once (Stripe's idempotency key and a
-        conditional SQL write keep concurrent callers on one customer)."""
+        conditional SQL write keep concurrent callers on one customer), with the account's
+        billing email when it has one (Stripe sends receipts there)."""
         existing = await self.store.customer(account)
         if existing:
             return existing
-        created = await self.stripe().create_customer(account)
+        email = await self.store.billing_email(account)
+        created = await self.stripe().create_customer(account, email)
         return await self.store.set_customer(account, created)

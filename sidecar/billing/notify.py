@@ -1,5 +1,6 @@
-"""Low-balance notifications: a signed JSON webhook to the account's endpoint each time a
-debit takes its balance below its low-balance threshold, retried with exponential backoff.
+"""Notifications to an account's endpoint, signed JSON webhooks retried with exponential
+backoff: ``balance.low`` each time a debit takes its balance below its low-balance threshold,
+and ``auto_topup.action_required`` when an auto top-up charge needs the customer.
 
 Signature, in Stripe's scheme so customers can reuse their verification code:
 ``Credit-Sidecar-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
@@ -57,24 +58,31 @@ def backoff_ms(attempt: int) -> int:
 
 async def low_balance(b: Billing, fields: dict[str, str], event_id: str) -> str:
     """Queues the webhook for a low_balance event of the events stream."""
-    account = fields.get("account", "")
+    txid = fields.get("transaction_id", event_id)
+    return await enqueue(
+        b,
+        fields.get("account", ""),
+        {
+            "id": f"low_balance:{txid}",
+            "type": "balance.low",
+            "account": fields.get("account", ""),
+            "balance": int(fields.get("balance", "0")),
+            "threshold": int(fields.get("threshold", "0")),
+            "transaction_id": txid,
+            "created": int(fields.get("ts", "0")),
+        },
+    )
+
+
+async def enqueue(b: Billing, account: str, payload: dict[str, object]) -> str:
+    """Queues a notification (``payload["id"]`` is its delivery id: queued once) to the
+    account's endpoint."""
     endpoint = await b.store.endpoint(account)
     if endpoint is None or not endpoint["enabled"]:
         return "no endpoint"
-    txid = fields.get("transaction_id", event_id)
-    delivery_id = f"low_balance:{txid}"
-    payload: dict[str, object] = {
-        "id": delivery_id,
-        "type": "balance.low",
-        "account": account,
-        "balance": int(fields.get("balance", "0")),
-        "threshold": int(fields.get("threshold", "0")),
-        "transaction_id": txid,
-        "created": int(fields.get("ts", "0")),
-    }
     url = endpoint["url"]
     queued = await b.store.enqueue_delivery(
-        delivery_id, account, url, netguard.webhook_host(url), payload, b.clock()
+        str(payload["id"]), account, url, netguard.webhook_host(url), payload, b.clock()
     )
     return "queued" if queued else "already queued"
 

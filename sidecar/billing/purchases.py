@@ -1,19 +1,27 @@
-"""Buying credits: Checkout Sessions, the grants that follow a paid session, and taking
-credits back after a refund or a dispute.
+"""Buying credits: Checkout Sessions and the grants that follow a paid session (refunds
+and disputes: clawback.py).
 
 Grants are idempotent by bucket id, ``purchase:<session>:<line item>``, with parameters fixed
 by the session (its creation time, the package), so any number of deliveries of any of the
-session's events grant each line item once. Refunds and disputes move a cumulative target
-(``revoke.lua``), so duplicates and reordering take back the right credits once.
+session's events grant each line item once.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.billing.context import Billing, NotYet, Permanent
-from sidecar.billing.gateway import IDEMPOTENCY, Session, StripeRefused, StripeTransient
+from sidecar.billing import topup
+from sidecar.billing.context import Billing, Permanent
+from sidecar.billing.gateway import (
+    IDEMPOTENCY,
+    Session,
+    StripeRefused,
+    StripeTransient,
+    idempotency_key,
+)
 from sidecar.billing.store import Package
 from sidecar.errors import (
     IdempotencyConflict,
@@ -38,9 +46,13 @@ async def checkout(
     items: list[Item],
     success_url: str,
     cancel_url: str,
-    idempotency_key: str | None,
+    key: str | None,
+    *,
+    save_card: bool = False,
+    email: str | None = None,
 ) -> Session:
-    """A Checkout Session (mode payment) for ``items``, for the account's Stripe customer."""
+    """A Checkout Session (mode payment) for ``items``, for the account's Stripe customer;
+    ``save_card``: the customer agrees to keep the card for auto top-up (off-session use)."""
     gateway = b.stripe()
     await b.ledger.balance(account)  # UnknownAccount before anything is created at Stripe
     line_items = []
@@ -51,18 +63,64 @@ async def checkout(
         if not p.stripe_price_id:
             raise InvalidInput(f"package {p.id} has no Stripe price", field="package_id")
         line_items.append({"price": p.stripe_price_id, "quantity": item.quantity})
-    try:
-        customer = await b.customer(account)
+    async with _stripe_call():
+        customer = await _customer_with(b, account, email)
         return await gateway.create_checkout_session(
             account=account,
             customer=customer,
             line_items=line_items,
             success_url=success_url,
             cancel_url=cancel_url,
-            idempotency_key=f"credit-sidecar-checkout-{account}-{idempotency_key}"
-            if idempotency_key
-            else None,
+            idempotency_key=idempotency_key("checkout", account, key) if key else None,
+            save_card=save_card,
+            invoices=b.settings.stripe_invoices,
+            automatic_tax=b.settings.stripe_automatic_tax,
+            metadata={"save_card": "true"} if save_card else None,
         )
+
+
+async def setup_checkout(
+    b: Billing,
+    account: str,
+    success_url: str,
+    cancel_url: str | None,
+    currency: str,
+    key: str | None,
+    *,
+    email: str | None = None,
+) -> Session:
+    """A Checkout Session in setup mode: the customer saves a card without paying; once done,
+    it becomes the auto top-up's card (if the account has one)."""
+    gateway = b.stripe()
+    await b.ledger.balance(account)  # UnknownAccount
+    async with _stripe_call():
+        customer = await _customer_with(b, account, email)
+        return await gateway.create_checkout_session(
+            account=account,
+            customer=customer,
+            success_url=success_url,
+            cancel_url=cancel_url,
+            currency=currency,
+            idempotency_key=idempotency_key("setup", account, key) if key else None,
+            metadata={"kind": "setup"},
+        )
+
+
+async def _customer_with(b: Billing, account: str, email: str | None) -> str:
+    """The account's Stripe customer; a new billing email is kept and given to Stripe."""
+    if email is not None and email != await b.store.billing_email(account):
+        await b.store.set_billing_email(account, email)
+        existing = await b.store.customer(account)
+        if existing:
+            await b.stripe().set_customer_email(existing, email)
+    return await b.customer(account)
+
+
+@contextlib.asynccontextmanager
+async def _stripe_call() -> AsyncIterator[None]:
+    """Stripe's refusals and outages as the API answers them."""
+    try:
+        yield
     except StripeRefused as e:
         if e.code == IDEMPOTENCY:
             raise IdempotencyConflict(
@@ -87,6 +145,8 @@ async def session_event(
     sid = session.get("id")
     if account is None or not isinstance(sid, str):
         return "ignored: the session names no account"
+    if session.get("mode") == "setup":
+        return await _card_saved(b, account, session)
     now = b.clock()
     base = {
         "id": sid,
@@ -110,7 +170,31 @@ async def session_event(
     await b.store.record_purchase(
         base | {"status": "paid", "credits": granted, "buckets": {"ids": buckets}}, now
     )
-    return f"granted {granted} credits in {len(buckets)} bucket(s) to {account}"
+    done = f"granted {granted} credits in {len(buckets)} bucket(s) to {account}"
+    meta = session.get("metadata") or {}
+    if meta.get("kind") == "auto_topup_action" or meta.get("save_card") == "true":
+        # The customer paid an auto top-up's link, or saved the card for it: auto top-up
+        # charges that card from now on.
+        pi = session.get("payment_intent")
+        pm = (await b.stripe().payment_intent(pi)).payment_method if isinstance(pi, str) else None
+        if await topup.customer_acted(b, account, pm):
+            done += f"; auto top-up uses {pm}"
+    return done
+
+
+async def _card_saved(b: Billing, account: str, session: dict[str, Any]) -> str:
+    """A setup-mode session completed: its card becomes the auto top-up's card."""
+    if session.get("status") != "complete":
+        return f"setup session {session.get('status')}: nothing saved"
+    si = session.get("setup_intent")
+    if not isinstance(si, str):
+        return "ignored: the setup session has no SetupIntent"
+    pm = await b.stripe().setup_intent_payment_method(si)
+    if pm is None:
+        return f"setup intent {si} saved no payment method"
+    if await topup.customer_acted(b, account, pm):
+        return f"card {pm} saved: auto top-up uses it"
+    return f"card {pm} saved (no auto top-up configured)"
 
 
 async def grant_session(
@@ -166,57 +250,3 @@ async def _bucket_credits(b: Billing, account: str, bucket: str, default: int) -
         if held.id == bucket:
             return held.credits
     return default
-
-
-async def clawback(
-    b: Billing, purchase: dict[str, Any], *, refunded: int | None, disputed: int | None
-) -> str:
-    """Takes back the share of the purchase's credits that was refunded or disputed."""
-    row = await b.store.raise_clawback(
-        purchase["id"], refunded=refunded, disputed=disputed, now_ms=b.clock()
-    )
-    if row is None:
-        raise NotYet(f"purchase {purchase['id']} vanished")
-    amount_total = int(row["amount_total"] or 0)
-    credits = int(row["credits"] or 0)
-    if row["status"] != "paid" or amount_total <= 0 or credits <= 0:
-        raise NotYet(f"purchase {row['id']} has not been granted yet")
-    # Stripe refunds and disputes cover different money (a disputed amount cannot be refunded).
-    money = min(amount_total, int(row["amount_refunded"]) + int(row["amount_disputed"]))
-    target = credits * money // amount_total
-    policy = b.settings.refund_policy
-    what = f"refunded {row['amount_refunded']}, disputed {row['amount_disputed']} of {amount_total}"
-    if policy == "flag":
-        note = f"{what}: {target} credits would be taken back (refund_policy=flag)"
-        await b.store.update_purchase(row["id"], b.clock(), flagged=note)
-        return "flagged: " + note
-    r = await b.ledger.revoke(
-        row["account"],
-        row["id"],
-        target,
-        buckets=list((row["buckets"] or {}).get("ids", [])),
-        policy="unspent" if policy == "revoke_unspent" else "negative",
-        description=f"Stripe {what}",
-    )
-    await b.store.update_purchase(row["id"], b.clock(), clawback_target=target)
-    if r.transaction_id is None:
-        return f"{what}: nothing more to take back (target {target} reached)"
-    return (
-        f"{what}: took back {r.taken} credits, added {r.debt_added} to debt, "
-        f"{r.unrecovered} already spent"
-    )
-
-
-async def charge_event(b: Billing, etype: str, obj: dict[str, Any]) -> str:
-    """charge.refunded (cumulative amount_refunded) and charge.dispute.created."""
-    pi = obj.get("payment_intent")
-    if not isinstance(pi, str):
-        return "ignored: no payment intent"
-    purchase = await b.store.purchase_by_payment_intent(pi)
-    if purchase is None:
-        raise NotYet(f"no purchase with payment intent {pi} (yet)")
-    if etype == "charge.refunded":
-        return await clawback(
-            b, purchase, refunded=int(obj.get("amount_refunded") or 0), disputed=None
-        )
-    return await clawback(b, purchase, refunded=None, disputed=int(obj.get("amount") or 0))

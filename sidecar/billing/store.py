@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from sidecar.billing import currency
 from sidecar.errors import LedgerUnavailable
 from sidecar.persistence.models import (
     Account,
@@ -62,6 +63,10 @@ class Package:
             "credit_expiry_s": self.credit_expiry_s,
             "active": self.active,
         }
+
+    def public(self) -> dict[str, Any]:
+        """What the API shows: the stored fields and the price as a person reads it."""
+        return self.view() | {"price_display": currency.display(self.price, self.currency)}
 
 
 def _package(row: Any) -> Package:
@@ -147,6 +152,22 @@ class BillingStore:
                 )
             ).scalar()
         return None if v is None else str(v)
+
+    async def billing_email(self, account: str) -> str | None:
+        async with self.tx() as conn:
+            v = (
+                await conn.execute(select(ACCOUNTS.c.billing_email).where(ACCOUNTS.c.id == account))
+            ).scalar()
+        return None if v is None else str(v)
+
+    async def set_billing_email(self, account: str, email: str | None) -> None:
+        async with self.tx() as conn:
+            stmt: Insert = insert_for(conn, ACCOUNTS).values(id=account, billing_email=email)
+            await conn.execute(
+                stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+                    index_elements=["id"], set_={"billing_email": email}
+                )
+            )
 
     async def set_customer(self, account: str, customer: str) -> str:
         """Records the account's Stripe customer unless it has one; returns the one kept."""
@@ -351,31 +372,41 @@ class BillingStore:
                 .values(values | {"updated_at": from_ms(now_ms)})
             )
 
-    async def raise_clawback(
-        self, purchase_id: str, *, refunded: int | None, disputed: int | None, now_ms: int
+    async def merge_clawback(
+        self,
+        purchase_id: str,
+        merge: Callable[[dict[str, Any]], dict[str, Any] | None],
+        now_ms: int,
     ) -> dict[str, Any] | None:
-        """Keeps the largest refunded / disputed amounts seen (Stripe's are cumulative, and
-        events may arrive in any order); returns the purchase after the update."""
-        async with self.tx() as conn:
-            values: dict[str, Any] = {"updated_at": from_ms(now_ms)}
-            if refunded is not None:
-                await conn.execute(
-                    update(PURCHASES)
-                    .where(PURCHASES.c.id == purchase_id, PURCHASES.c.amount_refunded < refunded)
-                    .values(amount_refunded=refunded, **values)
+        """Applies ``merge`` to the purchase (it returns the columns to change, or None when
+        nothing changes) and bumps ``clawback_version`` with the change, as one compare-and-set
+        on the version, retried when another worker changed it first: every stored state is
+        derived from the one before it. Returns the purchase after it (None if there is none).
+        """
+        for _ in range(50):
+            async with self.tx() as conn:
+                row = (
+                    (await conn.execute(select(PURCHASES).where(PURCHASES.c.id == purchase_id)))
+                    .mappings()
+                    .first()
                 )
-            if disputed is not None:
-                await conn.execute(
+                if row is None:
+                    return None
+                current = dict(row)
+                changes = merge(current)
+                if changes is None:
+                    return current
+                version = int(current["clawback_version"])
+                result = await conn.execute(
                     update(PURCHASES)
-                    .where(PURCHASES.c.id == purchase_id, PURCHASES.c.amount_disputed < disputed)
-                    .values(amount_disputed=disputed, **values)
+                    .where(PURCHASES.c.id == purchase_id, PURCHASES.c.clawback_version == version)
+                    .values(
+                        changes | {"clawback_version": version + 1, "updated_at": from_ms(now_ms)}
+                    )
                 )
-            row = (
-                (await conn.execute(select(PURCHASES).where(PURCHASES.c.id == purchase_id)))
-                .mappings()
-                .first()
-            )
-        return None if row is None else dict(row)
+                if result.rowcount:
+                    return current | changes | {"clawback_version": version + 1}
+        raise LedgerUnavailable(f"purchase {purchase_id} keeps changing: try again")
 
     # -- auto top-up ----------------------------------------------------------------------
 
@@ -401,9 +432,19 @@ class BillingStore:
             stmt = insert_for(conn, TOPUPS).values(
                 values | {"last_attempt_ms": 0, "attempts": 0, "failures": 0, "paused": False}
             )
-            # A new configuration (say, a new card) also lifts a pause after failures.
+            # A new configuration (say, a new card) also lifts a pause after failures, ends a
+            # wait for the customer and frees a charge slot left stuck (a PaymentIntent that
+            # still succeeds grants its credits through its webhook).
             changed = {k: v for k, v in values.items() if k != "account"}
-            changed |= {"paused": False, "failures": 0, "last_error": None}
+            changed |= {
+                "paused": False,
+                "failures": 0,
+                "last_error": None,
+                "pending_payment_intent": None,
+                "action_url": None,
+                "action_payment_intent": None,
+                "key_attempt": 0,
+            }
             await conn.execute(stmt.on_conflict_do_update(index_elements=["account"], set_=changed))
 
     async def topup(self, account: str) -> dict[str, Any] | None:
@@ -437,6 +478,7 @@ class BillingStore:
                     TOPUPS.c.account == account,
                     TOPUPS.c.enabled.is_(True),
                     TOPUPS.c.paused.is_(False),
+                    TOPUPS.c.action_url.is_(None),
                     or_(
                         and_(
                             pending.is_(None),
@@ -453,6 +495,7 @@ class BillingStore:
                 )
                 .values(
                     pending_payment_intent=case((pending.is_(None), token), else_=pending),
+                    key_attempt=case((pending.is_(None), 0), else_=TOPUPS.c.key_attempt),
                     last_attempt_ms=now_ms,
                     attempts=TOPUPS.c.attempts + 1,
                 )
@@ -466,15 +509,74 @@ class BillingStore:
             )
         return dict(row)
 
-    async def topup_release(self, account: str, slot: str) -> None:
-        """Stripe was unreachable: the slot stays ``starting`` with its key, due for a
-        takeover at once (by the retry of the same trigger)."""
+    async def topup_release(self, account: str, slot: str, *, new_key: bool) -> None:
+        """Stripe's answer was lost or an error: the slot stays ``starting``, due for a
+        takeover at once (by the retry of the same trigger), with its idempotency key, or,
+        after an error Stripe keeps under that key (``new_key``), the next one."""
         async with self.tx() as conn:
             await conn.execute(
                 update(TOPUPS)
                 .where(TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent == slot)
-                .values(last_attempt_ms=0)
+                .values(
+                    last_attempt_ms=0,
+                    key_attempt=TOPUPS.c.key_attempt + (1 if new_key else 0),
+                )
             )
+
+    async def topup_needs_customer(
+        self, account: str, pending: str, pi: str, url: str | None, error: str, now_ms: int
+    ) -> bool:
+        """The charge ``pending`` needs the customer (authentication): the slot is cleared
+        without counting a failure, and no off-session charge is tried while the link waits.
+        False if the slot had moved on."""
+        async with self.tx() as conn:
+            result = await conn.execute(
+                update(TOPUPS)
+                .where(TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent == pending)
+                .values(
+                    pending_payment_intent=None,
+                    action_url=url or "",
+                    action_payment_intent=pi,
+                    last_error=error,
+                    updated_at=from_ms(now_ms),
+                )
+            )
+        return bool(result.rowcount)
+
+    async def topup_customer_acted(
+        self, account: str, payment_method: str | None, now_ms: int
+    ) -> bool:
+        """The customer paid the link (or saved a card): auto top-up charges again, with the
+        card they used if it was saved. False if there was no wait."""
+        values: dict[str, Any] = {
+            "action_url": None,
+            "action_payment_intent": None,
+            "failures": 0,
+            "last_error": None,
+            "paused": False,
+            "updated_at": from_ms(now_ms),
+        }
+        if payment_method:
+            values["payment_method"] = payment_method
+        async with self.tx() as conn:
+            result = await conn.execute(
+                update(TOPUPS).where(TOPUPS.c.account == account).values(values)
+            )
+        return bool(result.rowcount)
+
+    async def stuck_topups(self, before_ms: int, limit: int = 100) -> list[tuple[str, str]]:
+        """(account, PaymentIntent) of charges pending since before ``before_ms``."""
+        q = (
+            select(TOPUPS.c.account, TOPUPS.c.pending_payment_intent)
+            .where(
+                TOPUPS.c.pending_payment_intent.is_not(None),
+                TOPUPS.c.pending_payment_intent.not_like("starting:%"),
+                TOPUPS.c.last_attempt_ms <= before_ms,
+            )
+            .limit(limit)
+        )
+        async with self.tx() as conn:
+            return [(str(a), str(p)) for a, p in await conn.execute(q)]
 
     async def topup_pending(self, account: str, slot: str, pi: str) -> None:
         async with self.tx() as conn:
@@ -493,15 +595,17 @@ class BillingStore:
         error: str | None,
         max_failures: int,
         now_ms: int,
-    ) -> bool:
+        count: bool = True,
+    ) -> tuple[bool, bool]:
         """Clears the charge slot if it still holds ``pending`` (the charge's PaymentIntent,
-        or the ``starting:`` slot when none was made), counting a failure; an outcome of an
-        older charge leaves a newer slot alone. Returns True if the auto top-up is now
-        paused."""
+        or the ``starting:`` slot when none was made), counting a failure (unless not
+        ``count``); an outcome of an older charge, or one seen before (the reply and the
+        webhook), leaves the slot alone. Returns (whether this call cleared it, whether the
+        auto top-up is now paused)."""
         async with self.tx() as conn:
             where = (TOPUPS.c.account == account, TOPUPS.c.pending_payment_intent == pending)
             if ok:
-                await conn.execute(
+                result = await conn.execute(
                     update(TOPUPS)
                     .where(*where)
                     .values(
@@ -511,25 +615,25 @@ class BillingStore:
                         updated_at=from_ms(now_ms),
                     )
                 )
-                return False
+                return bool(result.rowcount), False
             result = await conn.execute(
                 update(TOPUPS)
                 .where(*where)
                 .values(
                     pending_payment_intent=None,
-                    failures=TOPUPS.c.failures + 1,
+                    failures=TOPUPS.c.failures + (1 if count else 0),
                     last_error=error,
                     updated_at=from_ms(now_ms),
                 )
             )
             if not result.rowcount:
-                return False
+                return False, False
             paused = await conn.execute(
                 update(TOPUPS)
                 .where(TOPUPS.c.account == account, TOPUPS.c.failures >= max_failures)
                 .values(paused=True)
             )
-        return bool(paused.rowcount)
+        return True, bool(paused.rowcount)
 
     # -- notifications --------------------------------------------------------------------
 

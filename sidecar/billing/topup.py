@@ -2,14 +2,30 @@
 PaymentIntent for its package with its saved payment method.
 
 The trigger is an ``auto_topup`` event the debit itself appends (lua/_lib.lua); starting a
-charge is one conditional UPDATE (enabled, not paused, none pending, cooldown passed), so
-triggers racing each other start one charge. Credits are granted once per PaymentIntent
-(bucket ``topup:<payment intent>``), when it succeeds, whether that is seen in the reply or in
-the ``payment_intent.succeeded`` webhook. After ``auto_topup_max_failures`` failures in a row
-the auto top-up is paused (and disarmed in Redis) until it is configured again.
+charge is one conditional UPDATE (enabled, not paused, not waiting for the customer, none
+pending, cooldown passed), so triggers racing each other start one charge. Credits are granted
+once per PaymentIntent (bucket ``topup:<payment intent>``), when it succeeds, whether that is
+seen in the reply, in ``payment_intent.succeeded`` or by the stuck-charge sweep. After
+``auto_topup_max_failures`` failures in a row the auto top-up is paused (and disarmed in
+Redis) until it is configured again.
+
+Idempotency keys (https://docs.stripe.com/api/idempotent_requests): a charge slot's key is
+reused only when Stripe's reply was lost (it may have charged: the retry gets that charge);
+Stripe keeps a server error under its key for 24 hours, so after one the slot first looks for
+a PaymentIntent it made (its ``slot`` metadata) and otherwise moves to a new key.
+
+A card that needs its holder (``authentication_required``,
+https://docs.stripe.com/payments/save-and-reuse#charge-saved-payment-method) is not a decline:
+the charge waits for the customer, with a Checkout link for the package (which saves the card
+they use for the next off-session charges) sent to the account's notification endpoint
+(``auto_topup.action_required``); no off-session charge is tried and no failure counted until
+the customer pays it or the auto top-up is configured again. A charge left processing or
+awaiting action for ``auto_topup_pending_timeout_s`` is looked up at Stripe by the worker's
+sweep: granted if it succeeded, canceled (a failure) if it can be, its slot freed either way.
 
 Counted in the metrics (``credit_sidecar_auto_topups_total``): a charge claimed is
-``started``, its credits granted ``succeeded``, a refusal or failed payment ``failed``.
+``started``, its credits granted ``succeeded``, a refusal or failed payment ``failed`` (once,
+whichever of the reply and the webhook sees it first).
 """
 
 from __future__ import annotations
@@ -18,14 +34,24 @@ import logging
 from typing import Any
 
 from sidecar import metrics
+from sidecar.billing import notify
 from sidecar.billing.context import Billing, Permanent
-from sidecar.billing.gateway import StripeRefused
-from sidecar.errors import IdempotencyConflict, UnknownAccount
+from sidecar.billing.gateway import (
+    Payment,
+    StripeRefused,
+    StripeTransient,
+    idempotency_key,
+)
+from sidecar.billing.store import Package
+from sidecar.errors import IdempotencyConflict, InvalidInput, PaymentProviderError, UnknownAccount
 
 log = logging.getLogger(__name__)
 # A charge slot left "starting" this long (its worker died mid-charge) is taken over by the
 # next trigger, with the same idempotency key. Shorter than a retried event's lease.
 STALE_MS = 120_000
+NEEDS_CUSTOMER = "authentication_required"
+# PaymentIntent statuses that will not succeed without someone doing something.
+FAILED = ("failed", "requires_payment_method", "canceled")
 
 
 async def configure(
@@ -37,6 +63,22 @@ async def configure(
     payment_method: str,
     enabled: bool,
 ) -> None:
+    """Saves the auto top-up, after checking with Stripe that ``payment_method`` is saved on
+    the account's customer (Stripe would refuse an off-session charge with it otherwise)."""
+    gateway = b.stripe()
+    try:
+        customer = await b.customer(account)
+        pm = await gateway.payment_method(payment_method)
+    except (StripeTransient, StripeRefused) as e:
+        raise PaymentProviderError(f"Stripe: {e}") from None
+    if pm is None:
+        raise InvalidInput(f"Stripe has no payment method {payment_method}", field="payment_method")
+    if pm.customer != customer:
+        raise InvalidInput(
+            f"payment method {payment_method} is not saved on the account's Stripe customer "
+            f"{customer}: save it with POST /v1/checkout/setup (or Checkout with save_card)",
+            field="payment_method",
+        )
     await b.store.put_topup(
         account,
         threshold=threshold,
@@ -60,9 +102,10 @@ async def trigger(b: Billing, account: str) -> str:
     cooldown_ms = b.settings.auto_topup_cooldown_s * 1000
     cfg = await b.store.claim_topup(account, now, cooldown_ms, STALE_MS)
     if cfg is None:
-        return "skipped: disabled, paused, pending or cooling down"
+        return "skipped: disabled, paused, waiting for the customer, pending or cooling down"
     metrics.TOPUPS.labels("started").inc()
-    slot = str(cfg["pending_payment_intent"])  # "starting:<key>"
+    slot = str(cfg["pending_payment_intent"])  # "starting:<uuid>"
+    uuid = slot.partition(":")[2]
     package = await b.store.package(cfg["package_id"])
     if package is None or not package.active:
         await _failed(b, account, slot, f"package {cfg['package_id']} is not available")
@@ -70,24 +113,39 @@ async def trigger(b: Billing, account: str) -> str:
     gateway = b.stripe()
     try:
         customer = await b.customer(account)
-        payment = await gateway.charge_off_session(
-            account=account,
-            customer=customer,
-            payment_method=cfg["payment_method"],
-            amount=package.price,
-            currency=package.currency,
-            package_id=package.id,
-            # One key per slot: a retry after a lost reply replays the same PaymentIntent.
-            idempotency_key=f"credit-sidecar-topup-{account}-{slot.partition(':')[2]}",
-        )
+        payment = None
+        if cfg["key_attempt"]:
+            # Stripe answered an earlier try with an error: did that try charge anyway?
+            payment = await gateway.find_topup(customer, uuid)
+        if payment is None:
+            payment = await gateway.charge_off_session(
+                account=account,
+                customer=customer,
+                payment_method=cfg["payment_method"],
+                amount=package.price,
+                currency=package.currency,
+                package_id=package.id,
+                slot=uuid,
+                idempotency_key=idempotency_key("topup", account, uuid, cfg["key_attempt"]),
+                receipt_email=await b.store.billing_email(account),
+            )
     except StripeRefused as e:
         await _failed(b, account, slot, str(e))
         return f"failed: {e}"
-    except Exception:
-        # Transient (Stripe unreachable; it may or may not have charged): the slot keeps its
-        # key and the retry of this trigger takes it over, without counting a failure.
-        await b.store.topup_release(account, slot)
+    except StripeTransient as e:
+        # Not a failure of the charge: the retry of this trigger takes the slot over, with the
+        # same key if the reply was lost (Stripe may have charged), a new one if Stripe keeps
+        # this error under it.
+        await b.store.topup_release(account, slot, new_key=e.stored)
         raise
+    except Exception:
+        await b.store.topup_release(account, slot, new_key=False)
+        raise
+    return await _outcome(b, account, slot, package, payment)
+
+
+async def _outcome(b: Billing, account: str, slot: str, package: Package, payment: Payment) -> str:
+    pending = slot
     if payment.id:
         await b.store.record_purchase(
             {
@@ -102,25 +160,94 @@ async def trigger(b: Billing, account: str) -> str:
             b.clock(),
         )
         await b.store.topup_pending(account, slot, payment.id)
+        pending = payment.id
     if payment.status == "succeeded":
         return await succeeded(b, account, payment.id, package.id, 0)
-    if payment.status in ("failed", "requires_payment_method", "canceled"):
-        await _failed(b, account, payment.id or slot, payment.error or payment.status)
+    if payment.code == NEEDS_CUSTOMER:
+        return await needs_customer(b, account, pending, package, payment.error)
+    if payment.status in FAILED:
+        await _failed(b, account, pending, payment.error or payment.status)
         return f"failed: {payment.error or payment.status}"
     return f"charge {payment.id} is {payment.status}: waiting for its webhook"
 
 
-async def _failed(b: Billing, account: str, pending: str, error: str) -> None:
-    """A charge failed: ``pending`` is its PaymentIntent, or its ``starting:`` slot."""
-    metrics.TOPUPS.labels("failed").inc()
-    paused = await b.store.topup_done(
+async def needs_customer(
+    b: Billing, account: str, pending: str, package: Package | None, error: str | None
+) -> str:
+    """The charge ``pending`` (a PaymentIntent) needs the customer: a Checkout link for the
+    package, recorded and sent to the account's endpoint; the charge slot is freed without a
+    failure."""
+    url = None
+    if package is not None and package.stripe_price_id and b.settings.auto_topup_action_url:
+        try:
+            session = await b.stripe().create_checkout_session(
+                account=account,
+                customer=await b.customer(account),
+                success_url=b.settings.auto_topup_action_url,
+                cancel_url=None,
+                idempotency_key=idempotency_key("topup-action", account, pending),
+                line_items=[{"price": package.stripe_price_id, "quantity": 1}],
+                save_card=True,
+                invoices=b.settings.stripe_invoices,
+                automatic_tax=b.settings.stripe_automatic_tax,
+                metadata={"kind": "auto_topup_action", "payment_intent": pending},
+            )
+            url = session.url
+        except (StripeTransient, StripeRefused) as e:
+            log.warning("auto top-up of %s: no Checkout link for the customer: %s", account, e)
+    reason = error or "the card needs its holder's authentication"
+    await b.store.topup_needs_customer(account, pending, pending, url, reason, b.clock())
+    purchase = await b.store.purchase(pending)
+    if purchase is not None and purchase["status"] != "paid":
+        await b.store.update_purchase(pending, b.clock(), status="failed")
+    sent = await notify.enqueue(
+        b,
+        account,
+        {
+            "id": f"auto_topup_action:{pending}",
+            "type": "auto_topup.action_required",
+            "account": account,
+            "reason": NEEDS_CUSTOMER,
+            "message": reason,
+            "payment_intent": pending,
+            "package_id": package.id if package else None,
+            "amount": package.price if package else None,
+            "currency": package.currency if package else None,
+            "url": url,
+            "created": b.clock() // 1000,
+        },
+    )
+    return f"needs the customer ({reason}); link {url or 'none'}; notification {sent}"
+
+
+async def customer_acted(b: Billing, account: str, payment_method: str | None) -> bool:
+    """The customer paid an action link or saved a card: the wait ends (with that card, if
+    one was saved) and the trigger is armed again."""
+    cfg = await b.store.topup(account)
+    if cfg is None:
+        return False
+    await b.store.topup_customer_acted(account, payment_method, b.clock())
+    if cfg["enabled"]:
+        await b.ledger.set_auto_topup_threshold(account, int(cfg["threshold"]))
+    return True
+
+
+async def _failed(
+    b: Billing, account: str, pending: str, error: str, *, count: bool = True
+) -> None:
+    """A charge failed: ``pending`` is its PaymentIntent, or its ``starting:`` slot. Counted
+    once, by whichever of Stripe's reply and its webhook clears the slot."""
+    cleared, paused = await b.store.topup_done(
         account,
         pending,
         ok=False,
         error=error,
-        max_failures=b.settings.auto_topup_max_failures,
+        max_failures=b.settings.auto_topup_max_failures if count else 10**9,
         now_ms=b.clock(),
+        count=count,
     )
+    if cleared and count:
+        metrics.TOPUPS.labels("failed").inc()
     if not pending.startswith("starting:"):
         purchase = await b.store.purchase(pending)
         if purchase is not None and purchase["status"] != "paid":
@@ -135,14 +262,15 @@ async def succeeded(b: Billing, account: str, pi: str, package_id: str, created_
     package = await b.store.package(package_id)
     if package is None:
         raise Permanent(f"package {package_id} of payment {pi} does not exist")
+    now = b.clock()
     purchase = await b.store.purchase(pi)
     if purchase is not None and purchase["status"] == "paid":
-        await b.store.topup_done(account, pi, ok=True, error=None, max_failures=0, now_ms=b.clock())
+        await b.store.topup_done(account, pi, ok=True, error=None, max_failures=0, now_ms=now)
         return f"payment {pi} already granted"
     bucket = f"topup:{pi}"
     expires = None
     if package.credit_expiry_s:
-        base = created_s or b.clock() // 1000
+        base = created_s or now // 1000
         expires = (base + package.credit_expiry_s) * 1000
     try:
         await b.ledger.grant(
@@ -179,15 +307,51 @@ async def succeeded(b: Billing, account: str, pi: str, package_id: str, created_
 
 
 async def payment_event(b: Billing, etype: str, pi: dict[str, Any]) -> str:
-    """payment_intent.succeeded / payment_intent.payment_failed of an auto top-up charge."""
+    """payment_intent.succeeded / .payment_failed / .canceled of an auto top-up charge."""
     meta = pi.get("metadata") or {}
     if meta.get("kind") != "auto_topup" or not isinstance(meta.get("account"), str):
         return "ignored: not an auto top-up charge"
     account, pid = meta["account"], str(pi.get("id"))
+    package_id = str(meta.get("package_id"))
     if etype == "payment_intent.succeeded":
-        return await succeeded(
-            b, account, pid, str(meta.get("package_id")), int(pi.get("created") or 0)
+        return await succeeded(b, account, pid, package_id, int(pi.get("created") or 0))
+    if etype == "payment_intent.canceled":
+        await _failed(b, account, pid, "the payment was canceled", count=False)
+        return f"auto top-up {pid} canceled: its slot is free"
+    last = pi.get("last_payment_error") or {}
+    if last.get("code") == NEEDS_CUSTOMER:
+        return await needs_customer(
+            b, account, pid, await b.store.package(package_id), last.get("message")
         )
-    error = (pi.get("last_payment_error") or {}).get("message") or "payment failed"
+    error = last.get("message") or "payment failed"
     await _failed(b, account, pid, str(error))
     return f"auto top-up {pid} failed: {error}"
+
+
+async def sweep_stuck(b: Billing) -> int:
+    """Charges pending longer than ``auto_topup_pending_timeout_s``: settled from what Stripe
+    says now; one still processing or awaiting action is canceled if it can be (a failure),
+    else left to its webhook; its slot is freed either way. Returns how many were looked at."""
+    timeout_ms = b.settings.auto_topup_pending_timeout_s * 1000
+    stuck = await b.store.stuck_topups(b.clock() - timeout_ms)
+    for account, pid in stuck:
+        payment = await b.stripe().payment_intent(pid)
+        package_id = (payment.metadata or {}).get("package_id", "")
+        if payment.status == "succeeded":
+            await succeeded(b, account, pid, package_id, 0)
+            continue
+        if payment.code == NEEDS_CUSTOMER and payment.status in FAILED:
+            await needs_customer(b, account, pid, await b.store.package(package_id), payment.error)
+            continue
+        if payment.status in FAILED:
+            await _failed(b, account, pid, payment.error or payment.status)
+            continue
+        waited = f"still {payment.status} after {b.settings.auto_topup_pending_timeout_s} s"
+        try:
+            await b.stripe().cancel_payment_intent(pid)
+        except StripeRefused as e:  # processing: Stripe finishes it; its webhook still grants
+            await _failed(b, account, pid, f"{waited}; not canceled ({e})")
+        else:
+            await _failed(b, account, pid, f"{waited}: canceled")
+        log.warning("auto top-up %s of %s: %s", pid, account, waited)
+    return len(stuck)

@@ -20,8 +20,8 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from sidecar.billing import netguard, notify, purchases, topup
-from sidecar.billing.context import Billing, NotYet, Permanent
+from sidecar.billing import apiversion, clawback, netguard, notify, purchases, topup
+from sidecar.billing.context import Billing, NotYet, Permanent, Refused
 from sidecar.billing.gateway import StripeRefused, StripeTransient
 from sidecar.errors import LedgerUnavailable, StoreUnavailable
 from sidecar.persistence.writer import pause
@@ -40,14 +40,22 @@ SESSION_EVENTS = (
     "checkout.session.async_payment_succeeded",
     "checkout.session.async_payment_failed",
 )
-CHARGE_EVENTS = ("charge.refunded", "charge.dispute.created")
-PAYMENT_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed")
+CHARGE_EVENTS = clawback.EVENTS
+PAYMENT_EVENTS = (
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "payment_intent.canceled",
+)
+# How often (on the billing clock) a worker looks for auto top-up charges left pending.
+STUCK_SWEEP_MS = 60_000
 # The ledger's auto_topup events are queued with the Stripe events, for the same retries.
 TOPUP_TRIGGER = "credit_sidecar.auto_topup"
 # Finished deliveries and trigger events older than the retention go in batches this size
 # (each one short transaction), looked for this often.
 PRUNE_BATCH = 500
 PRUNE_INTERVAL_MS = 600_000
+# Stripe event types billing acts on (the others are stored and ignored).
+HANDLED = frozenset((*SESSION_EVENTS, *CHARGE_EVENTS, *PAYMENT_EVENTS))
 
 
 def retry_delay_ms(attempt: int) -> int:
@@ -62,7 +70,7 @@ async def dispatch(
     if etype in SESSION_EVENTS:
         return await purchases.session_event(b, event_id, etype, obj, created_s)
     if etype in CHARGE_EVENTS:
-        return await purchases.charge_event(b, etype, obj)
+        return await clawback.charge_event(b, etype, obj)
     if etype in PAYMENT_EVENTS:
         return await topup.payment_event(b, etype, obj)
     if etype == TOPUP_TRIGGER:
@@ -77,6 +85,7 @@ class BillingWorker:
         self._wake = asyncio.Event()
         self.processed = 0
         self._next_prune_ms = 0
+        self._swept_at: int | None = None
 
     def wake(self) -> None:
         """A new event was stored: process it now rather than at the next poll."""
@@ -93,6 +102,7 @@ class BillingWorker:
                 self._loop(stop, self.ledger_events_once, "ledger events"),
                 self._loop(stop, deliverer.start_due, "notifications"),
                 self._loop(stop, self.prune_once, "pruning"),
+                self._loop(stop, self.stuck_once, "stuck auto top-ups"),
             ]
             try:
                 await asyncio.gather(*loops)
@@ -153,6 +163,8 @@ class BillingWorker:
         created = payload.get("created")
         created_s = created if isinstance(created, int) else 0
         try:
+            if etype in HANDLED:
+                apiversion.check_event(payload)
             outcome = await dispatch(b, event_id, etype, obj, created_s)
         except NotYet as e:
             # Not a failure of this event: wait (with backoff) for the one it depends on.
@@ -169,6 +181,9 @@ class BillingWorker:
             OSError,
         ) as e:
             await self._failed(event_id, attempt, f"{type(e).__name__}: {e}")
+            return
+        except Refused as e:
+            await self._failed(event_id, attempt, f"refused: {e}", give_up=True)
             return
         except (Permanent, StripeRefused) as e:
             await self._failed(event_id, attempt, f"{type(e).__name__}: {e}")
@@ -206,6 +221,17 @@ class BillingWorker:
             await b.store.finish_event(
                 event_id, "retry", now, attempt=attempt, error=error, next_attempt_ms=now + delay
             )
+
+    async def stuck_once(self) -> int:
+        """Every STUCK_SWEEP_MS: auto top-up charges pending too long (topup.sweep_stuck)."""
+        now = self.b.clock()
+        if self.b.gateway is None or (
+            self._swept_at is not None and now - self._swept_at < STUCK_SWEEP_MS
+        ):
+            return 0
+        self._swept_at = now
+        await topup.sweep_stuck(self.b)
+        return 0
 
     # -- the ledger's events (low balance, auto top-up) ---------------------------------------
 

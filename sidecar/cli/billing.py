@@ -8,6 +8,7 @@ import urllib.parse
 
 import click
 
+from sidecar.billing import apiversion
 from sidecar.billing.context import Billing
 from sidecar.billing.gateway import StripeGateway
 from sidecar.billing.store import BillingStore
@@ -35,7 +36,12 @@ def packages() -> None:
 @click.argument("package_id")
 @click.option("--name", required=True)
 @click.option("--credits", type=AsciiInt(), required=True, help="credits granted per unit bought")
-@click.option("--price", type=AsciiInt(), required=True, help="in minor units (cents)")
+@click.option(
+    "--price",
+    type=AsciiInt(),
+    required=True,
+    help="in the currency's minor unit (cents; yen for JPY); must equal the Stripe Price's",
+)
 @click.option("--currency", default="usd", show_default=True)
 @click.option("--stripe-price", "stripe_price_id", help="the Stripe Price id (price_...)")
 @click.option(
@@ -131,6 +137,7 @@ def worker() -> None:
             async with open_store(settings) as redis:
                 ledger = ledger_for(redis, settings)
                 b = Billing(ledger, BillingStore(engine), gateway, settings, ledger.clock)
+                await apiversion.check_endpoints(b)
                 try:
                     await BillingWorker(b).run(stop)
                 finally:

@@ -14,6 +14,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.apikeys import ApiKeys
+from sidecar.billing import apiversion
 from sidecar.billing.context import Billing
 from sidecar.billing.gateway import StripeGateway
 from sidecar.billing.store import BillingStore
@@ -119,6 +120,10 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
     app[BILLING] = billing = Billing(ledger, BillingStore(engine), gateway, settings, ledger.clock)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(_migrated(engine, stop), name="billing-migrate")]
+    if gateway is not None and settings.background:
+        tasks.append(
+            asyncio.create_task(apiversion.check_endpoints(billing), name="billing-versions")
+        )
     if settings.billing_worker == "inline" and settings.background:
         app[BILLING_WORKER] = worker = BillingWorker(billing)
 

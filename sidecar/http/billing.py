@@ -9,23 +9,26 @@ from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
 from sidecar import errors, metrics
-from sidecar.billing import netguard, notify, purchases, topup
+from sidecar.billing import currency, netguard, notify, purchases, topup
+from sidecar.billing.gateway import API_VERSION, StripeGateway, StripeRefused, StripeTransient
 from sidecar.billing.store import Package
 from sidecar.billing.webhook import verify
-from sidecar.billing.worker import CHARGE_EVENTS, PAYMENT_EVENTS, SESSION_EVENTS
+from sidecar.billing.worker import HANDLED
 from sidecar.http.appkeys import BILLING, BILLING_WORKER, SETTINGS
 from sidecar.http.errors import json_response
 from sidecar.http.routes import authorize, body, path_id, query_int
 from sidecar.http.schemas import (
     AutoTopUpRequest,
+    BillingProfileRequest,
     CheckoutRequest,
     NotificationRequest,
     PackageRequest,
+    SetupCheckoutRequest,
 )
 
 billing_routes = web.RouteTableDef()
 # Event types counted by name in the metrics (the ones billing handles); others are "other".
-COUNTED_EVENT_TYPES = frozenset((*SESSION_EVENTS, *CHARGE_EVENTS, *PAYMENT_EVENTS))
+COUNTED_EVENT_TYPES = HANDLED
 
 
 @billing_routes.put("/v1/admin/packages/{package_id}")
@@ -45,6 +48,11 @@ async def put_package(request: web.Request) -> web.Response:
         req.credit_expiry_s,
         req.active,
     )
+    wrong = currency.problem(req.price, req.currency)
+    if wrong:
+        raise errors.InvalidInput(wrong, field="price")
+    if req.stripe_price_id and b.gateway is not None:
+        await _price_agrees(b.gateway, p)
     try:
         created = await b.store.put_package(p, b.clock())
     except IntegrityError:  # the only unique column besides the id: the Stripe price
@@ -52,7 +60,42 @@ async def put_package(request: web.Request) -> web.Response:
             f"stripe_price_id {req.stripe_price_id} belongs to another package",
             field="stripe_price_id",
         ) from None
-    return json_response(p.view(), 201 if created else 200)
+    return json_response(p.public(), 201 if created else 200)
+
+
+async def _price_agrees(gateway: StripeGateway, p: Package) -> None:
+    """The package's price and currency are its Stripe Price's (what Checkout charges)."""
+    assert p.stripe_price_id
+    try:
+        price = await gateway.price(p.stripe_price_id)
+    except (StripeTransient, StripeRefused) as e:
+        raise errors.PaymentProviderError(f"Stripe: {e}") from None
+    field = "stripe_price_id"
+    if price is None:
+        raise errors.InvalidInput(f"Stripe has no price {p.stripe_price_id}", field=field)
+    if not price.active or price.type != "one_time":
+        raise errors.InvalidInput(
+            f"Stripe price {price.id} is {'inactive' if not price.active else price.type}: "
+            "a package needs an active one-time price",
+            field=field,
+        )
+    if price.currency != p.currency:
+        raise errors.InvalidInput(
+            f"Stripe price {price.id} is in {price.currency}, the package in {p.currency}",
+            field="currency",
+        )
+    if price.unit_amount != p.price:
+        theirs = (
+            "no fixed amount"
+            if price.unit_amount is None
+            else (f"{price.unit_amount} ({currency.display(price.unit_amount, price.currency)})")
+        )
+        raise errors.InvalidInput(
+            f"Stripe price {price.id} is {theirs}, the package says {p.price} "
+            f"({currency.display(p.price, p.currency)}); amounts are in the currency's "
+            "minor unit",
+            field="price",
+        )
 
 
 @billing_routes.get("/v1/admin/packages")
@@ -60,7 +103,7 @@ async def list_packages(request: web.Request) -> web.Response:
     authorize(request, "admin", "service")
     active = request.query.get("active") == "true"
     packages = await request.app[BILLING].store.packages(active_only=active)
-    return json_response({"packages": [p.view() for p in packages]})
+    return json_response({"packages": [p.public() for p in packages]})
 
 
 @billing_routes.get("/v1/admin/packages/{package_id}")
@@ -70,7 +113,7 @@ async def get_package(request: web.Request) -> web.Response:
     p = await request.app[BILLING].store.package(package_id)
     if p is None:
         raise errors.UnknownPackage(f"no package {package_id}")
-    return json_response(p.view())
+    return json_response(p.public())
 
 
 @billing_routes.post("/v1/checkout")
@@ -92,8 +135,70 @@ async def checkout(request: web.Request) -> web.Response:
         req.success_url,
         req.cancel_url,
         req.idempotency_key,
+        save_card=req.save_card,
+        email=req.email,
     )
     return json_response({"id": session.id, "url": session.url, "account": req.account}, 201)
+
+
+@billing_routes.post("/v1/checkout/setup")
+async def setup_checkout(request: web.Request) -> web.Response:
+    """A Stripe Checkout Session in setup mode (service or admin token): the customer saves a
+    card without paying; it becomes the account's auto top-up card."""
+    authorize(request, "admin", "service")
+    req = await body(request, SetupCheckoutRequest)
+    session = await purchases.setup_checkout(
+        request.app[BILLING],
+        req.account,
+        req.success_url,
+        req.cancel_url,
+        req.currency,
+        req.idempotency_key,
+        email=req.email,
+    )
+    return json_response({"id": session.id, "url": session.url, "account": req.account}, 201)
+
+
+@billing_routes.get("/v1/admin/accounts/{account}/payment-methods")
+async def payment_methods(request: web.Request) -> web.Response:
+    """The cards (and other methods) saved on the account's Stripe customer."""
+    authorize(request, "admin")
+    account = path_id(request, "account")
+    b = request.app[BILLING]
+    gateway = b.stripe()
+    customer = await b.store.customer(account)
+    if customer is None:
+        await b.ledger.balance(account)  # UnknownAccount
+        return json_response({"account": account, "customer": None, "payment_methods": []})
+    try:
+        methods = await gateway.payment_methods(customer)
+    except (StripeTransient, StripeRefused) as e:
+        raise errors.PaymentProviderError(f"Stripe: {e}") from None
+    return json_response(
+        {
+            "account": account,
+            "customer": customer,
+            "payment_methods": [{"id": m.id, "type": m.type, "label": m.label} for m in methods],
+        }
+    )
+
+
+@billing_routes.put("/v1/admin/accounts/{account}/billing")
+async def put_billing_profile(request: web.Request) -> web.Response:
+    """The account's billing email: on its Stripe customer, where Stripe sends receipts."""
+    authorize(request, "admin")
+    account = path_id(request, "account")
+    req = await body(request, BillingProfileRequest)
+    b = request.app[BILLING]
+    await b.ledger.balance(account)  # UnknownAccount
+    await b.store.set_billing_email(account, req.email)
+    customer = await b.store.customer(account)
+    if customer is not None and req.email is not None:
+        try:
+            await b.stripe().set_customer_email(customer, req.email)
+        except (StripeTransient, StripeRefused) as e:
+            raise errors.PaymentProviderError(f"Stripe: {e}") from None
+    return json_response({"account": account, "email": req.email, "customer": customer})
 
 
 @billing_routes.put("/v1/admin/accounts/{account}/auto-topup")
@@ -141,6 +246,10 @@ def _topup_view(cfg: dict[str, Any] | None) -> dict[str, Any]:
     keys = ("account", "enabled", "threshold", "package_id", "payment_method", "paused")
     view = {k: cfg[k] for k in keys}
     view |= {"failures": cfg["failures"], "last_error": cfg["last_error"]}
+    # A charge that needs the customer: the link sent to the business ("" = none made).
+    view["needs_customer"] = cfg["action_url"] is not None
+    view["action_url"] = cfg["action_url"] or None
+    view["action_payment_intent"] = cfg["action_payment_intent"]
     pending = cfg["pending_payment_intent"]
     # "starting:<uuid>" is the slot of a charge being created, not a PaymentIntent yet.
     view["pending_payment_intent"] = (
@@ -210,7 +319,9 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     etype, outcome = "unknown", "error"
     try:
-        payload = await request.read()
+        # Stripe's events can be far larger than the app's 64 KiB bound for everything else.
+        big = request.clone(client_max_size=settings.stripe_webhook_max_bytes)
+        payload = await big.read()
         event = verify(
             payload,
             request.headers.get("Stripe-Signature"),
@@ -253,7 +364,14 @@ async def billing_status(request: web.Request) -> web.Response:
     authorize(request, "admin")
     b = request.app[BILLING]
     counts = await b.store.counts()
-    return json_response(counts | {"stripe": b.gateway is not None})
+    return json_response(
+        counts
+        | {
+            "stripe": b.gateway is not None,
+            "api_version": API_VERSION,
+            "webhook_endpoints": b.endpoints,
+        }
+    )
 
 
 @billing_routes.post("/v1/admin/billing/events/{event_id}/retry")

@@ -41,6 +41,8 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     schemas.KeyRequest,
     schemas.PackageRequest,
     schemas.CheckoutRequest,
+    schemas.SetupCheckoutRequest,
+    schemas.BillingProfileRequest,
     schemas.AutoTopUpRequest,
     schemas.NotificationRequest,
 )
@@ -127,10 +129,15 @@ def response_schemas() -> dict[str, Schema]:
             "name": STR,
             "credits": CREDITS,
             "stripe_price_id": nullable(STR),
-            "price": {"type": "integer", "description": "minor units (cents)"},
+            "price": {
+                "type": "integer",
+                "description": "the currency's minor unit (cents; yen for JPY, a zero-decimal "
+                "currency); the same as its Stripe Price's unit_amount",
+            },
             "currency": STR,
             "credit_expiry_s": nullable(INT),
             "active": BOOL,
+            "price_display": {"type": "string", "description": "e.g. 5.00 USD, 500 JPY"},
         }
     )
     topup = obj(
@@ -144,6 +151,13 @@ def response_schemas() -> dict[str, Schema]:
             "failures": INT,
             "last_error": nullable(STR),
             "pending_payment_intent": nullable(STR),
+            "needs_customer": {
+                "type": "boolean",
+                "description": "a charge needed the customer (authentication): no off-session "
+                "charge until they pay the link or the auto top-up is set again",
+            },
+            "action_url": nullable(STR),
+            "action_payment_intent": nullable(STR),
         }
     )
     transaction = obj(
@@ -450,6 +464,14 @@ def response_schemas() -> dict[str, Schema]:
         "PackageList": obj({"packages": array(ref("Package"))}),
         "CheckoutSession": obj({"id": STR, "url": STR, "account": STR}),
         "AutoTopUp": topup,
+        "PaymentMethods": obj(
+            {
+                "account": STR,
+                "customer": nullable(STR),
+                "payment_methods": array(obj({"id": STR, "type": STR, "label": STR})),
+            }
+        ),
+        "BillingProfile": obj({"account": STR, "email": nullable(STR), "customer": nullable(STR)}),
         "Deleted": obj({"account": STR, "deleted": BOOL}),
         "NotificationEndpoint": obj(
             {
@@ -499,6 +521,23 @@ def response_schemas() -> dict[str, Schema]:
                 "events": {"type": "object", "additionalProperties": INT},
                 "deliveries": {"type": "object", "additionalProperties": INT},
                 "stripe": BOOL,
+                "api_version": {
+                    "type": "string",
+                    "description": "the Stripe API version billing reads (pinned)",
+                },
+                "webhook_endpoints": nullable(
+                    array(
+                        obj(
+                            {
+                                "id": STR,
+                                "url": STR,
+                                "api_version": nullable(STR),
+                                "matches": BOOL,
+                                "sidecar": BOOL,
+                            }
+                        )
+                    )
+                ),
             }
         ),
         "EventRetried": obj({"id": STR, "status": {"const": "received"}}),
@@ -944,7 +983,13 @@ def _billing_paths() -> dict[str, dict[str, Any]]:
                     200: json_body(ref("Package"), "replaced"),
                     201: json_body(ref("Package"), "created"),
                 },
-                {503: sql_503},
+                {
+                    422: "`invalid_request`: e.g. a price or currency other than its Stripe "
+                    "Price's (checked when Stripe is configured), or an amount Stripe cannot "
+                    "charge in that currency",
+                    502: None,
+                    503: sql_503,
+                },
                 params=[package_id],
                 body="PackageRequest",
             ),
@@ -975,6 +1020,47 @@ def _billing_paths() -> dict[str, dict[str, Any]]:
                 body="CheckoutRequest",
             )
         },
+        "/v1/checkout/setup": {
+            "post": op(
+                "setup_checkout",
+                "A Stripe Checkout Session in setup mode: the customer saves a card without "
+                "paying (it becomes the auto top-up's card)",
+                "billing",
+                ADMIN_OR_SERVICE,
+                {201: json_body(ref("CheckoutSession"), "the session")},
+                {
+                    404: "`unknown_account`",
+                    409: "`idempotency_conflict`: the idempotency_key was used with other "
+                    "parameters",
+                    502: None,
+                    503: billing_503,
+                },
+                body="SetupCheckoutRequest",
+            )
+        },
+        "/v1/admin/accounts/{account}/payment-methods": {
+            "get": op(
+                "list_payment_methods",
+                "The payment methods saved on the account's Stripe customer",
+                "billing",
+                ADMIN,
+                {200: json_body(ref("PaymentMethods"), "its saved payment methods")},
+                {404: "`unknown_account`", 502: None, 503: billing_503},
+                params=[ACCOUNT],
+            )
+        },
+        "/v1/admin/accounts/{account}/billing": {
+            "put": op(
+                "put_billing_profile",
+                "Set an account's billing email (on its Stripe customer: receipts go there)",
+                "billing",
+                ADMIN,
+                {200: json_body(ref("BillingProfile"), "the billing profile")},
+                {404: "`unknown_account`", 502: None, 503: billing_503},
+                params=[ACCOUNT],
+                body="BillingProfileRequest",
+            )
+        },
         "/v1/admin/accounts/{account}/auto-topup": {
             "put": op(
                 "put_auto_topup",
@@ -982,7 +1068,13 @@ def _billing_paths() -> dict[str, dict[str, Any]]:
                 "billing",
                 ADMIN,
                 {200: json_body(ref("AutoTopUp"), "the auto top-up")},
-                {404: "`unknown_account`, `unknown_package`", 502: None, 503: billing_503},
+                {
+                    404: "`unknown_account`, `unknown_package`",
+                    422: "`invalid_request`: e.g. a payment method not saved on the account's "
+                    "Stripe customer",
+                    502: None,
+                    503: billing_503,
+                },
                 params=[ACCOUNT],
                 body="AutoTopUpRequest",
             ),
@@ -1050,7 +1142,8 @@ def _billing_paths() -> dict[str, dict[str, Any]]:
                 {200: json_body(ref("WebhookReceived"), "stored (or a duplicate)")},
                 {
                     400: "`invalid_signature`: missing, wrong, stale or not a Stripe event",
-                    413: None,
+                    413: "`request_too_large`: the body is over SIDECAR_STRIPE_WEBHOOK_MAX_BYTES "
+                    "(5 MiB by default)",
                     503: "`billing_not_configured`: no webhook secret; `ledger_unavailable`",
                 },
                 description="No bearer token: the `Stripe-Signature` header authenticates "

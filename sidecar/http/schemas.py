@@ -185,12 +185,20 @@ StripeId = Annotated[
 ]
 
 
+Currency = Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")]
+# An address Stripe accepts for receipts: one @, printable ASCII, no spaces (RFC 5321's 254).
+Email = Annotated[
+    str,
+    StringConstraints(min_length=3, max_length=254, pattern=r"^[!-?A-~]+@[!-?A-~]+$"),
+]
+
+
 class PackageRequest(Body):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
     credits: Credits
     stripe_price_id: StripeId | None = None
     price: Annotated[StrictInt, Field(ge=0, le=10**12)]  # minor units (cents)
-    currency: Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")] = "usd"
+    currency: Currency = "usd"
     credit_expiry_s: Annotated[StrictInt, Field(ge=1, le=10 * 366 * 86400)] | None = None
     active: bool = True
 
@@ -223,6 +231,21 @@ class CheckoutRequest(Body):
     success_url: Url
     cancel_url: Url
     idempotency_key: Id | None = None
+    save_card: bool = False  # the customer opts in: the card is kept for auto top-up
+    email: Email | None = None  # the account's billing email (Stripe's receipts)
+
+
+class SetupCheckoutRequest(Body):
+    account: Id
+    success_url: Url
+    cancel_url: Url | None = None
+    currency: Currency = "usd"
+    idempotency_key: Id | None = None
+    email: Email | None = None
+
+
+class BillingProfileRequest(Body):
+    email: Email | None
 
 
 class AutoTopUpRequest(Body):

@@ -1,4 +1,4 @@
-"""Billing fixtures: the app with Stripe pointed at a local fake (tests/billing/fakestripe.py),
+"""Billing fixtures: the app with Stripe pointed at a local fake (tests/billing/fakestripe/),
 its billing worker running inline, a SQLite ledger in the test's temp dir; webhooks are signed
 by the tests with Stripe's scheme."""
 
@@ -81,6 +81,20 @@ class Rig:
         body = orjson.dumps(event(etype, obj, event_id=event_id, created=created))
         headers = {"Stripe-Signature": sign_webhook(body, secret, timestamp)}
         return await self.client.post("/webhooks/stripe", data=body, headers=headers)
+
+    async def deliver(self, *events: dict[str, Any]) -> None:
+        """Delivers events the fake recorded (``fake.events``), in the order given, signed;
+        created on the test's clock, which the worker reads too."""
+        for e in events:
+            body = orjson.dumps(e | {"created": self.clock() // 1000})
+            headers = {"Stripe-Signature": sign_webhook(body, SECRET)}
+            r = await self.client.post("/webhooks/stripe", data=body, headers=headers)
+            assert r.status == 200, await r.text()
+
+    def take_events(self, *types: str) -> list[dict[str, Any]]:
+        """The events the fake recorded since the last call (only ``types``, if given)."""
+        events, self.fake.events[:] = list(self.fake.events), []
+        return [e for e in events if not types or e["type"] in types]
 
     async def settle(self, timeout_s: float = 10.0) -> None:
         """Waits until the worker has processed every stored event that is due."""

@@ -68,7 +68,9 @@ async def _customer(client: stripe.StripeClient, account: str = "acme") -> str:
     return str(c.id)
 
 
-async def _session(client: stripe.StripeClient, customer: str) -> stripe.checkout.Session:
+async def _session(
+    client: stripe.StripeClient, customer: str, key: str = "checkout-1"
+) -> stripe.checkout.Session:
     return await client.v1.checkout.sessions.create_async(
         params={
             "mode": "payment",
@@ -83,7 +85,7 @@ async def _session(client: stripe.StripeClient, customer: str) -> stripe.checkou
             "success_url": "https://example.test/ok",
             "cancel_url": "https://example.test/cancel",
         },
-        options={"idempotency_key": "checkout-1"},
+        options={"idempotency_key": key},
     )
 
 
@@ -176,9 +178,8 @@ async def test_checkout_session_is_created_retrieved_and_its_line_items_paginate
     assert (s.customer, s.client_reference_id) == (customer, "acme")
     assert s.metadata is not None
     assert s.metadata.to_dict() == {"account": "acme", "source": "credit-sidecar"}
-    assert isinstance(s.payment_intent, str)
-    pi = fake.payment_intents[s.payment_intent]
-    assert (pi["amount"], pi["metadata"]) == (3000, {"account": "acme"})
+    assert s.payment_intent is None  # created when the customer confirms
+    assert fake.payment_intents == {}
     assert fake.requests[-1].params["line_items"] == [
         {"price": "price_small", "quantity": "2"},
         {"price": "price_big", "quantity": "1"},
@@ -249,6 +250,7 @@ async def test_declined_payment_method_raises_card_error_carrying_the_payment_in
     fake: FakeStripe, client: stripe.StripeClient
 ) -> None:
     customer = await _customer(client)
+    fake.add_payment_method(customer, "pm_declined")
     fake.decline("pm_declined")
     params: PaymentIntentCreateParams = {
         "amount": 1500,
@@ -257,6 +259,7 @@ async def test_declined_payment_method_raises_card_error_carrying_the_payment_in
         "payment_method": "pm_declined",
         "off_session": True,
         "confirm": True,
+        "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
         "metadata": {"account": "acme", "kind": "auto_topup"},
     }
     with pytest.raises(stripe.CardError) as e:
@@ -296,9 +299,12 @@ async def test_off_session_payment_with_another_payment_method_succeeds(
     fake: FakeStripe, client: stripe.StripeClient
 ) -> None:
     customer = await _customer(client)
+    fake.add_payment_method(customer, "pm_card_visa")
     fake.decline("pm_declined")
+    explicit: Any = {"payment_method_types": ["card"]}  # the library's types omit it
     pi = await client.v1.payment_intents.create_async(
-        params={
+        params=explicit
+        | {
             "amount": 1500,
             "currency": "usd",
             "customer": customer,
@@ -326,17 +332,44 @@ async def test_off_session_payment_with_another_payment_method_succeeds(
     assert retrieved.to_dict() == pi.to_dict()
 
 
-async def test_injected_fault_without_retries_raises_api_error(
+async def test_a_500_is_kept_under_its_idempotency_key_and_replayed_to_every_retry(
     fake: FakeStripe, make_client: MakeClient
 ) -> None:
+    """https://docs.stripe.com/api/idempotent_requests: the first result is saved, "including
+    500 errors"; only a new key runs the request again."""
     client = await make_client(max_network_retries=0)
     fake.fail_next(1)
     with pytest.raises(stripe.APIError) as e:
         await _customer(client)
     assert e.value.http_status == 500
+    with pytest.raises(stripe.APIError):  # the same key: the same 500, nothing runs
+        await _customer(client)
     assert fake.customers == {}
-    assert await _customer(client)  # the fault was used up
+    assert await _customer(client, "other")  # another key runs
     assert len(fake.customers) == 1
+
+
+async def test_a_fault_in_front_of_the_api_leaves_the_key_unused(
+    fake: FakeStripe, make_client: MakeClient
+) -> None:
+    client = await make_client(max_network_retries=0)
+    fake.fail_next(1, 503)
+    with pytest.raises(stripe.APIError):
+        await _customer(client)
+    assert await _customer(client)  # the same key now runs
+    assert len(fake.customers) == 1
+
+
+async def test_a_lost_reply_is_answered_to_the_retry_with_the_same_key(
+    fake: FakeStripe, make_client: MakeClient
+) -> None:
+    client = await make_client(max_network_retries=0)
+    fake.drop_reply_next()
+    with pytest.raises(stripe.APIConnectionError):
+        await _customer(client)
+    assert len(fake.customers) == 1  # it ran
+    again = await _customer(client)
+    assert [again] == list(fake.customers)
 
 
 async def test_injected_fault_is_retried_by_the_library_with_the_same_idempotency_key(
@@ -375,8 +408,16 @@ async def test_completing_a_session_marks_it_paid_and_its_payment_intent_succeed
     assert completed == fake.session(s.id)
     again = await client.v1.checkout.sessions.retrieve_async(s.id)
     assert (again.status, again.payment_status) == ("complete", "paid")
-    pi = await client.v1.payment_intents.retrieve_async(str(s.payment_intent))
+    pi = await client.v1.payment_intents.retrieve_async(str(again.payment_intent))
     assert (pi.status, pi.amount_received) == ("succeeded", 3000)
+    assert pi.metadata.to_dict() == {"account": "acme"}
+    charge = await client.v1.charges.retrieve_async(str(pi.latest_charge))
+    assert (charge.amount, charge.currency, charge.payment_intent) == (3000, "usd", pi.id)
+    assert [e["type"] for e in fake.events] == [
+        "payment_intent.succeeded",
+        "charge.succeeded",
+        "checkout.session.completed",
+    ]
     with pytest.raises(ValueError):
         fake.complete_session(s.id)
 
@@ -397,3 +438,218 @@ def test_signed_webhook_event_is_accepted_by_the_stripe_library() -> None:
         stripe.Webhook.construct_event(
             payload, sign_webhook(payload, secret, timestamp=1_600_000_000), secret
         )
+
+
+async def _paid(fake: FakeStripe, client: stripe.StripeClient, key: str = "checkout-1") -> str:
+    """A paid Checkout Session's Charge id."""
+    s = await _session(client, await _customer(client), key)
+    fake.complete_session(s.id)
+    pi = fake.payment_intents[str(fake.sessions[s.id]["payment_intent"])]
+    return str(pi["latest_charge"])
+
+
+async def test_confirming_without_a_return_url_is_refused_unless_it_cannot_redirect(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    """https://docs.stripe.com/api/payment_intents/create: automatic payment methods are on
+    by default and may redirect; a confirmation without return_url must turn redirects off
+    or name its payment method types."""
+    customer = await _customer(client)
+    fake.add_payment_method(customer, "pm_1")
+    base: PaymentIntentCreateParams = {
+        "amount": 500,
+        "currency": "usd",
+        "customer": customer,
+        "payment_method": "pm_1",
+        "off_session": True,
+        "confirm": True,
+    }
+    with pytest.raises(stripe.InvalidRequestError) as e:
+        await client.v1.payment_intents.create_async(params=base)
+    assert e.value.param == "return_url" and "allow_redirects" in str(e.value.user_message)
+    with pytest.raises(stripe.InvalidRequestError):
+        await client.v1.payment_intents.create_async(
+            params=base | {"automatic_payment_methods": {"enabled": True}}
+        )
+    ok = await client.v1.payment_intents.create_async(
+        params=base | {"automatic_payment_methods": {"enabled": True, "allow_redirects": "never"}}
+    )
+    assert ok.status == "succeeded"
+    ok = await client.v1.payment_intents.create_async(
+        params=base | {"return_url": "https://example.test/back"}
+    )
+    assert ok.status == "succeeded"
+
+
+async def test_a_payment_method_of_another_customer_or_unknown_is_refused(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    mine, theirs = await _customer(client), await _customer(client, "other")
+    fake.add_payment_method(theirs, "pm_theirs")
+    for pm in ("pm_theirs", "pm_nobody_knows"):
+        with pytest.raises(stripe.InvalidRequestError) as e:
+            params: Any = {
+                "amount": 500,
+                "currency": "usd",
+                "customer": mine,
+                "payment_method": pm,
+                "confirm": True,
+                "payment_method_types": ["card"],
+            }
+            await client.v1.payment_intents.create_async(params=params)
+        assert e.value.param == "payment_method"
+    got = await client.v1.payment_methods.retrieve_async("pm_theirs")
+    assert got.customer == theirs
+    listed = await client.v1.customers.payment_methods.list_async(theirs)
+    assert [p.id for p in listed.data] == ["pm_theirs"]
+
+
+async def test_authentication_required_processing_and_cancel_follow_stripe(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    customer = await _customer(client)
+    for pm in ("pm_3ds", "pm_slow"):
+        fake.add_payment_method(customer, pm)
+    fake.require_authentication("pm_3ds")
+    fake.process_slowly("pm_slow")
+    params: PaymentIntentCreateParams = {
+        "amount": 500,
+        "currency": "usd",
+        "customer": customer,
+        "confirm": True,
+        "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+    }
+    with pytest.raises(stripe.CardError) as e:
+        await client.v1.payment_intents.create_async(
+            params=params | {"payment_method": "pm_3ds", "off_session": True}
+        )
+    assert e.value.code == "authentication_required"
+    assert e.value.error is not None and e.value.error.decline_code == "authentication_required"
+    on_session = await client.v1.payment_intents.create_async(
+        params=params | {"payment_method": "pm_3ds"}
+    )
+    assert on_session.status == "requires_action"
+    slow = await client.v1.payment_intents.create_async(
+        params=params | {"payment_method": "pm_slow", "off_session": True}
+    )
+    assert slow.status == "processing" and slow.latest_charge is None
+    with pytest.raises(stripe.InvalidRequestError) as bad:
+        await client.v1.payment_intents.cancel_async(slow.id)
+    assert bad.value.code == "payment_intent_unexpected_state"
+    canceled = await client.v1.payment_intents.cancel_async(on_session.id)
+    assert canceled.status == "canceled"
+    done = fake.finish_processing(slow.id)
+    assert done["status"] == "succeeded" and done["latest_charge"] in fake.charges
+    listed = await client.v1.payment_intents.list_async(params={"customer": customer})
+    assert {p.id for p in listed.data} == set(fake.payment_intents)
+    assert "payment_intent.canceled" in [ev["type"] for ev in fake.events]
+
+
+async def test_refunds_can_stay_pending_or_fail_after_succeeding(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    charge = await _paid(fake, client)
+    fake.events.clear()
+    r = await client.v1.refunds.create_async(params={"charge": charge, "amount": 1000})
+    assert (r.status, r.amount, r.currency) == ("succeeded", 1000, "usd")
+    assert [e["type"] for e in fake.events] == ["refund.created", "charge.refunded"]
+    assert fake.events[1]["data"]["object"]["amount_refunded"] == 1000
+    pending = fake.refund(charge, 500, status="pending")
+    with pytest.raises(stripe.InvalidRequestError) as e:
+        await client.v1.refunds.create_async(params={"charge": charge, "amount": 2000})
+    assert e.value.code == "amount_too_large"
+    failed = fake.fail_refund(r.id)
+    assert (failed["status"], failed["failure_reason"]) == ("failed", "expired_or_canceled_card")
+    assert fake.charges[charge]["amount_refunded"] == 500
+    assert [e["type"] for e in fake.events[-3:]] == [
+        "refund.updated",
+        "refund.failed",
+        "charge.refund.updated",
+    ]
+    listed = await client.v1.refunds.list_async(params={"charge": charge})
+    assert [(x.id, x.status) for x in listed.data] == [
+        (pending["id"], "pending"),
+        (r.id, "failed"),
+    ]
+
+
+async def test_inquiries_withdraw_nothing_and_won_chargebacks_are_reinstated(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    charge = await _paid(fake, client)
+    fake.events.clear()
+    inquiry = fake.dispute(charge, inquiry=True)
+    assert inquiry["status"] == "warning_needs_response" and inquiry["balance_transactions"] == []
+    assert [e["type"] for e in fake.events] == ["charge.dispute.created"]
+    fake.escalate(inquiry["id"])
+    d = fake.close_dispute(inquiry["id"], "won")
+    assert [bt["amount"] for bt in d["balance_transactions"]] == [-3000, 3000]
+    assert [e["type"] for e in fake.events[1:]] == [
+        "charge.dispute.updated",
+        "charge.dispute.funds_withdrawn",
+        "charge.dispute.closed",
+        "charge.dispute.funds_reinstated",
+    ]
+    got = await client.v1.disputes.retrieve_async(inquiry["id"])
+    assert got.status == "won"
+    lost = fake.dispute(await _paid(fake, client, "checkout-2"))
+    with pytest.raises(stripe.InvalidRequestError) as e:  # charged back: not refundable
+        await client.v1.refunds.create_async(params={"charge": lost["charge"]})
+    assert e.value.code == "charge_disputed"
+
+
+async def test_setup_mode_saves_a_card_and_payment_mode_options_follow_stripe(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    customer = await _customer(client)
+    base: Any = {"customer": customer, "success_url": "https://example.test/ok"}
+    with pytest.raises(stripe.InvalidRequestError) as e:
+        await client.v1.checkout.sessions.create_async(params=base | {"mode": "setup"})
+    assert e.value.param == "currency"
+    s = await client.v1.checkout.sessions.create_async(
+        params=base | {"mode": "setup", "currency": "usd"}
+    )
+    assert (s.payment_intent, s.setup_intent, s.amount_total) == (None, None, None)
+    done = fake.complete_session(s.id, payment_method="pm_saved")
+    si = await client.v1.setup_intents.retrieve_async(str(done["setup_intent"]))
+    assert (si.status, si.payment_method, si.usage) == ("succeeded", "pm_saved", "off_session")
+    assert fake.payment_methods["pm_saved"]["customer"] == customer
+    items = [{"price": "price_small", "quantity": 1}]
+    for bad in (
+        {"mode": "setup", "currency": "usd", "invoice_creation": {"enabled": True}},
+        {"mode": "payment", "line_items": items, "automatic_tax": {"enabled": True}},
+    ):
+        with pytest.raises(stripe.InvalidRequestError):
+            await client.v1.checkout.sessions.create_async(params=base | bad)
+    fake.tax_bps = 1000
+    taxed = await client.v1.checkout.sessions.create_async(
+        params=base
+        | {
+            "mode": "payment",
+            "line_items": items,
+            "automatic_tax": {"enabled": True},
+            "customer_update": {"address": "auto"},
+            "invoice_creation": {"enabled": True},
+            "payment_intent_data": {"setup_future_usage": "off_session"},
+        }
+    )
+    assert (taxed.amount_subtotal, taxed.amount_total) == (500, 550)
+    paid = fake.complete_session(taxed.id, payment_method="pm_paid")
+    assert paid["invoice"] and fake.payment_methods["pm_paid"]["customer"] == customer
+    assert fake.payment_intents[paid["payment_intent"]]["amount"] == 550
+
+
+async def test_prices_and_webhook_endpoints_are_read_as_stripe_returns_them(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    fake.add_price("price_yen", 500, "jpy")
+    price = await client.v1.prices.retrieve_async("price_yen")
+    assert (price.unit_amount, price.currency, price.type, price.active) == (
+        500,
+        "jpy",
+        "one_time",
+        True,
+    )
+    fake.add_webhook_endpoint("https://a.test/webhooks/stripe", api_version="2023-10-16")
+    (we,) = (await client.v1.webhook_endpoints.list_async()).data
+    assert (we.url, we.api_version) == ("https://a.test/webhooks/stripe", "2023-10-16")

@@ -33,10 +33,11 @@ async def test_packages_are_managed_through_the_admin_api(rig: Rig) -> None:
         "currency": "usd",
         "credit_expiry_s": 86400,
         "active": True,
+        "price_display": "5.00 USD",
     }
     r = await rig.client.put(
         "/v1/admin/packages/other",
-        json={"name": "x", "credits": 1, "stripe_price_id": "price_starter", "price": 100},
+        json={"name": "x", "credits": 1, "stripe_price_id": "price_starter", "price": 500},
         headers=admin(),
     )
     assert r.status == 422 and (await r.json())["error"]["field"] == "stripe_price_id"
@@ -67,7 +68,7 @@ async def test_checkout_creates_a_session_for_the_accounts_stripe_customer(rig: 
 async def test_checkout_refuses_bad_requests_without_calling_stripe(rig: Rig) -> None:
     await rig.account("acme")
     await rig.package()
-    await rig.package("old", stripe_price_id="price_pro", active=False)
+    await rig.package("old", stripe_price_id="price_pro", price=2000, active=False)
     base = {"success_url": "https://a.test/ok", "cancel_url": "https://a.test/no"}
     cases: list[tuple[dict[str, str], int]] = [
         ({"account": "ghost", "package_id": "starter"}, 404),
@@ -187,7 +188,7 @@ async def test_an_unknown_price_ends_as_a_dead_letter_and_can_be_retried(make_ri
     session = await paid_session(rig)
     await rig.client.put(
         "/v1/admin/packages/starter",
-        json={"name": "Starter", "credits": 1000, "stripe_price_id": "price_pro", "price": 500},
+        json={"name": "Starter", "credits": 1000, "stripe_price_id": "price_pro", "price": 2000},
         headers=admin(),
     )
     await rig.webhook("checkout.session.completed", session, event_id="evt_x")
@@ -222,28 +223,29 @@ async def test_transient_stripe_errors_are_retried(rig: Rig) -> None:
     assert ev["status"] == "processed" and ev["attempts"] >= 2
 
 
-def charge(session: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    return {
-        "id": "ch_1",
-        "object": "charge",
-        "payment_intent": session["payment_intent"],
-        "amount": 500,
-    } | fields
+async def bought(rig: Rig, account: str = "acme") -> str:
+    """acme buys the starter package (1,000 credits for 500 cents); returns its Charge id."""
+    session = await paid_session(rig, account)
+    await rig.webhook("checkout.session.completed", session)
+    await rig.settle()
+    rig.take_events()
+    pi = rig.fake.payment_intents[session["payment_intent"]]
+    return str(pi["latest_charge"])
 
 
 async def test_partial_refunds_twice_take_back_the_right_credits_in_any_order(rig: Rig) -> None:
     await rig.account("acme")
     await rig.account("beta")
     await rig.package()
-    for account, order in (("acme", [150, 300]), ("beta", [300, 150])):
-        session = await paid_session(rig, account)
-        await rig.webhook("checkout.session.completed", session)
+    for account, order in (("acme", "as sent"), ("beta", "reversed")):
+        charge = await bought(rig, account)
+        rig.fake.refund(charge, 150)
+        rig.fake.refund(charge, 150)
+        events = rig.take_events()
+        if order == "reversed":
+            events.reverse()
+        await rig.deliver(*events, *events)  # every event twice
         await rig.settle()
-        for i, refunded in enumerate(order):
-            obj = charge(session, amount_refunded=refunded)
-            await rig.webhook("charge.refunded", obj, event_id=f"evt_{account}_{i}")
-            await rig.webhook("charge.refunded", obj, event_id=f"evt_{account}_{i}_again")
-            await rig.settle()
         # 300 of 500 cents refunded in total: 60% of 1,000 credits taken back, once.
         assert await rig.balance(account) == 400, account
 
@@ -254,46 +256,40 @@ async def test_refund_policies_decide_what_happens_to_spent_credits(make_rig: Ma
         account = f"acct-{policy.replace('_', '-')}"
         await rig.account(account)
         await rig.package()
-        session = await paid_session(rig, account)
-        await rig.webhook("checkout.session.completed", session)
-        await rig.settle()
+        charge = await bought(rig, account)
         r = await rig.client.post(
             "/v1/check",
             json={"account": account, "cost": 600, "idempotency_key": "spend"},
             headers=service(),
         )
         assert r.status == 200
-        await rig.webhook("charge.refunded", charge(session, amount_refunded=500))
+        rig.fake.refund(charge)
+        await rig.deliver(*rig.take_events())
         await rig.settle()
         assert await rig.balance(account) == expected, policy
-        purchase = await rig.billing.store.purchase(session["id"])
+        purchase = await rig.billing.store.purchase_by_payment_intent(
+            rig.fake.charges[charge]["payment_intent"]
+        )
         assert purchase is not None
         assert (purchase["flagged"] is not None) == (policy == "flag")
 
 
-async def test_a_dispute_takes_back_the_disputed_credits_once(rig: Rig) -> None:
+async def test_a_chargeback_takes_back_the_disputed_credits_once(rig: Rig) -> None:
     await rig.account("acme")
     await rig.package()
-    session = await paid_session(rig)
-    await rig.webhook("checkout.session.completed", session)
-    await rig.settle()
-    dispute = {
-        "id": "dp_1",
-        "object": "dispute",
-        "charge": "ch_1",
-        "amount": 250,
-        "payment_intent": session["payment_intent"],
-    }
-    for i in range(3):
-        await rig.webhook("charge.dispute.created", dispute, event_id=f"evt_dp_{i}")
+    charge = await bought(rig)
+    rig.fake.dispute(charge, amount=250)
+    events = rig.take_events()
+    await rig.deliver(*events, *events, *events)
     await rig.settle()
     assert await rig.balance("acme") == 500
-    # A refund is other money than the disputed part (Stripe cannot refund disputed money):
-    # 250 disputed + 150 refunded of 500 cents = 80% of the credits.
-    await rig.webhook("charge.refunded", charge(session, amount_refunded=150))
-    await rig.settle()
-    assert await rig.balance("acme") == 200
-    await rig.webhook("charge.refunded", charge(session, amount_refunded=150), event_id="evt_again")
+    # A refund is other money than the disputed part (Stripe cannot refund disputed money;
+    # the fake, like Stripe, refuses it while the chargeback is open): 250 disputed + 150
+    # refunded of 500 cents = 80% of the credits, as if both had happened.
+    rig.fake.disputes[next(iter(rig.fake.disputes))]["is_charge_refundable"] = True
+    rig.fake.refund(charge, 150)
+    events = rig.take_events()
+    await rig.deliver(*events, *events)
     await rig.settle()
     assert await rig.balance("acme") == 200
 
@@ -304,7 +300,10 @@ async def test_a_refund_before_its_purchase_is_retried_until_the_purchase_is_kno
     await rig.account("acme")
     await rig.package()
     session = await paid_session(rig)
-    await rig.webhook("charge.refunded", charge(session, amount_refunded=500), event_id="evt_r")
+    charge = rig.fake.payment_intents[session["payment_intent"]]["latest_charge"]
+    rig.take_events()
+    rig.fake.refund(charge)
+    await rig.deliver(*rig.take_events("charge.refunded"))
     await rig.settle()
     await rig.webhook("checkout.session.completed", session)
     await rig.settle()
@@ -312,3 +311,114 @@ async def test_a_refund_before_its_purchase_is_retried_until_the_purchase_is_kno
     rig.clock.advance(60_000)
     await rig.settle()
     assert await rig.balance("acme") == 0
+
+
+async def test_checkout_idempotency_keys_fit_stripe_and_never_collide_across_accounts(
+    rig: Rig,
+) -> None:
+    """Issue 17 #5: "a" + "b-c" and "a-b" + "c" are two requests, not one key used twice (a
+    409 for the second account); the longest account and key still give a key Stripe takes
+    (at most 255 characters); a retry reuses its key and gets the same session."""
+    await rig.package()
+    longest = "x" * 128
+    for account in ("a", "a-b", longest):
+        await rig.account(account)
+    first = await rig.checkout("a", idempotency_key="b-c")
+    second = await rig.checkout("a-b", idempotency_key="c")
+    assert first["id"] != second["id"]
+    big = await rig.checkout(longest, idempotency_key="k" * 128)
+    assert big["id"] in rig.fake.sessions
+    again = await rig.checkout(longest, idempotency_key="k" * 128)
+    assert again["id"] == big["id"]
+    keys = [r.idempotency_key or "" for r in rig.fake.requests if r.method == "POST"]
+    assert keys and all(len(k) <= 255 for k in keys)
+
+
+async def test_invoices_and_stripe_tax_are_asked_of_checkout_by_setting(
+    make_rig: MakeRig,
+) -> None:
+    """Issue 17 #12: SIDECAR_STRIPE_INVOICES and SIDECAR_STRIPE_AUTOMATIC_TAX; with tax, the
+    customer pays more than the package's price, and a full refund still takes back exactly
+    the purchase's credits (the ratio is of the Charge)."""
+    rig = await make_rig(stripe_invoices=True, stripe_automatic_tax=True)
+    rig.fake.tax_bps = 2000  # 20% on top
+    await rig.account("acme")
+    await rig.package()
+    session = await rig.checkout("acme", email="ap@acme.test")
+    stored = rig.fake.sessions[session["id"]]
+    assert stored["invoice_creation"]["enabled"] and stored["automatic_tax"]["enabled"]
+    assert stored["amount_total"] == 600
+    (customer,) = rig.fake.customers.values()
+    assert customer["email"] == "ap@acme.test"
+    rig.take_events()
+    done = rig.fake.complete_session(session["id"])
+    assert done["invoice"]
+    await rig.deliver(*rig.take_events("checkout.session.completed"))
+    await rig.settle()
+    assert await rig.balance("acme") == 1000
+    charge = rig.fake.payment_intents[done["payment_intent"]]["latest_charge"]
+    rig.fake.refund(charge, 300)  # half of what was paid, tax included
+    await rig.deliver(*rig.take_events())
+    await rig.settle()
+    assert await rig.balance("acme") == 500
+
+
+async def test_a_package_must_agree_with_its_stripe_price(rig: Rig) -> None:
+    """Issue 17 #13: checked through Stripe's API when the package is saved."""
+    rig.fake.add_price("price_sub", 500, recurring=True)
+    rig.fake.add_price("price_old", 500, active=False)
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"price": 400}, "price", "500"),
+        ({"currency": "eur"}, "currency", "usd"),
+        ({"stripe_price_id": "price_nope"}, "stripe_price_id", "no price"),
+        ({"stripe_price_id": "price_sub"}, "stripe_price_id", "recurring"),
+        ({"stripe_price_id": "price_old"}, "stripe_price_id", "inactive"),
+    ]
+    base = {"name": "Starter", "credits": 1000, "stripe_price_id": "price_starter", "price": 500}
+    for change, field, words in cases:
+        r = await rig.client.put("/v1/admin/packages/starter", json=base | change, headers=admin())
+        assert r.status == 422, change
+        err = (await r.json())["error"]
+        assert err["field"] == field and words in err["message"], (change, err)
+    r = await rig.client.put("/v1/admin/packages/starter", json=base, headers=admin())
+    assert r.status == 201
+
+
+async def test_zero_and_three_decimal_currencies_use_their_own_minor_units(rig: Rig) -> None:
+    """Issue 17 #13: JPY has no minor unit (500 = 500 yen), KWD three digits that Stripe
+    wants to end in 0; a package in cents-thinking (50000 for 500 yen) is refused."""
+    rig.fake.add_price("price_yen", 500, "jpy")
+    rig.fake.add_price("price_won", 9900, "krw")
+    base = {"name": "Yen", "credits": 1000, "stripe_price_id": "price_yen", "currency": "jpy"}
+    r = await rig.client.put(
+        "/v1/admin/packages/yen", json=base | {"price": 50000}, headers=admin()
+    )
+    assert r.status == 422 and "500 JPY" in (await r.json())["error"]["message"]
+    r = await rig.client.put("/v1/admin/packages/yen", json=base | {"price": 500}, headers=admin())
+    assert r.status == 201 and (await r.json())["price_display"] == "500 JPY"
+    won = {"name": "Won", "credits": 100, "stripe_price_id": "price_won", "currency": "krw"}
+    r = await rig.client.put("/v1/admin/packages/won", json=won | {"price": 9900}, headers=admin())
+    assert (await r.json())["price_display"] == "9900 KRW"
+    r = await rig.client.put(
+        "/v1/admin/packages/dinar",
+        json={"name": "KWD", "credits": 1, "price": 5125, "currency": "kwd"},
+        headers=admin(),
+    )
+    assert r.status == 422 and "end in 0" in (await r.json())["error"]["message"]
+    await rig.account("acme")
+    session = await rig.checkout("acme", package_id="yen")
+    assert rig.fake.sessions[session["id"]]["amount_total"] == 500
+    rig.take_events()
+    done = rig.fake.complete_session(session["id"])
+    await rig.deliver(*rig.take_events("checkout.session.completed"))
+    await rig.settle()
+    assert await rig.balance("acme") == 1000
+    charge = rig.fake.payment_intents[done["payment_intent"]]["latest_charge"]
+    assert (rig.fake.charges[charge]["amount"], rig.fake.charges[charge]["currency"]) == (
+        500,
+        "jpy",
+    )
+    rig.fake.refund(charge, 125)  # 125 yen of 500
+    await rig.deliver(*rig.take_events())
+    await rig.settle()
+    assert await rig.balance("acme") == 750

@@ -345,6 +345,79 @@ async def test_flushall_then_rebuild_restores_the_state_and_every_answer(
     assert await new_transactions(redis, ledger.keys, 0) == moved_txns
 
 
+async def test_clawbacks_survive_flushall_and_rebuild_with_what_they_wait_for(
+    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: RedisClient
+) -> None:
+    """Clawbacks (revoke.lua's state, carried by their transactions), one taken from a hold's
+    credits, one lowered again while it waits for another hold, come back as they were; the
+    restored pending part is taken when its hold ends."""
+    await ledger.configure_account("acme")
+    for bucket in ("purchase:cs_1:li", "purchase:cs_2:li", "purchase:cs_3:li"):
+        await ledger.grant("acme", bucket, 100, source="purchase")
+    await ledger.hold("acme", "h", 300, 20 * MINUTE)  # all of it
+    await ledger.revoke(
+        "acme", "cs_1", 100, buckets=["purchase:cs_1:li"], policy="unspent", version=1
+    )
+    await ledger.revoke(
+        "acme", "cs_2", 60, buckets=["purchase:cs_2:li"], policy="negative", version=1
+    )
+    await ledger.release("acme", "h")  # takes cs_1's 100 and cs_2's 60
+    await ledger.hold("acme", "h2", 40, 20 * MINUTE)
+    await ledger.revoke(
+        "acme", "cs_2", 100, buckets=["purchase:cs_2:li"], policy="negative", version=2
+    )
+    await ledger.revoke(
+        "acme", "cs_2", 80, buckets=["purchase:cs_2:li"], policy="negative", version=3
+    )
+    await drain(make_writer(ledger, engine))
+    before = await redis_state(redis, ledger.keys)
+    await redis.flushall()
+    await rebuild(redis, ledger.keys, engine, now_ms=clock.now, retention_ms=3_600_000)
+    after = await redis_state(redis, ledger.keys)
+    hash_key = ledger.keys.for_account("acme").account.encode()
+    mine = {k: v for k, v in before[hash_key][1].items() if k.startswith((b"cb", b"pc:"))}
+    assert set(mine) == {b"cb:cs_1", b"cbs:cs_1", b"cb:cs_2", b"cbs:cs_2"} | {
+        f"pc:purchase:cs_{i}:li".encode() for i in (1, 2)
+    }
+    assert {k: v for k, v in after[hash_key][1].items() if k.startswith((b"cb", b"pc:"))} == mine
+    assert await reconcile(redis, ledger.keys, engine) == []
+    r = await ledger.release("acme", "h2")  # 20 of the 40 back are cs_2's pending credits
+    b = await ledger.balance("acme")
+    assert {x.id: x.remaining for x in b.buckets} == {
+        "purchase:cs_2:li": 20,
+        "purchase:cs_3:li": 100,
+    }
+    assert r.balance == 120
+
+
+async def test_credits_a_lowered_clawback_gives_back_reach_sql_and_survive_rebuild(
+    ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: RedisClient
+) -> None:
+    """A clawback that became debt, repaid by a later grant, then given back (a won dispute):
+    the new clawback:<tx> bucket and the cancelled debt reach SQL (reconcile is clean) and
+    come back after a rebuild."""
+    await ledger.configure_account("acme")
+    await ledger.grant("acme", "purchase:cs_1:li", 100, source="purchase")
+    await ledger.deduct("acme", 100, "spend")
+    await ledger.revoke(
+        "acme", "cs_1", 100, buckets=["purchase:cs_1:li"], policy="negative", version=1
+    )
+    await ledger.grant("acme", "later", 150)
+    r = await ledger.revoke(
+        "acme", "cs_1", 0, buckets=["purchase:cs_1:li"], policy="negative", version=2
+    )
+    assert (r.given_back, r.balance) == (100, 150)
+    await drain(make_writer(ledger, engine))
+    assert await reconcile(redis, ledger.keys, engine) == []
+    types = await rows(engine, "SELECT type, amount FROM credit_transactions ORDER BY seq")
+    assert [tuple(t) for t in types][-1] == ("revoke", 100)
+    before = await redis_state(redis, ledger.keys)
+    await redis.flushall()
+    await rebuild(redis, ledger.keys, engine, now_ms=clock.now, retention_ms=3_600_000)
+    assert await redis_state(redis, ledger.keys) == before
+    assert (await ledger.balance("acme")).balance == 150
+
+
 async def test_rebuilding_one_account_restores_only_that_account(
     ledger: Ledger, clock: FakeClock, engine: AsyncEngine, redis: RedisClient
 ) -> None:

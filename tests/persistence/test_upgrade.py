@@ -93,3 +93,49 @@ async def test_pending_previous_outbox_entries_reach_sql_and_rebuild_restores_th
     assert isinstance(r, Allowed) and r.replayed and r.transaction_id == tx
     assert (await ledger.balance("acme")).balance == 95
     assert await reconcile(redis, ledger.keys, engine) == []
+
+
+async def test_a_clawback_of_the_previous_release_keeps_working_and_survives_rebuild(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    """A refund the previous revoke.lua took back (cb:<purchase> = its target, no breakdown;
+    its 'revoke' entry still in the outbox): today's revoke.lua raises it from there, and
+    giving credits back returns only what it took itself (not the earlier 300: how they were
+    taken was not kept); the writer takes the old entry and rebuild restores the clawback."""
+    now, ret = clock.now, ledger.retention_ms
+    await previous(redis, "account", ledger, [], ["acme", now, "tx_a", ret, 0, "", "", "", ""])
+    await previous(
+        redis,
+        "grant",
+        ledger,
+        [],
+        ["acme", now, "tx_g", ret, "purchase:cs_1:li", 1000, "", 0, "purchase", "", ""],
+    )
+    reply = await previous(
+        redis,
+        "revoke",
+        ledger,
+        [],
+        ["acme", now, "tx_r", ret, "cs_1", 300, "unspent", '["purchase:cs_1:li"]', "refund"],
+    )
+    assert int(reply[1]) == 300
+    r = await ledger.revoke(
+        "acme", "cs_1", 500, buckets=["purchase:cs_1:li"], policy="unspent", version=1
+    )
+    assert (r.taken, r.target, r.balance) == (200, 500, 500)
+    r = await ledger.revoke(
+        "acme", "cs_1", 0, buckets=["purchase:cs_1:li"], policy="unspent", version=2
+    )
+    assert (r.given_back, r.balance) == (200, 700)
+    assert await drain(make_writer(ledger, engine)) == 5
+    assert await reconcile(redis, ledger.keys, engine) == []
+    account = ledger.keys.for_account("acme").account
+
+    async def clawbacks() -> dict[bytes, bytes]:
+        raw: dict[bytes, bytes] = await redis.hgetall(account)  # type: ignore[assignment]
+        return {k: v for k, v in raw.items() if k.startswith((b"cb", b"pc:"))}
+
+    before = await clawbacks()
+    await rebuild(redis, ledger.keys, engine, replace=True, now_ms=clock.now, retention_ms=ret)
+    assert await clawbacks() == before
+    assert (await ledger.balance("acme")).balance == 700
