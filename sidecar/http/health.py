@@ -1,13 +1,20 @@
-"""Readiness, metrics, and the outbox drain of a graceful shutdown.
+"""Liveness, readiness, metrics, and the outbox drain of a graceful shutdown.
 
-- ``GET /readyz`` (no token; for load balancers and orchestrators): 200
-  ``{"status": "ready", "checks": {...}}`` when Redis answers PING, the ledger's Lua scripts are
-  in its script cache (missing ones, after a Redis restart or SCRIPT FLUSH, are loaded here;
-  on a cluster, on every primary), and either SQL answers ``SELECT 1`` or the writer's lag is
-  within ``SIDECAR_READY_MAX_LAG_S`` (checks need only Redis, but a sidecar whose ledger of
-  record is out of reach and falling behind is not one to send traffic to). Otherwise 503
-  ``{"status": "not_ready", "failing": [...], "checks": {...}}``. Each check is bounded by a
-  short timeout; nothing here answers 500. (``GET /healthz`` only says the process is up.)
+- ``GET /healthz`` (liveness; no token): 200 ``{"status": "ok", "pid"}`` while the process
+  serves and, if its Redis is the embedded one of ``serve``, that Redis answers: 503
+  ``{"status": "unhealthy", "failing": ["embedded_redis"]}`` while it is down (``serve``
+  restarts it from its AOF; if it cannot, restarting the sidecar is the remedy, which is what
+  a failing liveness probe does). An external Redis being down is readiness's business:
+  restarting the sidecar would not bring it back.
+- ``GET /readyz`` (readiness; for load balancers and orchestrators): 200 ``{"status": "ready",
+  "checks": {...}}`` when Redis accepts a write (a probe key per shard slot), the ledger's
+  Lua scripts are in its script cache (missing ones, after a Redis restart or SCRIPT FLUSH,
+  are loaded here; on a cluster, on every primary), and the writer's lag is within
+  ``SIDECAR_READY_MAX_LAG_S``, whatever SQL's state (``sql`` is reported: checks need only
+  Redis, so a short SQL outage keeps the sidecar ready, but an outbox falling behind, SQL
+  down or the writer hung, does not). Otherwise 503 ``{"status": "not_ready", "failing":
+  [...], "checks": {...}}``. Each check is bounded by a short timeout; nothing here answers
+  500.
 - ``GET /metrics``: the Prometheus text exposition (sidecar/metrics.py); open unless
   ``SIDECAR_METRICS_TOKEN`` is set, then that bearer token is required.
 - :func:`outbox_drained`: on shutdown, the writer is given a few seconds to write what the
@@ -20,12 +27,14 @@ import asyncio
 import dataclasses
 import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.asyncio import RedisCluster
 from sqlalchemy import text
 
 from sidecar import errors, metrics
@@ -40,6 +49,7 @@ log = logging.getLogger(__name__)
 health_routes = web.RouteTableDef()
 SCRAPE = web.AppKey("metrics_scrape", metrics.Scrape)
 CHECK_TIMEOUT_S = 1.0
+PROBE_TTL_MS = 60_000
 FLUSH_INTERVAL_S = 1.0
 
 
@@ -104,9 +114,17 @@ async def readyz(request: web.Request) -> web.Response:
     ledger, settings = app[LEDGER], app[SETTINGS]
     redis = ledger.redis
 
-    async def ping() -> dict[str, Any]:
+    async def writable() -> dict[str, Any]:
+        # A write, not a PING: a Redis out of memory (noeviction), a read-only replica or one
+        # missing its min-replicas answers PING but refuses every check. On a cluster, every
+        # shard's slot (each may live on another primary).
+        shards = range(ledger.keys.shards) if isinstance(redis, RedisCluster) else range(1)
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            return {"ok": bool(await redis.ping())}
+            pipe = redis.pipeline(transaction=False)
+            for shard in shards:
+                pipe.set(ledger.keys.ready_probe(shard), os.getpid(), px=PROBE_TTL_MS)
+            await pipe.execute()
+        return {"ok": True}
 
     async def scripts() -> dict[str, Any]:
         all_scripts = [getattr(ledger.scripts, f.name) for f in dataclasses.fields(ledger.scripts)]
@@ -133,7 +151,7 @@ async def readyz(request: web.Request) -> web.Response:
 
     results = dict(
         await asyncio.gather(
-            _run("redis", ping),
+            _run("redis", writable),
             _run("scripts", scripts),
             _run("sql", sql),
             _run("writer_lag", writer_lag),

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.embedded import free_port
+from sidecar.embedded import RedisServer, free_port
 from sidecar.http.app import create_app
 from sidecar.http.appkeys import BILLING, LEDGER
 from sidecar.ledger import wall_clock_ms
@@ -115,3 +116,35 @@ async def test_redis_down_is_503_naming_redis_never_500(settings: Settings) -> N
         r = await c.get("/metrics")
         assert r.status == 200
         assert "credit_sidecar_redis_up 0.0" in await r.text()
+
+
+@pytest.mark.parametrize(
+    "refuse",
+    [
+        ("CONFIG", "SET", "maxmemory", "1"),  # out of memory, noeviction (the default policy)
+        ("CONFIG", "SET", "min-replicas-to-write", "1"),  # no replica to write with
+    ],
+    ids=["oom", "no_replicas"],
+)
+async def test_redis_refusing_writes_is_not_ready(
+    settings: Settings, tmp_path: Path, refuse: tuple[str, ...]
+) -> None:
+    server = RedisServer(tmp_path / "redis", port=free_port())  # its own: we break it
+    server.start()
+    try:
+        app = create_app(settings.model_copy(update={"redis_url": server.url}))
+        async with TestClient(TestServer(app)) as c:
+            status, body = await ready(c)
+            assert status == 200, body
+            redis = c.app[LEDGER].redis
+            await redis.execute_command(*refuse)
+            status, body = await ready(c)
+            assert status == 503, body
+            assert body["failing"] == ["redis"]
+            assert body["checks"]["redis"]["ok"] is False
+            assert body["checks"]["redis"]["error"]  # its type: OutOfMemoryError, ...
+            await redis.execute_command(*refuse[:3], "0")
+            status, body = await ready(c)
+            assert status == 200, body
+    finally:
+        server.stop()
