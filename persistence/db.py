@@ -16,6 +16,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from sidecar.datadir import private_file
+
 if TYPE_CHECKING:
     from sidecar.settings import Settings
 
@@ -65,8 +67,9 @@ def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Asy
     pool; SQLite keeps SQLAlchemy's default pool (one file, one writer at a time)."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
+            # Created 0600 before SQLite opens it: its -wal and -shm files get the same mode.
+            private_file(Path(u.database))
         engine = create_async_engine(url, pool_pre_ping=False, **_JSON)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine

@@ -24,6 +24,8 @@ from typing import IO, TYPE_CHECKING
 
 import redis
 
+from sidecar.datadir import PRIVATE_UMASK, private_file
+
 if TYPE_CHECKING:
     from sidecar.settings import Settings
 
@@ -37,6 +39,13 @@ def die_with_parent() -> None:
     so a killed sidecar leaves no orphan writing to the data dir."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _server_preexec() -> None:
+    """In the server's child before exec: it dies with us, and what it creates in the data
+    dir (AOF directory and files, log) is private."""
+    die_with_parent()
+    os.umask(PRIVATE_UMASK)
 
 
 def find_server_binary(explicit: str | None = None) -> str:
@@ -132,7 +141,7 @@ class RedisServer:
         return args + list(self.extra_args)
 
     def _acquire_dir(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_file(self.directory / "lock")
         if self._lock is None:
             lock = (self.directory / "lock").open("ab")
             try:
@@ -156,7 +165,7 @@ class RedisServer:
             self._args(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=die_with_parent,
+            preexec_fn=_server_preexec,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sidecar.datadir import private_dir
+
 
 class Settings(BaseSettings):
     """Everything the sidecar can be told. Defaults give a working single-machine setup."""
@@ -236,7 +238,7 @@ class Settings(BaseSettings):
         if existing is not None:
             return existing
         path = self.data_dir / f"{name}_token"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         generated = secrets.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
