@@ -8,6 +8,7 @@ on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import fcntl
@@ -42,10 +43,12 @@ def die_with_parent() -> None:
 
 
 def _server_preexec() -> None:
-    """In the server's child before exec: it dies with us, and what it creates in the data
-    dir (AOF directory and files, log) is private."""
+    """In the server's child before exec: it dies with us, what it creates in the data dir
+    (AOF directory and files, log) is private, and a SIGHUP (a reload meant for `serve`, or a
+    hangup) does not kill it before it has set up its own signal handling."""
     die_with_parent()
     os.umask(PRIVATE_UMASK)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def find_server_binary(explicit: str | None = None) -> str:
@@ -140,7 +143,9 @@ class RedisServer:
             args += ["--unixsocket", str(self.unixsocket), "--unixsocketperm", "700"]
         return args + list(self.extra_args)
 
-    def _acquire_dir(self) -> None:
+    def claim(self) -> None:
+        """Locks the directory for this server (``DataDirInUse`` if a live sidecar holds it;
+        a no-op once held) and shuts down an orphan of a killed owner still serving there."""
         private_file(self.directory / "lock")
         if self._lock is None:
             lock = (self.directory / "lock").open("ab")
@@ -159,26 +164,52 @@ class RedisServer:
                 old.shutdown()
             self.unixsocket.unlink(missing_ok=True)
 
-    def start(self, timeout: float = 10.0) -> None:
-        self._acquire_dir()
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self.claim()
         self.process = subprocess.Popen(
             self._args(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=_server_preexec,
         )
+        return self.process
+
+    def _exited_at_start(self, process: subprocess.Popen[bytes]) -> RuntimeError:
+        err = process.stderr.read().decode() if process.stderr else ""
+        log = self.directory / "server.log"
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        return RuntimeError(f"{self.binary} exited at start: {err}{tail}")
+
+    def start(self, timeout: float = 10.0) -> None:
+        process = self._spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                log = self.directory / "server.log"
-                tail = log.read_text()[-2000:] if log.exists() else ""
-                raise RuntimeError(f"{self.binary} exited at start: {err}{tail}")
+            if process.poll() is not None:
+                raise self._exited_at_start(process)
             if self.ping():
                 return
             time.sleep(0.02)
         self.kill()
         raise RuntimeError(f"{self.binary} did not answer within {timeout}s")
+
+    async def restart(self, ready_within_s: float = 300.0) -> None:
+        """Starts the server again after it exited: same directory, socket and AOF, the lock
+        still held; returns once it answers (its AOF loaded), on the event loop.
+
+        Spawned from the calling thread, the event loop's: the parent-death signal is tied to
+        the thread that forks, so that must be one that lives as long as the process."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"{self.binary} is still running")
+        process = self._spawn()
+        deadline = time.monotonic() + ready_within_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise self._exited_at_start(process)
+            if await asyncio.to_thread(self.ping):  # LOADING while it reads its AOF: False
+                return
+            await asyncio.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"{self.binary} did not answer within {ready_within_s}s")
 
     def ping(self) -> bool:
         try:
@@ -198,6 +229,10 @@ class RedisServer:
                     self.kill()
         finally:
             self._release_dir()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def _release_dir(self) -> None:
         if self._lock is not None:
@@ -221,14 +256,17 @@ def embedded_server(settings: Settings) -> RedisServer:
     )
 
 
-def redis_for(settings: Settings) -> tuple[RedisServer | None, str]:
-    """The configured Redis URL; unset: a started embedded server (to stop) and its URL.
+def redis_for(
+    settings: Settings, server: RedisServer | None = None
+) -> tuple[RedisServer | None, str]:
+    """The configured Redis URL; unset: a started embedded server (to stop) and its URL:
+    ``server`` if given (`serve` claims the data dir before anything else), else a new one.
 
     Call it from the main thread: the server's parent-death signal is tied to the thread that
     forked it, and the main thread lives as long as the process."""
     if settings.redis_url is not None:
         return None, settings.redis_url
-    server = embedded_server(settings)
+    server = server or embedded_server(settings)
     server.start()
     log.info("embedded %s listening on %s", server.binary, server.url)
     return server, server.url

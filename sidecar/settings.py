@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="redis:// or unix:// URL; unset = start a private embedded server"
     )
+    embedded_redis: bool = Field(
+        False,
+        description="the Redis at SIDECAR_REDIS_URL is `serve`'s embedded one (set by `serve "
+        "--workers` for its workers): GET /healthz fails while it is down",
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the SQL ledger; unset = SQLite file in the data dir"
     )

@@ -27,16 +27,17 @@ import uvloop
 from aiohttp import web
 
 from sidecar import __version__, logs, metrics
-from sidecar.cli.common import load_settings
-from sidecar.embedded import redis_for
+from sidecar.cli.common import fail, load_settings
+from sidecar.embedded import DataDirInUse, RedisServer, embedded_server, redis_for
 from sidecar.http.app import create_app
 from sidecar.http.health import outbox_drained
 from sidecar.keys import KeySpace
 from sidecar.ledger import wall_clock_ms
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
+from sidecar.reload import hold_reloads, off_reload, on_reload
 from sidecar.settings import Settings
-from sidecar.supervisor import Supervised
+from sidecar.supervisor import Supervised, SupervisedServer
 from sidecar.writer_runner import WriterProcess, tune_gc
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 )
 def serve(listen: str | None, workers: int | None) -> None:
     """Serve the HTTP API (starts an embedded Redis when SIDECAR_REDIS_URL is unset)."""
+    hold_reloads()  # done already by the entry point, before the imports; again for other callers
     settings = load_settings(listen=listen)
     logs.configure(settings.log_format, settings.log_level)
     if workers is not None:
@@ -58,6 +60,7 @@ def serve(listen: str | None, workers: int | None) -> None:
     except PricingError as e:
         click.echo(f"config error: SIDECAR_PRICING_FILE: {e}", err=True)
         sys.exit(2)
+    server = claim_data_dir(settings)
     host, port = settings.host_port
     log.info(
         "credit-sidecar %s on http://%s:%s (%d worker(s); tokens: %s/admin_token, "
@@ -70,11 +73,11 @@ def serve(listen: str | None, workers: int | None) -> None:
         settings.data_dir,
     )
     if settings.workers > 1:
-        uvloop.run(supervise(settings))
+        uvloop.run(supervise(settings, server))
         return
     tune_gc()  # per request, aiohttp and the ledger allocate many short-lived objects
     web.run_app(
-        create_app(settings),
+        create_app(settings, embedded=server),
         host=host,
         port=port,
         print=None,
@@ -87,7 +90,22 @@ def serve(listen: str | None, workers: int | None) -> None:
     log.info("stopped")
 
 
-def worker_env(settings: Settings, redis_url: str, index: int, metrics_dir: str) -> dict[str, str]:
+def claim_data_dir(settings: Settings) -> RedisServer | None:
+    """Without SIDECAR_REDIS_URL: the embedded server, its data dir locked for this `serve`
+    (started later); another sidecar owning the dir ends this one here, in one line, exit 2."""
+    if settings.redis_url is not None:
+        return None
+    server = embedded_server(settings)
+    try:
+        server.claim()
+    except DataDirInUse as e:
+        fail(f"{e} (SIDECAR_DATA_DIR={settings.data_dir}); stop it, or use another data dir", 2)
+    return server
+
+
+def worker_env(
+    settings: Settings, redis_url: str, index: int, metrics_dir: str, embedded: bool
+) -> dict[str, str]:
     """A worker is a one-process `serve` on the shared Redis; only worker 0 runs the sweeper,
     the billing worker, and an inline writer if one was asked for. Their metrics go to
     ``metrics_dir``, shared by all of them."""
@@ -95,6 +113,7 @@ def worker_env(settings: Settings, redis_url: str, index: int, metrics_dir: str)
     return os.environ | {
         metrics.MULTIPROC_ENV: metrics_dir,
         "SIDECAR_REDIS_URL": redis_url,
+        "SIDECAR_EMBEDDED_REDIS": "true" if embedded else "false",
         "SIDECAR_LISTEN": settings.listen,
         "SIDECAR_DATA_DIR": str(settings.data_dir),
         "SIDECAR_WORKERS": "1",
@@ -104,17 +123,20 @@ def worker_env(settings: Settings, redis_url: str, index: int, metrics_dir: str)
     }
 
 
-async def supervise(settings: Settings) -> None:
+async def supervise(settings: Settings, server: RedisServer | None = None) -> None:
     # Fresh for each serve: counts of an earlier run must not be summed into this one's.
     metrics_dir = tempfile.mkdtemp(prefix="credit-sidecar-metrics-")
     try:
-        await _supervise(settings, metrics_dir)
+        await _supervise(settings, metrics_dir, server)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-async def _supervise(settings: Settings, metrics_dir: str) -> None:
-    server, url = redis_for(settings)
+async def _supervise(settings: Settings, metrics_dir: str, claimed: RedisServer | None) -> None:
+    server, url = redis_for(settings, claimed)
+    keeper = SupervisedServer(server) if server is not None else None
+    if keeper is not None:
+        keeper.start()  # restarts it in place if it dies
     for role in ("admin", "service"):
         settings.token(role)  # generated once, here, before the workers read it
     children: list[Supervised] = []
@@ -123,7 +145,10 @@ async def _supervise(settings: Settings, metrics_dir: str) -> None:
     stop = asyncio.Event()
     workers = [
         Supervised(
-            f"http worker {i}", ["serve"], worker_env(settings, url, i, metrics_dir), stop.set
+            f"http worker {i}",
+            ["serve"],
+            worker_env(settings, url, i, metrics_dir, embedded=server is not None),
+            stop.set,
         )
         for i in range(settings.workers)
     ]
@@ -135,7 +160,7 @@ async def _supervise(settings: Settings, metrics_dir: str) -> None:
         for w in workers:
             w.signal(signal.SIGHUP)
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    on_reload(loop, reload)  # and SIGHUPs held since start-up are delivered now
     for child in [*children, *workers]:
         child.start()
     try:
@@ -148,8 +173,11 @@ async def _supervise(settings: Settings, metrics_dir: str) -> None:
             await _drain(settings, url)
         for child in children:
             await child.stop()
+        if keeper is not None:
+            await keeper.stop()
         if server is not None:
             await asyncio.to_thread(server.stop)
+        off_reload(loop)
         log.info("stopped")
     if any(w.gave_up for w in workers):
         raise SystemExit("an HTTP worker cannot start (is the port taken?); see the log above")

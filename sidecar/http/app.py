@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -18,13 +17,14 @@ from sidecar.billing.context import Billing
 from sidecar.billing.gateway import StripeGateway
 from sidecar.billing.store import BillingStore
 from sidecar.billing.worker import BillingWorker
-from sidecar.embedded import redis_for
+from sidecar.embedded import RedisServer, redis_for
 from sidecar.gate import Gate
 from sidecar.http.admin import admin_routes
 from sidecar.http.appkeys import (
     API_KEYS,
     BILLING,
     BILLING_WORKER,
+    EMBEDDED_REDIS,
     GATE,
     LEDGER,
     REDIS_URL,
@@ -48,14 +48,20 @@ from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.writer import pause
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
+from sidecar.reload import off_reload, on_reload
 from sidecar.settings import Settings
+from sidecar.supervisor import SupervisedServer
 from sidecar.writer_runner import WriterProcess, make_writer, run_inline
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 
 
-def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Application:
+def create_app(
+    settings: Settings, *, clock: Clock = wall_clock_ms, embedded: RedisServer | None = None
+) -> web.Application:
+    """The app; ``embedded``: the server `serve` claimed the data dir for, started here (else
+    one is made here when SIDECAR_REDIS_URL is unset)."""
     app = web.Application(
         middlewares=[request_id_middleware(settings.request_id_header), error_middleware],
         client_max_size=MAX_BODY,
@@ -64,8 +70,12 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
     app[TOKENS] = {role: settings.token(role).encode() for role in ("admin", "service")}
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-        server, url = redis_for(settings)
+        server, url = redis_for(settings, embedded)
+        keeper = SupervisedServer(server) if server is not None else None
+        if keeper is not None:
+            keeper.start()  # restarts it in place if it dies
         app[REDIS_URL] = url
+        app[EMBEDDED_REDIS] = server is not None or settings.embedded_redis
         client = connect(url)
         app[LEDGER] = ledger = Ledger(
             client,
@@ -88,6 +98,8 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
         finally:
             ledger.close()
             await client.aclose()
+            if keeper is not None:
+                await keeper.stop()
             if server is not None:
                 await asyncio.to_thread(server.stop)
 
@@ -196,16 +208,14 @@ async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
             log.error("pricing not reloaded: %s", e)
 
     loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGHUP, reload)
-        installed = True
-    except (NotImplementedError, RuntimeError):  # not the main thread
-        installed = False
+    # `serve` holds SIGHUP back from its first line (hold_reloads): one sent during start-up
+    # is delivered now, to the handler, instead of killing the process.
+    installed = on_reload(loop, reload)
     try:
         yield
     finally:
         if installed:
-            loop.remove_signal_handler(signal.SIGHUP)
+            off_reload(loop)
 
 
 async def writer_ctx(app: web.Application) -> AsyncIterator[None]:

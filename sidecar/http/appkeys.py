@@ -20,6 +20,8 @@ GATE = web.AppKey("gate", Gate)
 TOKENS = web.AppKey("tokens", dict[str, bytes])
 WRITER = web.AppKey("writer", OutboxWriter)
 REDIS_URL = web.AppKey("redis_url", str)
+# True when the Redis is this `serve`'s embedded one (its process, or its supervisor's).
+EMBEDDED_REDIS = web.AppKey("embedded_redis", bool)
 WRITER_PROCESS = web.AppKey("writer_process", WriterProcess)
 BILLING = web.AppKey("billing", Billing)
 BILLING_WORKER = web.AppKey("billing_worker", BillingWorker)

@@ -38,7 +38,7 @@ from redis.asyncio import RedisCluster
 from sqlalchemy import text
 
 from sidecar import errors, metrics
-from sidecar.http.appkeys import BILLING, LEDGER, SETTINGS
+from sidecar.http.appkeys import BILLING, EMBEDDED_REDIS, LEDGER, SETTINGS
 from sidecar.http.errors import json_response
 from sidecar.keys import KeySpace
 from sidecar.ledger import Clock
@@ -87,6 +87,20 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
             raise errors.Unauthorized("GET /metrics needs the metrics token (Bearer)")
     body = await request.app[SCRAPE].exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@health_routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    body: dict[str, Any] = {"status": "ok", "pid": os.getpid()}
+    if request.app[EMBEDDED_REDIS]:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                await request.app[LEDGER].redis.ping()
+        except Exception as e:
+            log.debug("embedded Redis does not answer: %r", e)
+            body |= {"status": "unhealthy", "failing": ["embedded_redis"]}
+            return json_response(body, 503)
+    return json_response(body)
 
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
