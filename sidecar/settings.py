@@ -164,8 +164,15 @@ class Settings(BaseSettings):
     ready_max_lag_s: float = Field(
         60.0,
         gt=0,
-        description="GET /readyz: while SQL is unreachable, ready as long as the writer's lag "
-        "stays within this",
+        description="GET /readyz: not ready while the writer's lag (the age of the oldest entry "
+        "not yet in SQL; 0 when all is written) exceeds this, whatever SQL's state",
+    )
+    outbox_alert_entries: int = Field(
+        100_000,
+        ge=1,
+        le=1_000_000_000,
+        description="warn (log line, metric credit_sidecar_outbox_alert) when this many outbox "
+        "entries are not yet in SQL (each holds Redis memory until written)",
     )
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="log lines as JSON or text; auto = text on a terminal, else JSON"

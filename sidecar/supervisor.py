@@ -120,7 +120,7 @@ class Supervised:
         return {
             "mode": "process",
             "pid": p.pid if p is not None else None,
-            "running": p is not None and p.poll() is None,
+            "alive": p is not None and p.poll() is None,
             "restarts": self.restarts,
         }
 

@@ -36,7 +36,7 @@ from sidecar.http.appkeys import (
 from sidecar.http.billing import billing_routes
 from sidecar.http.console import console_routes
 from sidecar.http.errors import error_middleware
-from sidecar.http.health import drain_outbox, health_routes, metrics_ctx
+from sidecar.http.health import drain_outbox, health_routes, metrics_ctx, outbox_alert_ctx
 from sidecar.http.openapi import openapi_routes
 from sidecar.http.ops import ops_routes
 from sidecar.http.proxy import proxy_routes
@@ -108,6 +108,7 @@ def create_app(
     app.cleanup_ctx.append(metrics_ctx)
     if settings.background:
         app.cleanup_ctx.append(sweeper_ctx)
+        app.cleanup_ctx.append(outbox_alert_ctx)
     app.cleanup_ctx.append(reload_ctx)
     if settings.writer != "off":
         app.cleanup_ctx.append(writer_ctx)

@@ -57,7 +57,9 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     """The scrape state; in a worker of a multi-process ``serve``, the counts flushed to the
     shared files every second, and once more at exit."""
     billing = app.get(BILLING)
-    app[SCRAPE] = scrape = metrics.Scrape(app[LEDGER], billing.store if billing else None)
+    app[SCRAPE] = scrape = metrics.Scrape(
+        app[LEDGER], billing.store if billing else None, app[SETTINGS].outbox_alert_entries
+    )
     stop = asyncio.Event()
 
     async def loop() -> None:
@@ -73,6 +75,52 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         if task is not None:
             await task
         scrape.flush()
+
+
+OUTBOX_WATCH_S = 10.0
+OUTBOX_REWARN_S = 60.0
+
+
+async def outbox_alert_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Warns in the log when the outbox holds ``SIDECAR_OUTBOX_ALERT_ENTRIES`` unwritten
+    entries or more (once on crossing, then every minute while it stays there; once more when
+    it is back below), whatever scrapes the metrics. Runs in one process of a `serve`."""
+    scrape, limit = app[SCRAPE], app[SETTINGS].outbox_alert_entries
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        warned_at: float | None = None
+        while not stop.is_set():
+            await pause(stop, OUTBOX_WATCH_S)
+            try:
+                shards = await scrape.outbox_status()
+            except Exception as e:  # Redis away: /readyz and the metrics say so
+                log.debug("outbox alert: outbox not read: %r", e)
+                continue
+            unwritten = sum(int(s["unwritten"]) for s in shards)
+            now = time.monotonic()
+            if unwritten >= limit:
+                if warned_at is None or now - warned_at >= OUTBOX_REWARN_S:
+                    warned_at = now
+                    log.warning(
+                        "the outbox holds %d entries not yet in SQL (alert at %d, "
+                        "SIDECAR_OUTBOX_ALERT_ENTRIES; writer lag %.0fs): the writer is not "
+                        "keeping up, is hung, or SQL is unreachable; Redis memory grows "
+                        "until it is written",
+                        unwritten,
+                        limit,
+                        max((float(s["lag_s"]) for s in shards), default=0.0),
+                    )
+            elif warned_at is not None:
+                warned_at = None
+                log.warning("the outbox is back below its alert size: %d unwritten", unwritten)
+
+    task = asyncio.create_task(loop(), name="outbox-alert")
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 @health_routes.get("/metrics")
@@ -171,9 +219,9 @@ async def readyz(request: web.Request) -> web.Response:
             _run("writer_lag", writer_lag),
         )
     )
-    failing = [n for n in ("redis", "scripts") if not results[n]["ok"]]
-    if not (results["sql"]["ok"] or results["writer_lag"]["ok"]):
-        failing += ["sql", "writer_lag"]
+    # SQL's state is reported, not required: checks need only Redis. The lag is required
+    # whatever SQL's state: with SQL up, a lag means a writer that is hung or gone.
+    failing = [n for n in ("redis", "scripts", "writer_lag") if not results[n]["ok"]]
     if failing:
         return json_response({"status": "not_ready", "failing": failing, "checks": results}, 503)
     return json_response({"status": "ready", "checks": results})

@@ -399,7 +399,18 @@ def response_schemas() -> dict[str, Schema]:
                 "unwritten": INT,
                 "lag_s": NUMBER,
                 "dead_letters": INT,
-                "writer": obj({"mode": {"type": "string", "enum": ["inline", "process", "off"]}}),
+                "writer": obj(
+                    {
+                        "mode": {"type": "string", "enum": ["inline", "process", "off"]},
+                        "running": {
+                            **BOOL,
+                            "description": "a writer holds every shard's lease, renewed within "
+                            "the lease period (and, in mode process, this process's writer is "
+                            "alive); false for a hung or stopped writer once its lease lapsed",
+                        },
+                    },
+                    {"pid": nullable(INT), "alive": BOOL, "restarts": INT, "hung_kills": INT},
+                ),
             }
         ),
         "DeadLetters": obj(

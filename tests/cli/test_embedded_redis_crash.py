@@ -35,6 +35,30 @@ def redis_child(serve: int) -> int | None:
     return None
 
 
+def owns_port(serve: int, listen: str) -> bool:
+    """Whether every connection to ``listen`` reaches this `serve` (or its workers). With
+    `--workers` they bind with SO_REUSEPORT, so another test's sidecar that was handed the same
+    free port would silently answer part of the requests."""
+    for _ in range(10):
+        _, body = call(listen, "GET", "/healthz", None, "")
+        pid = int(body["pid"])
+        if pid != serve and f"PPid:\t{serve}\n" not in procfs(pid, "status") + "\n":
+            return False
+    return True
+
+
+def start_own(env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
+    """`serve` (tests/cli/test_shutdown.py's ``start``) on a port only it listens on: another
+    free port is tried if one turns out to be shared. Updates ``env["SIDECAR_LISTEN"]``."""
+    for _ in range(3):
+        proc = start(env, workers)
+        if owns_port(proc.pid, env["SIDECAR_LISTEN"]):
+            return proc
+        stop(proc)
+        env["SIDECAR_LISTEN"] = f"127.0.0.1:{free_port()}"
+    pytest.fail("no port of our own")
+
+
 def healthz(listen: str) -> int:
     status, _ = call(listen, "GET", "/healthz", None, "")
     return status
@@ -57,11 +81,10 @@ def wait_for(what: str, cond: object, timeout: float = 60.0) -> None:
 def test_embedded_redis_killed_is_restarted_from_its_aof_and_nothing_acknowledged_is_lost(
     tmp_path: Path, workers: int
 ) -> None:
-    listen = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
     env |= {
         "SIDECAR_DATA_DIR": str(tmp_path),
-        "SIDECAR_LISTEN": listen,
+        "SIDECAR_LISTEN": f"127.0.0.1:{free_port()}",
         "SIDECAR_ADMIN_TOKEN": ADMIN,
         "SIDECAR_SERVICE_TOKEN": SERVICE,
         "SIDECAR_LOG_FORMAT": "text",
@@ -69,7 +92,8 @@ def test_embedded_redis_killed_is_restarted_from_its_aof_and_nothing_acknowledge
     }
     if "SIDECAR_DATABASE_URL" in os.environ:  # the PostgreSQL pass (tests/sqlbackend.py)
         env["SIDECAR_DATABASE_URL"] = os.environ["SIDECAR_DATABASE_URL"]
-    proc = start(env, workers)
+    proc = start_own(env, workers)
+    listen = env["SIDECAR_LISTEN"]
     new: int | None = None
     try:
         assert call(listen, "PUT", "/v1/accounts/acme", {}, ADMIN)[0] == 201

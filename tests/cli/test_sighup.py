@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.embedded import free_port
+from tests.cli.test_embedded_redis_crash import owns_port
 from tests.cli.test_shutdown import ADMIN, SERVICE, call, stop
 
 pytestmark = pytest.mark.slow
@@ -124,6 +125,7 @@ def test_sighup_storm_during_start_up_kills_nothing(tmp_path: Path, workers: int
             assert time.monotonic() < deadline, "serve did not become ready"
             time.sleep(0.05)
         time.sleep(1.0)  # and on a little longer, once everything has started
+        assert owns_port(proc.pid, listen), "another process shares the port: run again"
         storming.clear()
         stormer.join()
         assert hups > 100
