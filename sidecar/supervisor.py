@@ -184,7 +184,11 @@ class SupervisedServer:
             log.warning("embedded %s restarted on %s", self.server.binary, self.server.url)
 
     async def stop(self) -> None:
-        """Stops watching (the owner stops the server itself, after its clients)."""
+        """Stops watching, at once (a restart under way is abandoned: the owner stops the
+        server itself, after its clients). Call it as shutdown begins: a Ctrl-C reaches the
+        server too, which must not come back for the shutdown's drain."""
         self._stop.set()
         if self._task is not None:
-            await self._task
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

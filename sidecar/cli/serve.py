@@ -166,6 +166,8 @@ async def _supervise(settings: Settings, metrics_dir: str, claimed: RedisServer 
     try:
         await stop.wait()
     finally:
+        if keeper is not None:  # a Redis that exits from now on stays down
+            await keeper.stop()
         # The HTTP workers first, together (they finish their requests), then the writer, then
         # Redis.
         await asyncio.gather(*(w.stop() for w in workers))
@@ -173,8 +175,6 @@ async def _supervise(settings: Settings, metrics_dir: str, claimed: RedisServer 
             await _drain(settings, url)
         for child in children:
             await child.stop()
-        if keeper is not None:
-            await keeper.stop()
         if server is not None:
             await asyncio.to_thread(server.stop)
         off_reload(loop)

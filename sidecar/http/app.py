@@ -73,7 +73,12 @@ def create_app(
         server, url = redis_for(settings, embedded)
         keeper = SupervisedServer(server) if server is not None else None
         if keeper is not None:
-            keeper.start()  # restarts it in place if it dies
+            keeper.start()  # restarts it in place if it dies, until shutdown begins
+
+            async def stop_keeper(_: web.Application) -> None:
+                await keeper.stop()
+
+            app.on_shutdown.append(stop_keeper)
         app[REDIS_URL] = url
         app[EMBEDDED_REDIS] = server is not None or settings.embedded_redis
         client = connect(url)
