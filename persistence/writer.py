@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "sql-writer"
 CONSUMER = "writer"  # one name: the lease makes it one process at a time per shard
+RELEASE_TIMEOUT_S = 1.0
 
 Entry = tuple[str, dict[str, str]]
 
@@ -201,14 +202,17 @@ class OutboxWriter:
             if self._prepared is not None:
                 await asyncio.gather(self._prepared, return_exceptions=True)
             # Renewals stop before the releases: a renewal after a release would take the
-            # lease again and keep the next writer waiting for a lease period.
+            # lease again and keep the next writer waiting for a lease period. Neither waits
+            # long for a Redis that is gone: an unreleased lease lapses by itself.
             done.set()
+            keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
-            for shard in range(self.keys.shards):
-                with contextlib.suppress(Exception):
-                    await self.scripts.lease(
-                        keys=[self.keys.writer_lease(shard)], args=[self.token, 0]
-                    )
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                    for shard in range(self.keys.shards):
+                        await self.scripts.lease(
+                            keys=[self.keys.writer_lease(shard)], args=[self.token, 0]
+                        )
 
     async def _keep_leases(self, done: asyncio.Event) -> None:
         while not done.is_set():
