@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from sidecar.datadir import PRIVATE_UMASK, private_file
 
@@ -81,6 +83,17 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _listening(path: Path) -> bool:
+    """Whether a server accepts connections on unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+        return True
 
 
 class DataDirInUse(RuntimeError):
@@ -155,13 +168,21 @@ class RedisServer:
                 lock.close()
                 raise DataDirInUse(f"{self.directory} is in use by another sidecar") from None
             self._lock = lock
-        # We own the dir, so a server still answering there is an orphan of a killed owner.
+        # We own the dir, so a server still answering there is an orphan of a killed owner;
+        # a socket nobody listens on (a killed server's) is only removed. Checked with a plain
+        # connect first: a client's retries on the refused connection took seconds, on the
+        # event loop when the server is restarted.
         if self.unixsocket and self.unixsocket.exists():
-            with (
-                contextlib.suppress(redis.RedisError, OSError),
-                redis.Redis(unix_socket_path=str(self.unixsocket), socket_timeout=2) as old,
-            ):
-                old.shutdown()
+            if _listening(self.unixsocket):
+                with (
+                    contextlib.suppress(redis.RedisError, OSError),
+                    redis.Redis(
+                        unix_socket_path=str(self.unixsocket),
+                        socket_timeout=2,
+                        retry=Retry(NoBackoff(), 0),
+                    ) as old,
+                ):
+                    old.shutdown()
             self.unixsocket.unlink(missing_ok=True)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
@@ -213,7 +234,9 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            with redis.Redis.from_url(self.url, socket_timeout=0.5) as client:
+            with redis.Redis.from_url(
+                self.url, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+            ) as client:
                 return bool(client.ping())
         except (redis.RedisError, OSError):
             return False
