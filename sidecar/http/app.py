@@ -80,7 +80,9 @@ def create_app(
 
             app.on_shutdown.append(stop_keeper)
         app[REDIS_URL] = url
-        app[EMBEDDED_REDIS] = server is not None or settings.embedded_redis
+        embedded_client = None
+        if server is not None or settings.embedded_redis:
+            app[EMBEDDED_REDIS] = embedded_client = connect(url, retries=0, max_connections=2)
         client = connect(url)
         app[LEDGER] = ledger = Ledger(
             client,
@@ -103,6 +105,8 @@ def create_app(
         finally:
             ledger.close()
             await client.aclose()
+            if embedded_client is not None:
+                await embedded_client.aclose()
             if keeper is not None:
                 await keeper.stop()
             if server is not None:

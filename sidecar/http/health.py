@@ -143,10 +143,11 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 @health_routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"status": "ok", "pid": os.getpid()}
-    if request.app[EMBEDDED_REDIS]:
+    embedded = request.app.get(EMBEDDED_REDIS)
+    if embedded is not None:
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
-                await request.app[LEDGER].redis.ping()
+                await embedded.ping()
         except Exception as e:
             log.debug("embedded Redis does not answer: %r", e)
             body |= {"status": "unhealthy", "failing": ["embedded_redis"]}

@@ -11,14 +11,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from sidecar.embedded import free_port
 from tests.cli.conftest import call
 
 
+@pytest.mark.sqlite_only  # the SQLite file is part of what is checked
 def test_serve_creates_the_data_dir_and_every_file_in_it_private(tmp_path: Path) -> None:
     data = tmp_path / "new" / "data"  # serve creates it
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
     env |= {"SIDECAR_DATA_DIR": str(data), "SIDECAR_LISTEN": f"127.0.0.1:{free_port()}"}
+    env.pop("SIDECAR_DATABASE_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "serve"],
         env=env,
