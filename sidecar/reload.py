@@ -29,19 +29,22 @@ def hold_reloads() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
 
 
-def on_reload(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> bool:
+def on_reload(
+    loop: asyncio.AbstractEventLoop, handler: Callable[[], None]
+) -> Callable[[], None] | None:
     """Installs ``handler`` for SIGHUP on ``loop`` (the main thread's), then lets SIGHUP
-    through, held ones first; False where signals cannot be handled (not the main thread)."""
+    through, held ones first. Returns what undoes it: the handler removed and SIGHUP's former
+    disposition back (in `serve`: ignored, so that a SIGHUP during the graceful shutdown does
+    not kill it); None where signals cannot be handled (not the main thread)."""
+    previous = signal.getsignal(signal.SIGHUP)
     try:
         loop.add_signal_handler(signal.SIGHUP, handler)
     except (NotImplementedError, RuntimeError, ValueError):
-        return False
+        return None
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    return True
 
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
 
-def off_reload(loop: asyncio.AbstractEventLoop) -> None:
-    """Removes the SIGHUP handler, leaving SIGHUP ignored rather than at its default action
-    (which would kill a process in the middle of its graceful shutdown)."""
-    loop.remove_signal_handler(signal.SIGHUP)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return undo

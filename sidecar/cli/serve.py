@@ -35,7 +35,7 @@ from sidecar.keys import KeySpace
 from sidecar.ledger import wall_clock_ms
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
-from sidecar.reload import hold_reloads, off_reload, on_reload
+from sidecar.reload import hold_reloads, on_reload
 from sidecar.settings import Settings
 from sidecar.supervisor import Supervised, SupervisedServer
 from sidecar.writer_runner import WriterProcess, tune_gc
@@ -160,7 +160,7 @@ async def _supervise(settings: Settings, metrics_dir: str, claimed: RedisServer 
         for w in workers:
             w.signal(signal.SIGHUP)
 
-    on_reload(loop, reload)  # and SIGHUPs held since start-up are delivered now
+    undo_reload = on_reload(loop, reload)  # SIGHUPs held since start-up are delivered now
     for child in [*children, *workers]:
         child.start()
     try:
@@ -177,7 +177,8 @@ async def _supervise(settings: Settings, metrics_dir: str, claimed: RedisServer 
             await child.stop()
         if server is not None:
             await asyncio.to_thread(server.stop)
-        off_reload(loop)
+        if undo_reload is not None:
+            undo_reload()  # back to ignored (hold_reloads), not to the default action
         log.info("stopped")
     if any(w.gave_up for w in workers):
         raise SystemExit("an HTTP worker cannot start (is the port taken?); see the log above")

@@ -48,7 +48,7 @@ from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.writer import pause
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
-from sidecar.reload import off_reload, on_reload
+from sidecar.reload import on_reload
 from sidecar.settings import Settings
 from sidecar.supervisor import SupervisedServer
 from sidecar.writer_runner import WriterProcess, make_writer, run_inline
@@ -220,12 +220,12 @@ async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     # `serve` holds SIGHUP back from its first line (hold_reloads): one sent during start-up
     # is delivered now, to the handler, instead of killing the process.
-    installed = on_reload(loop, reload)
+    undo = on_reload(loop, reload)
     try:
         yield
     finally:
-        if installed:
-            off_reload(loop)
+        if undo is not None:
+            undo()
 
 
 async def writer_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -66,6 +66,11 @@ def handles_sighup(pid: int) -> bool:
     return False
 
 
+def _default_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
 def ready(listen: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://{listen}/readyz", timeout=2) as r:
@@ -115,6 +120,7 @@ def test_sighup_storm_during_start_up_kills_nothing(tmp_path: Path, workers: int
             [sys.executable, "-m", "sidecar", "serve", "--workers", str(workers)],
             env=env,
             stderr=out,
+            preexec_fn=_default_sighup,  # as from a shell, whatever this process does with it
         )
     stormer = threading.Thread(target=storm, args=(proc.pid,))
     stormer.start()
