@@ -12,8 +12,11 @@ import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from sidecar.datadir import private_file
 
 if TYPE_CHECKING:
     from sidecar.settings import Settings
@@ -64,8 +67,9 @@ def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Asy
     pool; SQLite keeps SQLAlchemy's default pool (one file, one writer at a time)."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
+            # Created 0600 before SQLite opens it: its -wal and -shm files get the same mode.
+            private_file(Path(u.database))
         engine = create_async_engine(url, pool_pre_ping=False, **_JSON)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -81,6 +85,41 @@ def engine_for(settings: Settings) -> AsyncEngine:
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
+
+
+# SQLSTATE classes that say the server cannot serve us now, not that a statement is wrong:
+# connection exception, insufficient resources (too many connections, disk full), operator
+# intervention (shutting down, cannot connect now, query canceled), system error (I/O).
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+
+def sqlstate(e: BaseException) -> str | None:
+    """The SQLSTATE of a wrapped DBAPI error (asyncpg and psycopg name it differently)."""
+    orig = getattr(e, "orig", None)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
+def unavailable(e: BaseException) -> bool:
+    """Whether ``e``, raised by a statement, means the SQL ledger is out of reach or busy (so
+    the call may succeed later) rather than that the statement or its data is wrong. Errors
+    raised while *opening* a connection are always unavailability: callers map those
+    separately (see ``BillingStore.tx``)."""
+    if isinstance(e, sa_exc.IntegrityError | sa_exc.DataError | sa_exc.ProgrammingError):
+        return False
+    if isinstance(
+        e,
+        sa_exc.OperationalError
+        | sa_exc.InterfaceError
+        | sa_exc.TimeoutError  # no pooled connection free in time
+        | OSError
+        | TimeoutError,
+    ):
+        return True
+    if isinstance(e, sa_exc.DBAPIError):
+        state = sqlstate(e)
+        return e.connection_invalidated or (state is not None and state[:2] in _UNAVAILABLE_CLASSES)
+    return False
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

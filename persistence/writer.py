@@ -23,7 +23,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "sql-writer"
 CONSUMER = "writer"  # one name: the lease makes it one process at a time per shard
+RELEASE_TIMEOUT_S = 1.0
 
 Entry = tuple[str, dict[str, str]]
 
@@ -158,6 +159,7 @@ class OutboxWriter:
         self._pending_first: dict[int, bool] = {}
         self._last_trim: dict[int, float] = {}
         self._last_claim: dict[int, float] = {}
+        self._prepared: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -168,18 +170,60 @@ class OutboxWriter:
             if "BUSYGROUP" not in str(e):
                 raise
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Writes every shard until ``stop`` is set; survives Redis and SQL outages."""
+    async def run(
+        self, stop: asyncio.Event, prepare: Callable[[], Coroutine[Any, Any, None]] | None = None
+    ) -> None:
+        """Writes every shard until ``stop`` is set; survives Redis and SQL outages.
+        ``prepare`` (the schema migration, retried while SQL is unreachable) runs first, with
+        the leases already taken: a writer waiting for SQL at start holds them like one whose
+        SQL went away later, so a lease free for long means that no writer is alive.
+
+        The leases it holds are renewed by a task of their own, every third of the lease,
+        however long a batch or a retry pause takes: a lease then says that the writer's
+        process is alive and its event loop running, and one that lapses, that it is not
+        (crashed, stopped, or hung), which is when another writer takes the shard over and
+        `serve` kills and restarts its own writer (writer_runner.py). Whether the writer
+        keeps up is the lag's to say."""
+        self._prepared = (
+            asyncio.create_task(prepare(), name="outbox-writer-prepare") if prepare else None
+        )
         tasks = [
             asyncio.create_task(self._run_shard(s, stop), name=f"outbox-writer-{s}")
             for s in range(self.keys.shards)
         ]
+        done = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_leases(done), name="outbox-writer-leases")
         try:
             await asyncio.gather(*tasks)
         finally:
-            for t in tasks:
+            for t in [*tasks, *([self._prepared] if self._prepared else [])]:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self._prepared is not None:
+                await asyncio.gather(self._prepared, return_exceptions=True)
+            # Renewals stop before the releases: a renewal after a release would take the
+            # lease again and keep the next writer waiting for a lease period. Neither waits
+            # long for a Redis that is gone: an unreleased lease lapses by itself.
+            done.set()
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                    for shard in range(self.keys.shards):
+                        await self.scripts.lease(
+                            keys=[self.keys.writer_lease(shard)], args=[self.token, 0]
+                        )
+
+    async def _keep_leases(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            await pause(done, self.lease_ms / 3000)
+            for shard in list(self.stats.lease_held):
+                if done.is_set():
+                    return
+                try:
+                    await self.take_lease(shard)
+                except Exception as e:  # Redis away: the shard loop says so, and retries
+                    log.debug("outbox writer: lease of shard %d not renewed: %r", shard, e)
 
     async def _run_shard(self, shard: int, stop: asyncio.Event) -> None:
         backoff = 0.05
@@ -190,6 +234,10 @@ class OutboxWriter:
             try:
                 if not await self.take_lease(shard):
                     await pause(stop, self.lease_ms / 3000)
+                    continue
+                if self._prepared is not None and not self._prepared.done():
+                    # Not ready to write (SQL not migrated yet): hold the lease meanwhile.
+                    await asyncio.wait({self._prepared}, timeout=min(self.lease_ms / 3000, 1.0))
                     continue
                 await self.ensure_group(shard)
                 if ahead is not None:
@@ -230,8 +278,6 @@ class OutboxWriter:
             ahead.cancel()
             with contextlib.suppress(BaseException):
                 await ahead
-        with contextlib.suppress(Exception):
-            await self.scripts.lease(keys=[self.keys.writer_lease(shard)], args=[self.token, 0])
 
     async def _read_ahead(self, shard: int) -> Parsed:
         return self._parse(await self._read(self.keys.outbox(shard), ">", block=False))

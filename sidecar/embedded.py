@@ -8,6 +8,7 @@ on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import fcntl
@@ -23,6 +24,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from sidecar.datadir import PRIVATE_UMASK, private_file
 
 if TYPE_CHECKING:
     from sidecar.settings import Settings
@@ -37,6 +42,15 @@ def die_with_parent() -> None:
     so a killed sidecar leaves no orphan writing to the data dir."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _server_preexec() -> None:
+    """In the server's child before exec: it dies with us, what it creates in the data dir
+    (AOF directory and files, log) is private, and a SIGHUP (a reload meant for `serve`, or a
+    hangup) does not kill it before it has set up its own signal handling."""
+    die_with_parent()
+    os.umask(PRIVATE_UMASK)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def find_server_binary(explicit: str | None = None) -> str:
@@ -69,6 +83,17 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _listening(path: Path) -> bool:
+    """Whether a server accepts connections on unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+        return True
 
 
 class DataDirInUse(RuntimeError):
@@ -131,8 +156,10 @@ class RedisServer:
             args += ["--unixsocket", str(self.unixsocket), "--unixsocketperm", "700"]
         return args + list(self.extra_args)
 
-    def _acquire_dir(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def claim(self) -> None:
+        """Locks the directory for this server (``DataDirInUse`` if a live sidecar holds it;
+        a no-op once held) and shuts down an orphan of a killed owner still serving there."""
+        private_file(self.directory / "lock")
         if self._lock is None:
             lock = (self.directory / "lock").open("ab")
             try:
@@ -141,39 +168,75 @@ class RedisServer:
                 lock.close()
                 raise DataDirInUse(f"{self.directory} is in use by another sidecar") from None
             self._lock = lock
-        # We own the dir, so a server still answering there is an orphan of a killed owner.
+        # We own the dir, so a server still answering there is an orphan of a killed owner;
+        # a socket nobody listens on (a killed server's) is only removed. Checked with a plain
+        # connect first: a client's retries on the refused connection took seconds, on the
+        # event loop when the server is restarted.
         if self.unixsocket and self.unixsocket.exists():
-            with (
-                contextlib.suppress(redis.RedisError, OSError),
-                redis.Redis(unix_socket_path=str(self.unixsocket), socket_timeout=2) as old,
-            ):
-                old.shutdown()
+            if _listening(self.unixsocket):
+                with (
+                    contextlib.suppress(redis.RedisError, OSError),
+                    redis.Redis(
+                        unix_socket_path=str(self.unixsocket),
+                        socket_timeout=2,
+                        retry=Retry(NoBackoff(), 0),
+                    ) as old,
+                ):
+                    old.shutdown()
             self.unixsocket.unlink(missing_ok=True)
 
-    def start(self, timeout: float = 10.0) -> None:
-        self._acquire_dir()
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self.claim()
         self.process = subprocess.Popen(
             self._args(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=die_with_parent,
+            preexec_fn=_server_preexec,
         )
+        return self.process
+
+    def _exited_at_start(self, process: subprocess.Popen[bytes]) -> RuntimeError:
+        err = process.stderr.read().decode() if process.stderr else ""
+        log = self.directory / "server.log"
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        return RuntimeError(f"{self.binary} exited at start: {err}{tail}")
+
+    def start(self, timeout: float = 10.0) -> None:
+        process = self._spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                log = self.directory / "server.log"
-                tail = log.read_text()[-2000:] if log.exists() else ""
-                raise RuntimeError(f"{self.binary} exited at start: {err}{tail}")
+            if process.poll() is not None:
+                raise self._exited_at_start(process)
             if self.ping():
                 return
             time.sleep(0.02)
         self.kill()
         raise RuntimeError(f"{self.binary} did not answer within {timeout}s")
 
+    async def restart(self, ready_within_s: float = 300.0) -> None:
+        """Starts the server again after it exited: same directory, socket and AOF, the lock
+        still held; returns once it answers (its AOF loaded), on the event loop.
+
+        Spawned from the calling thread, the event loop's: the parent-death signal is tied to
+        the thread that forks, so that must be one that lives as long as the process."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"{self.binary} is still running")
+        process = self._spawn()
+        deadline = time.monotonic() + ready_within_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise self._exited_at_start(process)
+            if await asyncio.to_thread(self.ping):  # LOADING while it reads its AOF: False
+                return
+            await asyncio.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"{self.binary} did not answer within {ready_within_s}s")
+
     def ping(self) -> bool:
         try:
-            with redis.Redis.from_url(self.url, socket_timeout=0.5) as client:
+            with redis.Redis.from_url(
+                self.url, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+            ) as client:
                 return bool(client.ping())
         except (redis.RedisError, OSError):
             return False
@@ -189,6 +252,10 @@ class RedisServer:
                     self.kill()
         finally:
             self._release_dir()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def _release_dir(self) -> None:
         if self._lock is not None:
@@ -212,14 +279,17 @@ def embedded_server(settings: Settings) -> RedisServer:
     )
 
 
-def redis_for(settings: Settings) -> tuple[RedisServer | None, str]:
-    """The configured Redis URL; unset: a started embedded server (to stop) and its URL.
+def redis_for(
+    settings: Settings, server: RedisServer | None = None
+) -> tuple[RedisServer | None, str]:
+    """The configured Redis URL; unset: a started embedded server (to stop) and its URL:
+    ``server`` if given (`serve` claims the data dir before anything else), else a new one.
 
     Call it from the main thread: the server's parent-death signal is tied to the thread that
     forked it, and the main thread lives as long as the process."""
     if settings.redis_url is not None:
         return None, settings.redis_url
-    server = embedded_server(settings)
+    server = server or embedded_server(settings)
     server.start()
     log.info("embedded %s listening on %s", server.binary, server.url)
     return server, server.url

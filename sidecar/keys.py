@@ -102,6 +102,10 @@ class KeySpace:
         """String: token of the writer that owns the shard's outbox."""
         return f"{self._tag(shard)}:outbox:writer"
 
+    def ready_probe(self, shard: int) -> str:
+        """String: written by GET /readyz to prove the shard's Redis accepts writes."""
+        return f"{self._tag(shard)}:ready"
+
     def events(self, shard: int) -> str:
         return f"{self._tag(shard)}:events"
 

@@ -225,9 +225,12 @@ class Cached:
 class Scrape:
     """Per app: what the scrape reads from Redis and SQL, cached, and the flushes."""
 
-    def __init__(self, ledger: Ledger, store: BillingStore | None) -> None:
+    def __init__(
+        self, ledger: Ledger, store: BillingStore | None, outbox_alert_entries: int = 100_000
+    ) -> None:
         self.ledger = ledger
         self.store = store
+        self.outbox_alert_entries = outbox_alert_entries
         self.pipeline = PipelineCounts(ledger.pipeline)
         self.outbox = Cached(1.0)
         self.billing = Cached(10.0)
@@ -298,6 +301,23 @@ class Scrape:
                 for s in shards:
                     g.add_metric([str(s["shard"])], float(s[field]))
                 out.append(g)
+            limit = self.outbox_alert_entries
+            unwritten = sum(int(s["unwritten"]) for s in shards)
+            out.append(
+                GaugeMetricFamily(
+                    "credit_sidecar_outbox_alert",
+                    "1 while the outbox holds SIDECAR_OUTBOX_ALERT_ENTRIES entries not yet in "
+                    "SQL or more (all shards)",
+                    value=1.0 if unwritten >= limit else 0.0,
+                )
+            )
+            out.append(
+                GaugeMetricFamily(
+                    "credit_sidecar_outbox_alert_entries",
+                    "SIDECAR_OUTBOX_ALERT_ENTRIES: the unwritten entries that raise the alert",
+                    value=float(limit),
+                )
+            )
         if self.store is not None:
             sql = GaugeMetricFamily(
                 "credit_sidecar_sql_up", "1 if SQL answered the billing dead-letter count"

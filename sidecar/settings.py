@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from sidecar.asciiint import parse_ascii_int
+from sidecar.datadir import private_dir
 
 
 class Settings(BaseSettings):
@@ -43,6 +44,11 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None, description="redis:// or unix:// URL; unset = start a private embedded server"
+    )
+    embedded_redis: bool = Field(
+        False,
+        description="the Redis at SIDECAR_REDIS_URL is `serve`'s embedded one (set by `serve "
+        "--workers` for its workers): GET /healthz fails while it is down",
     )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the SQL ledger; unset = SQLite file in the data dir"
@@ -247,8 +253,15 @@ class Settings(BaseSettings):
     ready_max_lag_s: float = Field(
         60.0,
         gt=0,
-        description="GET /readyz: while SQL is unreachable, ready as long as the writer's lag "
-        "stays within this",
+        description="GET /readyz: not ready while the writer's lag (the age of the oldest entry "
+        "not yet in SQL; 0 when all is written) exceeds this, whatever SQL's state",
+    )
+    outbox_alert_entries: int = Field(
+        100_000,
+        ge=1,
+        le=1_000_000_000,
+        description="warn (log line, metric credit_sidecar_outbox_alert) when this many outbox "
+        "entries are not yet in SQL (each holds Redis memory until written)",
     )
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="log lines as JSON or text; auto = text on a terminal, else JSON"
@@ -330,7 +343,7 @@ class Settings(BaseSettings):
         if existing is not None:
             return existing
         path = self.data_dir / f"{name}_token"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         generated = secrets.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:

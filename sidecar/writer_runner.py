@@ -4,19 +4,28 @@
 of sharing the request handlers' event loop, which under load it cannot keep up with (see
 bench/results/writer.md). The child gets every setting it needs explicitly, dies with its
 parent (PDEATHSIG), and is restarted with backoff if it exits.
+
+A child that is alive but hung (stopped, its event loop blocked) would never exit: `serve`
+watches the leases it holds instead. The writer renews them every third of the lease period
+whatever it is doing (persistence/writer.py), so one of ours that lapses (not renewed for a
+lease period) means a hung writer: it is killed (SIGKILL) and a new one started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
+import socket
+import time
 
 from sidecar.keys import KeySpace
 from sidecar.persistence.db import engine_for, migrate, resolve_url
 from sidecar.persistence.writer import OutboxWriter, pause
-from sidecar.redis_client import RedisClient
+from sidecar.redis_client import RedisClient, connect
+from sidecar.redis_client import text as _text
 from sidecar.settings import Settings
 from sidecar.supervisor import Supervised
 
@@ -50,24 +59,29 @@ def tune_gc() -> None:
 
 
 async def run_inline(writer: OutboxWriter, stop: asyncio.Event) -> None:
-    """Migrates (retrying while SQL is unreachable) and writes until ``stop``; then disposes
-    of the writer's engine."""
-    try:
+    """Writes until ``stop``, having migrated the schema first (retried while SQL is
+    unreachable, with the leases held meanwhile); then disposes of the writer's engine."""
+
+    async def migrated() -> None:
         backoff = 0.1
         while not stop.is_set():
             try:
                 await migrate(writer.engine)
-                break
+                return
             except Exception as e:
                 log.warning("SQL ledger unavailable (%s); retrying in %.1fs", e, backoff)
                 await pause(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
-        await writer.run(stop)
+
+    try:
+        await writer.run(stop, prepare=migrated)
     finally:
         await writer.engine.dispose()
 
 
 WRITER_NICE = 10
+# How long a new writer child may take (imports, connections) before it must hold its leases.
+WRITER_START_GRACE_S = 30.0
 
 
 class WriterProcess(Supervised):
@@ -79,6 +93,95 @@ class WriterProcess(Supervised):
         super().__init__(
             "outbox writer", ["writer"], self._env(settings, redis_url), nice=WRITER_NICE
         )
+        self.redis_url = redis_url
+        self.keys = KeySpace(settings.shards)
+        self.lease_s = settings.writer_lease_ms / 1000
+        self.hung_kills = 0
+        self._watch_stop = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        super().start()
+        self._watch = asyncio.create_task(self._watch_leases(), name="outbox-writer-watchdog")
+
+    async def stop(self, grace_s: float = 15.0) -> None:
+        self._watch_stop.set()
+        if self._watch is not None:
+            await self._watch
+        await super().stop(grace_s)
+
+    def status(self) -> dict[str, object]:
+        return super().status() | {"hung_kills": self.hung_kills}
+
+    async def _watch_leases(self) -> None:
+        """Kills our writer once a shard's lease has gone unrenewed for a lease period: our
+        writer renews the leases it holds every third of a lease, and takes a free one as
+        fast, so a lease ours lets lapse, or one left free, means it is hung (a lease another
+        writer holds means ours is standing by). A new writer has a start-up grace, and after
+        Redis was unreachable (nobody could renew) every writer gets a full lease period."""
+        interval = min(max(self.lease_s / 4, 0.05), 2.5)
+        redis = connect(self.redis_url, retries=0, max_connections=2)
+        ok_at: dict[int, float] = {}  # shard -> when it was last known written by a live writer
+        pid: int | None = None
+        answered = True
+        try:
+            while not self._watch_stop.is_set():
+                await pause(self._watch_stop, interval)
+                p = self.process
+                if p is None or p.poll() is not None:
+                    pid = None
+                    continue
+                if p.pid != pid:  # a new writer: it starts (imports, connects) before leasing
+                    pid = p.pid
+                    start = time.monotonic() + WRITER_START_GRACE_S
+                    ok_at = dict.fromkeys(range(self.keys.shards), start)
+                    continue
+                try:
+                    async with asyncio.timeout(max(interval, 1.0)):
+                        leases = await self._leases(redis)
+                except Exception:
+                    answered = False  # Redis away: nobody can renew; not the writer's fault
+                    continue
+                now = time.monotonic()
+                if not answered:
+                    ok_at = {s: max(at, now) for s, at in ok_at.items()}
+                    answered = True
+                ours = f"{socket.gethostname()}:{pid}:"
+                for shard, (holder, ttl_ms) in enumerate(leases):
+                    if holder is None:
+                        continue  # free: a live writer of ours takes it within a third
+                    if holder.startswith(ours):  # renewed lease - remaining ago
+                        ok_at[shard] = now - self.lease_s + max(ttl_ms, 0) / 1000
+                    else:
+                        ok_at[shard] = now  # another writer has it: ours stands by
+                lapsed = sorted(s for s, at in ok_at.items() if now - at > self.lease_s)
+                if lapsed:
+                    log.error(
+                        "outbox writer (pid %d) has not renewed its lease of shard(s) %s for "
+                        "%.1fs (lease %.1fs): it is hung; killing it",
+                        pid,
+                        lapsed,
+                        now - min(ok_at[s] for s in lapsed),
+                        self.lease_s,
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        p.kill()  # the supervision loop starts a new one
+                    self.hung_kills += 1
+                    pid = None
+        finally:
+            await redis.aclose()
+
+    async def _leases(self, redis: RedisClient) -> list[tuple[str | None, int]]:
+        """Per shard: the lease's holder (None: nobody) and its remaining TTL in ms."""
+        pipe = redis.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.get(self.keys.writer_lease(shard))
+            pipe.pttl(self.keys.writer_lease(shard))
+        raw = await pipe.execute()
+        return [
+            (None if holder is None else _text(holder), int(ttl))
+            for holder, ttl in zip(raw[::2], raw[1::2], strict=True)
+        ]
 
     @staticmethod
     def _env(s: Settings, redis_url: str) -> dict[str, str]:

@@ -13,11 +13,11 @@ from typing import Any
 
 from sqlalchemy import Insert, Table, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sidecar.billing import currency
 from sidecar.errors import LedgerUnavailable
+from sidecar.persistence.db import sqlstate, unavailable
 from sidecar.persistence.models import (
     Account,
     AutoTopUp,
@@ -39,6 +39,13 @@ ENDPOINTS = table_of(NotificationEndpoint)
 DELIVERIES = table_of(NotificationDelivery)
 
 CLAIMABLE = ("received", "retry", "processing")
+
+
+def _reason(e: BaseException) -> str:
+    """What to tell the caller: the error's kind and SQLSTATE, never its message (which can
+    name the database or its user)."""
+    state = sqlstate(e)
+    return type(e).__name__ + (f" (SQLSTATE {state})" if state else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +104,25 @@ class BillingStore:
 
     @contextlib.asynccontextmanager
     async def tx(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction. Every failure to reach SQL becomes ``LedgerUnavailable`` (503)
+        here, for every route and worker: whatever opening a connection raises (refused,
+        database gone or not accepting connections, authentication, pool exhausted, each
+        driver with its own exception classes), and what a statement raises when the server
+        goes away or is overloaded mid-transaction (``db.unavailable``)."""
+        conn = self.engine.connect()
         try:
-            async with self.engine.begin() as conn:
-                yield conn
-        except IntegrityError:
-            raise
-        except (OperationalError, OSError, ConnectionError) as e:
-            raise LedgerUnavailable(f"the SQL ledger is unavailable: {type(e).__name__}") from e
-        except DBAPIError as e:
-            if e.connection_invalidated:
-                raise LedgerUnavailable("the SQL ledger connection was lost") from e
+            await conn.start()
+        except Exception as e:
+            raise LedgerUnavailable(f"the SQL ledger is unavailable: {_reason(e)}") from e
+        try:
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                await conn.close()
+        except Exception as e:
+            if unavailable(e):
+                raise LedgerUnavailable(f"the SQL ledger is unavailable: {_reason(e)}") from e
             raise
 
     # -- packages -------------------------------------------------------------------------

@@ -7,18 +7,21 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
 import uvloop
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from sidecar import logs
 from sidecar.adminclient import AdminClient, AdminError
 from sidecar.asciiint import parse_ascii_int
 from sidecar.embedded import DataDirInUse, RedisServer, embedded_server
+from sidecar.persistence.db import resolve_url
 from sidecar.redis_client import RedisClient, connect
 from sidecar.settings import Settings
 
@@ -84,6 +87,19 @@ def load_settings(listen: str | None = None) -> Settings:
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def run_sql(main: Coroutine[Any, Any, T], settings: Settings) -> T:
+    """``asyncio.run`` for a command working on the SQL ledger: SQL unreachable, refusing the
+    connection or the statement ends it in one line (exit 1) naming the ledger and the
+    driver's reason, instead of a traceback."""
+    try:
+        return asyncio.run(main)
+    except (SQLAlchemyError, OSError) as e:
+        url = make_url(resolve_url(settings.database_url, settings.data_dir))
+        cause = getattr(e, "orig", None) or e
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        fail(f"SQL ledger {url.render_as_string(hide_password=True)}: {reason}")
 
 
 def admin_client(url: str | None) -> AdminClient:

@@ -21,6 +21,10 @@ def status(url: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(body)
         return
+    writer = body["writer"]
+    state = "running" if writer.get("running") else "NOT RUNNING (no writer holds every lease)"
+    pid = f", pid {writer['pid']}" if writer.get("pid") else ""
+    click.echo(f"writer: {state} (mode {writer['mode']}{pid})")
     click.echo("SHARD  LENGTH  UNWRITTEN  LAG_S  DEAD_LETTERS")
     for s in body["shards"]:
         click.echo(

@@ -27,16 +27,17 @@ import uvloop
 from aiohttp import web
 
 from sidecar import __version__, logs, metrics
-from sidecar.cli.common import AsciiInt, load_settings
-from sidecar.embedded import redis_for
+from sidecar.cli.common import AsciiInt, fail, load_settings
+from sidecar.embedded import DataDirInUse, RedisServer, embedded_server, redis_for
 from sidecar.http.app import create_app
 from sidecar.http.health import outbox_drained
 from sidecar.keys import KeySpace
 from sidecar.ledger import wall_clock_ms
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
+from sidecar.reload import hold_reloads, on_reload
 from sidecar.settings import Settings
-from sidecar.supervisor import Supervised
+from sidecar.supervisor import Supervised, SupervisedServer
 from sidecar.writer_runner import WriterProcess, tune_gc
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 @click.option("--workers", type=AsciiInt(1, 64), help="HTTP worker processes (SIDECAR_WORKERS)")
 def serve(listen: str | None, workers: int | None) -> None:
     """Serve the HTTP API (starts an embedded Redis when SIDECAR_REDIS_URL is unset)."""
+    hold_reloads()  # done already by the entry point, before the imports; again for other callers
     settings = load_settings(listen=listen)
     logs.configure(settings.log_format, settings.log_level)
     if workers is not None:
@@ -56,6 +58,7 @@ def serve(listen: str | None, workers: int | None) -> None:
     except PricingError as e:
         click.echo(f"config error: SIDECAR_PRICING_FILE: {e}", err=True)
         sys.exit(2)
+    server = claim_data_dir(settings)
     host, port = settings.host_port
     log.info(
         "credit-sidecar %s on http://%s:%s (%d worker(s); tokens: %s/admin_token, "
@@ -68,11 +71,11 @@ def serve(listen: str | None, workers: int | None) -> None:
         settings.data_dir,
     )
     if settings.workers > 1:
-        uvloop.run(supervise(settings))
+        uvloop.run(supervise(settings, server))
         return
     tune_gc()  # per request, aiohttp and the ledger allocate many short-lived objects
     web.run_app(
-        create_app(settings),
+        create_app(settings, embedded=server),
         host=host,
         port=port,
         print=None,
@@ -85,7 +88,22 @@ def serve(listen: str | None, workers: int | None) -> None:
     log.info("stopped")
 
 
-def worker_env(settings: Settings, redis_url: str, index: int, metrics_dir: str) -> dict[str, str]:
+def claim_data_dir(settings: Settings) -> RedisServer | None:
+    """Without SIDECAR_REDIS_URL: the embedded server, its data dir locked for this `serve`
+    (started later); another sidecar owning the dir ends this one here, in one line, exit 2."""
+    if settings.redis_url is not None:
+        return None
+    server = embedded_server(settings)
+    try:
+        server.claim()
+    except DataDirInUse as e:
+        fail(f"{e} (SIDECAR_DATA_DIR={settings.data_dir}); stop it, or use another data dir", 2)
+    return server
+
+
+def worker_env(
+    settings: Settings, redis_url: str, index: int, metrics_dir: str, embedded: bool
+) -> dict[str, str]:
     """A worker is a one-process `serve` on the shared Redis; only worker 0 runs the sweeper,
     the billing worker, and an inline writer if one was asked for. Their metrics go to
     ``metrics_dir``, shared by all of them."""
@@ -93,6 +111,7 @@ def worker_env(settings: Settings, redis_url: str, index: int, metrics_dir: str)
     return os.environ | {
         metrics.MULTIPROC_ENV: metrics_dir,
         "SIDECAR_REDIS_URL": redis_url,
+        "SIDECAR_EMBEDDED_REDIS": "true" if embedded else "false",
         "SIDECAR_LISTEN": settings.listen,
         "SIDECAR_DATA_DIR": str(settings.data_dir),
         "SIDECAR_WORKERS": "1",
@@ -102,17 +121,20 @@ def worker_env(settings: Settings, redis_url: str, index: int, metrics_dir: str)
     }
 
 
-async def supervise(settings: Settings) -> None:
+async def supervise(settings: Settings, server: RedisServer | None = None) -> None:
     # Fresh for each serve: counts of an earlier run must not be summed into this one's.
     metrics_dir = tempfile.mkdtemp(prefix="credit-sidecar-metrics-")
     try:
-        await _supervise(settings, metrics_dir)
+        await _supervise(settings, metrics_dir, server)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-async def _supervise(settings: Settings, metrics_dir: str) -> None:
-    server, url = redis_for(settings)
+async def _supervise(settings: Settings, metrics_dir: str, claimed: RedisServer | None) -> None:
+    server, url = redis_for(settings, claimed)
+    keeper = SupervisedServer(server) if server is not None else None
+    if keeper is not None:
+        keeper.start()  # restarts it in place if it dies
     for role in ("admin", "service"):
         settings.token(role)  # generated once, here, before the workers read it
     children: list[Supervised] = []
@@ -121,7 +143,10 @@ async def _supervise(settings: Settings, metrics_dir: str) -> None:
     stop = asyncio.Event()
     workers = [
         Supervised(
-            f"http worker {i}", ["serve"], worker_env(settings, url, i, metrics_dir), stop.set
+            f"http worker {i}",
+            ["serve"],
+            worker_env(settings, url, i, metrics_dir, embedded=server is not None),
+            stop.set,
         )
         for i in range(settings.workers)
     ]
@@ -133,12 +158,14 @@ async def _supervise(settings: Settings, metrics_dir: str) -> None:
         for w in workers:
             w.signal(signal.SIGHUP)
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    undo_reload = on_reload(loop, reload)  # SIGHUPs held since start-up are delivered now
     for child in [*children, *workers]:
         child.start()
     try:
         await stop.wait()
     finally:
+        if keeper is not None:  # a Redis that exits from now on stays down
+            await keeper.stop()
         # The HTTP workers first, together (they finish their requests), then the writer, then
         # Redis.
         await asyncio.gather(*(w.stop() for w in workers))
@@ -148,6 +175,8 @@ async def _supervise(settings: Settings, metrics_dir: str) -> None:
             await child.stop()
         if server is not None:
             await asyncio.to_thread(server.stop)
+        if undo_reload is not None:
+            undo_reload()  # back to ignored (hold_reloads), not to the default action
         log.info("stopped")
     if any(w.gave_up for w in workers):
         raise SystemExit("an HTTP worker cannot start (is the port taken?); see the log above")

@@ -8,7 +8,14 @@ from datetime import datetime
 
 import click
 
-from sidecar.cli.common import echo_json, fail, load_settings, open_store, run_until_signal
+from sidecar.cli.common import (
+    echo_json,
+    fail,
+    load_settings,
+    open_store,
+    run_sql,
+    run_until_signal,
+)
 from sidecar.keys import KeySpace
 from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.reconcile import reconcile
@@ -44,7 +51,7 @@ def migrate_cmd() -> None:
         finally:
             await engine.dispose()
 
-    asyncio.run(run())
+    run_sql(run(), settings)
     click.echo("schema is up to date")
 
 
@@ -66,7 +73,7 @@ def reconcile_cmd(account: str | None, as_json: bool) -> None:
             await engine.dispose()
         return [str(d) for d in diffs], sum(s["unwritten"] for s in status)
 
-    diffs, unwritten = asyncio.run(run())
+    diffs, unwritten = run_sql(run(), settings)
     if unwritten:
         click.echo(
             f"note: {unwritten} outbox entries are not in SQL yet; differences may be only that",
@@ -117,7 +124,7 @@ def rebuild_cmd(account: str | None, replace: bool, force: bool) -> None:
             await engine.dispose()
 
     try:
-        n = asyncio.run(run())
+        n = run_sql(run(), settings)
     except Exception as e:  # a domain error from the restore script names the problem
         fail(str(e))
     click.echo(f"restored {n} account(s) from SQL")
@@ -179,7 +186,7 @@ def archive_cmd(before: str, account: str | None, dry_run: bool, as_json: bool) 
         }
 
     try:
-        out = asyncio.run(run())
+        out = run_sql(run(), settings)
     except ArchiveError as e:
         fail(str(e))
     if as_json:

@@ -614,7 +614,8 @@ function deadLettersView() {
     const o = await status;
     return stats(
       [
-        ["Writer", o.writer?.mode ?? "—"],
+        ["Writer", `${o.writer?.mode ?? "—"}${o.writer?.running ? "" : " (not running)"}`,
+          o.writer?.running ? null : "warn"],
         ["Unwritten", fmtInt(o.unwritten)],
         ["Lag", `${Number(o.lag_s ?? 0).toFixed(1)} s`],
         ["Dead letters", fmtInt(o.dead_letters), o.dead_letters ? "warn" : null],

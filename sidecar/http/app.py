@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -19,13 +18,14 @@ from sidecar.billing.context import Billing
 from sidecar.billing.gateway import StripeGateway
 from sidecar.billing.store import BillingStore
 from sidecar.billing.worker import BillingWorker
-from sidecar.embedded import redis_for
+from sidecar.embedded import RedisServer, redis_for
 from sidecar.gate import Gate
 from sidecar.http.admin import admin_routes
 from sidecar.http.appkeys import (
     API_KEYS,
     BILLING,
     BILLING_WORKER,
+    EMBEDDED_REDIS,
     GATE,
     LEDGER,
     REDIS_URL,
@@ -37,7 +37,7 @@ from sidecar.http.appkeys import (
 from sidecar.http.billing import billing_routes
 from sidecar.http.console import console_routes
 from sidecar.http.errors import error_middleware
-from sidecar.http.health import drain_outbox, health_routes, metrics_ctx
+from sidecar.http.health import drain_outbox, health_routes, metrics_ctx, outbox_alert_ctx
 from sidecar.http.openapi import openapi_routes
 from sidecar.http.ops import ops_routes
 from sidecar.http.proxy import proxy_routes
@@ -48,14 +48,20 @@ from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.writer import pause
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
+from sidecar.reload import on_reload
 from sidecar.settings import Settings
+from sidecar.supervisor import SupervisedServer
 from sidecar.writer_runner import WriterProcess, make_writer, run_inline
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 
 
-def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Application:
+def create_app(
+    settings: Settings, *, clock: Clock = wall_clock_ms, embedded: RedisServer | None = None
+) -> web.Application:
+    """The app; ``embedded``: the server `serve` claimed the data dir for, started here (else
+    one is made here when SIDECAR_REDIS_URL is unset)."""
     app = web.Application(
         middlewares=[request_id_middleware(settings.request_id_header), error_middleware],
         client_max_size=MAX_BODY,
@@ -64,8 +70,19 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
     app[TOKENS] = {role: settings.token(role).encode() for role in ("admin", "service")}
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-        server, url = redis_for(settings)
+        server, url = redis_for(settings, embedded)
+        keeper = SupervisedServer(server) if server is not None else None
+        if keeper is not None:
+            keeper.start()  # restarts it in place if it dies, until shutdown begins
+
+            async def stop_keeper(_: web.Application) -> None:
+                await keeper.stop()
+
+            app.on_shutdown.append(stop_keeper)
         app[REDIS_URL] = url
+        embedded_client = None
+        if server is not None or settings.embedded_redis:
+            app[EMBEDDED_REDIS] = embedded_client = connect(url, retries=0, max_connections=2)
         client = connect(url)
         app[LEDGER] = ledger = ledger_for(client, settings, clock)
         app[API_KEYS] = api_keys = ApiKeys(ledger)
@@ -84,6 +101,10 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
         finally:
             ledger.close()
             await client.aclose()
+            if embedded_client is not None:
+                await embedded_client.aclose()
+            if keeper is not None:
+                await keeper.stop()
             if server is not None:
                 await asyncio.to_thread(server.stop)
 
@@ -92,6 +113,7 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
     app.cleanup_ctx.append(metrics_ctx)
     if settings.background:
         app.cleanup_ctx.append(sweeper_ctx)
+        app.cleanup_ctx.append(outbox_alert_ctx)
     app.cleanup_ctx.append(reload_ctx)
     if settings.writer != "off":
         app.cleanup_ctx.append(writer_ctx)
@@ -196,16 +218,14 @@ async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
             log.error("pricing not reloaded: %s", e)
 
     loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGHUP, reload)
-        installed = True
-    except (NotImplementedError, RuntimeError):  # not the main thread
-        installed = False
+    # `serve` holds SIGHUP back from its first line (hold_reloads): one sent during start-up
+    # is delivered now, to the handler, instead of killing the process.
+    undo = on_reload(loop, reload)
     try:
         yield
     finally:
-        if installed:
-            loop.remove_signal_handler(signal.SIGHUP)
+        if undo is not None:
+            undo()
 
 
 async def writer_ctx(app: web.Application) -> AsyncIterator[None]:

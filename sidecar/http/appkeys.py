@@ -10,6 +10,7 @@ from sidecar.billing.worker import BillingWorker
 from sidecar.gate import Gate
 from sidecar.ledger import Ledger
 from sidecar.persistence.writer import OutboxWriter
+from sidecar.redis_client import RedisClient
 from sidecar.settings import Settings
 from sidecar.writer_runner import WriterProcess
 
@@ -20,6 +21,9 @@ GATE = web.AppKey("gate", Gate)
 TOKENS = web.AppKey("tokens", dict[str, bytes])
 WRITER = web.AppKey("writer", OutboxWriter)
 REDIS_URL = web.AppKey("redis_url", str)
+# When the Redis is this `serve`'s embedded one (its process, or its supervisor's): a client
+# of it that does not retry, for GET /healthz (the ledger's would ride out a restart).
+EMBEDDED_REDIS: web.AppKey[RedisClient] = web.AppKey("embedded_redis")
 WRITER_PROCESS = web.AppKey("writer_process", WriterProcess)
 BILLING = web.AppKey("billing", Billing)
 BILLING_WORKER = web.AppKey("billing_worker", BillingWorker)

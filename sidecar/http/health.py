@@ -1,13 +1,20 @@
-"""Readiness, metrics, and the outbox drain of a graceful shutdown.
+"""Liveness, readiness, metrics, and the outbox drain of a graceful shutdown.
 
-- ``GET /readyz`` (no token; for load balancers and orchestrators): 200
-  ``{"status": "ready", "checks": {...}}`` when Redis answers PING, the ledger's Lua scripts are
-  in its script cache (missing ones, after a Redis restart or SCRIPT FLUSH, are loaded here;
-  on a cluster, on every primary), and either SQL answers ``SELECT 1`` or the writer's lag is
-  within ``SIDECAR_READY_MAX_LAG_S`` (checks need only Redis, but a sidecar whose ledger of
-  record is out of reach and falling behind is not one to send traffic to). Otherwise 503
-  ``{"status": "not_ready", "failing": [...], "checks": {...}}``. Each check is bounded by a
-  short timeout; nothing here answers 500. (``GET /healthz`` only says the process is up.)
+- ``GET /healthz`` (liveness; no token): 200 ``{"status": "ok", "pid"}`` while the process
+  serves and, if its Redis is the embedded one of ``serve``, that Redis answers: 503
+  ``{"status": "unhealthy", "failing": ["embedded_redis"]}`` while it is down (``serve``
+  restarts it from its AOF; if it cannot, restarting the sidecar is the remedy, which is what
+  a failing liveness probe does). An external Redis being down is readiness's business:
+  restarting the sidecar would not bring it back.
+- ``GET /readyz`` (readiness; for load balancers and orchestrators): 200 ``{"status": "ready",
+  "checks": {...}}`` when Redis accepts a write (a probe key per shard slot), the ledger's
+  Lua scripts are in its script cache (missing ones, after a Redis restart or SCRIPT FLUSH,
+  are loaded here; on a cluster, on every primary), and the writer's lag is within
+  ``SIDECAR_READY_MAX_LAG_S``, whatever SQL's state (``sql`` is reported: checks need only
+  Redis, so a short SQL outage keeps the sidecar ready, but an outbox falling behind, SQL
+  down or the writer hung, does not). Otherwise 503 ``{"status": "not_ready", "failing":
+  [...], "checks": {...}}``. Each check is bounded by a short timeout; nothing here answers
+  500.
 - ``GET /metrics``: the Prometheus text exposition (sidecar/metrics.py); open unless
   ``SIDECAR_METRICS_TOKEN`` is set, then that bearer token is required.
 - :func:`outbox_drained`: on shutdown, the writer is given a few seconds to write what the
@@ -17,19 +24,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.asyncio import RedisCluster
 from sqlalchemy import text
 
 from sidecar import errors, metrics
-from sidecar.http.appkeys import BILLING, LEDGER, SETTINGS
+from sidecar.http.appkeys import BILLING, EMBEDDED_REDIS, LEDGER, SETTINGS
 from sidecar.http.errors import json_response
 from sidecar.keys import KeySpace
 from sidecar.ledger import Clock
@@ -40,6 +50,7 @@ log = logging.getLogger(__name__)
 health_routes = web.RouteTableDef()
 SCRAPE = web.AppKey("metrics_scrape", metrics.Scrape)
 CHECK_TIMEOUT_S = 1.0
+PROBE_TTL_MS = 60_000
 FLUSH_INTERVAL_S = 1.0
 
 
@@ -47,7 +58,9 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     """The scrape state; in a worker of a multi-process ``serve``, the counts flushed to the
     shared files every second, and once more at exit."""
     billing = app.get(BILLING)
-    app[SCRAPE] = scrape = metrics.Scrape(app[LEDGER], billing.store if billing else None)
+    app[SCRAPE] = scrape = metrics.Scrape(
+        app[LEDGER], billing.store if billing else None, app[SETTINGS].outbox_alert_entries
+    )
     stop = asyncio.Event()
 
     async def loop() -> None:
@@ -65,6 +78,54 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         scrape.flush()
 
 
+OUTBOX_WATCH_S = 10.0
+OUTBOX_REWARN_S = 60.0
+
+
+async def outbox_alert_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Warns in the log when the outbox holds ``SIDECAR_OUTBOX_ALERT_ENTRIES`` unwritten
+    entries or more (once on crossing, then every minute while it stays there; once more when
+    it is back below), whatever scrapes the metrics. Runs in one process of a `serve`."""
+    scrape, limit = app[SCRAPE], app[SETTINGS].outbox_alert_entries
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        warned_at: float | None = None
+        while not stop.is_set():
+            await pause(stop, OUTBOX_WATCH_S)
+            try:
+                shards = await scrape.outbox_status()
+            except Exception as e:  # Redis away: /readyz and the metrics say so
+                log.debug("outbox alert: outbox not read: %r", e)
+                continue
+            unwritten = sum(int(s["unwritten"]) for s in shards)
+            now = time.monotonic()
+            if unwritten >= limit:
+                if warned_at is None or now - warned_at >= OUTBOX_REWARN_S:
+                    warned_at = now
+                    log.warning(
+                        "the outbox holds %d entries not yet in SQL (alert at %d, "
+                        "SIDECAR_OUTBOX_ALERT_ENTRIES; writer lag %.0fs): the writer is not "
+                        "keeping up, is hung, or SQL is unreachable; Redis memory grows "
+                        "until it is written",
+                        unwritten,
+                        limit,
+                        max((float(s["lag_s"]) for s in shards), default=0.0),
+                    )
+            elif warned_at is not None:
+                warned_at = None
+                log.warning("the outbox is back below its alert size: %d unwritten", unwritten)
+
+    task = asyncio.create_task(loop(), name="outbox-alert")
+    try:
+        yield
+    finally:
+        stop.set()
+        task.cancel()  # it only reads: no need to wait for a Redis that is gone
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @health_routes.get("/metrics")
 async def metrics_endpoint(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].metrics_token
@@ -77,6 +138,21 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
             raise errors.Unauthorized("GET /metrics needs the metrics token (Bearer)")
     body = await request.app[SCRAPE].exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@health_routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    body: dict[str, Any] = {"status": "ok", "pid": os.getpid()}
+    embedded = request.app.get(EMBEDDED_REDIS)
+    if embedded is not None:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                await embedded.ping()
+        except Exception as e:
+            log.debug("embedded Redis does not answer: %r", e)
+            body |= {"status": "unhealthy", "failing": ["embedded_redis"]}
+            return json_response(body, 503)
+    return json_response(body)
 
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
@@ -104,9 +180,17 @@ async def readyz(request: web.Request) -> web.Response:
     ledger, settings = app[LEDGER], app[SETTINGS]
     redis = ledger.redis
 
-    async def ping() -> dict[str, Any]:
+    async def writable() -> dict[str, Any]:
+        # A write, not a PING: a Redis out of memory (noeviction), a read-only replica or one
+        # missing its min-replicas answers PING but refuses every check. On a cluster, every
+        # shard's slot (each may live on another primary).
+        shards = range(ledger.keys.shards) if isinstance(redis, RedisCluster) else range(1)
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            return {"ok": bool(await redis.ping())}
+            pipe = redis.pipeline(transaction=False)
+            for shard in shards:
+                pipe.set(ledger.keys.ready_probe(shard), os.getpid(), px=PROBE_TTL_MS)
+            await pipe.execute()
+        return {"ok": True}
 
     async def scripts() -> dict[str, Any]:
         all_scripts = [getattr(ledger.scripts, f.name) for f in dataclasses.fields(ledger.scripts)]
@@ -133,15 +217,15 @@ async def readyz(request: web.Request) -> web.Response:
 
     results = dict(
         await asyncio.gather(
-            _run("redis", ping),
+            _run("redis", writable),
             _run("scripts", scripts),
             _run("sql", sql),
             _run("writer_lag", writer_lag),
         )
     )
-    failing = [n for n in ("redis", "scripts") if not results[n]["ok"]]
-    if not (results["sql"]["ok"] or results["writer_lag"]["ok"]):
-        failing += ["sql", "writer_lag"]
+    # SQL's state is reported, not required: checks need only Redis. The lag is required
+    # whatever SQL's state: with SQL up, a lag means a writer that is hung or gone.
+    failing = [n for n in ("redis", "scripts", "writer_lag") if not results[n]["ok"]]
     if failing:
         return json_response({"status": "not_ready", "failing": failing, "checks": results}, 503)
     return json_response({"status": "ready", "checks": results})

@@ -207,6 +207,13 @@ def response_schemas() -> dict[str, Schema]:
         ),
         "RateLimit": rate_limit,
         "Health": obj({"status": {"const": "ok"}, "pid": INT}),
+        "Unhealthy": obj(
+            {
+                "status": {"const": "unhealthy"},
+                "pid": INT,
+                "failing": array({"type": "string", "enum": ["embedded_redis"]}),
+            }
+        ),
         "Readiness": obj(
             {
                 "status": {"type": "string", "enum": ["ready", "not_ready"]},
@@ -426,7 +433,18 @@ def response_schemas() -> dict[str, Schema]:
                 "unwritten": INT,
                 "lag_s": NUMBER,
                 "dead_letters": INT,
-                "writer": obj({"mode": {"type": "string", "enum": ["inline", "process", "off"]}}),
+                "writer": obj(
+                    {
+                        "mode": {"type": "string", "enum": ["inline", "process", "off"]},
+                        "running": {
+                            **BOOL,
+                            "description": "a writer holds every shard's lease, renewed within "
+                            "the lease period (and, in mode process, this process's writer is "
+                            "alive); false for a hung or stopped writer once its lease lapsed",
+                        },
+                    },
+                    {"pid": nullable(INT), "alive": BOOL, "restarts": INT, "hung_kills": INT},
+                ),
             }
         ),
         "DeadLetters": obj(
@@ -1305,25 +1323,35 @@ def _service_paths() -> dict[str, dict[str, Any]]:
         "/healthz": {
             "get": op(
                 "healthz",
-                "Liveness: the process answers",
+                "Liveness: the process answers, and so does its embedded Redis",
                 "service",
                 PUBLIC,
-                {200: json_body(ref("Health"), "alive (pid: which worker process answered)")},
+                {
+                    200: json_body(ref("Health"), "alive (pid: which worker process answered)"),
+                    503: json_body(
+                        ref("Unhealthy"),
+                        "the embedded Redis of `serve` does not answer (it is being restarted "
+                        "from its AOF; if that keeps failing, restart the sidecar)",
+                    ),
+                },
+                description="With an external Redis (SIDECAR_REDIS_URL), 200 whenever the "
+                "process answers: Redis's state is readiness's business (`/readyz`).",
             )
         },
         "/readyz": {
             "get": op(
                 "readyz",
-                "Readiness: Redis answers (and what else the sidecar needs to serve)",
+                "Readiness: Redis accepts writes (and what else the sidecar needs to serve)",
                 "service",
                 PUBLIC,
                 {
                     200: json_body(ref("Readiness"), "ready"),
                     503: json_body(ref("Readiness"), "not ready: the failing checks"),
                 },
-                description="200 when Redis answers, the ledger's scripts are loaded (missing "
-                "ones are loaded here) and either SQL answers or the writer's lag is within "
-                "SIDECAR_READY_MAX_LAG_S; otherwise 503. `/healthz` only says the process is up.",
+                description="200 when Redis accepts a write, the ledger's scripts are loaded "
+                "(missing ones are loaded here) and the writer's lag is within "
+                "SIDECAR_READY_MAX_LAG_S, whatever SQL's state (`sql` is reported); otherwise "
+                "503. `/healthz` is liveness.",
             )
         },
         "/metrics": {

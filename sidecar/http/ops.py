@@ -19,17 +19,24 @@ ops_routes = web.RouteTableDef()
 
 @ops_routes.get("/v1/admin/outbox")
 async def outbox(request: web.Request) -> web.Response:
-    """Per shard: length, unwritten entries, writer lag in seconds, dead letters."""
+    """Per shard: length, unwritten entries, writer lag in seconds, dead letters; and the
+    writer: this process's (its mode: inline, process, or off when another process runs it)
+    and ``running``: whether a writer holds every shard's lease, renewed within the lease
+    period (a hung writer's lapses), and, for a child process of this one, that it is alive.
+    """
     authorize(request, "admin")
     ledger = request.app[LEDGER]
     shards = await store_call(outbox_status(ledger.redis, ledger.keys, ledger.clock()))
+    leased = all(s["writer_lease"] is not None for s in shards)
     writer, child = request.app.get(WRITER), request.app.get(WRITER_PROCESS)
+    writer_view: dict[str, object]
     if writer is not None:
-        writer_view: object = {"mode": "inline", **stats_dict(writer.stats)}
+        writer_view = {"mode": "inline", **stats_dict(writer.stats), "running": leased}
     elif child is not None:
         writer_view = child.status()
+        writer_view["running"] = bool(writer_view["alive"]) and leased
     else:
-        writer_view = {"mode": "off"}
+        writer_view = {"mode": "off", "running": leased}
     return json_response(
         {
             "shards": shards,

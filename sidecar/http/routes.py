@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import math
-import os
 from datetime import UTC, datetime, timedelta
 from time import perf_counter
 from typing import Any, TypeVar
@@ -119,11 +118,6 @@ def insufficient_body(account: str, r: Insufficient) -> dict[str, Any]:
 
 def insufficient(account: str, r: Insufficient) -> web.Response:
     return json_response(insufficient_body(account, r), 402)
-
-
-@routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", "pid": os.getpid()})
 
 
 @routes.post("/v1/check")

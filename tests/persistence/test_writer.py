@@ -329,3 +329,44 @@ async def test_a_caught_up_writer_lingers_then_writes_what_gathered_in_one_batch
         stop.set()
         await asyncio.wait_for(task, 5)  # the stop ends the linger at once
     assert await drain(writer) == 5  # all five, pending for the next run, in one batch
+
+
+async def test_a_writer_waiting_to_migrate_holds_its_leases_and_writes_once_ready(
+    ledger: Ledger, engine: AsyncEngine
+) -> None:
+    """While its preparation (the schema migration, retried while SQL is unreachable) runs,
+    the writer holds and renews its leases: a lease left free means no writer is alive, and
+    `serve` would restart one that is only waiting for SQL."""
+    import asyncio
+
+    await ledger.configure_account("acme")
+    writer = make_writer(ledger, engine, lease_ms=300)
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def prepare() -> None:
+        await ready.wait()
+
+    task = asyncio.create_task(writer.run(stop, prepare=prepare))
+    lease = ledger.keys.writer_lease(0)
+    try:
+        for _ in range(500):
+            if await ledger.redis.get(lease):
+                break
+            await asyncio.sleep(0.01)
+        holders = set()
+        for _ in range(50):  # 1 s: more than three lease periods
+            holders.add(await ledger.redis.get(lease))
+            await asyncio.sleep(0.02)
+        assert holders == {writer.token.encode()}
+        assert writer.stats.written == 0
+        ready.set()
+        for _ in range(500):
+            if writer.stats.written:
+                break
+            await asyncio.sleep(0.01)
+        assert writer.stats.written == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert await ledger.redis.get(lease) is None  # released at stop

@@ -262,3 +262,59 @@ async def test_sql_down_fails_no_request_and_the_lag_drains_when_it_is_back(
     finally:
         await proxy.down()
         await engine.dispose()
+
+
+async def test_a_batch_slower_than_the_lease_keeps_its_lease(
+    redis: RedisClient, ledger: Ledger, tmp_path: Path
+) -> None:
+    """SQLite locked by another process for longer than the lease: the writer's commit waits
+    (busy timeout), its lease is renewed meanwhile, and nobody may take the shard over (nor
+    would `serve` think the writer hung and kill it)."""
+    url = resolve_url(None, tmp_path)
+    engine = create_engine(url)
+    await migrate(engine)
+    await ledger.configure_account("a")
+    writer = OutboxWriter(redis, engine, ledger.keys, lease_ms=400, block_ms=100)
+    lease = ledger.keys.writer_lease(0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    try:
+        await until(lambda: _is(redis.get(lease), writer.token))
+        locker = await asyncio.create_subprocess_exec(  # holds the write lock for 2 s
+            *(sys.executable, "-c", _LOCK_SQLITE, str(tmp_path / "ledger.db"), "2.0"),
+            stdout=subprocess.PIPE,
+        )
+        assert locker.stdout is not None
+        assert await locker.stdout.readline() == b"locked\n"
+        await ledger.grant("a", "g", 5)  # its batch now waits for the lock
+        holders = set()
+        unlocked = asyncio.create_task(locker.wait())
+        while not unlocked.done():
+            holders.add(await redis.get(lease))
+            await asyncio.sleep(0.02)
+        assert holders == {writer.token.encode()}
+        await until(lambda: _written(ledger))
+    finally:
+        stop.set()
+        await task
+        await engine.dispose()
+
+
+_LOCK_SQLITE = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+"""
+
+
+async def _is(value: Any, expected: str) -> bool:
+    got = await value
+    return bool(got is not None and got.decode() == expected)
+
+
+async def _written(ledger: Ledger) -> bool:
+    shards = await outbox_status(ledger.redis, ledger.keys, ledger.clock())
+    return all(s["unwritten"] == 0 for s in shards)
