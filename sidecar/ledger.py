@@ -18,10 +18,16 @@ from typing import Any, Literal, cast
 
 import orjson
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 
 from sidecar.autopipe import AutoPipeline
-from sidecar.errors import BalanceOverflow, HoldExpired, StoreUnavailable, from_script_error
+from sidecar.errors import (
+    BalanceOverflow,
+    HoldExpired,
+    InvalidInput,
+    StoreUnavailable,
+    from_script_error,
+)
 from sidecar.keys import KeySpace
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _text
@@ -30,7 +36,7 @@ from sidecar.scripts import Scripts
 MAX_CREDITS = 2**53 - 1
 # Latest accepted timestamp (9999-12-31T23:59:59.999Z): every stored time stays printable.
 MAX_TIMESTAMP_MS = 253_402_300_799_999
-CALL_DEADLINE_S = 5.0
+CALL_DEADLINE_S = 5.0  # default of SIDECAR_REDIS_DEADLINE_S: a call's time, retries included
 log = logging.getLogger(__name__)
 Clock = Callable[[], int]
 
@@ -183,14 +189,16 @@ class Ledger:
         retention_ms: int = 86_400_000,
         clock: Clock = wall_clock_ms,
         auto_pipeline: bool = True,
+        deadline_s: float = CALL_DEADLINE_S,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.retention_ms = retention_ms
         self.clock = clock
+        self.deadline_s = deadline_s  # of every Redis call, retries included
         self.scripts = Scripts.register(redis)
         # Concurrent calls share round trips (sidecar/autopipe.py), on one node or a cluster.
-        self.pipeline = AutoPipeline(redis, deadline_s=CALL_DEADLINE_S) if auto_pipeline else None
+        self.pipeline = AutoPipeline(redis, deadline_s=deadline_s) if auto_pipeline else None
 
     def close(self) -> None:
         """Closes the auto-pipeline's own connections (the Redis client is the caller's)."""
@@ -216,7 +224,7 @@ class Ledger:
         argv = common + args
 
         if self.pipeline is not None:
-            # The pipeline applies the deadline once per batch (CALL_DEADLINE_S).
+            # The pipeline applies the deadline once per batch.
             return await store_errors(self.pipeline.run(script, keys, argv))
 
         async def invoke() -> Any:
@@ -227,7 +235,7 @@ class Ledger:
                 # EVALSHA; EVAL loads and runs in one step, so it cannot miss.
                 return await self.redis.eval(cast(str, script.script), len(keys), *keys, *argv)
 
-        return await store_call(invoke())
+        return await store_call(invoke(), self.deadline_s)
 
     async def configure_account(
         self,
@@ -498,7 +506,8 @@ class Ledger:
         written = 0
         for shard in range(self.keys.shards):
             accounts = await store_call(
-                self.redis.zrangebyscore(self.keys.due(shard), "-inf", now, start=0, num=limit)
+                self.redis.zrangebyscore(self.keys.due(shard), "-inf", now, start=0, num=limit),
+                self.deadline_s,
             )
             for account in accounts:
                 written += await self.expire(_text(account))
@@ -524,9 +533,12 @@ async def store_call(awaitable: Awaitable[Any], deadline_s: float = CALL_DEADLIN
 async def store_errors(awaitable: Awaitable[Any]) -> Any:
     """Turns script errors into domain errors and every other Redis failure (unreachable,
     read-only replica, out of memory, busy, the deadline) into StoreUnavailable, logged here
-    and answered with a generic message."""
+    and answered with a generic message. An argument that cannot be sent (a str that is not
+    valid UTF-8) is the caller's input: InvalidInput."""
     try:
         return await awaitable
+    except DataError as e:
+        raise InvalidInput(str(e)) from None
     except ResponseError as e:
         err = from_script_error(str(e))
         if err is not None:

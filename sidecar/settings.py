@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="redis:// or unix:// URL; unset = start a private embedded server"
     )
+    redis_deadline_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="how long a Redis call may take, retries included, before it fails (503, "
+        "or the failure policy); keep the proxy's auth timeout above it. Redis refusing "
+        "connections fails a call at once, whatever this is",
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the SQL ledger; unset = SQLite file in the data dir"
     )

@@ -128,7 +128,10 @@ def worker() -> None:
             await migrate(engine)
             async with open_store(settings) as redis:
                 ledger = Ledger(
-                    redis, KeySpace(settings.shards), retention_ms=settings.retention_s * 1000
+                    redis,
+                    KeySpace(settings.shards),
+                    retention_ms=settings.retention_s * 1000,
+                    deadline_s=settings.redis_deadline_s,
                 )
                 b = Billing(ledger, BillingStore(engine), gateway, settings, ledger.clock)
                 try:

@@ -72,6 +72,7 @@ def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Appli
             KeySpace(settings.shards),
             retention_ms=settings.retention_s * 1000,
             clock=clock,
+            deadline_s=settings.redis_deadline_s,
         )
         app[API_KEYS] = api_keys = ApiKeys(ledger)
         app[GATE] = Gate(

@@ -22,7 +22,9 @@ async def outbox(request: web.Request) -> web.Response:
     """Per shard: length, unwritten entries, writer lag in seconds, dead letters."""
     authorize(request, "admin")
     ledger = request.app[LEDGER]
-    shards = await store_call(outbox_status(ledger.redis, ledger.keys, ledger.clock()))
+    shards = await store_call(
+        outbox_status(ledger.redis, ledger.keys, ledger.clock()), ledger.deadline_s
+    )
     writer, child = request.app.get(WRITER), request.app.get(WRITER_PROCESS)
     if writer is not None:
         writer_view: object = {"mode": "inline", **stats_dict(writer.stats)}
@@ -61,7 +63,9 @@ async def dead_letters(request: web.Request) -> web.Response:
     shard = _shard(request, shard)
     if not 1 <= count <= 1000:
         raise errors.InvalidInput("count must be in [1, 1000]", field="count")
-    raw = await store_call(ledger.redis.xrange(ledger.keys.dead_letters(shard), count=count))
+    raw = await store_call(
+        ledger.redis.xrange(ledger.keys.dead_letters(shard), count=count), ledger.deadline_s
+    )
     entries = [
         {
             "id": i.decode(),
@@ -100,7 +104,7 @@ async def retry_dead_letters(request: web.Request) -> web.Response:
     ):
         raise errors.InvalidInput("ids must be a list of at most 1000 ids", field="ids")
     dead, stream = ledger.keys.dead_letters(shard), ledger.keys.outbox(shard)
-    raw = await store_call(ledger.redis.xrange(dead, count=1000))
+    raw = await store_call(ledger.redis.xrange(dead, count=1000), ledger.deadline_s)
     chosen = [(i, f) for i, f in raw if ids is None or i.decode() in ids]
     if ids is not None and (missing := sorted(set(ids) - {i.decode() for i, _ in chosen})):
         raise errors.InvalidInput(f"no such dead letter: {', '.join(missing[:5])}", field="ids")
@@ -117,6 +121,6 @@ async def retry_dead_letters(request: web.Request) -> web.Response:
         pipe = ledger.redis.pipeline(transaction=True)
         pipe.xadd(stream, original)
         pipe.xdel(dead, entry_id)
-        await store_call(pipe.execute())
+        await store_call(pipe.execute(), ledger.deadline_s)
         retried.append(entry_id.decode())
     return json_response({"shard": shard, "retried": retried})
