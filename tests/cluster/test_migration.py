@@ -100,7 +100,8 @@ async def test_a_slot_migrated_under_load_refuses_no_check_and_reconciles(
             assert isinstance(r, Allowed)
             acknowledged[a] += 1
 
-    slot = int(node(cluster.nodes[0]).execute_command("CLUSTER", "KEYSLOT", keys.outbox(0)))
+    with node(cluster.nodes[0]) as c:
+        slot = int(c.execute_command("CLUSTER", "KEYSLOT", keys.outbox(0)))
     source = cluster.master_of(keys.outbox(0))
     target = next(m for m in cluster.masters() if m.port != source.port)
     tasks = [asyncio.create_task(load(w)) for w in range(12)]
