@@ -87,6 +87,35 @@ class Settings(BaseSettings):
         None, description="redis-server/valkey-server binary for the embedded server"
     )
     embedded_appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="`serve` closes (408) a connection that has not sent a complete request "
+        "head within this of connecting, or of its first byte after a response",
+    )
+    http_body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="`serve` closes (408) a connection whose request body has not arrived "
+        "within this of its head",
+    )
+    http_keepalive_timeout_s: float = Field(
+        75.0,
+        gt=0,
+        le=86400,
+        description="`serve` closes a keep-alive connection idle for this long (keep it above "
+        "the proxies' idle timeouts of their connections to the sidecar)",
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="open connections per `serve` process; beyond it a new one replaces the "
+        "one waiting longest for its request head, else the longest idle one, else is "
+        "answered 503 and closed",
+    )
     access_log: bool = Field(False, description="log every request (off: keeps the hot path lean)")
     pricing_file: Path | None = Field(
         None, description="TOML route-cost rules; unset = every route costs 1"

@@ -87,3 +87,16 @@ async def test_a_call_that_cannot_be_packed_fails_alone_and_the_batch_goes_on(
     assert good == [str(i).encode() for i in range(20)]
     assert all(isinstance(r, DataError) for r in results[10:15]), results[10:15]
     assert "surrogates not allowed" in str(results[10])
+
+
+async def test_a_redis_call_with_text_redis_cannot_take_is_the_callers_invalid_input(
+    redis: Redis,
+) -> None:
+    """Outside the auto-pipeline too (redis-py's own connections): a lone surrogate is the
+    caller's invalid input (422), not a 500, and the connection serves the next call."""
+    from sidecar.errors import InvalidInput
+    from sidecar.ledger import store_call
+
+    with pytest.raises(InvalidInput, match="surrogates not allowed"):
+        await store_call(redis.set("k\udcff", "v"))
+    assert await store_call(redis.set("k", "v"))

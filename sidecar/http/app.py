@@ -41,6 +41,7 @@ from sidecar.http.openapi import openapi_routes
 from sidecar.http.ops import ops_routes
 from sidecar.http.proxy import proxy_routes
 from sidecar.http.routes import routes
+from sidecar.http.server import body_first
 from sidecar.keys import KeySpace
 from sidecar.ledger import CALL_DEADLINE_S, Clock, Ledger, wall_clock_ms
 from sidecar.logs import request_id_middleware
@@ -57,7 +58,13 @@ MAX_BODY = 64 * 1024
 
 def create_app(settings: Settings, *, clock: Clock = wall_clock_ms) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware(settings.request_id_header), error_middleware],
+        # body_first: the request body is read under SIDECAR_HTTP_BODY_TIMEOUT_S (see
+        # sidecar/http/server.py), inside error_middleware (a 413 is rendered as JSON)
+        middlewares=[
+            request_id_middleware(settings.request_id_header),
+            error_middleware,
+            body_first,
+        ],
         client_max_size=MAX_BODY,
     )
     app[SETTINGS] = settings
