@@ -15,8 +15,8 @@ which loads and runs it in one step, so a flush never fails a call. A call the s
 not run yet (``LOADING`` after a restart, ``BUSY`` with another script, a cluster's
 ``TRYAGAIN`` while its slot migrates) is sent again, with backoff, within the deadline.
 
-A lost connection is reopened and the batch sent again within the deadline; a connect that
-fails at once (Redis refusing connections) fails the batch at once (sidecar/breaker.py).
+A lost connection is reopened and the batch sent again within the deadline; once Redis has
+refused connections for longer than a restart does, a batch fails at once (sidecar/breaker.py).
 
 On a Redis Cluster a batch goes out as redis-py's cluster pipeline instead: it splits the
 batch by slot owner, sends one pipeline per master, and follows MOVED and ASK redirections
@@ -45,7 +45,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sidecar.breaker import refused
+from sidecar.breaker import give_up
 from sidecar.resp import RespChannel
 
 # Small enough that several batches are in flight at once (client and server overlap), large
@@ -202,7 +202,7 @@ class AutoPipeline:
             try:
                 return await channel.send(payload, len(calls))
             except RedisConnectionError as e:
-                if refused(e):  # nothing listens: failing now beats failing at the deadline
+                if give_up(e):  # nothing listens, past a restart: fail now, not at the deadline
                     raise
                 # Safe to send again: every script call is idempotent by its ids.
                 await asyncio.sleep(backoff)

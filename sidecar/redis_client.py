@@ -1,9 +1,9 @@
 """Builds the sidecar's Redis client: hiredis parser, bounded timeouts, retries with backoff.
 
 Retrying a script call is safe because every mutation carries an id and is idempotent;
-the retries ride out a lost connection and a server loading its AOF after a restart. A
-connect that fails at once (Redis refusing connections) is not retried: the call fails at
-once, and so do the next ones for a moment (sidecar/breaker.py).
+the retries ride out a lost connection and a server restarting and loading its AOF. Once
+Redis has refused connections for longer than a restart does, calls fail at once instead
+(sidecar/breaker.py).
 
 A ``redis+cluster://host:port`` URL (or ``rediss+cluster://``) means a Redis Cluster: any
 node's address; the client discovers the rest, follows MOVED and ASK redirections, and finds
@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sidecar.breaker import breaker_for, refused
+from sidecar.breaker import breaker_for, give_up
 
 # What every part of the sidecar talks to: one server (or a primary with replicas), or a
 # cluster. Both offer the commands we use on keys of one slot.
@@ -96,7 +96,7 @@ def connect(
         decode_responses=decode_responses,
         max_connections=max_connections,
         timeout=10,
-        retry=Retry(backoff, retries, is_retryable=lambda e: not refused(e)),
+        retry=Retry(backoff, retries, is_retryable=lambda e: not give_up(e)),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         socket_timeout=5,
         socket_connect_timeout=2,

@@ -163,7 +163,7 @@ class RespChannel:
                 if protocol is None or protocol.lost is not None:
                     try:
                         protocol = self.protocol = await self._connect()
-                    except ConnectFailed as e:  # refused: the cause says so (breaker.refused)
+                    except ConnectFailed as e:  # refused: the cause says so (breaker.give_up)
                         raise RedisConnectionError(f"Redis refused the connection: {e}") from e
                     except (OSError, TimeoutError) as e:
                         raise RedisConnectionError(f"cannot connect to Redis: {e}") from e

@@ -1,8 +1,9 @@
 """Redis down against Redis slow: a Redis that refuses connections (stopped: ECONNREFUSED, or
-its unix socket file gone) fails every check at once, whatever the call deadline, so the
-failure policy's answer (503, or 200 under fail_open) reaches the proxy before its timeout;
-a Redis that is up but slow (SIGSTOPped, loading its AOF after a restart) still gets the full
-deadline, and a restarted one serves the calls that waited for it."""
+its unix socket file gone) fails every check within a moment (the breaker's grace for a
+restart), whatever the call deadline, so the failure policy's answer (503, or 200 under
+fail_open) reaches the proxy before its timeout; a Redis that is up but slow (SIGSTOPped,
+loading its AOF after a restart) still gets the full deadline, and a restarted one serves the
+calls that waited for it."""
 
 from __future__ import annotations
 
@@ -131,6 +132,35 @@ async def test_thousands_of_calls_on_a_stopped_redis_do_not_each_try_to_connect(
         # One connect per cooldown at most (plus the ones already under way when the first
         # was refused: one per channel), however many calls.
         assert b.connects - before <= 8 + 2 * took / breaker.COOLDOWN_S
+    finally:
+        ledger.close()
+        await client.aclose()
+        server.stop()
+
+
+async def test_a_redis_restarted_within_a_moment_fails_no_call(tmp_path: Path) -> None:
+    """A restart refuses connections for a moment: calls made then wait for it (within the
+    breaker's grace) rather than fail, and each is charged once."""
+    server = RedisServer(tmp_path / "redis", port=free_port(), appendfsync="always")
+    server.start()
+    client = connect(server.url)
+    ledger = Ledger(client, KeySpace(), deadline_s=30.0)
+    try:
+        await ledger.configure_account("a")
+        await ledger.grant("a", "g", 100_000)
+
+        async def worker(w: int) -> None:
+            for i in range(150):
+                assert isinstance(await ledger.deduct("a", 1, f"w{w}-{i}"), Allowed)
+
+        async def restart() -> None:
+            await asyncio.sleep(0.2)
+            server.kill()
+            await asyncio.sleep(0.1)  # refusing, with calls arriving
+            await asyncio.to_thread(server.start)
+
+        await asyncio.gather(restart(), *(worker(w) for w in range(8)))
+        assert (await ledger.balance("a")).balance == 100_000 - 8 * 150
     finally:
         ledger.close()
         await client.aclose()

@@ -92,7 +92,8 @@ async def retry_dead_letters(request: web.Request) -> web.Response:
     authorize(request, "admin")
     ledger = request.app[LEDGER]
     try:
-        body = await request.json() if request.can_read_body else {}
+        # body_exists, not can_read_body: the body has been read already (sidecar/http/server.py)
+        body = await request.json() if request.body_exists else {}
     except ValueError:
         raise errors.InvalidJSON("the body is not valid JSON") from None
     if not isinstance(body, dict):

@@ -244,11 +244,14 @@ def _connection(request: web.Request) -> _Connection | None:
 async def body_first(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Moves the connection's state along (head done; body read under its clock; busy;
-    idle) and reads the request body before the handler runs. Without a guarded connection
-    (tests' servers) it only calls the handler."""
+    """Reads the request body before the handler runs (so ``request.can_read_body`` is
+    False in handlers: use ``body_exists``), and moves the connection's state along: head
+    done; body read under its clock; busy; idle. Without a guarded connection (the tests'
+    servers) the body is read all the same, without a clock."""
     conn = _connection(request)
     if conn is None:
+        if request.body_exists:
+            await request.read()
         return await handler(request)
     loop = conn.guard.loop
     try:
