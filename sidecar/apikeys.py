@@ -128,19 +128,30 @@ class ApiKeys:
         )
         # The key is active on its account first, then resolvable: a crash in between
         # leaves an unusable key that can still be listed and revoked.
-        await store_call(self.redis.hset(self.keys.api_key_accounts(), key_id, account))
-        await store_call(self.redis.hset(self.keys.api_key_index(), digest, f"{account}/{key_id}"))
+        await store_call(
+            self.redis.hset(self.keys.api_key_accounts(), key_id, account), self.ledger.deadline_s
+        )
+        await store_call(
+            self.redis.hset(self.keys.api_key_index(), digest, f"{account}/{key_id}"),
+            self.ledger.deadline_s,
+        )
         return KeyInfo.from_record(raw), key
 
     async def list(self, account: str) -> list[KeyInfo]:
-        if not await store_call(self.redis.exists(self.keys.for_account(account).account)):
+        if not await store_call(
+            self.redis.exists(self.keys.for_account(account).account), self.ledger.deadline_s
+        ):
             raise UnknownAccount(f"account {account} does not exist")
-        raw: dict[Any, Any] = await store_call(self.redis.hgetall(self.keys.api_keys(account)))
+        raw: dict[Any, Any] = await store_call(
+            self.redis.hgetall(self.keys.api_keys(account)), self.ledger.deadline_s
+        )
         infos = [KeyInfo.from_record(v) for v in raw.values()]
         return sorted(infos, key=lambda k: (k.created_at, k.key_id))
 
     async def revoke(self, key_id: str) -> KeyInfo:
-        account = await store_call(self.redis.hget(self.keys.api_key_accounts(), key_id))
+        account = await store_call(
+            self.redis.hget(self.keys.api_key_accounts(), key_id), self.ledger.deadline_s
+        )
         if account is None:
             raise UnknownKey(f"key {key_id} does not exist")
         account = account.decode()
@@ -148,7 +159,7 @@ class ApiKeys:
             self.ledger.scripts.apikey, account, [self.keys.api_keys(account)], ["revoke", key_id]
         )
         digest = orjson.loads(raw)["hash"]
-        await store_call(self.redis.hdel(self.keys.api_key_index(), digest))
+        await store_call(self.redis.hdel(self.keys.api_key_index(), digest), self.ledger.deadline_s)
         self._known.pop(digest, None)
         return KeyInfo.from_record(raw)
 
@@ -163,7 +174,9 @@ class ApiKeys:
             return ident
         if digest in self._unknown:
             return None
-        raw = await store_call(self.redis.hget(self.keys.api_key_index(), digest))
+        raw = await store_call(
+            self.redis.hget(self.keys.api_key_index(), digest), self.ledger.deadline_s
+        )
         if raw is None:
             self._unknown[digest] = True
             return None

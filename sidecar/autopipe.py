@@ -6,8 +6,17 @@ round trip each; a single call in flight goes out at once, alone. Batches in fli
 (each has its own connection), so the pipeline depth adapts to the load. Replies are matched
 to callers in order; an error reply fails only its own call.
 
+Each call is packed as it joins, in its caller's context: one that cannot be sent (a str that
+is not valid UTF-8, an argument of another type) fails alone with ``DataError`` and never
+joins a batch, so one caller's bad bytes cannot fail the others' calls.
+
 A script missing from the server's cache (restart, SCRIPT FLUSH) is sent again with EVAL,
-which loads and runs it in one step, so a flush never fails a call.
+which loads and runs it in one step, so a flush never fails a call. A call the server could
+not run yet (``LOADING`` after a restart, ``BUSY`` with another script, a cluster's
+``TRYAGAIN`` while its slot migrates) is sent again, with backoff, within the deadline.
+
+A lost connection is reopened and the batch sent again within the deadline; once Redis has
+refused connections for longer than a restart does, a batch fails at once (sidecar/breaker.py).
 
 On a Redis Cluster a batch goes out as redis-py's cluster pipeline instead: it splits the
 batch by slot owner, sends one pipeline per master, and follows MOVED and ASK redirections
@@ -20,17 +29,43 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    DataError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sidecar.breaker import give_up
 from sidecar.resp import RespChannel
 
 # Small enough that several batches are in flight at once (client and server overlap), large
 # enough to save most round trips: 32 measured best on 2 cores (bench: 9.4k -> ~20k calls/s).
 MAX_BATCH = 32
 CHANNELS = 4  # connections batches are spread over
+MAX_BACKOFF_S = 0.5
+
+# Error replies that mean "not run; send it again shortly": the server is loading its data
+# (BusyLoadingError is a ConnectionError), the slot is migrating or moved (TRYAGAIN, ASK,
+# MOVED; ClusterError: redis-py's own retries of those ran out), the cluster is reconfiguring
+# (CLUSTERDOWN, a ClusterError), a cluster node's connection failed under one command.
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, TryAgainError, AskError, ClusterError)
+
+
+def _transient(reply: Any) -> bool:
+    if isinstance(reply, _TRANSIENT):
+        return True
+    # BUSY: another script is running past the busy threshold; ours runs once it is done.
+    return isinstance(reply, ResponseError) and str(reply).startswith("BUSY ")
 
 
 @dataclass(slots=True)
@@ -39,6 +74,18 @@ class _Call:
     keys: list[str]
     args: list[str | int]
     future: asyncio.Future[Any]
+    packed: bytes  # the command as RESP
+    evalsha: bool = True  # False once the server said NOSCRIPT: sent again with EVAL
+
+    def command(self) -> tuple[Any, ...]:
+        c = self.script
+        name, body = ("EVALSHA", c.sha) if self.evalsha else ("EVAL", c.script)
+        return (name, body, len(self.keys), *self.keys, *self.args)
+
+    def use_eval(self) -> None:
+        self.evalsha = False
+        # EVAL's extra argument is the script's own text: packing it cannot fail.
+        self.packed = hiredis.pack_command(self.command())
 
 
 class AutoPipeline:
@@ -69,11 +116,20 @@ class AutoPipeline:
         self.calls = 0
 
     async def run(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+        """The script's reply; its error reply as an exception; ``DataError`` if an argument
+        cannot be sent (checked here, before the call joins a batch)."""
+        # Packed now, alone: the batch joins packed calls. hiredis takes the same types as
+        # redis-py's encoder (str, bytes, int, float), so this checks the cluster path too.
+        try:
+            command: Any = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            packed = hiredis.pack_command(command)
+        except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
+            raise DataError(f"a script argument cannot be sent to Redis: {e}") from None
         # The loop, once: get_running_loop costs a getpid() system call on every use.
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        call = _Call(script, keys, args, loop.create_future())
+        call = _Call(script, keys, args, loop.create_future(), packed)
         self._pending.append(call)
         if len(self._pending) >= self.max_batch:
             self._flush()
@@ -98,8 +154,8 @@ class AutoPipeline:
         self.calls += len(batch)
         try:
             async with asyncio.timeout(self.deadline_s):
-                replies = await self._sent(batch)
-        except BaseException as e:  # the connection failed (after its retries), or cancelled
+                await self._sent(batch)
+        except BaseException as e:  # refused, the deadline passed, or cancelled
             for c in batch:
                 if not c.future.done():
                     c.future.set_exception(
@@ -107,41 +163,59 @@ class AutoPipeline:
                     )
             if not isinstance(e, Exception):
                 raise
-            return
-        for c, r in zip(batch, replies, strict=True):
-            _settle(c, r)
 
-    async def _sent(self, batch: list[_Call]) -> list[Any]:
-        replies = await self._pipeline(batch, evalsha=True)
-        missing = [c for c, r in zip(batch, replies, strict=True) if isinstance(r, NoScriptError)]
-        if missing:
-            # The calls that ran are answered now: a failure of the retry must not tell them
-            # they failed (they happened).
-            for c, r in zip(batch, replies, strict=True):
-                if not isinstance(r, NoScriptError):
+    async def _sent(self, batch: list[_Call]) -> None:
+        """Sends the batch and answers each call as its reply arrives; sends again the calls
+        the server could not run yet, until every call is answered (or the deadline)."""
+        todo, backoff = batch, 0.01
+        while True:
+            replies = await self._pipeline(todo)
+            again: list[_Call] = []
+            wait = False
+            for c, r in zip(todo, replies, strict=True):
+                if isinstance(r, NoScriptError) and c.evalsha:
+                    c.use_eval()  # EVAL loads and runs it: no wait needed
+                    again.append(c)
+                elif _transient(r):
+                    again.append(c)
+                    wait = True
+                else:
+                    # Answered now: a failure of a later send must not tell a call that ran
+                    # that it failed.
                     _settle(c, r)
-            again = dict(
-                zip(map(id, missing), await self._pipeline(missing, evalsha=False), strict=True)
-            )
-            replies = [again.get(id(c), r) for c, r in zip(batch, replies, strict=True)]
-        return replies
+            todo = [c for c in again if not c.future.done()]
+            if not todo:
+                return
+            if wait:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
 
-    async def _pipeline(self, calls: list[_Call], *, evalsha: bool) -> list[Any]:
-        commands: list[tuple[Any, ...]] = [
-            (
-                "EVALSHA" if evalsha else "EVAL",
-                c.script.sha if evalsha else c.script.script,
-                len(c.keys),
-                *c.keys,
-                *c.args,
-            )
-            for c in calls
-        ]
+    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+        """One reply (or error reply) per call; retries a lost connection until the deadline."""
+        if self._cluster is not None:
+            return await self._cluster_pipeline(self._cluster, calls)
+        payload = _payload(calls)
         backoff = 0.01
-        while self._cluster is not None:  # until the batch's deadline: a failover, say
-            pipe = self._cluster.pipeline(transaction=False)
-            for c in commands:
-                pipe.execute_command(*c)
+        while True:  # until the batch's deadline: a connection lost, say
+            channel = self._channels[self._next % len(self._channels)]
+            self._next += 1
+            try:
+                return await channel.send(payload, len(calls))
+            except RedisConnectionError as e:
+                if give_up(e):  # nothing listens, past a restart: fail now, not at the deadline
+                    raise
+                # Safe to send again: every script call is idempotent by its ids.
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    @staticmethod
+    async def _cluster_pipeline(cluster: RedisCluster, calls: list[_Call]) -> list[Any]:
+        commands = [c.command() for c in calls]
+        backoff = 0.01
+        while True:  # until the batch's deadline: a failover, say
+            pipe = cluster.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
             try:
                 return list(await pipe.execute(raise_on_error=False))
             except (RedisError, RedisClusterException, OSError, AttributeError):
@@ -149,20 +223,16 @@ class AutoPipeline:
                 # failover redis-py 8.1 can also fail a connection torn down under it with
                 # AttributeError: its writer is already gone.)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 0.5)
-        while True:  # until the batch's deadline: Redis restarting, say
-            channel = self._channels[self._next % len(self._channels)]
-            self._next += 1
-            try:
-                return await channel.execute(commands)
-            except RedisConnectionError:
-                # Safe to send again: every script call is idempotent by its ids.
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 0.5)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     def close(self) -> None:
         for channel in self._channels:
             channel.close()
+
+
+def _payload(calls: list[_Call]) -> bytes:
+    """The batch's write: its calls' packed commands."""
+    return b"".join([c.packed for c in calls])
 
 
 def _settle(c: _Call, reply: Any) -> None:

@@ -18,10 +18,16 @@ from typing import Any, Literal, cast
 
 import orjson
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 
 from sidecar.autopipe import AutoPipeline
-from sidecar.errors import BalanceOverflow, HoldExpired, StoreUnavailable, from_script_error
+from sidecar.errors import (
+    BalanceOverflow,
+    HoldExpired,
+    InvalidInput,
+    StoreUnavailable,
+    from_script_error,
+)
 from sidecar.keys import KeySpace
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _text
@@ -31,7 +37,7 @@ from sidecar.settings import Settings
 MAX_CREDITS = 2**53 - 1
 # Latest accepted timestamp (9999-12-31T23:59:59.999Z): every stored time stays printable.
 MAX_TIMESTAMP_MS = 253_402_300_799_999
-CALL_DEADLINE_S = 5.0
+CALL_DEADLINE_S = 5.0  # default of SIDECAR_REDIS_DEADLINE_S: a call's time, retries included
 # How much earlier than the caller gives up a script stops accepting a call (lua/_lib.lua
 # in_time): it covers clock skew between this host and Redis plus a reply's way back.
 DEADLINE_MARGIN_MS = 500
@@ -200,7 +206,7 @@ class Ledger:
         self.keys = keys
         self.retention_ms = retention_ms
         self.clock = clock
-        self.deadline_s = deadline_s
+        self.deadline_s = deadline_s  # of every Redis call, retries included
         # A script refuses a call that runs later than this after it was made (ms).
         self._script_deadline_ms = int(deadline_s * 1000) - deadline_margin_ms
         self.scripts = Scripts.register(redis)
@@ -545,6 +551,7 @@ def ledger_for(redis: RedisClient, settings: Settings, clock: Clock = wall_clock
         KeySpace(settings.shards),
         retention_ms=settings.retention_s * 1000,
         clock=clock,
+        deadline_s=settings.redis_deadline_s,
         deadline_margin_ms=settings.redis_deadline_margin_ms,
     )
 
@@ -568,9 +575,12 @@ async def store_call(awaitable: Awaitable[Any], deadline_s: float = CALL_DEADLIN
 async def store_errors(awaitable: Awaitable[Any]) -> Any:
     """Turns script errors into domain errors and every other Redis failure (unreachable,
     read-only replica, out of memory, busy, the deadline) into StoreUnavailable, logged here
-    and answered with a generic message."""
+    and answered with a generic message. An argument that cannot be sent (a str that is not
+    valid UTF-8) is the caller's input: InvalidInput."""
     try:
         return await awaitable
+    except DataError as e:
+        raise InvalidInput(str(e)) from None
     except ResponseError as e:
         err = from_script_error(str(e))
         if isinstance(err, StoreUnavailable):  # LATE: it ran after its deadline, did nothing

@@ -1,7 +1,9 @@
 """Builds the sidecar's Redis client: hiredis parser, bounded timeouts, retries with backoff.
 
 Retrying a script call is safe because every mutation carries an id and is idempotent;
-the retries ride out a server restart (and AOF loading) of a few seconds.
+the retries ride out a lost connection and a server restarting and loading its AOF. Once
+Redis has refused connections for longer than a restart does, calls fail at once instead
+(sidecar/breaker.py).
 
 A ``redis+cluster://host:port`` URL (or ``rediss+cluster://``) means a Redis Cluster: any
 node's address; the client discovers the rest, follows MOVED and ASK redirections, and finds
@@ -21,6 +23,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from sidecar.breaker import breaker_for, give_up
 
 # What every part of the sidecar talks to: one server (or a primary with replicas), or a
 # cluster. Both offer the commands we use on keys of one slot.
@@ -52,32 +56,37 @@ class _HiredisPacking:
             args = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
         try:
             return [hiredis.pack_command(args)]
-        except TypeError as e:
-            raise DataError(str(e)) from None
+        except (TypeError, ValueError) as e:  # a type it cannot send, a str not valid UTF-8
+            raise DataError(f"a command argument cannot be sent to Redis: {e}") from None
 
 
 class FastConnection(_HiredisPacking, Connection):
-    pass
+    async def _connect(self) -> None:
+        with breaker_for((self.host, self.port)).attempt():
+            await super()._connect()  # type: ignore[no-untyped-call]
 
 
 class FastUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
-    pass
+    async def _connect(self) -> None:
+        with breaker_for(self.path).attempt():
+            await super()._connect()  # type: ignore[no-untyped-call]
 
 
 def connect(
     url: str, *, retries: int = 12, max_connections: int = 64, decode_responses: bool = False
 ) -> RedisClient:
     """A client whose pool makes callers wait for a free connection rather than fail."""
-    retry = Retry(ExponentialBackoff(cap=0.5, base=0.01), retries)
+    backoff = ExponentialBackoff(cap=0.5, base=0.01)
     if is_cluster_url(url):
         scheme, _, rest = url.partition("://")
         # The retries also cover a failover: on a connection error or CLUSTERDOWN the client
-        # reloads the slot map and tries the slot's new master.
+        # reloads the slot map and tries the slot's new master (so a refused connect is
+        # retried here: a replica may be about to take over).
         return RedisCluster.from_url(
             f"{CLUSTER_SCHEMES[scheme]}://{rest}",
             decode_responses=decode_responses,
             max_connections=max_connections,
-            retry=retry,
+            retry=Retry(backoff, retries),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             socket_timeout=5,
             socket_connect_timeout=2,
@@ -87,7 +96,7 @@ def connect(
         decode_responses=decode_responses,
         max_connections=max_connections,
         timeout=10,
-        retry=retry,
+        retry=Retry(backoff, retries, is_retryable=lambda e: not give_up(e)),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         socket_timeout=5,
         socket_connect_timeout=2,

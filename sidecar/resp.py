@@ -4,8 +4,10 @@ per-command timers, pool checkouts or retry wrappers. The auto-pipeline (sidecar
 sends its batches through a few of these; everything else uses redis-py.
 
 Error replies come back as redis-py's exception objects (``NoScriptError`` for a flushed
-script, ``ResponseError`` otherwise), so callers treat them as before. A lost connection
-fails its waiters with ``ConnectionError`` and the next send reconnects.
+script, ``BusyLoadingError`` while the server loads its data, ``ResponseError`` otherwise), so
+callers treat them as before. A lost connection fails its waiters with ``ConnectionError`` and
+the next send reconnects; a connect that fails at once (refused) raises a ``ConnectionError``
+whose cause is :class:`sidecar.breaker.ConnectFailed` (see sidecar/breaker.py).
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ import collections
 from typing import Any, cast
 
 import hiredis
+from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+
+from sidecar.breaker import ConnectFailed, breaker_for
 
 
 def _error(reply: Exception) -> Exception:
     message = str(reply)
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
+    if message.startswith("LOADING"):
+        return BusyLoadingError(message)
     return ResponseError(message)
 
 
@@ -94,18 +100,23 @@ class RespChannel:
         self.kw = connection_kwargs
         self.protocol: RespProtocol | None = None
         self._connecting: asyncio.Lock | None = None
+        # A socket path, or (host, port): also the key of the address's breaker.
+        self._address: str | tuple[str, int] = self.kw.get("path") or (
+            self.kw.get("host", "127.0.0.1"),
+            self.kw.get("port", 6379),
+        )
+        self._breaker = breaker_for(self._address)
 
     async def _connect(self) -> RespProtocol:
         loop = asyncio.get_running_loop()
         kw = self.kw
         timeout = kw.get("socket_connect_timeout") or 2
-        async with asyncio.timeout(timeout):
-            if kw.get("path"):
-                _, protocol = await loop.create_unix_connection(RespProtocol, kw["path"])
-            else:
-                _, protocol = await loop.create_connection(
-                    RespProtocol, kw.get("host", "127.0.0.1"), kw.get("port", 6379)
-                )
+        with self._breaker.attempt():
+            async with asyncio.timeout(timeout):
+                if isinstance(self._address, str):
+                    _, protocol = await loop.create_unix_connection(RespProtocol, self._address)
+                else:
+                    _, protocol = await loop.create_connection(RespProtocol, *self._address)
         setup: list[tuple[Any, ...]] = []
         if kw.get("password"):
             user = kw.get("username")
@@ -121,14 +132,28 @@ class RespChannel:
 
     @staticmethod
     async def _send(protocol: RespProtocol, commands: list[tuple[Any, ...]]) -> list[Any]:
-        batch = _Batch(protocol.loop.create_future(), len(commands))
+        payload = b"".join([hiredis.pack_command(c) for c in commands])
+        return await RespChannel._write(protocol, payload, len(commands))
+
+    @staticmethod
+    async def _write(protocol: RespProtocol, payload: bytes, count: int) -> list[Any]:
+        batch = _Batch(protocol.loop.create_future(), count)
         protocol.waiters.append(batch)
         assert protocol.transport is not None
-        protocol.transport.write(b"".join([hiredis.pack_command(c) for c in commands]))
+        protocol.transport.write(payload)
         return await batch.future
 
     async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Sends ``commands`` in one write; their replies (error replies as exceptions)."""
+        """Sends ``commands`` in one write; their replies (error replies as exceptions).
+
+        Packing is all or nothing: a command hiredis cannot pack (a str that is not valid
+        UTF-8, an argument of another type) raises before anything is sent. Callers that
+        batch other callers' commands pack each one first and use :meth:`send`."""
+        payload = b"".join([hiredis.pack_command(c) for c in commands])
+        return await self.send(payload, len(commands))
+
+    async def send(self, payload: bytes, count: int) -> list[Any]:
+        """Sends ``count`` commands already packed into ``payload``; their replies."""
         protocol = self.protocol
         if protocol is None or protocol.lost is not None or protocol.transport is None:
             if self._connecting is None:
@@ -138,10 +163,12 @@ class RespChannel:
                 if protocol is None or protocol.lost is not None:
                     try:
                         protocol = self.protocol = await self._connect()
+                    except ConnectFailed as e:  # refused: the cause says so (breaker.give_up)
+                        raise RedisConnectionError(f"Redis refused the connection: {e}") from e
                     except (OSError, TimeoutError) as e:
                         raise RedisConnectionError(f"cannot connect to Redis: {e}") from e
         try:
-            return await self._send(protocol, commands)
+            return await self._write(protocol, payload, count)
         except BaseException:
             # Cancelled or failed mid-way: replies may still arrive for these commands, and
             # the next batch must not read them as its own.

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
         description="the Redis at SIDECAR_REDIS_URL is `serve`'s embedded one (set by `serve "
         "--workers` for its workers): GET /healthz fails while it is down",
     )
+    redis_deadline_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="how long a Redis call may take, retries included, before it fails (503, "
+        "or the failure policy); keep the proxy's auth timeout above it. Redis refusing "
+        "connections fails a call at once, whatever this is",
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the SQL ledger; unset = SQLite file in the data dir"
     )
@@ -87,6 +95,35 @@ class Settings(BaseSettings):
         None, description="redis-server/valkey-server binary for the embedded server"
     )
     embedded_appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="`serve` closes (408) a connection that has not sent a complete request "
+        "head within this of connecting, or of its first byte after a response",
+    )
+    http_body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="`serve` closes (408) a connection whose request body has not arrived "
+        "within this of its head",
+    )
+    http_keepalive_timeout_s: float = Field(
+        75.0,
+        gt=0,
+        le=86400,
+        description="`serve` closes a keep-alive connection idle for this long (keep it above "
+        "the proxies' idle timeouts of their connections to the sidecar)",
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="open connections per `serve` process; beyond it a new one replaces the "
+        "one waiting longest for its request head, else the longest idle one, else is "
+        "answered 503 and closed",
+    )
     access_log: bool = Field(False, description="log every request (off: keeps the hot path lean)")
     pricing_file: Path | None = Field(
         None, description="TOML route-cost rules; unset = every route costs 1"
@@ -310,6 +347,14 @@ class Settings(BaseSettings):
         if v is not None and len(v.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
         return v
+
+    @model_validator(mode="after")
+    def _margin_within_deadline(self) -> Settings:
+        if self.redis_deadline_margin_ms >= self.redis_deadline_s * 1000:
+            raise ValueError(
+                "SIDECAR_REDIS_DEADLINE_MARGIN_MS must be shorter than SIDECAR_REDIS_DEADLINE_S"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distinct_tokens(self) -> Settings:

@@ -5,10 +5,11 @@ does not disturb the others."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from sidecar.autopipe import AutoPipeline
 
@@ -64,3 +65,38 @@ async def test_a_store_call_past_its_deadline_is_store_unavailable() -> None:
 
     with pytest.raises(StoreUnavailable):
         await store_call(asyncio.sleep(10), deadline_s=0.05)
+
+
+async def test_a_call_that_cannot_be_packed_fails_alone_and_the_batch_goes_on(
+    redis: Redis,
+) -> None:
+    """Each call is packed as it joins: a lone surrogate (a non-UTF-8 byte decoded with
+    surrogateescape) or an argument of a type Redis cannot take fails its own call with
+    DataError, and the concurrent calls in the same batch are answered."""
+    script = redis.register_script(ECHO)
+    pipe = AutoPipeline(redis)
+    bad: list[Any] = ["x\udcffy", None, True, object()]
+    results = await asyncio.gather(
+        *(pipe.run(script, [f"k{i}"], [str(i)]) for i in range(10)),
+        *(pipe.run(script, ["bad"], [arg]) for arg in bad),
+        pipe.run(script, ["bad-key-\udcff"], ["ok"]),
+        *(pipe.run(script, [f"k{i}"], [str(i)]) for i in range(10, 20)),
+        return_exceptions=True,
+    )
+    good = results[:10] + results[15:]
+    assert good == [str(i).encode() for i in range(20)]
+    assert all(isinstance(r, DataError) for r in results[10:15]), results[10:15]
+    assert "surrogates not allowed" in str(results[10])
+
+
+async def test_a_redis_call_with_text_redis_cannot_take_is_the_callers_invalid_input(
+    redis: Redis,
+) -> None:
+    """Outside the auto-pipeline too (redis-py's own connections): a lone surrogate is the
+    caller's invalid input (422), not a 500, and the connection serves the next call."""
+    from sidecar.errors import InvalidInput
+    from sidecar.ledger import store_call
+
+    with pytest.raises(InvalidInput, match="surrogates not allowed"):
+        await store_call(redis.set("k\udcff", "v"))
+    assert await store_call(redis.set("k", "v"))

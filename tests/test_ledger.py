@@ -3,6 +3,7 @@ holds, refunds, idempotency and conflicts, rate limits, exactness at 2^53-1."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -388,3 +389,24 @@ async def test_a_settled_holds_charge_is_refundable_like_a_usage(ledger: Ledger)
     released = await ledger.release("acme", "h2")
     with pytest.raises(errors.UnknownTransaction):  # a release charged nothing
         await ledger.refund("acme", "rf4", released.transaction_id)
+
+
+async def test_a_call_with_text_redis_cannot_take_fails_alone(ledger: Ledger) -> None:
+    """A lone surrogate (what a non-UTF-8 byte in a header becomes) in one call's description
+    or idempotency key is that call's invalid input; the concurrent calls of the same account
+    and of another account, in the same auto-pipelined batch, are answered and charged."""
+    for a in ("a", "b"):
+        await ledger.configure_account(a)
+        await ledger.grant(a, "g", 100)
+    results = await asyncio.gather(
+        *(ledger.deduct("a", 1, f"a-{i}") for i in range(20)),
+        ledger.deduct("b", 1, "b-bad", description="GET /caf\udce9"),
+        ledger.deduct("b", 1, "b-bad-\udce9"),
+        *(ledger.deduct("b", 1, f"b-{i}") for i in range(20)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, errors.InvalidInput) for r in results[20:22]), results[20:22]
+    ok = results[:20] + results[22:]
+    assert all(isinstance(r, Allowed) for r in ok), ok
+    assert (await ledger.balance("a")).balance == 80
+    assert (await ledger.balance("b")).balance == 80

@@ -24,13 +24,13 @@ import tempfile
 
 import click
 import uvloop
-from aiohttp import web
 
 from sidecar import __version__, logs, metrics
 from sidecar.cli.common import AsciiInt, fail, load_settings
 from sidecar.embedded import DataDirInUse, RedisServer, embedded_server, redis_for
 from sidecar.http.app import create_app
 from sidecar.http.health import outbox_drained
+from sidecar.http.server import Limits, run_app
 from sidecar.keys import KeySpace
 from sidecar.ledger import wall_clock_ms
 from sidecar.pricing import PricingError, load_pricing
@@ -74,12 +74,12 @@ def serve(listen: str | None, workers: int | None) -> None:
         uvloop.run(supervise(settings, server))
         return
     tune_gc()  # per request, aiohttp and the ledger allocate many short-lived objects
-    web.run_app(
+    run_app(  # web.run_app with header/body timeouts and a connection limit
         create_app(settings, embedded=server),
         host=host,
         port=port,
-        print=None,
-        reuse_port=settings.reuse_port or None,
+        limits=Limits.of(settings),
+        reuse_port=settings.reuse_port,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
         access_log_class=logs.AccessLogger,
         loop=uvloop.new_event_loop(),

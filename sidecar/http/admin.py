@@ -362,7 +362,7 @@ async def holds(request: web.Request) -> web.Response:
     ledger = request.app[LEDGER]
     await ledger.balance(account)  # 404 for an unknown account; processes due deadlines
     raw: dict[Any, Any] = await store_call(
-        ledger.redis.hgetall(ledger.keys.for_account(account).holds)
+        ledger.redis.hgetall(ledger.keys.for_account(account).holds), ledger.deadline_s
     )
     found = [_hold(text(k), orjson.loads(v)) for k, v in raw.items()]
     found.sort(key=lambda h: (h["created_at"] or "", h["hold_id"]), reverse=True)

@@ -42,6 +42,7 @@ from sidecar.http.openapi import openapi_routes
 from sidecar.http.ops import ops_routes
 from sidecar.http.proxy import proxy_routes
 from sidecar.http.routes import routes
+from sidecar.http.server import body_first
 from sidecar.ledger import CALL_DEADLINE_S, Clock, ledger_for, wall_clock_ms
 from sidecar.logs import request_id_middleware
 from sidecar.persistence.db import engine_for, migrate
@@ -63,7 +64,13 @@ def create_app(
     """The app; ``embedded``: the server `serve` claimed the data dir for, started here (else
     one is made here when SIDECAR_REDIS_URL is unset)."""
     app = web.Application(
-        middlewares=[request_id_middleware(settings.request_id_header), error_middleware],
+        # body_first: the request body is read under SIDECAR_HTTP_BODY_TIMEOUT_S (see
+        # sidecar/http/server.py), inside error_middleware (a 413 is rendered as JSON)
+        middlewares=[
+            request_id_middleware(settings.request_id_header),
+            error_middleware,
+            body_first,
+        ],
         client_max_size=MAX_BODY,
     )
     app[SETTINGS] = settings

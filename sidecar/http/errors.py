@@ -37,7 +37,12 @@ STATUS: dict[type[errors.SidecarError], int] = {
     errors.PaymentProviderError: 502,
 }
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "request_too_large",
+}
 
 
 def json_response(

@@ -26,7 +26,9 @@ async def outbox(request: web.Request) -> web.Response:
     """
     authorize(request, "admin")
     ledger = request.app[LEDGER]
-    shards = await store_call(outbox_status(ledger.redis, ledger.keys, ledger.clock()))
+    shards = await store_call(
+        outbox_status(ledger.redis, ledger.keys, ledger.clock()), ledger.deadline_s
+    )
     leased = all(s["writer_lease"] is not None for s in shards)
     writer, child = request.app.get(WRITER), request.app.get(WRITER_PROCESS)
     writer_view: dict[str, object]
@@ -62,7 +64,9 @@ async def dead_letters(request: web.Request) -> web.Response:
     ledger = request.app[LEDGER]
     shard = query_int(request, "shard", 0, 0, ledger.keys.shards - 1)
     count = query_int(request, "count", 100, 1, 1000)
-    raw = await store_call(ledger.redis.xrange(ledger.keys.dead_letters(shard), count=count))
+    raw = await store_call(
+        ledger.redis.xrange(ledger.keys.dead_letters(shard), count=count), ledger.deadline_s
+    )
     entries = [
         {
             "id": i.decode(),
@@ -89,7 +93,8 @@ async def retry_dead_letters(request: web.Request) -> web.Response:
     authorize(request, "admin")
     ledger = request.app[LEDGER]
     try:
-        body = await request.json() if request.can_read_body else {}
+        # body_exists, not can_read_body: the body has been read already (sidecar/http/server.py)
+        body = await request.json() if request.body_exists else {}
     except ValueError:
         raise errors.InvalidJSON("the body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -101,7 +106,7 @@ async def retry_dead_letters(request: web.Request) -> web.Response:
     ):
         raise errors.InvalidInput("ids must be a list of at most 1000 ids", field="ids")
     dead, stream = ledger.keys.dead_letters(shard), ledger.keys.outbox(shard)
-    raw = await store_call(ledger.redis.xrange(dead, count=1000))
+    raw = await store_call(ledger.redis.xrange(dead, count=1000), ledger.deadline_s)
     chosen = [(i, f) for i, f in raw if ids is None or i.decode() in ids]
     if ids is not None and (missing := sorted(set(ids) - {i.decode() for i, _ in chosen})):
         raise errors.InvalidInput(f"no such dead letter: {', '.join(missing[:5])}", field="ids")
@@ -118,6 +123,6 @@ async def retry_dead_letters(request: web.Request) -> web.Response:
         pipe = ledger.redis.pipeline(transaction=True)
         pipe.xadd(stream, original)
         pipe.xdel(dead, entry_id)
-        await store_call(pipe.execute())
+        await store_call(pipe.execute(), ledger.deadline_s)
         retried.append(entry_id.decode())
     return json_response({"shard": shard, "retried": retried})

@@ -6,6 +6,7 @@ A config edit that breaks the integration breaks these tests."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,3 +216,35 @@ def test_traefik_does_not_trust_client_forwarded_headers() -> None:
     assert auth["trustForwardHeader"] is False
     static = load("traefik/traefik.yml")
     assert static["providers"]["file"]["filename"] == "dynamic.yml"
+
+
+def seconds(value: str) -> float:
+    """An nginx/Envoy/Caddy duration: 500ms, 6s, 1m."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", value.strip())
+    assert m, value
+    return float(m[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m[2]]
+
+
+def test_every_proxy_waits_for_the_sidecar_longer_than_its_redis_deadline() -> None:
+    """When Redis is slow the sidecar answers (503, or 200 under fail_open) once its Redis
+    deadline has passed: every shipped proxy config must wait longer than that for the auth
+    answer, or the failure policy never reaches the client (Envoy at 0.5 s answered its own
+    status_on_error; fail_open never let anything through)."""
+    deadline = Settings.model_fields["redis_deadline_s"].default
+    envoy = Envoy(load("envoy/envoy.yaml"))
+    nginx = (EXAMPLES / "nginx/credit-sidecar.conf").read_text()
+    auth_location = nginx[nginx.index("location = /_credits") :]
+    auth_location = auth_location[: auth_location.index("}")]
+    caddy = (EXAMPLES / "caddy/Caddyfile").read_text()
+    waits = {
+        "envoy": seconds(envoy.authz["http_service"]["server_uri"]["timeout"]),
+        "nginx read": seconds(re.search(r"proxy_read_timeout\s+(\S+);", auth_location)[1]),  # type: ignore[index]
+        "nginx send": seconds(re.search(r"proxy_send_timeout\s+(\S+);", auth_location)[1]),  # type: ignore[index]
+        "caddy": seconds(re.search(r"response_header_timeout\s+(\S+)", caddy)[1]),  # type: ignore[index]
+        "traefik": 30.0,  # fixed, not configurable (ForwardAuth's HTTP client)
+    }
+    assert {k: v for k, v in waits.items() if v <= deadline} == {}
+    # and not much longer: the policy's answer is what the client should get
+    assert all(v <= deadline + 2 for k, v in waits.items() if k != "traefik"), waits
+    compose = (EXAMPLES / "compose/nginx.conf").read_text()
+    assert auth_location in compose
