@@ -28,9 +28,13 @@ lint: $(STAMP)
 
 # The whole suite (SQL ledger tests on SQLite and PostgreSQL, app-level tests on SQLite), then
 # the app-level tests that write the SQL ledger again on PostgreSQL (tests/sqlbackend.py).
+# Four pytest-xdist workers (most tests wait on servers more than they compute), each test file
+# on one worker (its module-scoped servers start once), each worker with its own ports
+# (tests/ports.py), Redis and databases.
+PYTEST_PARALLEL ?= -n 4 --dist loadfile
 test: $(STAMP) system-deps lint
-	$(BIN)/pytest -q
-	SIDECAR_TEST_SQL=postgresql $(BIN)/pytest -q tests/e2e tests/billing tests/cli tests/http
+	$(BIN)/pytest -q $(PYTEST_PARALLEL)
+	SIDECAR_TEST_SQL=postgresql $(BIN)/pytest -q $(PYTEST_PARALLEL) tests/e2e tests/billing tests/cli tests/http
 
 # Benchmarks (not tests): results go to bench/results/ as Markdown and JSON.
 bench-deps:

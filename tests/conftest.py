@@ -14,12 +14,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from sidecar import outbox
-from sidecar.embedded import RedisServer, free_port
+from sidecar.embedded import RedisServer
 from sidecar.http.app import create_app
 from sidecar.keys import KeySpace
 from sidecar.ledger import Ledger
 from sidecar.redis_client import RedisClient, connect
 from sidecar.settings import Settings
+from tests.ports import free_port
 
 ADMIN = "admin-test-token"
 SERVICE = "service-test-token"

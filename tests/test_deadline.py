@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
-from sidecar.embedded import RedisServer, free_port
+from sidecar.embedded import RedisServer
 from sidecar.errors import StoreUnavailable
 from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, Ledger, wall_clock_ms
 from sidecar.redis_client import RedisClient, connect
 from tests.conftest import FakeClock, outbox_entries, snapshot
+from tests.ports import free_port
 
 
 async def deduct_late(ledger: Ledger, key: str, *, deadline: int) -> Any:

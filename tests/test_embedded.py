@@ -16,10 +16,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from sidecar.embedded import DataDirInUse, RedisServer, find_server_binary, free_port
+from sidecar.embedded import DataDirInUse, RedisServer, find_server_binary
 from sidecar.http.app import create_app
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE, admin, service
+from tests.ports import free_port
 
 
 def server_pids(data_dir: Path) -> list[int]:

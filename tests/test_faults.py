@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.embedded import RedisServer, free_port
+from sidecar.embedded import RedisServer
 from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, Ledger
 from sidecar.redis_client import RedisClient, connect
 from tests.conftest import outbox_entries
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import logs
-from sidecar.embedded import free_port
+from tests.ports import free_port
 
 ADMIN = "admin-secret-token-a1b2c3d4e5"
 SERVICE = "service-secret-token-f6g7h8i9"

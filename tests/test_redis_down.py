@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from sidecar import breaker
-from sidecar.embedded import RedisServer, free_port
+from sidecar.embedded import RedisServer
 from sidecar.errors import StoreUnavailable
 from sidecar.http.app import create_app
 from sidecar.keys import KeySpace
@@ -28,6 +28,7 @@ from sidecar.ledger import Allowed, Ledger
 from sidecar.redis_client import connect
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE, admin
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

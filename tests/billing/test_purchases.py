@@ -272,6 +272,8 @@ async def test_refund_policies_decide_what_happens_to_spent_credits(make_rig: Ma
         )
         assert purchase is not None
         assert (purchase["flagged"] is not None) == (policy == "flag")
+        # Its billing worker must not take the next rig's events (one SQL ledger for all).
+        await rig.client.close()
 
 
 async def test_a_chargeback_takes_back_the_disputed_credits_once(rig: Rig) -> None:

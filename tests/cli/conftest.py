@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.embedded import free_port
+from tests.ports import free_port
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,8 +7,8 @@ import json
 import time
 from typing import Any
 
-from sidecar.embedded import free_port
 from tests.cli.conftest import cli
+from tests.ports import free_port
 
 
 def ok(env: dict[str, str], *args: str) -> str:

@@ -32,7 +32,7 @@ def checked(env: dict[str, str], account: str, cost: int, key: str) -> str:
 
 def in_sql(env: dict[str, str], account: str, count: int) -> None:
     """Waits until the writer has put ``count`` transactions of ``account`` in SQL."""
-    for _ in range(200):
+    for _ in range(1200):  # a minute at most (a busy machine)
         out = cli(env, "transactions", account, "--json")
         if out.returncode == 0 and len(json.loads(out.stdout)["transactions"]) == count:
             return

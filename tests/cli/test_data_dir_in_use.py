@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from sidecar.embedded import free_port
 from tests.cli.conftest import http
+from tests.ports import free_port
 
 
 @pytest.mark.parametrize("workers", [1, 2])

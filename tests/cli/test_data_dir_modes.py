@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.embedded import free_port
 from tests.cli.conftest import call
+from tests.ports import free_port
 
 
 @pytest.mark.sqlite_only  # the SQLite file is part of what is checked

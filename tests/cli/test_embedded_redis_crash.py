@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.embedded import free_port
 from tests.cli.test_shutdown import ADMIN, SERVICE, alive, call, children, start, stop
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.embedded import free_port
 from tests.cli.conftest import cli, http
+from tests.ports import free_port
 
 
 def forward(env: dict[str, str], key: str) -> int:

@@ -23,9 +23,9 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from sidecar.embedded import free_port
 from sidecar.persistence.db import engine_for
 from sidecar.settings import Settings
+from tests.ports import free_port
 
 ADMIN = "admin-token-shutdown-0123"
 SERVICE = "service-token-shutdown-0123"
@@ -99,6 +99,9 @@ def test_sigterm_answers_in_flight_writes_sql_and_keeps_the_aof(
         # The writer waits 2 s between small batches: without the drain at shutdown, the last
         # checks would still be in the outbox when it is stopped.
         "SIDECAR_WRITER_LINGER_MS": "2000",
+        # The drain ends once the outbox is written; the bound only has to outlast a busy
+        # machine (the default 5 s is the production trade-off, not what is tested here).
+        "SIDECAR_SHUTDOWN_DRAIN_S": "60",
     }
     if "SIDECAR_DATABASE_URL" in os.environ:  # the PostgreSQL pass (tests/sqlbackend.py)
         env["SIDECAR_DATABASE_URL"] = os.environ["SIDECAR_DATABASE_URL"]

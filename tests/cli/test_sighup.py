@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.embedded import free_port
 from tests.cli.test_embedded_redis_crash import owns_port
 from tests.cli.test_shutdown import ADMIN, SERVICE, call, stop
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

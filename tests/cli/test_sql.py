@@ -16,7 +16,7 @@ from tests.cli.conftest import call, cli
 
 
 def wait_written(env: dict[str, str]) -> dict[str, object]:
-    for _ in range(200):
+    for _ in range(1200):  # a minute at most (a busy machine)
         status, body = call(env, "GET", "/v1/admin/outbox")
         assert status == 200
         if body["unwritten"] == 0:

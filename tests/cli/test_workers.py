@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.embedded import free_port
+from tests.ports import free_port
 
 
 def _health(listen: str) -> int | None:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from sidecar.embedded import free_port
 from tests.cli.test_embedded_redis_crash import check, start_own, wait_for
 from tests.cli.test_shutdown import ADMIN, SERVICE, alive, call, children, stop
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

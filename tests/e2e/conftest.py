@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar.embedded import free_port
 from sidecar.http.app import create_app
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin
+from tests.ports import free_port
 
 PRICING = """
 [[route]]

@@ -29,12 +29,13 @@ import aiohttp
 import pytest
 from sqlalchemy import text
 
-from sidecar.embedded import RedisServer, free_port
+from sidecar.embedded import RedisServer
 from sidecar.keys import KeySpace
 from sidecar.persistence.db import create_engine, resolve_url
 from sidecar.persistence.writer import GROUP
 from tests.conftest import ADMIN, SERVICE, admin, service
 from tests.e2e.conftest import wait_listening
+from tests.ports import free_port
 from tests.sqlbackend import fresh_database
 
 pytestmark = pytest.mark.own_database  # PostgreSQL, whatever SIDECAR_TEST_SQL says

@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.embedded import free_port
 from tests.conftest import admin
 from tests.e2e.conftest import Stack, wait_listening
+from tests.ports import free_port
 from tests.rawhttp import send
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

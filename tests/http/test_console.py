@@ -21,13 +21,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import Page, async_playwright, expect
 from sqlalchemy import text
 
-from sidecar.embedded import free_port
 from sidecar.http.app import create_app
 from sidecar.http.appkeys import BILLING, LEDGER
 from sidecar.ledger import wall_clock_ms
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE, admin, service
 from tests.persistence.test_writer import drain, make_writer
+from tests.ports import free_port
 
 Client = TestClient[web.Request, web.Application]
 ARTIFACT = Path(__file__).resolve().parents[2] / ".artifacts" / "console.png"

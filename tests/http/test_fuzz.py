@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from sidecar.embedded import RedisServer, free_port
+from sidecar.embedded import RedisServer
 from sidecar.http.app import create_app
 from sidecar.http.appkeys import BILLING, LEDGER
 from sidecar.http.openapi import build_spec
@@ -46,6 +46,7 @@ from sidecar.settings import Settings
 from tests.billing.fakestripe import FakeStripe
 from tests.conftest import ADMIN, SERVICE, FakeClock, snapshot
 from tests.persistence.test_writer import drain
+from tests.ports import free_port
 
 T = TypeVar("T")
 # Per operation; SIDECAR_FUZZ_EXAMPLES=500 for a deeper run by hand. The same examples every

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.embedded import RedisServer, free_port
+from sidecar.embedded import RedisServer
 from sidecar.http import health
 from sidecar.http.app import create_app
 from sidecar.http.appkeys import BILLING, LEDGER
@@ -23,6 +23,7 @@ from sidecar.redis_client import RedisClient
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin
 from tests.http.test_admin import to_sql
+from tests.ports import free_port
 
 Client = TestClient[web.Request, web.Application]
 

@@ -25,7 +25,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from sidecar.embedded import free_port
 from sidecar.http.app import create_app
 from sidecar.ledger import wall_clock_ms
 from sidecar.redis_client import RedisClient
@@ -34,6 +33,7 @@ from tests.billing.conftest import Rig, fake, make_rig, rig  # noqa: F401  (fixt
 from tests.billing.fakestripe import event, sign_webhook
 from tests.billing.test_topup import arm, grant, spend, wait_for
 from tests.conftest import FakeClock, admin, service
+from tests.ports import free_port
 
 Client = TestClient[web.Request, web.Application]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

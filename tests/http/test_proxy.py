@@ -15,7 +15,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.apikeys import ApiKeys
-from sidecar.embedded import free_port
 from sidecar.gate import Gate
 from sidecar.http.app import create_app
 from sidecar.keys import KeySpace
@@ -24,6 +23,7 @@ from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin
+from tests.ports import free_port
 
 Client = TestClient[web.Request, web.Application]
 

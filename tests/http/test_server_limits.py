@@ -22,12 +22,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sidecar.embedded import free_port
 from sidecar.http.app import create_app
 from sidecar.http.server import Guard, Limits, listen
 from sidecar.redis_client import RedisClient
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE
+from tests.ports import free_port
 
 
 @dataclass
@@ -131,7 +131,8 @@ async def test_a_normal_client_is_answered_at_once_while_hundreds_of_slow_ones_a
                     headers={"Connection": "close"} if i % 2 else {},
                 ) as r:
                     assert r.status == 200
-                assert time.monotonic() - t0 < 0.5
+                # well before the 5 s header timeout could free any slow one's connection
+                assert time.monotonic() - t0 < 2.5
         assert len(served.guard.connections) >= 500  # still connected meanwhile
         for received, _ in await asyncio.gather(*slow_ones):
             assert received.startswith(b"HTTP/1.1 408 ")

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.embedded import RedisServer, free_port
+from sidecar.embedded import RedisServer
 from sidecar.http.app import create_app
 from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, Ledger
@@ -34,6 +34,7 @@ from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE, admin, service
 from tests.persistence.conftest import empty, rows
 from tests.persistence.test_writer import drain
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
