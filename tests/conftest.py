@@ -132,3 +132,15 @@ async def outbox_entries(redis: RedisClient, shard: int = 0) -> list[dict[str, A
     """The outbox's entries, decoded (typed JSON objects, sidecar/outbox.py)."""
     entries: Any = await redis.xrange(KeySpace().outbox(shard))
     return [outbox.decode(fields) for _, fields in entries]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """What needs PostgreSQL, beyond the modules marked so: the tests parametrized over the SQL
+    backends (``[postgresql]``), and those that pick their own database (all PostgreSQL)."""
+    for item in items:
+        if (
+            "[postgresql" in item.nodeid
+            or "pg_database" in getattr(item, "fixturenames", ())
+            or item.get_closest_marker("own_database") is not None
+        ):
+            item.add_marker(pytest.mark.postgres)

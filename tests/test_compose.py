@@ -28,6 +28,8 @@ import yaml
 from sidecar.cli import main as cli
 from sidecar.settings import Settings
 
+pytestmark = pytest.mark.proxy
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 CHECK_SCRIPT = ROOT / "scripts" / "compose-check.sh"

@@ -21,6 +21,8 @@ from tests.e2e.conftest import Stack, wait_listening
 from tests.ports import free_port
 from tests.rawhttp import send
 
+pytestmark = pytest.mark.proxy
+
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 

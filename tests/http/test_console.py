@@ -29,6 +29,8 @@ from tests.conftest import ADMIN, SERVICE, admin, service
 from tests.persistence.test_writer import drain, make_writer
 from tests.ports import free_port
 
+pytestmark = pytest.mark.browser
+
 Client = TestClient[web.Request, web.Application]
 ARTIFACT = Path(__file__).resolve().parents[2] / ".artifacts" / "console.png"
 TOKEN_KEY = "credit-sidecar.admin-token"

@@ -17,6 +17,8 @@ from sidecar.settings import Settings
 from sidecar.writer_runner import WriterProcess
 from tests.sqlbackend import fresh_database, query
 
+pytestmark = pytest.mark.postgres
+
 
 def backends(url: str) -> int:
     """Connections PostgreSQL has open to the database of ``url``."""
