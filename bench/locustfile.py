@@ -26,20 +26,30 @@ Environment:
 - ``BENCH_KEYS_FILE``: ``account key`` per line, for ``NginxUser``.
 - ``BENCH_NGINX_PATH``: the protected path ``NginxUser`` requests (default ``/``).
 - ``BENCH_WAIT_S``: each user waits 0 .. this many seconds between tasks (default 0).
+- ``BENCH_SEED_CREDITS``: at the start, with ``SIDECAR_ADMIN_TOKEN`` set, every account above
+  is created (if new) and given this many credits once (grant id ``bench-seed``: a second run
+  changes nothing; default 1000000; 0 = do not seed). Without the admin token the log says
+  what is missing. ``NginxUser``'s keys are made with ``credit-sidecar keys create``: the log
+  prints the command.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import logging
 import os
 import random
 import secrets
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any, cast
 
 from locust import FastHttpUser, between, events, task
+from locust.runners import WorkerRunner
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,7 @@ ZIPF_S = float(os.environ.get("BENCH_ZIPF_S", "1.1"))
 KEYS_FILE = os.environ.get("BENCH_KEYS_FILE", "")
 NGINX_PATH = os.environ.get("BENCH_NGINX_PATH", "/")
 WAIT_S = float(os.environ.get("BENCH_WAIT_S", "0"))
+SEED_CREDITS = int(os.environ.get("BENCH_SEED_CREDITS", "1000000"))
 EXPECTED = (402, 429)  # insufficient credits, rate limited: answers, not failures
 
 _ids = itertools.count()
@@ -114,6 +125,46 @@ def _describe(environment: Any, **_kwargs: Any) -> None:
         "set" if SERVICE_TOKEN else "MISSING",
         "set" if ADMIN_TOKEN else "MISSING",
     )
+    if not KEYS_FILE:
+        log.info(
+            "NginxUser needs BENCH_KEYS_FILE: for i in $(seq -f '%%05g' 0 %d); do echo "
+            '"acct-$i $(credit-sidecar keys create acct-$i)"; done > keys.txt',
+            ACCOUNTS - 1,
+        )
+    if SEED_CREDITS and environment.host and not isinstance(environment.runner, WorkerRunner):
+        seed(environment.host)
+
+
+def seed(host: str) -> None:
+    """Creates the accounts the users draw from, each with SEED_CREDITS once (idempotent)."""
+    if not ADMIN_TOKEN:
+        log.warning("not seeding %d accounts: SIDECAR_ADMIN_TOKEN is not set", ACCOUNTS)
+        return
+
+    def call(method: str, path: str, body: object = None) -> int:
+        req = urllib.request.Request(  # noqa: S310 (the --host of this run)
+            host.rstrip("/") + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={**bearer(ADMIN_TOKEN), "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def one(account: str) -> None:
+        if call("GET", f"/v1/accounts/{account}/balance") == 404:  # settings of others kept
+            call("PUT", f"/v1/accounts/{account}", {})
+        grant = {"grant_id": "bench-seed", "credits": SEED_CREDITS}
+        status = call("POST", f"/v1/accounts/{account}/grants", grant)
+        if status not in (200, 201):
+            raise RuntimeError(f"seeding {account}: HTTP {status}")
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, accounts()[0]))
+    log.info("seeded %d accounts with %d credits each (once)", ACCOUNTS, SEED_CREDITS)
 
 
 cast(Any, events.test_start).add_listener(_describe)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
@@ -130,15 +131,19 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+async def migrate(engine: AsyncEngine, revision: str = "head") -> tuple[str | None, str | None]:
     """Brings the schema to ``revision``; idempotent, and safe for several processes at once
     (`serve`, its writer, its workers): PostgreSQL serializes them on an advisory lock, SQLite
-    on a file lock next to the database."""
+    on a file lock next to the database. Returns the revision before and after (None: no
+    schema)."""
+    revisions: list[str | None] = []
 
     def upgrade(conn: Connection) -> None:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(748213)")
+        revisions.append(MigrationContext.configure(conn).get_current_revision())
         command.upgrade(alembic_config(conn), revision)
+        revisions.append(MigrationContext.configure(conn).get_current_revision())
 
     lock_fd = None
     db = engine.url.database
@@ -150,6 +155,7 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     finally:
         if lock_fd is not None:
             os.close(lock_fd)  # releases the lock
+    return revisions[0], revisions[1]
 
 
 async def _flock(path: str) -> int:

@@ -71,10 +71,10 @@ class AdminClient:
         )
         return result
 
-    async def list_keys(self, account: str) -> list[dict[str, Any]]:
-        result = await self.request("GET", f"/v1/accounts/{_seg(account)}/keys")
-        keys: list[dict[str, Any]] = result["keys"]
-        return keys
+    async def list_keys(self, account: str) -> dict[str, Any]:
+        """The API's answer: ``{account, keys}``."""
+        result: dict[str, Any] = await self.request("GET", f"/v1/accounts/{_seg(account)}/keys")
+        return result
 
     async def revoke_key(self, key_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("DELETE", f"/v1/keys/{_seg(key_id)}")

@@ -175,7 +175,7 @@ def migrate_cli(url: str) -> None:
         timeout=120,
         check=False,
     )
-    if out.returncode != 0 or "up to date" not in out.stdout:
+    if out.returncode != 0 or "created the schema" not in out.stdout:
         raise RuntimeError(f"credit-sidecar migrate failed on {url}: {out.stdout}{out.stderr}")
 
 

@@ -173,7 +173,7 @@ def balance(account: str, url: str | None, as_json: bool) -> None:
     """ACCOUNT's balance (from Redis, current); `accounts show` adds its buckets."""
     b = _balance(url, account)
     if as_json:
-        echo_json({k: v for k, v in b.items() if k != "buckets"})
+        echo_json(b)  # the API's answer, buckets included, as every --json prints
         return
     click.echo(f"{b['balance']}  (available {b['available']}, held {b['held']}, debt {b['debt']})")
 

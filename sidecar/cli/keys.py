@@ -62,7 +62,7 @@ def list_(account: str, url: str | None, as_json: bool) -> None:
         echo_json(found)
         return
     rows = [("KEY ID", "PREFIX", "NAME", "CREATED", "RATE LIMIT", "STATE")]
-    rows += [_row(k) for k in found]
+    rows += [_row(k) for k in found["keys"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())

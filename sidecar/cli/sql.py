@@ -44,15 +44,20 @@ def migrate_cmd() -> None:
     """Create or upgrade the SQL ledger's schema (`serve` and `writer` also do it at start)."""
     settings = load_settings()
 
-    async def run() -> None:
+    async def run() -> tuple[str | None, str | None]:
         engine = engine_for(settings)
         try:
-            await migrate(engine)
+            return await migrate(engine)
         finally:
             await engine.dispose()
 
-    run_sql(run(), settings)
-    click.echo("schema is up to date")
+    before, after = run_sql(run(), settings)
+    if before == after:
+        click.echo(f"the schema is already at revision {after}: nothing to do")
+    elif before is None:
+        click.echo(f"created the schema at revision {after}")
+    else:
+        click.echo(f"upgraded the schema from revision {before} to {after}")
 
 
 @click.command("reconcile")

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from tests.cli.conftest import cli
+from tests.cli.conftest import call, cli
 from tests.ports import free_port
 
 
@@ -54,8 +54,9 @@ def test_create_then_update_show_and_balance(served: dict[str, str]) -> None:
     assert "balance              30" in shown and "overdraft limit      5" in shown
     assert "g-show" in shown and "BUCKET" in shown
     assert ok(served, "balance", "cli-a").startswith("30  (available 30, held 0, debt 0)")
-    as_json = json.loads(ok(served, "balance", "cli-a", "--json"))
-    assert as_json["balance"] == 30 and "buckets" not in as_json
+    as_json = json.loads(ok(served, "balance", "cli-a", "--json"))  # the API's JSON
+    assert as_json == call(served, "GET", "/v1/accounts/cli-a/balance")[1]
+    assert as_json["balance"] == 30 and as_json["buckets"][0]["id"] == "g-show"
     assert json.loads(ok(served, "accounts", "show", "cli-a", "--json"))["buckets"][0]["id"] == (
         "g-show"
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import cli, http
+from tests.cli.conftest import call, cli, http
 from tests.ports import free_port
 
 
@@ -35,8 +35,11 @@ def test_create_prints_a_working_key_once_and_list_never_shows_it(
     assert "ci" in listed.stdout and "active" in listed.stdout
     assert key not in listed.stdout and key[12:] not in listed.stdout
 
+    # the CLI's JSON is the API's JSON
     as_json = json.loads(cli(served, "keys", "list", "acme", "--json").stdout)
-    assert [k["name"] for k in as_json] == ["ci"] and "key" not in as_json[0]
+    assert as_json == call(served, "GET", "/v1/accounts/acme/keys")[1]
+    assert as_json["account"] == "acme" and [k["name"] for k in as_json["keys"]] == ["ci"]
+    assert "key" not in as_json["keys"][0]
 
 
 def test_create_with_a_rate_limit_and_json_output(served: dict[str, str]) -> None:
