@@ -53,7 +53,7 @@ async def arm(rig: Rig, account: str, threshold: int = 100) -> None:
     assert r.status == 200, await r.text()
 
 
-async def wait_for(rig: Rig, predicate: object, timeout_s: float = 10.0) -> None:
+async def wait_for(rig: Rig, predicate: object, timeout_s: float = 30.0) -> None:
     assert callable(predicate)
     for _ in range(int(timeout_s / 0.02)):
         await rig.settle()
