@@ -30,12 +30,12 @@ from sidecar.persistence.models import (
     CreditBalance,
     CreditHold,
     CreditTransaction,
-    from_ms,
     table_of,
 )
+from sidecar.units import MAX_CREDITS as MAXINT
+from sidecar.units import MAX_TIMESTAMP_MS as MAX_TIME
+from sidecar.units import from_ms
 
-MAXINT = 2**53 - 1
-MAX_TIME = 253402300799999  # 9999-12-31T23:59:59.999Z, as the scripts accept
 TXN_COLUMNS = {
     "kind",
     "id",

@@ -58,13 +58,12 @@ from sidecar.persistence.models import (
     CreditBalance,
     CreditHold,
     CreditTransaction,
-    from_ms,
     table_of,
-    to_ms,
 )
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _s
 from sidecar.scripts import Scripts
+from sidecar.units import from_ms, to_ms
 
 log = logging.getLogger(__name__)
 

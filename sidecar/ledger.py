@@ -33,10 +33,9 @@ from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _text
 from sidecar.scripts import Scripts
 from sidecar.settings import Settings
+from sidecar.units import MAX_CREDITS as MAX_CREDITS  # re-exported: older imports
+from sidecar.units import MAX_TIMESTAMP_MS as MAX_TIMESTAMP_MS
 
-MAX_CREDITS = 2**53 - 1
-# Latest accepted timestamp (9999-12-31T23:59:59.999Z): every stored time stays printable.
-MAX_TIMESTAMP_MS = 253_402_300_799_999
 CALL_DEADLINE_S = 5.0  # default of SIDECAR_REDIS_DEADLINE_S: a call's time, retries included
 # How much earlier than the caller gives up a script stops accepting a call (lua/_lib.lua
 # in_time): it covers clock skew between this host and Redis plus a reply's way back.

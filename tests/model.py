@@ -72,8 +72,8 @@ from sidecar.ledger import (
     RefundResult,
     encode_metadata,
 )
+from sidecar.units import MAX_CREDITS
 
-MAX_CREDITS = 2**53 - 1
 NEVER = 999_999_999_999_999
 MAX_TTL_MS = 366 * 86_400_000
 INT32 = 2**31

@@ -30,9 +30,9 @@ from sidecar.errors import SidecarError
 from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, CloseResult, HoldResult, Ledger, RateLimit
 from sidecar.redis_client import RedisClient, connect
+from sidecar.units import MAX_CREDITS
 from tests.conftest import FakeClock
 from tests.model import (
-    MAX_CREDITS,
     LedgerModel,
     StoredAccount,
     StoredBucket,
