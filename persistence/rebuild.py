@@ -46,6 +46,7 @@ from redis.exceptions import ResponseError
 from sqlalchemy import RowMapping, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from sidecar import replies
 from sidecar.apikeys import key_record, rate_spec
 from sidecar.keys import KeySpace
 from sidecar.ledger import RateLimit
@@ -62,6 +63,7 @@ from sidecar.persistence.models import (
 )
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _s
+from sidecar.results import RestoreCounts
 from sidecar.scripts import Scripts
 from sidecar.units import from_ms, to_ms
 
@@ -501,8 +503,9 @@ async def restore_account(
     now_ms: int,
     retention_ms: int,
     force: bool = False,
-) -> None:
-    """Writes one account's state (restore.lua), then its entries in the global key index.
+) -> RestoreCounts:
+    """Writes one account's state (restore.lua), then its entries in the global key index;
+    returns what the script restored.
 
     With ``replace`` the script refuses (RebuildError) if Redis has moved past the state's
     seq since SQL was read, unless ``force``."""
@@ -539,7 +542,7 @@ async def restore_account(
         mode,
     ]
     try:
-        await script(keys=script_keys, args=args)
+        counts = replies.restore(await script(keys=script_keys, args=args))
     except ResponseError as e:
         raise _script_error(account, e) from None
 
@@ -559,6 +562,7 @@ async def restore_account(
         else:
             pipe.hdel(by_hash, k.digest)
     await pipe.execute()
+    return counts
 
 
 async def _existing(redis: RedisClient, keys: KeySpace, accounts: Sequence[str]) -> list[str]:
