@@ -33,7 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar import outbox, replies
 from sidecar.keys import KeySpace
-from sidecar.persistence.project import Batch, PoisonEntry, apply
+from sidecar.outbox import PoisonEntry
+from sidecar.persistence.project import Batch, apply
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _s
 from sidecar.scripts import Scripts
