@@ -26,9 +26,9 @@ from sidecar.persistence.models import (
     NotificationEndpoint,
     StripeEvent,
     StripePurchase,
-    from_ms,
     table_of,
 )
+from sidecar.units import from_ms
 
 PACKAGES = table_of(CreditPackage)
 ACCOUNTS = table_of(Account)

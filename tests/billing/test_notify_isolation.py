@@ -12,7 +12,7 @@ from sqlalchemy import insert
 
 from sidecar.billing.store import DELIVERIES, EVENTS
 from sidecar.billing.worker import PRUNE_BATCH, TOPUP_TRIGGER
-from sidecar.persistence.models import from_ms
+from sidecar.units import from_ms
 from tests.billing.conftest import MakeRig
 from tests.billing.webhooks import Endpoint, cross, deliveries, eventually, with_endpoint
 
