@@ -1,43 +1,58 @@
-"""The ``credit-sidecar`` command line: one click group, one module per command family."""
+"""The ``credit-sidecar`` command line: one click group, one module per command family.
+
+Commands are imported when they run (click's documented lazy-loading pattern): a command pays
+for its own imports only (an admin API call needs no SQLAlchemy, Stripe or server code), which
+keeps a CLI call well under a second of start-up."""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from sidecar import __version__
-from sidecar.cli.accounts import accounts, balance, grants
-from sidecar.cli.activity import holds, refunds, transactions
-from sidecar.cli.billing import billing, packages, worker
-from sidecar.cli.config import config
-from sidecar.cli.deadletters import dead_letters
-from sidecar.cli.keys import keys
-from sidecar.cli.outbox import outbox
-from sidecar.cli.serve import serve
-from sidecar.cli.sql import archive_cmd, migrate_cmd, rebuild_cmd, reconcile_cmd, writer
+
+# name -> "module:attribute" of every command
+COMMANDS = {
+    "accounts": "sidecar.cli.accounts:accounts",
+    "archive": "sidecar.cli.sql:archive_cmd",
+    "balance": "sidecar.cli.accounts:balance",
+    "billing": "sidecar.cli.billing:billing",
+    "config": "sidecar.cli.config:config",
+    "dead-letters": "sidecar.cli.deadletters:dead_letters",
+    "grants": "sidecar.cli.accounts:grants",
+    "holds": "sidecar.cli.activity:holds",
+    "keys": "sidecar.cli.keys:keys",
+    "migrate": "sidecar.cli.sql:migrate_cmd",
+    "outbox": "sidecar.cli.outbox:outbox",
+    "packages": "sidecar.cli.billing:packages",
+    "rebuild": "sidecar.cli.sql:rebuild_cmd",
+    "reconcile": "sidecar.cli.sql:reconcile_cmd",
+    "refunds": "sidecar.cli.activity:refunds",
+    "serve": "sidecar.cli.serve:serve",
+    "transactions": "sidecar.cli.activity:transactions",
+    "worker": "sidecar.cli.billing:worker",
+    "writer": "sidecar.cli.sql:writer",
+}
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command) and command.name == cmd_name, target
+        return command
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(__version__)
 def main() -> None:
     """credit-sidecar: prepaid credits enforced on every request."""
-
-
-main.add_command(serve)
-main.add_command(keys)
-main.add_command(outbox)
-main.add_command(writer)
-main.add_command(migrate_cmd)
-main.add_command(reconcile_cmd)
-main.add_command(rebuild_cmd)
-main.add_command(archive_cmd)
-main.add_command(packages)
-main.add_command(billing)
-main.add_command(worker)
-main.add_command(accounts)
-main.add_command(balance)
-main.add_command(grants)
-main.add_command(transactions)
-main.add_command(holds)
-main.add_command(refunds)
-main.add_command(dead_letters)
-main.add_command(config)

@@ -8,22 +8,22 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 import orjson
-import uvloop
 from pydantic import ValidationError
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from sidecar import logs
 from sidecar.adminclient import AdminClient, AdminError
 from sidecar.asciiint import parse_ascii_int
-from sidecar.embedded import DataDirInUse, RedisServer, embedded_server
-from sidecar.persistence.db import resolve_url
-from sidecar.redis_client import RedisClient, connect
 from sidecar.settings import Settings
+
+if TYPE_CHECKING:
+    from sidecar.redis_client import RedisClient
+
+# Imports a command needs only for itself (SQLAlchemy, the embedded server, uvloop) happen in
+# the helpers below: every CLI call would pay for them otherwise (see sidecar/cli/__init__.py).
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,6 +53,8 @@ def run_until_signal(
     """Runs a long-lived command (``writer``, ``worker``) on uvloop, logging to stderr as
     ``settings`` say (``log_format``, ``log_level``), until SIGTERM or SIGINT sets the event
     it is given."""
+    import uvloop
+
     if settings is not None:
         logs.configure(settings.log_format, settings.log_level)
     else:
@@ -93,6 +95,11 @@ def run_sql(main: Coroutine[Any, Any, T], settings: Settings) -> T:
     """``asyncio.run`` for a command working on the SQL ledger: SQL unreachable, refusing the
     connection or the statement ends it in one line (exit 1) naming the ledger and the
     driver's reason, instead of a traceback."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sidecar.persistence.db import resolve_url
+
     try:
         return asyncio.run(main)
     except (SQLAlchemyError, OSError) as e:
@@ -150,6 +157,9 @@ async def open_store(
     SIDECAR_REDIS_URL if set; else the embedded server of the data dir: the running
     `serve`'s socket, or, when no sidecar runs, a server this command starts and stops.
     """
+    from sidecar.embedded import DataDirInUse, RedisServer, embedded_server
+    from sidecar.redis_client import connect
+
     server: RedisServer | None = None
     url = settings.redis_url
     if url is None:

@@ -7,9 +7,12 @@ import json
 import os
 from pathlib import Path
 
+import click
 import pytest
 import redis
+from click.testing import CliRunner
 
+from sidecar.cli import main
 from tests.cli.conftest import cli
 
 
@@ -125,3 +128,14 @@ def test_config_check_exits_2_naming_the_invalid_setting(
 def test_config_check_refuses_a_missing_config_file(tmp_path: Path) -> None:
     out = cli(clean_env(tmp_path, SIDECAR_CONFIG=str(tmp_path / "nope.toml")), "config", "check")
     assert out.returncode == 2 and "SIDECAR_CONFIG" in out.stderr and "does not exist" in out.stderr
+
+
+def test_every_command_is_listed_and_loads_under_its_own_name() -> None:
+    """The CLI imports a command when it runs (sidecar/cli/__init__.py): each listed name
+    loads a command of that name, and --help lists them all."""
+    ctx = click.Context(main)
+    for name in main.list_commands(ctx):
+        command = main.get_command(ctx, name)
+        assert command is not None and command.name == name
+    listed = CliRunner().invoke(main, ["--help"]).output
+    assert all(name in listed for name in main.list_commands(ctx))
