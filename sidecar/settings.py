@@ -159,6 +159,15 @@ class Settings(BaseSettings):
         "an answered 503 was never charged: covers clock skew between sidecar hosts and Redis "
         "plus a reply's way back (keep clocks NTP-synced)",
     )
+    void_queue_max: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="checks answered 503 whose call may still have charged are voided once "
+        "Redis answers again (refunded unless a retry got its 200); at most this many wait in "
+        "memory per process (more are logged and dropped: those charges stay). A process that "
+        "dies loses its pending voids",
+    )
     writer: Literal["process", "inline", "off"] = Field(
         "process",
         description="the outbox → SQL writer of `serve`: a child process (own core), on the "
