@@ -9,11 +9,13 @@
 -- arrived is never voided, so its charge stays.
 --
 -- Why a void cannot be overtaken by the attempt it voids: the caller sends it no earlier than
--- when it gave up on the attempt, which is the attempt's deadline (ARGV[5]) plus the margin
--- (SIDECAR_REDIS_DEADLINE_MARGIN_MS). An attempt still queued in Redis that runs after the
--- void therefore sees Redis' TIME past its deadline and refuses (LATE, nothing written; a
--- replay with a token too), as long as Redis' clock is less than the margin behind the
--- caller's. A void of an attempt that never ran (refused LATE, or never reached Redis) finds
+-- VOID_DELAY_MS (sidecar/voids.py) after it gave up on the attempt, and it gave up no earlier
+-- than the attempt's deadline (ARGV[5]) plus the margin (SIDECAR_REDIS_DEADLINE_MARGIN_MS).
+-- An attempt still queued in Redis (another connection's data not read yet, a paused server)
+-- that runs after the void therefore sees Redis' TIME past its deadline and refuses (LATE,
+-- nothing written; a replay with a token too), as long as Redis' clock is less than the margin
+-- plus VOID_DELAY_MS behind the caller's. A void of an attempt that never ran (refused LATE,
+-- or never reached Redis) finds
 -- its token unlisted and changes nothing, whenever it runs.
 --
 -- KEYS: the common six (see _lib.lua), then
@@ -21,9 +23,9 @@
 -- ARGV: the common five (ARGV[3]: the refund's transaction id, if one is made), then
 --   [6] idempotency key   [7] attempt token   [8] the usage transaction id the caller read
 --   from the record (a record made since, by another usage, is not voided here: 'changed')
---   [9] cost (credits)   [10] key id   [11] route   [12] description   [13] metadata
---   [14] request identity: the check's own arguments, which must match the record's cost and
---   request digest (deduct.lua) or nothing is voided ('mismatch')
+--   [9] cost (credits)   [10] the request's digest (16 hex digits, as deduct.lua computes it
+--   from the key id, route, description, metadata and request identity): the record must
+--   have this cost and digest, or it is another request's and nothing is voided ('mismatch')
 -- The refund: one 'refund' transaction of what is left of the usage (refund id
 -- 'void.<token>', requested_amount '', field void = the token), which `rebuild` knows
 -- not to restore the deleted record from. Idempotent: a token already voided, or a record
@@ -39,22 +41,17 @@ local key = id_arg(ARGV[6], 'idempotency_key', 128)
 local token = token_arg(ARGV[7])
 local src = id_arg(ARGV[8], 'transaction_id', 64)
 local cost = int_arg(ARGV[9], 'cost', 1, MAXINT)
-local key_id = ARGV[10] or ''
-if key_id ~= '' then id_arg(key_id, 'key_id', 64) end
-local route = ARGV[11] or ''
-if route ~= '' then id_arg(route, 'route', 64) end
-local desc = text_arg(ARGV[12], 'description', 2048)
-local metadata = json_obj_arg(ARGV[13], 'metadata', 4096)
-local identity = text_arg(ARGV[14] or '', 'request', 256)
+local fp = ARGV[10]
+if type(fp) ~= 'string' or not string.match(fp, '^%x+$') or #fp ~= 16 then
+  fail('INVALID', 'request digest must be 16 hex digits')
+end
 
 require_account()
 local raw = redis.call('GET', KEYS[7])
 if not raw then return {'absent'} end
 local p = cjson.decode(raw)
 if p.tx ~= src then return {'changed'} end
-if p.cost ~= cost or (p.fp and p.fp ~= request_fp({key_id, route, desc, metadata, identity})) then
-  return {'mismatch'}
-end
+if p.cost ~= cost or (p.fp and p.fp ~= fp) then return {'mismatch'} end
 if not p.at then return {'untracked'} end
 if not has(p.at, token) then return {'not_run'} end
 p.vd = p.vd or {}

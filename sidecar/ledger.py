@@ -33,7 +33,7 @@ from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _text
 from sidecar.scripts import Scripts
 from sidecar.settings import Settings
-from sidecar.voids import Void, VoidQueue, new_attempt_token
+from sidecar.voids import VOID_DELAY_MS, Void, VoidQueue, new_attempt_token, request_digest
 
 MAX_CREDITS = 2**53 - 1
 # Latest accepted timestamp (9999-12-31T23:59:59.999Z): every stored time stays printable.
@@ -378,20 +378,10 @@ class Ledger:
             )
         except StoreUnavailable as e:
             if void_if_lost and token and _may_have_run(e):
-                # args[3] is the metadata as sent: what the record's digest was made from
-                v = Void(
-                    account,
-                    idempotency_key,
-                    token,
-                    cost,
-                    key_id,
-                    route,
-                    description,
-                    str(args[3]),
-                    request,
-                    deadline + self._deadline_margin_ms,
-                )
-                self.voids.put(v)
+                # sent once the caller has given up (the margin after the script's deadline)
+                digest = request_digest(key_id, route, description, str(args[3]), request)
+                at = deadline + self._deadline_margin_ms + VOID_DELAY_MS
+                self.voids.put(Void(account, idempotency_key, token, cost, digest, at))
             raise
         status = _text(reply[0])
         if status == "ok":

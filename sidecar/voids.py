@@ -24,6 +24,7 @@ it lives). Outcomes: metric ``credit_sidecar_voids`` and a log line per refund.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
@@ -42,6 +43,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BATCH = 64  # voids sent at once
+# How long after its caller gave up on an attempt its void is sent at the earliest. The margin
+# (SIDECAR_REDIS_DEADLINE_MARGIN_MS) already makes an attempt that runs after its void refuse;
+# this covers that much more clock skew between this host and Redis (lua/void.lua).
+VOID_DELAY_MS = 1000
+DROP_LOG_S = 10.0  # a full queue logs at most this often
 MIN_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 2.0
 
@@ -54,21 +60,25 @@ def new_attempt_token() -> str:
     return f"{_tokens.getrandbits(96):024x}"
 
 
+def request_digest(key_id: str, route: str, description: str, metadata: str, request: str) -> str:
+    """The digest lua/deduct.lua stores with an idempotency record (_lib.lua request_fp):
+    SHA-1 over the length-prefixed parts (lengths in bytes), 16 hex digits."""
+    parts = (key_id, route, description, metadata, request)
+    joined = "".join(f"{len(v.encode())}:{v}" for v in parts)
+    return hashlib.sha1(joined.encode()).hexdigest()[:16]  # noqa: S324 (a digest, not security)
+
+
 @dataclass(frozen=True, slots=True)
 class Void:
-    """One lost attempt of a check: the check's own arguments (matched against the record's
-    cost and request digest) and its token."""
+    """One lost attempt of a check: its token, and what identifies the check (matched against
+    the record's cost and request digest)."""
 
     account: str
     idempotency_key: str
     token: str
     cost: int
-    key_id: str
-    route: str
-    description: str
-    metadata: str  # encoded as the check sent it
-    request: str
-    not_before_ms: int  # wall clock: when the caller gave up on the attempt
+    digest: str  # request_digest() of the check
+    not_before_ms: int  # wall clock: when the void may be sent (see VOID_DELAY_MS)
 
 
 def _wall_ms() -> int:
@@ -99,17 +109,7 @@ async def send_void(ledger: Ledger, v: Void) -> str:
             ledger.scripts.void,
             v.account,
             [record_key, k.usage(v.account, tx)],
-            [
-                v.idempotency_key,
-                v.token,
-                tx,
-                v.cost,
-                v.key_id,
-                v.route,
-                v.description,
-                v.metadata,
-                v.request,
-            ],
+            [v.idempotency_key, v.token, tx, v.cost, v.digest],
         )
         status = _text(reply[0])
         if status == "changed":
@@ -148,6 +148,8 @@ class VoidQueue:
         self._idle: asyncio.Event | None = None  # set while nothing is pending or being sent
         self._task: asyncio.Task[None] | None = None
         self.outcomes: dict[str, int] = {}  # statistics, for tests and logs
+        self._dropped = 0
+        self._dropped_logged = -DROP_LOG_S
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -156,13 +158,18 @@ class VoidQueue:
         """Queues a void (from the event loop's thread); drops it if the queue is full."""
         if len(self._pending) >= self.max_pending:
             self._record("dropped")
-            log.error(
-                "void queue full (%d, SIDECAR_VOID_QUEUE_MAX): check %s of account %s stays "
-                "charged although it was answered unavailable",
-                self.max_pending,
-                v.idempotency_key,
-                v.account,
-            )
+            self._dropped += 1
+            if time.monotonic() - self._dropped_logged >= DROP_LOG_S:  # not one line per check
+                self._dropped_logged = time.monotonic()
+                log.error(
+                    "void queue full (SIDECAR_VOID_QUEUE_MAX=%d): %d voids dropped so far (the "
+                    "latest: check %s of account %s); those checks stay charged if their call "
+                    "ran, although they were answered unavailable",
+                    self.max_pending,
+                    self._dropped,
+                    v.idempotency_key,
+                    v.account,
+                )
             return
         self._pending.append(v)
         self._record("queued")

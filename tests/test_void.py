@@ -13,7 +13,7 @@ import pytest
 from sidecar.errors import StoreUnavailable
 from sidecar.ledger import Allowed, Ledger, wall_clock_ms
 from sidecar.redis_client import RedisClient
-from sidecar.voids import Void, send_void
+from sidecar.voids import Void, request_digest, send_void
 from tests.conftest import outbox_entries, snapshot
 
 ACCOUNT = "acme"
@@ -52,7 +52,7 @@ async def attempt(
 
 
 def void_of(key: str, token: str, *, cost: int = 5, desc: str = "GET /v1/a") -> Void:
-    return Void(ACCOUNT, key, token, cost, "key1", "", desc, "", "", 0)
+    return Void(ACCOUNT, key, token, cost, request_digest("key1", "", desc, "", ""), 0)
 
 
 async def balance(ledger: Ledger) -> int:
@@ -176,6 +176,22 @@ async def test_a_void_of_another_request_under_the_same_key_changes_nothing(
     assert await balance(acme) == 95
 
 
+async def test_the_void_digest_is_the_one_deduct_stores(acme: Ledger) -> None:
+    parts = ("key_1", "route-a", "GET /v1/é?x", '{"a":1}', "q" * 32)
+    await acme.redis.hset(acme.keys.for_account(ACCOUNT).account, "k:key_1", "")
+    await acme.deduct(
+        ACCOUNT,
+        1,
+        "r1",
+        key_id=parts[0],
+        route=parts[1],
+        description=parts[2],
+        metadata={"a": 1},
+        request=parts[4],
+    )
+    assert (await record(acme, "r1") or {})["fp"] == request_digest(*parts)
+
+
 async def test_a_void_refunds_what_an_earlier_refund_left(acme: Ledger) -> None:
     await attempt(acme, "r1", "t1")  # lost
     await acme.refund(ACCOUNT, "rf1", "tx_t1", 2)  # support saw the charge and refunded part
@@ -240,3 +256,18 @@ async def test_deduct_queues_a_void_only_when_its_call_may_have_run(acme: Ledger
         late.close()
     r = await acme.deduct(ACCOUNT, 5, "r2")
     assert isinstance(r, Allowed) and len(acme.voids) == 0
+
+
+async def test_a_full_void_queue_drops_the_newest_and_keeps_the_oldest(ledger: Ledger) -> None:
+    """The oldest voids are those of the attempts made as Redis stalled, the likeliest to have
+    run; later ones (Redis already unavailable) are mostly no-ops."""
+    small = Ledger(ledger.redis, ledger.keys, clock=ledger.clock, void_queue_max=2)
+    try:
+        far = wall_clock_ms() + 3_600_000  # not sent during the test
+        for token in ("t1", "t2", "t3"):
+            small.voids.put(Void(ACCOUNT, "r1", token, 5, "0" * 16, far))
+        assert len(small.voids) == 2
+        assert small.voids.outcomes == {"queued": 2, "dropped": 1}
+        assert [v.token for v in small.voids._pending] == ["t1", "t2"]
+    finally:
+        small.close()

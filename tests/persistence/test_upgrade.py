@@ -16,7 +16,7 @@ from sidecar.ledger import Allowed, Ledger
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
 from sidecar.redis_client import RedisClient
-from sidecar.voids import Void, send_void
+from sidecar.voids import Void, request_digest, send_void
 from tests.conftest import FakeClock
 from tests.persistence.test_writer import drain, make_writer
 
@@ -156,7 +156,7 @@ async def test_a_record_of_the_previous_scripts_is_never_voided(
     r = await ledger.deduct("acme", 3, "r1", description="chat")
     assert isinstance(r, Allowed) and r.replayed and r.transaction_id == tx
     assert await redis.get(key) == before
-    void = Void("acme", "r1", "t1", 3, "", "", "chat", "", "", 0)
+    void = Void("acme", "r1", "t1", 3, request_digest("", "", "chat", "", ""), 0)
     assert await send_void(ledger, void) == "kept"
     assert await redis.get(key) == before
     assert (await ledger.balance("acme")).balance == 97
