@@ -20,7 +20,7 @@ import orjson
 from redis.commands.core import AsyncScript
 from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 
-from sidecar.autopipe import AutoPipeline
+from sidecar.autopipe import AutoPipeline, NotSent
 from sidecar.errors import (
     BalanceOverflow,
     HoldExpired,
@@ -590,10 +590,10 @@ def ledger_for(redis: RedisClient, settings: Settings, clock: Clock = wall_clock
 
 def _may_have_run(e: StoreUnavailable) -> bool:
     """Whether a call that failed with ``e`` may have run in Redis: not when Redis answered
-    (LATE: refused past its deadline, raised without a cause; any other error reply), yes
-    when the reply never came (the deadline, a lost or refused connection: an earlier send
-    of the same call may have reached Redis)."""
-    return e.__cause__ is not None and not isinstance(e.__cause__, ResponseError)
+    (LATE: refused past its deadline, raised without a cause; any other error reply) or the
+    auto-pipeline never wrote it (NotSent), yes when its reply never came (the deadline, a
+    lost connection, a refused reconnect after an earlier send)."""
+    return e.__cause__ is not None and not isinstance(e.__cause__, (ResponseError, NotSent))
 
 
 def _raise_overflow(reply: Any) -> None:

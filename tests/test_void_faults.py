@@ -226,3 +226,25 @@ async def test_the_gate_queues_a_void_for_a_503_and_none_when_it_fails_open(
         assert (await ledger.balance("acme")).balance == 9
     finally:
         ledger.close()
+
+
+async def test_a_check_that_never_reached_a_stopped_redis_queues_no_void(
+    server: tuple[RedisServer, RedisClient],
+) -> None:
+    """Connections refused: the auto-pipeline never wrote the call (NotSent), so it did not run
+    and there is nothing to void (an outage must not fill the queue with no-ops)."""
+    redis_server, client = server
+    ledger = Ledger(client, KeySpace(), deadline_s=DEADLINE_S, deadline_margin_ms=200)
+    try:
+        await ledger.configure_account("acme")
+        await ledger.grant("acme", "g", 10)
+        redis_server.stop()
+        await asyncio.sleep(0.2)  # the open connections are seen closed (else: maybe written)
+        results = await asyncio.gather(
+            *(ledger.deduct("acme", 1, f"r{i}") for i in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert ledger.voids.outcomes == {}
+    finally:
+        ledger.close()
+        redis_server.start()
