@@ -11,6 +11,9 @@ got its 200 is never voided, so its charge stays; an attempt that never ran is a
 
 Only a caller that answers the failure as a refusal voids: ``fail_open`` (and shadow mode)
 answer 200 instead, and keep the charge if there was one (``Ledger.deduct(void_if_lost=)``).
+Only checks are voided. A hold charges nothing (its TTL releases it if the caller never learns
+of it), and a settle, refund or grant is an API call whose 503 means "unknown, retry with the
+same id", which then answers as the first time.
 
 The queue is in memory, per process, bounded (``SIDECAR_VOID_QUEUE_MAX``; a void that does not
 fit is dropped, logged and counted, and that charge stays). A void is sent no earlier than when
@@ -173,9 +176,10 @@ class VoidQueue:
             return
         self._pending.append(v)
         self._record("queued")
-        if self._task is None or self._task.done():
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._wake, self._idle = asyncio.Event(), asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = loop.create_task(self._run())
         assert self._wake is not None and self._idle is not None
         self._idle.clear()
         self._wake.set()
