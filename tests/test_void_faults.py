@@ -91,7 +91,7 @@ async def storm(
                 answers[key] = o.status
                 continue
             try:
-                r = await ledger.deduct("acme", 1, key, description="check")
+                r = await ledger.deduct("acme", 1, key, description="check", metadata={"n": n})
                 answers[key] = 200 if isinstance(r, Allowed) else 402
             except StoreUnavailable:
                 answers[key] = 503
