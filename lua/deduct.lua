@@ -20,9 +20,9 @@
 --   idempotency record's executed attempts (field at, at most MAX_ATTEMPTS; more set ax):
 --   the caller that loses the reply voids the attempt by it (void.lua). A replay with a token
 --   is refused past its deadline (LATE) like a new request: its caller, which may void it,
---   must never get a 200 it does not know of. Without a token (and on records written
---   before the token existed, which have no at) a replay records nothing and is answered
---   whenever it runs, and void.lua never refunds the record.
+--   must never get a 200 it does not know of. Without a token a replay is answered whenever it
+--   runs and sets ax (an unlisted attempt: void.lua never refunds the record); records written
+--   before the token existed (no at) are answered so and left as they are: never refunded.
 -- Order: validate; a revoked key is refused; replay a known idempotency key: only the same
 -- request is a replay (same cost, and the same key id, route, description, metadata and
 -- ARGV[16], by their digest), anything else is a CONFLICT; refuse a call past its deadline (LATE); rate
@@ -80,6 +80,10 @@ if prior then
   if token ~= '' and p.at then
     in_time()
     if add_attempt(p, token) then redis.call('SET', KEYS[7], jenc(p), 'KEEPTTL') end
+  elseif p.at and not p.ax then
+    -- a replay without a token took effect unlisted: the record can no longer be voided
+    p.ax = 1
+    redis.call('SET', KEYS[7], jenc(p), 'KEEPTTL')
   end
   return {'ok', p.tx, p.bal, cost, 1, 0}
 end

@@ -271,3 +271,11 @@ async def test_a_full_void_queue_drops_the_newest_and_keeps_the_oldest(ledger: L
         assert [v.token for v in small.voids._pending] == ["t1", "t2"]
     finally:
         small.close()
+
+
+async def test_a_replay_without_a_token_makes_its_record_unvoidable(acme: Ledger) -> None:
+    await attempt(acme, "r1", "t1")  # lost
+    r = await attempt(acme, "r1", "")  # answered 200, but lists no attempt
+    assert r[4] == 1 and (await record(acme, "r1") or {})["ax"] == 1
+    assert await send_void(acme, void_of("r1", "t1")) == "marked"
+    assert await balance(acme) == 95
