@@ -212,15 +212,16 @@ class AutoPipeline:
             try:
                 return await channel.send(payload, len(calls))
             except BaseException as e:
-                if channel.writes != writes:  # (or another batch's write: erring on "written")
-                    for c in calls:
-                        c.written = True
                 if not isinstance(e, RedisConnectionError) or give_up(e):
                     # cancelled, or nothing listens past a restart: fail now, not at the deadline
                     raise
                 # Safe to send again: every script call is idempotent by its ids.
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+            finally:
+                if channel.writes != writes:  # (or another batch's write: erring on "written")
+                    for c in calls:
+                        c.written = True
 
     @staticmethod
     async def _cluster_pipeline(cluster: RedisCluster, calls: list[_Call]) -> list[Any]:
