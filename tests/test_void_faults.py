@@ -17,20 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.apikeys import ApiKeys
 from sidecar.embedded import RedisServer
 from sidecar.errors import StoreUnavailable
 from sidecar.gate import Gate
+from sidecar.http.app import create_app
+from sidecar.http.appkeys import LEDGER
 from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, Ledger
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.reconcile import reconcile
 from sidecar.pricing import load_pricing
 from sidecar.redis_client import RedisClient, connect
-from tests.conftest import outbox_entries
+from tests.conftest import admin, outbox_entries, service
 from tests.persistence.test_writer import drain, make_writer
 from tests.ports import free_port
+from tests.test_redis_down import app_settings, onboard
 
 pytestmark = pytest.mark.slow
 
@@ -248,3 +252,45 @@ async def test_a_check_that_never_reached_a_stopped_redis_queues_no_void(
     finally:
         ledger.close()
         redis_server.start()
+
+
+async def test_check_and_the_proxy_modes_answer_503_and_void_through_the_app(
+    server: tuple[RedisServer, RedisClient], tmp_path: Path
+) -> None:
+    """POST /v1/check, /auth/nginx and /auth/forward with Redis paused past the deadline: each
+    answers 503 and queues a void, sent once Redis is back (their calls ran too late: nothing
+    to refund); the metric counts them."""
+    redis_server, _ = server
+    assert redis_server.process is not None
+    settings = app_settings(
+        redis_server, tmp_path, redis_deadline_s=DEADLINE_S, redis_deadline_margin_ms=200
+    )
+    app = create_app(settings)
+    async with TestClient(TestServer(app)) as c:
+        (key,) = await onboard(c)
+        auth = {"Authorization": f"Bearer {key}"}
+        nginx = {**auth, "X-Original-Method": "GET", "X-Original-URI": "/v1/x"}
+        forward = {**auth, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/v1/x"}
+        body = {"account": "acme", "cost": 1, "idempotency_key": "warm"}
+        assert (await c.post("/v1/check", json=body, headers=service())).status == 200
+        assert (await c.get("/auth/nginx", headers={**nginx, "X-Request-Id": "w1"})).status == 200
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            answers = await asyncio.gather(
+                c.post("/v1/check", json={**body, "idempotency_key": "k1"}, headers=service()),
+                c.get("/auth/nginx", headers={**nginx, "X-Request-Id": "k2"}),
+                c.get("/auth/forward", headers={**forward, "X-Request-Id": "k3"}),
+            )
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        # (nginx honours only 401/403: the real status is in a header, mapped by our config)
+        assert [r.status for r in answers] == [503, 403, 503]
+        assert answers[1].headers["X-Credits-Deny-Status"] == "503"
+        ledger = app[LEDGER]
+        assert ledger.voids.outcomes.get("queued") == 3
+        assert await ledger.voids.drain(30) == 0
+        assert ledger.voids.outcomes.get("absent") == 3
+        metrics = await (await c.get("/metrics", headers=admin())).text()
+        assert 'credit_sidecar_voids_total{outcome="queued"}' in metrics
+        balance = await (await c.get("/v1/accounts/acme/balance", headers=admin())).json()
+        assert balance["balance"] == 998
