@@ -8,8 +8,7 @@ including a correction an admin made in SQL (see README, "Correcting a balance")
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -31,23 +30,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@lru_cache(maxsize=8192)  # a busy writer sees many transactions per millisecond
-def from_ms(ms: int) -> datetime:
-    """Unix ms → aware UTC datetime, exactly (no float on the way)."""
-    return EPOCH + timedelta(milliseconds=ms)
-
 
 def table_of(model: Any) -> Table:
     """A model's Core table, typed."""
     t: Table = model.__table__
     return t
-
-
-def to_ms(dt: datetime) -> int:
-    return (dt - EPOCH) // timedelta(milliseconds=1)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -8,8 +8,8 @@ A batch of entries becomes a handful of multi-row upserts in one SQL transaction
   correction is never overwritten by an older entry replayed later);
 - account settings and API keys: last write wins by outbox entry id / revocation time.
 
-Entries (sidecar/outbox.py) are validated while they are parsed; a malformed one raises
-:class:`PoisonEntry`.
+Entries are validated while they are parsed, a transaction by its model's decoder
+(sidecar/outbox.py ``txn``); a malformed one raises :class:`PoisonEntry`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from sidecar import outbox
+from sidecar.outbox import TXN_TYPES, PoisonEntry
+from sidecar.outbox import int_field as _int
+from sidecar.outbox import opt_int_field as _opt_int
+from sidecar.outbox import text_field as _text
 from sidecar.persistence.models import (
     Account,
     ApiKey,
@@ -30,53 +35,13 @@ from sidecar.persistence.models import (
     CreditBalance,
     CreditHold,
     CreditTransaction,
-    from_ms,
     table_of,
 )
+from sidecar.units import MAX_TIMESTAMP_MS as MAX_TIME
+from sidecar.units import from_ms
 
-MAXINT = 2**53 - 1
-MAX_TIME = 253402300799999  # 9999-12-31T23:59:59.999Z, as the scripts accept
-TXN_COLUMNS = {
-    "kind",
-    "id",
-    "account",
-    "seq",
-    "type",
-    "amount",
-    "balance",
-    "debt",
-    "ts",
-    "desc",
-    "meta",
-    "idempotency_key",
-    "hold_id",
-    "source_transaction_id",
-    "key_id",
-    "route",
-}
-INT_DETAILS = (
-    "repaid",
-    "overdraft",
-    "forfeited",
-    "charged",
-    "expires",
-    "target",
-    "unrecovered",
-    "version",
-    "pending",
-    "debt_added",
-)
-TXN_TYPES = {
-    "usage",
-    "purchase",
-    "grant",
-    "expiry",
-    "refund",
-    "hold",
-    "settle",
-    "release",
-    "revoke",
-}
+# Re-exported: the writer and the admin API import them from here.
+__all__ = ["TXN_TYPES", "Batch", "PoisonEntry", "apply", "sqlite_time", "stream_version"]
 
 # Row layouts: every row below is a tuple of already-bound values in this column order.
 SETTINGS_COLS = (
@@ -164,55 +129,6 @@ KEY_COLS = (
 Row = tuple[Any, ...]
 
 
-class PoisonEntry(ValueError):
-    """An outbox entry that cannot be understood; it goes to the dead-letter stream."""
-
-
-def _int(e: Mapping[str, Any], name: str, lo: int = -MAXINT, hi: int = MAXINT) -> int:
-    v = e.get(name)
-    if type(v) is not int:  # not bool, not float
-        raise PoisonEntry(f"field {name} is missing or not an integer: {str(v)[:40]!r}")
-    if not lo <= v <= hi:
-        raise PoisonEntry(f"field {name} out of range: {v}")
-    return v
-
-
-def _opt_int(e: Mapping[str, Any], name: str) -> int | None:
-    return None if e.get(name) is None else _int(e, name)
-
-
-def _text(e: Mapping[str, Any], name: str, maxlen: int = 256) -> str:
-    v = e.get(name)
-    if not isinstance(v, str) or not v or len(v) > maxlen:
-        raise PoisonEntry(f"field {name} is missing, not text or too long")
-    return v
-
-
-def _opt_text(e: Mapping[str, Any], name: str) -> str | None:
-    """Optional text; "" reads as absent."""
-    v = e.get(name)
-    if v is None or v == "":
-        return None
-    if not isinstance(v, str):
-        raise PoisonEntry(f"field {name} is not text")
-    return v
-
-
-def _pairs(value: Any, name: str) -> list[tuple[str, int]]:
-    if not isinstance(value, list):
-        raise PoisonEntry(f"{name} is not a list")
-    for p in value:
-        if not (
-            isinstance(p, list)
-            and len(p) == 2
-            and isinstance(p[0], str)
-            and type(p[1]) is int
-            and -MAXINT <= p[1] <= MAXINT
-        ):
-            raise PoisonEntry(f"{name} has a malformed element")
-    return value
-
-
 def stream_version(entry_id: str) -> str:
     """A stream id as a string that sorts like the id: "%015d-%010d"."""
     ms, _, seq = entry_id.partition("-")
@@ -275,92 +191,57 @@ class Batch:
             raise PoisonEntry(f"malformed {kind} entry: {type(e).__name__}: {e}") from None
 
     def _txn(self, e: Mapping[str, Any]) -> None:
-        account = _text(e, "account", 128)
-        txid = _text(e, "id", 64)
-        seq = _int(e, "seq", 1)
-        ttype = e.get("type")
-        if ttype not in TXN_TYPES:
-            raise PoisonEntry(f"unknown transaction type {str(ttype)[:40]!r}")
-        amount, balance, debt = _int(e, "amount"), _int(e, "balance"), _int(e, "debt", 0)
-        ts = _int(e, "ts", 0, MAX_TIME)
-        alloc = _pairs(e.get("alloc"), "alloc")
-        held = _pairs(e.get("held", []), "held")
-        after = e.get("buckets", [])
-        if not isinstance(after, list):
-            raise PoisonEntry("buckets is malformed")
-        for b in after:
-            if not (
-                isinstance(b, list)
-                and len(b) == 3
-                and isinstance(b[0], str)
-                and (b[1] is None or type(b[1]) is int)
-                and type(b[2]) is int
-            ):
-                raise PoisonEntry("buckets is malformed")
-        for name in INT_DETAILS:
-            if name in e:
-                _int(e, name)
-        desc = e.get("desc", "")
-        if not isinstance(desc, str):
-            raise PoisonEntry("field desc is not text")
-        meta = _opt_text(e, "meta")
-        hid = _opt_text(e, "hold_id")
+        t = outbox.txn(e)  # every check; raises PoisonEntry
+        account, txid, seq, balance, ts = t.account, t.id, t.seq, t.balance, t.ts
         bucket_def: Row | None = None
-        if ttype in ("purchase", "grant", "refund", "revoke") and e.get("bucket") is not None:
-            bucket = e["bucket"]
-            if not isinstance(bucket, dict):
-                raise PoisonEntry("bucket is malformed")
-            bid = _text(bucket, "id", 200)
-            created = _int(bucket, "created", 0, MAX_TIME) if "created" in bucket else ts
-            expires = _opt_int(bucket, "expires")
+        if t.bucket is not None:
+            nb = t.bucket
             bucket_def = (
                 account,
-                bid,
-                _int(bucket, "credits"),
-                str(bucket.get("source", "")),
-                _int(bucket, "priority") if "priority" in bucket else 0,
-                created,
-                self.when(created),
-                expires,
-                None if expires is None else self.when(expires),
-                meta,
-                str(bucket.get("fp", "")),
+                nb.id,
+                nb.credits,
+                nb.source,
+                nb.priority,
+                nb.created,
+                self.when(nb.created),
+                nb.expires,
+                None if nb.expires is None else self.when(nb.expires),
+                t.meta,
+                nb.fp,
                 txid,
                 balance,
             )
-        details = {k: v for k, v in e.items() if k not in TXN_COLUMNS}
         txn = (
             txid,
             account,
             seq,
-            ttype,
-            amount,
+            t.type,
+            t.amount,
             balance,
-            debt,
-            desc,
-            meta,
-            _opt_text(e, "idempotency_key"),
-            hid,
-            _opt_text(e, "source_transaction_id"),
-            _opt_text(e, "key_id"),
-            _opt_text(e, "route"),
+            t.debt,
+            t.desc,
+            t.meta,
+            t.idempotency_key,
+            t.hold_id,
+            t.source_transaction_id,
+            t.key_id,
+            t.route,
             ts,
             self.when(ts),
-            _dumps(details),
+            _dumps(t.details),
         )
+        hid = t.hold_id
         hold_def: Row | None = None
         hold_state: Row | None = None
-        if ttype == "hold" and hid:
-            expires = _int(e, "expires", 0, MAX_TIME) if "expires" in e else ts
-            parts = _dumps({"parts": held})
-            hold_def = (account, hid, -amount, expires - ts, parts, ts, expires, txid, balance)
+        if t.hold_expires is not None and hid:
+            expires = t.hold_expires
+            parts = _dumps({"parts": t.held})
+            hold_def = (account, hid, -t.amount, expires - ts, parts, ts, expires, txid, balance)
             hold_state = (account, hid, "active", None, None, None, None, None, seq)
-        elif ttype in ("settle", "release") and hid:
-            state = e.get("state", ttype)
-            if not isinstance(state, str):
-                raise PoisonEntry("field state is not text")
-            charged, forfeited = _opt_int(e, "charged"), _opt_int(e, "forfeited")
-            hold_state = (account, hid, state, charged, forfeited, txid, balance, ts, seq)
+        elif t.hold_state is not None and hid:
+            charged, forfeited = t.details.get("charged"), t.details.get("forfeited")
+            hold_state = (account, hid, t.hold_state, charged, forfeited, txid, balance, ts, seq)
+        alloc, held, after, debt = t.alloc, t.held, t.buckets, t.debt
 
         # Merge: nothing below can fail.
         self.touched_accounts.add(account)

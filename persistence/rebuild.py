@@ -46,9 +46,11 @@ from redis.exceptions import ResponseError
 from sqlalchemy import RowMapping, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from sidecar import replies
 from sidecar.apikeys import key_record, rate_spec
 from sidecar.keys import KeySpace
 from sidecar.ledger import RateLimit
+from sidecar.outbox import PoisonEntry, TxnEntry
 from sidecar.persistence.models import (
     ARCHIVED_TRANSACTIONS,
     Account,
@@ -58,13 +60,13 @@ from sidecar.persistence.models import (
     CreditBalance,
     CreditHold,
     CreditTransaction,
-    from_ms,
     table_of,
-    to_ms,
 )
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _s
+from sidecar.results import RestoreCounts
 from sidecar.scripts import Scripts
+from sidecar.units import from_ms, to_ms
 
 log = logging.getLogger(__name__)
 
@@ -204,17 +206,16 @@ async def _clawbacks(conn: AsyncConnection, account: str) -> dict[str, Any]:
     kept none, the highest target reached (its targets only grew)."""
     # Archived ones too: an archived clawback still binds later refunds and disputes.
     live, old = (
-        select(t.c.seq, t.c.details).where(t.c.account == account, t.c.type == "revoke")
+        select(*(t.c[c] for c in ENTRY_COLUMNS)).where(t.c.account == account, t.c.type == "revoke")
         for t in (TXNS, ARCHIVED_TRANSACTIONS)
     )
-    rows = sorted((await conn.execute(union_all(live, old))).all(), key=lambda r: int(r[0]))
+    rows = (await conn.execute(union_all(live, old))).mappings()
     out: dict[str, Any] = {}
-    for _, details in rows:
-        d = details or {}
-        purchase, target, state = d.get("purchase"), d.get("target"), d.get("state")
-        if not (isinstance(purchase, str) and isinstance(target, int)):
+    for t in sorted(map(_entry, rows), key=lambda t: t.seq):
+        purchase, target, state = t.purchase, t.target, t.clawback_state
+        if purchase is None or target is None:
             continue
-        if isinstance(state, dict):
+        if state is not None:
             out[purchase] = {"target": target, "state": state}
         else:
             prev = out.get(purchase, 0)
@@ -385,87 +386,119 @@ async def _records(
             .order_by(TXNS.c.seq)
         )
 
-    usages = list((await conn.execute(recent("usage"))).mappings().all())
+    usages = [_entry(r) for r in (await conn.execute(recent("usage"))).mappings()]
     # A settle that charged is refundable like a usage (close_hold.lua keeps a usage record
     # for it): what it charged per bucket follows from the hold's parts, drawn in order.
     settles = [
-        r
-        for r in (await conn.execute(recent("settle"))).mappings()
-        if int((r["details"] or {}).get("charged", 0)) > 0 and r["hold_id"]
+        t
+        for t in map(_entry, (await conn.execute(recent("settle"))).mappings())
+        if t.charged > 0 and t.hold_id
     ]
     parts: dict[str, list[list[Any]]] = {}
     if settles:
         rows = await conn.execute(
             select(HOLDS.c.hold_id, HOLDS.c.alloc).where(
-                HOLDS.c.account == account, HOLDS.c.hold_id.in_({r["hold_id"] for r in settles})
+                HOLDS.c.account == account, HOLDS.c.hold_id.in_({t.hold_id for t in settles})
             )
         )
         parts = {str(h): (alloc or {}).get("parts", []) for h, alloc in rows}
-    usages = sorted([*usages, *settles], key=lambda r: int(r["seq"]))
-    refunds: dict[str, list[RowMapping]] = {u["id"]: [] for u in usages}
+    usages = sorted([*usages, *settles], key=lambda t: t.seq)
+    refunds: dict[str, list[TxnEntry]] = {u.id: [] for u in usages}
     # A refund comes after its usage, so the refunds of these usages are all after the cutoff.
-    for r in (await conn.execute(recent("refund"))).mappings():
-        if r["source_transaction_id"] in refunds:
-            refunds[r["source_transaction_id"]].append(r)
+    for r in map(_entry, (await conn.execute(recent("refund"))).mappings()):
+        if r.source_transaction_id in refunds:
+            refunds[r.source_transaction_id].append(r)
 
     latest: dict[str, dict[str, Any]] = {}  # idempotency key -> its latest usage
     usage: list[dict[str, Any]] = []
     for u in usages:
-        details: dict[str, Any] = u["details"] or {}
-        if u["type"] == "settle":
-            cost = int(details["charged"])
-            details = {"alloc": _charged(parts.get(str(u["hold_id"]), []), cost)}
+        if u.type == "settle":
+            cost = u.charged
+            alloc = _charged(parts.get(str(u.hold_id), []), cost)
+            overdraft = 0
         else:
-            cost = -int(u["amount"])
+            cost = -u.amount
+            alloc = [[b, n] for b, n in u.alloc]
+            overdraft = u.overdraft
         left = cost
         done: list[dict[str, Any]] = []
-        for r in refunds[u["id"]]:
-            d: dict[str, Any] = r["details"] or {}
-            forfeited = int(d.get("forfeited", 0))
-            refunded = int(r["amount"]) + forfeited  # what it asked for: given back + forfeited
-            arg = d.get("requested_amount")
+        for r in refunds[u.id]:
+            refunded = r.amount + r.forfeited  # what it asked for: given back + forfeited
+            arg = r.requested_amount
             if arg is None:  # entries written before the field existed: the likelier argument
                 arg = "" if refunded == left else str(refunded)
             left -= refunded
             done.append(
                 {
-                    "id": str(d.get("refund_id", "")),
-                    "arg": str(arg),
-                    "tx": r["id"],
-                    "bal": int(r["balance_after"]),
+                    "id": r.refund_id,
+                    "arg": arg,
+                    "tx": r.id,
+                    "bal": r.balance,
                     "refunded": refunded,
-                    "forfeited": forfeited,
+                    "forfeited": r.forfeited,
                 }
             )
         usage.append(
             {
-                "tx": u["id"],
+                "tx": u.id,
                 "cost": cost,
-                "alloc": details.get("alloc", []),
-                "overdraft": int(details.get("overdraft", 0)),
-                "at": int(u["created_ms"]),
+                "alloc": alloc,
+                "overdraft": overdraft,
+                "at": u.ts,
                 "refunds": done,
             }
         )
-        if u["idempotency_key"] and any((r["details"] or {}).get("void") for r in refunds[u["id"]]):
+        if u.idempotency_key and any(r.voided_attempt for r in refunds[u.id]):
             # voided (lua/void.lua): its record was deleted, a retry is a new request
-            latest.pop(u["idempotency_key"], None)
-        elif u["idempotency_key"]:
+            latest.pop(u.idempotency_key, None)
+        elif u.idempotency_key:
             record: dict[str, Any] = {
-                "key": u["idempotency_key"],
-                "tx": u["id"],
+                "key": u.idempotency_key,
+                "tx": u.id,
                 "cost": cost,
-                "bal": int(u["balance_after"]),
-                "at": int(u["created_ms"]),
+                "bal": u.balance,
+                "at": u.ts,
             }
             # The request digest and the replay window (deduct.lua); usages written before
             # they existed have neither: their records bind the cost only, for the retention.
-            if "fp" in details:
-                record["fp"] = str(details["fp"])
-            if "replay_ms" in details:
-                record["window"] = int(details["replay_ms"])
-            latest[u["idempotency_key"]] = record
+            if u.request_fp is not None:
+                record["fp"] = u.request_fp
+            if u.replay_ms is not None:
+                record["window"] = u.replay_ms
+            latest[u.idempotency_key] = record
     return [r for r in latest.values() if r["at"] + r.get("window", retention) > now], usage
+
+
+# The columns of credit_transactions (and its archive) an outbox entry is read back from.
+ENTRY_COLUMNS = (
+    "id",
+    "account",
+    "seq",
+    "type",
+    "amount",
+    "balance_after",
+    "debt_after",
+    "created_ms",
+    "description",
+    "metadata",
+    "idempotency_key",
+    "hold_id",
+    "source_transaction_id",
+    "key_id",
+    "route",
+    "details",
+)
+
+
+def _entry(row: RowMapping) -> TxnEntry:
+    """A transaction row of SQL as the outbox entry it was written from."""
+    try:
+        return TxnEntry.from_sql(row)
+    except PoisonEntry as e:
+        raise RebuildError(
+            f"account {row['account']}: transaction {row['id']} in SQL is not one the "
+            f"writer could have written ({e})"
+        ) from None
 
 
 def _charged(parts: list[list[Any]], charge: int) -> list[list[Any]]:
@@ -505,8 +538,9 @@ async def restore_account(
     now_ms: int,
     retention_ms: int,
     force: bool = False,
-) -> None:
-    """Writes one account's state (restore.lua), then its entries in the global key index.
+) -> RestoreCounts:
+    """Writes one account's state (restore.lua), then its entries in the global key index;
+    returns what the script restored.
 
     With ``replace`` the script refuses (RebuildError) if Redis has moved past the state's
     seq since SQL was read, unless ``force``."""
@@ -543,7 +577,7 @@ async def restore_account(
         mode,
     ]
     try:
-        await script(keys=script_keys, args=args)
+        counts = replies.restore(await script(keys=script_keys, args=args))
     except ResponseError as e:
         raise _script_error(account, e) from None
 
@@ -563,6 +597,7 @@ async def restore_account(
         else:
             pipe.hdel(by_hash, k.digest)
     await pipe.execute()
+    return counts
 
 
 async def _existing(redis: RedisClient, keys: KeySpace, accounts: Sequence[str]) -> list[str]:

@@ -142,6 +142,23 @@ _SEQ_COLLISION = (
 )
 
 
+def _described(fields: dict[str, str]) -> tuple[str, str, str, Any]:
+    """A dead letter's account, kind, id and seq: a transaction's from its model, what can
+    be read of any other entry (a dead letter may not decode at all)."""
+    try:
+        t = outbox.read_txn(fields)
+    except outbox.PoisonEntry:
+        t = None
+    if t is not None:
+        return t.account, "txn", t.id, t.seq
+    try:
+        entry = outbox.decode(fields)
+    except ValueError:
+        entry = {}
+    who, kind, txid = (str(entry.get(k, "?")) for k in ("account", "kind", "id"))
+    return who, kind, txid, entry.get("seq")
+
+
 async def dead_letters(
     redis: RedisClient, keys: KeySpace, account: str | None = None
 ) -> list[Difference]:
@@ -151,21 +168,16 @@ async def dead_letters(
         entries: Any = await redis.xrange(keys.dead_letters(shard))
         for entry_id, fields in entries:
             f = {_s(k): _s(v) for k, v in fields.items()}
-            try:
-                entry = outbox.decode(f)
-            except ValueError:
-                entry = {}
-            who = str(entry.get("account", "?"))
+            who, kind, txid, seq = _described(f)
             if account is not None and who != account:
                 continue
             error = f.get("dl_error", "")
             what = (
                 "sequence collision" if any(c in error for c in _SEQ_COLLISION) else "dead letter"
             )
-            kind, txid = entry.get("kind", "?"), entry.get("id", "?")
             detail = f"{what} (dead letter {_s(entry_id)}: {kind} {txid}"
-            if "seq" in entry:
-                detail += f", seq {entry['seq']}"
+            if seq is not None:
+                detail += f", seq {seq}"
             out.append(Difference(who, detail + ")", "written", error or "not written"))
     return out
 

@@ -31,9 +31,10 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar import outbox
+from sidecar import outbox, replies
 from sidecar.keys import KeySpace
-from sidecar.persistence.project import Batch, PoisonEntry, apply
+from sidecar.outbox import PoisonEntry
+from sidecar.persistence.project import Batch, apply
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _s
 from sidecar.scripts import Scripts
@@ -286,7 +287,7 @@ class OutboxWriter:
         return _parse(entries, self.engine.dialect.name)
 
     async def take_lease(self, shard: int) -> bool:
-        held = bool(
+        held = replies.lease(
             await self.scripts.lease(
                 keys=[self.keys.writer_lease(shard)], args=[self.token, self.lease_ms]
             )

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from cachetools import LRUCache, TTLCache
 
+from sidecar import replies
 from sidecar.errors import UnknownAccount, UnknownKey
 from sidecar.ledger import Ledger, RateLimit, store_call
 
@@ -120,11 +121,13 @@ class ApiKeys:
             rate_limit=rate_limit,
             digest=digest,
         )
-        raw = await self.ledger.run_script(
-            self.ledger.scripts.apikey,
-            account,
-            [self.keys.api_keys(account)],
-            ["create", key_id, orjson.dumps(record).decode(), rate_spec(rate_limit)],
+        raw = replies.apikey(
+            await self.ledger.run_script(
+                self.ledger.scripts.apikey,
+                account,
+                [self.keys.api_keys(account)],
+                ["create", key_id, orjson.dumps(record).decode(), rate_spec(rate_limit)],
+            )
         )
         # The key is active on its account first, then resolvable: a crash in between
         # leaves an unusable key that can still be listed and revoked.
@@ -155,8 +158,13 @@ class ApiKeys:
         if account is None:
             raise UnknownKey(f"key {key_id} does not exist")
         account = account.decode()
-        raw = await self.ledger.run_script(
-            self.ledger.scripts.apikey, account, [self.keys.api_keys(account)], ["revoke", key_id]
+        raw = replies.apikey(
+            await self.ledger.run_script(
+                self.ledger.scripts.apikey,
+                account,
+                [self.keys.api_keys(account)],
+                ["revoke", key_id],
+            )
         )
         digest = orjson.loads(raw)["hash"]
         await store_call(self.redis.hdel(self.keys.api_key_index(), digest), self.ledger.deadline_s)

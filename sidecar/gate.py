@@ -22,8 +22,9 @@ from sidecar import metrics
 from sidecar.apikeys import ApiKeys
 from sidecar.asciiint import parse_ascii_int
 from sidecar.errors import IdempotencyConflict, InvalidInput, StoreUnavailable
-from sidecar.ledger import MAX_CREDITS, Allowed, Insufficient, Ledger, RateLimited, Revoked
+from sidecar.ledger import Allowed, Insufficient, Ledger, RateLimited, Revoked
 from sidecar.pricing import Pricing
+from sidecar.units import MAX_CREDITS
 
 log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -1,8 +1,9 @@
 """The credit ledger: typed Python calls over the Lua scripts, one script call each.
 
 The Lua scripts do the validation that matters and all writes; this module builds
-keys and arguments, generates transaction ids, reads the clock and turns replies into
-results or domain errors. The clock is injectable so tests can move time.
+keys and arguments, generates transaction ids and reads the clock; sidecar/replies.py turns
+each script's reply into its result (sidecar/results.py) or a domain error. The clock is
+injectable so tests can move time.
 """
 
 from __future__ import annotations
@@ -13,31 +14,67 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import orjson
 from redis.commands.core import AsyncScript
 from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 
+from sidecar import replies
 from sidecar.autopipe import AutoPipeline, NotSent
-from sidecar.errors import (
-    BalanceOverflow,
-    HoldExpired,
-    InvalidInput,
-    StoreUnavailable,
-    from_script_error,
-)
+from sidecar.errors import InvalidInput, StoreUnavailable, from_script_error
 from sidecar.keys import KeySpace
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _text
+from sidecar.results import (
+    Allowed,
+    Balance,
+    Bucket,
+    CloseResult,
+    DeductResult,
+    GrantResult,
+    HoldResult,
+    Insufficient,
+    RateLimit,
+    RateLimited,
+    RefundResult,
+    Revoked,
+    RevokeResult,
+)
 from sidecar.scripts import Scripts
 from sidecar.settings import Settings
+from sidecar.units import MAX_CREDITS, MAX_TIMESTAMP_MS
 from sidecar.voids import VOID_DELAY_MS, Void, VoidQueue, new_attempt_token, request_digest
 
-MAX_CREDITS = 2**53 - 1
-# Latest accepted timestamp (9999-12-31T23:59:59.999Z): every stored time stays printable.
-MAX_TIMESTAMP_MS = 253_402_300_799_999
+# The results were defined here first; callers still import them from here.
+__all__ = [
+    "CALL_DEADLINE_S",
+    "DEADLINE_MARGIN_MS",
+    "MAX_CREDITS",
+    "MAX_TIMESTAMP_MS",
+    "Allowed",
+    "Balance",
+    "Bucket",
+    "Clock",
+    "CloseResult",
+    "DeductResult",
+    "GrantResult",
+    "HoldResult",
+    "Insufficient",
+    "Ledger",
+    "RateLimit",
+    "RateLimited",
+    "RefundResult",
+    "RevokeResult",
+    "Revoked",
+    "encode_metadata",
+    "ledger_for",
+    "new_transaction_id",
+    "store_call",
+    "store_errors",
+    "wall_clock_ms",
+]
+
 CALL_DEADLINE_S = 5.0  # default of SIDECAR_REDIS_DEADLINE_S: a call's time, retries included
 # How much earlier than the caller gives up a script stops accepting a call (lua/_lib.lua
 # in_time): it covers clock skew between this host and Redis plus a reply's way back.
@@ -59,125 +96,6 @@ os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 def new_transaction_id() -> str:
     return f"tx_{_ids.getrandbits(128):032x}"
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimit:
-    requests: int
-    period_ms: int
-    burst: int
-
-
-@dataclass(frozen=True, slots=True)
-class GrantResult:
-    transaction_id: str
-    balance: int
-    replayed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Allowed:
-    transaction_id: str
-    balance: int
-    cost: int
-    replayed: bool
-    low_balance: bool
-    allowed: Literal[True] = True
-
-
-@dataclass(frozen=True, slots=True)
-class RevokeResult:
-    """Credits of a refunded or disputed purchase taken back (see lua/revoke.lua)."""
-
-    transaction_id: str | None  # None: nothing changed (a duplicate, or an older view)
-    taken: int  # from the purchase's buckets
-    debt_added: int  # policy "negative": what its buckets no longer held
-    unrecovered: int  # policy "unspent": what its buckets no longer held
-    balance: int
-    pending: int = 0  # held credits of its buckets, taken when their hold releases them
-    given_back: int = 0  # a lower target: credits returned plus debt cancelled
-    target: int = 0  # the clawback's target now
-    version: int = 0  # the version of the view it was last set from
-
-
-@dataclass(frozen=True, slots=True)
-class Insufficient:
-    balance: int
-    required: int
-    allowed: Literal[False] = False
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimited:
-    retry_after_ms: int
-    allowed: Literal[False] = False
-
-
-@dataclass(frozen=True, slots=True)
-class Revoked:
-    """The API key the call was made with is no longer active on the account."""
-
-    allowed: Literal[False] = False
-
-
-DeductResult = Allowed | Insufficient | RateLimited | Revoked
-
-
-@dataclass(frozen=True, slots=True)
-class HoldResult:
-    hold_id: str
-    transaction_id: str
-    balance: int
-    expires_at: int
-    state: str
-    replayed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class CloseResult:
-    hold_id: str
-    transaction_id: str
-    balance: int
-    charged: int
-    forfeited: int
-    state: str
-    replayed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RefundResult:
-    transaction_id: str
-    balance: int
-    refunded: int
-    forfeited: int
-    replayed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    id: str
-    credits: int
-    remaining: int
-    held: int
-    created_at: int
-    expires_at: int | None
-    priority: int
-    source: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Balance:
-    account: str
-    balance: int
-    available: int
-    held: int
-    debt: int
-    overdraft_limit: int
-    low_balance_threshold: int | None
-    rate_limit: RateLimit | None
-    created_at: int
-    buckets: list[Bucket]
 
 
 def encode_metadata(metadata: Mapping[str, Any] | None) -> str:
@@ -288,7 +206,7 @@ class Ledger:
         reply = await self.run_script(
             self.scripts.account, account, [], [overdraft_limit, opt_lbt, *rl]
         )
-        return bool(reply[0])
+        return replies.account(reply)
 
     async def grant(
         self,
@@ -316,8 +234,7 @@ class Ledger:
                 description,
             ],
         )
-        _raise_overflow(reply)
-        return GrantResult(_text(reply[1]), int(reply[2]), bool(reply[3]))
+        return replies.grant(reply)
 
     async def deduct(
         self,
@@ -383,16 +300,7 @@ class Ledger:
                 at = deadline + self._deadline_margin_ms + VOID_DELAY_MS
                 self.voids.put(Void(account, idempotency_key, token, cost, digest, at))
             raise
-        status = _text(reply[0])
-        if status == "ok":
-            return Allowed(
-                _text(reply[1]), int(reply[2]), int(reply[3]), bool(reply[4]), bool(reply[5])
-            )
-        if status == "insufficient":
-            return Insufficient(int(reply[1]), int(reply[2]))
-        if status == "revoked":
-            return Revoked()
-        return RateLimited(int(reply[1]))
+        return replies.deduct(reply)
 
     async def hold(
         self,
@@ -410,11 +318,7 @@ class Ledger:
             [self.keys.events_for(account)],
             [hold_id, amount, ttl_ms, description, encode_metadata(metadata)],
         )
-        if _text(reply[0]) == "insufficient":
-            return Insufficient(int(reply[1]), int(reply[2]))
-        return HoldResult(
-            hold_id, _text(reply[1]), int(reply[2]), int(reply[3]), _text(reply[5]), bool(reply[4])
-        )
+        return replies.hold(reply, hold_id)
 
     async def settle(
         self,
@@ -454,19 +358,7 @@ class Ledger:
             [hold_id, mode, amount, description, encode_metadata(metadata)],
             txid,
         )
-        if _text(reply[0]) == "hold_expired":
-            raise HoldExpired(
-                f"hold {hold_id} expired and was released by transaction {_text(reply[1])}"
-            )
-        return CloseResult(
-            hold_id,
-            _text(reply[1]),
-            int(reply[2]),
-            int(reply[3]),
-            int(reply[5]),
-            _text(reply[6]),
-            bool(reply[4]),
-        )
+        return replies.close_hold(reply, hold_id)
 
     async def refund(
         self,
@@ -490,10 +382,7 @@ class Ledger:
                 encode_metadata(metadata),
             ],
         )
-        _raise_overflow(reply)
-        return RefundResult(
-            _text(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), bool(reply[5])
-        )
+        return replies.refund(reply)
 
     async def revoke(
         self,
@@ -515,51 +404,23 @@ class Ledger:
             [],
             [purchase, target, policy, orjson.dumps(buckets).decode(), description, version],
         )
-        txid = _text(reply[0])
-        return RevokeResult(txid or None, *(int(x) for x in reply[1:9]))
+        return replies.revoke(reply)
 
     async def set_auto_topup_threshold(self, account: str, threshold: int | None) -> int:
         """Arms (or, with None, disarms) the auto top-up trigger; returns the balance."""
         reply = await self.run_script(
             self.scripts.autotopup, account, [], ["" if threshold is None else threshold]
         )
-        return int(reply[0])
+        return replies.autotopup(reply)
 
     async def balance(self, account: str) -> Balance:
-        r = await self.run_script(self.scripts.balance, account, [], [])
-        buckets = []
-        for bucket_id, remaining, held, raw in r[8]:
-            meta = orjson.loads(raw)
-            buckets.append(
-                Bucket(
-                    id=_text(bucket_id),
-                    credits=int(meta["credits"]),
-                    remaining=int(remaining),
-                    held=int(held),
-                    created_at=int(meta["created"]),
-                    expires_at=int(meta["expires"]) if "expires" in meta else None,
-                    priority=int(meta["priority"]),
-                    source=meta["source"],
-                    metadata=orjson.loads(meta["metadata"]) if meta["metadata"] else {},
-                )
-            )
-        rate = RateLimit(*(int(x) for x in r[6])) if r[6] else None
-        return Balance(
-            account=account,
-            balance=int(r[0]),
-            available=int(r[1]),
-            held=int(r[2]),
-            debt=int(r[3]),
-            overdraft_limit=int(r[4]),
-            low_balance_threshold=int(r[5]) if r[5] else None,
-            rate_limit=rate,
-            created_at=int(r[7]),
-            buckets=buckets,
+        return replies.balance(
+            await self.run_script(self.scripts.balance, account, [], []), account
         )
 
     async def expire(self, account: str) -> int:
         """Processes the account's due deadlines; returns how many transactions that wrote."""
-        return int(await self.run_script(self.scripts.expire, account, [], []))
+        return replies.expire(await self.run_script(self.scripts.expire, account, [], []))
 
     async def sweep(self, limit: int = 500) -> int:
         """One pass of the expiry sweep over every shard; returns transactions written."""
@@ -594,11 +455,6 @@ def _may_have_run(e: StoreUnavailable) -> bool:
     auto-pipeline never wrote it (NotSent), yes when its reply never came (the deadline, a
     lost connection, a refused reconnect after an earlier send)."""
     return e.__cause__ is not None and not isinstance(e.__cause__, (ResponseError, NotSent))
-
-
-def _raise_overflow(reply: Any) -> None:
-    if _text(reply[0]) == "overflow":
-        raise BalanceOverflow("the account would hold more than 2^53-1 credits")
 
 
 async def store_call(awaitable: Awaitable[Any], deadline_s: float = CALL_DEADLINE_S) -> Any:

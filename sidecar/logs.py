@@ -27,7 +27,6 @@ import re
 import sys
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import Literal
 
 import orjson
@@ -35,6 +34,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
+
+from sidecar.units import iso_seconds
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -80,17 +81,12 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         logging.getLogger(name).setLevel(max(chosen, logging.WARNING))
 
 
-def _iso(created: float) -> str:
-    t = datetime.fromtimestamp(created, UTC)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per record; the access log's fields (``record.http``) merged in."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
-            "ts": _iso(record.created),
+            "ts": iso_seconds(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

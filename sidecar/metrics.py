@@ -35,10 +35,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from sidecar.autopipe import AutoPipeline
-from sidecar.billing.store import DELIVERIES, EVENTS, BillingStore
+from sidecar.billing.store import BillingStore
 from sidecar.ledger import Ledger, store_call
 from sidecar.persistence.writer import outbox_status
 
@@ -275,12 +274,8 @@ class Scrape:
         assert store is not None
 
         async def read() -> dict[str, int]:
-            async with asyncio.timeout(2.0), store.tx() as conn:
-                out = {}
-                for kind, table in (("stripe_event", EVENTS), ("notification", DELIVERIES)):
-                    query = select(func.count()).select_from(table).where(table.c.status == "dead")
-                    out[kind] = int((await conn.execute(query)).scalar() or 0)
-                return out
+            async with asyncio.timeout(2.0):
+                return await store.dead_letters()
 
         value: dict[str, int] = await self.billing.get(read)
         return value

@@ -35,7 +35,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError
 
-from sidecar.ledger import MAX_CREDITS, RateLimit
+from sidecar.ledger import RateLimit
+from sidecar.units import MAX_CREDITS
 
 Cost = Annotated[StrictInt, Field(ge=0, le=MAX_CREDITS)] | Literal["deny"]
 

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from sidecar import replies
 from sidecar.errors import SidecarError, StoreUnavailable
-from sidecar.redis_client import text as _text
 
 if TYPE_CHECKING:
     from sidecar.ledger import Ledger
@@ -114,29 +114,29 @@ async def send_void(ledger: Ledger, v: Void) -> str:
             [record_key, k.usage(v.account, tx)],
             [v.idempotency_key, v.token, tx, v.cost, v.digest],
         )
-        status = _text(reply[0])
-        if status == "changed":
+        r = replies.void(reply)
+        if r.status == "changed":
             continue
-        if status == "voided":
+        if r.status == "voided":
             log.warning(
                 "voided check %s of account %s: its reply was lost and it was answered "
                 "unavailable; refunded %s credits (transaction %s)",
                 v.idempotency_key,
                 v.account,
-                int(reply[3]),
-                _text(reply[1]) or "none: nothing was left to refund",
+                r.refunded,
+                r.transaction_id or "none: nothing was left to refund",
             )
             return "voided"
-        if status == "overflow":
+        if r.status == "overflow":
             log.error(
                 "cannot void check %s of account %s: the refund would overflow the account",
                 v.idempotency_key,
                 v.account,
             )
             return "failed"
-        if status in ("mismatch", "untracked", "changed"):
+        if r.status in ("mismatch", "untracked"):
             return "kept"
-        return status  # marked, not_run, absent
+        return r.status  # marked, not_run, absent
     return "kept"
 
 

@@ -27,7 +27,8 @@ without the scripts' storage tricks (sorted-set burn order, deadline zsets, JSON
   processed still answers a replay, settle or release as before.)
 
 Transactions are recorded as the dicts the scripts append to the outbox stream (all fields
-but ``kind``; numbers as ints, ``alloc``/``held``/grant ``bucket`` as decoded JSON).
+but ``kind``; numbers as ints, ``alloc``/``held``/grant ``bucket`` as decoded JSON), each
+checked by the entry's model (sidecar/outbox.py ``txn``) as the SQL writer checks the scripts'.
 Transaction ids are ``tx_<n>``, one per ledger call, like a Ledger whose
 ``new_transaction_id`` is :func:`transaction_id` over a counter; extra transactions of a
 call (expiries, lapsed holds) get ``<id>.1``, ``<id>.2``...
@@ -47,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar import outbox
 from sidecar.errors import (
     BalanceOverflow,
     FullyRefunded,
@@ -72,9 +74,9 @@ from sidecar.ledger import (
     RefundResult,
     encode_metadata,
 )
+from sidecar.units import MAX_CREDITS
 
 MAX_ATTEMPTS = 16  # attempts an idempotency record lists (lua/_lib.lua)
-MAX_CREDITS = 2**53 - 1
 NEVER = 999_999_999_999_999
 MAX_TTL_MS = 366 * 86_400_000
 INT32 = 2**31
@@ -360,6 +362,8 @@ class LedgerModel:
             bucket = a.buckets[b]
             after.append([b, bucket.remaining, bucket.held])
         txn["buckets"] = after
+        # The entry model (sidecar/outbox.py) accepts it, as the SQL writer will the scripts'.
+        outbox.txn({"kind": "txn", **txn})
         self.outbox.append(txn)
 
     # -- shared mechanics -------------------------------------------------------------

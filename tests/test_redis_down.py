@@ -34,6 +34,10 @@ pytestmark = pytest.mark.slow
 
 Client = TestClient[web.Request, web.Application]
 
+# "Fails fast" against a 30 s deadline: answered within a third of it. Waiting for the deadline
+# would take 30 s; the bound is generous because CI runs on a busy two-core machine.
+FAST_S = 10.0
+
 
 def app_settings(server: RedisServer, tmp_path: Path, **update: object) -> Settings:
     return Settings(
@@ -88,7 +92,8 @@ async def test_a_stopped_redis_fails_checks_at_once_whatever_the_deadline(
     server: RedisServer, tmp_path: Path, policy: str
 ) -> None:
     """Stopped: connections are refused (TCP) or the socket file is gone (unix). With a 30 s
-    deadline every check is still answered within 3 s: a key already resolved (the ledger's
+    deadline every check is still answered within a third of it (generous for a busy CI
+    machine; the deadline alone would be 30 s): a key already resolved (the ledger's
     own connections) and one never seen (redis-py's pool), one at a time and 200 at once."""
     settings = app_settings(server, tmp_path, redis_deadline_s=30.0, failure_policy=policy)
     try:
@@ -100,13 +105,13 @@ async def test_a_stopped_redis_fails_checks_at_once_whatever_the_deadline(
             for i, key in enumerate([known, unseen, known]):
                 status, reason, took = await check(c, key, f"down-{i}")
                 assert (status, reason) == expected
-                assert took < 3.0, f"answered after {took:.1f}s"
+                assert took < FAST_S, f"answered after {took:.1f}s"
             t0 = time.monotonic()
             results = await asyncio.gather(
                 *(check(c, known if i % 2 else unseen, f"many-{i}") for i in range(200))
             )
             assert {(s, r) for s, r, _ in results} == {expected}
-            assert time.monotonic() - t0 < 3.0
+            assert time.monotonic() - t0 < FAST_S
     finally:
         server.stop()
 
@@ -129,7 +134,7 @@ async def test_thousands_of_calls_on_a_stopped_redis_do_not_each_try_to_connect(
         )
         assert all(isinstance(r, StoreUnavailable) for r in results)
         took = time.monotonic() - t0
-        assert took < 3.0
+        assert took < FAST_S
         # One connect per cooldown at most (plus the ones already under way when the first
         # was refused: one per channel), however many calls.
         assert b.connects - before <= 8 + 2 * took / breaker.COOLDOWN_S

@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from sidecar import units
 from sidecar.billing import netguard
 from sidecar.billing.context import Billing
 
@@ -69,7 +70,8 @@ async def low_balance(b: Billing, fields: dict[str, str], event_id: str) -> str:
             "balance": int(fields.get("balance", "0")),
             "threshold": int(fields.get("threshold", "0")),
             "transaction_id": txid,
-            "created": int(fields.get("ts", "0")),
+            "created_at": units.iso(int(fields.get("ts", "0"))),
+            "created": int(fields.get("ts", "0")),  # deprecated: unix ms; use created_at
         },
     )
 

@@ -26,9 +26,9 @@ from sidecar.persistence.models import (
     NotificationEndpoint,
     StripeEvent,
     StripePurchase,
-    from_ms,
     table_of,
 )
+from sidecar.units import from_ms
 
 PACKAGES = table_of(CreditPackage)
 ACCOUNTS = table_of(Account)
@@ -331,6 +331,16 @@ class BillingStore:
                     select(table.c.status, func.count()).group_by(table.c.status)
                 )
                 out[name] = {str(status): int(n) for status, n in rows}
+        return out
+
+    async def dead_letters(self) -> dict[str, int]:
+        """How many Stripe events (``stripe_event``) and notification deliveries
+        (``notification``) were given up (status ``dead``): what the metrics export."""
+        out: dict[str, int] = {}
+        async with self.tx() as conn:
+            for kind, table in (("stripe_event", EVENTS), ("notification", DELIVERIES)):
+                query = select(func.count()).select_from(table).where(table.c.status == "dead")
+                out[kind] = int((await conn.execute(query)).scalar() or 0)
         return out
 
     async def count_events(self, status: str) -> int:

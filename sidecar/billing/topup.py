@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sidecar import metrics
+from sidecar import metrics, units
 from sidecar.billing import notify
 from sidecar.billing.context import Billing, Permanent
 from sidecar.billing.gateway import (
@@ -214,7 +214,8 @@ async def needs_customer(
             "amount": package.price if package else None,
             "currency": package.currency if package else None,
             "url": url,
-            "created": b.clock() // 1000,
+            "created_at": units.iso(b.clock()),
+            "created": b.clock() // 1000,  # deprecated: unix s; use created_at
         },
     )
     return f"needs the customer ({reason}); link {url or 'none'}; notification {sent}"

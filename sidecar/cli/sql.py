@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
 
 import click
 
@@ -20,6 +19,7 @@ from sidecar.keys import KeySpace
 from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import outbox_status
+from sidecar.units import MissingOffset, parse_rfc3339
 from sidecar.writer_runner import make_writer, run_inline, tune_gc
 
 
@@ -141,12 +141,11 @@ def _cutoff(value: str, now_ms: int) -> int:
     if value[-1:] in units and value[:-1].isascii() and value[:-1].isdigit():
         return now_ms - int(value[:-1]) * units[value[-1]]
     try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_rfc3339(value)
+    except MissingOffset:
+        raise click.BadParameter("the time needs an offset (Z or +hh:mm)") from None
     except ValueError:
         raise click.BadParameter("a duration like 90d or 12h, or an RFC 3339 time") from None
-    if t.tzinfo is None:
-        raise click.BadParameter("the time needs an offset (Z or +hh:mm)")
-    return int(t.timestamp() * 1000)
 
 
 @click.command("archive")

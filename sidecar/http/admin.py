@@ -12,7 +12,6 @@ import csv
 import io
 import re
 from collections.abc import Collection
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -24,12 +23,13 @@ from sidecar import errors
 from sidecar.billing.store import BillingStore
 from sidecar.http.appkeys import BILLING, LEDGER
 from sidecar.http.errors import json_response
-from sidecar.http.routes import authorize, iso, path_id, query_int
+from sidecar.http.routes import authorize, path_id, query_int
 from sidecar.http.schemas import ID
-from sidecar.ledger import MAX_TIMESTAMP_MS, store_call
-from sidecar.persistence.models import Account, CreditTransaction, from_ms, table_of, to_ms
+from sidecar.ledger import store_call
+from sidecar.persistence.models import Account, CreditTransaction, table_of
 from sidecar.persistence.project import TXN_TYPES
 from sidecar.redis_client import text
+from sidecar.units import MAX_TIMESTAMP_MS, from_ms, iso, parse_rfc3339, to_ms
 
 admin_routes = web.RouteTableDef()
 
@@ -108,16 +108,13 @@ def _time_param(request: web.Request, name: str) -> int | None:
         ms = int(raw)
     else:
         try:
-            t = datetime.fromisoformat(_SPACED_OFFSET.sub(r"+\1", raw))
-        except ValueError:
-            t = None
-        if t is None or t.tzinfo is None:
+            ms = parse_rfc3339(_SPACED_OFFSET.sub(r"+\1", raw))
+        except ValueError:  # MissingOffset included
             raise errors.InvalidInput(
                 f"{name}: must be an RFC 3339 timestamp with an offset (e.g. "
                 "2030-01-01T00:00:00Z) or unix milliseconds",
                 field=name,
-            )
-        ms = to_ms(t)
+            ) from None
     if not 0 <= ms <= MAX_TIMESTAMP_MS:
         raise errors.InvalidInput(f"{name}: out of range", field=name)
     return ms

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import math
-from datetime import UTC, datetime, timedelta
 from time import perf_counter
 from typing import Any, TypeVar
 
@@ -40,17 +39,10 @@ from sidecar.ledger import (
     RateLimit,
     Revoked,
 )
+from sidecar.units import iso
 
 routes = web.RouteTableDef()
 M = TypeVar("M", bound=BaseModel)
-
-
-def iso(ms: int | None) -> str | None:
-    """Unix milliseconds as RFC 3339 UTC with milliseconds."""
-    if ms is None:
-        return None
-    t = datetime.fromtimestamp(ms // 1000, UTC) + timedelta(milliseconds=ms % 1000)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def authorize(request: web.Request, *roles: str) -> None:

@@ -8,7 +8,6 @@ precise field and reason.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -24,10 +23,10 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from sidecar.ledger import MAX_CREDITS, MAX_TIMESTAMP_MS, RateLimit
+from sidecar.ledger import RateLimit
+from sidecar.units import MAX_CREDITS, MAX_TIMESTAMP_MS, MissingOffset, parse_rfc3339
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Source = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=ID_PATTERN)]
 Credits = Annotated[StrictInt, Field(ge=1, le=MAX_CREDITS)]
@@ -61,12 +60,11 @@ def _parse_timestamp(v: object) -> object:
     if not isinstance(v, str):
         return v
     try:
-        t = datetime.fromisoformat(v)
+        return parse_rfc3339(v)
+    except MissingOffset:
+        raise ValueError("timestamp needs a UTC offset (e.g. Z)") from None
     except ValueError:
         raise ValueError("must be unix milliseconds or an RFC 3339 timestamp") from None
-    if t.tzinfo is None:
-        raise ValueError("timestamp needs a UTC offset (e.g. Z)")
-    return (t - EPOCH) // timedelta(milliseconds=1)  # exact: no float rounding
 
 
 # Unix milliseconds, or RFC 3339 with an offset; at most 9999-12-31T23:59:59.999Z. (The bounds

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from sidecar import units
 from sidecar.billing.notify import HEADER
 from tests.billing.conftest import MakeRig, Rig
 from tests.conftest import admin, service
@@ -111,6 +112,9 @@ async def test_crossing_the_threshold_sends_one_signed_webhook(
     payload = orjson.loads(body)
     assert payload["type"] == "balance.low" and payload["account"] == "acme"
     assert (payload["balance"], payload["threshold"]) == (50, 100)
+    # times are RFC 3339, as everywhere in the API; `created` (unix ms) is deprecated
+    assert payload["created_at"] == units.iso(payload["created"])
+    assert payload["created_at"].endswith("Z")
     assert d["attempts"] == 1
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import insert
 
 from sidecar.billing.store import DELIVERIES, EVENTS
 from sidecar.billing.worker import PRUNE_BATCH, TOPUP_TRIGGER
-from sidecar.persistence.models import from_ms
+from sidecar.units import from_ms
 from tests.billing.conftest import MakeRig
 from tests.billing.webhooks import Endpoint, cross, deliveries, eventually, with_endpoint
 
@@ -36,7 +36,7 @@ async def test_a_black_holed_endpoint_does_not_delay_another_tenants_webhook(
         started = time.monotonic()
         await cross(rig, "healthy")
         await eventually(lambda: healthy.received, 30, "the healthy webhook")
-        assert time.monotonic() - started < 3.0  # the timeout is 10 s
+        assert time.monotonic() - started < 8.0  # one hanging delivery alone would be 10 s
         ((d,),) = [await deliveries(rig, "healthy")]
         assert d["status"] == "delivered"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sidecar import metrics
+from sidecar import metrics, units
 from sidecar.billing import topup
 from tests.billing.conftest import MakeRig, Rig
 from tests.conftest import admin, service
@@ -53,7 +53,7 @@ async def arm(rig: Rig, account: str, threshold: int = 100) -> None:
     assert r.status == 200, await r.text()
 
 
-async def wait_for(rig: Rig, predicate: object, timeout_s: float = 10.0) -> None:
+async def wait_for(rig: Rig, predicate: object, timeout_s: float = 30.0) -> None:
     assert callable(predicate)
     for _ in range(int(timeout_s / 0.02)):
         await rig.settle()
@@ -289,6 +289,7 @@ async def test_a_card_that_needs_authentication_waits_for_the_customer_without_f
     (note,) = [n for n in await notifications(rig, "acme") if n["type"] != "balance.low"]
     assert note["type"] == "auto_topup.action_required" and note["url"] == url
     assert note["reason"] == "authentication_required" and note["amount"] == 500
+    assert units.parse_rfc3339(note["created_at"]) // 1000 == note["created"]  # (s): deprecated
     # Stripe's payment_failed webhook for the same charge changes nothing
     await rig.deliver(*rig.take_events("payment_intent.payment_failed"))
     await rig.settle()

@@ -20,7 +20,8 @@ def ok(env: dict[str, str], *args: str) -> str:
 def listed(env: dict[str, str], count: int, *args: str) -> dict[str, Any]:
     """`accounts list --json` once the writer has put ``count`` accounts with a grant in SQL."""
     body: dict[str, Any] = {}
-    for _ in range(200):
+    deadline = time.monotonic() + 60  # generous: a busy CI machine
+    while time.monotonic() < deadline:
         body = json.loads(ok(env, "accounts", "list", "--json", *args))
         if len(body["accounts"]) == count and all(a["seq"] > 0 for a in body["accounts"]):
             return body

@@ -51,7 +51,7 @@ def start(env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
         env=env,
         stderr=open(Path(env["SIDECAR_DATA_DIR"]) / f"serve-{time.monotonic_ns()}.log", "wb"),  # noqa: SIM115
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # N workers starting on a busy CI machine
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://{env['SIDECAR_LISTEN']}/readyz", timeout=2) as r:

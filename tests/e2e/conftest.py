@@ -4,6 +4,7 @@ and a helper to wait for a proxy to listen."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,8 @@ def write(path: Path, text: str) -> None:
 
 async def wait_listening(url: str) -> None:
     async with aiohttp.ClientSession() as http:
-        for _ in range(200):
+        deadline = time.monotonic() + 60  # a process starting on a busy CI machine
+        while time.monotonic() < deadline:
             try:
                 async with http.get(url):
                     return

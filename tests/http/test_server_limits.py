@@ -99,7 +99,9 @@ async def test_a_slow_client_is_answered_408_and_disconnected_after_the_timeout(
         slow(served.port, BODY, b'"a": 1, '),
     )
     for i, (received, took) in enumerate(results):
-        assert 1.0 <= took < 4.0, took
+        assert 1.0 <= took < 8.0, (
+            took
+        )  # not before its 1 s; the 30 s client wait is the other bound
         if i == 2 and received == b"reset":
             continue  # closed with the body's bytes still coming: the 408 may be lost
         assert received.startswith(b"HTTP/1.1 408 "), received
@@ -132,7 +134,7 @@ async def test_a_normal_client_is_answered_at_once_while_hundreds_of_slow_ones_a
                 ) as r:
                     assert r.status == 200
                 # well before the 5 s header timeout could free any slow one's connection
-                assert time.monotonic() - t0 < 2.5
+                assert time.monotonic() - t0 < 4.5
         assert len(served.guard.connections) >= 500  # still connected meanwhile
         for received, _ in await asyncio.gather(*slow_ones):
             assert received.startswith(b"HTTP/1.1 408 ")
@@ -183,7 +185,7 @@ async def test_at_the_connection_limit_a_new_client_takes_a_slow_or_idle_ones_pl
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     received = await asyncio.wait_for(reader.read(), 5)
     assert received.startswith(b"HTTP/1.1 503 ") and b"too_many_connections" in received
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 3.0  # refused, not left waiting for the 5 s read
     assert served.guard.refused == 1
     writer.close()
     for _, w in busy:
@@ -257,7 +259,7 @@ async def test_a_flood_of_slow_connections_does_not_take_serve_away_from_other_c
                     timeout=aiohttp.ClientTimeout(total=10),
                 ) as r:
                     assert r.status == 200, await r.text()
-                assert time.monotonic() - t0 < 2.0
+                assert time.monotonic() - t0 < 8.0  # the slow ones hold theirs for 30 s
         assert sum(not t.done() for t in flood) >= 500  # the flood is still on
         for t in flood:
             t.cancel()

@@ -1,4 +1,4 @@
-"""The README's example SQL, run exactly as the README shows it, on SQLite and PostgreSQL."""
+"""The example SQL of docs/sql-ledger.md, run exactly as shown, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from sidecar.ledger import Ledger
 from sidecar.persistence.writer import OutboxWriter
 from tests.conftest import FakeClock
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "sql-ledger.md"
 BURN_ORDER_MARKER = "-- what is left in each live bucket, in burn order"
 
 
-def readme_statement(marker: str) -> str:
-    """The SQL statement that follows the comment line ``marker`` in README.md."""
-    lines = README.read_text().splitlines()
+def docs_statement(marker: str) -> str:
+    """The SQL statement that follows the comment line ``marker`` in docs/sql-ledger.md."""
+    lines = PAGE.read_text().splitlines()
     start = lines.index(marker) + 1
     statement: list[str] = []
     for line in lines[start:]:
@@ -27,10 +27,10 @@ def readme_statement(marker: str) -> str:
     return "\n".join(statement).rstrip().removesuffix(";")
 
 
-async def test_the_readme_burn_order_query_lists_buckets_in_the_ledgers_burn_order(
+async def test_the_documented_burn_order_query_lists_buckets_in_the_ledgers_burn_order(
     ledger: Ledger, clock: FakeClock, engine: AsyncEngine
 ) -> None:
-    """Never-expiring buckets burn after expiring ones of the same priority: the README's
+    """Never-expiring buckets burn after expiring ones of the same priority: the page's
     query must say so on both databases (ASC puts NULLs first on SQLite, last on
     PostgreSQL)."""
     day = 86_400_000
@@ -49,7 +49,7 @@ async def test_the_readme_burn_order_query_lists_buckets_in_the_ledgers_burn_ord
     await writer.ensure_group(0)
     while await writer.step(0):
         pass
-    sql = readme_statement(BURN_ORDER_MARKER)
+    sql = docs_statement(BURN_ORDER_MARKER)
     async with engine.connect() as conn:
         rows = (await conn.execute(text(sql))).all()
     assert [r[0] for r in rows] == burn_order

@@ -1,0 +1,203 @@
+"""One decoder per Lua script: its raw reply, as Redis sends it, into a typed result.
+
+This is the only module that knows where a value sits in a script's reply; each script's
+header (lua/*.lua) documents the same layout. A reply arrives as hiredis or redis-py gives it:
+integers as ``int``, strings as ``bytes`` (or ``str`` from a client that decodes replies),
+arrays as lists. Statuses a caller must see as errors (``overflow``, ``hold_expired``) are
+raised here as domain errors; the scripts' own errors (``CS <CODE> ...``) never get here
+(sidecar/ledger.py ``store_errors`` turns them into domain errors first).
+
+The deduct decoder runs on every check: it compares statuses as they arrive (bytes) instead
+of decoding them first, and builds its Allowed with :func:`sidecar.results.new_allowed`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from sidecar.errors import BalanceOverflow, HoldExpired
+from sidecar.redis_client import text
+from sidecar.results import (
+    Balance,
+    Bucket,
+    CloseResult,
+    DeductResult,
+    GrantResult,
+    HoldResult,
+    Insufficient,
+    RateLimit,
+    RateLimited,
+    RefundResult,
+    RestoreCounts,
+    Revoked,
+    RevokeResult,
+    VoidResult,
+    new_allowed,
+)
+
+# A reply's status, whichever way the client hands strings over.
+_OK = (b"ok", "ok")
+_INSUFFICIENT = (b"insufficient", "insufficient")
+_REVOKED = (b"revoked", "revoked")
+_OVERFLOW = (b"overflow", "overflow")
+_HOLD_EXPIRED = (b"hold_expired", "hold_expired")
+
+
+def _no_overflow(reply: Any) -> None:
+    if reply[0] in _OVERFLOW:
+        raise BalanceOverflow("the account would hold more than 2^53-1 credits")
+
+
+def account(reply: Any) -> bool:
+    """account.lua ``{created}``: True when the call created the account."""
+    return bool(reply[0])
+
+
+def grant(reply: Any) -> GrantResult:
+    """grant.lua ``{'ok', txid, balance, replayed}`` or ``{'overflow'}`` (BalanceOverflow)."""
+    _no_overflow(reply)
+    return GrantResult(text(reply[1]), int(reply[2]), bool(reply[3]))
+
+
+def deduct(reply: Any) -> DeductResult:
+    """deduct.lua ``{'ok', txid, balance, cost, replayed, low_balance}``,
+    ``{'insufficient', balance, cost}``, ``{'rate_limited', wait_ms}`` or ``{'revoked'}``."""
+    status = reply[0]
+    if status in _OK:
+        txid = reply[1]
+        return new_allowed(
+            txid.decode() if type(txid) is bytes else txid,
+            int(reply[2]),
+            int(reply[3]),
+            bool(reply[4]),
+            bool(reply[5]),
+        )
+    if status in _INSUFFICIENT:
+        return Insufficient(int(reply[1]), int(reply[2]))
+    if status in _REVOKED:
+        return Revoked()
+    return RateLimited(int(reply[1]))
+
+
+def hold(reply: Any, hold_id: str) -> HoldResult | Insufficient:
+    """hold.lua ``{'ok', txid, balance, expires_at, replayed, state}`` or
+    ``{'insufficient', balance, amount}``; ``hold_id`` is the caller's (not in the reply)."""
+    if reply[0] in _INSUFFICIENT:
+        return Insufficient(int(reply[1]), int(reply[2]))
+    return HoldResult(
+        hold_id, text(reply[1]), int(reply[2]), int(reply[3]), text(reply[5]), bool(reply[4])
+    )
+
+
+def close_hold(reply: Any, hold_id: str) -> CloseResult:
+    """close_hold.lua ``{'ok', txid, balance, charged, replayed, forfeited, state}``, or
+    ``{'hold_expired', txid of the release, balance}`` (HoldExpired)."""
+    if reply[0] in _HOLD_EXPIRED:
+        raise HoldExpired(
+            f"hold {hold_id} expired and was released by transaction {text(reply[1])}"
+        )
+    return CloseResult(
+        hold_id,
+        text(reply[1]),
+        int(reply[2]),
+        int(reply[3]),
+        int(reply[5]),
+        text(reply[6]),
+        bool(reply[4]),
+    )
+
+
+def refund(reply: Any) -> RefundResult:
+    """refund.lua ``{'ok', txid, balance, refunded, forfeited, replayed}`` or ``{'overflow'}``
+    (BalanceOverflow)."""
+    _no_overflow(reply)
+    return RefundResult(text(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), bool(reply[5]))
+
+
+def revoke(reply: Any) -> RevokeResult:
+    """revoke.lua ``{txid ('' = nothing changed), taken, debt added, unrecovered, balance,
+    pending, given back, target, version}``."""
+    txid = text(reply[0])
+    return RevokeResult(
+        txid or None,
+        taken=int(reply[1]),
+        debt_added=int(reply[2]),
+        unrecovered=int(reply[3]),
+        balance=int(reply[4]),
+        pending=int(reply[5]),
+        given_back=int(reply[6]),
+        target=int(reply[7]),
+        version=int(reply[8]),
+    )
+
+
+def autotopup(reply: Any) -> int:
+    """autotopup.lua ``{balance}``."""
+    return int(reply[0])
+
+
+def expire(reply: Any) -> int:
+    """expire.lua: how many transactions processing the due deadlines wrote."""
+    return int(reply)
+
+
+def _bucket(row: Any) -> Bucket:
+    bucket_id, remaining, held, raw = row
+    meta = orjson.loads(raw)
+    return Bucket(
+        id=text(bucket_id),
+        credits=int(meta["credits"]),
+        remaining=int(remaining),
+        held=int(held),
+        created_at=int(meta["created"]),
+        expires_at=int(meta["expires"]) if "expires" in meta else None,
+        priority=int(meta["priority"]),
+        source=meta["source"],
+        metadata=orjson.loads(meta["metadata"]) if meta["metadata"] else {},
+    )
+
+
+def balance(reply: Any, account: str) -> Balance:
+    """balance.lua ``{balance, available, held, debt, overdraft limit, low-balance threshold
+    ('' = none), rate limit ({} or {requests, period_ms, burst}), created, buckets}``; each
+    bucket ``{id, remaining, held, its static record (JSON)}``."""
+    r = reply
+    return Balance(
+        account=account,
+        balance=int(r[0]),
+        available=int(r[1]),
+        held=int(r[2]),
+        debt=int(r[3]),
+        overdraft_limit=int(r[4]),
+        low_balance_threshold=int(r[5]) if r[5] else None,
+        rate_limit=RateLimit(*(int(x) for x in r[6])) if r[6] else None,
+        created_at=int(r[7]),
+        buckets=[_bucket(row) for row in r[8]],
+    )
+
+
+def apikey(reply: Any) -> str:
+    """apikey.lua: the key's record (JSON text), as created or as revoked."""
+    return text(reply)
+
+
+def restore(reply: Any) -> RestoreCounts:
+    """restore.lua ``{buckets, holds, keys, idempotency records, usage records}`` written."""
+    return RestoreCounts(*(int(x) for x in reply[:5]))
+
+
+def void(reply: Any) -> VoidResult:
+    """void.lua ``{'voided', refund txid or '', balance, refunded, forfeited}``, ``{'marked',
+    attempts still open}`` or ``{status}`` (absent, changed, mismatch, untracked, not_run,
+    overflow)."""
+    status = text(reply[0])
+    if status == "voided":
+        return VoidResult(status, text(reply[1]), int(reply[3]))
+    return VoidResult(status)
+
+
+def lease(reply: Any) -> bool:
+    """lease.lua: 1 when the caller holds the lease after the call (0 after a release)."""
+    return bool(reply)
