@@ -5,14 +5,19 @@ runs them, with their token; a "lost" attempt is one whose reply the test ignore
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from sidecar.embedded import RedisServer
 from sidecar.errors import StoreUnavailable
+from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, Ledger, wall_clock_ms
-from sidecar.redis_client import RedisClient
+from sidecar.redis_client import RedisClient, connect
 from sidecar.voids import Void, request_digest, send_void
 from tests.conftest import outbox_entries, snapshot
 
@@ -279,3 +284,70 @@ async def test_a_replay_without_a_token_makes_its_record_unvoidable(acme: Ledger
     assert r[4] == 1 and (await record(acme, "r1") or {})["ax"] == 1
     assert await send_void(acme, void_of("r1", "t1")) == "marked"
     assert await balance(acme) == 95
+
+
+# Any ordering of a check's attempts (each answered, lost, or run past its deadline) and of
+# the voids of the lost ones (each after its attempt, as the sidecar sends them).
+Event = tuple[str, int]  # ("answered" | "lost" | "late", attempt) or ("void", attempt)
+
+
+@st.composite
+def orderings(draw: st.DrawFn) -> list[Event]:
+    kinds = draw(st.lists(st.sampled_from(["answered", "lost", "late"]), min_size=1, max_size=12))
+    events: list[Event] = []
+    pending: list[int] = []  # lost or late attempts not voided yet
+    for i, kind in enumerate(kinds):
+        while pending and draw(st.booleans()):  # some voids go out before the next attempt
+            events.append(("void", pending.pop(draw(st.integers(0, len(pending) - 1)))))
+        events.append((kind, i))
+        if kind != "answered":
+            pending.append(i)
+    while pending:
+        events.append(("void", pending.pop(draw(st.integers(0, len(pending) - 1)))))
+    return events
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(orderings())
+def test_any_ordering_of_attempts_and_voids_charges_exactly_the_answered_charges(
+    redis_server: RedisServer, events: list[Event]
+) -> None:
+    """Once every lost attempt is voided: a charge (usage) stays iff an answered attempt was
+    answered with it, and is refunded in full otherwise; the balance agrees."""
+
+    async def run() -> None:
+        client = connect(redis_server.url)
+        ledger = Ledger(client, KeySpace(), retention_ms=3_600_000)
+        try:
+            await client.flushall()
+            await ledger.configure_account(ACCOUNT)
+            await ledger.grant(ACCOUNT, "g", 100)
+            answered_with: set[str] = set()
+            for kind, i in events:
+                if kind == "void":
+                    await send_void(ledger, void_of("r1", f"t{i}"))
+                    continue
+                late = wall_clock_ms() - 1 if kind == "late" else None
+                try:
+                    r = await attempt(ledger, "r1", f"t{i}", deadline=late, txid=f"tx_{i}")
+                except Exception as e:  # only a late attempt fails, and changes nothing
+                    assert kind == "late" and "CS LATE" in str(e)
+                    continue
+                if kind == "answered":
+                    answered_with.add(r[1].decode())
+            usages = [e for e in await outbox_entries(client) if e.get("type") == "usage"]
+            voided = {
+                e["source_transaction_id"]
+                for e in await outbox_entries(client)
+                if e.get("type") == "refund" and e.get("void")
+            }
+            for u in usages:
+                assert (u["id"] in voided) == (u["id"] not in answered_with), (u["id"], events)
+            assert await balance(ledger) == 100 - 5 * len(answered_with)
+        finally:
+            ledger.close()
+            await client.aclose()
+
+    asyncio.run(run())
