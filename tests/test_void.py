@@ -297,7 +297,10 @@ def orderings(draw: st.DrawFn) -> list[Event]:
     events: list[Event] = []
     pending: list[int] = []  # lost or late attempts not voided yet
     for i, kind in enumerate(kinds):
-        while pending and draw(st.booleans()):  # some voids go out before the next attempt
+        while pending:  # some voids go out before the next attempt
+            send: bool = draw(st.booleans())
+            if not send:
+                break
             events.append(("void", pending.pop(draw(st.integers(0, len(pending) - 1)))))
         events.append((kind, i))
         if kind != "answered":
