@@ -15,8 +15,7 @@
 -- that runs after the void therefore sees Redis' TIME past its deadline and refuses (LATE,
 -- nothing written; a replay with a token too), as long as Redis' clock is less than the margin
 -- plus VOID_DELAY_MS behind the caller's. A void of an attempt that never ran (refused LATE,
--- or never reached Redis) finds
--- its token unlisted and changes nothing, whenever it runs.
+-- or never reached Redis) finds its token unlisted and changes nothing, whenever it runs.
 --
 -- KEYS: the common six (see _lib.lua), then
 --   [7] the idempotency record   [8] the usage record of ARGV[8] (what the refund reads)

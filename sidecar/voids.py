@@ -16,12 +16,14 @@ of it), and a settle, refund or grant is an API call whose 503 means "unknown, r
 same id", which then answers as the first time.
 
 The queue is in memory, per process, bounded (``SIDECAR_VOID_QUEUE_MAX``; a void that does not
-fit is dropped, logged and counted, and that charge stays). A void is sent no earlier than when
-its attempt's caller gave up (the attempt's script deadline plus the margin), which is what
-makes it safe against the attempt still queued in Redis (see lua/void.lua), and is sent again
-with backoff while Redis is unavailable. A process that dies loses its pending voids: those
-charges stay (``credit_sidecar_voids{outcome="queued"}`` minus the outcomes counts them while
-it lives). Outcomes: metric ``credit_sidecar_voids`` and a log line per refund.
+fit is dropped, logged and counted, and that charge stays: the oldest, kept, are those of the
+attempts made as Redis stalled, the likeliest to have run). A void is sent no earlier than
+VOID_DELAY_MS after its attempt's caller gave up (the attempt's script deadline plus the
+margin), which is what makes it safe against the attempt still queued in Redis (see
+lua/void.lua), and is sent again with backoff while Redis is unavailable (a void is idempotent).
+A process that dies loses its pending voids: those charges stay
+(``credit_sidecar_voids_total{outcome="queued"}`` minus the other outcomes counts them while it
+lives). Outcomes: metric ``credit_sidecar_voids_total`` and a log line per refund.
 """
 
 from __future__ import annotations
