@@ -149,7 +149,9 @@ class Settings(BaseSettings):
         le=10 * 366 * 86400,
         description="proxy modes: how long a request id answers a retry of the same request "
         "(key, method, URI, cost) as a replay, charged once; any other request with that id is "
-        "a conflict (409). Capped at retention_s; refunds are unaffected",
+        "a conflict (409). Capped at retention_s; refunds are unaffected. A check answered 503 "
+        "whose reply was lost is voided only while its record lasts: keep this well above "
+        "SIDECAR_REDIS_DEADLINE_S plus the Redis outages you expect",
     )
     redis_deadline_margin_ms: int = Field(
         500,
