@@ -135,6 +135,38 @@ local function request_fp(parts)
   return string.sub(redis.sha1hex(table.concat(buf)), 1, 16)
 end
 
+-- Attempt tokens (deduct.lua ARGV[17], void.lua): an idempotency record lists the call
+-- attempts that took effect through it (at) and those voided since (vd). Bounded: past
+-- MAX_ATTEMPTS an attempt is not listed but ax is set, and such a record is never voided (an
+-- unlisted attempt may have delivered its 200).
+local MAX_ATTEMPTS = 16
+
+local function token_arg(v)
+  if type(v) ~= 'string' or #v == 0 or #v > 32 or not string.match(v, '^%w+$') then
+    fail('INVALID', 'attempt token must be 1-32 characters of [A-Za-z0-9]')
+  end
+  return v
+end
+
+local function has(list, v)
+  for _, x in ipairs(list or {}) do
+    if x == v then return true end
+  end
+  return false
+end
+
+-- Adds an attempt's token to record p; returns whether p changed.
+local function add_attempt(p, token)
+  if has(p.at, token) then return false end
+  if #p.at >= MAX_ATTEMPTS then
+    if p.ax then return false end
+    p.ax = 1
+  else
+    p.at[#p.at + 1] = token
+  end
+  return true
+end
+
 local acct = nil        -- loaded account state (numbers), written back by save_account()
 local extra_txns = 0    -- transactions emitted besides the main one (expiries, lapsed holds)
 local deadlines_changed = false
@@ -541,4 +573,67 @@ end
 local function account_limits()
   if acct.rl_n then return {{'tat', acct.rl_n, acct.rl_ms, acct.rl_burst}} end
   return {}
+end
+
+-- Gives back `amount` credits of a usage (a check's, or a settle that charged), as one
+-- 'refund' transaction TXID: ukey is its usage record, u = HMGET ukey 'cost', 'alloc',
+-- 'overdraft', 'refunded'. The usage's parts are walked in reverse burn order (the overdraft
+-- part first, then the buckets last drawn), continuing where earlier refunds stopped, so the
+-- refunds of one usage never exceed what it took. A part whose bucket expired since is
+-- forfeited; an overdraft part reduces the debt, and what exceeds the debt (a later grant
+-- repaid it) comes back as a new non-expiring bucket (source refund). Credits that come back
+-- to a bucket of a purchase whose clawback is short are taken back at once (claw_returns).
+-- arg: the amount argument as given ('' = all that was left); more: extra fields of the
+-- entry. Returns the balance after and the credits forfeited, or nil (nothing written) when
+-- the account would hold more than 2^53-1 credits. The caller saves the account.
+local function refund_usage(ukey, u, src, rid, arg, amount, desc, metadata, more)
+  if acct.avail + acct.held + amount > MAXINT then return nil end
+  local parts = {}
+  local od = tonumber(u[3])
+  if od > 0 then parts[1] = {'', od} end
+  local taken = cjson.decode(u[2])
+  for i = #taken, 1, -1 do parts[#parts + 1] = {taken[i][1], -taken[i][2]} end
+
+  local skip, want = tonumber(u[4]), amount
+  local alloc, restored, forfeited, repaid, excess = {}, 0, 0, 0, 0
+  for _, p in ipairs(parts) do
+    local n = p[2]
+    local s = math.min(skip, n)
+    skip = skip - s
+    local t = math.min(n - s, want)
+    want = want - t
+    if t > 0 and p[1] == '' then
+      repaid = math.min(acct.debt, t)
+      acct.debt = acct.debt - repaid
+      excess = t - repaid
+    elseif t > 0 then
+      local back = credit_bucket(p[1], t)
+      if back > 0 then alloc[#alloc + 1] = {p[1], back} end
+      restored = restored + back
+      forfeited = forfeited + t - back
+    end
+    if want == 0 then break end
+  end
+
+  -- requested_amount: the amount argument as given, which a replay compares; the SQL ledger
+  -- keeps it so `rebuild` can restore the refund record exactly.
+  local extra = {source_transaction_id = src, refund_id = rid, requested_amount = arg,
+    repaid = repaid, forfeited = forfeited, desc = desc, meta = metadata}
+  for k, v in pairs(more or {}) do extra[k] = v end
+  local bid = 'refund:' .. TXID
+  if excess > 0 then
+    local meta = add_bucket(bid, excess, excess, nil, 0, 'refund', '', '', TXID)
+    alloc[#alloc + 1] = {bid, excess}
+    extra.bucket = bucket_entry(bid, meta)
+    meta.bal = balance()
+    redis.call('HSET', A, 'm:' .. bid, jenc(meta))
+  end
+  emit(TXID, 'refund', restored + repaid + excess, alloc, extra)
+  -- credits back in a bucket whose purchase was refunded by Stripe go to its clawback
+  claw_returns()
+  local bal = balance()
+  redis.call('HINCRBY', ukey, 'refunded', fmt(amount))
+  redis.call('HSET', ukey, 'rf:' .. rid, jenc({arg = arg, tx = TXID, bal = bal,
+    refunded = amount, forfeited = forfeited}))
+  return bal, forfeited
 end

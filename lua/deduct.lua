@@ -15,6 +15,14 @@
 --   refunds read, is kept for the retention whatever this says
 --   [16] more of what identifies the request, folded into its digest only ('' = nothing;
 --   at most 256 bytes: the proxy modes pass a digest of the query string)
+--   [17] attempt token ('' = none): a random id of this call attempt (1-32 of [A-Za-z0-9]).
+--   An attempt that takes effect (charges, or is answered as a replay) adds it to the
+--   idempotency record's executed attempts (field at, at most MAX_ATTEMPTS; more set ax):
+--   the caller that loses the reply voids the attempt by it (void.lua). A replay with a token
+--   is refused past its deadline (LATE) like a new request: its caller, which may void it,
+--   must never get a 200 it does not know of. Without a token a replay is answered whenever it
+--   runs and sets ax (an unlisted attempt: void.lua never refunds the record); records written
+--   before the token existed (no at) are answered so and left as they are: never refunded.
 -- Order: validate; a revoked key is refused; replay a known idempotency key: only the same
 -- request is a replay (same cost, and the same key id, route, description, metadata and
 -- ARGV[16], by their digest), anything else is a CONFLICT; refuse a call past its deadline (LATE); rate
@@ -43,6 +51,8 @@ if route ~= '' then
 end
 local window = opt_int_arg(ARGV[15], 'replay_window_ms', 1, RETENTION) or RETENTION
 local identity = text_arg(ARGV[16] or '', 'request', 256)
+local token = ARGV[17] or ''
+if token ~= '' then token_arg(token) end
 
 require_account()
 local limits = account_limits()
@@ -66,6 +76,14 @@ if prior then
   -- (records written before the digest existed carry none: the cost is all they bind)
   if p.fp and p.fp ~= fp then
     fail('CONFLICT', 'idempotency_key ' .. key .. ' was already used for another request')
+  end
+  if token ~= '' and p.at then
+    in_time()
+    if add_attempt(p, token) then redis.call('SET', KEYS[7], jenc(p), 'KEEPTTL') end
+  elseif p.at and not p.ax then
+    -- a replay without a token took effect unlisted: the record can no longer be voided
+    p.ax = 1
+    redis.call('SET', KEYS[7], jenc(p), 'KEEPTTL')
   end
   return {'ok', p.tx, p.bal, cost, 1, 0}
 end
@@ -94,7 +112,9 @@ local usage = {idempotency_key = key, overdraft = short, desc = desc, meta = met
   key_id = key_id, route = route, fp = fp}
 if window ~= RETENTION then usage.replay_ms = window end
 emit(TXID, 'usage', -cost, alloc, usage)
-redis.call('SET', KEYS[7], jenc({tx = TXID, cost = cost, bal = after, fp = fp}), 'PX', window)
+local record = {tx = TXID, cost = cost, bal = after, fp = fp}
+if token ~= '' then record.at = {token} end
+redis.call('SET', KEYS[7], jenc(record), 'PX', window)
 redis.call('HSET', KEYS[8], 'cost', fmt(cost), 'alloc', jenc(alloc), 'overdraft', fmt(short),
   'refunded', '0')
 redis.call('PEXPIRE', KEYS[8], RETENTION)

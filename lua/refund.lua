@@ -5,13 +5,8 @@
 -- ARGV: the common five, then
 --   [6] refund id   [7] usage transaction id   [8] amount ('' = all that is left)
 --   [9] description   [10] metadata (JSON object or '')
--- Refunds walk the usage's parts in reverse burn order (the overdraft part first,
--- then the buckets last drawn), continuing where earlier refunds stopped, so the
--- refunds of one transaction never exceed what it took. A part whose bucket expired
--- since is forfeited; an overdraft part reduces the debt, and what exceeds the debt
--- (a later grant repaid it) comes back as a new non-expiring bucket (source refund).
--- Credits that come back to a bucket of a purchase whose clawback is short (revoke.lua) are
--- taken back at once (a 'revoke' transaction after the refund).
+-- The credits go back as _lib.lua's refund_usage describes (reverse burn order, expired
+-- parts forfeited, the overdraft part repaying debt, clawbacks taking what they are short).
 -- Idempotent by refund id (per usage transaction).
 -- Returns {'ok', transaction id, balance after, refunded, forfeited, replayed (0|1)}
 --       | {'overflow'} (the account would hold more than 2^53-1 credits; nothing refunded).
@@ -44,55 +39,10 @@ end
 in_time()
 
 expire_due()
-if acct.avail + acct.held + amount > MAXINT then
+local bal, forfeited = refund_usage(KEYS[7], u, src, rid, ARGV[8], amount, desc, metadata)
+if not bal then
   save_if_touched()
   return {'overflow'}
 end
-local parts = {}
-local od = tonumber(u[3])
-if od > 0 then parts[1] = {'', od} end
-local taken = cjson.decode(u[2])
-for i = #taken, 1, -1 do parts[#parts + 1] = {taken[i][1], -taken[i][2]} end
-
-local skip, want = tonumber(u[4]), amount
-local alloc, restored, forfeited, repaid, excess = {}, 0, 0, 0, 0
-for _, p in ipairs(parts) do
-  local n = p[2]
-  local s = math.min(skip, n)
-  skip = skip - s
-  local t = math.min(n - s, want)
-  want = want - t
-  if t > 0 and p[1] == '' then
-    repaid = math.min(acct.debt, t)
-    acct.debt = acct.debt - repaid
-    excess = t - repaid
-  elseif t > 0 then
-    local back = credit_bucket(p[1], t)
-    if back > 0 then alloc[#alloc + 1] = {p[1], back} end
-    restored = restored + back
-    forfeited = forfeited + t - back
-  end
-  if want == 0 then break end
-end
-
--- requested_amount: the amount argument as given ('' = all that was left), which a replay
--- compares; the SQL ledger keeps it so `rebuild` can restore the refund record exactly.
-local extra = {source_transaction_id = src, refund_id = rid, requested_amount = ARGV[8],
-  repaid = repaid, forfeited = forfeited, desc = desc, meta = metadata}
-local bid = 'refund:' .. TXID
-if excess > 0 then
-  local meta = add_bucket(bid, excess, excess, nil, 0, 'refund', '', '', TXID)
-  alloc[#alloc + 1] = {bid, excess}
-  extra.bucket = bucket_entry(bid, meta)
-  meta.bal = balance()
-  redis.call('HSET', A, 'm:' .. bid, jenc(meta))
-end
-emit(TXID, 'refund', restored + repaid + excess, alloc, extra)
--- credits back in a bucket whose purchase was refunded by Stripe go to its clawback
-claw_returns()
-local bal = balance()
-redis.call('HINCRBY', KEYS[7], 'refunded', fmt(amount))
-redis.call('HSET', KEYS[7], 'rf:' .. rid, jenc({arg = ARGV[8], tx = TXID, bal = bal,
-  refunded = amount, forfeited = forfeited}))
 save_account()
 return {'ok', TXID, bal, amount, forfeited, 0}

@@ -448,7 +448,10 @@ async def _records(
                 "refunds": done,
             }
         )
-        if u.idempotency_key:
+        if u.idempotency_key and any(r.voided_attempt for r in refunds[u.id]):
+            # voided (lua/void.lua): its record was deleted, a retry is a new request
+            latest.pop(u.idempotency_key, None)
+        elif u.idempotency_key:
             record: dict[str, Any] = {
                 "key": u.idempotency_key,
                 "tx": u.id,

@@ -17,6 +17,8 @@ not run yet (``LOADING`` after a restart, ``BUSY`` with another script, a cluste
 
 A lost connection is reopened and the batch sent again within the deadline; once Redis has
 refused connections for longer than a restart does, a batch fails at once (sidecar/breaker.py).
+A batch that fails before any of its sends reached a connection fails with :class:`NotSent`:
+its calls certainly did not run (a caller that would undo them need not, sidecar/voids.py).
 
 On a Redis Cluster a batch goes out as redis-py's cluster pipeline instead: it splits the
 batch by slot owner, sends one pipeline per master, and follows MOVED and ASK redirections
@@ -61,6 +63,10 @@ MAX_BACKOFF_S = 0.5
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, TryAgainError, AskError, ClusterError)
 
 
+class NotSent(RedisConnectionError):
+    """The call failed before it was written to any connection: it did not run."""
+
+
 def _transient(reply: Any) -> bool:
     if isinstance(reply, _TRANSIENT):
         return True
@@ -76,6 +82,7 @@ class _Call:
     future: asyncio.Future[Any]
     packed: bytes  # the command as RESP
     evalsha: bool = True  # False once the server said NOSCRIPT: sent again with EVAL
+    written: bool = False  # handed to a connection at least once (it may have run)
 
     def command(self) -> tuple[Any, ...]:
         c = self.script
@@ -158,9 +165,11 @@ class AutoPipeline:
         except BaseException as e:  # refused, the deadline passed, or cancelled
             for c in batch:
                 if not c.future.done():
-                    c.future.set_exception(
-                        e if isinstance(e, Exception) else ConnectionError(str(e))
-                    )
+                    error = e if isinstance(e, Exception) else ConnectionError(str(e))
+                    if not c.written:
+                        error = NotSent(f"not sent: {error!r}")
+                        error.__cause__ = e
+                    c.future.set_exception(error)
             if not isinstance(e, Exception):
                 raise
 
@@ -199,18 +208,26 @@ class AutoPipeline:
         while True:  # until the batch's deadline: a connection lost, say
             channel = self._channels[self._next % len(self._channels)]
             self._next += 1
+            writes = channel.writes
             try:
                 return await channel.send(payload, len(calls))
-            except RedisConnectionError as e:
-                if give_up(e):  # nothing listens, past a restart: fail now, not at the deadline
+            except BaseException as e:
+                if not isinstance(e, RedisConnectionError) or give_up(e):
+                    # cancelled, or nothing listens past a restart: fail now, not at the deadline
                     raise
                 # Safe to send again: every script call is idempotent by its ids.
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+            finally:
+                if channel.writes != writes:  # (or another batch's write: erring on "written")
+                    for c in calls:
+                        c.written = True
 
     @staticmethod
     async def _cluster_pipeline(cluster: RedisCluster, calls: list[_Call]) -> list[Any]:
         commands = [c.command() for c in calls]
+        for c in calls:
+            c.written = True  # (redis-py's pipeline does not say whether it wrote)
         backoff = 0.01
         while True:  # until the batch's deadline: a failover, say
             pipe = cluster.pipeline(transaction=False)

@@ -132,6 +132,9 @@ class Gate:
                 replay_window_ms=self.replay_window_ms,
                 # a digest: the query may carry secrets, and only its identity matters here
                 request=hashlib.sha256(query.encode()).hexdigest()[:32] if query else "",
+                # answered 503 (fail_closed) is never charged; fail_open and shadow mode
+                # answer 200 instead, so a charge the call may have made stays
+                void_if_lost=self.failure_policy == "fail_closed" and not self.shadow,
             )
         except IdempotencyConflict:
             return Outcome(409, "idempotency_conflict")

@@ -21,7 +21,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 
 from sidecar import replies
-from sidecar.autopipe import AutoPipeline
+from sidecar.autopipe import AutoPipeline, NotSent
 from sidecar.errors import InvalidInput, StoreUnavailable, from_script_error
 from sidecar.keys import KeySpace
 from sidecar.redis_client import RedisClient
@@ -44,6 +44,7 @@ from sidecar.results import (
 from sidecar.scripts import Scripts
 from sidecar.settings import Settings
 from sidecar.units import MAX_CREDITS, MAX_TIMESTAMP_MS
+from sidecar.voids import VOID_DELAY_MS, Void, VoidQueue, new_attempt_token, request_digest
 
 # The results were defined here first; callers still import them from here.
 __all__ = [
@@ -117,6 +118,7 @@ class Ledger:
         auto_pipeline: bool = True,
         deadline_s: float = CALL_DEADLINE_S,
         deadline_margin_ms: int = DEADLINE_MARGIN_MS,
+        void_queue_max: int = 100_000,
     ) -> None:
         if not 0 <= deadline_margin_ms < deadline_s * 1000:
             raise ValueError("the deadline margin must be shorter than the deadline")
@@ -127,12 +129,17 @@ class Ledger:
         self.deadline_s = deadline_s  # of every Redis call, retries included
         # A script refuses a call that runs later than this after it was made (ms).
         self._script_deadline_ms = int(deadline_s * 1000) - deadline_margin_ms
+        self._deadline_margin_ms = deadline_margin_ms
         self.scripts = Scripts.register(redis)
         # Concurrent calls share round trips (sidecar/autopipe.py), on one node or a cluster.
         self.pipeline = AutoPipeline(redis, deadline_s=deadline_s) if auto_pipeline else None
+        # Checks answered "unavailable" whose call may have charged (sidecar/voids.py).
+        self.voids = VoidQueue(self, void_queue_max)
 
     def close(self) -> None:
-        """Closes the auto-pipeline's own connections (the Redis client is the caller's)."""
+        """Closes the auto-pipeline's own connections (the Redis client is the caller's)
+        and stops sending voids (see ``voids.drain`` to wait for them first)."""
+        self.voids.close()
         if self.pipeline is not None:
             self.pipeline.close()
 
@@ -143,12 +150,14 @@ class Ledger:
         extra_keys: list[str],
         args: list[str | int],
         txid: str | None = None,
+        deadline_ms: int | None = None,
     ) -> Any:
         """Runs a ledger script with the common keys and arguments (see lua/_lib.lua).
 
         The call is answered within ``deadline_s`` or fails with StoreUnavailable; the script
         itself refuses to run (LATE) after a deadline a margin earlier, on the real clock (not
-        the ledger's, which tests move), so a call answered "unavailable" never took effect.
+        the ledger's, which tests move), so a call answered "unavailable" never took effect
+        if it reached Redis late. ``deadline_ms``: that deadline, if the caller computed it.
         """
         keys = self.keys.for_account(account).common() + extra_keys
         common: list[str | int] = [
@@ -156,7 +165,7 @@ class Ledger:
             self.clock(),
             txid or new_transaction_id(),
             self.retention_ms,
-            wall_clock_ms() + self._script_deadline_ms,
+            deadline_ms or self.script_deadline(),
         ]
         argv = common + args
 
@@ -174,6 +183,10 @@ class Ledger:
                 return await self.redis.eval(cast(str, script.script), len(keys), *keys, *argv)
 
         return await store_call(invoke(), self.deadline_s)
+
+    def script_deadline(self) -> int:
+        """The deadline (wall clock ms) of a script call made now."""
+        return wall_clock_ms() + self._script_deadline_ms
 
     async def configure_account(
         self,
@@ -236,6 +249,7 @@ class Ledger:
         route_limit: RateLimit | None = None,
         replay_window_ms: int | None = None,
         request: str = "",
+        void_if_lost: bool = True,
     ) -> DeductResult:
         """Takes ``cost`` credits (0: a free route, only authenticate and rate limit).
 
@@ -245,6 +259,11 @@ class Ledger:
         metadata and ``request``: more of what identifies it, up to 256 bytes), for
         ``replay_window_ms`` (None: the retention); anything else reusing it is an
         IdempotencyConflict.
+
+        StoreUnavailable (answered 503) means not charged: a charging call that may have run
+        anyway (its reply lost or late) is voided once Redis answers again (sidecar/voids.py).
+        ``void_if_lost=False``: the caller answers that failure as allowed (``fail_open``),
+        so a charge it may have made stays.
         """
         txid = new_transaction_id()
         extra_keys = [
@@ -267,10 +286,21 @@ class Ledger:
             *rl,
             "" if replay_window_ms is None else min(replay_window_ms, self.retention_ms),
             request,
+            token := new_attempt_token() if cost > 0 else "",
         ]
-        return replies.deduct(
-            await self.run_script(self.scripts.deduct, account, extra_keys, args, txid)
-        )
+        deadline = self.script_deadline()
+        try:
+            reply = await self.run_script(
+                self.scripts.deduct, account, extra_keys, args, txid, deadline
+            )
+        except StoreUnavailable as e:
+            if void_if_lost and token and _may_have_run(e):
+                # sent once the caller has given up (the margin after the script's deadline)
+                digest = request_digest(key_id, route, description, str(args[3]), request)
+                at = deadline + self._deadline_margin_ms + VOID_DELAY_MS
+                self.voids.put(Void(account, idempotency_key, token, cost, digest, at))
+            raise
+        return replies.deduct(reply)
 
     async def hold(
         self,
@@ -415,7 +445,16 @@ def ledger_for(redis: RedisClient, settings: Settings, clock: Clock = wall_clock
         clock=clock,
         deadline_s=settings.redis_deadline_s,
         deadline_margin_ms=settings.redis_deadline_margin_ms,
+        void_queue_max=settings.void_queue_max,
     )
+
+
+def _may_have_run(e: StoreUnavailable) -> bool:
+    """Whether a call that failed with ``e`` may have run in Redis: not when Redis answered
+    (LATE: refused past its deadline, raised without a cause; any other error reply) or the
+    auto-pipeline never wrote it (NotSent), yes when its reply never came (the deadline, a
+    lost connection, a refused reconnect after an earlier send)."""
+    return e.__cause__ is not None and not isinstance(e.__cause__, (ResponseError, NotSent))
 
 
 async def store_call(awaitable: Awaitable[Any], deadline_s: float = CALL_DEADLINE_S) -> Any:

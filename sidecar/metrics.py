@@ -96,6 +96,22 @@ FAIL_OPEN = Counter(
     "(SIDECAR_FAILURE_POLICY=fail_open)",
     registry=REGISTRY,
 )
+VOID_OUTCOMES = (
+    "queued",  # a check answered 503 whose call may have run: a void waits to be sent
+    "dropped",  # the queue was full (SIDECAR_VOID_QUEUE_MAX): that charge stays
+    "voided",  # every attempt of the check was lost: its usage was refunded
+    "marked",  # another attempt of it is still open (or got its 200)
+    "not_run",  # the call never ran (refused past its deadline, never reached Redis)
+    "absent",  # no record any more (voided already, expired, or never charged)
+    "kept",  # a record that cannot be voided (another request's, or written without tokens)
+    "failed",  # given up: an error other than Redis being unavailable
+)
+VOIDS = Counter(
+    "credit_sidecar_voids",
+    "Voids of checks answered 503 whose reply was lost (sidecar/voids.py), by outcome",
+    ["outcome"],
+    registry=REGISTRY,
+)
 WEBHOOKS = Counter(
     "credit_sidecar_webhook_events",
     "Stripe webhook deliveries by event type (types the sidecar does not handle: other; "
@@ -118,6 +134,8 @@ _error_children = [REDIS_ERRORS.labels(e) for e in ENDPOINTS]
 for _result in TOPUP_RESULTS:
     TOPUPS.labels(_result)
 FAIL_OPEN.inc(0)
+for _outcome in VOID_OUTCOMES:
+    VOIDS.labels(_outcome)
 if not MULTIPROCESS:  # one process's CPU and memory; meaningless summed over workers
     ProcessCollector(registry=REGISTRY)
 

@@ -261,6 +261,13 @@ class TxnEntry:
         return None if v is None else str(v)
 
     @property
+    def voided_attempt(self) -> str | None:
+        """A refund made by a void (lua/void.lua): the token of the call attempt it voided;
+        its usage's idempotency record was deleted with it."""
+        v = self.details.get("void")
+        return v if isinstance(v, str) and v else None
+
+    @property
     def purchase(self) -> str | None:
         """A revoke: the purchase whose clawback it changed."""
         v = self.details.get("purchase")

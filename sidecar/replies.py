@@ -33,6 +33,7 @@ from sidecar.results import (
     RestoreCounts,
     Revoked,
     RevokeResult,
+    VoidResult,
     new_allowed,
 )
 
@@ -185,6 +186,16 @@ def apikey(reply: Any) -> str:
 def restore(reply: Any) -> RestoreCounts:
     """restore.lua ``{buckets, holds, keys, idempotency records, usage records}`` written."""
     return RestoreCounts(*(int(x) for x in reply[:5]))
+
+
+def void(reply: Any) -> VoidResult:
+    """void.lua ``{'voided', refund txid or '', balance, refunded, forfeited}``, ``{'marked',
+    attempts still open}`` or ``{status}`` (absent, changed, mismatch, untracked, not_run,
+    overflow)."""
+    status = text(reply[0])
+    if status == "voided":
+        return VoidResult(status, text(reply[1]), int(reply[3]))
+    return VoidResult(status)
 
 
 def lease(reply: Any) -> bool:

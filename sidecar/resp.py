@@ -100,6 +100,7 @@ class RespChannel:
         self.kw = connection_kwargs
         self.protocol: RespProtocol | None = None
         self._connecting: asyncio.Lock | None = None
+        self.writes = 0  # payloads handed to a connection (sidecar/autopipe.py: NotSent)
         # A socket path, or (host, port): also the key of the address's breaker.
         self._address: str | tuple[str, int] = self.kw.get("path") or (
             self.kw.get("host", "127.0.0.1"),
@@ -167,6 +168,7 @@ class RespChannel:
                         raise RedisConnectionError(f"Redis refused the connection: {e}") from e
                     except (OSError, TimeoutError) as e:
                         raise RedisConnectionError(f"cannot connect to Redis: {e}") from e
+        self.writes += 1  # before the write: a caller can tell whether its payload went out
         try:
             return await self._write(protocol, payload, count)
         except BaseException:

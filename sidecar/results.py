@@ -162,3 +162,14 @@ class RestoreCounts:
     keys: int
     idempotency: int
     usage: int
+
+
+@dataclass(frozen=True, slots=True)
+class VoidResult:
+    """What void.lua did with a void (sidecar/voids.py)."""
+
+    # voided (refunded and forgotten), marked (an attempt is still open or got its 200),
+    # absent, changed, mismatch, untracked, not_run, overflow (nothing changed)
+    status: str
+    transaction_id: str = ""  # voided: the refund's ('' when nothing was left to refund)
+    refunded: int = 0

@@ -27,6 +27,7 @@ NAMES = (
     "restore",
     "autotopup",
     "revoke",
+    "void",
 )
 STANDALONE = ("lease",)  # not prefixed with _lib.lua: they touch no ledger state
 
@@ -56,6 +57,7 @@ class Scripts:
     restore: AsyncScript
     autotopup: AsyncScript
     revoke: AsyncScript
+    void: AsyncScript
     lease: AsyncScript
 
     @classmethod

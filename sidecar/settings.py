@@ -149,7 +149,9 @@ class Settings(BaseSettings):
         le=10 * 366 * 86400,
         description="proxy modes: how long a request id answers a retry of the same request "
         "(key, method, URI, cost) as a replay, charged once; any other request with that id is "
-        "a conflict (409). Capped at retention_s; refunds are unaffected",
+        "a conflict (409). Capped at retention_s; refunds are unaffected. A check answered 503 "
+        "whose reply was lost is voided only while its record lasts: keep this well above "
+        "SIDECAR_REDIS_DEADLINE_S plus the Redis outages you expect",
     )
     redis_deadline_margin_ms: int = Field(
         500,
@@ -158,6 +160,15 @@ class Settings(BaseSettings):
         description="a script refuses a call this long before the caller gives up on it, so "
         "an answered 503 was never charged: covers clock skew between sidecar hosts and Redis "
         "plus a reply's way back (keep clocks NTP-synced)",
+    )
+    void_queue_max: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="checks answered 503 whose call may still have charged are voided once "
+        "Redis answers again (refunded unless a retry got its 200); at most this many wait in "
+        "memory per process (more are logged and dropped: those charges stay). A process that "
+        "dies loses its pending voids",
     )
     writer: Literal["process", "inline", "off"] = Field(
         "process",

@@ -76,6 +76,7 @@ from sidecar.ledger import (
 )
 from sidecar.units import MAX_CREDITS
 
+MAX_ATTEMPTS = 16  # attempts an idempotency record lists (lua/_lib.lua)
 NEVER = 999_999_999_999_999
 MAX_TTL_MS = 366 * 86_400_000
 INT32 = 2**31
@@ -251,8 +252,9 @@ class ModelAccount:
     buckets: dict[str, ModelBucket] = field(default_factory=dict)
     holds: dict[str, ModelHold] = field(default_factory=dict)
     deadlines: dict[str, int] = field(default_factory=dict)  # "b:<id>" / "h:<id>" -> ms
-    # key -> tx, cost, bal, request digest
-    idempotency: dict[str, tuple[str, int, int, str]] = field(default_factory=dict)
+    # key -> tx, cost, bal, request digest, attempts that took effect through it (each call
+    # carries an attempt token, lua/deduct.lua; the store lists at most MAX_ATTEMPTS)
+    idempotency: dict[str, tuple[str, int, int, str, int]] = field(default_factory=dict)
     usages: dict[str, ModelUsage] = field(default_factory=dict)
 
     @property
@@ -611,9 +613,10 @@ class LedgerModel:
         fp = request_fp("", "", description, meta, "")
         prior = a.idempotency.get(idempotency_key) if cost > 0 else None
         if prior is not None:
-            tx, prior_cost, bal, prior_fp = prior
+            tx, prior_cost, bal, prior_fp, attempts = prior
             if prior_cost != cost or prior_fp != fp:
                 raise IdempotencyConflict(f"idempotency_key {idempotency_key} was already used")
+            a.idempotency[idempotency_key] = (tx, cost, bal, fp, attempts + 1)
             return Allowed(tx, bal, cost, True, False)
         wait, new_tat = self._rate_check(a)
         if wait > 0:
@@ -648,7 +651,7 @@ class LedgerModel:
                 "fp": fp,
             },
         )
-        a.idempotency[idempotency_key] = (self._txid, cost, after, fp)
+        a.idempotency[idempotency_key] = (self._txid, cost, after, fp, 1)
         a.usages[self._txid] = ModelUsage(cost, alloc, short)
         low = a.lbt is not None and before >= a.lbt and after < a.lbt
         return Allowed(self._txid, after, cost, False, low)
@@ -939,7 +942,8 @@ class LedgerModel:
             due=min(a.deadlines.values()) if a.deadlines else None,
             idempotency={
                 k: {"tx": tx, "cost": cost, "bal": bal, "fp": fp}
-                for k, (tx, cost, bal, fp) in a.idempotency.items()
+                | ({"at": n} if n <= MAX_ATTEMPTS else {"at": MAX_ATTEMPTS, "ax": 1})
+                for k, (tx, cost, bal, fp, n) in a.idempotency.items()
             },
             usages={tx: u.record() for tx, u in a.usages.items()},
         )

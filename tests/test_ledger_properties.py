@@ -232,6 +232,10 @@ sequences = st.builds(
 # -- reading the store ------------------------------------------------------------------
 
 
+def _count_attempts(record: dict[str, Any]) -> dict[str, Any]:
+    return record | {"at": len(record["at"])} if "at" in record else record
+
+
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
@@ -291,7 +295,8 @@ def _account(
         holds={f: json.loads(v) for f, v in _text_dict(raw[3]).items()},
         due=None if raw[4] is None else int(raw[4]),
         idempotency={
-            key.removeprefix(idempotency_prefix): json.loads(v)
+            # attempt tokens are random: compared by how many there are
+            key.removeprefix(idempotency_prefix): _count_attempts(json.loads(v))
             for key, v in records.items()
             if key.startswith(idempotency_prefix)
         },

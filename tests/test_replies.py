@@ -29,6 +29,7 @@ from sidecar.results import (
     RestoreCounts,
     Revoked,
     RevokeResult,
+    VoidResult,
     new_allowed,
 )
 
@@ -147,6 +148,15 @@ def test_the_small_replies(wire: Any) -> None:
     assert replies.restore(wire([1, 2, 3, 4, 5])) == RestoreCounts(1, 2, 3, 4, 5)
     assert replies.lease(1) is True
     assert replies.lease(0) is False
+
+
+@both
+def test_a_void_reads_its_refund_only_when_it_voided(wire: Any) -> None:
+    assert replies.void(wire(["voided", "tx_9", 100, 5, 0])) == VoidResult("voided", "tx_9", 5)
+    assert replies.void(wire(["voided", "", 100, 0, 0])) == VoidResult("voided", "", 0)
+    assert replies.void(wire(["marked", 1])) == VoidResult("marked")
+    for status in ("absent", "changed", "mismatch", "untracked", "not_run", "overflow"):
+        assert replies.void(wire([status])) == VoidResult(status)
 
 
 def test_the_fast_allowed_is_an_ordinary_allowed() -> None:

@@ -106,6 +106,7 @@ def create_app(
         try:
             yield
         finally:
+            await ledger.voids.drain(2.0)  # pending voids: sent if Redis answers by then
             ledger.close()
             await client.aclose()
             if embedded_client is not None:

@@ -185,8 +185,10 @@ async def check_story_coverage(engine: AsyncEngine) -> None:
 
 
 async def redis_state(redis: RedisClient, keys: KeySpace) -> dict[bytes, Any]:
-    """Every key and its content, without the streams (outbox, events: not restored) and the
-    rate limiters' TATs (tat, kt:<key>, rt:<route> in the account hashes: they start fresh)."""
+    """Every key and its content, without the streams (outbox, events: not restored), the
+    rate limiters' TATs (tat, kt:<key>, rt:<route> in the account hashes: they start fresh) and
+    the attempt tokens of idempotency records (at: kept by no SQL row, a restored record is
+    never voided, see lua/void.lua; a replay adds its own)."""
     prefix = keys.account_prefix(0).encode()
     out: dict[bytes, Any] = {}
     everything: dict[bytes, Any] = await redis_snapshot(redis)
@@ -200,6 +202,9 @@ async def redis_state(redis: RedisClient, keys: KeySpace) -> dict[bytes, Any]:
                 for f, v in value.items()
                 if f != b"tat" and not f.startswith(EPHEMERAL_PREFIXES)
             }
+        if kind == "string" and b":i:" in key:  # an idempotency record (sidecar/keys.py)
+            assert isinstance(value, bytes)
+            value = {f: v for f, v in json.loads(value).items() if f != "at"}
         out[key] = (kind, value)
     return out
 
@@ -724,7 +729,7 @@ async def _roundtrip(redis_url: str, database_url: str, ops: list[Any]) -> None:
             if b":u:" in key:
                 tx = key.decode().rsplit("/", 1)[1]
             elif b":i:" in key:
-                tx = json.loads(value[1])["tx"]
+                tx = value[1]["tx"]
             if tx is not None and times[tx] + RETENTION_MS <= clock.now:
                 continue  # past the retention on the ledger's clock (Redis' TTL is real time)
             kept[key] = value

@@ -1,7 +1,8 @@
 """Upgrading in place from the previous script contract (tests/previous/): a Redis populated by
 the previous scripts, with its outbox entries not yet written to SQL, keeps working: old
-idempotency records still replay (by cost, all they bind), the writer takes the old entries,
-reconcile is clean, and rebuild restores the old records as they were."""
+idempotency records still replay (by cost, all they bind) and are never voided (they list no
+attempt tokens), the writer takes the old entries, reconcile is clean, and rebuild restores the
+old records as they were."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sidecar.ledger import Allowed, Ledger
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
 from sidecar.redis_client import RedisClient
+from sidecar.voids import Void, request_digest, send_void
 from tests.conftest import FakeClock
 from tests.persistence.test_writer import drain, make_writer
 
@@ -86,8 +88,9 @@ async def test_pending_previous_outbox_entries_reach_sql_and_rebuild_restores_th
         retention_ms=ledger.retention_ms,
     )
     after = {key: await redis.get(ledger.keys.idempotency("acme", key)) for key in ("r1", "r2")}
+    # restored as they were, but without attempt tokens (SQL keeps none): never voided
     assert {k: orjson.loads(v or b"") for k, v in after.items()} == {
-        k: orjson.loads(v or b"") for k, v in before.items()
+        k: {f: x for f, x in orjson.loads(v or b"").items() if f != "at"} for k, v in before.items()
     }
     r = await ledger.deduct("acme", 3, "r1", description="chat")
     assert isinstance(r, Allowed) and r.replayed and r.transaction_id == tx
@@ -139,3 +142,21 @@ async def test_a_clawback_of_the_previous_release_keeps_working_and_survives_reb
     await rebuild(redis, ledger.keys, engine, replace=True, now_ms=clock.now, retention_ms=ret)
     assert await clawbacks() == before
     assert (await ledger.balance("acme")).balance == 700
+
+
+async def test_a_record_of_the_previous_scripts_is_never_voided(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
+) -> None:
+    """It lists no attempts (the previous scripts had no tokens): one of them may have
+    delivered its 200, so a void of a lost replay of it keeps the charge, and a replay with a
+    token records nothing on it."""
+    tx = await populate(redis, ledger, clock)
+    key = ledger.keys.idempotency("acme", "r1")
+    before = await redis.get(key)
+    r = await ledger.deduct("acme", 3, "r1", description="chat")
+    assert isinstance(r, Allowed) and r.replayed and r.transaction_id == tx
+    assert await redis.get(key) == before
+    void = Void("acme", "r1", "t1", 3, request_digest("", "", "chat", "", ""), 0)
+    assert await send_void(ledger, void) == "kept"
+    assert await redis.get(key) == before
+    assert (await ledger.balance("acme")).balance == 97
