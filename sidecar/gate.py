@@ -78,11 +78,21 @@ class Gate:
         self.shadow = shadow
         self.replay_window_ms = replay_window_ms
         self.stats = GateStats()
+        # Every request header decide() reads, with the reason a bad one is refused for: the
+        # proxy layer passes decide() these only, each sent at most once (never "first wins").
+        self.headers_read: dict[str, str] = {
+            "Authorization": "invalid_header",
+            "X-API-Key": "invalid_header",
+            request_id_header: "invalid_header",
+        }
+        if trust_cost_header:
+            self.headers_read["X-Credits-Cost"] = "invalid_cost_header"
 
     async def decide(
         self, method: str, path: str, headers: Mapping[str, str], query: str = ""
     ) -> Outcome:
-        """``path`` is canonical (sidecar/paths.py); the proxy layer has checked the headers.
+        """``path`` is canonical (sidecar/paths.py); ``headers`` holds the ones named in
+        :attr:`headers_read` that were sent, each checked by the proxy layer, keyed as named there.
         ``query`` (raw) is part of what a replay must repeat, and is never stored."""
         return self._shadowed(await self._decide(method, path, headers, query))
 
