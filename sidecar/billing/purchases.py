@@ -236,17 +236,11 @@ async def grant_session(
                 description=f"{p.name} x{quantity} (Stripe event {event_id})",
             )
         except IdempotencyConflict:
-            # Granted before (another event, or the package as it was then): once is enough.
-            credits = await _bucket_credits(b, account, bucket, credits)
+            # Granted before (another event, or the package as it was then): once is enough,
+            # and the purchase holds what the bucket was granted, as the first grant recorded.
+            credits = await b.granted(account, bucket)
         except UnknownAccount:
             raise Permanent(f"account {account} does not exist") from None
         total += credits
         buckets.append(bucket)
     return total, buckets
-
-
-async def _bucket_credits(b: Billing, account: str, bucket: str, default: int) -> int:
-    for held in (await b.ledger.balance(account)).buckets:
-        if held.id == bucket:
-            return held.credits
-    return default

@@ -424,3 +424,34 @@ async def test_zero_and_three_decimal_currencies_use_their_own_minor_units(rig: 
     await rig.deliver(*rig.take_events())
     await rig.settle()
     assert await rig.balance("acme") == 750
+
+
+async def test_a_regrant_records_the_credits_its_bucket_was_granted_not_todays_package(
+    make_rig: MakeRig,
+) -> None:
+    """The session's bucket was granted 1,000 credits and spent; the package now gives 3,000.
+    A redelivered (or late async) event finds the bucket granted: the purchase keeps 1,000,
+    as the bucket and its SQL record say, so a full refund takes back 1,000 credits, not
+    3,000 (allow_negative: the spent ones become debt)."""
+    rig = await make_rig(refund_policy="allow_negative")
+    await rig.account("acme")
+    await rig.package()
+    session = await paid_session(rig)
+    await rig.webhook("checkout.session.completed", session, event_id="evt_first")
+    await rig.settle()
+    r = await rig.client.post(
+        "/v1/check",
+        json={"account": "acme", "cost": 1000, "idempotency_key": "all"},
+        headers=service(),
+    )
+    assert r.status == 200 and (await r.json())["balance"] == 0
+    await rig.package(credits=3000)
+    await rig.webhook("checkout.session.completed", session, event_id="evt_again")
+    await rig.settle()
+    purchase = await rig.billing.store.purchase(session["id"])
+    assert purchase is not None and (purchase["status"], purchase["credits"]) == ("paid", 1000)
+    assert await rig.balance("acme") == 0
+    rig.fake.refund(rig.fake.payment_intents[session["payment_intent"]]["latest_charge"])
+    await rig.deliver(*rig.take_events("charge.refunded"))
+    await rig.settle()
+    assert await rig.balance("acme") == -1000
