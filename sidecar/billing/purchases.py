@@ -107,9 +107,11 @@ async def setup_checkout(
 
 
 async def _customer_with(b: Billing, account: str, email: str | None) -> str:
-    """The account's Stripe customer; a new billing email is kept and given to Stripe."""
-    if email is not None and email != await b.store.billing_email(account):
-        await b.store.set_billing_email(account, email)
+    """The account's Stripe customer. A Checkout call's ``email`` is the caller's input: it
+    becomes the billing email (and the customer's at Stripe) only of an account that has
+    none. One set by an admin (PUT .../billing) or read from Stripe's record of a payment
+    (the session's ``customer_details.email``: see session_event) stays."""
+    if email is not None and await b.store.claim_billing_email(account, email) == email:
         existing = await b.store.customer(account)
         if existing:
             await b.stripe().set_customer_email(existing, email)
@@ -145,6 +147,7 @@ async def session_event(
     sid = session.get("id")
     if account is None or not isinstance(sid, str):
         return "ignored: the session names no account"
+    await _email_from_stripe(b, account, session)
     if session.get("mode") == "setup":
         return await _card_saved(b, account, session)
     now = b.clock()
@@ -180,6 +183,16 @@ async def session_event(
         if await topup.customer_acted(b, account, pm):
             done += f"; auto top-up uses {pm}"
     return done
+
+
+async def _email_from_stripe(b: Billing, account: str, session: dict[str, Any]) -> None:
+    """The email Stripe's Checkout recorded for the payer (``customer_details.email``, which
+    is the customer's at Stripe when the session has one) is the account's billing email from
+    now on: Stripe's object before what a caller once passed as ``email``."""
+    details = session.get("customer_details")
+    email = details.get("email") if isinstance(details, dict) else None
+    if isinstance(email, str) and email and email != await b.store.billing_email(account):
+        await b.store.set_billing_email(account, email)
 
 
 async def _card_saved(b: Billing, account: str, session: dict[str, Any]) -> str:

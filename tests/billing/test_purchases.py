@@ -455,3 +455,23 @@ async def test_a_regrant_records_the_credits_its_bucket_was_granted_not_todays_p
     await rig.deliver(*rig.take_events("charge.refunded"))
     await rig.settle()
     assert await rig.balance("acme") == -1000
+
+
+async def test_the_billing_email_comes_from_stripe_first_never_from_a_later_checkout_call(
+    rig: Rig,
+) -> None:
+    """A Checkout call's `email` (a caller's input) sets the email of an account without one
+    only; the email Stripe's Checkout recorded for the payer (customer_details.email) becomes
+    the account's: auto top-up receipts go there, not to an address a caller passed later."""
+    await rig.account("acme")
+    await rig.package()
+    session = await paid_session(rig, email="first@acme.test")
+    (customer,) = rig.fake.customers.values()
+    assert customer["email"] == "first@acme.test"
+    paid = session | {"customer_details": {"email": "payer@acme.test"}}
+    await rig.webhook("checkout.session.completed", paid)
+    await rig.settle()
+    assert await rig.billing.store.billing_email("acme") == "payer@acme.test"
+    await rig.checkout("acme", email="attacker@evil.test")
+    assert await rig.billing.store.billing_email("acme") == "payer@acme.test"
+    assert rig.fake.customers[customer["id"]]["email"] == "first@acme.test"
