@@ -26,7 +26,7 @@ from sidecar.ledger import MAX_CREDITS, Allowed, Insufficient, Ledger, RateLimit
 from sidecar.pricing import Pricing
 
 log = logging.getLogger(__name__)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 DESCRIPTION_MAX = 2048  # bytes, as lua/deduct.lua accepts
 
 FailurePolicy = Literal["fail_closed", "fail_open"]
@@ -124,8 +124,16 @@ class Gate:
                 problem = {"field": "X-Credits-Cost", "message": f"X-Credits-Cost {e}"}
                 return Outcome(400, "invalid_cost_header", extra=problem)
         request_id = headers.get(self.request_id_header, "")
-        if not _REQUEST_ID.match(request_id):
+        if not request_id:
             request_id = "gen-" + uuid.uuid4().hex  # no id from the proxy: no retry safety
+        elif not _REQUEST_ID.fullmatch(request_id):
+            # Never replaced by a fresh one: the client's retries would each be charged.
+            name = self.request_id_header
+            problem = {
+                "field": name,
+                "message": f"{name} must be 1-128 characters of [A-Za-z0-9._:-]",
+            }
+            return Outcome(400, "invalid_header", extra=problem)
         try:
             ident = await self.api_keys.resolve(key)
             if ident is None:

@@ -227,6 +227,25 @@ async def test_the_trusted_cost_header_takes_ascii_digits_only(
 
 
 @pytest.mark.parametrize("mode", MODES)
+async def test_a_request_id_that_cannot_be_used_is_a_400_not_a_fresh_id(
+    app: tuple[Client, str], redis: Any, mode: str
+) -> None:
+    """A fresh id in its place would charge each of the client's retries again."""
+    c, key = app
+    before = await snapshot(redis)
+    for bad in (b"x" * 129, b"a b", b"r/1", b"{uuid}", b"r\xc3\xa9"):
+        headers = [*key_header(key), ("X-Request-Id", bad)]
+        status, r = await ask(c, mode, "POST", b"/v1/images/a", headers)
+        assert (status, r.headers["x-credits-reason"]) == (400, "invalid_header"), bad
+        assert r.headers["x-credits-field"] == "X-Request-Id"
+    assert await snapshot(redis) == before
+    for _ in range(2):  # a usable one: the retry is charged once
+        headers = [*key_header(key), ("X-Request-Id", b"x" * 128)]
+        status, r = await ask(c, mode, "POST", b"/v1/images/a", headers)
+        assert (status, r.headers["x-credits-balance"]) == (200, "990")
+
+
+@pytest.mark.parametrize("mode", MODES)
 async def test_every_header_the_proxy_modes_read_is_a_400_naming_it_when_repeated(
     settings: Settings, tmp_path: Path, redis: Any, clock: FakeClock, mode: str
 ) -> None:
