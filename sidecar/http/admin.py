@@ -24,7 +24,7 @@ from sidecar import errors
 from sidecar.billing.store import BillingStore
 from sidecar.http.appkeys import BILLING, LEDGER
 from sidecar.http.errors import json_response
-from sidecar.http.routes import authorize, iso, path_id, query_int
+from sidecar.http.routes import authorize, iso, path_id, query_int, query_value
 from sidecar.http.schemas import ID
 from sidecar.ledger import MAX_TIMESTAMP_MS, store_call
 from sidecar.persistence.models import Account, CreditTransaction, from_ms, table_of, to_ms
@@ -67,6 +67,7 @@ def _only(request: web.Request, allowed: Collection[str]) -> None:
     for name in request.query:
         if name not in allowed:
             raise errors.InvalidInput(f"{name}: unknown query parameter", field=name)
+        query_value(request, name)  # each at most once
 
 
 def _int_param(

@@ -332,6 +332,27 @@ async def test_bad_query_parameters_are_422_naming_the_parameter(
     assert body["error"]["code"] == "invalid_request" and body["error"]["field"] == field
 
 
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/admin/accounts?limit=1&limit=1000", "limit"),
+        ("/v1/admin/accounts?prefix=a&prefix=b", "prefix"),
+        ("/v1/accounts/acme/transactions?type=usage&type=grant", "type"),
+        ("/v1/accounts/acme/usage?since=2027-01-15T00:00:00Z&since=0", "since"),
+        ("/v1/admin/outbox/dead-letters?count=1&count=1000", "count"),
+        ("/v1/admin/packages?active=true&active=false", "active"),
+    ],
+)
+async def test_a_query_parameter_given_twice_is_422_naming_it_not_first_wins(
+    client: Client, path: str, field: str
+) -> None:
+    await account(client, "acme", credits=1)
+    await to_sql(client)
+    body = await get(client, path, 422)
+    assert body["error"]["code"] == "invalid_request" and body["error"]["field"] == field
+    assert "more than once" in body["error"]["message"]
+
+
 READ_ROUTES = [
     "/v1/admin/accounts",
     "/v1/accounts/acme/transactions",
