@@ -10,6 +10,9 @@ So each connection goes through a thin protocol of ours (:class:`Guard`) that
   ``SIDECAR_HTTP_HEADER_TIMEOUT_S`` of connecting, or of its first byte after a response;
 - closes one whose request body has not arrived within ``SIDECAR_HTTP_BODY_TIMEOUT_S`` of its
   head (the middleware below reads every body first, under that clock);
+- reads at most ``SIDECAR_HTTP_LARGE_BODY_BYTES`` of bodies above the app's 64 KiB bound (a
+  route marked with :func:`body_limit`) at once: one that would pass it gets 503 and
+  Retry-After before it is read;
 - keeps at most ``SIDECAR_HTTP_MAX_CONNECTIONS`` open: at the limit a new connection takes the
   place of the one that has waited longest for its request head (answered 503), else of the
   longest idle keep-alive one; if every connection has a request under way, the new one is
@@ -57,6 +60,7 @@ class Limits:
     body_timeout_s: float = 10.0
     keepalive_timeout_s: float = 75.0
     max_connections: int = 1000
+    large_body_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
@@ -65,6 +69,7 @@ class Limits:
             body_timeout_s=settings.http_body_timeout_s,
             keepalive_timeout_s=settings.http_keepalive_timeout_s,
             max_connections=settings.http_max_connections,
+            large_body_bytes=settings.http_large_body_bytes,
         )
 
 
@@ -173,6 +178,7 @@ class Guard:
         self.refused = 0  # statistics: connections answered 503 at once, ...
         self.evicted = 0  # ... closed to make room for a new one, ...
         self.timed_out = 0  # ... closed by a timeout
+        self.large_bodies = 0  # bytes reserved by requests with a large body under way
         self._sweeper: asyncio.Task[None] | None = None
 
     def protocol(self) -> _Connection:
@@ -209,6 +215,14 @@ class Guard:
 
     def forget(self, conn: _Connection) -> None:
         self.connections.pop(conn, None)
+
+    def reserve_large_body(self, size: int) -> bool:
+        """Room for a body larger than the app's default bound, within
+        ``large_body_bytes`` (one body is always let in, whatever its size)."""
+        if self.large_bodies and self.large_bodies + size > self.limits.large_body_bytes:
+            return False
+        self.large_bodies += size
+        return True
 
     def start(self) -> None:
         self._sweeper = self.loop.create_task(self._sweep(), name="http-connection-sweep")
@@ -263,15 +277,32 @@ async def body_first(request: web.Request, handler: Handler) -> web.StreamRespon
     servers) the body is read all the same, without a clock. A route marked with
     :func:`body_limit` is read up to its own bound."""
     limit = getattr(request.match_info.handler, "body_limit", None)
+    bound = 0
     if limit is not None:
-        request = request.clone(client_max_size=limit(request.app))
+        bound = limit(request.app)
+        request = request.clone(client_max_size=bound)
     conn = _connection(request)
     if conn is None:
         if request.body_exists and (failed := await _read_body(request)) is not None:
             return failed
         return await handler(request)
     loop = conn.guard.loop
+    reserved = 0
     try:
+        if bound and request.body_exists:
+            # Unauthenticated (Stripe's signature is checked once the body is in): without a
+            # budget, every connection could hold a body of the route's bound at once.
+            need = min(request.content_length or bound, bound)
+            if not conn.guard.reserve_large_body(need):
+                response = error_response(
+                    503,
+                    "busy",
+                    "too many large request bodies under way; retry",
+                    headers={"Retry-After": "1"},
+                )
+                response.force_close()
+                return response
+            reserved = need
         if request.body_exists:
             conn.state, conn.since, conn.body = _BODY, loop.time(), request.content
             try:
@@ -283,6 +314,7 @@ async def body_first(request: web.Request, handler: Handler) -> web.StreamRespon
         conn.state = _BUSY
         return await handler(request)
     finally:
+        conn.guard.large_bodies -= reserved
         conn.state, conn.since = _IDLE, loop.time()
 
 

@@ -236,6 +236,50 @@ async def test_bodies_abandoned_mid_way_are_freed_without_the_cyclic_gc(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.parametrize("limits", [Limits(large_body_bytes=6_000_000)])
+async def test_large_bodies_beyond_the_budget_are_answered_503_before_they_are_read(
+    served: Served,
+) -> None:
+    """Stripe's webhook takes bodies up to 5 MiB before its signature can be checked: a client
+    announcing one while another is under way (6 MB budget) is told to come back at once,
+    not buffered; once the first is gone, there is room again."""
+    head = (
+        b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5000000\r\n\r\n"
+    )
+
+    async def announce() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(head + b"{" * 1000)
+        await writer.drain()
+        return reader, writer
+
+    _, first = await announce()
+    for _ in range(100):
+        if served.guard.large_bodies:
+            break
+        await asyncio.sleep(0.02)
+    assert served.guard.large_bodies == 5_000_000
+    reader, second = await announce()
+    answer = await asyncio.wait_for(reader.readuntil(b"}}"), 10)  # the JSON error's end
+    assert answer.startswith(b"HTTP/1.1 503 "), answer[:100]
+    assert b"retry-after: 1" in answer.lower() and b'"code":"busy"' in answer
+    second.close()
+    first.transport.abort()
+    for _ in range(100):
+        if not served.guard.large_bodies:
+            break
+        await asyncio.sleep(0.02)
+    assert served.guard.large_bodies == 0
+    _, third = await announce()
+    for _ in range(100):
+        if served.guard.large_bodies:
+            break
+        await asyncio.sleep(0.02)
+    assert served.guard.large_bodies == 5_000_000
+    third.transport.abort()
+
+
 @pytest.mark.slow
 async def test_a_flood_of_slow_connections_does_not_take_serve_away_from_other_clients(
     tmp_path: Path,
