@@ -214,11 +214,12 @@ def _wants_csv(request: web.Request, fmt: str | None) -> bool:
     return any(part.split(";")[0].strip() == "text/csv" for part in accept.split(","))
 
 
-def _csv_cell(name: str, value: Any) -> Any:
+def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
-    # Free text opened in a spreadsheet must not run as a formula (OWASP: CSV injection).
-    if name == "description" and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    # Text opened in a spreadsheet must not run as a formula (OWASP: CSV injection): the
+    # description, and the ids a client chooses (its request id is the idempotency key).
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
 
@@ -228,7 +229,7 @@ def _csv_response(account: str, rows: list[dict[str, Any]], nxt: int | None) -> 
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(TRANSACTION_FIELDS)
     for row in rows:
-        writer.writerow([_csv_cell(f, row[f]) for f in TRANSACTION_FIELDS])
+        writer.writerow([_csv_cell(row[f]) for f in TRANSACTION_FIELDS])
     headers = {"Content-Disposition": f'attachment; filename="{account}-transactions.csv"'}
     if nxt is not None:
         headers["X-Next-Before"] = str(nxt)
