@@ -30,6 +30,7 @@ from sidecar.errors import (
     UnknownAccount,
     UnknownPackage,
 )
+from sidecar.ledger import MAX_CREDITS
 
 PAID = ("paid", "no_payment_required")
 
@@ -56,12 +57,20 @@ async def checkout(
     gateway = b.stripe()
     await b.ledger.balance(account)  # UnknownAccount before anything is created at Stripe
     line_items = []
+    total = 0
     for item in items:
         p = await b.store.package(item.package_id)
         if p is None or not p.active:
             raise UnknownPackage(f"no active package {item.package_id}", field="package_id")
         if not p.stripe_price_id:
             raise InvalidInput(f"package {p.id} has no Stripe price", field="package_id")
+        # Refused now, not once paid: a grant above the ledger's bound would fail after the
+        # customer's money was taken.
+        total += p.credits * item.quantity
+        if total > MAX_CREDITS:
+            raise InvalidInput(
+                f"the purchase would grant more than {MAX_CREDITS} credits", field="quantity"
+            )
         line_items.append({"price": p.stripe_price_id, "quantity": item.quantity})
     async with _stripe_call():
         customer = await _customer_with(b, account, email)

@@ -475,3 +475,21 @@ async def test_the_billing_email_comes_from_stripe_first_never_from_a_later_chec
     await rig.checkout("acme", email="attacker@evil.test")
     assert await rig.billing.store.billing_email("acme") == "payer@acme.test"
     assert rig.fake.customers[customer["id"]]["email"] == "first@acme.test"
+
+
+async def test_a_checkout_that_would_grant_more_than_the_ledger_holds_is_refused_before_stripe(
+    rig: Rig,
+) -> None:
+    """Refused at checkout, not once paid: the grant would fail after the money was taken."""
+    await rig.account("acme")
+    await rig.package(credits=10**13)
+    body = {
+        "account": "acme",
+        "items": [{"package_id": "starter", "quantity": 1000}],
+        "success_url": "https://app.test/ok",
+        "cancel_url": "https://app.test/no",
+    }
+    r = await rig.client.post("/v1/checkout", json=body, headers=admin())
+    assert r.status == 422, await r.text()
+    assert (await r.json())["error"]["field"] == "quantity"
+    assert rig.fake.sessions == {}
