@@ -109,15 +109,28 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """The classic line, with `` request_id=…`` appended inside a request."""
+    """The classic line, with `` request_id=…`` appended inside a request. Control characters
+    of the message are escaped (``\\n`` → ``\\x0a``): a client's path, decoded from ``%0A``,
+    would otherwise start a line of its own, a forged log entry (the JSON lines escape it)."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _CONTROL.sub(_escaped, record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         request_id = REQUEST_ID.get()
         return line if request_id is None else f"{line} request_id={request_id}"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escaped(m: re.Match[str]) -> str:
+    return f"\\x{ord(m.group()):02x}"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -189,3 +189,17 @@ def test_auto_format_is_text_on_a_terminal_and_json_otherwise() -> None:
     assert logs.use_json("auto", io.StringIO()) is True
     assert logs.use_json("text", io.StringIO()) is False
     assert logs.use_json("json", Tty()) is True
+
+
+def test_a_text_line_cannot_be_split_by_a_clients_control_characters() -> None:
+    """A path decoded from %0A (the access log's) would forge a line of its own."""
+    forged = "GET /v1/a\n2026-01-01 ERROR sidecar: forged\r\x1b[2J 200"
+    line = logs.TextFormatter().format(record(forged))
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert "/v1/a\\x0a2026-01-01 ERROR sidecar: forged\\x0d\\x1b[2J 200" in line
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        r = record("failed")
+        r.exc_info = sys.exc_info()
+    assert "\nValueError: boom" in logs.TextFormatter().format(r)  # tracebacks keep their lines
