@@ -43,6 +43,7 @@ class Outcome:
     transaction_id: str = ""
     retry_after_ms: int | None = None
     shadow_status: int | None = None  # shadow mode: the status it would have had
+    replayed: bool = False  # allowed as the replay of an earlier request (charged then)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -168,7 +169,13 @@ class Gate:
             return Outcome(503, "store_unavailable")
         if isinstance(r, Allowed):
             return Outcome(
-                200, "allowed", ident.account, r.balance, r.cost, transaction_id=r.transaction_id
+                200,
+                "allowed",
+                ident.account,
+                r.balance,
+                r.cost,
+                transaction_id=r.transaction_id,
+                replayed=r.replayed,
             )
         if isinstance(r, Insufficient):
             return Outcome(

@@ -10,7 +10,8 @@
   ``X-Forwarded-Method`` / ``X-Forwarded-Uri``; 2xx allows; a deny reaches the client as is.
 
 On allow every mode returns ``X-Credits-Account``, ``X-Credits-Balance``,
-``X-Credits-Cost`` and ``X-Credits-Transaction`` for the proxy to pass upstream.
+``X-Credits-Cost``, ``X-Credits-Transaction`` and ``X-Credits-Replayed`` (``true`` when the
+request id repeated an earlier request, charged then) for the proxy to pass upstream.
 
 Every mode reads its input here, once, before the gate: the method must be an HTTP token,
 the URI is reduced to its canonical path (sidecar/paths.py) or refused, and the headers read
@@ -55,6 +56,10 @@ def outcome_headers(o: Outcome) -> dict[str, str]:
         h["X-Credits-Cost"] = str(o.cost)
     if o.transaction_id:
         h["X-Credits-Transaction"] = o.transaction_id
+        # The request id matched an earlier request's (same key, method, URI, query, cost):
+        # charged then, not now. Nothing the sidecar sees tells two bodies apart, so your API
+        # should answer a replay as it answered the first, not do the work again.
+        h["X-Credits-Replayed"] = "true" if o.replayed else "false"
     if o.retry_after_ms is not None:
         h["Retry-After"] = str(math.ceil(o.retry_after_ms / 1000))
     if o.shadow_status is not None:

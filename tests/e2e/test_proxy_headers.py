@@ -29,6 +29,7 @@ SIDECAR_NAMES = [
     "X-Credits-Balance",
     "X-Credits-Cost",
     "X-Credits-Transaction",
+    "X-Credits-Replayed",
     "X-Credits-Reason",
     "X-Credits-Deny-Status",
     "X-Credits-Field",
@@ -57,7 +58,8 @@ async def test_a_clients_own_credit_headers_reach_neither_the_sidecar_nor_the_ap
     got = {k.lower(): v for k, v in seen["headers"].items()}
     assert got["x-credits-cost"] == "10" and got["x-credits-account"] == "rich"
     assert got["x-credits-balance"] == "990" and got["x-credits-transaction"].startswith("tx_")
-    for name in SIDECAR_NAMES[4:]:
+    assert got["x-credits-replayed"] == "false"
+    for name in SIDECAR_NAMES[5:]:
         assert name.lower() not in got, name
 
 
@@ -122,3 +124,23 @@ async def test_the_auth_request_carries_no_client_credit_headers_and_an_empty_an
     for k, v in seen["headers"].items():
         if k.lower().startswith("x-credits-"):  # Caddy 2.6 sets a missing one to its placeholder
             assert v != LIES.get(k), (k, v)
+
+
+async def test_a_replay_reaches_the_api_marked_as_one_whatever_its_body(
+    running: Running,  # noqa: F811
+) -> None:
+    """The same request id on the same request is charged once; the sidecar never sees the
+    body, so the API learns which one is the replay (same transaction) and must not redo
+    the work for a different body."""
+    s = running.stack
+    headers = {"X-API-Key": s.rich_key, "X-Request-Id": "again-1"}
+    url = f"http://127.0.0.1:{running.port}/v1/images/a"
+    async with aiohttp.ClientSession() as http:
+        for prompt in (b"a cat", b"a different, dearer prompt"):
+            async with http.post(url, data=prompt, headers=headers) as r:
+                assert r.status == 200, await r.text()
+        async with http.get(f"{s.sidecar_url}/v1/accounts/rich/balance", headers=admin()) as b:
+            assert (await b.json())["balance"] == 990  # charged once
+    first, again = ({k.lower(): v for k, v in x["headers"].items()} for x in s.received)
+    assert (first["x-credits-replayed"], again["x-credits-replayed"]) == ("false", "true")
+    assert first["x-credits-transaction"] == again["x-credits-transaction"]

@@ -196,7 +196,13 @@ async def test_a_retry_with_the_same_request_id_is_charged_once(
     first = await proxy_model.check(c, "GET", "/v1/things", h)
     again = await proxy_model.check(c, "GET", "/v1/things", h)
     assert first.allowed and again.allowed
-    assert again.upstream_headers == first.upstream_headers
+    # The same charge; the retry is marked as one, for the API not to redo the work.
+    replayed = {k: v for k, v in again.upstream_headers.items() if k != "X-Credits-Replayed"}
+    assert replayed == {
+        k: v for k, v in first.upstream_headers.items() if k != "X-Credits-Replayed"
+    }
+    assert first.upstream_headers["X-Credits-Replayed"] == "false"
+    assert again.upstream_headers["X-Credits-Replayed"] == "true"
 
 
 async def test_denials_reach_the_client_with_status_json_and_headers(
@@ -230,6 +236,7 @@ CREDIT_HEADERS = [
     "X-Credits-Balance",
     "X-Credits-Cost",
     "X-Credits-Transaction",
+    "X-Credits-Replayed",
     "X-Credits-Reason",
     "X-Credits-Deny-Status",
     "X-Credits-Field",
