@@ -33,6 +33,7 @@ from typing import Literal
 import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 
@@ -78,6 +79,27 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         logging.getLogger(name).setLevel(chosen)
     for name in QUIET:
         logging.getLogger(name).setLevel(max(chosen, logging.WARNING))
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrors) for f in server.filters):
+        server.addFilter(ClientErrors())
+
+
+class ClientErrors(logging.Filter):
+    """aiohttp logs a request it cannot parse (a malformed chunk, a line too long) at ERROR
+    with a traceback: the client's fault, not ours, and any client could fill the logs with
+    them. Each becomes one INFO line naming the problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 500) < 500:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = (
+                "refused a malformed request (%s): %s",
+                (exc.code, exc.message),
+            )
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def _iso(created: float) -> str:
