@@ -148,11 +148,14 @@ class TextFormatter(logging.Formatter):
         return line if request_id is None else f"{line} request_id={request_id}"
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL and C1 controls, and the Unicode line and paragraph separators: all break a line
+# for some reader (str.splitlines() splits at \x85, \u2028 and \u2029 too).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _escaped(m: re.Match[str]) -> str:
-    return f"\\x{ord(m.group()):02x}"
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -196,6 +196,8 @@ def test_a_text_line_cannot_be_split_by_a_clients_control_characters() -> None:
     forged = "GET /v1/a\n2026-01-01 ERROR sidecar: forged\r\x1b[2J 200"
     line = logs.TextFormatter().format(record(forged))
     assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    for breaker in ("\x85", "\u2028", "\u2029"):  # lines to str.splitlines() too
+        assert len(logs.TextFormatter().format(record(f"a{breaker}b")).splitlines()) == 1
     assert "/v1/a\\x0a2026-01-01 ERROR sidecar: forged\\x0d\\x1b[2J 200" in line
     try:
         raise ValueError("boom")
