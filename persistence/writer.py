@@ -455,7 +455,14 @@ class OutboxWriter:
 
 async def outbox_status(redis: RedisClient, keys: KeySpace, now_ms: int) -> list[dict[str, Any]]:
     """Per shard: stream length, entries not yet written (pending + undelivered), the age of
-    the oldest unwritten entry (the writer's lag), and dead letters."""
+    the oldest unwritten entry (the writer's lag), and dead letters.
+
+    ``unwritten`` is exactly the entries still in the stream that the writer has not
+    acknowledged: pending ones (read, not yet written) that still exist, and those after the
+    group's last-delivered id, each counted once. Redis's own numbers are not that: its
+    pending count keeps entries deleted from the stream, a group moved back (XGROUP SETID,
+    to replay) has its pending entries after that id as well, and its ``lag`` counts entries
+    trimmed away after the last-delivered id."""
     out = []
     for shard in range(keys.shards):
         stream = keys.outbox(shard)
@@ -468,16 +475,20 @@ async def outbox_status(redis: RedisClient, keys: KeySpace, now_ms: int) -> list
             groups = [g for g in await redis.xinfo_groups(stream) if _s(g["name"]) == GROUP]
         if groups:
             g = groups[0]
-            pending = int(g["pending"])
             last = _s(g["last-delivered-id"])
-            if pending:
-                summary: Any = await redis.xpending(stream, GROUP)
-                oldest = _s(summary["min"])
+            if int(g["pending"]):
+                pending, oldest = await _pending_in_stream(redis, stream, last, int(g["pending"]))
             after: Any = await redis.xrange(stream, min=f"({last}", count=1)
-            if after and oldest is None:
-                oldest = _s(after[0][0])
-            lag = g.get("lag")
-            undelivered = int(lag) if lag is not None else await _count_after(redis, stream, last)
+            if after:
+                oldest = oldest or _s(after[0][0])
+                before: Any = await redis.xrevrange(stream, max=last, count=1)
+                lag = g.get("lag")
+                if not before:  # trimmed up to past the last-delivered id: all are after it
+                    undelivered = length
+                elif lag is not None:  # exact while no entry after that id was removed
+                    undelivered = int(lag)
+                else:  # Redis cannot tell (an entry deleted, the id moved back)
+                    undelivered = await _count_after(redis, stream, last)
         else:
             undelivered = length
             first: Any = await redis.xrange(stream, count=1)
@@ -499,9 +510,35 @@ async def outbox_status(redis: RedisClient, keys: KeySpace, now_ms: int) -> list
     return out
 
 
+_PEL_CHECKED = 10_000  # pending entries looked up one by one (a writer has a batch or two)
+
+
+async def _pending_in_stream(
+    redis: RedisClient, stream: str, last: str, total: int
+) -> tuple[int, str | None]:
+    """The pending entries up to ``last`` that the stream still holds, and the oldest."""
+    pel: Any = await redis.xpending_range(stream, GROUP, "-", last, _PEL_CHECKED)
+    ids = [_s(p["message_id"]) for p in pel]
+    if not ids:
+        return 0, None
+    pipe = redis.pipeline(transaction=False)
+    for entry_id in ids:
+        pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
+    present = [i for i, found in zip(ids, await pipe.execute(), strict=True) if found]
+    # Beyond the ones looked up: taken as present (only a huge backlog has any).
+    rest = max(0, total - len(ids)) if len(ids) == _PEL_CHECKED else 0
+    return len(present) + rest, present[0] if present else None
+
+
 async def _count_after(redis: RedisClient, stream: str, last: str) -> int:
-    entries: Any = await redis.xrange(stream, min=f"({last}", count=1_000_000)
-    return len(entries)
+    """Entries after ``last``, read in pages (Redis's lag is unknown)."""
+    n, start = 0, f"({last}"
+    while True:
+        page: Any = await redis.xrange(stream, min=start, count=10_000)
+        n += len(page)
+        if len(page) < 10_000:
+            return n
+        start = f"({_s(page[-1][0])}"
 
 
 def stats_dict(stats: WriterStats) -> dict[str, Any]:

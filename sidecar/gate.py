@@ -27,7 +27,7 @@ from sidecar.pricing import Pricing
 from sidecar.units import MAX_CREDITS
 
 log = logging.getLogger(__name__)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 DESCRIPTION_MAX = 2048  # bytes, as lua/deduct.lua accepts
 
 FailurePolicy = Literal["fail_closed", "fail_open"]
@@ -44,6 +44,7 @@ class Outcome:
     transaction_id: str = ""
     retry_after_ms: int | None = None
     shadow_status: int | None = None  # shadow mode: the status it would have had
+    replayed: bool = False  # allowed as the replay of an earlier request (charged then)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -79,11 +80,21 @@ class Gate:
         self.shadow = shadow
         self.replay_window_ms = replay_window_ms
         self.stats = GateStats()
+        # Every request header decide() reads, with the reason a bad one is refused for: the
+        # proxy layer passes decide() these only, each sent at most once (never "first wins").
+        self.headers_read: dict[str, str] = {
+            "Authorization": "invalid_header",
+            "X-API-Key": "invalid_header",
+            request_id_header: "invalid_header",
+        }
+        if trust_cost_header:
+            self.headers_read["X-Credits-Cost"] = "invalid_cost_header"
 
     async def decide(
         self, method: str, path: str, headers: Mapping[str, str], query: str = ""
     ) -> Outcome:
-        """``path`` is canonical (sidecar/paths.py); the proxy layer has checked the headers.
+        """``path`` is canonical (sidecar/paths.py); ``headers`` holds the ones named in
+        :attr:`headers_read` that were sent, each checked by the proxy layer, keyed as named there.
         ``query`` (raw) is part of what a replay must repeat, and is never stored."""
         return self._shadowed(await self._decide(method, path, headers, query))
 
@@ -115,8 +126,16 @@ class Gate:
                 problem = {"field": "X-Credits-Cost", "message": f"X-Credits-Cost {e}"}
                 return Outcome(400, "invalid_cost_header", extra=problem)
         request_id = headers.get(self.request_id_header, "")
-        if not _REQUEST_ID.match(request_id):
+        if not request_id:
             request_id = "gen-" + uuid.uuid4().hex  # no id from the proxy: no retry safety
+        elif not _REQUEST_ID.fullmatch(request_id):
+            # Never replaced by a fresh one: the client's retries would each be charged.
+            name = self.request_id_header
+            problem = {
+                "field": name,
+                "message": f"{name} must be 1-128 characters of [A-Za-z0-9._:-]",
+            }
+            return Outcome(400, "invalid_header", extra=problem)
         try:
             ident = await self.api_keys.resolve(key)
             if ident is None:
@@ -154,7 +173,13 @@ class Gate:
             return Outcome(503, "store_unavailable")
         if isinstance(r, Allowed):
             return Outcome(
-                200, "allowed", ident.account, r.balance, r.cost, transaction_id=r.transaction_id
+                200,
+                "allowed",
+                ident.account,
+                r.balance,
+                r.cost,
+                transaction_id=r.transaction_id,
+                replayed=r.replayed,
             )
         if isinstance(r, Insufficient):
             return Outcome(

@@ -56,6 +56,12 @@ class KeySpace:
             holds=f"{t}:h:{account}",
         )
 
+    @staticmethod
+    def bucket_meta_field(bucket_id: str) -> str:
+        """The account hash's field holding a bucket's static record (lua/_lib.lua
+        add_bucket): kept for good, also once the bucket is spent or expired."""
+        return f"m:{bucket_id}"
+
     def account_prefix(self, shard: int) -> str:
         """What every account hash name of ``shard`` starts with (for scans)."""
         return f"{self._tag(shard)}:a:"

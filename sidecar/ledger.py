@@ -422,6 +422,17 @@ class Ledger:
         """Processes the account's due deadlines; returns how many transactions that wrote."""
         return replies.expire(await self.run_script(self.scripts.expire, account, [], []))
 
+    async def granted_credits(self, account: str, bucket_id: str) -> int | None:
+        """What the bucket was granted (its record, which SQL mirrors), also once it is spent
+        or expired; None if the account never had it."""
+        raw = await store_call(
+            self.redis.hget(
+                self.keys.for_account(account).account, self.keys.bucket_meta_field(bucket_id)
+            ),
+            self.deadline_s,
+        )
+        return None if raw is None else int(orjson.loads(raw)["credits"])
+
     async def sweep(self, limit: int = 500) -> int:
         """One pass of the expiry sweep over every shard; returns transactions written."""
         now = self.clock()

@@ -32,6 +32,7 @@ from typing import Literal
 import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 
@@ -79,6 +80,27 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         logging.getLogger(name).setLevel(chosen)
     for name in QUIET:
         logging.getLogger(name).setLevel(max(chosen, logging.WARNING))
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrors) for f in server.filters):
+        server.addFilter(ClientErrors())
+
+
+class ClientErrors(logging.Filter):
+    """aiohttp logs a request it cannot parse (a malformed chunk, a line too long) at ERROR
+    with a traceback: the client's fault, not ours, and any client could fill the logs with
+    them. Each becomes one INFO line naming the problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 500) < 500:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = (
+                "refused a malformed request (%s): %s",
+                (exc.code, exc.message),
+            )
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -105,15 +127,31 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """The classic line, with `` request_id=…`` appended inside a request."""
+    """The classic line, with `` request_id=…`` appended inside a request. Control characters
+    of the message are escaped (``\\n`` → ``\\x0a``): a client's path, decoded from ``%0A``,
+    would otherwise start a line of its own, a forged log entry (the JSON lines escape it)."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _CONTROL.sub(_escaped, record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         request_id = REQUEST_ID.get()
         return line if request_id is None else f"{line} request_id={request_id}"
+
+
+# C0, DEL and C1 controls, and the Unicode line and paragraph separators: all break a line
+# for some reader (str.splitlines() splits at \x85, \u2028 and \u2029 too).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

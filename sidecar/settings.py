@@ -124,6 +124,14 @@ class Settings(BaseSettings):
         "one waiting longest for its request head, else the longest idle one, else is "
         "answered 503 and closed",
     )
+    http_large_body_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        le=4 * 1024 * 1024 * 1024,
+        description="`serve`: bytes of request bodies above 64 KiB (Stripe's webhooks) read at "
+        "once per process; a body that would pass it is answered 503 with Retry-After before "
+        "it is read (at least one body of the route's own bound is always let in)",
+    )
     access_log: bool = Field(False, description="log every request (off: keeps the hot path lean)")
     pricing_file: Path | None = Field(
         None, description="TOML route-cost rules; unset = every route costs 1"

@@ -190,3 +190,55 @@ def test_auto_format_is_text_on_a_terminal_and_json_otherwise() -> None:
     assert logs.use_json("auto", io.StringIO()) is True
     assert logs.use_json("text", io.StringIO()) is False
     assert logs.use_json("json", Tty()) is True
+
+
+def test_a_text_line_cannot_be_split_by_a_clients_control_characters() -> None:
+    """A path decoded from %0A (the access log's) would forge a line of its own."""
+    forged = "GET /v1/a\n2026-01-01 ERROR sidecar: forged\r\x1b[2J 200"
+    line = logs.TextFormatter().format(record(forged))
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    for breaker in ("\x85", "\u2028", "\u2029"):  # lines to str.splitlines() too
+        assert len(logs.TextFormatter().format(record(f"a{breaker}b")).splitlines()) == 1
+    assert "/v1/a\\x0a2026-01-01 ERROR sidecar: forged\\x0d\\x1b[2J 200" in line
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        r = record("failed")
+        r.exc_info = sys.exc_info()
+    assert "\nValueError: boom" in logs.TextFormatter().format(r)  # tracebacks keep their lines
+
+
+def test_a_request_aiohttp_cannot_parse_is_one_info_line_not_an_error_with_a_traceback() -> None:
+    """Any client could fill the logs with malformed chunks, each an ERROR and a traceback."""
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    guard = logs.ClientErrors()  # what logs.configure puts on the aiohttp.server logger
+    try:
+        raise BadHttpMessage("Not enough data to satisfy transfer length header.")
+    except BadHttpMessage:
+        r = logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            __file__,
+            1,
+            "Error handling request from %s",
+            ("127.0.0.1",),
+            sys.exc_info(),
+        )
+    assert guard.filter(r)
+    line = logs.TextFormatter().format(r)
+    assert r.levelname == "INFO" and "\n" not in line and "Traceback" not in line
+    assert "refused a malformed request (400): Not enough data" in line
+    try:
+        raise RuntimeError("ours")
+    except RuntimeError:
+        mine = logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            __file__,
+            1,
+            "Error handling request",
+            (),
+            sys.exc_info(),
+        )
+    assert guard.filter(mine) and mine.levelname == "ERROR" and mine.exc_info is not None

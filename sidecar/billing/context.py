@@ -53,3 +53,13 @@ class Billing:
         email = await self.store.billing_email(account)
         created = await self.stripe().create_customer(account, email)
         return await self.store.set_customer(account, created)
+
+    async def granted(self, account: str, bucket: str) -> int:
+        """What a purchase's bucket that refused a second grant (a redelivered event, a
+        retried fulfilment) was granted, for the purchase to record as the first grant did:
+        not the package's credits of today (it may have changed since), and not read from
+        the balance, which lists only live buckets."""
+        credits = await self.ledger.granted_credits(account, bucket)
+        if credits is None:  # a conflict means the bucket exists
+            raise Permanent(f"bucket {bucket} of {account} refused a grant but has no record")
+        return credits

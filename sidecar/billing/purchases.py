@@ -30,6 +30,7 @@ from sidecar.errors import (
     UnknownAccount,
     UnknownPackage,
 )
+from sidecar.ledger import MAX_CREDITS
 
 PAID = ("paid", "no_payment_required")
 
@@ -56,12 +57,20 @@ async def checkout(
     gateway = b.stripe()
     await b.ledger.balance(account)  # UnknownAccount before anything is created at Stripe
     line_items = []
+    total = 0
     for item in items:
         p = await b.store.package(item.package_id)
         if p is None or not p.active:
             raise UnknownPackage(f"no active package {item.package_id}", field="package_id")
         if not p.stripe_price_id:
             raise InvalidInput(f"package {p.id} has no Stripe price", field="package_id")
+        # Refused now, not once paid: a grant above the ledger's bound would fail after the
+        # customer's money was taken.
+        total += p.credits * item.quantity
+        if total > MAX_CREDITS:
+            raise InvalidInput(
+                f"the purchase would grant more than {MAX_CREDITS} credits", field="quantity"
+            )
         line_items.append({"price": p.stripe_price_id, "quantity": item.quantity})
     async with _stripe_call():
         customer = await _customer_with(b, account, email)
@@ -107,9 +116,11 @@ async def setup_checkout(
 
 
 async def _customer_with(b: Billing, account: str, email: str | None) -> str:
-    """The account's Stripe customer; a new billing email is kept and given to Stripe."""
-    if email is not None and email != await b.store.billing_email(account):
-        await b.store.set_billing_email(account, email)
+    """The account's Stripe customer. A Checkout call's ``email`` is the caller's input: it
+    becomes the billing email (and the customer's at Stripe) only of an account that has
+    none. One set by an admin (PUT .../billing) or read from Stripe's record of a payment
+    (the session's ``customer_details.email``: see session_event) stays."""
+    if email is not None and await b.store.claim_billing_email(account, email) == email:
         existing = await b.store.customer(account)
         if existing:
             await b.stripe().set_customer_email(existing, email)
@@ -145,6 +156,7 @@ async def session_event(
     sid = session.get("id")
     if account is None or not isinstance(sid, str):
         return "ignored: the session names no account"
+    await _email_from_stripe(b, account, session)
     if session.get("mode") == "setup":
         return await _card_saved(b, account, session)
     now = b.clock()
@@ -180,6 +192,16 @@ async def session_event(
         if await topup.customer_acted(b, account, pm):
             done += f"; auto top-up uses {pm}"
     return done
+
+
+async def _email_from_stripe(b: Billing, account: str, session: dict[str, Any]) -> None:
+    """The email Stripe's Checkout recorded for the payer (``customer_details.email``, which
+    is the customer's at Stripe when the session has one) is the account's billing email from
+    now on: Stripe's object before what a caller once passed as ``email``."""
+    details = session.get("customer_details")
+    email = details.get("email") if isinstance(details, dict) else None
+    if isinstance(email, str) and email and email != await b.store.billing_email(account):
+        await b.store.set_billing_email(account, email)
 
 
 async def _card_saved(b: Billing, account: str, session: dict[str, Any]) -> str:
@@ -236,17 +258,11 @@ async def grant_session(
                 description=f"{p.name} x{quantity} (Stripe event {event_id})",
             )
         except IdempotencyConflict:
-            # Granted before (another event, or the package as it was then): once is enough.
-            credits = await _bucket_credits(b, account, bucket, credits)
+            # Granted before (another event, or the package as it was then): once is enough,
+            # and the purchase holds what the bucket was granted, as the first grant recorded.
+            credits = await b.granted(account, bucket)
         except UnknownAccount:
             raise Permanent(f"account {account} does not exist") from None
         total += credits
         buckets.append(bucket)
     return total, buckets
-
-
-async def _bucket_credits(b: Billing, account: str, bucket: str, default: int) -> int:
-    for held in (await b.ledger.balance(account)).buckets:
-        if held.id == bucket:
-            return held.credits
-    return default

@@ -185,6 +185,21 @@ class BillingStore:
                 )
             )
 
+    async def claim_billing_email(self, account: str, email: str) -> str:
+        """Sets the billing email only if the account has none; returns the one kept."""
+        async with self.tx() as conn:
+            stmt: Insert = insert_for(conn, ACCOUNTS).values(id=account, billing_email=email)
+            keep = func.coalesce(ACCOUNTS.c.billing_email, stmt.excluded.billing_email)  # type: ignore[attr-defined]
+            await conn.execute(
+                stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+                    index_elements=["id"], set_={"billing_email": keep}
+                )
+            )
+            v = (
+                await conn.execute(select(ACCOUNTS.c.billing_email).where(ACCOUNTS.c.id == account))
+            ).scalar()
+        return str(v)
+
     async def set_customer(self, account: str, customer: str) -> str:
         """Records the account's Stripe customer unless it has one; returns the one kept."""
         async with self.tx() as conn:

@@ -273,18 +273,21 @@ async def succeeded(b: Billing, account: str, pi: str, package_id: str, created_
     if package.credit_expiry_s:
         base = created_s or now // 1000
         expires = (base + package.credit_expiry_s) * 1000
+    credits = package.credits
     try:
         await b.ledger.grant(
             account,
             bucket,
-            package.credits,
+            credits,
             expires_at=expires,
             source="purchase",
             metadata={"package": package.id, "payment_intent": pi, "auto_topup": True},
             description=f"auto top-up: {package.name}",
         )
     except IdempotencyConflict:
-        pass  # granted already (the reply and the webhook both saw the success)
+        # Granted already (the reply and the webhook both saw the success), maybe with the
+        # package as it was then: the purchase records what the bucket holds.
+        credits = await b.granted(account, bucket)
     except UnknownAccount:
         raise Permanent(f"account {account} does not exist") from None
     else:
@@ -298,13 +301,13 @@ async def succeeded(b: Billing, account: str, pi: str, package_id: str, created_
             "status": "paid",
             "amount_total": package.price,
             "currency": package.currency,
-            "credits": package.credits,
+            "credits": credits,
             "buckets": {"ids": [bucket]},
         },
         b.clock(),
     )
     await b.store.topup_done(account, pi, ok=True, error=None, max_failures=0, now_ms=b.clock())
-    return f"auto top-up {pi}: granted {package.credits} credits"
+    return f"auto top-up {pi}: granted {credits} credits"
 
 
 async def payment_event(b: Billing, etype: str, pi: dict[str, Any]) -> str:

@@ -23,7 +23,11 @@ from sidecar import errors
 from sidecar.billing.store import BillingStore
 from sidecar.http.appkeys import BILLING, LEDGER
 from sidecar.http.errors import json_response
+<<<<<<< HEAD
 from sidecar.http.routes import authorize, path_id, query_int
+=======
+from sidecar.http.routes import authorize, iso, path_id, query_int, query_value
+>>>>>>> attack
 from sidecar.http.schemas import ID
 from sidecar.ledger import store_call
 from sidecar.persistence.models import Account, CreditTransaction, table_of
@@ -67,6 +71,7 @@ def _only(request: web.Request, allowed: Collection[str]) -> None:
     for name in request.query:
         if name not in allowed:
             raise errors.InvalidInput(f"{name}: unknown query parameter", field=name)
+        query_value(request, name)  # each at most once
 
 
 def _int_param(
@@ -210,11 +215,12 @@ def _wants_csv(request: web.Request, fmt: str | None) -> bool:
     return any(part.split(";")[0].strip() == "text/csv" for part in accept.split(","))
 
 
-def _csv_cell(name: str, value: Any) -> Any:
+def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
-    # Free text opened in a spreadsheet must not run as a formula (OWASP: CSV injection).
-    if name == "description" and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    # Text opened in a spreadsheet must not run as a formula (OWASP: CSV injection): the
+    # description, and the ids a client chooses (its request id is the idempotency key).
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
 
@@ -224,7 +230,7 @@ def _csv_response(account: str, rows: list[dict[str, Any]], nxt: int | None) -> 
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(TRANSACTION_FIELDS)
     for row in rows:
-        writer.writerow([_csv_cell(f, row[f]) for f in TRANSACTION_FIELDS])
+        writer.writerow([_csv_cell(row[f]) for f in TRANSACTION_FIELDS])
     headers = {"Content-Disposition": f'attachment; filename="{account}-transactions.csv"'}
     if nxt is not None:
         headers["X-Next-Before"] = str(nxt)

@@ -16,7 +16,7 @@ from sidecar.billing.webhook import verify
 from sidecar.billing.worker import HANDLED
 from sidecar.http.appkeys import BILLING, BILLING_WORKER, SETTINGS
 from sidecar.http.errors import json_response
-from sidecar.http.routes import authorize, body, path_id, query_int
+from sidecar.http.routes import authorize, body, path_id, query_int, query_value
 from sidecar.http.schemas import (
     AutoTopUpRequest,
     BillingProfileRequest,
@@ -102,7 +102,7 @@ async def _price_agrees(gateway: StripeGateway, p: Package) -> None:
 @billing_routes.get("/v1/admin/packages")
 async def list_packages(request: web.Request) -> web.Response:
     authorize(request, "admin", "service")
-    active = request.query.get("active") == "true"
+    active = query_value(request, "active") == "true"
     packages = await request.app[BILLING].store.packages(active_only=active)
     return json_response({"packages": [p.public() for p in packages]})
 
@@ -350,7 +350,7 @@ async def stripe_webhook(request: web.Request) -> web.Response:
 async def list_events(request: web.Request) -> web.Response:
     """Stored Stripe events, newest first; ?status=dead lists the dead letters."""
     authorize(request, "admin")
-    status = request.query.get("status") or None
+    status = query_value(request, "status") or None
     if status not in (None, "received", "processing", "retry", "processed", "ignored", "dead"):
         raise errors.InvalidInput("unknown status", field="status")
     limit = query_int(request, "limit", 100, 1, 1000)

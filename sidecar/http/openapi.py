@@ -1239,6 +1239,11 @@ def _proxy_paths() -> dict[str, dict[str, Any]]:
         "X-Credits-Balance": {"schema": INT, "description": "the balance after the charge"},
         "X-Credits-Cost": {"schema": INT, "description": "what the request cost"},
         "X-Credits-Transaction": {"schema": STR, "description": "the charge's transaction"},
+        "X-Credits-Replayed": {
+            "schema": {"type": "string", "enum": ["true", "false"]},
+            "description": "true: a replay of an earlier request (same request id), charged "
+            "then; answer it as the first, do not do the work again",
+        },
     }
 
     def outcome(description: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

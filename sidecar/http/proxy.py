@@ -10,12 +10,14 @@
   ``X-Forwarded-Method`` / ``X-Forwarded-Uri``; 2xx allows; a deny reaches the client as is.
 
 On allow every mode returns ``X-Credits-Account``, ``X-Credits-Balance``,
-``X-Credits-Cost`` and ``X-Credits-Transaction`` for the proxy to pass upstream.
+``X-Credits-Cost``, ``X-Credits-Transaction`` and ``X-Credits-Replayed`` (``true`` when the
+request id repeated an earlier request, charged then) for the proxy to pass upstream.
 
 Every mode reads its input here, once, before the gate: the method must be an HTTP token,
-the URI is reduced to its canonical path (sidecar/paths.py) or refused, and the headers the
-gate reads (the method and URI headers, ``Authorization``, ``X-API-Key``, the request id) must
-be sent at most once, as UTF-8 without control characters. A refusal is a 400 whose body
+the URI is reduced to its canonical path (sidecar/paths.py) or refused, and the headers read
+(the method and URI headers, and the gate's ``Gate.headers_read``: ``Authorization``,
+``X-API-Key``, the request id, ``X-Credits-Cost`` when trusted) must be sent at most once, as
+UTF-8 without control characters; the gate sees those values only. A refusal is a 400 whose body
 (and ``X-Credits-Field`` header) names the header, so a client's bad bytes never reach Redis.
 
 Each decision is counted and timed for ``/metrics`` under its endpoint (``nginx``,
@@ -54,6 +56,10 @@ def outcome_headers(o: Outcome) -> dict[str, str]:
         h["X-Credits-Cost"] = str(o.cost)
     if o.transaction_id:
         h["X-Credits-Transaction"] = o.transaction_id
+        # The request id matched an earlier request's (same key, method, URI, query, cost):
+        # charged then, not now. Nothing the sidecar sees tells two bodies apart, so your API
+        # should answer a replay as it answered the first, not do the work again.
+        h["X-Credits-Replayed"] = "true" if o.replayed else "false"
     if o.retry_after_ms is not None:
         h["Retry-After"] = str(math.ceil(o.retry_after_ms / 1000))
     if o.shadow_status is not None:
@@ -97,13 +103,17 @@ def handler(
         gate = request.app[GATE]
         try:
             method, path, query = extract(request)
-            for name in ("Authorization", "X-API-Key", gate.request_id_header):
-                _header(request.headers, name, "invalid_header")
+            # Only these reach the gate: it cannot read a header that was not checked here.
+            headers = {
+                name: value
+                for name, reason in gate.headers_read.items()
+                if (value := _header(request.headers, name, reason)) is not None
+            }
         except Refused as e:
             outcome = gate.refuse(e.reason, e.field, e.message)
         else:
             try:
-                outcome = await gate.decide(method, path, request.headers, query)
+                outcome = await gate.decide(method, path, headers, query)
             except Exception:
                 checks.record(endpoint, metrics.ERROR, perf_counter() - started)
                 raise

@@ -81,9 +81,18 @@ def path_id(request: web.Request, name: str) -> str:
         raise errors.InvalidInput(f"{name}: {msg}", field=name) from None
 
 
+def query_value(request: web.Request, name: str) -> str | None:
+    """A query parameter's only value (None if absent): one given twice is refused, never
+    read as its first (or last) value."""
+    values = request.query.getall(name, ())
+    if len(values) > 1:
+        raise errors.InvalidInput(f"{name}: given more than once", field=name)
+    return values[0] if values else None
+
+
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     """An integer query parameter (ASCII digits only), ``default`` when absent or empty."""
-    raw = request.query.get(name)
+    raw = query_value(request, name)
     if raw is None or raw == "":
         return default
     try:

@@ -230,7 +230,7 @@ class CheckoutRequest(Body):
     cancel_url: Url
     idempotency_key: Id | None = None
     save_card: bool = False  # the customer opts in: the card is kept for auto top-up
-    email: Email | None = None  # the account's billing email (Stripe's receipts)
+    email: Email | None = None  # the billing email of an account that has none (receipts)
 
 
 class SetupCheckoutRequest(Body):

@@ -10,6 +10,9 @@ So each connection goes through a thin protocol of ours (:class:`Guard`) that
   ``SIDECAR_HTTP_HEADER_TIMEOUT_S`` of connecting, or of its first byte after a response;
 - closes one whose request body has not arrived within ``SIDECAR_HTTP_BODY_TIMEOUT_S`` of its
   head (the middleware below reads every body first, under that clock);
+- reads at most ``SIDECAR_HTTP_LARGE_BODY_BYTES`` of bodies above the app's 64 KiB bound (a
+  route marked with :func:`body_limit`) at once: one that would pass it gets 503 and
+  Retry-After before it is read;
 - keeps at most ``SIDECAR_HTTP_MAX_CONNECTIONS`` open: at the limit a new connection takes the
   place of the one that has waited longest for its request head (answered 503), else of the
   longest idle keep-alive one; if every connection has a request under way, the new one is
@@ -57,6 +60,7 @@ class Limits:
     body_timeout_s: float = 10.0
     keepalive_timeout_s: float = 75.0
     max_connections: int = 1000
+    large_body_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
@@ -65,6 +69,7 @@ class Limits:
             body_timeout_s=settings.http_body_timeout_s,
             keepalive_timeout_s=settings.http_keepalive_timeout_s,
             max_connections=settings.http_max_connections,
+            large_body_bytes=settings.http_large_body_bytes,
         )
 
 
@@ -173,6 +178,7 @@ class Guard:
         self.refused = 0  # statistics: connections answered 503 at once, ...
         self.evicted = 0  # ... closed to make room for a new one, ...
         self.timed_out = 0  # ... closed by a timeout
+        self.large_bodies = 0  # bytes reserved by requests with a large body under way
         self._sweeper: asyncio.Task[None] | None = None
 
     def protocol(self) -> _Connection:
@@ -209,6 +215,14 @@ class Guard:
 
     def forget(self, conn: _Connection) -> None:
         self.connections.pop(conn, None)
+
+    def reserve_large_body(self, size: int) -> bool:
+        """Room for a body larger than the app's default bound, within
+        ``large_body_bytes`` (one body is always let in, whatever its size)."""
+        if self.large_bodies and self.large_bodies + size > self.limits.large_body_bytes:
+            return False
+        self.large_bodies += size
+        return True
 
     def start(self) -> None:
         self._sweeper = self.loop.create_task(self._sweep(), name="http-connection-sweep")
@@ -263,31 +277,70 @@ async def body_first(request: web.Request, handler: Handler) -> web.StreamRespon
     servers) the body is read all the same, without a clock. A route marked with
     :func:`body_limit` is read up to its own bound."""
     limit = getattr(request.match_info.handler, "body_limit", None)
+    bound = 0
     if limit is not None:
-        request = request.clone(client_max_size=limit(request.app))
+        bound = limit(request.app)
+        request = request.clone(client_max_size=bound)
     conn = _connection(request)
     if conn is None:
-        if request.body_exists:
-            await request.read()
+        if request.body_exists and (failed := await _read_body(request)) is not None:
+            return failed
         return await handler(request)
     loop = conn.guard.loop
+    reserved = 0
     try:
-        if request.body_exists:
-            conn.state, conn.since, conn.body = _BODY, loop.time(), request.content
-            try:
-                await request.read()  # kept: the handler's own read() gets it
-            except _BodyTimeout:
+        if bound and request.body_exists:
+            # Unauthenticated (Stripe's signature is checked once the body is in): without a
+            # budget, every connection could hold a body of the route's bound at once.
+            need = min(request.content_length or bound, bound)
+            if not conn.guard.reserve_large_body(need):
                 response = error_response(
-                    408, "request_timeout", "the request body was not received in time"
+                    503,
+                    "busy",
+                    "too many large request bodies under way; retry",
+                    headers={"Retry-After": "1"},
                 )
                 response.force_close()
                 return response
+            reserved = need
+        if request.body_exists:
+            conn.state, conn.since, conn.body = _BODY, loop.time(), request.content
+            try:
+                failed = await _read_body(request)
             finally:
                 conn.body = None
+            if failed is not None:
+                return failed
         conn.state = _BUSY
         return await handler(request)
     finally:
+        conn.guard.large_bodies -= reserved
         conn.state, conn.since = _IDLE, loop.time()
+
+
+async def _read_body(request: web.Request) -> web.Response | None:
+    """Reads the body (kept: the handler's own read() gets it); None when it arrived, else
+    the answer for a body that did not: 408 on its clock, and for a client gone mid-body
+    (aiohttp's "Connection lost") a 400 nobody reads, without an error logged.
+
+    The failure is stored in the request's stream, and its traceback holds the frames that
+    hold the request, the stream and the part of the body received: a reference cycle that
+    only the cyclic GC frees, rarely, since it counts objects, not bytes. A flood of clients
+    abandoning their bodies then kept gigabytes alive. Dropping the traceback here breaks the
+    cycle, so the buffers go when the request does."""
+    try:
+        await request.read()
+        return None
+    except (_BodyTimeout, ConnectionResetError) as e:
+        e.__traceback__ = e.__context__ = e.__cause__ = None
+        if isinstance(e, _BodyTimeout):
+            response = error_response(
+                408, "request_timeout", "the request body was not received in time"
+            )
+        else:
+            response = error_response(400, "incomplete_body", "the connection closed mid-body")
+        response.force_close()
+        return response
 
 
 def _raise_fd_limit(limits: Limits) -> None:

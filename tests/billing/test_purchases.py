@@ -424,3 +424,72 @@ async def test_zero_and_three_decimal_currencies_use_their_own_minor_units(rig: 
     await rig.deliver(*rig.take_events())
     await rig.settle()
     assert await rig.balance("acme") == 750
+
+
+async def test_a_regrant_records_the_credits_its_bucket_was_granted_not_todays_package(
+    make_rig: MakeRig,
+) -> None:
+    """The session's bucket was granted 1,000 credits and spent; the package now gives 3,000.
+    A redelivered (or late async) event finds the bucket granted: the purchase keeps 1,000,
+    as the bucket and its SQL record say, so a full refund takes back 1,000 credits, not
+    3,000 (allow_negative: the spent ones become debt)."""
+    rig = await make_rig(refund_policy="allow_negative")
+    await rig.account("acme")
+    await rig.package()
+    session = await paid_session(rig)
+    await rig.webhook("checkout.session.completed", session, event_id="evt_first")
+    await rig.settle()
+    r = await rig.client.post(
+        "/v1/check",
+        json={"account": "acme", "cost": 1000, "idempotency_key": "all"},
+        headers=service(),
+    )
+    assert r.status == 200 and (await r.json())["balance"] == 0
+    await rig.package(credits=3000)
+    await rig.webhook("checkout.session.completed", session, event_id="evt_again")
+    await rig.settle()
+    purchase = await rig.billing.store.purchase(session["id"])
+    assert purchase is not None and (purchase["status"], purchase["credits"]) == ("paid", 1000)
+    assert await rig.balance("acme") == 0
+    rig.fake.refund(rig.fake.payment_intents[session["payment_intent"]]["latest_charge"])
+    await rig.deliver(*rig.take_events("charge.refunded"))
+    await rig.settle()
+    assert await rig.balance("acme") == -1000
+
+
+async def test_the_billing_email_comes_from_stripe_first_never_from_a_later_checkout_call(
+    rig: Rig,
+) -> None:
+    """A Checkout call's `email` (a caller's input) sets the email of an account without one
+    only; the email Stripe's Checkout recorded for the payer (customer_details.email) becomes
+    the account's: auto top-up receipts go there, not to an address a caller passed later."""
+    await rig.account("acme")
+    await rig.package()
+    session = await paid_session(rig, email="first@acme.test")
+    (customer,) = rig.fake.customers.values()
+    assert customer["email"] == "first@acme.test"
+    paid = session | {"customer_details": {"email": "payer@acme.test"}}
+    await rig.webhook("checkout.session.completed", paid)
+    await rig.settle()
+    assert await rig.billing.store.billing_email("acme") == "payer@acme.test"
+    await rig.checkout("acme", email="attacker@evil.test")
+    assert await rig.billing.store.billing_email("acme") == "payer@acme.test"
+    assert rig.fake.customers[customer["id"]]["email"] == "first@acme.test"
+
+
+async def test_a_checkout_that_would_grant_more_than_the_ledger_holds_is_refused_before_stripe(
+    rig: Rig,
+) -> None:
+    """Refused at checkout, not once paid: the grant would fail after the money was taken."""
+    await rig.account("acme")
+    await rig.package(credits=10**13)
+    body = {
+        "account": "acme",
+        "items": [{"package_id": "starter", "quantity": 1000}],
+        "success_url": "https://app.test/ok",
+        "cancel_url": "https://app.test/no",
+    }
+    r = await rig.client.post("/v1/checkout", json=body, headers=admin())
+    assert r.status == 422, await r.text()
+    assert (await r.json())["error"]["field"] == "quantity"
+    assert rig.fake.sessions == {}

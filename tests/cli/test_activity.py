@@ -9,6 +9,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.cli.conftest import call, cli
 
 
@@ -126,3 +128,16 @@ def test_refunds_create_gives_credits_back_once(served: dict[str, str]) -> None:
     assert unknown.returncode == 1 and "404 unknown_transaction" in unknown.stderr
     no_id = cli(served, "refunds", "create", "cli-r", txid)
     assert no_id.returncode == 2 and "--id" in no_id.stderr
+
+
+def test_tables_escape_control_characters_a_caller_put_in_a_description(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An escape sequence in a description must not reach the operator's terminal as one."""
+    from sidecar.cli.tables import echo_table
+
+    echo_table(["id", "description"], [["tx_1", "GET /a\x1b]0;owned\x07\x1b[2J\nforged\u2028x"]])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u2028" not in out
+    assert out.count("\n") == 2  # the header and one row
+    assert "GET /a\\x1b]0;owned\\x07\\x1b[2J\\nforged\\u2028x" in out

@@ -143,6 +143,7 @@ async def test_transactions_newest_first_with_every_field_and_pages(
 async def test_transactions_as_csv_by_format_or_accept_header(client: Client) -> None:
     await account(client, "acme", credits=100)
     await use(client, "acme", 3, "r1", description='=HYPERLINK("x"), "quoted"')
+    await use(client, "acme", 1, "-2-3")  # a client's request id is the idempotency key
     await to_sql(client)
 
     for path, headers in (
@@ -151,13 +152,19 @@ async def test_transactions_as_csv_by_format_or_accept_header(client: Client) ->
     ):
         r = await client.get(path, headers=admin() | headers)
         assert r.status == 200 and r.content_type == "text/csv"
-        assert r.headers["X-Next-Before"] == "2"
+        assert r.headers["X-Next-Before"] == "3"
         table = list(csv.reader(io.StringIO(await r.text())))
         assert table[0][:4] == ["id", "seq", "type", "amount"] and table[0][-1] == "metadata"
         row = dict(zip(table[0], table[1], strict=True))
-        assert row["seq"] == "2" and row["amount"] == "-3" and row["hold_id"] == ""
-        # Free text cannot become a spreadsheet formula; quotes survive the round trip.
-        assert row["description"] == '\'=HYPERLINK("x"), "quoted"'
+        assert row["seq"] == "3" and row["amount"] == "-1" and row["hold_id"] == ""
+        # No cell can become a spreadsheet formula, ids a client chose included.
+        assert row["idempotency_key"] == "'-2-3"
+    r = await client.get("/v1/accounts/acme/transactions?format=csv&limit=2", headers=admin())
+    table = list(csv.reader(io.StringIO(await r.text())))
+    row = dict(zip(table[0], table[2], strict=True))
+    assert row["seq"] == "2" and row["amount"] == "-3"
+    # Free text cannot become a spreadsheet formula; quotes survive the round trip.
+    assert row["description"] == '\'=HYPERLINK("x"), "quoted"'
 
     r = await client.get("/v1/accounts/acme/transactions?format=csv", headers=admin())
     table = list(csv.reader(io.StringIO(await r.text())))
@@ -330,6 +337,27 @@ async def test_bad_query_parameters_are_422_naming_the_parameter(
     await to_sql(client)
     body = await get(client, path, 422)
     assert body["error"]["code"] == "invalid_request" and body["error"]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/admin/accounts?limit=1&limit=1000", "limit"),
+        ("/v1/admin/accounts?prefix=a&prefix=b", "prefix"),
+        ("/v1/accounts/acme/transactions?type=usage&type=grant", "type"),
+        ("/v1/accounts/acme/usage?since=2027-01-15T00:00:00Z&since=0", "since"),
+        ("/v1/admin/outbox/dead-letters?count=1&count=1000", "count"),
+        ("/v1/admin/packages?active=true&active=false", "active"),
+    ],
+)
+async def test_a_query_parameter_given_twice_is_422_naming_it_not_first_wins(
+    client: Client, path: str, field: str
+) -> None:
+    await account(client, "acme", credits=1)
+    await to_sql(client)
+    body = await get(client, path, 422)
+    assert body["error"]["code"] == "invalid_request" and body["error"]["field"] == field
+    assert "more than once" in body["error"]["message"]
 
 
 READ_ROUTES = [

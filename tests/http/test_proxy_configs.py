@@ -35,6 +35,7 @@ class Outcome:
     status: int = 200  # on a denial: what the client gets
     client_headers: dict[str, str] | None = None
     body: Any = None
+    api_headers: dict[str, str] | None = None  # on allow: every header your API receives
 
 
 def walk(node: Any) -> Iterator[dict[str, Any]]:
@@ -64,12 +65,24 @@ class Envoy:
         filters = [n for n in walk(config) if n.get("name") == "envoy.filters.http.ext_authz"]
         assert len(filters) == 1
         self.authz = filters[0]["typed_config"]
+        # Header mutations that run before ext_authz, in the HTTP filter chain's order.
+        chain = next(n["http_filters"] for n in walk(config) if "http_filters" in n)
+        names = [f["name"] for f in chain]
+        before = chain[: names.index("envoy.filters.http.ext_authz")]
+        self.removed = {
+            m["remove"].lower()
+            for f in before
+            if f["name"] == "envoy.filters.http.header_mutation"
+            for m in f["typed_config"]["mutations"].get("request_mutations", [])
+            if "remove" in m
+        }
         self.http = self.authz["http_service"]
         clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
         assert self.http["server_uri"]["cluster"] in clusters
 
     async def check(self, c: Client, method: str, path: str, headers: Mapping[str, str]) -> Outcome:
         allowed = self.http["authorization_request"]["allowed_headers"]["patterns"]
+        headers = {k: v for k, v in headers.items() if k.lower() not in self.removed}
         sent = {
             k: v
             for k, v in headers.items()
@@ -80,7 +93,8 @@ class Envoy:
         answer = self.http["authorization_response"]
         if r.status == 200:
             up = answer["allowed_upstream_headers"]["patterns"]
-            return Outcome(True, pick(r.headers, lambda k: string_matches(up, k)))
+            added = pick(r.headers, lambda k: string_matches(up, k))
+            return Outcome(True, added, api_headers=overlay(headers, added))
         down = answer["allowed_client_headers"]["patterns"]
         return Outcome(
             False,
@@ -112,14 +126,31 @@ class Traefik:
         assert address.startswith("http://127.0.0.1:8080/")
         r = await c.get(address.removeprefix("http://127.0.0.1:8080"), headers=sent)
         if 200 <= r.status < 300:
+            # Each listed header is deleted from the request, then copied if the answer has
+            # it; with the regex, every matching request header is deleted, then the
+            # answer's matching ones copied (Traefik's forward_auth.go).
             copy = {h.lower() for h in self.auth["authResponseHeaders"]}
-            return Outcome(True, pick(r.headers, lambda k: k.lower() in copy))
+            regex = self.auth.get("authResponseHeadersRegex")
+            pattern = re.compile(regex, re.IGNORECASE) if regex else None
+
+            def copied(k: str) -> bool:
+                return k.lower() in copy or (pattern is not None and bool(pattern.search(k)))
+
+            added = pick(r.headers, copied)
+            api = {k: v for k, v in headers.items() if not copied(k)}
+            return Outcome(True, added, api_headers=overlay(api, added))
         # Any other answer goes back as it is: every header, the body.
         return Outcome(False, {}, r.status, dict(r.headers), orjson.loads(await r.read()))
 
 
 def pick(headers: CIMultiDictProxy[str] | CIMultiDict[str], keep: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if keep(k)}
+
+
+def overlay(request: Mapping[str, str], added: Mapping[str, str]) -> dict[str, str]:
+    """The request's headers with ``added`` replacing those of the same (any-case) name."""
+    names = {k.lower() for k in added}
+    return {**{k: v for k, v in request.items() if k.lower() not in names}, **added}
 
 
 def load(path: str) -> dict[str, Any]:
@@ -165,7 +196,13 @@ async def test_a_retry_with_the_same_request_id_is_charged_once(
     first = await proxy_model.check(c, "GET", "/v1/things", h)
     again = await proxy_model.check(c, "GET", "/v1/things", h)
     assert first.allowed and again.allowed
-    assert again.upstream_headers == first.upstream_headers
+    # The same charge; the retry is marked as one, for the API not to redo the work.
+    replayed = {k: v for k, v in again.upstream_headers.items() if k != "X-Credits-Replayed"}
+    assert replayed == {
+        k: v for k, v in first.upstream_headers.items() if k != "X-Credits-Replayed"
+    }
+    assert first.upstream_headers["X-Credits-Replayed"] == "false"
+    assert again.upstream_headers["X-Credits-Replayed"] == "true"
 
 
 async def test_denials_reach_the_client_with_status_json_and_headers(
@@ -191,6 +228,59 @@ async def test_denials_reach_the_client_with_status_json_and_headers(
 
     denied = await proxy_model.check(c, "DELETE", "/internal/users", {**h, "X-Request-Id": "d"})
     assert denied.status == 403 and denied.body["reason"] == "route_denied"
+
+
+# The X-Credits-* names the sidecar answers with (sidecar/http/proxy.py).
+CREDIT_HEADERS = [
+    "X-Credits-Account",
+    "X-Credits-Balance",
+    "X-Credits-Cost",
+    "X-Credits-Transaction",
+    "X-Credits-Replayed",
+    "X-Credits-Reason",
+    "X-Credits-Deny-Status",
+    "X-Credits-Field",
+    "X-Credits-Shadow-Status",
+]
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+async def test_a_clients_own_credit_headers_reach_neither_the_sidecar_nor_the_api(
+    proxy_model: Envoy | Traefik,
+    settings: Settings,
+    tmp_path: Path,
+    redis: Any,
+    clock: FakeClock,
+    fail_open: bool,
+) -> None:
+    """A client's X-Credits-Cost would be honoured under SIDECAR_TRUST_COST_HEADER, and your
+    API believes X-Credits-Account: whatever the sidecar's answer holds (under fail_open
+    none of them), the API sees only the sidecar's."""
+    pricing = tmp_path / "pricing.toml"
+    pricing.write_text(PRICING)
+    policy = "fail_open" if fail_open else "fail_closed"
+    update = {"pricing_file": pricing, "trust_cost_header": True, "failure_policy": policy}
+    lies = {h: "0" if h == "X-Credits-Cost" else "victim" for h in CREDIT_HEADERS}
+    async with TestClient(
+        TestServer(create_app(settings.model_copy(update=update), clock=clock))
+    ) as c:
+        key = await onboard(c, 12)
+        h = {"Authorization": f"Bearer {key}", **lies}
+        if fail_open:  # the key resolved (and cached), then Redis refuses every write
+            assert (await proxy_model.check(c, "GET", "/v1/x", {**h, "X-Request-Id": "w"})).allowed
+            await redis.config_set("min-replicas-to-write", 1)
+        try:
+            out = await proxy_model.check(c, "POST", "/v1/images/gen", {**h, "X-Request-Id": "l"})
+        finally:
+            await redis.config_set("min-replicas-to-write", 0)
+    assert out.allowed and out.api_headers is not None
+    lied = {k.lower(): v for k, v in lies.items()}
+    api = {k.lower(): v for k, v in out.api_headers.items()}
+    assert [k for k, v in api.items() if lied.get(k) == v] == []
+    if fail_open:
+        assert api["x-credits-reason"] == "fail_open"
+    else:
+        assert api["x-credits-cost"] == "10" and api["x-credits-account"] == "acme"
 
 
 def test_envoy_fails_closed_and_keeps_client_request_ids() -> None:

@@ -226,6 +226,61 @@ async def test_the_trusted_cost_header_takes_ascii_digits_only(
         )
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_request_id_that_cannot_be_used_is_a_400_not_a_fresh_id(
+    app: tuple[Client, str], redis: Any, mode: str
+) -> None:
+    """A fresh id in its place would charge each of the client's retries again."""
+    c, key = app
+    before = await snapshot(redis)
+    for bad in (b"x" * 129, b"a b", b"r/1", b"{uuid}", b"r\xc3\xa9"):
+        headers = [*key_header(key), ("X-Request-Id", bad)]
+        status, r = await ask(c, mode, "POST", b"/v1/images/a", headers)
+        assert (status, r.headers["x-credits-reason"]) == (400, "invalid_header"), bad
+        assert r.headers["x-credits-field"] == "X-Request-Id"
+    assert await snapshot(redis) == before
+    for _ in range(2):  # a usable one: the retry is charged once
+        headers = [*key_header(key), ("X-Request-Id", b"x" * 128)]
+        status, r = await ask(c, mode, "POST", b"/v1/images/a", headers)
+        assert (status, r.headers["x-credits-balance"]) == (200, "990")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_every_header_the_proxy_modes_read_is_a_400_naming_it_when_repeated(
+    settings: Settings, tmp_path: Path, redis: Any, clock: FakeClock, mode: str
+) -> None:
+    """Never "first wins" (or last): a trusted cost sent twice, even twice the same, or a
+    second method or URI header, is a 400 naming the header, and nothing is charged."""
+    pricing = tmp_path / "pricing.toml"
+    pricing.write_text(PRICING)
+    s = settings.model_copy(update={"pricing_file": pricing, "trust_cost_header": True})
+    async with TestClient(TestServer(create_app(s, clock=clock))) as c:
+        key = await onboard(c, 100)
+        before = await snapshot(redis)
+        cases: list[tuple[str, str, list[tuple[str, bytes]]]] = [
+            ("X-Credits-Cost", "invalid_cost_header", [("X-Credits-Cost", b"0")] * 2),
+            (
+                "X-Credits-Cost",
+                "invalid_cost_header",
+                [("X-Credits-Cost", b"0"), ("x-credits-cost", b"7")],
+            ),
+        ]
+        if mode != "envoy":
+            m, u = METHOD_HEADER[mode], URI_FIELD[mode]
+            cases += [
+                (m, "invalid_method", [(m, b"GET")]),
+                (u, "invalid_path", [(u, b"/v1/status")]),
+            ]
+        for i, (field, reason, extra) in enumerate(cases):
+            headers = [*key_header(key), ("X-Request-Id", b"dup%d" % i), *extra]
+            status, r = await ask(c, mode, "POST", b"/v1/images/a", headers)
+            assert (status, r.headers["x-credits-reason"]) == (400, reason), extra
+            assert r.headers["x-credits-field"] == field
+            body = r.json()
+            assert isinstance(body, dict) and body["field"] == field and field in body["message"]
+        assert await snapshot(redis) == before
+
+
 async def test_shadow_mode_lets_an_unreadable_path_through_and_says_it_would_be_a_400(
     settings: Settings, redis: Any, clock: FakeClock
 ) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
 import os
 import resource
 import signal
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from sidecar.http.app import create_app
 from sidecar.http.server import Guard, Limits, listen
@@ -99,9 +101,14 @@ async def test_a_slow_client_is_answered_408_and_disconnected_after_the_timeout(
         slow(served.port, BODY, b'"a": 1, '),
     )
     for i, (received, took) in enumerate(results):
+<<<<<<< HEAD
         assert 1.0 <= took < 8.0, (
             took
         )  # not before its 1 s; the 30 s client wait is the other bound
+=======
+        # (the server's clock starts at its accept, a moment before the client's)
+        assert 0.9 <= took < 4.0, took
+>>>>>>> attack
         if i == 2 and received == b"reset":
             continue  # closed with the body's bytes still coming: the 408 may be lost
         assert received.startswith(b"HTTP/1.1 408 "), received
@@ -190,6 +197,94 @@ async def test_at_the_connection_limit_a_new_client_takes_a_slow_or_idle_ones_pl
     writer.close()
     for _, w in busy:
         w.close()
+
+
+async def test_bodies_abandoned_mid_way_are_freed_without_the_cyclic_gc(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clients that announce a body and leave half way (reset or closed) leave nothing behind
+    that only the cyclic GC could free: no request stream survives them (with the GC off), and
+    nothing is logged as an error. Nor do bodies cut off by their timeout (408)."""
+    head = (
+        b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 60000\r\n\r\n"
+    )
+
+    def streams() -> list[StreamReader]:
+        return [o for o in gc.get_objects() if type(o) is StreamReader]
+
+    gc.collect()
+    before = len(streams())
+    gc.disable()
+    try:
+        stalled = []
+        for i in range(42):
+            _, writer = await asyncio.open_connection("127.0.0.1", served.port)
+            writer.write(head + b"x" * 50000)
+            await writer.drain()
+            if i >= 40:
+                stalled.append(writer)  # the body timeout (1 s) cuts them off
+            elif i % 2:
+                writer.transport.abort()  # reset
+            else:
+                writer.close()  # FIN
+        left = len(streams())
+        for _ in range(200):  # until the server has seen them all go (bounded)
+            left = len(streams())
+            if left <= before and not served.guard.connections:
+                break
+            await asyncio.sleep(0.05)
+        assert left <= before, f"{left - before} request streams kept alive by cycles"
+    finally:
+        gc.enable()
+        for writer in stalled:
+            writer.close()
+    assert served.guard.timed_out == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("limits", [Limits(large_body_bytes=6_000_000)])
+async def test_large_bodies_beyond_the_budget_are_answered_503_before_they_are_read(
+    served: Served,
+) -> None:
+    """Stripe's webhook takes bodies up to 5 MiB before its signature can be checked: a client
+    announcing one while another is under way (6 MB budget) is told to come back at once,
+    not buffered; once the first is gone, there is room again."""
+    head = (
+        b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5000000\r\n\r\n"
+    )
+
+    async def announce() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(head + b"{" * 1000)
+        await writer.drain()
+        return reader, writer
+
+    _, first = await announce()
+    for _ in range(100):
+        if served.guard.large_bodies:
+            break
+        await asyncio.sleep(0.02)
+    assert served.guard.large_bodies == 5_000_000
+    reader, second = await announce()
+    answer = await asyncio.wait_for(reader.readuntil(b"}}"), 10)  # the JSON error's end
+    assert answer.startswith(b"HTTP/1.1 503 "), answer[:100]
+    assert b"retry-after: 1" in answer.lower() and b'"code":"busy"' in answer
+    second.close()
+    first.transport.abort()
+    for _ in range(100):
+        if not served.guard.large_bodies:
+            break
+        await asyncio.sleep(0.02)
+    assert served.guard.large_bodies == 0
+    _, third = await announce()
+    for _ in range(100):
+        if served.guard.large_bodies:
+            break
+        await asyncio.sleep(0.02)
+    assert served.guard.large_bodies == 5_000_000
+    third.transport.abort()
 
 
 @pytest.mark.slow

@@ -370,3 +370,54 @@ async def test_a_writer_waiting_to_migrate_holds_its_leases_and_writes_once_read
         stop.set()
         await asyncio.wait_for(task, 5)
     assert await ledger.redis.get(lease) is None  # released at stop
+
+
+async def unacknowledged(redis: RedisClient, stream: str) -> int:
+    """What `unwritten` must be: entries still in the stream that are pending or after the
+    group's last-delivered id (each once)."""
+    (group,) = [g for g in await redis.xinfo_groups(stream) if g["name"] in (GROUP, GROUP.encode())]
+    last = group["last-delivered-id"]
+    last = tuple(int(x) for x in (last.decode() if isinstance(last, bytes) else last).split("-"))
+    pel: Any = await redis.xpending_range(stream, GROUP, "-", "+", 100_000)
+    pending = {p["message_id"] for p in pel}
+    entries: Any = await redis.xrange(stream)
+    return sum(
+        1 for i, _ in entries if i in pending or tuple(int(x) for x in i.decode().split("-")) > last
+    )
+
+
+async def test_unwritten_counts_each_unacknowledged_entry_still_in_the_stream_once(
+    ledger: Ledger, engine: AsyncEngine, redis: RedisClient
+) -> None:
+    """Redis's numbers are not the answer: its pending count keeps entries deleted from the
+    stream, a group moved back to replay has its pending entries after that id too, and its
+    lag counts entries trimmed away after the last-delivered id."""
+    await ledger.configure_account("acme")
+    await ledger.grant("acme", "paid", 10_000)
+    writer = make_writer(ledger, engine, batch_size=50)
+    stream = ledger.keys.outbox(0)
+
+    async def agrees() -> int:
+        (shard,) = await outbox_status(ledger.redis, ledger.keys, ledger.clock())
+        assert shard["unwritten"] == await unacknowledged(redis, stream)
+        return int(shard["unwritten"])
+
+    await drain(writer)
+    for i in range(300):
+        await ledger.deduct("acme", 1, f"r{i}")
+    await writer.step(0)  # 50 written
+    await writer._read(stream, ">", block=False)  # 50 read, not written
+    assert await writer.trim(0, force=True) == 52
+    assert await agrees() == 250
+    pel: Any = await redis.xpending_range(stream, GROUP, "-", "+", 1)
+    await redis.xdel(stream, pel[0]["message_id"])  # a pending entry deleted
+    assert await agrees() == 249
+    await redis.xgroup_setid(stream, GROUP, "0")  # moved back to replay everything
+    assert await agrees() == 249
+    await drain(writer)
+    assert await agrees() == 0
+    for i in range(100):
+        await ledger.deduct("acme", 1, f"s{i}")
+    await writer.step(0)
+    await redis.xtrim(stream, maxlen=20, approximate=False)  # past the last-delivered id
+    assert await agrees() == 20
