@@ -23,11 +23,7 @@ from sidecar import errors
 from sidecar.billing.store import BillingStore
 from sidecar.http.appkeys import BILLING, LEDGER
 from sidecar.http.errors import json_response
-<<<<<<< HEAD
-from sidecar.http.routes import authorize, path_id, query_int
-=======
-from sidecar.http.routes import authorize, iso, path_id, query_int, query_value
->>>>>>> attack
+from sidecar.http.routes import authorize, path_id, query_int, query_value
 from sidecar.http.schemas import ID
 from sidecar.ledger import store_call
 from sidecar.persistence.models import Account, CreditTransaction, table_of
