@@ -16,18 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from sidecar.cli import main
 from tests.ports import free_port
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    """Runs ``credit-sidecar *args`` with exactly ``env`` as its environment, in this process
+    (click's CliRunner: the command's code, exit code, stdout and stderr as a user gets them,
+    without paying a Python start-up per call; tests poll the CLI). The entry point itself is
+    tested as a process (test_ops.py)."""
+    overrides: dict[str, str | None] = {k: None for k in os.environ if k not in env}
+    overrides.update(env)
+    result = CliRunner().invoke(main, list(args), env=overrides, catch_exceptions=False)
+    return subprocess.CompletedProcess(
+        ["credit-sidecar", *args], result.exit_code, result.stdout, result.stderr
     )
 
 

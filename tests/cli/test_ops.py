@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -139,3 +141,16 @@ def test_every_command_is_listed_and_loads_under_its_own_name() -> None:
         assert command is not None and command.name == name
     listed = CliRunner().invoke(main, ["--help"]).output
     assert all(name in listed for name in main.list_commands(ctx))
+
+
+def test_the_installed_entry_point_runs_the_cli_as_a_process() -> None:
+    """The other CLI tests run the commands in-process (tests/cli/conftest.py `cli`): this one
+    runs `credit-sidecar` as a user's shell does."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "credit-sidecar"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0 and "version" in out.stdout, out.stderr
