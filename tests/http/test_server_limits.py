@@ -234,7 +234,8 @@ async def test_bodies_abandoned_mid_way_are_freed_without_the_cyclic_gc(
         gc.enable()
         for writer in stalled:
             writer.close()
-    assert served.guard.timed_out == 2
+    # the two stalled ones (on a busy machine a closed one may meet its timeout first, too)
+    assert served.guard.timed_out >= 2
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 

@@ -340,7 +340,7 @@ async def test_a_writer_waiting_to_migrate_holds_its_leases_and_writes_once_read
     import asyncio
 
     await ledger.configure_account("acme")
-    writer = make_writer(ledger, engine, lease_ms=300)
+    writer = make_writer(ledger, engine, lease_ms=1200)  # renewed every 400 ms
     ready = asyncio.Event()
     stop = asyncio.Event()
 
@@ -355,7 +355,7 @@ async def test_a_writer_waiting_to_migrate_holds_its_leases_and_writes_once_read
                 break
             await asyncio.sleep(0.01)
         holders = set()
-        for _ in range(50):  # 1 s: more than three lease periods
+        for _ in range(75):  # 1.5 s: more than a lease period, several renewals
             holders.add(await ledger.redis.get(lease))
             await asyncio.sleep(0.02)
         assert holders == {writer.token.encode()}
