@@ -10,21 +10,16 @@ fuzzes the running app from this document.
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
-from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from sidecar import __version__
 from sidecar.http import schemas
 from sidecar.persistence.project import TXN_TYPES
-
-openapi_routes = web.RouteTableDef()
 
 Schema = dict[str, Any]
 REF = "#/components/schemas/{model}"
@@ -1456,18 +1451,3 @@ def _spec() -> dict[str, Any]:
             },
         },
     }
-
-
-def build_spec() -> dict[str, Any]:
-    """The OpenAPI document (a fresh copy: callers may change it)."""
-    return copy.deepcopy(_spec())
-
-
-@functools.cache
-def _spec_json() -> bytes:
-    return orjson.dumps(_spec())
-
-
-@openapi_routes.get("/openapi.json")
-async def openapi_json(request: web.Request) -> web.Response:
-    return web.Response(body=_spec_json(), content_type="application/json")

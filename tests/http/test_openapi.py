@@ -17,8 +17,10 @@ from openapi_spec_validator import validate
 from pydantic import BaseModel
 
 from sidecar.http import schemas
+from sidecar.http.api import build_spec
 from sidecar.http.app import create_app
-from sidecar.http.openapi import ANY_METHODS, REF, REQUEST_MODELS, build_spec
+from sidecar.http.contract import ANY_METHODS
+from sidecar.http.openapi import REF, REQUEST_MODELS
 from sidecar.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
