@@ -21,7 +21,6 @@ from sidecar.billing.worker import BillingWorker
 from sidecar.embedded import RedisServer, redis_for
 from sidecar.gate import Gate
 from sidecar.http import api
-from sidecar.http.admin import admin_routes
 from sidecar.http.appkeys import (
     API_KEYS,
     BILLING,
@@ -38,7 +37,6 @@ from sidecar.http.appkeys import (
 from sidecar.http.billing import billing_routes
 from sidecar.http.errors import error_middleware
 from sidecar.http.health import drain_outbox, metrics_ctx, outbox_alert_ctx
-from sidecar.http.ops import ops_routes
 from sidecar.http.proxy import proxy_routes
 from sidecar.http.routes import routes
 from sidecar.http.server import body_first
@@ -125,9 +123,7 @@ def create_app(
         app.cleanup_ctx.append(writer_ctx)
     app.add_routes(routes)
     app.add_routes(proxy_routes)
-    app.add_routes(ops_routes)
     app.add_routes(billing_routes)
-    app.add_routes(admin_routes)
     api.install(app)
     return app
 

@@ -453,8 +453,7 @@ class _Spec:
                 continue
             props = model.model_json_schema()["properties"]
             for name, f in model.model_fields.items():
-                schema = dict(props[name])
-                schema.pop("title", None)
+                schema = _not_null(props[name])
                 description = schema.pop("description", None) or f.description or ""
                 out.append(
                     {
@@ -466,6 +465,20 @@ class _Spec:
                     }
                 )
         return out
+
+
+def _not_null(schema: Schema) -> Schema:
+    """A parameter's schema without its ``null`` (an absent parameter is the default)."""
+    out = {k: v for k, v in schema.items() if k != "title"}
+    branches = out.get("anyOf")
+    if branches is not None:
+        rest = [b for b in branches if b != {"type": "null"}]
+        if len(rest) == 1:
+            del out["anyOf"]
+            out = {**rest[0], **out}
+    if out.get("default", 0) is None:
+        del out["default"]
+    return out
 
 
 def _key(model: Any) -> Any:
