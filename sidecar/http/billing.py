@@ -6,18 +6,22 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from sidecar import errors, metrics
+from sidecar.asciiint import parse_ascii_int
 from sidecar.billing import currency, netguard, notify, purchases, topup
 from sidecar.billing.gateway import API_VERSION, StripeGateway, StripeRefused, StripeTransient
 from sidecar.billing.store import Package
 from sidecar.billing.webhook import verify
 from sidecar.billing.worker import HANDLED
-from sidecar.http.appkeys import BILLING, BILLING_WORKER, SETTINGS
+from sidecar.http.appkeys import BILLING, BILLING_WORKER, SETTINGS, TOKENS
+from sidecar.http.auth import role_check
+from sidecar.http.contract import read_body as body
 from sidecar.http.errors import json_response
-from sidecar.http.routes import authorize, body, path_id, query_int
 from sidecar.http.schemas import (
+    ID,
     AutoTopUpRequest,
     BillingProfileRequest,
     CheckoutRequest,
@@ -26,6 +30,30 @@ from sidecar.http.schemas import (
     SetupCheckoutRequest,
 )
 from sidecar.http.server import body_limit
+
+
+def authorize(request: web.Request, *roles: str) -> None:  # until declared
+    role_check(request.app[TOKENS], roles)(request)
+
+
+def path_id(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    try:
+        return ID.validate_python(value)
+    except ValidationError as e:
+        msg = e.errors(include_url=False)[0]["msg"]
+        raise errors.InvalidInput(f"{name}: {msg}", field=name) from None
+
+
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse_ascii_int(raw, lo, hi)
+    except ValueError as e:
+        raise errors.InvalidInput(f"{name}: {e}", field=name) from None
+
 
 billing_routes = web.RouteTableDef()
 # Event types counted by name in the metrics (the ones billing handles); others are "other".

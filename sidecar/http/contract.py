@@ -125,6 +125,9 @@ class Operation:
     description: str | None = None
     body_limit: Callable[[web.Application], int] | None = None
     documented: bool = True
+    # Around the whole endpoint (auth, validation, handler): what must see every request of
+    # the route, refusals included (the check's metrics).
+    wrap: Callable[[Endpoint], Endpoint] | None = None
 
     @property
     def spec_path(self) -> str:
@@ -160,6 +163,7 @@ class Routes:
         description: str | None = None,
         body_limit: Callable[[web.Application], int] | None = None,
         documented: bool = True,
+        wrap: Callable[[Endpoint], Endpoint] | None = None,
     ) -> Callable[[H], H]:
         errs = dict(errors) if isinstance(errors, Mapping) else dict.fromkeys(errors)
 
@@ -183,6 +187,7 @@ class Routes:
                     description,
                     body_limit,
                     documented,
+                    wrap,
                 )
             )
             return handler
@@ -285,9 +290,10 @@ def endpoint(op: Operation, app: web.Application) -> Endpoint:
             body=encode(result), status=status, headers=headers, content_type="application/json"
         )
 
+    result = op.wrap(handle) if op.wrap is not None else handle
     if op.body_limit is not None:
-        handle.body_limit = op.body_limit  # type: ignore[attr-defined]  # read by body_first
-    return handle
+        result.body_limit = op.body_limit  # type: ignore[attr-defined]  # read by body_first
+    return result
 
 
 # -- the registry and its document -----------------------------------------------------------
@@ -346,13 +352,22 @@ class _Spec:
         self.components: dict[str, Schema] = dict(defs.get("$defs", {}))
         structs: list[Any] = [api.error_model]
         for op in ops:
-            structs += [o.model for o in op.responses.values() if o.model is not None]
+            for o in op.responses.values():
+                structs += _types(o.model)
         found, comps = msgspec.json.schema_components(structs, ref_template=REF)
-        self.struct_schema = dict(zip(map(_key, structs), found, strict=True))
+        self.struct_schema: dict[Any, Schema] = dict(zip(structs, found, strict=True))
         for name, schema in comps.items():
             if name in self.components and self.components[name] != schema:
                 raise ValueError(f"two schemas named {name}")
             self.components[name] = schema
+
+    def schema_of(self, model: Any) -> Schema:
+        """A response model's schema: a union of Structs (which msgspec documents only when
+        tagged) is anyOf its members."""
+        members = _types(model)
+        if len(members) == 1:
+            return self.struct_schema[members[0]]
+        return {"anyOf": [self.struct_schema[m] for m in members]}
 
     def build(self) -> Schema:
         paths: dict[str, dict[str, Any]] = {}
@@ -378,9 +393,7 @@ class _Spec:
     def error(self, status: int, text: str | None) -> Schema:
         r: Schema = {
             "description": text or ERROR_CODES[status],
-            "content": {
-                "application/json": {"schema": self.struct_schema[_key(self.api.error_model)]}
-            },
+            "content": {"application/json": {"schema": self.schema_of(self.api.error_model)}},
         }
         if status == 401:
             r["headers"] = {
@@ -395,7 +408,7 @@ class _Spec:
         r: Schema = {"description": out.description}
         content: Schema = {}
         if out.model is not None:
-            content["application/json"] = {"schema": self.struct_schema[_key(out.model)]}
+            content["application/json"] = {"schema": self.schema_of(out.model)}
         for media, schema in (out.content or {}).items():
             content[media] = {"schema": schema}
         if content:
@@ -479,8 +492,3 @@ def _not_null(schema: Schema) -> Schema:
     if out.get("default", 0) is None:
         del out["default"]
     return out
-
-
-def _key(model: Any) -> Any:
-    """A hashable stand-in for a model (unions of the same Structs are equal)."""
-    return model

@@ -85,6 +85,152 @@ class Readiness(Model, kw_only=True):
     ]
 
 
+# -- checks, accounts, holds, keys -----------------------------------------------------------
+
+
+class RateLimit(Model):
+    requests: int
+    period_ms: int
+    burst: int
+
+
+class CheckAllowed(Model):
+    allowed: Literal[True]
+    account: str
+    balance: int
+    cost: CreditsOut
+    transaction_id: str
+    replayed: bool
+    low_balance: bool
+
+
+class ShadowDecision(Model):
+    """The refusal a check would have been without SIDECAR_SHADOW: its status (402, 429),
+    reason, and that refusal's other fields."""
+
+    status: int
+    reason: str
+    balance: int | UnsetType = UNSET
+    required: int | UnsetType = UNSET
+    retry_after_ms: int | UnsetType = UNSET
+
+
+class CheckShadowed(Model):
+    allowed: Literal[True]
+    account: str
+    charged: Literal[False]
+    shadow: ShadowDecision
+
+
+class InsufficientCredits(Model):
+    allowed: Literal[False]
+    reason: Literal["insufficient_credits"]
+    account: str
+    balance: int
+    required: CreditsOut
+
+
+class RateLimited(Model):
+    allowed: Literal[False]
+    reason: Literal["rate_limited"]
+    account: str
+    retry_after_ms: int
+
+
+class AccountSettings(Model):
+    account: str
+    created: bool
+    overdraft_limit: CreditsOut
+    low_balance_threshold: int | None
+    rate_limit: RateLimit | None
+
+
+class Granted(Model):
+    account: str
+    grant_id: str
+    credits: CreditsOut
+    transaction_id: str
+    balance: int
+    replayed: bool
+
+
+class BucketView(Model):
+    id: str
+    credits: int
+    remaining: int
+    held: int
+    created_at: Time | None
+    expires_at: Time | None
+    priority: int
+    source: str
+    metadata: AnyObject
+
+
+class Balance(Model):
+    account: str
+    balance: int
+    available: int
+    held: int
+    debt: int
+    overdraft_limit: int
+    low_balance_threshold: int | None
+    rate_limit: RateLimit | None
+    created_at: Time | None
+    buckets: Annotated[list[BucketView], Meta(description="live buckets, in burn order")]
+
+
+class Hold(Model):
+    account: str
+    hold_id: str
+    amount: CreditsOut
+    state: str
+    transaction_id: str
+    balance: int
+    expires_at: Time | None
+    replayed: bool
+
+
+class HoldClosed(Model):
+    account: str
+    hold_id: str
+    state: Annotated[str, Meta(extra_json_schema={"enum": ["settled", "released"]})]
+    charged: int
+    forfeited: int
+    transaction_id: str
+    balance: int
+    replayed: bool
+
+
+class Refunded(Model):
+    account: str
+    refund_id: str
+    source_transaction_id: str
+    refunded: int
+    forfeited: int
+    transaction_id: str
+    balance: int
+    replayed: bool
+
+
+class Key(Model):
+    key_id: str
+    account: str
+    name: str
+    prefix: str
+    created_at: Time | None
+    rate_limit: RateLimit | None
+    revoked_at: Time | None
+
+
+class KeyCreated(Key):
+    key: Annotated[str, Meta(description="the key: shown only here")]
+
+
+class KeyList(Model):
+    account: str
+    keys: list[Key]
+
+
 # -- reads -----------------------------------------------------------------------------------
 
 TxnType = Annotated[str, Meta(extra_json_schema={"enum": sorted(TXN_TYPES)})]
