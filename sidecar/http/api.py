@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from sidecar import __version__
-from sidecar.http import admin, console, health, ops, routes
+from sidecar.http import admin, billing, console, health, ops, routes
 from sidecar.http import openapi as legacy
 from sidecar.http.auth import NONE, SECURITY_SCHEMES
 from sidecar.http.contract import Api, Call, Out, Routes
@@ -29,6 +29,7 @@ API = Api(
         routes.routes,
         admin.admin_routes,
         ops.ops_routes,
+        billing.billing_routes,
     ],
     info={
         "title": "credit-sidecar",

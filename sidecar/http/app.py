@@ -34,7 +34,6 @@ from sidecar.http.appkeys import (
     WRITER,
     WRITER_PROCESS,
 )
-from sidecar.http.billing import billing_routes
 from sidecar.http.errors import error_middleware
 from sidecar.http.health import drain_outbox, metrics_ctx, outbox_alert_ctx
 from sidecar.http.proxy import proxy_routes
@@ -121,7 +120,6 @@ def create_app(
     if settings.writer != "off":
         app.cleanup_ctx.append(writer_ctx)
     app.add_routes(proxy_routes)
-    app.add_routes(billing_routes)
     api.install(app)
     return app
 

@@ -356,3 +356,162 @@ class DeadLetters(Model):
 class DeadLettersRetried(Model):
     shard: int
     retried: list[str]
+
+
+# -- billing ---------------------------------------------------------------------------------
+
+
+class PackageView(Model):
+    id: str
+    name: str
+    credits: CreditsOut
+    stripe_price_id: str | None
+    price: Annotated[
+        int,
+        Meta(
+            description="the currency's minor unit (cents; yen for JPY, a zero-decimal "
+            "currency); the same as its Stripe Price's unit_amount"
+        ),
+    ]
+    currency: str
+    credit_expiry_s: int | None
+    active: bool
+    price_display: Annotated[str, Meta(description="e.g. 5.00 USD, 500 JPY")]
+
+
+class PackageList(Model):
+    packages: list[PackageView]
+
+
+class CheckoutSession(Model):
+    id: str
+    url: str | None
+    account: str
+
+
+class PaymentMethod(Model):
+    id: str
+    type: str
+    label: str
+
+
+class PaymentMethods(Model):
+    account: str
+    customer: str | None
+    payment_methods: list[PaymentMethod]
+
+
+class BillingProfile(Model):
+    account: str
+    email: str | None
+    customer: str | None
+
+
+class AutoTopUp(Model):
+    account: str
+    enabled: bool
+    threshold: int
+    package_id: str
+    payment_method: str
+    paused: bool
+    failures: int
+    last_error: str | None
+    needs_customer: Annotated[
+        bool,
+        Meta(
+            description="a charge needed the customer (authentication): no off-session charge "
+            "until they pay the link or the auto top-up is set again"
+        ),
+    ]
+    action_url: str | None
+    action_payment_intent: str | None
+    pending_payment_intent: str | None
+
+
+class Deleted(Model):
+    account: str
+    deleted: bool
+
+
+class NotificationEndpoint(Model):
+    account: str
+    url: str
+    secret: Annotated[str, Meta(description="the signing secret: shown only here")]
+    header: str
+
+
+class Delivery(Model):
+    id: str
+    status: str
+    attempts: int
+    last_error: str | None
+    payload: AnyObject
+
+
+class Notifications(Model):
+    account: str
+    url: str | None
+    deliveries: list[Delivery]
+
+
+class WebhookReceived(Model):
+    received: Literal[True]
+    id: str
+    duplicate: bool
+
+
+class BillingEvent(Model):
+    id: str
+    type: str
+    status: str
+    attempts: int
+    outcome: str | None
+    error: str | None
+    received_at: str
+
+
+class BillingEvents(Model):
+    events: list[BillingEvent]
+
+
+class WebhookEndpoint(Model):
+    id: str
+    url: str
+    api_version: str | None
+    matches: bool
+    sidecar: bool
+
+
+class BillingStatus(Model):
+    events: dict[str, int]
+    deliveries: dict[str, int]
+    stripe: bool
+    api_version: Annotated[str, Meta(description="the Stripe API version billing reads (pinned)")]
+    webhook_endpoints: list[WebhookEndpoint] | None
+
+
+class EventRetried(Model):
+    id: str
+    status: Literal["received"]
+
+
+# -- the proxies' auth endpoints -------------------------------------------------------------
+
+
+class AuthOutcome(Model):
+    allowed: bool
+    reason: Annotated[
+        str,
+        Meta(
+            description="allowed, missing_api_key, invalid_api_key, insufficient_credits, "
+            "rate_limited, route_denied, invalid_cost_header, invalid_path, invalid_method, "
+            "invalid_header, store_unavailable, fail_open, ..."
+        ),
+    ]
+    balance: int | UnsetType = UNSET
+    required: int | UnsetType = UNSET
+    retry_after_ms: int | UnsetType = UNSET
+    field: Annotated[str, Meta(description="a 400: the header (or path) refused")] | UnsetType = (
+        UNSET
+    )
+    message: Annotated[str, Meta(description="a 400: what is wrong with it")] | UnsetType = UNSET
