@@ -13,8 +13,7 @@ import orjson
 from aiohttp import web
 
 from sidecar import __version__
-from sidecar.http import admin, billing, console, health, ops, routes
-from sidecar.http import openapi as legacy
+from sidecar.http import admin, billing, console, health, ops, proxy, routes
 from sidecar.http.auth import NONE, SECURITY_SCHEMES
 from sidecar.http.contract import Api, Call, Out, Routes
 from sidecar.http.responses import Error
@@ -30,6 +29,7 @@ API = Api(
         admin.admin_routes,
         ops.ops_routes,
         billing.billing_routes,
+        proxy.proxy_routes,
     ],
     info={
         "title": "credit-sidecar",
@@ -57,35 +57,7 @@ API = Api(
 
 @functools.cache
 def _spec() -> dict[str, Any]:
-    spec = API.spec()
-    # While routes move to declarations: the hand-written operations of the others.
-    old = legacy._spec()
-    for path, item in old["paths"].items():
-        for method, op in item.items():
-            spec["paths"].setdefault(path, {}).setdefault(method, op)
-    spec["paths"] = dict(sorted(spec["paths"].items()))
-    comps = spec["components"]["schemas"]
-    wanted = set(_refs(spec["paths"]))
-    seen: set[str] = set()
-    while wanted - seen:
-        name = (wanted - seen).pop()
-        seen.add(name)
-        target = name.rsplit("/", 1)[1]
-        if target not in comps:
-            comps[target] = old["components"]["schemas"][target]
-        wanted |= set(_refs(comps[target]))
-    spec["components"]["schemas"] = dict(sorted(comps.items()))
-    return spec
-
-
-def _refs(node: object) -> list[str]:
-    if isinstance(node, dict):
-        return [v for k, v in node.items() if k == "$ref"] + [
-            r for v in node.values() for r in _refs(v)
-        ]
-    if isinstance(node, list):
-        return [r for v in node for r in _refs(v)]
-    return []
+    return API.spec()
 
 
 def build_spec() -> dict[str, Any]:

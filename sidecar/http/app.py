@@ -36,7 +36,6 @@ from sidecar.http.appkeys import (
 )
 from sidecar.http.errors import error_middleware
 from sidecar.http.health import drain_outbox, metrics_ctx, outbox_alert_ctx
-from sidecar.http.proxy import proxy_routes
 from sidecar.http.server import body_first
 from sidecar.ledger import CALL_DEADLINE_S, Clock, ledger_for, wall_clock_ms
 from sidecar.logs import request_id_middleware
@@ -119,7 +118,6 @@ def create_app(
     app.cleanup_ctx.append(reload_ctx)
     if settings.writer != "off":
         app.cleanup_ctx.append(writer_ctx)
-    app.add_routes(proxy_routes)
     api.install(app)
     return app
 

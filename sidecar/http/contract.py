@@ -122,6 +122,7 @@ class Operation:
     body: type[BaseModel] | None = None
     body_required: bool = True
     body_schema: Schema | None = None  # a body the handler reads itself (documented only)
+    headers: Mapping[str, str] = field(default_factory=dict)  # read by the handler: documented
     description: str | None = None
     body_limit: Callable[[web.Application], int] | None = None
     documented: bool = True
@@ -160,6 +161,7 @@ class Routes:
         body: type[BaseModel] | None = None,
         body_required: bool = True,
         body_schema: Schema | None = None,
+        headers: Mapping[str, str] | None = None,
         description: str | None = None,
         body_limit: Callable[[web.Application], int] | None = None,
         documented: bool = True,
@@ -184,6 +186,7 @@ class Routes:
                     body,
                     body_required,
                     body_schema,
+                    dict(headers or {}),
                     description,
                     body_limit,
                     documented,
@@ -215,7 +218,20 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise validation_error(e) from None
 
 
+def validated(model: type[BaseModel]) -> bool:
+    """Whether some value can fail the model (not every field a plain string)."""
+    props = model.model_json_schema()["properties"]
+    plain = {"type": "string"}
+    return any(
+        {k: v for k, v in p.items() if k not in ("title", "description")} != plain
+        for p in props.values()
+    )
+
+
 def _path_parser(model: type[M]) -> Callable[[web.Request], M]:
+    if not validated(model):  # nothing to check: no work per request
+        return lambda request: model.model_construct(None, **request.match_info)
+
     def parse(request: web.Request) -> M:
         try:
             return model.model_validate(request.match_info)
@@ -429,7 +445,7 @@ class _Spec:
             for status in (400, 413, 422):
                 errs.setdefault(status, None)
         params = self.parameters(op)
-        if op.query is not None or op.params is not None:
+        if op.query is not None or (op.params is not None and validated(op.params)):
             errs.setdefault(422, None)  # validated
         if op.params is not None:
             errs.setdefault(404, None)  # e.g. a value with a "/" matches no route
@@ -477,6 +493,16 @@ class _Spec:
                         "schema": schema,
                     }
                 )
+        for name, description in op.headers.items():
+            out.append(
+                {
+                    "name": name,
+                    "in": "header",
+                    "required": False,
+                    "description": description,
+                    "schema": {"type": "string"},
+                }
+            )
         return out
 
 
