@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from sidecar import __version__
-from sidecar.http import admin, billing, console, health, ops, proxy, routes
+from sidecar.http import admin, billing, console, health, ops, proxy, routes, stripe_events
 from sidecar.http.auth import NONE, SECURITY_SCHEMES
 from sidecar.http.contract import Api, Call, Out, Routes
 from sidecar.http.responses import Error
@@ -29,6 +29,7 @@ API = Api(
         admin.admin_routes,
         ops.ops_routes,
         billing.billing_routes,
+        stripe_events.stripe_routes,
         proxy.proxy_routes,
     ],
     info={
