@@ -76,8 +76,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sidecar.http.appkeys import TOKENS
+from sidecar.http.auth import role_check
+from sidecar.http.contract import read_body as body
 from sidecar.http.errors import error_middleware, json_response
-from sidecar.http.routes import authorize, body
 from sidecar.http.schemas import CheckRequest
 from sidecar.persistence.db import create_engine, resolve_url
 
@@ -243,7 +244,7 @@ SEED = web.AppKey("seed", Seed)
 
 async def check(request: web.Request) -> web.Response:
     if request.app[TOKENS]:
-        authorize(request, "service", "admin")
+        role_check(request.app[TOKENS], ("service", "admin"))(request)
     req = await body(request, CheckRequest)
     seed = request.app[SEED]
     metadata = {**(req.metadata or {}), "idempotency_key": req.idempotency_key}

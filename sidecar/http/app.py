@@ -20,7 +20,7 @@ from sidecar.billing.store import BillingStore
 from sidecar.billing.worker import BillingWorker
 from sidecar.embedded import RedisServer, redis_for
 from sidecar.gate import Gate
-from sidecar.http.admin import admin_routes
+from sidecar.http import api
 from sidecar.http.appkeys import (
     API_KEYS,
     BILLING,
@@ -34,14 +34,8 @@ from sidecar.http.appkeys import (
     WRITER,
     WRITER_PROCESS,
 )
-from sidecar.http.billing import billing_routes
-from sidecar.http.console import console_routes
 from sidecar.http.errors import error_middleware
-from sidecar.http.health import drain_outbox, health_routes, metrics_ctx, outbox_alert_ctx
-from sidecar.http.openapi import openapi_routes
-from sidecar.http.ops import ops_routes
-from sidecar.http.proxy import proxy_routes
-from sidecar.http.routes import routes
+from sidecar.http.health import drain_outbox, metrics_ctx, outbox_alert_ctx
 from sidecar.http.server import body_first
 from sidecar.ledger import CALL_DEADLINE_S, Clock, ledger_for, wall_clock_ms
 from sidecar.logs import request_id_middleware
@@ -125,14 +119,7 @@ def create_app(
     app.cleanup_ctx.append(reload_ctx)
     if settings.writer != "off":
         app.cleanup_ctx.append(writer_ctx)
-    app.add_routes(routes)
-    app.add_routes(proxy_routes)
-    app.add_routes(ops_routes)
-    app.add_routes(billing_routes)
-    app.add_routes(health_routes)
-    app.add_routes(openapi_routes)
-    app.add_routes(console_routes)
-    app.add_routes(admin_routes)
+    api.install(app)
     return app
 
 

@@ -1,46 +1,92 @@
-"""Billing routes: credit packages, Checkout, auto top-up and notification settings, the
-Stripe webhook receiver and the stored events (admin token, except where noted)."""
+"""Billing routes: credit packages, Checkout, payment methods, the billing profile, auto top-up
+and notification settings (admin token, except where noted). Stripe's webhook and the stored
+events: sidecar/http/stripe_events.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
-from sidecar import errors, metrics
+from sidecar import errors
 from sidecar.billing import currency, netguard, notify, purchases, topup
-from sidecar.billing.gateway import API_VERSION, StripeGateway, StripeRefused, StripeTransient
+from sidecar.billing.gateway import StripeGateway, StripeRefused, StripeTransient
 from sidecar.billing.store import Package
-from sidecar.billing.webhook import verify
-from sidecar.billing.worker import HANDLED
-from sidecar.http.appkeys import BILLING, BILLING_WORKER, SETTINGS
-from sidecar.http.errors import json_response
-from sidecar.http.routes import authorize, body, path_id, query_int, query_value
+from sidecar.http.appkeys import BILLING, SETTINGS
+from sidecar.http.auth import ADMIN, SERVICE
+from sidecar.http.contract import Call, Out, Reply, Routes
+from sidecar.http.responses import (
+    AutoTopUp,
+    BillingProfile,
+    CheckoutSession,
+    Deleted,
+    Delivery,
+    NotificationEndpoint,
+    Notifications,
+    PackageList,
+    PackageView,
+    PaymentMethod,
+    PaymentMethods,
+)
 from sidecar.http.schemas import (
+    AccountPath,
     AutoTopUpRequest,
     BillingProfileRequest,
     CheckoutRequest,
     NotificationRequest,
+    PackagePath,
     PackageRequest,
+    PackagesQuery,
     SetupCheckoutRequest,
 )
-from sidecar.http.server import body_limit
 
-billing_routes = web.RouteTableDef()
-# Event types counted by name in the metrics (the ones billing handles); others are "other".
-COUNTED_EVENT_TYPES = HANDLED
+billing_routes = Routes()
 
 
-@billing_routes.put("/v1/admin/packages/{package_id}")
-async def put_package(request: web.Request) -> web.Response:
+SQL_503 = "`ledger_unavailable`: the SQL store could not be reached"
+BILLING_503 = (
+    "`billing_not_configured`: no Stripe key; `ledger_unavailable`: no SQL; "
+    "`store_unavailable`: no Redis"
+)
+
+
+def package_view(p: Package) -> PackageView:
+    return PackageView(
+        id=p.id,
+        name=p.name,
+        credits=p.credits,
+        stripe_price_id=p.stripe_price_id,
+        price=p.price,
+        currency=p.currency,
+        credit_expiry_s=p.credit_expiry_s,
+        active=p.active,
+        price_display=currency.display(p.price, p.currency),
+    )
+
+
+@billing_routes.route(
+    "PUT",
+    "/v1/admin/packages/{package_id}",
+    "Create or replace a credit package (`active: false` retires it)",
+    tag="billing",
+    auth=ADMIN,
+    params=PackagePath,
+    body=PackageRequest,
+    responses={200: Out(PackageView, "replaced"), 201: Out(PackageView, "created")},
+    errors={
+        422: "`invalid_request`: e.g. a price or currency other than its Stripe Price's "
+        "(checked when Stripe is configured), or an amount Stripe cannot charge in that "
+        "currency",
+        502: None,
+        503: SQL_503,
+    },
+)
+async def put_package(call: Call[PackagePath, None, PackageRequest]) -> Reply:
     """Creates or replaces a credit package (``active: false`` retires it)."""
-    authorize(request, "admin")
-    package_id = path_id(request, "package_id")
-    req = await body(request, PackageRequest)
-    b = request.app[BILLING]
+    req = call.body
+    b = call.app[BILLING]
     p = Package(
-        package_id,
+        call.path.package_id,
         req.name,
         req.credits,
         req.stripe_price_id,
@@ -61,7 +107,7 @@ async def put_package(request: web.Request) -> web.Response:
             f"stripe_price_id {req.stripe_price_id} belongs to another package",
             field="stripe_price_id",
         ) from None
-    return json_response(p.public(), 201 if created else 200)
+    return Reply(package_view(p), 201 if created else 200)
 
 
 async def _price_agrees(gateway: StripeGateway, p: Package) -> None:
@@ -99,29 +145,60 @@ async def _price_agrees(gateway: StripeGateway, p: Package) -> None:
         )
 
 
-@billing_routes.get("/v1/admin/packages")
-async def list_packages(request: web.Request) -> web.Response:
-    authorize(request, "admin", "service")
-    active = query_value(request, "active") == "true"
-    packages = await request.app[BILLING].store.packages(active_only=active)
-    return json_response({"packages": [p.public() for p in packages]})
+@billing_routes.route(
+    "GET",
+    "/v1/admin/packages",
+    "Credit packages",
+    tag="billing",
+    auth=SERVICE,
+    query=PackagesQuery,
+    responses={200: Out(PackageList, "the packages")},
+    errors={503: SQL_503},
+)
+async def list_packages(call: Call[None, PackagesQuery, None]) -> PackageList:
+    packages = await call.app[BILLING].store.packages(active_only=call.query.active)
+    return PackageList(packages=[package_view(p) for p in packages])
 
 
-@billing_routes.get("/v1/admin/packages/{package_id}")
-async def get_package(request: web.Request) -> web.Response:
-    authorize(request, "admin", "service")
-    package_id = path_id(request, "package_id")
-    p = await request.app[BILLING].store.package(package_id)
+@billing_routes.route(
+    "GET",
+    "/v1/admin/packages/{package_id}",
+    "A credit package",
+    tag="billing",
+    auth=SERVICE,
+    params=PackagePath,
+    responses={200: Out(PackageView, "the package")},
+    errors={404: "`unknown_package`", 503: SQL_503},
+)
+async def get_package(call: Call[PackagePath, None, None]) -> PackageView:
+    package_id = call.path.package_id
+    p = await call.app[BILLING].store.package(package_id)
     if p is None:
         raise errors.UnknownPackage(f"no package {package_id}")
-    return json_response(p.public())
+    return package_view(p)
 
 
-@billing_routes.post("/v1/checkout")
-async def checkout(request: web.Request) -> web.Response:
+CHECKOUT_409 = "`idempotency_conflict`: the idempotency_key was used with other parameters"
+
+
+@billing_routes.route(
+    "POST",
+    "/v1/checkout",
+    "A Stripe Checkout Session for an account: its URL",
+    tag="billing",
+    auth=SERVICE,
+    body=CheckoutRequest,
+    responses={201: Out(CheckoutSession, "the session")},
+    errors={
+        404: "`unknown_account`, `unknown_package`",
+        409: CHECKOUT_409,
+        502: None,
+        503: BILLING_503,
+    },
+)
+async def checkout(call: Call[None, None, CheckoutRequest]) -> CheckoutSession:
     """A Stripe Checkout Session for an account (service or admin token): its URL."""
-    authorize(request, "admin", "service")
-    req = await body(request, CheckoutRequest)
+    req = call.body
     if (req.package_id is None) == (req.items is None):
         raise errors.InvalidInput("give either package_id or items", field="items")
     items = (
@@ -130,7 +207,7 @@ async def checkout(request: web.Request) -> web.Response:
         else [purchases.Item(i.package_id, i.quantity) for i in req.items or []]
     )
     session = await purchases.checkout(
-        request.app[BILLING],
+        call.app[BILLING],
         req.account,
         items,
         req.success_url,
@@ -139,17 +216,26 @@ async def checkout(request: web.Request) -> web.Response:
         save_card=req.save_card,
         email=req.email,
     )
-    return json_response({"id": session.id, "url": session.url, "account": req.account}, 201)
+    return CheckoutSession(id=session.id, url=session.url, account=req.account)
 
 
-@billing_routes.post("/v1/checkout/setup")
-async def setup_checkout(request: web.Request) -> web.Response:
+@billing_routes.route(
+    "POST",
+    "/v1/checkout/setup",
+    "A Stripe Checkout Session in setup mode: the customer saves a card without paying (it "
+    "becomes the auto top-up's card)",
+    tag="billing",
+    auth=SERVICE,
+    body=SetupCheckoutRequest,
+    responses={201: Out(CheckoutSession, "the session")},
+    errors={404: "`unknown_account`", 409: CHECKOUT_409, 502: None, 503: BILLING_503},
+)
+async def setup_checkout(call: Call[None, None, SetupCheckoutRequest]) -> CheckoutSession:
     """A Stripe Checkout Session in setup mode (service or admin token): the customer saves a
     card without paying; it becomes the account's auto top-up card."""
-    authorize(request, "admin", "service")
-    req = await body(request, SetupCheckoutRequest)
+    req = call.body
     session = await purchases.setup_checkout(
-        request.app[BILLING],
+        call.app[BILLING],
         req.account,
         req.success_url,
         req.cancel_url,
@@ -157,40 +243,57 @@ async def setup_checkout(request: web.Request) -> web.Response:
         req.idempotency_key,
         email=req.email,
     )
-    return json_response({"id": session.id, "url": session.url, "account": req.account}, 201)
+    return CheckoutSession(id=session.id, url=session.url, account=req.account)
 
 
-@billing_routes.get("/v1/admin/accounts/{account}/payment-methods")
-async def payment_methods(request: web.Request) -> web.Response:
+@billing_routes.route(
+    "GET",
+    "/v1/admin/accounts/{account}/payment-methods",
+    "The payment methods saved on the account's Stripe customer",
+    operation_id="list_payment_methods",
+    tag="billing",
+    auth=ADMIN,
+    params=AccountPath,
+    responses={200: Out(PaymentMethods, "its saved payment methods")},
+    errors={404: "`unknown_account`", 502: None, 503: BILLING_503},
+)
+async def payment_methods(call: Call[AccountPath, None, None]) -> PaymentMethods:
     """The cards (and other methods) saved on the account's Stripe customer."""
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    b = request.app[BILLING]
+    account = call.path.account
+    b = call.app[BILLING]
     gateway = b.stripe()
     customer = await b.store.customer(account)
     if customer is None:
         await b.ledger.balance(account)  # UnknownAccount
-        return json_response({"account": account, "customer": None, "payment_methods": []})
+        return PaymentMethods(account=account, customer=None, payment_methods=[])
     try:
         methods = await gateway.payment_methods(customer)
     except (StripeTransient, StripeRefused) as e:
         raise errors.PaymentProviderError(f"Stripe: {e}") from None
-    return json_response(
-        {
-            "account": account,
-            "customer": customer,
-            "payment_methods": [{"id": m.id, "type": m.type, "label": m.label} for m in methods],
-        }
+    return PaymentMethods(
+        account=account,
+        customer=customer,
+        payment_methods=[PaymentMethod(id=m.id, type=m.type, label=m.label) for m in methods],
     )
 
 
-@billing_routes.put("/v1/admin/accounts/{account}/billing")
-async def put_billing_profile(request: web.Request) -> web.Response:
+@billing_routes.route(
+    "PUT",
+    "/v1/admin/accounts/{account}/billing",
+    "Set an account's billing email (on its Stripe customer: receipts go there)",
+    tag="billing",
+    auth=ADMIN,
+    params=AccountPath,
+    body=BillingProfileRequest,
+    responses={200: Out(BillingProfile, "the billing profile")},
+    errors={404: "`unknown_account`", 502: None, 503: BILLING_503},
+)
+async def put_billing_profile(
+    call: Call[AccountPath, None, BillingProfileRequest],
+) -> BillingProfile:
     """The account's billing email: on its Stripe customer, where Stripe sends receipts."""
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    req = await body(request, BillingProfileRequest)
-    b = request.app[BILLING]
+    account, req = call.path.account, call.body
+    b = call.app[BILLING]
     await b.ledger.balance(account)  # UnknownAccount
     await b.store.set_billing_email(account, req.email)
     customer = await b.store.customer(account)
@@ -199,15 +302,28 @@ async def put_billing_profile(request: web.Request) -> web.Response:
             await b.stripe().set_customer_email(customer, req.email)
         except (StripeTransient, StripeRefused) as e:
             raise errors.PaymentProviderError(f"Stripe: {e}") from None
-    return json_response({"account": account, "email": req.email, "customer": customer})
+    return BillingProfile(account=account, email=req.email, customer=customer)
 
 
-@billing_routes.put("/v1/admin/accounts/{account}/auto-topup")
-async def put_auto_topup(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    req = await body(request, AutoTopUpRequest)
-    b = request.app[BILLING]
+@billing_routes.route(
+    "PUT",
+    "/v1/admin/accounts/{account}/auto-topup",
+    "Set an account's auto top-up",
+    tag="billing",
+    auth=ADMIN,
+    params=AccountPath,
+    body=AutoTopUpRequest,
+    responses={200: Out(AutoTopUp, "the auto top-up")},
+    errors={
+        404: "`unknown_account`, `unknown_package`",
+        422: "`invalid_request`: e.g. a payment method not saved on the account's Stripe customer",
+        502: None,
+        503: BILLING_503,
+    },
+)
+async def put_auto_topup(call: Call[AccountPath, None, AutoTopUpRequest]) -> AutoTopUp:
+    account, req = call.path.account, call.body
+    b = call.app[BILLING]
     b.stripe()
     await b.ledger.balance(account)  # UnknownAccount
     p = await b.store.package(req.package_id)
@@ -221,168 +337,142 @@ async def put_auto_topup(request: web.Request) -> web.Response:
         payment_method=req.payment_method,
         enabled=req.enabled,
     )
-    return json_response(_topup_view(await b.store.topup(account)))
+    return _topup_view(await b.store.topup(account))
 
 
-@billing_routes.get("/v1/admin/accounts/{account}/auto-topup")
-async def get_auto_topup(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    cfg = await request.app[BILLING].store.topup(account)
+@billing_routes.route(
+    "GET",
+    "/v1/admin/accounts/{account}/auto-topup",
+    "An account's auto top-up, with its failures",
+    tag="billing",
+    auth=ADMIN,
+    params=AccountPath,
+    responses={200: Out(AutoTopUp, "the auto top-up")},
+    errors={404: "`unknown_account`: none set", 503: SQL_503},
+)
+async def get_auto_topup(call: Call[AccountPath, None, None]) -> AutoTopUp:
+    account = call.path.account
+    cfg = await call.app[BILLING].store.topup(account)
     if cfg is None:
         raise errors.UnknownAccount(f"account {account} has no auto top-up")
-    return json_response(_topup_view(cfg))
+    return _topup_view(cfg)
 
 
-@billing_routes.delete("/v1/admin/accounts/{account}/auto-topup")
-async def delete_auto_topup(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    existed = await topup.disable(request.app[BILLING], account)
-    return json_response({"account": account, "deleted": existed})
+@billing_routes.route(
+    "DELETE",
+    "/v1/admin/accounts/{account}/auto-topup",
+    "Remove an account's auto top-up",
+    tag="billing",
+    auth=ADMIN,
+    params=AccountPath,
+    responses={200: Out(Deleted, "whether there was one")},
+    errors={503: SQL_503},
+)
+async def delete_auto_topup(call: Call[AccountPath, None, None]) -> Deleted:
+    account = call.path.account
+    existed = await topup.disable(call.app[BILLING], account)
+    return Deleted(account=account, deleted=existed)
 
 
-def _topup_view(cfg: dict[str, Any] | None) -> dict[str, Any]:
+def _topup_view(cfg: dict[str, Any] | None) -> AutoTopUp:
     assert cfg is not None
-    keys = ("account", "enabled", "threshold", "package_id", "payment_method", "paused")
-    view = {k: cfg[k] for k in keys}
-    view |= {"failures": cfg["failures"], "last_error": cfg["last_error"]}
-    # A charge that needs the customer: the link sent to the business ("" = none made).
-    view["needs_customer"] = cfg["action_url"] is not None
-    view["action_url"] = cfg["action_url"] or None
-    view["action_payment_intent"] = cfg["action_payment_intent"]
     pending = cfg["pending_payment_intent"]
-    # "starting:<uuid>" is the slot of a charge being created, not a PaymentIntent yet.
-    view["pending_payment_intent"] = (
-        pending if pending and not pending.startswith("starting") else None
+    return AutoTopUp(
+        account=cfg["account"],
+        enabled=cfg["enabled"],
+        threshold=cfg["threshold"],
+        package_id=cfg["package_id"],
+        payment_method=cfg["payment_method"],
+        paused=cfg["paused"],
+        failures=cfg["failures"],
+        last_error=cfg["last_error"],
+        # A charge that needs the customer: the link sent to the business ("" = none made).
+        needs_customer=cfg["action_url"] is not None,
+        action_url=cfg["action_url"] or None,
+        action_payment_intent=cfg["action_payment_intent"],
+        # "starting:<uuid>" is the slot of a charge being created, not a PaymentIntent yet.
+        pending_payment_intent=(
+            pending if pending and not pending.startswith("starting") else None
+        ),
     )
-    return view
 
 
-@billing_routes.put("/v1/admin/accounts/{account}/notifications")
-async def put_notifications(request: web.Request) -> web.Response:
+@billing_routes.route(
+    "PUT",
+    "/v1/admin/accounts/{account}/notifications",
+    "Where low-balance webhooks go; returns the signing secret (only here)",
+    tag="billing",
+    auth=ADMIN,
+    params=AccountPath,
+    body=NotificationRequest,
+    responses={200: Out(NotificationEndpoint, "the endpoint and its secret")},
+    errors={
+        404: "`unknown_account`",
+        422: "`invalid_request`: a malformed URL, or one naming a non-public address "
+        "(loopback, private, link-local, CGNAT, multicast, reserved; unless "
+        "SIDECAR_NOTIFY_ALLOW_PRIVATE)",
+        503: SQL_503,
+    },
+)
+async def put_notifications(
+    call: Call[AccountPath, None, NotificationRequest],
+) -> NotificationEndpoint:
     """Where low-balance webhooks go; returns the signing secret (only here: keep it)."""
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    req = await body(request, NotificationRequest)
+    account, req = call.path.account, call.body
     refused = netguard.saved_url_refusal(
-        req.url, allow_private=request.app[SETTINGS].notify_allow_private
+        req.url, allow_private=call.app[SETTINGS].notify_allow_private
     )
     if refused is not None:
         raise errors.InvalidInput(f"url {refused}", field="url")
-    b = request.app[BILLING]
+    b = call.app[BILLING]
     await b.ledger.balance(account)  # UnknownAccount
     secret = notify.new_secret()
     await b.store.put_endpoint(account, req.url, secret, b.clock())
-    return json_response(
-        {"account": account, "url": req.url, "secret": secret, "header": notify.HEADER}
-    )
+    return NotificationEndpoint(account=account, url=req.url, secret=secret, header=notify.HEADER)
 
 
-@billing_routes.get("/v1/admin/accounts/{account}/notifications")
-async def get_notifications(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    b = request.app[BILLING]
+@billing_routes.route(
+    "GET",
+    "/v1/admin/accounts/{account}/notifications",
+    "An account's webhook endpoint and its recent deliveries",
+    tag="billing",
+    auth=ADMIN,
+    params=AccountPath,
+    responses={200: Out(Notifications, "the endpoint and deliveries")},
+    errors={503: SQL_503},
+)
+async def get_notifications(call: Call[AccountPath, None, None]) -> Notifications:
+    account = call.path.account
+    b = call.app[BILLING]
     ep = await b.store.endpoint(account)
     deliveries = await b.store.deliveries(account, 20)
-    return json_response(
-        {
-            "account": account,
-            "url": ep["url"] if ep else None,
-            "deliveries": [
-                {
-                    "id": d["id"],
-                    "status": d["status"],
-                    "attempts": d["attempts"],
-                    "last_error": d["last_error"],
-                    "payload": d["payload"],
-                }
-                for d in deliveries
-            ],
-        }
+    return Notifications(
+        account=account,
+        url=ep["url"] if ep else None,
+        deliveries=[
+            Delivery(
+                id=d["id"],
+                status=d["status"],
+                attempts=d["attempts"],
+                last_error=d["last_error"],
+                payload=d["payload"],
+            )
+            for d in deliveries
+        ],
     )
 
 
-@billing_routes.delete("/v1/admin/accounts/{account}/notifications")
-async def delete_notifications(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    existed = await request.app[BILLING].store.delete_endpoint(account)
-    return json_response({"account": account, "deleted": existed})
-
-
-@billing_routes.post("/webhooks/stripe")
-@body_limit(lambda app: app[SETTINGS].stripe_webhook_max_bytes)  # Stripe's events can be large
-async def stripe_webhook(request: web.Request) -> web.Response:
-    """Stripe's webhook: verified, stored durably, acknowledged; the worker processes it.
-    No bearer token: the signature is the authentication. Counted in the metrics by event type
-    and outcome."""
-    settings = request.app[SETTINGS]
-    etype, outcome = "unknown", "error"
-    try:
-        payload = await request.read()
-        event = verify(
-            payload,
-            request.headers.get("Stripe-Signature"),
-            settings.webhook_secrets,
-            settings.stripe_webhook_tolerance_s,
-        )
-        etype = event["type"] if event["type"] in COUNTED_EVENT_TYPES else "other"
-        b = request.app[BILLING]
-        stored = await b.store.store_event(event["id"], event["type"], event, b.clock())
-        outcome = "received" if stored else "duplicate"
-    except errors.InvalidSignature:
-        outcome = "invalid_signature"
-        raise
-    except errors.BillingNotConfigured:
-        outcome = "not_configured"
-        raise
-    finally:
-        metrics.WEBHOOKS.labels(etype, outcome).inc()
-    worker = request.app.get(BILLING_WORKER)
-    if worker is not None:
-        worker.wake()
-    return json_response({"received": True, "id": event["id"], "duplicate": not stored})
-
-
-@billing_routes.get("/v1/admin/billing/events")
-async def list_events(request: web.Request) -> web.Response:
-    """Stored Stripe events, newest first; ?status=dead lists the dead letters."""
-    authorize(request, "admin")
-    status = query_value(request, "status") or None
-    if status not in (None, "received", "processing", "retry", "processed", "ignored", "dead"):
-        raise errors.InvalidInput("unknown status", field="status")
-    limit = query_int(request, "limit", 100, 1, 1000)
-    events = await request.app[BILLING].store.events(status, limit)
-    return json_response({"events": events})
-
-
-@billing_routes.get("/v1/admin/billing/status")
-async def billing_status(request: web.Request) -> web.Response:
-    """Stripe events and low-balance deliveries by status; ``dead`` counts need a look."""
-    authorize(request, "admin")
-    b = request.app[BILLING]
-    counts = await b.store.counts()
-    return json_response(
-        counts
-        | {
-            "stripe": b.gateway is not None,
-            "api_version": API_VERSION,
-            "webhook_endpoints": b.endpoints,
-        }
-    )
-
-
-@billing_routes.post("/v1/admin/billing/events/{event_id}/retry")
-async def retry_event(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    event_id = request.match_info["event_id"]
-    if not 1 <= len(event_id) <= 255:
-        raise errors.InvalidInput("event_id is malformed", field="event_id")
-    if not await request.app[BILLING].store.retry_event(event_id):
-        raise errors.InvalidInput(f"no dead or retrying event {event_id}", field="event_id")
-    worker = request.app.get(BILLING_WORKER)
-    if worker is not None:
-        worker.wake()
-    return json_response({"id": event_id, "status": "received"})
+@billing_routes.route(
+    "DELETE",
+    "/v1/admin/accounts/{account}/notifications",
+    "Remove an account's webhook endpoint",
+    tag="billing",
+    auth=ADMIN,
+    params=AccountPath,
+    responses={200: Out(Deleted, "whether there was one")},
+    errors={503: SQL_503},
+)
+async def delete_notifications(call: Call[AccountPath, None, None]) -> Deleted:
+    account = call.path.account
+    existed = await call.app[BILLING].store.delete_endpoint(account)
+    return Deleted(account=account, deleted=existed)

@@ -13,8 +13,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from sidecar.console import ASSETS, asset
+from sidecar.http.auth import NONE
+from sidecar.http.contract import Call, Out, Routes
 
-console_routes = web.RouteTableDef()
+console_routes = Routes()
 
 CSP = "; ".join(
     [
@@ -43,20 +45,33 @@ def _file(name: str) -> web.Response:
     )
 
 
-@console_routes.get("/console")
-async def console_page(request: web.Request) -> web.Response:
+@console_routes.route(
+    "GET",
+    "/console",
+    "The operator console (HTML; it asks for the admin token, loading it needs none)",
+    operation_id="console",
+    tag="service",
+    auth=NONE,
+    responses={200: Out(None, "the page", content={"text/html": {"type": "string"}})},
+)
+async def console_page(call: Call[None, None, None]) -> web.Response:
     return _file("index.html")
 
 
-@console_routes.get("/console/")
-async def console_slash(request: web.Request) -> web.Response:
+# The page's assets and the redirect are routes of the app, not of the API: not documented.
+@console_routes.route(
+    "GET", "/console/", "to the page", tag="service", auth=NONE, responses={}, documented=False
+)
+async def console_slash(call: Call[None, None, None]) -> web.Response:
     # The page's links are relative to /console (so it also works behind a path prefix).
     raise web.HTTPFound("../console")
 
 
-@console_routes.get("/console/{name}")
-async def console_asset(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
+@console_routes.route(
+    "GET", "/console/{name}", "an asset", tag="service", auth=NONE, responses={}, documented=False
+)
+async def console_asset(call: Call[None, None, None]) -> web.Response:
+    name = call.request.match_info["name"]
     if name == "index.html" or name not in ASSETS:
         raise web.HTTPNotFound()
     return _file(name)

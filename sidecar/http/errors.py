@@ -7,11 +7,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import orjson
 from aiohttp import web
+from msgspec import UNSET
 from pydantic import ValidationError
 
 from sidecar import errors
+from sidecar.http.responses import Error, ErrorDetail
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ _HTTP_CODES = {
 }
 
 
+ENCODER = msgspec.json.Encoder()
+
+
 def json_response(
     data: object, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -60,10 +66,10 @@ def error_response(
     field: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    body: dict[str, str] = {"code": code, "message": message}
-    if field:
-        body["field"] = field
-    return json_response({"error": body}, status, headers)
+    body = Error(error=ErrorDetail(code=code, message=message, field=field or UNSET))
+    return web.Response(
+        body=ENCODER.encode(body), status=status, headers=headers, content_type="application/json"
+    )
 
 
 def validation_error(e: ValidationError) -> errors.InvalidInput:

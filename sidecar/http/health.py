@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import logging
 import os
 import time
@@ -38,16 +37,18 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import RedisCluster
 from sqlalchemy import text
 
-from sidecar import errors, metrics
+from sidecar import metrics
 from sidecar.http.appkeys import BILLING, EMBEDDED_REDIS, LEDGER, SETTINGS
-from sidecar.http.errors import json_response
+from sidecar.http.auth import METRICS, NONE
+from sidecar.http.contract import Call, Out, Reply, Routes
+from sidecar.http.responses import Health, Readiness, ReadinessCheck, Unhealthy
 from sidecar.keys import KeySpace
 from sidecar.ledger import Clock
 from sidecar.persistence.writer import outbox_status, pause
 from sidecar.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
-health_routes = web.RouteTableDef()
+health_routes = Routes()
 SCRAPE = web.AppKey("metrics_scrape", metrics.Scrape)
 CHECK_TIMEOUT_S = 1.0
 PROBE_TTL_MS = 60_000
@@ -126,39 +127,56 @@ async def outbox_alert_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-@health_routes.get("/metrics")
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    token = request.app[SETTINGS].metrics_token
-    if token is not None:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        expected = token.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode("utf-8", "surrogateescape"), expected
-        ):
-            raise errors.Unauthorized("GET /metrics needs the metrics token (Bearer)")
-    body = await request.app[SCRAPE].exposition()
+@health_routes.route(
+    "GET",
+    "/metrics",
+    "Prometheus metrics (text exposition format)",
+    operation_id="metrics",
+    tag="service",
+    auth=METRICS,
+    responses={200: Out(None, "the metrics", content={"text/plain": {"type": "string"}})},
+    errors={401: "`unauthorized`: SIDECAR_METRICS_TOKEN is set, not given"},
+    description="Open unless SIDECAR_METRICS_TOKEN is set; then that bearer token is required.",
+)
+async def metrics_endpoint(call: Call[None, None, None]) -> web.Response:
+    body = await call.app[SCRAPE].exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-@health_routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
-    body: dict[str, Any] = {"status": "ok", "pid": os.getpid()}
-    embedded = request.app.get(EMBEDDED_REDIS)
+@health_routes.route(
+    "GET",
+    "/healthz",
+    "Liveness: the process answers, and so does its embedded Redis",
+    tag="service",
+    auth=NONE,
+    responses={
+        200: Out(Health, "alive (pid: which worker process answered)"),
+        503: Out(
+            Unhealthy,
+            "the embedded Redis of `serve` does not answer (it is being restarted from its "
+            "AOF; if that keeps failing, restart the sidecar)",
+        ),
+    },
+    description="With an external Redis (SIDECAR_REDIS_URL), 200 whenever the process "
+    "answers: Redis's state is readiness's business (`/readyz`).",
+)
+async def healthz(call: Call[None, None, None]) -> Health | Reply:
+    pid = os.getpid()
+    embedded = call.app.get(EMBEDDED_REDIS)
     if embedded is not None:
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
                 await embedded.ping()
         except Exception as e:
             log.debug("embedded Redis does not answer: %r", e)
-            body |= {"status": "unhealthy", "failing": ["embedded_redis"]}
-            return json_response(body, 503)
-    return json_response(body)
+            return Reply(Unhealthy(status="unhealthy", pid=pid, failing=["embedded_redis"]), 503)
+    return Health(status="ok", pid=pid)
 
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
 
 
-async def _run(name: str, check: Check) -> tuple[str, dict[str, Any]]:
+async def _run(name: str, check: Check) -> tuple[str, ReadinessCheck]:
     """A check's result: ``{"ok": bool, ...}``; an exception or a timeout is a failure named
     by its type only (the reply is public; the log has the message)."""
     started = time.perf_counter()
@@ -171,12 +189,25 @@ async def _run(name: str, check: Check) -> tuple[str, dict[str, Any]]:
         log.debug("readiness check %s failed: %r", name, e)
         result = {"ok": False, "error": type(e).__name__}
     result["ms"] = round((time.perf_counter() - started) * 1000, 2)
-    return name, result
+    return name, ReadinessCheck(**result)
 
 
-@health_routes.get("/readyz")
-async def readyz(request: web.Request) -> web.Response:
-    app = request.app
+@health_routes.route(
+    "GET",
+    "/readyz",
+    "Readiness: Redis accepts writes (and what else the sidecar needs to serve)",
+    tag="service",
+    auth=NONE,
+    responses={
+        200: Out(Readiness, "ready"),
+        503: Out(Readiness, "not ready: the failing checks"),
+    },
+    description="200 when Redis accepts a write, the ledger's scripts are loaded (missing ones "
+    "are loaded here) and the writer's lag is within SIDECAR_READY_MAX_LAG_S, whatever SQL's "
+    "state (`sql` is reported); otherwise 503. `/healthz` is liveness.",
+)
+async def readyz(call: Call[None, None, None]) -> Readiness | Reply:
+    app = call.app
     ledger, settings = app[LEDGER], app[SETTINGS]
     redis = ledger.redis
 
@@ -225,10 +256,10 @@ async def readyz(request: web.Request) -> web.Response:
     )
     # SQL's state is reported, not required: checks need only Redis. The lag is required
     # whatever SQL's state: with SQL up, a lag means a writer that is hung or gone.
-    failing = [n for n in ("redis", "scripts", "writer_lag") if not results[n]["ok"]]
+    failing = [n for n in ("redis", "scripts", "writer_lag") if not results[n].ok]
     if failing:
-        return json_response({"status": "not_ready", "failing": failing, "checks": results}, 503)
-    return json_response({"status": "ready", "checks": results})
+        return Reply(Readiness(status="not_ready", failing=failing, checks=results), 503)
+    return Readiness(status="ready", checks=results)
 
 
 async def outbox_drained(redis: RedisClient, keys: KeySpace, clock: Clock, timeout_s: float) -> int:

@@ -1,128 +1,150 @@
-"""Operational admin routes: the outbox writer's progress and its dead letters."""
+"""Operational admin routes: the outbox writer's progress and its dead letters (read and moved
+back by sidecar/persistence/deadletters.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sidecar import errors
-from sidecar import outbox as entries
 from sidecar.http.appkeys import LEDGER, WRITER, WRITER_PROCESS
-from sidecar.http.errors import json_response
-from sidecar.http.routes import authorize, query_int
+from sidecar.http.auth import ADMIN
+from sidecar.http.contract import Call, Out, Routes
+from sidecar.http.responses import (
+    DeadLetter,
+    DeadLetters,
+    DeadLettersRetried,
+    Outbox,
+    OutboxShard,
+)
+from sidecar.http.schemas import DeadLettersQuery
 from sidecar.ledger import store_call
+from sidecar.persistence import deadletters
 from sidecar.persistence.writer import outbox_status, stats_dict
 
-ops_routes = web.RouteTableDef()
+ops_routes = Routes()
 
 
-@ops_routes.get("/v1/admin/outbox")
-async def outbox(request: web.Request) -> web.Response:
+@ops_routes.route(
+    "GET",
+    "/v1/admin/outbox",
+    "The outbox per shard: length, unwritten entries, writer lag, dead letters",
+    tag="operations",
+    auth=ADMIN,
+    responses={200: Out(Outbox, "the outbox's state and the writer's")},
+    errors={503: None},
+)
+async def outbox(call: Call[None, None, None]) -> Outbox:
     """Per shard: length, unwritten entries, writer lag in seconds, dead letters; and the
     writer: this process's (its mode: inline, process, or off when another process runs it)
     and ``running``: whether a writer holds every shard's lease, renewed within the lease
     period (a hung writer's lapses), and, for a child process of this one, that it is alive.
     """
-    authorize(request, "admin")
-    ledger = request.app[LEDGER]
+    ledger = call.app[LEDGER]
     shards = await store_call(
         outbox_status(ledger.redis, ledger.keys, ledger.clock()), ledger.deadline_s
     )
     leased = all(s["writer_lease"] is not None for s in shards)
-    writer, child = request.app.get(WRITER), request.app.get(WRITER_PROCESS)
-    writer_view: dict[str, object]
+    writer, child = call.app.get(WRITER), call.app.get(WRITER_PROCESS)
+    writer_view: dict[str, Any]
     if writer is not None:
         writer_view = {"mode": "inline", **stats_dict(writer.stats), "running": leased}
     elif child is not None:
-        writer_view = child.status()
+        writer_view = dict(child.status())
         writer_view["running"] = bool(writer_view["alive"]) and leased
     else:
         writer_view = {"mode": "off", "running": leased}
-    return json_response(
-        {
-            "shards": shards,
-            "unwritten": sum(s["unwritten"] for s in shards),
-            "lag_s": max((s["lag_s"] for s in shards), default=0.0),
-            "dead_letters": sum(s["dead_letters"] for s in shards),
-            "writer": writer_view,
-        }
+    return Outbox(
+        shards=[OutboxShard(**s) for s in shards],
+        unwritten=sum(s["unwritten"] for s in shards),
+        lag_s=max((s["lag_s"] for s in shards), default=0.0),
+        dead_letters=sum(s["dead_letters"] for s in shards),
+        writer=writer_view,
     )
 
 
-def _shard(request: web.Request, value: object) -> int:
-    shards = request.app[LEDGER].keys.shards
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < shards:
-        raise errors.InvalidInput(f"shard must be an integer in [0, {shards})", field="shard")
-    return value
+def _shard(call: Call[Any, Any, Any], shard: int) -> int:
+    shards = call.app[LEDGER].keys.shards
+    if not 0 <= shard < shards:
+        raise errors.InvalidInput(f"shard: must be an integer in [0, {shards - 1}]", field="shard")
+    return shard
 
 
-@ops_routes.get("/v1/admin/outbox/dead-letters")
-async def dead_letters(request: web.Request) -> web.Response:
-    """The entries the writer gave up on, with their error, oldest first."""
-    authorize(request, "admin")
-    ledger = request.app[LEDGER]
-    shard = query_int(request, "shard", 0, 0, ledger.keys.shards - 1)
-    count = query_int(request, "count", 100, 1, 1000)
-    raw = await store_call(
-        ledger.redis.xrange(ledger.keys.dead_letters(shard), count=count), ledger.deadline_s
+@ops_routes.route(
+    "GET",
+    "/v1/admin/outbox/dead-letters",
+    "The entries the writer gave up on, with their error, oldest first",
+    tag="operations",
+    auth=ADMIN,
+    query=DeadLettersQuery,
+    responses={200: Out(DeadLetters, "the shard's dead letters")},
+    errors={503: None},
+)
+async def dead_letters(call: Call[None, DeadLettersQuery, None]) -> DeadLetters:
+    ledger = call.app[LEDGER]
+    shard = _shard(call, call.query.shard)
+    found = await deadletters.dead_letters(
+        ledger.redis, ledger.keys, shard, call.query.count, ledger.deadline_s
     )
-    entries = [
-        {
-            "id": i.decode(),
-            "entry": _decoded(f),
-            "fields": {k.decode(): v.decode() for k, v in f.items()},
-        }
-        for i, f in raw
-    ]
-    return json_response({"shard": shard, "entries": entries})
+    return DeadLetters(
+        shard=shard,
+        entries=[DeadLetter(id=d.id, entry=d.entry, fields=d.fields) for d in found],
+    )
 
 
-def _decoded(fields: dict[bytes, bytes]) -> dict[str, Any] | None:
-    """The dead letter's entry as JSON, or None if it has none (``fields`` shows it raw)."""
-    try:
-        return entries.decode(fields)
-    except ValueError:
-        return None
+class DeadLetterRetryRequest(BaseModel):
+    """Which dead letters to move back: a shard's, all of them or those ``ids``. Documents the
+    body; the handler reads it (no body is the default; the shard's bound is the app's)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    shard: StrictInt = Field(0, ge=0)
+    ids: list[str] | None = Field(
+        None,
+        max_length=deadletters.MAX_RETRY,
+        description="the dead letters to retry (default: all of the shard's)",
+    )
 
 
-@ops_routes.post("/v1/admin/outbox/dead-letters/retry")
-async def retry_dead_letters(request: web.Request) -> web.Response:
+@ops_routes.route(
+    "POST",
+    "/v1/admin/outbox/dead-letters/retry",
+    "Move dead letters back into the outbox (unknown ids: 422, nothing moved)",
+    tag="operations",
+    auth=ADMIN,
+    # Read by the handler: no body is the default, and a body that is not an object is a 422.
+    body_schema=DeadLetterRetryRequest.model_json_schema(),
+    body_required=False,
+    responses={200: Out(DeadLettersRetried, "the ids moved back")},
+    errors=(400, 413, 422, 503),
+)
+async def retry_dead_letters(call: Call[None, None, None]) -> DeadLettersRetried:
     """Moves dead letters back into the outbox (after fixing what made SQL refuse them); the
     writer applies them like any entry, idempotently. Body: {"shard", "ids"?} (default all)."""
-    authorize(request, "admin")
-    ledger = request.app[LEDGER]
+    ledger = call.app[LEDGER]
+    request = call.request
     try:
         # body_exists, not can_read_body: the body has been read already (sidecar/http/server.py)
-        body = await request.json() if request.body_exists else {}
+        raw = await request.json() if request.body_exists else {}
     except ValueError:
         raise errors.InvalidJSON("the body is not valid JSON") from None
-    if not isinstance(body, dict):
+    if not isinstance(raw, dict):
         raise errors.InvalidInput("the body must be a JSON object")
-    shard = _shard(request, body.get("shard", 0))
-    ids = body.get("ids")
+    # Checked here, as DeadLetterRetryRequest documents them: the shard's bound is the app's.
+    shards, shard = call.app[LEDGER].keys.shards, raw.get("shard", 0)
+    if not isinstance(shard, int) or isinstance(shard, bool) or not 0 <= shard < shards:
+        raise errors.InvalidInput(f"shard must be an integer in [0, {shards})", field="shard")
+    ids = raw.get("ids")
     if ids is not None and not (
-        isinstance(ids, list) and len(ids) <= 1000 and all(isinstance(i, str) for i in ids)
+        isinstance(ids, list)
+        and len(ids) <= deadletters.MAX_RETRY
+        and all(isinstance(i, str) for i in ids)
     ):
         raise errors.InvalidInput("ids must be a list of at most 1000 ids", field="ids")
-    dead, stream = ledger.keys.dead_letters(shard), ledger.keys.outbox(shard)
-    raw = await store_call(ledger.redis.xrange(dead, count=1000), ledger.deadline_s)
-    chosen = [(i, f) for i, f in raw if ids is None or i.decode() in ids]
-    if ids is not None and (missing := sorted(set(ids) - {i.decode() for i, _ in chosen})):
-        raise errors.InvalidInput(f"no such dead letter: {', '.join(missing[:5])}", field="ids")
-    retried = []
-    for entry_id, fields in chosen:
-        original = {k: v for k, v in fields.items() if not k.startswith(b"dl_")}
-        # Its first outbox id: settings entries are ordered by it, so a late retry cannot
-        # overwrite newer settings.
-        original[entries.ORIG_ID.encode()] = (
-            fields.get(entries.ORIG_ID.encode()) or fields.get(b"dl_entry_id") or entry_id
-        )
-        # Same slot (one hash tag): the move is one MULTI, so an entry is never in both or
-        # in neither.
-        pipe = ledger.redis.pipeline(transaction=True)
-        pipe.xadd(stream, original)
-        pipe.xdel(dead, entry_id)
-        await store_call(pipe.execute(), ledger.deadline_s)
-        retried.append(entry_id.decode())
-    return json_response({"shard": shard, "retried": retried})
+    try:
+        retried = await deadletters.retry(ledger.redis, ledger.keys, shard, ids, ledger.deadline_s)
+    except deadletters.UnknownDeadLetters as e:
+        missing = ", ".join(e.missing[:5])
+        raise errors.InvalidInput(f"no such dead letter: {missing}", field="ids") from None
+    return DeadLettersRetried(shard=shard, retried=retried)

@@ -28,22 +28,27 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
+from typing import Any
 
 from aiohttp import web
+from msgspec import UNSET
 from multidict import CIMultiDictProxy
 
 from sidecar import metrics
 from sidecar.gate import Outcome
 from sidecar.http.appkeys import GATE
-from sidecar.http.errors import json_response
+from sidecar.http.auth import API_KEY
+from sidecar.http.contract import Call, Header, Out, Reply, Routes
+from sidecar.http.responses import AuthOutcome
+from sidecar.http.schemas import TailPath
 from sidecar.paths import InvalidPath, canonical_path
 
-proxy_routes = web.RouteTableDef()
+proxy_routes = Routes()
 # (method, canonical path, raw query string)
 Extract = Callable[[web.Request], tuple[str, str, str]]
-Render = Callable[[Outcome], web.Response]
+Render = Callable[[Outcome], Reply]
 
 
 def outcome_headers(o: Outcome) -> dict[str, str]:
@@ -71,34 +76,38 @@ def outcome_headers(o: Outcome) -> dict[str, str]:
     return h
 
 
-def outcome_body(o: Outcome) -> dict[str, object]:
-    body: dict[str, object] = {"allowed": o.allowed, "reason": o.reason}
-    for name in ("balance", "required", "retry_after_ms"):
-        value = getattr(o, name)
-        if value is not None:
-            body[name] = value
-    body.update(o.extra)
-    return body
+def outcome_body(o: Outcome) -> AuthOutcome:
+    extra = o.extra
+    return AuthOutcome(
+        allowed=o.allowed,
+        reason=o.reason,
+        balance=UNSET if o.balance is None else o.balance,
+        required=UNSET if o.required is None else o.required,
+        retry_after_ms=UNSET if o.retry_after_ms is None else o.retry_after_ms,
+        field=extra.get("field", UNSET),
+        message=extra.get("message", UNSET),
+    )
 
 
-def render_as_is(o: Outcome) -> web.Response:
-    return json_response(outcome_body(o), o.status, outcome_headers(o))
+def render_as_is(o: Outcome) -> Reply:
+    return Reply(outcome_body(o), o.status, outcome_headers(o))
 
 
-def render_nginx(o: Outcome) -> web.Response:
+def render_nginx(o: Outcome) -> Reply:
     headers = outcome_headers(o)
     if o.status in (200, 401):
-        return json_response(outcome_body(o), o.status, headers)
+        return Reply(outcome_body(o), o.status, headers)
     headers["X-Credits-Deny-Status"] = str(o.status)
-    return json_response(outcome_body(o), 403, headers)
+    return Reply(outcome_body(o), 403, headers)
 
 
 def handler(
     extract: Extract, render: Render, endpoint: int
-) -> Callable[[web.Request], Awaitable[web.Response]]:
+) -> Callable[[Call[Any, None, None]], Awaitable[Reply]]:
     checks = metrics.CHECKS
 
-    async def handle(request: web.Request) -> web.Response:
+    async def handle(call: Call[Any, None, None]) -> Reply:
+        request = call.request
         started = perf_counter()
         gate = request.app[GATE]
         try:
@@ -212,7 +221,110 @@ nginx = handler(_nginx, render_nginx, metrics.NGINX)
 forward = handler(_forward, render_as_is, metrics.FORWARD)
 envoy = handler(_envoy, render_as_is, metrics.ENVOY)
 
-proxy_routes.route("*", "/auth/nginx")(nginx)
-proxy_routes.route("*", "/auth/forward")(forward)
-proxy_routes.route("*", "/auth/envoy")(envoy)
-proxy_routes.route("*", "/auth/envoy/{tail:.*}")(envoy)
+# -- declarations ----------------------------------------------------------------------------
+
+GATE_HEADERS = {
+    "X-Credits-Reason": Header(str, "why (allowed, or the denial)"),
+    "X-Credits-Account": Header(str, "the key's account"),
+    "X-Credits-Balance": Header(int, "the balance after the charge"),
+    "X-Credits-Cost": Header(int, "what the request cost"),
+    "X-Credits-Transaction": Header(str, "the charge's transaction"),
+}
+
+
+def outcome(description: str, extra: Mapping[str, Header] | None = None) -> Out:
+    return Out(AuthOutcome, description, headers={**GATE_HEADERS, **(extra or {})})
+
+
+ALLOWED = outcome(
+    "allowed (and charged)",
+    {
+        "X-Credits-Replayed": Header(
+            str,
+            "`true`: a replay of an earlier request (same request id), charged then; answer it "
+            "as the first, do not do the work again; else `false`",
+        )
+    },
+)
+DENIALS = {
+    400: outcome(
+        "`invalid_path`, `invalid_method`, `invalid_header`, `invalid_cost_header`",
+        {"X-Credits-Field": Header(str, "the header (or path) refused")},
+    ),
+    401: outcome(
+        "`missing_api_key`, `invalid_api_key`",
+        {"WWW-Authenticate": Header(str, 'Bearer realm="credit-sidecar"')},
+    ),
+    402: outcome("`insufficient_credits`"),
+    403: outcome("`route_denied`"),
+    409: outcome("`idempotency_conflict`: the request id was used for another request"),
+    429: outcome("`rate_limited`", {"Retry-After": Header(int, "seconds to wait")}),
+    503: outcome("`store_unavailable` (failure policy closed)"),
+}
+ANY_METHOD = " Answers any method; the API key is `Authorization: Bearer <key>` or `X-API-Key`."
+
+
+def _declare(
+    path: str,
+    operation_id: str,
+    proxy: str,
+    description: str,
+    responses: Mapping[int, Out],
+    headers: Mapping[str, str],
+    handle: Callable[[Call[Any, None, None]], Awaitable[Reply]],
+    params: type[TailPath] | None = None,
+) -> None:
+    proxy_routes.route(
+        "*",
+        path,
+        f"Decide and charge a proxied request ({proxy})",
+        operation_id=operation_id,
+        tag="proxy",
+        auth=API_KEY,
+        params=params,
+        headers=headers,
+        responses=responses,
+        description=description + ANY_METHOD,
+    )(handle)
+
+
+_declare(
+    "/auth/nginx",
+    "auth_nginx",
+    "nginx auth_request",
+    "Method and URI from `X-Original-Method` / `X-Original-URI`. nginx honours only 2xx, 401 "
+    "and 403 from the subrequest: every other denial is 403 with the real status in "
+    "`X-Credits-Deny-Status` (the shipped config maps it back).",
+    {
+        200: ALLOWED,
+        401: DENIALS[401],
+        403: outcome(
+            "denied; the real status is in X-Credits-Deny-Status",
+            {
+                "X-Credits-Deny-Status": Header(
+                    int, "the real status (400, 402, 403, 429, 503) for the nginx config"
+                )
+            },
+        ),
+    },
+    {"X-Original-Method": "the original method", "X-Original-URI": "the original URI"},
+    nginx,
+)
+_declare(
+    "/auth/forward",
+    "auth_forward",
+    "Traefik ForwardAuth, Caddy forward_auth",
+    "Method and URI from `X-Forwarded-Method` / `X-Forwarded-Uri`; a denial reaches the "
+    "client as it is.",
+    {200: ALLOWED, **DENIALS},
+    {"X-Forwarded-Method": "the original method", "X-Forwarded-Uri": "the original URI"},
+    forward,
+)
+ENVOY = (
+    "Envoy ext_authz (HTTP service, path_prefix /auth/envoy)",
+    "The original request itself, under the prefix; exactly 200 allows; a denial reaches the "
+    "client as it is.",
+    {200: ALLOWED, **DENIALS},
+)
+_declare("/auth/envoy", "auth_envoy", *ENVOY, {}, envoy)
+_declare("/auth/envoy/{tail:.*}", "auth_envoy_tail", *ENVOY, {}, envoy, TailPath)

@@ -1,232 +1,245 @@
-"""The JSON API's handlers: check, accounts, grants, balance, holds, refunds.
+"""The JSON API's core routes: check, accounts, grants, balance, holds, refunds, API keys.
 
-Admin routes need the admin token; the check and hold calls accept the service token
-(or the admin token). Every handler validates its input fully before calling the ledger.
+Admin routes need the admin token; the check and hold calls accept the service token (or the
+admin token). The registry validates every input before the handler calls the ledger.
 """
 
 from __future__ import annotations
 
-import hmac
 import math
 from time import perf_counter
-from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
 from sidecar import errors, metrics
 from sidecar.apikeys import KeyInfo
-from sidecar.asciiint import parse_ascii_int
-from sidecar.http.appkeys import API_KEYS, LEDGER, SETTINGS, TOKENS
-from sidecar.http.errors import json_response, validation_error
+from sidecar.http.appkeys import API_KEYS, LEDGER, SETTINGS
+from sidecar.http.auth import ADMIN, SERVICE
+from sidecar.http.contract import Call, Endpoint, Header, Out, Reply, Routes
+from sidecar.http.responses import (
+    AccountSettings,
+    Balance,
+    BucketView,
+    CheckAllowed,
+    CheckShadowed,
+    Granted,
+    Hold,
+    HoldClosed,
+    InsufficientCredits,
+    Key,
+    KeyCreated,
+    KeyList,
+    RateLimit,
+    RateLimited,
+    Refunded,
+    ShadowDecision,
+)
 from sidecar.http.schemas import (
-    ID,
+    AccountPath,
     AccountRequest,
     CheckRequest,
     GrantRequest,
+    HoldPath,
     HoldRequest,
+    KeyPath,
     KeyRequest,
     RefundRequest,
     ReleaseRequest,
     SettleRequest,
 )
-from sidecar.ledger import (
-    Allowed,
-    Balance,
-    CloseResult,
-    DeductResult,
-    Insufficient,
-    RateLimit,
-    Revoked,
-)
+from sidecar.ledger import Allowed, CloseResult, Insufficient, Revoked
+from sidecar.ledger import RateLimit as LedgerRateLimit
 from sidecar.units import iso
 
-routes = web.RouteTableDef()
-M = TypeVar("M", bound=BaseModel)
+routes = Routes()
+ACCOUNT_404 = "`unknown_account`"
+RETRY_AFTER = {"Retry-After": Header(int, "seconds to wait")}
+INSUFFICIENT = Out(InsufficientCredits, "not enough credits")
 
 
-def authorize(request: web.Request, *roles: str) -> None:
-    """Constant-time check of the bearer token against the tokens of the allowed roles."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise errors.Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    given = token.strip().encode("utf-8", "surrogateescape")
-    matched = {
-        role for role, secret in request.app[TOKENS].items() if hmac.compare_digest(given, secret)
-    }
-    if not matched:
-        raise errors.Unauthorized("invalid token")
-    if not matched.intersection(roles):
-        raise errors.Forbidden(f"this route needs the {' or '.join(roles)} token")
-
-
-async def body(request: web.Request, model: type[M]) -> M:
-    raw = await request.read()
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as e:
-        if any(err["type"] == "json_invalid" for err in e.errors()):
-            raise errors.InvalidJSON("request body is not valid JSON") from None
-        if any(err["type"] == "model_type" and not err["loc"] for err in e.errors()):
-            raise errors.InvalidJSON("request body must be a JSON object") from None
-        raise validation_error(e) from None
-
-
-def path_id(request: web.Request, name: str) -> str:
-    value = request.match_info[name]
-    try:
-        return ID.validate_python(value)
-    except ValidationError as e:
-        msg = e.errors(include_url=False)[0]["msg"]
-        raise errors.InvalidInput(f"{name}: {msg}", field=name) from None
-
-
-def query_value(request: web.Request, name: str) -> str | None:
-    """A query parameter's only value (None if absent): one given twice is refused, never
-    read as its first (or last) value."""
-    values = request.query.getall(name, ())
-    if len(values) > 1:
-        raise errors.InvalidInput(f"{name}: given more than once", field=name)
-    return values[0] if values else None
-
-
-def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    """An integer query parameter (ASCII digits only), ``default`` when absent or empty."""
-    raw = query_value(request, name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return parse_ascii_int(raw, lo, hi)
-    except ValueError as e:
-        raise errors.InvalidInput(f"{name}: {e}", field=name) from None
-
-
-def rate_limit_view(rl: RateLimit | None) -> dict[str, int] | None:
+def rate_limit_view(rl: LedgerRateLimit | None) -> RateLimit | None:
     if rl is None:
         return None
-    return {"requests": rl.requests, "period_ms": rl.period_ms, "burst": rl.burst}
+    return RateLimit(requests=rl.requests, period_ms=rl.period_ms, burst=rl.burst)
 
 
-def insufficient_body(account: str, r: Insufficient) -> dict[str, Any]:
-    return {
-        "allowed": False,
-        "reason": "insufficient_credits",
-        "account": account,
-        "balance": r.balance,
-        "required": r.required,
-    }
-
-
-def insufficient(account: str, r: Insufficient) -> web.Response:
-    return json_response(insufficient_body(account, r), 402)
-
-
-@routes.post("/v1/check")
-async def check(request: web.Request) -> web.Response:
-    """The check: deducts ``cost`` from the account unless its credits or rate limit say no.
-    Counted and timed for the metrics by its outcome (sidecar/metrics.py)."""
-    started = perf_counter()
-    try:
-        authorize(request, "service", "admin")
-        req = await body(request, CheckRequest)
-        r = await request.app[LEDGER].deduct(
-            req.account,
-            req.cost,
-            req.idempotency_key,
-            description=req.description,
-            metadata=req.metadata,
-        )
-    except errors.StoreUnavailable:
-        metrics.CHECKS.store_error(metrics.CHECK)
-        metrics.CHECKS.record(metrics.CHECK, metrics.ERROR, perf_counter() - started)
-        raise
-    except errors.SidecarError:
-        metrics.CHECKS.record(metrics.CHECK, metrics.REJECTED, perf_counter() - started)
-        raise
-    except Exception:
-        metrics.CHECKS.record(metrics.CHECK, metrics.ERROR, perf_counter() - started)
-        raise
-    status, answer, headers = _check_answer(req.account, r)
-    # Counted as what happened (in shadow mode: what would have happened).
-    metrics.record_outcome(metrics.CHECK, status, perf_counter() - started)
-    if status in SHADOWED and request.app[SETTINGS].shadow:
-        # Nothing was charged (the ledger refused); the answer says what the refusal was.
-        shadow = {"status": status} | {
-            k: v for k, v in answer.items() if k not in ("allowed", "account")
-        }
-        answer = {"allowed": True, "account": req.account, "charged": False, "shadow": shadow}
-        status, headers = 200, {"X-Credits-Shadow-Status": str(shadow["status"])}
-    return json_response(answer, status, headers)
-
-
-# Shadow mode (SIDECAR_SHADOW) lets the ledger's refusals through. Errors of the call itself
-# (token, body, unknown account, idempotency conflict, store unavailable) stay errors: shadow
-# hides decisions about the customer, not the caller's bugs.
-SHADOWED = (402, 429)
-
-
-def _check_answer(account: str, r: DeductResult) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """The check's status, JSON body and headers."""
-    if isinstance(r, Allowed):
-        return (
-            200,
-            {
-                "allowed": True,
-                "account": account,
-                "balance": r.balance,
-                "cost": r.cost,
-                "transaction_id": r.transaction_id,
-                "replayed": r.replayed,
-                "low_balance": r.low_balance,
-            },
-            {},
-        )
-    if isinstance(r, Insufficient):
-        return 402, insufficient_body(account, r), {}
-    if isinstance(r, Revoked):  # not reachable without a key id; kept exhaustive
-        raise errors.Unauthorized("API key revoked")
-    return (
-        429,
-        {
-            "allowed": False,
-            "reason": "rate_limited",
-            "account": account,
-            "retry_after_ms": r.retry_after_ms,
-        },
-        {"Retry-After": str(math.ceil(r.retry_after_ms / 1000))},
+def insufficient(account: str, r: Insufficient) -> InsufficientCredits:
+    return InsufficientCredits(
+        allowed=False,
+        reason="insufficient_credits",
+        account=account,
+        balance=r.balance,
+        required=r.required,
     )
 
 
-@routes.put("/v1/accounts/{account}")
-async def put_account(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    req = await body(request, AccountRequest)
+# Shadow mode (SIDECAR_SHADOW) lets the ledger's refusals (402, 429) through. Errors of the
+# call itself (token, body, unknown account, idempotency conflict, store unavailable) stay
+# errors: shadow hides decisions about the customer, not the caller's bugs.
+SHADOW_STATUS = "X-Credits-Shadow-Status"
+
+
+def counted(endpoint: Endpoint) -> Endpoint:
+    """The check counted and timed for the metrics (sidecar/metrics.py) by its outcome, from
+    the token's check on: a refusal of the token or body counts as rejected; in shadow mode
+    an answer counts as what would have happened."""
+    checks = metrics.CHECKS
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        started = perf_counter()
+        try:
+            response = await endpoint(request)
+        except errors.StoreUnavailable:
+            checks.store_error(metrics.CHECK)
+            checks.record(metrics.CHECK, metrics.ERROR, perf_counter() - started)
+            raise
+        except errors.SidecarError:
+            checks.record(metrics.CHECK, metrics.REJECTED, perf_counter() - started)
+            raise
+        except Exception:
+            checks.record(metrics.CHECK, metrics.ERROR, perf_counter() - started)
+            raise
+        shadow = response.headers.get(SHADOW_STATUS)
+        status = int(shadow) if shadow is not None else response.status
+        metrics.record_outcome(metrics.CHECK, status, perf_counter() - started)
+        return response
+
+    return handle
+
+
+@routes.route(
+    "POST",
+    "/v1/check",
+    "Charge a request's cost once (by idempotency key)",
+    tag="checks",
+    auth=SERVICE,
+    body=CheckRequest,
+    responses={
+        200: Out(
+            CheckAllowed | CheckShadowed,
+            "allowed and charged (or a replay); with SIDECAR_SHADOW also a refusal let "
+            "through uncharged (`shadow` says what it was)",
+            headers={
+                "X-Credits-Shadow-Status": Header(int, "shadow mode: the status it would have had")
+            },
+        ),
+        402: INSUFFICIENT,
+        429: Out(RateLimited, "rate limited", headers=RETRY_AFTER),
+    },
+    errors={404: ACCOUNT_404, 409: None, 503: None},
+    wrap=counted,
+)
+async def check(call: Call[None, None, CheckRequest]) -> CheckAllowed | Reply:
+    """The check: deducts ``cost`` from the account unless its credits or rate limit say no."""
+    req = call.body
+    r = await call.app[LEDGER].deduct(
+        req.account,
+        req.cost,
+        req.idempotency_key,
+        description=req.description,
+        metadata=req.metadata,
+    )
+    account = req.account
+    if isinstance(r, Allowed):
+        return CheckAllowed(
+            allowed=True,
+            account=account,
+            balance=r.balance,
+            cost=r.cost,
+            transaction_id=r.transaction_id,
+            replayed=r.replayed,
+            low_balance=r.low_balance,
+        )
+    if isinstance(r, Revoked):  # not reachable without a key id; kept exhaustive
+        raise errors.Unauthorized("API key revoked")
+    if isinstance(r, Insufficient):
+        status = 402
+        if call.app[SETTINGS].shadow:
+            decision = ShadowDecision(
+                status=status, reason="insufficient_credits", balance=r.balance, required=r.required
+            )
+        else:
+            return Reply(insufficient(account, r), status)
+    else:
+        status = 429
+        if call.app[SETTINGS].shadow:
+            decision = ShadowDecision(
+                status=status, reason="rate_limited", retry_after_ms=r.retry_after_ms
+            )
+        else:
+            return Reply(
+                RateLimited(
+                    allowed=False,
+                    reason="rate_limited",
+                    account=account,
+                    retry_after_ms=r.retry_after_ms,
+                ),
+                status,
+                {"Retry-After": str(math.ceil(r.retry_after_ms / 1000))},
+            )
+    # Nothing was charged (the ledger refused); the answer says what the refusal was.
+    return Reply(
+        CheckShadowed(allowed=True, account=account, charged=False, shadow=decision),
+        200,
+        {SHADOW_STATUS: str(status)},
+    )
+
+
+@routes.route(
+    "PUT",
+    "/v1/accounts/{account}",
+    "Create an account or replace its settings",
+    tag="accounts",
+    auth=ADMIN,
+    params=AccountPath,
+    body=AccountRequest,
+    responses={
+        200: Out(AccountSettings, "updated"),
+        201: Out(AccountSettings, "created"),
+    },
+    errors={503: None},
+)
+async def put_account(call: Call[AccountPath, None, AccountRequest]) -> Reply:
+    account, req = call.path.account, call.body
     rl = req.rate_limit.to_rate_limit() if req.rate_limit else None
-    created = await request.app[LEDGER].configure_account(
+    created = await call.app[LEDGER].configure_account(
         account,
         overdraft_limit=req.overdraft_limit,
         low_balance_threshold=req.low_balance_threshold,
         rate_limit=rl,
     )
-    return json_response(
-        {
-            "account": account,
-            "created": created,
-            "overdraft_limit": req.overdraft_limit,
-            "low_balance_threshold": req.low_balance_threshold,
-            "rate_limit": rate_limit_view(rl),
-        },
-        201 if created else 200,
+    view = AccountSettings(
+        account=account,
+        created=created,
+        overdraft_limit=req.overdraft_limit,
+        low_balance_threshold=req.low_balance_threshold,
+        rate_limit=rate_limit_view(rl),
     )
+    return Reply(view, 201 if created else 200)
 
 
-@routes.post("/v1/accounts/{account}/grants")
-async def grant(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    req = await body(request, GrantRequest)
-    r = await request.app[LEDGER].grant(
+@routes.route(
+    "POST",
+    "/v1/accounts/{account}/grants",
+    "Grant credits (a bucket; once per grant_id)",
+    tag="accounts",
+    auth=ADMIN,
+    params=AccountPath,
+    body=GrantRequest,
+    responses={
+        200: Out(Granted, "a replay of the same grant"),
+        201: Out(Granted, "granted"),
+    },
+    errors={
+        404: ACCOUNT_404,
+        409: None,
+        422: "`invalid_request`, `balance_overflow`",
+        503: None,
+    },
+)
+async def grant(call: Call[AccountPath, None, GrantRequest]) -> Reply:
+    account, req = call.path.account, call.body
+    r = await call.app[LEDGER].grant(
         account,
         req.grant_id,
         req.credits,
@@ -236,60 +249,74 @@ async def grant(request: web.Request) -> web.Response:
         metadata=req.metadata,
         description=req.description,
     )
-    return json_response(
-        {
-            "account": account,
-            "grant_id": req.grant_id,
-            "credits": req.credits,
-            "transaction_id": r.transaction_id,
-            "balance": r.balance,
-            "replayed": r.replayed,
-        },
-        200 if r.replayed else 201,
+    view = Granted(
+        account=account,
+        grant_id=req.grant_id,
+        credits=req.credits,
+        transaction_id=r.transaction_id,
+        balance=r.balance,
+        replayed=r.replayed,
+    )
+    return Reply(view, 200 if r.replayed else 201)
+
+
+@routes.route(
+    "GET",
+    "/v1/accounts/{account}/balance",
+    "An account's balance, settings and live buckets (in burn order)",
+    tag="accounts",
+    auth=ADMIN,
+    params=AccountPath,
+    responses={200: Out(Balance, "the balance")},
+    errors={404: ACCOUNT_404, 503: None},
+)
+async def balance(call: Call[AccountPath, None, None]) -> Balance:
+    b = await call.app[LEDGER].balance(call.path.account)
+    return Balance(
+        account=b.account,
+        balance=b.balance,
+        available=b.available,
+        held=b.held,
+        debt=b.debt,
+        overdraft_limit=b.overdraft_limit,
+        low_balance_threshold=b.low_balance_threshold,
+        rate_limit=rate_limit_view(b.rate_limit),
+        created_at=iso(b.created_at),
+        buckets=[
+            BucketView(
+                id=k.id,
+                credits=k.credits,
+                remaining=k.remaining,
+                held=k.held,
+                created_at=iso(k.created_at),
+                expires_at=iso(k.expires_at),
+                priority=k.priority,
+                source=k.source,
+                metadata=k.metadata,
+            )
+            for k in b.buckets
+        ],
     )
 
 
-def balance_view(b: Balance) -> dict[str, Any]:
-    return {
-        "account": b.account,
-        "balance": b.balance,
-        "available": b.available,
-        "held": b.held,
-        "debt": b.debt,
-        "overdraft_limit": b.overdraft_limit,
-        "low_balance_threshold": b.low_balance_threshold,
-        "rate_limit": rate_limit_view(b.rate_limit),
-        "created_at": iso(b.created_at),
-        "buckets": [
-            {
-                "id": k.id,
-                "credits": k.credits,
-                "remaining": k.remaining,
-                "held": k.held,
-                "created_at": iso(k.created_at),
-                "expires_at": iso(k.expires_at),
-                "priority": k.priority,
-                "source": k.source,
-                "metadata": k.metadata,
-            }
-            for k in b.buckets
-        ],
-    }
-
-
-@routes.get("/v1/accounts/{account}/balance")
-async def balance(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    return json_response(balance_view(await request.app[LEDGER].balance(account)))
-
-
-@routes.post("/v1/holds")
-async def hold(request: web.Request) -> web.Response:
-    authorize(request, "service", "admin")
-    req = await body(request, HoldRequest)
-    ttl = req.ttl_ms or request.app[SETTINGS].hold_ttl_s * 1000
-    r = await request.app[LEDGER].hold(
+@routes.route(
+    "POST",
+    "/v1/holds",
+    "Reserve credits for a long request",
+    tag="holds",
+    auth=SERVICE,
+    body=HoldRequest,
+    responses={
+        200: Out(Hold, "a replay of the same hold"),
+        201: Out(Hold, "held"),
+        402: INSUFFICIENT,
+    },
+    errors={404: ACCOUNT_404, 409: None, 503: None},
+)
+async def hold(call: Call[None, None, HoldRequest]) -> Reply:
+    req = call.body
+    ttl = req.ttl_ms or call.app[SETTINGS].hold_ttl_s * 1000
+    r = await call.app[LEDGER].hold(
         req.account,
         req.hold_id,
         req.amount,
@@ -298,64 +325,103 @@ async def hold(request: web.Request) -> web.Response:
         metadata=req.metadata,
     )
     if isinstance(r, Insufficient):
-        return insufficient(req.account, r)
-    return json_response(
-        {
-            "account": req.account,
-            "hold_id": r.hold_id,
-            "amount": req.amount,
-            "state": r.state,
-            "transaction_id": r.transaction_id,
-            "balance": r.balance,
-            "expires_at": iso(r.expires_at),
-            "replayed": r.replayed,
-        },
-        200 if r.replayed else 201,
+        return Reply(insufficient(req.account, r), 402)
+    view = Hold(
+        account=req.account,
+        hold_id=r.hold_id,
+        amount=req.amount,
+        state=r.state,
+        transaction_id=r.transaction_id,
+        balance=r.balance,
+        expires_at=iso(r.expires_at),
+        replayed=r.replayed,
+    )
+    return Reply(view, 200 if r.replayed else 201)
+
+
+def close_view(account: str, r: CloseResult) -> HoldClosed:
+    return HoldClosed(
+        account=account,
+        hold_id=r.hold_id,
+        state=r.state,
+        charged=r.charged,
+        forfeited=r.forfeited,
+        transaction_id=r.transaction_id,
+        balance=r.balance,
+        replayed=r.replayed,
     )
 
 
-def close_view(account: str, r: CloseResult) -> web.Response:
-    return json_response(
-        {
-            "account": account,
-            "hold_id": r.hold_id,
-            "state": r.state,
-            "charged": r.charged,
-            "forfeited": r.forfeited,
-            "transaction_id": r.transaction_id,
-            "balance": r.balance,
-            "replayed": r.replayed,
-        }
-    )
+CLOSE_ERRORS: dict[int, str | None] = {
+    404: "`unknown_account`, `unknown_hold`",
+    409: "`hold_closed`, `hold_expired`, `idempotency_conflict`",
+    503: None,
+}
 
 
-@routes.post("/v1/holds/{hold_id}/settle")
-async def settle(request: web.Request) -> web.Response:
-    authorize(request, "service", "admin")
-    hold_id = path_id(request, "hold_id")
-    req = await body(request, SettleRequest)
-    r = await request.app[LEDGER].settle(
-        req.account, hold_id, req.amount, description=req.description, metadata=req.metadata
+@routes.route(
+    "POST",
+    "/v1/holds/{hold_id}/settle",
+    "Charge a hold (up to its amount; the rest returns)",
+    tag="holds",
+    auth=SERVICE,
+    params=HoldPath,
+    body=SettleRequest,
+    responses={200: Out(HoldClosed, "settled (or a replay)")},
+    errors=CLOSE_ERRORS,
+)
+async def settle(call: Call[HoldPath, None, SettleRequest]) -> HoldClosed:
+    req = call.body
+    r = await call.app[LEDGER].settle(
+        req.account,
+        call.path.hold_id,
+        req.amount,
+        description=req.description,
+        metadata=req.metadata,
     )
     return close_view(req.account, r)
 
 
-@routes.post("/v1/holds/{hold_id}/release")
-async def release(request: web.Request) -> web.Response:
-    authorize(request, "service", "admin")
-    hold_id = path_id(request, "hold_id")
-    req = await body(request, ReleaseRequest)
-    r = await request.app[LEDGER].release(
-        req.account, hold_id, description=req.description, metadata=req.metadata
+@routes.route(
+    "POST",
+    "/v1/holds/{hold_id}/release",
+    "Release a hold (nothing charged)",
+    tag="holds",
+    auth=SERVICE,
+    params=HoldPath,
+    body=ReleaseRequest,
+    responses={200: Out(HoldClosed, "released (or a replay)")},
+    errors=CLOSE_ERRORS,
+)
+async def release(call: Call[HoldPath, None, ReleaseRequest]) -> HoldClosed:
+    req = call.body
+    r = await call.app[LEDGER].release(
+        req.account, call.path.hold_id, description=req.description, metadata=req.metadata
     )
     return close_view(req.account, r)
 
 
-@routes.post("/v1/refunds")
-async def refund(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    req = await body(request, RefundRequest)
-    r = await request.app[LEDGER].refund(
+@routes.route(
+    "POST",
+    "/v1/refunds",
+    "Refund a transaction (all of it, or an amount; once per refund_id)",
+    tag="accounts",
+    auth=ADMIN,
+    body=RefundRequest,
+    responses={
+        200: Out(Refunded, "a replay of the same refund"),
+        201: Out(Refunded, "refunded"),
+    },
+    errors={
+        404: "`unknown_account`, `unknown_transaction`",
+        409: "`fully_refunded`, `idempotency_conflict`",
+        422: "`invalid_request`, `balance_overflow`",
+        503: None,
+    },
+)
+async def refund(call: Call[None, None, RefundRequest]) -> Reply:
+    req = call.body
+    r = await call.app[LEDGER].refund(
         req.account,
         req.refund_id,
         req.transaction_id,
@@ -363,53 +429,83 @@ async def refund(request: web.Request) -> web.Response:
         description=req.description,
         metadata=req.metadata,
     )
-    return json_response(
-        {
-            "account": req.account,
-            "refund_id": req.refund_id,
-            "source_transaction_id": req.transaction_id,
-            "refunded": r.refunded,
-            "forfeited": r.forfeited,
-            "transaction_id": r.transaction_id,
-            "balance": r.balance,
-            "replayed": r.replayed,
-        },
-        200 if r.replayed else 201,
+    view = Refunded(
+        account=req.account,
+        refund_id=req.refund_id,
+        source_transaction_id=req.transaction_id,
+        refunded=r.refunded,
+        forfeited=r.forfeited,
+        transaction_id=r.transaction_id,
+        balance=r.balance,
+        replayed=r.replayed,
+    )
+    return Reply(view, 200 if r.replayed else 201)
+
+
+def key_view(k: KeyInfo) -> Key:
+    return Key(
+        key_id=k.key_id,
+        account=k.account,
+        name=k.name,
+        prefix=k.prefix,
+        created_at=iso(k.created_at),
+        rate_limit=rate_limit_view(k.rate_limit),
+        revoked_at=iso(k.revoked_at),
     )
 
 
-def key_view(k: KeyInfo) -> dict[str, Any]:
-    return {
-        "key_id": k.key_id,
-        "account": k.account,
-        "name": k.name,
-        "prefix": k.prefix,
-        "created_at": iso(k.created_at),
-        "rate_limit": rate_limit_view(k.rate_limit),
-        "revoked_at": iso(k.revoked_at),
-    }
-
-
-@routes.post("/v1/accounts/{account}/keys")
-async def create_key(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    req = await body(request, KeyRequest)
+@routes.route(
+    "POST",
+    "/v1/accounts/{account}/keys",
+    "Issue an API key (shown once)",
+    tag="keys",
+    auth=ADMIN,
+    params=AccountPath,
+    body=KeyRequest,
+    responses={201: Out(KeyCreated, "the key, with its secret")},
+    errors={404: ACCOUNT_404, 503: None},
+)
+async def create_key(call: Call[AccountPath, None, KeyRequest]) -> KeyCreated:
+    req = call.body
     rl = req.rate_limit.to_rate_limit() if req.rate_limit else None
-    info, key = await request.app[API_KEYS].create(account, name=req.name, rate_limit=rl)
-    return json_response({**key_view(info), "key": key}, 201)
+    info, key = await call.app[API_KEYS].create(call.path.account, name=req.name, rate_limit=rl)
+    return KeyCreated(
+        key_id=info.key_id,
+        account=info.account,
+        name=info.name,
+        prefix=info.prefix,
+        created_at=iso(info.created_at),
+        rate_limit=rate_limit_view(info.rate_limit),
+        revoked_at=iso(info.revoked_at),
+        key=key,
+    )
 
 
-@routes.get("/v1/accounts/{account}/keys")
-async def list_keys(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    account = path_id(request, "account")
-    keys = await request.app[API_KEYS].list(account)
-    return json_response({"account": account, "keys": [key_view(k) for k in keys]})
+@routes.route(
+    "GET",
+    "/v1/accounts/{account}/keys",
+    "An account's API keys (metadata only)",
+    tag="keys",
+    auth=ADMIN,
+    params=AccountPath,
+    responses={200: Out(KeyList, "the keys")},
+    errors={503: None},
+)
+async def list_keys(call: Call[AccountPath, None, None]) -> KeyList:
+    account = call.path.account
+    keys = await call.app[API_KEYS].list(account)
+    return KeyList(account=account, keys=[key_view(k) for k in keys])
 
 
-@routes.delete("/v1/keys/{key_id}")
-async def revoke_key(request: web.Request) -> web.Response:
-    authorize(request, "admin")
-    key_id = path_id(request, "key_id")
-    return json_response(key_view(await request.app[API_KEYS].revoke(key_id)))
+@routes.route(
+    "DELETE",
+    "/v1/keys/{key_id}",
+    "Revoke an API key (takes effect on the next request)",
+    tag="keys",
+    auth=ADMIN,
+    params=KeyPath,
+    responses={200: Out(Key, "the key's record, with revoked_at")},
+    errors={404: "`unknown_key`", 503: None},
+)
+async def revoke_key(call: Call[KeyPath, None, None]) -> Key:
+    return key_view(await call.app[API_KEYS].revoke(call.path.key_id))

@@ -35,7 +35,7 @@ import logging
 import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from aiohttp import StreamReader, web
 from aiohttp.abc import AbstractAccessLogger
@@ -255,18 +255,6 @@ def _connection(request: web.Request) -> _Connection | None:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-H = TypeVar("H", bound=Handler)
-
-
-def body_limit(limit: Callable[[web.Application], int]) -> Callable[[H], H]:
-    """Marks a route handler whose requests may carry more than the app's ``client_max_size``
-    (Stripe's webhooks, say): ``limit(app)`` is its own bound, which body_first applies."""
-
-    def mark(handler: H) -> H:
-        handler.body_limit = limit  # type: ignore[attr-defined]
-        return handler
-
-    return mark
 
 
 @web.middleware
@@ -274,8 +262,8 @@ async def body_first(request: web.Request, handler: Handler) -> web.StreamRespon
     """Reads the request body before the handler runs (so ``request.can_read_body`` is
     False in handlers: use ``body_exists``), and moves the connection's state along: head
     done; body read under its clock; busy; idle. Without a guarded connection (the tests'
-    servers) the body is read all the same, without a clock. A route marked with
-    :func:`body_limit` is read up to its own bound."""
+    servers) the body is read all the same, without a clock. A route that declares a
+    ``body_limit`` (sidecar/http/contract.py) is read up to its own bound."""
     limit = getattr(request.match_info.handler, "body_limit", None)
     bound = 0
     if limit is not None:

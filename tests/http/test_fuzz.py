@@ -1,8 +1,9 @@
 """Schemathesis fuzzes the real app, served on a local port, from its own OpenAPI document
-(sidecar/http/openapi.py): valid and invalid requests for every operation, with the admin
-token (the proxies' auth endpoints get real API keys). Checked on every answer: never a
-server error, the status and content type are documented, the body matches the documented
-schema; and an answer of 4xx changed nothing in Redis (equal snapshots before and after).
+(generated from the route declarations, sidecar/http/api.py): valid and invalid requests for
+every operation, with the admin token (the proxies' auth endpoints get real API keys). Checked
+on every answer: never a server error, the status and content type are documented, the body
+matches the generated response schema (response_schema_conformance); and an answer of 4xx
+changed nothing in Redis (equal snapshots before and after).
 
 Each operation starts from the same seeded state (an account with credits, a hold, a refundable
 grant, API keys, a package), and half the generated cases have their valid ids swapped for
@@ -36,9 +37,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from sidecar.embedded import RedisServer
+from sidecar.http.api import build_spec
 from sidecar.http.app import create_app
 from sidecar.http.appkeys import BILLING, LEDGER
-from sidecar.http.openapi import build_spec
 from sidecar.http.schemas import ID_PATTERN
 from sidecar.persistence.writer import OutboxWriter
 from sidecar.redis_client import RedisClient, connect

@@ -1,28 +1,29 @@
-"""The OpenAPI document (sidecar/http/openapi.py) against the app: every route the app serves is
-described and nothing else is, each request body is the current schema of the pydantic model
-its handler validates with, the document is valid OpenAPI 3.1, and it is served without a token.
+"""The OpenAPI document, generated from the route declarations (sidecar/http/contract.py),
+against the app: every route the app serves is described and nothing else is, each request body
+is the current schema of the pydantic model the registry validates it with, the document is
+valid OpenAPI 3.1, it is served without a token; and the registry answers only with the
+models a route declares.
 """
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
-from pydantic import BaseModel
 
 from sidecar.http import schemas
+from sidecar.http.api import API, build_spec
 from sidecar.http.app import create_app
-from sidecar.http.openapi import ANY_METHODS, REF, REQUEST_MODELS, build_spec
+from sidecar.http.auth import NONE
+from sidecar.http.contract import ANY_METHODS, REF, Call, Out, Routes, endpoint
+from sidecar.http.responses import Health
 from sidecar.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
-HTTP_DIR = Path(schemas.__file__).parent
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # Static files of the console: the page itself (/console) is described, its assets are not.
 UNDESCRIBED_PREFIXES = ("/console/",)
@@ -123,20 +124,29 @@ def test_operations_have_unique_ids_known_security_and_declared_path_parameters(
                     schema = response["content"]["application/json"]["schema"]
                     denial = path.startswith("/auth/") and status != "404"  # a gate's answer
                     body = "AuthOutcome" if denial else "Error"
-                    assert schema == {"$ref": REF.format(model=body)}, (method, path, status)
+                    assert schema == {"$ref": REF.format(name=body)}, (method, path, status)
             if op["security"] and path.startswith("/v1/"):
                 assert {"401", "403"} <= set(op["responses"]), (method, path)
     assert len(ids) == len(set(ids)), "duplicate operationIds"
 
 
 def test_request_body_schemas_are_the_models_current_schemas() -> None:
-    components = build_spec()["components"]["schemas"]
-    for model in REQUEST_MODELS:
-        own = model.model_json_schema(ref_template=REF)
+    spec = build_spec()
+    components = spec["components"]["schemas"]
+    bodies = [op for op in API.operations if op.body is not None]
+    assert len(bodies) >= 8
+    for op in bodies:
+        assert op.body is not None
+        documented = spec["paths"][op.spec_path][op.method.lower()]["requestBody"]
+        assert documented["content"]["application/json"]["schema"] == {
+            "$ref": REF.format(name=op.body.__name__)
+        }, op.operation_id
+        assert documented["required"] is op.body_required
+        own = op.body.model_json_schema(ref_template=REF.replace("{name}", "{model}"))
         nested = own.pop("$defs", {})
-        assert components[model.__name__] == own, model.__name__
+        assert components[op.body.__name__] == own, op.body.__name__
         for name, schema in nested.items():
-            assert components[name] == schema, f"{name} (in {model.__name__})"
+            assert components[name] == schema, f"{name} (in {op.body.__name__})"
 
 
 def test_every_request_model_is_documented() -> None:
@@ -149,49 +159,36 @@ def test_every_request_model_is_documented() -> None:
     assert {m.__name__ for m in models} <= set(components)
 
 
-def handler_bodies() -> dict[tuple[str, str], str]:
-    """(METHOD, path) -> the model its handler reads the body with (``body(request, Model)``),
-    read from the handlers' source in sidecar/http/."""
-    out: dict[tuple[str, str], str] = {}
-    for source in sorted(HTTP_DIR.glob("*.py")):
-        for node in ast.walk(ast.parse(source.read_text())):
-            if not isinstance(node, ast.AsyncFunctionDef):
-                continue
-            route = None
-            for dec in node.decorator_list:
-                if (
-                    isinstance(dec, ast.Call)
-                    and isinstance(dec.func, ast.Attribute)
-                    and dec.func.attr in METHODS
-                    and dec.args
-                    and isinstance(dec.args[0], ast.Constant)
-                ):
-                    route = (dec.func.attr.upper(), str(dec.args[0].value))
-            if route is None:
-                continue
-            for call in ast.walk(node):
-                if (
-                    isinstance(call, ast.Call)
-                    and isinstance(call.func, ast.Name)
-                    and call.func.id == "body"
-                    and len(call.args) == 2
-                    and isinstance(call.args[1], ast.Name)
-                ):
-                    out[route] = call.args[1].id
-    return out
-
-
-def test_each_operation_documents_the_model_its_handler_validates() -> None:
+def test_query_and_path_parameters_are_their_models_fields() -> None:
     spec = build_spec()
-    bodies = handler_bodies()
-    assert len(bodies) >= len(REQUEST_MODELS) - 2  # the parser found the handlers
-    for (method, path), model in bodies.items():
-        op = spec["paths"][path][method.lower()]
-        schema = op["requestBody"]["content"]["application/json"]["schema"]
-        assert schema == {"$ref": REF.format(model=model)}, (method, path)
-        assert op["requestBody"]["required"] is True
-        assert isinstance(getattr(schemas, model), type)
-        assert issubclass(getattr(schemas, model), BaseModel)
+    for op in API.operations:
+        if not op.documented:
+            continue
+        documented = spec["paths"][op.spec_path][
+            op.method.lower() if op.method != "*" else ANY_METHODS[0]
+        ].get("parameters", [])
+        for where, model in (("path", op.params), ("query", op.query)):
+            names = [p["name"] for p in documented if p["in"] == where]
+            assert names == (list(model.model_fields) if model else []), (op.operation_id, where)
+
+
+async def test_a_handler_answering_with_an_undeclared_model_is_a_500_not_a_silent_change(
+    settings: Settings,
+) -> None:
+    """The registry checks what a handler returns against the route's declared models."""
+    group = Routes()
+
+    @group.route("GET", "/x", "x", tag="service", auth=NONE, responses={200: Out(Health, "ok")})
+    async def wrong(call: Call[None, None, None]) -> Any:
+        return {"status": "ok", "pid": 1}  # a dict, not the declared Health
+
+    (op,) = group.operations
+    app = create_app(settings)
+    app.router.add_route("GET", "/x", endpoint(op, app))
+    async with TestClient(TestServer(app)) as client:
+        r = await client.get("/x")
+        assert r.status == 500
+        assert (await r.json())["error"]["code"] == "internal_error"
 
 
 async def test_the_document_is_served_without_a_token(client: Client) -> None:

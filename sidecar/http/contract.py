@@ -1,0 +1,525 @@
+"""Routes declared once. Each HTTP operation is one declaration: method, path, who may call it
+(sidecar/http/auth.py), its path, query and body models (pydantic, sidecar/http/schemas.py), the
+response model of each status (msgspec Structs, sidecar/http/responses.py) and its error codes.
+From the declarations alone the registry
+
+- registers the aiohttp routes, each with an endpoint built once at start-up: the auth check
+  (with the app's tokens), the path, query and body validators and the encoder are resolved
+  then, so a request pays for no declaration work (the hot routes, ``/v1/check`` and
+  ``/auth/*``, are declared like the others and get this for free);
+- validates path parameters, query parameters and the body before the handler runs (422
+  naming the field; unknown query parameters are refused by name where the model forbids
+  extras), and hands the handler a typed :class:`Call`;
+- encodes what the handler returns (a Struct: the operation's first success status; or a
+  :class:`Reply` with its status and headers), checking it is a model declared for that
+  status;
+- generates the OpenAPI 3.1 document (:meth:`Api.spec`).
+
+Handlers return web responses of their own only for bodies that are not JSON (CSV, the
+metrics, the console's page).
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, get_args
+
+import msgspec
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
+
+from sidecar import errors
+from sidecar.http.auth import Auth, Check
+from sidecar.http.errors import ENCODER, validation_error
+
+P = TypeVar("P")
+Q = TypeVar("Q")
+B = TypeVar("B")
+Schema = dict[str, Any]
+REF = "#/components/schemas/{name}"
+# Documented for the routes that answer any method (the proxies' auth endpoints).
+ANY_METHODS = ("get", "post", "put", "patch", "delete")
+ERROR_CODES: dict[int, str] = {
+    400: "`invalid_json`: the body is not JSON, or not a JSON object",
+    401: "`unauthorized`: no bearer token, or not a valid one (with `WWW-Authenticate`)",
+    403: "`forbidden`: a valid token of a kind this route does not accept",
+    404: "`not_found`: no such route (e.g. a path parameter with a `/`)",
+    405: "`method_not_allowed`: the path exists, the method does not (with `Allow`)",
+    409: "`idempotency_conflict`: the id was used before with other parameters",
+    413: "`request_too_large`: the body is over 64 KiB",
+    422: "`invalid_request` (with the offending `field`)",
+    502: "`payment_provider_error`: Stripe refused the call or could not be reached",
+    503: "`store_unavailable`: Redis could not be reached",
+}
+
+
+@dataclass(slots=True)
+class Call(Generic[P, Q, B]):
+    """What a handler gets: the request, and its validated path parameters, query and body
+    (``None`` where the operation declares none)."""
+
+    request: web.Request
+    path: P
+    query: Q
+    body: B
+
+    @property
+    def app(self) -> web.Application:
+        return self.request.app
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A handler's answer with a status (and headers) other than the operation's default."""
+
+    body: msgspec.Struct
+    status: int
+    headers: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Header:
+    type: type
+    description: str
+
+
+@dataclass(frozen=True)
+class Out:
+    """One documented answer: a JSON body of ``model`` (a Struct, or a union of Structs), or
+    other media (``content``: media type -> schema) for a handler's own web response."""
+
+    model: Any
+    description: str
+    headers: Mapping[str, Header] = field(default_factory=dict)
+    content: Mapping[str, Schema] | None = None
+
+
+Handler = Callable[[Call[Any, Any, Any]], Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
+Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One HTTP operation, as declared. ``method`` "*" answers any method (documented as
+    ANY_METHODS, operation ids suffixed with the method)."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    auth: Auth
+    responses: Mapping[int, Out]
+    errors: Mapping[int, str | None]
+    handler: Handler
+    params: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    body_schema: Schema | None = None  # a body the handler reads itself (documented only)
+    headers: Mapping[str, str] = field(default_factory=dict)  # read by the handler: documented
+    description: str | None = None
+    body_limit: Callable[[web.Application], int] | None = None
+    documented: bool = True
+    # Around the whole endpoint (auth, validation, handler): what must see every request of
+    # the route, refusals included (the check's metrics).
+    wrap: Callable[[Endpoint], Endpoint] | None = None
+
+    @property
+    def spec_path(self) -> str:
+        """The path as OpenAPI writes it: ``{tail:.*}`` -> ``{tail}``."""
+        return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", self.path)
+
+    def default_status(self) -> int:
+        return min(s for s in self.responses if s < 300) if self.responses else 200
+
+
+class Routes:
+    """A group of declared operations (what aiohttp's RouteTableDef is for plain routes)."""
+
+    def __init__(self) -> None:
+        self.operations: list[Operation] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        summary: str,
+        *,
+        tag: str,
+        auth: Auth,
+        responses: Mapping[int, Out],
+        errors: Mapping[int, str | None] | Iterable[int] = (),
+        operation_id: str | None = None,
+        params: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        body: type[BaseModel] | None = None,
+        body_required: bool = True,
+        body_schema: Schema | None = None,
+        headers: Mapping[str, str] | None = None,
+        description: str | None = None,
+        body_limit: Callable[[web.Application], int] | None = None,
+        documented: bool = True,
+        wrap: Callable[[Endpoint], Endpoint] | None = None,
+    ) -> Callable[[H], H]:
+        errs = dict(errors) if isinstance(errors, Mapping) else dict.fromkeys(errors)
+
+        def declare(handler: H) -> H:
+            self.operations.append(
+                Operation(
+                    method,
+                    path,
+                    operation_id or handler.__name__,
+                    summary,
+                    tag,
+                    auth,
+                    responses,
+                    errs,
+                    handler,
+                    params,
+                    query,
+                    body,
+                    body_required,
+                    body_schema,
+                    dict(headers or {}),
+                    description,
+                    body_limit,
+                    documented,
+                    wrap,
+                )
+            )
+            return handler
+
+        return declare
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    """The JSON body as ``model``: 400 for bytes that are not a JSON object, 422 naming the
+    first field that is wrong."""
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        if any(err["type"] == "json_invalid" for err in e.errors()):
+            raise errors.InvalidJSON("request body is not valid JSON") from None
+        if any(err["type"] == "model_type" and not err["loc"] for err in e.errors()):
+            raise errors.InvalidJSON("request body must be a JSON object") from None
+        raise validation_error(e) from None
+
+
+def validated(model: type[BaseModel]) -> bool:
+    """Whether some value can fail the model (not every field a plain string)."""
+    props = model.model_json_schema()["properties"]
+    plain = {"type": "string"}
+    return any(
+        {k: v for k, v in p.items() if k not in ("title", "description")} != plain
+        for p in props.values()
+    )
+
+
+def _path_parser(model: type[M]) -> Callable[[web.Request], M]:
+    if not validated(model):  # nothing to check: no work per request
+        return lambda request: model.model_construct(None, **request.match_info)
+
+    def parse(request: web.Request) -> M:
+        try:
+            return model.model_validate(request.match_info)
+        except ValidationError as e:
+            raise validation_error(e) from None
+
+    return parse
+
+
+def _query_parser(model: type[M]) -> Callable[[web.Request], M]:
+    """Each parameter's only value; an empty one counts as absent (its default). A model
+    that forbids extras refuses unknown parameters by name, before anything else; a
+    parameter given twice is refused by name, never read as its first (or last) value."""
+    names = tuple(model.model_fields)
+    known = frozenset(names)
+    forbid = model.model_config.get("extra") == "forbid"
+
+    def parse(request: web.Request) -> M:
+        query = request.query
+        if forbid:
+            for name in query:
+                if name not in known:
+                    raise errors.InvalidInput(f"{name}: unknown query parameter", field=name)
+        if len(query) != len(set(query)):
+            for name in query:
+                if len(query.getall(name)) > 1:
+                    raise errors.InvalidInput(f"{name}: given more than once", field=name)
+        data = {name: value for name in names if (value := query.get(name))}
+        try:
+            return model.model_validate(data)
+        except ValidationError as e:
+            raise validation_error(e) from None
+
+    return parse
+
+
+def _types(model: Any) -> tuple[type, ...]:
+    if isinstance(model, types.UnionType):
+        return get_args(model)
+    return (model,) if isinstance(model, type) else ()
+
+
+def endpoint(op: Operation, app: web.Application) -> Endpoint:
+    """The aiohttp handler of ``op`` in ``app``: everything the declaration decides is
+    resolved here, once."""
+    check: Check | None = op.auth.resolve(app)
+    path = _path_parser(op.params) if op.params is not None else None
+    query = _query_parser(op.query) if op.query is not None else None
+    body = op.body
+    fn = op.handler
+    default = op.default_status()
+    declared = {s: _types(o.model) for s, o in op.responses.items() if o.model is not None}
+    encode = ENCODER.encode
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if check is not None:
+            check(request)
+        result = await fn(
+            Call(
+                request,
+                path(request) if path is not None else None,
+                query(request) if query is not None else None,
+                await read_body(request, body) if body is not None else None,
+            )
+        )
+        if isinstance(result, web.StreamResponse):
+            return result
+        status, headers = default, None
+        if type(result) is Reply:
+            reply: Reply = result
+            result, status, headers = reply.body, reply.status, reply.headers
+        if not isinstance(result, declared.get(status, ())):
+            raise TypeError(
+                f"{op.operation_id}: {type(result).__name__} is not declared for {status}"
+            )
+        return web.Response(
+            body=encode(result), status=status, headers=headers, content_type="application/json"
+        )
+
+    result = op.wrap(handle) if op.wrap is not None else handle
+    if op.body_limit is not None:
+        result.body_limit = op.body_limit  # type: ignore[attr-defined]  # read by body_first
+    return result
+
+
+# -- the registry and its document -----------------------------------------------------------
+
+
+class Api:
+    """Route groups put together: registered on an app, described by one OpenAPI document."""
+
+    def __init__(
+        self,
+        groups: Sequence[Routes],
+        *,
+        info: Schema,
+        tags: Sequence[str],
+        security_schemes: Mapping[str, Schema],
+        error_model: type[msgspec.Struct],
+    ) -> None:
+        self.groups = groups
+        self.info, self.tags = info, tags
+        self.security_schemes, self.error_model = security_schemes, error_model
+
+    @property
+    def operations(self) -> list[Operation]:
+        ops = [op for g in self.groups for op in g.operations]
+        seen: set[tuple[str, str]] = set()
+        for op in ops:
+            key = (op.method, op.path)
+            assert key not in seen, f"{op.method} {op.path} declared twice"
+            seen.add(key)
+        return ops
+
+    def install(self, app: web.Application) -> None:
+        for op in self.operations:
+            app.router.add_route(op.method, op.path, endpoint(op, app))
+
+    def spec(self) -> Schema:
+        return _Spec(self).build()
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": REF.format(name=name)}
+
+
+class _Spec:
+    """The OpenAPI 3.1 document of an :class:`Api`."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        ops = [op for op in api.operations if op.documented]
+        self.ops = ops
+        models = {m for op in ops for m in (op.body,) if m is not None}
+        _, defs = models_json_schema(
+            [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+            ref_template=REF.replace("{name}", "{model}"),
+        )
+        self.components: dict[str, Schema] = dict(defs.get("$defs", {}))
+        structs: list[Any] = [api.error_model]
+        for op in ops:
+            for o in op.responses.values():
+                structs += _types(o.model)
+        found, comps = msgspec.json.schema_components(structs, ref_template=REF)
+        self.struct_schema: dict[Any, Schema] = dict(zip(structs, found, strict=True))
+        for name, schema in comps.items():
+            if name in self.components and self.components[name] != schema:
+                raise ValueError(f"two schemas named {name}")
+            self.components[name] = schema
+
+    def schema_of(self, model: Any) -> Schema:
+        """A response model's schema: a union of Structs (which msgspec documents only when
+        tagged) is anyOf its members."""
+        members = _types(model)
+        if len(members) == 1:
+            return self.struct_schema[members[0]]
+        return {"anyOf": [self.struct_schema[m] for m in members]}
+
+    def build(self) -> Schema:
+        paths: dict[str, dict[str, Any]] = {}
+        for op in self.ops:
+            item = paths.setdefault(op.spec_path, {})
+            if op.method == "*":
+                for m in ANY_METHODS:
+                    item[m] = self.operation(op, f"{op.operation_id}_{m}")
+            else:
+                item[op.method.lower()] = self.operation(op, op.operation_id)
+        return {
+            "openapi": "3.1.0",
+            "info": self.api.info,
+            "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+            "tags": [{"name": t} for t in self.api.tags],
+            "paths": dict(sorted(paths.items())),
+            "components": {
+                "schemas": dict(sorted(self.components.items())),
+                "securitySchemes": dict(self.api.security_schemes),
+            },
+        }
+
+    def error(self, status: int, text: str | None) -> Schema:
+        r: Schema = {
+            "description": text or ERROR_CODES[status],
+            "content": {"application/json": {"schema": self.schema_of(self.api.error_model)}},
+        }
+        if status == 401:
+            r["headers"] = {
+                "WWW-Authenticate": {
+                    "schema": {"type": "string"},
+                    "description": 'Bearer realm="credit-sidecar"',
+                }
+            }
+        return r
+
+    def response(self, out: Out) -> Schema:
+        r: Schema = {"description": out.description}
+        content: Schema = {}
+        if out.model is not None:
+            content["application/json"] = {"schema": self.schema_of(out.model)}
+        for media, schema in (out.content or {}).items():
+            content[media] = {"schema": schema}
+        if content:
+            r["content"] = content
+        if out.headers:
+            r["headers"] = {
+                name: {"schema": msgspec.json.schema(h.type), "description": h.description}
+                for name, h in out.headers.items()
+            }
+        return r
+
+    def operation(self, op: Operation, operation_id: str) -> Schema:
+        errs = dict(op.errors)
+        if op.auth.bearer_errors:
+            errs.setdefault(401, None)
+            errs.setdefault(403, None)
+        if op.body is not None:
+            for status in (400, 413, 422):
+                errs.setdefault(status, None)
+        params = self.parameters(op)
+        if op.query is not None or (op.params is not None and validated(op.params)):
+            errs.setdefault(422, None)  # validated
+        if op.params is not None:
+            errs.setdefault(404, None)  # e.g. a value with a "/" matches no route
+        responses = {str(s): self.response(o) for s, o in op.responses.items()}
+        for status, text in sorted(errs.items()):
+            responses.setdefault(str(status), self.error(status, text))
+        out: Schema = {
+            "operationId": operation_id,
+            "summary": op.summary,
+            "tags": [op.tag],
+            "security": [{name: [] for name in alt} for alt in op.auth.security],
+            "responses": dict(sorted(responses.items())),
+        }
+        if op.description:
+            out["description"] = op.description
+        if params:
+            out["parameters"] = params
+        if op.body is not None:
+            out["requestBody"] = {
+                "required": op.body_required,
+                "content": {"application/json": {"schema": _ref(op.body.__name__)}},
+            }
+        elif op.body_schema is not None:
+            out["requestBody"] = {
+                "required": op.body_required,
+                "content": {"application/json": {"schema": op.body_schema}},
+            }
+        return out
+
+    def parameters(self, op: Operation) -> list[Schema]:
+        out: list[Schema] = []
+        for where, model in (("path", op.params), ("query", op.query)):
+            if model is None:
+                continue
+            props = model.model_json_schema()["properties"]
+            for name, f in model.model_fields.items():
+                schema = _not_null(props[name])
+                description = schema.pop("description", None) or f.description or ""
+                out.append(
+                    {
+                        "name": name,
+                        "in": where,
+                        "required": where == "path",
+                        "description": description,
+                        "schema": schema,
+                    }
+                )
+        for name, description in op.headers.items():
+            out.append(
+                {
+                    "name": name,
+                    "in": "header",
+                    "required": False,
+                    "description": description,
+                    "schema": {"type": "string"},
+                }
+            )
+        return out
+
+
+def _not_null(schema: Schema) -> Schema:
+    """A parameter's schema without its ``null`` (an absent parameter is the default)."""
+    out = {k: v for k, v in schema.items() if k != "title"}
+    branches = out.get("anyOf")
+    if branches is not None:
+        rest = [b for b in branches if b != {"type": "null"}]
+        if len(rest) == 1:
+            del out["anyOf"]
+            out = {**rest[0], **out}
+    if out.get("default", 0) is None:
+        del out["default"]
+    return out

@@ -1,0 +1,508 @@
+"""The JSON API's response bodies, one msgspec Struct each: handlers return them, the registry
+(sidecar/http/contract.py) encodes them and documents them (their JSON Schema is the OpenAPI
+document's). Fields are in the order they go on the wire. A field whose default is ``UNSET``
+is optional: left out unless set; every other field is always there (``null`` where its type
+allows).
+
+msgspec rather than pydantic here: building and encoding a check's answer takes about 0.5 µs
+against pydantic's 4 µs (orjson on a dict: 0.25 µs), measured on the check's answer.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from sidecar.persistence.project import TXN_TYPES
+
+# RFC 3339 UTC with milliseconds (what iso() writes).
+Time = Annotated[
+    str,
+    Meta(extra_json_schema={"format": "date-time"}, description="RFC 3339 UTC with milliseconds"),
+]
+CreditsOut = Annotated[int, Meta(description="credits (an integer)")]
+AnyObject = dict[str, Any]
+
+
+class Model(Struct, kw_only=True):
+    """A response body: fields by keyword, in wire order. (``kw_only`` is not inherited: a
+    required field after an optional one needs it on its own class.)"""
+
+
+class ErrorDetail(Model):
+    code: str
+    message: str
+    field: Annotated[str, Meta(description="the offending field")] | UnsetType = UNSET
+
+
+class Error(Model):
+    """Every error: ``{"error": {"code", "message", "field"?}}``."""
+
+    error: ErrorDetail
+
+
+# -- service ---------------------------------------------------------------------------------
+
+
+class Health(Model):
+    status: Literal["ok"]
+    pid: int
+
+
+class Unhealthy(Model):
+    status: Literal["unhealthy"]
+    pid: int
+    failing: list[Literal["embedded_redis"]]
+
+
+class ReadinessCheck(Model):
+    """One readiness check: ``ok``, what it found, and its time."""
+
+    ok: bool
+    error: str | UnsetType = UNSET
+    count: int | UnsetType = UNSET
+    loaded: int | UnsetType = UNSET
+    lag_s: float | UnsetType = UNSET
+    max_lag_s: float | UnsetType = UNSET
+    ms: float | UnsetType = UNSET
+
+
+class Readiness(Model, kw_only=True):
+    status: Literal["ready", "not_ready"]
+    failing: list[str] | UnsetType = UNSET
+    checks: Annotated[
+        dict[str, ReadinessCheck], Meta(description="redis, scripts, sql, writer_lag")
+    ]
+
+
+# -- checks, accounts, holds, keys -----------------------------------------------------------
+
+
+class RateLimit(Model):
+    requests: int
+    period_ms: int
+    burst: int
+
+
+class CheckAllowed(Model):
+    allowed: Literal[True]
+    account: str
+    balance: int
+    cost: CreditsOut
+    transaction_id: str
+    replayed: bool
+    low_balance: bool
+
+
+class ShadowDecision(Model):
+    """The refusal a check would have been without SIDECAR_SHADOW: its status (402, 429),
+    reason, and that refusal's other fields."""
+
+    status: int
+    reason: str
+    balance: int | UnsetType = UNSET
+    required: int | UnsetType = UNSET
+    retry_after_ms: int | UnsetType = UNSET
+
+
+class CheckShadowed(Model):
+    allowed: Literal[True]
+    account: str
+    charged: Literal[False]
+    shadow: ShadowDecision
+
+
+class InsufficientCredits(Model):
+    allowed: Literal[False]
+    reason: Literal["insufficient_credits"]
+    account: str
+    balance: int
+    required: CreditsOut
+
+
+class RateLimited(Model):
+    allowed: Literal[False]
+    reason: Literal["rate_limited"]
+    account: str
+    retry_after_ms: int
+
+
+class AccountSettings(Model):
+    account: str
+    created: bool
+    overdraft_limit: CreditsOut
+    low_balance_threshold: int | None
+    rate_limit: RateLimit | None
+
+
+class Granted(Model):
+    account: str
+    grant_id: str
+    credits: CreditsOut
+    transaction_id: str
+    balance: int
+    replayed: bool
+
+
+class BucketView(Model):
+    id: str
+    credits: int
+    remaining: int
+    held: int
+    created_at: Time | None
+    expires_at: Time | None
+    priority: int
+    source: str
+    metadata: AnyObject
+
+
+class Balance(Model):
+    account: str
+    balance: int
+    available: int
+    held: int
+    debt: int
+    overdraft_limit: int
+    low_balance_threshold: int | None
+    rate_limit: RateLimit | None
+    created_at: Time | None
+    buckets: Annotated[list[BucketView], Meta(description="live buckets, in burn order")]
+
+
+class Hold(Model):
+    account: str
+    hold_id: str
+    amount: CreditsOut
+    state: str
+    transaction_id: str
+    balance: int
+    expires_at: Time | None
+    replayed: bool
+
+
+class HoldClosed(Model):
+    account: str
+    hold_id: str
+    state: Annotated[str, Meta(extra_json_schema={"enum": ["settled", "released"]})]
+    charged: int
+    forfeited: int
+    transaction_id: str
+    balance: int
+    replayed: bool
+
+
+class Refunded(Model):
+    account: str
+    refund_id: str
+    source_transaction_id: str
+    refunded: int
+    forfeited: int
+    transaction_id: str
+    balance: int
+    replayed: bool
+
+
+class Key(Model):
+    key_id: str
+    account: str
+    name: str
+    prefix: str
+    created_at: Time | None
+    rate_limit: RateLimit | None
+    revoked_at: Time | None
+
+
+class KeyCreated(Key):
+    key: Annotated[str, Meta(description="the key: shown only here")]
+
+
+class KeyList(Model):
+    account: str
+    keys: list[Key]
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+TxnType = Annotated[str, Meta(extra_json_schema={"enum": sorted(TXN_TYPES)})]
+
+
+class AccountSummary(Model):
+    account: str
+    balance: int
+    debt: int
+    created_at: Time | None
+    seq: int
+
+
+class AccountList(Model):
+    accounts: list[AccountSummary]
+    next: str | None
+
+
+class Transaction(Model):
+    id: str
+    seq: int
+    type: TxnType
+    amount: int
+    balance: int
+    debt: int
+    created_at: Time | None
+    description: str
+    idempotency_key: str | None
+    hold_id: str | None
+    source_transaction_id: str | None
+    key_id: str | None
+    route: str | None
+    metadata: AnyObject | None
+
+
+class TransactionList(Model):
+    account: str
+    transactions: list[Transaction]
+    next: int | None
+
+
+class UsagePoint(Model):
+    start: Time
+    credits: int
+    checks: int
+
+
+class Usage(Model):
+    account: str
+    interval: Literal["hour", "day"]
+    points: list[UsagePoint]
+
+
+class HoldBucket(Model):
+    bucket: str
+    amount: int
+
+
+class HoldRecord(Model):
+    hold_id: str
+    amount: int
+    state: str
+    created_at: Time | None
+    expires_at: Time | None
+    ttl_ms: int | None
+    transaction_id: str | None
+    balance_after: int | None
+    charged: int | None
+    forfeited: int | None
+    close_transaction_id: str | None
+    buckets: list[HoldBucket]
+
+
+class HoldList(Model):
+    account: str
+    holds: list[HoldRecord]
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+class OutboxShard(Model):
+    shard: int
+    writer_lease: str | None
+    length: int
+    pending: int
+    undelivered: int
+    unwritten: int
+    lag_s: float
+    dead_letters: int
+    writer_group: bool
+
+
+class Outbox(Model):
+    shards: list[OutboxShard]
+    unwritten: int
+    lag_s: float
+    dead_letters: int
+    writer: Annotated[
+        dict[str, Any],
+        Meta(
+            description="this process's writer: `mode` (inline, process, off) and `running`: "
+            "a writer holds every shard's lease, renewed within the lease period (and, in mode "
+            "process, this process's writer is alive); false for a hung or stopped writer once "
+            "its lease lapsed. Mode inline adds its counters; mode process pid, alive, "
+            "restarts, hung_kills",
+            extra_json_schema={"required": ["mode", "running"]},
+        ),
+    ]
+
+
+class DeadLetter(Model):
+    id: str
+    entry: AnyObject | None
+    fields: Annotated[dict[str, str], Meta(description="the raw stream fields, with dl_error")]
+
+
+class DeadLetters(Model):
+    shard: int
+    entries: list[DeadLetter]
+
+
+class DeadLettersRetried(Model):
+    shard: int
+    retried: list[str]
+
+
+# -- billing ---------------------------------------------------------------------------------
+
+
+class PackageView(Model):
+    id: str
+    name: str
+    credits: CreditsOut
+    stripe_price_id: str | None
+    price: Annotated[
+        int,
+        Meta(
+            description="the currency's minor unit (cents; yen for JPY, a zero-decimal "
+            "currency); the same as its Stripe Price's unit_amount"
+        ),
+    ]
+    currency: str
+    credit_expiry_s: int | None
+    active: bool
+    price_display: Annotated[str, Meta(description="e.g. 5.00 USD, 500 JPY")]
+
+
+class PackageList(Model):
+    packages: list[PackageView]
+
+
+class CheckoutSession(Model):
+    id: str
+    url: str | None
+    account: str
+
+
+class PaymentMethod(Model):
+    id: str
+    type: str
+    label: str
+
+
+class PaymentMethods(Model):
+    account: str
+    customer: str | None
+    payment_methods: list[PaymentMethod]
+
+
+class BillingProfile(Model):
+    account: str
+    email: str | None
+    customer: str | None
+
+
+class AutoTopUp(Model):
+    account: str
+    enabled: bool
+    threshold: int
+    package_id: str
+    payment_method: str
+    paused: bool
+    failures: int
+    last_error: str | None
+    needs_customer: Annotated[
+        bool,
+        Meta(
+            description="a charge needed the customer (authentication): no off-session charge "
+            "until they pay the link or the auto top-up is set again"
+        ),
+    ]
+    action_url: str | None
+    action_payment_intent: str | None
+    pending_payment_intent: str | None
+
+
+class Deleted(Model):
+    account: str
+    deleted: bool
+
+
+class NotificationEndpoint(Model):
+    account: str
+    url: str
+    secret: Annotated[str, Meta(description="the signing secret: shown only here")]
+    header: str
+
+
+class Delivery(Model):
+    id: str
+    status: str
+    attempts: int
+    last_error: str | None
+    payload: AnyObject
+
+
+class Notifications(Model):
+    account: str
+    url: str | None
+    deliveries: list[Delivery]
+
+
+class WebhookReceived(Model):
+    received: Literal[True]
+    id: str
+    duplicate: bool
+
+
+class BillingEvent(Model):
+    id: str
+    type: str
+    status: str
+    attempts: int
+    outcome: str | None
+    error: str | None
+    received_at: str
+
+
+class BillingEvents(Model):
+    events: list[BillingEvent]
+
+
+class WebhookEndpoint(Model):
+    id: str
+    url: str
+    api_version: str | None
+    matches: bool
+    sidecar: bool
+
+
+class BillingStatus(Model):
+    events: dict[str, int]
+    deliveries: dict[str, int]
+    stripe: bool
+    api_version: Annotated[str, Meta(description="the Stripe API version billing reads (pinned)")]
+    webhook_endpoints: list[WebhookEndpoint] | None
+
+
+class EventRetried(Model):
+    id: str
+    status: Literal["received"]
+
+
+# -- the proxies' auth endpoints -------------------------------------------------------------
+
+
+class AuthOutcome(Model):
+    allowed: bool
+    reason: Annotated[
+        str,
+        Meta(
+            description="allowed, missing_api_key, invalid_api_key, insufficient_credits, "
+            "rate_limited, route_denied, invalid_cost_header, invalid_path, invalid_method, "
+            "invalid_header, store_unavailable, fail_open, ..."
+        ),
+    ]
+    balance: int | UnsetType = UNSET
+    required: int | UnsetType = UNSET
+    retry_after_ms: int | UnsetType = UNSET
+    field: Annotated[str, Meta(description="a 400: the header (or path) refused")] | UnsetType = (
+        UNSET
+    )
+    message: Annotated[str, Meta(description="a 400: what is wrong with it")] | UnsetType = UNSET
