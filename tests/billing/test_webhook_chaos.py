@@ -25,8 +25,10 @@ async def storm(rigs: list[Rig], events: list[dict[str, Any]], seed: int) -> Non
         await r.settle(30)
 
 
+Step = tuple[Any, ...]  # ("refund" | "failed_refund", cents) | ("dispute" | "inquiry", cents, *how)
+
 # (what happens after the purchase, the credits left of 1,000 bought for 500 cents)
-STORIES = {
+STORIES: dict[str, tuple[list[Step], int]] = {
     "nothing": ([], 1000),
     "refund 100 cents": ([("refund", 100)], 800),
     "refund 100, a refund of 200 that fails": ([("refund", 100), ("failed_refund", 200)], 800),
@@ -76,7 +78,9 @@ async def test_purchase_events_shuffled_repeated_and_raced_over_two_workers_leav
     assert got == expected
 
 
-HELD = {  # all 1,000 credits held while it happens; the credits left once the hold is released
+HELD: dict[
+    str, tuple[list[Step], int]
+] = {  # all 1,000 credits held while it happens; the credits left once the hold is released
     "refund 100 cents": ([("refund", 100)], 800),
     "refund 200 that fails": ([("failed_refund", 200)], 1000),
     "chargeback won": ([("dispute", 500, "won")], 1000),
