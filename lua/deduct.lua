@@ -20,7 +20,8 @@
 --   idempotency record's executed attempts (field at, at most MAX_ATTEMPTS; more set ax):
 --   the caller that loses the reply voids the attempt by it (void.lua). A replay with a token
 --   is refused past its deadline (LATE) like a new request: its caller, which may void it,
---   must never get a 200 it does not know of. Without a token a replay is answered whenever it
+--   must never get a 200 it does not know of. A token the record already lists (and has not
+--   voided) is the same attempt sent again: answered as a replay whatever the time. Without a token a replay is answered whenever it
 --   runs and sets ax (an unlisted attempt: void.lua never refunds the record); records written
 --   before the token existed (no at) are answered so and left as they are: never refunded.
 -- Order: validate; a revoked key is refused; replay a known idempotency key: only the same
@@ -78,8 +79,13 @@ if prior then
     fail('CONFLICT', 'idempotency_key ' .. key .. ' was already used for another request')
   end
   if token ~= '' and p.at then
-    in_time()
-    if add_attempt(p, token) then redis.call('SET', KEYS[7], jenc(p), 'KEEPTTL') end
+    -- The same attempt sent again (the transport resends a call whose connection was lost
+    -- after its first send ran) took effect already: answered as then, whatever the time,
+    -- or a resend past the deadline would answer LATE (503, no void) for a charge that stays.
+    if not has(p.at, token) or has(p.vd, token) then
+      in_time()
+      if add_attempt(p, token) then redis.call('SET', KEYS[7], jenc(p), 'KEEPTTL') end
+    end
   elseif p.at and not p.ax then
     -- a replay without a token took effect unlisted: the record can no longer be voided
     p.ax = 1

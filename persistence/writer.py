@@ -485,9 +485,12 @@ async def outbox_status(redis: RedisClient, keys: KeySpace, now_ms: int) -> list
                 lag = g.get("lag")
                 if not before:  # trimmed up to past the last-delivered id: all are after it
                     undelivered = length
-                elif lag is not None:  # exact while no entry after that id was removed
-                    undelivered = int(lag)
-                else:  # Redis cannot tell (an entry deleted, the id moved back)
+                elif lag is not None and int(lag) <= length:  # exact while no entry after
+                    undelivered = int(lag)  # that id was removed
+                else:
+                    # Redis cannot tell (an entry deleted, the id moved back), or says the
+                    # impossible: Redis 7.0 restored a group's entries-read wrong from its AOF
+                    # after a SIGKILL (a lag of 13,269 in a stream of 7)
                     undelivered = await _count_after(redis, stream, last)
         else:
             undelivered = length

@@ -421,3 +421,31 @@ async def test_unwritten_counts_each_unacknowledged_entry_still_in_the_stream_on
     await writer.step(0)
     await redis.xtrim(stream, maxlen=20, approximate=False)  # past the last-delivered id
     assert await agrees() == 20
+
+
+async def test_outbox_status_ignores_a_lag_that_redis_restored_wrong(
+    ledger: Ledger, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    """After the embedded Redis was SIGKILLed under load and restarted from its AOF, Redis 7.0
+    reported the writer group's lag as 13,269 with the group at the stream's last entry and 7
+    entries in the stream: `reconcile` noted 13,269 entries not in SQL, the outbox alert and a
+    shutdown's drain read the same number. Nothing is unwritten once the group has read to the
+    end, and a lag longer than the stream is not believed. The group's entries-read is what
+    went wrong; it is set here as Redis restored it."""
+    await busy_ledger(ledger, clock)
+    writer = make_writer(ledger, engine)
+    await drain(writer)
+    await writer.trim(0, force=True)  # as the writer does: the stream keeps what is unwritten
+    stream = ledger.keys.outbox(0)
+    last = (await ledger.redis.xinfo_stream(stream))["last-generated-id"]
+    await ledger.redis.execute_command("XGROUP", "SETID", stream, GROUP, last, "ENTRIESREAD", 1)
+    group = [
+        g for g in await ledger.redis.xinfo_groups(stream) if g["name"] in (GROUP, GROUP.encode())
+    ]
+    assert group[0]["lag"] > 0  # what Redis says
+    status = await outbox_status(ledger.redis, ledger.keys, clock.now)
+    assert status[0]["unwritten"] == 0 and status[0]["lag_s"] == 0
+    # entries added after it are counted, however wrong Redis' lag
+    await ledger.deduct("beta", 1, "r9")
+    status = await outbox_status(ledger.redis, ledger.keys, clock.now)
+    assert status[0]["unwritten"] == 1
