@@ -49,7 +49,7 @@ async def pg_client(
         r = await c.put("/v1/accounts/acme", json={}, headers=admin())
         assert r.status == 201
         ledger = c.app[LEDGER]
-        await drain(OutboxWriter(ledger.redis, c.app[BILLING].store.engine, ledger.keys))
+        await drain(OutboxWriter(ledger.redis, c.app[BILLING].sql.engine, ledger.keys))
         yield c
 
 
