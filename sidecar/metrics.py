@@ -246,11 +246,11 @@ class Scrape:
         self, ledger: Ledger, billing: Billing | None, outbox_alert_entries: int = 100_000
     ) -> None:
         self.ledger = ledger
-        self.billing_context = billing
+        self.billing = billing
         self.outbox_alert_entries = outbox_alert_entries
         self.pipeline = PipelineCounts(ledger.pipeline)
         self.outbox = Cached(1.0)
-        self.billing = Cached(10.0)
+        self.dead_letters = Cached(10.0)
 
     def flush(self) -> None:
         CHECKS.flush()
@@ -270,7 +270,7 @@ class Scrape:
         return value
 
     async def billing_dead_letters(self) -> dict[str, int]:
-        b = self.billing_context
+        b = self.billing
         assert b is not None
 
         async def read() -> dict[str, int]:
@@ -281,7 +281,7 @@ class Scrape:
                     "notification": await b.notifications.count("dead"),
                 }
 
-        value: dict[str, int] = await self.billing.get(read)
+        value: dict[str, int] = await self.dead_letters.get(read)
         return value
 
     async def families(self) -> list[Metric]:
@@ -335,7 +335,7 @@ class Scrape:
                     value=float(limit),
                 )
             )
-        if self.billing_context is not None:
+        if self.billing is not None:
             sql = GaugeMetricFamily(
                 "credit_sidecar_sql_up", "1 if SQL answered the billing dead-letter count"
             )
