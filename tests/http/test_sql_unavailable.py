@@ -30,6 +30,10 @@ SQL_ROUTES = (
     "/v1/accounts/acme/transactions?format=csv",
     "/v1/accounts/acme/usage",
     "/v1/admin/packages",
+    # One per billing store read by a route (they share one transaction helper).
+    "/v1/admin/billing/events",
+    "/v1/admin/billing/status",
+    "/v1/admin/accounts/acme/notifications",
 )
 
 
