@@ -105,7 +105,7 @@ def unavailable(e: BaseException) -> bool:
     """Whether ``e``, raised by a statement, means the SQL ledger is out of reach or busy (so
     the call may succeed later) rather than that the statement or its data is wrong. Errors
     raised while *opening* a connection are always unavailability: callers map those
-    separately (see ``BillingStore.tx``)."""
+    separately (see ``sidecar.billing.stores.sql.Sql.tx``)."""
     if isinstance(e, sa_exc.IntegrityError | sa_exc.DataError | sa_exc.ProgrammingError):
         return False
     if isinstance(

@@ -37,7 +37,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from sidecar.autopipe import AutoPipeline
-from sidecar.billing.store import BillingStore
+from sidecar.billing.context import Billing
 from sidecar.ledger import Ledger, store_call
 from sidecar.persistence.writer import outbox_status
 
@@ -243,14 +243,14 @@ class Scrape:
     """Per app: what the scrape reads from Redis and SQL, cached, and the flushes."""
 
     def __init__(
-        self, ledger: Ledger, store: BillingStore | None, outbox_alert_entries: int = 100_000
+        self, ledger: Ledger, billing: Billing | None, outbox_alert_entries: int = 100_000
     ) -> None:
         self.ledger = ledger
-        self.store = store
+        self.billing = billing
         self.outbox_alert_entries = outbox_alert_entries
         self.pipeline = PipelineCounts(ledger.pipeline)
         self.outbox = Cached(1.0)
-        self.billing = Cached(10.0)
+        self.dead_letters = Cached(10.0)
 
     def flush(self) -> None:
         CHECKS.flush()
@@ -270,14 +270,18 @@ class Scrape:
         return value
 
     async def billing_dead_letters(self) -> dict[str, int]:
-        store = self.store
-        assert store is not None
+        b = self.billing
+        assert b is not None
 
         async def read() -> dict[str, int]:
+            """Stripe events and notification deliveries given up (status ``dead``)."""
             async with asyncio.timeout(2.0):
-                return await store.dead_letters()
+                return {
+                    "stripe_event": await b.events.count("dead"),
+                    "notification": await b.notifications.count("dead"),
+                }
 
-        value: dict[str, int] = await self.billing.get(read)
+        value: dict[str, int] = await self.dead_letters.get(read)
         return value
 
     async def families(self) -> list[Metric]:
@@ -331,7 +335,7 @@ class Scrape:
                     value=float(limit),
                 )
             )
-        if self.store is not None:
+        if self.billing is not None:
             sql = GaugeMetricFamily(
                 "credit_sidecar_sql_up", "1 if SQL answered the billing dead-letter count"
             )

@@ -12,7 +12,7 @@ import orjson
 from sqlalchemy import BigInteger, func, literal_column, select
 
 from sidecar import errors
-from sidecar.billing.store import BillingStore
+from sidecar.billing.stores import Sql
 from sidecar.ledger import Ledger, store_call
 from sidecar.persistence.models import Account, CreditTransaction, table_of
 from sidecar.redis_client import text
@@ -88,11 +88,11 @@ def _int(rec: dict[str, Any], name: str) -> int | None:
 class Reads:
     """The read side of one ledger and its SQL store."""
 
-    def __init__(self, ledger: Ledger, store: BillingStore) -> None:
-        self.ledger, self.store = ledger, store
+    def __init__(self, ledger: Ledger, sql: Sql) -> None:
+        self.ledger, self.sql = ledger, sql
 
     async def require_sql_account(self, account: str) -> None:
-        async with self.store.tx() as conn:
+        async with self.sql.tx() as conn:
             q = select(ACCOUNTS.c.id).where(ACCOUNTS.c.id == account)
             found = (await conn.execute(q)).first()
         if found is None:
@@ -113,7 +113,7 @@ class Reads:
             # Exact and case-sensitive on both backends (SQLite's LIKE ignores case; "_" is in ids).
             q = q.where(func.substr(c.id, 1, len(prefix)) == prefix)
         q = q.order_by(c.id).limit(limit + 1)
-        async with self.store.tx() as conn:
+        async with self.sql.tx() as conn:
             rows = (await conn.execute(q)).all()
         page = [
             AccountRow(
@@ -155,7 +155,7 @@ class Reads:
         if before is not None:
             q = q.where(c.seq < before)
         q = q.order_by(c.seq.desc()).limit(limit + 1)
-        async with self.store.tx() as conn:
+        async with self.sql.tx() as conn:
             found = (await conn.execute(q)).all()
         rows = [
             TransactionRow(
@@ -196,7 +196,7 @@ class Reads:
             )
             .group_by(bucket)
         )
-        async with self.store.tx() as conn:
+        async with self.sql.tx() as conn:
             found = {int(b): (int(n), int(s or 0)) for b, n, s in (await conn.execute(q)).all()}
         points = []
         for t in range(start, until, step):

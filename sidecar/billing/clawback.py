@@ -142,7 +142,7 @@ async def charge_event(b: Billing, etype: str, obj: dict[str, Any]) -> str:
         pi = charge.payment_intent
     if pi is None:
         return f"ignored: charge {charge_id} has no payment intent (not a purchase)"
-    purchase = await b.store.purchase_by_payment_intent(pi)
+    purchase = await b.purchases.by_payment_intent(pi)
     if purchase is None:
         raise NotYet(f"no purchase with payment intent {pi} (yet)")
     if purchase["charge_id"] not in (None, charge_id):
@@ -211,7 +211,7 @@ async def charge_event(b: Billing, etype: str, obj: dict[str, Any]) -> str:
             }
         return changes or None
 
-    row = await b.store.merge_clawback(purchase["id"], merge, b.clock())
+    row = await b.purchases.merge_clawback(purchase["id"], merge, b.clock())
     if row is None:
         raise NotYet(f"purchase {purchase['id']} vanished")
     return await apply(b, row)
@@ -227,7 +227,7 @@ async def apply(b: Billing, row: dict[str, Any]) -> str:
     taken_money = min(amount, refunded + disputed)
     target = credits * taken_money // amount
     what = f"refunded {refunded}, disputed {disputed} of {amount} {currency}"
-    await b.store.update_purchase(
+    await b.purchases.update(
         row["id"], b.clock(), amount_refunded=refunded, amount_disputed=disputed
     )
     buckets = list((row["buckets"] or {}).get("ids", []))
@@ -239,7 +239,7 @@ async def apply(b: Billing, row: dict[str, Any]) -> str:
         note = f"{what}: {target} credits would be taken back (refund_policy=flag)"
         if held:
             note += f"; {held} of the purchase's credits are held"
-        await b.store.update_purchase(row["id"], b.clock(), flagged=note, clawback_target=target)
+        await b.purchases.update(row["id"], b.clock(), flagged=note, clawback_target=target)
         return "flagged: " + note
     r = await b.ledger.revoke(
         row["account"],
@@ -250,7 +250,7 @@ async def apply(b: Billing, row: dict[str, Any]) -> str:
         version=int(row["clawback_version"]),
         description=f"Stripe {what}",
     )
-    await b.store.update_purchase(row["id"], b.clock(), clawback_target=r.target)
+    await b.purchases.update(row["id"], b.clock(), clawback_target=r.target)
     if r.transaction_id is None:
         return f"{what}: clawback stays at {r.target} credits (view {r.version})"
     if r.given_back:

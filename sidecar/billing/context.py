@@ -1,13 +1,22 @@
-"""What every part of billing works with: the ledger, the SQL store, Stripe (if configured),
-the settings and the clock; and the one place that makes a Stripe customer for an account."""
+"""What every part of billing works with: the ledger, the SQL stores (one per kind of thing
+stored, all on one ``Sql``), Stripe (if configured), the settings and the clock; and the one
+place that makes a Stripe customer for an account."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.billing.gateway import StripeGateway
-from sidecar.billing.store import BillingStore
+from sidecar.billing.stores import (
+    CustomerStore,
+    EventStore,
+    NotificationStore,
+    PackageStore,
+    PurchaseStore,
+    Sql,
+    TopUpStore,
+)
 from sidecar.errors import BillingNotConfigured
 from sidecar.ledger import Clock, Ledger
 from sidecar.settings import Settings
@@ -31,12 +40,27 @@ class NotYet(Exception):
 @dataclass
 class Billing:
     ledger: Ledger
-    store: BillingStore
+    sql: Sql
     gateway: StripeGateway | None
     settings: Settings
     clock: Clock
     # The Stripe webhook endpoints and their API versions, as read at start (apiversion.py).
     endpoints: list[dict[str, Any]] | None = None
+    # The stores, all on ``sql``: each caller uses the one for what it reads or writes.
+    packages: PackageStore = field(init=False)
+    customers: CustomerStore = field(init=False)
+    events: EventStore = field(init=False)
+    purchases: PurchaseStore = field(init=False)
+    topups: TopUpStore = field(init=False)
+    notifications: NotificationStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.packages = PackageStore(self.sql)
+        self.customers = CustomerStore(self.sql)
+        self.events = EventStore(self.sql)
+        self.purchases = PurchaseStore(self.sql)
+        self.topups = TopUpStore(self.sql)
+        self.notifications = NotificationStore(self.sql)
 
     def stripe(self) -> StripeGateway:
         if self.gateway is None:
@@ -47,12 +71,12 @@ class Billing:
         """The account's Stripe customer, created once (Stripe's idempotency key and a
         conditional SQL write keep concurrent callers on one customer), with the account's
         billing email when it has one (Stripe sends receipts there)."""
-        existing = await self.store.customer(account)
+        existing = await self.customers.customer(account)
         if existing:
             return existing
-        email = await self.store.billing_email(account)
+        email = await self.customers.billing_email(account)
         created = await self.stripe().create_customer(account, email)
-        return await self.store.set_customer(account, created)
+        return await self.customers.set_customer(account, created)
 
     async def granted(self, account: str, bucket: str) -> int:
         """What a purchase's bucket that refused a second grant (a redelivered event, a

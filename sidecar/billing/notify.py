@@ -79,11 +79,11 @@ async def low_balance(b: Billing, fields: dict[str, str], event_id: str) -> str:
 async def enqueue(b: Billing, account: str, payload: dict[str, object]) -> str:
     """Queues a notification (``payload["id"]`` is its delivery id: queued once) to the
     account's endpoint."""
-    endpoint = await b.store.endpoint(account)
+    endpoint = await b.notifications.endpoint(account)
     if endpoint is None or not endpoint["enabled"]:
         return "no endpoint"
     url = endpoint["url"]
-    queued = await b.store.enqueue_delivery(
+    queued = await b.notifications.enqueue(
         str(payload["id"]), account, url, netguard.webhook_host(url), payload, b.clock()
     )
     return "queued" if queued else "already queued"
@@ -155,7 +155,7 @@ class Deliverer:
         if free <= 0:
             return 0
         b = self.b
-        rows = await b.store.due_deliveries(
+        rows = await b.notifications.due(
             b.clock(),
             limit=free,
             exclude_urls=[u for u, n in self._endpoints.items() if n >= self.per_endpoint],
@@ -172,7 +172,7 @@ class Deliverer:
                 or self._hosts[d["host"]] >= self.per_host
             ):
                 continue  # filled up within this page: next pass
-            if not await b.store.claim_delivery(d["id"], d["attempts"], b.clock(), lease_ms):
+            if not await b.notifications.claim(d["id"], d["attempts"], b.clock(), lease_ms):
                 continue  # another worker has it
             self._endpoints[d["url"]] += 1
             self._hosts[d["host"]] += 1
@@ -197,7 +197,7 @@ class Deliverer:
 
     async def _deliver(self, d: dict[str, Any], attempt: int) -> None:
         b, settings = self.b, self.b.settings
-        endpoint = await b.store.endpoint(d["account"])
+        endpoint = await b.notifications.endpoint(d["account"])
         if endpoint is None:
             error: str | None = "endpoint removed"
             status = "dead"
@@ -217,7 +217,7 @@ class Deliverer:
             else:
                 status = "pending"
         now = b.clock()
-        await b.store.finish_delivery(
+        await b.notifications.finish(
             d["id"],
             status,
             attempt=attempt,

@@ -22,7 +22,7 @@ from sidecar.billing.gateway import (
     StripeTransient,
     idempotency_key,
 )
-from sidecar.billing.store import Package
+from sidecar.billing.stores import Package
 from sidecar.errors import (
     IdempotencyConflict,
     InvalidInput,
@@ -59,7 +59,7 @@ async def checkout(
     line_items = []
     total = 0
     for item in items:
-        p = await b.store.package(item.package_id)
+        p = await b.packages.get(item.package_id)
         if p is None or not p.active:
             raise UnknownPackage(f"no active package {item.package_id}", field="package_id")
         if not p.stripe_price_id:
@@ -120,8 +120,8 @@ async def _customer_with(b: Billing, account: str, email: str | None) -> str:
     becomes the billing email (and the customer's at Stripe) only of an account that has
     none. One set by an admin (PUT .../billing) or read from Stripe's record of a payment
     (the session's ``customer_details.email``: see session_event) stays."""
-    if email is not None and await b.store.claim_billing_email(account, email) == email:
-        existing = await b.store.customer(account)
+    if email is not None and await b.customers.claim_billing_email(account, email) == email:
+        existing = await b.customers.customer(account)
         if existing:
             await b.stripe().set_customer_email(existing, email)
     return await b.customer(account)
@@ -169,17 +169,17 @@ async def session_event(
         "currency": session.get("currency"),
     }
     if etype == "checkout.session.async_payment_failed":
-        await b.store.record_purchase(base | {"status": "failed"}, now)
+        await b.purchases.record(base | {"status": "failed"}, now)
         return "payment failed: nothing granted"
     paid = etype == "checkout.session.async_payment_succeeded" or (
         session.get("payment_status") in PAID
     )
     if not paid:
         # (A purchase already paid or failed keeps its status: see record_purchase.)
-        await b.store.record_purchase(base | {"status": "awaiting_payment"}, now)
+        await b.purchases.record(base | {"status": "awaiting_payment"}, now)
         return f"payment {session.get('payment_status')}: waiting for async_payment_succeeded"
     granted, buckets = await grant_session(b, account, sid, paid_at_s, event_id)
-    await b.store.record_purchase(
+    await b.purchases.record(
         base | {"status": "paid", "credits": granted, "buckets": {"ids": buckets}}, now
     )
     done = f"granted {granted} credits in {len(buckets)} bucket(s) to {account}"
@@ -200,8 +200,8 @@ async def _email_from_stripe(b: Billing, account: str, session: dict[str, Any]) 
     now on: Stripe's object before what a caller once passed as ``email``."""
     details = session.get("customer_details")
     email = details.get("email") if isinstance(details, dict) else None
-    if isinstance(email, str) and email and email != await b.store.billing_email(account):
-        await b.store.set_billing_email(account, email)
+    if isinstance(email, str) and email and email != await b.customers.billing_email(account):
+        await b.customers.set_billing_email(account, email)
 
 
 async def _card_saved(b: Billing, account: str, session: dict[str, Any]) -> str:
@@ -227,7 +227,7 @@ async def grant_session(
     items = await b.stripe().line_items(session_id)
     plan: list[tuple[str, Package, int]] = []
     for li in items:
-        p = await b.store.package_by_price(li.price)
+        p = await b.packages.by_price(li.price)
         if p is None:
             raise Permanent(f"price {li.price} of line item {li.id} is no credit package")
         plan.append((li.id, p, li.quantity))

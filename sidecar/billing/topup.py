@@ -42,7 +42,7 @@ from sidecar.billing.gateway import (
     StripeTransient,
     idempotency_key,
 )
-from sidecar.billing.store import Package
+from sidecar.billing.stores import Package
 from sidecar.errors import IdempotencyConflict, InvalidInput, PaymentProviderError, UnknownAccount
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ async def configure(
             f"{customer}: save it with POST /v1/checkout/setup (or Checkout with save_card)",
             field="payment_method",
         )
-    await b.store.put_topup(
+    await b.topups.put(
         account,
         threshold=threshold,
         package_id=package_id,
@@ -91,7 +91,7 @@ async def configure(
 
 
 async def disable(b: Billing, account: str) -> bool:
-    existed = await b.store.delete_topup(account)
+    existed = await b.topups.delete(account)
     await b.ledger.set_auto_topup_threshold(account, None)
     return existed
 
@@ -100,13 +100,13 @@ async def trigger(b: Billing, account: str) -> str:
     """Starts a charge if one is due; returns what happened."""
     now = b.clock()
     cooldown_ms = b.settings.auto_topup_cooldown_s * 1000
-    cfg = await b.store.claim_topup(account, now, cooldown_ms, STALE_MS)
+    cfg = await b.topups.claim(account, now, cooldown_ms, STALE_MS)
     if cfg is None:
         return "skipped: disabled, paused, waiting for the customer, pending or cooling down"
     metrics.TOPUPS.labels("started").inc()
     slot = str(cfg["pending_payment_intent"])  # "starting:<uuid>"
     uuid = slot.partition(":")[2]
-    package = await b.store.package(cfg["package_id"])
+    package = await b.packages.get(cfg["package_id"])
     if package is None or not package.active:
         await _failed(b, account, slot, f"package {cfg['package_id']} is not available")
         return "failed: package not available"
@@ -127,7 +127,7 @@ async def trigger(b: Billing, account: str) -> str:
                 package_id=package.id,
                 slot=uuid,
                 idempotency_key=idempotency_key("topup", account, uuid, cfg["key_attempt"]),
-                receipt_email=await b.store.billing_email(account),
+                receipt_email=await b.customers.billing_email(account),
             )
     except StripeRefused as e:
         await _failed(b, account, slot, str(e))
@@ -136,10 +136,10 @@ async def trigger(b: Billing, account: str) -> str:
         # Not a failure of the charge: the retry of this trigger takes the slot over, with the
         # same key if the reply was lost (Stripe may have charged), a new one if Stripe keeps
         # this error under it.
-        await b.store.topup_release(account, slot, new_key=e.stored)
+        await b.topups.release(account, slot, new_key=e.stored)
         raise
     except Exception:
-        await b.store.topup_release(account, slot, new_key=False)
+        await b.topups.release(account, slot, new_key=False)
         raise
     return await _outcome(b, account, slot, package, payment)
 
@@ -147,7 +147,7 @@ async def trigger(b: Billing, account: str) -> str:
 async def _outcome(b: Billing, account: str, slot: str, package: Package, payment: Payment) -> str:
     pending = slot
     if payment.id:
-        await b.store.record_purchase(
+        await b.purchases.record(
             {
                 "id": payment.id,
                 "kind": "auto_topup",
@@ -159,7 +159,7 @@ async def _outcome(b: Billing, account: str, slot: str, package: Package, paymen
             },
             b.clock(),
         )
-        await b.store.topup_pending(account, slot, payment.id)
+        await b.topups.pending(account, slot, payment.id)
         pending = payment.id
     if payment.status == "succeeded":
         return await succeeded(b, account, payment.id, package.id, 0)
@@ -196,10 +196,10 @@ async def needs_customer(
         except (StripeTransient, StripeRefused) as e:
             log.warning("auto top-up of %s: no Checkout link for the customer: %s", account, e)
     reason = error or "the card needs its holder's authentication"
-    await b.store.topup_needs_customer(account, pending, pending, url, reason, b.clock())
-    purchase = await b.store.purchase(pending)
+    await b.topups.needs_customer(account, pending, pending, url, reason, b.clock())
+    purchase = await b.purchases.get(pending)
     if purchase is not None and purchase["status"] != "paid":
-        await b.store.update_purchase(pending, b.clock(), status="failed")
+        await b.purchases.update(pending, b.clock(), status="failed")
     sent = await notify.enqueue(
         b,
         account,
@@ -224,10 +224,10 @@ async def needs_customer(
 async def customer_acted(b: Billing, account: str, payment_method: str | None) -> bool:
     """The customer paid an action link or saved a card: the wait ends (with that card, if
     one was saved) and the trigger is armed again."""
-    cfg = await b.store.topup(account)
+    cfg = await b.topups.get(account)
     if cfg is None:
         return False
-    await b.store.topup_customer_acted(account, payment_method, b.clock())
+    await b.topups.customer_acted(account, payment_method, b.clock())
     if cfg["enabled"]:
         await b.ledger.set_auto_topup_threshold(account, int(cfg["threshold"]))
     return True
@@ -238,7 +238,7 @@ async def _failed(
 ) -> None:
     """A charge failed: ``pending`` is its PaymentIntent, or its ``starting:`` slot. Counted
     once, by whichever of Stripe's reply and its webhook clears the slot."""
-    cleared, paused = await b.store.topup_done(
+    cleared, paused = await b.topups.done(
         account,
         pending,
         ok=False,
@@ -250,9 +250,9 @@ async def _failed(
     if cleared and count:
         metrics.TOPUPS.labels("failed").inc()
     if not pending.startswith("starting:"):
-        purchase = await b.store.purchase(pending)
+        purchase = await b.purchases.get(pending)
         if purchase is not None and purchase["status"] != "paid":
-            await b.store.update_purchase(pending, b.clock(), status="failed")
+            await b.purchases.update(pending, b.clock(), status="failed")
     if paused:
         log.warning("auto top-up of %s paused after repeated failures: %s", account, error)
         await b.ledger.set_auto_topup_threshold(account, None)
@@ -260,13 +260,13 @@ async def _failed(
 
 async def succeeded(b: Billing, account: str, pi: str, package_id: str, created_s: int) -> str:
     """Grants the package's credits for a successful auto top-up charge (once per charge)."""
-    package = await b.store.package(package_id)
+    package = await b.packages.get(package_id)
     if package is None:
         raise Permanent(f"package {package_id} of payment {pi} does not exist")
     now = b.clock()
-    purchase = await b.store.purchase(pi)
+    purchase = await b.purchases.get(pi)
     if purchase is not None and purchase["status"] == "paid":
-        await b.store.topup_done(account, pi, ok=True, error=None, max_failures=0, now_ms=now)
+        await b.topups.done(account, pi, ok=True, error=None, max_failures=0, now_ms=now)
         return f"payment {pi} already granted"
     bucket = f"topup:{pi}"
     expires = None
@@ -292,7 +292,7 @@ async def succeeded(b: Billing, account: str, pi: str, package_id: str, created_
         raise Permanent(f"account {account} does not exist") from None
     else:
         metrics.TOPUPS.labels("succeeded").inc()
-    await b.store.record_purchase(
+    await b.purchases.record(
         {
             "id": pi,
             "kind": "auto_topup",
@@ -306,7 +306,7 @@ async def succeeded(b: Billing, account: str, pi: str, package_id: str, created_
         },
         b.clock(),
     )
-    await b.store.topup_done(account, pi, ok=True, error=None, max_failures=0, now_ms=b.clock())
+    await b.topups.done(account, pi, ok=True, error=None, max_failures=0, now_ms=b.clock())
     return f"auto top-up {pi}: granted {credits} credits"
 
 
@@ -325,7 +325,7 @@ async def payment_event(b: Billing, etype: str, pi: dict[str, Any]) -> str:
     last = pi.get("last_payment_error") or {}
     if last.get("code") == NEEDS_CUSTOMER:
         return await needs_customer(
-            b, account, pid, await b.store.package(package_id), last.get("message")
+            b, account, pid, await b.packages.get(package_id), last.get("message")
         )
     error = last.get("message") or "payment failed"
     await _failed(b, account, pid, str(error))
@@ -337,7 +337,7 @@ async def sweep_stuck(b: Billing) -> int:
     says now; one still processing or awaiting action is canceled if it can be (a failure),
     else left to its webhook; its slot is freed either way. Returns how many were looked at."""
     timeout_ms = b.settings.auto_topup_pending_timeout_s * 1000
-    stuck = await b.store.stuck_topups(b.clock() - timeout_ms)
+    stuck = await b.topups.stuck(b.clock() - timeout_ms)
     for account, pid in stuck:
         payment = await b.stripe().payment_intent(pid)
         package_id = (payment.metadata or {}).get("package_id", "")
@@ -345,7 +345,7 @@ async def sweep_stuck(b: Billing) -> int:
             await succeeded(b, account, pid, package_id, 0)
             continue
         if payment.code == NEEDS_CUSTOMER and payment.status in FAILED:
-            await needs_customer(b, account, pid, await b.store.package(package_id), payment.error)
+            await needs_customer(b, account, pid, await b.packages.get(package_id), payment.error)
             continue
         if payment.status in FAILED:
             await _failed(b, account, pid, payment.error or payment.status)

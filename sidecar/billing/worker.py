@@ -118,8 +118,8 @@ class BillingWorker:
         if now < self._next_prune_ms:
             return 0
         before = now - b.settings.billing_retention_s * 1000
-        deliveries = await b.store.prune_deliveries(before, PRUNE_BATCH)
-        events = await b.store.prune_events((TOPUP_TRIGGER,), before, PRUNE_BATCH)
+        deliveries = await b.notifications.prune(before, PRUNE_BATCH)
+        events = await b.events.prune((TOPUP_TRIGGER,), before, PRUNE_BATCH)
         if deliveries < PRUNE_BATCH and events < PRUNE_BATCH:
             self._next_prune_ms = now + PRUNE_INTERVAL_MS
         if deliveries or events:
@@ -147,8 +147,8 @@ class BillingWorker:
     async def stripe_events_once(self) -> int:
         b = self.b
         n = 0
-        for event_id in await b.store.due_events(b.clock()):
-            claimed = await b.store.claim_event(event_id, b.clock(), EVENT_LEASE_MS)
+        for event_id in await b.events.due(b.clock()):
+            claimed = await b.events.claim(event_id, b.clock(), EVENT_LEASE_MS)
             if claimed is None:
                 continue
             n += 1
@@ -194,7 +194,7 @@ class BillingWorker:
             return
         self.processed += 1
         status = "ignored" if outcome is None else "processed"
-        await b.store.finish_event(
+        await b.events.finish(
             event_id,
             status,
             b.clock(),
@@ -214,11 +214,11 @@ class BillingWorker:
             log.error(
                 "Stripe event %s is a dead letter after %d attempts: %s", event_id, attempt, error
             )
-            await b.store.finish_event(event_id, "dead", now, attempt=attempt, error=error)
+            await b.events.finish(event_id, "dead", now, attempt=attempt, error=error)
         else:
             log.warning("Stripe event %s failed (attempt %d): %s", event_id, attempt, error)
             delay = retry_delay_ms(min(attempt, 10))
-            await b.store.finish_event(
+            await b.events.finish(
                 event_id, "retry", now, attempt=attempt, error=error, next_attempt_ms=now + delay
             )
 
@@ -265,7 +265,7 @@ class BillingWorker:
             # Unique across shards (stream entry ids are not): the debit that crossed.
             trigger_id = f"auto_topup:{account}:{fields.get('transaction_id', entry_id)}"
             payload = {"id": trigger_id, "data": {"object": {"account": account}}}
-            await self.b.store.store_event(trigger_id, TOPUP_TRIGGER, payload, self.b.clock())
+            await self.b.events.store(trigger_id, TOPUP_TRIGGER, payload, self.b.clock())
             self.wake()
             result = "queued"
         else:

@@ -11,7 +11,7 @@ import click
 from sidecar.billing import apiversion
 from sidecar.billing.context import Billing
 from sidecar.billing.gateway import StripeGateway
-from sidecar.billing.store import BillingStore
+from sidecar.billing.stores import Sql
 from sidecar.billing.worker import BillingWorker
 from sidecar.cli.common import (
     AsciiInt,
@@ -136,7 +136,7 @@ def worker() -> None:
             await migrate(engine)
             async with open_store(settings) as redis:
                 ledger = ledger_for(redis, settings)
-                b = Billing(ledger, BillingStore(engine), gateway, settings, ledger.clock)
+                b = Billing(ledger, Sql(engine), gateway, settings, ledger.clock)
                 await apiversion.check_endpoints(b)
                 try:
                     await BillingWorker(b).run(stop)

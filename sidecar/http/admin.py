@@ -66,7 +66,7 @@ SQL_503 = "`ledger_unavailable`: the SQL ledger could not be reached"
 
 
 def _reads(call: Call[Any, Any, Any]) -> Reads:
-    return Reads(call.app[LEDGER], call.app[BILLING].store)
+    return Reads(call.app[LEDGER], call.app[BILLING].sql)
 
 
 @admin_routes.route(

@@ -16,7 +16,7 @@ from sidecar.apikeys import ApiKeys
 from sidecar.billing import apiversion
 from sidecar.billing.context import Billing
 from sidecar.billing.gateway import StripeGateway
-from sidecar.billing.store import BillingStore
+from sidecar.billing.stores import Sql
 from sidecar.billing.worker import BillingWorker
 from sidecar.embedded import RedisServer, redis_for
 from sidecar.gate import Gate
@@ -134,7 +134,7 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
     gateway = (
         StripeGateway(key.get_secret_value(), api_base=settings.stripe_api_base) if key else None
     )
-    app[BILLING] = billing = Billing(ledger, BillingStore(engine), gateway, settings, ledger.clock)
+    app[BILLING] = billing = Billing(ledger, Sql(engine), gateway, settings, ledger.clock)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(_migrated(engine, stop), name="billing-migrate")]
     if gateway is not None and settings.background:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sidecar import errors
 from sidecar.billing import currency, netguard, notify, purchases, topup
 from sidecar.billing.gateway import StripeGateway, StripeRefused, StripeTransient
-from sidecar.billing.store import Package
+from sidecar.billing.stores import Package
 from sidecar.http.appkeys import BILLING, SETTINGS
 from sidecar.http.auth import ADMIN, SERVICE
 from sidecar.http.contract import Call, Out, Reply, Routes
@@ -101,7 +101,7 @@ async def put_package(call: Call[PackagePath, None, PackageRequest]) -> Reply:
     if req.stripe_price_id and b.gateway is not None:
         await _price_agrees(b.gateway, p)
     try:
-        created = await b.store.put_package(p, b.clock())
+        created = await b.packages.put(p, b.clock())
     except IntegrityError:  # the only unique column besides the id: the Stripe price
         raise errors.InvalidInput(
             f"stripe_price_id {req.stripe_price_id} belongs to another package",
@@ -156,7 +156,7 @@ async def _price_agrees(gateway: StripeGateway, p: Package) -> None:
     errors={503: SQL_503},
 )
 async def list_packages(call: Call[None, PackagesQuery, None]) -> PackageList:
-    packages = await call.app[BILLING].store.packages(active_only=call.query.active)
+    packages = await call.app[BILLING].packages.listing(active_only=call.query.active)
     return PackageList(packages=[package_view(p) for p in packages])
 
 
@@ -172,7 +172,7 @@ async def list_packages(call: Call[None, PackagesQuery, None]) -> PackageList:
 )
 async def get_package(call: Call[PackagePath, None, None]) -> PackageView:
     package_id = call.path.package_id
-    p = await call.app[BILLING].store.package(package_id)
+    p = await call.app[BILLING].packages.get(package_id)
     if p is None:
         raise errors.UnknownPackage(f"no package {package_id}")
     return package_view(p)
@@ -262,7 +262,7 @@ async def payment_methods(call: Call[AccountPath, None, None]) -> PaymentMethods
     account = call.path.account
     b = call.app[BILLING]
     gateway = b.stripe()
-    customer = await b.store.customer(account)
+    customer = await b.customers.customer(account)
     if customer is None:
         await b.ledger.balance(account)  # UnknownAccount
         return PaymentMethods(account=account, customer=None, payment_methods=[])
@@ -295,8 +295,8 @@ async def put_billing_profile(
     account, req = call.path.account, call.body
     b = call.app[BILLING]
     await b.ledger.balance(account)  # UnknownAccount
-    await b.store.set_billing_email(account, req.email)
-    customer = await b.store.customer(account)
+    await b.customers.set_billing_email(account, req.email)
+    customer = await b.customers.customer(account)
     if customer is not None and req.email is not None:
         try:
             await b.stripe().set_customer_email(customer, req.email)
@@ -326,7 +326,7 @@ async def put_auto_topup(call: Call[AccountPath, None, AutoTopUpRequest]) -> Aut
     b = call.app[BILLING]
     b.stripe()
     await b.ledger.balance(account)  # UnknownAccount
-    p = await b.store.package(req.package_id)
+    p = await b.packages.get(req.package_id)
     if p is None or not p.active:
         raise errors.UnknownPackage(f"no active package {req.package_id}", field="package_id")
     await topup.configure(
@@ -337,7 +337,7 @@ async def put_auto_topup(call: Call[AccountPath, None, AutoTopUpRequest]) -> Aut
         payment_method=req.payment_method,
         enabled=req.enabled,
     )
-    return _topup_view(await b.store.topup(account))
+    return _topup_view(await b.topups.get(account))
 
 
 @billing_routes.route(
@@ -352,7 +352,7 @@ async def put_auto_topup(call: Call[AccountPath, None, AutoTopUpRequest]) -> Aut
 )
 async def get_auto_topup(call: Call[AccountPath, None, None]) -> AutoTopUp:
     account = call.path.account
-    cfg = await call.app[BILLING].store.topup(account)
+    cfg = await call.app[BILLING].topups.get(account)
     if cfg is None:
         raise errors.UnknownAccount(f"account {account} has no auto top-up")
     return _topup_view(cfg)
@@ -427,7 +427,7 @@ async def put_notifications(
     b = call.app[BILLING]
     await b.ledger.balance(account)  # UnknownAccount
     secret = notify.new_secret()
-    await b.store.put_endpoint(account, req.url, secret, b.clock())
+    await b.notifications.put_endpoint(account, req.url, secret, b.clock())
     return NotificationEndpoint(account=account, url=req.url, secret=secret, header=notify.HEADER)
 
 
@@ -444,8 +444,8 @@ async def put_notifications(
 async def get_notifications(call: Call[AccountPath, None, None]) -> Notifications:
     account = call.path.account
     b = call.app[BILLING]
-    ep = await b.store.endpoint(account)
-    deliveries = await b.store.deliveries(account, 20)
+    ep = await b.notifications.endpoint(account)
+    deliveries = await b.notifications.deliveries(account, 20)
     return Notifications(
         account=account,
         url=ep["url"] if ep else None,
@@ -474,5 +474,5 @@ async def get_notifications(call: Call[AccountPath, None, None]) -> Notification
 )
 async def delete_notifications(call: Call[AccountPath, None, None]) -> Deleted:
     account = call.path.account
-    existed = await call.app[BILLING].store.delete_endpoint(account)
+    existed = await call.app[BILLING].notifications.delete_endpoint(account)
     return Deleted(account=account, deleted=existed)

@@ -59,9 +59,7 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     """The scrape state; in a worker of a multi-process ``serve``, the counts flushed to the
     shared files every second, and once more at exit."""
     billing = app.get(BILLING)
-    app[SCRAPE] = scrape = metrics.Scrape(
-        app[LEDGER], billing.store if billing else None, app[SETTINGS].outbox_alert_entries
-    )
+    app[SCRAPE] = scrape = metrics.Scrape(app[LEDGER], billing, app[SETTINGS].outbox_alert_entries)
     stop = asyncio.Event()
 
     async def loop() -> None:
@@ -236,7 +234,7 @@ async def readyz(call: Call[None, None, None]) -> Readiness | Reply:
         billing = app.get(BILLING)
         if billing is None:
             return {"ok": False, "error": "not configured"}
-        async with asyncio.timeout(CHECK_TIMEOUT_S), billing.store.engine.connect() as conn:
+        async with asyncio.timeout(CHECK_TIMEOUT_S), billing.sql.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
         return {"ok": True}
 

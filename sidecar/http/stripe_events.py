@@ -61,7 +61,7 @@ async def stripe_webhook(call: Call[None, None, None]) -> WebhookReceived:
         )
         etype = event["type"] if event["type"] in COUNTED_EVENT_TYPES else "other"
         b = request.app[BILLING]
-        stored = await b.store.store_event(event["id"], event["type"], event, b.clock())
+        stored = await b.events.store(event["id"], event["type"], event, b.clock())
         outcome = "received" if stored else "duplicate"
     except errors.InvalidSignature:
         outcome = "invalid_signature"
@@ -90,7 +90,7 @@ async def stripe_webhook(call: Call[None, None, None]) -> WebhookReceived:
 )
 async def list_events(call: Call[None, EventsQuery, None]) -> BillingEvents:
     """Stored Stripe events, newest first; ?status=dead lists the dead letters."""
-    events = await call.app[BILLING].store.events(call.query.status, call.query.limit)
+    events = await call.app[BILLING].events.listing(call.query.status, call.query.limit)
     return BillingEvents(
         events=[
             BillingEvent(
@@ -119,10 +119,9 @@ async def list_events(call: Call[None, EventsQuery, None]) -> BillingEvents:
 async def billing_status(call: Call[None, None, None]) -> BillingStatus:
     """Stripe events and low-balance deliveries by status; ``dead`` counts need a look."""
     b = call.app[BILLING]
-    counts = await b.store.counts()
     return BillingStatus(
-        events=counts["events"],
-        deliveries=counts["deliveries"],
+        events=await b.events.by_status(),
+        deliveries=await b.notifications.by_status(),
         stripe=b.gateway is not None,
         api_version=API_VERSION,
         webhook_endpoints=(
@@ -144,7 +143,7 @@ async def billing_status(call: Call[None, None, None]) -> BillingStatus:
 )
 async def retry_event(call: Call[EventPath, None, None]) -> EventRetried:
     event_id = call.path.event_id
-    if not await call.app[BILLING].store.retry_event(event_id):
+    if not await call.app[BILLING].events.retry(event_id):
         raise errors.InvalidInput(f"no dead or retrying event {event_id}", field="event_id")
     worker = call.app.get(BILLING_WORKER)
     if worker is not None:

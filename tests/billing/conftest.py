@@ -102,8 +102,8 @@ class Rig:
         while time.monotonic() < deadline:
             if (
                 await self._ledger_events_done()
-                and not await self.billing.store.due_events(self.clock())
-                and not await self.billing.store.count_events("processing")
+                and not await self.billing.events.due(self.clock())
+                and not await self.billing.events.count("processing")
                 and await self._ledger_events_done()
             ):
                 return

@@ -40,7 +40,7 @@ async def debt(rig: Rig, account: str) -> int:
 
 async def purchase_of(rig: Rig, charge: str) -> dict[str, Any]:
     pi = rig.fake.charges[charge]["payment_intent"]
-    p = await rig.billing.store.purchase_by_payment_intent(pi)
+    p = await rig.billing.purchases.by_payment_intent(pi)
     assert p is not None
     return p
 

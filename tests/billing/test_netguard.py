@@ -60,7 +60,7 @@ async def test_notification_urls_to_non_public_addresses_are_refused_when_saved(
     status, body = await put_url(rig, url)
     assert status == 422, body
     assert body["error"]["field"] == "url"
-    assert await rig.billing.store.endpoint("acme") is None
+    assert await rig.billing.notifications.endpoint("acme") is None
 
 
 async def test_public_notification_urls_are_saved_and_private_ones_when_allowed(
@@ -88,7 +88,7 @@ async def test_a_webhook_to_a_non_public_address_is_refused_when_sent(
     async with Endpoint() as target:
         url = target.url().replace("127.0.0.1", host)
         await with_endpoint(rig, "acme", "https://hooks.example.com/x")
-        await rig.billing.store.put_endpoint("acme", url, "whsec_x", rig.clock())
+        await rig.billing.notifications.put_endpoint("acme", url, "whsec_x", rig.clock())
         await cross(rig, "acme")
         d = await finished(rig, "acme")
     assert (d["status"], d["last_error"]) == ("dead", "refused_address")

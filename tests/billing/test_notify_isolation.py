@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
-from sidecar.billing.store import DELIVERIES, EVENTS
+from sidecar.billing.stores.events import EVENTS
+from sidecar.billing.stores.notifications import DELIVERIES
 from sidecar.billing.worker import PRUNE_BATCH, TOPUP_TRIGGER
 from sidecar.units import from_ms
 from tests.billing.conftest import MakeRig
@@ -96,7 +97,7 @@ async def test_finished_deliveries_and_trigger_events_are_pruned_after_the_reten
     SIDECAR_BILLING_RETENTION_S go, in batches (more than one here); pending ones, newer ones
     and Stripe's own events stay."""
     rig = await make_rig(billing_retention_s=2 * 86400)
-    store = rig.billing.store
+    b = rig.billing
     old, new = rig.clock(), rig.clock() + 3 * DAY_MS
     rows = [
         delivery(f"old-{i}", "delivered" if i % 2 else "dead", old)
@@ -109,17 +110,18 @@ async def test_finished_deliveries_and_trigger_events_are_pruned_after_the_reten
         event("auto_topup:acme:t3", TOPUP_TRIGGER, "processed", new),
         event("evt_stripe", "checkout.session.completed", "processed", old),
     ]
-    async with store.tx() as conn:
+    async with b.sql.tx() as conn:
         await conn.execute(insert(DELIVERIES), rows)
         await conn.execute(insert(EVENTS), events)
     rig.clock.advance(3 * DAY_MS + 3_600_000)  # past the pruning interval: the worker prunes
 
     async def pruned() -> bool:
-        return len(await store.deliveries(None, 10_000)) == 2
+        return len(await b.notifications.deliveries(None, 10_000)) == 2
 
     await eventually(pruned, 30, "the old deliveries pruned")
-    assert {d["id"] for d in await store.deliveries(None, 10_000)} == {"old-pending", "new"}
-    left = {e["id"] for e in await store.events(None, 100)}
+    kept = {d["id"] for d in await b.notifications.deliveries(None, 10_000)}
+    assert kept == {"old-pending", "new"}
+    left = {e["id"] for e in await b.events.listing(None, 100)}
     assert left == {"auto_topup:acme:t3", "evt_stripe"}
 
 

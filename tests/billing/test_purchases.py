@@ -164,7 +164,7 @@ async def test_unpaid_completion_waits_for_async_success_in_either_order(rig: Ri
         await rig.webhook(*events[1])
         await rig.settle()
         assert await rig.balance(account) == 1000, order
-        purchase = await rig.billing.store.purchase(created["id"])
+        purchase = await rig.billing.purchases.get(created["id"])
         assert purchase is not None and purchase["status"] == "paid"
 
 
@@ -177,7 +177,7 @@ async def test_async_payment_failure_grants_nothing_and_is_recorded(rig: Rig) ->
     await rig.webhook("checkout.session.async_payment_failed", unpaid)
     await rig.settle()
     assert await rig.balance("acme") == 0
-    purchase = await rig.billing.store.purchase(created["id"])
+    purchase = await rig.billing.purchases.get(created["id"])
     assert purchase is not None and purchase["status"] == "failed"
 
 
@@ -219,7 +219,7 @@ async def test_transient_stripe_errors_are_retried(rig: Rig) -> None:
         rig.clock.advance(10_000)  # the retry's backoff
         await asyncio.sleep(0.05)
     assert await rig.balance("acme") == 1000
-    (ev,) = await rig.billing.store.events(None, 10)
+    (ev,) = await rig.billing.events.listing(None, 10)
     assert ev["status"] == "processed" and ev["attempts"] >= 2
 
 
@@ -267,7 +267,7 @@ async def test_refund_policies_decide_what_happens_to_spent_credits(make_rig: Ma
         await rig.deliver(*rig.take_events())
         await rig.settle()
         assert await rig.balance(account) == expected, policy
-        purchase = await rig.billing.store.purchase_by_payment_intent(
+        purchase = await rig.billing.purchases.by_payment_intent(
             rig.fake.charges[charge]["payment_intent"]
         )
         assert purchase is not None
@@ -448,7 +448,7 @@ async def test_a_regrant_records_the_credits_its_bucket_was_granted_not_todays_p
     await rig.package(credits=3000)
     await rig.webhook("checkout.session.completed", session, event_id="evt_again")
     await rig.settle()
-    purchase = await rig.billing.store.purchase(session["id"])
+    purchase = await rig.billing.purchases.get(session["id"])
     assert purchase is not None and (purchase["status"], purchase["credits"]) == ("paid", 1000)
     assert await rig.balance("acme") == 0
     rig.fake.refund(rig.fake.payment_intents[session["payment_intent"]]["latest_charge"])
@@ -471,9 +471,9 @@ async def test_the_billing_email_comes_from_stripe_first_never_from_a_later_chec
     paid = session | {"customer_details": {"email": "payer@acme.test"}}
     await rig.webhook("checkout.session.completed", paid)
     await rig.settle()
-    assert await rig.billing.store.billing_email("acme") == "payer@acme.test"
+    assert await rig.billing.customers.billing_email("acme") == "payer@acme.test"
     await rig.checkout("acme", email="attacker@evil.test")
-    assert await rig.billing.store.billing_email("acme") == "payer@acme.test"
+    assert await rig.billing.customers.billing_email("acme") == "payer@acme.test"
     assert rig.fake.customers[customer["id"]]["email"] == "first@acme.test"
 
 

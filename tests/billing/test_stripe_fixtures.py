@@ -218,5 +218,5 @@ async def test_stripes_example_session_unpaid_waits_for_its_payment(rig: Rig) ->
     await rig.webhook("checkout.session.completed", s)
     await rig.settle()
     assert await rig.balance("acme") == 0
-    purchase = await rig.billing.store.purchase(s["id"])
+    purchase = await rig.billing.purchases.get(s["id"])
     assert purchase is not None and purchase["status"] == "awaiting_payment"

@@ -223,7 +223,7 @@ async def test_a_synchronous_decline_counts_one_failure(make_rig: MakeRig) -> No
     assert (await topup.trigger(rig.billing, "acme")).startswith("failed")
     await rig.deliver(*rig.take_events("payment_intent.payment_failed"))
     await rig.settle()
-    cfg = await rig.billing.store.topup("acme")
+    cfg = await rig.billing.topups.get("acme")
     assert cfg is not None and cfg["failures"] == 1 and "declined" in cfg["last_error"]
     assert topups("failed") - before[0] == 1
 
@@ -244,7 +244,7 @@ async def auto_topup(rig: Rig, account: str) -> dict[str, Any]:
 
 
 async def notifications(rig: Rig, account: str) -> list[dict[str, Any]]:
-    return [dict(d["payload"]) for d in await rig.billing.store.deliveries(account, 50)]
+    return [dict(d["payload"]) for d in await rig.billing.notifications.deliveries(account, 50)]
 
 
 async def test_off_session_charges_cannot_redirect_so_stripe_needs_no_return_url(
@@ -404,7 +404,7 @@ async def test_an_auto_topup_card_must_be_saved_on_the_accounts_customer(rig: Ri
         assert r.status == 422, await r.text()
         err = (await r.json())["error"]
         assert err["field"] == "payment_method" and reason in err["message"]
-    assert await rig.billing.store.topup("acme") is None
+    assert await rig.billing.topups.get("acme") is None
 
 
 async def test_receipts_of_auto_topups_go_to_the_billing_email(rig: Rig) -> None:

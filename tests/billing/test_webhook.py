@@ -20,7 +20,7 @@ async def test_a_correctly_signed_event_is_stored_once_and_acknowledged(rig: Rig
     again = await rig.webhook("customer.created", {"id": "cus_1"}, event_id="evt_1")
     assert (await again.json())["duplicate"] is True
     await rig.settle()
-    (stored,) = await rig.billing.store.events(None, 10)
+    (stored,) = await rig.billing.events.listing(None, 10)
     assert stored["status"] == "ignored" and stored["attempts"] == 1
 
 
@@ -34,7 +34,7 @@ async def _refused(rig: Rig, body: bytes, header: str | None) -> str:
     r = await rig.client.post("/webhooks/stripe", data=body, headers=headers)
     assert r.status == 400, await r.text()
     err = (await r.json())["error"]
-    assert await rig.billing.store.events(None, 10) == []
+    assert await rig.billing.events.listing(None, 10) == []
     return str(err["code"]) + ": " + str(err["message"])
 
 

@@ -24,7 +24,7 @@ HOUR = 3_600_000
 async def to_sql(client: Client) -> None:
     """Writes everything in the outbox to SQL (the app's own writer is off in these tests)."""
     ledger = client.app[LEDGER]
-    await drain(OutboxWriter(ledger.redis, client.app[BILLING].store.engine, ledger.keys))
+    await drain(OutboxWriter(ledger.redis, client.app[BILLING].sql.engine, ledger.keys))
 
 
 async def get(client: Client, path: str, status: int = 200, **headers: str) -> Any:

@@ -158,10 +158,11 @@ async def served(settings: Settings, redis: Any) -> AsyncIterator[Served]:
             }
             await call(http, "PUT", "/v1/admin/packages/starter", package, admin())
 
-            ledger, store = app[LEDGER], app[BILLING].store
-            await drain(make_writer(ledger, store.engine))
+            ledger, billing = app[LEDGER], app[BILLING]
+            engine = billing.sql.engine
+            await drain(make_writer(ledger, engine))
             # An entry SQL refuses (a stray row holds ghost's next seq) becomes a dead letter.
-            async with store.engine.begin() as conn:
+            async with engine.begin() as conn:
                 await conn.execute(
                     text(
                         "INSERT INTO credit_transactions (id, account, seq, type, amount,"
@@ -177,15 +178,15 @@ async def served(settings: Settings, redis: Any) -> AsyncIterator[Served]:
                 {"account": "ghost", "cost": 1, "idempotency_key": "r"},
                 service(),
             )
-            await drain(make_writer(ledger, store.engine, max_attempts=2))
+            await drain(make_writer(ledger, engine, max_attempts=2))
             # A Stripe event the billing worker gave up on, recorded as the worker does.
             now = wall_clock_ms()
-            await store.store_event(
+            await billing.events.store(
                 "evt_dead", "checkout.session.completed", {"id": "evt_dead"}, now
             )
-            claimed = await store.claim_event("evt_dead", now, 60_000)
+            claimed = await billing.events.claim("evt_dead", now, 60_000)
             assert claimed is not None
-            await store.finish_event(
+            await billing.events.finish(
                 "evt_dead", "dead", now, attempt=claimed[2], error="no package for price price_gone"
             )
 

@@ -142,7 +142,7 @@ def seed(s: Served) -> None:
     }
     if not s.in_sql:
         ledger = s.app[LEDGER]
-        s.run(lambda: drain(OutboxWriter(ledger.redis, s.app[BILLING].store.engine, ledger.keys)))
+        s.run(lambda: drain(OutboxWriter(ledger.redis, s.app[BILLING].sql.engine, ledger.keys)))
         s.in_sql = True
 
 

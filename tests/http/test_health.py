@@ -75,7 +75,7 @@ async def test_sql_down_is_ready_while_the_writer_lag_is_small(
     client_now: Client, settings: Settings, clock: FakeClock
 ) -> None:
     await client_now.put("/v1/accounts/acme", json={}, headers=admin())  # one unwritten entry
-    store = client_now.app[BILLING].store
+    store = client_now.app[BILLING].sql
     reachable = store.engine
     # The SQL ledger goes away: a server that is not there.
     store.engine = engine_for(

@@ -30,6 +30,10 @@ SQL_ROUTES = (
     "/v1/accounts/acme/transactions?format=csv",
     "/v1/accounts/acme/usage",
     "/v1/admin/packages",
+    # One per billing store read by a route (they share one transaction helper).
+    "/v1/admin/billing/events",
+    "/v1/admin/billing/status",
+    "/v1/admin/accounts/acme/notifications",
 )
 
 
@@ -49,7 +53,7 @@ async def pg_client(
         r = await c.put("/v1/accounts/acme", json={}, headers=admin())
         assert r.status == 201
         ledger = c.app[LEDGER]
-        await drain(OutboxWriter(ledger.redis, c.app[BILLING].store.engine, ledger.keys))
+        await drain(OutboxWriter(ledger.redis, c.app[BILLING].sql.engine, ledger.keys))
         yield c
 
 
