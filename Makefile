@@ -42,7 +42,7 @@ test: $(STAMP) system-deps lint
 # is the full promise.
 CHECK_MARKERS := not postgres and not proxy and not browser and not cluster and not slow
 check: $(STAMP) lint
-	$(BIN)/pytest -q $(PYTEST_PARALLEL) -m "$(CHECK_MARKERS)"
+	SIDECAR_TEST_PROPERTY_EXAMPLES=30 $(BIN)/pytest -q $(PYTEST_PARALLEL) -m "$(CHECK_MARKERS)"
 
 # Benchmarks (not tests): results go to bench/results/ as Markdown and JSON.
 bench-deps:

@@ -4,6 +4,7 @@ database per test, a ledger with a controllable clock, and an HTTP client on the
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ from sidecar.ledger import Ledger
 from sidecar.redis_client import RedisClient, connect
 from sidecar.settings import Settings
 from tests.ports import free_port
+
+# Examples per property test of the ledger's laws (sequences of operations against the
+# reference model): 150 in `make test`; `make check`, the inner loop, runs fewer.
+PROPERTY_EXAMPLES = int(os.environ.get("SIDECAR_TEST_PROPERTY_EXAMPLES", "150"))
 
 ADMIN = "admin-test-token"
 SERVICE = "service-test-token"

@@ -31,7 +31,7 @@ from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, CloseResult, HoldResult, Ledger, RateLimit
 from sidecar.redis_client import RedisClient, connect
 from sidecar.units import MAX_CREDITS
-from tests.conftest import FakeClock
+from tests.conftest import PROPERTY_EXAMPLES, FakeClock
 from tests.model import (
     LedgerModel,
     StoredAccount,
@@ -515,7 +515,9 @@ async def run_scenario(url: str, ops: list[Op]) -> None:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=PROPERTY_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(sequences)
 def test_lua_ledger_matches_reference_model_and_keeps_ledger_laws(

@@ -19,7 +19,7 @@ from sidecar.keys import KeySpace
 from sidecar.ledger import Allowed, Ledger, wall_clock_ms
 from sidecar.redis_client import RedisClient, connect
 from sidecar.voids import Void, request_digest, send_void
-from tests.conftest import outbox_entries, snapshot
+from tests.conftest import PROPERTY_EXAMPLES, outbox_entries, snapshot
 
 ACCOUNT = "acme"
 
@@ -311,7 +311,9 @@ def orderings(draw: st.DrawFn) -> list[Event]:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=PROPERTY_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(orderings())
 def test_any_ordering_of_attempts_and_voids_charges_exactly_the_answered_charges(
