@@ -13,12 +13,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Only what `pip install .` needs (no .venv, .data or tests in the build context's layers).
-# sidecar/persistence is a symlink to ../persistence and lua/ is the package `sidecar.lua`
-# (package data: the *.lua scripts; the Alembic migrations come with sidecar.persistence).
+# One package: the Lua scripts are package data of `sidecar.lua`, the Alembic migrations come
+# with `sidecar.persistence`.
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY lua/ lua/
-COPY persistence/ persistence/
 COPY sidecar/ sidecar/
 RUN pip install . \
     && cd / && rm -rf /src \

@@ -254,7 +254,7 @@ def code_state(files: list[str]) -> dict[str, Any]:
         except (OSError, subprocess.CalledProcessError):
             return ""
 
-    changed = git("status", "--porcelain", "--", "persistence", "sidecar", "lua")
+    changed = git("status", "--porcelain", "--", "sidecar")
     return {
         "commit": git("rev-parse", "--short", "HEAD"),
         "uncommitted": [line for line in changed.splitlines() if line],

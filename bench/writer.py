@@ -61,7 +61,11 @@ from sidecar.writer_runner import tune_gc
 
 # The batch size of the profile and of the runs under check load (the sweep covers others).
 DEFAULT_BATCH = 5000  # the service default (SIDECAR_WRITER_BATCH_SIZE)
-WRITER_FILES = ["persistence/writer.py", "persistence/project.py", "persistence/db.py"]
+WRITER_FILES = [
+    "sidecar/persistence/writer.py",
+    "sidecar/persistence/project.py",
+    "sidecar/persistence/db.py",
+]
 LIBRARIES = ("redis", "hiredis", "sqlalchemy", "aiosqlite", "asyncpg", "aiohttp")
 # Option defaults of a full run and of --quick (a smoke test: it must not overwrite the
 # tracked results in bench/results).

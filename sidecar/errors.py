@@ -120,7 +120,7 @@ _SCRIPT_ERRORS: dict[str, type[SidecarError]] = {
     "HOLD_CLOSED": HoldClosed,
     "HOLD_EXPIRED": HoldExpired,
     "FULLY_REFUNDED": FullyRefunded,
-    # The call reached Redis after its caller's deadline and changed nothing (lua/_lib.lua).
+    # The call reached Redis after its caller's deadline and changed nothing (sidecar/lua/_lib.lua).
     "LATE": StoreUnavailable,
 }
 _SCRIPT_ERROR = re.compile(

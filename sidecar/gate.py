@@ -28,7 +28,7 @@ from sidecar.units import MAX_CREDITS
 
 log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-DESCRIPTION_MAX = 2048  # bytes, as lua/deduct.lua accepts
+DESCRIPTION_MAX = 2048  # bytes, as sidecar/lua/deduct.lua accepts
 
 FailurePolicy = Literal["fail_closed", "fail_open"]
 

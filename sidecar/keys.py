@@ -16,7 +16,7 @@ PREFIX = "cs"
 
 @dataclass(frozen=True, slots=True)
 class AccountKeys:
-    """The keys every ledger script receives first (KEYS[1..6], see lua/_lib.lua)."""
+    """The keys every ledger script receives first (KEYS[1..6], see sidecar/lua/_lib.lua)."""
 
     account: str
     order: str
@@ -58,7 +58,7 @@ class KeySpace:
 
     @staticmethod
     def bucket_meta_field(bucket_id: str) -> str:
-        """The account hash's field holding a bucket's static record (lua/_lib.lua
+        """The account hash's field holding a bucket's static record (sidecar/lua/_lib.lua
         add_bucket): kept for good, also once the bucket is spent or expired."""
         return f"m:{bucket_id}"
 

@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 CALL_DEADLINE_S = 5.0  # default of SIDECAR_REDIS_DEADLINE_S: a call's time, retries included
-# How much earlier than the caller gives up a script stops accepting a call (lua/_lib.lua
+# How much earlier than the caller gives up a script stops accepting a call (sidecar/lua/_lib.lua
 # in_time): it covers clock skew between this host and Redis plus a reply's way back.
 DEADLINE_MARGIN_MS = 500
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class Ledger:
         txid: str | None = None,
         deadline_ms: int | None = None,
     ) -> Any:
-        """Runs a ledger script with the common keys and arguments (see lua/_lib.lua).
+        """Runs a ledger script with the common keys and arguments (see sidecar/lua/_lib.lua).
 
         The call is answered within ``deadline_s`` or fails with StoreUnavailable; the script
         itself refuses to run (LATE) after a deadline a margin earlier, on the real clock (not
@@ -397,7 +397,7 @@ class Ledger:
     ) -> RevokeResult:
         """Sets the credits of ``purchase`` taken back in total to ``target`` (a lower one
         gives credits back), as seen in version ``version`` of the purchase's refunds and
-        disputes: repeated calls and older versions change nothing (lua/revoke.lua)."""
+        disputes: repeated calls and older versions change nothing (sidecar/lua/revoke.lua)."""
         reply = await self.run_script(
             self.scripts.revoke,
             account,

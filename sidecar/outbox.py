@@ -1,7 +1,7 @@
 """The outbox entry format, in one place for the scripts' readers (the SQL writer, ``rebuild``,
 ``reconcile``, the admin API's dead-letter listing, the tests' reference model).
 
-The Lua scripts (``outbox_add`` and ``emit`` in lua/_lib.lua) append each entry with one
+The Lua scripts (``outbox_add`` and ``emit`` in sidecar/lua/_lib.lua) append each entry with one
 field, ``d``: a JSON object with exact integers. Its ``kind`` says what it records: ``txn`` (a
 ledger transaction), ``account`` (an account's settings) or ``key`` (an API key's record). One
 field instead of one per value: the writer decodes an entry in one C call instead of
@@ -262,7 +262,7 @@ class TxnEntry:
 
     @property
     def voided_attempt(self) -> str | None:
-        """A refund made by a void (lua/void.lua): the token of the call attempt it voided;
+        """A refund made by a void (sidecar/lua/void.lua): the token of the call attempt it voided;
         its usage's idempotency record was deleted with it."""
         v = self.details.get("void")
         return v if isinstance(v, str) and v else None

@@ -1,7 +1,7 @@
 """One decoder per Lua script: its raw reply, as Redis sends it, into a typed result.
 
 This is the only module that knows where a value sits in a script's reply; each script's
-header (lua/*.lua) documents the same layout. A reply arrives as hiredis or redis-py gives it:
+header (*.lua) documents the same layout. A reply arrives as hiredis or redis-py gives it:
 integers as ``int``, strings as ``bytes`` (or ``str`` from a client that decodes replies),
 arrays as lists. Statuses a caller must see as errors (``overflow``, ``hold_expired``) are
 raised here as domain errors; the scripts' own errors (``CS <CODE> ...``) never get here

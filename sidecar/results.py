@@ -35,7 +35,7 @@ class Allowed:
 
 @dataclass(frozen=True, slots=True)
 class RevokeResult:
-    """Credits of a refunded or disputed purchase taken back (see lua/revoke.lua)."""
+    """Credits of a refunded or disputed purchase taken back (see sidecar/lua/revoke.lua)."""
 
     transaction_id: str | None  # None: nothing changed (a duplicate, or an older view)
     taken: int  # from the purchase's buckets

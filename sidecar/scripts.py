@@ -1,6 +1,6 @@
 """Loads the Lua scripts (package data) and registers them once per Redis client.
 
-Each script is ``lua/_lib.lua`` followed by the script's own file; ``register_script``
+Each script is ``sidecar/lua/_lib.lua`` followed by the script's own file; ``register_script``
 keeps the SHA and reloads the script after a NOSCRIPT (script cache flush, restart).
 """
 

@@ -2,7 +2,7 @@
 milliseconds (how the scripts, the outbox and SQL's ``*_ms`` columns count time), aware UTC
 datetimes (SQL's timestamp columns) and RFC 3339 text (the API, logs and the command line).
 
-The Lua scripts keep their own copies of the bounds (lua/_lib.lua ``MAXINT``, ``MAX_TIME``):
+The Lua scripts keep their own copies of the bounds (sidecar/lua/_lib.lua ``MAXINT``, ``MAX_TIME``):
 Redis cannot import Python; tests/test_units.py checks that both say the same.
 """
 

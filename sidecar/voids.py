@@ -2,10 +2,10 @@
 
 A check's call can run in Redis and still be answered 503: Redis executed it and then its
 reply was lost or late (Redis paused right after, a network stall, the connection dropped).
-Each call attempt of a check carries a random token (lua/deduct.lua ARGV[17]), which the script
+Each call attempt of a check carries a random token (deduct.lua ARGV[17]), which the script
 adds to the idempotency record when it takes effect. When the ledger gives up on an attempt
 that may have run, the caller answers 503 and this module voids the attempt afterwards
-(lua/void.lua): once every attempt listed in the record is voided, none delivered a 200, and
+(sidecar/lua/void.lua): once every attempt listed in the record is voided, none delivered a 200, and
 the usage is refunded and the record deleted (a retry is then a new request). An attempt that
 got its 200 is never voided, so its charge stays; an attempt that never ran is a no-op.
 
@@ -20,7 +20,7 @@ fit is dropped, logged and counted, and that charge stays: the oldest, kept, are
 attempts made as Redis stalled, the likeliest to have run). A void is sent no earlier than
 VOID_DELAY_MS after its attempt's caller gave up (the attempt's script deadline plus the
 margin), which is what makes it safe against the attempt still queued in Redis (see
-lua/void.lua), and is sent again with backoff while Redis is unavailable (a void is idempotent).
+void.lua), and is sent again with backoff while Redis is unavailable (a void is idempotent).
 A process that dies loses its pending voids: those charges stay
 (``credit_sidecar_voids_total{outcome="queued"}`` minus the other outcomes counts them while it
 lives). Outcomes: metric ``credit_sidecar_voids_total`` and a log line per refund.
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 BATCH = 64  # voids sent at once
 # How long after its caller gave up on an attempt its void is sent at the earliest. The margin
 # (SIDECAR_REDIS_DEADLINE_MARGIN_MS) already makes an attempt that runs after its void refuse;
-# this covers that much more clock skew between this host and Redis (lua/void.lua).
+# this covers that much more clock skew between this host and Redis (sidecar/lua/void.lua).
 VOID_DELAY_MS = 1000
 DROP_LOG_S = 10.0  # a full queue logs at most this often
 MIN_BACKOFF_S = 0.05
@@ -66,7 +66,7 @@ def new_attempt_token() -> str:
 
 
 def request_digest(key_id: str, route: str, description: str, metadata: str, request: str) -> str:
-    """The digest lua/deduct.lua stores with an idempotency record (_lib.lua request_fp):
+    """The digest sidecar/lua/deduct.lua stores with an idempotency record (_lib.lua request_fp):
     SHA-1 over the length-prefixed parts (lengths in bytes), 16 hex digits."""
     parts = (key_id, route, description, metadata, request)
     joined = "".join(f"{len(v.encode())}:{v}" for v in parts)
@@ -99,7 +99,7 @@ def _count(outcome: str) -> None:
 
 
 async def send_void(ledger: Ledger, v: Void) -> str:
-    """Runs lua/void.lua for ``v`` (StoreUnavailable while Redis is); returns its outcome:
+    """Runs sidecar/lua/void.lua for ``v`` (StoreUnavailable while Redis is); returns its outcome:
     voided, marked, not_run, absent or kept."""
     from sidecar.ledger import store_call  # (the ledger imports this module)
 

@@ -7,7 +7,7 @@ parent (PDEATHSIG), and is restarted with backoff if it exits.
 
 A child that is alive but hung (stopped, its event loop blocked) would never exit: `serve`
 watches the leases it holds instead. The writer renews them every third of the lease period
-whatever it is doing (persistence/writer.py), so one of ours that lapses (not renewed for a
+whatever it is doing (sidecar/persistence/writer.py), so one of ours that lapses (not renewed for a
 lease period) means a hung writer: it is killed (SIGKILL) and a new one started.
 """
 

@@ -1,4 +1,4 @@
-"""A pure-Python reference model of the credit ledger (lua/*.lua), without Redis.
+"""A pure-Python reference model of the credit ledger (sidecar/lua/*.lua), without Redis.
 
 It implements the same operations as :class:`sidecar.ledger.Ledger`, with the same results
 and the same domain errors, so a property test can run one sequence of operations against
@@ -76,7 +76,7 @@ from sidecar.ledger import (
 )
 from sidecar.units import MAX_CREDITS
 
-MAX_ATTEMPTS = 16  # attempts an idempotency record lists (lua/_lib.lua)
+MAX_ATTEMPTS = 16  # attempts an idempotency record lists (sidecar/lua/_lib.lua)
 NEVER = 999_999_999_999_999
 MAX_TTL_MS = 366 * 86_400_000
 INT32 = 2**31
@@ -253,7 +253,7 @@ class ModelAccount:
     holds: dict[str, ModelHold] = field(default_factory=dict)
     deadlines: dict[str, int] = field(default_factory=dict)  # "b:<id>" / "h:<id>" -> ms
     # key -> tx, cost, bal, request digest, attempts that took effect through it (each call
-    # carries an attempt token, lua/deduct.lua; the store lists at most MAX_ATTEMPTS)
+    # carries an attempt token, sidecar/lua/deduct.lua; the store lists at most MAX_ATTEMPTS)
     idempotency: dict[str, tuple[str, int, int, str, int]] = field(default_factory=dict)
     usages: dict[str, ModelUsage] = field(default_factory=dict)
 

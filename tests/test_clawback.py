@@ -1,5 +1,5 @@
-"""Clawbacks of refunded or disputed purchases in the ledger (lua/revoke.lua and the
-"Clawbacks" helpers of lua/_lib.lua): held credits are taken when their hold gives them back,
+"""Clawbacks of refunded or disputed purchases in the ledger (sidecar/lua/revoke.lua and the
+"Clawbacks" helpers of _lib.lua): held credits are taken when their hold gives them back,
 a lower target gives credits back, older views change nothing, credits a usage refund brings
 back to a clawed-back bucket are taken, every step is one idempotent script call."""
 

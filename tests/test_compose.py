@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -313,7 +313,7 @@ def test_nginx_accepts_the_compose_nginx_configs(tmp_path: Path) -> None:
 
 def test_dockerfile_installs_the_package_as_a_non_root_user() -> None:
     """The image: python:3.11-slim, `pip install .` of exactly what the package is built from
-    (pyproject.toml, its readme, lua/, persistence/ and sidecar/), a non-root user, the
+    (pyproject.toml, its readme, lua/, sidecar/persistence/ and sidecar/), a non-root user, the
     sidecar's port exposed, `serve` by default."""
     lines = [
         line.strip()
@@ -323,7 +323,7 @@ def test_dockerfile_installs_the_package_as_a_non_root_user() -> None:
     instructions = [(line.split(None, 1)[0], line.split(None, 1)[1]) for line in lines]
     assert instructions[0] == ("FROM", "python:3.11-slim")
     copied = {src for op, args in instructions if op == "COPY" for src in args.split()[:-1]}
-    assert copied == {"pyproject.toml", "README.md", "lua/", "persistence/", "sidecar/"}
+    assert copied == {"pyproject.toml", "README.md", "sidecar/"}
     assert any(op == "RUN" and "pip install ." in args for op, args in instructions)
     users = [args for op, args in instructions if op == "USER"]
     assert users and users[-1] not in ("root", "0")
@@ -331,19 +331,24 @@ def test_dockerfile_installs_the_package_as_a_non_root_user() -> None:
     assert instructions[-1] == ("CMD", '["credit-sidecar", "serve"]')
 
 
-def test_pip_install_ships_every_package_and_the_lua_scripts() -> None:
-    """pyproject.toml lists every package under sidecar/ (through the persistence symlink) and
-    lua/ as sidecar.lua with its *.lua files and the migrations' template: a package missing
-    from the list works in the editable dev install but not in the image."""
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    found = {"sidecar.lua"}  # lua/, mapped by package-dir
-    for folder, _, files in os.walk(ROOT / "sidecar", followlinks=True):
-        if "__init__.py" in files:
-            found.add(".".join(Path(folder).relative_to(ROOT).parts))
-    assert "sidecar.persistence.migrations.versions" in found  # the symlink was followed
-    listed = set(config["packages"])
-    assert found - listed == set(), "packages missing from [tool.setuptools] packages"
-    assert config["package-dir"]["sidecar.lua"] == "lua"
-    assert "*.lua" in config["package-data"]["sidecar.lua"]
-    assert "script.py.mako" in config["package-data"]["sidecar.persistence.migrations"]
-    assert list((ROOT / "lua").glob("*.lua"))
+def test_pip_install_ships_every_package_and_the_lua_scripts(tmp_path: Path) -> None:
+    """The wheel `pip install .` builds (as the image does) holds every package under sidecar/
+    (found by setuptools, nothing listed by hand), the Lua scripts, the migrations and their
+    template, and the console's files: what an editable dev install would hide."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("credit_sidecar-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    source = {
+        str(f.relative_to(ROOT))
+        for f in (ROOT / "sidecar").rglob("*")
+        if f.is_file() and "__pycache__" not in f.parts
+    }
+    assert source - shipped == set(), "files of the package missing from the wheel"
+    assert "sidecar/lua/deduct.lua" in shipped
+    assert "sidecar/persistence/migrations/script.py.mako" in shipped
+    assert not [name for name in shipped if name.startswith("tests/")]

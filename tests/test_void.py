@@ -1,4 +1,4 @@
-"""Voids (lua/void.lua, sidecar/voids.py): a check whose every attempt lost its reply is refunded
+"""Voids (void.lua, sidecar/voids.py): a check whose every attempt lost its reply is refunded
 and forgotten; an attempt that got its 200 keeps the charge; an attempt that never ran, a void
 sent twice, or a void of another request changes nothing. Attempts are run here as the ledger
 runs them, with their token; a "lost" attempt is one whose reply the test ignores."""

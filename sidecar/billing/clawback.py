@@ -16,7 +16,7 @@ What counts, in the Charge's own amount and currency:
 - disputes whose funds were withdrawn and not reinstated, and not won. An inquiry
   (``warning_*``) withdraws nothing and takes nothing back.
 The clawback target is ``credits x min(charge amount, refunded + disputed) / charge amount``,
-rounded down, set in the ledger with the view's version (lua/revoke.lua): a lower target gives
+rounded down, set in the ledger with the view's version (revoke.lua): a lower target gives
 credits back; a call from an older view changes nothing. A refund or dispute in another currency
 than its Charge, or a Charge that does not belong to the purchase, cannot be reconciled: the
 event is refused as a dead letter that names the reason.

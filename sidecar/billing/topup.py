@@ -1,7 +1,7 @@
 """Auto top-up: when a debit takes an account's balance below its threshold, one off-session
 PaymentIntent for its package with its saved payment method.
 
-The trigger is an ``auto_topup`` event the debit itself appends (lua/_lib.lua); starting a
+The trigger is an ``auto_topup`` event the debit itself appends (sidecar/lua/_lib.lua); starting a
 charge is one conditional UPDATE (enabled, not paused, not waiting for the customer, none
 pending, cooldown passed), so triggers racing each other start one charge. Credits are granted
 once per PaymentIntent (bucket ``topup:<payment intent>``), when it succeeds, whether that is

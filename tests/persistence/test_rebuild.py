@@ -188,7 +188,7 @@ async def redis_state(redis: RedisClient, keys: KeySpace) -> dict[bytes, Any]:
     """Every key and its content, without the streams (outbox, events: not restored), the
     rate limiters' TATs (tat, kt:<key>, rt:<route> in the account hashes: they start fresh) and
     the attempt tokens of idempotency records (at: kept by no SQL row, a restored record is
-    never voided, see lua/void.lua; a replay adds its own)."""
+    never voided, see sidecar/lua/void.lua; a replay adds its own)."""
     prefix = keys.account_prefix(0).encode()
     out: dict[bytes, Any] = {}
     everything: dict[bytes, Any] = await redis_snapshot(redis)

@@ -2,7 +2,7 @@
 
 Per shard, one writer holds a lease (``lease.lua``) and reads the outbox through a consumer
 group. Each batch is written in one SQL transaction with idempotent upserts
-(persistence/project.py) and only then XACKed, so a crash anywhere re-delivers entries whose
+(sidecar/persistence/project.py) and only then XACKed, so a crash anywhere re-delivers entries whose
 writing is a no-op. On start, and after any failure, the writer first re-reads its own
 pending entries, in order; XAUTOCLAIM takes over entries another consumer left pending.
 

@@ -9,7 +9,7 @@ window. A retried check, grant, hold, settle or refund is therefore answered as 
 and never charged or credited twice.
 
 Per account, one consistent read of SQL (one snapshot: REPEATABLE READ on PostgreSQL, one read
-transaction on SQLite's WAL) becomes one JSON document. ``lua/restore.lua`` validates the whole
+transaction on SQLite's WAL) becomes one JSON document. ``restore.lua`` validates the whole
 document and writes it in one atomic script; unless ``replace`` is given it refuses an account
 that exists in Redis. The global API-key index lives in another slot, so it is written from here,
 after the script. Nothing is appended to the outbox: the state is already in SQL.
@@ -449,7 +449,7 @@ async def _records(
             }
         )
         if u.idempotency_key and any(r.voided_attempt for r in refunds[u.id]):
-            # voided (lua/void.lua): its record was deleted, a retry is a new request
+            # voided (sidecar/lua/void.lua): its record was deleted, a retry is a new request
             latest.pop(u.idempotency_key, None)
         elif u.idempotency_key:
             record: dict[str, Any] = {
@@ -503,7 +503,7 @@ def _entry(row: RowMapping) -> TxnEntry:
 
 def _charged(parts: list[list[Any]], charge: int) -> list[list[Any]]:
     """What a settle for ``charge`` took per bucket from a hold's parts (in the order they
-    were drawn), as a usage's alloc: [[bucket, -credits], ...] (lua/_lib.lua close_hold)."""
+    were drawn), as a usage's alloc: [[bucket, -credits], ...] (sidecar/lua/_lib.lua close_hold)."""
     out: list[list[Any]] = []
     for bucket, n in parts:
         c = min(int(n), charge)
