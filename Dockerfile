@@ -20,7 +20,7 @@ COPY pyproject.toml README.md ./
 COPY sidecar/ sidecar/
 RUN pip install . \
     && cd / && rm -rf /src \
-    && python -c "from sidecar.scripts import source; source('deduct')" \
+    && python -c "from sidecar.lua import source; source('deduct')" \
     && credit-sidecar --version
 
 # A non-root user; its home is the data dir (generated tokens, the SQLite file if no

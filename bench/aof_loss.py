@@ -17,7 +17,7 @@ from typing import Any
 
 from sidecar import outbox
 from sidecar.embedded import RedisServer, free_port
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Allowed, Ledger
 from sidecar.redis_client import connect
 

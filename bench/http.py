@@ -49,10 +49,10 @@ from bench.load import Server, wrk
 from bench.pinned import pinned
 from sidecar.apikeys import ApiKeys
 from sidecar.embedded import free_port
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Ledger
+from sidecar.lua import source
 from sidecar.redis_client import RedisClient, connect
-from sidecar.scripts import source
 
 
 @dataclass

@@ -23,7 +23,7 @@ import uvloop
 
 from bench import servers
 from bench.harness import BenchFailure, host_info, log, md_table, n, write_results
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Ledger
 from sidecar.redis_client import connect
 

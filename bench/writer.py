@@ -54,7 +54,7 @@ from bench.writer_drain import (
 from bench.writer_mixed import WIRINGS, mixed_run
 from bench.writer_profile import profile_writer
 from bench.writer_report import GOAL, method, render
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Ledger
 from sidecar.redis_client import RedisClient, connect
 from sidecar.writer_runner import tune_gc
@@ -63,7 +63,7 @@ from sidecar.writer_runner import tune_gc
 DEFAULT_BATCH = 5000  # the service default (SIDECAR_WRITER_BATCH_SIZE)
 WRITER_FILES = [
     "sidecar/persistence/writer.py",
-    "sidecar/persistence/project.py",
+    "sidecar/persistence/projection.py",
     "sidecar/persistence/db.py",
 ]
 LIBRARIES = ("redis", "hiredis", "sqlalchemy", "aiosqlite", "asyncpg", "aiohttp")

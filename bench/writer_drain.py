@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bench.harness import BenchFailure, CpuProbe, CpuSnap
 from bench.servers import Servers
 from sidecar import outbox
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Allowed, Ledger
 from sidecar.persistence.reconcile import Difference, reconcile, redis_state
 from sidecar.persistence.writer import OutboxWriter, outbox_status

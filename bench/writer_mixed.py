@@ -21,7 +21,7 @@ from bench.harness import BenchFailure, CpuProbe, Load, closed_loop
 from bench.servers import url_of
 from bench.writer_drain import SHARD, Census, Rig, redis_truth, verify
 from sidecar.http.app import create_app
-from sidecar.http.appkeys import LEDGER, WRITER
+from sidecar.http.state import LEDGER, WRITER
 from sidecar.ledger import Allowed, Ledger
 from sidecar.persistence.writer import outbox_status
 from sidecar.redis_client import connect

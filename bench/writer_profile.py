@@ -11,7 +11,7 @@ from bench.writer_drain import Census, Rig, drain, restore_outbox, warmup_entrie
 
 # The leaf-most frame whose file matches wins; stdlib helpers go to the caller that owns them.
 OWNERS: list[tuple[str, str]] = [
-    ("/persistence/project.py", "project.py: parse entries, build rows, apply()"),
+    ("/persistence/projection.py", "project.py: parse entries, build rows, apply()"),
     ("/persistence/writer.py", "writer.py: loop, _entries() decoding"),
     ("/sqlalchemy/", "SQLAlchemy: statement/param processing, result, pool"),
     ("/asyncpg/", "asyncpg driver"),

@@ -23,7 +23,8 @@ from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 from sidecar import replies
 from sidecar.autopipe import AutoPipeline, NotSent
 from sidecar.errors import InvalidInput, StoreUnavailable, from_script_error
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
+from sidecar.lua import Scripts
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _text
 from sidecar.results import (
@@ -41,7 +42,6 @@ from sidecar.results import (
     Revoked,
     RevokeResult,
 )
-from sidecar.scripts import Scripts
 from sidecar.settings import Settings
 from sidecar.units import MAX_CREDITS, MAX_TIMESTAMP_MS
 from sidecar.voids import VOID_DELAY_MS, Void, VoidQueue, new_attempt_token, request_digest

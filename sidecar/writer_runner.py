@@ -21,7 +21,7 @@ import os
 import socket
 import time
 
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.persistence.db import engine_for, migrate, resolve_url
 from sidecar.persistence.writer import OutboxWriter, pause
 from sidecar.redis_client import RedisClient, connect

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from sidecar import outbox
 from sidecar.embedded import RedisServer
 from sidecar.http.app import create_app
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Ledger
 from sidecar.redis_client import RedisClient, connect
 from sidecar.settings import Settings

@@ -17,7 +17,7 @@ import pytest
 
 from sidecar.embedded import RedisServer
 from sidecar.errors import StoreUnavailable
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Allowed, Ledger, wall_clock_ms
 from sidecar.redis_client import RedisClient, connect
 from tests.conftest import FakeClock, outbox_entries, snapshot

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.embedded import RedisServer
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Allowed, Ledger
 from sidecar.redis_client import RedisClient, connect
 from tests.conftest import outbox_entries

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sidecar import errors
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import (
     MAX_CREDITS,
     Allowed,

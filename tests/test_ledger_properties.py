@@ -27,7 +27,7 @@ import sidecar.ledger
 from sidecar import outbox
 from sidecar.embedded import RedisServer
 from sidecar.errors import SidecarError
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Allowed, CloseResult, HoldResult, Ledger, RateLimit
 from sidecar.redis_client import RedisClient, connect
 from sidecar.units import MAX_CREDITS

@@ -23,7 +23,7 @@ from sidecar import breaker
 from sidecar.embedded import RedisServer
 from sidecar.errors import StoreUnavailable
 from sidecar.http.app import create_app
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Allowed, Ledger
 from sidecar.redis_client import connect
 from sidecar.settings import Settings

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from sidecar.embedded import RedisServer
 from sidecar.errors import StoreUnavailable
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Allowed, Ledger, wall_clock_ms
 from sidecar.redis_client import RedisClient, connect
 from sidecar.voids import Void, request_digest, send_void

@@ -24,8 +24,8 @@ from sidecar.embedded import RedisServer
 from sidecar.errors import StoreUnavailable
 from sidecar.gate import Gate
 from sidecar.http.app import create_app
-from sidecar.http.appkeys import LEDGER
-from sidecar.keys import KeySpace
+from sidecar.http.state import LEDGER
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Allowed, Ledger
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.reconcile import reconcile

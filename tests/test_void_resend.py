@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.embedded import RedisServer
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Allowed, Ledger, wall_clock_ms
 from sidecar.redis_client import RedisClient, connect
 from sidecar.voids import send_void

@@ -22,7 +22,7 @@ COMMANDS = {
     "dead-letters": "sidecar.cli.deadletters:dead_letters",
     "grants": "sidecar.cli.accounts:grants",
     "holds": "sidecar.cli.activity:holds",
-    "keys": "sidecar.cli.keys:keys",
+    "keys": "sidecar.cli.apikeys:keys",
     "migrate": "sidecar.cli.sql:migrate_cmd",
     "outbox": "sidecar.cli.outbox:outbox",
     "packages": "sidecar.cli.billing:packages",

@@ -12,7 +12,7 @@ import click
 
 from sidecar.cli.common import AsciiInt, admin_client, echo_json, json_option, run_admin, url_option
 from sidecar.cli.tables import echo_table, seg
-from sidecar.persistence.project import TXN_TYPES
+from sidecar.persistence.projection import TXN_TYPES
 
 
 def _short(text: str, width: int = 40) -> str:

@@ -31,7 +31,7 @@ from sidecar.embedded import DataDirInUse, RedisServer, embedded_server, redis_f
 from sidecar.http.app import create_app
 from sidecar.http.health import outbox_drained
 from sidecar.http.server import Limits, run_app
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import wall_clock_ms
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect

@@ -15,7 +15,7 @@ from sidecar.cli.common import (
     run_sql,
     run_until_signal,
 )
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import outbox_status

@@ -16,7 +16,6 @@ from typing import Any
 from aiohttp import web
 
 from sidecar import errors
-from sidecar.http.appkeys import BILLING, LEDGER
 from sidecar.http.auth import ADMIN
 from sidecar.http.contract import Call, Out, Routes
 from sidecar.http.responses import (
@@ -37,6 +36,7 @@ from sidecar.http.schemas import (
     TransactionsQuery,
     UsageQuery,
 )
+from sidecar.http.state import BILLING, LEDGER
 from sidecar.reads import Reads, TransactionRow
 from sidecar.units import iso
 

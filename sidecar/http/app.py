@@ -21,7 +21,10 @@ from sidecar.billing.worker import BillingWorker
 from sidecar.embedded import RedisServer, redis_for
 from sidecar.gate import Gate
 from sidecar.http import api
-from sidecar.http.appkeys import (
+from sidecar.http.errors import error_middleware
+from sidecar.http.health import drain_outbox, metrics_ctx, outbox_alert_ctx
+from sidecar.http.server import body_first
+from sidecar.http.state import (
     API_KEYS,
     BILLING,
     BILLING_WORKER,
@@ -34,9 +37,6 @@ from sidecar.http.appkeys import (
     WRITER,
     WRITER_PROCESS,
 )
-from sidecar.http.errors import error_middleware
-from sidecar.http.health import drain_outbox, metrics_ctx, outbox_alert_ctx
-from sidecar.http.server import body_first
 from sidecar.ledger import CALL_DEADLINE_S, Clock, ledger_for, wall_clock_ms
 from sidecar.logs import request_id_middleware
 from sidecar.persistence.db import engine_for, migrate

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from sidecar import errors
-from sidecar.http.appkeys import SETTINGS, TOKENS
+from sidecar.http.state import SETTINGS, TOKENS
 
 Check = Callable[[web.Request], None]
 # The OpenAPI security requirement: alternatives, each a set of scheme names.

@@ -12,7 +12,6 @@ from sidecar import errors
 from sidecar.billing import currency, netguard, notify, purchases, topup
 from sidecar.billing.gateway import StripeGateway, StripeRefused, StripeTransient
 from sidecar.billing.stores import Package
-from sidecar.http.appkeys import BILLING, SETTINGS
 from sidecar.http.auth import ADMIN, SERVICE
 from sidecar.http.contract import Call, Out, Reply, Routes
 from sidecar.http.responses import (
@@ -39,6 +38,7 @@ from sidecar.http.schemas import (
     PackagesQuery,
     SetupCheckoutRequest,
 )
+from sidecar.http.state import BILLING, SETTINGS
 
 billing_routes = Routes()
 

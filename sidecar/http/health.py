@@ -38,11 +38,11 @@ from redis.asyncio import RedisCluster
 from sqlalchemy import text
 
 from sidecar import metrics
-from sidecar.http.appkeys import BILLING, EMBEDDED_REDIS, LEDGER, SETTINGS
 from sidecar.http.auth import METRICS, NONE
 from sidecar.http.contract import Call, Out, Reply, Routes
 from sidecar.http.responses import Health, Readiness, ReadinessCheck, Unhealthy
-from sidecar.keys import KeySpace
+from sidecar.http.state import BILLING, EMBEDDED_REDIS, LEDGER, SETTINGS
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Clock
 from sidecar.persistence.writer import outbox_status, pause
 from sidecar.redis_client import RedisClient

@@ -8,7 +8,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sidecar import errors
-from sidecar.http.appkeys import LEDGER, WRITER, WRITER_PROCESS
 from sidecar.http.auth import ADMIN
 from sidecar.http.contract import Call, Out, Routes
 from sidecar.http.responses import (
@@ -19,6 +18,7 @@ from sidecar.http.responses import (
     OutboxShard,
 )
 from sidecar.http.schemas import DeadLettersQuery
+from sidecar.http.state import LEDGER, WRITER, WRITER_PROCESS
 from sidecar.ledger import store_call
 from sidecar.persistence import deadletters
 from sidecar.persistence.writer import outbox_status, stats_dict

@@ -38,11 +38,11 @@ from multidict import CIMultiDictProxy
 
 from sidecar import metrics
 from sidecar.gate import Outcome
-from sidecar.http.appkeys import GATE
 from sidecar.http.auth import API_KEY
 from sidecar.http.contract import Call, Header, Out, Reply, Routes
 from sidecar.http.responses import AuthOutcome
 from sidecar.http.schemas import TailPath
+from sidecar.http.state import GATE
 from sidecar.paths import InvalidPath, canonical_path
 
 proxy_routes = Routes()

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from sidecar.persistence.project import TXN_TYPES
+from sidecar.persistence.projection import TXN_TYPES
 
 # RFC 3339 UTC with milliseconds (what iso() writes).
 Time = Annotated[

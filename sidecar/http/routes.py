@@ -13,7 +13,6 @@ from aiohttp import web
 
 from sidecar import errors, metrics
 from sidecar.apikeys import KeyInfo
-from sidecar.http.appkeys import API_KEYS, LEDGER, SETTINGS
 from sidecar.http.auth import ADMIN, SERVICE
 from sidecar.http.contract import Call, Endpoint, Header, Out, Reply, Routes
 from sidecar.http.responses import (
@@ -47,6 +46,7 @@ from sidecar.http.schemas import (
     ReleaseRequest,
     SettleRequest,
 )
+from sidecar.http.state import API_KEYS, LEDGER, SETTINGS
 from sidecar.ledger import Allowed, CloseResult, Insufficient, Revoked
 from sidecar.ledger import RateLimit as LedgerRateLimit
 from sidecar.units import iso

@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from sidecar.asciiint import parse_ascii_int
 from sidecar.ledger import RateLimit
-from sidecar.persistence.project import TXN_TYPES
+from sidecar.persistence.projection import TXN_TYPES
 from sidecar.units import MAX_CREDITS, MAX_TIMESTAMP_MS, MissingOffset, parse_rfc3339
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]+$"

@@ -7,7 +7,6 @@ from sidecar import errors, metrics
 from sidecar.billing.gateway import API_VERSION
 from sidecar.billing.webhook import verify
 from sidecar.billing.worker import HANDLED
-from sidecar.http.appkeys import BILLING, BILLING_WORKER, SETTINGS
 from sidecar.http.auth import ADMIN, STRIPE_SIGNATURE
 from sidecar.http.billing import SQL_503
 from sidecar.http.contract import Call, Out, Routes
@@ -20,6 +19,7 @@ from sidecar.http.responses import (
     WebhookReceived,
 )
 from sidecar.http.schemas import EventPath, EventsQuery
+from sidecar.http.state import BILLING, BILLING_WORKER, SETTINGS
 
 stripe_routes = Routes()
 # Event types counted by name in the metrics (the ones billing handles); others are "other".

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar import outbox as entries
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import store_call
 from sidecar.redis_client import RedisClient
 

@@ -48,8 +48,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sidecar import replies
 from sidecar.apikeys import key_record, rate_spec
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import RateLimit
+from sidecar.lua import Scripts
 from sidecar.outbox import PoisonEntry, TxnEntry
 from sidecar.persistence.models import (
     ARCHIVED_TRANSACTIONS,
@@ -65,7 +66,6 @@ from sidecar.persistence.models import (
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _s
 from sidecar.results import RestoreCounts
-from sidecar.scripts import Scripts
 from sidecar.units import from_ms, to_ms
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar import outbox
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.persistence.models import Account, ArchiveTotal, CreditBalance, CreditTransaction
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _s

@@ -2,7 +2,7 @@
 
 Per shard, one writer holds a lease (``lease.lua``) and reads the outbox through a consumer
 group. Each batch is written in one SQL transaction with idempotent upserts
-(sidecar/persistence/project.py) and only then XACKed, so a crash anywhere re-delivers entries whose
+(projection.py) and only then XACKed, so a crash anywhere re-delivers entries whose
 writing is a no-op. On start, and after any failure, the writer first re-reads its own
 pending entries, in order; XAUTOCLAIM takes over entries another consumer left pending.
 
@@ -32,12 +32,12 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar import outbox, replies
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
+from sidecar.lua import Scripts
 from sidecar.outbox import PoisonEntry
-from sidecar.persistence.project import Batch, apply
+from sidecar.persistence.projection import Batch, apply
 from sidecar.redis_client import RedisClient
 from sidecar.redis_client import text as _s
-from sidecar.scripts import Scripts
 
 log = logging.getLogger(__name__)
 

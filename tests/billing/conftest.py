@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from sidecar.billing.context import Billing
 from sidecar.embedded import RedisServer
 from sidecar.http.app import create_app
-from sidecar.http.appkeys import BILLING
+from sidecar.http.state import BILLING
 from sidecar.redis_client import RedisClient
 from sidecar.settings import Settings
 from tests.billing.fakestripe import FakeStripe, event, sign_webhook

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from sidecar.http.appkeys import SETTINGS
+from sidecar.http.state import SETTINGS
 from sidecar.persistence.db import engine_for
 from sidecar.persistence.writer import OutboxWriter
 from tests.billing.conftest import MakeRig, Rig

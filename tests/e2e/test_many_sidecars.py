@@ -30,7 +30,7 @@ import pytest
 from sqlalchemy import text
 
 from sidecar.embedded import RedisServer
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.persistence.db import create_engine, resolve_url
 from sidecar.persistence.writer import GROUP
 from tests.conftest import ADMIN, SERVICE, admin, service

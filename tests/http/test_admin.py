@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from sidecar.http.appkeys import BILLING, LEDGER
+from sidecar.http.state import BILLING, LEDGER
 from sidecar.persistence.writer import OutboxWriter
 from tests.conftest import START_MS, FakeClock, admin, service
 from tests.persistence.test_writer import drain

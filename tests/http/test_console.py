@@ -22,7 +22,7 @@ from playwright.async_api import Page, async_playwright, expect
 from sqlalchemy import text
 
 from sidecar.http.app import create_app
-from sidecar.http.appkeys import BILLING, LEDGER
+from sidecar.http.state import BILLING, LEDGER
 from sidecar.ledger import wall_clock_ms
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE, admin, service

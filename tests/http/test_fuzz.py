@@ -39,8 +39,8 @@ from schemathesis.specs.openapi.checks import (
 from sidecar.embedded import RedisServer
 from sidecar.http.api import build_spec
 from sidecar.http.app import create_app
-from sidecar.http.appkeys import BILLING, LEDGER
 from sidecar.http.schemas import ID_PATTERN
+from sidecar.http.state import BILLING, LEDGER
 from sidecar.persistence.writer import OutboxWriter
 from sidecar.redis_client import RedisClient, connect
 from sidecar.settings import Settings

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.embedded import RedisServer
 from sidecar.http import health
 from sidecar.http.app import create_app
-from sidecar.http.appkeys import BILLING, LEDGER
+from sidecar.http.state import BILLING, LEDGER
 from sidecar.ledger import wall_clock_ms
 from sidecar.persistence.db import engine_for
 from sidecar.redis_client import RedisClient

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.apikeys import ApiKeys
 from sidecar.gate import Gate
 from sidecar.http.app import create_app
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Ledger
 from sidecar.pricing import PricingError, load_pricing
 from sidecar.redis_client import connect

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.http.app import create_app
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.redis_client import RedisClient
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.http.app import create_app
-from sidecar.http.appkeys import BILLING, LEDGER
+from sidecar.http.state import BILLING, LEDGER
 from sidecar.persistence.writer import OutboxWriter
 from sidecar.redis_client import RedisClient
 from sidecar.settings import Settings

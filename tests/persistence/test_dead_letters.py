@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.http.app import create_app
-from sidecar.http.appkeys import LEDGER
+from sidecar.http.state import LEDGER
 from sidecar.ledger import Ledger
 from sidecar.persistence.reconcile import reconcile
 from sidecar.settings import Settings

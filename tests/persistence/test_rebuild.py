@@ -31,8 +31,9 @@ from sidecar.errors import (
     UnknownHold,
     UnknownTransaction,
 )
-from sidecar.keys import KeySpace
+from sidecar.keyspace import KeySpace
 from sidecar.ledger import Allowed, HoldResult, Ledger, RateLimit
+from sidecar.lua import Scripts
 from sidecar.persistence.db import create_engine, migrate
 from sidecar.persistence.rebuild import (
     AccountExists,
@@ -44,7 +45,6 @@ from sidecar.persistence.rebuild import (
 )
 from sidecar.persistence.reconcile import reconcile
 from sidecar.redis_client import RedisClient, connect
-from sidecar.scripts import Scripts
 from tests.conftest import FakeClock, outbox_entries
 from tests.conftest import snapshot as redis_snapshot
 from tests.model import LedgerModel
@@ -202,7 +202,7 @@ async def redis_state(redis: RedisClient, keys: KeySpace) -> dict[bytes, Any]:
                 for f, v in value.items()
                 if f != b"tat" and not f.startswith(EPHEMERAL_PREFIXES)
             }
-        if kind == "string" and b":i:" in key:  # an idempotency record (sidecar/keys.py)
+        if kind == "string" and b":i:" in key:  # an idempotency record (sidecar/keyspace.py)
             assert isinstance(value, bytes)
             value = {f: v for f, v in json.loads(value).items() if f != "at"}
         out[key] = (kind, value)

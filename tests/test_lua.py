@@ -6,7 +6,7 @@ from importlib.resources import files
 
 import pytest
 
-from sidecar.scripts import NAMES, STANDALONE, source
+from sidecar.lua import NAMES, STANDALONE, source
 
 
 @pytest.mark.parametrize("name", NAMES + STANDALONE)
