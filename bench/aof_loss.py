@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sidecar import outbox
-from sidecar.embedded import RedisServer, free_port
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, Ledger
-from sidecar.redis_client import connect
+from sidecar.ledger import outbox
+from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis.client import connect
+from sidecar.redis.embedded import RedisServer, free_port
 
 
 async def one_run(mode: str, seconds: float) -> dict[str, int]:

@@ -22,9 +22,9 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from bench.harness import BenchFailure, CpuProbe, Load, Rate, closed_loop
-from sidecar.embedded import free_port
 from sidecar.http.app import create_app
-from sidecar.ledger import Allowed, Ledger
+from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.redis.embedded import free_port
 from sidecar.settings import Settings
 
 ADMIN_TOKEN = "bench-admin-token-" + "a" * 16

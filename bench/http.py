@@ -47,12 +47,12 @@ from bench.harness import BenchFailure, CpuProbe, busy_before_start, host_info, 
 from bench.http_report import plot, render
 from bench.load import Server, wrk
 from bench.pinned import pinned
-from sidecar.apikeys import ApiKeys
-from sidecar.embedded import free_port
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Ledger
+from sidecar.ledger.apikeys import ApiKeys
+from sidecar.ledger.calls import Ledger
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.lua import source
-from sidecar.redis_client import RedisClient, connect
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.embedded import free_port
 
 
 @dataclass

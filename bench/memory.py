@@ -23,9 +23,9 @@ import uvloop
 
 from bench import servers
 from bench.harness import BenchFailure, host_info, log, md_table, n, write_results
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Ledger
-from sidecar.redis_client import connect
+from sidecar.ledger.calls import Ledger
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis.client import connect
 
 TEMPLATE = "tmpl"
 

@@ -51,8 +51,8 @@ def measure() -> dict[str, float]:
     from aiohttp.test_utils import make_mocked_request
     from prometheus_client import CollectorRegistry, Counter, Histogram
 
-    from sidecar import metrics
-    from sidecar.logs import request_id_middleware
+    from sidecar.runtime import metrics
+    from sidecar.runtime.logs import request_id_middleware
 
     checks = metrics.CHECKS
     n = 200_000

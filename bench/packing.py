@@ -1,4 +1,4 @@
-"""Micro-benchmark: packing one auto-pipelined batch of script calls (sidecar/autopipe.py).
+"""Micro-benchmark: packing one auto-pipelined batch of script calls (sidecar/redis/autopipe.py).
 
 ``before``: the batch packed in one go when it is sent, as it was until each call was packed
 alone (one bad call failed the whole batch). ``after``: each call packed as it joins the batch
@@ -17,7 +17,7 @@ from typing import Any
 
 import hiredis
 
-from sidecar.autopipe import _Call, _payload
+from sidecar.redis.autopipe import _Call, _payload
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

@@ -25,9 +25,9 @@ from typing import Any
 from bench.checkrate import GRANT, SERVICE_TOKEN, setup_accounts
 from bench.harness import BenchFailure, log, proc_cpu_s
 from bench.load import Server, wrk
-from sidecar.embedded import free_port
-from sidecar.ledger import Ledger
-from sidecar.redis_client import RedisClient
+from sidecar.ledger.calls import Ledger
+from sidecar.redis.client import RedisClient
+from sidecar.redis.embedded import free_port
 
 OWN = "0"  # the core of the process under test
 

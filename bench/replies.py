@@ -1,7 +1,7 @@
 """Micro-benchmark: decoding a deduct script's reply into its result, on every check.
 
 ``before``: the positional reads as ledger.py did them inline until the decoders existed
-(status decoded to text first). ``after``: :func:`sidecar.replies.deduct`. Both on the reply
+(status decoded to text first). ``after``: :func:`sidecar.ledger.replies.deduct`. Both on the reply
 as hiredis hands it over (bytes, ints), for the three answers a check gets most.
 
     .venv/bin/python -m bench.replies [--number 200000] [--repeat 15]
@@ -14,9 +14,9 @@ import statistics
 import timeit
 from typing import Any
 
-from sidecar import replies
-from sidecar.redis_client import text as _text
-from sidecar.results import Allowed, DeductResult, Insufficient, RateLimited, Revoked
+from sidecar.ledger import replies
+from sidecar.ledger.results import Allowed, DeductResult, Insufficient, RateLimited, Revoked
+from sidecar.redis.client import text as _text
 
 REPLIES: dict[str, list[Any]] = {
     "allowed": [b"ok", b"tx_0123456789abcdef0123456789abcdef", 9_000, 10, 0, 0],

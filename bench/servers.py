@@ -19,10 +19,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.harness import BenchFailure, Pids
-from sidecar.embedded import RedisServer, free_port
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.models import Base
-from sidecar.redis_client import RedisClient
+from sidecar.redis.client import RedisClient
+from sidecar.redis.embedded import RedisServer, free_port
 
 PG_ADMIN_URL = os.environ.get("SIDECAR_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ("sqlite", "postgresql")

@@ -54,10 +54,10 @@ from bench.writer_drain import (
 from bench.writer_mixed import WIRINGS, mixed_run
 from bench.writer_profile import profile_writer
 from bench.writer_report import GOAL, method, render
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Ledger
-from sidecar.redis_client import RedisClient, connect
-from sidecar.writer_runner import tune_gc
+from sidecar.ledger.calls import Ledger
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis.client import RedisClient, connect
+from sidecar.runtime.writer_runner import tune_gc
 
 # The batch size of the profile and of the runs under check load (the sweep covers others).
 DEFAULT_BATCH = 5000  # the service default (SIDECAR_WRITER_BATCH_SIZE)

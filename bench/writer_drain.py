@@ -16,12 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.harness import BenchFailure, CpuProbe, CpuSnap
 from bench.servers import Servers
-from sidecar import outbox
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, Ledger
+from sidecar.ledger import outbox
+from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.reconcile import Difference, reconcile, redis_state
 from sidecar.persistence.writer import OutboxWriter, outbox_status
-from sidecar.redis_client import RedisClient
+from sidecar.redis.client import RedisClient
 
 SHARD = 0
 

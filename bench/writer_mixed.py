@@ -22,9 +22,9 @@ from bench.servers import url_of
 from bench.writer_drain import SHARD, Census, Rig, redis_truth, verify
 from sidecar.http.app import create_app
 from sidecar.http.state import LEDGER, WRITER
-from sidecar.ledger import Allowed, Ledger
+from sidecar.ledger.calls import Allowed, Ledger
 from sidecar.persistence.writer import outbox_status
-from sidecar.redis_client import connect
+from sidecar.redis.client import connect
 
 INLINE = "inside the app (SIDECAR_WRITER=inline)"
 PROCESS = "own process (credit-sidecar writer)"

@@ -2,7 +2,7 @@
 
 import sys
 
-from sidecar.reload import hold_reloads
+from sidecar.runtime.reload import hold_reloads
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from pydantic_settings import (
 )
 
 from sidecar.asciiint import parse_ascii_int
-from sidecar.datadir import private_dir
+from sidecar.runtime.datadir import private_dir
 
 
 class Settings(BaseSettings):

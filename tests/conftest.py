@@ -14,12 +14,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from sidecar import outbox
-from sidecar.embedded import RedisServer
 from sidecar.http.app import create_app
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Ledger
-from sidecar.redis_client import RedisClient, connect
+from sidecar.ledger import outbox
+from sidecar.ledger.calls import Ledger
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.ports import free_port
 
@@ -134,7 +134,7 @@ async def stream(redis: RedisClient, key: str) -> list[dict[str, str]]:
 
 
 async def outbox_entries(redis: RedisClient, shard: int = 0) -> list[dict[str, Any]]:
-    """The outbox's entries, decoded (typed JSON objects, sidecar/outbox.py)."""
+    """The outbox's entries, decoded (typed JSON objects, sidecar/ledger/outbox.py)."""
     entries: Any = await redis.xrange(KeySpace().outbox(shard))
     return [outbox.decode(fields) for _, fields in entries]
 

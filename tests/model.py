@@ -1,6 +1,6 @@
 """A pure-Python reference model of the credit ledger (sidecar/lua/*.lua), without Redis.
 
-It implements the same operations as :class:`sidecar.ledger.Ledger`, with the same results
+It implements the same operations as :class:`sidecar.ledger.calls.Ledger`, with the same results
 and the same domain errors, so a property test can run one sequence of operations against
 both and compare them step by step. Every rule is written here directly and plainly,
 without the scripts' storage tricks (sorted-set burn order, deadline zsets, JSON records):
@@ -28,7 +28,8 @@ without the scripts' storage tricks (sorted-set burn order, deadline zsets, JSON
 
 Transactions are recorded as the dicts the scripts append to the outbox stream (all fields
 but ``kind``; numbers as ints, ``alloc``/``held``/grant ``bucket`` as decoded JSON), each
-checked by the entry's model (sidecar/outbox.py ``txn``) as the SQL writer checks the scripts'.
+checked by the entry's model (sidecar/ledger/outbox.py ``txn``) as the SQL writer checks the
+scripts'.
 Transaction ids are ``tx_<n>``, one per ledger call, like a Ledger whose
 ``new_transaction_id`` is :func:`transaction_id` over a counter; extra transactions of a
 call (expiries, lapsed holds) get ``<id>.1``, ``<id>.2``...
@@ -48,7 +49,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar import outbox
 from sidecar.errors import (
     BalanceOverflow,
     FullyRefunded,
@@ -60,7 +60,8 @@ from sidecar.errors import (
     UnknownHold,
     UnknownTransaction,
 )
-from sidecar.ledger import (
+from sidecar.ledger import outbox
+from sidecar.ledger.calls import (
     Allowed,
     Balance,
     Bucket,
@@ -74,7 +75,7 @@ from sidecar.ledger import (
     RefundResult,
     encode_metadata,
 )
-from sidecar.units import MAX_CREDITS
+from sidecar.ledger.units import MAX_CREDITS
 
 MAX_ATTEMPTS = 16  # attempts an idempotency record lists (sidecar/lua/_lib.lua)
 NEVER = 999_999_999_999_999
@@ -362,7 +363,8 @@ class LedgerModel:
             bucket = a.buckets[b]
             after.append([b, bucket.remaining, bucket.held])
         txn["buckets"] = after
-        # The entry model (sidecar/outbox.py) accepts it, as the SQL writer will the scripts'.
+        # The entry model (sidecar/ledger/outbox.py) accepts it, as the SQL writer will the
+        # scripts'.
         outbox.txn({"kind": "txn", **txn})
         self.outbox.append(txn)
 

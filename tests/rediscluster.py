@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from sidecar.embedded import RedisServer
+from sidecar.redis.embedded import RedisServer
 from tests.ports import free_port
 
 NODE_TIMEOUT_MS = 1000  # how long a master may be silent before its replica takes over

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from sidecar import errors
-from sidecar.apikeys import ApiKeys, hash_key
-from sidecar.ledger import Allowed, Ledger, RateLimit, RateLimited, Revoked
-from sidecar.redis_client import RedisClient
+from sidecar.ledger.apikeys import ApiKeys, hash_key
+from sidecar.ledger.calls import Allowed, Ledger, RateLimit, RateLimited, Revoked
+from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock, snapshot
 
 

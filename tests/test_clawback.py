@@ -10,8 +10,8 @@ from typing import Any, Literal
 import pytest
 
 from sidecar import errors
-from sidecar.ledger import Allowed, HoldResult, Ledger, RevokeResult
-from sidecar.redis_client import RedisClient
+from sidecar.ledger.calls import Allowed, HoldResult, Ledger, RevokeResult
+from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock, outbox_entries, snapshot
 
 BUCKET = "purchase:cs_1:li_1"

@@ -8,8 +8,8 @@ import asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from sidecar.ledger import Allowed, Ledger
-from sidecar.redis_client import RedisClient
+from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock, admin, outbox_entries, service
 
 Client = TestClient[web.Request, web.Application]

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from sidecar.embedded import RedisServer
 from sidecar.errors import StoreUnavailable
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, Ledger, wall_clock_ms
-from sidecar.redis_client import RedisClient, connect
+from sidecar.ledger.calls import Allowed, Ledger, wall_clock_ms
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.embedded import RedisServer
 from tests.conftest import FakeClock, outbox_entries, snapshot
 from tests.ports import free_port
 

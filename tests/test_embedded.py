@@ -16,8 +16,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from sidecar.embedded import DataDirInUse, RedisServer, find_server_binary
 from sidecar.http.app import create_app
+from sidecar.redis.embedded import DataDirInUse, RedisServer, find_server_binary
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE, admin, service
 from tests.ports import free_port
@@ -147,7 +147,7 @@ def test_an_orphaned_server_is_shut_down_before_a_new_start(tmp_path: Path) -> N
 def test_server_dies_with_its_parent(tmp_path: Path) -> None:
     code = (
         "import sys, pathlib\n"
-        "from sidecar.embedded import RedisServer\n"
+        "from sidecar.redis.embedded import RedisServer\n"
         "s = RedisServer(pathlib.Path(sys.argv[1])); s.start()\n"
         "print(s.process.pid, flush=True)\n"
         "import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n"

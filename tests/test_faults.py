@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.embedded import RedisServer
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, Ledger
-from sidecar.redis_client import RedisClient, connect
+from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.embedded import RedisServer
 from tests.conftest import outbox_entries
 from tests.ports import free_port
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.crc import key_slot
 
-from sidecar.keyspace import KeySpace
+from sidecar.ledger.keyspace import KeySpace
 
 
 def test_all_keys_of_an_account_share_one_slot_with_its_shard_streams() -> None:

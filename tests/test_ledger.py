@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from sidecar import errors
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import (
+from sidecar.ledger.calls import (
     MAX_CREDITS,
     Allowed,
     HoldResult,
@@ -19,7 +18,8 @@ from sidecar.ledger import (
     RateLimit,
     RateLimited,
 )
-from sidecar.redis_client import RedisClient
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock, outbox_entries, snapshot, stream
 
 

@@ -23,14 +23,14 @@ import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
-import sidecar.ledger
-from sidecar import outbox
-from sidecar.embedded import RedisServer
+import sidecar.ledger.calls
 from sidecar.errors import SidecarError
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, CloseResult, HoldResult, Ledger, RateLimit
-from sidecar.redis_client import RedisClient, connect
-from sidecar.units import MAX_CREDITS
+from sidecar.ledger import outbox
+from sidecar.ledger.calls import Allowed, CloseResult, HoldResult, Ledger, RateLimit
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.units import MAX_CREDITS
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.embedded import RedisServer
 from tests.conftest import PROPERTY_EXAMPLES, FakeClock
 from tests.model import (
     LedgerModel,
@@ -496,7 +496,9 @@ async def run_scenario(url: str, ops: list[Op]) -> None:
         await redis.flushall()
         clock = FakeClock()
         ids = itertools.count(1)
-        with patch.object(sidecar.ledger, "new_transaction_id", lambda: transaction_id(next(ids))):
+        with patch.object(
+            sidecar.ledger.calls, "new_transaction_id", lambda: transaction_id(next(ids))
+        ):
             ledger = Ledger(redis, KEYS, retention_ms=RETENTION_MS, clock=clock)
             model = LedgerModel(clock, RETENTION_MS)
             s = Scenario(redis, ledger, model, clock)

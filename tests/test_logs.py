@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sidecar import logs
+from sidecar.runtime import logs
 from tests.ports import free_port
 
 ADMIN = "admin-secret-token-a1b2c3d4e5"

@@ -1,4 +1,4 @@
-"""The outbox transaction entry's decoder (sidecar/outbox.py ``txn``): what it reads, and the
+"""The outbox transaction entry's decoder (sidecar/ledger/outbox.py ``txn``): what it reads, and the
 reasons it gives for entries it refuses (they become the dead letters' ``dl_error``)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from sidecar import outbox
-from sidecar.outbox import NewBucket, PoisonEntry
+from sidecar.ledger import outbox
+from sidecar.ledger.outbox import NewBucket, PoisonEntry
 
 BASE: dict[str, Any] = {
     "kind": "txn",

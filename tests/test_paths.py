@@ -1,4 +1,4 @@
-"""The canonical path (sidecar/paths.py): a table of the usual tricks, and properties over
+"""The canonical path (sidecar/gate/paths.py): a table of the usual tricks, and properties over
 arbitrary input (idempotent; no //, /./, /../ or escaped unreserved character survives)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sidecar.paths import InvalidPath, canonical_path
+from sidecar.gate.paths import InvalidPath, canonical_path
 
 CANONICAL = [
     ("/", "/"),

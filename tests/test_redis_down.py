@@ -19,13 +19,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from sidecar import breaker
-from sidecar.embedded import RedisServer
 from sidecar.errors import StoreUnavailable
 from sidecar.http.app import create_app
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, Ledger
-from sidecar.redis_client import connect
+from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis import breaker
+from sidecar.redis.client import connect
+from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE, admin
 from tests.ports import free_port

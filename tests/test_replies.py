@@ -1,4 +1,5 @@
-"""The script reply decoders (sidecar/replies.py), on replies as either client hands them over.
+"""The script reply decoders (sidecar/ledger/replies.py), on replies as either client hands
+them over.
 
 The ledger tests run every decoder against the real scripts; these pin the layouts and the
 statuses that become errors, without Redis.
@@ -12,9 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
-from sidecar import replies
 from sidecar.errors import BalanceOverflow, HoldExpired
-from sidecar.results import (
+from sidecar.ledger import replies
+from sidecar.ledger.results import (
     ALLOWED_FIELDS,
     Allowed,
     Balance,

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-from sidecar.resp import RespChannel
+from sidecar.redis.resp import RespChannel
 
 
 def channel(redis: Redis) -> RespChannel:

@@ -8,7 +8,7 @@ from importlib.resources import files
 
 import pytest
 
-from sidecar.units import (
+from sidecar.ledger.units import (
     MAX_CREDITS,
     MAX_TIMESTAMP_MS,
     MissingOffset,

@@ -1,4 +1,4 @@
-"""Voids (void.lua, sidecar/voids.py): a check whose every attempt lost its reply is refunded
+"""Voids (void.lua, sidecar/ledger/voids.py): a check whose every attempt lost its reply is refunded
 and forgotten; an attempt that got its 200 keeps the charge; an attempt that never ran, a void
 sent twice, or a void of another request changes nothing. Attempts are run here as the ledger
 runs them, with their token; a "lost" attempt is one whose reply the test ignores."""
@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.embedded import RedisServer
 from sidecar.errors import StoreUnavailable
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, Ledger, wall_clock_ms
-from sidecar.redis_client import RedisClient, connect
-from sidecar.voids import Void, request_digest, send_void
+from sidecar.ledger.calls import Allowed, Ledger, wall_clock_ms
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.voids import Void, request_digest, send_void
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.embedded import RedisServer
 from tests.conftest import PROPERTY_EXAMPLES, outbox_entries, snapshot
 
 ACCOUNT = "acme"

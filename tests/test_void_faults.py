@@ -19,18 +19,18 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.apikeys import ApiKeys
-from sidecar.embedded import RedisServer
 from sidecar.errors import StoreUnavailable
-from sidecar.gate import Gate
+from sidecar.gate.decision import Gate
+from sidecar.gate.pricing import load_pricing
 from sidecar.http.app import create_app
 from sidecar.http.state import LEDGER
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, Ledger
+from sidecar.ledger.apikeys import ApiKeys
+from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.reconcile import reconcile
-from sidecar.pricing import load_pricing
-from sidecar.redis_client import RedisClient, connect
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.embedded import RedisServer
 from tests.conftest import admin, outbox_entries, service
 from tests.persistence.test_writer import drain, make_writer
 from tests.ports import free_port

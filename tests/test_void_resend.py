@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.embedded import RedisServer
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, Ledger, wall_clock_ms
-from sidecar.redis_client import RedisClient, connect
-from sidecar.voids import send_void
+from sidecar.ledger.calls import Allowed, Ledger, wall_clock_ms
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.voids import send_void
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.embedded import RedisServer
 from tests.conftest import outbox_entries, snapshot
 from tests.ports import free_port
 from tests.test_void import ACCOUNT, attempt, balance, record, void_of

@@ -31,9 +31,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from sidecar import units
 from sidecar.billing import netguard
 from sidecar.billing.context import Billing
+from sidecar.ledger import units
 
 log = logging.getLogger(__name__)
 

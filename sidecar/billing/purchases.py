@@ -30,7 +30,7 @@ from sidecar.errors import (
     UnknownAccount,
     UnknownPackage,
 )
-from sidecar.ledger import MAX_CREDITS
+from sidecar.ledger.calls import MAX_CREDITS
 
 PAID = ("paid", "no_payment_required")
 

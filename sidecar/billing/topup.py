@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sidecar import metrics, units
 from sidecar.billing import notify
 from sidecar.billing.context import Billing, Permanent
 from sidecar.billing.gateway import (
@@ -44,6 +43,8 @@ from sidecar.billing.gateway import (
 )
 from sidecar.billing.stores import Package
 from sidecar.errors import IdempotencyConflict, InvalidInput, PaymentProviderError, UnknownAccount
+from sidecar.ledger import units
+from sidecar.runtime import metrics
 
 log = logging.getLogger(__name__)
 # A charge slot left "starting" this long (its worker died mid-charge) is taken over by the

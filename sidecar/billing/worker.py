@@ -25,7 +25,7 @@ from sidecar.billing.context import Billing, NotYet, Permanent, Refused
 from sidecar.billing.gateway import StripeRefused, StripeTransient
 from sidecar.errors import LedgerUnavailable, StoreUnavailable
 from sidecar.persistence.writer import pause
-from sidecar.redis_client import text as _s
+from sidecar.redis.client import text as _s
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sidecar.adminclient import AdminClient
+from sidecar.cli.adminclient import AdminClient
 from sidecar.cli.common import (
     AsciiInt,
     admin_client,

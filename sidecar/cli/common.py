@@ -14,13 +14,13 @@ import click
 import orjson
 from pydantic import ValidationError
 
-from sidecar import logs
-from sidecar.adminclient import AdminClient, AdminError
 from sidecar.asciiint import parse_ascii_int
+from sidecar.cli.adminclient import AdminClient, AdminError
+from sidecar.runtime import logs
 from sidecar.settings import Settings
 
 if TYPE_CHECKING:
-    from sidecar.redis_client import RedisClient
+    from sidecar.redis.client import RedisClient
 
 # Imports a command needs only for itself (SQLAlchemy, the embedded server, uvloop) happen in
 # the helpers below: every CLI call would pay for them otherwise (see sidecar/cli/__init__.py).
@@ -157,8 +157,8 @@ async def open_store(
     SIDECAR_REDIS_URL if set; else the embedded server of the data dir: the running
     `serve`'s socket, or, when no sidecar runs, a server this command starts and stops.
     """
-    from sidecar.embedded import DataDirInUse, RedisServer, embedded_server
-    from sidecar.redis_client import connect
+    from sidecar.redis.client import connect
+    from sidecar.redis.embedded import DataDirInUse, RedisServer, embedded_server
 
     server: RedisServer | None = None
     url = settings.redis_url

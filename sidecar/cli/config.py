@@ -16,8 +16,8 @@ from pydantic import SecretStr, ValidationError
 
 from sidecar.cli.common import echo_json, json_option
 from sidecar.cli.tables import echo_table
+from sidecar.gate.pricing import PricingError, load_pricing
 from sidecar.persistence.db import resolve_url
-from sidecar.pricing import PricingError, load_pricing
 from sidecar.settings import Settings
 
 PREFIX = "SIDECAR_"

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from sidecar.adminclient import AdminClient
+from sidecar.cli.adminclient import AdminClient
 from sidecar.cli.common import AsciiInt, admin_client, echo_json, json_option, run_admin, url_option
 from sidecar.cli.tables import echo_table, seg
 

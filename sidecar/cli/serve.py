@@ -25,20 +25,21 @@ import tempfile
 import click
 import uvloop
 
-from sidecar import __version__, logs, metrics
+from sidecar import __version__
 from sidecar.cli.common import AsciiInt, fail, load_settings
-from sidecar.embedded import DataDirInUse, RedisServer, embedded_server, redis_for
+from sidecar.gate.pricing import PricingError, load_pricing
 from sidecar.http.app import create_app
 from sidecar.http.health import outbox_drained
 from sidecar.http.server import Limits, run_app
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import wall_clock_ms
-from sidecar.pricing import PricingError, load_pricing
-from sidecar.redis_client import connect
-from sidecar.reload import hold_reloads, on_reload
+from sidecar.ledger.calls import wall_clock_ms
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis.client import connect
+from sidecar.redis.embedded import DataDirInUse, RedisServer, embedded_server, redis_for
+from sidecar.runtime import logs, metrics
+from sidecar.runtime.reload import hold_reloads, on_reload
+from sidecar.runtime.supervisor import Supervised, SupervisedServer
+from sidecar.runtime.writer_runner import WriterProcess, tune_gc
 from sidecar.settings import Settings
-from sidecar.supervisor import Supervised, SupervisedServer
-from sidecar.writer_runner import WriterProcess, tune_gc
 
 log = logging.getLogger(__name__)
 

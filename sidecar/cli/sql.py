@@ -15,12 +15,12 @@ from sidecar.cli.common import (
     run_sql,
     run_until_signal,
 )
-from sidecar.keyspace import KeySpace
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.units import MissingOffset, parse_rfc3339
 from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import outbox_status
-from sidecar.units import MissingOffset, parse_rfc3339
-from sidecar.writer_runner import make_writer, run_inline, tune_gc
+from sidecar.runtime.writer_runner import make_writer, run_inline, tune_gc
 
 
 @click.command()

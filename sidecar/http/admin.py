@@ -1,7 +1,7 @@
 """Read-only admin routes for consoles and the CLI: the accounts of the SQL ledger, an
 account's transactions (JSON or CSV) and usage over time (both from SQL, so they lag Redis by
 the writer's lag), and its holds (from Redis, current). The reads themselves are the ledger's
-read module's (sidecar/reads.py).
+read module's (sidecar/ledger/reads.py).
 
 Every query parameter is validated (422 naming it) before anything is read; unknown
 parameters are refused by name, like unknown body fields.
@@ -37,8 +37,8 @@ from sidecar.http.schemas import (
     UsageQuery,
 )
 from sidecar.http.state import BILLING, LEDGER
-from sidecar.reads import Reads, TransactionRow
-from sidecar.units import iso
+from sidecar.ledger.reads import Reads, TransactionRow
+from sidecar.ledger.units import iso
 
 admin_routes = Routes()
 

@@ -12,14 +12,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.apikeys import ApiKeys
 from sidecar.billing import apiversion
 from sidecar.billing.context import Billing
 from sidecar.billing.gateway import StripeGateway
 from sidecar.billing.stores import Sql
 from sidecar.billing.worker import BillingWorker
-from sidecar.embedded import RedisServer, redis_for
-from sidecar.gate import Gate
+from sidecar.gate.decision import Gate
+from sidecar.gate.pricing import PricingError, load_pricing
 from sidecar.http import api
 from sidecar.http.errors import error_middleware
 from sidecar.http.health import drain_outbox, metrics_ctx, outbox_alert_ctx
@@ -37,16 +36,17 @@ from sidecar.http.state import (
     WRITER,
     WRITER_PROCESS,
 )
-from sidecar.ledger import CALL_DEADLINE_S, Clock, ledger_for, wall_clock_ms
-from sidecar.logs import request_id_middleware
+from sidecar.ledger.apikeys import ApiKeys
+from sidecar.ledger.calls import CALL_DEADLINE_S, Clock, ledger_for, wall_clock_ms
 from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.writer import pause
-from sidecar.pricing import PricingError, load_pricing
-from sidecar.redis_client import connect
-from sidecar.reload import on_reload
+from sidecar.redis.client import connect
+from sidecar.redis.embedded import RedisServer, redis_for
+from sidecar.runtime.logs import request_id_middleware
+from sidecar.runtime.reload import on_reload
+from sidecar.runtime.supervisor import SupervisedServer
+from sidecar.runtime.writer_runner import WriterProcess, make_writer, run_inline
 from sidecar.settings import Settings
-from sidecar.supervisor import SupervisedServer
-from sidecar.writer_runner import WriterProcess, make_writer, run_inline
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024

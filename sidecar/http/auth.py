@@ -3,8 +3,9 @@ with its OpenAPI security requirement and the check the registry runs before the
 
 Bearer tokens are compared in constant time against every role's token (so the time taken does
 not tell which role, or how much of a token, matched). The API key of the proxies' auth
-endpoints is the gate's business (sidecar/gate.py), the Stripe signature the webhook's; those
-kinds only document the caller. A later customer-portal session is one more kind here.
+endpoints is the gate's business (sidecar/gate/decision.py), the Stripe signature the
+webhook's; those kinds only document the caller. A later customer-portal session is one more
+kind here.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def _roles(*roles: str) -> Callable[[web.Application], Check]:
 NONE = Auth("none", (), _nothing)
 ADMIN = Auth("admin", (("adminToken",),), _roles("admin"), bearer_errors=True)
 SERVICE = Auth("service", (("adminToken",), ("serviceToken",)), _roles("service", "admin"), True)
-# Checked by the gate (sidecar/gate.py), which answers its own 401.
+# Checked by the gate (sidecar/gate/decision.py), which answers its own 401.
 API_KEY = Auth("api_key", (("apiKey",), ("apiKeyHeader",)), _nothing)
 METRICS = Auth("metrics", ((), ("metricsToken",)), metrics_check)
 # Checked by the webhook handler: the signature authenticates the raw body.

@@ -15,7 +15,7 @@
   down or the writer hung, does not). Otherwise 503 ``{"status": "not_ready", "failing":
   [...], "checks": {...}}``. Each check is bounded by a short timeout; nothing here answers
   500.
-- ``GET /metrics``: the Prometheus text exposition (sidecar/metrics.py); open unless
+- ``GET /metrics``: the Prometheus text exposition (sidecar/runtime/metrics.py); open unless
   ``SIDECAR_METRICS_TOKEN`` is set, then that bearer token is required.
 - :func:`outbox_drained`: on shutdown, the writer is given a few seconds to write what the
   outbox still holds before it is stopped.
@@ -37,15 +37,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import RedisCluster
 from sqlalchemy import text
 
-from sidecar import metrics
 from sidecar.http.auth import METRICS, NONE
 from sidecar.http.contract import Call, Out, Reply, Routes
 from sidecar.http.responses import Health, Readiness, ReadinessCheck, Unhealthy
 from sidecar.http.state import BILLING, EMBEDDED_REDIS, LEDGER, SETTINGS
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Clock
+from sidecar.ledger.calls import Clock
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.writer import outbox_status, pause
-from sidecar.redis_client import RedisClient
+from sidecar.redis.client import RedisClient
+from sidecar.runtime import metrics
 
 log = logging.getLogger(__name__)
 health_routes = Routes()

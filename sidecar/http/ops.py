@@ -19,7 +19,7 @@ from sidecar.http.responses import (
 )
 from sidecar.http.schemas import DeadLettersQuery
 from sidecar.http.state import LEDGER, WRITER, WRITER_PROCESS
-from sidecar.ledger import store_call
+from sidecar.ledger.calls import store_call
 from sidecar.persistence import deadletters
 from sidecar.persistence.writer import outbox_status, stats_dict
 

@@ -1,4 +1,5 @@
-"""Auth endpoints for reverse proxies, one per contract, all on one code path (sidecar/gate.py).
+"""Auth endpoints for reverse proxies, one per contract, all on one code path
+(sidecar/gate/decision.py).
 
 - ``/auth/nginx`` (``auth_request``): nginx honours only 2xx, 401 and 403 from the
   subrequest and never forwards its body, so a deny is 401 (bad key) or 403 with the real
@@ -14,7 +15,7 @@ On allow every mode returns ``X-Credits-Account``, ``X-Credits-Balance``,
 request id repeated an earlier request, charged then) for the proxy to pass upstream.
 
 Every mode reads its input here, once, before the gate: the method must be an HTTP token,
-the URI is reduced to its canonical path (sidecar/paths.py) or refused, and the headers read
+the URI is reduced to its canonical path (sidecar/gate/paths.py) or refused, and the headers read
 (the method and URI headers, and the gate's ``Gate.headers_read``: ``Authorization``,
 ``X-API-Key``, the request id, ``X-Credits-Cost`` when trusted) must be sent at most once, as
 UTF-8 without control characters; the gate sees those values only. A refusal is a 400 whose body
@@ -36,14 +37,14 @@ from aiohttp import web
 from msgspec import UNSET
 from multidict import CIMultiDictProxy
 
-from sidecar import metrics
-from sidecar.gate import Outcome
+from sidecar.gate.decision import Outcome
+from sidecar.gate.paths import InvalidPath, canonical_path
 from sidecar.http.auth import API_KEY
 from sidecar.http.contract import Call, Header, Out, Reply, Routes
 from sidecar.http.responses import AuthOutcome
 from sidecar.http.schemas import TailPath
 from sidecar.http.state import GATE
-from sidecar.paths import InvalidPath, canonical_path
+from sidecar.runtime import metrics
 
 proxy_routes = Routes()
 # (method, canonical path, raw query string)

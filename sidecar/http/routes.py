@@ -11,8 +11,7 @@ from time import perf_counter
 
 from aiohttp import web
 
-from sidecar import errors, metrics
-from sidecar.apikeys import KeyInfo
+from sidecar import errors
 from sidecar.http.auth import ADMIN, SERVICE
 from sidecar.http.contract import Call, Endpoint, Header, Out, Reply, Routes
 from sidecar.http.responses import (
@@ -47,9 +46,11 @@ from sidecar.http.schemas import (
     SettleRequest,
 )
 from sidecar.http.state import API_KEYS, LEDGER, SETTINGS
-from sidecar.ledger import Allowed, CloseResult, Insufficient, Revoked
-from sidecar.ledger import RateLimit as LedgerRateLimit
-from sidecar.units import iso
+from sidecar.ledger.apikeys import KeyInfo
+from sidecar.ledger.calls import Allowed, CloseResult, Insufficient, Revoked
+from sidecar.ledger.calls import RateLimit as LedgerRateLimit
+from sidecar.ledger.units import iso
+from sidecar.runtime import metrics
 
 routes = Routes()
 ACCOUNT_404 = "`unknown_account`"
@@ -80,7 +81,7 @@ SHADOW_STATUS = "X-Credits-Shadow-Status"
 
 
 def counted(endpoint: Endpoint) -> Endpoint:
-    """The check counted and timed for the metrics (sidecar/metrics.py) by its outcome, from
+    """The check counted and timed for the metrics (sidecar/runtime/metrics.py) by its outcome, from
     the token's check on: a refusal of the token or body counts as rejected; in shadow mode
     an answer counts as what would have happened."""
     checks = metrics.CHECKS

@@ -28,9 +28,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from sidecar.asciiint import parse_ascii_int
-from sidecar.ledger import RateLimit
+from sidecar.ledger.calls import RateLimit
+from sidecar.ledger.units import MAX_CREDITS, MAX_TIMESTAMP_MS, MissingOffset, parse_rfc3339
 from sidecar.persistence.projection import TXN_TYPES
-from sidecar.units import MAX_CREDITS, MAX_TIMESTAMP_MS, MissingOffset, parse_rfc3339
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from sidecar.apikeys import ApiKeys
 from sidecar.billing.context import Billing
 from sidecar.billing.worker import BillingWorker
-from sidecar.gate import Gate
-from sidecar.ledger import Ledger
+from sidecar.gate.decision import Gate
+from sidecar.ledger.apikeys import ApiKeys
+from sidecar.ledger.calls import Ledger
 from sidecar.persistence.writer import OutboxWriter
-from sidecar.redis_client import RedisClient
+from sidecar.redis.client import RedisClient
+from sidecar.runtime.writer_runner import WriterProcess
 from sidecar.settings import Settings
-from sidecar.writer_runner import WriterProcess
 
 SETTINGS = web.AppKey("settings", Settings)
 LEDGER = web.AppKey("ledger", Ledger)

@@ -3,7 +3,7 @@ token), the stored events and their dead letters, and billing's status (admin to
 
 from __future__ import annotations
 
-from sidecar import errors, metrics
+from sidecar import errors
 from sidecar.billing.gateway import API_VERSION
 from sidecar.billing.webhook import verify
 from sidecar.billing.worker import HANDLED
@@ -20,6 +20,7 @@ from sidecar.http.responses import (
 )
 from sidecar.http.schemas import EventPath, EventsQuery
 from sidecar.http.state import BILLING, BILLING_WORKER, SETTINGS
+from sidecar.runtime import metrics
 
 stripe_routes = Routes()
 # Event types counted by name in the metrics (the ones billing handles); others are "other".

@@ -13,7 +13,7 @@ from importlib.resources import files
 
 from redis.commands.core import AsyncScript
 
-from sidecar.redis_client import RedisClient
+from sidecar.redis.client import RedisClient
 
 NAMES = (
     "account",

@@ -17,7 +17,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from sidecar.datadir import private_file
+from sidecar.runtime.datadir import private_file
 
 if TYPE_CHECKING:
     from sidecar.settings import Settings

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar import outbox as entries
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import store_call
-from sidecar.redis_client import RedisClient
+from sidecar.ledger import outbox as entries
+from sidecar.ledger.calls import store_call
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis.client import RedisClient
 
 MAX_RETRY = 1000  # dead letters one retry call looks at
 

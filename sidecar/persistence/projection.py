@@ -9,7 +9,7 @@ A batch of entries becomes a handful of multi-row upserts in one SQL transaction
 - account settings and API keys: last write wins by outbox entry id / revocation time.
 
 Entries are validated while they are parsed, a transaction by its model's decoder
-(sidecar/outbox.py ``txn``); a malformed one raises :class:`PoisonEntry`.
+(sidecar/ledger/outbox.py ``txn``); a malformed one raises :class:`PoisonEntry`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from sidecar import outbox
-from sidecar.outbox import TXN_TYPES, PoisonEntry
-from sidecar.outbox import int_field as _int
-from sidecar.outbox import opt_int_field as _opt_int
-from sidecar.outbox import text_field as _text
+from sidecar.ledger import outbox
+from sidecar.ledger.outbox import TXN_TYPES, PoisonEntry
+from sidecar.ledger.outbox import int_field as _int
+from sidecar.ledger.outbox import opt_int_field as _opt_int
+from sidecar.ledger.outbox import text_field as _text
+from sidecar.ledger.units import MAX_TIMESTAMP_MS as MAX_TIME
+from sidecar.ledger.units import from_ms
 from sidecar.persistence.models import (
     Account,
     ApiKey,
@@ -37,8 +39,6 @@ from sidecar.persistence.models import (
     CreditTransaction,
     table_of,
 )
-from sidecar.units import MAX_TIMESTAMP_MS as MAX_TIME
-from sidecar.units import from_ms
 
 # Re-exported: the writer and the admin API import them from here.
 __all__ = ["TXN_TYPES", "Batch", "PoisonEntry", "apply", "sqlite_time", "stream_version"]

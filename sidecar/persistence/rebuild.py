@@ -46,12 +46,14 @@ from redis.exceptions import ResponseError
 from sqlalchemy import RowMapping, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from sidecar import replies
-from sidecar.apikeys import key_record, rate_spec
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import RateLimit
+from sidecar.ledger import replies
+from sidecar.ledger.apikeys import key_record, rate_spec
+from sidecar.ledger.calls import RateLimit
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.outbox import PoisonEntry, TxnEntry
+from sidecar.ledger.results import RestoreCounts
+from sidecar.ledger.units import from_ms, to_ms
 from sidecar.lua import Scripts
-from sidecar.outbox import PoisonEntry, TxnEntry
 from sidecar.persistence.models import (
     ARCHIVED_TRANSACTIONS,
     Account,
@@ -63,10 +65,8 @@ from sidecar.persistence.models import (
     CreditTransaction,
     table_of,
 )
-from sidecar.redis_client import RedisClient
-from sidecar.redis_client import text as _s
-from sidecar.results import RestoreCounts
-from sidecar.units import from_ms, to_ms
+from sidecar.redis.client import RedisClient
+from sidecar.redis.client import text as _s
 
 log = logging.getLogger(__name__)
 

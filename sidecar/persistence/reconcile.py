@@ -18,11 +18,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar import outbox
-from sidecar.keyspace import KeySpace
+from sidecar.ledger import outbox
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.models import Account, ArchiveTotal, CreditBalance, CreditTransaction
-from sidecar.redis_client import RedisClient
-from sidecar.redis_client import text as _s
+from sidecar.redis.client import RedisClient
+from sidecar.redis.client import text as _s
 
 
 @dataclass(frozen=True)

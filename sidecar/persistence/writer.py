@@ -31,13 +31,13 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar import outbox, replies
-from sidecar.keyspace import KeySpace
+from sidecar.ledger import outbox, replies
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.outbox import PoisonEntry
 from sidecar.lua import Scripts
-from sidecar.outbox import PoisonEntry
 from sidecar.persistence.projection import Batch, apply
-from sidecar.redis_client import RedisClient
-from sidecar.redis_client import text as _s
+from sidecar.redis.client import RedisClient
+from sidecar.redis.client import text as _s
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from sidecar.billing.context import Billing
-from sidecar.embedded import RedisServer
 from sidecar.http.app import create_app
 from sidecar.http.state import BILLING
-from sidecar.redis_client import RedisClient
+from sidecar.redis.client import RedisClient
+from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.billing.fakestripe import FakeStripe, event, sign_webhook
 from tests.conftest import ADMIN, SERVICE, FakeClock, admin

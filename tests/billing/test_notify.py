@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar import units
 from sidecar.billing.notify import HEADER
+from sidecar.ledger import units
 from tests.billing.conftest import MakeRig, Rig
 from tests.conftest import admin, service
 

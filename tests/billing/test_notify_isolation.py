@@ -13,7 +13,7 @@ from sqlalchemy import insert
 from sidecar.billing.stores.events import EVENTS
 from sidecar.billing.stores.notifications import DELIVERIES
 from sidecar.billing.worker import PRUNE_BATCH, TOPUP_TRIGGER
-from sidecar.units import from_ms
+from sidecar.ledger.units import from_ms
 from tests.billing.conftest import MakeRig
 from tests.billing.webhooks import Endpoint, cross, deliveries, eventually, with_endpoint
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from sidecar import metrics, units
 from sidecar.billing import topup
+from sidecar.ledger import units
+from sidecar.runtime import metrics
 from tests.billing.conftest import MakeRig, Rig
 from tests.conftest import admin, service
 

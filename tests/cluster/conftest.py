@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from sidecar.redis_client import RedisClient, connect
+from sidecar.redis.client import RedisClient, connect
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE
 from tests.rediscluster import LocalCluster

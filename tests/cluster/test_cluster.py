@@ -14,12 +14,12 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, Ledger
+from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import OutboxWriter, outbox_status
-from sidecar.redis_client import RedisClient
+from sidecar.redis.client import RedisClient
 from tests.cli.conftest import call
 from tests.conftest import ADMIN, SERVICE
 from tests.rediscluster import LocalCluster

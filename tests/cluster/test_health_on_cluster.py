@@ -8,8 +8,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.http.app import create_app
-from sidecar.keyspace import KeySpace
-from sidecar.redis_client import RedisClient
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
 from tests.http.test_health import (  # noqa: F401
     client_now,

@@ -18,13 +18,13 @@ import pytest
 import redis
 
 from sidecar import errors
-from sidecar.embedded import RedisServer
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, Ledger
+from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import OutboxWriter, outbox_status
-from sidecar.redis_client import connect
+from sidecar.redis.client import connect
+from sidecar.redis.embedded import RedisServer
 from tests.rediscluster import LocalCluster
 
 pytestmark = pytest.mark.slow

@@ -29,10 +29,10 @@ import aiohttp
 import pytest
 from sqlalchemy import text
 
-from sidecar.embedded import RedisServer
-from sidecar.keyspace import KeySpace
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.db import create_engine, resolve_url
 from sidecar.persistence.writer import GROUP
+from sidecar.redis.embedded import RedisServer
 from tests.conftest import ADMIN, SERVICE, admin, service
 from tests.e2e.conftest import wait_listening
 from tests.ports import free_port

@@ -36,13 +36,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from sidecar.embedded import RedisServer
 from sidecar.http.api import build_spec
 from sidecar.http.app import create_app
 from sidecar.http.schemas import ID_PATTERN
 from sidecar.http.state import BILLING, LEDGER
 from sidecar.persistence.writer import OutboxWriter
-from sidecar.redis_client import RedisClient, connect
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.billing.fakestripe import FakeStripe
 from tests.conftest import ADMIN, SERVICE, FakeClock, snapshot

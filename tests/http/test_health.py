@@ -13,13 +13,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.embedded import RedisServer
 from sidecar.http import health
 from sidecar.http.app import create_app
 from sidecar.http.state import BILLING, LEDGER
-from sidecar.ledger import wall_clock_ms
+from sidecar.ledger.calls import wall_clock_ms
 from sidecar.persistence.db import engine_for
-from sidecar.redis_client import RedisClient
+from sidecar.redis.client import RedisClient
+from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin
 from tests.http.test_admin import to_sql

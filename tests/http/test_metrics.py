@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from sidecar.http.app import create_app
-from sidecar.ledger import wall_clock_ms
-from sidecar.redis_client import RedisClient
+from sidecar.ledger.calls import wall_clock_ms
+from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
 from tests.billing.conftest import Rig, fake, make_rig, rig  # noqa: F401  (fixtures)
 from tests.billing.fakestripe import event, sign_webhook

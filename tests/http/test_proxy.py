@@ -14,13 +14,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.apikeys import ApiKeys
-from sidecar.gate import Gate
+from sidecar.gate.decision import Gate
+from sidecar.gate.pricing import PricingError, load_pricing
 from sidecar.http.app import create_app
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Ledger
-from sidecar.pricing import PricingError, load_pricing
-from sidecar.redis_client import connect
+from sidecar.ledger.apikeys import ApiKeys
+from sidecar.ledger.calls import Ledger
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis.client import connect
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin
 from tests.ports import free_port

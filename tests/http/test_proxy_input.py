@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from sidecar.gate.pricing import PricingError, load_pricing
 from sidecar.http.app import create_app
-from sidecar.pricing import PricingError, load_pricing
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, snapshot
 from tests.http.test_proxy import PRICING, Client, onboard

@@ -14,8 +14,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.http.app import create_app
-from sidecar.keyspace import KeySpace
-from sidecar.redis_client import RedisClient
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin
 from tests.http.test_proxy import PRICING, Client, nginx_headers, onboard

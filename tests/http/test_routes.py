@@ -10,8 +10,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.http.app import create_app
-from sidecar.ledger import MAX_CREDITS
-from sidecar.redis_client import RedisClient
+from sidecar.ledger.calls import MAX_CREDITS
+from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin, service, snapshot
 

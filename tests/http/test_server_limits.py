@@ -26,7 +26,7 @@ from aiohttp import StreamReader, web
 
 from sidecar.http.app import create_app
 from sidecar.http.server import Guard, Limits, listen
-from sidecar.redis_client import RedisClient
+from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE
 from tests.ports import free_port

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.http.app import create_app
 from sidecar.http.state import BILLING, LEDGER
 from sidecar.persistence.writer import OutboxWriter
-from sidecar.redis_client import RedisClient
+from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
 from tests.conftest import admin
 from tests.persistence.test_writer import drain

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.ledger import Ledger
+from sidecar.ledger.calls import Ledger
 from sidecar.persistence.archive import ArchiveError, archive, ledger_totals
 from sidecar.persistence.reconcile import reconcile
 from tests.conftest import START_MS, FakeClock

@@ -13,8 +13,8 @@ from sqlalchemy import QueuePool, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sidecar.persistence.db import engine_for
+from sidecar.runtime.writer_runner import WriterProcess
 from sidecar.settings import Settings
-from sidecar.writer_runner import WriterProcess
 from tests.sqlbackend import fresh_database, query
 
 pytestmark = pytest.mark.postgres

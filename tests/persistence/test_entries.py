@@ -1,5 +1,6 @@
-"""The outbox transaction entry's model (sidecar/outbox.py) against what the scripts write and
-what the SQL writer keeps: a transaction read back from its SQL row is the entry it came from."""
+"""The outbox transaction entry's model (sidecar/ledger/outbox.py) against what the scripts
+write and what the SQL writer keeps: a transaction read back from its SQL row is the entry it
+came from."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar import outbox
-from sidecar.ledger import Ledger
+from sidecar.ledger import outbox
+from sidecar.ledger.calls import Ledger
 from sidecar.persistence.models import CreditTransaction, table_of
 from tests.conftest import FakeClock
 from tests.persistence.test_writer import busy_ledger, drain, make_writer

@@ -22,8 +22,6 @@ from hypothesis import HealthCheck, given, settings
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.apikeys import ApiKeys
-from sidecar.embedded import RedisServer
 from sidecar.errors import (
     IdempotencyConflict,
     SidecarError,
@@ -31,8 +29,9 @@ from sidecar.errors import (
     UnknownHold,
     UnknownTransaction,
 )
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, HoldResult, Ledger, RateLimit
+from sidecar.ledger.apikeys import ApiKeys
+from sidecar.ledger.calls import Allowed, HoldResult, Ledger, RateLimit
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.lua import Scripts
 from sidecar.persistence.db import create_engine, migrate
 from sidecar.persistence.rebuild import (
@@ -44,7 +43,8 @@ from sidecar.persistence.rebuild import (
     snapshot,
 )
 from sidecar.persistence.reconcile import reconcile
-from sidecar.redis_client import RedisClient, connect
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.embedded import RedisServer
 from tests.conftest import FakeClock, outbox_entries
 from tests.conftest import snapshot as redis_snapshot
 from tests.model import LedgerModel
@@ -202,7 +202,7 @@ async def redis_state(redis: RedisClient, keys: KeySpace) -> dict[bytes, Any]:
                 for f, v in value.items()
                 if f != b"tat" and not f.startswith(EPHEMERAL_PREFIXES)
             }
-        if kind == "string" and b":i:" in key:  # an idempotency record (sidecar/keyspace.py)
+        if kind == "string" and b":i:" in key:  # an idempotency record (sidecar/ledger/keyspace.py)
             assert isinstance(value, bytes)
             value = {f: v for f, v in json.loads(value).items() if f != "at"}
         out[key] = (kind, value)

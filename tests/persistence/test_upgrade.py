@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.ledger import Allowed, Ledger
+from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.voids import Void, request_digest, send_void
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
-from sidecar.redis_client import RedisClient
-from sidecar.voids import Void, request_digest, send_void
+from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock
 from tests.persistence.test_writer import drain, make_writer
 

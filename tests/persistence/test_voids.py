@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.ledger import Ledger
+from sidecar.ledger.calls import Ledger
+from sidecar.ledger.voids import send_void
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
-from sidecar.redis_client import RedisClient
-from sidecar.voids import send_void
+from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock
 from tests.persistence.test_writer import drain, make_writer
 from tests.test_void import attempt, void_of

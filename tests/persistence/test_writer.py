@@ -12,13 +12,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.apikeys import ApiKeys
-from sidecar.ledger import Ledger, RateLimit
-from sidecar.outbox import FIELD
+from sidecar.ledger.apikeys import ApiKeys
+from sidecar.ledger.calls import Ledger, RateLimit
+from sidecar.ledger.outbox import FIELD
 from sidecar.persistence.db import create_engine
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import GROUP, OutboxWriter, outbox_status
-from sidecar.redis_client import RedisClient
+from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock
 from tests.persistence.conftest import correct_bucket, rows
 

@@ -22,14 +22,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.embedded import RedisServer
 from sidecar.http.app import create_app
-from sidecar.keyspace import KeySpace
-from sidecar.ledger import Allowed, Ledger
+from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import OutboxWriter, outbox_status
-from sidecar.redis_client import RedisClient, connect
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE, admin, service
 from tests.persistence.conftest import empty, rows

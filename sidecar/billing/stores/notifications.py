@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 
 from sidecar.billing.stores.sql import SqlStore, insert_for
+from sidecar.ledger.units import from_ms
 from sidecar.persistence.models import NotificationDelivery, NotificationEndpoint, table_of
-from sidecar.units import from_ms
 
 ENDPOINTS = table_of(NotificationEndpoint)
 DELIVERIES = table_of(NotificationDelivery)

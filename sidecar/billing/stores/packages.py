@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from sidecar.billing import currency
 from sidecar.billing.stores.sql import SqlStore, insert_for
+from sidecar.ledger.units import from_ms
 from sidecar.persistence.models import CreditPackage, table_of
-from sidecar.units import from_ms
 
 PACKAGES = table_of(CreditPackage)
 

@@ -10,8 +10,8 @@ from sqlalchemy import and_, case, select, update
 
 from sidecar.billing.stores.sql import SqlStore, insert_for
 from sidecar.errors import LedgerUnavailable
+from sidecar.ledger.units import from_ms
 from sidecar.persistence.models import StripePurchase, table_of
-from sidecar.units import from_ms
 
 PURCHASES = table_of(StripePurchase)
 

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import and_, case, delete, or_, select, update
 
 from sidecar.billing.stores.sql import SqlStore, insert_for
+from sidecar.ledger.units import from_ms
 from sidecar.persistence.models import AutoTopUp, table_of
-from sidecar.units import from_ms
 
 TOPUPS = table_of(AutoTopUp)
 

@@ -36,7 +36,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 
-from sidecar.units import iso_seconds
+from sidecar.ledger.units import iso_seconds
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -18,13 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sidecar import metrics
-from sidecar.apikeys import ApiKeys
 from sidecar.asciiint import parse_ascii_int
 from sidecar.errors import IdempotencyConflict, InvalidInput, StoreUnavailable
-from sidecar.ledger import Allowed, Insufficient, Ledger, RateLimited, Revoked
-from sidecar.pricing import Pricing
-from sidecar.units import MAX_CREDITS
+from sidecar.gate.pricing import Pricing
+from sidecar.ledger.apikeys import ApiKeys
+from sidecar.ledger.calls import Allowed, Insufficient, Ledger, RateLimited, Revoked
+from sidecar.ledger.units import MAX_CREDITS
+from sidecar.runtime import metrics
 
 log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -93,7 +93,7 @@ class Gate:
     async def decide(
         self, method: str, path: str, headers: Mapping[str, str], query: str = ""
     ) -> Outcome:
-        """``path`` is canonical (sidecar/paths.py); ``headers`` holds the ones named in
+        """``path`` is canonical (sidecar/gate/paths.py); ``headers`` holds the ones named in
         :attr:`headers_read` that were sent, each checked by the proxy layer, keyed as named there.
         ``query`` (raw) is part of what a replay must repeat, and is never stored."""
         return self._shadowed(await self._decide(method, path, headers, query))

@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from sidecar import replies
 from sidecar.errors import SidecarError, StoreUnavailable
+from sidecar.ledger import replies
 
 if TYPE_CHECKING:
-    from sidecar.ledger import Ledger
+    from sidecar.ledger.calls import Ledger
 
 log = logging.getLogger(__name__)
 BATCH = 64  # voids sent at once
@@ -92,8 +92,8 @@ def _wall_ms() -> int:
 
 
 def _count(outcome: str) -> None:
-    # imported here: sidecar.metrics imports the ledger, which imports this module
-    from sidecar import metrics
+    # imported here: sidecar.runtime.metrics imports the ledger, which imports this module
+    from sidecar.runtime import metrics
 
     metrics.VOIDS.labels(outcome).inc()
 
@@ -101,7 +101,7 @@ def _count(outcome: str) -> None:
 async def send_void(ledger: Ledger, v: Void) -> str:
     """Runs sidecar/lua/void.lua for ``v`` (StoreUnavailable while Redis is); returns its outcome:
     voided, marked, not_run, absent or kept."""
-    from sidecar.ledger import store_call  # (the ledger imports this module)
+    from sidecar.ledger.calls import store_call  # (the ledger imports this module)
 
     k = ledger.keys
     record_key = k.idempotency(v.account, v.idempotency_key)

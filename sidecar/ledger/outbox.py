@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
-from sidecar.redis_client import text as _text
-from sidecar.units import MAX_CREDITS, MAX_TIMESTAMP_MS
+from sidecar.ledger.units import MAX_CREDITS, MAX_TIMESTAMP_MS
+from sidecar.redis.client import text as _text
 
 FIELD = "d"
 ORIG_ID = "orig_id"

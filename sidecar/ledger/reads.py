@@ -13,10 +13,10 @@ from sqlalchemy import BigInteger, func, literal_column, select
 
 from sidecar import errors
 from sidecar.billing.stores import Sql
-from sidecar.ledger import Ledger, store_call
+from sidecar.ledger.calls import Ledger, store_call
+from sidecar.ledger.units import from_ms, to_ms
 from sidecar.persistence.models import Account, CreditTransaction, table_of
-from sidecar.redis_client import text
-from sidecar.units import from_ms, to_ms
+from sidecar.redis.client import text
 
 ACCOUNTS = table_of(Account)
 TXNS = table_of(CreditTransaction)

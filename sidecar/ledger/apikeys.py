@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 from cachetools import LRUCache, TTLCache
 
-from sidecar import replies
 from sidecar.errors import UnknownAccount, UnknownKey
-from sidecar.ledger import Ledger, RateLimit, store_call
+from sidecar.ledger import replies
+from sidecar.ledger.calls import Ledger, RateLimit, store_call
 
 KEY_PREFIX = "csk_"
 

@@ -27,7 +27,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from sidecar.datadir import PRIVATE_UMASK, private_file
+from sidecar.runtime.datadir import PRIVATE_UMASK, private_file
 
 if TYPE_CHECKING:
     from sidecar.settings import Settings

@@ -14,7 +14,7 @@ authenticated. Example::
     rate_limit = { requests = 5, period_ms = 1000 }
 
 Patterns are shell-style globs (``*`` also crosses ``/``) matched against the request's
-canonical path (sidecar/paths.py), never the raw URI: without the query string, decoded
+canonical path (sidecar/gate/paths.py), never the raw URI: without the query string, decoded
 (``/%69mages`` is ``/images``, ``%3A`` is ``:``), with ``;`` parameters removed,
 ``.``/``..``/``//`` resolved, and ``%25``, ``%3F``, ``%23``, ``%3B`` kept escaped in upper
 case. A trailing slash is kept, so ``/v1/status`` does not match ``/v1/status/``. Paths are
@@ -35,8 +35,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError
 
-from sidecar.ledger import RateLimit
-from sidecar.units import MAX_CREDITS
+from sidecar.ledger.calls import RateLimit
+from sidecar.ledger.units import MAX_CREDITS
 
 Cost = Annotated[StrictInt, Field(ge=0, le=MAX_CREDITS)] | Literal["deny"]
 
@@ -86,7 +86,7 @@ class Pricing:
     case_insensitive: bool = False  # the rules' patterns are casefolded already
 
     def match(self, method: str, path: str) -> Rule:
-        """The rule for ``path``, a canonical path (sidecar/paths.py)."""
+        """The rule for ``path``, a canonical path (sidecar/gate/paths.py)."""
         path = path.split("?", 1)[0]
         if self.case_insensitive:
             path = path.casefold()

@@ -5,7 +5,7 @@ processes of ``serve --workers N`` report as one.
 increment, one ``bisect`` of its latency into a bucket slot and one float add
 (:class:`CheckStats`): no lock, no prometheus-client call. :func:`flush` moves those counts
 into the Prometheus counter and histogram, and the auto-pipeline's batch and call counters
-(sidecar/autopipe.py counts them anyway) into theirs: at every scrape, and once a second in
+(sidecar/redis/autopipe.py counts them anyway) into theirs: at every scrape, and once a second in
 the workers of a multi-process ``serve``. Rare events (Stripe webhooks, auto top-ups, checks
 let through by ``fail_open``) call prometheus-client directly.
 
@@ -36,10 +36,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from sidecar.autopipe import AutoPipeline
 from sidecar.billing.context import Billing
-from sidecar.ledger import Ledger, store_call
+from sidecar.ledger.calls import Ledger, store_call
 from sidecar.persistence.writer import outbox_status
+from sidecar.redis.autopipe import AutoPipeline
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # prometheus-client chooses its value class when it is imported: this is the same test.
@@ -108,7 +108,7 @@ VOID_OUTCOMES = (
 )
 VOIDS = Counter(
     "credit_sidecar_voids",
-    "Voids of checks answered 503 whose reply was lost (sidecar/voids.py), by outcome",
+    "Voids of checks answered 503 whose reply was lost (sidecar/ledger/voids.py), by outcome",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -16,9 +16,10 @@ not run yet (``LOADING`` after a restart, ``BUSY`` with another script, a cluste
 ``TRYAGAIN`` while its slot migrates) is sent again, with backoff, within the deadline.
 
 A lost connection is reopened and the batch sent again within the deadline; once Redis has
-refused connections for longer than a restart does, a batch fails at once (sidecar/breaker.py).
+refused connections for longer than a restart does, a batch fails at once
+(sidecar/redis/breaker.py).
 A batch that fails before any of its sends reached a connection fails with :class:`NotSent`:
-its calls certainly did not run (a caller that would undo them need not, sidecar/voids.py).
+its calls certainly did not run (a caller that would undo them need not, sidecar/ledger/voids.py).
 
 On a Redis Cluster a batch goes out as redis-py's cluster pipeline instead: it splits the
 batch by slot owner, sends one pipeline per master, and follows MOVED and ASK redirections
@@ -47,8 +48,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sidecar.breaker import give_up
-from sidecar.resp import RespChannel
+from sidecar.redis.breaker import give_up
+from sidecar.redis.resp import RespChannel
 
 # Small enough that several batches are in flight at once (client and server overlap), large
 # enough to save most round trips: 32 measured best on 2 cores (bench: 9.4k -> ~20k calls/s).
@@ -105,7 +106,7 @@ class AutoPipeline:
     ) -> None:
         self.redis = redis
         self._cluster = redis if isinstance(redis, RedisCluster) else None
-        # Single node: lean connections of our own (sidecar/resp.py), set up like the
+        # Single node: lean connections of our own (sidecar/redis/resp.py), set up like the
         # client's pool.
         self._channels = (
             [RespChannel(dict(redis.connection_pool.connection_kwargs)) for _ in range(channels)]

@@ -2,8 +2,8 @@
 they exit, killed by the kernel when their parent dies (PDEATHSIG), stopped with SIGTERM and
 a grace period. `serve` runs the outbox writer this way, and with ``--workers N`` its HTTP
 workers. The embedded Redis is kept running the same way (:class:`SupervisedServer`). Every
-child starts with SIGHUP held (sidecar/reload.py): a reload sent during its start-up does not
-kill it."""
+child starts with SIGHUP held (sidecar/runtime/reload.py): a reload sent during its start-up
+does not kill it."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from sidecar.embedded import RedisServer, die_with_parent
 from sidecar.persistence.writer import pause
-from sidecar.reload import hold_reloads
+from sidecar.redis.embedded import RedisServer, die_with_parent
+from sidecar.runtime.reload import hold_reloads
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Retrying a script call is safe because every mutation carries an id and is idempotent;
 the retries ride out a lost connection and a server restarting and loading its AOF. Once
 Redis has refused connections for longer than a restart does, calls fail at once instead
-(sidecar/breaker.py).
+(sidecar/redis/breaker.py).
 
 A ``redis+cluster://host:port`` URL (or ``rediss+cluster://``) means a Redis Cluster: any
 node's address; the client discovers the rest, follows MOVED and ASK redirections, and finds
@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sidecar.breaker import breaker_for, give_up
+from sidecar.redis.breaker import breaker_for, give_up
 
 # What every part of the sidecar talks to: one server (or a primary with replicas), or a
 # cluster. Both offer the commands we use on keys of one slot.

@@ -1,13 +1,13 @@
 """A lean Redis connection for the hot path: commands go out as RESP packed by hiredis, replies
 are parsed by hiredis and handed to their waiters in order (Redis answers in order), with no
-per-command timers, pool checkouts or retry wrappers. The auto-pipeline (sidecar/autopipe.py)
+per-command timers, pool checkouts or retry wrappers. The auto-pipeline (sidecar/redis/autopipe.py)
 sends its batches through a few of these; everything else uses redis-py.
 
 Error replies come back as redis-py's exception objects (``NoScriptError`` for a flushed
 script, ``BusyLoadingError`` while the server loads its data, ``ResponseError`` otherwise), so
 callers treat them as before. A lost connection fails its waiters with ``ConnectionError`` and
 the next send reconnects; a connect that fails at once (refused) raises a ``ConnectionError``
-whose cause is :class:`sidecar.breaker.ConnectFailed` (see sidecar/breaker.py).
+whose cause is :class:`sidecar.redis.breaker.ConnectFailed` (see sidecar/redis/breaker.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import hiredis
 from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from sidecar.breaker import ConnectFailed, breaker_for
+from sidecar.redis.breaker import ConnectFailed, breaker_for
 
 
 def _error(reply: Exception) -> Exception:
@@ -100,7 +100,7 @@ class RespChannel:
         self.kw = connection_kwargs
         self.protocol: RespProtocol | None = None
         self._connecting: asyncio.Lock | None = None
-        self.writes = 0  # payloads handed to a connection (sidecar/autopipe.py: NotSent)
+        self.writes = 0  # payloads handed to a connection (sidecar/redis/autopipe.py: NotSent)
         # A socket path, or (host, port): also the key of the address's breaker.
         self._address: str | tuple[str, int] = self.kw.get("path") or (
             self.kw.get("host", "127.0.0.1"),

@@ -1,5 +1,5 @@
-"""The typed results of ledger calls (sidecar/ledger.py), as decoded from the scripts' replies
-by sidecar/replies.py. Plain frozen dataclasses: they are built on every check, and a slots
+"""The typed results of ledger calls (sidecar/ledger/calls.py), as decoded from the scripts' replies
+by sidecar/ledger/replies.py. Plain frozen dataclasses: they are built on every check, and a slots
 dataclass is the cheapest typed record to build (see changes/replies.md for the numbers).
 """
 
@@ -166,7 +166,7 @@ class RestoreCounts:
 
 @dataclass(frozen=True, slots=True)
 class VoidResult:
-    """What void.lua did with a void (sidecar/voids.py)."""
+    """What void.lua did with a void (sidecar/ledger/voids.py)."""
 
     # voided (refunded and forgotten), marked (an attempt is still open or got its 200),
     # absent, changed, mismatch, untracked, not_run, overflow (nothing changed)

@@ -21,13 +21,13 @@ import os
 import socket
 import time
 
-from sidecar.keyspace import KeySpace
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.db import engine_for, migrate, resolve_url
 from sidecar.persistence.writer import OutboxWriter, pause
-from sidecar.redis_client import RedisClient, connect
-from sidecar.redis_client import text as _text
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.client import text as _text
+from sidecar.runtime.supervisor import Supervised
 from sidecar.settings import Settings
-from sidecar.supervisor import Supervised
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The credit ledger: typed Python calls over the Lua scripts, one script call each.
 
 The Lua scripts do the validation that matters and all writes; this module builds
-keys and arguments, generates transaction ids and reads the clock; sidecar/replies.py turns
-each script's reply into its result (sidecar/results.py) or a domain error. The clock is
+keys and arguments, generates transaction ids and reads the clock; sidecar/ledger/replies.py turns
+each script's reply into its result (sidecar/ledger/results.py) or a domain error. The clock is
 injectable so tests can move time.
 """
 
@@ -20,14 +20,10 @@ import orjson
 from redis.commands.core import AsyncScript
 from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 
-from sidecar import replies
-from sidecar.autopipe import AutoPipeline, NotSent
 from sidecar.errors import InvalidInput, StoreUnavailable, from_script_error
-from sidecar.keyspace import KeySpace
-from sidecar.lua import Scripts
-from sidecar.redis_client import RedisClient
-from sidecar.redis_client import text as _text
-from sidecar.results import (
+from sidecar.ledger import replies
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
     Allowed,
     Balance,
     Bucket,
@@ -42,9 +38,13 @@ from sidecar.results import (
     Revoked,
     RevokeResult,
 )
+from sidecar.ledger.units import MAX_CREDITS, MAX_TIMESTAMP_MS
+from sidecar.ledger.voids import VOID_DELAY_MS, Void, VoidQueue, new_attempt_token, request_digest
+from sidecar.lua import Scripts
+from sidecar.redis.autopipe import AutoPipeline, NotSent
+from sidecar.redis.client import RedisClient
+from sidecar.redis.client import text as _text
 from sidecar.settings import Settings
-from sidecar.units import MAX_CREDITS, MAX_TIMESTAMP_MS
-from sidecar.voids import VOID_DELAY_MS, Void, VoidQueue, new_attempt_token, request_digest
 
 # The results were defined here first; callers still import them from here.
 __all__ = [
@@ -131,9 +131,9 @@ class Ledger:
         self._script_deadline_ms = int(deadline_s * 1000) - deadline_margin_ms
         self._deadline_margin_ms = deadline_margin_ms
         self.scripts = Scripts.register(redis)
-        # Concurrent calls share round trips (sidecar/autopipe.py), on one node or a cluster.
+        # Concurrent calls share round trips (sidecar/redis/autopipe.py), on one node or a cluster.
         self.pipeline = AutoPipeline(redis, deadline_s=deadline_s) if auto_pipeline else None
-        # Checks answered "unavailable" whose call may have charged (sidecar/voids.py).
+        # Checks answered "unavailable" whose call may have charged (sidecar/ledger/voids.py).
         self.voids = VoidQueue(self, void_queue_max)
 
     def close(self) -> None:
@@ -261,7 +261,8 @@ class Ledger:
         IdempotencyConflict.
 
         StoreUnavailable (answered 503) means not charged: a charging call that may have run
-        anyway (its reply lost or late) is voided once Redis answers again (sidecar/voids.py).
+        anyway (its reply lost or late) is voided once Redis answers again
+        (sidecar/ledger/voids.py).
         ``void_if_lost=False``: the caller answers that failure as allowed (``fail_open``),
         so a charge it may have made stays.
         """

@@ -5,10 +5,10 @@ header (*.lua) documents the same layout. A reply arrives as hiredis or redis-py
 integers as ``int``, strings as ``bytes`` (or ``str`` from a client that decodes replies),
 arrays as lists. Statuses a caller must see as errors (``overflow``, ``hold_expired``) are
 raised here as domain errors; the scripts' own errors (``CS <CODE> ...``) never get here
-(sidecar/ledger.py ``store_errors`` turns them into domain errors first).
+(sidecar/ledger/calls.py ``store_errors`` turns them into domain errors first).
 
 The deduct decoder runs on every check: it compares statuses as they arrive (bytes) instead
-of decoding them first, and builds its Allowed with :func:`sidecar.results.new_allowed`.
+of decoding them first, and builds its Allowed with :func:`sidecar.ledger.results.new_allowed`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from typing import Any
 import orjson
 
 from sidecar.errors import BalanceOverflow, HoldExpired
-from sidecar.redis_client import text
-from sidecar.results import (
+from sidecar.ledger.results import (
     Balance,
     Bucket,
     CloseResult,
@@ -36,6 +35,7 @@ from sidecar.results import (
     VoidResult,
     new_allowed,
 )
+from sidecar.redis.client import text
 
 # A reply's status, whichever way the client hands strings over.
 _OK = (b"ok", "ok")
