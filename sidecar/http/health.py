@@ -43,7 +43,8 @@ from sidecar.http.responses import Health, Readiness, ReadinessCheck, Unhealthy
 from sidecar.http.state import BILLING, EMBEDDED_REDIS, LEDGER, SETTINGS
 from sidecar.ledger.calls import Clock
 from sidecar.ledger.keyspace import KeySpace
-from sidecar.persistence.writer import outbox_status, pause
+from sidecar.persistence.outbox_status import outbox_status
+from sidecar.persistence.writer import pause
 from sidecar.redis.client import RedisClient
 from sidecar.runtime import metrics
 
