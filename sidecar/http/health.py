@@ -223,7 +223,7 @@ async def readyz(call: Call[None, None, None]) -> Readiness | Reply:
         if billing is None:
             return {"ok": False, "error": "not configured"}
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            await db.ping(billing.sql.engine)
+            await db.probe(billing.sql.engine)
         return {"ok": True}
 
     async def writer_lag() -> dict[str, Any]:

@@ -178,7 +178,7 @@ async def migrate_while_unreachable(engine: AsyncEngine, stop: asyncio.Event) ->
             backoff = min(backoff * 2, 10.0)
 
 
-async def ping(engine: AsyncEngine) -> None:
+async def probe(engine: AsyncEngine) -> None:
     """One trivial statement on a connection of ``engine``; raises what SQL raises if it does
     not answer (``/readyz`` reports it)."""
     async with engine.connect() as conn:
