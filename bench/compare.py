@@ -1,0 +1,507 @@
+"""A/B of the ``POST /v1/check`` hot path at two git refs, side by side in one run.
+
+``base`` is a temporary ``git worktree`` of a ref; ``head`` is this working tree (or another
+ref's worktree with ``--head``). Each side gets its own redis-server and its own
+``python -m sidecar serve`` (1 worker, writer off: the hot path alone, and no writer backlog of
+one side's round spilling into the other's), started with ``PYTHONPATH`` and the working
+directory at its tree, both on this venv's libraries. Both are seeded the same way through
+their own HTTP admin API (the Redis layout may differ between refs), then loaded by ``wrk``
+(1 thread, the same connections) in alternating rounds, base-head then head-base (ABBA), so
+that machine noise and drift hit both alike. Per round: req/s, p50/p99, the sidecar's CPU per
+check and Redis's (``INFO cpu`` used_cpu_sys+user, and ``INFO commandstats`` calls and usec,
+of that side's own redis-server). Every side is verified at the end: credits spent, read
+through its own API, equal the checks allowed (give or take the requests in flight when wrk
+stopped); every answer was a 2xx. Results: ``bench/results/compare.md`` and ``compare.json``.
+
+    .venv/bin/python -m bench.compare --base <ref> [--head <ref>] [--rounds 5] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+import uvloop
+
+from bench.checkrate import ADMIN_TOKEN, GRANT, SERVICE_TOKEN, account_names
+from bench.harness import (
+    ROOT,
+    BenchFailure,
+    CpuProbe,
+    busy_before_start,
+    host_info,
+    log,
+    md_table,
+    write_results,
+)
+from bench.load import Server, wrk
+from sidecar.redis.embedded import RedisServer, free_port
+
+
+@dataclass
+class Config:
+    base: str
+    head: str | None  # None: the working tree
+    rounds: int
+    seconds: float
+    warmup: float
+    connections: int
+    accounts: int
+    out: Path
+
+
+@dataclass
+class Round:
+    side: str
+    round: int
+    requests: int
+    per_s: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_us: float  # the sidecar's processes, per check
+    redis_cpu_us: float  # INFO cpu used_cpu_sys + used_cpu_user, per check
+    redis_cmd_us: float  # INFO commandstats usec of the script calls (wall time), per check
+    redis_cmds: float  # commands run per check, the scripts' own calls included
+    other_pct: float  # other processes' CPU, % of one core: the noise this round
+    loadavg: float  # 1-minute load average at the round's end
+
+
+@dataclass
+class Side:
+    name: str  # "base" or "head"
+    ref: str
+    commit: str
+    tree: Path
+    dirty: list[str] = field(default_factory=list)  # uncommitted changes under sidecar/
+    redis: RedisServer | None = None
+    server: Server | None = None
+    ok: int = 0  # 2xx over every wrk run, warm-ups included
+    slack: int = 0  # requests possibly served after wrk stopped counting
+    rounds: list[Round] = field(default_factory=list)
+    verified: str = ""
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except subprocess.CalledProcessError as e:
+        raise BenchFailure(f"git {' '.join(args)}: {e.stderr.strip()}") from e
+
+
+@contextlib.contextmanager
+def worktree(ref: str, path: Path) -> Iterator[Path]:
+    """A detached worktree of ``ref`` at ``path``, removed at the end."""
+    git("worktree", "add", "--detach", "--quiet", str(path), ref)
+    try:
+        package_dirs(path)
+        yield path
+    finally:
+        with contextlib.suppress(BenchFailure):
+            git("worktree", "remove", "--force", str(path))
+
+
+def package_dirs(tree: Path) -> None:
+    """Older refs mapped packages to other folders in pyproject (``sidecar.lua`` = ``lua/``),
+    which only an install honours. On ``PYTHONPATH`` such a package would be missing from the
+    tree and found by this venv's editable install instead, in the other tree: link it."""
+    meta = tomllib.loads((tree / "pyproject.toml").read_text())
+    mapping = meta.get("tool", {}).get("setuptools", {}).get("package-dir", {})
+    for pkg, folder in mapping.items():
+        link = tree / pkg.replace(".", "/")
+        if pkg and pkg.replace(".", "/") != folder and not link.exists():
+            link.symlink_to((tree / folder).resolve(), target_is_directory=True)
+
+
+def tree_env(tree: Path, redis_url: str, data: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    return env | {
+        "PYTHONPATH": str(tree),
+        "SIDECAR_REDIS_URL": redis_url,
+        "SIDECAR_DATA_DIR": str(data),
+        "SIDECAR_ADMIN_TOKEN": ADMIN_TOKEN,
+        "SIDECAR_SERVICE_TOKEN": SERVICE_TOKEN,
+        "SIDECAR_WORKERS": "1",
+        "SIDECAR_WRITER": "off",
+        "SIDECAR_LISTEN": f"127.0.0.1:{port}",
+    }
+
+
+PREFLIGHT = """
+import importlib, importlib.resources, json, sys
+importlib.import_module("sidecar.cli.serve")
+lua = importlib.resources.files("sidecar.lua")
+files = {n: getattr(m, "__file__", None) for n, m in sys.modules.items() if n.startswith("sidecar")}
+print(json.dumps({"files": files, "lua": str(lua)}))
+"""
+
+
+def preflight(side: Side) -> int:
+    """The tree's server code imports with this venv's libraries, and every ``sidecar``
+    module (and the Lua scripts) comes from that tree, not from the editable install."""
+    env = tree_env(side.tree, "redis://127.0.0.1:1", side.tree, 1)
+    proc = subprocess.run(
+        [sys.executable, "-c", PREFLIGHT], env=env, cwd=side.tree, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise BenchFailure(
+            f"{side.name} ({side.ref}) does not import with this venv:\n{proc.stderr[-2000:]}"
+        )
+    import json
+
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    root = side.tree.resolve()
+    paths = [f for f in found["files"].values() if f] + [found["lua"]]
+    stray = [p for p in paths if not Path(p).resolve().is_relative_to(root)]
+    if stray:
+        raise BenchFailure(f"{side.name}: modules loaded from outside {root}: {stray[:5]}")
+    return len(found["files"])
+
+
+async def seed(side: Side, accounts: list[str]) -> None:
+    """Each account configured and granted ``GRANT`` credits through the side's own API."""
+    assert side.server is not None
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    sem = asyncio.Semaphore(32)
+    async with aiohttp.ClientSession(side.server.url, headers=headers) as s:
+
+        async def one(a: str) -> None:
+            async with sem:
+                async with s.put(f"/v1/accounts/{a}", json={}) as r:
+                    if r.status not in (200, 201):
+                        raise BenchFailure(f"{side.name}: PUT account {r.status} {await r.text()}")
+                grant = {"grant_id": "bench-grant", "credits": GRANT, "source": "purchase"}
+                async with s.post(f"/v1/accounts/{a}/grants", json=grant) as r:
+                    if r.status not in (200, 201):
+                        raise BenchFailure(f"{side.name}: grant {r.status} {await r.text()}")
+
+        await asyncio.gather(*(one(a) for a in accounts))
+
+
+async def spent(side: Side, accounts: list[str]) -> tuple[int, int]:
+    """Credits spent and the lowest balance, read through the side's own API."""
+    assert side.server is not None
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    total, lowest = 0, GRANT
+    async with aiohttp.ClientSession(side.server.url, headers=headers) as s:
+        for a in accounts:
+            async with s.get(f"/v1/accounts/{a}/balance") as r:
+                if r.status != 200:
+                    raise BenchFailure(f"{side.name}: balance {r.status} {await r.text()}")
+                bal = int((await r.json())["balance"])
+            total += GRANT - bal
+            lowest = min(lowest, bal)
+    return total, lowest
+
+
+SCRIPT_CALLS = {f"cmdstat_{c}" for c in ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall")}
+
+
+async def redis_counters(client: aioredis.Redis) -> tuple[float, int, int]:
+    """(CPU seconds, commands run, µs inside script calls) of a redis-server so far."""
+    cpu: Any = await client.info("cpu")
+    stats: Any = await client.info("commandstats")
+    cmds = {k: v for k, v in stats.items() if k.startswith("cmdstat_")}
+    used = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+    # A script's usec includes the commands it calls (also counted on their own): only the
+    # top-level script calls, or the time would count twice.
+    scripts = sum(int(v["usec"]) for k, v in cmds.items() if k in SCRIPT_CALLS)
+    return used, sum(int(v["calls"]) for v in cmds.values()), scripts
+
+
+async def load(cfg: Config, side: Side, seconds: float) -> dict[str, Any]:
+    assert side.server is not None
+    args = [str(cfg.accounts), SERVICE_TOKEN]
+    res = await asyncio.to_thread(wrk, side.server.url, "check.lua", args, cfg.connections, seconds)
+    side.ok += res["requests"] - res["non2xx"]
+    side.slack += cfg.connections
+    if res["non2xx"] or res["socket_errors"]:
+        raise BenchFailure(
+            f"{side.name}: {res['non2xx']} non-2xx answers, {res['socket_errors']} socket errors"
+        )
+    return res
+
+
+async def measure(cfg: Config, side: Side, client: aioredis.Redis, n: int) -> Round:
+    assert side.server is not None and side.redis is not None and side.redis.process is not None
+    rpid = side.redis.process.pid
+    probe = CpuProbe({"server": side.server.pids, "redis_server": lambda: [rpid]})
+    r0, a = await redis_counters(client), probe.snap()
+    res = await load(cfg, side, cfg.seconds)
+    b, r1 = probe.snap(), await redis_counters(client)
+    cpu = CpuProbe.usage(a, b)
+    checks = max(res["requests"], 1)
+    wall = b.wall - a.wall
+    rnd = Round(
+        side=side.name,
+        round=n,
+        requests=res["requests"],
+        per_s=round(res["requests"] / (res["duration_us"] / 1e6), 1),
+        p50_ms=res["p50_us"] / 1000,
+        p99_ms=res["p99_us"] / 1000,
+        server_cpu_us=round(cpu["server_pct"] / 100 * wall / checks * 1e6, 2),
+        redis_cpu_us=round((r1[0] - r0[0]) / checks * 1e6, 2),
+        redis_cmd_us=round((r1[2] - r0[2]) / checks, 2),
+        redis_cmds=round((r1[1] - r0[1]) / checks, 3),
+        other_pct=cpu["other_pct"],
+        loadavg=round(os.getloadavg()[0], 2),
+    )
+    log(
+        f"  round {n} {side.name:4} {rnd.per_s:9,.0f} req/s  p50 {rnd.p50_ms:.2f} ms"
+        f"  p99 {rnd.p99_ms:.2f} ms  redis {rnd.redis_cpu_us:.1f} µs/check"
+        f"  server {rnd.server_cpu_us:.1f} µs/check  others {rnd.other_pct:.0f}% of a core"
+    )
+    side.rounds.append(rnd)
+    return rnd
+
+
+@contextlib.asynccontextmanager
+async def running(side: Side, tmp: Path) -> AsyncIterator[aioredis.Redis]:
+    """The side's own redis-server and sidecar server; a client of that Redis."""
+    side.redis = RedisServer(tmp / side.name / "redis", port=free_port())
+    side.redis.directory.mkdir(parents=True, exist_ok=True)
+    side.redis.start()
+    client = aioredis.Redis.from_url(side.redis.url)
+    try:
+        port = free_port()
+        env = tree_env(side.tree, side.redis.url, tmp / side.name / "data", port)
+        argv = [sys.executable, "-m", "sidecar", "serve"]
+        async with Server(f"{side.name} sidecar", argv, env, port, cwd=side.tree) as s:
+            side.server = s
+            yield client
+    finally:
+        await client.aclose()
+        side.redis.stop()
+
+
+def median(xs: list[float]) -> float:
+    return round(statistics.median(xs), 2)
+
+
+def summary(side: Side) -> dict[str, float]:
+    rs = side.rounds
+    return {
+        "median_per_s": median([r.per_s for r in rs]),
+        "min_per_s": min(r.per_s for r in rs),
+        "max_per_s": max(r.per_s for r in rs),
+        "median_p50_ms": median([r.p50_ms for r in rs]),
+        "median_p99_ms": median([r.p99_ms for r in rs]),
+        "median_server_cpu_us": median([r.server_cpu_us for r in rs]),
+        "median_redis_cpu_us": median([r.redis_cpu_us for r in rs]),
+        "median_redis_cmd_us": median([r.redis_cmd_us for r in rs]),
+        "redis_cmds_per_check": median([r.redis_cmds for r in rs]),
+    }
+
+
+async def run(cfg: Config) -> dict[str, Any]:
+    started = datetime.now(UTC).replace(microsecond=0).isoformat()
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="cs-bench-compare-"))
+    accounts = account_names(cfg.accounts)
+    try:
+        with contextlib.ExitStack() as stack:
+            base = Side("base", cfg.base, git("rev-parse", "--short", cfg.base), tmp / "base-tree")
+            stack.enter_context(worktree(base.commit, base.tree))
+            if cfg.head is None:
+                head = Side("head", "working tree", git("rev-parse", "--short", "HEAD"), ROOT)
+                changed = git("status", "--porcelain", "--", "sidecar")
+                head.dirty = [x for x in changed.splitlines() if x]
+            else:
+                head = Side("head", cfg.head, git("rev-parse", "--short", cfg.head), tmp / "h")
+                stack.enter_context(worktree(head.commit, head.tree))
+            sides = [base, head]
+            for s in sides:
+                log(f"{s.name}: {s.ref} ({s.commit}) at {s.tree}: {preflight(s)} modules import")
+            quiet = await busy_before_start()
+            load_before = os.getloadavg()
+            async with running(base, tmp) as base_redis, running(head, tmp) as head_redis:
+                clients = {"base": base_redis, "head": head_redis}
+                for s in sides:
+                    await seed(s, accounts)
+                log(f"seeded {cfg.accounts} accounts on each side; warm-up {cfg.warmup:g} s each")
+                for s in sides:
+                    await load(cfg, s, cfg.warmup)
+                for n in range(1, cfg.rounds + 1):
+                    # ABBA: the order flips every round, so a drift favours neither side.
+                    for s in sides if n % 2 else sides[::-1]:
+                        await measure(cfg, s, clients[s.name], n)
+                for s in sides:
+                    total, lowest = await spent(s, accounts)
+                    if lowest < 0 or not s.ok <= total <= s.ok + s.slack:
+                        raise BenchFailure(
+                            f"WRONG RESULT ({s.name}): {s.ok} checks allowed, {total} spent"
+                        )
+                    s.verified = (
+                        f"{total:,} credits spent for {s.ok:,} allowed checks "
+                        f"(+ <= {s.slack} in flight), no balance below zero, no non-2xx"
+                    )
+                    log(f"{s.name}: {s.verified}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    sb, sh = summary(base), summary(head)
+    pairs = [round(h.per_s / b.per_s, 3) for b, h in zip(base.rounds, head.rounds, strict=True)]
+    return {
+        "started": started,
+        "elapsed_s": round(time.perf_counter() - t0, 1),
+        "machine": host_info()
+        | {
+            "busy_before_start_pct": quiet,
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "config": asdict(cfg) | {"out": str(cfg.out)},
+        "sides": {
+            s.name: {
+                "ref": s.ref,
+                "commit": s.commit,
+                "uncommitted": s.dirty,
+                "verified": s.verified,
+                "summary": summ,
+                "rounds": [asdict(r) for r in s.rounds],
+            }
+            for s, summ in ((base, sb), (head, sh))
+        },
+        "ratio_per_s": round(sh["median_per_s"] / sb["median_per_s"], 3),
+        "ratio_per_s_by_round": pairs,
+        "ratio_redis_cpu": round(sh["median_redis_cpu_us"] / sb["median_redis_cpu_us"], 3),
+        "ratio_redis_cmd_us": round(sh["median_redis_cmd_us"] / sb["median_redis_cmd_us"], 3),
+        "ratio_server_cpu": round(sh["median_server_cpu_us"] / sb["median_server_cpu_us"], 3),
+    }
+
+
+def render(r: dict[str, Any]) -> str:
+    b, h = r["sides"]["base"], r["sides"]["head"]
+    c, m = r["config"], r["machine"]
+    bs, hs = b["summary"], h["summary"]
+
+    def spread(s: dict[str, float]) -> str:
+        return f"{(s['max_per_s'] - s['min_per_s']) / s['median_per_s'] * 100:.1f}%"
+
+    def row(name: str, key: str, fmt: str, ratio: str | None = None) -> list[str]:
+        x, y = bs[key], hs[key]
+        return [name, format(x, fmt), format(y, fmt), ratio or (f"{y / x:.3f}" if x else "-")]
+
+    by_round = ", ".join(f"{x:.3f}" for x in r["ratio_per_s_by_round"])
+    head_name = f"`{h['commit']}`" + (" + uncommitted" if h["uncommitted"] else "")
+    summary_rows = [
+        row("req/s (median of rounds)", "median_per_s", ",.0f", f"**{r['ratio_per_s']:.3f}**"),
+        ["req/s spread (max-min)/median", spread(bs), spread(hs), ""],
+        row("p50 ms (median)", "median_p50_ms", ".2f"),
+        row("p99 ms (median)", "median_p99_ms", ".2f"),
+        row("sidecar CPU µs/check", "median_server_cpu_us", ".1f"),
+        row(
+            "Redis CPU µs/check (used_cpu)",
+            "median_redis_cpu_us",
+            ".1f",
+            f"**{r['ratio_redis_cpu']:.3f}**",
+        ),
+        row("Redis µs/check inside scripts (wall)", "median_redis_cmd_us", ".1f"),
+        row("Redis commands/check (scripts' included)", "redis_cmds_per_check", ".2f"),
+    ]
+    rounds = [
+        [
+            str(x["round"]),
+            x["side"],
+            f"{x['per_s']:,.0f}",
+            f"{x['p50_ms']:.2f} / {x['p99_ms']:.2f}",
+            f"{x['server_cpu_us']:.1f}",
+            f"{x['redis_cpu_us']:.1f}",
+            f"{x['redis_cmd_us']:.1f}",
+            f"{x['other_pct']:.0f}%",
+            f"{x['loadavg']:.2f}",
+        ]
+        for pair in zip(b["rounds"], h["rounds"], strict=True)
+        for x in (pair if pair[0]["round"] % 2 else pair[::-1])
+    ]
+    return "\n".join(
+        [
+            f"# `/v1/check` A/B: `{b['ref']}` (`{b['commit']}`) vs {head_name}",
+            "",
+            f"{r['started']}, {m['cpu_count']} cores ({m['cpu_model']}), {m['python']}. "
+            f"`wrk` 1 thread, {c['connections']} connections, {c['accounts']} accounts; "
+            f"{c['rounds']} rounds of {c['seconds']:g} s per side after a {c['warmup']:g} s "
+            "warm-up, in ABBA order; each side its own redis-server and `sidecar serve` "
+            "(1 worker, writer off), started from its own tree on the same venv.",
+            "",
+            md_table(summary_rows, ["", f"base `{b['commit']}`", f"head {head_name}", "head/base"]),
+            "",
+            f"head/base req/s by round: {by_round}.",
+            "",
+            md_table(
+                rounds,
+                [
+                    "round",
+                    "side",
+                    "req/s",
+                    "p50 / p99 ms",
+                    "sidecar CPU µs/check",
+                    "Redis CPU µs/check",
+                    "Redis µs in scripts",
+                    "others' CPU (% of a core)",
+                    "load avg",
+                ],
+            ),
+            "",
+            f"Machine load: busy {m['busy_before_start_pct']:g}% of one core before the start; "
+            f"load average {' '.join(map(str, m['loadavg_before']))} before, "
+            f"{' '.join(map(str, m['loadavg_after']))} after (shared machine: other processes "
+            "run meanwhile; the interleaving spreads them over both sides).",
+            "",
+            f"Verified: base {b['verified']}; head {h['verified']}.",
+            "",
+        ]
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.compare", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    p.add_argument("--base", required=True, help="git ref of the baseline")
+    p.add_argument("--head", help="git ref to compare (default: the working tree)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--accounts", type=int, default=1000)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    a = p.parse_args(argv)
+    return Config(a.base, a.head, a.rounds, a.seconds, a.warmup, a.connections, a.accounts, a.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is missing: run scripts/bench-deps.sh (apt-get install wrk)", file=sys.stderr)
+        return 2
+    try:
+        result = uvloop.run(run(cfg))
+    except BenchFailure as e:
+        print(f"\nBENCH FAILED: {e}", file=sys.stderr)
+        return 1
+    md = render(result)
+    write_results(cfg.out, "compare", md, result)
+    print(md)
+    log(f"wrote {cfg.out / 'compare.md'} and compare.json ({result['elapsed_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
