@@ -13,7 +13,7 @@ of that side's own redis-server). Every side is verified at the end: credits spe
 through its own API, equal the checks allowed (give or take the requests in flight when wrk
 stopped); every answer was a 2xx. Results: ``bench/results/compare.md`` and ``compare.json``.
 
-    .venv/bin/python -m bench.compare --base <ref> [--head <ref>] [--rounds 5] [--seconds 10]
+    .venv/bin/python -m bench.compare --base <ref> [--head <ref>] [--rounds 12] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -40,14 +41,15 @@ import redis.asyncio as aioredis
 import uvloop
 
 from bench.checkrate import ADMIN_TOKEN, GRANT, SERVICE_TOKEN, account_names
+from bench.compare_report import render
 from bench.harness import (
     ROOT,
     BenchFailure,
     CpuProbe,
+    Pids,
     busy_before_start,
     host_info,
     log,
-    md_table,
     write_results,
 )
 from bench.load import Server, wrk
@@ -79,6 +81,7 @@ class Round:
     redis_cmd_us: float  # INFO commandstats usec of the script calls (wall time), per check
     redis_cmds: float  # commands run per check, the scripts' own calls included
     other_pct: float  # other processes' CPU, % of one core: the noise this round
+    idle_side_pct: float  # the other side's server and Redis meanwhile (should be about 0)
     loadavg: float  # 1-minute load average at the round's end
 
 
@@ -239,10 +242,24 @@ async def load(cfg: Config, side: Side, seconds: float) -> dict[str, Any]:
     return res
 
 
-async def measure(cfg: Config, side: Side, client: aioredis.Redis, n: int) -> Round:
+def pids(side: Side) -> tuple[Pids, Pids]:
+    """The side's server processes and its redis-server (with any child it forks)."""
     assert side.server is not None and side.redis is not None and side.redis.process is not None
+    server = side.server
     rpid = side.redis.process.pid
-    probe = CpuProbe({"server": side.server.pids, "redis_server": lambda: [rpid]})
+    return server.pids, lambda: Server.tree_of(rpid)
+
+
+async def measure(cfg: Config, side: Side, idle: Side, client: aioredis.Redis, n: int) -> Round:
+    server, redis_server = pids(side)
+    idle_server, idle_redis = pids(idle)
+    probe = CpuProbe(
+        {
+            "server": server,
+            "redis_server": redis_server,
+            "idle_side": lambda: idle_server() + idle_redis(),
+        }
+    )
     r0, a = await redis_counters(client), probe.snap()
     res = await load(cfg, side, cfg.seconds)
     b, r1 = probe.snap(), await redis_counters(client)
@@ -261,6 +278,7 @@ async def measure(cfg: Config, side: Side, client: aioredis.Redis, n: int) -> Ro
         redis_cmd_us=round((r1[2] - r0[2]) / checks, 2),
         redis_cmds=round((r1[1] - r0[1]) / checks, 3),
         other_pct=cpu["other_pct"],
+        idle_side_pct=cpu["idle_side_pct"],
         loadavg=round(os.getloadavg()[0], 2),
     )
     log(
@@ -275,7 +293,12 @@ async def measure(cfg: Config, side: Side, client: aioredis.Redis, n: int) -> Ro
 @contextlib.asynccontextmanager
 async def running(side: Side, tmp: Path) -> AsyncIterator[aioredis.Redis]:
     """The side's own redis-server and sidecar server; a client of that Redis."""
-    side.redis = RedisServer(tmp / side.name / "redis", port=free_port())
+    # No automatic AOF rewrite: its fork would load whichever side runs next, at random.
+    side.redis = RedisServer(
+        tmp / side.name / "redis",
+        port=free_port(),
+        extra_args=("--auto-aof-rewrite-percentage", "0"),
+    )
     side.redis.directory.mkdir(parents=True, exist_ok=True)
     side.redis.start()
     client = aioredis.Redis.from_url(side.redis.url)
@@ -289,6 +312,25 @@ async def running(side: Side, tmp: Path) -> AsyncIterator[aioredis.Redis]:
     finally:
         await client.aclose()
         side.redis.stop()
+
+
+def paired(base: list[Round], head: list[Round], key: str) -> dict[str, Any]:
+    """Head/base of ``key`` round by round, their geometric mean and its 95% bootstrap
+    interval: how far the ratio could move by the noise of this run alone."""
+    ratios = [
+        getattr(h, key) / getattr(b, key)
+        for b, h in zip(base, head, strict=True)
+        if getattr(b, key)
+    ]
+    rng = random.Random(0)
+    means = sorted(
+        statistics.geometric_mean(rng.choices(ratios, k=len(ratios))) for _ in range(2000)
+    )
+    return {
+        "by_round": [round(x, 3) for x in ratios],
+        "geomean": round(statistics.geometric_mean(ratios), 3),
+        "ci95": [round(means[49], 3), round(means[1949], 3)],
+    }
 
 
 def median(xs: list[float]) -> float:
@@ -341,7 +383,8 @@ async def run(cfg: Config) -> dict[str, Any]:
                 for n in range(1, cfg.rounds + 1):
                     # ABBA: the order flips every round, so a drift favours neither side.
                     for s in sides if n % 2 else sides[::-1]:
-                        await measure(cfg, s, clients[s.name], n)
+                        idle = head if s is base else base
+                        await measure(cfg, s, idle, clients[s.name], n)
                 for s in sides:
                     total, lowest = await spent(s, accounts)
                     if lowest < 0 or not s.ok <= total <= s.ok + s.slack:
@@ -356,7 +399,10 @@ async def run(cfg: Config) -> dict[str, Any]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     sb, sh = summary(base), summary(head)
-    pairs = [round(h.per_s / b.per_s, 3) for b, h in zip(base.rounds, head.rounds, strict=True)]
+    # Paired by round (ABBA with an even number of rounds puts each side first equally
+    # often, so an effect of the position in a round cancels).
+    rate = paired(base.rounds, head.rounds, "per_s")
+    redis_cpu = paired(base.rounds, head.rounds, "redis_cpu_us")
     return {
         "started": started,
         "elapsed_s": round(time.perf_counter() - t0, 1),
@@ -379,95 +425,12 @@ async def run(cfg: Config) -> dict[str, Any]:
             for s, summ in ((base, sb), (head, sh))
         },
         "ratio_per_s": round(sh["median_per_s"] / sb["median_per_s"], 3),
-        "ratio_per_s_by_round": pairs,
+        "paired_per_s": rate,
+        "paired_redis_cpu_us": redis_cpu,
         "ratio_redis_cpu": round(sh["median_redis_cpu_us"] / sb["median_redis_cpu_us"], 3),
         "ratio_redis_cmd_us": round(sh["median_redis_cmd_us"] / sb["median_redis_cmd_us"], 3),
         "ratio_server_cpu": round(sh["median_server_cpu_us"] / sb["median_server_cpu_us"], 3),
     }
-
-
-def render(r: dict[str, Any]) -> str:
-    b, h = r["sides"]["base"], r["sides"]["head"]
-    c, m = r["config"], r["machine"]
-    bs, hs = b["summary"], h["summary"]
-
-    def spread(s: dict[str, float]) -> str:
-        return f"{(s['max_per_s'] - s['min_per_s']) / s['median_per_s'] * 100:.1f}%"
-
-    def row(name: str, key: str, fmt: str, ratio: str | None = None) -> list[str]:
-        x, y = bs[key], hs[key]
-        return [name, format(x, fmt), format(y, fmt), ratio or (f"{y / x:.3f}" if x else "-")]
-
-    by_round = ", ".join(f"{x:.3f}" for x in r["ratio_per_s_by_round"])
-    head_name = f"`{h['commit']}`" + (" + uncommitted" if h["uncommitted"] else "")
-    summary_rows = [
-        row("req/s (median of rounds)", "median_per_s", ",.0f", f"**{r['ratio_per_s']:.3f}**"),
-        ["req/s spread (max-min)/median", spread(bs), spread(hs), ""],
-        row("p50 ms (median)", "median_p50_ms", ".2f"),
-        row("p99 ms (median)", "median_p99_ms", ".2f"),
-        row("sidecar CPU µs/check", "median_server_cpu_us", ".1f"),
-        row(
-            "Redis CPU µs/check (used_cpu)",
-            "median_redis_cpu_us",
-            ".1f",
-            f"**{r['ratio_redis_cpu']:.3f}**",
-        ),
-        row("Redis µs/check inside scripts (wall)", "median_redis_cmd_us", ".1f"),
-        row("Redis commands/check (scripts' included)", "redis_cmds_per_check", ".2f"),
-    ]
-    rounds = [
-        [
-            str(x["round"]),
-            x["side"],
-            f"{x['per_s']:,.0f}",
-            f"{x['p50_ms']:.2f} / {x['p99_ms']:.2f}",
-            f"{x['server_cpu_us']:.1f}",
-            f"{x['redis_cpu_us']:.1f}",
-            f"{x['redis_cmd_us']:.1f}",
-            f"{x['other_pct']:.0f}%",
-            f"{x['loadavg']:.2f}",
-        ]
-        for pair in zip(b["rounds"], h["rounds"], strict=True)
-        for x in (pair if pair[0]["round"] % 2 else pair[::-1])
-    ]
-    return "\n".join(
-        [
-            f"# `/v1/check` A/B: `{b['ref']}` (`{b['commit']}`) vs {head_name}",
-            "",
-            f"{r['started']}, {m['cpu_count']} cores ({m['cpu_model']}), {m['python']}. "
-            f"`wrk` 1 thread, {c['connections']} connections, {c['accounts']} accounts; "
-            f"{c['rounds']} rounds of {c['seconds']:g} s per side after a {c['warmup']:g} s "
-            "warm-up, in ABBA order; each side its own redis-server and `sidecar serve` "
-            "(1 worker, writer off), started from its own tree on the same venv.",
-            "",
-            md_table(summary_rows, ["", f"base `{b['commit']}`", f"head {head_name}", "head/base"]),
-            "",
-            f"head/base req/s by round: {by_round}.",
-            "",
-            md_table(
-                rounds,
-                [
-                    "round",
-                    "side",
-                    "req/s",
-                    "p50 / p99 ms",
-                    "sidecar CPU µs/check",
-                    "Redis CPU µs/check",
-                    "Redis µs in scripts",
-                    "others' CPU (% of a core)",
-                    "load avg",
-                ],
-            ),
-            "",
-            f"Machine load: busy {m['busy_before_start_pct']:g}% of one core before the start; "
-            f"load average {' '.join(map(str, m['loadavg_before']))} before, "
-            f"{' '.join(map(str, m['loadavg_after']))} after (shared machine: other processes "
-            "run meanwhile; the interleaving spreads them over both sides).",
-            "",
-            f"Verified: base {b['verified']}; head {h['verified']}.",
-            "",
-        ]
-    )
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -476,8 +439,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
     p.add_argument("--base", required=True, help="git ref of the baseline")
     p.add_argument("--head", help="git ref to compare (default: the working tree)")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--seconds", type=float, default=10.0)
+    # Short rounds, many of them: on a shared machine the load of others changes within seconds
+    # (A/A runs here: 4 x 10 s gave a 95% interval of -26%..+3%, 20 x 3 s of -9%..+9%).
+    p.add_argument(
+        "--rounds", type=int, default=12, help="per side; even: each side first as often"
+    )
+    p.add_argument("--seconds", type=float, default=5.0, help="of each round")
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--accounts", type=int, default=1000)

@@ -35,9 +35,12 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def pids(self) -> list[int]:
-        if self.proc is None:
-            return []
-        found, todo = [self.proc.pid], [self.proc.pid]
+        return [] if self.proc is None else self.tree_of(self.proc.pid)
+
+    @staticmethod
+    def tree_of(pid: int) -> list[int]:
+        """``pid`` and its descendants."""
+        found, todo = [pid], [pid]
         while todo:
             out = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True)
             kids = [int(p) for p in out.stdout.split()]
