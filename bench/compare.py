@@ -84,6 +84,12 @@ class Round:
     idle_side_pct: float  # the other side's server and Redis meanwhile (should be about 0)
     loadavg: float  # 1-minute load average at the round's end
 
+    @property
+    def cpu_us(self) -> float:
+        """The sidecar's and Redis's CPU per check: the work a check costs, which the load of
+        other processes moves less than the rate (they take CPU away, not add work)."""
+        return self.server_cpu_us + self.redis_cpu_us
+
 
 @dataclass
 class Side:
@@ -403,6 +409,7 @@ async def run(cfg: Config) -> dict[str, Any]:
     # often, so an effect of the position in a round cancels).
     rate = paired(base.rounds, head.rounds, "per_s")
     redis_cpu = paired(base.rounds, head.rounds, "redis_cpu_us")
+    cpu = paired(base.rounds, head.rounds, "cpu_us")
     return {
         "started": started,
         "elapsed_s": round(time.perf_counter() - t0, 1),
@@ -427,6 +434,7 @@ async def run(cfg: Config) -> dict[str, Any]:
         "ratio_per_s": round(sh["median_per_s"] / sb["median_per_s"], 3),
         "paired_per_s": rate,
         "paired_redis_cpu_us": redis_cpu,
+        "paired_cpu_us": cpu,
         "ratio_redis_cpu": round(sh["median_redis_cpu_us"] / sb["median_redis_cpu_us"], 3),
         "ratio_redis_cmd_us": round(sh["median_redis_cmd_us"] / sb["median_redis_cmd_us"], 3),
         "ratio_server_cpu": round(sh["median_server_cpu_us"] / sb["median_server_cpu_us"], 3),

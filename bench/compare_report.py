@@ -74,6 +74,8 @@ def render(r: dict[str, Any]) -> str:
             "",
             pair_line("req/s", r["paired_per_s"]),
             "",
+            pair_line("sidecar + Redis CPU µs/check", r["paired_cpu_us"]),
+            "",
             pair_line("Redis CPU µs/check", r["paired_redis_cpu_us"]),
             "",
             md_table(
