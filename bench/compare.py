@@ -80,6 +80,7 @@ class Round:
     redis_cpu_us: float  # INFO cpu used_cpu_sys + used_cpu_user, per check
     redis_cmd_us: float  # INFO commandstats usec of the script calls (wall time), per check
     redis_cmds: float  # commands run per check, the scripts' own calls included
+    aof_bytes: float  # appended to the AOF per check (what the scripts write)
     other_pct: float  # other processes' CPU, % of one core: the noise this round
     idle_side_pct: float  # the other side's server and Redis meanwhile (should be about 0)
     loadavg: float  # 1-minute load average at the round's end
@@ -223,16 +224,18 @@ async def spent(side: Side, accounts: list[str]) -> tuple[int, int]:
 SCRIPT_CALLS = {f"cmdstat_{c}" for c in ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall")}
 
 
-async def redis_counters(client: aioredis.Redis) -> tuple[float, int, int]:
-    """(CPU seconds, commands run, µs inside script calls) of a redis-server so far."""
+async def redis_counters(client: aioredis.Redis) -> tuple[float, int, int, int]:
+    """(CPU seconds, commands run, µs inside script calls, AOF bytes) of a redis-server."""
     cpu: Any = await client.info("cpu")
+    aof: Any = await client.info("persistence")
     stats: Any = await client.info("commandstats")
     cmds = {k: v for k, v in stats.items() if k.startswith("cmdstat_")}
     used = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
     # A script's usec includes the commands it calls (also counted on their own): only the
     # top-level script calls, or the time would count twice.
     scripts = sum(int(v["usec"]) for k, v in cmds.items() if k in SCRIPT_CALLS)
-    return used, sum(int(v["calls"]) for v in cmds.values()), scripts
+    calls = sum(int(v["calls"]) for v in cmds.values())
+    return used, calls, scripts, int(aof.get("aof_current_size", 0))
 
 
 async def load(cfg: Config, side: Side, seconds: float) -> dict[str, Any]:
@@ -283,6 +286,7 @@ async def measure(cfg: Config, side: Side, idle: Side, client: aioredis.Redis, n
         redis_cpu_us=round((r1[0] - r0[0]) / checks * 1e6, 2),
         redis_cmd_us=round((r1[2] - r0[2]) / checks, 2),
         redis_cmds=round((r1[1] - r0[1]) / checks, 3),
+        aof_bytes=round((r1[3] - r0[3]) / checks, 1),
         other_pct=cpu["other_pct"],
         idle_side_pct=cpu["idle_side_pct"],
         loadavg=round(os.getloadavg()[0], 2),
@@ -355,6 +359,7 @@ def summary(side: Side) -> dict[str, float]:
         "median_redis_cpu_us": median([r.redis_cpu_us for r in rs]),
         "median_redis_cmd_us": median([r.redis_cmd_us for r in rs]),
         "redis_cmds_per_check": median([r.redis_cmds for r in rs]),
+        "aof_bytes_per_check": median([r.aof_bytes for r in rs]),
     }
 
 

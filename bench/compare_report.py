@@ -43,6 +43,7 @@ def render(r: dict[str, Any]) -> str:
         ),
         row("Redis µs/check inside scripts (wall)", "median_redis_cmd_us", ".1f"),
         row("Redis commands/check (scripts' included)", "redis_cmds_per_check", ".2f"),
+        row("AOF bytes/check", "aof_bytes_per_check", ",.0f"),
     ]
     rounds = [
         [
