@@ -453,7 +453,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--base", required=True, help="git ref of the baseline")
     p.add_argument("--head", help="git ref to compare (default: the working tree)")
     # Short rounds, many of them: on a shared machine the load of others changes within seconds
-    # (A/A runs here: 4 x 10 s gave a 95% interval of -26%..+3%, 20 x 3 s of -9%..+9%).
+    # (A/A runs here: 4 x 10 s gave a 95% interval of -26%..+3%, 20 x 3 s -23%..+6%, -9%..+9%).
     p.add_argument(
         "--rounds", type=int, default=12, help="per side; even: each side first as often"
     )
