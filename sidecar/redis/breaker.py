@@ -50,9 +50,10 @@ def give_up(error: BaseException) -> bool:
 
 
 class Breaker:
-    def __init__(self, cooldown_s: float = COOLDOWN_S, grace_s: float = GRACE_S) -> None:
-        self.cooldown_s = cooldown_s
-        self.grace_s = grace_s
+    def __init__(self, cooldown_s: float | None = None, grace_s: float | None = None) -> None:
+        # (the module's values, read now: a test may change them for the breakers it makes)
+        self.cooldown_s = COOLDOWN_S if cooldown_s is None else cooldown_s
+        self.grace_s = GRACE_S if grace_s is None else grace_s
         self._open_until = 0.0  # monotonic; 0 = closed
         self._down_since = 0.0  # the first refusal since the last connect; 0 = none
         self._probing = False
