@@ -3,6 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Bytecode caches on (PYTHONDONTWRITEBYTECODE=1 in some shells and CI images): every pytest
+# worker and every `serve`, writer and CLI process the tests start would otherwise compile the
+# sidecar, the tests (and pytest's assertion rewriting of them) from source, seconds each.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test check lint setup system-deps clean bench bench-deps bench-writer bench-aof bench-memory
 
