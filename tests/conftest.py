@@ -191,3 +191,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or item.get_closest_marker("own_database") is not None
         ):
             item.add_marker(pytest.mark.postgres)
+    # Files with fault-injection (slow) tests first, the most first: pytest-xdist hands each
+    # worker whole files in this order, and the longest files starting last would leave the
+    # other workers idle at the end while one finishes them. Within a file the order stays.
+    slow: dict[Path, int] = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])
