@@ -249,8 +249,8 @@ def migrate_cli(url: str) -> None:
 
 @contextlib.contextmanager
 def _database_in_env(copies: Copies) -> Iterator[str]:
-    """A fresh copy of the template named in SIDECAR_DATABASE_URL until exit; then the
-    variable is as it was and the database goes."""
+    """A database equal to the template named in SIDECAR_DATABASE_URL until exit; then the
+    variable is as it was and the database is recycled."""
     before = os.environ.get("SIDECAR_DATABASE_URL")
     with copies.database() as url:
         os.environ["SIDECAR_DATABASE_URL"] = url
@@ -293,8 +293,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def sql_copies() -> Iterator[Copies | None]:
-    """With SIDECAR_TEST_SQL=postgresql: copies of a database migrated by ``credit-sidecar
-    migrate`` (every test's database is one); else None."""
+    """With SIDECAR_TEST_SQL=postgresql: databases equal to one migrated by ``credit-sidecar
+    migrate`` (every test's database is one of them); else None."""
     if backend() != "postgresql":
         yield None
         return
