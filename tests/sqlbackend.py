@@ -190,7 +190,7 @@ class Copies:
             try:
                 psql(_terminate(name), f"ALTER DATABASE {name} RENAME TO {new}")
                 break
-            except subprocess.CalledProcessError:
+            except subprocess.SubprocessError:
                 time.sleep(0.05)  # an ended connection is still going away, or came back
         else:
             psql(_drop(name), _drop(new), _create(new, self.template))
@@ -198,7 +198,7 @@ class Copies:
         try:
             # The last line: psql prints the command tags of the statements before it.
             same = query(database_url(new), self._empty)[-1:] == self._fingerprint
-        except subprocess.CalledProcessError:  # a table of the template's is gone
+        except subprocess.SubprocessError:  # a table of the template's gone, or a timeout
             same = False
         if not same:  # a test changed the schema: start again from the template
             psql(_drop(new), _create(new, self.template))
