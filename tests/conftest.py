@@ -4,6 +4,8 @@ database per test, a ledger with a controllable clock, and an HTTP client on the
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from sidecar.http.app import create_app
 from sidecar.ledger import outbox
 from sidecar.ledger.calls import Ledger
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.redis.client import RedisClient, connect
 from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
@@ -73,8 +76,43 @@ def ledger(redis: RedisClient, clock: FakeClock) -> Iterator[Ledger]:
     ledger.close()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite ledger migrated once per session, as the app's own migration at start would.
+
+    The app-level tests start an app per test, and migrating an empty SQLite file (tables,
+    indexes, each commit fsynced) costs more than most of those tests; each starts on a copy
+    of this instead (:func:`premigrated`), and the app's migration then has nothing to do,
+    as on the PostgreSQL pass (tests/sqlbackend.py). Migrating an empty ledger at start is
+    itself tested on the processes of tests/cli and tests/persistence/test_migrations.py."""
+    data_dir = tmp_path_factory.mktemp("sqlite-template")
+
+    async def build() -> None:
+        engine = create_engine(resolve_url(None, data_dir))
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()  # the last connection's close checkpoints the WAL
+
+    # Its own thread: a session fixture may be set up while a test's event loop runs.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, build()).result()
+    return data_dir / "ledger.db"
+
+
+def premigrated(template: Path, data_dir: Path) -> Path:
+    """Puts a copy of the migrated ``template`` where the app's default SQLite ledger lives in
+    ``data_dir`` (mode 0600, as the app creates it); returns ``data_dir``."""
+    target = data_dir / "ledger.db"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(template.read_bytes())
+    return data_dir
+
+
 @pytest.fixture
-def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
+def settings(redis_server: RedisServer, tmp_path: Path, sqlite_template: Path) -> Settings:
+    premigrated(sqlite_template, tmp_path)
     return Settings(
         redis_url=redis_server.url,
         admin_token=SecretStr(ADMIN),
@@ -153,3 +191,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or item.get_closest_marker("own_database") is not None
         ):
             item.add_marker(pytest.mark.postgres)
+    # Files with fault-injection (slow) tests first, the most first: pytest-xdist hands each
+    # worker whole files in this order, and the longest files starting last would leave the
+    # other workers idle at the end while one finishes them. Within a file the order stays.
+    slow: dict[Path, int] = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])

@@ -24,7 +24,7 @@ from sidecar.redis.client import RedisClient
 from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.billing.fakestripe import FakeStripe, event, sign_webhook
-from tests.conftest import ADMIN, SERVICE, FakeClock, admin
+from tests.conftest import ADMIN, SERVICE, FakeClock, admin, premigrated
 
 SECRET = "whsec_test_current_secret"
 OLD_SECRET = "whsec_test_previous_secret"
@@ -155,8 +155,10 @@ async def make_rig(
     tmp_path: Path,
     fake: FakeStripe,
     clock: FakeClock,
+    sqlite_template: Path,
 ) -> AsyncIterator[MakeRig]:
     clients: list[Client] = []
+    premigrated(sqlite_template, tmp_path)  # every rig of the test shares this ledger
 
     async def make(**more: Any) -> Rig:
         settings = billing_settings(redis_server, tmp_path, fake, **more)
