@@ -37,6 +37,9 @@ from sidecar.ledger.results import (
     RefundResult,
     Revoked,
     RevokeResult,
+    SpendLimit,
+    SpendLimited,
+    SpendWindow,
 )
 from sidecar.ledger.units import MAX_CREDITS, MAX_TIMESTAMP_MS
 from sidecar.ledger.voids import VOID_DELAY_MS, Void, VoidQueue, new_attempt_token, request_digest
@@ -50,6 +53,7 @@ from sidecar.settings import Settings
 __all__ = [
     "CALL_DEADLINE_S",
     "DEADLINE_MARGIN_MS",
+    "KEEP",
     "MAX_CREDITS",
     "MAX_TIMESTAMP_MS",
     "Allowed",
@@ -67,6 +71,9 @@ __all__ = [
     "RefundResult",
     "RevokeResult",
     "Revoked",
+    "SpendLimit",
+    "SpendLimited",
+    "SpendWindow",
     "encode_metadata",
     "ledger_for",
     "new_transaction_id",
@@ -81,6 +88,24 @@ CALL_DEADLINE_S = 5.0  # default of SIDECAR_REDIS_DEADLINE_S: a call's time, ret
 DEADLINE_MARGIN_MS = 500
 log = logging.getLogger(__name__)
 Clock = Callable[[], int]
+
+
+class Keep:
+    """The value of a setting :meth:`Ledger.update_account` leaves as it is."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = Keep()
+_KEEP = "-"  # account.lua's "keep" argument
+
+
+def _arg(v: int | str | Keep | None) -> str | int:
+    """A setting as account.lua takes it: '-' keeps it, '' is none."""
+    if isinstance(v, Keep):
+        return _KEEP
+    return "" if v is None else v
 
 
 def wall_clock_ms() -> int:
@@ -195,18 +220,52 @@ class Ledger:
         overdraft_limit: int = 0,
         low_balance_threshold: int | None = None,
         rate_limit: RateLimit | None = None,
+        spend_limit: SpendLimit | None = None,
     ) -> bool:
-        """Creates the account or replaces its settings; True when it was created."""
-        rl: list[str | int] = (
-            [rate_limit.requests, rate_limit.period_ms, rate_limit.burst]
-            if rate_limit
-            else ["", "", ""]
+        """Creates the account or replaces all its settings; True when it was created."""
+        return await self._account(
+            account, "put", overdraft_limit, low_balance_threshold, rate_limit, spend_limit
         )
-        opt_lbt = "" if low_balance_threshold is None else low_balance_threshold
-        reply = await self.run_script(
-            self.scripts.account, account, [], [overdraft_limit, opt_lbt, *rl]
+
+    async def update_account(
+        self,
+        account: str,
+        *,
+        overdraft_limit: int | Keep = KEEP,
+        low_balance_threshold: int | Keep | None = KEEP,
+        rate_limit: RateLimit | Keep | None = KEEP,
+        spend_limit: SpendLimit | Keep | None = KEEP,
+    ) -> None:
+        """Changes only the settings given (None removes one) of an existing account, in one
+        atomic step: a concurrent change of another setting is never undone."""
+        await self._account(
+            account, "patch", overdraft_limit, low_balance_threshold, rate_limit, spend_limit
         )
-        return replies.account(reply)
+
+    async def _account(
+        self,
+        account: str,
+        mode: str,
+        overdraft_limit: int | Keep,
+        low_balance_threshold: int | Keep | None,
+        rate_limit: RateLimit | Keep | None,
+        spend_limit: SpendLimit | Keep | None,
+    ) -> bool:
+        rl: list[str | int]
+        if isinstance(rate_limit, Keep):
+            rl = [_KEEP, "", ""]
+        elif rate_limit is None:
+            rl = ["", "", ""]
+        else:
+            rl = [rate_limit.requests, rate_limit.period_ms, rate_limit.burst]
+        args: list[str | int] = [
+            _arg(overdraft_limit),
+            _arg(low_balance_threshold),
+            *rl,
+            spend_limit.spec() if isinstance(spend_limit, SpendLimit) else _arg(spend_limit),
+            mode,
+        ]
+        return replies.account(await self.run_script(self.scripts.account, account, [], args))
 
     async def grant(
         self,
@@ -301,7 +360,7 @@ class Ledger:
                 at = deadline + self._deadline_margin_ms + VOID_DELAY_MS
                 self.voids.put(Void(account, idempotency_key, token, cost, digest, at))
             raise
-        return replies.deduct(reply)
+        return replies.deduct(reply, cost)
 
     async def hold(
         self,
@@ -312,14 +371,14 @@ class Ledger:
         *,
         description: str = "",
         metadata: Mapping[str, Any] | None = None,
-    ) -> HoldResult | Insufficient:
+    ) -> HoldResult | Insufficient | SpendLimited:
         reply = await self.run_script(
             self.scripts.hold,
             account,
             [self.keys.events_for(account)],
             [hold_id, amount, ttl_ms, description, encode_metadata(metadata)],
         )
-        return replies.hold(reply, hold_id)
+        return replies.hold(reply, hold_id, amount)
 
     async def settle(
         self,

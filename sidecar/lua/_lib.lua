@@ -26,6 +26,8 @@
 -- per bucket: m:<id> (static JSON), r:<id> (remaining; absent once expired), h:<id> (held);
 -- per API key: k:<key id> (present while the key is active: '' or its rate 'n:ms:burst'),
 -- kt:<key id> (its TAT); per priced route with a rate limit: rt:<route> (its TAT).
+-- Spending limits (see "Spending limits" below): sl / ss (the account's limit and what was
+-- spent in its window), kl:<key id> / ks:<key id> (an API key's).
 --
 -- Units: credits are integers in [-(2^53-1), 2^53-1], exact in Lua doubles as long
 -- as every sum stays in that range (grant enforces it); times are unix milliseconds.
@@ -173,13 +175,13 @@ local deadlines_changed = false
 
 local function load_account()
   local v = redis.call('HMGET', A, 'created', 'clock', 'avail', 'held', 'debt', 'seq',
-    'ovl', 'lbt', 'rl_n', 'rl_ms', 'rl_burst', 'att')
+    'ovl', 'lbt', 'rl_n', 'rl_ms', 'rl_burst', 'att', 'sl', 'ss')
   if not v[1] then return nil end
   acct = {
     created = tonumber(v[1]), avail = tonumber(v[3]) or 0, held = tonumber(v[4]) or 0,
     debt = tonumber(v[5]) or 0, seq = tonumber(v[6]) or 0, ovl = tonumber(v[7]) or 0,
     lbt = tonumber(v[8]), rl_n = tonumber(v[9]), rl_ms = tonumber(v[10]),
-    rl_burst = tonumber(v[11]), att = tonumber(v[12]),
+    rl_burst = tonumber(v[11]), att = tonumber(v[12]), sl = v[13] or nil, ss = v[14] or nil,
   }
   local clock = tonumber(v[2]) or 0
   if clock > NOW then NOW = clock end
@@ -370,6 +372,101 @@ local function bucket_entry(id, meta)
     priority = meta.priority, source = meta.source, fp = meta.fp}
 end
 
+-- Spending limits. A limit is the spec 'credits:unit:count' (unit day, week, month or year:
+-- windows of `count` units aligned to UTC calendar boundaries, counted from 1970-01-01, weeks
+-- starting on Monday; unit life: one window, for ever); its state is 'window start (ms):spent'.
+-- Spent counts checks (usage), holds while active (their charge once settled) and what
+-- refunds give back, within the window they were charged in. Spend state is kept only while
+-- a limit is set: a new limit counts from when it was set.
+local DAY_MS = 86400000
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+-- The window of a limit that holds `now`: its start and end (ms; end nil for life).
+local function spend_window(unit, count, now)
+  if unit == 'life' then return 0, nil end
+  local day = math.floor(now / DAY_MS)
+  if unit == 'day' then
+    local s = day - day % count
+    return s * DAY_MS, (s + count) * DAY_MS
+  elseif unit == 'week' then
+    local w = math.floor((day + 3) / 7)  -- 1969-12-29, a Monday, starts week 0
+    local s = w - w % count
+    return (s * 7 - 3) * DAY_MS, ((s + count) * 7 - 3) * DAY_MS
+  end
+  local y, m = civil_from_days(day)
+  local months = unit == 'month' and count or 12 * count
+  local i = (y - 1970) * 12 + m - 1
+  local s = i - i % months
+  local e = s + months
+  return days_from_civil(1970 + math.floor(s / 12), s % 12 + 1, 1) * DAY_MS,
+    days_from_civil(1970 + math.floor(e / 12), e % 12 + 1, 1) * DAY_MS
+end
+
+-- A limit's spec and state as a table {credits, unit, count, start, stop, spent}, or nil.
+local function spend_load(spec, state)
+  if not spec or spec == '' then return nil end
+  local c, unit, count = string.match(spec, '^(%d+):(%a+):(%d+)$')
+  local lim = {credits = tonumber(c), unit = unit, count = tonumber(count), spent = 0}
+  lim.start, lim.stop = spend_window(unit, lim.count, NOW)
+  if state then
+    local s, n = string.match(state, '^(%d+):(%-?%d+)$')
+    if tonumber(s) == lim.start then lim.spent = tonumber(n) end
+  end
+  return lim
+end
+
+local function spend_state(lim)
+  return fmt(lim.start) .. ':' .. fmt(lim.spent)
+end
+
+-- Whether `n` more credits would pass the limit.
+local function spend_over(lim, n)
+  return lim ~= nil and lim.spent + n > lim.credits
+end
+
+-- The refusal of a call over a limit: {'spend_limited', scope ('key' | 'account'), credits,
+-- interval, interval count, spent, window end ('' = never)}.
+local function spend_refusal(scope, lim)
+  return {'spend_limited', scope, lim.credits, lim.unit, lim.count, lim.spent,
+    lim.stop and fmt(lim.stop) or ''}
+end
+
+-- Gives back `n` credits counted in the window starting at `start` to a limit (field
+-- `spec_f`, state `state_f` of the account hash), if that window is still the current one.
+local function spend_return(spec_f, state_f, start, n)
+  if not start or n <= 0 then return end
+  local v = redis.call('HMGET', A, spec_f, state_f)
+  local lim = spend_load(v[1], v[2])
+  if lim and lim.start == start then
+    lim.spent = math.max(0, lim.spent - n)
+    redis.call('HSET', A, state_f, spend_state(lim))
+    if spec_f == 'sl' then acct.ss = spend_state(lim) end
+  end
+end
+
 -- Clawbacks (revoke.lua). Per purchase, cb:<purchase> = the credits to have taken back (the
 -- target) and cbs:<purchase> = how, a JSON object {v: version of the state the target was
 -- computed from, pol: policy ('unspent' | 'negative'), b: [the purchase's bucket ids],
@@ -496,6 +593,8 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
     sync_order(id, bucket_meta(id))
   end
   acct.held = acct.held - rec.amount
+  -- the hold counted its whole amount against the account's limit; only the charge stays
+  spend_return('sl', 'ss', rec.sw, rec.amount - charge)
   rec.state = state
   rec.charged = charge
   rec.close_tx = txid
@@ -632,6 +731,10 @@ local function refund_usage(ukey, u, src, rid, arg, amount, desc, metadata, more
   -- credits back in a bucket whose purchase was refunded by Stripe go to its clawback
   claw_returns()
   local bal = balance()
+  -- the refund gives back room under the limits the usage counted against, in its window
+  local sw = redis.call('HMGET', ukey, 'sw', 'kid', 'kw')
+  spend_return('sl', 'ss', tonumber(sw[1]), amount)
+  if sw[2] then spend_return('kl:' .. sw[2], 'ks:' .. sw[2], tonumber(sw[3]), amount) end
   redis.call('HINCRBY', ukey, 'refunded', fmt(amount))
   redis.call('HSET', ukey, 'rf:' .. rid, jenc({arg = arg, tx = TXID, bal = bal,
     refunded = amount, forfeited = forfeited}))

@@ -28,11 +28,13 @@
 -- request is a replay (same cost, and the same key id, route, description, metadata and
 -- ARGV[16], by their digest), anything else is a CONFLICT; refuse a call past its deadline (LATE); rate
 -- limit with the account's, the key's and the route's GCRA (nothing written when limited);
--- expire what is due; then deduct, or change nothing when balance - cost would go below
--- -overdraft.
+-- expire what is due; refuse a cost over the key's spending limit, then the account's
+-- (see "Spending limits" in _lib.lua); then deduct, or change nothing when balance - cost
+-- would go below -overdraft. The usage record keeps the limits' windows, which refunds read.
 -- Returns {'ok', transaction id ('' for cost 0), balance after, cost, replayed (0|1),
 --          low_balance (0|1)} | {'insufficient', balance, cost}
 --       | {'rate_limited', retry after (ms)} | {'revoked'}
+--       | {'spend_limited', scope, credits, interval, count, spent, window end} (_lib.lua)
 
 local cost = int_arg(ARGV[6], 'cost', 0, MAXINT)
 local key = id_arg(ARGV[7], 'idempotency_key', 128)
@@ -57,9 +59,12 @@ if token ~= '' then token_arg(token) end
 
 require_account()
 local limits = account_limits()
+local key_spend = nil
 if key_id ~= '' then
-  local spec = redis.call('HGET', A, 'k:' .. key_id)
+  local kv = redis.call('HMGET', A, 'k:' .. key_id, 'kl:' .. key_id, 'ks:' .. key_id)
+  local spec = kv[1]
   if not spec then return {'revoked'} end
+  key_spend = kv[2] and {kv[2], kv[3]}
   if spec ~= '' then
     local n, ms, b = string.match(spec, '^(%d+):(%d+):(%d+)$')
     limits[#limits + 1] = {'kt:' .. key_id, tonumber(n), tonumber(ms), tonumber(b)}
@@ -104,6 +109,16 @@ if cost == 0 then
   save_account()
   return {'ok', '', balance(), 0, 0, 0}
 end
+local klim = key_spend and spend_load(key_spend[1], key_spend[2])
+if spend_over(klim, cost) then
+  save_if_touched()
+  return spend_refusal('key', klim)
+end
+local alim = spend_load(acct.sl, acct.ss)
+if spend_over(alim, cost) then
+  save_if_touched()
+  return spend_refusal('account', alim)
+end
 local before = balance()
 if before - cost < -acct.ovl then
   save_if_touched()
@@ -123,6 +138,16 @@ if token ~= '' then record.at = {token} end
 redis.call('SET', KEYS[7], jenc(record), 'PX', window)
 redis.call('HSET', KEYS[8], 'cost', fmt(cost), 'alloc', jenc(alloc), 'overdraft', fmt(short),
   'refunded', '0')
+if klim then
+  klim.spent = klim.spent + cost
+  redis.call('HSET', A, 'ks:' .. key_id, spend_state(klim))
+  redis.call('HSET', KEYS[8], 'kid', key_id, 'kw', fmt(klim.start))
+end
+if alim then
+  alim.spent = alim.spent + cost
+  redis.call('HSET', A, 'ss', spend_state(alim))
+  redis.call('HSET', KEYS[8], 'sw', fmt(alim.start))
+end
 redis.call('PEXPIRE', KEYS[8], RETENTION)
 local low = low_balance_event(KEYS[9], before, TXID)
 save_account()
