@@ -63,6 +63,7 @@ from sidecar.errors import (
 )
 from sidecar.ledger import outbox
 from sidecar.ledger.calls import (
+    AccountConfig,
     KEEP,
     Allowed,
     Balance,
@@ -604,10 +605,12 @@ class LedgerModel:
         low_balance_threshold: int | Keep | None = KEEP,
         rate_limit: RateLimit | Keep | None = KEEP,
         spend_limit: SpendLimit | Keep | None = KEEP,
-    ) -> None:
+    ) -> AccountConfig:
         self._configure(
             account, True, overdraft_limit, low_balance_threshold, rate_limit, spend_limit
         )
+        a = self.accounts[account]
+        return AccountConfig(False, a.ovl, a.lbt, a.rate, a.spend)
 
     def _configure(
         self,

@@ -22,7 +22,15 @@ from sidecar.asciiint import parse_ascii_int
 from sidecar.errors import IdempotencyConflict, InvalidInput, StoreUnavailable
 from sidecar.gate.pricing import Pricing
 from sidecar.ledger.apikeys import ApiKeys
-from sidecar.ledger.calls import Allowed, Insufficient, Ledger, RateLimited, Revoked
+from sidecar.ledger.calls import (
+    Allowed,
+    Insufficient,
+    Ledger,
+    RateLimited,
+    Revoked,
+    SpendLimited,
+    SpendWindow,
+)
 from sidecar.ledger.units import MAX_CREDITS
 from sidecar.runtime import metrics
 
@@ -45,6 +53,7 @@ class Outcome:
     retry_after_ms: int | None = None
     shadow_status: int | None = None  # shadow mode: the status it would have had
     replayed: bool = False  # allowed as the replay of an earlier request (charged then)
+    spend: SpendWindow | None = None  # a 402 over a spending limit: the limit and its window
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -187,6 +196,9 @@ class Gate:
             )
         if isinstance(r, RateLimited):
             return Outcome(429, "rate_limited", ident.account, retry_after_ms=r.retry_after_ms)
+        if isinstance(r, SpendLimited):
+            reason = "key_spend_limit" if r.scope == "key" else "spend_limit"
+            return Outcome(402, reason, ident.account, cost=cost, required=cost, spend=r.window)
         assert isinstance(r, Revoked)
         return Outcome(401, "invalid_api_key")
 

@@ -121,6 +121,36 @@ class InsufficientCredits(Model):
     required: CreditsOut
 
 
+class SpendLimitView(Model):
+    credits: CreditsOut
+    interval: Annotated[
+        Literal["day", "week", "month", "year"] | None,
+        Meta(description="null: a lifetime limit"),
+    ]
+    interval_count: int
+
+
+class SpendView(Model):
+    """A spending limit and what was spent in its current window."""
+
+    spend_limit: SpendLimitView
+    spent: Annotated[int, Meta(description="credits spent in the current window")]
+    window_ends_at: Annotated[Time | None, Meta(description="null: a lifetime limit")]
+
+
+class SpendLimitReached(Model):
+    """Refused: the cost would take the spending of the API key (`key_spend_limit`) or of the
+    account (`spend_limit`) over its limit in the current window."""
+
+    allowed: Literal[False]
+    reason: Literal["spend_limit", "key_spend_limit"]
+    account: str
+    required: CreditsOut
+    spend_limit: SpendLimitView
+    spent: Annotated[int, Meta(description="credits spent in the current window")]
+    window_ends_at: Annotated[Time | None, Meta(description="null: a lifetime limit")]
+
+
 class RateLimited(Model):
     allowed: Literal[False]
     reason: Literal["rate_limited"]
@@ -134,6 +164,7 @@ class AccountSettings(Model):
     overdraft_limit: CreditsOut
     low_balance_threshold: int | None
     rate_limit: RateLimit | None
+    spend_limit: SpendLimitView | None
 
 
 class Granted(Model):
@@ -168,6 +199,7 @@ class Balance(Model):
     rate_limit: RateLimit | None
     created_at: Time | None
     buckets: Annotated[list[BucketView], Meta(description="live buckets, in burn order")]
+    spend: Annotated[SpendView | None, Meta(description="the spending limit, if any")] = None
 
 
 class Hold(Model):
@@ -502,6 +534,9 @@ class AuthOutcome(Model):
     balance: int | UnsetType = UNSET
     required: int | UnsetType = UNSET
     retry_after_ms: int | UnsetType = UNSET
+    spend_limit: SpendLimitView | UnsetType = UNSET
+    spent: int | UnsetType = UNSET
+    window_ends_at: Time | UnsetType | None = UNSET
     field: Annotated[str, Meta(description="a 400: the header (or path) refused")] | UnsetType = (
         UNSET
     )

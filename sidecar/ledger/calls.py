@@ -24,6 +24,7 @@ from sidecar.errors import InvalidInput, StoreUnavailable, from_script_error
 from sidecar.ledger import replies
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.results import (
+    AccountConfig,
     Allowed,
     Balance,
     Bucket,
@@ -56,6 +57,7 @@ __all__ = [
     "KEEP",
     "MAX_CREDITS",
     "MAX_TIMESTAMP_MS",
+    "AccountConfig",
     "Allowed",
     "Balance",
     "Bucket",
@@ -223,8 +225,10 @@ class Ledger:
         spend_limit: SpendLimit | None = None,
     ) -> bool:
         """Creates the account or replaces all its settings; True when it was created."""
-        return await self._account(
-            account, "put", overdraft_limit, low_balance_threshold, rate_limit, spend_limit
+        return replies.account(
+            await self._account(
+                account, "put", overdraft_limit, low_balance_threshold, rate_limit, spend_limit
+            )
         )
 
     async def update_account(
@@ -235,12 +239,14 @@ class Ledger:
         low_balance_threshold: int | Keep | None = KEEP,
         rate_limit: RateLimit | Keep | None = KEEP,
         spend_limit: SpendLimit | Keep | None = KEEP,
-    ) -> None:
+    ) -> AccountConfig:
         """Changes only the settings given (None removes one) of an existing account, in one
-        atomic step: a concurrent change of another setting is never undone."""
-        await self._account(
+        atomic step: a concurrent change of another setting is never undone. Returns every
+        setting after the change."""
+        reply = await self._account(
             account, "patch", overdraft_limit, low_balance_threshold, rate_limit, spend_limit
         )
+        return replies.account_config(reply)
 
     async def _account(
         self,
@@ -250,7 +256,7 @@ class Ledger:
         low_balance_threshold: int | Keep | None,
         rate_limit: RateLimit | Keep | None,
         spend_limit: SpendLimit | Keep | None,
-    ) -> bool:
+    ) -> Any:
         rl: list[str | int]
         if isinstance(rate_limit, Keep):
             rl = [_KEEP, "", ""]
@@ -265,7 +271,7 @@ class Ledger:
             spend_limit.spec() if isinstance(spend_limit, SpendLimit) else _arg(spend_limit),
             mode,
         ]
-        return replies.account(await self.run_script(self.scripts.account, account, [], args))
+        return await self.run_script(self.scripts.account, account, [], args)
 
     async def grant(
         self,

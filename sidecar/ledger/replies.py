@@ -19,6 +19,7 @@ import orjson
 
 from sidecar.errors import BalanceOverflow, HoldExpired
 from sidecar.ledger.results import (
+    AccountConfig,
     Balance,
     Bucket,
     CloseResult,
@@ -55,8 +56,21 @@ def _no_overflow(reply: Any) -> None:
 
 
 def account(reply: Any) -> bool:
-    """account.lua ``{created}``: True when the call created the account."""
+    """account.lua ``{created, ...}``: True when the call created the account."""
     return bool(reply[0])
+
+
+def account_config(reply: Any) -> AccountConfig:
+    """account.lua ``{created, overdraft limit, low-balance threshold, rate requests, period,
+    burst, spending limit}`` ('' = none)."""
+    r = [text(v) if not isinstance(v, int) else str(v) for v in reply[1:]]
+    return AccountConfig(
+        created=bool(reply[0]),
+        overdraft_limit=int(r[0]),
+        low_balance_threshold=int(r[1]) if r[1] else None,
+        rate_limit=RateLimit(int(r[2]), int(r[3]), int(r[4])) if r[2] else None,
+        spend_limit=SpendLimit.from_spec(r[5]) if r[5] else None,
+    )
 
 
 def grant(reply: Any) -> GrantResult:

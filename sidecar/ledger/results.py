@@ -50,6 +50,17 @@ class SpendWindow:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountConfig:
+    """An account's settings after account.lua ran."""
+
+    created: bool
+    overdraft_limit: int
+    low_balance_threshold: int | None
+    rate_limit: RateLimit | None
+    spend_limit: SpendLimit | None
+
+
+@dataclass(frozen=True, slots=True)
 class GrantResult:
     transaction_id: str
     balance: int

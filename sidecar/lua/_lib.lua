@@ -444,7 +444,7 @@ end
 
 -- Whether `n` more credits would pass the limit.
 local function spend_over(lim, n)
-  return lim ~= nil and lim.spent + n > lim.credits
+  return lim and lim.spent + n > lim.credits or false
 end
 
 -- The refusal of a call over a limit: {'spend_limited', scope ('key' | 'account'), credits,

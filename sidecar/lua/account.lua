@@ -11,7 +11,8 @@
 --   fails (UNKNOWN_ACCOUNT).
 -- A spending limit whose window (unit and count) is unchanged keeps what was spent in it;
 -- another window, or a new limit, counts from now.
--- Returns {created (1 new, 0 updated)}.
+-- Returns {created (1 new, 0 updated), then every setting after the call: overdraft limit,
+--   low-balance threshold, rate requests, period, burst, spending limit ('' = none)}.
 -- Appends one kind=account entry (every setting after the call) to the outbox so the SQL
 -- ledger mirrors the settings.
 
@@ -87,4 +88,4 @@ outbox_add({'kind', 'account', 'id', TXID, 'account', ACCOUNT, 'ts', NOW,
   'settings', {overdraft_limit = tonumber(v[2]) or 0, low_balance_threshold = tonumber(v[3]),
     rate_limit_requests = tonumber(v[4]), rate_limit_period_ms = tonumber(v[5]),
     rate_limit_burst = tonumber(v[6]), spend_limit = spend}})
-return {created}
+return {created, v[2] or '0', v[3] or '', v[4] or '', v[5] or '', v[6] or '', v[7] or ''}

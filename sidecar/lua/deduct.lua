@@ -64,7 +64,7 @@ if key_id ~= '' then
   local kv = redis.call('HMGET', A, 'k:' .. key_id, 'kl:' .. key_id, 'ks:' .. key_id)
   local spec = kv[1]
   if not spec then return {'revoked'} end
-  key_spend = kv[2] and {kv[2], kv[3]}
+  if kv[2] then key_spend = {kv[2], kv[3]} end
   if spec ~= '' then
     local n, ms, b = string.match(spec, '^(%d+):(%d+):(%d+)$')
     limits[#limits + 1] = {'kt:' .. key_id, tonumber(n), tonumber(ms), tonumber(b)}
@@ -109,7 +109,7 @@ if cost == 0 then
   save_account()
   return {'ok', '', balance(), 0, 0, 0}
 end
-local klim = key_spend and spend_load(key_spend[1], key_spend[2])
+local klim = key_spend and spend_load(key_spend[1], key_spend[2]) or nil
 if spend_over(klim, cost) then
   save_if_touched()
   return spend_refusal('key', klim)

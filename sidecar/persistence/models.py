@@ -100,6 +100,11 @@ class Account(Base):
     rate_limit_requests: Mapped[int | None] = mapped_column(BigInteger)
     rate_limit_period_ms: Mapped[int | None] = mapped_column(BigInteger)
     rate_limit_burst: Mapped[int | None] = mapped_column(BigInteger)
+    # The spending limit (sidecar/ledger/results.py SpendLimit): credits per window of
+    # interval_count intervals (day, week, month, year; NULL with credits set: lifetime).
+    spend_limit_credits: Mapped[int | None] = mapped_column(Credits)
+    spend_limit_interval: Mapped[str | None] = mapped_column(String(8))
+    spend_limit_interval_count: Mapped[int | None] = mapped_column(Integer)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     billing_email: Mapped[str | None] = mapped_column(String(320))  # receipts (Stripe customer)
     # Settings version: the outbox entry id ("%015d-%010d") of the last settings change applied.

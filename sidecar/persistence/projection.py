@@ -28,8 +28,8 @@ from sidecar.ledger.outbox import TXN_TYPES, PoisonEntry
 from sidecar.ledger.outbox import int_field as _int
 from sidecar.ledger.outbox import opt_int_field as _opt_int
 from sidecar.ledger.outbox import text_field as _text
+from sidecar.ledger.units import MAX_CREDITS, from_ms
 from sidecar.ledger.units import MAX_TIMESTAMP_MS as MAX_TIME
-from sidecar.ledger.units import from_ms
 from sidecar.persistence.models import (
     Account,
     ApiKey,
@@ -54,6 +54,9 @@ SETTINGS_COLS = (
     "rate_limit_burst",
     "settings_version",
     "settings_ms",
+    "spend_limit_credits",
+    "spend_limit_interval",
+    "spend_limit_interval_count",
 )
 STATE_COLS = ("id", "balance", "debt", "seq", "clock_ms")
 TXN_COLS = (
@@ -291,6 +294,7 @@ class Batch:
             _opt_int(s, "rate_limit_burst"),
             stream_version(entry_id),
             ts,
+            *_spend_limit(s.get("spend_limit")),
         )
         self.touched_accounts.add(account)
         old = self.settings.get(account)
@@ -322,6 +326,22 @@ class Batch:
         old = self.keys.get(row[0])
         if old is None or old[9] is None:
             self.keys[row[0]] = row
+
+
+SPEND_INTERVALS = ("day", "week", "month", "year")
+
+
+def _spend_limit(v: Any) -> tuple[int | None, str | None, int | None]:
+    """An account entry's ``spend_limit`` ({credits, interval?, interval_count}, or absent)
+    as its three columns."""
+    if v is None:
+        return None, None, None
+    if not isinstance(v, dict):
+        raise PoisonEntry("spend_limit is not an object")
+    interval = v.get("interval")
+    if interval is not None and interval not in SPEND_INTERVALS:
+        raise PoisonEntry(f"spend_limit.interval {interval!r} is not one of {SPEND_INTERVALS}")
+    return _int(v, "credits", 1, MAX_CREDITS), interval, _int(v, "interval_count", 1, 1000)
 
 
 async def apply(conn: AsyncConnection, batch: Batch) -> None:

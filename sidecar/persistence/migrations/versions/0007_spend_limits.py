@@ -1,0 +1,33 @@
+"""Spending limits: an account's limit (credits per window of interval_count intervals; no
+interval: a lifetime limit), mirrored from the outbox's account entries.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-07 13:00:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("accounts", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("spend_limit_credits", sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column("spend_limit_interval", sa.String(length=8), nullable=True))
+        batch_op.add_column(sa.Column("spend_limit_interval_count", sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("accounts", schema=None) as batch_op:
+        batch_op.drop_column("spend_limit_interval_count")
+        batch_op.drop_column("spend_limit_interval")
+        batch_op.drop_column("spend_limit_credits")
