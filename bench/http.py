@@ -180,7 +180,7 @@ async def sustained_run(
     sustained check load, flat out or offered at ``rate`` checks/s (wrk's connections paced):
     the outbox backlog and lag are sampled every second, their trend tells whether the writer
     keeps up, and after the load the writer drains to zero with every check in SQL."""
-    from sidecar.persistence.writer import outbox_status
+    from sidecar.persistence.outbox_status import outbox_status
 
     await redis.flushall()
     await setup_accounts(ledger, accounts, 64)

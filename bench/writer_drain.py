@@ -19,8 +19,9 @@ from bench.servers import Servers
 from sidecar.ledger import outbox
 from sidecar.ledger.calls import Allowed, Ledger
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.persistence.outbox_status import outbox_status
 from sidecar.persistence.reconcile import Difference, reconcile, redis_state
-from sidecar.persistence.writer import OutboxWriter, outbox_status
+from sidecar.persistence.writer import OutboxWriter
 from sidecar.redis.client import RedisClient
 
 SHARD = 0

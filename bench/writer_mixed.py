@@ -23,7 +23,7 @@ from bench.writer_drain import SHARD, Census, Rig, redis_truth, verify
 from sidecar.http.app import create_app
 from sidecar.http.state import LEDGER, WRITER
 from sidecar.ledger.calls import Allowed, Ledger
-from sidecar.persistence.writer import outbox_status
+from sidecar.persistence.outbox_status import outbox_status
 from sidecar.redis.client import connect
 
 INLINE = "inside the app (SIDECAR_WRITER=inline)"

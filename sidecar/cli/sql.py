@@ -18,8 +18,8 @@ from sidecar.cli.common import (
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.units import MissingOffset, parse_rfc3339
 from sidecar.persistence.db import engine_for, migrate
+from sidecar.persistence.outbox_status import outbox_status
 from sidecar.persistence.reconcile import reconcile
-from sidecar.persistence.writer import outbox_status
 from sidecar.runtime.writer_runner import make_writer, run_inline, tune_gc
 
 

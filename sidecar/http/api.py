@@ -1,6 +1,6 @@
 """The HTTP API as one registry (sidecar/http/contract.py): every route group of the app, the
-OpenAPI document generated from their declarations (``GET /openapi.json``, no token), and
-:func:`install`, which registers them all on an app.
+OpenAPI document generated from their declarations (sidecar/http/openapi.py; served at
+``GET /openapi.json``, no token), and :func:`install`, which registers them all on an app.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from sidecar.http import (
 )
 from sidecar.http.auth import NONE, SECURITY_SCHEMES
 from sidecar.http.contract import Api, Call, Out, Routes
+from sidecar.http.openapi import document
 from sidecar.http.responses import Error
 
 meta = Routes()
@@ -69,7 +70,7 @@ API = Api(
 
 @functools.cache
 def _spec() -> dict[str, Any]:
-    return API.spec()
+    return document(API)
 
 
 def build_spec() -> dict[str, Any]:

@@ -10,7 +10,6 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.billing import apiversion
 from sidecar.billing.context import Billing
@@ -38,7 +37,7 @@ from sidecar.http.state import (
 )
 from sidecar.ledger.apikeys import ApiKeys
 from sidecar.ledger.calls import CALL_DEADLINE_S, Clock, ledger_for, wall_clock_ms
-from sidecar.persistence.db import engine_for, migrate
+from sidecar.persistence.db import engine_for, migrate_while_unreachable
 from sidecar.persistence.writer import pause
 from sidecar.redis.client import connect
 from sidecar.redis.embedded import RedisServer, redis_for
@@ -136,7 +135,7 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[BILLING] = billing = Billing(ledger, Sql(engine), gateway, settings, ledger.clock)
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(_migrated(engine, stop), name="billing-migrate")]
+    tasks = [asyncio.create_task(migrate_while_unreachable(engine, stop), name="billing-migrate")]
     if gateway is not None and settings.background:
         tasks.append(
             asyncio.create_task(apiversion.check_endpoints(billing), name="billing-versions")
@@ -159,18 +158,6 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
         if gateway is not None:
             await gateway.close()
         await engine.dispose()
-
-
-async def _migrated(engine: AsyncEngine, stop: asyncio.Event) -> None:
-    backoff = 0.2
-    while not stop.is_set():
-        try:
-            await migrate(engine)
-            return
-        except Exception as e:
-            log.warning("SQL ledger not migrated yet (%s); retrying in %.1fs", e, backoff)
-            await pause(stop, backoff)
-            backoff = min(backoff * 2, 10.0)
 
 
 async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
 from sidecar import errors
 from sidecar.billing import currency, netguard, notify, purchases, topup
 from sidecar.billing.gateway import StripeGateway, StripeRefused, StripeTransient
@@ -100,13 +98,7 @@ async def put_package(call: Call[PackagePath, None, PackageRequest]) -> Reply:
         raise errors.InvalidInput(wrong, field="price")
     if req.stripe_price_id and b.gateway is not None:
         await _price_agrees(b.gateway, p)
-    try:
-        created = await b.packages.put(p, b.clock())
-    except IntegrityError:  # the only unique column besides the id: the Stripe price
-        raise errors.InvalidInput(
-            f"stripe_price_id {req.stripe_price_id} belongs to another package",
-            field="stripe_price_id",
-        ) from None
+    created = await b.packages.put(p, b.clock())  # InvalidInput: its price is another's
     return Reply(package_view(p), 201 if created else 200)
 
 

@@ -13,7 +13,8 @@ From the declarations alone the registry
 - encodes what the handler returns (a Struct: the operation's first success status; or a
   :class:`Reply` with its status and headers), checking it is a model declared for that
   status;
-- generates the OpenAPI 3.1 document (:meth:`Api.spec`).
+- is described by one OpenAPI 3.1 document, generated from the declarations alone
+  (sidecar/http/openapi.py).
 
 Handlers return web responses of their own only for bodies that are not JSON (CSV, the
 metrics, the console's page).
@@ -30,7 +31,6 @@ from typing import Any, Generic, TypeVar, get_args
 import msgspec
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from pydantic.json_schema import models_json_schema
 
 from sidecar import errors
 from sidecar.http.auth import Auth, Check
@@ -40,21 +40,6 @@ P = TypeVar("P")
 Q = TypeVar("Q")
 B = TypeVar("B")
 Schema = dict[str, Any]
-REF = "#/components/schemas/{name}"
-# Documented for the routes that answer any method (the proxies' auth endpoints).
-ANY_METHODS = ("get", "post", "put", "patch", "delete")
-ERROR_CODES: dict[int, str] = {
-    400: "`invalid_json`: the body is not JSON, or not a JSON object",
-    401: "`unauthorized`: no bearer token, or not a valid one (with `WWW-Authenticate`)",
-    403: "`forbidden`: a valid token of a kind this route does not accept",
-    404: "`not_found`: no such route (e.g. a path parameter with a `/`)",
-    405: "`method_not_allowed`: the path exists, the method does not (with `Allow`)",
-    409: "`idempotency_conflict`: the id was used before with other parameters",
-    413: "`request_too_large`: the body is over 64 KiB",
-    422: "`invalid_request` (with the offending `field`)",
-    502: "`payment_provider_error`: Stripe refused the call or could not be reached",
-    503: "`store_unavailable`: Redis could not be reached",
-}
 
 
 @dataclass(slots=True)
@@ -106,7 +91,7 @@ Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @dataclass(frozen=True)
 class Operation:
     """One HTTP operation, as declared. ``method`` "*" answers any method (documented as
-    ANY_METHODS, operation ids suffixed with the method)."""
+    openapi.ANY_METHODS, operation ids suffixed with the method)."""
 
     method: str
     path: str
@@ -268,7 +253,8 @@ def _query_parser(model: type[M]) -> Callable[[web.Request], M]:
     return parse
 
 
-def _types(model: Any) -> tuple[type, ...]:
+def response_types(model: Any) -> tuple[type, ...]:
+    """The Structs a response model stands for: a union's members, or the model itself."""
     if isinstance(model, types.UnionType):
         return get_args(model)
     return (model,) if isinstance(model, type) else ()
@@ -283,7 +269,7 @@ def endpoint(op: Operation, app: web.Application) -> Endpoint:
     body = op.body
     fn = op.handler
     default = op.default_status()
-    declared = {s: _types(o.model) for s, o in op.responses.items() if o.model is not None}
+    declared = {s: response_types(o.model) for s, o in op.responses.items() if o.model is not None}
     encode = ENCODER.encode
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -317,7 +303,7 @@ def endpoint(op: Operation, app: web.Application) -> Endpoint:
     return result
 
 
-# -- the registry and its document -----------------------------------------------------------
+# -- the registry -----------------------------------------------------------------------------
 
 
 class Api:
@@ -349,177 +335,3 @@ class Api:
     def install(self, app: web.Application) -> None:
         for op in self.operations:
             app.router.add_route(op.method, op.path, endpoint(op, app))
-
-    def spec(self) -> Schema:
-        return _Spec(self).build()
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": REF.format(name=name)}
-
-
-class _Spec:
-    """The OpenAPI 3.1 document of an :class:`Api`."""
-
-    def __init__(self, api: Api) -> None:
-        self.api = api
-        ops = [op for op in api.operations if op.documented]
-        self.ops = ops
-        models = {m for op in ops for m in (op.body,) if m is not None}
-        _, defs = models_json_schema(
-            [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
-            ref_template=REF.replace("{name}", "{model}"),
-        )
-        self.components: dict[str, Schema] = dict(defs.get("$defs", {}))
-        structs: list[Any] = [api.error_model]
-        for op in ops:
-            for o in op.responses.values():
-                structs += _types(o.model)
-        found, comps = msgspec.json.schema_components(structs, ref_template=REF)
-        self.struct_schema: dict[Any, Schema] = dict(zip(structs, found, strict=True))
-        for name, schema in comps.items():
-            if name in self.components and self.components[name] != schema:
-                raise ValueError(f"two schemas named {name}")
-            self.components[name] = schema
-
-    def schema_of(self, model: Any) -> Schema:
-        """A response model's schema: a union of Structs (which msgspec documents only when
-        tagged) is anyOf its members."""
-        members = _types(model)
-        if len(members) == 1:
-            return self.struct_schema[members[0]]
-        return {"anyOf": [self.struct_schema[m] for m in members]}
-
-    def build(self) -> Schema:
-        paths: dict[str, dict[str, Any]] = {}
-        for op in self.ops:
-            item = paths.setdefault(op.spec_path, {})
-            if op.method == "*":
-                for m in ANY_METHODS:
-                    item[m] = self.operation(op, f"{op.operation_id}_{m}")
-            else:
-                item[op.method.lower()] = self.operation(op, op.operation_id)
-        return {
-            "openapi": "3.1.0",
-            "info": self.api.info,
-            "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
-            "tags": [{"name": t} for t in self.api.tags],
-            "paths": dict(sorted(paths.items())),
-            "components": {
-                "schemas": dict(sorted(self.components.items())),
-                "securitySchemes": dict(self.api.security_schemes),
-            },
-        }
-
-    def error(self, status: int, text: str | None) -> Schema:
-        r: Schema = {
-            "description": text or ERROR_CODES[status],
-            "content": {"application/json": {"schema": self.schema_of(self.api.error_model)}},
-        }
-        if status == 401:
-            r["headers"] = {
-                "WWW-Authenticate": {
-                    "schema": {"type": "string"},
-                    "description": 'Bearer realm="credit-sidecar"',
-                }
-            }
-        return r
-
-    def response(self, out: Out) -> Schema:
-        r: Schema = {"description": out.description}
-        content: Schema = {}
-        if out.model is not None:
-            content["application/json"] = {"schema": self.schema_of(out.model)}
-        for media, schema in (out.content or {}).items():
-            content[media] = {"schema": schema}
-        if content:
-            r["content"] = content
-        if out.headers:
-            r["headers"] = {
-                name: {"schema": msgspec.json.schema(h.type), "description": h.description}
-                for name, h in out.headers.items()
-            }
-        return r
-
-    def operation(self, op: Operation, operation_id: str) -> Schema:
-        errs = dict(op.errors)
-        if op.auth.bearer_errors:
-            errs.setdefault(401, None)
-            errs.setdefault(403, None)
-        if op.body is not None:
-            for status in (400, 413, 422):
-                errs.setdefault(status, None)
-        params = self.parameters(op)
-        if op.query is not None or (op.params is not None and validated(op.params)):
-            errs.setdefault(422, None)  # validated
-        if op.params is not None:
-            errs.setdefault(404, None)  # e.g. a value with a "/" matches no route
-        responses = {str(s): self.response(o) for s, o in op.responses.items()}
-        for status, text in sorted(errs.items()):
-            responses.setdefault(str(status), self.error(status, text))
-        out: Schema = {
-            "operationId": operation_id,
-            "summary": op.summary,
-            "tags": [op.tag],
-            "security": [{name: [] for name in alt} for alt in op.auth.security],
-            "responses": dict(sorted(responses.items())),
-        }
-        if op.description:
-            out["description"] = op.description
-        if params:
-            out["parameters"] = params
-        if op.body is not None:
-            out["requestBody"] = {
-                "required": op.body_required,
-                "content": {"application/json": {"schema": _ref(op.body.__name__)}},
-            }
-        elif op.body_schema is not None:
-            out["requestBody"] = {
-                "required": op.body_required,
-                "content": {"application/json": {"schema": op.body_schema}},
-            }
-        return out
-
-    def parameters(self, op: Operation) -> list[Schema]:
-        out: list[Schema] = []
-        for where, model in (("path", op.params), ("query", op.query)):
-            if model is None:
-                continue
-            props = model.model_json_schema()["properties"]
-            for name, f in model.model_fields.items():
-                schema = _not_null(props[name])
-                description = schema.pop("description", None) or f.description or ""
-                out.append(
-                    {
-                        "name": name,
-                        "in": where,
-                        "required": where == "path",
-                        "description": description,
-                        "schema": schema,
-                    }
-                )
-        for name, description in op.headers.items():
-            out.append(
-                {
-                    "name": name,
-                    "in": "header",
-                    "required": False,
-                    "description": description,
-                    "schema": {"type": "string"},
-                }
-            )
-        return out
-
-
-def _not_null(schema: Schema) -> Schema:
-    """A parameter's schema without its ``null`` (an absent parameter is the default)."""
-    out = {k: v for k, v in schema.items() if k != "title"}
-    branches = out.get("anyOf")
-    if branches is not None:
-        rest = [b for b in branches if b != {"type": "null"}]
-        if len(rest) == 1:
-            del out["anyOf"]
-            out = {**rest[0], **out}
-    if out.get("default", 0) is None:
-        del out["default"]
-    return out

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import time
@@ -34,17 +33,18 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.asyncio import RedisCluster
-from sqlalchemy import text
 
 from sidecar.http.auth import METRICS, NONE
 from sidecar.http.contract import Call, Out, Reply, Routes
 from sidecar.http.responses import Health, Readiness, ReadinessCheck, Unhealthy
 from sidecar.http.state import BILLING, EMBEDDED_REDIS, LEDGER, SETTINGS
+from sidecar.ledger import readiness
 from sidecar.ledger.calls import Clock
 from sidecar.ledger.keyspace import KeySpace
-from sidecar.persistence.writer import outbox_status, pause
-from sidecar.redis.client import RedisClient
+from sidecar.persistence import db
+from sidecar.persistence.outbox_status import outbox_status
+from sidecar.persistence.writer import pause
+from sidecar.redis.client import RedisClient, ping
 from sidecar.runtime import metrics
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ async def healthz(call: Call[None, None, None]) -> Health | Reply:
     if embedded is not None:
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
-                await embedded.ping()
+                await ping(embedded)
         except Exception as e:
             log.debug("embedded Redis does not answer: %r", e)
             return Reply(Unhealthy(status="unhealthy", pid=pid, failing=["embedded_redis"]), 503)
@@ -207,35 +207,23 @@ async def _run(name: str, check: Check) -> tuple[str, ReadinessCheck]:
 async def readyz(call: Call[None, None, None]) -> Readiness | Reply:
     app = call.app
     ledger, settings = app[LEDGER], app[SETTINGS]
-    redis = ledger.redis
 
     async def writable() -> dict[str, Any]:
-        # A write, not a PING: a Redis out of memory (noeviction), a read-only replica or one
-        # missing its min-replicas answers PING but refuses every check. On a cluster, every
-        # shard's slot (each may live on another primary).
-        shards = range(ledger.keys.shards) if isinstance(redis, RedisCluster) else range(1)
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            pipe = redis.pipeline(transaction=False)
-            for shard in shards:
-                pipe.set(ledger.keys.ready_probe(shard), os.getpid(), px=PROBE_TTL_MS)
-            await pipe.execute()
+            await readiness.accepts_writes(ledger.redis, ledger.keys, os.getpid(), PROBE_TTL_MS)
         return {"ok": True}
 
     async def scripts() -> dict[str, Any]:
-        all_scripts = [getattr(ledger.scripts, f.name) for f in dataclasses.fields(ledger.scripts)]
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            exists = await redis.script_exists(*(s.sha for s in all_scripts))
-            missing = [s for s, there in zip(all_scripts, exists, strict=True) if not there]
-            for s in missing:  # the next call would load it (EVAL): load it now instead
-                await redis.script_load(s.script)
-        return {"ok": True, "count": len(all_scripts), "loaded": len(missing)}
+            count, loaded = await readiness.load_missing_scripts(ledger.redis, ledger.scripts)
+        return {"ok": True, "count": count, "loaded": loaded}
 
     async def sql() -> dict[str, Any]:
         billing = app.get(BILLING)
         if billing is None:
             return {"ok": False, "error": "not configured"}
-        async with asyncio.timeout(CHECK_TIMEOUT_S), billing.sql.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            await db.probe(billing.sql.engine)
         return {"ok": True}
 
     async def writer_lag() -> dict[str, Any]:

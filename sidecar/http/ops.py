@@ -21,7 +21,8 @@ from sidecar.http.schemas import DeadLettersQuery
 from sidecar.http.state import LEDGER, WRITER, WRITER_PROCESS
 from sidecar.ledger.calls import store_call
 from sidecar.persistence import deadletters
-from sidecar.persistence.writer import outbox_status, stats_dict
+from sidecar.persistence.outbox_status import outbox_status
+from sidecar.persistence.writer import stats_dict
 
 ops_routes = Routes()
 

@@ -1,9 +1,12 @@
-"""Engines for the SQL ledger: URL defaults, SQLite pragmas, and migrations at start."""
+"""Engines for the SQL ledger: URL defaults, SQLite pragmas, migrations at start, and the
+readiness probe's one statement."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +15,7 @@ import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -22,6 +25,7 @@ from sidecar.runtime.datadir import private_file
 if TYPE_CHECKING:
     from sidecar.settings import Settings
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -156,6 +160,29 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> tuple[str | No
         if lock_fd is not None:
             os.close(lock_fd)  # releases the lock
     return revisions[0], revisions[1]
+
+
+async def migrate_while_unreachable(engine: AsyncEngine, stop: asyncio.Event) -> None:
+    """Brings the schema up to date (:func:`migrate`), retried with backoff while SQL is
+    unreachable, until done or ``stop`` is set: SQL being down does not stop a sidecar from
+    starting."""
+    backoff = 0.2
+    while not stop.is_set():
+        try:
+            await migrate(engine)
+            return
+        except Exception as e:
+            log.warning("SQL ledger not migrated yet (%s); retrying in %.1fs", e, backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 10.0)
+
+
+async def probe(engine: AsyncEngine) -> None:
+    """One trivial statement on a connection of ``engine``; raises what SQL raises if it does
+    not answer (``/readyz`` reports it)."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
 
 
 async def _flock(path: str) -> int:

@@ -42,6 +42,11 @@ def text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
+async def ping(client: RedisClient) -> None:
+    """Returns once the server answers PING; raises what the client raises if it does not."""
+    await client.ping()
+
+
 class _HiredisPacking:
     """Packs commands with hiredis (C) instead of redis-py's asyncio packer (pure Python,
     microseconds per argument): every script call's ARGV, and the writer's XACK of a whole

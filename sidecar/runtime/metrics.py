@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 
 from sidecar.billing.context import Billing
 from sidecar.ledger.calls import Ledger, store_call
-from sidecar.persistence.writer import outbox_status
+from sidecar.persistence.outbox_status import outbox_status
 from sidecar.redis.autopipe import AutoPipeline
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -22,8 +22,9 @@ from sidecar import errors
 from sidecar.ledger.calls import Allowed, Ledger
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.db import create_engine, migrate, resolve_url
+from sidecar.persistence.outbox_status import outbox_status
 from sidecar.persistence.reconcile import reconcile
-from sidecar.persistence.writer import OutboxWriter, outbox_status
+from sidecar.persistence.writer import OutboxWriter
 from sidecar.redis.client import connect
 from tests.rediscluster import LocalCluster
 

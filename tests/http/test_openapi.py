@@ -19,7 +19,8 @@ from sidecar.http import schemas
 from sidecar.http.api import API, build_spec
 from sidecar.http.app import create_app
 from sidecar.http.auth import NONE
-from sidecar.http.contract import ANY_METHODS, REF, Call, Out, Routes, endpoint
+from sidecar.http.contract import Call, Out, Routes, endpoint
+from sidecar.http.openapi import ANY_METHODS, REF
 from sidecar.http.responses import Health
 from sidecar.settings import Settings
 

@@ -34,14 +34,9 @@ from sidecar.ledger.calls import Allowed, HoldResult, Ledger, RateLimit
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.lua import Scripts
 from sidecar.persistence.db import create_engine, migrate
-from sidecar.persistence.rebuild import (
-    AccountExists,
-    RebuildError,
-    read_account,
-    rebuild,
-    restore_account,
-    snapshot,
-)
+from sidecar.persistence.rebuild import rebuild
+from sidecar.persistence.rebuild_redis import AccountExists, restore_account
+from sidecar.persistence.rebuild_sql import RebuildError, read_account, snapshot
 from sidecar.persistence.reconcile import reconcile
 from sidecar.redis.client import RedisClient, connect
 from sidecar.redis.embedded import RedisServer

@@ -16,8 +16,9 @@ from sidecar.ledger.apikeys import ApiKeys
 from sidecar.ledger.calls import Ledger, RateLimit
 from sidecar.ledger.outbox import FIELD
 from sidecar.persistence.db import create_engine
+from sidecar.persistence.outbox_status import outbox_status
 from sidecar.persistence.reconcile import reconcile
-from sidecar.persistence.writer import GROUP, OutboxWriter, outbox_status
+from sidecar.persistence.writer import GROUP, OutboxWriter
 from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock
 from tests.persistence.conftest import correct_bucket, rows

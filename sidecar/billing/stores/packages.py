@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from sidecar.billing import currency
 from sidecar.billing.stores.sql import SqlStore, insert_for
+from sidecar.errors import InvalidInput
 from sidecar.ledger.units import from_ms
 from sidecar.persistence.models import CreditPackage, table_of
 
@@ -60,15 +62,22 @@ class PackageStore(SqlStore):
     """The credit packages, by id or by their Stripe price."""
 
     async def put(self, p: Package, now_ms: int) -> bool:
-        """Creates or replaces a package; True if it was created."""
+        """Creates or replaces a package; True if it was created. InvalidInput if its Stripe
+        price is another package's."""
         values = p.view() | {"created_at": from_ms(now_ms)}
-        async with self.tx() as conn:
-            existed = (
-                await conn.execute(select(PACKAGES.c.id).where(PACKAGES.c.id == p.id))
-            ).first() is not None
-            stmt = insert_for(conn, PACKAGES).values(values)
-            changed = {k: v for k, v in values.items() if k not in ("id", "created_at")}
-            await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=changed))
+        try:
+            async with self.tx() as conn:
+                existed = (
+                    await conn.execute(select(PACKAGES.c.id).where(PACKAGES.c.id == p.id))
+                ).first() is not None
+                stmt = insert_for(conn, PACKAGES).values(values)
+                changed = {k: v for k, v in values.items() if k not in ("id", "created_at")}
+                await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=changed))
+        except IntegrityError:  # the only unique column besides the id: the Stripe price
+            raise InvalidInput(
+                f"stripe_price_id {p.stripe_price_id} belongs to another package",
+                field="stripe_price_id",
+            ) from None
         return not existed
 
     async def get(self, package_id: str) -> Package | None:
