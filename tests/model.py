@@ -63,8 +63,8 @@ from sidecar.errors import (
 )
 from sidecar.ledger import outbox
 from sidecar.ledger.calls import (
-    AccountConfig,
     KEEP,
+    AccountConfig,
     Allowed,
     Balance,
     Bucket,
@@ -396,7 +396,9 @@ class LedgerModel:
             "ts": self._now,
             "alloc": [[b, n] for b, n in alloc],
         }
-        txn.update(extra)
+        txn.update({k: v for k, v in extra.items() if v is not None})
+        if a.spend_state is not None:  # the spending limit's state after it
+            txn["spend"] = f"{a.spend_state[0]}:{a.spend_state[1]}"
         touched = [b for b, _ in alloc]
         held = extra.get("held")
         if isinstance(held, list):
@@ -751,7 +753,7 @@ class LedgerModel:
         if before - cost < -a.ovl:
             return Insufficient(before, cost)
         alloc, short = self._draw(a, cost, hold=False)
-        sw = self._spend_add(a, cost)
+        sw = self._spend_add(a, cost)  # before the entry, which carries the state after it
         a.debt += short
         if new_tat is not None:
             a.tat = new_tat
@@ -771,6 +773,7 @@ class LedgerModel:
                 "key_id": "",
                 "route": "",
                 "fp": fp,
+                "sw": sw,
             },
         )
         a.idempotency[idempotency_key] = (self._txid, cost, after, fp, 1)
@@ -810,6 +813,7 @@ class LedgerModel:
         alloc, _ = self._draw(a, amount, hold=True)
         parts = [(b, -n) for b, n in alloc]
         rec = ModelHold(amount, ttl_ms, parts, self._now, self._now + ttl_ms, self._txid)
+        rec.sw = self._spend_add(a, amount)
         self._emit(
             account,
             a,
@@ -823,9 +827,9 @@ class LedgerModel:
                 "expires": rec.expires,
                 "desc": description,
                 "meta": meta,
+                "sw": rec.sw,
             },
         )
-        rec.sw = self._spend_add(a, amount)
         rec.bal = a.balance
         a.holds[hold_id] = rec
         a.deadlines["h:" + hold_id] = rec.expires
@@ -991,8 +995,8 @@ class LedgerModel:
             alloc.append((bid, excess))
             extra["bucket"] = b.entry()
             b.bal = a.balance
-        self._emit(account, a, self._txid, "refund", restored + repaid + excess, alloc, extra)
         self._spend_return(a, u.sw, total)
+        self._emit(account, a, self._txid, "refund", restored + repaid + excess, alloc, extra)
         u.refunded += total
         u.refunds[refund_id] = ModelRefund(arg, self._txid, a.balance, total, forfeited)
         return RefundResult(self._txid, a.balance, total, forfeited, False)

@@ -276,6 +276,8 @@ local function emit(txid, ttype, amount, alloc, extra)
   end
   for _, a in ipairs(alloc) do touch(a[1]) end
   for _, a in ipairs((extra and extra.held) or {}) do touch(a[1]) end
+  -- the spending limit's state after it (ss), so the SQL ledger can restore it
+  if acct.ss then parts[#parts + 1] = ',"spend":' .. cjson.encode(acct.ss) end
   parts[#parts + 1] = ',"buckets":' .. jenc(state) .. '}'
   redis.call('XADD', OUTBOX, '*', 'd', table.concat(parts))
 end
@@ -377,7 +379,9 @@ end
 -- starting on Monday; unit life: one window, for ever); its state is 'window start (ms):spent'.
 -- Spent counts checks (usage), holds while active (their charge once settled) and what
 -- refunds give back, within the window they were charged in. Spend state is kept only while
--- a limit is set: a new limit counts from when it was set.
+-- a limit is set: a new limit counts from when it was set. Every transaction of an account
+-- with a spend state carries it (after the transaction) as `spend`; a usage or a hold that
+-- counted carries its window's start as `sw` (kept in its usage record or hold record).
 local DAY_MS = 86400000
 
 local function days_from_civil(y, m, d)
@@ -727,14 +731,14 @@ local function refund_usage(ukey, u, src, rid, arg, amount, desc, metadata, more
     meta.bal = balance()
     redis.call('HSET', A, 'm:' .. bid, jenc(meta))
   end
-  emit(TXID, 'refund', restored + repaid + excess, alloc, extra)
-  -- credits back in a bucket whose purchase was refunded by Stripe go to its clawback
-  claw_returns()
-  local bal = balance()
   -- the refund gives back room under the limits the usage counted against, in its window
   local sw = redis.call('HMGET', ukey, 'sw', 'kid', 'kw')
   spend_return('sl', 'ss', tonumber(sw[1]), amount)
   if sw[2] then spend_return('kl:' .. sw[2], 'ks:' .. sw[2], tonumber(sw[3]), amount) end
+  emit(TXID, 'refund', restored + repaid + excess, alloc, extra)
+  -- credits back in a bucket whose purchase was refunded by Stripe go to its clawback
+  claw_returns()
+  local bal = balance()
   redis.call('HINCRBY', ukey, 'refunded', fmt(amount))
   redis.call('HSET', ukey, 'rf:' .. rid, jenc({arg = arg, tx = TXID, bal = bal,
     refunded = amount, forfeited = forfeited}))

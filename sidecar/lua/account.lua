@@ -67,10 +67,14 @@ end
 if given(sl_arg) then
   if sl then
     local old = acct.sl and string.match(acct.sl, '^%d+:(%a+:%d+)$')
-    if old ~= string.match(sl, '^%d+:(%a+:%d+)$') then redis.call('HDEL', A, 'ss') end
+    if old ~= string.match(sl, '^%d+:(%a+:%d+)$') then
+      redis.call('HDEL', A, 'ss')
+      acct.ss = nil
+    end
     redis.call('HSET', A, 'sl', sl)
   else
     redis.call('HDEL', A, 'sl', 'ss')
+    acct.ss = nil
   end
 end
 save_account()
@@ -87,5 +91,7 @@ outbox_add({'kind', 'account', 'id', TXID, 'account', ACCOUNT, 'ts', NOW,
   'created', tonumber(v[1]),
   'settings', {overdraft_limit = tonumber(v[2]) or 0, low_balance_threshold = tonumber(v[3]),
     rate_limit_requests = tonumber(v[4]), rate_limit_period_ms = tonumber(v[5]),
-    rate_limit_burst = tonumber(v[6]), spend_limit = spend}})
+    rate_limit_burst = tonumber(v[6]), spend_limit = spend},
+  -- what was spent in the limit's window ('window start:spent'; null: counted from now)
+  'spend_state', acct.ss or cjson.null})
 return {created, v[2] or '0', v[3] or '', v[4] or '', v[5] or '', v[6] or '', v[7] or ''}

@@ -51,13 +51,14 @@ local parts = {}
 for i, a in ipairs(alloc) do parts[i] = {a[1], -a[2]} end
 local rec = {amount = amount, ttl = ttl, alloc = parts, created = NOW, expires = NOW + ttl,
   state = 'active', tx = TXID}
-emit(TXID, 'hold', -amount, alloc, {held = parts, hold_id = hid, expires = rec.expires,
-  desc = desc, meta = metadata})
 if alim then
   alim.spent = alim.spent + amount
-  redis.call('HSET', A, 'ss', spend_state(alim))
+  acct.ss = spend_state(alim)
+  redis.call('HSET', A, 'ss', acct.ss)
   rec.sw = alim.start
 end
+emit(TXID, 'hold', -amount, alloc, {held = parts, hold_id = hid, expires = rec.expires,
+  desc = desc, meta = metadata, sw = rec.sw})
 rec.bal = balance()
 redis.call('HSET', H, hid, jenc(rec))
 schedule('h:' .. hid, rec.expires)

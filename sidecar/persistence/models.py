@@ -105,6 +105,10 @@ class Account(Base):
     spend_limit_credits: Mapped[int | None] = mapped_column(Credits)
     spend_limit_interval: Mapped[str | None] = mapped_column(String(8))
     spend_limit_interval_count: Mapped[int | None] = mapped_column(Integer)
+    # What was spent in its window ("window start ms:spent", sidecar/lua/_lib.lua ss) and the
+    # outbox entry id that last set it (a transaction, or a settings change that reset it).
+    spend_state: Mapped[str | None] = mapped_column(String(40))
+    spend_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
     stripe_customer_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     billing_email: Mapped[str | None] = mapped_column(String(320))  # receipts (Stripe customer)
     # Settings version: the outbox entry id ("%015d-%010d") of the last settings change applied.

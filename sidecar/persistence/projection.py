@@ -59,6 +59,9 @@ SETTINGS_COLS = (
     "spend_limit_interval_count",
 )
 STATE_COLS = ("id", "balance", "debt", "seq", "clock_ms")
+# The spending limit's state (sidecar/lua/_lib.lua ss), set by transactions and by settings
+# changes alike: the latest by outbox entry id wins.
+SPEND_COLS = ("id", "spend_state", "spend_version")
 TXN_COLS = (
     "id",
     "account",
@@ -162,6 +165,7 @@ class Batch:
         self.when: Callable[[int], Any] = sqlite_time if dialect == "sqlite" else from_ms
         self.touched_accounts: set[str] = set()
         self.settings: dict[str, Row] = {}
+        self.spend: dict[str, Row] = {}
         self.account_state: dict[str, Row] = {}
         self.txns: dict[str, Row] = {}
         self.allocs: dict[tuple[str, str], Row] = {}
@@ -180,7 +184,7 @@ class Batch:
         kind = entry.get("kind")
         try:
             if kind == "txn":
-                self._txn(entry)
+                self._txn(entry, orig_id or entry_id)
             elif kind == "account":
                 self._settings(orig_id or entry_id, entry)
             elif kind == "key":
@@ -193,7 +197,13 @@ class Batch:
             # Everything is checked before the first merge, so the batch is as it was.
             raise PoisonEntry(f"malformed {kind} entry: {type(e).__name__}: {e}") from None
 
-    def _txn(self, e: Mapping[str, Any]) -> None:
+    def _spend(self, account: str, state: str | None, entry_id: str) -> None:
+        row = (account, state, stream_version(entry_id))
+        old = self.spend.get(account)
+        if old is None or old[2] < row[2]:
+            self.spend[account] = row
+
+    def _txn(self, e: Mapping[str, Any], entry_id: str) -> None:
         t = outbox.txn(e)  # every check; raises PoisonEntry
         account, txid, seq, balance, ts = t.account, t.id, t.seq, t.balance, t.ts
         bucket_def: Row | None = None
@@ -238,7 +248,8 @@ class Batch:
         hold_state: Row | None = None
         if t.hold_expires is not None and hid:
             expires = t.hold_expires
-            parts = _dumps({"parts": t.held})
+            sw = t.spend_window
+            parts = _dumps({"parts": t.held} if sw is None else {"parts": t.held, "sw": sw})
             hold_def = (account, hid, -t.amount, expires - ts, parts, ts, expires, txid, balance)
             hold_state = (account, hid, "active", None, None, None, None, None, seq)
         elif t.hold_state is not None and hid:
@@ -248,6 +259,8 @@ class Batch:
 
         # Merge: nothing below can fail.
         self.touched_accounts.add(account)
+        if t.spend_state is not None:
+            self._spend(account, t.spend_state, entry_id)
         self.txns[txid] = txn
         deltas: dict[str, list[int]] = {}
         for b, n in alloc:
@@ -297,9 +310,16 @@ class Batch:
             *_spend_limit(s.get("spend_limit")),
         )
         self.touched_accounts.add(account)
+        spend: str | None = None
+        if "spend_state" in e:  # (entries written before it existed: no change)
+            spend = e["spend_state"]
+            if spend is not None and not outbox.SPEND_STATE.match(str(spend)):
+                raise PoisonEntry("spend_state is not 'window start:spent'")
         old = self.settings.get(account)
         if old is None or old[7] < row[7]:
             self.settings[account] = row
+        if "spend_state" in e:
+            self._spend(account, spend, entry_id)
 
     def _key(self, e: Mapping[str, Any]) -> None:
         account = _text(e, "account", 128)
@@ -368,6 +388,15 @@ async def apply(conn: AsyncConnection, batch: Batch) -> None:
         ["id"],
         update=STATE_COLS[1:],
         where='"accounts"."seq" < excluded."seq"',
+    )
+    await _upsert(
+        conn,
+        accounts,
+        SPEND_COLS,
+        list(batch.spend.values()),
+        ["id"],
+        update=SPEND_COLS[1:],
+        where='"accounts"."spend_version" < excluded."spend_version"',
     )
     for table, pk, def_cols, defs, state_cols, state in (
         (

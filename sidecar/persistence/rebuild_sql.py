@@ -31,7 +31,7 @@ from sqlalchemy import RowMapping, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sidecar.ledger.apikeys import key_record, rate_spec
-from sidecar.ledger.calls import RateLimit
+from sidecar.ledger.calls import RateLimit, SpendLimit
 from sidecar.ledger.outbox import PoisonEntry, TxnEntry
 from sidecar.ledger.units import from_ms, to_ms
 from sidecar.persistence.models import (
@@ -139,6 +139,15 @@ async def read_account(
     rate = (acct["rate_limit_requests"], acct["rate_limit_period_ms"], acct["rate_limit_burst"])
     if None not in rate:
         doc["rate_limit"] = [int(x) for x in rate]
+    if acct["spend_limit_credits"] is not None:
+        limit = SpendLimit(
+            int(acct["spend_limit_credits"]),
+            acct["spend_limit_interval"],
+            int(acct["spend_limit_interval_count"] or 1),
+        )
+        doc["spend_limit"] = limit.spec()
+        if acct["spend_state"]:
+            doc["spend_state"] = acct["spend_state"]
 
     topup = (
         await conn.execute(
@@ -280,6 +289,8 @@ async def _holds(conn: AsyncConnection, account: str, closed_after: int) -> list
             "tx": h["transaction_id"],
             "bal": int(h["balance_after"]),
         }
+        if h["alloc"].get("sw") is not None:  # the spending limit's window it counted in
+            entry["sw"] = int(h["alloc"]["sw"])
         if h["state"] != "active":
             _need(
                 h,
@@ -362,13 +373,16 @@ async def _records(
         if t.charged > 0 and t.hold_id
     ]
     parts: dict[str, list[list[Any]]] = {}
+    windows: dict[str, Any] = {}
     if settles:
         rows = await conn.execute(
             select(HOLDS.c.hold_id, HOLDS.c.alloc).where(
                 HOLDS.c.account == account, HOLDS.c.hold_id.in_({t.hold_id for t in settles})
             )
         )
-        parts = {str(h): (alloc or {}).get("parts", []) for h, alloc in rows}
+        held = {str(h): alloc or {} for h, alloc in rows}
+        parts = {h: alloc.get("parts", []) for h, alloc in held.items()}
+        windows = {h: alloc.get("sw") for h, alloc in held.items()}
     usages = sorted([*usages, *settles], key=lambda t: t.seq)
     refunds: dict[str, list[TxnEntry]] = {u.id: [] for u in usages}
     # A refund comes after its usage, so the refunds of these usages are all after the cutoff.
@@ -383,10 +397,12 @@ async def _records(
             cost = u.charged
             alloc = _charged(parts.get(str(u.hold_id), []), cost)
             overdraft = 0
+            sw = windows.get(str(u.hold_id))  # a settle counted in its hold's window
         else:
             cost = -u.amount
             alloc = [[b, n] for b, n in u.alloc]
             overdraft = u.overdraft
+            sw = u.spend_window
         left = cost
         done: list[dict[str, Any]] = []
         for r in refunds[u.id]:
@@ -414,6 +430,7 @@ async def _records(
                 "at": u.ts,
                 "refunds": done,
             }
+            | ({} if sw is None else {"sw": int(sw)})
         )
         if u.idempotency_key and any(r.voided_attempt for r in refunds[u.id]):
             # voided (sidecar/lua/void.lua): its record was deleted, a retry is a new request

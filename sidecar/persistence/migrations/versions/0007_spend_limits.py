@@ -1,5 +1,6 @@
 """Spending limits: an account's limit (credits per window of interval_count intervals; no
-interval: a lifetime limit), mirrored from the outbox's account entries.
+interval: a lifetime limit), mirrored from the outbox's account entries, and what was spent
+in its current window, from the transactions.
 
 Revision ID: 0007
 Revises: 0006
@@ -24,10 +25,16 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("spend_limit_credits", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("spend_limit_interval", sa.String(length=8), nullable=True))
         batch_op.add_column(sa.Column("spend_limit_interval_count", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("spend_state", sa.String(length=40), nullable=True))
+        batch_op.add_column(
+            sa.Column("spend_version", sa.String(length=32), nullable=False, server_default="")
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("accounts", schema=None) as batch_op:
+        batch_op.drop_column("spend_version")
+        batch_op.drop_column("spend_state")
         batch_op.drop_column("spend_limit_interval_count")
         batch_op.drop_column("spend_limit_interval")
         batch_op.drop_column("spend_limit_credits")
