@@ -243,6 +243,11 @@ class Key(Model):
     created_at: Time | None
     rate_limit: RateLimit | None
     revoked_at: Time | None
+    spend_limit: SpendLimitView | None
+    spend: Annotated[
+        SpendView | None,
+        Meta(description="listings: the spending limit's current window (what was spent)"),
+    ]
 
 
 class KeyCreated(Key):

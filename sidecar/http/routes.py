@@ -20,28 +20,21 @@ from sidecar.http.responses import (
     Hold,
     HoldClosed,
     InsufficientCredits,
-    Key,
-    KeyCreated,
-    KeyList,
     RateLimited,
     Refunded,
     ShadowDecision,
     SpendLimitReached,
 )
 from sidecar.http.schemas import (
-    AccountPath,
     CheckRequest,
     HoldPath,
     HoldRequest,
-    KeyPath,
-    KeyRequest,
     RefundRequest,
     ReleaseRequest,
     SettleRequest,
 )
-from sidecar.http.state import API_KEYS, LEDGER, SETTINGS
-from sidecar.http.views import insufficient, rate_limit_view, spend_limit_reason, spend_limited
-from sidecar.ledger.apikeys import KeyInfo
+from sidecar.http.state import LEDGER, SETTINGS
+from sidecar.http.views import insufficient, spend_limit_reason, spend_limited
 from sidecar.ledger.calls import Allowed, CloseResult, Insufficient, Revoked, SpendLimited
 from sidecar.ledger.units import iso
 from sidecar.runtime import metrics
@@ -319,72 +312,3 @@ async def refund(call: Call[None, None, RefundRequest]) -> Reply:
         replayed=r.replayed,
     )
     return Reply(view, 200 if r.replayed else 201)
-
-
-def key_view(k: KeyInfo) -> Key:
-    return Key(
-        key_id=k.key_id,
-        account=k.account,
-        name=k.name,
-        prefix=k.prefix,
-        created_at=iso(k.created_at),
-        rate_limit=rate_limit_view(k.rate_limit),
-        revoked_at=iso(k.revoked_at),
-    )
-
-
-@routes.route(
-    "POST",
-    "/v1/accounts/{account}/keys",
-    "Issue an API key (shown once)",
-    tag="keys",
-    auth=ADMIN,
-    params=AccountPath,
-    body=KeyRequest,
-    responses={201: Out(KeyCreated, "the key, with its secret")},
-    errors={404: ACCOUNT_404, 503: None},
-)
-async def create_key(call: Call[AccountPath, None, KeyRequest]) -> KeyCreated:
-    req = call.body
-    rl = req.rate_limit.to_rate_limit() if req.rate_limit else None
-    info, key = await call.app[API_KEYS].create(call.path.account, name=req.name, rate_limit=rl)
-    return KeyCreated(
-        key_id=info.key_id,
-        account=info.account,
-        name=info.name,
-        prefix=info.prefix,
-        created_at=iso(info.created_at),
-        rate_limit=rate_limit_view(info.rate_limit),
-        revoked_at=iso(info.revoked_at),
-        key=key,
-    )
-
-
-@routes.route(
-    "GET",
-    "/v1/accounts/{account}/keys",
-    "An account's API keys (metadata only)",
-    tag="keys",
-    auth=ADMIN,
-    params=AccountPath,
-    responses={200: Out(KeyList, "the keys")},
-    errors={503: None},
-)
-async def list_keys(call: Call[AccountPath, None, None]) -> KeyList:
-    account = call.path.account
-    keys = await call.app[API_KEYS].list(account)
-    return KeyList(account=account, keys=[key_view(k) for k in keys])
-
-
-@routes.route(
-    "DELETE",
-    "/v1/keys/{key_id}",
-    "Revoke an API key (takes effect on the next request)",
-    tag="keys",
-    auth=ADMIN,
-    params=KeyPath,
-    responses={200: Out(Key, "the key's record, with revoked_at")},
-    errors={404: "`unknown_key`", 503: None},
-)
-async def revoke_key(call: Call[KeyPath, None, None]) -> Key:
-    return key_view(await call.app[API_KEYS].revoke(call.path.key_id))

@@ -168,6 +168,13 @@ class AccountPatch(Body):
 class KeyRequest(Body):
     name: Annotated[str, StringConstraints(max_length=128, pattern=r"^[^\x00]*$")] = ""
     rate_limit: RateLimitBody | None = None
+    spend_limit: SpendLimitBody | None = None
+
+
+class KeyPatch(Body):
+    """An API key's settings to change: its spending limit (``null`` removes it)."""
+
+    spend_limit: SpendLimitBody | None
 
 
 class HoldRequest(Body):

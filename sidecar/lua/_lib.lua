@@ -381,7 +381,9 @@ end
 -- refunds give back, within the window they were charged in. Spend state is kept only while
 -- a limit is set: a new limit counts from when it was set. Every transaction of an account
 -- with a spend state carries it (after the transaction) as `spend`; a usage or a hold that
--- counted carries its window's start as `sw` (kept in its usage record or hold record).
+-- counted carries its window's start as `sw` (kept in its usage record or hold record). An API
+-- key's limit: a usage that counted against it carries `kw` (its window) and `key_spend`
+-- ([key id, its state after]); so does a refund that gave room back to it.
 local DAY_MS = 86400000
 
 local function days_from_civil(y, m, d)
@@ -459,16 +461,18 @@ local function spend_refusal(scope, lim)
 end
 
 -- Gives back `n` credits counted in the window starting at `start` to a limit (field
--- `spec_f`, state `state_f` of the account hash), if that window is still the current one.
+-- `spec_f`, state `state_f` of the account hash), if that window is still the current one;
+-- returns the limit's state after, or nil when nothing changed.
 local function spend_return(spec_f, state_f, start, n)
-  if not start or n <= 0 then return end
+  if not start or n <= 0 then return nil end
   local v = redis.call('HMGET', A, spec_f, state_f)
   local lim = spend_load(v[1], v[2])
-  if lim and lim.start == start then
-    lim.spent = math.max(0, lim.spent - n)
-    redis.call('HSET', A, state_f, spend_state(lim))
-    if spec_f == 'sl' then acct.ss = spend_state(lim) end
-  end
+  if not (lim and lim.start == start) then return nil end
+  lim.spent = math.max(0, lim.spent - n)
+  local ss = spend_state(lim)
+  redis.call('HSET', A, state_f, ss)
+  if spec_f == 'sl' then acct.ss = ss end
+  return ss
 end
 
 -- Clawbacks (revoke.lua). Per purchase, cb:<purchase> = the credits to have taken back (the
@@ -734,7 +738,10 @@ local function refund_usage(ukey, u, src, rid, arg, amount, desc, metadata, more
   -- the refund gives back room under the limits the usage counted against, in its window
   local sw = redis.call('HMGET', ukey, 'sw', 'kid', 'kw')
   spend_return('sl', 'ss', tonumber(sw[1]), amount)
-  if sw[2] then spend_return('kl:' .. sw[2], 'ks:' .. sw[2], tonumber(sw[3]), amount) end
+  if sw[2] then
+    local ks = spend_return('kl:' .. sw[2], 'ks:' .. sw[2], tonumber(sw[3]), amount)
+    if ks then extra.key_spend = {sw[2], ks} end
+  end
   emit(TXID, 'refund', restored + repaid + excess, alloc, extra)
   -- credits back in a bucket whose purchase was refunded by Stripe go to its clawback
   claw_returns()

@@ -136,6 +136,7 @@ if klim then
   klim.spent = klim.spent + cost
   redis.call('HSET', A, 'ks:' .. key_id, spend_state(klim))
   usage.kw = klim.start
+  usage.key_spend = {key_id, spend_state(klim)}
 end
 if alim then
   alim.spent = alim.spent + cost

@@ -25,10 +25,12 @@
 --   holds [{id, amount, ttl, alloc [[bucket, n], ...], created, expires, state, tx, bal, sw?;
 --     closed ones also charged, close_tx, close_balance, forfeited, closed (ms)}],
 --   keys [{id, record (JSON text stored as is, or an object stored as jenc writes it),
---     rate? ('' or 'n:ms:burst': the key is active; absent: revoked)}],
+--     rate? ('' or 'n:ms:burst': the key is active; absent: revoked), limit? (its spending
+--     limit 'credits:unit:count'), spend_state? ('window start:spent')}],
 --   idempotency [{key, tx, cost, bal, at (the usage's time), fp? (its request digest, see
 --     deduct.lua), window? (its replay window, ms; absent: the retention)}],
---   usage [{tx, cost, alloc [[bucket, -n], ...], overdraft, at, sw?, refunds [{id, arg, tx, bal,
+--   usage [{tx, cost, alloc [[bucket, -n], ...], overdraft, at, sw?, kid? and kw? (the API
+--     key whose limit it counted against, and that window's start), refunds [{id, arg, tx, bal,
 --     refunded, forfeited}]}]
 -- Derived here, as the other scripts keep them: avail (sum of remaining over live buckets)
 -- and held (sum of held), each bucket's okey, the burn order, the deadlines (live expiring
@@ -257,6 +259,16 @@ for _, k in ipairs(keys) do
       or (k.rate ~= '' and not string.match(k.rate, '^%d+:%d+:%d+$')) then
     fail('INVALID', 'key ' .. id .. ' rate must be requests:period_ms:burst or empty')
   end
+  if absent(k.limit) then
+    k.limit = nil
+  elseif type(k.limit) ~= 'string' or not string.match(k.limit, '^%d+:%a+:%d+$') then
+    fail('INVALID', 'key ' .. id .. ' limit must be credits:unit:count')
+  end
+  if absent(k.spend_state) then
+    k.spend_state = nil
+  elseif type(k.spend_state) ~= 'string' or not string.match(k.spend_state, '^%d+:%d+$') then
+    fail('INVALID', 'key ' .. id .. ' spend_state must be window start:spent')
+  end
 end
 
 -- Per-request records, and the keys they go to.
@@ -297,6 +309,12 @@ for _, u in ipairs(usage) do
   end
   u.px = ttl_of(u.at, name)
   u.sw = sw_v(u.sw, name)
+  if not absent(u.kid) then
+    id_arg(u.kid, name .. ' kid', 64)
+    u.kw = int_v(u.kw, name .. ' kw', 0, MAX_TIME)
+  else
+    u.kid = nil
+  end
   u.refunded = 0
   local seen = {}
   u.refunds = list_v(u.refunds, name .. ' refunds')
@@ -390,6 +408,8 @@ end
 for _, k in ipairs(keys) do
   redis.call('HSET', KEYS[7], k.id, k.record)
   if k.rate then redis.call('HSET', A, 'k:' .. k.id, k.rate) end
+  if k.rate and k.limit then redis.call('HSET', A, 'kl:' .. k.id, k.limit) end
+  if k.rate and k.limit and k.spend_state then redis.call('HSET', A, 'ks:' .. k.id, k.spend_state) end
 end
 
 for i, r in ipairs(idem) do
@@ -401,6 +421,10 @@ for i, u in ipairs(usage) do
   local uf = {'cost', fmt(u.cost), 'alloc', jenc(u.alloc), 'overdraft', fmt(u.overdraft),
     'refunded', fmt(u.refunded)}
   if u.sw then uf[#uf + 1] = 'sw'; uf[#uf + 1] = fmt(u.sw) end
+  if u.kid then
+    uf[#uf + 1] = 'kid'; uf[#uf + 1] = u.kid
+    uf[#uf + 1] = 'kw'; uf[#uf + 1] = fmt(u.kw)
+  end
   for _, rf in ipairs(u.refunds) do
     uf[#uf + 1] = 'rf:' .. rf.id
     uf[#uf + 1] = jenc({arg = rf.arg, tx = rf.tx, bal = rf.bal, refunded = rf.refunded,

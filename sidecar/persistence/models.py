@@ -136,6 +136,12 @@ class ApiKey(Base):
     rate_limit_burst: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+    # Its spending limit (as accounts' spend_limit_*) and what it spent in the limit's window.
+    spend_limit_credits: Mapped[int | None] = mapped_column(Credits)
+    spend_limit_interval: Mapped[str | None] = mapped_column(String(8))
+    spend_limit_interval_count: Mapped[int | None] = mapped_column(Integer)
+    spend_state: Mapped[str | None] = mapped_column(String(40))
+    spend_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
 
 
 class CreditBalance(Base):

@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Table
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -131,6 +131,9 @@ KEY_COLS = (
     "rate_limit_burst",
     "created_at",
     "revoked_at",
+    "spend_limit_credits",
+    "spend_limit_interval",
+    "spend_limit_interval_count",
 )
 Row = tuple[Any, ...]
 
@@ -166,6 +169,7 @@ class Batch:
         self.touched_accounts: set[str] = set()
         self.settings: dict[str, Row] = {}
         self.spend: dict[str, Row] = {}
+        self.key_spend: dict[str, Row] = {}  # key id -> (key id, state, version)
         self.account_state: dict[str, Row] = {}
         self.txns: dict[str, Row] = {}
         self.allocs: dict[tuple[str, str], Row] = {}
@@ -188,7 +192,7 @@ class Batch:
             elif kind == "account":
                 self._settings(orig_id or entry_id, entry)
             elif kind == "key":
-                self._key(entry)
+                self._key(entry, orig_id or entry_id)
             else:
                 raise PoisonEntry(f"unknown entry kind {str(kind)[:40]!r}")
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
@@ -202,6 +206,14 @@ class Batch:
         old = self.spend.get(account)
         if old is None or old[2] < row[2]:
             self.spend[account] = row
+
+    def _key_spend(self, key_id: str, state: Any, entry_id: str) -> None:
+        if state is not None and not outbox.SPEND_STATE.match(str(state)):
+            raise PoisonEntry("a key's spend state is not 'window start:spent'")
+        row = (key_id, state, stream_version(entry_id))
+        old = self.key_spend.get(key_id)
+        if old is None or old[2] < row[2]:
+            self.key_spend[key_id] = row
 
     def _txn(self, e: Mapping[str, Any], entry_id: str) -> None:
         t = outbox.txn(e)  # every check; raises PoisonEntry
@@ -261,6 +273,9 @@ class Batch:
         self.touched_accounts.add(account)
         if t.spend_state is not None:
             self._spend(account, t.spend_state, entry_id)
+        ks = t.details.get("key_spend")
+        if isinstance(ks, list) and len(ks) == 2 and isinstance(ks[0], str):
+            self._key_spend(ks[0], ks[1], entry_id)
         self.txns[txid] = txn
         deltas: dict[str, list[int]] = {}
         for b, n in alloc:
@@ -321,7 +336,7 @@ class Batch:
         if "spend_state" in e:
             self._spend(account, spend, entry_id)
 
-    def _key(self, e: Mapping[str, Any]) -> None:
+    def _key(self, e: Mapping[str, Any], entry_id: str) -> None:
         account = _text(e, "account", 128)
         rec = e.get("record")
         if not isinstance(rec, dict) or not isinstance(rec.get("hash"), str):
@@ -341,7 +356,10 @@ class Batch:
             _opt_int(rl, "burst"),
             self.when(_int(rec, "created_at", 0, MAX_TIME)),
             None if revoked is None else self.when(revoked),
+            *_spend_limit(rec.get("spend_limit")),
         )
+        if "spend_state" in e:  # (entries written before it existed: no change)
+            self._key_spend(row[0], e["spend_state"], entry_id)
         self.touched_accounts.add(account)
         old = self.keys.get(row[0])
         if old is None or old[9] is None:
@@ -429,6 +447,19 @@ async def apply(conn: AsyncConnection, batch: Batch) -> None:
         ["key_id"],
         extra_set={"revoked_at": 'COALESCE("api_keys"."revoked_at", excluded."revoked_at")'},
     )
+    if batch.key_spend:
+        # An update, never an insert: a key's row comes from its key entry, which the outbox
+        # holds before any transaction of the key.
+        keys = table_of(ApiKey)
+        await conn.execute(
+            update(keys)
+            .where(
+                keys.c.key_id == bindparam("k"),
+                keys.c.spend_version < bindparam("v"),
+            )
+            .values(spend_state=bindparam("s"), spend_version=bindparam("v")),
+            [{"k": k, "s": s, "v": v} for k, s, v in batch.key_spend.values()],
+        )
     await _upsert(conn, table_of(CreditTransaction), TXN_COLS, list(batch.txns.values()), ["id"])
     await _upsert(
         conn,

@@ -321,6 +321,13 @@ async def _keys(
     for k in rows:
         rate = (k["rate_limit_requests"], k["rate_limit_period_ms"], k["rate_limit_burst"])
         rl = RateLimit(*(int(x) for x in rate)) if None not in rate else None
+        limit = None
+        if k["spend_limit_credits"] is not None:
+            limit = SpendLimit(
+                int(k["spend_limit_credits"]),
+                k["spend_limit_interval"],
+                int(k["spend_limit_interval_count"] or 1),
+            )
         record = key_record(
             k["key_id"],
             account,
@@ -329,9 +336,22 @@ async def _keys(
             created_at=to_ms(k["created_at"]),
             rate_limit=rl,
             digest=k["hash"],
+            spend_limit=limit,
         )
         active = k["revoked_at"] is None
-        if active:
+        if active and limit is not None:
+            # a key with a spending limit: its record as apikey.lua re-encodes it (the same
+            # JSON; the bytes of one created with it may differ), its limit and what it spent
+            entry: dict[str, Any] = {
+                "id": k["key_id"],
+                "record": record,
+                "rate": rate_spec(rl),
+                "limit": limit.spec(),
+            }
+            if k["spend_state"]:
+                entry["spend_state"] = k["spend_state"]
+            entries.append(entry)
+        elif active:
             # stored as created: ApiKeys.create's JSON text
             entries.append(
                 {"id": k["key_id"], "record": orjson.dumps(record).decode(), "rate": rate_spec(rl)}
@@ -393,6 +413,7 @@ async def _records(
     latest: dict[str, dict[str, Any]] = {}  # idempotency key -> its latest usage
     usage: list[dict[str, Any]] = []
     for u in usages:
+        extra_fields: dict[str, Any] = {}
         if u.type == "settle":
             cost = u.charged
             alloc = _charged(parts.get(str(u.hold_id), []), cost)
@@ -403,6 +424,9 @@ async def _records(
             alloc = [[b, n] for b, n in u.alloc]
             overdraft = u.overdraft
             sw = u.spend_window
+            kw = u.details.get("kw")
+            if u.key_id and type(kw) is int:  # it counted against its API key's limit
+                extra_fields["kid"], extra_fields["kw"] = u.key_id, kw
         left = cost
         done: list[dict[str, Any]] = []
         for r in refunds[u.id]:
@@ -431,6 +455,7 @@ async def _records(
                 "refunds": done,
             }
             | ({} if sw is None else {"sw": int(sw)})
+            | extra_fields
         )
         if u.idempotency_key and any(r.voided_attempt for r in refunds[u.id]):
             # voided (sidecar/lua/void.lua): its record was deleted, a retry is a new request

@@ -179,3 +179,81 @@ async def test_the_proxy_modes_refuse_over_the_limit_with_its_headers(client: Cl
     assert r.headers["X-Credits-Window-Ends"].endswith("T00:00:00.000Z")
     body = await r.json()
     assert body["spent"] == 4 and body["spend_limit"]["interval"] == "week"
+
+
+async def new_key(c: Client, **body: Any) -> tuple[str, str]:
+    r = await c.post("/v1/accounts/acme/keys", json=body, headers=admin())
+    assert r.status == 201, await r.text()
+    created = await r.json()
+    return created["key_id"], created["key"]
+
+
+async def nginx(c: Client, key: str, request_id: str) -> Any:
+    headers = {"Authorization": f"Bearer {key}", "X-Original-URI": "/v1/x"}
+    return await c.get("/auth/nginx", headers={**headers, "X-Request-Id": request_id})
+
+
+async def test_a_keys_limit_caps_that_key_only_and_listings_show_what_it_spent(
+    client: Client,
+) -> None:
+    await account(client)
+    capped, key = await new_key(client, spend_limit={"credits": 8, "interval": "day"})
+    _, other = await new_key(client)
+    assert (await nginx(client, key, "a")).status == 200
+    assert (await nginx(client, key, "b")).status == 200
+    r = await nginx(client, key, "c")
+    assert r.status == 403 and r.headers["X-Credits-Deny-Status"] == "402"
+    assert r.headers["X-Credits-Reason"] == "key_spend_limit"
+    assert r.headers["X-Credits-Spent"] == "8"
+    assert (await nginx(client, other, "d")).status == 200  # the account is not capped
+    r = await client.get("/v1/accounts/acme/keys", headers=admin())
+    keys = {k["key_id"]: k for k in (await r.json())["keys"]}
+    assert keys[capped]["spend"]["spent"] == 8
+    assert keys[capped]["spend_limit"] == {"credits": 8, "interval": "day", "interval_count": 1}
+    assert [k["spend"] for k in keys.values() if k["key_id"] != capped] == [None]
+    assert (await balance(client))["balance"] == 88
+
+
+async def test_patching_a_keys_limit_keeps_the_windows_spending_and_null_removes_it(
+    client: Client,
+) -> None:
+    await account(client)
+    key_id, key = await new_key(client, spend_limit={"credits": 8, "interval": "day"})
+    assert (await nginx(client, key, "a")).status == 200
+    r = await client.patch(
+        f"/v1/keys/{key_id}",
+        json={"spend_limit": {"credits": 5, "interval": "day"}},
+        headers=admin(),
+    )
+    assert r.status == 200, await r.text()
+    assert (await r.json())["spend_limit"]["credits"] == 5
+    assert (await nginx(client, key, "b")).headers.get("X-Credits-Deny-Status") == "402"
+    r = await client.patch(f"/v1/keys/{key_id}", json={"spend_limit": None}, headers=admin())
+    assert r.status == 200 and (await r.json())["spend_limit"] is None
+    assert (await nginx(client, key, "c")).status == 200
+
+
+async def test_patching_an_unknown_or_revoked_key_is_refused(client: Client) -> None:
+    await account(client)
+    body = {"spend_limit": {"credits": 5}}
+    r = await client.patch("/v1/keys/key_nope", json=body, headers=admin())
+    assert r.status == 404 and (await r.json())["error"]["code"] == "unknown_key"
+    key_id, _ = await new_key(client)
+    assert (await client.delete(f"/v1/keys/{key_id}", headers=admin())).status == 200
+    r = await client.patch(f"/v1/keys/{key_id}", json=body, headers=admin())
+    assert r.status == 409 and (await r.json())["error"]["code"] == "key_revoked"
+    r = await client.patch(f"/v1/keys/{key_id}", json={}, headers=admin())
+    assert r.status == 422 and (await r.json())["error"]["field"] == "spend_limit"
+
+
+async def test_a_key_limit_and_the_account_limit_both_hold_the_key_is_checked_first(
+    client: Client,
+) -> None:
+    await account(client, spend_limit={"credits": 6, "interval": "month"})
+    _, key = await new_key(client, spend_limit={"credits": 4, "interval": "month"})
+    assert (await nginx(client, key, "a")).status == 200
+    r = await nginx(client, key, "b")
+    assert r.headers["X-Credits-Reason"] == "key_spend_limit"
+    _, other = await new_key(client)
+    r = await nginx(client, other, "c")
+    assert r.headers["X-Credits-Reason"] == "spend_limit"  # 4 + 4 > 6
