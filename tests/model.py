@@ -42,6 +42,7 @@ does not move.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -725,7 +726,20 @@ class LedgerModel:
         *,
         description: str = "",
         metadata: dict[str, Any] | None = None,
+        dry_run: bool = False,
     ) -> DeductResult:
+        if dry_run:
+            # What the call would answer, then every change undone (ids still advance).
+            saved = copy.deepcopy((self.accounts, self.outbox))
+            r = self.deduct(
+                account, cost, idempotency_key, description=description, metadata=metadata
+            )
+            calls = self._calls
+            self.accounts, self.outbox = saved
+            self._calls = calls
+            if isinstance(r, Allowed):
+                return Allowed("", r.balance, r.cost, r.replayed, r.low_balance)
+            return r
         self._begin()
         self._check_range("cost", cost, 0, MAX_CREDITS)
         meta = encode_metadata(metadata)

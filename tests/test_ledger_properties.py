@@ -103,6 +103,7 @@ class Deduct:
     account: str
     cost: int
     key: str
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,13 @@ grants = st.builds(
     st.sampled_from(("manual", "purchase", "promo")),
     st.booleans(),
 )
-deducts = st.builds(Deduct, accounts, st.integers(1, 12), st.sampled_from(IDEMPOTENCY_KEYS))
+deducts = st.builds(
+    Deduct,
+    accounts,
+    st.integers(1, 12),
+    st.sampled_from(IDEMPOTENCY_KEYS),
+    st.sampled_from((False, False, False, True)),
+)
 invalid_deducts = st.builds(Deduct, accounts, st.just(0), st.sampled_from(IDEMPOTENCY_KEYS))
 holds = st.builds(
     Hold,
@@ -474,8 +481,8 @@ class Scenario:
                     return prior
                 account, gid, credits = prior.args
                 return Call("grant", (account, gid, credits + 1), prior.kwargs)
-            case Deduct(account, cost, key):
-                return Call("deduct", (account, cost, key))
+            case Deduct(account, cost, key, dry_run):
+                return Call("deduct", (account, cost, key), {"dry_run": dry_run} if dry_run else {})
             case Hold(account, hid, amount, ttl):
                 return Call("hold", (account, hid, amount, ttl))
             case Settle(account, n, amount):
@@ -517,7 +524,7 @@ class Scenario:
             kind = result.__name__ if isinstance(result, type) else type(result).__name__
             if currently_in_test_context():
                 event(f"{call.method} -> {kind}")
-            if isinstance(result, Allowed) and not result.replayed:
+            if isinstance(result, Allowed) and not result.replayed and result.transaction_id:
                 self.usages.append(result.transaction_id)
                 # A free check (cost 0) charges nothing: it may report a balance below a
                 # limit that was lowered after the debt was made.

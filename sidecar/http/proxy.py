@@ -75,6 +75,8 @@ def outcome_headers(o: Outcome) -> dict[str, str]:
         h["X-Credits-Spent"] = str(o.spend.spent)
         if o.spend.ends_at is not None:
             h["X-Credits-Window-Ends"] = iso(o.spend.ends_at)
+    if o.dry_run:
+        h["X-Credits-Dry-Run"] = "1"
     if o.shadow_status is not None:
         h["X-Credits-Shadow-Status"] = str(o.shadow_status)
     if o.status == 401:
@@ -254,7 +256,12 @@ ALLOWED = outcome(
             str,
             "`true`: a replay of an earlier request (same request id), charged then; answer it "
             "as the first, do not do the work again; else `false`",
-        )
+        ),
+        "X-Credits-Dry-Run": Header(
+            str,
+            "`1`: a dry run (SIDECAR_TRUST_DRY_RUN_HEADER and the proxy's X-Credits-Dry-Run: 1):"
+            " the answer the request would get, nothing charged; on every answer to a dry run",
+        ),
     },
 )
 DENIALS = {

@@ -88,11 +88,12 @@ class RateLimit(Model):
 class CheckAllowed(Model):
     allowed: Literal[True]
     account: str
-    balance: int
+    balance: Annotated[int, Meta(description="after the check (a dry run: after it would run)")]
     cost: CreditsOut
-    transaction_id: str
+    transaction_id: Annotated[str | None, Meta(description="null: a dry run")]
     replayed: bool
     low_balance: bool
+    dry_run: Annotated[bool, Meta(description="sent only for a dry run")] | UnsetType = UNSET
 
 
 class ShadowDecision(Model):

@@ -10,6 +10,7 @@ import math
 from time import perf_counter
 
 from aiohttp import web
+from msgspec import UNSET
 
 from sidecar import errors
 from sidecar.http.auth import ADMIN, SERVICE
@@ -114,6 +115,7 @@ async def check(call: Call[None, None, CheckRequest]) -> CheckAllowed | Reply:
         req.idempotency_key,
         description=req.description,
         metadata=req.metadata,
+        dry_run=req.dry_run,
     )
     account = req.account
     if isinstance(r, Allowed):
@@ -122,9 +124,10 @@ async def check(call: Call[None, None, CheckRequest]) -> CheckAllowed | Reply:
             account=account,
             balance=r.balance,
             cost=r.cost,
-            transaction_id=r.transaction_id,
+            transaction_id=r.transaction_id or None,
             replayed=r.replayed,
             low_balance=r.low_balance,
+            dry_run=True if req.dry_run else UNSET,
         )
     if isinstance(r, Revoked):  # not reachable without a key id; kept exhaustive
         raise errors.Unauthorized("API key revoked")

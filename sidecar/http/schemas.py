@@ -103,6 +103,13 @@ class CheckRequest(Body):
     idempotency_key: Id
     description: Description = ""
     metadata: Metadata = None
+    dry_run: Annotated[
+        bool,
+        Field(
+            description="answer what the check would get, changing nothing (no transaction, "
+            "rate-limit state, idempotency record or expiry)"
+        ),
+    ] = False
 
 
 class GrantRequest(Body):

@@ -281,6 +281,7 @@ class Ledger:
         replay_window_ms: int | None = None,
         request: str = "",
         void_if_lost: bool = True,
+        dry_run: bool = False,
     ) -> DeductResult:
         """Takes ``cost`` credits (0: a free route, only authenticate and rate limit).
 
@@ -296,6 +297,9 @@ class Ledger:
         (sidecar/ledger/voids.py).
         ``void_if_lost=False``: the caller answers that failure as allowed (``fail_open``),
         so a charge it may have made stays.
+
+        ``dry_run``: the answer the call would get (as if due expiries had been processed),
+        with an empty transaction id, changing nothing.
         """
         txid = new_transaction_id()
         extra_keys = [
@@ -318,7 +322,8 @@ class Ledger:
             *rl,
             "" if replay_window_ms is None else min(replay_window_ms, self.retention_ms),
             request,
-            token := new_attempt_token() if cost > 0 else "",
+            token := new_attempt_token() if cost > 0 and not dry_run else "",
+            "1" if dry_run else "",
         ]
         deadline = self.script_deadline()
         try:

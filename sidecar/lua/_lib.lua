@@ -656,6 +656,40 @@ local function expire_due()
   end
 end
 
+-- What processing the due deadlines would leave, without writing anything (dry runs): the
+-- account's available credits and its spending limit (spend_load's table, or nil) after due
+-- buckets expire and due holds lapse (their credits back to buckets still live, their amount
+-- back under the limit). Exact but for one case: credits a lapsing hold would return to a
+-- bucket watched by a clawback (pc:<bucket>, see "Clawbacks") are counted as taken back.
+local function preview_due()
+  local avail = acct.avail
+  local lim = spend_load(acct.sl, acct.ss)
+  local back, gone = {}, {}
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', D, '-inf', NOW)) do
+    local id = string.sub(member, 3)
+    if string.sub(member, 1, 1) == 'b' then
+      if not gone[id] then
+        avail = avail - (tonumber(redis.call('HGET', A, 'r:' .. id)) or 0) - (back[id] or 0)
+        gone[id] = true
+      end
+    else
+      local raw = redis.call('HGET', H, id)
+      local rec = raw and cjson.decode(raw)
+      if rec and rec.state == 'active' then
+        for _, a in ipairs(rec.alloc) do
+          local v = redis.call('HMGET', A, 'r:' .. a[1], 'pc:' .. a[1])
+          if v[1] and not v[2] and not gone[a[1]] then
+            avail = avail + a[2]
+            back[a[1]] = (back[a[1]] or 0) + a[2]
+          end
+        end
+        if lim and rec.sw == lim.start then lim.spent = math.max(0, lim.spent - rec.amount) end
+      end
+    end
+  end
+  return avail, lim
+end
+
 -- GCRA over several limiters at once; limits = {{tat field in the account hash, requests,
 -- period ms, burst}, ...}. Returns the ms to wait (0 when every limiter passes) and the
 -- HSET arguments that store the new TATs (microseconds), to apply only on success.

@@ -35,6 +35,9 @@
 --          low_balance (0|1)} | {'insufficient', balance, cost}
 --       | {'rate_limited', retry after (ms)} | {'revoked'}
 --       | {'spend_limited', scope, credits, interval, count, spent, window end} (_lib.lua)
+-- ARGV[18] '1': a dry run. The same answer as the call would get (as if due deadlines had
+-- been processed: preview_due in _lib.lua), with '' for the transaction id, and nothing
+-- written: no transaction, rate-limit state, idempotency record, expiry or event.
 
 local cost = int_arg(ARGV[6], 'cost', 0, MAXINT)
 local key = id_arg(ARGV[7], 'idempotency_key', 128)
@@ -56,6 +59,7 @@ local window = opt_int_arg(ARGV[15], 'replay_window_ms', 1, RETENTION) or RETENT
 local identity = text_arg(ARGV[16] or '', 'request', 256)
 local token = ARGV[17] or ''
 if token ~= '' then token_arg(token) end
+local dry = (ARGV[18] or '') == '1'
 
 require_account()
 local limits = account_limits()
@@ -83,6 +87,7 @@ if prior then
   if p.fp and p.fp ~= fp then
     fail('CONFLICT', 'idempotency_key ' .. key .. ' was already used for another request')
   end
+  if dry then return {'ok', '', p.bal, cost, 1, 0} end
   if token ~= '' and p.at then
     -- The same attempt sent again (the transport resends a call whose connection was lost
     -- after its first send ran) took effect already: answered as then, whatever the time,
@@ -97,6 +102,20 @@ if prior then
     redis.call('SET', KEYS[7], jenc(p), 'KEEPTTL')
   end
   return {'ok', p.tx, p.bal, cost, 1, 0}
+end
+if dry then
+  local wait = rate_check(limits)
+  if wait > 0 then return {'rate_limited', wait} end
+  local avail, alim = preview_due()
+  local before = avail - acct.debt
+  if cost > 0 then
+    local klim = key_spend and spend_load(key_spend[1], key_spend[2]) or nil
+    if spend_over(klim, cost) then return spend_refusal('key', klim) end
+    if spend_over(alim, cost) then return spend_refusal('account', alim) end
+    if before - cost < -acct.ovl then return {'insufficient', before, cost} end
+  end
+  local low = cost > 0 and acct.lbt and before >= acct.lbt and before - cost < acct.lbt
+  return {'ok', '', before - cost, cost, 0, low and 1 or 0}
 end
 in_time()
 

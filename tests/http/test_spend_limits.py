@@ -257,3 +257,73 @@ async def test_a_key_limit_and_the_account_limit_both_hold_the_key_is_checked_fi
     _, other = await new_key(client)
     r = await nginx(client, other, "c")
     assert r.headers["X-Credits-Reason"] == "spend_limit"  # 4 + 4 > 6
+
+
+async def test_a_dry_run_answers_as_the_check_would_and_changes_nothing(
+    client: Client, redis: RedisClient
+) -> None:
+    await account(client, credits=20, spend_limit={"credits": 10, "interval": "month"})
+    assert (await check(client, 6, "k1"))[0] == 200
+    before = await balance(client)
+    dumped = {k: await redis.dump(k) for k in sorted(await redis.keys("*"))}
+
+    async def dry(cost: int, key: str) -> tuple[int, dict[str, Any]]:
+        body = {"account": "acme", "cost": cost, "idempotency_key": key, "dry_run": True}
+        r = await client.post("/v1/check", json=body, headers=service())
+        return r.status, await r.json()
+
+    status, body = await dry(4, "k2")
+    assert status == 200 and body["transaction_id"] is None and body["dry_run"] is True
+    assert body["balance"] == 10 and body["replayed"] is False
+    status, body = await dry(5, "k3")
+    assert status == 402 and body["reason"] == "spend_limit" and body["spent"] == 6
+    status, body = await dry(6, "k1")  # the same request: its replay
+    assert status == 200 and body["replayed"] is True and body["transaction_id"] is None
+    status, body = await dry(7, "k1")  # another request under the same id
+    assert status == 409
+    assert await balance(client) == before
+    after = {k: await redis.dump(k) for k in sorted(await redis.keys("*"))}
+    assert after == dumped  # nothing written: no record, no transaction, no expiry
+    assert (await check(client, 4, "k2"))[0] == 200  # the dry run left the id unused
+
+
+async def test_a_dry_run_counts_what_is_due_to_expire_without_expiring_it(
+    client: Client, clock: FakeClock, redis: RedisClient
+) -> None:
+    await account(client, credits=5)
+    grant = {"grant_id": "soon", "credits": 10, "expires_at": clock.now + 1_000}
+    assert (await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())).status
+    clock.advance(2_000)
+    body = {"account": "acme", "cost": 8, "idempotency_key": "k", "dry_run": True}
+    r = await client.post("/v1/check", json=body, headers=service())
+    assert r.status == 402 and (await r.json())["balance"] == 5
+    outboxes = [k for k in await redis.keys("*") if b"outbox" in k]
+    entries = [e for k in outboxes for _, e in await redis.xrange(k)]
+    assert entries and not any(b'"type":"expiry"' in e[b"d"] for e in entries)
+    assert (await balance(client))["balance"] == 5  # a real read expires it now
+
+
+async def test_the_proxy_modes_honour_a_dry_run_header_only_when_trusted(
+    settings: Settings, redis: RedisClient, clock: FakeClock, tmp_path: Path
+) -> None:
+    pricing = tmp_path / "pricing.toml"
+    pricing.write_text("default_cost = 4\n")
+    for trusted in (False, True):
+        await redis.flushall()
+        s = settings.model_copy(update={"pricing_file": pricing, "trust_dry_run_header": trusted})
+        async with TestClient(TestServer(create_app(s, clock=clock))) as c:
+            await account(c, credits=10)
+            _, key = await new_key(c)
+            headers = {"X-Credits-Dry-Run": "1"}
+            r = await c.get(
+                "/auth/nginx",
+                headers={
+                    "Authorization": f"Bearer {key}",
+                    "X-Original-URI": "/v1/x",
+                    "X-Request-Id": "a",
+                    **headers,
+                },
+            )
+            assert r.status == 200
+            assert (r.headers.get("X-Credits-Dry-Run") == "1") is trusted
+            assert (await balance(c))["balance"] == (10 if trusted else 6)
