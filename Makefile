@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint setup system-deps clean bench bench-deps bench-writer bench-aof bench-memory
+.PHONY: run test check lint setup system-deps clean bench bench-deps bench-writer bench-aof bench-memory bench-compare
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,12 @@ bench-deps:
 
 bench: $(STAMP) system-deps bench-deps
 	$(BIN)/python -m bench.http
+
+# The /v1/check hot path at two refs, side by side in one run: make bench-compare BASE=<ref>
+# [HEAD=<ref>] (default head: the working tree).
+bench-compare: $(STAMP) system-deps bench-deps
+	@test -n "$(BASE)" || { echo "usage: make bench-compare BASE=<ref> [HEAD=<ref>]" >&2; exit 2; }
+	$(BIN)/python -m bench.compare --base $(BASE) $(if $(HEAD),--head $(HEAD))
 
 bench-writer: $(STAMP)
 	$(BIN)/python -m bench.writer

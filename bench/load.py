@@ -19,8 +19,11 @@ WRK_DIR = Path(__file__).parent / "wrk"
 class Server:
     """A server process (and its children) on a free port, up when /healthz answers."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], port: int, cwd: Path | None = None
+    ) -> None:
         self.name, self.argv, self.env, self.port = name, argv, env, port
+        self.cwd = cwd  # `python -m` puts the working directory first on sys.path
         self.proc: subprocess.Popen[bytes] | None = None
         self.probe_ok = 0  # 2xx of unmeasured probe runs (they spend credits too)
         # Requests that may have been served after wrk stopped counting: its connections,
@@ -32,9 +35,12 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def pids(self) -> list[int]:
-        if self.proc is None:
-            return []
-        found, todo = [self.proc.pid], [self.proc.pid]
+        return [] if self.proc is None else self.tree_of(self.proc.pid)
+
+    @staticmethod
+    def tree_of(pid: int) -> list[int]:
+        """``pid`` and its descendants."""
+        found, todo = [pid], [pid]
         while todo:
             out = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True)
             kids = [int(p) for p in out.stdout.split()]
@@ -44,7 +50,9 @@ class Server:
 
     async def __aenter__(self) -> Server:
         # A long-lived child, polled below; Popen itself returns at once.
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL)  # noqa: ASYNC220
+        self.proc = subprocess.Popen(  # noqa: ASYNC220
+            self.argv, env=self.env, stdout=subprocess.DEVNULL, cwd=self.cwd
+        )
         for _ in range(600):
             if self.proc.poll() is not None:
                 raise BenchFailure(f"{self.name} exited with {self.proc.returncode}")
