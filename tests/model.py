@@ -112,7 +112,8 @@ def spend_window(limit: SpendLimit, now: int) -> tuple[int, int | None]:
         origin = datetime(1970, 1, 1, tzinfo=UTC) - timedelta(days=0 if step == 1 else 3)
         index = (datetime(day.year, day.month, day.day, tzinfo=UTC) - origin).days // step
         start = origin + timedelta(days=(index - index % n) * step)
-        return _ms(start), _ms(start + timedelta(days=n * step))
+        # (the first week's window starts 1969-12-29: counted from 1970, no time is earlier)
+        return max(0, _ms(start)), _ms(start + timedelta(days=n * step))
     months = n if limit.interval == "month" else 12 * n
     i = (day.year - 1970) * 12 + day.month - 1
     s, e = i - i % months, i - i % months + months

@@ -418,7 +418,9 @@ local function spend_window(unit, count, now)
   elseif unit == 'week' then
     local w = math.floor((day + 3) / 7)  -- 1969-12-29, a Monday, starts week 0
     local s = w - w % count
-    return (s * 7 - 3) * DAY_MS, ((s + count) * 7 - 3) * DAY_MS
+    -- (the first window starts on 1969-12-29: counted from 1970, as no time is earlier; a
+    -- negative start would not parse back from the spend state, leaving it unenforced)
+    return math.max(0, (s * 7 - 3) * DAY_MS), ((s + count) * 7 - 3) * DAY_MS
   end
   local y, m = civil_from_days(day)
   local months = unit == 'month' and count or 12 * count
