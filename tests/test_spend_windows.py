@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sidecar.ledger.calls import Ledger
-from sidecar.ledger.results import SpendLimit, SpendLimited
+from sidecar.ledger.results import Allowed, SpendLimit, SpendLimited
 from tests.conftest import FakeClock
 
 DAY = 86_400_000
@@ -80,3 +80,54 @@ async def test_a_weekly_limit_is_enforced_in_the_first_days_of_1970(
     refused = await ledger.deduct("w", 4, "k2")
     assert isinstance(refused, SpendLimited) and refused.window.spent == 4
     assert refused.window.ends_at == 4 * DAY
+
+
+async def test_a_hold_placed_before_a_limit_was_set_again_gives_nothing_back_to_it(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    # a limit counts from when it is set: releasing a hold the earlier limit counted (same
+    # window start) must not make room under the new one
+    month = SpendLimit(10, "month")
+    await ledger.configure_account("a", spend_limit=month)
+    await ledger.grant("a", "g", 1000)
+    await ledger.hold("a", "h1", 8, 3_600_000)
+    clock.advance(1)  # (removed and set again in the hold's millisecond: see spend_reset)
+    await ledger.update_account("a", spend_limit=None)
+    await ledger.update_account("a", spend_limit=month)
+    assert (await ledger.deduct("a", 6, "k1")).allowed
+    await ledger.release("a", "h1")
+    spend = (await ledger.balance("a")).spend
+    assert spend is not None and spend.spent == 6
+    refused = await ledger.deduct("a", 5, "k2")
+    assert isinstance(refused, SpendLimited) and refused.window.spent == 6
+
+
+async def test_a_refund_of_a_check_counted_by_an_earlier_limit_gives_nothing_back(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    # on 2027-01-01 a day's, a month's and a year's windows all start at midnight
+    clock.now = _ms(datetime(2027, 1, 1, 5, tzinfo=UTC))
+    await ledger.configure_account("a", overdraft_limit=100, spend_limit=SpendLimit(10, "day"))
+    first = await ledger.deduct("a", 8, "k0")
+    assert isinstance(first, Allowed)
+    # another window (of the same start): counted from now, what the day counted stays there
+    await ledger.update_account("a", spend_limit=SpendLimit(10, "month"))
+    assert (await ledger.deduct("a", 6, "k1")).allowed
+    await ledger.refund("a", "r1", first.transaction_id)
+    spend = (await ledger.balance("a")).spend
+    assert spend is not None and spend.spent == 6
+    # another window set in the same millisecond as a check the limit it replaces counted
+    second = await ledger.deduct("a", 4, "k2")
+    assert isinstance(second, Allowed)
+    await ledger.update_account("a", spend_limit=SpendLimit(10, "year"))
+    assert (await ledger.deduct("a", 3, "k3")).allowed
+    await ledger.refund("a", "r2", second.transaction_id)
+    spend = (await ledger.balance("a")).spend
+    assert spend is not None and spend.spent == 3
+    # what this limit counted is given back to it, in its window
+    clock.advance(1)
+    third = await ledger.deduct("a", 5, "k4")
+    assert isinstance(third, Allowed)
+    await ledger.refund("a", "r3", third.transaction_id, 2)
+    spend = (await ledger.balance("a")).spend
+    assert spend is not None and spend.spent == 6

@@ -376,12 +376,15 @@ end
 
 -- Spending limits. A limit is the spec 'credits:unit:count' (unit day, week, month or year:
 -- windows of `count` units aligned to UTC calendar boundaries, counted from 1970-01-01, weeks
--- starting on Monday; unit life: one window, for ever); its state is 'window start (ms):spent'.
+-- starting on Monday; unit life: one window, for ever); its state is 'from (ms):spent', from
+-- being when the count began: the window's start, or when the limit was set within it.
 -- Spent counts checks (usage), holds while active (their charge once settled) and what
 -- refunds give back, within the window they were charged in. Spend state is kept only while
--- a limit is set: a new limit counts from when it was set. Every transaction of an account
--- with a spend state carries it (after the transaction) as `spend`; a usage or a hold that
--- counted carries its window's start as `sw` (kept in its usage record or hold record).
+-- a limit is set: a new limit counts from when it was set (spend_reset). Every transaction of
+-- an account with a spend state carries it (after the transaction) as `spend`; a usage or a
+-- hold that counted carries the count's from as `sw` (kept in its usage record or hold
+-- record): a refund or a settle gives back only to that same count, never to a limit set
+-- since (which did not count it), nor to a later window.
 local DAY_MS = 86400000
 
 local function days_from_civil(y, m, d)
@@ -431,21 +434,39 @@ local function spend_window(unit, count, now)
     days_from_civil(1970 + math.floor(e / 12), e % 12 + 1, 1) * DAY_MS
 end
 
--- A limit's spec and state as a table {credits, unit, count, start, stop, spent}, or nil.
+-- A limit's spec and state as a table {credits, unit, count, start, stop, from, spent}, or
+-- nil. A state whose from is not in the current window is an earlier window's: nothing spent.
 local function spend_load(spec, state)
   if not spec or spec == '' then return nil end
   local c, unit, count = string.match(spec, '^(%d+):(%a+):(%d+)$')
   local lim = {credits = tonumber(c), unit = unit, count = tonumber(count), spent = 0}
   lim.start, lim.stop = spend_window(unit, lim.count, NOW)
+  lim.from = lim.start
   if state then
     local s, n = string.match(state, '^(%d+):(%-?%d+)$')
-    if tonumber(s) == lim.start then lim.spent = tonumber(n) end
+    s = tonumber(s)
+    if s and s >= lim.start and (not lim.stop or s < lim.stop) then
+      lim.from, lim.spent = s, tonumber(n)
+    end
   end
   return lim
 end
 
 local function spend_state(lim)
-  return fmt(lim.start) .. ':' .. fmt(lim.spent)
+  return fmt(lim.from) .. ':' .. fmt(lim.spent)
+end
+
+-- The state of a limit that starts counting now (a new limit, or another window): from now,
+-- and after the count it replaces (state `old`) began, so that what was counted there
+-- (records whose sw is its from) is never given back to this one.
+local function spend_reset(spec, old)
+  local lim = spend_load(spec, nil)
+  lim.from = NOW
+  local prev = spend_load(spec, old)
+  if old and prev.from >= NOW and (not lim.stop or prev.from + 1 < lim.stop) then
+    lim.from = prev.from + 1
+  end
+  return spend_state(lim)
 end
 
 -- Whether `n` more credits would pass the limit.
@@ -460,13 +481,13 @@ local function spend_refusal(scope, lim)
     lim.stop and fmt(lim.stop) or ''}
 end
 
--- Gives back `n` credits counted in the window starting at `start` to a limit (field
--- `spec_f`, state `state_f` of the account hash), if that window is still the current one.
-local function spend_return(spec_f, state_f, start, n)
-  if not start or n <= 0 then return end
+-- Gives back `n` credits counted from `from` (a record's sw) to a limit (field `spec_f`,
+-- state `state_f` of the account hash), if that count is still the current one.
+local function spend_return(spec_f, state_f, from, n)
+  if not from or n <= 0 then return end
   local v = redis.call('HMGET', A, spec_f, state_f)
   local lim = spend_load(v[1], v[2])
-  if lim and lim.start == start then
+  if lim and lim.from == from then
     lim.spent = math.max(0, lim.spent - n)
     redis.call('HSET', A, state_f, spend_state(lim))
     if spec_f == 'sl' then acct.ss = spend_state(lim) end

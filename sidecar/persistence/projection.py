@@ -314,7 +314,7 @@ class Batch:
         if "spend_state" in e:  # (entries written before it existed: no change)
             spend = e["spend_state"]
             if spend is not None and not outbox.SPEND_STATE.match(str(spend)):
-                raise PoisonEntry("spend_state is not 'window start:spent'")
+                raise PoisonEntry("spend_state is not 'from:spent'")
         old = self.settings.get(account)
         if old is None or old[7] < row[7]:
             self.settings[account] = row
