@@ -458,7 +458,9 @@ end
 
 -- The state of a limit that starts counting now (a new limit, or another window): from now,
 -- and after the count it replaces (state `old`) began, so that what was counted there
--- (records whose sw is its from) is never given back to this one.
+-- (records whose sw is its from) is never given back to this one. (A limit removed, then set
+-- again in the very millisecond its count began, can still take what that count gave back:
+-- the removal deleted the state that would tell the two apart.)
 local function spend_reset(spec, old)
   local lim = spend_load(spec, nil)
   lim.from = NOW
