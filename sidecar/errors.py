@@ -60,6 +60,11 @@ class KeyRevoked(SidecarError):
     code = "key_revoked"
 
 
+class RebuildError(Exception):
+    """``rebuild``: an account cannot be restored from the SQL ledger; the message names it and
+    says why (an operator's command, not an HTTP answer)."""
+
+
 class IdempotencyConflict(SidecarError):
     """An id was used again with other parameters."""
 

@@ -113,7 +113,8 @@ def spend_window(limit: SpendLimit, now: int) -> tuple[int, int | None]:
         origin = datetime(1970, 1, 1, tzinfo=UTC) - timedelta(days=0 if step == 1 else 3)
         index = (datetime(day.year, day.month, day.day, tzinfo=UTC) - origin).days // step
         start = origin + timedelta(days=(index - index % n) * step)
-        return _ms(start), _ms(start + timedelta(days=n * step))
+        # (the first week's window starts 1969-12-29: counted from 1970, no time is earlier)
+        return max(0, _ms(start)), _ms(start + timedelta(days=n * step))
     months = n if limit.interval == "month" else 12 * n
     i = (day.year - 1970) * 12 + day.month - 1
     s, e = i - i % months, i - i % months + months
@@ -287,7 +288,7 @@ class ModelAccount:
     rate: RateLimit | None = None
     tat: int | None = None
     spend: SpendLimit | None = None
-    spend_state: tuple[int, int] | None = None  # window start, spent in it
+    spend_state: tuple[int, int] | None = None  # when its count began, spent since
     avail: int = 0
     held: int = 0
     debt: int = 0
@@ -329,7 +330,7 @@ class StoredAccount:
     rate_limit: RateLimit | None
     tat: int | None
     spend_limit: str | None  # the scripts' spec
-    spend_state: str | None  # "window start:spent"
+    spend_state: str | None  # "from:spent"
     buckets: dict[str, StoredBucket]
     order: list[str]  # burn-order keys of live buckets with remaining or held credits, sorted
     deadlines: dict[str, int]
@@ -553,12 +554,25 @@ class LedgerModel:
         return 0, math.floor(new_tat)
 
     def _spend(self, a: ModelAccount) -> tuple[SpendWindow, int] | None:
-        """The account's limit now: its window with what was spent, and the window's start."""
+        """The account's limit now: its window with what was spent, and when that count began
+        (the window's start, or when the limit was set within it)."""
         if a.spend is None:
             return None
         start, stop = spend_window(a.spend, self._now)
-        spent = a.spend_state[1] if a.spend_state and a.spend_state[0] == start else 0
-        return SpendWindow(a.spend, spent, stop), start
+        st = a.spend_state
+        if st is not None and start <= st[0] and (stop is None or st[0] < stop):
+            return SpendWindow(a.spend, st[1], stop), st[0]
+        return SpendWindow(a.spend, 0, stop), start
+
+    def _spend_reset(self, a: ModelAccount, limit: SpendLimit) -> tuple[int, int]:
+        """The state of ``limit`` counting from now, after the count it replaces began."""
+        _, stop = spend_window(limit, self._now)
+        a.spend, old = limit, a.spend_state
+        prev = self._spend(a)
+        late = old is not None and prev is not None and prev[1] >= self._now
+        if late and prev is not None and (stop is None or prev[1] + 1 < stop):
+            return (prev[1] + 1, 0)
+        return (self._now, 0)
 
     def _spend_add(self, a: ModelAccount, n: int) -> int | None:
         """Counts ``n`` against the limit; returns the window's start (None: no limit)."""
@@ -569,7 +583,7 @@ class LedgerModel:
         return s[1]
 
     def _spend_return(self, a: ModelAccount, start: int | None, n: int) -> None:
-        """Gives back ``n`` counted in the window starting at ``start``, if still current."""
+        """Gives back ``n`` counted from ``start`` (a record's sw), if still the count."""
         s = self._spend(a) if start is not None and n > 0 else None
         if s is not None and s[1] == start:
             a.spend_state = (start, max(0, s[0].spent - n))
@@ -654,7 +668,8 @@ class LedgerModel:
                     spend_limit.interval_count,
                 )
             ):
-                a.spend_state = None  # another window: counted from now
+                # another window: counted from now
+                a.spend_state = None if spend_limit is None else self._spend_reset(a, spend_limit)
             a.spend = spend_limit
         return created
 

@@ -264,6 +264,11 @@ ALLOWED = outcome(
         ),
     },
 )
+SPEND_HEADERS = {
+    "X-Credits-Spend-Limit": Header(int, "a spending limit's credits"),
+    "X-Credits-Spent": Header(int, "spent in its current window"),
+    "X-Credits-Window-Ends": Header(str, "when the window ends (RFC 3339; none: a lifetime limit)"),
+}
 DENIALS = {
     400: outcome(
         "`invalid_path`, `invalid_method`, `invalid_header`, `invalid_cost_header`",
@@ -276,11 +281,7 @@ DENIALS = {
     402: outcome(
         "`insufficient_credits`; `key_spend_limit` or `spend_limit`: the cost would pass the API "
         "key's or the account's spending limit in its current window",
-        {
-            "X-Credits-Spend-Limit": Header(int, "a spending limit's credits"),
-            "X-Credits-Spent": Header(int, "spent in its current window"),
-            "X-Credits-Window-Ends": Header(str, "when the window ends (RFC 3339)"),
-        },
+        SPEND_HEADERS,
     ),
     403: outcome("`route_denied`"),
     409: outcome("`idempotency_conflict`: the request id was used for another request"),
@@ -329,7 +330,11 @@ _declare(
             {
                 "X-Credits-Deny-Status": Header(
                     int, "the real status (400, 402, 403, 429, 503) for the nginx config"
-                )
+                ),
+                # the headers of the denial it stands for (outcome_headers)
+                **SPEND_HEADERS,
+                "Retry-After": Header(int, "a 429: seconds to wait"),
+                "X-Credits-Field": Header(str, "a 400: the header (or path) refused"),
             },
         ),
     },

@@ -262,7 +262,8 @@ class TxnEntry:
 
     @property
     def spend_state(self) -> str | None:
-        """The account's spending-limit state after it (``window start:spent``), if any."""
+        """The account's spending-limit state after it (``from:spent``, see "Spending limits"
+        in sidecar/lua/_lib.lua), if any."""
         v = self.details.get("spend")
         return v if isinstance(v, str) else None
 
@@ -372,7 +373,7 @@ def _txn(e: Mapping[str, Any]) -> TxnEntry:
     if not isinstance(desc, str):
         raise PoisonEntry("field desc is not text")
     if "spend" in e and not SPEND_STATE.match(str(e["spend"])):
-        raise PoisonEntry("field spend is not 'window start:spent'")
+        raise PoisonEntry("field spend is not 'from:spent'")
     meta = opt_text_field(e, "meta")
     hid = opt_text_field(e, "hold_id")
     bucket: NewBucket | None = None

@@ -39,12 +39,13 @@ def window(limit: SpendLimit, now_ms: int) -> tuple[int, int | None]:
 
 def current(limit: SpendLimit, state: str | None, now_ms: int) -> SpendWindow:
     """The limit's current window and what was spent in it, from its stored state
-    (``window start:spent``; another window's state counts as nothing spent)."""
+    (``from:spent``, from being when the count began; a state from another window counts as
+    nothing spent)."""
     start, end = window(limit, now_ms)
     spent = 0
     if state:
         s, _, n = state.partition(":")
-        if int(s) == start:
+        if start <= int(s) and (end is None or int(s) < end):
             spent = int(n)
     return SpendWindow(limit, spent, end)
 

@@ -376,14 +376,17 @@ end
 
 -- Spending limits. A limit is the spec 'credits:unit:count' (unit day, week, month or year:
 -- windows of `count` units aligned to UTC calendar boundaries, counted from 1970-01-01, weeks
--- starting on Monday; unit life: one window, for ever); its state is 'window start (ms):spent'.
+-- starting on Monday; unit life: one window, for ever); its state is 'from (ms):spent', from
+-- being when the count began: the window's start, or when the limit was set within it.
 -- Spent counts checks (usage), holds while active (their charge once settled) and what
 -- refunds give back, within the window they were charged in. Spend state is kept only while
--- a limit is set: a new limit counts from when it was set. Every transaction of an account
--- with a spend state carries it (after the transaction) as `spend`; a usage or a hold that
--- counted carries its window's start as `sw` (kept in its usage record or hold record). An API
--- key's limit: a usage that counted against it carries `kw` (its window) and `key_spend`
--- ([key id, its state after]); so does a refund that gave room back to it.
+-- a limit is set: a new limit counts from when it was set (spend_reset). Every transaction of
+-- an account with a spend state carries it (after the transaction) as `spend`; a usage or a
+-- hold that counted carries the count's from as `sw` (kept in its usage record or hold
+-- record): a refund or a settle gives back only to that same count, never to a limit set
+-- since (which did not count it), nor to a later window.
+-- An API key's limit likewise: a usage that counted against it carries `kw` (its count's
+-- from) and `key_spend` ([key id, its state after]); so does a refund that gave room back.
 local DAY_MS = 86400000
 
 local function days_from_civil(y, m, d)
@@ -420,7 +423,9 @@ local function spend_window(unit, count, now)
   elseif unit == 'week' then
     local w = math.floor((day + 3) / 7)  -- 1969-12-29, a Monday, starts week 0
     local s = w - w % count
-    return (s * 7 - 3) * DAY_MS, ((s + count) * 7 - 3) * DAY_MS
+    -- (the first window starts on 1969-12-29: counted from 1970, as no time is earlier; a
+    -- negative start would not parse back from the spend state, leaving it unenforced)
+    return math.max(0, (s * 7 - 3) * DAY_MS), ((s + count) * 7 - 3) * DAY_MS
   end
   local y, m = civil_from_days(day)
   local months = unit == 'month' and count or 12 * count
@@ -431,21 +436,41 @@ local function spend_window(unit, count, now)
     days_from_civil(1970 + math.floor(e / 12), e % 12 + 1, 1) * DAY_MS
 end
 
--- A limit's spec and state as a table {credits, unit, count, start, stop, spent}, or nil.
+-- A limit's spec and state as a table {credits, unit, count, start, stop, from, spent}, or
+-- nil. A state whose from is not in the current window is an earlier window's: nothing spent.
 local function spend_load(spec, state)
   if not spec or spec == '' then return nil end
   local c, unit, count = string.match(spec, '^(%d+):(%a+):(%d+)$')
   local lim = {credits = tonumber(c), unit = unit, count = tonumber(count), spent = 0}
   lim.start, lim.stop = spend_window(unit, lim.count, NOW)
+  lim.from = lim.start
   if state then
     local s, n = string.match(state, '^(%d+):(%-?%d+)$')
-    if tonumber(s) == lim.start then lim.spent = tonumber(n) end
+    s = tonumber(s)
+    if s and s >= lim.start and (not lim.stop or s < lim.stop) then
+      lim.from, lim.spent = s, tonumber(n)
+    end
   end
   return lim
 end
 
 local function spend_state(lim)
-  return fmt(lim.start) .. ':' .. fmt(lim.spent)
+  return fmt(lim.from) .. ':' .. fmt(lim.spent)
+end
+
+-- The state of a limit that starts counting now (a new limit, or another window): from now,
+-- and after the count it replaces (state `old`) began, so that what was counted there
+-- (records whose sw is its from) is never given back to this one. (A limit removed, then set
+-- again in the very millisecond its count began, can still take what that count gave back:
+-- the removal deleted the state that would tell the two apart.)
+local function spend_reset(spec, old)
+  local lim = spend_load(spec, nil)
+  lim.from = NOW
+  local prev = spend_load(spec, old)
+  if old and prev.from >= NOW and (not lim.stop or prev.from + 1 < lim.stop) then
+    lim.from = prev.from + 1
+  end
+  return spend_state(lim)
 end
 
 -- Whether `n` more credits would pass the limit.
@@ -460,14 +485,14 @@ local function spend_refusal(scope, lim)
     lim.stop and fmt(lim.stop) or ''}
 end
 
--- Gives back `n` credits counted in the window starting at `start` to a limit (field
--- `spec_f`, state `state_f` of the account hash), if that window is still the current one;
--- returns the limit's state after, or nil when nothing changed.
-local function spend_return(spec_f, state_f, start, n)
-  if not start or n <= 0 then return nil end
+-- Gives back `n` credits counted from `from` (a record's sw) to a limit (field `spec_f`,
+-- state `state_f` of the account hash), if that count is still the current one; returns the
+-- limit's state after, or nil when nothing changed.
+local function spend_return(spec_f, state_f, from, n)
+  if not from or n <= 0 then return nil end
   local v = redis.call('HMGET', A, spec_f, state_f)
   local lim = spend_load(v[1], v[2])
-  if not (lim and lim.start == start) then return nil end
+  if not (lim and lim.from == from) then return nil end
   lim.spent = math.max(0, lim.spent - n)
   local ss = spend_state(lim)
   redis.call('HSET', A, state_f, ss)
@@ -683,7 +708,7 @@ local function preview_due()
             back[a[1]] = (back[a[1]] or 0) + a[2]
           end
         end
-        if lim and rec.sw == lim.start then lim.spent = math.max(0, lim.spent - rec.amount) end
+        if lim and rec.sw == lim.from then lim.spent = math.max(0, lim.spent - rec.amount) end
       end
     end
   end

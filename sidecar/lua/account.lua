@@ -10,7 +10,7 @@
 --   value; [8] '-' keeps the whole rate limit). Patching an account that does not exist
 --   fails (UNKNOWN_ACCOUNT).
 -- A spending limit whose window (unit and count) is unchanged keeps what was spent in it;
--- another window, or a new limit, counts from now.
+-- another window, or a new limit, counts from now (spend_reset in _lib.lua).
 -- Returns {created (1 new, 0 updated), then every setting after the call: overdraft limit,
 --   low-balance threshold, rate requests, period, burst, spending limit ('' = none)}.
 -- Appends one kind=account entry (every setting after the call) to the outbox so the SQL
@@ -68,8 +68,9 @@ if given(sl_arg) then
   if sl then
     local old = acct.sl and string.match(acct.sl, '^%d+:(%a+:%d+)$')
     if old ~= string.match(sl, '^%d+:(%a+:%d+)$') then
-      redis.call('HDEL', A, 'ss')
-      acct.ss = nil
+      -- counted from now: what was counted before (by the old limit) is never given back here
+      acct.ss = spend_reset(sl, acct.sl and acct.ss)
+      redis.call('HSET', A, 'ss', acct.ss)
     end
     redis.call('HSET', A, 'sl', sl)
   else
@@ -92,6 +93,6 @@ outbox_add({'kind', 'account', 'id', TXID, 'account', ACCOUNT, 'ts', NOW,
   'settings', {overdraft_limit = tonumber(v[2]) or 0, low_balance_threshold = tonumber(v[3]),
     rate_limit_requests = tonumber(v[4]), rate_limit_period_ms = tonumber(v[5]),
     rate_limit_burst = tonumber(v[6]), spend_limit = spend},
-  -- what was spent in the limit's window ('window start:spent'; null: counted from now)
+  -- what was spent in the limit's window ('from:spent', see "Spending limits" in _lib.lua)
   'spend_state', acct.ss or cjson.null})
 return {created, v[2] or '0', v[3] or '', v[4] or '', v[5] or '', v[6] or '', v[7] or ''}

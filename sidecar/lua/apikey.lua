@@ -67,10 +67,13 @@ if mode == 'limit' then
   if not raw then fail('UNKNOWN_KEY', 'key ' .. kid .. ' does not exist') end
   local rec = cjson.decode(raw)
   if rec.revoked_at then fail('KEY_REVOKED', 'key ' .. kid .. ' is revoked') end
-  local old = redis.call('HGET', A, 'kl:' .. kid)
+  local old = redis.call('HMGET', A, 'kl:' .. kid, 'ks:' .. kid)
   local window = '^%d+:(%a+:%d+)$'
-  if not sl or not old or string.match(old, window) ~= string.match(sl, window) then
+  if not sl then
     redis.call('HDEL', A, 'ks:' .. kid)
+  elseif not old[1] or string.match(old[1], window) ~= string.match(sl, window) then
+    -- counted from now: what the old limit counted is never given back here (spend_reset)
+    redis.call('HSET', A, 'ks:' .. kid, spend_reset(sl, old[1] and old[2] or nil))
   end
   if sl then
     redis.call('HSET', A, 'kl:' .. kid, sl)

@@ -154,14 +154,14 @@ if window ~= RETENTION then usage.replay_ms = window end
 if klim then
   klim.spent = klim.spent + cost
   redis.call('HSET', A, 'ks:' .. key_id, spend_state(klim))
-  usage.kw = klim.start
+  usage.kw = klim.from
   usage.key_spend = {key_id, spend_state(klim)}
 end
 if alim then
   alim.spent = alim.spent + cost
   acct.ss = spend_state(alim)
   redis.call('HSET', A, 'ss', acct.ss)
-  usage.sw = alim.start
+  usage.sw = alim.from
 end
 emit(TXID, 'usage', -cost, alloc, usage)
 local record = {tx = TXID, cost = cost, bal = after, fp = fp}
@@ -169,8 +169,8 @@ if token ~= '' then record.at = {token} end
 redis.call('SET', KEYS[7], jenc(record), 'PX', window)
 redis.call('HSET', KEYS[8], 'cost', fmt(cost), 'alloc', jenc(alloc), 'overdraft', fmt(short),
   'refunded', '0')
-if klim then redis.call('HSET', KEYS[8], 'kid', key_id, 'kw', fmt(klim.start)) end
-if alim then redis.call('HSET', KEYS[8], 'sw', fmt(alim.start)) end
+if klim then redis.call('HSET', KEYS[8], 'kid', key_id, 'kw', fmt(klim.from)) end
+if alim then redis.call('HSET', KEYS[8], 'sw', fmt(alim.from)) end
 redis.call('PEXPIRE', KEYS[8], RETENTION)
 local low = low_balance_event(KEYS[9], before, TXID)
 save_account()

@@ -55,7 +55,7 @@ if alim then
   alim.spent = alim.spent + amount
   acct.ss = spend_state(alim)
   redis.call('HSET', A, 'ss', acct.ss)
-  rec.sw = alim.start
+  rec.sw = alim.from
 end
 emit(TXID, 'hold', -amount, alloc, {held = parts, hold_id = hid, expires = rec.expires,
   desc = desc, meta = metadata, sw = rec.sw})

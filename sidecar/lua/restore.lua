@@ -18,7 +18,7 @@
 --   clawbacks? {purchase: the clawback's target (revoke.lua's cb:<purchase>), or
 --     {target, state (cbs:<purchase>: {v, pol, b, tk, pd, debt, un}, see _lib.lua)}},
 --   rate_limit? [requests, period_ms, burst], spend_limit? ('credits:unit:count', see
---   "Spending limits" in _lib.lua), spend_state? ('window start:spent'), purge (how many
+--   "Spending limits" in _lib.lua), spend_state? ('from:spent'), purge (how many
 --   stale keys follow),
 --   buckets [{id, credits, created, expires?, priority, source, metadata, fp, tx, bal,
 --     remaining? (absent: expired), held, held_field (true: h:<id> exists, a hold drew on it)}],
@@ -153,7 +153,7 @@ if not absent(S.spend_limit) then
   if not absent(S.spend_state) then
     ss = S.spend_state
     if type(ss) ~= 'string' or not string.match(ss, '^%d+:%d+$') then
-      fail('INVALID', 'spend_state must be window start:spent')
+      fail('INVALID', 'spend_state must be from:spent')
     end
   end
 end

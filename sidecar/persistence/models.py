@@ -105,7 +105,7 @@ class Account(Base):
     spend_limit_credits: Mapped[int | None] = mapped_column(Credits)
     spend_limit_interval: Mapped[str | None] = mapped_column(String(8))
     spend_limit_interval_count: Mapped[int | None] = mapped_column(Integer)
-    # What was spent in its window ("window start ms:spent", sidecar/lua/_lib.lua ss) and the
+    # What was spent in its window ("from ms:spent", sidecar/lua/_lib.lua ss) and the
     # outbox entry id that last set it (a transaction, or a settings change that reset it).
     spend_state: Mapped[str | None] = mapped_column(String(40))
     spend_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
