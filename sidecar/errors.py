@@ -54,6 +54,17 @@ class UnknownKey(SidecarError):
     code = "unknown_key"
 
 
+class KeyRevoked(SidecarError):
+    """A change to an API key that was revoked."""
+
+    code = "key_revoked"
+
+
+class RebuildError(Exception):
+    """``rebuild``: an account cannot be restored from the SQL ledger; the message names it and
+    says why (an operator's command, not an HTTP answer)."""
+
+
 class IdempotencyConflict(SidecarError):
     """An id was used again with other parameters."""
 
@@ -116,6 +127,7 @@ _SCRIPT_ERRORS: dict[str, type[SidecarError]] = {
     "UNKNOWN_HOLD": UnknownHold,
     "UNKNOWN_TRANSACTION": UnknownTransaction,
     "UNKNOWN_KEY": UnknownKey,
+    "KEY_REVOKED": KeyRevoked,
     "CONFLICT": IdempotencyConflict,
     "HOLD_CLOSED": HoldClosed,
     "HOLD_EXPIRED": HoldExpired,

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     trust_cost_header: bool = Field(
         False, description="honour X-Credits-Cost from the proxy (only if the proxy is trusted)"
     )
+    trust_dry_run_header: bool = Field(
+        False,
+        description="honour X-Credits-Dry-Run: 1 from the proxy: answer what the check would "
+        "get, changing nothing (only if the proxy is trusted)",
+    )
     failure_policy: Literal["fail_closed", "fail_open"] = Field(
         "fail_closed", description="proxy auth when Redis is unreachable: 503, or allow and count"
     )

@@ -42,11 +42,13 @@ does not move.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sidecar.errors import (
@@ -62,6 +64,8 @@ from sidecar.errors import (
 )
 from sidecar.ledger import outbox
 from sidecar.ledger.calls import (
+    KEEP,
+    AccountConfig,
     Allowed,
     Balance,
     Bucket,
@@ -70,9 +74,13 @@ from sidecar.ledger.calls import (
     GrantResult,
     HoldResult,
     Insufficient,
+    Keep,
     RateLimit,
     RateLimited,
     RefundResult,
+    SpendLimit,
+    SpendLimited,
+    SpendWindow,
     encode_metadata,
 )
 from sidecar.ledger.units import MAX_CREDITS
@@ -84,6 +92,34 @@ INT32 = 2**31
 
 Json = Any
 Txn = dict[str, Any]
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ms(d: datetime) -> int:
+    return (d - EPOCH) // timedelta(milliseconds=1)
+
+
+def spend_window(limit: SpendLimit, now: int) -> tuple[int, int | None]:
+    """The window of ``limit`` holding ``now`` (ms): its start and end (None: never). Windows
+    of ``interval_count`` intervals, counted from 1970-01-01 UTC; weeks start on Monday."""
+    n = limit.interval_count
+    day = datetime.fromtimestamp(now / 1000, UTC).date()
+    if limit.interval is None:
+        return 0, None
+    if limit.interval in ("day", "week"):
+        step = 1 if limit.interval == "day" else 7
+        origin = datetime(1970, 1, 1, tzinfo=UTC) - timedelta(days=0 if step == 1 else 3)
+        index = (datetime(day.year, day.month, day.day, tzinfo=UTC) - origin).days // step
+        start = origin + timedelta(days=(index - index % n) * step)
+        # (the first week's window starts 1969-12-29: counted from 1970, no time is earlier)
+        return max(0, _ms(start)), _ms(start + timedelta(days=n * step))
+    months = n if limit.interval == "month" else 12 * n
+    i = (day.year - 1970) * 12 + day.month - 1
+    s, e = i - i % months, i - i % months + months
+    start = datetime(1970 + s // 12, s % 12 + 1, 1, tzinfo=UTC)
+    return _ms(start), _ms(datetime(1970 + e // 12, e % 12 + 1, 1, tzinfo=UTC))
 
 
 def transaction_id(n: int) -> str:
@@ -179,6 +215,7 @@ class ModelHold:
     close_tx: str | None = None
     close_balance: int | None = None
     forfeited: int | None = None
+    sw: int | None = None  # the spending limit's window it counted in
 
     def record(self) -> dict[str, Json]:
         """The hold's stored record (JSON), with absent fields left out."""
@@ -197,6 +234,7 @@ class ModelHold:
             ("close_tx", self.close_tx),
             ("close_balance", self.close_balance),
             ("forfeited", self.forfeited),
+            ("sw", self.sw),
         ):
             if v is not None:
                 r[k] = v
@@ -219,6 +257,7 @@ class ModelUsage:
     overdraft: int
     refunded: int = 0
     refunds: dict[str, ModelRefund] = field(default_factory=dict)
+    sw: int | None = None  # the spending limit's window it counted in
 
     def record(self) -> dict[str, Json]:
         """The usage record as stored (hash fields, JSON ones decoded)."""
@@ -228,6 +267,8 @@ class ModelUsage:
             "overdraft": self.overdraft,
             "refunded": self.refunded,
         }
+        if self.sw is not None:
+            r["sw"] = self.sw
         for rid, p in self.refunds.items():
             r["rf:" + rid] = {
                 "arg": p.arg,
@@ -246,6 +287,8 @@ class ModelAccount:
     lbt: int | None = None
     rate: RateLimit | None = None
     tat: int | None = None
+    spend: SpendLimit | None = None
+    spend_state: tuple[int, int] | None = None  # when its count began, spent since
     avail: int = 0
     held: int = 0
     debt: int = 0
@@ -286,6 +329,8 @@ class StoredAccount:
     low_balance_threshold: int | None
     rate_limit: RateLimit | None
     tat: int | None
+    spend_limit: str | None  # the scripts' spec
+    spend_state: str | None  # "from:spent"
     buckets: dict[str, StoredBucket]
     order: list[str]  # burn-order keys of live buckets with remaining or held credits, sorted
     deadlines: dict[str, int]
@@ -353,7 +398,9 @@ class LedgerModel:
             "ts": self._now,
             "alloc": [[b, n] for b, n in alloc],
         }
-        txn.update(extra)
+        txn.update({k: v for k, v in extra.items() if v is not None})
+        if a.spend_state is not None:  # the spending limit's state after it
+            txn["spend"] = f"{a.spend_state[0]}:{a.spend_state[1]}"
         touched = [b for b, _ in alloc]
         held = extra.get("held")
         if isinstance(held, list):
@@ -429,6 +476,7 @@ class LedgerModel:
             returned += back
             forfeited += n - c - back
         a.held -= rec.amount
+        self._spend_return(a, rec.sw, rec.amount - charge)
         rec.state = state
         rec.charged = charge
         rec.close_tx = txid
@@ -453,7 +501,7 @@ class LedgerModel:
         rec.forfeited = forfeited
         a.deadlines["h:" + hold_id] = self._now + self.retention_ms
         if state == "settled" and charge > 0:  # refundable like a check's usage
-            a.usages[txid] = ModelUsage(charge, charged, 0)
+            a.usages[txid] = ModelUsage(charge, charged, 0, sw=rec.sw)
 
     def _expire_bucket(self, account: str, a: ModelAccount, bucket_id: str) -> None:
         b = a.buckets[bucket_id]
@@ -505,6 +553,41 @@ class LedgerModel:
             return math.ceil((allow_at - now_us) / 1000), None
         return 0, math.floor(new_tat)
 
+    def _spend(self, a: ModelAccount) -> tuple[SpendWindow, int] | None:
+        """The account's limit now: its window with what was spent, and when that count began
+        (the window's start, or when the limit was set within it)."""
+        if a.spend is None:
+            return None
+        start, stop = spend_window(a.spend, self._now)
+        st = a.spend_state
+        if st is not None and start <= st[0] and (stop is None or st[0] < stop):
+            return SpendWindow(a.spend, st[1], stop), st[0]
+        return SpendWindow(a.spend, 0, stop), start
+
+    def _spend_reset(self, a: ModelAccount, limit: SpendLimit) -> tuple[int, int]:
+        """The state of ``limit`` counting from now, after the count it replaces began."""
+        _, stop = spend_window(limit, self._now)
+        a.spend, old = limit, a.spend_state
+        prev = self._spend(a)
+        late = old is not None and prev is not None and prev[1] >= self._now
+        if late and prev is not None and (stop is None or prev[1] + 1 < stop):
+            return (prev[1] + 1, 0)
+        return (self._now, 0)
+
+    def _spend_add(self, a: ModelAccount, n: int) -> int | None:
+        """Counts ``n`` against the limit; returns the window's start (None: no limit)."""
+        s = self._spend(a)
+        if s is None:
+            return None
+        a.spend_state = (s[1], s[0].spent + n)
+        return s[1]
+
+    def _spend_return(self, a: ModelAccount, start: int | None, n: int) -> None:
+        """Gives back ``n`` counted from ``start`` (a record's sw), if still the count."""
+        s = self._spend(a) if start is not None and n > 0 else None
+        if s is not None and s[1] == start:
+            a.spend_state = (start, max(0, s[0].spent - n))
+
     def _check_overflow(self, account: str, a: ModelAccount, credits: int) -> None:
         """Processes what is due, then refuses to let the account hold more than 2^53-1."""
         self._expire_due(account, a)
@@ -525,18 +608,69 @@ class LedgerModel:
         overdraft_limit: int = 0,
         low_balance_threshold: int | None = None,
         rate_limit: RateLimit | None = None,
+        spend_limit: SpendLimit | None = None,
+    ) -> bool:
+        return self._configure(
+            account, False, overdraft_limit, low_balance_threshold, rate_limit, spend_limit
+        )
+
+    def update_account(
+        self,
+        account: str,
+        *,
+        overdraft_limit: int | Keep = KEEP,
+        low_balance_threshold: int | Keep | None = KEEP,
+        rate_limit: RateLimit | Keep | None = KEEP,
+        spend_limit: SpendLimit | Keep | None = KEEP,
+    ) -> AccountConfig:
+        self._configure(
+            account, True, overdraft_limit, low_balance_threshold, rate_limit, spend_limit
+        )
+        a = self.accounts[account]
+        return AccountConfig(False, a.ovl, a.lbt, a.rate, a.spend)
+
+    def _configure(
+        self,
+        account: str,
+        patch: bool,
+        overdraft_limit: int | Keep,
+        low_balance_threshold: int | Keep | None,
+        rate_limit: RateLimit | Keep | None,
+        spend_limit: SpendLimit | Keep | None,
     ) -> bool:
         self._begin()
-        self._check_range("overdraft_limit", overdraft_limit, 0, MAX_CREDITS)
+        if not isinstance(overdraft_limit, Keep):
+            self._check_range("overdraft_limit", overdraft_limit, 0, MAX_CREDITS)
+        if isinstance(spend_limit, SpendLimit):
+            self._check_range("spend_limit.credits", spend_limit.credits, 1, MAX_CREDITS)
         a = self.accounts.get(account)
+        if a is None and patch:
+            raise UnknownAccount(f"account {account} does not exist")
         created = a is None
         if a is None:
             a = self.accounts[account] = ModelAccount(created=self._now)
-        a.ovl = overdraft_limit
-        a.lbt = low_balance_threshold
-        a.rate = rate_limit
-        if rate_limit is None:
-            a.tat = None
+        if not isinstance(overdraft_limit, Keep):
+            a.ovl = overdraft_limit
+        if not isinstance(low_balance_threshold, Keep):
+            a.lbt = low_balance_threshold
+        if not isinstance(rate_limit, Keep):
+            a.rate = rate_limit
+            if rate_limit is None:
+                a.tat = None
+        if not isinstance(spend_limit, Keep):
+            old = a.spend
+            if (
+                spend_limit is None
+                or old is None
+                or (old.interval, old.interval_count)
+                != (
+                    spend_limit.interval,
+                    spend_limit.interval_count,
+                )
+            ):
+                # another window: counted from now
+                a.spend_state = None if spend_limit is None else self._spend_reset(a, spend_limit)
+            a.spend = spend_limit
         return created
 
     def grant(
@@ -607,7 +741,20 @@ class LedgerModel:
         *,
         description: str = "",
         metadata: dict[str, Any] | None = None,
+        dry_run: bool = False,
     ) -> DeductResult:
+        if dry_run:
+            # What the call would answer, then every change undone (ids still advance).
+            saved = copy.deepcopy((self.accounts, self.outbox))
+            r = self.deduct(
+                account, cost, idempotency_key, description=description, metadata=metadata
+            )
+            calls = self._calls
+            self.accounts, self.outbox = saved
+            self._calls = calls
+            if isinstance(r, Allowed):
+                return Allowed("", r.balance, r.cost, r.replayed, r.low_balance)
+            return r
         self._begin()
         self._check_range("cost", cost, 0, MAX_CREDITS)
         meta = encode_metadata(metadata)
@@ -628,10 +775,14 @@ class LedgerModel:
             if new_tat is not None:
                 a.tat = new_tat
             return Allowed("", a.balance, 0, False, False)
+        limit = self._spend(a)
+        if limit is not None and limit[0].spent + cost > limit[0].limit.credits:
+            return SpendLimited("account", limit[0], cost)
         before = a.balance
         if before - cost < -a.ovl:
             return Insufficient(before, cost)
         alloc, short = self._draw(a, cost, hold=False)
+        sw = self._spend_add(a, cost)  # before the entry, which carries the state after it
         a.debt += short
         if new_tat is not None:
             a.tat = new_tat
@@ -651,10 +802,11 @@ class LedgerModel:
                 "key_id": "",
                 "route": "",
                 "fp": fp,
+                "sw": sw,
             },
         )
         a.idempotency[idempotency_key] = (self._txid, cost, after, fp, 1)
-        a.usages[self._txid] = ModelUsage(cost, alloc, short)
+        a.usages[self._txid] = ModelUsage(cost, alloc, short, sw=sw)
         low = a.lbt is not None and before >= a.lbt and after < a.lbt
         return Allowed(self._txid, after, cost, False, low)
 
@@ -667,7 +819,7 @@ class LedgerModel:
         *,
         description: str = "",
         metadata: dict[str, Any] | None = None,
-    ) -> HoldResult | Insufficient:
+    ) -> HoldResult | Insufficient | SpendLimited:
         self._begin()
         self._check_range("amount", amount, 1, MAX_CREDITS)
         self._check_range("ttl_ms", ttl_ms, 1, MAX_TTL_MS)
@@ -681,12 +833,16 @@ class LedgerModel:
             # A replay reports the state after what was due (its own TTL, say) was
             # processed; a closed hold purged just now still answers this once.
             return HoldResult(hold_id, rec.tx, rec.bal, rec.expires, rec.state, True)
+        limit = self._spend(a)
+        if limit is not None and limit[0].spent + amount > limit[0].limit.credits:
+            return SpendLimited("account", limit[0], amount)
         before = a.balance
         if before < amount:
             return Insufficient(before, amount)
         alloc, _ = self._draw(a, amount, hold=True)
         parts = [(b, -n) for b, n in alloc]
         rec = ModelHold(amount, ttl_ms, parts, self._now, self._now + ttl_ms, self._txid)
+        rec.sw = self._spend_add(a, amount)
         self._emit(
             account,
             a,
@@ -700,6 +856,7 @@ class LedgerModel:
                 "expires": rec.expires,
                 "desc": description,
                 "meta": meta,
+                "sw": rec.sw,
             },
         )
         rec.bal = a.balance
@@ -867,6 +1024,7 @@ class LedgerModel:
             alloc.append((bid, excess))
             extra["bucket"] = b.entry()
             b.bal = a.balance
+        self._spend_return(a, u.sw, total)
         self._emit(account, a, self._txid, "refund", restored + repaid + excess, alloc, extra)
         u.refunded += total
         u.refunds[refund_id] = ModelRefund(arg, self._txid, a.balance, total, forfeited)
@@ -901,6 +1059,7 @@ class LedgerModel:
             rate_limit=a.rate,
             created_at=a.created,
             buckets=buckets,
+            spend=s[0] if (s := self._spend(a)) else None,
         )
 
     def expire(self, account: str) -> int:
@@ -937,6 +1096,8 @@ class LedgerModel:
             low_balance_threshold=a.lbt,
             rate_limit=a.rate,
             tat=a.tat,
+            spend_limit=a.spend.spec() if a.spend else None,
+            spend_state=f"{a.spend_state[0]}:{a.spend_state[1]}" if a.spend_state else None,
             buckets={b.id: StoredBucket(b.meta(), b.remaining, b.held) for b in a.buckets.values()},
             order=[okey(b.priority, b.expires, b.created, b.id) for b in a.burn_order()],
             deadlines=dict(a.deadlines),

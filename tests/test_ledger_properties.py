@@ -26,7 +26,16 @@ from hypothesis import strategies as st
 import sidecar.ledger.calls
 from sidecar.errors import SidecarError
 from sidecar.ledger import outbox
-from sidecar.ledger.calls import Allowed, CloseResult, HoldResult, Ledger, RateLimit
+from sidecar.ledger.calls import (
+    KEEP,
+    Allowed,
+    CloseResult,
+    HoldResult,
+    Keep,
+    Ledger,
+    RateLimit,
+    SpendLimit,
+)
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.units import MAX_CREDITS
 from sidecar.redis.client import RedisClient, connect
@@ -58,6 +67,16 @@ class Configure:
     overdraft_limit: int
     low_balance_threshold: int | None
     rate_limit: RateLimit | None
+    spend_limit: SpendLimit | None = None
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Changes one setting of an account (update_account): its spending limit or overdraft."""
+
+    account: str
+    spend_limit: SpendLimit | Keep | None
+    overdraft_limit: int | Keep
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,7 @@ class Deduct:
     account: str
     cost: int
     key: str
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,6 +157,7 @@ class Expire:
 
 Op = (
     Configure
+    | Patch
     | Grant
     | RepeatGrant
     | Deduct
@@ -154,12 +175,27 @@ accounts = st.sampled_from(("a", "a", "a", "a", "b"))
 rate_limits = st.sampled_from(
     (None, None, None, RateLimit(1, 1000, 1), RateLimit(2, 1000, 3), RateLimit(3, 3000, 2))
 )
+spend_limits = st.sampled_from(
+    (
+        None,
+        SpendLimit(20, "day"),
+        SpendLimit(25, "day", 2),
+        SpendLimit(30, "week"),
+        SpendLimit(15, "month"),
+        SpendLimit(40, None),
+        SpendLimit(BIG, "year"),
+    )
+)
 configures = st.builds(
     Configure,
     accounts,
     st.integers(0, 10),
     st.none() | st.integers(0, 10),
     rate_limits,
+    spend_limits,
+)
+patches = st.builds(Patch, accounts, spend_limits, st.just(KEEP)) | st.builds(
+    Patch, accounts, st.just(KEEP), st.integers(0, 10)
 )
 grants = st.builds(
     Grant,
@@ -171,7 +207,13 @@ grants = st.builds(
     st.sampled_from(("manual", "purchase", "promo")),
     st.booleans(),
 )
-deducts = st.builds(Deduct, accounts, st.integers(1, 12), st.sampled_from(IDEMPOTENCY_KEYS))
+deducts = st.builds(
+    Deduct,
+    accounts,
+    st.integers(1, 12),
+    st.sampled_from(IDEMPOTENCY_KEYS),
+    st.sampled_from((False, False, False, True)),
+)
 invalid_deducts = st.builds(Deduct, accounts, st.just(0), st.sampled_from(IDEMPOTENCY_KEYS))
 holds = st.builds(
     Hold,
@@ -189,12 +231,18 @@ refunds = st.builds(
     st.integers(0, 2),
     st.none() | st.integers(1, 4),
 )
+DAY_MS = 86_400_000
 advances = st.builds(
-    Advance, st.integers(0, 4_000) | st.sampled_from((5_000, 10_000, RETENTION_MS + 1))
+    Advance,
+    st.integers(0, 4_000)
+    | st.sampled_from((5_000, 10_000, RETENTION_MS + 1))
+    # across spending-limit windows (days, weeks, months)
+    | st.sampled_from((DAY_MS // 2, DAY_MS, 3 * DAY_MS, 10 * DAY_MS)),
 )
 WEIGHTED_OPERATIONS: tuple[tuple[int, st.SearchStrategy[Op]], ...] = (
     (10, advances),  # first: the shrinker fills minimum-length lists with Advance(0)
     (3, configures),
+    (3, patches),
     (12, grants),
     (3, st.builds(RepeatGrant, st.integers(0, 10), st.booleans())),
     (15, deducts),
@@ -218,11 +266,13 @@ def _sequence(setup: list[Configure], initial: list[Grant], rest: list[Op]) -> l
 
 sequences = st.builds(
     _sequence,
-    st.tuples(st.builds(Configure, st.just("a"), st.integers(0, 10), st.none(), rate_limits)).map(
-        list
-    )
+    st.tuples(
+        st.builds(Configure, st.just("a"), st.integers(0, 10), st.none(), rate_limits, spend_limits)
+    ).map(list)
     | st.tuples(
-        st.builds(Configure, st.just("a"), st.integers(0, 10), st.none(), rate_limits),
+        st.builds(
+            Configure, st.just("a"), st.integers(0, 10), st.none(), rate_limits, spend_limits
+        ),
         st.builds(Configure, st.just("b"), st.integers(0, 10), st.none(), st.none()),
     ).map(list),
     st.lists(grants, min_size=1, max_size=3),
@@ -289,6 +339,8 @@ def _account(
         low_balance_threshold=int(h["lbt"]) if "lbt" in h else None,
         rate_limit=rate,
         tat=int(h["tat"]) if "tat" in h else None,
+        spend_limit=h.get("sl"),
+        spend_state=h.get("ss"),
         buckets=buckets,
         order=[_s(m) for m in raw[1]],
         deadlines={_s(m): int(score) for m, score in raw[2]},
@@ -396,11 +448,20 @@ class Scenario:
     def resolve(self, op: Op) -> Call | None:
         """The ledger call an operation stands for (None: it only moves the clock)."""
         match op:
-            case Configure(account, ovl, lbt, rate):
+            case Configure(account, ovl, lbt, rate, spend):
                 return Call(
                     "configure_account",
                     (account,),
-                    {"overdraft_limit": ovl, "low_balance_threshold": lbt, "rate_limit": rate},
+                    {
+                        "overdraft_limit": ovl,
+                        "low_balance_threshold": lbt,
+                        "rate_limit": rate,
+                        "spend_limit": spend,
+                    },
+                )
+            case Patch(account, spend, ovl):
+                return Call(
+                    "update_account", (account,), {"spend_limit": spend, "overdraft_limit": ovl}
                 )
             case Grant(account, gid, credits, expires_in, priority, source, metadata):
                 kwargs: dict[str, Any] = {
@@ -420,8 +481,8 @@ class Scenario:
                     return prior
                 account, gid, credits = prior.args
                 return Call("grant", (account, gid, credits + 1), prior.kwargs)
-            case Deduct(account, cost, key):
-                return Call("deduct", (account, cost, key))
+            case Deduct(account, cost, key, dry_run):
+                return Call("deduct", (account, cost, key), {"dry_run": dry_run} if dry_run else {})
             case Hold(account, hid, amount, ttl):
                 return Call("hold", (account, hid, amount, ttl))
             case Settle(account, n, amount):
@@ -463,7 +524,7 @@ class Scenario:
             kind = result.__name__ if isinstance(result, type) else type(result).__name__
             if currently_in_test_context():
                 event(f"{call.method} -> {kind}")
-            if isinstance(result, Allowed) and not result.replayed:
+            if isinstance(result, Allowed) and not result.replayed and result.transaction_id:
                 self.usages.append(result.transaction_id)
                 # A free check (cost 0) charges nothing: it may report a balance below a
                 # limit that was lowered after the debt was made.

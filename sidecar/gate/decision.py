@@ -22,7 +22,15 @@ from sidecar.asciiint import parse_ascii_int
 from sidecar.errors import IdempotencyConflict, InvalidInput, StoreUnavailable
 from sidecar.gate.pricing import Pricing
 from sidecar.ledger.apikeys import ApiKeys
-from sidecar.ledger.calls import Allowed, Insufficient, Ledger, RateLimited, Revoked
+from sidecar.ledger.calls import (
+    Allowed,
+    Insufficient,
+    Ledger,
+    RateLimited,
+    Revoked,
+    SpendLimited,
+    SpendWindow,
+)
 from sidecar.ledger.units import MAX_CREDITS
 from sidecar.runtime import metrics
 
@@ -45,6 +53,8 @@ class Outcome:
     retry_after_ms: int | None = None
     shadow_status: int | None = None  # shadow mode: the status it would have had
     replayed: bool = False  # allowed as the replay of an earlier request (charged then)
+    spend: SpendWindow | None = None  # a 402 over a spending limit: the limit and its window
+    dry_run: bool = False  # X-Credits-Dry-Run: what the check would get; nothing changed
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -67,6 +77,7 @@ class Gate:
         *,
         request_id_header: str = "X-Request-Id",
         trust_cost_header: bool = False,
+        trust_dry_run_header: bool = False,
         failure_policy: FailurePolicy = "fail_closed",
         shadow: bool = False,
         replay_window_ms: int = 300_000,
@@ -89,6 +100,9 @@ class Gate:
         }
         if trust_cost_header:
             self.headers_read["X-Credits-Cost"] = "invalid_cost_header"
+        self.trust_dry_run_header = trust_dry_run_header
+        if trust_dry_run_header:
+            self.headers_read["X-Credits-Dry-Run"] = "invalid_header"
 
     async def decide(
         self, method: str, path: str, headers: Mapping[str, str], query: str = ""
@@ -96,7 +110,17 @@ class Gate:
         """``path`` is canonical (sidecar/gate/paths.py); ``headers`` holds the ones named in
         :attr:`headers_read` that were sent, each checked by the proxy layer, keyed as named there.
         ``query`` (raw) is part of what a replay must repeat, and is never stored."""
-        return self._shadowed(await self._decide(method, path, headers, query))
+        dry_run = False
+        if self.trust_dry_run_header and "X-Credits-Dry-Run" in headers:
+            flag = headers["X-Credits-Dry-Run"]
+            if flag not in ("0", "1"):
+                return self.refuse(
+                    "invalid_header", "X-Credits-Dry-Run", "X-Credits-Dry-Run must be 0 or 1"
+                )
+            dry_run = flag == "1"
+        outcome = await self._decide(method, path, headers, query, dry_run)
+        outcome.dry_run = dry_run
+        return self._shadowed(outcome)
 
     def refuse(self, reason: str, field: str, message: str) -> Outcome:
         """A request the proxy layer could not read (sidecar/http/proxy.py): 400, nothing
@@ -110,7 +134,7 @@ class Gate:
         return outcome
 
     async def _decide(
-        self, method: str, path: str, headers: Mapping[str, str], query: str
+        self, method: str, path: str, headers: Mapping[str, str], query: str, dry_run: bool
     ) -> Outcome:
         key = _presented_key(headers)
         if not key:
@@ -154,6 +178,7 @@ class Gate:
                 # answered 503 (fail_closed) is never charged; fail_open and shadow mode
                 # answer 200 instead, so a charge the call may have made stays
                 void_if_lost=self.failure_policy == "fail_closed" and not self.shadow,
+                dry_run=dry_run,
             )
         except IdempotencyConflict:
             return Outcome(409, "idempotency_conflict")
@@ -187,6 +212,9 @@ class Gate:
             )
         if isinstance(r, RateLimited):
             return Outcome(429, "rate_limited", ident.account, retry_after_ms=r.retry_after_ms)
+        if isinstance(r, SpendLimited):
+            reason = "key_spend_limit" if r.scope == "key" else "spend_limit"
+            return Outcome(402, reason, ident.account, cost=cost, required=cost, spend=r.window)
         assert isinstance(r, Revoked)
         return Outcome(401, "invalid_api_key")
 

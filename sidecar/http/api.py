@@ -13,7 +13,18 @@ import orjson
 from aiohttp import web
 
 from sidecar import __version__
-from sidecar.http import admin, billing, console, health, ops, proxy, routes, stripe_events
+from sidecar.http import (
+    accounts,
+    admin,
+    billing,
+    console,
+    health,
+    keys,
+    ops,
+    proxy,
+    routes,
+    stripe_events,
+)
 from sidecar.http.auth import NONE, SECURITY_SCHEMES
 from sidecar.http.contract import Api, Call, Out, Routes
 from sidecar.http.openapi import document
@@ -27,6 +38,8 @@ API = Api(
         health.health_routes,
         console.console_routes,
         routes.routes,
+        accounts.routes,
+        keys.routes,
         admin.admin_routes,
         ops.ops_routes,
         billing.billing_routes,

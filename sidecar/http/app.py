@@ -92,6 +92,7 @@ def create_app(
             load_pricing(settings.pricing_file),
             request_id_header=settings.request_id_header,
             trust_cost_header=settings.trust_cost_header,
+            trust_dry_run_header=settings.trust_dry_run_header,
             failure_policy=settings.failure_policy,
             shadow=settings.shadow,
             replay_window_ms=settings.proxy_replay_window_s * 1000,

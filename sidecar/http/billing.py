@@ -11,8 +11,7 @@ from sidecar.billing import currency, netguard, notify, purchases, topup
 from sidecar.billing.gateway import StripeGateway, StripeRefused, StripeTransient
 from sidecar.billing.stores import Package
 from sidecar.http.auth import ADMIN, SERVICE
-from sidecar.http.contract import Call, Out, Reply, Routes
-from sidecar.http.responses import (
+from sidecar.http.billing_responses import (
     AutoTopUp,
     BillingProfile,
     CheckoutSession,
@@ -25,6 +24,7 @@ from sidecar.http.responses import (
     PaymentMethod,
     PaymentMethods,
 )
+from sidecar.http.contract import Call, Out, Reply, Routes
 from sidecar.http.schemas import (
     AccountPath,
     AutoTopUpRequest,

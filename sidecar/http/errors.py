@@ -30,6 +30,7 @@ STATUS: dict[type[errors.SidecarError], int] = {
     errors.UnknownPackage: 404,
     errors.IdempotencyConflict: 409,
     errors.HoldClosed: 409,
+    errors.KeyRevoked: 409,
     errors.HoldExpired: 409,
     errors.FullyRefunded: 409,
     errors.InvalidInput: 422,

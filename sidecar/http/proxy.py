@@ -44,6 +44,8 @@ from sidecar.http.contract import Call, Header, Out, Reply, Routes
 from sidecar.http.responses import AuthOutcome
 from sidecar.http.schemas import TailPath
 from sidecar.http.state import GATE
+from sidecar.http.views import limit_view
+from sidecar.ledger.units import iso
 from sidecar.runtime import metrics
 
 proxy_routes = Routes()
@@ -68,6 +70,13 @@ def outcome_headers(o: Outcome) -> dict[str, str]:
         h["X-Credits-Replayed"] = "true" if o.replayed else "false"
     if o.retry_after_ms is not None:
         h["Retry-After"] = str(math.ceil(o.retry_after_ms / 1000))
+    if o.spend is not None:
+        h["X-Credits-Spend-Limit"] = str(o.spend.limit.credits)
+        h["X-Credits-Spent"] = str(o.spend.spent)
+        if o.spend.ends_at is not None:
+            h["X-Credits-Window-Ends"] = iso(o.spend.ends_at)
+    if o.dry_run:
+        h["X-Credits-Dry-Run"] = "1"
     if o.shadow_status is not None:
         h["X-Credits-Shadow-Status"] = str(o.shadow_status)
     if o.status == 401:
@@ -85,6 +94,9 @@ def outcome_body(o: Outcome) -> AuthOutcome:
         balance=UNSET if o.balance is None else o.balance,
         required=UNSET if o.required is None else o.required,
         retry_after_ms=UNSET if o.retry_after_ms is None else o.retry_after_ms,
+        spend_limit=UNSET if o.spend is None else limit_view(o.spend.limit),
+        spent=UNSET if o.spend is None else o.spend.spent,
+        window_ends_at=UNSET if o.spend is None else iso(o.spend.ends_at),
         field=extra.get("field", UNSET),
         message=extra.get("message", UNSET),
     )
@@ -244,9 +256,19 @@ ALLOWED = outcome(
             str,
             "`true`: a replay of an earlier request (same request id), charged then; answer it "
             "as the first, do not do the work again; else `false`",
-        )
+        ),
+        "X-Credits-Dry-Run": Header(
+            str,
+            "`1`: a dry run (SIDECAR_TRUST_DRY_RUN_HEADER and the proxy's X-Credits-Dry-Run: 1):"
+            " the answer the request would get, nothing charged; on every answer to a dry run",
+        ),
     },
 )
+SPEND_HEADERS = {
+    "X-Credits-Spend-Limit": Header(int, "a spending limit's credits"),
+    "X-Credits-Spent": Header(int, "spent in its current window"),
+    "X-Credits-Window-Ends": Header(str, "when the window ends (RFC 3339; none: a lifetime limit)"),
+}
 DENIALS = {
     400: outcome(
         "`invalid_path`, `invalid_method`, `invalid_header`, `invalid_cost_header`",
@@ -256,7 +278,11 @@ DENIALS = {
         "`missing_api_key`, `invalid_api_key`",
         {"WWW-Authenticate": Header(str, 'Bearer realm="credit-sidecar"')},
     ),
-    402: outcome("`insufficient_credits`"),
+    402: outcome(
+        "`insufficient_credits`; `key_spend_limit` or `spend_limit`: the cost would pass the API "
+        "key's or the account's spending limit in its current window",
+        SPEND_HEADERS,
+    ),
     403: outcome("`route_denied`"),
     409: outcome("`idempotency_conflict`: the request id was used for another request"),
     429: outcome("`rate_limited`", {"Retry-After": Header(int, "seconds to wait")}),
@@ -304,7 +330,11 @@ _declare(
             {
                 "X-Credits-Deny-Status": Header(
                     int, "the real status (400, 402, 403, 429, 503) for the nginx config"
-                )
+                ),
+                # the headers of the denial it stands for (outcome_headers)
+                **SPEND_HEADERS,
+                "Retry-After": Header(int, "a 429: seconds to wait"),
+                "X-Credits-Field": Header(str, "a 400: the header (or path) refused"),
             },
         ),
     },

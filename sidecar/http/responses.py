@@ -88,11 +88,12 @@ class RateLimit(Model):
 class CheckAllowed(Model):
     allowed: Literal[True]
     account: str
-    balance: int
+    balance: Annotated[int, Meta(description="after the check (a dry run: after it would run)")]
     cost: CreditsOut
-    transaction_id: str
+    transaction_id: Annotated[str | None, Meta(description="null: a dry run")]
     replayed: bool
     low_balance: bool
+    dry_run: Annotated[bool, Meta(description="sent only for a dry run")] | UnsetType = UNSET
 
 
 class ShadowDecision(Model):
@@ -121,6 +122,36 @@ class InsufficientCredits(Model):
     required: CreditsOut
 
 
+class SpendLimitView(Model):
+    credits: CreditsOut
+    interval: Annotated[
+        Literal["day", "week", "month", "year"] | None,
+        Meta(description="null: a lifetime limit"),
+    ]
+    interval_count: int
+
+
+class SpendView(Model):
+    """A spending limit and what was spent in its current window."""
+
+    spend_limit: SpendLimitView
+    spent: Annotated[int, Meta(description="credits spent in the current window")]
+    window_ends_at: Annotated[Time | None, Meta(description="null: a lifetime limit")]
+
+
+class SpendLimitReached(Model):
+    """Refused: the cost would take the spending of the API key (`key_spend_limit`) or of the
+    account (`spend_limit`) over its limit in the current window."""
+
+    allowed: Literal[False]
+    reason: Literal["spend_limit", "key_spend_limit"]
+    account: str
+    required: CreditsOut
+    spend_limit: SpendLimitView
+    spent: Annotated[int, Meta(description="credits spent in the current window")]
+    window_ends_at: Annotated[Time | None, Meta(description="null: a lifetime limit")]
+
+
 class RateLimited(Model):
     allowed: Literal[False]
     reason: Literal["rate_limited"]
@@ -134,6 +165,7 @@ class AccountSettings(Model):
     overdraft_limit: CreditsOut
     low_balance_threshold: int | None
     rate_limit: RateLimit | None
+    spend_limit: SpendLimitView | None
 
 
 class Granted(Model):
@@ -168,6 +200,7 @@ class Balance(Model):
     rate_limit: RateLimit | None
     created_at: Time | None
     buckets: Annotated[list[BucketView], Meta(description="live buckets, in burn order")]
+    spend: Annotated[SpendView | None, Meta(description="the spending limit, if any")] = None
 
 
 class Hold(Model):
@@ -211,6 +244,11 @@ class Key(Model):
     created_at: Time | None
     rate_limit: RateLimit | None
     revoked_at: Time | None
+    spend_limit: SpendLimitView | None
+    spend: Annotated[
+        SpendView | None,
+        Meta(description="listings: the spending limit's current window (what was spent)"),
+    ]
 
 
 class KeyCreated(Key):
@@ -349,143 +387,6 @@ class DeadLettersRetried(Model):
     retried: list[str]
 
 
-# -- billing ---------------------------------------------------------------------------------
-
-
-class PackageView(Model):
-    id: str
-    name: str
-    credits: CreditsOut
-    stripe_price_id: str | None
-    price: Annotated[
-        int,
-        Meta(
-            description="the currency's minor unit (cents; yen for JPY, a zero-decimal "
-            "currency); the same as its Stripe Price's unit_amount"
-        ),
-    ]
-    currency: str
-    credit_expiry_s: int | None
-    active: bool
-    price_display: Annotated[str, Meta(description="e.g. 5.00 USD, 500 JPY")]
-
-
-class PackageList(Model):
-    packages: list[PackageView]
-
-
-class CheckoutSession(Model):
-    id: str
-    url: str | None
-    account: str
-
-
-class PaymentMethod(Model):
-    id: str
-    type: str
-    label: str
-
-
-class PaymentMethods(Model):
-    account: str
-    customer: str | None
-    payment_methods: list[PaymentMethod]
-
-
-class BillingProfile(Model):
-    account: str
-    email: str | None
-    customer: str | None
-
-
-class AutoTopUp(Model):
-    account: str
-    enabled: bool
-    threshold: int
-    package_id: str
-    payment_method: str
-    paused: bool
-    failures: int
-    last_error: str | None
-    needs_customer: Annotated[
-        bool,
-        Meta(
-            description="a charge needed the customer (authentication): no off-session charge "
-            "until they pay the link or the auto top-up is set again"
-        ),
-    ]
-    action_url: str | None
-    action_payment_intent: str | None
-    pending_payment_intent: str | None
-
-
-class Deleted(Model):
-    account: str
-    deleted: bool
-
-
-class NotificationEndpoint(Model):
-    account: str
-    url: str
-    secret: Annotated[str, Meta(description="the signing secret: shown only here")]
-    header: str
-
-
-class Delivery(Model):
-    id: str
-    status: str
-    attempts: int
-    last_error: str | None
-    payload: AnyObject
-
-
-class Notifications(Model):
-    account: str
-    url: str | None
-    deliveries: list[Delivery]
-
-
-class WebhookReceived(Model):
-    received: Literal[True]
-    id: str
-    duplicate: bool
-
-
-class BillingEvent(Model):
-    id: str
-    type: str
-    status: str
-    attempts: int
-    outcome: str | None
-    error: str | None
-    received_at: str
-
-
-class BillingEvents(Model):
-    events: list[BillingEvent]
-
-
-class WebhookEndpoint(Model):
-    id: str
-    url: str
-    api_version: str | None
-    matches: bool
-    sidecar: bool
-
-
-class BillingStatus(Model):
-    events: dict[str, int]
-    deliveries: dict[str, int]
-    stripe: bool
-    api_version: Annotated[str, Meta(description="the Stripe API version billing reads (pinned)")]
-    webhook_endpoints: list[WebhookEndpoint] | None
-
-
-class EventRetried(Model):
-    id: str
-    status: Literal["received"]
-
-
 # -- the proxies' auth endpoints -------------------------------------------------------------
 
 
@@ -502,6 +403,9 @@ class AuthOutcome(Model):
     balance: int | UnsetType = UNSET
     required: int | UnsetType = UNSET
     retry_after_ms: int | UnsetType = UNSET
+    spend_limit: SpendLimitView | UnsetType = UNSET
+    spent: int | UnsetType = UNSET
+    window_ends_at: Time | UnsetType | None = UNSET
     field: Annotated[str, Meta(description="a 400: the header (or path) refused")] | UnsetType = (
         UNSET
     )

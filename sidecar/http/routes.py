@@ -10,68 +10,44 @@ import math
 from time import perf_counter
 
 from aiohttp import web
+from msgspec import UNSET
 
 from sidecar import errors
 from sidecar.http.auth import ADMIN, SERVICE
 from sidecar.http.contract import Call, Endpoint, Header, Out, Reply, Routes
 from sidecar.http.responses import (
-    AccountSettings,
-    Balance,
-    BucketView,
     CheckAllowed,
     CheckShadowed,
-    Granted,
     Hold,
     HoldClosed,
     InsufficientCredits,
-    Key,
-    KeyCreated,
-    KeyList,
-    RateLimit,
     RateLimited,
     Refunded,
     ShadowDecision,
+    SpendLimitReached,
 )
 from sidecar.http.schemas import (
-    AccountPath,
-    AccountRequest,
     CheckRequest,
-    GrantRequest,
     HoldPath,
     HoldRequest,
-    KeyPath,
-    KeyRequest,
     RefundRequest,
     ReleaseRequest,
     SettleRequest,
 )
-from sidecar.http.state import API_KEYS, LEDGER, SETTINGS
-from sidecar.ledger.apikeys import KeyInfo
-from sidecar.ledger.calls import Allowed, CloseResult, Insufficient, Revoked
-from sidecar.ledger.calls import RateLimit as LedgerRateLimit
+from sidecar.http.state import LEDGER, SETTINGS
+from sidecar.http.views import insufficient, spend_limit_reason, spend_limited
+from sidecar.ledger.calls import Allowed, CloseResult, Insufficient, Revoked, SpendLimited
 from sidecar.ledger.units import iso
 from sidecar.runtime import metrics
 
 routes = Routes()
 ACCOUNT_404 = "`unknown_account`"
 RETRY_AFTER = {"Retry-After": Header(int, "seconds to wait")}
-INSUFFICIENT = Out(InsufficientCredits, "not enough credits")
-
-
-def rate_limit_view(rl: LedgerRateLimit | None) -> RateLimit | None:
-    if rl is None:
-        return None
-    return RateLimit(requests=rl.requests, period_ms=rl.period_ms, burst=rl.burst)
-
-
-def insufficient(account: str, r: Insufficient) -> InsufficientCredits:
-    return InsufficientCredits(
-        allowed=False,
-        reason="insufficient_credits",
-        account=account,
-        balance=r.balance,
-        required=r.required,
-    )
+INSUFFICIENT = Out(
+    InsufficientCredits | SpendLimitReached,
+    "not enough credits (`insufficient_credits`), or the cost would pass the account's "
+    "spending limit in its current window (`spend_limit`)",
+)
 
 
 # Shadow mode (SIDECAR_SHADOW) lets the ledger's refusals (402, 429) through. Errors of the
@@ -139,6 +115,7 @@ async def check(call: Call[None, None, CheckRequest]) -> CheckAllowed | Reply:
         req.idempotency_key,
         description=req.description,
         metadata=req.metadata,
+        dry_run=req.dry_run,
     )
     account = req.account
     if isinstance(r, Allowed):
@@ -147,9 +124,10 @@ async def check(call: Call[None, None, CheckRequest]) -> CheckAllowed | Reply:
             account=account,
             balance=r.balance,
             cost=r.cost,
-            transaction_id=r.transaction_id,
+            transaction_id=r.transaction_id or None,
             replayed=r.replayed,
             low_balance=r.low_balance,
+            dry_run=True if req.dry_run else UNSET,
         )
     if isinstance(r, Revoked):  # not reachable without a key id; kept exhaustive
         raise errors.Unauthorized("API key revoked")
@@ -161,6 +139,14 @@ async def check(call: Call[None, None, CheckRequest]) -> CheckAllowed | Reply:
             )
         else:
             return Reply(insufficient(account, r), status)
+    elif isinstance(r, SpendLimited):
+        status = 402
+        if call.app[SETTINGS].shadow:
+            decision = ShadowDecision(
+                status=status, reason=spend_limit_reason(r), required=r.required
+            )
+        else:
+            return Reply(spend_limited(account, r), status)
     else:
         status = 429
         if call.app[SETTINGS].shadow:
@@ -183,120 +169,6 @@ async def check(call: Call[None, None, CheckRequest]) -> CheckAllowed | Reply:
         CheckShadowed(allowed=True, account=account, charged=False, shadow=decision),
         200,
         {SHADOW_STATUS: str(status)},
-    )
-
-
-@routes.route(
-    "PUT",
-    "/v1/accounts/{account}",
-    "Create an account or replace its settings",
-    tag="accounts",
-    auth=ADMIN,
-    params=AccountPath,
-    body=AccountRequest,
-    responses={
-        200: Out(AccountSettings, "updated"),
-        201: Out(AccountSettings, "created"),
-    },
-    errors={503: None},
-)
-async def put_account(call: Call[AccountPath, None, AccountRequest]) -> Reply:
-    account, req = call.path.account, call.body
-    rl = req.rate_limit.to_rate_limit() if req.rate_limit else None
-    created = await call.app[LEDGER].configure_account(
-        account,
-        overdraft_limit=req.overdraft_limit,
-        low_balance_threshold=req.low_balance_threshold,
-        rate_limit=rl,
-    )
-    view = AccountSettings(
-        account=account,
-        created=created,
-        overdraft_limit=req.overdraft_limit,
-        low_balance_threshold=req.low_balance_threshold,
-        rate_limit=rate_limit_view(rl),
-    )
-    return Reply(view, 201 if created else 200)
-
-
-@routes.route(
-    "POST",
-    "/v1/accounts/{account}/grants",
-    "Grant credits (a bucket; once per grant_id)",
-    tag="accounts",
-    auth=ADMIN,
-    params=AccountPath,
-    body=GrantRequest,
-    responses={
-        200: Out(Granted, "a replay of the same grant"),
-        201: Out(Granted, "granted"),
-    },
-    errors={
-        404: ACCOUNT_404,
-        409: None,
-        422: "`invalid_request`, `balance_overflow`",
-        503: None,
-    },
-)
-async def grant(call: Call[AccountPath, None, GrantRequest]) -> Reply:
-    account, req = call.path.account, call.body
-    r = await call.app[LEDGER].grant(
-        account,
-        req.grant_id,
-        req.credits,
-        expires_at=req.expires_at,
-        priority=req.priority,
-        source=req.source,
-        metadata=req.metadata,
-        description=req.description,
-    )
-    view = Granted(
-        account=account,
-        grant_id=req.grant_id,
-        credits=req.credits,
-        transaction_id=r.transaction_id,
-        balance=r.balance,
-        replayed=r.replayed,
-    )
-    return Reply(view, 200 if r.replayed else 201)
-
-
-@routes.route(
-    "GET",
-    "/v1/accounts/{account}/balance",
-    "An account's balance, settings and live buckets (in burn order)",
-    tag="accounts",
-    auth=ADMIN,
-    params=AccountPath,
-    responses={200: Out(Balance, "the balance")},
-    errors={404: ACCOUNT_404, 503: None},
-)
-async def balance(call: Call[AccountPath, None, None]) -> Balance:
-    b = await call.app[LEDGER].balance(call.path.account)
-    return Balance(
-        account=b.account,
-        balance=b.balance,
-        available=b.available,
-        held=b.held,
-        debt=b.debt,
-        overdraft_limit=b.overdraft_limit,
-        low_balance_threshold=b.low_balance_threshold,
-        rate_limit=rate_limit_view(b.rate_limit),
-        created_at=iso(b.created_at),
-        buckets=[
-            BucketView(
-                id=k.id,
-                credits=k.credits,
-                remaining=k.remaining,
-                held=k.held,
-                created_at=iso(k.created_at),
-                expires_at=iso(k.expires_at),
-                priority=k.priority,
-                source=k.source,
-                metadata=k.metadata,
-            )
-            for k in b.buckets
-        ],
     )
 
 
@@ -327,6 +199,8 @@ async def hold(call: Call[None, None, HoldRequest]) -> Reply:
     )
     if isinstance(r, Insufficient):
         return Reply(insufficient(req.account, r), 402)
+    if isinstance(r, SpendLimited):
+        return Reply(spend_limited(req.account, r), 402)
     view = Hold(
         account=req.account,
         hold_id=r.hold_id,
@@ -441,72 +315,3 @@ async def refund(call: Call[None, None, RefundRequest]) -> Reply:
         replayed=r.replayed,
     )
     return Reply(view, 200 if r.replayed else 201)
-
-
-def key_view(k: KeyInfo) -> Key:
-    return Key(
-        key_id=k.key_id,
-        account=k.account,
-        name=k.name,
-        prefix=k.prefix,
-        created_at=iso(k.created_at),
-        rate_limit=rate_limit_view(k.rate_limit),
-        revoked_at=iso(k.revoked_at),
-    )
-
-
-@routes.route(
-    "POST",
-    "/v1/accounts/{account}/keys",
-    "Issue an API key (shown once)",
-    tag="keys",
-    auth=ADMIN,
-    params=AccountPath,
-    body=KeyRequest,
-    responses={201: Out(KeyCreated, "the key, with its secret")},
-    errors={404: ACCOUNT_404, 503: None},
-)
-async def create_key(call: Call[AccountPath, None, KeyRequest]) -> KeyCreated:
-    req = call.body
-    rl = req.rate_limit.to_rate_limit() if req.rate_limit else None
-    info, key = await call.app[API_KEYS].create(call.path.account, name=req.name, rate_limit=rl)
-    return KeyCreated(
-        key_id=info.key_id,
-        account=info.account,
-        name=info.name,
-        prefix=info.prefix,
-        created_at=iso(info.created_at),
-        rate_limit=rate_limit_view(info.rate_limit),
-        revoked_at=iso(info.revoked_at),
-        key=key,
-    )
-
-
-@routes.route(
-    "GET",
-    "/v1/accounts/{account}/keys",
-    "An account's API keys (metadata only)",
-    tag="keys",
-    auth=ADMIN,
-    params=AccountPath,
-    responses={200: Out(KeyList, "the keys")},
-    errors={503: None},
-)
-async def list_keys(call: Call[AccountPath, None, None]) -> KeyList:
-    account = call.path.account
-    keys = await call.app[API_KEYS].list(account)
-    return KeyList(account=account, keys=[key_view(k) for k in keys])
-
-
-@routes.route(
-    "DELETE",
-    "/v1/keys/{key_id}",
-    "Revoke an API key (takes effect on the next request)",
-    tag="keys",
-    auth=ADMIN,
-    params=KeyPath,
-    responses={200: Out(Key, "the key's record, with revoked_at")},
-    errors={404: "`unknown_key`", 503: None},
-)
-async def revoke_key(call: Call[KeyPath, None, None]) -> Key:
-    return key_view(await call.app[API_KEYS].revoke(call.path.key_id))

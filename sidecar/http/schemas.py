@@ -23,12 +23,14 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     TypeAdapter,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from sidecar.asciiint import parse_ascii_int
-from sidecar.ledger.calls import RateLimit
+from sidecar.ledger.calls import RateLimit, SpendLimit
 from sidecar.ledger.units import MAX_CREDITS, MAX_TIMESTAMP_MS, MissingOffset, parse_rfc3339
 from sidecar.persistence.projection import TXN_TYPES
 
@@ -101,6 +103,13 @@ class CheckRequest(Body):
     idempotency_key: Id
     description: Description = ""
     metadata: Metadata = None
+    dry_run: Annotated[
+        bool,
+        Field(
+            description="answer what the check would get, changing nothing (no transaction, "
+            "rate-limit state, idempotency record or expiry)"
+        ),
+    ] = False
 
 
 class GrantRequest(Body):
@@ -122,17 +131,57 @@ class RateLimitBody(Body):
         return RateLimit(self.requests, self.period_ms, self.burst or self.requests)
 
 
+class SpendLimitBody(Body):
+    """A cap on spending per window: ``interval_count`` ``interval``s, aligned to UTC calendar
+    boundaries; no ``interval``: for the lifetime (then ``interval_count`` is 1)."""
+
+    credits: Credits
+    interval: Literal["day", "week", "month", "year"] | None = None
+    interval_count: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
+
+    @field_validator("interval_count")
+    @classmethod
+    def _lifetime_is_one_window(cls, v: int, info: ValidationInfo) -> int:
+        if info.data.get("interval") is None and v != 1:
+            raise PydanticCustomError(
+                "lifetime_count", "interval_count must be 1 without an interval (a lifetime limit)"
+            )
+        return v
+
+    def to_spend_limit(self) -> SpendLimit:
+        return SpendLimit(self.credits, self.interval, self.interval_count)
+
+
+LowBalanceThreshold = Annotated[StrictInt, Field(ge=-MAX_CREDITS, le=MAX_CREDITS)]
+
+
 class AccountRequest(Body):
     overdraft_limit: NonNegativeCredits = 0
-    low_balance_threshold: Annotated[StrictInt, Field(ge=-MAX_CREDITS, le=MAX_CREDITS)] | None = (
-        None
-    )
+    low_balance_threshold: LowBalanceThreshold | None = None
     rate_limit: RateLimitBody | None = None
+    spend_limit: SpendLimitBody | None = None
+
+
+class AccountPatch(Body):
+    """Only the settings sent change; ``null`` removes one (the overdraft cannot be removed:
+    send 0)."""
+
+    overdraft_limit: NonNegativeCredits = 0
+    low_balance_threshold: LowBalanceThreshold | None = None
+    rate_limit: RateLimitBody | None = None
+    spend_limit: SpendLimitBody | None = None
 
 
 class KeyRequest(Body):
     name: Annotated[str, StringConstraints(max_length=128, pattern=r"^[^\x00]*$")] = ""
     rate_limit: RateLimitBody | None = None
+    spend_limit: SpendLimitBody | None = None
+
+
+class KeyPatch(Body):
+    """An API key's settings to change: its spending limit (``null`` removes it)."""
+
+    spend_limit: SpendLimitBody | None
 
 
 class HoldRequest(Body):

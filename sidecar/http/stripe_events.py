@@ -9,8 +9,7 @@ from sidecar.billing.webhook import verify
 from sidecar.billing.worker import HANDLED
 from sidecar.http.auth import ADMIN, STRIPE_SIGNATURE
 from sidecar.http.billing import SQL_503
-from sidecar.http.contract import Call, Out, Routes
-from sidecar.http.responses import (
+from sidecar.http.billing_responses import (
     BillingEvent,
     BillingEvents,
     BillingStatus,
@@ -18,6 +17,7 @@ from sidecar.http.responses import (
     WebhookEndpoint,
     WebhookReceived,
 )
+from sidecar.http.contract import Call, Out, Routes
 from sidecar.http.schemas import EventPath, EventsQuery
 from sidecar.http.state import BILLING, BILLING_WORKER, SETTINGS
 from sidecar.runtime import metrics

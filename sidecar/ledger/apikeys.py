@@ -18,8 +18,8 @@ import orjson
 from cachetools import LRUCache, TTLCache
 
 from sidecar.errors import UnknownAccount, UnknownKey
-from sidecar.ledger import replies
-from sidecar.ledger.calls import Ledger, RateLimit, store_call
+from sidecar.ledger import replies, windows
+from sidecar.ledger.calls import Ledger, RateLimit, SpendLimit, SpendWindow, store_call
 
 KEY_PREFIX = "csk_"
 
@@ -39,9 +39,11 @@ class KeyInfo:
     created_at: int
     rate_limit: RateLimit | None
     revoked_at: int | None
+    spend_limit: SpendLimit | None = None
+    spend: SpendWindow | None = None  # the limit's current window (listings)
 
     @classmethod
-    def from_record(cls, raw: bytes | str) -> KeyInfo:
+    def from_record(cls, raw: bytes | str, spend: SpendWindow | None = None) -> KeyInfo:
         r: dict[str, Any] = orjson.loads(raw)
         rl = r.get("rate_limit")
         return cls(
@@ -52,6 +54,8 @@ class KeyInfo:
             created_at=int(r["created_at"]),
             rate_limit=RateLimit(rl["requests"], rl["period_ms"], rl["burst"]) if rl else None,
             revoked_at=int(r["revoked_at"]) if r.get("revoked_at") else None,
+            spend_limit=windows.limit_from_json(r.get("spend_limit")),
+            spend=spend,
         )
 
 
@@ -68,9 +72,11 @@ def key_record(
     created_at: int,
     rate_limit: RateLimit | None,
     digest: str,
+    spend_limit: SpendLimit | None = None,
 ) -> dict[str, Any]:
-    """A key's stored record (apikey.lua keeps it as given; a revocation adds revoked_at)."""
-    return {
+    """A key's stored record (apikey.lua keeps it as given; a revocation adds revoked_at, a
+    limit change sets spend_limit)."""
+    record = {
         "key_id": key_id,
         "account": account,
         "name": name,
@@ -87,6 +93,9 @@ def key_record(
         ),
         "hash": digest,
     }
+    if spend_limit is not None:
+        record["spend_limit"] = windows.limit_to_json(spend_limit)
+    return record
 
 
 def rate_spec(rate_limit: RateLimit | None) -> str:
@@ -106,7 +115,12 @@ class ApiKeys:
         self._unknown: TTLCache[str, bool] = TTLCache(10_000, ttl=5)
 
     async def create(
-        self, account: str, *, name: str = "", rate_limit: RateLimit | None = None
+        self,
+        account: str,
+        *,
+        name: str = "",
+        rate_limit: RateLimit | None = None,
+        spend_limit: SpendLimit | None = None,
     ) -> tuple[KeyInfo, str]:
         """A new key for ``account``: its record, and the key itself (shown only now)."""
         key_id = "key_" + secrets.token_hex(8)
@@ -120,13 +134,20 @@ class ApiKeys:
             created_at=self.ledger.clock(),
             rate_limit=rate_limit,
             digest=digest,
+            spend_limit=spend_limit,
         )
         raw = replies.apikey(
             await self.ledger.run_script(
                 self.ledger.scripts.apikey,
                 account,
                 [self.keys.api_keys(account)],
-                ["create", key_id, orjson.dumps(record).decode(), rate_spec(rate_limit)],
+                [
+                    "create",
+                    key_id,
+                    orjson.dumps(record).decode(),
+                    rate_spec(rate_limit),
+                    spend_limit.spec() if spend_limit else "",
+                ],
             )
         )
         # The key is active on its account first, then resolvable: a crash in between
@@ -148,8 +169,48 @@ class ApiKeys:
         raw: dict[Any, Any] = await store_call(
             self.redis.hgetall(self.keys.api_keys(account)), self.ledger.deadline_s
         )
-        infos = [KeyInfo.from_record(v) for v in raw.values()]
+        records = [orjson.loads(v) for v in raw.values()]
+        limited = [r["key_id"] for r in records if r.get("spend_limit")]
+        states: list[Any] = []
+        if limited:
+            states = await store_call(
+                self.redis.hmget(
+                    self.keys.for_account(account).account, [f"ks:{k}" for k in limited]
+                ),
+                self.ledger.deadline_s,
+            )
+        state_of = dict(zip(limited, states, strict=True))
+        now = self.ledger.clock()
+        infos = []
+        for r in records:
+            limit = windows.limit_from_json(r.get("spend_limit"))
+            state = state_of.get(r["key_id"])
+            spend = None
+            if limit is not None:
+                spend = windows.current(limit, state.decode() if state else None, now)
+            infos.append(KeyInfo.from_record(orjson.dumps(r), spend))
         return sorted(infos, key=lambda k: (k.created_at, k.key_id))
+
+    async def set_spend_limit(self, key_id: str, limit: SpendLimit | None) -> KeyInfo:
+        """Sets (None: removes) a key's spending limit; the same window keeps what was spent."""
+        account = await self._account_of(key_id)
+        raw = replies.apikey(
+            await self.ledger.run_script(
+                self.ledger.scripts.apikey,
+                account,
+                [self.keys.api_keys(account)],
+                ["limit", key_id, limit.spec() if limit else ""],
+            )
+        )
+        return KeyInfo.from_record(raw)
+
+    async def _account_of(self, key_id: str) -> str:
+        account = await store_call(
+            self.redis.hget(self.keys.api_key_accounts(), key_id), self.ledger.deadline_s
+        )
+        if account is None:
+            raise UnknownKey(f"key {key_id} does not exist")
+        return str(account.decode())
 
     async def revoke(self, key_id: str) -> KeyInfo:
         account = await store_call(

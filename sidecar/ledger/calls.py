@@ -8,22 +8,29 @@ injectable so tests can move time.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import random
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, cast
 
 import orjson
 from redis.commands.core import AsyncScript
-from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError
 
-from sidecar.errors import InvalidInput, StoreUnavailable, from_script_error
+from sidecar.errors import StoreUnavailable
 from sidecar.ledger import replies
+from sidecar.ledger.arguments import (
+    KEEP,
+    KEEP_ARG,
+    Keep,
+    encode_metadata,
+    new_transaction_id,
+    setting_arg,
+    wall_clock_ms,
+)
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.redis_calls import CALL_DEADLINE_S, may_have_run, store_call, store_errors
 from sidecar.ledger.results import (
+    AccountConfig,
     Allowed,
     Balance,
     Bucket,
@@ -37,11 +44,14 @@ from sidecar.ledger.results import (
     RefundResult,
     Revoked,
     RevokeResult,
+    SpendLimit,
+    SpendLimited,
+    SpendWindow,
 )
 from sidecar.ledger.units import MAX_CREDITS, MAX_TIMESTAMP_MS
 from sidecar.ledger.voids import VOID_DELAY_MS, Void, VoidQueue, new_attempt_token, request_digest
 from sidecar.lua import Scripts
-from sidecar.redis.autopipe import AutoPipeline, NotSent
+from sidecar.redis.autopipe import AutoPipeline
 from sidecar.redis.client import RedisClient
 from sidecar.redis.client import text as _text
 from sidecar.settings import Settings
@@ -50,8 +60,10 @@ from sidecar.settings import Settings
 __all__ = [
     "CALL_DEADLINE_S",
     "DEADLINE_MARGIN_MS",
+    "KEEP",
     "MAX_CREDITS",
     "MAX_TIMESTAMP_MS",
+    "AccountConfig",
     "Allowed",
     "Balance",
     "Bucket",
@@ -61,12 +73,16 @@ __all__ = [
     "GrantResult",
     "HoldResult",
     "Insufficient",
+    "Keep",
     "Ledger",
     "RateLimit",
     "RateLimited",
     "RefundResult",
     "RevokeResult",
     "Revoked",
+    "SpendLimit",
+    "SpendLimited",
+    "SpendWindow",
     "encode_metadata",
     "ledger_for",
     "new_transaction_id",
@@ -75,34 +91,11 @@ __all__ = [
     "wall_clock_ms",
 ]
 
-CALL_DEADLINE_S = 5.0  # default of SIDECAR_REDIS_DEADLINE_S: a call's time, retries included
 # How much earlier than the caller gives up a script stops accepting a call (sidecar/lua/_lib.lua
 # in_time): it covers clock skew between this host and Redis plus a reply's way back.
 DEADLINE_MARGIN_MS = 500
 log = logging.getLogger(__name__)
 Clock = Callable[[], int]
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-# Transaction ids need to be unique, not secret: 128 random bits from a generator seeded from
-# the OS once per process, without uuid4's system call per id (a hot-path cost).
-_ids = random.Random(int.from_bytes(os.urandom(32), "big"))
-# A forked child must not repeat its parent's ids.
-os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
-
-
-def new_transaction_id() -> str:
-    return f"tx_{_ids.getrandbits(128):032x}"
-
-
-def encode_metadata(metadata: Mapping[str, Any] | None) -> str:
-    """Canonical JSON (sorted keys) so the same metadata always gives the same fingerprint."""
-    if not metadata:
-        return ""
-    return orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode()
 
 
 class Ledger:
@@ -195,18 +188,56 @@ class Ledger:
         overdraft_limit: int = 0,
         low_balance_threshold: int | None = None,
         rate_limit: RateLimit | None = None,
+        spend_limit: SpendLimit | None = None,
     ) -> bool:
-        """Creates the account or replaces its settings; True when it was created."""
-        rl: list[str | int] = (
-            [rate_limit.requests, rate_limit.period_ms, rate_limit.burst]
-            if rate_limit
-            else ["", "", ""]
+        """Creates the account or replaces all its settings; True when it was created."""
+        return replies.account(
+            await self._account(
+                account, "put", overdraft_limit, low_balance_threshold, rate_limit, spend_limit
+            )
         )
-        opt_lbt = "" if low_balance_threshold is None else low_balance_threshold
-        reply = await self.run_script(
-            self.scripts.account, account, [], [overdraft_limit, opt_lbt, *rl]
+
+    async def update_account(
+        self,
+        account: str,
+        *,
+        overdraft_limit: int | Keep = KEEP,
+        low_balance_threshold: int | Keep | None = KEEP,
+        rate_limit: RateLimit | Keep | None = KEEP,
+        spend_limit: SpendLimit | Keep | None = KEEP,
+    ) -> AccountConfig:
+        """Changes only the settings given (None removes one) of an existing account, in one
+        atomic step: a concurrent change of another setting is never undone. Returns every
+        setting after the change."""
+        reply = await self._account(
+            account, "patch", overdraft_limit, low_balance_threshold, rate_limit, spend_limit
         )
-        return replies.account(reply)
+        return replies.account_config(reply)
+
+    async def _account(
+        self,
+        account: str,
+        mode: str,
+        overdraft_limit: int | Keep,
+        low_balance_threshold: int | Keep | None,
+        rate_limit: RateLimit | Keep | None,
+        spend_limit: SpendLimit | Keep | None,
+    ) -> Any:
+        rl: list[str | int]
+        if isinstance(rate_limit, Keep):
+            rl = [KEEP_ARG, "", ""]
+        elif rate_limit is None:
+            rl = ["", "", ""]
+        else:
+            rl = [rate_limit.requests, rate_limit.period_ms, rate_limit.burst]
+        args: list[str | int] = [
+            setting_arg(overdraft_limit),
+            setting_arg(low_balance_threshold),
+            *rl,
+            spend_limit.spec() if isinstance(spend_limit, SpendLimit) else setting_arg(spend_limit),
+            mode,
+        ]
+        return await self.run_script(self.scripts.account, account, [], args)
 
     async def grant(
         self,
@@ -250,6 +281,7 @@ class Ledger:
         replay_window_ms: int | None = None,
         request: str = "",
         void_if_lost: bool = True,
+        dry_run: bool = False,
     ) -> DeductResult:
         """Takes ``cost`` credits (0: a free route, only authenticate and rate limit).
 
@@ -265,6 +297,9 @@ class Ledger:
         (sidecar/ledger/voids.py).
         ``void_if_lost=False``: the caller answers that failure as allowed (``fail_open``),
         so a charge it may have made stays.
+
+        ``dry_run``: the answer the call would get (as if due expiries had been processed),
+        with an empty transaction id, changing nothing.
         """
         txid = new_transaction_id()
         extra_keys = [
@@ -287,7 +322,8 @@ class Ledger:
             *rl,
             "" if replay_window_ms is None else min(replay_window_ms, self.retention_ms),
             request,
-            token := new_attempt_token() if cost > 0 else "",
+            token := new_attempt_token() if cost > 0 and not dry_run else "",
+            "1" if dry_run else "",
         ]
         deadline = self.script_deadline()
         try:
@@ -295,13 +331,13 @@ class Ledger:
                 self.scripts.deduct, account, extra_keys, args, txid, deadline
             )
         except StoreUnavailable as e:
-            if void_if_lost and token and _may_have_run(e):
+            if void_if_lost and token and may_have_run(e):
                 # sent once the caller has given up (the margin after the script's deadline)
                 digest = request_digest(key_id, route, description, str(args[3]), request)
                 at = deadline + self._deadline_margin_ms + VOID_DELAY_MS
                 self.voids.put(Void(account, idempotency_key, token, cost, digest, at))
             raise
-        return replies.deduct(reply)
+        return replies.deduct(reply, cost)
 
     async def hold(
         self,
@@ -312,14 +348,14 @@ class Ledger:
         *,
         description: str = "",
         metadata: Mapping[str, Any] | None = None,
-    ) -> HoldResult | Insufficient:
+    ) -> HoldResult | Insufficient | SpendLimited:
         reply = await self.run_script(
             self.scripts.hold,
             account,
             [self.keys.events_for(account)],
             [hold_id, amount, ttl_ms, description, encode_metadata(metadata)],
         )
-        return replies.hold(reply, hold_id)
+        return replies.hold(reply, hold_id, amount)
 
     async def settle(
         self,
@@ -459,45 +495,3 @@ def ledger_for(redis: RedisClient, settings: Settings, clock: Clock = wall_clock
         deadline_margin_ms=settings.redis_deadline_margin_ms,
         void_queue_max=settings.void_queue_max,
     )
-
-
-def _may_have_run(e: StoreUnavailable) -> bool:
-    """Whether a call that failed with ``e`` may have run in Redis: not when Redis answered
-    (LATE: refused past its deadline, raised without a cause; any other error reply) or the
-    auto-pipeline never wrote it (NotSent), yes when its reply never came (the deadline, a
-    lost connection, a refused reconnect after an earlier send)."""
-    return e.__cause__ is not None and not isinstance(e.__cause__, (ResponseError, NotSent))
-
-
-async def store_call(awaitable: Awaitable[Any], deadline_s: float = CALL_DEADLINE_S) -> Any:
-    """Awaits a Redis call within ``deadline_s`` (retries included); errors as store_errors,
-    and a missed deadline is StoreUnavailable too."""
-    try:
-        async with asyncio.timeout(deadline_s):
-            return await store_errors(awaitable)
-    except TimeoutError as e:
-        log.warning("redis call missed its %.1fs deadline", deadline_s)
-        raise StoreUnavailable("the credit store is unavailable") from e
-
-
-async def store_errors(awaitable: Awaitable[Any]) -> Any:
-    """Turns script errors into domain errors and every other Redis failure (unreachable,
-    read-only replica, out of memory, busy, the deadline) into StoreUnavailable, logged here
-    and answered with a generic message. An argument that cannot be sent (a str that is not
-    valid UTF-8) is the caller's input: InvalidInput."""
-    try:
-        return await awaitable
-    except DataError as e:
-        raise InvalidInput(str(e)) from None
-    except ResponseError as e:
-        err = from_script_error(str(e))
-        if isinstance(err, StoreUnavailable):  # LATE: it ran after its deadline, did nothing
-            log.warning("a call reached redis too late and changed nothing: %s", err.message)
-            raise StoreUnavailable("the credit store is unavailable") from None
-        if err is not None:
-            raise err from None
-        log.warning("redis refused a call: %s", e)
-        raise StoreUnavailable("the credit store refused the call") from e
-    except (RedisError, OSError, TimeoutError) as e:
-        log.warning("redis unavailable: %r", e)
-        raise StoreUnavailable("the credit store is unavailable") from e

@@ -17,6 +17,7 @@ A dead letter moved back into the outbox also carries ``orig_id``, its first ent
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,8 @@ TXN_COLUMNS = frozenset(
 )
 # Optional integer fields: checked whenever present.
 INT_DETAILS = (
+    "sw",  # a usage or hold: the start of the spending limit's window it counted in
+    "kw",  # a usage: the start of its API key's spending limit window
     "repaid",
     "overdraft",
     "forfeited",
@@ -64,6 +67,7 @@ INT_DETAILS = (
     "pending",
     "debt_added",
 )
+SPEND_STATE = re.compile(r"\A\d{1,16}:\d{1,16}\Z")
 TXN_TYPES = frozenset(
     {"usage", "purchase", "grant", "expiry", "refund", "hold", "settle", "release", "revoke"}
 )
@@ -250,6 +254,20 @@ class TxnEntry:
         return None if v is None else int(v)
 
     @property
+    def spend_window(self) -> int | None:
+        """A usage or hold that counted against the account's spending limit: the start of
+        the window it counted in (ms)."""
+        v = self.details.get("sw")
+        return v if type(v) is int else None
+
+    @property
+    def spend_state(self) -> str | None:
+        """The account's spending-limit state after it (``from:spent``, see "Spending limits"
+        in sidecar/lua/_lib.lua), if any."""
+        v = self.details.get("spend")
+        return v if isinstance(v, str) else None
+
+    @property
     def refund_id(self) -> str:
         return str(self.details.get("refund_id", ""))
 
@@ -354,6 +372,8 @@ def _txn(e: Mapping[str, Any]) -> TxnEntry:
     desc = e.get("desc", "")
     if not isinstance(desc, str):
         raise PoisonEntry("field desc is not text")
+    if "spend" in e and not SPEND_STATE.match(str(e["spend"])):
+        raise PoisonEntry("field spend is not 'from:spent'")
     meta = opt_text_field(e, "meta")
     hid = opt_text_field(e, "hold_id")
     bucket: NewBucket | None = None

@@ -19,6 +19,7 @@ import orjson
 
 from sidecar.errors import BalanceOverflow, HoldExpired
 from sidecar.ledger.results import (
+    AccountConfig,
     Balance,
     Bucket,
     CloseResult,
@@ -32,6 +33,9 @@ from sidecar.ledger.results import (
     RestoreCounts,
     Revoked,
     RevokeResult,
+    SpendLimit,
+    SpendLimited,
+    SpendWindow,
     VoidResult,
     new_allowed,
 )
@@ -43,6 +47,7 @@ _INSUFFICIENT = (b"insufficient", "insufficient")
 _REVOKED = (b"revoked", "revoked")
 _OVERFLOW = (b"overflow", "overflow")
 _HOLD_EXPIRED = (b"hold_expired", "hold_expired")
+_SPEND_LIMITED = (b"spend_limited", "spend_limited")
 
 
 def _no_overflow(reply: Any) -> None:
@@ -51,8 +56,21 @@ def _no_overflow(reply: Any) -> None:
 
 
 def account(reply: Any) -> bool:
-    """account.lua ``{created}``: True when the call created the account."""
+    """account.lua ``{created, ...}``: True when the call created the account."""
     return bool(reply[0])
+
+
+def account_config(reply: Any) -> AccountConfig:
+    """account.lua ``{created, overdraft limit, low-balance threshold, rate requests, period,
+    burst, spending limit}`` ('' = none)."""
+    r = [text(v) if not isinstance(v, int) else str(v) for v in reply[1:]]
+    return AccountConfig(
+        created=bool(reply[0]),
+        overdraft_limit=int(r[0]),
+        low_balance_threshold=int(r[1]) if r[1] else None,
+        rate_limit=RateLimit(int(r[2]), int(r[3]), int(r[4])) if r[2] else None,
+        spend_limit=SpendLimit.from_spec(r[5]) if r[5] else None,
+    )
 
 
 def grant(reply: Any) -> GrantResult:
@@ -61,9 +79,25 @@ def grant(reply: Any) -> GrantResult:
     return GrantResult(text(reply[1]), int(reply[2]), bool(reply[3]))
 
 
-def deduct(reply: Any) -> DeductResult:
+def _spend_window(credits: Any, unit: Any, count: Any, spent: Any, ends: Any) -> SpendWindow:
+    """A limit's ``credits, unit, count, spent, window end ('' = never)`` (_lib.lua)."""
+    u = text(unit)
+    limit = SpendLimit(int(credits), None if u == "life" else u, int(count))  # type: ignore[arg-type]
+    return SpendWindow(limit, int(spent), int(ends) if ends else None)
+
+
+def spend_limited(reply: Any, required: int) -> SpendLimited:
+    """``{'spend_limited', scope, credits, unit, count, spent, window end}`` (_lib.lua)."""
+    window = _spend_window(*reply[2:7])
+    if text(reply[1]) == "key":
+        return SpendLimited("key", window, required)
+    return SpendLimited("account", window, required)
+
+
+def deduct(reply: Any, cost: int = 0) -> DeductResult:
     """deduct.lua ``{'ok', txid, balance, cost, replayed, low_balance}``,
-    ``{'insufficient', balance, cost}``, ``{'rate_limited', wait_ms}`` or ``{'revoked'}``."""
+    ``{'insufficient', balance, cost}``, ``{'rate_limited', wait_ms}``, ``{'revoked'}`` or
+    ``{'spend_limited', ...}`` (``cost``: the call's, which that refusal reports)."""
     status = reply[0]
     if status in _OK:
         txid = reply[1]
@@ -78,14 +112,19 @@ def deduct(reply: Any) -> DeductResult:
         return Insufficient(int(reply[1]), int(reply[2]))
     if status in _REVOKED:
         return Revoked()
+    if status in _SPEND_LIMITED:
+        return spend_limited(reply, cost)
     return RateLimited(int(reply[1]))
 
 
-def hold(reply: Any, hold_id: str) -> HoldResult | Insufficient:
-    """hold.lua ``{'ok', txid, balance, expires_at, replayed, state}`` or
-    ``{'insufficient', balance, amount}``; ``hold_id`` is the caller's (not in the reply)."""
+def hold(reply: Any, hold_id: str, amount: int = 0) -> HoldResult | Insufficient | SpendLimited:
+    """hold.lua ``{'ok', txid, balance, expires_at, replayed, state}``,
+    ``{'insufficient', balance, amount}`` or ``{'spend_limited', ...}``; ``hold_id`` and
+    ``amount`` are the caller's (not in the reply)."""
     if reply[0] in _INSUFFICIENT:
         return Insufficient(int(reply[1]), int(reply[2]))
+    if reply[0] in _SPEND_LIMITED:
+        return spend_limited(reply, amount)
     return HoldResult(
         hold_id, text(reply[1]), int(reply[2]), int(reply[3]), text(reply[5]), bool(reply[4])
     )
@@ -161,8 +200,9 @@ def _bucket(row: Any) -> Bucket:
 
 def balance(reply: Any, account: str) -> Balance:
     """balance.lua ``{balance, available, held, debt, overdraft limit, low-balance threshold
-    ('' = none), rate limit ({} or {requests, period_ms, burst}), created, buckets}``; each
-    bucket ``{id, remaining, held, its static record (JSON)}``."""
+    ('' = none), rate limit ({} or {requests, period_ms, burst}), created, buckets, spending
+    limit ({} or {credits, unit, count, spent, window end})}``; each bucket ``{id, remaining,
+    held, its static record (JSON)}``."""
     r = reply
     return Balance(
         account=account,
@@ -175,6 +215,7 @@ def balance(reply: Any, account: str) -> Balance:
         rate_limit=RateLimit(*(int(x) for x in r[6])) if r[6] else None,
         created_at=int(r[7]),
         buckets=[_bucket(row) for row in r[8]],
+        spend=_spend_window(*r[9]) if len(r) > 9 and r[9] else None,
     )
 
 

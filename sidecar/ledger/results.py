@@ -16,6 +16,50 @@ class RateLimit:
     burst: int
 
 
+SPEND_INTERVALS = ("day", "week", "month", "year")
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLimit:
+    """A cap on what an account or an API key may spend per window: windows of
+    ``interval_count`` ``interval``s aligned to UTC calendar boundaries (``interval`` None:
+    one window, for ever). See "Spending limits" in sidecar/lua/_lib.lua."""
+
+    credits: int
+    interval: Literal["day", "week", "month", "year"] | None = None
+    interval_count: int = 1
+
+    def spec(self) -> str:
+        """The scripts' form, ``credits:unit:count`` (unit ``life`` without an interval)."""
+        return f"{self.credits}:{self.interval or 'life'}:{self.interval_count}"
+
+    @classmethod
+    def from_spec(cls, spec: str) -> SpendLimit:
+        credits, unit, count = spec.split(":")
+        interval = None if unit == "life" else unit
+        return cls(int(credits), interval, int(count))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class SpendWindow:
+    """A spending limit and what was spent in its current window (``ends_at`` None: never)."""
+
+    limit: SpendLimit
+    spent: int
+    ends_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    """An account's settings after account.lua ran."""
+
+    created: bool
+    overdraft_limit: int
+    low_balance_threshold: int | None
+    rate_limit: RateLimit | None
+    spend_limit: SpendLimit | None
+
+
 @dataclass(frozen=True, slots=True)
 class GrantResult:
     transaction_id: str
@@ -93,7 +137,18 @@ class Revoked:
     allowed: Literal[False] = False
 
 
-DeductResult = Allowed | Insufficient | RateLimited | Revoked
+@dataclass(frozen=True, slots=True)
+class SpendLimited:
+    """Refused: the cost would take the API key's (``scope`` "key") or the account's spending
+    over its limit in the current window; nothing was charged."""
+
+    scope: Literal["key", "account"]
+    window: SpendWindow
+    required: int
+    allowed: Literal[False] = False
+
+
+DeductResult = Allowed | Insufficient | RateLimited | Revoked | SpendLimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +206,7 @@ class Balance:
     rate_limit: RateLimit | None
     created_at: int
     buckets: list[Bucket]
+    spend: SpendWindow | None = None
 
 
 @dataclass(frozen=True, slots=True)

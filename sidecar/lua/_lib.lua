@@ -26,6 +26,8 @@
 -- per bucket: m:<id> (static JSON), r:<id> (remaining; absent once expired), h:<id> (held);
 -- per API key: k:<key id> (present while the key is active: '' or its rate 'n:ms:burst'),
 -- kt:<key id> (its TAT); per priced route with a rate limit: rt:<route> (its TAT).
+-- Spending limits (see "Spending limits" below): sl / ss (the account's limit and what was
+-- spent in its window), kl:<key id> / ks:<key id> (an API key's).
 --
 -- Units: credits are integers in [-(2^53-1), 2^53-1], exact in Lua doubles as long
 -- as every sum stays in that range (grant enforces it); times are unix milliseconds.
@@ -173,13 +175,13 @@ local deadlines_changed = false
 
 local function load_account()
   local v = redis.call('HMGET', A, 'created', 'clock', 'avail', 'held', 'debt', 'seq',
-    'ovl', 'lbt', 'rl_n', 'rl_ms', 'rl_burst', 'att')
+    'ovl', 'lbt', 'rl_n', 'rl_ms', 'rl_burst', 'att', 'sl', 'ss')
   if not v[1] then return nil end
   acct = {
     created = tonumber(v[1]), avail = tonumber(v[3]) or 0, held = tonumber(v[4]) or 0,
     debt = tonumber(v[5]) or 0, seq = tonumber(v[6]) or 0, ovl = tonumber(v[7]) or 0,
     lbt = tonumber(v[8]), rl_n = tonumber(v[9]), rl_ms = tonumber(v[10]),
-    rl_burst = tonumber(v[11]), att = tonumber(v[12]),
+    rl_burst = tonumber(v[11]), att = tonumber(v[12]), sl = v[13] or nil, ss = v[14] or nil,
   }
   local clock = tonumber(v[2]) or 0
   if clock > NOW then NOW = clock end
@@ -274,6 +276,8 @@ local function emit(txid, ttype, amount, alloc, extra)
   end
   for _, a in ipairs(alloc) do touch(a[1]) end
   for _, a in ipairs((extra and extra.held) or {}) do touch(a[1]) end
+  -- the spending limit's state after it (ss), so the SQL ledger can restore it
+  if acct.ss then parts[#parts + 1] = ',"spend":' .. cjson.encode(acct.ss) end
   parts[#parts + 1] = ',"buckets":' .. jenc(state) .. '}'
   redis.call('XADD', OUTBOX, '*', 'd', table.concat(parts))
 end
@@ -368,6 +372,132 @@ end
 local function bucket_entry(id, meta)
   return {id = id, credits = meta.credits, created = meta.created, expires = meta.expires,
     priority = meta.priority, source = meta.source, fp = meta.fp}
+end
+
+-- Spending limits. A limit is the spec 'credits:unit:count' (unit day, week, month or year:
+-- windows of `count` units aligned to UTC calendar boundaries, counted from 1970-01-01, weeks
+-- starting on Monday; unit life: one window, for ever); its state is 'from (ms):spent', from
+-- being when the count began: the window's start, or when the limit was set within it.
+-- Spent counts checks (usage), holds while active (their charge once settled) and what
+-- refunds give back, within the window they were charged in. Spend state is kept only while
+-- a limit is set: a new limit counts from when it was set (spend_reset). Every transaction of
+-- an account with a spend state carries it (after the transaction) as `spend`; a usage or a
+-- hold that counted carries the count's from as `sw` (kept in its usage record or hold
+-- record): a refund or a settle gives back only to that same count, never to a limit set
+-- since (which did not count it), nor to a later window.
+-- An API key's limit likewise: a usage that counted against it carries `kw` (its count's
+-- from) and `key_spend` ([key id, its state after]); so does a refund that gave room back.
+local DAY_MS = 86400000
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+-- The window of a limit that holds `now`: its start and end (ms; end nil for life).
+local function spend_window(unit, count, now)
+  if unit == 'life' then return 0, nil end
+  local day = math.floor(now / DAY_MS)
+  if unit == 'day' then
+    local s = day - day % count
+    return s * DAY_MS, (s + count) * DAY_MS
+  elseif unit == 'week' then
+    local w = math.floor((day + 3) / 7)  -- 1969-12-29, a Monday, starts week 0
+    local s = w - w % count
+    -- (the first window starts on 1969-12-29: counted from 1970, as no time is earlier; a
+    -- negative start would not parse back from the spend state, leaving it unenforced)
+    return math.max(0, (s * 7 - 3) * DAY_MS), ((s + count) * 7 - 3) * DAY_MS
+  end
+  local y, m = civil_from_days(day)
+  local months = unit == 'month' and count or 12 * count
+  local i = (y - 1970) * 12 + m - 1
+  local s = i - i % months
+  local e = s + months
+  return days_from_civil(1970 + math.floor(s / 12), s % 12 + 1, 1) * DAY_MS,
+    days_from_civil(1970 + math.floor(e / 12), e % 12 + 1, 1) * DAY_MS
+end
+
+-- A limit's spec and state as a table {credits, unit, count, start, stop, from, spent}, or
+-- nil. A state whose from is not in the current window is an earlier window's: nothing spent.
+local function spend_load(spec, state)
+  if not spec or spec == '' then return nil end
+  local c, unit, count = string.match(spec, '^(%d+):(%a+):(%d+)$')
+  local lim = {credits = tonumber(c), unit = unit, count = tonumber(count), spent = 0}
+  lim.start, lim.stop = spend_window(unit, lim.count, NOW)
+  lim.from = lim.start
+  if state then
+    local s, n = string.match(state, '^(%d+):(%-?%d+)$')
+    s = tonumber(s)
+    if s and s >= lim.start and (not lim.stop or s < lim.stop) then
+      lim.from, lim.spent = s, tonumber(n)
+    end
+  end
+  return lim
+end
+
+local function spend_state(lim)
+  return fmt(lim.from) .. ':' .. fmt(lim.spent)
+end
+
+-- The state of a limit that starts counting now (a new limit, or another window): from now,
+-- and after the count it replaces (state `old`) began, so that what was counted there
+-- (records whose sw is its from) is never given back to this one. (A limit removed, then set
+-- again in the very millisecond its count began, can still take what that count gave back:
+-- the removal deleted the state that would tell the two apart.)
+local function spend_reset(spec, old)
+  local lim = spend_load(spec, nil)
+  lim.from = NOW
+  local prev = spend_load(spec, old)
+  if old and prev.from >= NOW and (not lim.stop or prev.from + 1 < lim.stop) then
+    lim.from = prev.from + 1
+  end
+  return spend_state(lim)
+end
+
+-- Whether `n` more credits would pass the limit.
+local function spend_over(lim, n)
+  return lim and lim.spent + n > lim.credits or false
+end
+
+-- The refusal of a call over a limit: {'spend_limited', scope ('key' | 'account'), credits,
+-- interval, interval count, spent, window end ('' = never)}.
+local function spend_refusal(scope, lim)
+  return {'spend_limited', scope, lim.credits, lim.unit, lim.count, lim.spent,
+    lim.stop and fmt(lim.stop) or ''}
+end
+
+-- Gives back `n` credits counted from `from` (a record's sw) to a limit (field `spec_f`,
+-- state `state_f` of the account hash), if that count is still the current one; returns the
+-- limit's state after, or nil when nothing changed.
+local function spend_return(spec_f, state_f, from, n)
+  if not from or n <= 0 then return nil end
+  local v = redis.call('HMGET', A, spec_f, state_f)
+  local lim = spend_load(v[1], v[2])
+  if not (lim and lim.from == from) then return nil end
+  lim.spent = math.max(0, lim.spent - n)
+  local ss = spend_state(lim)
+  redis.call('HSET', A, state_f, ss)
+  if spec_f == 'sl' then acct.ss = ss end
+  return ss
 end
 
 -- Clawbacks (revoke.lua). Per purchase, cb:<purchase> = the credits to have taken back (the
@@ -496,6 +626,8 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
     sync_order(id, bucket_meta(id))
   end
   acct.held = acct.held - rec.amount
+  -- the hold counted its whole amount against the account's limit; only the charge stays
+  spend_return('sl', 'ss', rec.sw, rec.amount - charge)
   rec.state = state
   rec.charged = charge
   rec.close_tx = txid
@@ -547,6 +679,40 @@ local function expire_due()
       end
     end
   end
+end
+
+-- What processing the due deadlines would leave, without writing anything (dry runs): the
+-- account's available credits and its spending limit (spend_load's table, or nil) after due
+-- buckets expire and due holds lapse (their credits back to buckets still live, their amount
+-- back under the limit). Exact but for one case: credits a lapsing hold would return to a
+-- bucket watched by a clawback (pc:<bucket>, see "Clawbacks") are counted as taken back.
+local function preview_due()
+  local avail = acct.avail
+  local lim = spend_load(acct.sl, acct.ss)
+  local back, gone = {}, {}
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', D, '-inf', NOW)) do
+    local id = string.sub(member, 3)
+    if string.sub(member, 1, 1) == 'b' then
+      if not gone[id] then
+        avail = avail - (tonumber(redis.call('HGET', A, 'r:' .. id)) or 0) - (back[id] or 0)
+        gone[id] = true
+      end
+    else
+      local raw = redis.call('HGET', H, id)
+      local rec = raw and cjson.decode(raw)
+      if rec and rec.state == 'active' then
+        for _, a in ipairs(rec.alloc) do
+          local v = redis.call('HMGET', A, 'r:' .. a[1], 'pc:' .. a[1])
+          if v[1] and not v[2] and not gone[a[1]] then
+            avail = avail + a[2]
+            back[a[1]] = (back[a[1]] or 0) + a[2]
+          end
+        end
+        if lim and rec.sw == lim.from then lim.spent = math.max(0, lim.spent - rec.amount) end
+      end
+    end
+  end
+  return avail, lim
 end
 
 -- GCRA over several limiters at once; limits = {{tat field in the account hash, requests,
@@ -627,6 +793,13 @@ local function refund_usage(ukey, u, src, rid, arg, amount, desc, metadata, more
     extra.bucket = bucket_entry(bid, meta)
     meta.bal = balance()
     redis.call('HSET', A, 'm:' .. bid, jenc(meta))
+  end
+  -- the refund gives back room under the limits the usage counted against, in its window
+  local sw = redis.call('HMGET', ukey, 'sw', 'kid', 'kw')
+  spend_return('sl', 'ss', tonumber(sw[1]), amount)
+  if sw[2] then
+    local ks = spend_return('kl:' .. sw[2], 'ks:' .. sw[2], tonumber(sw[3]), amount)
+    if ks then extra.key_spend = {sw[2], ks} end
   end
   emit(TXID, 'refund', restored + repaid + excess, alloc, extra)
   -- credits back in a bucket whose purchase was refunded by Stripe go to its clawback

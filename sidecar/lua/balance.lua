@@ -4,7 +4,8 @@
 -- Touching the account first expires what is due (recording expiry transactions).
 -- Returns {balance, available, held, debt, overdraft limit, low-balance threshold or '',
 --          {rate requests, period ms, burst} or {}, created,
---          {{bucket id, remaining, held, static JSON}, ...}}
+--          {{bucket id, remaining, held, static JSON}, ...},
+--          {spend limit credits, unit, count, spent in the window, window end ('' = never)} or {}}
 
 require_account()
 expire_due()
@@ -17,5 +18,10 @@ for i, m in ipairs(redis.call('ZRANGE', O, 0, -1)) do
 end
 local rate = {}
 if acct.rl_n then rate = {acct.rl_n, acct.rl_ms, acct.rl_burst} end
+local spend = {}
+local lim = spend_load(acct.sl, acct.ss)
+if lim then
+  spend = {lim.credits, lim.unit, lim.count, lim.spent, lim.stop and fmt(lim.stop) or ''}
+end
 return {balance(), acct.avail, acct.held, acct.debt, acct.ovl, acct.lbt and fmt(acct.lbt) or '',
-  rate, acct.created, rows}
+  rate, acct.created, rows, spend}

@@ -64,6 +64,8 @@ rec, charged = close_hold(hid, rec, amount, want, TXID, desc, metadata)
 if amount > 0 then
   redis.call('HSET', KEYS[7], 'cost', fmt(amount), 'alloc', jenc(charged), 'overdraft', '0',
     'refunded', '0')
+  -- the charge counted against the limit in the hold's window: a refund gives it back there
+  if rec.sw then redis.call('HSET', KEYS[7], 'sw', fmt(rec.sw)) end
   redis.call('PEXPIRE', KEYS[7], RETENTION)
 end
 save_account()

@@ -28,11 +28,16 @@
 -- request is a replay (same cost, and the same key id, route, description, metadata and
 -- ARGV[16], by their digest), anything else is a CONFLICT; refuse a call past its deadline (LATE); rate
 -- limit with the account's, the key's and the route's GCRA (nothing written when limited);
--- expire what is due; then deduct, or change nothing when balance - cost would go below
--- -overdraft.
+-- expire what is due; refuse a cost over the key's spending limit, then the account's
+-- (see "Spending limits" in _lib.lua); then deduct, or change nothing when balance - cost
+-- would go below -overdraft. The usage record keeps the limits' windows, which refunds read.
 -- Returns {'ok', transaction id ('' for cost 0), balance after, cost, replayed (0|1),
 --          low_balance (0|1)} | {'insufficient', balance, cost}
 --       | {'rate_limited', retry after (ms)} | {'revoked'}
+--       | {'spend_limited', scope, credits, interval, count, spent, window end} (_lib.lua)
+-- ARGV[18] '1': a dry run. The same answer as the call would get (as if due deadlines had
+-- been processed: preview_due in _lib.lua), with '' for the transaction id, and nothing
+-- written: no transaction, rate-limit state, idempotency record, expiry or event.
 
 local cost = int_arg(ARGV[6], 'cost', 0, MAXINT)
 local key = id_arg(ARGV[7], 'idempotency_key', 128)
@@ -54,12 +59,16 @@ local window = opt_int_arg(ARGV[15], 'replay_window_ms', 1, RETENTION) or RETENT
 local identity = text_arg(ARGV[16] or '', 'request', 256)
 local token = ARGV[17] or ''
 if token ~= '' then token_arg(token) end
+local dry = (ARGV[18] or '') == '1'
 
 require_account()
 local limits = account_limits()
+local key_spend = nil
 if key_id ~= '' then
-  local spec = redis.call('HGET', A, 'k:' .. key_id)
+  local kv = redis.call('HMGET', A, 'k:' .. key_id, 'kl:' .. key_id, 'ks:' .. key_id)
+  local spec = kv[1]
   if not spec then return {'revoked'} end
+  if kv[2] then key_spend = {kv[2], kv[3]} end
   if spec ~= '' then
     local n, ms, b = string.match(spec, '^(%d+):(%d+):(%d+)$')
     limits[#limits + 1] = {'kt:' .. key_id, tonumber(n), tonumber(ms), tonumber(b)}
@@ -78,6 +87,7 @@ if prior then
   if p.fp and p.fp ~= fp then
     fail('CONFLICT', 'idempotency_key ' .. key .. ' was already used for another request')
   end
+  if dry then return {'ok', '', p.bal, cost, 1, 0} end
   if token ~= '' and p.at then
     -- The same attempt sent again (the transport resends a call whose connection was lost
     -- after its first send ran) took effect already: answered as then, whatever the time,
@@ -93,6 +103,20 @@ if prior then
   end
   return {'ok', p.tx, p.bal, cost, 1, 0}
 end
+if dry then
+  local wait = rate_check(limits)
+  if wait > 0 then return {'rate_limited', wait} end
+  local avail, alim = preview_due()
+  local before = avail - acct.debt
+  if cost > 0 then
+    local klim = key_spend and spend_load(key_spend[1], key_spend[2]) or nil
+    if spend_over(klim, cost) then return spend_refusal('key', klim) end
+    if spend_over(alim, cost) then return spend_refusal('account', alim) end
+    if before - cost < -acct.ovl then return {'insufficient', before, cost} end
+  end
+  local low = cost > 0 and acct.lbt and before >= acct.lbt and before - cost < acct.lbt
+  return {'ok', '', before - cost, cost, 0, low and 1 or 0}
+end
 in_time()
 
 local wait, tats = rate_check(limits)
@@ -103,6 +127,16 @@ if cost == 0 then
   if #tats > 0 then redis.call('HSET', A, unpack(tats)) end
   save_account()
   return {'ok', '', balance(), 0, 0, 0}
+end
+local klim = key_spend and spend_load(key_spend[1], key_spend[2]) or nil
+if spend_over(klim, cost) then
+  save_if_touched()
+  return spend_refusal('key', klim)
+end
+local alim = spend_load(acct.sl, acct.ss)
+if spend_over(alim, cost) then
+  save_if_touched()
+  return spend_refusal('account', alim)
 end
 local before = balance()
 if before - cost < -acct.ovl then
@@ -117,12 +151,26 @@ local after = balance()
 local usage = {idempotency_key = key, overdraft = short, desc = desc, meta = metadata,
   key_id = key_id, route = route, fp = fp}
 if window ~= RETENTION then usage.replay_ms = window end
+if klim then
+  klim.spent = klim.spent + cost
+  redis.call('HSET', A, 'ks:' .. key_id, spend_state(klim))
+  usage.kw = klim.from
+  usage.key_spend = {key_id, spend_state(klim)}
+end
+if alim then
+  alim.spent = alim.spent + cost
+  acct.ss = spend_state(alim)
+  redis.call('HSET', A, 'ss', acct.ss)
+  usage.sw = alim.from
+end
 emit(TXID, 'usage', -cost, alloc, usage)
 local record = {tx = TXID, cost = cost, bal = after, fp = fp}
 if token ~= '' then record.at = {token} end
 redis.call('SET', KEYS[7], jenc(record), 'PX', window)
 redis.call('HSET', KEYS[8], 'cost', fmt(cost), 'alloc', jenc(alloc), 'overdraft', fmt(short),
   'refunded', '0')
+if klim then redis.call('HSET', KEYS[8], 'kid', key_id, 'kw', fmt(klim.from)) end
+if alim then redis.call('HSET', KEYS[8], 'sw', fmt(alim.from)) end
 redis.call('PEXPIRE', KEYS[8], RETENTION)
 local low = low_balance_event(KEYS[9], before, TXID)
 save_account()

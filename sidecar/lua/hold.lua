@@ -7,8 +7,11 @@
 --   [10] metadata (JSON object or '')
 -- The credits move out of their buckets (burn order) into the hold, so the balance
 -- drops at once; holds never use the overdraft. Idempotent by hold id.
+-- An active hold counts its amount against the account's spending limit (settling keeps
+-- only its charge counted, see close_hold in _lib.lua).
 -- Returns {'ok', transaction id, balance after, expires_at, replayed (0|1), state}
 --       | {'insufficient', balance, amount}
+--       | {'spend_limited', 'account', credits, interval, count, spent, window end}
 
 local hid = id_arg(ARGV[6], 'hold_id', 128)
 local amount = int_arg(ARGV[7], 'amount', 1, MAXINT)
@@ -33,6 +36,11 @@ if raw then
   local rec = cjson.decode(redis.call('HGET', H, hid) or raw)
   return {'ok', rec.tx, rec.bal, rec.expires, 1, rec.state}
 end
+local alim = spend_load(acct.sl, acct.ss)
+if spend_over(alim, amount) then
+  save_if_touched()
+  return spend_refusal('account', alim)
+end
 local before = balance()
 if before < amount then
   save_if_touched()
@@ -43,8 +51,14 @@ local parts = {}
 for i, a in ipairs(alloc) do parts[i] = {a[1], -a[2]} end
 local rec = {amount = amount, ttl = ttl, alloc = parts, created = NOW, expires = NOW + ttl,
   state = 'active', tx = TXID}
+if alim then
+  alim.spent = alim.spent + amount
+  acct.ss = spend_state(alim)
+  redis.call('HSET', A, 'ss', acct.ss)
+  rec.sw = alim.from
+end
 emit(TXID, 'hold', -amount, alloc, {held = parts, hold_id = hid, expires = rec.expires,
-  desc = desc, meta = metadata})
+  desc = desc, meta = metadata, sw = rec.sw})
 rec.bal = balance()
 redis.call('HSET', H, hid, jenc(rec))
 schedule('h:' .. hid, rec.expires)

@@ -17,16 +17,20 @@
 --   created, clock, debt, seq, overdraft_limit, low_balance_threshold?, auto_topup_threshold?,
 --   clawbacks? {purchase: the clawback's target (revoke.lua's cb:<purchase>), or
 --     {target, state (cbs:<purchase>: {v, pol, b, tk, pd, debt, un}, see _lib.lua)}},
---   rate_limit? [requests, period_ms, burst], purge (how many stale keys follow),
+--   rate_limit? [requests, period_ms, burst], spend_limit? ('credits:unit:count', see
+--   "Spending limits" in _lib.lua), spend_state? ('from:spent'), purge (how many
+--   stale keys follow),
 --   buckets [{id, credits, created, expires?, priority, source, metadata, fp, tx, bal,
 --     remaining? (absent: expired), held, held_field (true: h:<id> exists, a hold drew on it)}],
---   holds [{id, amount, ttl, alloc [[bucket, n], ...], created, expires, state, tx, bal;
+--   holds [{id, amount, ttl, alloc [[bucket, n], ...], created, expires, state, tx, bal, sw?;
 --     closed ones also charged, close_tx, close_balance, forfeited, closed (ms)}],
 --   keys [{id, record (JSON text stored as is, or an object stored as jenc writes it),
---     rate? ('' or 'n:ms:burst': the key is active; absent: revoked)}],
+--     rate? ('' or 'n:ms:burst': the key is active; absent: revoked), limit? (its spending
+--     limit 'credits:unit:count'), spend_state? ('window start:spent')}],
 --   idempotency [{key, tx, cost, bal, at (the usage's time), fp? (its request digest, see
 --     deduct.lua), window? (its replay window, ms; absent: the retention)}],
---   usage [{tx, cost, alloc [[bucket, -n], ...], overdraft, at, refunds [{id, arg, tx, bal,
+--   usage [{tx, cost, alloc [[bucket, -n], ...], overdraft, at, sw?, kid? and kw? (the API
+--     key whose limit it counted against, and that window's start), refunds [{id, arg, tx, bal,
 --     refunded, forfeited}]}]
 -- Derived here, as the other scripts keep them: avail (sum of remaining over live buckets)
 -- and held (sum of held), each bucket's okey, the burn order, the deadlines (live expiring
@@ -140,6 +144,24 @@ if not absent(S.rate_limit) then
     int_v(r[2], 'rate_limit.period_ms', 1, 366 * 86400000),
     int_v(r[3], 'rate_limit.burst', 1, 1000000000)}
 end
+local sl, ss = nil, nil
+if not absent(S.spend_limit) then
+  sl = S.spend_limit
+  if type(sl) ~= 'string' or not string.match(sl, '^%d+:%a+:%d+$') then
+    fail('INVALID', 'spend_limit must be credits:unit:count')
+  end
+  if not absent(S.spend_state) then
+    ss = S.spend_state
+    if type(ss) ~= 'string' or not string.match(ss, '^%d+:%d+$') then
+      fail('INVALID', 'spend_state must be from:spent')
+    end
+  end
+end
+-- the start of a spending limit's window a hold or usage counted in (absent: none)
+local function sw_v(v, name)
+  if absent(v) then return nil end
+  return int_v(v, name .. ' sw', 0, MAX_TIME)
+end
 local npurge = int_v(absent(S.purge) and 0 or S.purge, 'purge', 0, #KEYS)
 
 -- Buckets.
@@ -195,6 +217,7 @@ for _, h in ipairs(holds) do
   end
   id_arg(h.tx, name .. ' tx', 64)
   int_v(h.bal, name .. ' bal', -MAXINT, MAXINT)
+  h.sw = sw_v(h.sw, name)
   h.alloc = list_v(h.alloc, name .. ' alloc')
   if parts_v(h.alloc, name .. ' alloc', 1, MAXINT, by_id) ~= h.amount then
     fail('INVALID', name .. ' alloc does not add up to its amount')
@@ -236,6 +259,16 @@ for _, k in ipairs(keys) do
       or (k.rate ~= '' and not string.match(k.rate, '^%d+:%d+:%d+$')) then
     fail('INVALID', 'key ' .. id .. ' rate must be requests:period_ms:burst or empty')
   end
+  if absent(k.limit) then
+    k.limit = nil
+  elseif type(k.limit) ~= 'string' or not string.match(k.limit, '^%d+:%a+:%d+$') then
+    fail('INVALID', 'key ' .. id .. ' limit must be credits:unit:count')
+  end
+  if absent(k.spend_state) then
+    k.spend_state = nil
+  elseif type(k.spend_state) ~= 'string' or not string.match(k.spend_state, '^%d+:%d+$') then
+    fail('INVALID', 'key ' .. id .. ' spend_state must be window start:spent')
+  end
 end
 
 -- Per-request records, and the keys they go to.
@@ -275,6 +308,13 @@ for _, u in ipairs(usage) do
     fail('INVALID', name .. ' alloc and overdraft do not add up to its cost')
   end
   u.px = ttl_of(u.at, name)
+  u.sw = sw_v(u.sw, name)
+  if not absent(u.kid) then
+    id_arg(u.kid, name .. ' kid', 64)
+    u.kw = int_v(u.kw, name .. ' kw', 0, MAX_TIME)
+  else
+    u.kid = nil
+  end
   u.refunded = 0
   local seen = {}
   u.refunds = list_v(u.refunds, name .. ' refunds')
@@ -315,6 +355,8 @@ redis.call('ZREM', DUE, ACCOUNT)
 local f = {'created', fmt(created), 'clock', fmt(clock), 'avail', fmt(avail), 'held', fmt(held),
   'debt', fmt(debt), 'seq', fmt(seq), 'ovl', fmt(ovl)}
 if lbt then f[#f + 1] = 'lbt'; f[#f + 1] = fmt(lbt) end
+if sl then f[#f + 1] = 'sl'; f[#f + 1] = sl end
+if ss then f[#f + 1] = 'ss'; f[#f + 1] = ss end
 if att then f[#f + 1] = 'att'; f[#f + 1] = fmt(att) end
 for _, c in ipairs(clawbacks) do
   f[#f + 1] = 'cb:' .. c[1]
@@ -350,7 +392,7 @@ end
 
 for _, h in ipairs(holds) do
   local rec = {amount = h.amount, ttl = h.ttl, alloc = h.alloc, created = h.created,
-    expires = h.expires, state = h.state, tx = h.tx, bal = h.bal}
+    expires = h.expires, state = h.state, tx = h.tx, bal = h.bal, sw = h.sw}
   local at = h.expires
   if h.state ~= 'active' then
     rec.charged = h.charged
@@ -366,6 +408,8 @@ end
 for _, k in ipairs(keys) do
   redis.call('HSET', KEYS[7], k.id, k.record)
   if k.rate then redis.call('HSET', A, 'k:' .. k.id, k.rate) end
+  if k.rate and k.limit then redis.call('HSET', A, 'kl:' .. k.id, k.limit) end
+  if k.rate and k.limit and k.spend_state then redis.call('HSET', A, 'ks:' .. k.id, k.spend_state) end
 end
 
 for i, r in ipairs(idem) do
@@ -376,6 +420,11 @@ for i, u in ipairs(usage) do
   local key = KEYS[7 + #idem + i]
   local uf = {'cost', fmt(u.cost), 'alloc', jenc(u.alloc), 'overdraft', fmt(u.overdraft),
     'refunded', fmt(u.refunded)}
+  if u.sw then uf[#uf + 1] = 'sw'; uf[#uf + 1] = fmt(u.sw) end
+  if u.kid then
+    uf[#uf + 1] = 'kid'; uf[#uf + 1] = u.kid
+    uf[#uf + 1] = 'kw'; uf[#uf + 1] = fmt(u.kw)
+  end
   for _, rf in ipairs(u.refunds) do
     uf[#uf + 1] = 'rf:' .. rf.id
     uf[#uf + 1] = jenc({arg = rf.arg, tx = rf.tx, bal = rf.bal, refunded = rf.refunded,

@@ -100,6 +100,15 @@ class Account(Base):
     rate_limit_requests: Mapped[int | None] = mapped_column(BigInteger)
     rate_limit_period_ms: Mapped[int | None] = mapped_column(BigInteger)
     rate_limit_burst: Mapped[int | None] = mapped_column(BigInteger)
+    # The spending limit (sidecar/ledger/results.py SpendLimit): credits per window of
+    # interval_count intervals (day, week, month, year; NULL with credits set: lifetime).
+    spend_limit_credits: Mapped[int | None] = mapped_column(Credits)
+    spend_limit_interval: Mapped[str | None] = mapped_column(String(8))
+    spend_limit_interval_count: Mapped[int | None] = mapped_column(Integer)
+    # What was spent in its window ("from ms:spent", sidecar/lua/_lib.lua ss) and the
+    # outbox entry id that last set it (a transaction, or a settings change that reset it).
+    spend_state: Mapped[str | None] = mapped_column(String(40))
+    spend_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
     stripe_customer_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     billing_email: Mapped[str | None] = mapped_column(String(320))  # receipts (Stripe customer)
     # Settings version: the outbox entry id ("%015d-%010d") of the last settings change applied.
@@ -127,6 +136,12 @@ class ApiKey(Base):
     rate_limit_burst: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+    # Its spending limit (as accounts' spend_limit_*) and what it spent in the limit's window.
+    spend_limit_credits: Mapped[int | None] = mapped_column(Credits)
+    spend_limit_interval: Mapped[str | None] = mapped_column(String(8))
+    spend_limit_interval_count: Mapped[int | None] = mapped_column(Integer)
+    spend_state: Mapped[str | None] = mapped_column(String(40))
+    spend_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
 
 
 class CreditBalance(Base):

@@ -14,34 +14,22 @@ Entries are validated while they are parsed, a transaction by its model's decode
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Table
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sidecar.ledger import outbox
 from sidecar.ledger.outbox import TXN_TYPES, PoisonEntry
 from sidecar.ledger.outbox import int_field as _int
 from sidecar.ledger.outbox import opt_int_field as _opt_int
 from sidecar.ledger.outbox import text_field as _text
+from sidecar.ledger.units import MAX_CREDITS, from_ms
 from sidecar.ledger.units import MAX_TIMESTAMP_MS as MAX_TIME
-from sidecar.ledger.units import from_ms
-from sidecar.persistence.models import (
-    Account,
-    ApiKey,
-    CreditAllocation,
-    CreditBalance,
-    CreditHold,
-    CreditTransaction,
-    table_of,
-)
 
 # Re-exported: the writer and the admin API import them from here.
-__all__ = ["TXN_TYPES", "Batch", "PoisonEntry", "apply", "sqlite_time", "stream_version"]
+__all__ = ["TXN_TYPES", "Batch", "PoisonEntry", "sqlite_time", "stream_version"]
 
 # Row layouts: every row below is a tuple of already-bound values in this column order.
 SETTINGS_COLS = (
@@ -54,8 +42,14 @@ SETTINGS_COLS = (
     "rate_limit_burst",
     "settings_version",
     "settings_ms",
+    "spend_limit_credits",
+    "spend_limit_interval",
+    "spend_limit_interval_count",
 )
 STATE_COLS = ("id", "balance", "debt", "seq", "clock_ms")
+# The spending limit's state (sidecar/lua/_lib.lua ss), set by transactions and by settings
+# changes alike: the latest by outbox entry id wins.
+SPEND_COLS = ("id", "spend_state", "spend_version")
 TXN_COLS = (
     "id",
     "account",
@@ -125,6 +119,9 @@ KEY_COLS = (
     "rate_limit_burst",
     "created_at",
     "revoked_at",
+    "spend_limit_credits",
+    "spend_limit_interval",
+    "spend_limit_interval_count",
 )
 Row = tuple[Any, ...]
 
@@ -159,6 +156,8 @@ class Batch:
         self.when: Callable[[int], Any] = sqlite_time if dialect == "sqlite" else from_ms
         self.touched_accounts: set[str] = set()
         self.settings: dict[str, Row] = {}
+        self.spend: dict[str, Row] = {}
+        self.key_spend: dict[str, Row] = {}  # key id -> (key id, state, version)
         self.account_state: dict[str, Row] = {}
         self.txns: dict[str, Row] = {}
         self.allocs: dict[tuple[str, str], Row] = {}
@@ -177,11 +176,11 @@ class Batch:
         kind = entry.get("kind")
         try:
             if kind == "txn":
-                self._txn(entry)
+                self._txn(entry, orig_id or entry_id)
             elif kind == "account":
                 self._settings(orig_id or entry_id, entry)
             elif kind == "key":
-                self._key(entry)
+                self._key(entry, orig_id or entry_id)
             else:
                 raise PoisonEntry(f"unknown entry kind {str(kind)[:40]!r}")
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
@@ -190,7 +189,21 @@ class Batch:
             # Everything is checked before the first merge, so the batch is as it was.
             raise PoisonEntry(f"malformed {kind} entry: {type(e).__name__}: {e}") from None
 
-    def _txn(self, e: Mapping[str, Any]) -> None:
+    def _spend(self, account: str, state: str | None, entry_id: str) -> None:
+        row = (account, state, stream_version(entry_id))
+        old = self.spend.get(account)
+        if old is None or old[2] < row[2]:
+            self.spend[account] = row
+
+    def _key_spend(self, key_id: str, state: Any, entry_id: str) -> None:
+        if state is not None and not outbox.SPEND_STATE.match(str(state)):
+            raise PoisonEntry("a key's spend state is not 'window start:spent'")
+        row = (key_id, state, stream_version(entry_id))
+        old = self.key_spend.get(key_id)
+        if old is None or old[2] < row[2]:
+            self.key_spend[key_id] = row
+
+    def _txn(self, e: Mapping[str, Any], entry_id: str) -> None:
         t = outbox.txn(e)  # every check; raises PoisonEntry
         account, txid, seq, balance, ts = t.account, t.id, t.seq, t.balance, t.ts
         bucket_def: Row | None = None
@@ -235,7 +248,8 @@ class Batch:
         hold_state: Row | None = None
         if t.hold_expires is not None and hid:
             expires = t.hold_expires
-            parts = _dumps({"parts": t.held})
+            sw = t.spend_window
+            parts = _dumps({"parts": t.held} if sw is None else {"parts": t.held, "sw": sw})
             hold_def = (account, hid, -t.amount, expires - ts, parts, ts, expires, txid, balance)
             hold_state = (account, hid, "active", None, None, None, None, None, seq)
         elif t.hold_state is not None and hid:
@@ -245,6 +259,11 @@ class Batch:
 
         # Merge: nothing below can fail.
         self.touched_accounts.add(account)
+        if t.spend_state is not None:
+            self._spend(account, t.spend_state, entry_id)
+        ks = t.details.get("key_spend")
+        if isinstance(ks, list) and len(ks) == 2 and isinstance(ks[0], str):
+            self._key_spend(ks[0], ks[1], entry_id)
         self.txns[txid] = txn
         deltas: dict[str, list[int]] = {}
         for b, n in alloc:
@@ -291,13 +310,21 @@ class Batch:
             _opt_int(s, "rate_limit_burst"),
             stream_version(entry_id),
             ts,
+            *_spend_limit(s.get("spend_limit")),
         )
         self.touched_accounts.add(account)
+        spend: str | None = None
+        if "spend_state" in e:  # (entries written before it existed: no change)
+            spend = e["spend_state"]
+            if spend is not None and not outbox.SPEND_STATE.match(str(spend)):
+                raise PoisonEntry("spend_state is not 'from:spent'")
         old = self.settings.get(account)
         if old is None or old[7] < row[7]:
             self.settings[account] = row
+        if "spend_state" in e:
+            self._spend(account, spend, entry_id)
 
-    def _key(self, e: Mapping[str, Any]) -> None:
+    def _key(self, e: Mapping[str, Any], entry_id: str) -> None:
         account = _text(e, "account", 128)
         rec = e.get("record")
         if not isinstance(rec, dict) or not isinstance(rec.get("hash"), str):
@@ -317,150 +344,27 @@ class Batch:
             _opt_int(rl, "burst"),
             self.when(_int(rec, "created_at", 0, MAX_TIME)),
             None if revoked is None else self.when(revoked),
+            *_spend_limit(rec.get("spend_limit")),
         )
+        if "spend_state" in e:  # (entries written before it existed: no change)
+            self._key_spend(row[0], e["spend_state"], entry_id)
         self.touched_accounts.add(account)
         old = self.keys.get(row[0])
         if old is None or old[9] is None:
             self.keys[row[0]] = row
 
 
-async def apply(conn: AsyncConnection, batch: Batch) -> None:
-    """Writes a batch; the caller owns the SQL transaction (one per batch)."""
-    # Rows for accounts that only appear in key entries; the upserts below create the rest.
-    bare = batch.touched_accounts - batch.settings.keys() - batch.account_state.keys()
-    accounts = table_of(Account)
-    await _upsert(conn, accounts, ("id",), [(a,) for a in sorted(bare)], ["id"])
-    await _upsert(
-        conn,
-        accounts,
-        SETTINGS_COLS,
-        list(batch.settings.values()),
-        ["id"],
-        update=SETTINGS_COLS[2:],
-        extra_set={"created_at": 'COALESCE("accounts"."created_at", excluded."created_at")'},
-        where='"accounts"."settings_version" < excluded."settings_version"',
-    )
-    await _upsert(
-        conn,
-        accounts,
-        STATE_COLS,
-        list(batch.account_state.values()),
-        ["id"],
-        update=STATE_COLS[1:],
-        where='"accounts"."seq" < excluded."seq"',
-    )
-    for table, pk, def_cols, defs, state_cols, state in (
-        (
-            table_of(CreditBalance),
-            ["account", "bucket_id"],
-            BUCKET_DEF_COLS,
-            batch.bucket_defs,
-            BUCKET_STATE_COLS,
-            batch.bucket_state,
-        ),
-        (
-            table_of(CreditHold),
-            ["account", "hold_id"],
-            HOLD_DEF_COLS,
-            batch.hold_defs,
-            HOLD_STATE_COLS,
-            batch.hold_state,
-        ),
-    ):
-        # Definitions are immutable: set whenever they arrive. State moves forward only.
-        await _upsert(conn, table, def_cols, list(defs.values()), pk, update=def_cols[2:])
-        where = f'"{table.name}"."version" < excluded."version"'
-        rows = list(state.values())
-        await _upsert(conn, table, state_cols, rows, pk, update=state_cols[2:], where=where)
-    await _upsert(
-        conn,
-        table_of(ApiKey),
-        KEY_COLS,
-        list(batch.keys.values()),
-        ["key_id"],
-        extra_set={"revoked_at": 'COALESCE("api_keys"."revoked_at", excluded."revoked_at")'},
-    )
-    await _upsert(conn, table_of(CreditTransaction), TXN_COLS, list(batch.txns.values()), ["id"])
-    await _upsert(
-        conn,
-        table_of(CreditAllocation),
-        ALLOC_COLS,
-        list(batch.allocs.values()),
-        ["transaction_id", "bucket_id"],
-    )
+SPEND_INTERVALS = ("day", "week", "month", "year")
 
 
-@lru_cache(maxsize=64)
-def _statement(
-    dialect: str,
-    table: Table,
-    cols: tuple[str, ...],
-    conflict: tuple[str, ...],
-    update: tuple[str, ...],
-    extra_set: tuple[tuple[str, str], ...],
-    where: str | None,
-) -> tuple[str, tuple[Any, ...]]:
-    """The upsert's SQL, and the values of the columns it fills with their defaults."""
-    defaults = {
-        c.name: c.default.arg  # type: ignore[attr-defined]
-        for c in table.columns
-        if c.name not in cols and c.default is not None and c.default.is_scalar
-    }
-    all_cols = cols + tuple(defaults)
-    sets = [f'"{c}" = excluded."{c}"' for c in update]
-    sets += [f'"{c}" = {expr}' for c, expr in extra_set]
-    action = "DO NOTHING"
-    if sets:
-        action = "DO UPDATE SET " + ", ".join(sets) + (f" WHERE {where}" if where else "")
-    names = ", ".join(f'"{c}"' for c in all_cols)
-    keys = ", ".join(f'"{c}"' for c in conflict)
-    # Identifiers come from our own table metadata, values are bound: nothing user-supplied.
-    if dialect == "postgresql":
-        # One statement per batch: one array per column, unnested server-side (asyncpg
-        # sends arrays natively); far cheaper than one execution per row.
-        pg = postgresql.dialect()  # type: ignore[no-untyped-call]
-        casts = ", ".join(
-            f"${i}::{table.c[c].type.compile(dialect=pg)}[]" for i, c in enumerate(all_cols, 1)
-        )
-        sql = (
-            f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({casts}) '  # noqa: S608
-            f"ON CONFLICT ({keys}) {action}"
-        )
-    else:
-        marks = ", ".join("?" for _ in all_cols)
-        sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT ({keys}) {action}'  # noqa: S608
-    return sql, tuple(defaults.values())
-
-
-async def _upsert(
-    conn: AsyncConnection,
-    table: Table,
-    cols: tuple[str, ...],
-    rows: list[Row],
-    conflict: list[str],
-    *,
-    update: Sequence[str] = (),
-    extra_set: dict[str, str] | None = None,
-    where: str | None = None,
-) -> None:
-    """One multi-row INSERT … ON CONFLICT of rows already bound for the dialect (see
-    :class:`Batch`), sent as a plain executemany: SQLAlchemy's per-row parameter handling
-    was most of the writer's time."""
-    if not rows:
-        return
-    dialect = conn.dialect.name
-    sql, tail = _statement(
-        dialect,
-        table,
-        cols,
-        tuple(conflict),
-        tuple(update),
-        tuple((extra_set or {}).items()),
-        where,
-    )
-    if tail:
-        rows = [row + tail for row in rows]
-    if dialect == "postgresql":
-        await conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*rows, strict=True)))
-    else:
-        await conn.exec_driver_sql(sql, rows)
+def _spend_limit(v: Any) -> tuple[int | None, str | None, int | None]:
+    """An account entry's ``spend_limit`` ({credits, interval?, interval_count}, or absent)
+    as its three columns."""
+    if v is None:
+        return None, None, None
+    if not isinstance(v, dict):
+        raise PoisonEntry("spend_limit is not an object")
+    interval = v.get("interval")
+    if interval is not None and interval not in SPEND_INTERVALS:
+        raise PoisonEntry(f"spend_limit.interval {interval!r} is not one of {SPEND_INTERVALS}")
+    return _int(v, "credits", 1, MAX_CREDITS), interval, _int(v, "interval_count", 1, 1000)

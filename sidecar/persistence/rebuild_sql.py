@@ -30,10 +30,10 @@ import orjson
 from sqlalchemy import RowMapping, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from sidecar.errors import RebuildError
 from sidecar.ledger.apikeys import key_record, rate_spec
-from sidecar.ledger.calls import RateLimit
-from sidecar.ledger.outbox import PoisonEntry, TxnEntry
-from sidecar.ledger.units import from_ms, to_ms
+from sidecar.ledger.calls import RateLimit, SpendLimit
+from sidecar.ledger.units import to_ms
 from sidecar.persistence.models import (
     ARCHIVED_TRANSACTIONS,
     Account,
@@ -45,10 +45,9 @@ from sidecar.persistence.models import (
     CreditTransaction,
     table_of,
 )
+from sidecar.persistence.rebuild_records import ENTRY_COLUMNS, records, txn_entry
 
-
-class RebuildError(Exception):
-    """An account cannot be restored; the message names it and says why."""
+__all__ = ["AccountState", "KeyIndexEntry", "RebuildError", "read_account", "snapshot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +138,15 @@ async def read_account(
     rate = (acct["rate_limit_requests"], acct["rate_limit_period_ms"], acct["rate_limit_burst"])
     if None not in rate:
         doc["rate_limit"] = [int(x) for x in rate]
+    if acct["spend_limit_credits"] is not None:
+        limit = SpendLimit(
+            int(acct["spend_limit_credits"]),
+            acct["spend_limit_interval"],
+            int(acct["spend_limit_interval_count"] or 1),
+        )
+        doc["spend_limit"] = limit.spec()
+        if acct["spend_state"]:
+            doc["spend_state"] = acct["spend_state"]
 
     topup = (
         await conn.execute(
@@ -155,7 +163,7 @@ async def read_account(
     doc["buckets"] = await _buckets(conn, account, clock)
     doc["holds"] = await _holds(conn, account, clock - retention_ms)
     doc["keys"], index = await _keys(conn, account)
-    idempotency, usage = await _records(conn, account, now_ms, retention_ms)
+    idempotency, usage = await records(conn, account, now_ms, retention_ms)
     doc["idempotency"], doc["usage"] = idempotency, usage
     return AccountState(
         account=account,
@@ -178,7 +186,7 @@ async def _clawbacks(conn: AsyncConnection, account: str) -> dict[str, Any]:
     )
     rows = (await conn.execute(union_all(live, old))).mappings()
     out: dict[str, Any] = {}
-    for t in sorted(map(_entry, rows), key=lambda t: t.seq):
+    for t in sorted(map(txn_entry, rows), key=lambda t: t.seq):
         purchase, target, state = t.purchase, t.target, t.clawback_state
         if purchase is None or target is None:
             continue
@@ -280,6 +288,8 @@ async def _holds(conn: AsyncConnection, account: str, closed_after: int) -> list
             "tx": h["transaction_id"],
             "bal": int(h["balance_after"]),
         }
+        if h["alloc"].get("sw") is not None:  # the spending limit's window it counted in
+            entry["sw"] = int(h["alloc"]["sw"])
         if h["state"] != "active":
             _need(
                 h,
@@ -310,6 +320,13 @@ async def _keys(
     for k in rows:
         rate = (k["rate_limit_requests"], k["rate_limit_period_ms"], k["rate_limit_burst"])
         rl = RateLimit(*(int(x) for x in rate)) if None not in rate else None
+        limit = None
+        if k["spend_limit_credits"] is not None:
+            limit = SpendLimit(
+                int(k["spend_limit_credits"]),
+                k["spend_limit_interval"],
+                int(k["spend_limit_interval_count"] or 1),
+            )
         record = key_record(
             k["key_id"],
             account,
@@ -318,9 +335,22 @@ async def _keys(
             created_at=to_ms(k["created_at"]),
             rate_limit=rl,
             digest=k["hash"],
+            spend_limit=limit,
         )
         active = k["revoked_at"] is None
-        if active:
+        if active and limit is not None:
+            # a key with a spending limit: its record as apikey.lua re-encodes it (the same
+            # JSON; the bytes of one created with it may differ), its limit and what it spent
+            entry: dict[str, Any] = {
+                "id": k["key_id"],
+                "record": record,
+                "rate": rate_spec(rl),
+                "limit": limit.spec(),
+            }
+            if k["spend_state"]:
+                entry["spend_state"] = k["spend_state"]
+            entries.append(entry)
+        elif active:
             # stored as created: ApiKeys.create's JSON text
             entries.append(
                 {"id": k["key_id"], "record": orjson.dumps(record).decode(), "rate": rate_spec(rl)}
@@ -332,152 +362,6 @@ async def _keys(
             )
         index.append(KeyIndexEntry(k["key_id"], k["hash"], active))
     return entries, index
-
-
-async def _records(
-    conn: AsyncConnection, account: str, now: int, retention: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Idempotency and usage records of the usages within the retention at ``now`` (ms), with
-    their refunds; idempotency records only while their replay window lasts."""
-    cutoff = now - retention
-
-    def recent(ttype: str) -> Any:
-        return (
-            select(TXNS)
-            .where(
-                TXNS.c.account == account,
-                TXNS.c.type == ttype,
-                TXNS.c.created_at >= from_ms(cutoff),  # the index's column ...
-                TXNS.c.created_ms > cutoff,  # ... and the exact bound
-            )
-            .order_by(TXNS.c.seq)
-        )
-
-    usages = [_entry(r) for r in (await conn.execute(recent("usage"))).mappings()]
-    # A settle that charged is refundable like a usage (close_hold.lua keeps a usage record
-    # for it): what it charged per bucket follows from the hold's parts, drawn in order.
-    settles = [
-        t
-        for t in map(_entry, (await conn.execute(recent("settle"))).mappings())
-        if t.charged > 0 and t.hold_id
-    ]
-    parts: dict[str, list[list[Any]]] = {}
-    if settles:
-        rows = await conn.execute(
-            select(HOLDS.c.hold_id, HOLDS.c.alloc).where(
-                HOLDS.c.account == account, HOLDS.c.hold_id.in_({t.hold_id for t in settles})
-            )
-        )
-        parts = {str(h): (alloc or {}).get("parts", []) for h, alloc in rows}
-    usages = sorted([*usages, *settles], key=lambda t: t.seq)
-    refunds: dict[str, list[TxnEntry]] = {u.id: [] for u in usages}
-    # A refund comes after its usage, so the refunds of these usages are all after the cutoff.
-    for r in map(_entry, (await conn.execute(recent("refund"))).mappings()):
-        if r.source_transaction_id in refunds:
-            refunds[r.source_transaction_id].append(r)
-
-    latest: dict[str, dict[str, Any]] = {}  # idempotency key -> its latest usage
-    usage: list[dict[str, Any]] = []
-    for u in usages:
-        if u.type == "settle":
-            cost = u.charged
-            alloc = _charged(parts.get(str(u.hold_id), []), cost)
-            overdraft = 0
-        else:
-            cost = -u.amount
-            alloc = [[b, n] for b, n in u.alloc]
-            overdraft = u.overdraft
-        left = cost
-        done: list[dict[str, Any]] = []
-        for r in refunds[u.id]:
-            refunded = r.amount + r.forfeited  # what it asked for: given back + forfeited
-            arg = r.requested_amount
-            if arg is None:  # entries written before the field existed: the likelier argument
-                arg = "" if refunded == left else str(refunded)
-            left -= refunded
-            done.append(
-                {
-                    "id": r.refund_id,
-                    "arg": arg,
-                    "tx": r.id,
-                    "bal": r.balance,
-                    "refunded": refunded,
-                    "forfeited": r.forfeited,
-                }
-            )
-        usage.append(
-            {
-                "tx": u.id,
-                "cost": cost,
-                "alloc": alloc,
-                "overdraft": overdraft,
-                "at": u.ts,
-                "refunds": done,
-            }
-        )
-        if u.idempotency_key and any(r.voided_attempt for r in refunds[u.id]):
-            # voided (sidecar/lua/void.lua): its record was deleted, a retry is a new request
-            latest.pop(u.idempotency_key, None)
-        elif u.idempotency_key:
-            record: dict[str, Any] = {
-                "key": u.idempotency_key,
-                "tx": u.id,
-                "cost": cost,
-                "bal": u.balance,
-                "at": u.ts,
-            }
-            # The request digest and the replay window (deduct.lua); usages written before
-            # they existed have neither: their records bind the cost only, for the retention.
-            if u.request_fp is not None:
-                record["fp"] = u.request_fp
-            if u.replay_ms is not None:
-                record["window"] = u.replay_ms
-            latest[u.idempotency_key] = record
-    return [r for r in latest.values() if r["at"] + r.get("window", retention) > now], usage
-
-
-# The columns of credit_transactions (and its archive) an outbox entry is read back from.
-ENTRY_COLUMNS = (
-    "id",
-    "account",
-    "seq",
-    "type",
-    "amount",
-    "balance_after",
-    "debt_after",
-    "created_ms",
-    "description",
-    "metadata",
-    "idempotency_key",
-    "hold_id",
-    "source_transaction_id",
-    "key_id",
-    "route",
-    "details",
-)
-
-
-def _entry(row: RowMapping) -> TxnEntry:
-    """A transaction row of SQL as the outbox entry it was written from."""
-    try:
-        return TxnEntry.from_sql(row)
-    except PoisonEntry as e:
-        raise RebuildError(
-            f"account {row['account']}: transaction {row['id']} in SQL is not one the "
-            f"writer could have written ({e})"
-        ) from None
-
-
-def _charged(parts: list[list[Any]], charge: int) -> list[list[Any]]:
-    """What a settle for ``charge`` took per bucket from a hold's parts (in the order they
-    were drawn), as a usage's alloc: [[bucket, -credits], ...] (sidecar/lua/_lib.lua close_hold)."""
-    out: list[list[Any]] = []
-    for bucket, n in parts:
-        c = min(int(n), charge)
-        charge -= c
-        if c > 0:
-            out.append([bucket, -c])
-    return out
 
 
 async def account_ids(engine: AsyncEngine) -> list[str]:

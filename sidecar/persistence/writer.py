@@ -35,7 +35,8 @@ from sidecar.ledger import outbox, replies
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.outbox import PoisonEntry
 from sidecar.lua import Scripts
-from sidecar.persistence.projection import Batch, apply
+from sidecar.persistence.projection import Batch
+from sidecar.persistence.upsert import apply
 from sidecar.redis.client import RedisClient
 from sidecar.redis.client import text as _s
 

@@ -178,6 +178,43 @@ async def test_402_429_and_401_reach_the_client_as_json(
             assert style["unauthorized"](await r.json())
 
 
+async def test_a_spending_limit_402_reaches_the_client_as_json_with_the_limit(
+    proxy: tuple[str, str, dict[str, Any]], running: Running
+) -> None:
+    """nginx renders its own 402 body: a refusal over the spending limit must say so (not
+    insufficient_credits, whose balance it does not carry: that body was not JSON), and the
+    API never receives the spending headers from a client."""
+    base, _, _ = proxy
+    key = running.stack.rich_key
+    limit = {"spend_limit": {"credits": 1, "interval": "month"}}
+    async with aiohttp.ClientSession() as http:
+        url = f"{running.stack.sidecar_url}/v1/accounts/rich"
+        async with http.patch(url, json=limit, headers=admin()) as r:
+            assert r.status == 200
+        auth = {"Authorization": f"Bearer {key}", "X-Credits-Spent": "0"}
+        async with http.get(base + "/v1/x", headers={**auth, "X-Request-Id": "l1"}) as r:
+            assert r.status == 200
+            assert "X-Credits-Spent" not in (await r.json())["headers"]
+        async with http.get(base + "/v1/x", headers={**auth, "X-Request-Id": "l2"}) as r:
+            assert r.status == 402
+            assert r.headers["Content-Type"].startswith("application/json")
+            assert r.headers["X-Credits-Spent"] == "1"
+            assert r.headers["X-Credits-Spend-Limit"] == "1"
+            body = await r.json()
+        assert body["reason"] == "spend_limit" and body["spent"] == 1
+        assert body["window_ends_at"].endswith("-01T00:00:00.000Z")
+        if running.name == "nginx":
+            assert body["error"] == "spend_limit"
+        lifetime = {"spend_limit": {"credits": 1}}  # another window: counted from now
+        async with http.patch(url, json=lifetime, headers=admin()) as r:
+            assert r.status == 200
+        async with http.get(base + "/v1/x", headers={**auth, "X-Request-Id": "l3"}) as r:
+            assert r.status == 200
+        async with http.get(base + "/v1/x", headers={**auth, "X-Request-Id": "l4"}) as r:
+            assert r.status == 402
+            assert (await r.json())["window_ends_at"] is None
+
+
 async def test_retries_with_the_same_request_id_are_charged_once(
     proxy: tuple[str, str, dict[str, Any]],
 ) -> None:

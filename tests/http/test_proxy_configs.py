@@ -241,6 +241,9 @@ CREDIT_HEADERS = [
     "X-Credits-Deny-Status",
     "X-Credits-Field",
     "X-Credits-Shadow-Status",
+    "X-Credits-Spend-Limit",
+    "X-Credits-Spent",
+    "X-Credits-Window-Ends",
 ]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.calls import Allowed, Ledger, SpendLimit, SpendLimited
 from sidecar.ledger.voids import Void, request_digest, send_void
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
@@ -160,3 +160,30 @@ async def test_a_record_of_the_previous_scripts_is_never_voided(
     assert await send_void(ledger, void) == "kept"
     assert await redis.get(key) == before
     assert (await ledger.balance("acme")).balance == 97
+
+
+async def test_a_previous_account_takes_a_spending_limit_that_survives_rebuild(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    """Accounts and pending entries of the previous scripts have no spending limit: one set
+    today counts from then, is enforced, reaches SQL with the old entries, and rebuild restores
+    it with what was spent."""
+    await populate(redis, ledger, clock)
+    await ledger.update_account("acme", spend_limit=SpendLimit(10, "month"))
+    assert isinstance(await ledger.deduct("acme", 6, "r2"), Allowed)  # the old 3 do not count
+    refused = await ledger.deduct("acme", 5, "r3")
+    assert isinstance(refused, SpendLimited) and refused.window.spent == 6
+    assert await drain(make_writer(ledger, engine)) == 5
+    assert await reconcile(redis, ledger.keys, engine) == []
+    await rebuild(
+        redis,
+        ledger.keys,
+        engine,
+        replace=True,
+        now_ms=clock.now,
+        retention_ms=ledger.retention_ms,
+    )
+    spend = (await ledger.balance("acme")).spend
+    assert spend is not None and spend.spent == 6 and spend.limit == SpendLimit(10, "month")
+    assert isinstance(await ledger.deduct("acme", 5, "r4"), SpendLimited)
+    assert isinstance(await ledger.deduct("acme", 4, "r5"), Allowed)

@@ -1,0 +1,68 @@
+"""Spending-limit windows in Python, for reads that show what a key or an account spent in its
+current window: the same calendar arithmetic as ``spend_window`` in sidecar/lua/_lib.lua (the
+scripts decide; this only reports). Windows of ``interval_count`` intervals, aligned to UTC
+calendar boundaries counted from 1970-01-01; weeks start on Monday."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from sidecar.ledger.results import SpendLimit, SpendWindow
+
+DAY_MS = 86_400_000
+_EPOCH = date(1970, 1, 1)
+
+
+def _ms(d: date) -> int:
+    return (d - _EPOCH).days * DAY_MS
+
+
+def window(limit: SpendLimit, now_ms: int) -> tuple[int, int | None]:
+    """The start and end (ms; None: never) of the window of ``limit`` that holds ``now_ms``."""
+    n = limit.interval_count
+    if limit.interval is None:
+        return 0, None
+    day = now_ms // DAY_MS
+    if limit.interval == "day":
+        s = day - day % n
+        return s * DAY_MS, (s + n) * DAY_MS
+    if limit.interval == "week":
+        w = (day + 3) // 7  # 1969-12-29, a Monday, starts week 0
+        s = w - w % n
+        return (s * 7 - 3) * DAY_MS, ((s + n) * 7 - 3) * DAY_MS
+    d = datetime.fromtimestamp(now_ms / 1000, UTC).date()
+    months = n if limit.interval == "month" else 12 * n
+    i = (d.year - 1970) * 12 + d.month - 1
+    s, e = i - i % months, i - i % months + months
+    return _ms(date(1970 + s // 12, s % 12 + 1, 1)), _ms(date(1970 + e // 12, e % 12 + 1, 1))
+
+
+def current(limit: SpendLimit, state: str | None, now_ms: int) -> SpendWindow:
+    """The limit's current window and what was spent in it, from its stored state
+    (``from:spent``, from being when the count began; a state from another window counts as
+    nothing spent)."""
+    start, end = window(limit, now_ms)
+    spent = 0
+    if state:
+        s, _, n = state.partition(":")
+        if start <= int(s) and (end is None or int(s) < end):
+            spent = int(n)
+    return SpendWindow(limit, spent, end)
+
+
+def limit_from_json(v: object) -> SpendLimit | None:
+    """A spending limit as records and entries keep it ({credits, interval?, interval_count})."""
+    if not isinstance(v, dict):
+        return None
+    interval = v.get("interval")
+    return SpendLimit(int(v["credits"]), interval, int(v.get("interval_count") or 1))
+
+
+def limit_to_json(limit: SpendLimit | None) -> dict[str, object] | None:
+    if limit is None:
+        return None
+    return {
+        "credits": limit.credits,
+        "interval": limit.interval,
+        "interval_count": limit.interval_count,
+    }
