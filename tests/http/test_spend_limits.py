@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.http.app import create_app
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin, service
@@ -260,12 +261,23 @@ async def test_a_key_limit_and_the_account_limit_both_hold_the_key_is_checked_fi
 
 
 async def test_a_dry_run_answers_as_the_check_would_and_changes_nothing(
-    client: Client, redis: RedisClient
+    client: Client, redis: RedisClient, settings: Settings
 ) -> None:
     await account(client, credits=20, spend_limit={"credits": 10, "interval": "month"})
     assert (await check(client, 6, "k1"))[0] == 200
     before = await balance(client)
-    dumped = {k: await redis.dump(k) for k in sorted(await redis.keys("*"))}
+    # every key of the account (its hash, burn order, deadlines, holds), its shard's outbox and
+    # the idempotency records a dry run would write
+    space = KeySpace(settings.shards)
+    names = [
+        *space.for_account("acme").common(),
+        *(space.idempotency("acme", k) for k in ("k1", "k2", "k3")),
+    ]
+
+    async def state() -> list[Any]:
+        return [await redis.dump(k) for k in names]
+
+    dumped = await state()
 
     async def dry(cost: int, key: str) -> tuple[int, dict[str, Any]]:
         body = {"account": "acme", "cost": cost, "idempotency_key": key, "dry_run": True}
@@ -282,13 +294,12 @@ async def test_a_dry_run_answers_as_the_check_would_and_changes_nothing(
     status, body = await dry(7, "k1")  # another request under the same id
     assert status == 409
     assert await balance(client) == before
-    after = {k: await redis.dump(k) for k in sorted(await redis.keys("*"))}
-    assert after == dumped  # nothing written: no record, no transaction, no expiry
+    assert await state() == dumped  # nothing written: no record, no transaction, no expiry
     assert (await check(client, 4, "k2"))[0] == 200  # the dry run left the id unused
 
 
 async def test_a_dry_run_counts_what_is_due_to_expire_without_expiring_it(
-    client: Client, clock: FakeClock, redis: RedisClient
+    client: Client, clock: FakeClock, redis: RedisClient, settings: Settings
 ) -> None:
     await account(client, credits=5)
     grant = {"grant_id": "soon", "credits": 10, "expires_at": clock.now + 1_000}
@@ -297,8 +308,8 @@ async def test_a_dry_run_counts_what_is_due_to_expire_without_expiring_it(
     body = {"account": "acme", "cost": 8, "idempotency_key": "k", "dry_run": True}
     r = await client.post("/v1/check", json=body, headers=service())
     assert r.status == 402 and (await r.json())["balance"] == 5
-    outboxes = [k for k in await redis.keys("*") if b"outbox" in k]
-    entries: list[Any] = [e for k in outboxes for _, e in (await redis.xrange(k)) or []]
+    outbox = KeySpace(settings.shards).for_account("acme").outbox
+    entries: list[Any] = [e for _, e in (await redis.xrange(outbox)) or []]
     assert entries and not any(b'"type":"expiry"' in e[b"d"] for e in entries)
     assert (await balance(client))["balance"] == 5  # a real read expires it now
 
