@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 from sidecar.ledger.results import SpendLimit, SpendWindow
+from sidecar.ledger.units import MAX_TIMESTAMP_MS
 
 DAY_MS = 86_400_000
 _EPOCH = date(1970, 1, 1)
@@ -47,7 +48,8 @@ def current(limit: SpendLimit, state: str | None, now_ms: int) -> SpendWindow:
         s, _, n = state.partition(":")
         if start <= int(s) and (end is None or int(s) < end):
             spent = int(n)
-    return SpendWindow(limit, spent, end)
+    # (reported as at most the latest time the API can say: 9999-12-31T23:59:59.999Z)
+    return SpendWindow(limit, spent, None if end is None else min(end, MAX_TIMESTAMP_MS))
 
 
 def limit_from_json(v: object) -> SpendLimit | None:

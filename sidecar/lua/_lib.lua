@@ -478,11 +478,17 @@ local function spend_over(lim, n)
   return lim and lim.spent + n > lim.credits or false
 end
 
+-- A window's end as replies report it ('' = never): at most the latest accepted time (a
+-- window of many years can end past 9999-12-31, which no API time can say).
+local function spend_stop(lim)
+  return lim.stop and fmt(math.min(lim.stop, MAX_TIME)) or ''
+end
+
 -- The refusal of a call over a limit: {'spend_limited', scope ('key' | 'account'), credits,
 -- interval, interval count, spent, window end ('' = never)}.
 local function spend_refusal(scope, lim)
   return {'spend_limited', scope, lim.credits, lim.unit, lim.count, lim.spent,
-    lim.stop and fmt(lim.stop) or ''}
+    spend_stop(lim)}
 end
 
 -- Gives back `n` credits counted from `from` (a record's sw) to a limit (field `spec_f`,

@@ -21,7 +21,7 @@ if acct.rl_n then rate = {acct.rl_n, acct.rl_ms, acct.rl_burst} end
 local spend = {}
 local lim = spend_load(acct.sl, acct.ss)
 if lim then
-  spend = {lim.credits, lim.unit, lim.count, lim.spent, lim.stop and fmt(lim.stop) or ''}
+  spend = {lim.credits, lim.unit, lim.count, lim.spent, spend_stop(lim)}
 end
 return {balance(), acct.avail, acct.held, acct.debt, acct.ovl, acct.lbt and fmt(acct.lbt) or '',
   rate, acct.created, rows, spend}

@@ -338,3 +338,14 @@ async def test_the_proxy_modes_honour_a_dry_run_header_only_when_trusted(
             assert r.status == 200
             assert (r.headers.get("X-Credits-Dry-Run") == "1") is trusted
             assert (await balance(c))["balance"] == (10 if trusted else 6)
+
+
+async def test_a_window_ending_past_year_9999_is_reported_as_its_last_millisecond(
+    client: Client, clock: FakeClock
+) -> None:
+    clock.now = 253_402_300_000_000  # 9999-12-31
+    await account(client, spend_limit={"credits": 5, "interval": "year", "interval_count": 1000})
+    b = await balance(client)
+    assert b["spend"]["window_ends_at"] == "9999-12-31T23:59:59.999Z"
+    status, body = await check(client, 6, "k1")
+    assert status == 402 and body["window_ends_at"] == "9999-12-31T23:59:59.999Z"
