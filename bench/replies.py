@@ -45,7 +45,7 @@ def main() -> None:
     a = p.parse_args()
     print(f"{'reply':<14}{'before ns':>11}{'after ns':>11}{'after/before':>14}")
     for name, reply in REPLIES.items():
-        assert before(reply) == replies.deduct(reply)
+        assert before(reply) == replies.deduct(reply, 1)
         runs: dict[str, list[float]] = {"before": [], "after": []}
         # Interleaved, so that a busy neighbour slows both alike.
         for _ in range(a.repeat):

@@ -47,20 +47,20 @@ both = pytest.mark.parametrize("wire", [lambda r: r, as_bytes], ids=["str", "byt
 
 @both
 def test_deduct_decodes_every_status(wire: Any) -> None:
-    assert replies.deduct(wire(["ok", "tx_1", 90, 10, 0, 1])) == Allowed(
+    assert replies.deduct(wire(["ok", "tx_1", 90, 10, 0, 1]), 10) == Allowed(
         "tx_1", 90, 10, False, True
     )
-    assert replies.deduct(wire(["ok", "tx_1", 90, 10, 1, 0])) == Allowed(
+    assert replies.deduct(wire(["ok", "tx_1", 90, 10, 1, 0]), 10) == Allowed(
         "tx_1", 90, 10, True, False
     )
-    assert replies.deduct(wire(["insufficient", 5, 10])) == Insufficient(5, 10)
-    assert replies.deduct(wire(["rate_limited", 250])) == RateLimited(250)
-    assert replies.deduct(wire(["revoked"])) == Revoked()
+    assert replies.deduct(wire(["insufficient", 5, 10]), 10) == Insufficient(5, 10)
+    assert replies.deduct(wire(["rate_limited", 250]), 10) == RateLimited(250)
+    assert replies.deduct(wire(["revoked"]), 10) == Revoked()
 
 
 @both
 def test_the_transaction_id_is_text(wire: Any) -> None:
-    r = replies.deduct(wire(["ok", "tx_1", 90, 10, 0, 0]))
+    r = replies.deduct(wire(["ok", "tx_1", 90, 10, 0, 0]), 10)
     assert isinstance(r, Allowed)
     assert type(r.transaction_id) is str
 
@@ -78,10 +78,10 @@ def test_grant_and_refund_overflow_is_balance_overflow(wire: Any) -> None:
 
 @both
 def test_hold_and_close_carry_the_callers_hold_id(wire: Any) -> None:
-    assert replies.hold(wire(["ok", "tx_1", 50, 9000, 0, "active"]), "h1") == HoldResult(
+    assert replies.hold(wire(["ok", "tx_1", 50, 9000, 0, "active"]), "h1", 10) == HoldResult(
         "h1", "tx_1", 50, 9000, "active", False
     )
-    assert replies.hold(wire(["insufficient", 5, 10]), "h1") == Insufficient(5, 10)
+    assert replies.hold(wire(["insufficient", 5, 10]), "h1", 10) == Insufficient(5, 10)
     assert replies.close_hold(wire(["ok", "tx_2", 60, 40, 1, 2, "settled"]), "h1") == CloseResult(
         "h1", "tx_2", 60, 40, 2, "settled", True
     )

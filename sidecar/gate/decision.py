@@ -213,8 +213,7 @@ class Gate:
         if isinstance(r, RateLimited):
             return Outcome(429, "rate_limited", ident.account, retry_after_ms=r.retry_after_ms)
         if isinstance(r, SpendLimited):
-            reason = "key_spend_limit" if r.scope == "key" else "spend_limit"
-            return Outcome(402, reason, ident.account, cost=cost, required=cost, spend=r.window)
+            return Outcome(402, r.reason, ident.account, cost=cost, required=cost, spend=r.window)
         assert isinstance(r, Revoked)
         return Outcome(401, "invalid_api_key")
 

@@ -35,7 +35,7 @@ from sidecar.http.schemas import (
     SettleRequest,
 )
 from sidecar.http.state import LEDGER, SETTINGS
-from sidecar.http.views import insufficient, spend_limit_reason, spend_limited
+from sidecar.http.views import insufficient, spend_limited
 from sidecar.ledger.calls import Allowed, CloseResult, Insufficient, Revoked, SpendLimited
 from sidecar.ledger.units import iso
 from sidecar.runtime import metrics
@@ -142,9 +142,7 @@ async def check(call: Call[None, None, CheckRequest]) -> CheckAllowed | Reply:
     elif isinstance(r, SpendLimited):
         status = 402
         if call.app[SETTINGS].shadow:
-            decision = ShadowDecision(
-                status=status, reason=spend_limit_reason(r), required=r.required
-            )
+            decision = ShadowDecision(status=status, reason=r.reason, required=r.required)
         else:
             return Reply(spend_limited(account, r), status)
     else:

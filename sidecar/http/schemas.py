@@ -142,7 +142,8 @@ class SpendLimitBody(Body):
     @field_validator("interval_count")
     @classmethod
     def _lifetime_is_one_window(cls, v: int, info: ValidationInfo) -> int:
-        if info.data.get("interval") is None and v != 1:
+        # (an interval that failed its own validation is not in info.data: not lifetime)
+        if "interval" in info.data and info.data["interval"] is None and v != 1:
             raise PydanticCustomError(
                 "lifetime_count", "interval_count must be 1 without an interval (a lifetime limit)"
             )

@@ -51,15 +51,11 @@ def insufficient(account: str, r: Insufficient) -> InsufficientCredits:
     )
 
 
-def spend_limit_reason(r: SpendLimited) -> str:
-    return "key_spend_limit" if r.scope == "key" else "spend_limit"
-
-
 def spend_limited(account: str, r: SpendLimited) -> SpendLimitReached:
     w = r.window
     return SpendLimitReached(
         allowed=False,
-        reason="key_spend_limit" if r.scope == "key" else "spend_limit",
+        reason=r.reason,
         account=account,
         required=r.required,
         spend_limit=limit_view(w.limit),

@@ -186,7 +186,7 @@ class ApiKeys:
             limit = windows.limit_from_json(r.get("spend_limit"))
             state = state_of.get(r["key_id"])
             spend = None
-            if limit is not None:
+            if limit is not None and not r.get("revoked_at"):  # (a revoked key spends nothing)
                 spend = windows.current(limit, state.decode() if state else None, now)
             infos.append(KeyInfo.from_record(orjson.dumps(r), spend))
         return sorted(infos, key=lambda k: (k.created_at, k.key_id))

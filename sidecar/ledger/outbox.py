@@ -268,6 +268,13 @@ class TxnEntry:
         return v if isinstance(v, str) else None
 
     @property
+    def key_spend(self) -> tuple[str, str] | None:
+        """A usage or refund that moved an API key's spending limit: the key and its state
+        after it."""
+        v = self.details.get("key_spend")
+        return (str(v[0]), str(v[1])) if isinstance(v, list) and len(v) == 2 else None
+
+    @property
     def refund_id(self) -> str:
         return str(self.details.get("refund_id", ""))
 
@@ -374,6 +381,14 @@ def _txn(e: Mapping[str, Any]) -> TxnEntry:
         raise PoisonEntry("field desc is not text")
     if "spend" in e and not SPEND_STATE.match(str(e["spend"])):
         raise PoisonEntry("field spend is not 'from:spent'")
+    ks = e.get("key_spend")
+    if ks is not None and not (
+        isinstance(ks, list)
+        and len(ks) == 2
+        and isinstance(ks[0], str)
+        and SPEND_STATE.match(str(ks[1]))
+    ):
+        raise PoisonEntry("field key_spend is not [key id, 'from:spent']")
     meta = opt_text_field(e, "meta")
     hid = opt_text_field(e, "hold_id")
     bucket: NewBucket | None = None

@@ -94,7 +94,7 @@ def spend_limited(reply: Any, required: int) -> SpendLimited:
     return SpendLimited("account", window, required)
 
 
-def deduct(reply: Any, cost: int = 0) -> DeductResult:
+def deduct(reply: Any, cost: int) -> DeductResult:
     """deduct.lua ``{'ok', txid, balance, cost, replayed, low_balance}``,
     ``{'insufficient', balance, cost}``, ``{'rate_limited', wait_ms}``, ``{'revoked'}`` or
     ``{'spend_limited', ...}`` (``cost``: the call's, which that refusal reports)."""
@@ -117,7 +117,7 @@ def deduct(reply: Any, cost: int = 0) -> DeductResult:
     return RateLimited(int(reply[1]))
 
 
-def hold(reply: Any, hold_id: str, amount: int = 0) -> HoldResult | Insufficient | SpendLimited:
+def hold(reply: Any, hold_id: str, amount: int) -> HoldResult | Insufficient | SpendLimited:
     """hold.lua ``{'ok', txid, balance, expires_at, replayed, state}``,
     ``{'insufficient', balance, amount}`` or ``{'spend_limited', ...}``; ``hold_id`` and
     ``amount`` are the caller's (not in the reply)."""

@@ -147,6 +147,11 @@ class SpendLimited:
     required: int
     allowed: Literal[False] = False
 
+    @property
+    def reason(self) -> Literal["key_spend_limit", "spend_limit"]:
+        """The refusal's reason as the API and the proxies answer it."""
+        return "key_spend_limit" if self.scope == "key" else "spend_limit"
+
 
 DeductResult = Allowed | Insufficient | RateLimited | Revoked | SpendLimited
 

@@ -5,17 +5,12 @@ calendar boundaries counted from 1970-01-01; weeks start on Monday."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 from sidecar.ledger.results import SpendLimit, SpendWindow
 from sidecar.ledger.units import MAX_TIMESTAMP_MS
 
 DAY_MS = 86_400_000
-_EPOCH = date(1970, 1, 1)
-
-
-def _ms(d: date) -> int:
-    return (d - _EPOCH).days * DAY_MS
 
 
 def window(limit: SpendLimit, now_ms: int) -> tuple[int, int | None]:
@@ -28,14 +23,26 @@ def window(limit: SpendLimit, now_ms: int) -> tuple[int, int | None]:
         s = day - day % n
         return s * DAY_MS, (s + n) * DAY_MS
     if limit.interval == "week":
-        w = (day + 3) // 7  # 1969-12-29, a Monday, starts week 0
+        w = (day + 3) // 7  # 1969-12-29, a Monday, starts week 0 (counted from 1970-01-01)
         s = w - w % n
-        return (s * 7 - 3) * DAY_MS, ((s + n) * 7 - 3) * DAY_MS
+        return max(0, (s * 7 - 3) * DAY_MS), ((s + n) * 7 - 3) * DAY_MS
     d = datetime.fromtimestamp(now_ms / 1000, UTC).date()
     months = n if limit.interval == "month" else 12 * n
     i = (d.year - 1970) * 12 + d.month - 1
     s, e = i - i % months, i - i % months + months
-    return _ms(date(1970 + s // 12, s % 12 + 1, 1)), _ms(date(1970 + e // 12, e % 12 + 1, 1))
+    return _month_ms(s), _month_ms(e)
+
+
+def _month_ms(i: int) -> int:
+    """The start (ms) of month ``i`` counted from January 1970; past year 9999 too (which
+    ``date`` cannot hold): days from the civil date, as _lib.lua computes them."""
+    y, m = 1970 + i // 12, i % 12 + 1
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * ((m + 9) % 12) + 2) // 5
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return (era * 146_097 + doe - 719_468) * DAY_MS
 
 
 def current(limit: SpendLimit, state: str | None, now_ms: int) -> SpendWindow:

@@ -436,6 +436,19 @@ local function spend_window(unit, count, now)
     days_from_civil(1970 + math.floor(e / 12), e % 12 + 1, 1) * DAY_MS
 end
 
+-- A spending limit argument ('' = none): checked, or INVALID; returns it (nil for '').
+local function spend_spec_arg(v, name)
+  if v == '' then return nil end
+  local c, unit, count = string.match(v, '^(%d+):(%a+):(%d+)$')
+  if not c then fail('INVALID', name .. ' must be credits:unit:count') end
+  int_arg(c, name .. '.credits', 1, MAXINT)
+  if unit ~= 'day' and unit ~= 'week' and unit ~= 'month' and unit ~= 'year' and unit ~= 'life' then
+    fail('INVALID', name .. '.interval must be day, week, month or year')
+  end
+  int_arg(count, name .. '.interval_count', 1, unit == 'life' and 1 or 1000)
+  return v
+end
+
 -- A limit's spec and state as a table {credits, unit, count, start, stop, from, spent}, or
 -- nil. A state whose from is not in the current window is an earlier window's: nothing spent.
 local function spend_load(spec, state)

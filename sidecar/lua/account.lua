@@ -33,16 +33,7 @@ if given(ARGV[8]) then
   end
 end
 local sl_arg = ARGV[11] or ''
-if given(sl_arg) and sl_arg ~= '' then
-  local c, unit, count = string.match(sl_arg, '^(%d+):(%a+):(%d+)$')
-  if not c then fail('INVALID', 'spend_limit must be credits:unit:count') end
-  int_arg(c, 'spend_limit.credits', 1, MAXINT)
-  if unit ~= 'day' and unit ~= 'week' and unit ~= 'month' and unit ~= 'year' and unit ~= 'life' then
-    fail('INVALID', 'spend_limit.interval must be day, week, month or year')
-  end
-  int_arg(count, 'spend_limit.interval_count', 1, unit == 'life' and 1 or 1000)
-  sl = sl_arg
-end
+if given(sl_arg) then sl = spend_spec_arg(sl_arg, 'spend_limit') end
 
 local exists = load_account()
 if patch and not exists then fail('UNKNOWN_ACCOUNT', 'account ' .. ACCOUNT .. ' does not exist') end

@@ -25,19 +25,6 @@ local kid = id_arg(ARGV[7], 'key_id', 64)
 require_account()
 in_time()
 
--- A spending limit argument ('' = none): checked, or INVALID.
-local function limit_arg(v)
-  if v == '' then return nil end
-  local c, unit, count = string.match(v, '^(%d+):(%a+):(%d+)$')
-  if not c then fail('INVALID', 'spend_limit must be credits:unit:count') end
-  int_arg(c, 'spend_limit.credits', 1, MAXINT)
-  if unit ~= 'day' and unit ~= 'week' and unit ~= 'month' and unit ~= 'year' and unit ~= 'life' then
-    fail('INVALID', 'spend_limit.interval must be day, week, month or year')
-  end
-  int_arg(count, 'spend_limit.interval_count', 1, unit == 'life' and 1 or 1000)
-  return v
-end
-
 local function key_entry(record)
   local ss = redis.call('HGET', A, 'ks:' .. kid)
   outbox_add({'kind', 'key', 'id', TXID, 'account', ACCOUNT, 'key_id', kid, 'ts', NOW,
@@ -50,7 +37,7 @@ if mode == 'create' then
   if spec ~= '' and not string.match(spec, '^%d+:%d+:%d+$') then
     fail('INVALID', 'rate_limit must be requests:period_ms:burst')
   end
-  local sl = limit_arg(ARGV[10] or '')
+  local sl = spend_spec_arg(ARGV[10] or '', 'spend_limit')
   if redis.call('HEXISTS', KEYS[7], kid) == 1 then
     fail('CONFLICT', 'key_id ' .. kid .. ' already exists')
   end
@@ -62,7 +49,7 @@ if mode == 'create' then
 end
 
 if mode == 'limit' then
-  local sl = limit_arg(ARGV[8] or '')
+  local sl = spend_spec_arg(ARGV[8] or '', 'spend_limit')
   local raw = redis.call('HGET', KEYS[7], kid)
   if not raw then fail('UNKNOWN_KEY', 'key ' .. kid .. ' does not exist') end
   local rec = cjson.decode(raw)

@@ -146,10 +146,8 @@ if not absent(S.rate_limit) then
 end
 local sl, ss = nil, nil
 if not absent(S.spend_limit) then
-  sl = S.spend_limit
-  if type(sl) ~= 'string' or not string.match(sl, '^%d+:%a+:%d+$') then
-    fail('INVALID', 'spend_limit must be credits:unit:count')
-  end
+  if type(S.spend_limit) ~= 'string' then fail('INVALID', 'spend_limit must be text') end
+  sl = spend_spec_arg(S.spend_limit, 'spend_limit')
   if not absent(S.spend_state) then
     ss = S.spend_state
     if type(ss) ~= 'string' or not string.match(ss, '^%d+:%d+$') then
@@ -261,8 +259,10 @@ for _, k in ipairs(keys) do
   end
   if absent(k.limit) then
     k.limit = nil
-  elseif type(k.limit) ~= 'string' or not string.match(k.limit, '^%d+:%a+:%d+$') then
-    fail('INVALID', 'key ' .. id .. ' limit must be credits:unit:count')
+  elseif type(k.limit) ~= 'string' then
+    fail('INVALID', 'key ' .. id .. ' limit must be text')
+  else
+    k.limit = spend_spec_arg(k.limit, 'key ' .. id .. ' limit')
   end
   if absent(k.spend_state) then
     k.spend_state = nil

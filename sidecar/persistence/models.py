@@ -142,6 +142,8 @@ class ApiKey(Base):
     spend_limit_interval_count: Mapped[int | None] = mapped_column(Integer)
     spend_state: Mapped[str | None] = mapped_column(String(40))
     spend_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    # The outbox entry id of the last key entry applied (its limit changes by later ones).
+    settings_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
 
 
 class CreditBalance(Base):

@@ -122,6 +122,7 @@ KEY_COLS = (
     "spend_limit_credits",
     "spend_limit_interval",
     "spend_limit_interval_count",
+    "settings_version",
 )
 Row = tuple[Any, ...]
 
@@ -196,8 +197,6 @@ class Batch:
             self.spend[account] = row
 
     def _key_spend(self, key_id: str, state: Any, entry_id: str) -> None:
-        if state is not None and not outbox.SPEND_STATE.match(str(state)):
-            raise PoisonEntry("a key's spend state is not 'window start:spent'")
         row = (key_id, state, stream_version(entry_id))
         old = self.key_spend.get(key_id)
         if old is None or old[2] < row[2]:
@@ -261,9 +260,8 @@ class Batch:
         self.touched_accounts.add(account)
         if t.spend_state is not None:
             self._spend(account, t.spend_state, entry_id)
-        ks = t.details.get("key_spend")
-        if isinstance(ks, list) and len(ks) == 2 and isinstance(ks[0], str):
-            self._key_spend(ks[0], ks[1], entry_id)
+        if t.key_spend is not None:  # (checked by outbox.txn)
+            self._key_spend(*t.key_spend, entry_id)
         self.txns[txid] = txn
         deltas: dict[str, list[int]] = {}
         for b, n in alloc:
@@ -345,9 +343,14 @@ class Batch:
             self.when(_int(rec, "created_at", 0, MAX_TIME)),
             None if revoked is None else self.when(revoked),
             *_spend_limit(rec.get("spend_limit")),
+            stream_version(entry_id),
         )
+        key_state = e.get("spend_state")
+        if key_state is not None and not outbox.SPEND_STATE.match(str(key_state)):
+            raise PoisonEntry("spend_state is not 'from:spent'")
+        # Merge: nothing below can fail.
         if "spend_state" in e:  # (entries written before it existed: no change)
-            self._key_spend(row[0], e["spend_state"], entry_id)
+            self._key_spend(row[0], key_state, entry_id)
         self.touched_accounts.add(account)
         old = self.keys.get(row[0])
         if old is None or old[9] is None:

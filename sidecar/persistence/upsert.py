@@ -100,7 +100,15 @@ async def apply(conn: AsyncConnection, batch: Batch) -> None:
         KEY_COLS,
         list(batch.keys.values()),
         ["key_id"],
+        # a later key entry (a limit changed, a revocation) updates what it may change
+        update=(
+            "spend_limit_credits",
+            "spend_limit_interval",
+            "spend_limit_interval_count",
+            "settings_version",
+        ),
         extra_set={"revoked_at": 'COALESCE("api_keys"."revoked_at", excluded."revoked_at")'},
+        where='"api_keys"."settings_version" < excluded."settings_version"',
     )
     if batch.key_spend:
         # An update, never an insert: a key's row comes from its key entry, which the outbox

@@ -349,3 +349,15 @@ async def test_a_window_ending_past_year_9999_is_reported_as_its_last_millisecon
     assert b["spend"]["window_ends_at"] == "9999-12-31T23:59:59.999Z"
     status, body = await check(client, 6, "k1")
     assert status == 402 and body["window_ends_at"] == "9999-12-31T23:59:59.999Z"
+
+
+async def test_key_listings_near_year_9999_report_the_last_millisecond(
+    client: Client, clock: FakeClock
+) -> None:
+    clock.now = 252_800_000_000_000  # 9980
+    await account(client)
+    await new_key(client, spend_limit={"credits": 5, "interval": "month", "interval_count": 1000})
+    r = await client.get("/v1/accounts/acme/keys", headers=admin())
+    assert r.status == 200, await r.text()
+    (key,) = (await r.json())["keys"]
+    assert key["spend"]["window_ends_at"] == "9999-12-31T23:59:59.999Z"

@@ -69,3 +69,24 @@ async def test_limits_what_they_spent_and_their_windows_survive_rebuild(
     await ledger.release("acme", "h1")
     spend = (await ledger.balance("acme")).spend
     assert spend is not None and spend.spent == 16
+
+
+async def test_a_keys_limit_changed_after_its_row_was_written_reaches_sql_and_rebuild(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    keys = ApiKeys(ledger)
+    await ledger.configure_account("acme")
+    await ledger.grant("acme", "g", 100)
+    capped, _ = await keys.create("acme", spend_limit=SpendLimit(10, "day"))
+    uncapped, _ = await keys.create("acme", spend_limit=SpendLimit(3, "day"))
+    await drain(make_writer(ledger, engine))  # the keys' rows are in SQL
+    await keys.set_spend_limit(capped.key_id, SpendLimit(500, "day"))
+    await keys.set_spend_limit(uncapped.key_id, None)
+    await drain(make_writer(ledger, engine))
+    await redis.flushall()
+    await rebuild(redis, ledger.keys, engine, now_ms=clock.now, retention_ms=ledger.retention_ms)
+    listed = {k.key_id: k for k in await keys.list("acme")}
+    assert listed[capped.key_id].spend_limit == SpendLimit(500, "day")
+    assert listed[uncapped.key_id].spend_limit is None
+    assert isinstance(await ledger.deduct("acme", 20, "r1", key_id=capped.key_id), Allowed)
+    assert isinstance(await ledger.deduct("acme", 20, "r2", key_id=uncapped.key_id), Allowed)

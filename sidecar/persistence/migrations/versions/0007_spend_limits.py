@@ -45,10 +45,14 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("spend_version", sa.String(length=32), nullable=False, server_default="")
         )
+        batch_op.add_column(
+            sa.Column("settings_version", sa.String(length=32), nullable=False, server_default="")
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
+        batch_op.drop_column("settings_version")
         batch_op.drop_column("spend_version")
         for name, _ in reversed(COLUMNS):
             batch_op.drop_column(name)
