@@ -81,6 +81,7 @@ from sidecar.ledger.calls import (
     SpendLimit,
     SpendLimited,
     SpendWindow,
+    UsageReported,
     encode_metadata,
 )
 from sidecar.ledger.units import MAX_CREDITS
@@ -809,6 +810,54 @@ class LedgerModel:
         a.usages[self._txid] = ModelUsage(cost, alloc, short, sw=sw)
         low = a.lbt is not None and before >= a.lbt and after < a.lbt
         return Allowed(self._txid, after, cost, False, low)
+
+    def report_usage(
+        self,
+        account: str,
+        cost: int,
+        idempotency_key: str,
+        *,
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+    ) -> UsageReported:
+        """Usage after the work: never refused (balance, limits, rate); the rest is debt."""
+        self._begin()
+        self._check_range("cost", cost, 1, MAX_CREDITS)
+        meta = encode_metadata(metadata)
+        a = self._require(account)
+        fp = request_fp("", "", description, meta, "usage-report")
+        prior = a.idempotency.get(idempotency_key)
+        if prior is not None:
+            tx, prior_cost, bal, prior_fp, attempts = prior
+            if prior_cost != cost or prior_fp != fp:
+                raise IdempotencyConflict(f"idempotency_key {idempotency_key} was already used")
+            a.idempotency[idempotency_key] = (tx, cost, bal, fp, attempts + 1)
+            return UsageReported(tx, bal, cost, True, 0)
+        self._expire_due(account, a)
+        alloc, short = self._draw(a, cost, hold=False)
+        a.debt += short
+        sw = self._spend_add(a, cost)
+        self._emit(
+            account,
+            a,
+            self._txid,
+            "usage",
+            -cost,
+            alloc,
+            {
+                "idempotency_key": idempotency_key,
+                "overdraft": short,
+                "desc": description,
+                "meta": meta,
+                "key_id": "",
+                "route": "",
+                "fp": fp,
+                "sw": sw,
+            },
+        )
+        a.idempotency[idempotency_key] = (self._txid, cost, a.balance, fp, 1)
+        a.usages[self._txid] = ModelUsage(cost, alloc, short, sw=sw)
+        return UsageReported(self._txid, a.balance, cost, False, short)
 
     def hold(
         self,

@@ -35,6 +35,7 @@ from sidecar.ledger.calls import (
     Ledger,
     RateLimit,
     SpendLimit,
+    UsageReported,
 )
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.units import MAX_CREDITS
@@ -107,6 +108,15 @@ class Deduct:
 
 
 @dataclass(frozen=True)
+class Report:
+    """Usage reported after the work (never refused; the rest becomes debt)."""
+
+    account: str
+    cost: int
+    key: str
+
+
+@dataclass(frozen=True)
 class Hold:
     account: str
     hold_id: str
@@ -161,6 +171,7 @@ Op = (
     | Grant
     | RepeatGrant
     | Deduct
+    | Report
     | Hold
     | Settle
     | Release
@@ -246,6 +257,7 @@ WEIGHTED_OPERATIONS: tuple[tuple[int, st.SearchStrategy[Op]], ...] = (
     (12, grants),
     (3, st.builds(RepeatGrant, st.integers(0, 10), st.booleans())),
     (15, deducts),
+    (4, st.builds(Report, accounts, st.integers(1, 30), st.sampled_from(IDEMPOTENCY_KEYS))),
     (1, invalid_deducts),
     (8, holds),
     (8, settles),
@@ -483,6 +495,8 @@ class Scenario:
                 return Call("grant", (account, gid, credits + 1), prior.kwargs)
             case Deduct(account, cost, key, dry_run):
                 return Call("deduct", (account, cost, key), {"dry_run": dry_run} if dry_run else {})
+            case Report(account, cost, key):
+                return Call("report_usage", (account, cost, key))
             case Hold(account, hid, amount, ttl):
                 return Call("hold", (account, hid, amount, ttl))
             case Settle(account, n, amount):
@@ -530,6 +544,8 @@ class Scenario:
                 # limit that was lowered after the debt was made.
                 ovl = self.model.accounts[call.args[0]].ovl
                 assert result.cost == 0 or result.balance >= -ovl, f"step {i}: overdrew"
+            if isinstance(result, UsageReported) and not result.replayed:
+                self.usages.append(result.transaction_id)  # refundable like a check's
             if isinstance(result, HoldResult) and not result.replayed:
                 self.holds.append((call.args[0], result.hold_id))
             if isinstance(result, CloseResult) and not result.replayed and result.charged:

@@ -96,6 +96,17 @@ class CheckAllowed(Model):
     dry_run: Annotated[bool, Meta(description="sent only for a dry run")] | UnsetType = UNSET
 
 
+class UsageRecorded(Model):
+    account: str
+    cost: CreditsOut
+    transaction_id: str
+    balance: Annotated[int, Meta(description="after it (below minus the overdraft: debt)")]
+    debt_added: Annotated[
+        int, Meta(description="credits the balance could not cover, now debt (0 for a replay)")
+    ]
+    replayed: bool
+
+
 class ShadowDecision(Model):
     """The refusal a check would have been without SIDECAR_SHADOW: its status (402, 429),
     reason, and that refusal's other fields."""

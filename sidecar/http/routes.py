@@ -25,6 +25,7 @@ from sidecar.http.responses import (
     Refunded,
     ShadowDecision,
     SpendLimitReached,
+    UsageRecorded,
 )
 from sidecar.http.schemas import (
     CheckRequest,
@@ -33,6 +34,7 @@ from sidecar.http.schemas import (
     RefundRequest,
     ReleaseRequest,
     SettleRequest,
+    UsageRequest,
 )
 from sidecar.http.state import LEDGER, SETTINGS
 from sidecar.http.views import insufficient, spend_limited
@@ -168,6 +170,46 @@ async def check(call: Call[None, None, CheckRequest]) -> CheckAllowed | Reply:
         200,
         {SHADOW_STATUS: str(status)},
     )
+
+
+@routes.route(
+    "POST",
+    "/v1/usage",
+    "Record usage after the work is done (never refused; what the balance cannot cover is debt)",
+    tag="checks",
+    auth=SERVICE,
+    body=UsageRequest,
+    responses={
+        200: Out(UsageRecorded, "a replay of the same report"),
+        201: Out(UsageRecorded, "recorded"),
+    },
+    errors={404: ACCOUNT_404, 409: None, 503: None},
+)
+async def report_usage(call: Call[None, None, UsageRequest]) -> Reply:
+    """Usage whose cost is known only afterwards (an LLM stream, a batch job): recorded by
+    idempotency key, never refused for the balance, a spending limit or a rate limit (the work
+    is done: refusing would lose the money); the account's checks are refused while its debt
+    passes the overdraft."""
+    req = call.body
+    r = await call.app[LEDGER].report_usage(
+        req.account,
+        req.cost,
+        req.idempotency_key,
+        description=req.description,
+        metadata=req.metadata,
+    )
+    if not r.replayed:
+        metrics.USAGE_REPORTED.inc(r.cost)
+        metrics.USAGE_DEBT.inc(r.debt_added)
+    view = UsageRecorded(
+        account=req.account,
+        cost=r.cost,
+        transaction_id=r.transaction_id,
+        balance=r.balance,
+        debt_added=r.debt_added,
+        replayed=r.replayed,
+    )
+    return Reply(view, 200 if r.replayed else 201)
 
 
 @routes.route(

@@ -112,6 +112,14 @@ class CheckRequest(Body):
     ] = False
 
 
+class UsageRequest(Body):
+    account: Id
+    cost: Credits
+    idempotency_key: Id
+    description: Description = ""
+    metadata: Metadata = None
+
+
 class GrantRequest(Body):
     grant_id: Id
     credits: Credits

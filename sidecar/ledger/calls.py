@@ -47,6 +47,7 @@ from sidecar.ledger.results import (
     SpendLimit,
     SpendLimited,
     SpendWindow,
+    UsageReported,
 )
 from sidecar.ledger.units import MAX_CREDITS, MAX_TIMESTAMP_MS
 from sidecar.ledger.voids import VOID_DELAY_MS, Void, VoidQueue, new_attempt_token, request_digest
@@ -83,6 +84,7 @@ __all__ = [
     "SpendLimit",
     "SpendLimited",
     "SpendWindow",
+    "UsageReported",
     "encode_metadata",
     "ledger_for",
     "new_transaction_id",
@@ -94,6 +96,9 @@ __all__ = [
 # How much earlier than the caller gives up a script stops accepting a call (sidecar/lua/_lib.lua
 # in_time): it covers clock skew between this host and Redis plus a reply's way back.
 DEADLINE_MARGIN_MS = 500
+# The request identity (deduct.lua ARGV[16]) of usage reported after the fact: a report and a
+# check under the same idempotency key are different requests.
+REPORT_IDENTITY = "usage-report"
 log = logging.getLogger(__name__)
 Clock = Callable[[], int]
 
@@ -301,6 +306,67 @@ class Ledger:
         ``dry_run``: the answer the call would get (as if due expiries had been processed),
         with an empty transaction id, changing nothing.
         """
+        reply = await self._deduct(
+            account,
+            cost,
+            idempotency_key,
+            description,
+            metadata,
+            key_id,
+            route,
+            route_limit,
+            replay_window_ms,
+            request,
+            void_if_lost,
+            "1" if dry_run else "",
+        )
+        return replies.deduct(reply, cost)
+
+    async def report_usage(
+        self,
+        account: str,
+        cost: int,
+        idempotency_key: str,
+        *,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> UsageReported:
+        """Records usage of work already done: never refused for the balance, the spending
+        limits or the rate limits; what the buckets cannot cover becomes debt, even beyond the
+        overdraft (the account's checks are then refused until it is covered). Idempotent by
+        ``idempotency_key`` (the same cost, description and metadata); a check's key and a
+        report's never replay each other."""
+        reply = await self._deduct(
+            account,
+            cost,
+            idempotency_key,
+            description,
+            metadata,
+            "",
+            "",
+            None,
+            None,
+            REPORT_IDENTITY,
+            True,
+            "report",
+        )
+        return replies.usage(reply)
+
+    async def _deduct(
+        self,
+        account: str,
+        cost: int,
+        idempotency_key: str,
+        description: str,
+        metadata: Mapping[str, Any] | None,
+        key_id: str,
+        route: str,
+        route_limit: RateLimit | None,
+        replay_window_ms: int | None,
+        request: str,
+        void_if_lost: bool,
+        mode: str,
+    ) -> Any:
         txid = new_transaction_id()
         extra_keys = [
             self.keys.idempotency(account, idempotency_key),
@@ -322,8 +388,8 @@ class Ledger:
             *rl,
             "" if replay_window_ms is None else min(replay_window_ms, self.retention_ms),
             request,
-            token := new_attempt_token() if cost > 0 and not dry_run else "",
-            "1" if dry_run else "",
+            token := new_attempt_token() if cost > 0 and mode != "1" else "",
+            mode,
         ]
         deadline = self.script_deadline()
         try:
@@ -337,7 +403,7 @@ class Ledger:
                 at = deadline + self._deadline_margin_ms + VOID_DELAY_MS
                 self.voids.put(Void(account, idempotency_key, token, cost, digest, at))
             raise
-        return replies.deduct(reply, cost)
+        return reply
 
     async def hold(
         self,

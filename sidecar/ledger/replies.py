@@ -36,6 +36,7 @@ from sidecar.ledger.results import (
     SpendLimit,
     SpendLimited,
     SpendWindow,
+    UsageReported,
     VoidResult,
     new_allowed,
 )
@@ -115,6 +116,14 @@ def deduct(reply: Any, cost: int) -> DeductResult:
     if status in _SPEND_LIMITED:
         return spend_limited(reply, cost)
     return RateLimited(int(reply[1]))
+
+
+def usage(reply: Any) -> UsageReported:
+    """deduct.lua in report mode: ``{'ok', txid, balance, cost, replayed, low_balance,
+    debt added}`` (never refused)."""
+    return UsageReported(
+        text(reply[1]), int(reply[2]), int(reply[3]), bool(reply[4]), int(reply[6])
+    )
 
 
 def hold(reply: Any, hold_id: str, amount: int) -> HoldResult | Insufficient | SpendLimited:

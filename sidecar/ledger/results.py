@@ -157,6 +157,17 @@ DeductResult = Allowed | Insufficient | RateLimited | Revoked | SpendLimited
 
 
 @dataclass(frozen=True, slots=True)
+class UsageReported:
+    """Usage reported after the work (POST /v1/usage): recorded, never refused."""
+
+    transaction_id: str
+    balance: int
+    cost: int
+    replayed: bool
+    debt_added: int  # what the buckets could not cover (0 for a replay)
+
+
+@dataclass(frozen=True, slots=True)
 class HoldResult:
     hold_id: str
     transaction_id: str

@@ -38,6 +38,12 @@
 -- ARGV[18] '1': a dry run. The same answer as the call would get (as if due deadlines had
 -- been processed: preview_due in _lib.lua), with '' for the transaction id, and nothing
 -- written: no transaction, rate-limit state, idempotency record, expiry or event.
+-- ARGV[18] 'report': usage reported after the work was done (POST /v1/usage). Never refused
+-- for the balance, the spending limits (it still counts against them) or the rate limits (it
+-- neither waits for nor uses them): what the buckets cannot cover becomes debt, even beyond
+-- the overdraft, and the account's checks are refused until it is covered. The caller
+-- passes a request identity (ARGV[16]) of its own, so a check and a report never replay
+-- each other. Returns the 'ok' reply with one more element: the credits that became debt.
 
 local cost = int_arg(ARGV[6], 'cost', 0, MAXINT)
 local key = id_arg(ARGV[7], 'idempotency_key', 128)
@@ -59,7 +65,10 @@ local window = opt_int_arg(ARGV[15], 'replay_window_ms', 1, RETENTION) or RETENT
 local identity = text_arg(ARGV[16] or '', 'request', 256)
 local token = ARGV[17] or ''
 if token ~= '' then token_arg(token) end
-local dry = (ARGV[18] or '') == '1'
+local mode = ARGV[18] or ''
+if mode ~= '' and mode ~= '1' and mode ~= 'report' then fail('INVALID', 'mode must be 1 or report') end
+local dry, report = mode == '1', mode == 'report'
+if report and cost == 0 then fail('INVALID', 'cost must be between 1 and ' .. fmt(MAXINT)) end
 
 require_account()
 local limits = account_limits()
@@ -101,7 +110,7 @@ if prior then
     p.ax = 1
     redis.call('SET', KEYS[7], jenc(p), 'KEEPTTL')
   end
-  return {'ok', p.tx, p.bal, cost, 1, 0}
+  return {'ok', p.tx, p.bal, cost, 1, 0, 0}
 end
 if dry then
   local wait = rate_check(limits)
@@ -119,7 +128,8 @@ if dry then
 end
 in_time()
 
-local wait, tats = rate_check(limits)
+local wait, tats = 0, {}
+if not report then wait, tats = rate_check(limits) end
 if wait > 0 then return {'rate_limited', wait} end
 
 expire_due()
@@ -129,17 +139,17 @@ if cost == 0 then
   return {'ok', '', balance(), 0, 0, 0}
 end
 local klim = key_spend and spend_load(key_spend[1], key_spend[2]) or nil
-if spend_over(klim, cost) then
+if not report and spend_over(klim, cost) then
   save_if_touched()
   return spend_refusal('key', klim)
 end
 local alim = spend_load(acct.sl, acct.ss)
-if spend_over(alim, cost) then
+if not report and spend_over(alim, cost) then
   save_if_touched()
   return spend_refusal('account', alim)
 end
 local before = balance()
-if before - cost < -acct.ovl then
+if not report and before - cost < -acct.ovl then
   save_if_touched()
   return {'insufficient', before, cost}
 end
@@ -174,4 +184,4 @@ if alim then redis.call('HSET', KEYS[8], 'sw', fmt(alim.from)) end
 redis.call('PEXPIRE', KEYS[8], RETENTION)
 local low = low_balance_event(KEYS[9], before, TXID)
 save_account()
-return {'ok', TXID, after, cost, 0, low}
+return {'ok', TXID, after, cost, 0, low, short}

@@ -90,6 +90,16 @@ REDIS_ERRORS = Counter(
     ["endpoint"],
     registry=REGISTRY,
 )
+USAGE_REPORTED = Counter(
+    "credit_sidecar_usage_reported_credits",
+    "Credits of usage reported after the work (POST /v1/usage), replays not counted",
+    registry=REGISTRY,
+)
+USAGE_DEBT = Counter(
+    "credit_sidecar_usage_debt_credits",
+    "Credits of reported usage the balance could not cover: they became debt",
+    registry=REGISTRY,
+)
 FAIL_OPEN = Counter(
     "credit_sidecar_fail_open",
     "Proxy requests let through without a check because the store failed "
@@ -134,6 +144,8 @@ _error_children = [REDIS_ERRORS.labels(e) for e in ENDPOINTS]
 for _result in TOPUP_RESULTS:
     TOPUPS.labels(_result)
 FAIL_OPEN.inc(0)
+USAGE_REPORTED.inc(0)
+USAGE_DEBT.inc(0)
 for _outcome in VOID_OUTCOMES:
     VOIDS.labels(_outcome)
 if not MULTIPROCESS:  # one process's CPU and memory; meaningless summed over workers
