@@ -16,8 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.ledger import outbox
-from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.redis.client import connect
 from sidecar.redis.embedded import RedisServer, free_port
 

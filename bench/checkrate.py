@@ -23,7 +23,12 @@ from pydantic import SecretStr
 
 from bench.harness import BenchFailure, CpuProbe, Load, Rate, closed_loop
 from sidecar.http.app import create_app
-from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.redis.embedded import free_port
 from sidecar.settings import Settings
 

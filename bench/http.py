@@ -48,7 +48,9 @@ from bench.http_report import plot, render
 from bench.load import Server, wrk
 from bench.pinned import pinned
 from sidecar.ledger.apikeys import ApiKeys
-from sidecar.ledger.calls import Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.lua import source
 from sidecar.redis.client import RedisClient, connect

@@ -23,7 +23,9 @@ import uvloop
 
 from bench import servers
 from bench.harness import BenchFailure, host_info, log, md_table, n, write_results
-from sidecar.ledger.calls import Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.redis.client import connect
 

@@ -25,7 +25,9 @@ from typing import Any
 from bench.checkrate import GRANT, SERVICE_TOKEN, setup_accounts
 from bench.harness import BenchFailure, log, proc_cpu_s
 from bench.load import Server, wrk
-from sidecar.ledger.calls import Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.redis.client import RedisClient
 from sidecar.redis.embedded import free_port
 

@@ -54,7 +54,9 @@ from bench.writer_drain import (
 from bench.writer_mixed import WIRINGS, mixed_run
 from bench.writer_profile import profile_writer
 from bench.writer_report import GOAL, method, render
-from sidecar.ledger.calls import Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.redis.client import RedisClient, connect
 from sidecar.runtime.writer_runner import tune_gc

@@ -17,8 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bench.harness import BenchFailure, CpuProbe, CpuSnap
 from bench.servers import Servers
 from sidecar.ledger import outbox
-from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.persistence.outbox_status import outbox_status
 from sidecar.persistence.reconcile import Difference, reconcile, redis_state
 from sidecar.persistence.writer import OutboxWriter

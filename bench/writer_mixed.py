@@ -22,7 +22,12 @@ from bench.servers import url_of
 from bench.writer_drain import SHARD, Census, Rig, redis_truth, verify
 from sidecar.http.app import create_app
 from sidecar.http.state import LEDGER, WRITER
-from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.persistence.outbox_status import outbox_status
 from sidecar.redis.client import connect
 

@@ -18,7 +18,9 @@ from pydantic import SecretStr
 
 from sidecar.http.app import create_app
 from sidecar.ledger import outbox
-from sidecar.ledger.calls import Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.redis.client import RedisClient, connect

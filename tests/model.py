@@ -63,8 +63,12 @@ from sidecar.errors import (
     UnknownTransaction,
 )
 from sidecar.ledger import outbox
-from sidecar.ledger.calls import (
+from sidecar.ledger.arguments import (
     KEEP,
+    Keep,
+    encode_metadata,
+)
+from sidecar.ledger.results import (
     AccountConfig,
     Allowed,
     Balance,
@@ -74,7 +78,6 @@ from sidecar.ledger.calls import (
     GrantResult,
     HoldResult,
     Insufficient,
-    Keep,
     RateLimit,
     RateLimited,
     RefundResult,
@@ -82,7 +85,6 @@ from sidecar.ledger.calls import (
     SpendLimited,
     SpendWindow,
     UsageReported,
-    encode_metadata,
 )
 from sidecar.ledger.units import MAX_CREDITS
 

@@ -7,7 +7,15 @@ import pytest
 
 from sidecar import errors
 from sidecar.ledger.apikeys import ApiKeys, hash_key
-from sidecar.ledger.calls import Allowed, Ledger, RateLimit, RateLimited, Revoked
+from sidecar.ledger.calls import (
+    Ledger,
+)
+from sidecar.ledger.results import (
+    Allowed,
+    RateLimit,
+    RateLimited,
+    Revoked,
+)
 from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock, snapshot
 

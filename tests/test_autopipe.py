@@ -61,7 +61,7 @@ async def test_a_store_call_past_its_deadline_is_store_unavailable() -> None:
     """A hung Redis call ends as StoreUnavailable (503, or the failure policy at the proxy
     endpoints), never as a bare timeout."""
     from sidecar.errors import StoreUnavailable
-    from sidecar.ledger.calls import store_call
+    from sidecar.ledger.redis_calls import store_call
 
     with pytest.raises(StoreUnavailable):
         await store_call(asyncio.sleep(10), deadline_s=0.05)
@@ -95,7 +95,7 @@ async def test_a_redis_call_with_text_redis_cannot_take_is_the_callers_invalid_i
     """Outside the auto-pipeline too (redis-py's own connections): a lone surrogate is the
     caller's invalid input (422), not a 500, and the connection serves the next call."""
     from sidecar.errors import InvalidInput
-    from sidecar.ledger.calls import store_call
+    from sidecar.ledger.redis_calls import store_call
 
     with pytest.raises(InvalidInput, match="surrogates not allowed"):
         await store_call(redis.set("k\udcff", "v"))

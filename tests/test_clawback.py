@@ -10,7 +10,14 @@ from typing import Any, Literal
 import pytest
 
 from sidecar import errors
-from sidecar.ledger.calls import Allowed, HoldResult, Ledger, RevokeResult
+from sidecar.ledger.calls import (
+    Ledger,
+)
+from sidecar.ledger.results import (
+    Allowed,
+    HoldResult,
+    RevokeResult,
+)
 from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock, outbox_entries, snapshot
 

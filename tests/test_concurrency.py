@@ -8,7 +8,12 @@ import asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock, admin, outbox_entries, service
 

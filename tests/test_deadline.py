@@ -16,8 +16,16 @@ from typing import Any
 import pytest
 
 from sidecar.errors import StoreUnavailable
-from sidecar.ledger.calls import Allowed, Ledger, wall_clock_ms
+from sidecar.ledger.arguments import (
+    wall_clock_ms,
+)
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.redis.client import RedisClient, connect
 from sidecar.redis.embedded import RedisServer
 from tests.conftest import FakeClock, outbox_entries, snapshot

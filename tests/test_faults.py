@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.redis.client import RedisClient, connect
 from sidecar.redis.embedded import RedisServer
 from tests.conftest import outbox_entries

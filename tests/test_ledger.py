@@ -10,15 +10,19 @@ import pytest
 
 from sidecar import errors
 from sidecar.ledger.calls import (
-    MAX_CREDITS,
+    Ledger,
+)
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
     Allowed,
     HoldResult,
     Insufficient,
-    Ledger,
     RateLimit,
     RateLimited,
 )
-from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.units import (
+    MAX_CREDITS,
+)
 from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock, outbox_entries, snapshot, stream
 

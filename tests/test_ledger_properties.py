@@ -26,18 +26,22 @@ from hypothesis import strategies as st
 import sidecar.ledger.calls
 from sidecar.errors import SidecarError
 from sidecar.ledger import outbox
-from sidecar.ledger.calls import (
+from sidecar.ledger.arguments import (
     KEEP,
+    Keep,
+)
+from sidecar.ledger.calls import (
+    Ledger,
+)
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
     Allowed,
     CloseResult,
     HoldResult,
-    Keep,
-    Ledger,
     RateLimit,
     SpendLimit,
     UsageReported,
 )
-from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.units import MAX_CREDITS
 from sidecar.redis.client import RedisClient, connect
 from sidecar.redis.embedded import RedisServer

@@ -21,8 +21,13 @@ from pydantic import SecretStr
 
 from sidecar.errors import StoreUnavailable
 from sidecar.http.app import create_app
-from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.redis import breaker
 from sidecar.redis.client import connect
 from sidecar.redis.embedded import RedisServer

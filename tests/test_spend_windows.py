@@ -8,7 +8,9 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sidecar.ledger.calls import Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.results import Allowed, SpendLimit, SpendLimited
 from sidecar.ledger.units import MAX_TIMESTAMP_MS
 from tests.conftest import FakeClock

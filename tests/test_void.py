@@ -14,8 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.errors import StoreUnavailable
-from sidecar.ledger.calls import Allowed, Ledger, wall_clock_ms
+from sidecar.ledger.arguments import (
+    wall_clock_ms,
+)
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.ledger.voids import Void, request_digest, send_void
 from sidecar.redis.client import RedisClient, connect
 from sidecar.redis.embedded import RedisServer

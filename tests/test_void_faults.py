@@ -25,8 +25,13 @@ from sidecar.gate.pricing import load_pricing
 from sidecar.http.app import create_app
 from sidecar.http.state import LEDGER
 from sidecar.ledger.apikeys import ApiKeys
-from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.reconcile import reconcile
 from sidecar.redis.client import RedisClient, connect

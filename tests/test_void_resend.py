@@ -16,8 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.ledger.calls import Allowed, Ledger, wall_clock_ms
+from sidecar.ledger.arguments import (
+    wall_clock_ms,
+)
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.ledger.voids import send_void
 from sidecar.redis.client import RedisClient, connect
 from sidecar.redis.embedded import RedisServer

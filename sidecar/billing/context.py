@@ -18,7 +18,10 @@ from sidecar.billing.stores import (
     TopUpStore,
 )
 from sidecar.errors import BillingNotConfigured
-from sidecar.ledger.calls import Clock, Ledger
+from sidecar.ledger.calls import (
+    Clock,
+    Ledger,
+)
 from sidecar.settings import Settings
 
 

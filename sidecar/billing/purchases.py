@@ -30,7 +30,9 @@ from sidecar.errors import (
     UnknownAccount,
     UnknownPackage,
 )
-from sidecar.ledger.calls import MAX_CREDITS
+from sidecar.ledger.units import (
+    MAX_CREDITS,
+)
 
 PAID = ("paid", "no_payment_required")
 

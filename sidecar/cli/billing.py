@@ -23,7 +23,9 @@ from sidecar.cli.common import (
     run_until_signal,
     url_option,
 )
-from sidecar.ledger.calls import ledger_for
+from sidecar.ledger.calls import (
+    ledger_for,
+)
 from sidecar.persistence.db import engine_for, migrate
 
 

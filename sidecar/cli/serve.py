@@ -31,7 +31,9 @@ from sidecar.gate.pricing import PricingError, load_pricing
 from sidecar.http.app import create_app
 from sidecar.http.health import outbox_drained
 from sidecar.http.server import Limits, run_app
-from sidecar.ledger.calls import wall_clock_ms
+from sidecar.ledger.arguments import (
+    wall_clock_ms,
+)
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.redis.client import connect
 from sidecar.redis.embedded import DataDirInUse, RedisServer, embedded_server, redis_for

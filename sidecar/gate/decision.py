@@ -23,9 +23,11 @@ from sidecar.errors import IdempotencyConflict, InvalidInput, StoreUnavailable
 from sidecar.gate.pricing import Pricing
 from sidecar.ledger.apikeys import ApiKeys
 from sidecar.ledger.calls import (
+    Ledger,
+)
+from sidecar.ledger.results import (
     Allowed,
     Insufficient,
-    Ledger,
     RateLimited,
     Revoked,
     SpendLimited,

@@ -35,7 +35,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError
 
-from sidecar.ledger.calls import RateLimit
+from sidecar.ledger.results import (
+    RateLimit,
+)
 from sidecar.ledger.units import MAX_CREDITS
 
 Cost = Annotated[StrictInt, Field(ge=0, le=MAX_CREDITS)] | Literal["deny"]

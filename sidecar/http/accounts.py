@@ -9,7 +9,9 @@ from sidecar.http.responses import AccountSettings, Balance, BucketView, Granted
 from sidecar.http.schemas import AccountPatch, AccountPath, AccountRequest, GrantRequest
 from sidecar.http.state import LEDGER
 from sidecar.http.views import rate_limit_view, spend_limit_view, spend_view
-from sidecar.ledger.calls import KEEP
+from sidecar.ledger.arguments import (
+    KEEP,
+)
 from sidecar.ledger.units import iso
 
 routes = Routes()

@@ -36,7 +36,16 @@ from sidecar.http.state import (
     WRITER_PROCESS,
 )
 from sidecar.ledger.apikeys import ApiKeys
-from sidecar.ledger.calls import CALL_DEADLINE_S, Clock, ledger_for, wall_clock_ms
+from sidecar.ledger.arguments import (
+    wall_clock_ms,
+)
+from sidecar.ledger.calls import (
+    Clock,
+    ledger_for,
+)
+from sidecar.ledger.redis_calls import (
+    CALL_DEADLINE_S,
+)
 from sidecar.persistence.db import engine_for, migrate_while_unreachable
 from sidecar.persistence.writer import pause
 from sidecar.redis.client import connect

@@ -39,7 +39,9 @@ from sidecar.http.contract import Call, Out, Reply, Routes
 from sidecar.http.responses import Health, Readiness, ReadinessCheck, Unhealthy
 from sidecar.http.state import BILLING, EMBEDDED_REDIS, LEDGER, SETTINGS
 from sidecar.ledger import readiness
-from sidecar.ledger.calls import Clock
+from sidecar.ledger.calls import (
+    Clock,
+)
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence import db
 from sidecar.persistence.outbox_status import outbox_status

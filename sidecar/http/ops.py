@@ -19,7 +19,9 @@ from sidecar.http.responses import (
 )
 from sidecar.http.schemas import DeadLettersQuery
 from sidecar.http.state import LEDGER, WRITER, WRITER_PROCESS
-from sidecar.ledger.calls import store_call
+from sidecar.ledger.redis_calls import (
+    store_call,
+)
 from sidecar.persistence import deadletters
 from sidecar.persistence.outbox_status import outbox_status
 from sidecar.persistence.writer import stats_dict

@@ -38,7 +38,13 @@ from sidecar.http.schemas import (
 )
 from sidecar.http.state import LEDGER, SETTINGS
 from sidecar.http.views import insufficient, spend_limited
-from sidecar.ledger.calls import Allowed, CloseResult, Insufficient, Revoked, SpendLimited
+from sidecar.ledger.results import (
+    Allowed,
+    CloseResult,
+    Insufficient,
+    Revoked,
+    SpendLimited,
+)
 from sidecar.ledger.units import iso
 from sidecar.runtime import metrics
 

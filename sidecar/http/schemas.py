@@ -30,7 +30,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from sidecar.asciiint import parse_ascii_int
-from sidecar.ledger.calls import RateLimit, SpendLimit
+from sidecar.ledger.results import (
+    RateLimit,
+    SpendLimit,
+)
 from sidecar.ledger.units import MAX_CREDITS, MAX_TIMESTAMP_MS, MissingOffset, parse_rfc3339
 from sidecar.persistence.projection import TXN_TYPES
 

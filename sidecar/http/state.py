@@ -8,7 +8,9 @@ from sidecar.billing.context import Billing
 from sidecar.billing.worker import BillingWorker
 from sidecar.gate.decision import Gate
 from sidecar.ledger.apikeys import ApiKeys
-from sidecar.ledger.calls import Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.persistence.writer import OutboxWriter
 from sidecar.redis.client import RedisClient
 from sidecar.runtime.writer_runner import WriterProcess

@@ -10,8 +10,15 @@ from sidecar.http.responses import (
     SpendLimitView,
     SpendView,
 )
-from sidecar.ledger.calls import Insufficient, SpendLimit, SpendLimited, SpendWindow
-from sidecar.ledger.calls import RateLimit as LedgerRateLimit
+from sidecar.ledger.results import (
+    Insufficient,
+    SpendLimit,
+    SpendLimited,
+    SpendWindow,
+)
+from sidecar.ledger.results import (
+    RateLimit as LedgerRateLimit,
+)
 from sidecar.ledger.units import iso
 
 

@@ -19,7 +19,17 @@ from cachetools import LRUCache, TTLCache
 
 from sidecar.errors import UnknownAccount, UnknownKey
 from sidecar.ledger import replies, windows
-from sidecar.ledger.calls import Ledger, RateLimit, SpendLimit, SpendWindow, store_call
+from sidecar.ledger.calls import (
+    Ledger,
+)
+from sidecar.ledger.redis_calls import (
+    store_call,
+)
+from sidecar.ledger.results import (
+    RateLimit,
+    SpendLimit,
+    SpendWindow,
+)
 
 KEY_PREFIX = "csk_"
 

@@ -18,80 +18,33 @@ from redis.exceptions import NoScriptError
 
 from sidecar.errors import StoreUnavailable
 from sidecar.ledger import replies
+from sidecar.ledger.account_calls import AccountCalls
 from sidecar.ledger.arguments import (
-    KEEP,
-    KEEP_ARG,
-    Keep,
     encode_metadata,
     new_transaction_id,
-    setting_arg,
     wall_clock_ms,
 )
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.redis_calls import CALL_DEADLINE_S, may_have_run, store_call, store_errors
 from sidecar.ledger.results import (
-    AccountConfig,
-    Allowed,
     Balance,
-    Bucket,
     CloseResult,
     DeductResult,
     GrantResult,
     HoldResult,
     Insufficient,
     RateLimit,
-    RateLimited,
     RefundResult,
-    Revoked,
     RevokeResult,
-    SpendLimit,
     SpendLimited,
-    SpendWindow,
     UsageReported,
 )
-from sidecar.ledger.units import MAX_CREDITS, MAX_TIMESTAMP_MS
 from sidecar.ledger.voids import VOID_DELAY_MS, Void, VoidQueue, new_attempt_token, request_digest
 from sidecar.lua import Scripts
 from sidecar.redis.autopipe import AutoPipeline
 from sidecar.redis.client import RedisClient
 from sidecar.redis.client import text as _text
 from sidecar.settings import Settings
-
-# The results were defined here first; callers still import them from here.
-__all__ = [
-    "CALL_DEADLINE_S",
-    "DEADLINE_MARGIN_MS",
-    "KEEP",
-    "MAX_CREDITS",
-    "MAX_TIMESTAMP_MS",
-    "AccountConfig",
-    "Allowed",
-    "Balance",
-    "Bucket",
-    "Clock",
-    "CloseResult",
-    "DeductResult",
-    "GrantResult",
-    "HoldResult",
-    "Insufficient",
-    "Keep",
-    "Ledger",
-    "RateLimit",
-    "RateLimited",
-    "RefundResult",
-    "RevokeResult",
-    "Revoked",
-    "SpendLimit",
-    "SpendLimited",
-    "SpendWindow",
-    "UsageReported",
-    "encode_metadata",
-    "ledger_for",
-    "new_transaction_id",
-    "store_call",
-    "store_errors",
-    "wall_clock_ms",
-]
 
 # How much earlier than the caller gives up a script stops accepting a call (sidecar/lua/_lib.lua
 # in_time): it covers clock skew between this host and Redis plus a reply's way back.
@@ -103,7 +56,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], int]
 
 
-class Ledger:
+class Ledger(AccountCalls):
     """All credit operations of one deployment (one Redis, one key space)."""
 
     def __init__(
@@ -185,64 +138,6 @@ class Ledger:
     def script_deadline(self) -> int:
         """The deadline (wall clock ms) of a script call made now."""
         return wall_clock_ms() + self._script_deadline_ms
-
-    async def configure_account(
-        self,
-        account: str,
-        *,
-        overdraft_limit: int = 0,
-        low_balance_threshold: int | None = None,
-        rate_limit: RateLimit | None = None,
-        spend_limit: SpendLimit | None = None,
-    ) -> bool:
-        """Creates the account or replaces all its settings; True when it was created."""
-        return replies.account(
-            await self._account(
-                account, "put", overdraft_limit, low_balance_threshold, rate_limit, spend_limit
-            )
-        )
-
-    async def update_account(
-        self,
-        account: str,
-        *,
-        overdraft_limit: int | Keep = KEEP,
-        low_balance_threshold: int | Keep | None = KEEP,
-        rate_limit: RateLimit | Keep | None = KEEP,
-        spend_limit: SpendLimit | Keep | None = KEEP,
-    ) -> AccountConfig:
-        """Changes only the settings given (None removes one) of an existing account, in one
-        atomic step: a concurrent change of another setting is never undone. Returns every
-        setting after the change."""
-        reply = await self._account(
-            account, "patch", overdraft_limit, low_balance_threshold, rate_limit, spend_limit
-        )
-        return replies.account_config(reply)
-
-    async def _account(
-        self,
-        account: str,
-        mode: str,
-        overdraft_limit: int | Keep,
-        low_balance_threshold: int | Keep | None,
-        rate_limit: RateLimit | Keep | None,
-        spend_limit: SpendLimit | Keep | None,
-    ) -> Any:
-        rl: list[str | int]
-        if isinstance(rate_limit, Keep):
-            rl = [KEEP_ARG, "", ""]
-        elif rate_limit is None:
-            rl = ["", "", ""]
-        else:
-            rl = [rate_limit.requests, rate_limit.period_ms, rate_limit.burst]
-        args: list[str | int] = [
-            setting_arg(overdraft_limit),
-            setting_arg(low_balance_threshold),
-            *rl,
-            spend_limit.spec() if isinstance(spend_limit, SpendLimit) else setting_arg(spend_limit),
-            mode,
-        ]
-        return await self.run_script(self.scripts.account, account, [], args)
 
     async def grant(
         self,

@@ -13,7 +13,12 @@ from sqlalchemy import BigInteger, func, literal_column, select
 
 from sidecar import errors
 from sidecar.billing.stores import Sql
-from sidecar.ledger.calls import Ledger, store_call
+from sidecar.ledger.calls import (
+    Ledger,
+)
+from sidecar.ledger.redis_calls import (
+    store_call,
+)
 from sidecar.ledger.units import from_ms, to_ms
 from sidecar.persistence.models import Account, CreditTransaction, table_of
 from sidecar.redis.client import text

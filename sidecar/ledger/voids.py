@@ -101,7 +101,7 @@ def _count(outcome: str) -> None:
 async def send_void(ledger: Ledger, v: Void) -> str:
     """Runs sidecar/lua/void.lua for ``v`` (StoreUnavailable while Redis is); returns its outcome:
     voided, marked, not_run, absent or kept."""
-    from sidecar.ledger.calls import store_call  # (the ledger imports this module)
+    from sidecar.ledger.redis_calls import store_call  # (the ledger imports this module)
 
     k = ledger.keys
     record_key = k.idempotency(v.account, v.idempotency_key)

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.ledger import outbox as entries
-from sidecar.ledger.calls import store_call
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.redis_calls import (
+    store_call,
+)
 from sidecar.redis.client import RedisClient
 
 MAX_RETRY = 1000  # dead letters one retry call looks at

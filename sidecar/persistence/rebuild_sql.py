@@ -32,7 +32,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sidecar.errors import RebuildError
 from sidecar.ledger.apikeys import key_record, rate_spec
-from sidecar.ledger.calls import RateLimit, SpendLimit
+from sidecar.ledger.results import (
+    RateLimit,
+    SpendLimit,
+)
 from sidecar.ledger.units import to_ms
 from sidecar.persistence.models import (
     ARCHIVED_TRANSACTIONS,

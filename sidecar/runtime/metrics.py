@@ -37,7 +37,12 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from sidecar.billing.context import Billing
-from sidecar.ledger.calls import Ledger, store_call
+from sidecar.ledger.calls import (
+    Ledger,
+)
+from sidecar.ledger.redis_calls import (
+    store_call,
+)
 from sidecar.persistence.outbox_status import outbox_status
 from sidecar.redis.autopipe import AutoPipeline
 

@@ -19,8 +19,13 @@ from pathlib import Path
 import pytest
 
 from sidecar import errors
-from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.outbox_status import outbox_status
 from sidecar.persistence.reconcile import reconcile

@@ -23,7 +23,9 @@ from sqlalchemy import text
 
 from sidecar.http.app import create_app
 from sidecar.http.state import BILLING, LEDGER
-from sidecar.ledger.calls import wall_clock_ms
+from sidecar.ledger.arguments import (
+    wall_clock_ms,
+)
 from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE, admin, service
 from tests.persistence.test_writer import drain, make_writer

@@ -16,7 +16,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from sidecar.http import health
 from sidecar.http.app import create_app
 from sidecar.http.state import BILLING, LEDGER
-from sidecar.ledger.calls import wall_clock_ms
+from sidecar.ledger.arguments import (
+    wall_clock_ms,
+)
 from sidecar.persistence.db import engine_for
 from sidecar.redis.client import RedisClient
 from sidecar.redis.embedded import RedisServer

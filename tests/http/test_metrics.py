@@ -26,7 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from sidecar.http.app import create_app
-from sidecar.ledger.calls import wall_clock_ms
+from sidecar.ledger.arguments import (
+    wall_clock_ms,
+)
 from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
 from tests.billing.conftest import Rig, fake, make_rig, rig  # noqa: F401  (fixtures)

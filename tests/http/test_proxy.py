@@ -18,7 +18,9 @@ from sidecar.gate.decision import Gate
 from sidecar.gate.pricing import PricingError, load_pricing
 from sidecar.http.app import create_app
 from sidecar.ledger.apikeys import ApiKeys
-from sidecar.ledger.calls import Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.redis.client import connect
 from sidecar.settings import Settings

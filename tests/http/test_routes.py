@@ -10,7 +10,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.http.app import create_app
-from sidecar.ledger.calls import MAX_CREDITS
+from sidecar.ledger.units import (
+    MAX_CREDITS,
+)
 from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin, service, snapshot

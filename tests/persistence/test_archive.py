@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.ledger.calls import Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.persistence.archive import ArchiveError, archive, ledger_totals
 from sidecar.persistence.reconcile import reconcile
 from tests.conftest import START_MS, FakeClock

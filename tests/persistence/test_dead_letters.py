@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.http.app import create_app
 from sidecar.http.state import LEDGER
-from sidecar.ledger.calls import Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.persistence.reconcile import reconcile
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin

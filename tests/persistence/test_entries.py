@@ -10,7 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.ledger import outbox
-from sidecar.ledger.calls import Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.persistence.models import CreditTransaction, table_of
 from tests.conftest import FakeClock
 from tests.persistence.test_writer import busy_ledger, drain, make_writer

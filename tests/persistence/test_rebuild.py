@@ -30,8 +30,15 @@ from sidecar.errors import (
     UnknownTransaction,
 )
 from sidecar.ledger.apikeys import ApiKeys
-from sidecar.ledger.calls import Allowed, HoldResult, Ledger, RateLimit
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
+    Allowed,
+    HoldResult,
+    RateLimit,
+)
 from sidecar.lua import Scripts
 from sidecar.persistence.db import create_engine, migrate
 from sidecar.persistence.rebuild import rebuild

@@ -10,7 +10,14 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.ledger.apikeys import ApiKeys
-from sidecar.ledger.calls import Allowed, Ledger, SpendLimit, SpendLimited
+from sidecar.ledger.calls import (
+    Ledger,
+)
+from sidecar.ledger.results import (
+    Allowed,
+    SpendLimit,
+    SpendLimited,
+)
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
 from sidecar.redis.client import RedisClient

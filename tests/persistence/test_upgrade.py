@@ -12,7 +12,14 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.ledger.calls import Allowed, Ledger, SpendLimit, SpendLimited
+from sidecar.ledger.calls import (
+    Ledger,
+)
+from sidecar.ledger.results import (
+    Allowed,
+    SpendLimit,
+    SpendLimited,
+)
 from sidecar.ledger.voids import Void, request_digest, send_void
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.ledger.calls import Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.voids import send_void
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile

@@ -13,8 +13,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.ledger.apikeys import ApiKeys
-from sidecar.ledger.calls import Ledger, RateLimit
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.outbox import FIELD
+from sidecar.ledger.results import (
+    RateLimit,
+)
 from sidecar.persistence.db import create_engine
 from sidecar.persistence.outbox_status import outbox_status
 from sidecar.persistence.reconcile import reconcile

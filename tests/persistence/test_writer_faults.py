@@ -23,8 +23,13 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.http.app import create_app
-from sidecar.ledger.calls import Allowed, Ledger
+from sidecar.ledger.calls import (
+    Ledger,
+)
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.results import (
+    Allowed,
+)
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.outbox_status import outbox_status
 from sidecar.persistence.reconcile import reconcile
