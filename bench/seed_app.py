@@ -78,7 +78,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sidecar.http.auth import role_check
 from sidecar.http.contract import read_body as body
 from sidecar.http.errors import error_middleware, json_response
-from sidecar.http.schemas import CheckRequest
+from sidecar.http.schemas import (
+    CheckRequest,
+)
 from sidecar.http.state import TOKENS
 from sidecar.persistence.db import create_engine, resolve_url
 

@@ -6,7 +6,12 @@ from __future__ import annotations
 from sidecar.http.auth import ADMIN
 from sidecar.http.contract import Call, Out, Reply, Routes
 from sidecar.http.responses import AccountSettings, Balance, BucketView, Granted
-from sidecar.http.schemas import AccountPatch, AccountPath, AccountRequest, GrantRequest
+from sidecar.http.schemas import (
+    AccountPatch,
+    AccountPath,
+    AccountRequest,
+    GrantRequest,
+)
 from sidecar.http.state import LEDGER
 from sidecar.http.views import rate_limit_view, spend_limit_view, spend_view
 from sidecar.ledger.arguments import (

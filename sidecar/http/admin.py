@@ -18,6 +18,12 @@ from aiohttp import web
 from sidecar import errors
 from sidecar.http.auth import ADMIN
 from sidecar.http.contract import Call, Out, Routes
+from sidecar.http.queries import (
+    AccountsQuery,
+    NoQuery,
+    TransactionsQuery,
+    UsageQuery,
+)
 from sidecar.http.responses import (
     AccountList,
     AccountSummary,
@@ -31,10 +37,6 @@ from sidecar.http.responses import (
 )
 from sidecar.http.schemas import (
     AccountPath,
-    AccountsQuery,
-    NoQuery,
-    TransactionsQuery,
-    UsageQuery,
 )
 from sidecar.http.state import BILLING, LEDGER
 from sidecar.ledger.reads import Reads, TransactionRow

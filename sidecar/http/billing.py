@@ -25,6 +25,9 @@ from sidecar.http.billing_responses import (
     PaymentMethods,
 )
 from sidecar.http.contract import Call, Out, Reply, Routes
+from sidecar.http.queries import (
+    PackagesQuery,
+)
 from sidecar.http.schemas import (
     AccountPath,
     AutoTopUpRequest,
@@ -33,7 +36,6 @@ from sidecar.http.schemas import (
     NotificationRequest,
     PackagePath,
     PackageRequest,
-    PackagesQuery,
     SetupCheckoutRequest,
 )
 from sidecar.http.state import BILLING, SETTINGS

@@ -6,7 +6,12 @@ from __future__ import annotations
 from sidecar.http.auth import ADMIN
 from sidecar.http.contract import Call, Out, Routes
 from sidecar.http.responses import Key, KeyCreated, KeyList
-from sidecar.http.schemas import AccountPath, KeyPatch, KeyPath, KeyRequest
+from sidecar.http.schemas import (
+    AccountPath,
+    KeyPatch,
+    KeyPath,
+    KeyRequest,
+)
 from sidecar.http.state import API_KEYS
 from sidecar.http.views import rate_limit_view, spend_limit_view, spend_view
 from sidecar.ledger.apikeys import KeyInfo

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sidecar import errors
 from sidecar.http.auth import ADMIN
 from sidecar.http.contract import Call, Out, Routes
+from sidecar.http.queries import (
+    DeadLettersQuery,
+)
 from sidecar.http.responses import (
     DeadLetter,
     DeadLetters,
@@ -17,7 +20,6 @@ from sidecar.http.responses import (
     Outbox,
     OutboxShard,
 )
-from sidecar.http.schemas import DeadLettersQuery
 from sidecar.http.state import LEDGER, WRITER, WRITER_PROCESS
 from sidecar.ledger.redis_calls import (
     store_call,

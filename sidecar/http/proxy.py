@@ -42,7 +42,9 @@ from sidecar.gate.paths import InvalidPath, canonical_path
 from sidecar.http.auth import API_KEY
 from sidecar.http.contract import Call, Header, Out, Reply, Routes
 from sidecar.http.responses import AuthOutcome
-from sidecar.http.schemas import TailPath
+from sidecar.http.schemas import (
+    TailPath,
+)
 from sidecar.http.state import GATE
 from sidecar.http.views import limit_view
 from sidecar.ledger.units import iso

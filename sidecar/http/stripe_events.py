@@ -18,7 +18,12 @@ from sidecar.http.billing_responses import (
     WebhookReceived,
 )
 from sidecar.http.contract import Call, Out, Routes
-from sidecar.http.schemas import EventPath, EventsQuery
+from sidecar.http.queries import (
+    EventsQuery,
+)
+from sidecar.http.schemas import (
+    EventPath,
+)
 from sidecar.http.state import BILLING, BILLING_WORKER, SETTINGS
 from sidecar.runtime import metrics
 

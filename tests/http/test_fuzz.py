@@ -38,7 +38,9 @@ from schemathesis.specs.openapi.checks import (
 
 from sidecar.http.api import build_spec
 from sidecar.http.app import create_app
-from sidecar.http.schemas import ID_PATTERN
+from sidecar.http.schemas import (
+    ID_PATTERN,
+)
 from sidecar.http.state import BILLING, LEDGER
 from sidecar.persistence.writer import OutboxWriter
 from sidecar.redis.client import RedisClient, connect
