@@ -361,3 +361,24 @@ async def test_key_listings_near_year_9999_report_the_last_millisecond(
     assert r.status == 200, await r.text()
     (key,) = (await r.json())["keys"]
     assert key["spend"]["window_ends_at"] == "9999-12-31T23:59:59.999Z"
+
+
+async def test_two_sidecars_on_one_redis_spend_exactly_up_to_the_limit(
+    settings: Settings, redis: RedisClient, clock: FakeClock
+) -> None:
+    """200 request ids, each sent to both sidecars at once (a retry racing its first send):
+    exactly the limit is charged, each id at most once."""
+    async with (
+        TestClient(TestServer(create_app(settings, clock=clock))) as one,
+        TestClient(TestServer(create_app(settings, clock=clock))) as two,
+    ):
+        await account(one, credits=1000, spend_limit={"credits": 77, "interval": "day"})
+        keys = [f"k{i}" for i in range(200)]
+        results = await asyncio.gather(
+            *(check(one, 1, k) for k in keys), *(check(two, 1, k) for k in keys)
+        )
+        charged = [b["transaction_id"] for s, b in results if s == 200 and not b["replayed"]]
+        assert len(charged) == len(set(charged)) == 77
+        assert {s for s, _ in results} <= {200, 402}
+        b = await balance(two)
+        assert b["balance"] == 1000 - 77 and b["spend"]["spent"] == 77
