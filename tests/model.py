@@ -736,6 +736,41 @@ class LedgerModel:
         b.bal = a.balance
         return GrantResult(self._txid, a.balance, False)
 
+    def _replay(self, a: ModelAccount, key: str, cost: int, fp: str) -> tuple[str, int] | None:
+        """An earlier usage under ``key``: its transaction and balance, if this is its replay
+        (IdempotencyConflict if the key was used for another request); None if new."""
+        prior = a.idempotency.get(key)
+        if prior is None:
+            return None
+        tx, prior_cost, bal, prior_fp, attempts = prior
+        if prior_cost != cost or prior_fp != fp:
+            raise IdempotencyConflict(f"idempotency_key {key} was already used")
+        a.idempotency[key] = (tx, cost, bal, fp, attempts + 1)
+        return tx, bal
+
+    def _charge(
+        self, account: str, a: ModelAccount, cost: int, key: str, desc: str, meta: str, fp: str
+    ) -> int:
+        """Takes ``cost`` in burn order (the rest as debt), counts it against the spending
+        limit, records the usage; returns what became debt."""
+        alloc, short = self._draw(a, cost, hold=False)
+        a.debt += short
+        sw = self._spend_add(a, cost)  # before the entry, which carries the state after it
+        extra: dict[str, Json] = {
+            "idempotency_key": key,
+            "overdraft": short,
+            "desc": desc,
+            "meta": meta,
+            "key_id": "",
+            "route": "",
+            "fp": fp,
+            "sw": sw,
+        }
+        self._emit(account, a, self._txid, "usage", -cost, alloc, extra)
+        a.idempotency[key] = (self._txid, cost, a.balance, fp, 1)
+        a.usages[self._txid] = ModelUsage(cost, alloc, short, sw=sw)
+        return short
+
     def deduct(
         self,
         account: str,
@@ -763,13 +798,9 @@ class LedgerModel:
         meta = encode_metadata(metadata)
         a = self._require(account)
         fp = request_fp("", "", description, meta, "")
-        prior = a.idempotency.get(idempotency_key) if cost > 0 else None
+        prior = self._replay(a, idempotency_key, cost, fp) if cost > 0 else None
         if prior is not None:
-            tx, prior_cost, bal, prior_fp, attempts = prior
-            if prior_cost != cost or prior_fp != fp:
-                raise IdempotencyConflict(f"idempotency_key {idempotency_key} was already used")
-            a.idempotency[idempotency_key] = (tx, cost, bal, fp, attempts + 1)
-            return Allowed(tx, bal, cost, True, False)
+            return Allowed(prior[0], prior[1], cost, True, False)
         wait, new_tat = self._rate_check(a)
         if wait > 0:
             return RateLimited(wait)
@@ -784,32 +815,10 @@ class LedgerModel:
         before = a.balance
         if before - cost < -a.ovl:
             return Insufficient(before, cost)
-        alloc, short = self._draw(a, cost, hold=False)
-        sw = self._spend_add(a, cost)  # before the entry, which carries the state after it
-        a.debt += short
+        self._charge(account, a, cost, idempotency_key, description, meta, fp)
         if new_tat is not None:
             a.tat = new_tat
         after = a.balance
-        self._emit(
-            account,
-            a,
-            self._txid,
-            "usage",
-            -cost,
-            alloc,
-            {
-                "idempotency_key": idempotency_key,
-                "overdraft": short,
-                "desc": description,
-                "meta": meta,
-                "key_id": "",
-                "route": "",
-                "fp": fp,
-                "sw": sw,
-            },
-        )
-        a.idempotency[idempotency_key] = (self._txid, cost, after, fp, 1)
-        a.usages[self._txid] = ModelUsage(cost, alloc, short, sw=sw)
         low = a.lbt is not None and before >= a.lbt and after < a.lbt
         return Allowed(self._txid, after, cost, False, low)
 
@@ -828,37 +837,11 @@ class LedgerModel:
         meta = encode_metadata(metadata)
         a = self._require(account)
         fp = request_fp("", "", description, meta, "usage-report")
-        prior = a.idempotency.get(idempotency_key)
+        prior = self._replay(a, idempotency_key, cost, fp)
         if prior is not None:
-            tx, prior_cost, bal, prior_fp, attempts = prior
-            if prior_cost != cost or prior_fp != fp:
-                raise IdempotencyConflict(f"idempotency_key {idempotency_key} was already used")
-            a.idempotency[idempotency_key] = (tx, cost, bal, fp, attempts + 1)
-            return UsageReported(tx, bal, cost, True, 0)
+            return UsageReported(prior[0], prior[1], cost, True, 0)
         self._expire_due(account, a)
-        alloc, short = self._draw(a, cost, hold=False)
-        a.debt += short
-        sw = self._spend_add(a, cost)
-        self._emit(
-            account,
-            a,
-            self._txid,
-            "usage",
-            -cost,
-            alloc,
-            {
-                "idempotency_key": idempotency_key,
-                "overdraft": short,
-                "desc": description,
-                "meta": meta,
-                "key_id": "",
-                "route": "",
-                "fp": fp,
-                "sw": sw,
-            },
-        )
-        a.idempotency[idempotency_key] = (self._txid, cost, a.balance, fp, 1)
-        a.usages[self._txid] = ModelUsage(cost, alloc, short, sw=sw)
+        short = self._charge(account, a, cost, idempotency_key, description, meta, fp)
         return UsageReported(self._txid, a.balance, cost, False, short)
 
     def hold(

@@ -3,6 +3,8 @@ its spending limit's window, change a key's spending limit, revoke a key. Admin 
 
 from __future__ import annotations
 
+from msgspec import structs
+
 from sidecar.http.auth import ADMIN
 from sidecar.http.contract import Call, Out, Routes
 from sidecar.http.responses import Key, KeyCreated, KeyList
@@ -53,18 +55,7 @@ async def create_key(call: Call[AccountPath, None, KeyRequest]) -> KeyCreated:
         rate_limit=req.rate_limit.to_rate_limit() if req.rate_limit else None,
         spend_limit=req.spend_limit.to_spend_limit() if req.spend_limit else None,
     )
-    return KeyCreated(
-        key_id=info.key_id,
-        account=info.account,
-        name=info.name,
-        prefix=info.prefix,
-        created_at=iso(info.created_at),
-        rate_limit=rate_limit_view(info.rate_limit),
-        revoked_at=iso(info.revoked_at),
-        spend_limit=spend_limit_view(info.spend_limit),
-        spend=None,
-        key=key,
-    )
+    return KeyCreated(**structs.asdict(key_view(info)), key=key)
 
 
 @routes.route(

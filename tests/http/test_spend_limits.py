@@ -338,6 +338,19 @@ async def test_the_proxy_modes_honour_a_dry_run_header_only_when_trusted(
             assert r.status == 200
             assert (r.headers.get("X-Credits-Dry-Run") == "1") is trusted
             assert (await balance(c))["balance"] == (10 if trusted else 6)
+            if trusted:  # anything but 0 or 1 is refused, naming the header, nothing charged
+                r = await c.get(
+                    "/auth/nginx",
+                    headers={
+                        "Authorization": f"Bearer {key}",
+                        "X-Original-URI": "/v1/x",
+                        "X-Request-Id": "b",
+                        "X-Credits-Dry-Run": "yes",
+                    },
+                )
+                assert r.status == 403 and r.headers["X-Credits-Deny-Status"] == "400"
+                assert r.headers["X-Credits-Field"] == "X-Credits-Dry-Run"
+                assert (await balance(c))["balance"] == 10
 
 
 async def test_a_window_ending_past_year_9999_is_reported_as_its_last_millisecond(
