@@ -219,6 +219,7 @@ class ModelHold:
     close_balance: int | None = None
     forfeited: int | None = None
     sw: int | None = None  # the spending limit's window it counted in
+    uncovered: int | None = None  # a settle above it: what nothing covered
 
     def record(self) -> dict[str, Json]:
         """The hold's stored record (JSON), with absent fields left out."""
@@ -238,6 +239,7 @@ class ModelHold:
             ("close_balance", self.close_balance),
             ("forfeited", self.forfeited),
             ("sw", self.sw),
+            ("uncovered", self.uncovered),
         ):
             if v is not None:
                 r[k] = v
@@ -462,6 +464,8 @@ class LedgerModel:
         desc: str,
         meta: str,
     ) -> None:
+        over = max(0, charge - rec.amount)  # a settle above the hold
+        charge -= over
         left, returned, forfeited = charge, 0, 0
         alloc: list[tuple[str, int]] = []
         charged: list[tuple[str, int]] = []
@@ -480,31 +484,39 @@ class LedgerModel:
             forfeited += n - c - back
         a.held -= rec.amount
         self._spend_return(a, rec.sw, rec.amount - charge)
+        fields: dict[str, Json] = {
+            "held": held,
+            "hold_id": hold_id,
+            "forfeited": forfeited,
+            "state": state,
+            "desc": desc,
+            "meta": meta,
+        }
+        short = 0
+        if over > 0:
+            # drawn like a check, into the overdraft as far as allowed; the rest not charged
+            take = min(over, max(0, a.balance + a.ovl))
+            if take > 0:
+                drawn, short = self._draw(a, take, hold=False)
+                a.debt += short
+                alloc += drawn
+                charged += drawn
+                self._spend_add(a, take)
+            fields |= {"overdraft": short, "uncovered": over - take}
+            rec.uncovered = over - take or None
+            charge += take
+            returned -= take
+        fields["charged"] = charge
         rec.state = state
         rec.charged = charge
         rec.close_tx = txid
-        self._emit(
-            account,
-            a,
-            txid,
-            "settle" if state == "settled" else "release",
-            returned,
-            alloc,
-            {
-                "held": held,
-                "hold_id": hold_id,
-                "charged": charge,
-                "forfeited": forfeited,
-                "state": state,
-                "desc": desc,
-                "meta": meta,
-            },
-        )
+        ttype = "settle" if state == "settled" else "release"
+        self._emit(account, a, txid, ttype, returned, alloc, fields)
         rec.close_balance = a.balance
         rec.forfeited = forfeited
         a.deadlines["h:" + hold_id] = self._now + self.retention_ms
         if state == "settled" and charge > 0:  # refundable like a check's usage
-            a.usages[txid] = ModelUsage(charge, charged, 0, sw=rec.sw)
+            a.usages[txid] = ModelUsage(charge, charged, short, sw=rec.sw)
 
     def _expire_bucket(self, account: str, a: ModelAccount, bucket_id: str) -> None:
         b = a.buckets[bucket_id]
@@ -938,7 +950,8 @@ class LedgerModel:
             raise UnknownHold(f"hold {hold_id} does not exist")
         want = "settled" if mode == "settle" else "released"
         if rec.state != "active":
-            same = rec.state == want and (mode == "release" or rec.charged == amount)
+            asked = (rec.charged or 0) + (rec.uncovered or 0)
+            same = rec.state == want and (mode == "release" or asked == amount)
             if same or (mode == "release" and rec.state == "expired"):
                 assert rec.close_tx is not None and rec.close_balance is not None
                 assert rec.charged is not None and rec.forfeited is not None
@@ -950,14 +963,13 @@ class LedgerModel:
                     rec.forfeited,
                     rec.state,
                     True,
+                    rec.uncovered or 0,
                 )
             if rec.state == "expired":
                 raise HoldExpired(f"hold {hold_id} expired and was released by {rec.close_tx}")
             if rec.state == want:
-                raise IdempotencyConflict(f"hold {hold_id} was already settled for {rec.charged}")
+                raise IdempotencyConflict(f"hold {hold_id} was already settled for {asked}")
             raise HoldClosed(f"hold {hold_id} is already {rec.state}")
-        if amount > rec.amount and rec.expires > self._now:
-            raise InvalidInput("amount must not exceed the hold", field="amount")
         self._expire_due(account, a)
         if rec.state != "active":
             # Its TTL ran out before this call: the same answer as once the sweeper ran.
@@ -976,8 +988,16 @@ class LedgerModel:
             )
         self._close_hold(account, a, hold_id, rec, amount, want, self._txid, description, meta)
         assert rec.close_balance is not None and rec.forfeited is not None
+        assert rec.charged is not None
         return CloseResult(
-            hold_id, self._txid, rec.close_balance, amount, rec.forfeited, rec.state, False
+            hold_id,
+            self._txid,
+            rec.close_balance,
+            rec.charged,
+            rec.forfeited,
+            rec.state,
+            False,
+            rec.uncovered or 0,
         )
 
     def refund(

@@ -237,7 +237,7 @@ holds = st.builds(
     st.integers(1, 15),
     st.sampled_from((1_000, 5_000, 30_000)),
 )
-settles = st.builds(Settle, accounts, st.integers(0, 2), st.integers(0, 18))
+settles = st.builds(Settle, accounts, st.integers(0, 2), st.integers(0, 18) | st.integers(19, 60))
 releases = st.builds(Release, accounts, st.integers(0, 2))
 refunds = st.builds(
     Refund,

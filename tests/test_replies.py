@@ -82,9 +82,13 @@ def test_hold_and_close_carry_the_callers_hold_id(wire: Any) -> None:
         "h1", "tx_1", 50, 9000, "active", False
     )
     assert replies.hold(wire(["insufficient", 5, 10]), "h1", 10) == Insufficient(5, 10)
-    assert replies.close_hold(wire(["ok", "tx_2", 60, 40, 1, 2, "settled"]), "h1") == CloseResult(
-        "h1", "tx_2", 60, 40, 2, "settled", True
-    )
+    assert replies.close_hold(
+        wire(["ok", "tx_2", 60, 40, 1, 2, "settled", 0]), "h1"
+    ) == CloseResult("h1", "tx_2", 60, 40, 2, "settled", True)
+    # a settle above the hold that neither the balance nor the overdraft covered in full
+    assert replies.close_hold(
+        wire(["ok", "tx_2", -5, 55, 0, 0, "settled", 7]), "h1"
+    ) == CloseResult("h1", "tx_2", -5, 55, 0, "settled", False, uncovered=7)
 
 
 @both

@@ -229,8 +229,17 @@ class HoldClosed(Model):
     account: str
     hold_id: str
     state: Annotated[str, Meta(extra_json_schema={"enum": ["settled", "released"]})]
-    charged: int
+    charged: Annotated[
+        int, Meta(description="credits charged: of the hold, and above it from the balance")
+    ]
     forfeited: int
+    uncovered: Annotated[
+        int,
+        Meta(
+            description="a settle above the hold: credits neither the balance nor the "
+            "overdraft covered, not charged (report them as usage to make them debt)"
+        ),
+    ]
     transaction_id: str
     balance: int
     replayed: bool

@@ -267,6 +267,7 @@ def close_view(account: str, r: CloseResult) -> HoldClosed:
         state=r.state,
         charged=r.charged,
         forfeited=r.forfeited,
+        uncovered=r.uncovered,
         transaction_id=r.transaction_id,
         balance=r.balance,
         replayed=r.replayed,
@@ -283,7 +284,7 @@ CLOSE_ERRORS: dict[int, str | None] = {
 @routes.route(
     "POST",
     "/v1/holds/{hold_id}/settle",
-    "Charge a hold (up to its amount; the rest returns)",
+    "Charge a hold (the rest returns; above it, the balance pays the extra)",
     tag="holds",
     auth=SERVICE,
     params=HoldPath,
@@ -300,6 +301,8 @@ async def settle(call: Call[HoldPath, None, SettleRequest]) -> HoldClosed:
         description=req.description,
         metadata=req.metadata,
     )
+    if not r.replayed:
+        metrics.SETTLE_UNCOVERED.inc(r.uncovered)
     return close_view(req.account, r)
 
 

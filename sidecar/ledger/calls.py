@@ -352,7 +352,7 @@ class Ledger(AccountCalls):
         reply = await self.run_script(
             self.scripts.close_hold,
             account,
-            [self.keys.usage(account, txid)],
+            [self.keys.usage(account, txid), self.keys.events_for(account)],
             [hold_id, mode, amount, description, encode_metadata(metadata)],
             txid,
         )

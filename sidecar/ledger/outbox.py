@@ -60,6 +60,7 @@ INT_DETAILS = (
     "overdraft",
     "forfeited",
     "charged",
+    "uncovered",
     "expires",
     "target",
     "unrecovered",
@@ -233,8 +234,14 @@ class TxnEntry:
 
     @property
     def charged(self) -> int:
-        """A settle or release: the credits of the hold it charged."""
+        """A settle or release: the credits it charged (a settle above the hold: all of the
+        hold, and what its alloc drew beyond it)."""
         return self._int("charged", 0)
+
+    @property
+    def uncovered(self) -> int:
+        """A settle above the hold: credits it asked for that nothing covered."""
+        return self._int("uncovered", 0)
 
     @property
     def forfeited(self) -> int:

@@ -140,8 +140,8 @@ def hold(reply: Any, hold_id: str, amount: int) -> HoldResult | Insufficient | S
 
 
 def close_hold(reply: Any, hold_id: str) -> CloseResult:
-    """close_hold.lua ``{'ok', txid, balance, charged, replayed, forfeited, state}``, or
-    ``{'hold_expired', txid of the release, balance}`` (HoldExpired)."""
+    """close_hold.lua ``{'ok', txid, balance, charged, replayed, forfeited, state, uncovered}``,
+    or ``{'hold_expired', txid of the release, balance}`` (HoldExpired)."""
     if reply[0] in _HOLD_EXPIRED:
         raise HoldExpired(
             f"hold {hold_id} expired and was released by transaction {text(reply[1])}"
@@ -154,6 +154,7 @@ def close_hold(reply: Any, hold_id: str) -> CloseResult:
         int(reply[5]),
         text(reply[6]),
         bool(reply[4]),
+        int(reply[7]),
     )
 
 

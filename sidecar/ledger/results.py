@@ -186,6 +186,7 @@ class CloseResult:
     forfeited: int
     state: str
     replayed: bool
+    uncovered: int = 0  # a settle above the hold: what neither balance nor overdraft covered
 
 
 @dataclass(frozen=True, slots=True)

@@ -626,9 +626,16 @@ end
 
 -- Closes an active hold: charges `charge` of it (in the order it was drawn) and
 -- returns the rest to the buckets it came from; credits whose bucket expired
--- meanwhile are forfeited. Emits one settle/release transaction. Returns the hold's
--- record and what was charged per bucket ({{bucket, -credits}, ...}, as a usage's alloc).
+-- meanwhile are forfeited. A settle above the hold (`charge` > its amount) charges all of it
+-- and draws the rest in burn order like a check, into the overdraft as far as the account
+-- allows; what neither covers is not charged (rec.uncovered), and the draw counts against
+-- the account's spending limit in the current window. Emits one settle/release transaction
+-- (the draw is in its alloc, what went into the overdraft in `overdraft`). Returns the hold's
+-- record, what was charged per bucket ({{bucket, -credits}, ...}, as a usage's alloc) and
+-- what the draw added to the debt.
 local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
+  local over = math.max(0, charge - rec.amount)
+  charge = charge - over
   local left, returned, forfeited = charge, 0, 0
   local alloc, held, charged = {}, {}, {}
   for _, a in ipairs(rec.alloc) do
@@ -647,19 +654,42 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
   acct.held = acct.held - rec.amount
   -- the hold counted its whole amount against the account's limit; only the charge stays
   spend_return('sl', 'ss', rec.sw, rec.amount - charge)
+  local fields = {held = held, hold_id = hold_id, forfeited = forfeited, state = state,
+    desc = desc or '', meta = meta or ''}
+  local short = 0
+  if over > 0 then
+    local take = math.min(over, math.max(0, balance() + acct.ovl))
+    if take > 0 then
+      local drawn
+      drawn, short = draw(take, false)
+      acct.debt = acct.debt + short
+      for _, d in ipairs(drawn) do
+        alloc[#alloc + 1] = d
+        charged[#charged + 1] = d
+      end
+      local lim = spend_load(acct.sl, acct.ss)
+      if lim then
+        lim.spent = lim.spent + take
+        acct.ss = spend_state(lim)
+        redis.call('HSET', A, 'ss', acct.ss)
+      end
+    end
+    fields.overdraft, fields.uncovered = short, over - take
+    if over > take then rec.uncovered = over - take end
+    charge = charge + take
+    returned = returned - take
+  end
+  fields.charged = charge
   rec.state = state
   rec.charged = charge
   rec.close_tx = txid
-  emit(txid, state == 'settled' and 'settle' or 'release', returned, alloc, {
-    held = held, hold_id = hold_id, charged = charge, forfeited = forfeited, state = state,
-    desc = desc or '', meta = meta or '',
-  })
+  emit(txid, state == 'settled' and 'settle' or 'release', returned, alloc, fields)
   claw_returns()
   rec.close_balance = balance()
   rec.forfeited = forfeited
   redis.call('HSET', H, hold_id, jenc(rec))
   schedule('h:' .. hold_id, NOW + RETENTION)
-  return rec, charged
+  return rec, charged, short
 end
 
 local function expire_bucket(id)

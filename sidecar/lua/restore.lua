@@ -23,7 +23,7 @@
 --   buckets [{id, credits, created, expires?, priority, source, metadata, fp, tx, bal,
 --     remaining? (absent: expired), held, held_field (true: h:<id> exists, a hold drew on it)}],
 --   holds [{id, amount, ttl, alloc [[bucket, n], ...], created, expires, state, tx, bal, sw?;
---     closed ones also charged, close_tx, close_balance, forfeited, closed (ms)}],
+--     closed ones also charged, close_tx, close_balance, forfeited, closed (ms), uncovered?}],
 --   keys [{id, record (JSON text stored as is, or an object stored as jenc writes it),
 --     rate? ('' or 'n:ms:burst': the key is active; absent: revoked), limit? (its spending
 --     limit 'credits:unit:count'), spend_state? ('window start:spent')}],
@@ -225,10 +225,13 @@ for _, h in ipairs(holds) do
       by_id[p[1]].active_held = by_id[p[1]].active_held + p[2]
     end
   else
-    int_v(h.charged, name .. ' charged', 0, h.amount)
+    -- (a settle above the hold charged more than it held)
+    int_v(h.charged, name .. ' charged', 0, MAXINT)
     id_arg(h.close_tx, name .. ' close_tx', 64)
     int_v(h.close_balance, name .. ' close_balance', -MAXINT, MAXINT)
-    int_v(h.forfeited, name .. ' forfeited', 0, h.amount - h.charged)
+    int_v(h.forfeited, name .. ' forfeited', 0, math.max(0, h.amount - h.charged))
+    if absent(h.uncovered) then h.uncovered = nil
+    else int_v(h.uncovered, name .. ' uncovered', 1, MAXINT) end
     int_v(h.closed, name .. ' closed', h.created, MAX_TIME)
   end
 end
@@ -399,6 +402,7 @@ for _, h in ipairs(holds) do
     rec.close_tx = h.close_tx
     rec.close_balance = h.close_balance
     rec.forfeited = h.forfeited
+    rec.uncovered = h.uncovered
     at = h.closed + RETENTION
   end
   redis.call('HSET', H, h.id, jenc(rec))

@@ -235,6 +235,8 @@ class CreditHold(Base):
     state: Mapped[str] = mapped_column(String(16), default="active")
     charged: Mapped[int | None] = mapped_column(Credits)
     forfeited: Mapped[int | None] = mapped_column(Credits)
+    # a settle above the hold: what it asked for that nothing covered (not charged)
+    uncovered: Mapped[int | None] = mapped_column(Credits)
     close_transaction_id: Mapped[str | None] = mapped_column(String(64))
     close_balance: Mapped[int | None] = mapped_column(Credits)
     closed_ms: Mapped[int | None] = mapped_column(BigInteger)

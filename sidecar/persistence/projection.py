@@ -103,6 +103,7 @@ HOLD_STATE_COLS = (
     "state",
     "charged",
     "forfeited",
+    "uncovered",
     "close_transaction_id",
     "close_balance",
     "closed_ms",
@@ -250,10 +251,22 @@ class Batch:
             sw = t.spend_window
             parts = _dumps({"parts": t.held} if sw is None else {"parts": t.held, "sw": sw})
             hold_def = (account, hid, -t.amount, expires - ts, parts, ts, expires, txid, balance)
-            hold_state = (account, hid, "active", None, None, None, None, None, seq)
+            hold_state = (account, hid, "active", None, None, None, None, None, None, seq)
         elif t.hold_state is not None and hid:
             charged, forfeited = t.details.get("charged"), t.details.get("forfeited")
-            hold_state = (account, hid, t.hold_state, charged, forfeited, txid, balance, ts, seq)
+            uncovered = t.details.get("uncovered")
+            hold_state = (
+                account,
+                hid,
+                t.hold_state,
+                charged,
+                forfeited,
+                uncovered,
+                txid,
+                balance,
+                ts,
+                seq,
+            )
         alloc, held, after, debt = t.alloc, t.held, t.buckets, t.debt
 
         # Merge: nothing below can fail.
@@ -288,7 +301,7 @@ class Batch:
             self.hold_defs[(account, hold_def[1])] = hold_def
         if hold_state is not None:
             old = self.hold_state.get((account, hold_state[1]))
-            if old is None or old[8] < seq:
+            if old is None or old[9] < seq:
                 self.hold_state[(account, hold_state[1])] = hold_state
 
     def _settings(self, entry_id: str, e: Mapping[str, Any]) -> None:

@@ -69,8 +69,11 @@ async def records(
         extra_fields: dict[str, Any] = {}
         if u.type == "settle":
             cost = u.charged
+            # what it charged of the hold, then what a settle above the hold drew (the
+            # entry's negative alloc) and put into the overdraft
             alloc = _charged(parts.get(str(u.hold_id), []), cost)
-            overdraft = 0
+            alloc += [[b, n] for b, n in u.alloc if n < 0]
+            overdraft = u.overdraft
             sw = windows.get(str(u.hold_id))  # a settle counted in its hold's window
         else:
             cost = -u.amount

@@ -306,6 +306,8 @@ async def _holds(conn: AsyncConnection, account: str, closed_after: int) -> list
                 "forfeited": int(h["forfeited"]),
                 "closed": int(h["closed_ms"]),
             }
+            if h["uncovered"]:  # a settle above the hold: what it asked for that nothing covered
+                entry["uncovered"] = int(h["uncovered"])
         out.append(entry)
     return out
 

@@ -105,6 +105,12 @@ USAGE_DEBT = Counter(
     "Credits of reported usage the balance could not cover: they became debt",
     registry=REGISTRY,
 )
+SETTLE_UNCOVERED = Counter(
+    "credit_sidecar_settle_uncovered_credits",
+    "Credits of settles above their hold that neither the balance nor the overdraft covered: "
+    "not charged",
+    registry=REGISTRY,
+)
 FAIL_OPEN = Counter(
     "credit_sidecar_fail_open",
     "Proxy requests let through without a check because the store failed "
@@ -151,6 +157,7 @@ for _result in TOPUP_RESULTS:
 FAIL_OPEN.inc(0)
 USAGE_REPORTED.inc(0)
 USAGE_DEBT.inc(0)
+SETTLE_UNCOVERED.inc(0)
 for _outcome in VOID_OUTCOMES:
     VOIDS.labels(_outcome)
 if not MULTIPROCESS:  # one process's CPU and memory; meaningless summed over workers

@@ -148,3 +148,35 @@ async def test_reported_usage_and_its_debt_are_in_the_metrics(client: Client) ->
     debt = "credit_sidecar_usage_debt_credits_total"
     assert value(after, reported) - value(before, reported) == 13
     assert value(after, debt) - value(before, debt) == 3
+
+
+async def test_a_hold_settled_above_its_amount_draws_the_rest_and_names_what_was_not_covered(
+    client: Client,
+) -> None:
+    """The cost known only at the end: settle for it; the part the balance and the overdraft
+    cannot cover is answered as `uncovered` (not charged), and can be reported as usage."""
+    await account(client, 20, overdraft_limit=5)
+    before = await scrape(client)
+    hold = {"account": "acme", "hold_id": "stream-1", "amount": 8}
+    assert (await client.post("/v1/holds", json=hold, headers=service())).status == 201
+    settle = {"account": "acme", "amount": 40, "description": "1,234 tokens"}
+    r = await client.post("/v1/holds/stream-1/settle", json=settle, headers=service())
+    body = await r.json()
+    assert r.status == 200
+    assert (body["charged"], body["uncovered"], body["balance"], body["replayed"]) == (
+        25,
+        15,
+        -5,
+        False,
+    )
+    again = await client.post("/v1/holds/stream-1/settle", json=settle, headers=service())
+    assert (await again.json()) | {"replayed": False} == body
+    other = await client.post(
+        "/v1/holds/stream-1/settle", json={**settle, "amount": 25}, headers=service()
+    )
+    assert other.status == 409 and (await other.json())["error"]["code"] == "idempotency_conflict"
+    uncovered = "credit_sidecar_settle_uncovered_credits_total"  # the replay counts once
+    assert value(await scrape(client), uncovered) - value(before, uncovered) == 15
+    status, used = await report(client, body["uncovered"], "stream-1-rest")
+    assert status == 201 and used["debt_added"] == 15
+    assert (await balance(client))["debt"] == 20

@@ -76,7 +76,8 @@ class Story:
 async def busy(ledger: Ledger, clock: FakeClock) -> Story:
     """Three accounts: settings, grants (purchase with metadata, promo priority, expiring ones:
     one expires with credits left, one spent before its expiry, one expires while held),
-    usages (with an API key, into the overdraft), holds active / settled / released / lapsed,
+    usages (with an API key, into the overdraft), holds active / settled / released / lapsed
+    / settled above the hold (into the overdraft, part uncovered),
     refunds (partial, the rest with the amount omitted, one forfeited, one repaying debt and
     one turning into a new bucket), API keys (rate-limited, plain, revoked)."""
     s = Story(t0=clock.now)
@@ -135,6 +136,12 @@ async def busy(ledger: Ledger, clock: FakeClock) -> Story:
     await ledger.hold("beta", "b-h0", 2, 20 * MINUTE)
     # leaves h:<bucket> = 0 behind
     s.settles["b-h0"] = (await ledger.settle("beta", "b-h0", 2)).transaction_id
+    # settled above the hold: beta's 14, 30 of overdraft, 33 not covered
+    await ledger.hold("beta", "b-h-over", 3, 20 * MINUTE)
+    s.settles["b-h-over"] = (await ledger.settle("beta", "b-h-over", 80)).transaction_id
+    # its overdraft first (repays the debt), then 10 of its draws, in reverse
+    await ledger.refund("beta", "b-rf-over", s.settles["b-h-over"], 40)
+    await ledger.grant("beta", "b3", 100)
     # the last calls: a settings change (a clock SQL only knows from the settings entry)
     await ledger.configure_account(
         "acme", overdraft_limit=50, low_balance_threshold=15, rate_limit=RateLimit(1000, 1000, 500)
@@ -257,6 +264,11 @@ async def answers(ledger: Ledger, s: Story) -> dict[str, Any]:
         "replay hold": ledger.hold("acme", "h-active", 10, 20 * MINUTE),
         "replay settle": ledger.settle("acme", "h-settle", 5),
         "settle again, other amount": ledger.settle("acme", "h-settle", 6),
+        "replay settle above the hold": ledger.settle("beta", "b-h-over", 80),
+        "settle above the hold, for what it charged": ledger.settle("beta", "b-h-over", 47),
+        "replay refund of a settle above the hold": ledger.refund(
+            "beta", "b-rf-over", s.settles["b-h-over"], 40
+        ),
         "settle a released hold": ledger.settle("acme", "h-release", 1),
         "replay release": ledger.release("acme", "h-release"),
         "release a lapsed hold": ledger.release("acme", "h-lapse"),
@@ -285,6 +297,7 @@ async def moves(ledger: Ledger, clock: FakeClock, s: Story) -> list[Any]:
         await ledger.grant("acme", "g-new", 10),
         await ledger.deduct("beta", 3, "b-new", key_id=s.key_ids["beta"]),
         await ledger.refund("beta", "b-rf3", s.usage["b-r1"]),
+        await ledger.refund("beta", "b-rf-over2", s.settles["b-h-over"]),  # the rest: 7
         await ledger.hold("beta", "b-h", 4, 10 * MINUTE),
     ]
     clock.advance(60 * MINUTE)

@@ -194,3 +194,33 @@ async def test_a_previous_account_takes_a_spending_limit_that_survives_rebuild(
     assert spend is not None and spend.spent == 6 and spend.limit == SpendLimit(10, "month")
     assert isinstance(await ledger.deduct("acme", 5, "r4"), SpendLimited)
     assert isinstance(await ledger.deduct("acme", 4, "r5"), Allowed)
+
+
+async def test_a_hold_taken_before_the_upgrade_settles_above_it_and_survives_rebuild(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    """A hold record and its entry are as the previous release wrote them (hold.lua did not
+    change; no `uncovered`), the hold's entry still pending: settling it above its amount
+    works, reaches SQL with the old entries (credit_holds.uncovered, Alembic 0008), and a
+    rebuild keeps the settle's replay and conflict."""
+    await populate(redis, ledger, clock)
+    await ledger.hold("acme", "h", 10, 60_000)
+    raw = await redis.hget(ledger.keys.for_account("acme").holds, "h")
+    assert raw is not None and b"uncovered" not in raw
+    settled = await ledger.settle("acme", "h", 120)  # 10 held + the 87 left; 23 not covered
+    assert (settled.charged, settled.uncovered, settled.balance) == (97, 23, 0)
+    assert await drain(make_writer(ledger, engine)) == 5
+    assert await reconcile(redis, ledger.keys, engine) == []
+    await rebuild(
+        redis,
+        ledger.keys,
+        engine,
+        replace=True,
+        now_ms=clock.now,
+        retention_ms=ledger.retention_ms,
+    )
+    again = await ledger.settle("acme", "h", 120)
+    assert again.replayed and (again.transaction_id, again.uncovered) == (
+        settled.transaction_id,
+        23,
+    )
