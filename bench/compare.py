@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -66,6 +67,9 @@ class Config:
     connections: int
     accounts: int
     out: Path
+    # head's accounts are created with these settings (PUT /v1/accounts body), base's with none:
+    # what a feature costs when it is used (a spending limit, a plan), against before it existed
+    head_account: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,8 +189,9 @@ def preflight(side: Side) -> int:
     return len(found["files"])
 
 
-async def seed(side: Side, accounts: list[str]) -> None:
-    """Each account configured and granted ``GRANT`` credits through the side's own API."""
+async def seed(side: Side, accounts: list[str], settings: dict[str, Any]) -> None:
+    """Each account configured (with ``settings``) and granted ``GRANT`` credits through the
+    side's own API."""
     assert side.server is not None
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     sem = asyncio.Semaphore(32)
@@ -194,7 +199,7 @@ async def seed(side: Side, accounts: list[str]) -> None:
 
         async def one(a: str) -> None:
             async with sem:
-                async with s.put(f"/v1/accounts/{a}", json={}) as r:
+                async with s.put(f"/v1/accounts/{a}", json=settings) as r:
                     if r.status not in (200, 201):
                         raise BenchFailure(f"{side.name}: PUT account {r.status} {await r.text()}")
                 grant = {"grant_id": "bench-grant", "credits": GRANT, "source": "purchase"}
@@ -387,7 +392,7 @@ async def run(cfg: Config) -> dict[str, Any]:
             async with running(base, tmp) as base_redis, running(head, tmp) as head_redis:
                 clients = {"base": base_redis, "head": head_redis}
                 for s in sides:
-                    await seed(s, accounts)
+                    await seed(s, accounts, cfg.head_account if s is head else {})
                 log(f"seeded {cfg.accounts} accounts on each side; warm-up {cfg.warmup:g} s each")
                 for s in sides:
                     await load(cfg, s, cfg.warmup)
@@ -462,8 +467,24 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--accounts", type=int, default=1000)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument(
+        "--head-account",
+        type=json.loads,
+        default={},
+        help="JSON settings of head's accounts (PUT /v1/accounts), e.g. a spend_limit",
+    )
     a = p.parse_args(argv)
-    return Config(a.base, a.head, a.rounds, a.seconds, a.warmup, a.connections, a.accounts, a.out)
+    return Config(
+        a.base,
+        a.head,
+        a.rounds,
+        a.seconds,
+        a.warmup,
+        a.connections,
+        a.accounts,
+        a.out,
+        a.head_account,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

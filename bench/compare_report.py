@@ -4,6 +4,7 @@ verification."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from bench.harness import md_table
@@ -69,7 +70,12 @@ def render(r: dict[str, Any]) -> str:
             f"`wrk` 1 thread, {c['connections']} connections, {c['accounts']} accounts; "
             f"{c['rounds']} rounds of {c['seconds']:g} s per side after a {c['warmup']:g} s "
             "warm-up, in ABBA order; each side its own redis-server and `sidecar serve` "
-            "(1 worker, writer off), started from its own tree on the same venv.",
+            "(1 worker, writer off), started from its own tree on the same venv."
+            + (
+                f" Head's accounts are created with `{json.dumps(c['head_account'])}`."
+                if c.get("head_account")
+                else ""
+            ),
             "",
             md_table(summary_rows, ["", f"base `{b['commit']}`", f"head {head_name}", "head/base"]),
             "",

@@ -109,6 +109,11 @@ class Account(Base):
     # outbox entry id that last set it (a transaction, or a settings change that reset it).
     spend_state: Mapped[str | None] = mapped_column(String(40))
     spend_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    # Its plan (docs/plans.md), the anchor its periods count from, and the start of the latest
+    # period whose allowance was issued (from the allowance transactions).
+    plan: Mapped[str | None] = mapped_column(String(64))
+    plan_anchor_ms: Mapped[int | None] = mapped_column(BigInteger)
+    plan_period_ms: Mapped[int | None] = mapped_column(BigInteger)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     billing_email: Mapped[str | None] = mapped_column(String(320))  # receipts (Stripe customer)
     # Settings version: the outbox entry id ("%015d-%010d") of the last settings change applied.
@@ -120,6 +125,21 @@ class Account(Base):
     debt: Mapped[int] = mapped_column(Credits, default=0)
     seq: Mapped[int] = mapped_column(BigInteger, default=0)  # of the last transaction applied
     clock_ms: Mapped[int] = mapped_column(BigInteger, default=0)  # its time
+
+
+class Plan(Base):
+    """A plan (docs/plans.md): its definition as the API took it, mirrored from the outbox's
+    kind=plan entries; a deleted plan keeps its row (``deleted``) for the accounts' history."""
+
+    __tablename__ = "plans"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the outbox entry id ("%015d-%010d") of the last change applied: changes move forward only
+    version: Mapped[str] = mapped_column(String(32))
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 class ApiKey(Base):
