@@ -54,6 +54,10 @@ class UnknownKey(SidecarError):
     code = "unknown_key"
 
 
+class UnknownPlan(SidecarError):
+    code = "unknown_plan"
+
+
 class KeyRevoked(SidecarError):
     """A change to an API key that was revoked."""
 
@@ -128,6 +132,7 @@ _SCRIPT_ERRORS: dict[str, type[SidecarError]] = {
     "UNKNOWN_TRANSACTION": UnknownTransaction,
     "UNKNOWN_KEY": UnknownKey,
     "KEY_REVOKED": KeyRevoked,
+    "UNKNOWN_PLAN": UnknownPlan,
     "CONFLICT": IdempotencyConflict,
     "HOLD_CLOSED": HoldClosed,
     "HOLD_EXPIRED": HoldExpired,

@@ -27,6 +27,7 @@ STATUS: dict[type[errors.SidecarError], int] = {
     errors.UnknownHold: 404,
     errors.UnknownTransaction: 404,
     errors.UnknownKey: 404,
+    errors.UnknownPlan: 404,
     errors.UnknownPackage: 404,
     errors.IdempotencyConflict: 409,
     errors.HoldClosed: 409,

@@ -63,7 +63,7 @@ def account(reply: Any) -> bool:
 
 def account_config(reply: Any) -> AccountConfig:
     """account.lua ``{created, overdraft limit, low-balance threshold, rate requests, period,
-    burst, spending limit}`` ('' = none)."""
+    burst, spending limit, plan, plan anchor}`` ('' = none)."""
     r = [text(v) if not isinstance(v, int) else str(v) for v in reply[1:]]
     return AccountConfig(
         created=bool(reply[0]),
@@ -71,6 +71,8 @@ def account_config(reply: Any) -> AccountConfig:
         low_balance_threshold=int(r[1]) if r[1] else None,
         rate_limit=RateLimit(int(r[2]), int(r[3]), int(r[4])) if r[2] else None,
         spend_limit=SpendLimit.from_spec(r[5]) if r[5] else None,
+        plan=r[6] or None,
+        plan_anchor=int(r[7]) if r[7] else None,
     )
 
 

@@ -58,6 +58,8 @@ class AccountConfig:
     low_balance_threshold: int | None
     rate_limit: RateLimit | None
     spend_limit: SpendLimit | None
+    plan: str | None = None
+    plan_anchor: int | None = None  # ms
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 -- balance.lua: the account's balance and its live buckets in burn order.
 --
--- KEYS: the common six (see _lib.lua).  ARGV: the common five.
+-- KEYS: the common seven (see _lib.lua).  ARGV: the common five.
 -- Touching the account first expires what is due (recording expiry transactions).
 -- Returns {balance, available, held, debt, overdraft limit, low-balance threshold or '',
 --          {rate requests, period ms, burst} or {}, created,
