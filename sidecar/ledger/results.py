@@ -226,6 +226,16 @@ class Balance:
     created_at: int
     buckets: list[Bucket]
     spend: SpendWindow | None = None
+    plan: PlanState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanState:
+    """An account's plan: its anchor and when the next period's allowance comes (ms)."""
+
+    plan: str
+    anchor: int
+    next_renewal: int
 
 
 @dataclass(frozen=True, slots=True)
