@@ -5,6 +5,8 @@ of accounts on each plan."""
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.ledger.calls import Ledger
@@ -74,3 +76,15 @@ async def test_plans_reach_sql_and_rebuild_restores_them_to_renew_once(
     await ledger.balance("f")
     await ledger.balance("p")
     assert await allowances(redis) == 1  # f's next day; p's week is not over
+
+
+async def test_concurrent_checks_at_a_boundary_then_reconcile_is_clean(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    await plans(redis, ledger)
+    await ledger.configure_account("f", plan="free")
+    clock.advance(DAY)
+    await asyncio.gather(*(ledger.deduct("f", 1, f"k{i}") for i in range(150)), ledger.sweep())
+    assert await allowances(redis) == 2
+    await drain(make_writer(ledger, engine))
+    assert await reconcile(redis, ledger.keys, engine) == []
