@@ -263,6 +263,8 @@ class ModelUsage:
     refunded: int = 0
     refunds: dict[str, ModelRefund] = field(default_factory=dict)
     sw: int | None = None  # the spending limit's window it counted in
+    xw: int | None = None  # a settle above its hold: the window its extra counted in
+    xn: int = 0  # ... and that extra (refunded first)
 
     def record(self) -> dict[str, Json]:
         """The usage record as stored (hash fields, JSON ones decoded)."""
@@ -274,6 +276,8 @@ class ModelUsage:
         }
         if self.sw is not None:
             r["sw"] = self.sw
+        if self.xw is not None:
+            r["xw"], r["xn"] = self.xw, self.xn
         for rid, p in self.refunds.items():
             r["rf:" + rid] = {
                 "arg": p.arg,
@@ -492,7 +496,7 @@ class LedgerModel:
             "desc": desc,
             "meta": meta,
         }
-        short = 0
+        short, take, xw = 0, 0, None
         if over > 0:
             # drawn like a check, into the overdraft as far as allowed; the rest not charged
             take = min(over, max(0, a.balance + a.ovl))
@@ -501,7 +505,9 @@ class LedgerModel:
                 a.debt += short
                 alloc += drawn
                 charged += drawn
-                self._spend_add(a, take)
+                xw = self._spend_add(a, take)
+                if xw is not None:
+                    fields["xw"] = xw
             fields |= {"overdraft": short, "uncovered": over - take}
             rec.uncovered = over - take or None
             charge += take
@@ -516,7 +522,10 @@ class LedgerModel:
         rec.forfeited = forfeited
         a.deadlines["h:" + hold_id] = self._now + self.retention_ms
         if state == "settled" and charge > 0:  # refundable like a check's usage
-            a.usages[txid] = ModelUsage(charge, charged, short, sw=rec.sw)
+            u = ModelUsage(charge, charged, short, sw=rec.sw)
+            if xw is not None:
+                u.xw, u.xn = xw, take
+            a.usages[txid] = u
 
     def _expire_bucket(self, account: str, a: ModelAccount, bucket_id: str) -> None:
         b = a.buckets[bucket_id]
@@ -669,9 +678,9 @@ class LedgerModel:
         if not isinstance(low_balance_threshold, Keep):
             a.lbt = low_balance_threshold
         if not isinstance(rate_limit, Keep):
-            a.rate = rate_limit
-            if rate_limit is None:
+            if rate_limit != a.rate:  # a limit set anew starts from a full burst
                 a.tat = None
+            a.rate = rate_limit
         if not isinstance(spend_limit, Keep):
             old = a.spend
             if (
@@ -1078,7 +1087,10 @@ class LedgerModel:
             alloc.append((bid, excess))
             extra["bucket"] = b.entry()
             b.bal = a.balance
-        self._spend_return(a, u.sw, total)
+        # a settle above its hold: its extra (refunded first) counted in xw, the rest in sw
+        xpart = max(0, min(u.refunded + total, u.xn) - min(u.refunded, u.xn))
+        self._spend_return(a, u.xw, xpart)
+        self._spend_return(a, u.sw, total - xpart)
         self._emit(account, a, self._txid, "refund", restored + repaid + excess, alloc, extra)
         u.refunded += total
         u.refunds[refund_id] = ModelRefund(arg, self._txid, a.balance, total, forfeited)

@@ -701,8 +701,8 @@ end
 -- allows; what neither covers is not charged (rec.uncovered), and the draw counts against
 -- the account's spending limit in the current window. Emits one settle/release transaction
 -- (the draw is in its alloc, what went into the overdraft in `overdraft`). Returns the hold's
--- record, what was charged per bucket ({{bucket, -credits}, ...}, as a usage's alloc) and
--- what the draw added to the debt.
+-- record, what was charged per bucket ({{bucket, -credits}, ...}, as a usage's alloc), what
+-- the draw added to the debt, and what it drew in all with the limit's window it counted in.
 local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
   local over = math.max(0, charge - rec.amount)
   charge = charge - over
@@ -726,9 +726,9 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
   spend_return('sl', 'ss', rec.sw, rec.amount - charge)
   local fields = {held = held, hold_id = hold_id, forfeited = forfeited, state = state,
     desc = desc or '', meta = meta or ''}
-  local short = 0
+  local short, take, xw = 0, 0, nil
   if over > 0 then
-    local take = math.min(over, math.max(0, balance() + acct.ovl))
+    take = math.min(over, math.max(0, balance() + acct.ovl))
     if take > 0 then
       local drawn
       drawn, short = draw(take, false)
@@ -742,6 +742,8 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
         lim.spent = lim.spent + take
         acct.ss = spend_state(lim)
         redis.call('HSET', A, 'ss', acct.ss)
+        xw = lim.from
+        fields.xw = xw  -- the extra's window (a refund gives its part back there)
       end
     end
     fields.overdraft, fields.uncovered = short, over - take
@@ -759,7 +761,7 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
   rec.forfeited = forfeited
   redis.call('HSET', H, hold_id, jenc(rec))
   schedule('h:' .. hold_id, NOW + RETENTION)
-  return rec, charged, short
+  return rec, charged, short, take, xw
 end
 
 -- Plans (docs/plans.md). An account on a plan has pl (the plan), pan (its anchor, ms), psn
@@ -1050,9 +1052,14 @@ local function refund_usage(ukey, u, src, rid, arg, amount, desc, metadata, more
     meta.bal = balance()
     redis.call('HSET', A, 'm:' .. bid, jenc(meta))
   end
-  -- the refund gives back room under the limits the usage counted against, in its window
-  local sw = redis.call('HMGET', ukey, 'sw', 'kid', 'kw')
-  spend_return('sl', 'ss', tonumber(sw[1]), amount)
+  -- the refund gives back room under the limits the usage counted against, in its window; a
+  -- settle above its hold counted its extra (xn, refunded first: overdraft and draws come
+  -- first in `parts`) in the window xw and the hold's charge in sw
+  local sw = redis.call('HMGET', ukey, 'sw', 'kid', 'kw', 'xw', 'xn')
+  local before, xn = tonumber(u[4]), tonumber(sw[5]) or 0
+  local xpart = math.max(0, math.min(before + amount, xn) - math.min(before, xn))
+  spend_return('sl', 'ss', tonumber(sw[4]), xpart)
+  spend_return('sl', 'ss', tonumber(sw[1]), amount - xpart)
   if sw[2] then
     local ks = spend_return('kl:' .. sw[2], 'ks:' .. sw[2], tonumber(sw[3]), amount)
     if ks then extra.key_spend = {sw[2], ks} end

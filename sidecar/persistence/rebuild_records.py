@@ -75,6 +75,10 @@ async def records(
             alloc += [[b, n] for b, n in u.alloc if n < 0]
             overdraft = u.overdraft
             sw = windows.get(str(u.hold_id))  # a settle counted in its hold's window
+            xw = u.details.get("xw")
+            if type(xw) is int:  # ... and its extra above the hold in this one
+                in_hold = sum(int(n) for _, n in parts.get(str(u.hold_id), []))
+                extra_fields["xw"], extra_fields["xn"] = xw, cost - in_hold
         else:
             cost = -u.amount
             alloc = [[b, n] for b, n in u.alloc]
