@@ -121,6 +121,10 @@ class KeySpace:
     def due(self, shard: int) -> str:
         return f"{self._tag(shard)}:due"
 
+    def plans(self, shard: int) -> str:
+        """Hash: the plans, as the shard's scripts read them (docs/plans.md)."""
+        return f"{self._tag(shard)}:plans"
+
 
 def _glob_escape(s: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in s)

@@ -49,6 +49,47 @@ class SpendWindow:
     ends_at: int | None
 
 
+PLAN_INTERVALS = ("day", "week", "month", "year")
+ALLOWANCE_MODES = ("reset", "accumulate")
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """What a plan issues each period (docs/plans.md): ``credits`` per ``interval_count``
+    ``interval``s. ``mode`` reset: the unused credits expire at the period's end; accumulate:
+    they stay, above ``rollover_max`` (None: no cap) cut at each renewal. ``priority``: its
+    buckets' burn priority (-1: before grants and purchases)."""
+
+    credits: int
+    interval: Literal["day", "week", "month", "year"]
+    interval_count: int = 1
+    mode: Literal["reset", "accumulate"] = "reset"
+    rollover_max: int | None = None
+    priority: int = -1
+    trigger: Literal["period"] = "period"
+
+    def spec(self) -> str:
+        """The scripts' form, ``credits:unit:count:mode:rollover:priority`` (rollover '' =
+        none; sidecar/lua/plan.lua)."""
+        roll = "" if self.rollover_max is None else self.rollover_max
+        return (
+            f"{self.credits}:{self.interval}:{self.interval_count}:{self.mode}:{roll}:"
+            f"{self.priority}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A plan's definition (docs/plans.md): its allowance, and the rate and spending limits an
+    account on it gets unless it sets its own; ``default``: new accounts without a plan get it."""
+
+    name: str
+    allowance: Allowance
+    rate_limit: RateLimit | None = None
+    spend_limit: SpendLimit | None = None
+    default: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class AccountConfig:
     """An account's settings after account.lua ran."""
