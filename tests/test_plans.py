@@ -105,7 +105,7 @@ async def test_a_lifetime_spending_limit_is_stored_as_the_accounts_is(
 
 async def test_each_change_appends_one_plan_entry(plans: Plans, redis: RedisClient) -> None:
     await plans.put("pro", PRO)
-    await plans.delete("pro")
+    await plans.remove("pro")
     put, deleted = await outbox_entries(redis)
     assert put["kind"] == "plan" and put["plan"] == "pro" and put["id"].startswith("tx_")
     assert put["definition"]["name"] == "Pro" and put["default"] is False
@@ -141,7 +141,7 @@ async def test_deleting_the_default_plan_leaves_no_default(
     plans: Plans, redis: RedisClient
 ) -> None:
     await plans.put("free", FREE)
-    await plans.delete("free")
+    await plans.remove("free")
     assert await fields(redis) == {}
     with pytest.raises(errors.UnknownPlan):
         await plans.get("free")
@@ -154,11 +154,11 @@ async def test_a_delete_is_refused_while_accounts_are_on_the_plan(
     await redis.hset(KeySpace().plans(0), "n:pro", 2)
     before = await snapshot(redis)
     with pytest.raises(errors.PlanInUse) as e:
-        await plans.delete("pro")
+        await plans.remove("pro")
     assert e.value.accounts == 2 and "2 account" in e.value.message
     assert await snapshot(redis) == before  # unretired: as it was
     await redis.hset(KeySpace().plans(0), "n:pro", 0)
-    await plans.delete("pro")
+    await plans.remove("pro")
     assert await fields(redis) == {}
 
 
@@ -166,7 +166,7 @@ async def test_deleting_an_unknown_plan_changes_nothing(plans: Plans, redis: Red
     await plans.put("pro", PRO)
     before = await snapshot(redis)
     with pytest.raises(errors.UnknownPlan):
-        await plans.delete("basic")
+        await plans.remove("basic")
     assert await snapshot(redis) == before
 
 
@@ -287,13 +287,13 @@ async def test_a_delete_counts_the_accounts_of_every_shard(
     await redis.hset(keys.plans(3), "n:pro", 1)
     assert await sharded.accounts("pro") == 3
     with pytest.raises(errors.PlanInUse) as e:
-        await sharded.delete("pro")
+        await sharded.remove("pro")
     assert e.value.accounts == 3
     for shard in range(4):
         assert "x:pro" not in await fields(redis, shard, keys)
     await redis.hdel(keys.plans(1), "n:pro")
     await redis.hdel(keys.plans(3), "n:pro")
-    await sharded.delete("pro")
+    await sharded.remove("pro")
     for shard in range(4):
         assert await fields(redis, shard, keys) == {}
     assert [e["deleted"] for e in await outbox_entries(redis, 0)] == [False, True]
@@ -327,12 +327,12 @@ async def test_a_delete_that_failed_part_way_leaves_the_plan_as_it_was(
     await redis.rename(keys.plans(1), "saved")
     await redis.set(keys.plans(1), "not a hash")
     with pytest.raises(errors.StoreUnavailable):
-        await sharded.delete("pro")
+        await sharded.remove("pro")
     for shard in (0, 2, 3):  # the delete's marks cleared: the plan can change again
         assert "x:pro" not in await fields(redis, shard, keys)
     await redis.delete(keys.plans(1))
     await redis.rename("saved", keys.plans(1))
     await sharded.put("pro", FREE)
-    await sharded.delete("pro")
+    await sharded.remove("pro")
     for shard in range(4):
         assert await fields(redis, shard, keys) == {}

@@ -101,5 +101,5 @@ async def get_plan(call: Call[PlanPath, None, None]) -> PlanView:
     },
 )
 async def delete_plan(call: Call[PlanPath, None, None]) -> web.Response:
-    await call.app[PLANS].delete(call.path.plan)
+    await call.app[PLANS].remove(call.path.plan)
     return web.Response(status=204)

@@ -189,7 +189,7 @@ class Plans:
             total += int(n or 0)
         return total
 
-    async def delete(self, plan_id: str) -> None:
+    async def remove(self, plan_id: str) -> None:
         """Deletes ``plan_id`` from every shard. UnknownPlan if no shard has it; PlanInUse
         (changing nothing) while accounts are on it; PlanBusy if a concurrent delete gave up
         meanwhile."""
