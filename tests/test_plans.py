@@ -206,6 +206,7 @@ GOOD = ["Pro", "100:month:1:accumulate:50:-1", "10:1000:10", "500:week:2", "0", 
     [
         (0, "", "name"),
         (0, "x" * 801, "name"),
+        (0, "x" * 201, "name"),
         (1, "0:month:1:reset::-1", "allowance.credits"),
         (1, "9007199254740992:month:1:reset::-1", "allowance.credits"),
         (1, "100:hour:1:reset::-1", "allowance.interval"),
@@ -246,6 +247,12 @@ async def test_plan_lua_refuses_a_bad_plan_id_or_mode(plans: Plans, redis: Redis
     with pytest.raises(errors.InvalidInput):
         await plan_lua(plans, 0, "pro", "rename")
     assert await snapshot(redis) == {}
+
+
+async def test_a_name_is_counted_in_characters(plans: Plans) -> None:
+    plan = Plan("\u00e9" * 200, Allowance(1, "day"))  # 400 bytes
+    await plans.put("long", plan)
+    assert (await plans.get("long")).name == plan.name
 
 
 def test_a_definition_reads_back_as_its_plan() -> None:

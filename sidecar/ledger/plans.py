@@ -24,18 +24,11 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from sidecar.errors import PlanInUse, SidecarError, UnknownPlan
-from sidecar.ledger import windows
 from sidecar.ledger.arguments import new_transaction_id
 from sidecar.ledger.calls import Ledger
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.redis_calls import store_call
-from sidecar.ledger.results import (
-    ALLOWANCE_MODES,
-    PLAN_INTERVALS,
-    Allowance,
-    Plan,
-    RateLimit,
-)
+from sidecar.ledger.results import Plan
 from sidecar.redis.client import RedisClient
 from sidecar.redis.client import text as _text
 
@@ -43,33 +36,9 @@ log = logging.getLogger(__name__)
 Mode = Literal["put", "retire", "unretire", "delete"]
 
 
-def plan_from_json(raw: bytes | str | dict[str, Any]) -> Plan:
-    """A definition as plan.lua stores it (``d:<plan>``; SQL's ``plans.definition``); ValueError
-    (or KeyError, TypeError) when it is not one."""
-    d: dict[str, Any] = raw if isinstance(raw, dict) else orjson.loads(raw)
-    a = d["allowance"]
-    if a["interval"] not in PLAN_INTERVALS or a.get("mode", "reset") not in ALLOWANCE_MODES:
-        raise ValueError(f"not a plan's allowance: {a!r}")
-    if a.get("trigger", "period") != "period":
-        raise ValueError(f"unknown allowance trigger {a.get('trigger')!r}")
-    roll = a.get("rollover_max")
-    rl = d.get("rate_limit")
-    return Plan(
-        name=str(d["name"]),
-        allowance=Allowance(
-            credits=int(a["credits"]),
-            interval=cast(Any, a["interval"]),
-            interval_count=int(a.get("interval_count", 1)),
-            mode=cast(Any, a.get("mode", "reset")),
-            rollover_max=None if roll is None else int(roll),
-            priority=int(a.get("priority", -1)),
-        ),
-        rate_limit=RateLimit(int(rl["requests"]), int(rl["period_ms"]), int(rl["burst"]))
-        if rl
-        else None,
-        spend_limit=windows.limit_from_json(d.get("spend_limit")),
-        default=bool(d.get("default", False)),
-    )
+def plan_from_json(raw: bytes | str) -> Plan:
+    """A definition as plan.lua stores it (``d:<plan>``), as its Plan."""
+    return Plan.from_json(orjson.loads(raw))
 
 
 def put_args(plan: Plan) -> list[str | int]:
@@ -95,11 +64,13 @@ async def run_plan_script(
     args: Sequence[str | int] = (),
     *,
     deadline_s: float,
+    entry: bool = True,
 ) -> Any:
     """Runs plan.lua on ``shard``: ``common`` is the common five arguments (the plan id first);
-    the outbox entry is appended on shard 0 only. Script errors as domain errors."""
+    the outbox entry is appended on shard 0 only (and never without ``entry``: a rebuild's).
+    Script errors as domain errors."""
     script_keys = [keys.plans(shard), keys.outbox(shard)]
-    argv = [*common, mode, "1" if shard == 0 else "0", *args]
+    argv = [*common, mode, "1" if entry and shard == 0 else "0", *args]
 
     async def invoke() -> Any:
         try:

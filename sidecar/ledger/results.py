@@ -5,6 +5,7 @@ dataclass is the cheapest typed record to build (see changes/replies.md for the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -88,6 +89,48 @@ class Plan:
     rate_limit: RateLimit | None = None
     spend_limit: SpendLimit | None = None
     default: bool = False
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Plan:
+        """A definition as sidecar/lua/plan.lua writes it (``d:<plan>``, the kind=plan outbox
+        entry, SQL's ``plans.definition``); ValueError (or KeyError, TypeError) if it is not one."""
+        a = d["allowance"]
+        interval, mode = a["interval"], a.get("mode", "reset")
+        if interval not in PLAN_INTERVALS or mode not in ALLOWANCE_MODES:
+            raise ValueError(f"not a plan's allowance: {a!r}")
+        if a.get("trigger", "period") != "period":
+            raise ValueError(f"unknown allowance trigger {a.get('trigger')!r}")
+        roll, rl, sl = a.get("rollover_max"), d.get("rate_limit"), d.get("spend_limit")
+        if sl is not None and sl.get("interval") not in (None, *SPEND_INTERVALS):
+            raise ValueError(f"not a spending limit: {sl!r}")
+        name = d["name"]
+        if not isinstance(name, str):
+            raise TypeError("a plan's name is text")
+        return cls(
+            name=name,
+            allowance=Allowance(
+                credits=_int(a["credits"]),
+                interval=interval,
+                interval_count=_int(a.get("interval_count", 1)),
+                mode=mode,
+                rollover_max=None if roll is None else _int(roll),
+                priority=_int(a.get("priority", -1)),
+            ),
+            rate_limit=None
+            if rl is None
+            else RateLimit(_int(rl["requests"]), _int(rl["period_ms"]), _int(rl["burst"])),
+            spend_limit=None
+            if sl is None
+            else SpendLimit(_int(sl["credits"]), sl.get("interval"), _int(sl["interval_count"])),
+            default=d.get("default", False) is True,
+        )
+
+
+def _int(v: Any) -> int:
+    """A JSON integer (not a bool, float or text)."""
+    if type(v) is not int:
+        raise TypeError(f"{v!r} is not an integer")
+    return v
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@
 --   [6] mode: 'put', 'retire', 'unretire' or 'delete'
 --   [7] '1': append the kind=plan outbox entry, '0': not (the caller asks it of shard 0 only,
 --       so the SQL ledger hears of each change once)
---   put: [8] the name (1-800 bytes of text)
+--   put: [8] the name (1-200 characters of UTF-8 text)
 --        [9] the allowance 'credits:unit:count:mode:rollover:priority': credits 1..2^53-1 per
 --            period of count (1-1000) units (day, week, month or year); mode 'reset' or
 --            'accumulate'; rollover ('' = none; only with accumulate) 0..credits; priority
@@ -97,7 +97,9 @@ end
 
 -- put: everything checked before the first write
 local name = text_arg(ARGV[8] or '', 'name', 800)
-if name == '' then fail('INVALID', 'name must not be empty') end
+-- (characters: UTF-8 bytes but continuation bytes, as SQL's varchar(200) counts them)
+local chars = select(2, string.gsub(name, '[^\128-\191]', ''))
+if chars < 1 or chars > 200 then fail('INVALID', 'name must be 1-200 characters') end
 local c, unit, count, amode, roll, prio = string.match(ARGV[9] or '',
   '^(%-?%d+):(%a+):(%-?%d+):(%a+):(%-?%d*):(%-?%d+)$')
 if not c then fail('INVALID', 'allowance must be credits:unit:count:mode:rollover:priority') end
