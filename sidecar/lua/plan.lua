@@ -2,7 +2,7 @@
 --
 -- A plan belongs to no account: every shard keeps a copy in its plans hash, so a check reads
 -- its account's plan in its own slot. sidecar/ledger/plans.py runs this on every shard.
--- KEYS (not the common seven): [1] the shard's plans hash   [2] the shard's outbox stream.
+-- KEYS (not the common ones): [1] the shard's plans hash   [2] the shard's outbox stream.
 -- ARGV: the common five, the plan id in the account's place ([4] unused), then
 --   [6] mode: 'put', 'retire', 'unretire' or 'delete'
 --   [7] '1': append the kind=plan outbox entry, '0': not (the caller asks it of shard 0 only,
@@ -17,6 +17,7 @@
 --             limit: see "Spending limits" in _lib.lua)
 --        [12] '1': the default plan (the flag moves here), '0': not (if it was, no plan is)
 --        [13] the allowance's trigger: 'period' (the only one)
+-- Units: credits are integers (up to 2^53-1), times unix ms (ARGV[2], now: the entry's ts).
 -- The plans hash: d:<plan> the definition (JSON: plan, name, allowance, rate_limit,
 --   spend_limit, default; what the API answers), a:<plan>, r:<plan>, s:<plan> the allowance,
 --   rate limit and spending limit as ARGV [9..11] give them (absent: none; what the account
