@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from sidecar.http.app import create_app
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.redis.client import RedisClient
-from tests.conftest import admin, service, snapshot
+from sidecar.settings import Settings
+from tests.conftest import FakeClock, admin, service, snapshot
 
 Client = TestClient[web.Request, web.Application]
 PRO: dict[str, Any] = {
@@ -149,3 +151,21 @@ async def test_a_bad_definition_is_refused_naming_the_field_and_writes_nothing(
 async def test_a_bad_plan_id_is_refused(client: Client, plan: str) -> None:
     status, answer = await put(client, plan, PRO)
     assert status == 422 and answer["error"]["field"] == "plan"
+
+
+async def test_on_several_shards_a_plan_reaches_each_and_its_accounts_are_counted_on_all(
+    settings: Settings, redis: RedisClient, clock: FakeClock
+) -> None:
+    keys = KeySpace(shards=4)
+    app = create_app(settings.model_copy(update={"shards": 4}), clock=clock)
+    async with TestClient(TestServer(app)) as c:
+        assert (await put(c, "pro", PRO))[0] == 201
+        for shard in range(4):
+            assert await redis.hget(keys.plans(shard), "a:pro") is not None
+        await redis.hset(keys.plans(2), "n:pro", 1)
+        r = await c.delete("/v1/plans/pro", headers=admin())
+        assert r.status == 409 and "1 account" in (await r.json())["error"]["message"]
+        await redis.hdel(keys.plans(2), "n:pro")
+        assert (await c.delete("/v1/plans/pro", headers=admin())).status == 204
+        for shard in range(4):
+            assert await redis.hgetall(keys.plans(shard)) == {}
