@@ -54,14 +54,14 @@ class UnknownKey(SidecarError):
     code = "unknown_key"
 
 
+class UnknownPlan(SidecarError):
+    code = "unknown_plan"
+
+
 class KeyRevoked(SidecarError):
     """A change to an API key that was revoked."""
 
     code = "key_revoked"
-
-
-class UnknownPlan(SidecarError):
-    code = "unknown_plan"
 
 
 class PlanInUse(SidecarError):

@@ -24,6 +24,7 @@ from sidecar.ledger.results import (
     GrantResult,
     HoldResult,
     Insufficient,
+    PlanState,
     RateLimit,
     RateLimited,
     RefundResult,
@@ -121,6 +122,8 @@ def test_balance_decodes_buckets_and_optional_settings(wire: Any) -> None:
         [],
         3,
         [["b1", 40, 5, orjson.dumps(meta).decode()], ["b2", 30, 0, orjson.dumps(meta2).decode()]],
+        [],
+        [],
     ]
     assert replies.balance(wire(reply), "acme") == Balance(
         account="acme",
@@ -137,10 +140,11 @@ def test_balance_decodes_buckets_and_optional_settings(wire: Any) -> None:
             Bucket("b2", 100, 30, 0, 5, 99, 1, "grant", {"a": 1}),
         ],
     )
-    reply[5], reply[6], reply[8] = "0", [10, 1000, 2], []
+    reply[5], reply[6], reply[8], reply[10] = "0", [10, 1000, 2], [], ["pro", "7", "99"]
     b = replies.balance(wire(reply), "acme")
     assert b.low_balance_threshold == 0
     assert b.rate_limit == RateLimit(10, 1000, 2)
+    assert b.plan == PlanState("pro", 7, 99)
 
 
 @both

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sidecar.http.auth import ADMIN
 from sidecar.http.contract import Call, Out, Reply, Routes
-from sidecar.http.responses import AccountSettings, Balance, BucketView, Granted
+from sidecar.http.responses import AccountSettings, Balance, BucketView, Granted, PlanState
 from sidecar.http.schemas import (
     AccountPatch,
     AccountPath,
@@ -14,9 +14,8 @@ from sidecar.http.schemas import (
 )
 from sidecar.http.state import LEDGER
 from sidecar.http.views import rate_limit_view, spend_limit_view, spend_view
-from sidecar.ledger.arguments import (
-    KEEP,
-)
+from sidecar.ledger.arguments import DEFAULT_PLAN, KEEP
+from sidecar.ledger.results import AccountConfig
 from sidecar.ledger.units import iso
 
 routes = Routes()
@@ -39,24 +38,29 @@ ACCOUNT_404 = "`unknown_account`"
 )
 async def put_account(call: Call[AccountPath, None, AccountRequest]) -> Reply:
     account, req = call.path.account, call.body
-    rl = req.rate_limit.to_rate_limit() if req.rate_limit else None
-    spend = req.spend_limit.to_spend_limit() if req.spend_limit else None
-    created = await call.app[LEDGER].configure_account(
+    c = await call.app[LEDGER].put_account(
         account,
         overdraft_limit=req.overdraft_limit,
         low_balance_threshold=req.low_balance_threshold,
-        rate_limit=rl,
-        spend_limit=spend,
+        rate_limit=req.rate_limit.to_rate_limit() if req.rate_limit else None,
+        spend_limit=req.spend_limit.to_spend_limit() if req.spend_limit else None,
+        plan=req.plan if "plan" in req.model_fields_set else DEFAULT_PLAN,
+        plan_anchor=req.plan_anchor,
     )
-    view = AccountSettings(
+    return Reply(settings_view(account, c), 201 if c.created else 200)
+
+
+def settings_view(account: str, c: AccountConfig) -> AccountSettings:
+    return AccountSettings(
         account=account,
-        created=created,
-        overdraft_limit=req.overdraft_limit,
-        low_balance_threshold=req.low_balance_threshold,
-        rate_limit=rate_limit_view(rl),
-        spend_limit=spend_limit_view(spend),
+        created=c.created,
+        overdraft_limit=c.overdraft_limit,
+        low_balance_threshold=c.low_balance_threshold,
+        rate_limit=rate_limit_view(c.rate_limit),
+        spend_limit=spend_limit_view(c.spend_limit),
+        plan=c.plan,
+        plan_anchor=iso(c.plan_anchor),
     )
-    return Reply(view, 201 if created else 200)
 
 
 @routes.route(
@@ -82,15 +86,10 @@ async def patch_account(call: Call[AccountPath, None, AccountPatch]) -> AccountS
         ),
         rate_limit=rl if "rate_limit" in sent else KEEP,
         spend_limit=spend if "spend_limit" in sent else KEEP,
+        plan=req.plan if "plan" in sent else KEEP,
+        plan_anchor=req.plan_anchor,
     )
-    return AccountSettings(
-        account=call.path.account,
-        created=False,
-        overdraft_limit=c.overdraft_limit,
-        low_balance_threshold=c.low_balance_threshold,
-        rate_limit=rate_limit_view(c.rate_limit),
-        spend_limit=spend_limit_view(c.spend_limit),
-    )
+    return settings_view(call.path.account, c)
 
 
 @routes.route(
@@ -172,4 +171,13 @@ async def balance(call: Call[AccountPath, None, None]) -> Balance:
             for k in b.buckets
         ],
         spend=spend_view(b.spend),
+        plan=(
+            None
+            if b.plan is None
+            else PlanState(
+                plan=b.plan.plan,
+                anchor=iso(b.plan.anchor) or "",
+                next_renewal_at=iso(b.plan.next_renewal) or "",
+            )
+        ),
     )

@@ -177,6 +177,14 @@ class AccountSettings(Model):
     low_balance_threshold: int | None
     rate_limit: RateLimit | None
     spend_limit: SpendLimitView | None
+    plan: Annotated[str | None, Meta(description="its plan (docs/plans.md)")] = None
+    plan_anchor: Time | None = None
+
+
+class PlanState(Model):
+    plan: str
+    anchor: Time
+    next_renewal_at: Annotated[Time, Meta(description="when the next period's allowance comes")]
 
 
 class Granted(Model):
@@ -212,6 +220,7 @@ class Balance(Model):
     created_at: Time | None
     buckets: Annotated[list[BucketView], Meta(description="live buckets, in burn order")]
     spend: Annotated[SpendView | None, Meta(description="the spending limit, if any")] = None
+    plan: Annotated[PlanState | None, Meta(description="its plan, if any")] = None
 
 
 class Hold(Model):

@@ -165,11 +165,27 @@ class SpendLimitBody(Body):
 LowBalanceThreshold = Annotated[StrictInt, Field(ge=-MAX_CREDITS, le=MAX_CREDITS)]
 
 
+PlanId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=ID_PATTERN),
+    Field(description="a plan (docs/plans.md); null: none"),
+]
+PlanAnchor = Annotated[
+    Timestamp,
+    Field(description="where the plan's periods count from (default: when the plan is set)"),
+]
+
+
 class AccountRequest(Body):
+    """Every setting (one not sent is removed). ``plan`` not sent: the default plan for a new
+    account, none for one that exists."""
+
     overdraft_limit: NonNegativeCredits = 0
     low_balance_threshold: LowBalanceThreshold | None = None
     rate_limit: RateLimitBody | None = None
     spend_limit: SpendLimitBody | None = None
+    plan: PlanId | None = None
+    plan_anchor: PlanAnchor | None = None
 
 
 class AccountPatch(Body):
@@ -180,9 +196,8 @@ class AccountPatch(Body):
     low_balance_threshold: LowBalanceThreshold | None = None
     rate_limit: RateLimitBody | None = None
     spend_limit: SpendLimitBody | None = None
-
-
-PlanId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=ID_PATTERN)]
+    plan: PlanId | None = None
+    plan_anchor: PlanAnchor | None = None
 
 
 class AllowanceBody(Body):

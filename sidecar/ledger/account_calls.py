@@ -9,7 +9,15 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from sidecar.ledger import replies
-from sidecar.ledger.arguments import KEEP, KEEP_ARG, Keep, setting_arg
+from sidecar.ledger.arguments import (
+    DEFAULT_PLAN,
+    DEFAULT_PLAN_ARG,
+    KEEP,
+    KEEP_ARG,
+    DefaultPlan,
+    Keep,
+    setting_arg,
+)
 from sidecar.ledger.results import AccountConfig, RateLimit, SpendLimit
 from sidecar.lua import Scripts
 
@@ -38,13 +46,46 @@ class AccountCalls:
         low_balance_threshold: int | None = None,
         rate_limit: RateLimit | None = None,
         spend_limit: SpendLimit | None = None,
+        plan: str | DefaultPlan | None = DEFAULT_PLAN,
+        plan_anchor: int | None = None,
     ) -> bool:
         """Creates the account or replaces all its settings; True when it was created."""
-        return replies.account(
-            await self._account(
-                account, "put", overdraft_limit, low_balance_threshold, rate_limit, spend_limit
-            )
+        config = await self.put_account(
+            account,
+            overdraft_limit=overdraft_limit,
+            low_balance_threshold=low_balance_threshold,
+            rate_limit=rate_limit,
+            spend_limit=spend_limit,
+            plan=plan,
+            plan_anchor=plan_anchor,
         )
+        return config.created
+
+    async def put_account(
+        self,
+        account: str,
+        *,
+        overdraft_limit: int = 0,
+        low_balance_threshold: int | None = None,
+        rate_limit: RateLimit | None = None,
+        spend_limit: SpendLimit | None = None,
+        plan: str | DefaultPlan | None = DEFAULT_PLAN,
+        plan_anchor: int | None = None,
+    ) -> AccountConfig:
+        """Creates the account or replaces all its settings (``plan`` left out: the default
+        plan for a new account, none for one that exists; ``plan_anchor`` None: unchanged
+        while the plan is, else now). Returns every setting after the call."""
+        reply = await self._account(
+            account,
+            "put",
+            overdraft_limit,
+            low_balance_threshold,
+            rate_limit,
+            spend_limit,
+            plan,
+            plan_anchor,
+        )
+        return replies.account_config(reply)
 
     async def update_account(
         self,
@@ -54,12 +95,21 @@ class AccountCalls:
         low_balance_threshold: int | Keep | None = KEEP,
         rate_limit: RateLimit | Keep | None = KEEP,
         spend_limit: SpendLimit | Keep | None = KEEP,
+        plan: str | Keep | None = KEEP,
+        plan_anchor: int | None = None,
     ) -> AccountConfig:
         """Changes only the settings given (None removes one) of an existing account, in one
         atomic step: a concurrent change of another setting is never undone. Returns every
         setting after the change."""
         reply = await self._account(
-            account, "patch", overdraft_limit, low_balance_threshold, rate_limit, spend_limit
+            account,
+            "patch",
+            overdraft_limit,
+            low_balance_threshold,
+            rate_limit,
+            spend_limit,
+            plan,
+            plan_anchor,
         )
         return replies.account_config(reply)
 
@@ -71,6 +121,8 @@ class AccountCalls:
         low_balance_threshold: int | Keep | None,
         rate_limit: RateLimit | Keep | None,
         spend_limit: SpendLimit | Keep | None,
+        plan: str | Keep | DefaultPlan | None,
+        plan_anchor: int | None,
     ) -> Any:
         rl: list[str | int]
         if isinstance(rate_limit, Keep):
@@ -85,5 +137,7 @@ class AccountCalls:
             *rl,
             spend_limit.spec() if isinstance(spend_limit, SpendLimit) else setting_arg(spend_limit),
             mode,
+            DEFAULT_PLAN_ARG if isinstance(plan, DefaultPlan) else setting_arg(plan),
+            "" if plan_anchor is None else plan_anchor,
         ]
         return await self.run_script(self.scripts.account, account, [], args)

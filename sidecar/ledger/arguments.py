@@ -23,6 +23,18 @@ KEEP = Keep()
 KEEP_ARG = "-"  # account.lua's "keep" argument
 
 
+class DefaultPlan:
+    """The plan :meth:`Ledger.configure_account` gives when none is named: the default plan
+    for a new account (docs/plans.md), none for one that exists."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT_PLAN"
+
+
+DEFAULT_PLAN = DefaultPlan()
+DEFAULT_PLAN_ARG = "*"  # account.lua's "the default plan" argument
+
+
 def setting_arg(v: int | str | Keep | None) -> str | int:
     """A setting as account.lua takes it: '-' keeps it, '' is none."""
     if isinstance(v, Keep):

@@ -16,7 +16,7 @@ PREFIX = "cs"
 
 @dataclass(frozen=True, slots=True)
 class AccountKeys:
-    """The keys every ledger script receives first (KEYS[1..6], see sidecar/lua/_lib.lua)."""
+    """The keys every ledger script receives first (KEYS[1..7], see sidecar/lua/_lib.lua)."""
 
     account: str
     order: str
@@ -24,9 +24,18 @@ class AccountKeys:
     due: str
     outbox: str
     holds: str
+    plans: str  # the shard's plans (docs/plans.md): read when the account is on a plan
 
     def common(self) -> list[str]:
-        return [self.account, self.order, self.deadlines, self.due, self.outbox, self.holds]
+        return [
+            self.account,
+            self.order,
+            self.deadlines,
+            self.due,
+            self.outbox,
+            self.holds,
+            self.plans,
+        ]
 
 
 class KeySpace:
@@ -54,6 +63,7 @@ class KeySpace:
             due=self.due(shard),
             outbox=self.outbox(shard),
             holds=f"{t}:h:{account}",
+            plans=self.plans(shard),
         )
 
     @staticmethod

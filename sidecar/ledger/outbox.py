@@ -69,13 +69,26 @@ INT_DETAILS = (
     "version",
     "pending",
     "debt_added",
+    "period",  # an allowance: the start of its period
+    "periods",  # an allowance: how many periods it covers (more than 1: periods nobody saw)
 )
 SPEND_STATE = re.compile(r"\A\d{1,16}:\d{1,16}\Z")
 TXN_TYPES = frozenset(
-    {"usage", "purchase", "grant", "expiry", "refund", "hold", "settle", "release", "revoke"}
+    {
+        "usage",
+        "purchase",
+        "grant",
+        "allowance",  # a plan's allowance for a period (docs/plans.md)
+        "expiry",
+        "refund",
+        "hold",
+        "settle",
+        "release",
+        "revoke",
+    }
 )
 # The types whose entry may define a new bucket (``bucket``).
-BUCKET_TYPES = frozenset({"purchase", "grant", "refund", "revoke"})
+BUCKET_TYPES = frozenset({"purchase", "grant", "allowance", "refund", "revoke"})
 
 
 class PoisonEntry(ValueError):

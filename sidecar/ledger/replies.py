@@ -27,6 +27,7 @@ from sidecar.ledger.results import (
     GrantResult,
     HoldResult,
     Insufficient,
+    PlanState,
     RateLimit,
     RateLimited,
     RefundResult,
@@ -63,7 +64,7 @@ def account(reply: Any) -> bool:
 
 def account_config(reply: Any) -> AccountConfig:
     """account.lua ``{created, overdraft limit, low-balance threshold, rate requests, period,
-    burst, spending limit}`` ('' = none)."""
+    burst, spending limit, plan, plan anchor}`` ('' = none)."""
     r = [text(v) if not isinstance(v, int) else str(v) for v in reply[1:]]
     return AccountConfig(
         created=bool(reply[0]),
@@ -71,6 +72,8 @@ def account_config(reply: Any) -> AccountConfig:
         low_balance_threshold=int(r[1]) if r[1] else None,
         rate_limit=RateLimit(int(r[2]), int(r[3]), int(r[4])) if r[2] else None,
         spend_limit=SpendLimit.from_spec(r[5]) if r[5] else None,
+        plan=r[6] or None,
+        plan_anchor=int(r[7]) if r[7] else None,
     )
 
 
@@ -211,8 +214,8 @@ def _bucket(row: Any) -> Bucket:
 def balance(reply: Any, account: str) -> Balance:
     """balance.lua ``{balance, available, held, debt, overdraft limit, low-balance threshold
     ('' = none), rate limit ({} or {requests, period_ms, burst}), created, buckets, spending
-    limit ({} or {credits, unit, count, spent, window end})}``; each bucket ``{id, remaining,
-    held, its static record (JSON)}``."""
+    limit ({} or {credits, unit, count, spent, window end}), plan ({} or {plan, anchor, next
+    renewal})}``; each bucket ``{id, remaining, held, its static record (JSON)}``."""
     r = reply
     return Balance(
         account=account,
@@ -225,7 +228,8 @@ def balance(reply: Any, account: str) -> Balance:
         rate_limit=RateLimit(*(int(x) for x in r[6])) if r[6] else None,
         created_at=int(r[7]),
         buckets=[_bucket(row) for row in r[8]],
-        spend=_spend_window(*r[9]) if len(r) > 9 and r[9] else None,
+        spend=_spend_window(*r[9]) if r[9] else None,
+        plan=PlanState(text(r[10][0]), int(r[10][1]), int(r[10][2])) if r[10] else None,
     )
 
 

@@ -142,6 +142,8 @@ class AccountConfig:
     low_balance_threshold: int | None
     rate_limit: RateLimit | None
     spend_limit: SpendLimit | None
+    plan: str | None = None
+    plan_anchor: int | None = None  # ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +310,16 @@ class Balance:
     created_at: int
     buckets: list[Bucket]
     spend: SpendWindow | None = None
+    plan: PlanState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanState:
+    """An account's plan: its anchor and when the next period's allowance comes (ms)."""
+
+    plan: str
+    anchor: int
+    next_renewal: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@
 --   KEYS[4] due zset          per shard: account -> its earliest deadline (for the sweeper)
 --   KEYS[5] outbox stream     per shard: one entry per transaction
 --   KEYS[6] holds hash        hold id -> JSON record (active ones, and closed ones until purged)
+--   KEYS[7] plans hash        per shard: the plans (docs/plans.md), read for an account on one
 --   ARGV[1] account id   ARGV[2] now (unix ms)   ARGV[3] transaction id
 --   ARGV[4] retention (ms) of idempotency records, usage records and closed holds
 --   ARGV[5] deadline (unix ms on Redis' clock, '' = none): the caller answers "unavailable"
@@ -37,7 +38,7 @@ local MAXINT = 9007199254740991
 local NEVER = 999999999999999
 local MAX_TIME = 253402300799999  -- 9999-12-31T23:59:59.999Z, the latest accepted timestamp
 local OKEY_PREFIX = 43
-local A, O, D, DUE, OUTBOX, H = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local A, O, D, DUE, OUTBOX, H, P = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 
 local function fail(code, detail)
   error({err = 'CS ' .. code .. ' ' .. detail})
@@ -170,19 +171,35 @@ local function add_attempt(p, token)
 end
 
 local acct = nil        -- loaded account state (numbers), written back by save_account()
+local ANCHOR = nil      -- an account on a plan: its anchor (ms), where its spend windows start
 local extra_txns = 0    -- transactions emitted besides the main one (expiries, lapsed holds)
 local deadlines_changed = false
 
+-- An account on a plan (pl) gets the plan's rate limit and spending limit where it has none
+-- of its own: acct.rl_* and acct.sl are what applies, own_rl / own_sl what the account set.
 local function load_account()
   local v = redis.call('HMGET', A, 'created', 'clock', 'avail', 'held', 'debt', 'seq',
-    'ovl', 'lbt', 'rl_n', 'rl_ms', 'rl_burst', 'att', 'sl', 'ss')
+    'ovl', 'lbt', 'rl_n', 'rl_ms', 'rl_burst', 'att', 'sl', 'ss', 'pl', 'pan', 'pn')
   if not v[1] then return nil end
   acct = {
     created = tonumber(v[1]), avail = tonumber(v[3]) or 0, held = tonumber(v[4]) or 0,
     debt = tonumber(v[5]) or 0, seq = tonumber(v[6]) or 0, ovl = tonumber(v[7]) or 0,
     lbt = tonumber(v[8]), rl_n = tonumber(v[9]), rl_ms = tonumber(v[10]),
     rl_burst = tonumber(v[11]), att = tonumber(v[12]), sl = v[13] or nil, ss = v[14] or nil,
+    pl = v[15] or nil, pan = tonumber(v[16]), pn = tonumber(v[17]),
   }
+  acct.own_rl, acct.own_sl = acct.rl_n ~= nil, acct.sl
+  if acct.pl then
+    ANCHOR = acct.pan
+    if not (acct.rl_n and acct.sl) then
+      local p = redis.call('HMGET', P, 'r:' .. acct.pl, 's:' .. acct.pl)
+      if p[1] and not acct.rl_n then
+        local n, ms, b = string.match(p[1], '^(%d+):(%d+):(%d+)$')
+        acct.rl_n, acct.rl_ms, acct.rl_burst = tonumber(n), tonumber(ms), tonumber(b)
+      end
+      if p[2] and not acct.sl then acct.sl = p[2] end
+    end
+  end
   local clock = tonumber(v[2]) or 0
   if clock > NOW then NOW = clock end
   return acct
@@ -197,9 +214,18 @@ local function balance()
   return acct.avail - acct.debt
 end
 
+-- More account fields for save_account to write in its one HSET (the hot path saves a
+-- command per field): only for fields nothing reads again before the save.
+local staged = {}
+local function stage(field, value)
+  staged[#staged + 1] = field
+  staged[#staged + 1] = value
+end
+
 local function save_account()
   local f = {'clock', fmt(NOW), 'avail', fmt(acct.avail), 'held', fmt(acct.held),
     'debt', fmt(acct.debt), 'seq', fmt(acct.seq)}
+  for _, v in ipairs(staged) do f[#f + 1] = v end
   redis.call('HSET', A, unpack(f))
   if deadlines_changed then
     local first = redis.call('ZRANGE', D, 0, 0, 'WITHSCORES')
@@ -410,12 +436,51 @@ local function civil_from_days(z)
   local m = mp < 10 and mp + 3 or mp - 9
   local y = yoe + era * 400
   if m <= 2 then y = y + 1 end
-  return y, m
+  return y, m, doy - math.floor((153 * mp + 2) / 5) + 1
 end
 
--- The window of a limit that holds `now`: its start and end (ms; end nil for life).
+-- The time (ms) of the anchor's day and time of day in the n-th month after the anchor's
+-- (year ay, month am, day ad, time of day tod), clamped to that month's last day.
+local function month_start(ay, am, ad, tod, n)
+  local i = ay * 12 + am - 1 + n
+  local y, m = math.floor(i / 12), i % 12 + 1
+  local first = days_from_civil(y, m, 1)
+  local dim = days_from_civil(m == 12 and y + 1 or y, m == 12 and 1 or m + 1, 1) - first
+  return (first + math.min(ad, dim) - 1) * DAY_MS + tod
+end
+
+-- The period of `count` units (day, week, month, year) counted from `anchor` (ms) that
+-- holds `t`: its start, its end (ms) and its index k (anchor + k periods; negative before the
+-- anchor). Months and years are calendar months on the anchor's day, clamped to the month's
+-- end (Jan 31 gives Feb 28, then Mar 31), at the anchor's time of day.
+local function period_of(anchor, unit, count, t)
+  if unit == 'day' or unit == 'week' then
+    local len = count * (unit == 'week' and 7 or 1) * DAY_MS
+    local k = math.floor((t - anchor) / len)
+    return anchor + k * len, anchor + (k + 1) * len, k
+  end
+  local months = unit == 'month' and count or 12 * count
+  local aday = math.floor(anchor / DAY_MS)
+  local tod = anchor - aday * DAY_MS
+  local ay, am, ad = civil_from_days(aday)
+  local ty, tm = civil_from_days(math.floor(t / DAY_MS))
+  local k = math.floor(((ty - ay) * 12 + tm - am) / months)
+  local s = month_start(ay, am, ad, tod, k * months)
+  if s > t then
+    k = k - 1
+    s = month_start(ay, am, ad, tod, k * months)
+  end
+  return s, month_start(ay, am, ad, tod, (k + 1) * months), k
+end
+
+-- The window of a limit that holds `now`: its start and end (ms; end nil for life). An
+-- account on a plan counts its windows from the plan's anchor (ANCHOR), others from 1970.
 local function spend_window(unit, count, now)
   if unit == 'life' then return 0, nil end
+  if ANCHOR then
+    local s, e = period_of(ANCHOR, unit, count, now)
+    return math.max(0, s), e
+  end
   local day = math.floor(now / DAY_MS)
   if unit == 'day' then
     local s = day - day % count
@@ -509,7 +574,12 @@ end
 -- limit's state after, or nil when nothing changed.
 local function spend_return(spec_f, state_f, from, n)
   if not from or n <= 0 then return nil end
-  local v = redis.call('HMGET', A, spec_f, state_f)
+  local v
+  if spec_f == 'sl' then
+    v = {acct.sl, acct.ss}  -- the limit that applies: the account's own, or its plan's
+  else
+    v = redis.call('HMGET', A, spec_f, state_f)
+  end
   local lim = spend_load(v[1], v[2])
   if not (lim and lim.from == from) then return nil end
   lim.spent = math.max(0, lim.spent - n)
@@ -692,6 +762,133 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
   return rec, charged, short
 end
 
+-- Plans (docs/plans.md). An account on a plan has pl (the plan), pan (its anchor, ms), psn
+-- (since when it is on it: the allowance buckets it issued since are the plan's, to cut) and
+-- pn (its next renewal, ms; also the deadline 'p:'). The shard's plans hash P keeps each plan's
+-- allowance as 'a:<plan>' = 'credits:unit:count:mode:rollover:priority' (mode reset or
+-- accumulate; rollover '' = none), its rate limit 'r:<plan>' and spending limit 's:<plan>'.
+-- Each period's allowance is the bucket allowance:<plan>:<period start>: issued once, never
+-- again while that bucket exists (its static record is kept for good).
+local function plan_spec(plan)
+  local v = redis.call('HGET', P, 'a:' .. plan)
+  if not v then return nil end
+  local c, unit, count, mode, roll, prio =
+    string.match(v, '^(%d+):(%a+):(%d+):(%a+):(%d*):(%-?%d+)$')
+  return {credits = tonumber(c), unit = unit, count = tonumber(count), mode = mode,
+    rollover = tonumber(roll), priority = tonumber(prio)}
+end
+
+-- The allowance left of the account's stay on its plan: {id, remaining, created} of each
+-- live bucket allowance:<plan>:* created since it was set, oldest first. Read from the
+-- burn-order zset (its members carry the bucket's creation time): renewals are rare.
+local function allowance_left()
+  local out = {}
+  local prefix = 'allowance:' .. acct.pl .. ':'
+  local since = tonumber(redis.call('HGET', A, 'psn')) or 0
+  for _, m in ipairs(redis.call('ZRANGE', O, 0, -1)) do
+    local id = string.sub(m, OKEY_PREFIX + 1)
+    local created = tonumber(string.sub(m, 28, 42))  -- (okey: priority:expires:created:id)
+    if string.sub(id, 1, #prefix) == prefix and created >= since then
+      out[#out + 1] = {id, tonumber(redis.call('HGET', A, 'r:' .. id)) or 0, created}
+    end
+  end
+  table.sort(out, function(x, y) return x[3] < y[3] or (x[3] == y[3] and x[1] < y[1]) end)
+  return out
+end
+
+-- Expires `n` credits (all of them with n = nil) of the allowance buckets `left`, oldest
+-- first, as one expiry transaction (`reason`).
+local function allowance_cut(left, n, reason)
+  local alloc, total = {}, 0
+  for _, b in ipairs(left) do
+    local c = n and math.min(b[2], n - total) or b[2]
+    if c > 0 then
+      redis.call('HSET', A, 'r:' .. b[1], fmt(b[2] - c))
+      sync_order(b[1], bucket_meta(b[1]))
+      alloc[#alloc + 1] = {b[1], -c}
+      total = total + c
+    end
+  end
+  if total > 0 then
+    acct.avail = acct.avail - total
+    emit(extra_txid(), 'expiry', -total, alloc, {reason = reason, plan = acct.pl})
+  end
+end
+
+-- What a renewal due now does: the period now, how many periods it covers (n: those since
+-- the one due at acct.pn; 1 for a plan just set), the credits to issue and to cut from the
+-- allowance left (nil: all of it). spec: plan_spec's; left: allowance_left's.
+local function renewal(spec, left)
+  local start, stop, k = period_of(acct.pan, spec.unit, spec.count, NOW)
+  local n = 1
+  if acct.pn then
+    local _, _, kd = period_of(acct.pan, spec.unit, spec.count, acct.pn)
+    n = math.max(1, k - kd + 1)
+  end
+  if spec.mode == 'reset' then return start, stop, n, spec.credits, nil end
+  local u = 0
+  for _, b in ipairs(left) do u = u + b[2] end
+  local kept = spec.rollover and math.min(u, spec.rollover) or u
+  local credits = spec.credits
+  if n > 1 then
+    -- what n renewals in a row leave with nothing spent (docs/plans.md)
+    local more = (n - 1) * spec.credits
+    credits = credits + (spec.rollover and math.min(more, spec.rollover - kept) or more)
+  end
+  return start, stop, n, math.min(credits, MAXINT), u - kept
+end
+
+-- Renews the account's plan if a period has begun since the last renewal (or the plan was
+-- just set: acct.pn nil): cuts what the plan's mode expires, issues the period's allowance
+-- bucket (repaying debt first, like a grant) unless it exists, and schedules the next renewal.
+local function plan_renew()
+  local spec = plan_spec(acct.pl)
+  if not spec then return end
+  if acct.pn and acct.pn > NOW then return end
+  local left = allowance_left()
+  local start, stop, n, credits, cut = renewal(spec, left)
+  if cut == nil or cut > 0 then
+    allowance_cut(left, cut, spec.mode == 'reset' and 'period_end' or 'rollover')
+  end
+  local id = 'allowance:' .. acct.pl .. ':' .. fmt(start)
+  credits = math.min(credits, MAXINT - acct.avail - acct.held)
+  if credits > 0 and not bucket_meta(id) then
+    local txid = extra_txid()
+    local repaid = math.min(acct.debt, credits)
+    acct.debt = acct.debt - repaid
+    local meta = add_bucket(id, credits, credits - repaid, spec.mode == 'reset' and stop or nil,
+      spec.priority, 'allowance', '', '', txid)
+    emit(txid, 'allowance', credits, {{id, credits - repaid}}, {
+      bucket = bucket_entry(id, meta), repaid = repaid, plan = acct.pl, period = start,
+      periods = n, desc = 'allowance of plan ' .. acct.pl,
+    })
+    meta.bal = balance()
+    redis.call('HSET', A, 'm:' .. id, jenc(meta))
+  end
+  acct.pn = stop
+  redis.call('HSET', A, 'pn', fmt(stop))
+  schedule('p:', stop)
+end
+
+-- What a renewal due now would add to the available credits (dry runs, preview_due), the
+-- buckets in `gone` (expiring in the same preview) left out.
+local function plan_preview(gone)
+  local spec = plan_spec(acct.pl)
+  if not spec or (acct.pn and acct.pn > NOW) then return 0 end
+  local left = {}
+  for _, b in ipairs(allowance_left()) do
+    if not gone[b[1]] then left[#left + 1] = b end
+  end
+  local start, _, _, credits, cut = renewal(spec, left)
+  if cut == nil then
+    cut = 0
+    for _, b in ipairs(left) do cut = cut + b[2] end
+  end
+  credits = math.min(credits, MAXINT - acct.avail - acct.held)
+  if credits <= 0 or bucket_meta('allowance:' .. acct.pl .. ':' .. fmt(start)) then credits = 0 end
+  return credits - cut
+end
+
 local function expire_bucket(id)
   local meta = bucket_meta(id)
   local rem = tonumber(redis.call('HGET', A, 'r:' .. id)) or 0
@@ -713,8 +910,11 @@ local function expire_due()
     deadlines_changed = true
     for _, member in ipairs(due) do
       local id = string.sub(member, 3)
-      if string.sub(member, 1, 1) == 'b' then
+      local kind = string.sub(member, 1, 1)
+      if kind == 'b' then
         expire_bucket(id)
+      elseif kind == 'p' then
+        if acct.pl then plan_renew() end
       else
         local raw = redis.call('HGET', H, id)
         if raw then
@@ -738,14 +938,17 @@ end
 local function preview_due()
   local avail = acct.avail
   local lim = spend_load(acct.sl, acct.ss)
-  local back, gone = {}, {}
+  local back, gone, renew = {}, {}, false
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', D, '-inf', NOW)) do
     local id = string.sub(member, 3)
-    if string.sub(member, 1, 1) == 'b' then
+    local kind = string.sub(member, 1, 1)
+    if kind == 'b' then
       if not gone[id] then
         avail = avail - (tonumber(redis.call('HGET', A, 'r:' .. id)) or 0) - (back[id] or 0)
         gone[id] = true
       end
+    elseif kind == 'p' then
+      renew = acct.pl ~= nil
     else
       local raw = redis.call('HGET', H, id)
       local rec = raw and cjson.decode(raw)
@@ -761,6 +964,7 @@ local function preview_due()
       end
     end
   end
+  if renew then avail = avail + plan_preview(gone) end
   return avail, lim
 end
 

@@ -1,6 +1,6 @@
 -- apikey.lua: activate or revoke an API key on its account, or set its spending limit.
 --
--- KEYS: the common six (see _lib.lua), then [7] the account's API-key records (hash:
+-- KEYS: the common seven (see _lib.lua), then [8] the account's API-key records (hash:
 --   key id -> JSON record; the key itself is never stored, only its SHA-256 elsewhere).
 -- ARGV: the common five, then
 --   [6] mode: 'create', 'revoke' or 'limit'   [7] key id
@@ -38,19 +38,19 @@ if mode == 'create' then
     fail('INVALID', 'rate_limit must be requests:period_ms:burst')
   end
   local sl = spend_spec_arg(ARGV[10] or '', 'spend_limit')
-  if redis.call('HEXISTS', KEYS[7], kid) == 1 then
+  if redis.call('HEXISTS', KEYS[8], kid) == 1 then
     fail('CONFLICT', 'key_id ' .. kid .. ' already exists')
   end
   redis.call('HSET', A, 'k:' .. kid, spec)
   if sl then redis.call('HSET', A, 'kl:' .. kid, sl) end
-  redis.call('HSET', KEYS[7], kid, record)
+  redis.call('HSET', KEYS[8], kid, record)
   key_entry(record)
   return record
 end
 
 if mode == 'limit' then
   local sl = spend_spec_arg(ARGV[8] or '', 'spend_limit')
-  local raw = redis.call('HGET', KEYS[7], kid)
+  local raw = redis.call('HGET', KEYS[8], kid)
   if not raw then fail('UNKNOWN_KEY', 'key ' .. kid .. ' does not exist') end
   local rec = cjson.decode(raw)
   if rec.revoked_at then fail('KEY_REVOKED', 'key ' .. kid .. ' is revoked') end
@@ -72,19 +72,19 @@ if mode == 'limit' then
     rec.spend_limit = cjson.null
   end
   raw = jenc(rec)
-  redis.call('HSET', KEYS[7], kid, raw)
+  redis.call('HSET', KEYS[8], kid, raw)
   key_entry(raw)
   return raw
 end
 
-local raw = redis.call('HGET', KEYS[7], kid)
+local raw = redis.call('HGET', KEYS[8], kid)
 if not raw then fail('UNKNOWN_KEY', 'key ' .. kid .. ' does not exist') end
 local rec = cjson.decode(raw)
 if not rec.revoked_at then
   rec.revoked_at = NOW
   redis.call('HDEL', A, 'k:' .. kid, 'kt:' .. kid, 'kl:' .. kid, 'ks:' .. kid)
   raw = jenc(rec)
-  redis.call('HSET', KEYS[7], kid, raw)
+  redis.call('HSET', KEYS[8], kid, raw)
   key_entry(raw)
 end
 return raw

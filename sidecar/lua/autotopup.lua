@@ -1,6 +1,6 @@
 -- autotopup.lua: set or clear an account's auto top-up threshold (account hash field att).
 --
--- KEYS: the common six (see _lib.lua).
+-- KEYS: the common seven (see _lib.lua).
 -- ARGV: the common five (the transaction id is unused: nothing goes to the outbox; the
 --   auto top-up's settings are kept in SQL, which `rebuild` restores this field from), then
 --   [6] threshold (credits, '' = off)

@@ -1,8 +1,8 @@
 -- close_hold.lua: settle a hold for the amount actually used, or release it.
 --
--- KEYS: the common six (see _lib.lua), then [7] the usage record of this call's transaction
+-- KEYS: the common seven (see _lib.lua), then [8] the usage record of this call's transaction
 --   (hash, kept for the retention: a settle that charged is refundable like a check's usage)
---   [8] events stream of the shard (low_balance / auto_topup events: a settle above the hold
+--   [9] events stream of the shard (low_balance / auto_topup events: a settle above the hold
 --   draws more)
 -- ARGV: the common five, then
 --   [6] hold id   [7] mode: 'settle' or 'release'
@@ -68,13 +68,13 @@ local before = balance()
 local charged, short
 rec, charged, short = close_hold(hid, rec, amount, want, TXID, desc, metadata)
 if rec.charged > 0 then
-  redis.call('HSET', KEYS[7], 'cost', fmt(rec.charged), 'alloc', jenc(charged), 'overdraft',
+  redis.call('HSET', KEYS[8], 'cost', fmt(rec.charged), 'alloc', jenc(charged), 'overdraft',
     fmt(short), 'refunded', '0')
   -- the charge counted against the limit in the hold's window: a refund gives it back there
-  if rec.sw then redis.call('HSET', KEYS[7], 'sw', fmt(rec.sw)) end
-  redis.call('PEXPIRE', KEYS[7], RETENTION)
+  if rec.sw then redis.call('HSET', KEYS[8], 'sw', fmt(rec.sw)) end
+  redis.call('PEXPIRE', KEYS[8], RETENTION)
 end
-low_balance_event(KEYS[8], before, TXID)
+low_balance_event(KEYS[9], before, TXID)
 save_account()
 return {'ok', TXID, rec.close_balance, rec.charged, 0, rec.forfeited, rec.state,
   rec.uncovered or 0}

@@ -1,9 +1,9 @@
 -- deduct.lua: the check. Verify the API key, rate limit, then take `cost` credits in burn order.
 --
--- KEYS: the common six (see _lib.lua), then
---   [7] idempotency record (string, expires after the retention)
---   [8] usage record of this transaction (hash, same retention; what refunds read)
---   [9] events stream of the shard (low_balance events)
+-- KEYS: the common seven (see _lib.lua), then
+--   [8] idempotency record (string, expires after the retention)
+--   [9] usage record of this transaction (hash, same retention; what refunds read)
+--   [10] events stream of the shard (low_balance events)
 -- ARGV: the common five, then
 --   [6] cost (credits, 0 .. 2^53-1; 0 = a free route: authenticate and rate limit only)
 --   [7] idempotency key   [8] description   [9] metadata (JSON object or '')
@@ -86,7 +86,7 @@ end
 if route_limit then limits[#limits + 1] = route_limit end
 
 local fp = cost > 0 and request_fp({key_id, route, desc, metadata, identity})
-local prior = cost > 0 and redis.call('GET', KEYS[7])
+local prior = cost > 0 and redis.call('GET', KEYS[8])
 if prior then
   local p = cjson.decode(prior)
   if p.cost ~= cost then
@@ -103,12 +103,12 @@ if prior then
     -- or a resend past the deadline would answer LATE (503, no void) for a charge that stays.
     if not has(p.at, token) or has(p.vd, token) then
       in_time()
-      if add_attempt(p, token) then redis.call('SET', KEYS[7], jenc(p), 'KEEPTTL') end
+      if add_attempt(p, token) then redis.call('SET', KEYS[8], jenc(p), 'KEEPTTL') end
     end
   elseif p.at and not p.ax then
     -- a replay without a token took effect unlisted: the record can no longer be voided
     p.ax = 1
-    redis.call('SET', KEYS[7], jenc(p), 'KEEPTTL')
+    redis.call('SET', KEYS[8], jenc(p), 'KEEPTTL')
   end
   return {'ok', p.tx, p.bal, cost, 1, 0, 0}
 end
@@ -134,7 +134,7 @@ if wait > 0 then return {'rate_limited', wait} end
 
 expire_due()
 if cost == 0 then
-  if #tats > 0 then redis.call('HSET', A, unpack(tats)) end
+  for i = 1, #tats, 2 do stage(tats[i], tats[i + 1]) end
   save_account()
   return {'ok', '', balance(), 0, 0, 0}
 end
@@ -156,32 +156,37 @@ end
 
 local alloc, short = draw(cost, false)
 acct.debt = acct.debt + short
-if #tats > 0 then redis.call('HSET', A, unpack(tats)) end
+for i = 1, #tats, 2 do stage(tats[i], tats[i + 1]) end
 local after = balance()
 local usage = {idempotency_key = key, overdraft = short, desc = desc, meta = metadata,
   key_id = key_id, route = route, fp = fp}
 if window ~= RETENTION then usage.replay_ms = window end
 if klim then
   klim.spent = klim.spent + cost
-  redis.call('HSET', A, 'ks:' .. key_id, spend_state(klim))
+  stage('ks:' .. key_id, spend_state(klim))
   usage.kw = klim.from
   usage.key_spend = {key_id, spend_state(klim)}
 end
 if alim then
   alim.spent = alim.spent + cost
   acct.ss = spend_state(alim)
-  redis.call('HSET', A, 'ss', acct.ss)
+  stage('ss', acct.ss)
   usage.sw = alim.from
 end
 emit(TXID, 'usage', -cost, alloc, usage)
 local record = {tx = TXID, cost = cost, bal = after, fp = fp}
 if token ~= '' then record.at = {token} end
-redis.call('SET', KEYS[7], jenc(record), 'PX', window)
-redis.call('HSET', KEYS[8], 'cost', fmt(cost), 'alloc', jenc(alloc), 'overdraft', fmt(short),
-  'refunded', '0')
-if klim then redis.call('HSET', KEYS[8], 'kid', key_id, 'kw', fmt(klim.from)) end
-if alim then redis.call('HSET', KEYS[8], 'sw', fmt(alim.from)) end
-redis.call('PEXPIRE', KEYS[8], RETENTION)
-local low = low_balance_event(KEYS[9], before, TXID)
+redis.call('SET', KEYS[8], jenc(record), 'PX', window)
+local uf = {'cost', fmt(cost), 'alloc', jenc(alloc), 'overdraft', fmt(short), 'refunded', '0'}
+if klim then
+  uf[9], uf[10], uf[11], uf[12] = 'kid', key_id, 'kw', fmt(klim.from)
+end
+if alim then
+  uf[#uf + 1] = 'sw'
+  uf[#uf + 1] = fmt(alim.from)
+end
+redis.call('HSET', KEYS[9], unpack(uf))
+redis.call('PEXPIRE', KEYS[9], RETENTION)
+local low = low_balance_event(KEYS[10], before, TXID)
 save_account()
 return {'ok', TXID, after, cost, 0, low, short}

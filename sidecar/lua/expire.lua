@@ -2,7 +2,7 @@
 -- buckets expire (one expiry transaction each), lapsed holds release themselves,
 -- closed holds past the retention are purged.
 --
--- KEYS: the common six (see _lib.lua).  ARGV: the common five.
+-- KEYS: the common seven (see _lib.lua).  ARGV: the common five.
 -- Returns the number of transactions written.
 
 if not load_account() then

@@ -1,6 +1,6 @@
 -- grant.lua: add a balance bucket (a purchase, promotion, manual grant...).
 --
--- KEYS: the common six (see _lib.lua).
+-- KEYS: the common seven (see _lib.lua).
 -- ARGV: the common five, then
 --   [6] grant id (= bucket id, unique per account)   [7] credits (1 .. 2^53-1)
 --   [8] expires_at (unix ms, '' = never)   [9] priority (int32, lower burns first)

@@ -1,6 +1,6 @@
 -- hold.lua: reserve credits for long-running work.
 --
--- KEYS: the common six (see _lib.lua), then [7] events stream of the shard.
+-- KEYS: the common seven (see _lib.lua), then [8] events stream of the shard.
 -- ARGV: the common five, then
 --   [6] hold id (unique per account)   [7] amount (credits, 1 .. 2^53-1)
 --   [8] ttl (ms; when it passes the hold releases itself)   [9] description
@@ -62,6 +62,6 @@ emit(TXID, 'hold', -amount, alloc, {held = parts, hold_id = hid, expires = rec.e
 rec.bal = balance()
 redis.call('HSET', H, hid, jenc(rec))
 schedule('h:' .. hid, rec.expires)
-low_balance_event(KEYS[7], before, TXID)
+low_balance_event(KEYS[8], before, TXID)
 save_account()
 return {'ok', TXID, rec.bal, rec.expires, 0, 'active'}

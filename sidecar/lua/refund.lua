@@ -1,6 +1,6 @@
 -- refund.lua: give back all or part of an earlier usage transaction.
 --
--- KEYS: the common six (see _lib.lua), then [7] the usage record of the transaction
+-- KEYS: the common seven (see _lib.lua), then [8] the usage record of the transaction
 --   being refunded (written by deduct.lua; gone after the retention window).
 -- ARGV: the common five, then
 --   [6] refund id   [7] usage transaction id   [8] amount ('' = all that is left)
@@ -18,7 +18,7 @@ local desc = text_arg(ARGV[9], 'description', 2048)
 local metadata = json_obj_arg(ARGV[10], 'metadata', 4096)
 
 require_account()
-local u = redis.call('HMGET', KEYS[7], 'cost', 'alloc', 'overdraft', 'refunded', 'rf:' .. rid)
+local u = redis.call('HMGET', KEYS[8], 'cost', 'alloc', 'overdraft', 'refunded', 'rf:' .. rid)
 if not u[1] then
   fail('UNKNOWN_TRANSACTION', 'no refundable usage transaction ' .. src ..
     ' (unknown, or older than the retention window)')
@@ -39,7 +39,7 @@ end
 in_time()
 
 expire_due()
-local bal, forfeited = refund_usage(KEYS[7], u, src, rid, ARGV[8], amount, desc, metadata)
+local bal, forfeited = refund_usage(KEYS[8], u, src, rid, ARGV[8], amount, desc, metadata)
 if not bal then
   save_if_touched()
   return {'overflow'}

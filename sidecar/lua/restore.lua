@@ -1,8 +1,8 @@
 -- restore.lua: write an account's whole state, read from the SQL ledger (`credit-sidecar rebuild`).
 --
--- KEYS: the common six (see _lib.lua), then
---   [7] the account's API-key records (hash: key id -> JSON record, as apikey.lua keeps it)
---   [8 ..] one idempotency record per entry of state.idempotency (in order), then one usage
+-- KEYS: the common seven (see _lib.lua), then
+--   [8] the account's API-key records (hash: key id -> JSON record, as apikey.lua keeps it)
+--   [9 ..] one idempotency record per entry of state.idempotency (in order), then one usage
 --   record per entry of state.usage (in order), then state.purge stale per-request records
 --   to delete (replace mode). Every key must carry the account's {hash tag}.
 -- ARGV: the common five (now: the rebuild's clock, from which the records' remaining TTLs
@@ -18,7 +18,8 @@
 --   clawbacks? {purchase: the clawback's target (revoke.lua's cb:<purchase>), or
 --     {target, state (cbs:<purchase>: {v, pol, b, tk, pd, debt, un}, see _lib.lua)}},
 --   rate_limit? [requests, period_ms, burst], spend_limit? ('credits:unit:count', see
---   "Spending limits" in _lib.lua), spend_state? ('from:spent'), purge (how many
+--   "Spending limits" in _lib.lua), spend_state? ('from:spent'), plan?, plan_anchor?,
+--   plan_since?, plan_last? (see "Plans" in _lib.lua), purge (how many
 --   stale keys follow),
 --   buckets [{id, credits, created, expires?, priority, source, metadata, fp, tx, bal,
 --     remaining? (absent: expired), held, held_field (true: h:<id> exists, a hold drew on it)}],
@@ -144,10 +145,27 @@ if not absent(S.rate_limit) then
     int_v(r[2], 'rate_limit.period_ms', 1, 366 * 86400000),
     int_v(r[3], 'rate_limit.burst', 1, 1000000000)}
 end
+-- The plan (docs/plans.md): plan_last is the start of the latest period its current stay on
+-- it issued (none: renewed at the next touch, which issues nothing already issued).
+local pl, pan, psn, pn = nil, nil, nil, nil
+if not absent(S.plan) then
+  pl = id_arg(S.plan, 'plan', 64)
+  pan = int_v(S.plan_anchor, 'plan_anchor', 0, MAX_TIME)
+  psn = int_v(S.plan_since, 'plan_since', 0, MAX_TIME)
+  local spec = plan_spec(pl)
+  if not spec then fail('INVALID', 'plan ' .. pl .. ' is not in Redis: restore the plans first') end
+  pn = clock
+  if not absent(S.plan_last) then
+    local _, stop = period_of(pan, spec.unit, spec.count, int_v(S.plan_last, 'plan_last', 0, MAX_TIME))
+    pn = stop
+  end
+end
 local sl, ss = nil, nil
-if not absent(S.spend_limit) then
-  if type(S.spend_limit) ~= 'string' then fail('INVALID', 'spend_limit must be text') end
-  sl = spend_spec_arg(S.spend_limit, 'spend_limit')
+if not absent(S.spend_limit) or pl then
+  if not absent(S.spend_limit) then
+    if type(S.spend_limit) ~= 'string' then fail('INVALID', 'spend_limit must be text') end
+    sl = spend_spec_arg(S.spend_limit, 'spend_limit')
+  end
   if not absent(S.spend_state) then
     ss = S.spend_state
     if type(ss) ~= 'string' or not string.match(ss, '^%d+:%d+$') then
@@ -337,8 +355,8 @@ for _, u in ipairs(usage) do
   end
 end
 
-if #KEYS ~= 7 + #idem + #usage + npurge then
-  fail('INVALID', 'expected ' .. fmt(7 + #idem + #usage + npurge) .. ' keys, got ' .. fmt(#KEYS))
+if #KEYS ~= 8 + #idem + #usage + npurge then
+  fail('INVALID', 'expected ' .. fmt(8 + #idem + #usage + npurge) .. ' keys, got ' .. fmt(#KEYS))
 end
 if redis.call('EXISTS', A) == 1 and MODE == 'create' then
   fail('EXISTS', 'account ' .. ACCOUNT .. ' already exists in Redis (replace overwrites it)')
@@ -350,9 +368,15 @@ if MODE == 'replace' and current and current > seq then
     ' in Redis, SQL only up to ' .. fmt(seq))
 end
 
--- Everything is valid: write. Old keys go first (without an account they are orphans).
-redis.call('DEL', A, O, D, H, KEYS[7])
-for i = 8, #KEYS do redis.call('DEL', KEYS[i]) end
+-- Everything is valid: write. Old keys go first (without an account they are orphans); the
+-- shard's count of accounts on each plan follows the account from its old plan to this one.
+local old_pl = redis.call('HGET', A, 'pl')
+if old_pl ~= (pl or false) then
+  if old_pl then redis.call('HINCRBY', P, 'n:' .. old_pl, -1) end
+  if pl then redis.call('HINCRBY', P, 'n:' .. pl, 1) end
+end
+redis.call('DEL', A, O, D, H, KEYS[8])
+for i = 9, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('ZREM', DUE, ACCOUNT)
 
 local f = {'created', fmt(created), 'clock', fmt(clock), 'avail', fmt(avail), 'held', fmt(held),
@@ -361,6 +385,12 @@ if lbt then f[#f + 1] = 'lbt'; f[#f + 1] = fmt(lbt) end
 if sl then f[#f + 1] = 'sl'; f[#f + 1] = sl end
 if ss then f[#f + 1] = 'ss'; f[#f + 1] = ss end
 if att then f[#f + 1] = 'att'; f[#f + 1] = fmt(att) end
+if pl then
+  for _, v in ipairs({'pl', pl, 'pan', fmt(pan), 'psn', fmt(psn), 'pn', fmt(pn)}) do
+    f[#f + 1] = v
+  end
+  redis.call('ZADD', D, fmt(pn), 'p:')
+end
 for _, c in ipairs(clawbacks) do
   f[#f + 1] = 'cb:' .. c[1]
   f[#f + 1] = fmt(c[2])
@@ -410,18 +440,18 @@ for _, h in ipairs(holds) do
 end
 
 for _, k in ipairs(keys) do
-  redis.call('HSET', KEYS[7], k.id, k.record)
+  redis.call('HSET', KEYS[8], k.id, k.record)
   if k.rate then redis.call('HSET', A, 'k:' .. k.id, k.rate) end
   if k.rate and k.limit then redis.call('HSET', A, 'kl:' .. k.id, k.limit) end
   if k.rate and k.limit and k.spend_state then redis.call('HSET', A, 'ks:' .. k.id, k.spend_state) end
 end
 
 for i, r in ipairs(idem) do
-  redis.call('SET', KEYS[7 + i], jenc({tx = r.tx, cost = r.cost, bal = r.bal, fp = r.fp}), 'PX',
+  redis.call('SET', KEYS[8 + i], jenc({tx = r.tx, cost = r.cost, bal = r.bal, fp = r.fp}), 'PX',
     fmt(r.px))
 end
 for i, u in ipairs(usage) do
-  local key = KEYS[7 + #idem + i]
+  local key = KEYS[8 + #idem + i]
   local uf = {'cost', fmt(u.cost), 'alloc', jenc(u.alloc), 'overdraft', fmt(u.overdraft),
     'refunded', fmt(u.refunded)}
   if u.sw then uf[#uf + 1] = 'sw'; uf[#uf + 1] = fmt(u.sw) end

@@ -1,6 +1,6 @@
 -- revoke.lua: set how many credits of a refunded or disputed purchase are taken back.
 --
--- KEYS: the common six (see _lib.lua).
+-- KEYS: the common seven (see _lib.lua).
 -- ARGV: the common five, then
 --   [6] purchase id (the Checkout Session or PaymentIntent id)
 --   [7] target: credits of this purchase to have taken back in total (>= 0); below the

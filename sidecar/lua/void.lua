@@ -17,8 +17,8 @@
 -- plus VOID_DELAY_MS behind the caller's. A void of an attempt that never ran (refused LATE,
 -- or never reached Redis) finds its token unlisted and changes nothing, whenever it runs.
 --
--- KEYS: the common six (see _lib.lua), then
---   [7] the idempotency record   [8] the usage record of ARGV[8] (what the refund reads)
+-- KEYS: the common seven (see _lib.lua), then
+--   [8] the idempotency record   [9] the usage record of ARGV[8] (what the refund reads)
 -- ARGV: the common five (ARGV[3]: the refund's transaction id, if one is made), then
 --   [6] idempotency key   [7] attempt token   [8] the usage transaction id the caller read
 --   from the record (a record made since, by another usage, is not voided here: 'changed')
@@ -46,7 +46,7 @@ if type(fp) ~= 'string' or not string.match(fp, '^%x+$') or #fp ~= 16 then
 end
 
 require_account()
-local raw = redis.call('GET', KEYS[7])
+local raw = redis.call('GET', KEYS[8])
 if not raw then return {'absent'} end
 local p = cjson.decode(raw)
 if p.tx ~= src then return {'changed'} end
@@ -60,11 +60,11 @@ local open = #p.at - #p.vd
 if open > 0 or p.ax then
   if not again then
     in_time()
-    redis.call('SET', KEYS[7], jenc(p), 'KEEPTTL')
+    redis.call('SET', KEYS[8], jenc(p), 'KEEPTTL')
   end
   return {'marked', open}
 end
-local u = redis.call('HMGET', KEYS[8], 'cost', 'alloc', 'overdraft', 'refunded')
+local u = redis.call('HMGET', KEYS[9], 'cost', 'alloc', 'overdraft', 'refunded')
 if not u[1] then return {'untracked'} end  -- (no usage record to refund from: keep the charge)
 in_time()
 
@@ -73,7 +73,7 @@ local left = tonumber(u[1]) - tonumber(u[4])
 local rid = 'void.' .. token
 local bal, forfeited, txid = balance(), 0, ''  -- (after expire_due)
 if left > 0 then
-  bal, forfeited = refund_usage(KEYS[8], u, src, rid, '', left, 'void of ' .. key ..
+  bal, forfeited = refund_usage(KEYS[9], u, src, rid, '', left, 'void of ' .. key ..
     ': its caller lost the reply and answered unavailable', '', {void = token})
   if not bal then
     save_if_touched()
@@ -81,6 +81,6 @@ if left > 0 then
   end
   txid = TXID
 end
-redis.call('DEL', KEYS[7])
+redis.call('DEL', KEYS[8])
 save_account()
 return {'voided', txid, bal, left, forfeited}

@@ -109,11 +109,11 @@ class Account(Base):
     # outbox entry id that last set it (a transaction, or a settings change that reset it).
     spend_state: Mapped[str | None] = mapped_column(String(40))
     spend_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
-    # Its plan (docs/plans.md), the anchor its periods count from, and the start of the latest
-    # period whose allowance was issued (from the allowance transactions).
+    # Its plan (docs/plans.md), the anchor its periods count from, and since when it is on it
+    # (its allowance buckets created since are the plan's: rollover cuts apply to them).
     plan: Mapped[str | None] = mapped_column(String(64))
     plan_anchor_ms: Mapped[int | None] = mapped_column(BigInteger)
-    plan_period_ms: Mapped[int | None] = mapped_column(BigInteger)
+    plan_since_ms: Mapped[int | None] = mapped_column(BigInteger)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     billing_email: Mapped[str | None] = mapped_column(String(320))  # receipts (Stripe customer)
     # Settings version: the outbox entry id ("%015d-%010d") of the last settings change applied.

@@ -46,6 +46,9 @@ SETTINGS_COLS = (
     "spend_limit_credits",
     "spend_limit_interval",
     "spend_limit_interval_count",
+    "plan",
+    "plan_anchor_ms",
+    "plan_since_ms",
 )
 STATE_COLS = ("id", "balance", "debt", "seq", "clock_ms")
 # The spending limit's state (sidecar/lua/_lib.lua ss), set by transactions and by settings
@@ -327,6 +330,10 @@ class Batch:
             stream_version(entry_id),
             ts,
             *_spend_limit(s.get("spend_limit")),
+            # its plan (entries written before plans existed have none: it had none)
+            None if s.get("plan") is None else _text(s, "plan", 64),
+            _opt_int(s, "plan_anchor"),
+            _opt_int(s, "plan_since"),
         )
         self.touched_accounts.add(account)
         spend: str | None = None

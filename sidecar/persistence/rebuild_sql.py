@@ -148,8 +148,8 @@ async def read_account(
             int(acct["spend_limit_interval_count"] or 1),
         )
         doc["spend_limit"] = limit.spec()
-        if acct["spend_state"]:
-            doc["spend_state"] = acct["spend_state"]
+    if acct["spend_state"] and (acct["spend_limit_credits"] is not None or acct["plan"]):
+        doc["spend_state"] = acct["spend_state"]  # (an account on a plan may use the plan's)
 
     topup = (
         await conn.execute(
@@ -164,6 +164,8 @@ async def read_account(
         doc["auto_topup_threshold"] = int(topup)
     doc["clawbacks"] = await _clawbacks(conn, account)
     doc["buckets"] = await _buckets(conn, account, clock)
+    if acct["plan"]:
+        doc |= _plan(acct, doc["buckets"])
     doc["holds"] = await _holds(conn, account, clock - retention_ms)
     doc["keys"], index = await _keys(conn, account)
     idempotency, usage = await records(conn, account, now_ms, retention_ms)
@@ -199,6 +201,28 @@ async def _clawbacks(conn: AsyncConnection, account: str) -> dict[str, Any]:
             prev = out.get(purchase, 0)
             out[purchase] = max(prev if isinstance(prev, int) else 0, target)
     return out
+
+
+def _plan(acct: RowMapping, buckets: list[dict[str, Any]]) -> dict[str, Any]:
+    """The account's plan as restore.lua takes it: what its current stay on the plan issued
+    (the allowance buckets created since it was set: allowance:<plan>:<period start>, see
+    "Plans" in sidecar/lua/_lib.lua) gives the latest period issued."""
+    plan, since = str(acct["plan"]), int(acct["plan_since_ms"] or 0)
+    _need(acct, f"account {acct['id']}: plan {plan}", ("plan_anchor_ms", "plan_since_ms"))
+    prefix = f"allowance:{plan}:"
+    ours = sorted(
+        (b for b in buckets if b["id"].startswith(prefix) and b["created"] >= since),
+        key=lambda b: (b["created"], b["id"]),
+    )
+    doc: dict[str, Any] = {
+        "plan": plan,
+        "plan_anchor": int(acct["plan_anchor_ms"]),
+        "plan_since": since,
+    }
+    starts = [int(b["id"][len(prefix) :]) for b in ours if b["id"][len(prefix) :].isdigit()]
+    if starts:
+        doc["plan_last"] = max(starts)
+    return doc
 
 
 async def _buckets(conn: AsyncConnection, account: str, clock: int) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
 """Plans with renewing allowances: the plans (mirrored from the outbox's kind=plan entries) and
-each account's plan, its anchor and the start of the latest period whose allowance was issued.
+each account's plan, its anchor and since when it is on it.
 
 Revision ID: 0009
 Revises: 0008
@@ -34,12 +34,12 @@ def upgrade() -> None:
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.add_column(sa.Column("plan", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("plan_anchor_ms", sa.BigInteger(), nullable=True))
-        batch_op.add_column(sa.Column("plan_period_ms", sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column("plan_since_ms", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("accounts", schema=None) as batch_op:
-        batch_op.drop_column("plan_period_ms")
+        batch_op.drop_column("plan_since_ms")
         batch_op.drop_column("plan_anchor_ms")
         batch_op.drop_column("plan")
     op.drop_table("plans")
