@@ -70,6 +70,8 @@ class Config:
     # head's accounts are created with these settings (PUT /v1/accounts body), base's with none:
     # what a feature costs when it is used (a spending limit, a plan), against before it existed
     head_account: dict[str, Any] = field(default_factory=dict)
+    # plans PUT on head before its accounts are seeded ({plan id: PUT /v1/plans body})
+    head_plans: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -189,13 +191,19 @@ def preflight(side: Side) -> int:
     return len(found["files"])
 
 
-async def seed(side: Side, accounts: list[str], settings: dict[str, Any]) -> None:
-    """Each account configured (with ``settings``) and granted ``GRANT`` credits through the
-    side's own API."""
+async def seed(
+    side: Side, accounts: list[str], settings: dict[str, Any], plans: dict[str, Any]
+) -> None:
+    """``plans`` defined, then each account configured (with ``settings``) and granted
+    ``GRANT`` credits through the side's own API."""
     assert side.server is not None
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     sem = asyncio.Semaphore(32)
     async with aiohttp.ClientSession(side.server.url, headers=headers) as s:
+        for plan, body in plans.items():
+            async with s.put(f"/v1/plans/{plan}", json=body) as r:
+                if r.status not in (200, 201):
+                    raise BenchFailure(f"{side.name}: PUT plan {r.status} {await r.text()}")
 
         async def one(a: str) -> None:
             async with sem:
@@ -392,7 +400,10 @@ async def run(cfg: Config) -> dict[str, Any]:
             async with running(base, tmp) as base_redis, running(head, tmp) as head_redis:
                 clients = {"base": base_redis, "head": head_redis}
                 for s in sides:
-                    await seed(s, accounts, cfg.head_account if s is head else {})
+                    if s is head:
+                        await seed(s, accounts, cfg.head_account, cfg.head_plans)
+                    else:
+                        await seed(s, accounts, {}, {})
                 log(f"seeded {cfg.accounts} accounts on each side; warm-up {cfg.warmup:g} s each")
                 for s in sides:
                     await load(cfg, s, cfg.warmup)
@@ -473,6 +484,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
         default={},
         help="JSON settings of head's accounts (PUT /v1/accounts), e.g. a spend_limit",
     )
+    p.add_argument(
+        "--head-plans",
+        type=json.loads,
+        default={},
+        help='JSON {plan id: PUT /v1/plans body} defined on head first, e.g. for "plan" above',
+    )
     a = p.parse_args(argv)
     return Config(
         a.base,
@@ -484,6 +501,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         a.accounts,
         a.out,
         a.head_account,
+        a.head_plans,
     )
 
 

@@ -75,7 +75,8 @@ def render(r: dict[str, Any]) -> str:
                 f" Head's accounts are created with `{json.dumps(c['head_account'])}`."
                 if c.get("head_account")
                 else ""
-            ),
+            )
+            + (f" Head's plans: `{json.dumps(c['head_plans'])}`." if c.get("head_plans") else ""),
             "",
             md_table(summary_rows, ["", f"base `{b['commit']}`", f"head {head_name}", "head/base"]),
             "",

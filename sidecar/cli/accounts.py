@@ -135,6 +135,8 @@ def show(account: str, url: str | None, as_json: bool) -> None:
     help="a debit crossing below this is a low_balance event",
 )
 @rate_limit_options("the account")
+@click.option("--plan", help="its plan (docs/plans.md; default: the default plan if it is new)")
+@click.option("--plan-anchor", help="where the plan's periods count from (RFC 3339 or unix ms)")
 @url_option
 @json_option
 def create(
@@ -144,6 +146,8 @@ def create(
     rate_limit: int | None,
     period_ms: int,
     burst: int | None,
+    plan: str | None,
+    plan_anchor: str | None,
     url: str | None,
     as_json: bool,
 ) -> None:
@@ -153,6 +157,10 @@ def create(
         body["low_balance_threshold"] = low_balance_threshold
     if (rl := rate_limit_body(rate_limit, period_ms, burst)) is not None:
         body["rate_limit"] = rl
+    if plan is not None:
+        body["plan"] = plan
+    if plan_anchor is not None:
+        body["plan_anchor"] = _timestamp(plan_anchor)
     path = f"/v1/accounts/{seg(account)}"
     result = run_admin(admin_client(url), lambda c: c.request("PUT", path, body))
     if as_json:
@@ -162,6 +170,44 @@ def create(
     click.echo(
         f"account {account} {verb}: overdraft limit {result['overdraft_limit']}, "
         f"rate limit {rate_limit_text(result['rate_limit'])}"
+    )
+
+
+@accounts.command("set")
+@click.argument("account")
+@click.option("--plan", help="put it on this plan (docs/plans.md)")
+@click.option("--no-plan", is_flag=True, help="take it off its plan")
+@click.option("--plan-anchor", help="where the plan's periods count from (RFC 3339 or unix ms)")
+@click.option("--overdraft-limit", type=AsciiInt(), help="credits the balance may go below 0")
+@url_option
+@json_option
+def set_cmd(
+    account: str,
+    plan: str | None,
+    no_plan: bool,
+    plan_anchor: str | None,
+    overdraft_limit: int | None,
+    url: str | None,
+    as_json: bool,
+) -> None:
+    """Change only the settings given of ACCOUNT (PATCH): the others stay."""
+    if plan is not None and no_plan:
+        raise click.UsageError("--plan and --no-plan exclude each other")
+    body: dict[str, Any] = {}
+    if plan is not None or no_plan:
+        body["plan"] = plan
+    if plan_anchor is not None:
+        body["plan_anchor"] = _timestamp(plan_anchor)
+    if overdraft_limit is not None:
+        body["overdraft_limit"] = overdraft_limit
+    path = f"/v1/accounts/{seg(account)}"
+    result = run_admin(admin_client(url), lambda c: c.request("PATCH", path, body))
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(
+        f"account {account}: plan {result['plan'] or 'none'}, "
+        f"overdraft limit {result['overdraft_limit']}"
     )
 
 

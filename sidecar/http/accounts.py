@@ -16,7 +16,7 @@ from sidecar.http.state import LEDGER
 from sidecar.http.views import rate_limit_view, spend_limit_view, spend_view
 from sidecar.ledger.arguments import DEFAULT_PLAN, KEEP
 from sidecar.ledger.results import AccountConfig
-from sidecar.ledger.units import iso
+from sidecar.ledger.units import MAX_TIMESTAMP_MS, iso
 
 routes = Routes()
 ACCOUNT_404 = "`unknown_account`"
@@ -176,8 +176,8 @@ async def balance(call: Call[AccountPath, None, None]) -> Balance:
             if b.plan is None
             else PlanState(
                 plan=b.plan.plan,
-                anchor=iso(b.plan.anchor) or "",
-                next_renewal_at=iso(b.plan.next_renewal) or "",
+                anchor=iso(b.plan.anchor),
+                next_renewal_at=iso(min(b.plan.next_renewal, MAX_TIMESTAMP_MS)),
             )
         ),
     )

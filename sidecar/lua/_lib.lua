@@ -788,7 +788,8 @@ local function allowance_left()
   for _, m in ipairs(redis.call('ZRANGE', O, 0, -1)) do
     local id = string.sub(m, OKEY_PREFIX + 1)
     local created = tonumber(string.sub(m, 28, 42))  -- (okey: priority:expires:created:id)
-    if string.sub(id, 1, #prefix) == prefix and created >= since then
+    if string.sub(id, 1, #prefix) == prefix and created >= since
+        and string.match(string.sub(id, #prefix + 1), '^%d+$') then
       out[#out + 1] = {id, tonumber(redis.call('HGET', A, 'r:' .. id)) or 0, created}
     end
   end
@@ -856,8 +857,10 @@ local function plan_renew()
     local txid = extra_txid()
     local repaid = math.min(acct.debt, credits)
     acct.debt = acct.debt - repaid
-    local meta = add_bucket(id, credits, credits - repaid, spec.mode == 'reset' and stop or nil,
-      spec.priority, 'allowance', '', '', txid)
+    -- (a period ending past 9999-12-31 expires at its last millisecond, as no API time is later)
+    local expires = spec.mode == 'reset' and math.min(stop, MAX_TIME) or nil
+    local meta = add_bucket(id, credits, credits - repaid, expires, spec.priority, 'allowance',
+      '', '', txid)
     emit(txid, 'allowance', credits, {{id, credits - repaid}}, {
       bucket = bucket_entry(id, meta), repaid = repaid, plan = acct.pl, period = start,
       periods = n, desc = 'allowance of plan ' .. acct.pl,

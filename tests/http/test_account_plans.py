@@ -95,3 +95,17 @@ async def test_bad_plan_settings_are_422s_naming_the_field_and_change_nothing(
     assert status == 422, err
     assert err["error"]["field"] == field
     assert await snapshot(redis) == before
+
+
+async def test_a_plan_anchored_near_year_9999_answers_times_the_api_can_say(
+    client: Client, redis: RedisClient, clock: FakeClock, settings: Settings
+) -> None:
+    await define(redis, KeySpace(settings.shards), "decade", 5, "year", count=10)
+    clock.now = ms("9999-06-01T00:00:00")
+    status, body = await put(client, "acme", {"plan": "decade"})
+    assert status == 201, body
+    r = await client.get("/v1/accounts/acme/balance", headers=admin())
+    assert r.status == 200, await r.text()
+    b = await r.json()
+    assert b["plan"]["next_renewal_at"] == "9999-12-31T23:59:59.999Z"
+    assert b["buckets"][0]["expires_at"] == "9999-12-31T23:59:59.999Z"

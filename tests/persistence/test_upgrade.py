@@ -26,6 +26,7 @@ from sidecar.persistence.reconcile import reconcile
 from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock
 from tests.persistence.test_writer import drain, make_writer
+from tests.test_plans import DAY, define
 
 PREVIOUS = Path(__file__).parents[1] / "previous"
 
@@ -224,3 +225,31 @@ async def test_a_hold_taken_before_the_upgrade_settles_above_it_and_survives_reb
         settled.transaction_id,
         23,
     )
+
+
+async def test_a_previous_account_goes_on_a_plan_renews_and_survives_rebuild(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    """An account of the previous scripts (no plan fields; its entries still pending) takes a
+    plan: its allowance is issued at once and renewed at the boundary, the old and new
+    entries reach SQL together, and a rebuild keeps the next renewal (issued once)."""
+    await populate(redis, ledger, clock)
+    await define(redis, ledger.keys, "daily", 10, "day")
+    config = await ledger.update_account("acme", plan="daily")
+    assert config.plan == "daily"
+    assert (await ledger.balance("acme")).balance == 97 + 10
+    clock.advance(DAY)
+    assert (await ledger.balance("acme")).balance == 97 + 10  # reset: the old 10 expired
+    assert await drain(make_writer(ledger, engine)) > 5
+    assert await reconcile(redis, ledger.keys, engine) == []
+    await rebuild(
+        redis,
+        ledger.keys,
+        engine,
+        replace=True,
+        now_ms=clock.now,
+        retention_ms=ledger.retention_ms,
+    )
+    assert (await ledger.balance("acme")).balance == 107  # not issued again
+    clock.advance(DAY)
+    assert (await ledger.balance("acme")).balance == 107  # the next day's, once
