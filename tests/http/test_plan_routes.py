@@ -169,3 +169,31 @@ async def test_on_several_shards_a_plan_reaches_each_and_its_accounts_are_counte
         assert (await c.delete("/v1/plans/pro", headers=admin())).status == 204
         for shard in range(4):
             assert await redis.hgetall(keys.plans(shard)) == {}
+
+
+async def test_plans_and_the_accounts_on_them_end_to_end(client: Client) -> None:
+    """The plan routes with the account side: the default plan reaches a new account and
+    issues its allowance; a plan with an account on it is not deleted until none is; a
+    definition changed is what the next account gets."""
+    assert (await put(client, "free", FREE))[0] == 201
+    r = await client.put("/v1/accounts/cust_42", json={}, headers=admin())
+    assert r.status == 201 and (await r.json())["plan"] == "free"
+    r = await client.get("/v1/accounts/cust_42/balance", headers=admin())
+    assert (await r.json())["balance"] == 1000
+
+    r = await client.delete("/v1/plans/free", headers=admin())
+    assert r.status == 409 and "1 account" in (await r.json())["error"]["message"]
+    status, _ = await put(client, "pro", PRO)
+    assert status == 201
+    r = await client.patch("/v1/accounts/cust_42", json={"plan": "pro"}, headers=admin())
+    assert r.status == 200 and (await r.json())["plan"] == "pro"
+    assert (await client.delete("/v1/plans/free", headers=admin())).status == 204
+    r = await client.delete("/v1/plans/pro", headers=admin())
+    assert r.status == 409
+    r = await client.patch("/v1/accounts/cust_42", json={"plan": None}, headers=admin())
+    assert r.status == 200 and (await r.json())["plan"] is None
+    assert (await client.delete("/v1/plans/pro", headers=admin())).status == 204
+
+    # no default plan left: a new account gets none
+    r = await client.put("/v1/accounts/cust_43", json={}, headers=admin())
+    assert r.status == 201 and (await r.json())["plan"] is None

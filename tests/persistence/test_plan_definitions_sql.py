@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sidecar import errors
 from sidecar.ledger import outbox
 from sidecar.ledger.calls import Ledger
 from sidecar.ledger.keyspace import KeySpace
@@ -168,6 +169,26 @@ async def test_rebuild_puts_every_plan_back_on_every_shard(
     for shard in range(keys.shards):  # a rebuild appends nothing for SQL to write again
         assert await redis.xlen(keys.outbox(shard)) == 0
     assert await reconcile(redis, keys, engine) == []
+
+
+async def test_after_a_rebuild_the_accounts_on_a_plan_still_keep_it_from_being_deleted(
+    sharded: Ledger, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    plans, redis, keys = Plans(sharded), sharded.redis, sharded.keys
+    await plans.put("pro", PRO)
+    for account in ("a", "b", "c", "d"):
+        await sharded.configure_account(account, plan="pro")
+    await drain_all(sharded, engine)
+    await redis.flushall()
+    await rebuild(redis, keys, engine, now_ms=clock.now, retention_ms=sharded.retention_ms)
+    assert await plans.accounts("pro") == 4
+    with pytest.raises(errors.PlanInUse) as e:
+        await plans.remove("pro")
+    assert e.value.accounts == 4
+    for account in ("a", "b", "c", "d"):
+        await sharded.update_account(account, plan=None)
+    await plans.remove("pro")
+    assert await plans.list() == {}
 
 
 async def test_reconcile_names_a_plan_redis_and_sql_disagree_on(
