@@ -64,6 +64,22 @@ class KeyRevoked(SidecarError):
     code = "key_revoked"
 
 
+class PlanInUse(SidecarError):
+    """A plan that accounts are on cannot be deleted; ``accounts``: how many."""
+
+    code = "plan_in_use"
+
+    def __init__(self, message: str, *, accounts: int = 0, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.accounts = accounts
+
+
+class PlanBusy(SidecarError):
+    """A plan is being deleted (a change must wait), or changed while it was."""
+
+    code = "plan_busy"
+
+
 class RebuildError(Exception):
     """``rebuild``: an account cannot be restored from the SQL ledger; the message names it and
     says why (an operator's command, not an HTTP answer)."""
@@ -133,6 +149,8 @@ _SCRIPT_ERRORS: dict[str, type[SidecarError]] = {
     "UNKNOWN_KEY": UnknownKey,
     "KEY_REVOKED": KeyRevoked,
     "UNKNOWN_PLAN": UnknownPlan,
+    "PLAN_IN_USE": PlanInUse,
+    "PLAN_BUSY": PlanBusy,
     "CONFLICT": IdempotencyConflict,
     "HOLD_CLOSED": HoldClosed,
     "HOLD_EXPIRED": HoldExpired,

@@ -26,6 +26,7 @@ COMMANDS = {
     "migrate": "sidecar.cli.sql:migrate_cmd",
     "outbox": "sidecar.cli.outbox:outbox",
     "packages": "sidecar.cli.billing:packages",
+    "plans": "sidecar.cli.plans:plans",
     "rebuild": "sidecar.cli.sql:rebuild_cmd",
     "reconcile": "sidecar.cli.sql:reconcile_cmd",
     "refunds": "sidecar.cli.activity:refunds",

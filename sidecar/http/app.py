@@ -29,6 +29,7 @@ from sidecar.http.state import (
     EMBEDDED_REDIS,
     GATE,
     LEDGER,
+    PLANS,
     REDIS_URL,
     SETTINGS,
     TOKENS,
@@ -43,6 +44,7 @@ from sidecar.ledger.calls import (
     Clock,
     ledger_for,
 )
+from sidecar.ledger.plans import Plans
 from sidecar.ledger.redis_calls import (
     CALL_DEADLINE_S,
 )
@@ -95,6 +97,7 @@ def create_app(
         client = connect(url)
         app[LEDGER] = ledger = ledger_for(client, settings, clock)
         app[API_KEYS] = api_keys = ApiKeys(ledger)
+        app[PLANS] = Plans(ledger)
         app[GATE] = Gate(
             ledger,
             api_keys,

@@ -34,6 +34,8 @@ STATUS: dict[type[errors.SidecarError], int] = {
     errors.KeyRevoked: 409,
     errors.HoldExpired: 409,
     errors.FullyRefunded: 409,
+    errors.PlanInUse: 409,
+    errors.PlanBusy: 409,
     errors.InvalidInput: 422,
     errors.BalanceOverflow: 422,
     errors.StoreUnavailable: 503,

@@ -289,6 +289,29 @@ class KeyList(Model):
     keys: list[Key]
 
 
+class AllowanceView(Model):
+    credits: CreditsOut
+    interval: Literal["day", "week", "month", "year"]
+    interval_count: int
+    mode: Literal["reset", "accumulate"]
+    rollover_max: Annotated[int | None, Meta(description="null: no cap (or mode reset)")]
+    priority: int
+    trigger: Literal["period"]
+
+
+class PlanView(Model):
+    plan: str
+    name: str
+    allowance: AllowanceView
+    rate_limit: RateLimit | None
+    spend_limit: SpendLimitView | None
+    default: Annotated[bool, Meta(description="new accounts without a plan get this one")]
+
+
+class PlanList(Model):
+    plans: Annotated[list[PlanView], Meta(description="by id")]
+
+
 # -- reads -----------------------------------------------------------------------------------
 
 TxnType = Annotated[str, Meta(extra_json_schema={"enum": sorted(TXN_TYPES)})]

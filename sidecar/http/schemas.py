@@ -28,6 +28,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from sidecar.ledger.results import (
+    Allowance,
+    Plan,
     RateLimit,
     SpendLimit,
 )
@@ -198,6 +200,62 @@ class AccountPatch(Body):
     plan_anchor: PlanAnchor | None = None
 
 
+class AllowanceBody(Body):
+    """What a plan issues each period (docs/plans.md)."""
+
+    credits: Credits
+    interval: Literal["day", "week", "month", "year"]
+    interval_count: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
+    mode: Literal["reset", "accumulate"] = "reset"
+    rollover_max: NonNegativeCredits | None = Field(
+        None, description="only with mode accumulate: at most credits"
+    )
+    priority: Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)] = -1
+    trigger: Literal["period"] = "period"
+
+    @field_validator("rollover_max")
+    @classmethod
+    def _rollover_with_accumulate(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is None:
+            return v
+        if info.data.get("mode") != "accumulate":
+            raise PydanticCustomError(
+                "rollover_needs_accumulate", "rollover_max is only for mode accumulate"
+            )
+        credits = info.data.get("credits")
+        if credits is not None and v > credits:
+            raise PydanticCustomError("rollover_above_credits", "rollover_max must be <= credits")
+        return v
+
+    def to_allowance(self) -> Allowance:
+        return Allowance(
+            self.credits,
+            self.interval,
+            self.interval_count,
+            self.mode,
+            self.rollover_max,
+            self.priority,
+            self.trigger,
+        )
+
+
+class PlanRequest(Body):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
+    allowance: AllowanceBody
+    rate_limit: RateLimitBody | None = None
+    spend_limit: SpendLimitBody | None = None
+    default: bool = False
+
+    def to_plan(self) -> Plan:
+        return Plan(
+            self.name,
+            self.allowance.to_allowance(),
+            self.rate_limit.to_rate_limit() if self.rate_limit else None,
+            self.spend_limit.to_spend_limit() if self.spend_limit else None,
+            self.default,
+        )
+
+
 class KeyRequest(Body):
     name: Annotated[str, StringConstraints(max_length=128, pattern=r"^[^\x00]*$")] = ""
     rate_limit: RateLimitBody | None = None
@@ -352,6 +410,10 @@ class Path(BaseModel):
 
 class AccountPath(Path):
     account: Id = Field(description="the account's id")
+
+
+class PlanPath(Path):
+    plan: PlanId = Field(description="the plan's id")
 
 
 class HoldPath(Path):

@@ -11,6 +11,7 @@ from sidecar.ledger.apikeys import ApiKeys
 from sidecar.ledger.calls import (
     Ledger,
 )
+from sidecar.ledger.plans import Plans
 from sidecar.persistence.writer import OutboxWriter
 from sidecar.redis.client import RedisClient
 from sidecar.runtime.writer_runner import WriterProcess
@@ -19,6 +20,7 @@ from sidecar.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 LEDGER = web.AppKey("ledger", Ledger)
 API_KEYS = web.AppKey("api_keys", ApiKeys)
+PLANS = web.AppKey("plans", Plans)
 GATE = web.AppKey("gate", Gate)
 TOKENS = web.AppKey("tokens", dict[str, bytes])
 WRITER = web.AppKey("writer", OutboxWriter)

@@ -3,7 +3,8 @@
 
 The Lua scripts (``outbox_add`` and ``emit`` in sidecar/lua/_lib.lua) append each entry with one
 field, ``d``: a JSON object with exact integers. Its ``kind`` says what it records: ``txn`` (a
-ledger transaction), ``account`` (an account's settings) or ``key`` (an API key's record). One
+ledger transaction), ``account`` (an account's settings), ``key`` (an API key's record) or
+``plan`` (a plan's definition: :class:`PlanEntry`, decoded by :func:`plan`). One
 field instead of one per value: the writer decodes an entry in one C call instead of
 converting a dozen strings, and Redis stores and sends fewer, larger values.
 
@@ -24,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from sidecar.ledger.results import Plan
 from sidecar.ledger.units import MAX_CREDITS, MAX_TIMESTAMP_MS
 from sidecar.redis.client import text as _text
 
@@ -467,3 +469,45 @@ def _txn(e: Mapping[str, Any]) -> TxnEntry:
         hold_state,
         details,
     )
+
+
+# -- the plan entry ----------------------------------------------------------------------
+
+PLAN_ID = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class PlanEntry:
+    """A plan defined, changed or deleted (kind ``plan``, sidecar/lua/plan.lua; shard 0's
+    entry, one per change and plan)."""
+
+    id: str  # the change's transaction id
+    plan: str
+    ts: int
+    definition: dict[str, Any]  # after the change (deleted: the last), as plan.lua wrote it
+    name: str
+    default: bool
+    deleted: bool
+
+
+def plan(e: Mapping[str, Any]) -> PlanEntry:
+    """A decoded ``plan`` entry as its model; PoisonEntry, naming the problem, if any field
+    is missing, of the wrong type or out of range (the definition must read as a plan)."""
+    plan_id = text_field(e, "plan", 64)
+    if not PLAN_ID.match(plan_id):
+        raise PoisonEntry(f"field plan is not a plan id: {plan_id[:40]!r}")
+    txid = text_field(e, "id", 64)
+    ts = int_field(e, "ts", 0, MAX_TIMESTAMP_MS)
+    d = e.get("definition")
+    if not isinstance(d, dict):
+        raise PoisonEntry("field definition is not an object")
+    try:
+        p = Plan.from_json(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as x:
+        raise PoisonEntry(f"definition is not a plan's: {type(x).__name__}: {x}") from None
+    if not 1 <= len(p.name) <= 200:
+        raise PoisonEntry("definition's name is not 1-200 characters")
+    default, deleted = e.get("default"), e.get("deleted")
+    if type(default) is not bool or type(deleted) is not bool:
+        raise PoisonEntry("fields default and deleted must be true or false")
+    return PlanEntry(txid, plan_id, ts, d, p.name, default, deleted)

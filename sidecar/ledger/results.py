@@ -5,6 +5,7 @@ dataclass is the cheapest typed record to build (see changes/replies.md for the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,6 +48,89 @@ class SpendWindow:
     limit: SpendLimit
     spent: int
     ends_at: int | None
+
+
+PLAN_INTERVALS = ("day", "week", "month", "year")
+ALLOWANCE_MODES = ("reset", "accumulate")
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """What a plan issues each period (docs/plans.md): ``credits`` per ``interval_count``
+    ``interval``s. ``mode`` reset: the unused credits expire at the period's end; accumulate:
+    they stay, above ``rollover_max`` (None: no cap) cut at each renewal. ``priority``: its
+    buckets' burn priority (-1: before grants and purchases)."""
+
+    credits: int
+    interval: Literal["day", "week", "month", "year"]
+    interval_count: int = 1
+    mode: Literal["reset", "accumulate"] = "reset"
+    rollover_max: int | None = None
+    priority: int = -1
+    trigger: Literal["period"] = "period"
+
+    def spec(self) -> str:
+        """The scripts' form, ``credits:unit:count:mode:rollover:priority`` (rollover '' =
+        none; sidecar/lua/plan.lua)."""
+        roll = "" if self.rollover_max is None else self.rollover_max
+        return (
+            f"{self.credits}:{self.interval}:{self.interval_count}:{self.mode}:{roll}:"
+            f"{self.priority}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A plan's definition (docs/plans.md): its allowance, and the rate and spending limits an
+    account on it gets unless it sets its own; ``default``: new accounts without a plan get it."""
+
+    name: str
+    allowance: Allowance
+    rate_limit: RateLimit | None = None
+    spend_limit: SpendLimit | None = None
+    default: bool = False
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Plan:
+        """A definition as sidecar/lua/plan.lua writes it (``d:<plan>``, the kind=plan outbox
+        entry, SQL's ``plans.definition``); ValueError (or KeyError, TypeError) if it is not one."""
+        a = d["allowance"]
+        interval, mode = a["interval"], a.get("mode", "reset")
+        if interval not in PLAN_INTERVALS or mode not in ALLOWANCE_MODES:
+            raise ValueError(f"not a plan's allowance: {a!r}")
+        if a.get("trigger", "period") != "period":
+            raise ValueError(f"unknown allowance trigger {a.get('trigger')!r}")
+        roll, rl, sl = a.get("rollover_max"), d.get("rate_limit"), d.get("spend_limit")
+        if sl is not None and sl.get("interval") not in (None, *SPEND_INTERVALS):
+            raise ValueError(f"not a spending limit: {sl!r}")
+        name = d["name"]
+        if not isinstance(name, str):
+            raise TypeError("a plan's name is text")
+        return cls(
+            name=name,
+            allowance=Allowance(
+                credits=_int(a["credits"]),
+                interval=interval,
+                interval_count=_int(a.get("interval_count", 1)),
+                mode=mode,
+                rollover_max=None if roll is None else _int(roll),
+                priority=_int(a.get("priority", -1)),
+            ),
+            rate_limit=None
+            if rl is None
+            else RateLimit(_int(rl["requests"]), _int(rl["period_ms"]), _int(rl["burst"])),
+            spend_limit=None
+            if sl is None
+            else SpendLimit(_int(sl["credits"]), sl.get("interval"), _int(sl["interval_count"])),
+            default=d.get("default", False) is True,
+        )
+
+
+def _int(v: Any) -> int:
+    """A JSON integer (not a bool, float or text)."""
+    if type(v) is not int:
+        raise TypeError(f"{v!r} is not an integer")
+    return v
 
 
 @dataclass(frozen=True, slots=True)

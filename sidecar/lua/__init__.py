@@ -29,6 +29,7 @@ NAMES = (
     "autotopup",
     "revoke",
     "void",
+    "plan",
 )
 STANDALONE = ("lease",)  # not prefixed with _lib.lua: they touch no ledger state
 
@@ -59,6 +60,7 @@ class Scripts:
     autotopup: AsyncScript
     revoke: AsyncScript
     void: AsyncScript
+    plan: AsyncScript
     lease: AsyncScript
 
     @classmethod

@@ -6,7 +6,8 @@ A batch of entries becomes a handful of multi-row upserts in one SQL transaction
 - accounts, buckets, holds: set absolute values taken from the entry, only if the entry's
   sequence number is newer than the row's ``version`` (order-independent, and an admin's
   correction is never overwritten by an older entry replayed later);
-- account settings and API keys: last write wins by outbox entry id / revocation time.
+- account settings and API keys: last write wins by outbox entry id / revocation time;
+- plans: last write wins by outbox entry id (a deleted plan keeps its row, ``deleted``).
 
 Entries are validated while they are parsed, a transaction by its model's decoder
 (sidecar/ledger/outbox.py ``txn``); a malformed one raises :class:`PoisonEntry`.
@@ -128,6 +129,7 @@ KEY_COLS = (
     "spend_limit_interval_count",
     "settings_version",
 )
+PLAN_COLS = ("id", "name", "definition", "is_default", "deleted", "version", "updated_ms")
 Row = tuple[Any, ...]
 
 
@@ -171,9 +173,10 @@ class Batch:
         self.hold_defs: dict[tuple[str, str], Row] = {}
         self.hold_state: dict[tuple[str, str], Row] = {}
         self.keys: dict[str, Row] = {}
+        self.plans: dict[str, Row] = {}
 
     def __len__(self) -> int:
-        return len(self.txns) + len(self.settings) + len(self.keys)
+        return len(self.txns) + len(self.settings) + len(self.keys) + len(self.plans)
 
     def add(self, entry_id: str, entry: Mapping[str, Any], orig_id: str | None = None) -> None:
         """Adds one decoded entry (raises PoisonEntry, leaving the batch unchanged).
@@ -186,6 +189,8 @@ class Batch:
                 self._settings(orig_id or entry_id, entry)
             elif kind == "key":
                 self._key(entry, orig_id or entry_id)
+            elif kind == "plan":
+                self._plan(entry, orig_id or entry_id)
             else:
                 raise PoisonEntry(f"unknown entry kind {str(kind)[:40]!r}")
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
@@ -375,6 +380,21 @@ class Batch:
         old = self.keys.get(row[0])
         if old is None or old[9] is None:
             self.keys[row[0]] = row
+
+    def _plan(self, e: Mapping[str, Any], entry_id: str) -> None:
+        p = outbox.plan(e)  # every check; raises PoisonEntry
+        row = (
+            p.plan,
+            p.name,
+            _dumps(p.definition),
+            p.default,
+            p.deleted,
+            stream_version(entry_id),
+            p.ts,
+        )
+        old = self.plans.get(p.plan)
+        if old is None or old[5] < row[5]:
+            self.plans[p.plan] = row
 
 
 SPEND_INTERVALS = ("day", "week", "month", "year")

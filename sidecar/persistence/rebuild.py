@@ -6,7 +6,8 @@ balance"). Afterwards the ledger behaves as before: the same balances and bucket
 burn order, bucket expiries and hold TTLs still scheduled, the same settings and API keys, and
 the idempotency, usage (refund) and closed-hold records that were still inside the retention
 window. A retried check, grant, hold, settle or refund is therefore answered as the first time
-and never charged or credited twice.
+and never charged or credited twice. The plans SQL has come back first, on every shard
+(rebuild_plans.py).
 
 This module runs the command: which accounts, the checks made before anything is written, and
 per account one read and one write. Reading an account's state from SQL (one snapshot each, and
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.lua import Scripts
+from sidecar.persistence.rebuild_plans import restore_plans
 from sidecar.persistence.rebuild_redis import AccountExists, ahead_of, existing, restore_account
 from sidecar.persistence.rebuild_sql import (
     RebuildError,
@@ -83,6 +85,8 @@ async def rebuild(
                 f"({shown}): replacing them now would undo those transactions. Wait for the "
                 "writer (credit-sidecar outbox status), or pass --force to restore anyway"
             )
+    # the plans first: an account restored on a plan finds it
+    await restore_plans(redis, keys, engine, now_ms=now_ms, retention_ms=retention_ms)
     script = Scripts.register(redis).restore
     for a in accounts:
         async with snapshot(engine) as conn:

@@ -1,4 +1,5 @@
-"""Compares the Redis ledger with the SQL ledger, per account and bucket.
+"""Compares the Redis ledger with the SQL ledger, per account and bucket, and the plans'
+definitions (rebuild_plans.py; a plan's difference names "plan <id>" as its account).
 
 Differences are reported, never fixed: `credit-sidecar rebuild` restores Redis from SQL, and
 the writer brings SQL up to Redis. Only transactions already written to SQL can match, so
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sidecar.ledger import outbox
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.models import Account, ArchiveTotal, CreditBalance, CreditTransaction
+from sidecar.persistence.rebuild_plans import plan_differences
 from sidecar.redis.client import RedisClient
 from sidecar.redis.client import text as _s
 
@@ -185,7 +187,8 @@ async def dead_letters(
 async def reconcile(
     redis: RedisClient, keys: KeySpace, engine: AsyncEngine, account: str | None = None
 ) -> list[Difference]:
-    """Differences for one account, or for every account on either side, then dead letters."""
+    """Differences for one account, or for every account on either side and every plan, then
+    dead letters."""
     if account is not None:
         return await reconcile_account(redis, keys, engine, account) + await dead_letters(
             redis, keys, account
@@ -196,4 +199,6 @@ async def reconcile(
     out: list[Difference] = []
     for a in sorted(accounts):
         out += await reconcile_account(redis, keys, engine, a)
+    for plan, what, in_redis, in_sql in await plan_differences(redis, keys, engine):
+        out.append(Difference(f"plan {plan}", what, in_redis, in_sql))
     return out + await dead_letters(redis, keys)

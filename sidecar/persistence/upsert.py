@@ -1,6 +1,7 @@
 """Writes a :class:`~sidecar.persistence.projection.Batch` into SQL: one upsert per table and
-kind of row, each guarded by its version (a transaction's seq, a settings change's or a spend
-state's outbox entry id), so applying a batch again, or an older one, changes nothing."""
+kind of row, each guarded by its version (a transaction's seq, a settings change's, a spend
+state's or a plan change's outbox entry id), so applying a batch again, or an older one,
+changes nothing."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sidecar.persistence.models import (
     CreditBalance,
     CreditHold,
     CreditTransaction,
+    Plan,
     table_of,
 )
 from sidecar.persistence.projection import (
@@ -28,6 +30,7 @@ from sidecar.persistence.projection import (
     HOLD_DEF_COLS,
     HOLD_STATE_COLS,
     KEY_COLS,
+    PLAN_COLS,
     SETTINGS_COLS,
     SPEND_COLS,
     STATE_COLS,
@@ -123,6 +126,15 @@ async def apply(conn: AsyncConnection, batch: Batch) -> None:
             .values(spend_state=bindparam("s"), spend_version=bindparam("v")),
             [{"k": k, "s": s, "v": v} for k, s, v in batch.key_spend.values()],
         )
+    await _upsert(
+        conn,
+        table_of(Plan),
+        PLAN_COLS,
+        list(batch.plans.values()),
+        ["id"],
+        update=PLAN_COLS[1:],
+        where='"plans"."version" < excluded."version"',
+    )
     await _upsert(conn, table_of(CreditTransaction), TXN_COLS, list(batch.txns.values()), ["id"])
     await _upsert(
         conn,

@@ -116,7 +116,7 @@ class Served:
 
 def seed(s: Served) -> None:
     """Account acme with credits, a hold, a usage transaction to refund and an API key;
-    account broke with no credits and a key; a package. The first seed is also written to
+    account broke with no credits and a key; a package; a plan. The first seed is also written to
     the SQL ledger, for the read routes (Redis is wiped before each operation, SQL is not)."""
     auth = {"Authorization": f"Bearer {ADMIN}"}
 
@@ -132,6 +132,8 @@ def seed(s: Served) -> None:
     call("POST", "/v1/holds", {"account": "acme", "hold_id": "h1", "amount": 5})
     package = {"name": "Starter", "credits": 1000, "price": 500, "stripe_price_id": PRICE}
     call("PUT", "/v1/admin/packages/starter", package)
+    plan = {"name": "Pro", "allowance": {"credits": 100, "interval": "month"}}
+    call("PUT", "/v1/plans/pro", plan)
     rich = call("POST", "/v1/accounts/acme/keys", {"name": "fuzz"})
     broke = call("POST", "/v1/accounts/broke/keys", {"name": "fuzz"})
     s.api_keys = (rich["key"], broke["key"])
@@ -140,6 +142,7 @@ def seed(s: Served) -> None:
         "hold_id": "h1",
         "key_id": rich["key_id"],
         "package_id": "starter",
+        "plan": "pro",
         "transaction_id": usage["transaction_id"],
     }
     if not s.in_sql:
