@@ -6,7 +6,9 @@ of accounts on each plan."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.ledger.calls import Ledger
@@ -17,7 +19,7 @@ from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock, outbox_entries
 from tests.persistence.test_rebuild import redis_state
 from tests.persistence.test_writer import drain, make_writer
-from tests.test_plans import DAY, define
+from tests.test_plans import DAY, define, ms
 
 
 async def plans(redis: RedisClient, ledger: Ledger) -> None:
@@ -86,5 +88,37 @@ async def test_concurrent_checks_at_a_boundary_then_reconcile_is_clean(
     clock.advance(DAY)
     await asyncio.gather(*(ledger.deduct("f", 1, f"k{i}") for i in range(150)), ledger.sweep())
     assert await allowances(redis) == 2
+    await drain(make_writer(ledger, engine))
+    assert await reconcile(redis, ledger.keys, engine) == []
+
+
+# A year of monthly periods from anchors on the 29th, 30th and 31st (2028 is a leap year):
+# each month's renewal on the anchor's day, clamped to the month's last day.
+CLAMPED = {
+    29: ["02-28", "03-29", "04-29", "05-29", "06-29", "07-29", "08-29", "09-29", "10-29",
+         "11-29", "12-29", "01-29", "02-29"],
+    30: ["02-28", "03-30", "04-30", "05-30", "06-30", "07-30", "08-30", "09-30", "10-30",
+         "11-30", "12-30", "01-30", "02-29"],
+    31: ["02-28", "03-31", "04-30", "05-31", "06-30", "07-31", "08-31", "09-30", "10-31",
+         "11-30", "12-31", "01-31", "02-29"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("day", sorted(CLAMPED))
+async def test_a_year_of_months_from_the_29th_30th_and_31st_then_reconcile_is_clean(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine, day: int
+) -> None:
+    await define(redis, ledger.keys, "monthly", 7, "month")
+    clock.now = ms(f"2027-01-{day}T12:00:00")
+    await ledger.configure_account("a", plan="monthly", plan_anchor=ms(f"2027-01-{day}T09:30:00"))
+    seen = []
+    for _ in range(13):
+        b = await ledger.balance("a")
+        assert b.plan is not None
+        clock.now = b.plan.next_renewal
+        seen.append(datetime.fromtimestamp(clock.now / 1000, UTC).strftime("%m-%d %H:%M"))
+        assert (await ledger.balance("a")).balance == 7  # reset: this month's 7 only
+    assert seen == [f"{d} 09:30" for d in CLAMPED[day]]
+    assert await allowances(redis) == 14
     await drain(make_writer(ledger, engine))
     assert await reconcile(redis, ledger.keys, engine) == []
