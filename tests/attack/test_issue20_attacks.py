@@ -323,3 +323,184 @@ async def test_a_limits_window_ends_where_the_calendar_says_and_starts_counting_
         if end == last_end:
             assert spend.spent >= 2
         last_end = end
+
+
+# --- account settings: PATCH races --------------------------------------------------------
+
+
+async def test_concurrent_patches_of_different_settings_never_lose_each_other(
+    client: Client, redis: RedisClient
+) -> None:
+    await make_account(client, 10)
+    for round_ in range(5):
+        patches = [
+            {"overdraft_limit": 100 + round_},
+            {"low_balance_threshold": 7 + round_},
+            {"rate_limit": {"requests": 50 + round_, "period_ms": 1000}},
+            {"spend_limit": {"credits": 500 + round_, "interval": "week"}},
+        ]
+        answers = await asyncio.gather(
+            *(client.patch("/v1/accounts/acme", json=p, headers=admin()) for p in patches * 5)
+        )
+        assert {a.status for a in answers} == {200}
+        r = await client.put("/v1/accounts/acme", json={}, headers=admin())
+        got = await client.patch("/v1/accounts/acme", json={}, headers=admin())
+        assert r.status == 200
+        # an empty PATCH: every setting as it is (PUT {} removed them all)
+        body = await got.json()
+        assert got.status == 200, body
+        assert (body["overdraft_limit"], body["spend_limit"]) == (0, None)
+        answers = await asyncio.gather(
+            *(client.patch("/v1/accounts/acme", json=p, headers=admin()) for p in patches)
+        )
+        assert {a.status for a in answers} == {200}
+        got = await client.patch("/v1/accounts/acme", json={}, headers=admin())
+        body = await got.json()
+        assert body["overdraft_limit"] == 100 + round_
+        assert body["low_balance_threshold"] == 7 + round_
+        assert body["rate_limit"]["requests"] == 50 + round_
+        assert body["spend_limit"]["credits"] == 500 + round_
+
+
+async def test_patching_a_revoked_key_writes_nothing(client: Client, redis: RedisClient) -> None:
+    await make_account(client, 10)
+    r = await client.post("/v1/accounts/acme/keys", json={"name": "k"}, headers=admin())
+    key_id = (await r.json())["key_id"]
+    assert (await client.delete(f"/v1/keys/{key_id}", headers=admin())).status == 200
+    before = await snapshot(redis)
+    for body in ({"spend_limit": {"credits": 5}}, {"spend_limit": None}):
+        r = await client.patch(f"/v1/keys/{key_id}", json=body, headers=admin())
+        assert r.status == 409
+        assert_names_the_problem(r.status, await r.json())
+    assert await snapshot(redis) == before
+
+
+# --- dry runs -----------------------------------------------------------------------------
+
+
+async def test_a_dry_run_on_a_busy_account_writes_nothing_and_answers_as_the_check(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
+) -> None:
+    """Due bucket expiries, a due hold lapsing into a live bucket and into an expired one, a
+    spending limit the lapse gives room back to, a key with its own limit, a rate limit, a
+    debt: every dry run leaves Redis byte for byte as it was, and the real call then gets the
+    same answer."""
+    from sidecar.ledger.apikeys import ApiKeys
+
+    await ledger.configure_account(
+        "a",
+        overdraft_limit=3,
+        low_balance_threshold=15,
+        spend_limit=SpendLimit(40, "day"),
+    )
+    keys = ApiKeys(ledger)
+    key, _ = await keys.create("a", spend_limit=SpendLimit(25, "day"))
+    start = clock.now
+    await ledger.grant("a", "soon", 10, expires_at=start + 5_000, priority=-1)
+    await ledger.grant("a", "later", 30)
+    assert isinstance(await ledger.hold("a", "h1", 12, 4_000), HoldResult)  # 10 of soon, 2 later
+    assert isinstance(await ledger.hold("a", "h2", 6, 9_000), HoldResult)
+    assert isinstance(await ledger.deduct("a", 20, "used", key_id=key.key_id), Allowed)
+    clock.advance(10_000)  # soon expired, h1 and h2 lapsed: nothing processed yet
+    for cost, kid in ((1, ""), (5, key.key_id), (6, key.key_id), (19, ""), (25, ""), (41, "")):
+        before = await snapshot(redis)
+        dry = await ledger.deduct("a", cost, f"c{cost}", key_id=kid, dry_run=True)
+        assert await snapshot(redis) == before, cost
+        real = await ledger.deduct("a", cost, f"r{cost}", key_id=kid)
+        if isinstance(real, Allowed):
+            assert isinstance(dry, Allowed)
+            assert (dry.balance, dry.low_balance) == (real.balance, real.low_balance), cost
+            await ledger.refund("a", f"undo{cost}", real.transaction_id)
+        else:
+            assert dry == real, cost
+
+
+async def test_a_dry_run_with_a_cost_of_zero_is_a_422_naming_cost(
+    client: Client, redis: RedisClient
+) -> None:
+    await make_account(client, 10)
+    before = await snapshot(redis)
+    body = {"account": "acme", "cost": 0, "idempotency_key": "k", "dry_run": True}
+    status, answer = await post(client, "/v1/check", body, service())
+    assert status == 422 and answer["error"]["field"] == "cost"
+    assert await snapshot(redis) == before
+
+
+# --- odd encodings ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cost",
+    [
+        b"1.0",
+        b"1e3",
+        b"-0",
+        b"-0.0",
+        b'"5"',
+        b"true",
+        b"null",
+        b"1e400",
+        b"18446744073709551616",
+        b"9007199254740992",
+        b"99999999999999999999999999999999999999",
+        b"NaN",
+        b"Infinity",
+        b"[5]",
+        b"{}",
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/usage", "/v1/check", "/v1/holds/h/settle"])
+async def test_odd_numbers_are_a_4xx_naming_the_problem_and_charge_nothing(
+    client: Client, redis: RedisClient, path: str, cost: bytes
+) -> None:
+    await make_account(client, 10)
+    assert (
+        await post(client, "/v1/holds", {"account": "acme", "hold_id": "h", "amount": 2}, service())
+    )[0] == 201
+    field = b"amount" if path.endswith("settle") else b"cost"
+    body = b'{"account": "acme", "idempotency_key": "k", "' + field + b'": ' + cost + b"}"
+    if path.endswith("settle"):
+        body = b'{"account": "acme", "amount": ' + cost + b"}"
+    before = await snapshot(redis)
+    r = await client.post(
+        path, data=body, headers={**service(), "Content-Type": "application/json"}
+    )
+    text = await r.text()
+    if path.endswith("settle") and cost == b"-0":  # JSON's -0 is the integer 0: a valid settle
+        assert r.status == 200 and (await r.json())["charged"] == 0, text
+        return
+    assert 400 <= r.status < 500, text
+    assert_names_the_problem(r.status, await r.json())
+    assert await snapshot(redis) == before
+
+
+@pytest.mark.parametrize("path", ["/v1/usage", "/v1/check"])
+async def test_a_duplicated_json_key_never_charges_other_than_what_is_answered(
+    client: Client, redis: RedisClient, path: str
+) -> None:
+    """`{"cost": 1, "cost": 9}`: refused, or charged exactly the cost the answer names."""
+    await make_account(client, 100)
+    body = b'{"account": "acme", "idempotency_key": "k", "cost": 1, "cost": 9}'
+    r = await client.post(
+        path, data=body, headers={**service(), "Content-Type": "application/json"}
+    )
+    answer = await r.json()
+    assert r.status < 500, answer
+    if r.status >= 400:
+        assert_names_the_problem(r.status, answer)
+        assert (await balance(client))["balance"] == 100
+    else:
+        assert (await balance(client))["balance"] == 100 - answer["cost"]
+
+
+async def test_unicode_descriptions_at_the_limit_are_kept_whole(client: Client) -> None:
+    await make_account(client, 100)
+    text = "𝄞é\u202e😀" * 128  # 512 characters, 4 bytes or fewer each: 1664 bytes
+    status, body = await report(client, 3, "job", description=text, metadata={"ü": "𝄞" * 900})
+    assert status == 201, body
+    again = await report(client, 3, "job", description=text, metadata={"ü": "𝄞" * 900})
+    assert again[0] == 200
+    status, body = await report(client, 3, "job2", description="\x00")
+    assert status == 422 and body["error"]["field"] == "description"
+    r = await client.get("/v1/accounts/acme/transactions", headers=admin())
+    assert r.status < 500
