@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -27,7 +28,7 @@ from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
 from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
-from tests.conftest import FakeClock, admin, service, snapshot
+from tests.conftest import FakeClock, admin, outbox_entries, service, snapshot
 from tests.persistence.test_rebuild import redis_state
 from tests.persistence.test_writer import drain, make_writer
 
@@ -113,11 +114,37 @@ async def test_usage_reports_never_push_the_debt_past_2_pow_53_minus_1(
 # --- settling above a hold ----------------------------------------------------------------
 
 
+def without_answer_balances(state: dict[bytes, Any]) -> dict[bytes, Any]:
+    """The state without the balances closed holds and refund records answer replays with
+    (see test_rebuild_restores_the_balance_replays_answered_when_a_clawback_took_credits)."""
+    out: dict[bytes, Any] = {}
+    for key, (kind, value) in state.items():
+        if kind == "hash" and (b":h:" in key or b":u:" in key):
+            value = {f: strip_balances(v) for f, v in value.items()}
+        out[key] = (kind, value)
+    return out
+
+
+def strip_balances(raw: bytes) -> bytes:
+    if not raw.startswith(b"{"):
+        return raw
+    record = orjson.loads(raw)
+    record.pop("close_balance", None)
+    record.pop("bal", None)
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+
 async def sql_round_trip(
-    ledger: Ledger, redis: RedisClient, engine: AsyncEngine, clock: FakeClock
+    ledger: Ledger,
+    redis: RedisClient,
+    engine: AsyncEngine,
+    clock: FakeClock,
+    *,
+    answer_balances: bool = True,
 ) -> None:
     """Writes the outbox to SQL, checks reconcile is clean, then flushes Redis, rebuilds it
-    from SQL and checks the state came back the same."""
+    from SQL and checks the state came back the same (``answer_balances=False``: but for the
+    balances replays of hold closes and refunds answer)."""
     await drain(make_writer(ledger, engine))
     assert await reconcile(redis, ledger.keys, engine) == []
     before = await redis_state(redis, ledger.keys)
@@ -127,7 +154,14 @@ async def sql_round_trip(
     name = ledger.keys.for_account("a").account.encode()
     before[name][1].pop(b"clock", None)
     after[name][1].pop(b"clock", None)
-    assert after == before
+    if not answer_balances:
+        before, after = without_answer_balances(before), without_answer_balances(after)
+    differing = {
+        k: (before.get(k), after.get(k))
+        for k in before.keys() | after.keys()
+        if before.get(k) != after.get(k)
+    }
+    assert differing == {}
 
 
 async def test_a_settle_above_its_hold_survives_rebuild_with_its_replay_and_refund(
@@ -504,3 +538,100 @@ async def test_unicode_descriptions_at_the_limit_are_kept_whole(client: Client) 
     assert status == 422 and body["error"]["field"] == "description"
     r = await client.get("/v1/accounts/acme/transactions", headers=admin())
     assert r.status < 500
+
+
+# --- settles above holds and clawbacks of refunded purchases ------------------------------
+
+
+async def claw(ledger: Ledger, target: int, policy: Any, version: int = 1) -> Any:
+    return await ledger.revoke(
+        "a", "cs_1", target, buckets=[PURCHASE], policy=policy, version=version
+    )
+
+
+@pytest.mark.parametrize("policy", ["unspent", "negative"])
+async def test_a_settle_above_a_hold_on_a_refunded_purchase_settles_the_clawback_once(
+    ledger: Ledger,
+    redis: RedisClient,
+    clock: FakeClock,
+    engine: AsyncEngine,
+    policy: str,
+) -> None:
+    """The hold's credits came from a purchase refunded since (its clawback waits for them);
+    another hold on it lapses in the same call; the extra is drawn from a grant. Everything
+    adds up: bought + granted - charged - taken back = balance, and SQL and rebuild agree."""
+    await ledger.configure_account("a")
+    await ledger.grant("a", PURCHASE, 100, source="purchase", priority=-1)
+    await ledger.grant("a", "g", 50)
+    assert isinstance(await ledger.hold("a", "lapses", 60, 1_000), HoldResult)
+    assert isinstance(await ledger.hold("a", "h", 40, 60_000), HoldResult)
+    r = await claw(ledger, 100, policy)
+    assert (r.taken, r.pending) == (0, 100)
+    clock.advance(1_000)
+    s = await ledger.settle("a", "h", 70)  # "lapses" gives its 60 back: taken at once
+    assert (s.charged, s.uncovered) == (70, 0)
+    b = await ledger.balance("a")
+    buckets = {x.id: x.remaining for x in b.buckets}
+    assert buckets.get(PURCHASE, 0) == 0 and buckets["g"] == 20
+    if policy == "negative":  # the 40 the hold charged are owed
+        assert (b.debt, b.balance) == (40, -20)
+    else:  # they are lost to the seller
+        assert (b.debt, b.balance) == (0, 20)
+    revokes = [e for e in await outbox_entries(redis) if e.get("type") == "revoke"]
+    assert sum(-e["amount"] for e in revokes) == (100 if policy == "negative" else 60)
+    assert s.balance == b.balance
+    await sql_round_trip(ledger, redis, engine, clock, answer_balances=False)
+    again = await ledger.settle("a", "h", 70)
+    # (its balance: see the xfail test_rebuild_restores_the_balance_replays_answered_...)
+    assert again.replayed and (again.transaction_id, again.charged) == (s.transaction_id, 70)
+    # refunding the settle: the extra back to g, the hold's part back to the purchase's
+    # bucket, where the clawback (still short under "unspent", or owed as debt) takes it
+    rf = await ledger.refund("a", "rf", s.transaction_id)
+    assert rf.refunded == 70
+    b = await ledger.balance("a")
+    assert {x.id: x.remaining for x in b.buckets}.get(PURCHASE, 0) == 0
+    # g has its 50 back; under "negative" the 40 owed are repaid by the 40 back to the
+    # purchase's bucket, under "unspent" the clawback takes them
+    assert (b.balance, b.debt) == (50, 0)
+    await sql_round_trip(ledger, redis, engine, clock, answer_balances=False)
+
+
+async def test_the_extra_drawn_from_a_purchase_refunded_afterwards_is_taken_back_on_refund(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    await ledger.configure_account("a")
+    await ledger.grant("a", "g", 10, priority=-1)
+    await ledger.grant("a", PURCHASE, 100, source="purchase")
+    assert isinstance(await ledger.hold("a", "h", 10, 60_000), HoldResult)  # all of g
+    s = await ledger.settle("a", "h", 35)  # the extra 25 from the purchase
+    assert (s.charged, s.balance) == (35, 75)
+    r = await claw(ledger, 100, "unspent")
+    assert (r.taken, r.unrecovered) == (75, 25)
+    rf = await ledger.refund("a", "rf", s.transaction_id)
+    assert rf.refunded == 35
+    b = await ledger.balance("a")
+    # the 25 back to the purchase go to its clawback; the hold's 10 back to g
+    assert ({x.id: x.remaining for x in b.buckets}, b.balance, b.debt) == ({"g": 10}, 10, 0)
+    await sql_round_trip(ledger, redis, engine, clock, answer_balances=False)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rebuild takes a hold's close_balance and a refund record's bal from the close or "
+    "refund transaction, but Redis answers replays with the balance after the clawback that "
+    "took credits back in the same call (its revoke transaction follows)",
+)
+async def test_rebuild_restores_the_balance_replays_answered_when_a_clawback_took_credits(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    await ledger.configure_account("a")
+    await ledger.grant("a", PURCHASE, 100, source="purchase")
+    assert isinstance(await ledger.hold("a", "h", 60, 60_000), HoldResult)
+    await claw(ledger, 100, "unspent")  # takes the 40 left, waits for the 60 held
+    first = await ledger.release("a", "h")  # the 60 come back and are taken at once
+    assert first.balance == 0
+    await drain(make_writer(ledger, engine))
+    await redis.flushall()
+    await rebuild(redis, ledger.keys, engine, now_ms=clock.now, retention_ms=ledger.retention_ms)
+    again = await ledger.release("a", "h")
+    assert again.replayed and again.balance == first.balance  # was 60 after the rebuild
