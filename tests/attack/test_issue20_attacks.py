@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,15 +24,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sidecar import errors
 from sidecar.http.app import create_app
 from sidecar.ledger.calls import Ledger
+from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.results import Allowed, HoldResult, SpendLimit
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
-from sidecar.redis.client import RedisClient
+from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin, outbox_entries, service, snapshot
 from tests.persistence.test_rebuild import redis_state
 from tests.persistence.test_writer import drain, make_writer
+from tests.ports import free_port
 
 Client = TestClient[web.Request, web.Application]
 MAXINT = 2**53 - 1
@@ -634,3 +639,62 @@ async def test_rebuild_restores_the_balance_replays_answered_when_a_clawback_too
     await rebuild(redis, ledger.keys, engine, now_ms=clock.now, retention_ms=ledger.retention_ms)
     again = await ledger.release("a", "h")
     assert again.replayed and again.balance == first.balance  # was 60 after the rebuild
+
+
+# --- a paused Redis -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def paused(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, RedisClient]]:
+    server = RedisServer(tmp_path / "redis", port=free_port(), appendfsync="always")
+    server.start()
+    c = connect(server.url)
+    yield server, c
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGCONT)
+    await c.aclose()
+    server.stop()
+
+
+@pytest.mark.slow
+async def test_settles_and_reports_queued_behind_a_paused_redis_are_never_charged_twice(
+    paused: tuple[RedisServer, RedisClient],
+) -> None:
+    """Redis SIGSTOPped while settles above a hold and usage reports wait on it: every call is
+    answered 503 and, once Redis resumes, none of them took effect (they reached it past
+    their deadline); retried, each charges exactly once."""
+    server, redis_client = paused
+    ledger = Ledger(redis_client, KeySpace(), deadline_s=1.0, deadline_margin_ms=200)
+    try:
+        await ledger.configure_account("a", overdraft_limit=5)
+        await ledger.grant("a", "g", 20)
+        assert isinstance(await ledger.hold("a", "h", 8, 600_000), HoldResult)
+        for i in range(10):  # connections up and scripts loaded
+            await ledger.report_usage("a", 1, f"warm{i}")
+        before = await ledger.balance("a")
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGSTOP)
+        results = await asyncio.gather(
+            *(ledger.settle("a", "h", 40) for _ in range(5)),
+            *(ledger.report_usage("a", 15, "job") for _ in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, errors.StoreUnavailable) for r in results), results
+        await asyncio.sleep(1.0)
+        os.kill(server.process.pid, signal.SIGCONT)
+        for _ in range(100):
+            if await redis_client.ping():
+                break
+        await asyncio.sleep(0.5)  # the queued scripts (and any voids) have run by now
+        after = await ledger.balance("a")
+        assert (after.balance, after.held, after.debt) == (before.balance, 8, 0)
+        s = await ledger.settle("a", "h", 40)
+        assert not s.replayed and (s.charged, s.uncovered) == (15, 25)
+        u = await ledger.report_usage("a", 15, "job")
+        assert not u.replayed and u.debt_added == 15
+        assert (await ledger.settle("a", "h", 40)).replayed
+        assert (await ledger.report_usage("a", 15, "job")).replayed
+        final = await ledger.balance("a")
+        assert (final.balance, final.held, final.debt) == (-20, 0, 20)
+    finally:
+        ledger.close()
