@@ -467,8 +467,11 @@ local function spend_load(spec, state)
   return lim
 end
 
+-- (What was spent is kept at most 2^53-1: usage reports and settles above a hold, never
+-- refused by a limit, can count past it, where it would be neither exact nor accepted by the
+-- SQL ledger; any limit is passed long before.)
 local function spend_state(lim)
-  return fmt(lim.from) .. ':' .. fmt(lim.spent)
+  return fmt(lim.from) .. ':' .. fmt(math.min(lim.spent, MAXINT))
 end
 
 -- The state of a limit that starts counting now (a new limit, or another window): from now,

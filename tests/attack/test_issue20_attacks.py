@@ -665,3 +665,22 @@ async def test_settles_and_reports_queued_behind_a_paused_redis_are_never_charge
         assert (final.balance, final.held, final.debt) == (-20, 0, 20)
     finally:
         ledger.close()
+
+
+async def test_spending_past_2_pow_53_in_one_window_survives_sql_and_rebuild(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    """Reports and settles are never refused by a limit, so what a window spent can pass any
+    limit, and 2^53-1: it is kept at 2^53-1 (past it, the spend state was inexact and every
+    later transaction of the account was dead-lettered by the SQL writer: "field spend is not
+    'from:spent'"), the account keeps being refused checks, and it reaches SQL and comes
+    back."""
+    await ledger.configure_account("a", spend_limit=SpendLimit(10, "month"))
+    for i in range(3):
+        await ledger.grant("a", f"g{i}", MAXINT)
+        await ledger.report_usage("a", MAXINT, f"job{i}")
+    await ledger.grant("a", "more", 100)
+    spend = (await ledger.balance("a")).spend
+    assert spend is not None and spend.spent == MAXINT
+    await sql_round_trip(ledger, redis, engine, clock)
+    assert not isinstance(await ledger.deduct("a", 1, "c"), Allowed)
