@@ -684,3 +684,62 @@ async def test_spending_past_2_pow_53_in_one_window_survives_sql_and_rebuild(
     assert spend is not None and spend.spent == MAXINT
     await sql_round_trip(ledger, redis, engine, clock)
     assert not isinstance(await ledger.deduct("a", 1, "c"), Allowed)
+
+
+# --- dry runs through the proxy modes -----------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["nginx", "forward", "envoy"])
+async def test_a_trusted_dry_run_header_changes_nothing_in_any_proxy_mode(
+    settings: Settings, redis: RedisClient, clock: FakeClock, tmp_path: Path, mode: str
+) -> None:
+    """Allowed, over the key's limit, over the account's limit, short of credits, rate
+    limited, with a revoked key, a replayed request id: Redis is byte for byte as before each
+    dry run, every answer carries X-Credits-Dry-Run: 1, and none is a 5xx."""
+    pricing = tmp_path / "pricing.toml"
+    pricing.write_text("default_cost = 4\n")
+    s = settings.model_copy(update={"pricing_file": pricing, "trust_dry_run_header": True})
+    async with TestClient(TestServer(create_app(s, clock=clock))) as c:
+        await make_account(
+            c,
+            30,
+            spend_limit={"credits": 20, "interval": "day"},
+            rate_limit={"requests": 3, "period_ms": 60_000, "burst": 3},
+        )
+        made = []
+        for limit in ({"credits": 6, "interval": "day"}, None):
+            body = {"name": "k"} | ({"spend_limit": limit} if limit else {})
+            r = await c.post("/v1/accounts/acme/keys", json=body, headers=admin())
+            made.append((await r.json())["key"])
+        capped, free = made
+        r = await c.post("/v1/accounts/acme/keys", json={"name": "gone"}, headers=admin())
+        gone = await r.json()
+        assert (await c.delete(f"/v1/keys/{gone['key_id']}", headers=admin())).status == 200
+
+        async def call(key: str, rid: str, dry: bool) -> Any:
+            h = {"Authorization": f"Bearer {key}", "X-Request-Id": rid}
+            if dry:
+                h["X-Credits-Dry-Run"] = "1"
+            if mode == "nginx":
+                h |= {"X-Original-URI": "/v1/x", "X-Original-Method": "GET"}
+                return await c.get("/auth/nginx", headers=h)
+            if mode == "forward":
+                h |= {"X-Forwarded-Uri": "/v1/x", "X-Forwarded-Method": "GET"}
+                return await c.get("/auth/forward", headers=h)
+            return await c.get("/auth/envoy/v1/x", headers=h)
+
+        assert (await call(capped, "real-1", False)).status == 200  # 4 of the key's 6
+        cases = [(capped, "a"), (capped, "real-1"), (free, "b"), (gone["key"], "c")]
+        for key, rid in cases * 2:
+            before = await snapshot(redis)
+            r = await call(key, rid, True)
+            assert r.status < 500, await r.text()
+            assert r.headers.get("X-Credits-Dry-Run") == "1", (key, rid, r.status)
+            assert await snapshot(redis) == before, (key, rid)
+        assert (await call(free, "real-2", False)).status == 200
+        assert (await call(free, "real-3", False)).status == 200  # the rate limit's 3rd
+        before = await snapshot(redis)
+        r = await call(free, "d", True)  # rate limited now
+        assert r.status in (403, 429) and r.headers.get("X-Credits-Dry-Run") == "1"
+        assert await snapshot(redis) == before
+        assert (await balance(c))["balance"] == 18
