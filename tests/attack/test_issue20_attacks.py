@@ -245,6 +245,26 @@ async def test_the_extra_of_a_settle_in_a_later_window_is_given_back_by_its_refu
     assert spend is not None and spend.spent == 0
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a settle's usage record keeps one window (its hold's sw, none here): a refund "
+    "gives back none of the extra the settle counted against a limit set after the hold",
+)
+async def test_the_extra_of_a_settle_counted_by_a_limit_set_after_the_hold_is_given_back(
+    ledger: Ledger,
+) -> None:
+    await ledger.configure_account("a")
+    await ledger.grant("a", "g", 1000)
+    assert isinstance(await ledger.hold("a", "h", 10, 60_000), HoldResult)
+    await ledger.update_account("a", spend_limit=SpendLimit(100, "month"))
+    s = await ledger.settle("a", "h", 40)  # 30 extra, counted by the new limit
+    spend = (await ledger.balance("a")).spend
+    assert spend is not None and spend.spent == 30
+    await ledger.refund("a", "rf", s.transaction_id)
+    spend = (await ledger.balance("a")).spend
+    assert spend is not None and spend.spent == 0
+
+
 # --- spending-limit windows ---------------------------------------------------------------
 
 DAY = 86_400_000
@@ -743,3 +763,28 @@ async def test_a_trusted_dry_run_header_changes_nothing_in_any_proxy_mode(
         assert r.status in (403, 429) and r.headers.get("X-Credits-Dry-Run") == "1"
         assert await snapshot(redis) == before
         assert (await balance(c))["balance"] == 18
+
+
+# --- API keys' limits ---------------------------------------------------------------------
+
+
+async def test_a_revoked_keys_limit_leaves_nothing_behind_and_a_new_key_starts_from_nothing(
+    ledger: Ledger, redis: RedisClient
+) -> None:
+    from sidecar.ledger.apikeys import ApiKeys
+
+    keys = ApiKeys(ledger)
+    await ledger.configure_account("a")
+    await ledger.grant("a", "g", 100)
+    old, _ = await keys.create("a", spend_limit=SpendLimit(5, "day"))
+    assert isinstance(await ledger.deduct("a", 5, "r1", key_id=old.key_id), Allowed)
+    await keys.revoke(old.key_id)
+    fields = await redis.hkeys(ledger.keys.for_account("a").account)
+    assert not [f for f in fields if old.key_id.encode() in f]
+    assert not isinstance(await ledger.deduct("a", 1, "r2", key_id=old.key_id), Allowed)
+    new, _ = await keys.create("a", spend_limit=SpendLimit(5, "day"))
+    assert isinstance(await ledger.deduct("a", 5, "r3", key_id=new.key_id), Allowed)
+    listed = {k.key_id: k for k in await keys.list("a")}
+    assert listed[old.key_id].spend is None
+    spend = listed[new.key_id].spend
+    assert spend is not None and spend.spent == 5
