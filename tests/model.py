@@ -263,6 +263,9 @@ class ModelUsage:
     refunded: int = 0
     refunds: dict[str, ModelRefund] = field(default_factory=dict)
     sw: int | None = None  # the spending limit's window it counted in
+    # a settle above its hold whose extra counted in another count: its from, and the extra
+    xw: int | None = None
+    xn: int = 0
 
     def record(self) -> dict[str, Json]:
         """The usage record as stored (hash fields, JSON ones decoded)."""
@@ -274,6 +277,8 @@ class ModelUsage:
         }
         if self.sw is not None:
             r["sw"] = self.sw
+        if self.xw is not None:
+            r["xw"], r["xn"] = self.xw, self.xn
         for rid, p in self.refunds.items():
             r["rf:" + rid] = {
                 "arg": p.arg,
@@ -492,7 +497,8 @@ class LedgerModel:
             "desc": desc,
             "meta": meta,
         }
-        short = 0
+        short = take = 0
+        xw = None
         if over > 0:
             # drawn like a check, into the overdraft as far as allowed; the rest not charged
             take = min(over, max(0, a.balance + a.ovl))
@@ -501,7 +507,9 @@ class LedgerModel:
                 a.debt += short
                 alloc += drawn
                 charged += drawn
-                self._spend_add(a, take)
+                counted = self._spend_add(a, take)
+                if counted is not None and counted != rec.sw:  # another count than the hold's
+                    xw = fields["xw"] = counted
             fields |= {"overdraft": short, "uncovered": over - take}
             rec.uncovered = over - take or None
             charge += take
@@ -516,7 +524,9 @@ class LedgerModel:
         rec.forfeited = forfeited
         a.deadlines["h:" + hold_id] = self._now + self.retention_ms
         if state == "settled" and charge > 0:  # refundable like a check's usage
-            a.usages[txid] = ModelUsage(charge, charged, short, sw=rec.sw)
+            a.usages[txid] = ModelUsage(
+                charge, charged, short, sw=rec.sw, xw=xw, xn=take if xw is not None else 0
+            )
 
     def _expire_bucket(self, account: str, a: ModelAccount, bucket_id: str) -> None:
         b = a.buckets[bucket_id]
@@ -1078,7 +1088,11 @@ class LedgerModel:
             alloc.append((bid, excess))
             extra["bucket"] = b.entry()
             b.bal = a.balance
-        self._spend_return(a, u.sw, total)
+        to_x = 0
+        if u.xw is not None:  # a settle's extra, counted elsewhere, is given back first
+            to_x = min(total, max(0, u.xn - u.refunded))
+            self._spend_return(a, u.xw, to_x)
+        self._spend_return(a, u.sw, total - to_x)
         self._emit(account, a, self._txid, "refund", restored + repaid + excess, alloc, extra)
         u.refunded += total
         u.refunds[refund_id] = ModelRefund(arg, self._txid, a.balance, total, forfeited)

@@ -384,7 +384,10 @@ end
 -- an account with a spend state carries it (after the transaction) as `spend`; a usage or a
 -- hold that counted carries the count's from as `sw` (kept in its usage record or hold
 -- record): a refund or a settle gives back only to that same count, never to a limit set
--- since (which did not count it), nor to a later window.
+-- since (which did not count it), nor to a later window. A settle above its hold whose extra
+-- counted in another count than the hold's (a later window, a limit set since) also carries
+-- that count's from as `xw` (its usage record: xw and xn, the extra), where a refund gives
+-- the extra back first.
 -- An API key's limit likewise: a usage that counted against it carries `kw` (its count's
 -- from) and `key_spend` ([key id, its state after]); so does a refund that gave room back.
 local DAY_MS = 86400000
@@ -675,6 +678,9 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
         lim.spent = lim.spent + take
         acct.ss = spend_state(lim)
         redis.call('HSET', A, 'ss', acct.ss)
+        -- counted in another count than the hold's (a later window, a limit set since):
+        -- a refund gives the extra back there (xw), the hold's charge to the hold's (sw)
+        if lim.from ~= rec.sw then fields.xw, rec.xw = lim.from, lim.from end
       end
     end
     fields.overdraft, fields.uncovered = short, over - take
@@ -690,9 +696,11 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
   claw_returns()
   rec.close_balance = balance()
   rec.forfeited = forfeited
+  local xw = rec.xw
+  rec.xw = nil
   redis.call('HSET', H, hold_id, jenc(rec))
   schedule('h:' .. hold_id, NOW + RETENTION)
-  return rec, charged, short
+  return rec, charged, short, xw, over > 0 and charge - rec.amount or 0
 end
 
 local function expire_bucket(id)
@@ -847,8 +855,15 @@ local function refund_usage(ukey, u, src, rid, arg, amount, desc, metadata, more
     redis.call('HSET', A, 'm:' .. bid, jenc(meta))
   end
   -- the refund gives back room under the limits the usage counted against, in its window
-  local sw = redis.call('HMGET', ukey, 'sw', 'kid', 'kw')
-  spend_return('sl', 'ss', tonumber(sw[1]), amount)
+  local sw = redis.call('HMGET', ukey, 'sw', 'kid', 'kw', 'xw', 'xn')
+  local to_x = 0
+  if sw[4] then
+    -- a settle above its hold that counted its extra in another count (xw): the refund's
+    -- first xn credits (the overdraft part, then the buckets drawn last) are that extra
+    to_x = math.min(amount, math.max(0, tonumber(sw[5]) - tonumber(u[4])))
+    spend_return('sl', 'ss', tonumber(sw[4]), to_x)
+  end
+  spend_return('sl', 'ss', tonumber(sw[1]), amount - to_x)
   if sw[2] then
     local ks = spend_return('kl:' .. sw[2], 'ks:' .. sw[2], tonumber(sw[3]), amount)
     if ks then extra.key_spend = {sw[2], ks} end

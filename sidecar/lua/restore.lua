@@ -29,7 +29,8 @@
 --     limit 'credits:unit:count'), spend_state? ('window start:spent')}],
 --   idempotency [{key, tx, cost, bal, at (the usage's time), fp? (its request digest, see
 --     deduct.lua), window? (its replay window, ms; absent: the retention)}],
---   usage [{tx, cost, alloc [[bucket, -n], ...], overdraft, at, sw?, kid? and kw? (the API
+--   usage [{tx, cost, alloc [[bucket, -n], ...], overdraft, at, sw?, xw? and xn? (a settle
+--     above its hold whose extra of xn counted in another count, from xw), kid? and kw? (the API
 --     key whose limit it counted against, and that window's start), refunds [{id, arg, tx, bal,
 --     refunded, forfeited}]}]
 -- Derived here, as the other scripts keep them: avail (sum of remaining over live buckets)
@@ -312,6 +313,8 @@ for _, u in ipairs(usage) do
   end
   u.px = ttl_of(u.at, name)
   u.sw = sw_v(u.sw, name)
+  u.xw = sw_v(u.xw, name)
+  if u.xw then u.xn = int_v(u.xn, name .. ' xn', 1, u.cost) else u.xn = nil end
   if not absent(u.kid) then
     id_arg(u.kid, name .. ' kid', 64)
     u.kw = int_v(u.kw, name .. ' kw', 0, MAX_TIME)
@@ -425,6 +428,10 @@ for i, u in ipairs(usage) do
   local uf = {'cost', fmt(u.cost), 'alloc', jenc(u.alloc), 'overdraft', fmt(u.overdraft),
     'refunded', fmt(u.refunded)}
   if u.sw then uf[#uf + 1] = 'sw'; uf[#uf + 1] = fmt(u.sw) end
+  if u.xw then
+    uf[#uf + 1] = 'xw'; uf[#uf + 1] = fmt(u.xw)
+    uf[#uf + 1] = 'xn'; uf[#uf + 1] = fmt(u.xn)
+  end
   if u.kid then
     uf[#uf + 1] = 'kid'; uf[#uf + 1] = u.kid
     uf[#uf + 1] = 'kw'; uf[#uf + 1] = fmt(u.kw)

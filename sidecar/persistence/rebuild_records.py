@@ -105,6 +105,10 @@ async def records(
             alloc += [[b, n] for b, n in u.alloc if n < 0]
             overdraft = u.overdraft
             sw = windows.get(str(u.hold_id))  # a settle counted in its hold's window
+            xw = u.details.get("xw")
+            if type(xw) is int:  # ... and its extra in another count, given back first
+                extra_fields["xw"] = xw
+                extra_fields["xn"] = overdraft - sum(n for _, n in u.alloc if n < 0)
         else:
             cost = -u.amount
             alloc = [[b, n] for b, n in u.alloc]
