@@ -24,7 +24,7 @@ from sidecar import errors
 from sidecar.http.app import create_app
 from sidecar.ledger.calls import Ledger
 from sidecar.ledger.keyspace import KeySpace
-from sidecar.ledger.results import Allowed, HoldResult, SpendLimit
+from sidecar.ledger.results import Allowed, HoldResult, RateLimit, SpendLimit
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
@@ -783,3 +783,72 @@ async def test_a_revoked_keys_limit_leaves_nothing_behind_and_a_new_key_starts_f
     assert listed[old.key_id].spend is None
     spend = listed[new.key_id].spend
     assert spend is not None and spend.spent == 5
+
+
+# --- garbage bodies -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"not json", b"[]", b"null", b"1", b'"x"', b'{"account": "acme"', b"\xff\xfe", b"{}"],
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/usage"),
+        ("POST", "/v1/check"),
+        ("POST", "/v1/holds/h/settle"),
+        ("PATCH", "/v1/accounts/acme"),
+        ("PATCH", "/v1/keys/key_0123456789abcdef"),
+    ],
+)
+async def test_garbage_bodies_are_a_4xx_with_a_json_error_and_change_nothing(
+    client: Client, redis: RedisClient, method: str, path: str, body: bytes
+) -> None:
+    await make_account(client, 10)
+    before = await snapshot(redis)
+    token = admin() if method == "PATCH" else service()
+    r = await client.request(
+        method, path, data=body, headers={**token, "Content-Type": "application/json"}
+    )
+    text = await r.text()
+    if method == "PATCH" and path.startswith("/v1/accounts") and body == b"{}":
+        # an empty PATCH answers the settings and changes none (it does append a settings
+        # entry to the outbox, the same settings again: harmless)
+        assert r.status == 200, text
+        after = await snapshot(redis)
+        outbox = KeySpace().outbox(0).encode()
+        assert {k: v for k, v in after.items() if k != outbox} == {
+            k: v for k, v in before.items() if k != outbox
+        }
+        return
+    assert 400 <= r.status < 500, text
+    assert_names_the_problem(r.status, await r.json())
+    assert await snapshot(redis) == before
+
+
+# --- PATCH races reach SQL ----------------------------------------------------------------
+
+
+async def test_concurrent_patches_reach_sql_and_rebuild_as_redis_has_them(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    await ledger.configure_account("a", overdraft_limit=1)
+    await ledger.grant("a", "g", 100)
+    for round_ in range(4):
+        await asyncio.gather(
+            *(
+                call
+                for i in range(5)
+                for call in (
+                    ledger.update_account("a", overdraft_limit=10 * round_ + i),
+                    ledger.update_account("a", low_balance_threshold=round_ + i),
+                    ledger.update_account("a", spend_limit=SpendLimit(50 + i, "week")),
+                    ledger.update_account(
+                        "a", rate_limit=None if i % 2 else RateLimit(5 + i, 1000, 5)
+                    ),
+                )
+            )
+        )
+        assert isinstance(await ledger.deduct("a", 1, f"c{round_}"), Allowed)
+        await sql_round_trip(ledger, redis, engine, clock)
