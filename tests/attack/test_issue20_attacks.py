@@ -852,3 +852,40 @@ async def test_concurrent_patches_reach_sql_and_rebuild_as_redis_has_them(
         )
         assert isinstance(await ledger.deduct("a", 1, f"c{round_}"), Allowed)
         await sql_round_trip(ledger, redis, engine, clock)
+
+
+# --- a usage report whose reply was lost --------------------------------------------------
+
+
+async def test_a_report_whose_reply_was_lost_is_voided_debt_limit_and_all(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    """A report that ran but whose caller answered 503 (the reply lost) is voided like a
+    check: its credits, the debt it made and what it counted against the limit all come back,
+    the key is free again, and SQL and rebuild agree."""
+    from sidecar.ledger.calls import REPORT_IDENTITY
+    from sidecar.ledger.voids import Void, request_digest, send_void
+
+    await ledger.configure_account("a", overdraft_limit=2, spend_limit=SpendLimit(100, "month"))
+    await ledger.grant("a", "g", 10)
+    before = await ledger.balance("a")
+    k = ledger.keys
+    txid = "tx_lostreport"
+    keys = [
+        *k.for_account("a").common(),
+        k.idempotency("a", "job"),
+        k.usage("a", txid),
+        k.events_for("a"),
+    ]
+    args: list[str | int] = ["a", clock.now, txid, ledger.retention_ms, ledger.script_deadline()]
+    args += [25, "job", "", "", "", "", "", "", "", "", REPORT_IDENTITY, "tok1", "report"]
+    reply = await ledger.scripts.deduct(keys=keys, args=args)  # ran; the reply is lost
+    assert reply[0] == b"ok" and reply[6] == 15
+    v = Void("a", "job", "tok1", 25, request_digest("", "", "", "", REPORT_IDENTITY), 0)
+    assert await send_void(ledger, v) == "voided"
+    after = await ledger.balance("a")
+    assert (after.balance, after.debt) == (before.balance, 0)
+    assert after.spend is not None and after.spend.spent == 0
+    await sql_round_trip(ledger, redis, engine, clock)
+    u = await ledger.report_usage("a", 25, "job")  # the key is free: a new report
+    assert not u.replayed and u.debt_added == 15
