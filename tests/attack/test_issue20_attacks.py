@@ -889,3 +889,48 @@ async def test_a_report_whose_reply_was_lost_is_voided_debt_limit_and_all(
     await sql_round_trip(ledger, redis, engine, clock)
     u = await ledger.report_usage("a", 25, "job")  # the key is free: a new report
     assert not u.replayed and u.debt_added == 15
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"overdraft_limit": 1.0},
+        {"overdraft_limit": -1},
+        {"overdraft_limit": True},
+        {"overdraft_limit": "5"},
+        {"overdraft_limit": 2**53},
+        {"spend_limit": {"credits": 1.0}},
+        {"spend_limit": {"credits": "5"}},
+        {"spend_limit": {"credits": 0}},
+        {"spend_limit": {"credits": -5}},
+        {"spend_limit": {"credits": 2**53}},
+        {"spend_limit": {"credits": 5, "interval": "MONTH"}},
+        {"spend_limit": {"credits": 5, "interval": "month "}},
+        {"spend_limit": {"credits": 5, "interval": "life"}},
+        {"spend_limit": {"credits": 5, "interval": "hour"}},
+        {"spend_limit": {"credits": 5, "interval": "day", "interval_count": 0}},
+        {"spend_limit": {"credits": 5, "interval": "day", "interval_count": 1001}},
+        {"spend_limit": {"credits": 5, "interval_count": 2}},
+        {"spend_limit": {"credits": 5, "extra": 1}},
+        {"spend_limit": {}},
+        {"spend_limit": []},
+        {"spend_limit": ""},
+        {"spend_limit": 5},
+        {"rate_limit": {"requests": 0, "period_ms": 1000}},
+        {"unknown_setting": 1},
+    ],
+)
+async def test_bad_settings_in_a_patch_are_a_422_naming_the_field_and_change_nothing(
+    client: Client, redis: RedisClient, patch: dict[str, Any]
+) -> None:
+    await make_account(client, 10, spend_limit={"credits": 50, "interval": "week"})
+    before = await snapshot(redis)
+    for route in ("/v1/accounts/acme",):
+        for method in ("PATCH", "PUT"):
+            r = await client.request(method, route, json=patch, headers=admin())
+            body = await r.json()
+            assert r.status == 422, body
+            assert_names_the_problem(r.status, body)
+            field = body["error"].get("field") or ""
+            assert field.split(".")[0] == next(iter(patch)), body
+    assert await snapshot(redis) == before
