@@ -604,7 +604,7 @@ class LedgerModel:
         s = self._spend(a)
         if s is None:
             return None
-        a.spend_state = (s[1], s[0].spent + n)
+        a.spend_state = (s[1], min(s[0].spent + n, MAX_CREDITS))  # (_lib.lua spend_state)
         return s[1]
 
     def _spend_return(self, a: ModelAccount, start: int | None, n: int) -> None:
@@ -863,6 +863,8 @@ class LedgerModel:
         if prior is not None:
             return UsageReported(prior[0], prior[1], cost, True, 0)
         self._expire_due(account, a)
+        if a.debt + max(0, cost - a.avail) > MAX_CREDITS:  # debt is exact up to 2^53-1 only
+            raise BalanceOverflow("the account would hold more than 2^53-1 credits")
         short = self._charge(account, a, cost, idempotency_key, description, meta, fp)
         return UsageReported(self._txid, a.balance, cost, False, short)
 
