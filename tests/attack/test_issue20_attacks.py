@@ -1010,3 +1010,35 @@ async def test_random_settles_reports_refunds_and_clawbacks_keep_the_books(
         for prev, t in itertools.pairwise(txns):
             assert t["balance"] == prev["balance"] + t["amount"], (seed, step, t)
     await sql_round_trip(ledger, redis, engine, clock, clawback_versions=False)
+
+
+async def test_a_dry_run_that_is_rate_limited_names_the_same_wait_as_the_check(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
+) -> None:
+    await ledger.configure_account("a", rate_limit=RateLimit(2, 60_000, 2))
+    await ledger.grant("a", "g", 100)
+    for i in range(2):
+        assert isinstance(await ledger.deduct("a", 1, f"c{i}"), Allowed)
+    clock.advance(7_000)
+    before = await snapshot(redis)
+    dry = await ledger.deduct("a", 1, "x", dry_run=True)
+    assert await snapshot(redis) == before
+    real = await ledger.deduct("a", 1, "y")
+    assert not isinstance(real, Allowed) and dry == real
+
+
+async def test_a_settle_far_above_a_hold_at_the_largest_numbers_stays_exact(
+    client: Client,
+) -> None:
+    await make_account(client, MAXINT - 7, overdraft_limit=MAXINT)
+    hold = {"account": "acme", "hold_id": "h", "amount": 5}
+    assert (await post(client, "/v1/holds", hold, service()))[0] == 201
+    settle = {"account": "acme", "amount": MAXINT}
+    status, body = await post(client, "/v1/holds/h/settle", settle, service())
+    assert status == 200, body
+    # the hold's 5, the MAXINT-12 left, then the overdraft for the last 7: all covered
+    assert (body["charged"], body["uncovered"], body["balance"]) == (MAXINT, 0, -7)
+    b = await balance(client)
+    assert (b["balance"], b["debt"]) == (-7, 7)
+    status, body = await post(client, "/v1/holds/h/settle", settle, service())
+    assert status == 200 and body["replayed"] is True
