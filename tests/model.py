@@ -263,8 +263,9 @@ class ModelUsage:
     refunded: int = 0
     refunds: dict[str, ModelRefund] = field(default_factory=dict)
     sw: int | None = None  # the spending limit's window it counted in
-    xw: int | None = None  # a settle above its hold: the window its extra counted in
-    xn: int = 0  # ... and that extra (refunded first)
+    # a settle above its hold whose extra counted in another count: its from, and the extra
+    xw: int | None = None
+    xn: int = 0
 
     def record(self) -> dict[str, Json]:
         """The usage record as stored (hash fields, JSON ones decoded)."""
@@ -496,7 +497,8 @@ class LedgerModel:
             "desc": desc,
             "meta": meta,
         }
-        short, take, xw = 0, 0, None
+        short = take = 0
+        xw = None
         if over > 0:
             # drawn like a check, into the overdraft as far as allowed; the rest not charged
             take = min(over, max(0, a.balance + a.ovl))
@@ -505,9 +507,9 @@ class LedgerModel:
                 a.debt += short
                 alloc += drawn
                 charged += drawn
-                xw = self._spend_add(a, take)
-                if xw is not None:
-                    fields["xw"] = xw
+                counted = self._spend_add(a, take)
+                if counted is not None and counted != rec.sw:  # another count than the hold's
+                    xw = fields["xw"] = counted
             fields |= {"overdraft": short, "uncovered": over - take}
             rec.uncovered = over - take or None
             charge += take
@@ -522,10 +524,9 @@ class LedgerModel:
         rec.forfeited = forfeited
         a.deadlines["h:" + hold_id] = self._now + self.retention_ms
         if state == "settled" and charge > 0:  # refundable like a check's usage
-            u = ModelUsage(charge, charged, short, sw=rec.sw)
-            if xw is not None:
-                u.xw, u.xn = xw, take
-            a.usages[txid] = u
+            a.usages[txid] = ModelUsage(
+                charge, charged, short, sw=rec.sw, xw=xw, xn=take if xw is not None else 0
+            )
 
     def _expire_bucket(self, account: str, a: ModelAccount, bucket_id: str) -> None:
         b = a.buckets[bucket_id]
@@ -603,7 +604,7 @@ class LedgerModel:
         s = self._spend(a)
         if s is None:
             return None
-        a.spend_state = (s[1], s[0].spent + n)
+        a.spend_state = (s[1], min(s[0].spent + n, MAX_CREDITS))  # (_lib.lua spend_state)
         return s[1]
 
     def _spend_return(self, a: ModelAccount, start: int | None, n: int) -> None:
@@ -862,6 +863,8 @@ class LedgerModel:
         if prior is not None:
             return UsageReported(prior[0], prior[1], cost, True, 0)
         self._expire_due(account, a)
+        if a.debt + max(0, cost - a.avail) > MAX_CREDITS:  # debt is exact up to 2^53-1 only
+            raise BalanceOverflow("the account would hold more than 2^53-1 credits")
         short = self._charge(account, a, cost, idempotency_key, description, meta, fp)
         return UsageReported(self._txid, a.balance, cost, False, short)
 
@@ -1087,10 +1090,11 @@ class LedgerModel:
             alloc.append((bid, excess))
             extra["bucket"] = b.entry()
             b.bal = a.balance
-        # a settle above its hold: its extra (refunded first) counted in xw, the rest in sw
-        xpart = max(0, min(u.refunded + total, u.xn) - min(u.refunded, u.xn))
-        self._spend_return(a, u.xw, xpart)
-        self._spend_return(a, u.sw, total - xpart)
+        to_x = 0
+        if u.xw is not None:  # a settle's extra, counted elsewhere, is given back first
+            to_x = min(total, max(0, u.xn - u.refunded))
+            self._spend_return(a, u.xw, to_x)
+        self._spend_return(a, u.sw, total - to_x)
         self._emit(account, a, self._txid, "refund", restored + repaid + excess, alloc, extra)
         u.refunded += total
         u.refunds[refund_id] = ModelRefund(arg, self._txid, a.balance, total, forfeited)

@@ -189,7 +189,7 @@ async def check(call: Call[None, None, CheckRequest]) -> CheckAllowed | Reply:
         200: Out(UsageRecorded, "a replay of the same report"),
         201: Out(UsageRecorded, "recorded"),
     },
-    errors={404: ACCOUNT_404, 409: None, 503: None},
+    errors={404: ACCOUNT_404, 409: None, 422: "`invalid_request`, `balance_overflow`", 503: None},
 )
 async def report_usage(call: Call[None, None, UsageRequest]) -> Reply:
     """Usage whose cost is known only afterwards (an LLM stream, a batch job): recorded by

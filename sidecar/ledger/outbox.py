@@ -58,7 +58,7 @@ TXN_COLUMNS = frozenset(
 INT_DETAILS = (
     "sw",  # a usage or hold: the start of the spending limit's window it counted in
     "kw",  # a usage: the start of its API key's spending limit window
-    "xw",  # a settle above its hold: the start of the window its extra counted in
+    "xw",  # a settle above its hold: the start of the count its extra counted in
     "repaid",
     "overdraft",
     "forfeited",

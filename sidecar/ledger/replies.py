@@ -123,7 +123,9 @@ def deduct(reply: Any, cost: int) -> DeductResult:
 
 def usage(reply: Any) -> UsageReported:
     """deduct.lua in report mode: ``{'ok', txid, balance, cost, replayed, low_balance,
-    debt added}`` (never refused)."""
+    debt added}`` (never refused for the balance), or ``{'overflow'}`` (BalanceOverflow: the
+    debt would pass 2^53-1; nothing charged)."""
+    _no_overflow(reply)
     return UsageReported(
         text(reply[1]), int(reply[2]), int(reply[3]), bool(reply[4]), int(reply[6])
     )

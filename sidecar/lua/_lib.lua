@@ -410,7 +410,10 @@ end
 -- an account with a spend state carries it (after the transaction) as `spend`; a usage or a
 -- hold that counted carries the count's from as `sw` (kept in its usage record or hold
 -- record): a refund or a settle gives back only to that same count, never to a limit set
--- since (which did not count it), nor to a later window.
+-- since (which did not count it), nor to a later window. A settle above its hold whose extra
+-- counted in another count than the hold's (a later window, a limit set since) also carries
+-- that count's from as `xw` (its usage record: xw and xn, the extra), where a refund gives
+-- the extra back first.
 -- An API key's limit likewise: a usage that counted against it carries `kw` (its count's
 -- from) and `key_spend` ([key id, its state after]); so does a refund that gave room back.
 local DAY_MS = 86400000
@@ -532,8 +535,11 @@ local function spend_load(spec, state)
   return lim
 end
 
+-- (What was spent is kept at most 2^53-1: usage reports and settles above a hold, never
+-- refused by a limit, can count past it, where it would be neither exact nor accepted by the
+-- SQL ledger; any limit is passed long before.)
 local function spend_state(lim)
-  return fmt(lim.from) .. ':' .. fmt(lim.spent)
+  return fmt(lim.from) .. ':' .. fmt(math.min(lim.spent, MAXINT))
 end
 
 -- The state of a limit that starts counting now (a new limit, or another window): from now,
@@ -702,7 +708,8 @@ end
 -- the account's spending limit in the current window. Emits one settle/release transaction
 -- (the draw is in its alloc, what went into the overdraft in `overdraft`). Returns the hold's
 -- record, what was charged per bucket ({{bucket, -credits}, ...}, as a usage's alloc), what
--- the draw added to the debt, and what it drew in all with the limit's window it counted in.
+-- the draw added to the debt, the count the extra went to if not the hold's (xw, or nil) and
+-- the extra (xn).
 local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
   local over = math.max(0, charge - rec.amount)
   charge = charge - over
@@ -726,7 +733,7 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
   spend_return('sl', 'ss', rec.sw, rec.amount - charge)
   local fields = {held = held, hold_id = hold_id, forfeited = forfeited, state = state,
     desc = desc or '', meta = meta or ''}
-  local short, take, xw = 0, 0, nil
+  local short, take = 0, 0
   if over > 0 then
     take = math.min(over, math.max(0, balance() + acct.ovl))
     if take > 0 then
@@ -742,8 +749,9 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
         lim.spent = lim.spent + take
         acct.ss = spend_state(lim)
         redis.call('HSET', A, 'ss', acct.ss)
-        xw = lim.from
-        fields.xw = xw  -- the extra's window (a refund gives its part back there)
+        -- counted in another count than the hold's (a later window, a limit set since):
+        -- a refund gives the extra back there (xw), the hold's charge to the hold's (sw)
+        if lim.from ~= rec.sw then fields.xw, rec.xw = lim.from, lim.from end
       end
     end
     fields.overdraft, fields.uncovered = short, over - take
@@ -759,9 +767,11 @@ local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
   claw_returns()
   rec.close_balance = balance()
   rec.forfeited = forfeited
+  local xw = rec.xw
+  rec.xw = nil
   redis.call('HSET', H, hold_id, jenc(rec))
   schedule('h:' .. hold_id, NOW + RETENTION)
-  return rec, charged, short, take, xw
+  return rec, charged, short, xw, over > 0 and charge - rec.amount or 0
 end
 
 -- Plans (docs/plans.md). An account on a plan has pl (the plan), pan (its anchor, ms), psn
@@ -1052,14 +1062,16 @@ local function refund_usage(ukey, u, src, rid, arg, amount, desc, metadata, more
     meta.bal = balance()
     redis.call('HSET', A, 'm:' .. bid, jenc(meta))
   end
-  -- the refund gives back room under the limits the usage counted against, in its window; a
-  -- settle above its hold counted its extra (xn, refunded first: overdraft and draws come
-  -- first in `parts`) in the window xw and the hold's charge in sw
+  -- the refund gives back room under the limits the usage counted against, in its window
   local sw = redis.call('HMGET', ukey, 'sw', 'kid', 'kw', 'xw', 'xn')
-  local before, xn = tonumber(u[4]), tonumber(sw[5]) or 0
-  local xpart = math.max(0, math.min(before + amount, xn) - math.min(before, xn))
-  spend_return('sl', 'ss', tonumber(sw[4]), xpart)
-  spend_return('sl', 'ss', tonumber(sw[1]), amount - xpart)
+  local to_x = 0
+  if sw[4] then
+    -- a settle above its hold that counted its extra in another count (xw): the refund's
+    -- first xn credits (the overdraft part, then the buckets drawn last) are that extra
+    to_x = math.min(amount, math.max(0, tonumber(sw[5]) - tonumber(u[4])))
+    spend_return('sl', 'ss', tonumber(sw[4]), to_x)
+  end
+  spend_return('sl', 'ss', tonumber(sw[1]), amount - to_x)
   if sw[2] then
     local ks = spend_return('kl:' .. sw[2], 'ks:' .. sw[2], tonumber(sw[3]), amount)
     if ks then extra.key_spend = {sw[2], ks} end

@@ -65,15 +65,15 @@ if rec.state ~= 'active' then
   return {'hold_expired', rec.close_tx, rec.close_balance}
 end
 local before = balance()
-local charged, short, take, xw
-rec, charged, short, take, xw = close_hold(hid, rec, amount, want, TXID, desc, metadata)
+local charged, short, xw, xn
+rec, charged, short, xw, xn = close_hold(hid, rec, amount, want, TXID, desc, metadata)
 if rec.charged > 0 then
   redis.call('HSET', KEYS[8], 'cost', fmt(rec.charged), 'alloc', jenc(charged), 'overdraft',
     fmt(short), 'refunded', '0')
-  -- the charge counted against the limit in the hold's window, the extra above the hold in
-  -- its own: a refund gives each back there
+  -- the charge counted against the limit in the hold's window: a refund gives it back there
   if rec.sw then redis.call('HSET', KEYS[8], 'sw', fmt(rec.sw)) end
-  if xw then redis.call('HSET', KEYS[8], 'xw', fmt(xw), 'xn', fmt(take)) end
+  -- the extra of a settle above the hold, if it counted elsewhere: given back there first
+  if xw then redis.call('HSET', KEYS[8], 'xw', fmt(xw), 'xn', fmt(xn)) end
   redis.call('PEXPIRE', KEYS[8], RETENTION)
 end
 low_balance_event(KEYS[9], before, TXID)

@@ -43,7 +43,8 @@
 -- neither waits for nor uses them): what the buckets cannot cover becomes debt, even beyond
 -- the overdraft, and the account's checks are refused until it is covered. The caller
 -- passes a request identity (ARGV[16]) of its own, so a check and a report never replay
--- each other. Returns the 'ok' reply with one more element: the credits that became debt.
+-- each other. Returns the 'ok' reply with one more element: the credits that became debt,
+-- or {'overflow'} (nothing charged) when the debt would pass 2^53-1.
 
 local cost = int_arg(ARGV[6], 'cost', 0, MAXINT)
 local key = id_arg(ARGV[7], 'idempotency_key', 128)
@@ -149,6 +150,12 @@ if not report and spend_over(alim, cost) then
   return spend_refusal('account', alim)
 end
 local before = balance()
+-- a report is never refused for the balance, but debt is counted exactly only up to 2^53-1:
+-- past that it is refused (nothing charged), as a grant or refund past that range is
+if report and acct.debt + math.max(0, cost - acct.avail) > MAXINT then
+  save_if_touched()
+  return {'overflow'}
+end
 if not report and before - cost < -acct.ovl then
   save_if_touched()
   return {'insufficient', before, cost}

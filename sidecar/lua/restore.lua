@@ -30,8 +30,8 @@
 --     limit 'credits:unit:count'), spend_state? ('window start:spent')}],
 --   idempotency [{key, tx, cost, bal, at (the usage's time), fp? (its request digest, see
 --     deduct.lua), window? (its replay window, ms; absent: the retention)}],
---   usage [{tx, cost, alloc [[bucket, -n], ...], overdraft, at, sw?, xw? and xn? (a settle above
---     its hold: the window its extra counted in, and the extra), kid? and kw? (the API
+--   usage [{tx, cost, alloc [[bucket, -n], ...], overdraft, at, sw?, xw? and xn? (a settle
+--     above its hold whose extra of xn counted in another count, from xw), kid? and kw? (the API
 --     key whose limit it counted against, and that window's start), refunds [{id, arg, tx, bal,
 --     refunded, forfeited}]}]
 -- Derived here, as the other scripts keep them: avail (sum of remaining over live buckets)
@@ -331,8 +331,8 @@ for _, u in ipairs(usage) do
   end
   u.px = ttl_of(u.at, name)
   u.sw = sw_v(u.sw, name)
-  u.xw = sw_v(u.xw, name .. ' extra')
-  u.xn = u.xw and int_v(u.xn, name .. ' xn', 1, u.cost) or nil
+  u.xw = sw_v(u.xw, name)
+  if u.xw then u.xn = int_v(u.xn, name .. ' xn', 1, u.cost) else u.xn = nil end
   if not absent(u.kid) then
     id_arg(u.kid, name .. ' kid', 64)
     u.kw = int_v(u.kw, name .. ' kw', 0, MAX_TIME)

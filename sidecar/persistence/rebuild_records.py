@@ -18,11 +18,41 @@ HOLDS = table_of(CreditHold)
 TXNS = table_of(CreditTransaction)
 
 
+class CallRevokes:
+    """The 'revoke' transactions an account's clawbacks appended after another transaction of
+    the same call (ids <call's id>.<n>): a hold's close or a refund gives credits back to a
+    bucket whose purchase was refunded, and its clawback takes them at once (claw_returns in
+    sidecar/lua/_lib.lua). Redis keeps, for replays, the balance after those revokes; SQL has
+    it in the last of them."""
+
+    def __init__(self) -> None:
+        self._by_seq: dict[int, tuple[str, int]] = {}
+
+    def add(self, seq: int, txid: str, balance: int) -> None:
+        call, dot, _ = txid.partition(".")
+        if dot:
+            self._by_seq[seq] = (call, balance)
+
+    def balance_after(self, seq: int, txid: str, balance: int) -> int:
+        """The balance after transaction ``txid`` (sequence ``seq``, ``balance`` after it) and
+        the revokes of its call that directly follow it."""
+        call = txid.partition(".")[0]
+        while (nxt := self._by_seq.get(seq + 1)) is not None and nxt[0] == call:
+            seq, balance = seq + 1, nxt[1]
+        return balance
+
+
 async def records(
-    conn: AsyncConnection, account: str, now: int, retention: int
+    conn: AsyncConnection,
+    account: str,
+    now: int,
+    retention: int,
+    claws: CallRevokes | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Idempotency and usage records of the usages within the retention at ``now`` (ms), with
-    their refunds; idempotency records only while their replay window lasts."""
+    their refunds; idempotency records only while their replay window lasts. ``claws``: the
+    account's revokes, which set the balance a refund's replay answers."""
+    claws = claws or CallRevokes()
     cutoff = now - retention
 
     def recent(ttype: str) -> Any:
@@ -76,9 +106,9 @@ async def records(
             overdraft = u.overdraft
             sw = windows.get(str(u.hold_id))  # a settle counted in its hold's window
             xw = u.details.get("xw")
-            if type(xw) is int:  # ... and its extra above the hold in this one
-                in_hold = sum(int(n) for _, n in parts.get(str(u.hold_id), []))
-                extra_fields["xw"], extra_fields["xn"] = xw, cost - in_hold
+            if type(xw) is int:  # ... and its extra in another count, given back first
+                extra_fields["xw"] = xw
+                extra_fields["xn"] = overdraft - sum(n for _, n in u.alloc if n < 0)
         else:
             cost = -u.amount
             alloc = [[b, n] for b, n in u.alloc]
@@ -100,7 +130,7 @@ async def records(
                     "id": r.refund_id,
                     "arg": arg,
                     "tx": r.id,
-                    "bal": r.balance,
+                    "bal": claws.balance_after(r.seq, r.id, r.balance),
                     "refunded": refunded,
                     "forfeited": r.forfeited,
                 }

@@ -48,7 +48,7 @@ from sidecar.persistence.models import (
     CreditTransaction,
     table_of,
 )
-from sidecar.persistence.rebuild_records import ENTRY_COLUMNS, records, txn_entry
+from sidecar.persistence.rebuild_records import ENTRY_COLUMNS, CallRevokes, records, txn_entry
 
 __all__ = ["AccountState", "KeyIndexEntry", "RebuildError", "read_account", "snapshot"]
 
@@ -162,13 +162,13 @@ async def read_account(
     ).scalar()
     if topup is not None:
         doc["auto_topup_threshold"] = int(topup)
-    doc["clawbacks"] = await _clawbacks(conn, account)
+    doc["clawbacks"], claws = await _clawbacks(conn, account)
     doc["buckets"] = await _buckets(conn, account, clock)
     if acct["plan"]:
         doc |= _plan(acct, doc["buckets"])
-    doc["holds"] = await _holds(conn, account, clock - retention_ms)
+    doc["holds"] = await _holds(conn, account, clock - retention_ms, claws)
     doc["keys"], index = await _keys(conn, account)
-    idempotency, usage = await records(conn, account, now_ms, retention_ms)
+    idempotency, usage = await records(conn, account, now_ms, retention_ms, claws)
     doc["idempotency"], doc["usage"] = idempotency, usage
     return AccountState(
         account=account,
@@ -180,10 +180,11 @@ async def read_account(
     )
 
 
-async def _clawbacks(conn: AsyncConnection, account: str) -> dict[str, Any]:
+async def _clawbacks(conn: AsyncConnection, account: str) -> tuple[dict[str, Any], CallRevokes]:
     """Per refunded or disputed purchase, its clawback (revoke.lua): the state carried by its
     latest 'revoke' transaction (live or archived), or, for transactions of a release that
-    kept none, the highest target reached (its targets only grew)."""
+    kept none, the highest target reached (its targets only grew). And the revokes that
+    followed another transaction of their call (see :class:`CallRevokes`)."""
     # Archived ones too: an archived clawback still binds later refunds and disputes.
     live, old = (
         select(*(t.c[c] for c in ENTRY_COLUMNS)).where(t.c.account == account, t.c.type == "revoke")
@@ -191,7 +192,9 @@ async def _clawbacks(conn: AsyncConnection, account: str) -> dict[str, Any]:
     )
     rows = (await conn.execute(union_all(live, old))).mappings()
     out: dict[str, Any] = {}
+    claws = CallRevokes()
     for t in sorted(map(txn_entry, rows), key=lambda t: t.seq):
+        claws.add(t.seq, t.id, t.balance)
         purchase, target, state = t.purchase, t.target, t.clawback_state
         if purchase is None or target is None:
             continue
@@ -200,7 +203,7 @@ async def _clawbacks(conn: AsyncConnection, account: str) -> dict[str, Any]:
         else:
             prev = out.get(purchase, 0)
             out[purchase] = max(prev if isinstance(prev, int) else 0, target)
-    return out
+    return out, claws
 
 
 def _plan(acct: RowMapping, buckets: list[dict[str, Any]]) -> dict[str, Any]:
@@ -276,7 +279,9 @@ async def _buckets(conn: AsyncConnection, account: str, clock: int) -> list[dict
     return out
 
 
-async def _holds(conn: AsyncConnection, account: str, closed_after: int) -> list[dict[str, Any]]:
+async def _holds(
+    conn: AsyncConnection, account: str, closed_after: int, claws: CallRevokes
+) -> list[dict[str, Any]]:
     """Active holds, and closed ones not yet purged (closed after ``closed_after``)."""
     rows = (
         await conn.execute(
@@ -326,7 +331,10 @@ async def _holds(conn: AsyncConnection, account: str, closed_after: int) -> list
             entry |= {
                 "charged": int(h["charged"]),
                 "close_tx": h["close_transaction_id"],
-                "close_balance": int(h["close_balance"]),
+                # what a replay answers: the balance once the call's clawbacks took their part
+                "close_balance": claws.balance_after(
+                    int(h["version"]), h["close_transaction_id"], int(h["close_balance"])
+                ),
                 "forfeited": int(h["forfeited"]),
                 "closed": int(h["closed_ms"]),
             }
