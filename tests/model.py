@@ -9,7 +9,8 @@ without the scripts' storage tricks (sorted-set burn order, deadline zsets, JSON
   last), then creation time (oldest first), then id.
 * Every grant, deduct, hold, settle / release, refund, balance and expire call first
   processes every deadline that has passed (calls that fail validation, replay an earlier
-  result or are rate-limited change nothing; configure_account only writes settings), in
+  result or are rate-limited change nothing; configure_account only writes settings, but
+  for a plan change, below), in
   deadline order (ties: ``b:<bucket>`` before ``h:<hold>``, then by id): a bucket expires
   (one ``expiry`` transaction if it still had remaining credits), an active hold whose TTL
   ran out releases itself (state ``expired``), a closed hold past the retention is purged.
@@ -25,6 +26,17 @@ without the scripts' storage tricks (sorted-set burn order, deadline zsets, JSON
   check comes after expiry (what expired does not count; the expiry is kept).
   (Except at the end of the retention: a closed hold whose purge is due but not yet
   processed still answers a replay, settle or release as before.)
+* Plans (docs/plans.md): an account on a plan has a ``p:`` deadline at its next renewal
+  (ties: after ``b:`` and ``h:``), processed like the others: the plan's mode cuts the
+  allowance left of its stay on the plan, oldest first (reset: all of it, ``period_end``;
+  accumulate: above the rollover cap, ``rollover``), then the current period's bucket
+  ``allowance:<plan>:<start>`` is issued unless it exists (repaying debt first, capped at
+  2^53-1 held), once for the periods nobody saw. Its rate and spending limits apply unless
+  the account sets its own; its spending windows count from the plan's anchor. Setting
+  another plan (or an anchor that moves the periods) processes what is due, cuts what is
+  left of the old allowance (``plan_change``) and issues the new plan's period at once;
+  removing it issues nothing more. A rate limit set anew, or a plan change of an account
+  without its own, starts from a full burst (the TAT is dropped), as account.lua does.
 
 Transactions are recorded as the dicts the scripts append to the outbox stream (all fields
 but ``kind``; numbers as ints, ``alloc``/``held``/grant ``bucket`` as decoded JSON), each
