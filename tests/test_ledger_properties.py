@@ -88,6 +88,20 @@ PLANS: dict[str, dict[str, Any]] = {
     },
     "monthly": {"credits": 15, "interval": "month", "mode": "accumulate", "priority": 0},
 }
+# Each plan changed while accounts are on it (its limits apply at once, its allowance from
+# the next renewal): longer periods and no rate limit; a lower cap and a monthly spending
+# limit; reset instead of accumulate (the next renewal cuts everything left).
+PLAN_CHANGES: dict[str, dict[str, Any]] = {
+    "daily": {"credits": 25, "interval": "day", "count": 2, "priority": -2},
+    "weekly": {
+        "credits": 30,
+        "interval": "week",
+        "mode": "accumulate",
+        "rollover": 5,
+        "spend": SpendLimit(40, "month"),
+    },
+    "monthly": {"credits": 15, "interval": "month", "priority": 0},
+}
 
 # -- operations -------------------------------------------------------------------------
 
@@ -127,6 +141,14 @@ class SetPlan:
     account: str
     plan: str | Keep | None
     anchor: Anchor | None
+
+
+@dataclass(frozen=True)
+class RedefinePlan:
+    """Changes a plan's definition (PLAN_CHANGES, or back to PLANS) on every shard."""
+
+    plan: str
+    changed: bool
 
 
 @dataclass(frozen=True)
@@ -226,6 +248,7 @@ Op = (
     | Patch
     | SetPlan
     | SetDefaultPlan
+    | RedefinePlan
     | Grant
     | RepeatGrant
     | Deduct
@@ -335,6 +358,7 @@ WEIGHTED_OPERATIONS: tuple[tuple[int, st.SearchStrategy[Op]], ...] = (
     (3, configures),
     (3, patches),
     (4, set_plans),
+    (1, st.builds(RedefinePlan, st.sampled_from(tuple(PLANS)), st.booleans())),
     (12, grants),
     (3, st.builds(RepeatGrant, st.integers(0, 10), st.booleans())),
     (15, deducts),
@@ -546,6 +570,7 @@ class Scenario:
     grant_calls: list[Call] = field(default_factory=list)
     usages: list[str] = field(default_factory=list)  # usage transaction ids, oldest first
     holds: list[tuple[str, str]] = field(default_factory=list)  # (account, hold id) created
+    plans: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(PLANS))  # as now
 
     def hold_id(self, account: str, n: int) -> str:
         created = [h for a, h in self.holds if a == account]
@@ -572,6 +597,11 @@ class Scenario:
 
     async def apply(self, op: Op) -> Call | None:
         """Like :meth:`resolve`, also doing what is no ledger call (the default plan)."""
+        if isinstance(op, RedefinePlan):
+            spec = (PLAN_CHANGES if op.changed else PLANS)[op.plan]
+            self.plans[op.plan] = spec
+            await define_plans(self.redis, self.model, {op.plan: spec})
+            return None
         if isinstance(op, SetDefaultPlan):
             for shard in range(KEYS.shards):
                 if op.plan is None:
@@ -610,7 +640,7 @@ class Scenario:
                     (account,),
                     {"plan": plan, "plan_anchor": self.anchor(account, anchor)},
                 )
-            case SetDefaultPlan():
+            case SetDefaultPlan() | RedefinePlan():
                 return None
             case Grant(account, gid, credits, expires_in, priority, source, metadata):
                 kwargs: dict[str, Any] = {
@@ -711,10 +741,14 @@ class Scenario:
         assert counts == on_plans, f"after step {i} {op}: accounts on each plan"
 
 
-async def define_plans(redis: RedisClient, model: LedgerModel) -> None:
-    """:data:`PLANS` on every shard, as plan.lua stores them (tests/test_plans.py's ``define``),
-    and on the model."""
-    for plan, spec in PLANS.items():
+async def define_plans(
+    redis: RedisClient, model: LedgerModel, plans: dict[str, dict[str, Any]] = PLANS
+) -> None:
+    """The plans on every shard, as plan.lua stores them (tests/test_plans.py's ``define``,
+    a limit the plan no longer has removed), and on the model."""
+    for plan, spec in plans.items():
+        for shard in range(KEYS.shards):
+            await redis.hdel(KEYS.plans(shard), f"r:{plan}", f"s:{plan}")
         await define(redis, KEYS, plan, **spec)
         model.define_plan(plan, **spec)
 

@@ -736,7 +736,7 @@ async def _roundtrip(redis_url: str, database_url: str, ops: list[Any]) -> None:
         await redis.flushall()
         # The plans themselves: put back as tests/persistence/test_plans_sql.py's rebuild does
         # (the accounts' restore needs them), the default too; their counts come from it.
-        await define_plans(redis, LedgerModel(clock, RETENTION_MS))
+        await define_plans(redis, LedgerModel(clock, RETENTION_MS), s.plans)
         default = s.model.default_plan
         for shard in range(keys.shards):
             if default is not None:
