@@ -294,3 +294,22 @@ async def test_a_dry_run_caps_the_renewal_by_what_the_account_holds_after_expiri
     assert isinstance(dry, Allowed) and dry.balance == 10
     real = await ledger.deduct("a", 10, "k")
     assert isinstance(real, Allowed) and real.balance == 10
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="account.lua cuts the old allowance but plan_renew issues nothing when the new "
+    "period starts where the old one did (its bucket allowance:<plan>:<start> exists); "
+    "docs/plans.md says the new period is issued at once",
+)
+async def test_an_anchor_moving_only_the_periods_end_issues_the_new_period_at_once(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
+) -> None:
+    """Anchored on Jan 30, then on Jan 31: on Mar 1 both periods start on Feb 28 (clamped),
+    but end on Mar 30 and Mar 31; another anchor (docs/plans.md): the old allowance expires
+    and the new period's is issued at once."""
+    await define(redis, ledger.keys, "m", 100, "month")
+    clock.now = ms("2027-03-01T12:00:00")
+    await ledger.configure_account("a", plan="m", plan_anchor=ms("2027-01-30T00:00:00"))
+    await ledger.update_account("a", plan_anchor=ms("2027-01-31T00:00:00"))
+    assert (await ledger.balance("a")).balance == 100
