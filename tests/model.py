@@ -9,7 +9,8 @@ without the scripts' storage tricks (sorted-set burn order, deadline zsets, JSON
   last), then creation time (oldest first), then id.
 * Every grant, deduct, hold, settle / release, refund, balance and expire call first
   processes every deadline that has passed (calls that fail validation, replay an earlier
-  result or are rate-limited change nothing; configure_account only writes settings), in
+  result or are rate-limited change nothing; configure_account only writes settings, but
+  for a plan change, below), in
   deadline order (ties: ``b:<bucket>`` before ``h:<hold>``, then by id): a bucket expires
   (one ``expiry`` transaction if it still had remaining credits), an active hold whose TTL
   ran out releases itself (state ``expired``), a closed hold past the retention is purged.
@@ -25,6 +26,17 @@ without the scripts' storage tricks (sorted-set burn order, deadline zsets, JSON
   check comes after expiry (what expired does not count; the expiry is kept).
   (Except at the end of the retention: a closed hold whose purge is due but not yet
   processed still answers a replay, settle or release as before.)
+* Plans (docs/plans.md): an account on a plan has a ``p:`` deadline at its next renewal
+  (ties: after ``b:`` and ``h:``), processed like the others: the plan's mode cuts the
+  allowance left of its stay on the plan, oldest first (reset: all of it, ``period_end``;
+  accumulate: above the rollover cap, ``rollover``), then the current period's bucket
+  ``allowance:<plan>:<start>`` is issued unless it exists (repaying debt first, capped at
+  2^53-1 held), once for the periods nobody saw. Its rate and spending limits apply unless
+  the account sets its own; its spending windows count from the plan's anchor. Setting
+  another plan (or an anchor that moves the periods) processes what is due, cuts what is
+  left of the old allowance (``plan_change``) and issues the new plan's period at once;
+  removing it issues nothing more. A rate limit set anew, or a plan change of an account
+  without its own, starts from a full burst (the TAT is dropped), as account.lua does.
 
 Transactions are recorded as the dicts the scripts append to the outbox stream (all fields
 but ``kind``; numbers as ints, ``alloc``/``held``/grant ``bucket`` as decoded JSON), each
@@ -42,6 +54,7 @@ does not move.
 
 from __future__ import annotations
 
+import calendar
 import copy
 import hashlib
 import json
@@ -64,7 +77,9 @@ from sidecar.errors import (
 )
 from sidecar.ledger import outbox
 from sidecar.ledger.arguments import (
+    DEFAULT_PLAN,
     KEEP,
+    DefaultPlan,
     Keep,
     encode_metadata,
 )
@@ -78,6 +93,7 @@ from sidecar.ledger.results import (
     GrantResult,
     HoldResult,
     Insufficient,
+    PlanState,
     RateLimit,
     RateLimited,
     RefundResult,
@@ -86,7 +102,7 @@ from sidecar.ledger.results import (
     SpendWindow,
     UsageReported,
 )
-from sidecar.ledger.units import MAX_CREDITS
+from sidecar.ledger.units import MAX_CREDITS, MAX_TIMESTAMP_MS
 
 MAX_ATTEMPTS = 16  # attempts an idempotency record lists (sidecar/lua/_lib.lua)
 NEVER = 999_999_999_999_999
@@ -104,13 +120,45 @@ def _ms(d: datetime) -> int:
     return (d - EPOCH) // timedelta(milliseconds=1)
 
 
-def spend_window(limit: SpendLimit, now: int) -> tuple[int, int | None]:
+def _month_of(anchor: datetime, n: int) -> datetime:
+    """The anchor's day (clamped to the month's last) and time, ``n`` months after it."""
+    i = anchor.month - 1 + n
+    y, m = anchor.year + i // 12, i % 12 + 1
+    day = min(anchor.day, calendar.monthrange(y, m)[1])
+    return anchor.replace(year=y, month=m, day=day)
+
+
+def period_of(anchor: int, interval: str, count: int, t: int) -> tuple[int, int, int]:
+    """The period of ``count`` intervals from ``anchor`` (ms) holding ``t``: start, end, index
+    (docs/plans.md: days and weeks of fixed length; months and years on the anchor's day,
+    clamped to the month's end, at its time of day). Written with datetime, apart from the
+    scripts' (and sidecar/ledger/windows.py's) day-number arithmetic."""
+    if interval in ("day", "week"):
+        length = count * (7 if interval == "week" else 1) * 86_400_000
+        k = (t - anchor) // length
+        return anchor + k * length, anchor + (k + 1) * length, k
+    months = count if interval == "month" else 12 * count
+    a = EPOCH + timedelta(milliseconds=anchor)
+    at = EPOCH + timedelta(milliseconds=t)
+    k = ((at.year - a.year) * 12 + at.month - a.month) // months
+    while _ms(_month_of(a, k * months)) > t:
+        k -= 1
+    while _ms(_month_of(a, (k + 1) * months)) <= t:
+        k += 1
+    return _ms(_month_of(a, k * months)), _ms(_month_of(a, (k + 1) * months)), k
+
+
+def spend_window(limit: SpendLimit, now: int, anchor: int | None = None) -> tuple[int, int | None]:
     """The window of ``limit`` holding ``now`` (ms): its start and end (None: never). Windows
-    of ``interval_count`` intervals, counted from 1970-01-01 UTC; weeks start on Monday."""
+    of ``interval_count`` intervals, counted from 1970-01-01 UTC, weeks starting on Monday; or,
+    for an account on a plan, from its anchor (never before 1970)."""
     n = limit.interval_count
     day = datetime.fromtimestamp(now / 1000, UTC).date()
     if limit.interval is None:
         return 0, None
+    if anchor is not None:
+        s, e, _ = period_of(anchor, limit.interval, n, now)
+        return max(0, s), e
     if limit.interval in ("day", "week"):
         step = 1 if limit.interval == "day" else 7
         origin = datetime(1970, 1, 1, tzinfo=UTC) - timedelta(days=0 if step == 1 else 3)
@@ -310,6 +358,10 @@ class ModelAccount:
     # carries an attempt token, sidecar/lua/deduct.lua; the store lists at most MAX_ATTEMPTS)
     idempotency: dict[str, tuple[str, int, int, str, int]] = field(default_factory=dict)
     usages: dict[str, ModelUsage] = field(default_factory=dict)
+    plan: str | None = None
+    plan_anchor: int | None = None  # ms: where its periods count from
+    plan_since: int | None = None  # when it was put on the plan (its allowance since is cut)
+    plan_next: int | None = None  # the next renewal (ms; also the 'p:' deadline)
 
     @property
     def balance(self) -> int:
@@ -317,6 +369,20 @@ class ModelAccount:
 
     def burn_order(self) -> list[ModelBucket]:
         return sorted((b for b in self.buckets.values() if b.listed), key=lambda b: b.burn_key)
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """A plan as plan.lua stores it in each shard's plans hash (docs/plans.md)."""
+
+    credits: int
+    interval: str  # day, week, month, year
+    count: int = 1
+    mode: str = "reset"  # or accumulate
+    rollover: int | None = None
+    priority: int = -1
+    rate: RateLimit | None = None
+    spend: SpendLimit | None = None
 
 
 @dataclass(frozen=True)
@@ -348,6 +414,10 @@ class StoredAccount:
     due: int | None  # the account's score in the sweeper's due zset
     idempotency: dict[str, dict[str, Json]]
     usages: dict[str, dict[str, Json]]
+    plan: str | None = None  # pl
+    plan_anchor: int | None = None  # pan
+    plan_since: int | None = None  # psn
+    plan_next: int | None = None  # pn
 
 
 class LedgerModel:
@@ -362,10 +432,30 @@ class LedgerModel:
         self.retention_ms = retention_ms
         self.accounts: dict[str, ModelAccount] = {}
         self.outbox: list[Txn] = []
+        self.plans: dict[str, ModelPlan] = {}
+        self.default_plan: str | None = None
+        self.plan_counts: dict[str, int] = {}  # accounts on each plan (the plans hash's n:)
         self._calls = 0
         self._now = 0
         self._txid = ""
         self._extra = 0
+
+    def define_plan(
+        self,
+        plan: str,
+        credits: int,
+        interval: str = "month",
+        count: int = 1,
+        mode: str = "reset",
+        rollover: int | None = None,
+        priority: int = -1,
+        rate: RateLimit | None = None,
+        spend: SpendLimit | None = None,
+    ) -> None:
+        """Defines (or redefines) a plan, as tests/test_plans.py ``define`` writes it."""
+        self.plans[plan] = ModelPlan(
+            credits, interval, count, mode, rollover, priority, rate, spend
+        )
 
     # -- per-call context -------------------------------------------------------------
 
@@ -554,6 +644,10 @@ class LedgerModel:
             if kind == "b":
                 self._expire_bucket(account, a, ident)
                 continue
+            if kind == "p":
+                if a.plan is not None:
+                    self._plan_renew(account, a)
+                continue
             rec = a.holds.get(ident)
             if rec is None:
                 continue
@@ -566,37 +660,59 @@ class LedgerModel:
 
     def _rate_check(self, a: ModelAccount) -> tuple[int, int | None]:
         """GCRA in the scripts' (double) arithmetic: (wait ms, new TAT in us when allowed)."""
-        if a.rate is None:
+        rate = self._rate(a)
+        if rate is None:
             return 0, None
-        interval = a.rate.period_ms * 1000 / a.rate.requests
+        interval = rate.period_ms * 1000 / rate.requests
         now_us = self._now * 1000
         tat: float = a.tat if a.tat is not None else now_us
         tat = max(tat, now_us)
         new_tat = tat + interval
-        allow_at = new_tat - interval * a.rate.burst
+        allow_at = new_tat - interval * rate.burst
         if now_us < allow_at:
             return math.ceil((allow_at - now_us) / 1000), None
         return 0, math.floor(new_tat)
 
+    def _plan(self, a: ModelAccount) -> ModelPlan | None:
+        return self.plans.get(a.plan) if a.plan is not None else None
+
+    def _rate(self, a: ModelAccount) -> RateLimit | None:
+        """The rate limit that applies: the account's own, else its plan's."""
+        plan = self._plan(a)
+        return a.rate or (plan.rate if plan else None)
+
+    def _spend_limit(self, a: ModelAccount) -> SpendLimit | None:
+        """The spending limit that applies: the account's own, else its plan's."""
+        plan = self._plan(a)
+        return a.spend or (plan.spend if plan else None)
+
+    def _window(self, a: ModelAccount, limit: SpendLimit) -> tuple[int, int | None]:
+        """The limit's window now; an account on a plan counts them from its anchor."""
+        return spend_window(limit, self._now, a.plan_anchor if a.plan is not None else None)
+
     def _spend(self, a: ModelAccount) -> tuple[SpendWindow, int] | None:
         """The account's limit now: its window with what was spent, and when that count began
         (the window's start, or when the limit was set within it)."""
-        if a.spend is None:
-            return None
-        start, stop = spend_window(a.spend, self._now)
-        st = a.spend_state
-        if st is not None and start <= st[0] and (stop is None or st[0] < stop):
-            return SpendWindow(a.spend, st[1], stop), st[0]
-        return SpendWindow(a.spend, 0, stop), start
+        limit = self._spend_limit(a)
+        return None if limit is None else self._spend_of(a, limit, a.spend_state)
 
-    def _spend_reset(self, a: ModelAccount, limit: SpendLimit) -> tuple[int, int]:
-        """The state of ``limit`` counting from now, after the count it replaces began."""
-        _, stop = spend_window(limit, self._now)
-        a.spend, old = limit, a.spend_state
-        prev = self._spend(a)
-        late = old is not None and prev is not None and prev[1] >= self._now
-        if late and prev is not None and (stop is None or prev[1] + 1 < stop):
-            return (prev[1] + 1, 0)
+    def _spend_of(
+        self, a: ModelAccount, limit: SpendLimit, st: tuple[int, int] | None
+    ) -> tuple[SpendWindow, int]:
+        start, stop = self._window(a, limit)
+        if st is not None and start <= st[0] and (stop is None or st[0] < stop):
+            return SpendWindow(limit, st[1], stop), st[0]
+        return SpendWindow(limit, 0, stop), start
+
+    def _spend_reset(
+        self, a: ModelAccount, limit: SpendLimit, old: tuple[int, int] | None
+    ) -> tuple[int, int]:
+        """The state of ``limit`` counting from now, after the count it replaces (``old``)
+        began."""
+        _, stop = self._window(a, limit)
+        prev = self._spend_of(a, limit, old)[1]
+        if old is not None and prev >= self._now and (stop is None or prev + 1 < stop):
+            return (prev + 1, 0)
         return (self._now, 0)
 
     def _spend_add(self, a: ModelAccount, n: int) -> int | None:
@@ -612,6 +728,108 @@ class LedgerModel:
         s = self._spend(a) if start is not None and n > 0 else None
         if s is not None and s[1] == start:
             a.spend_state = (start, max(0, s[0].spent - n))
+
+    def _allowance_left(self, a: ModelAccount) -> list[ModelBucket]:
+        """The live allowance buckets of the account's stay on its plan (listed ones: the
+        scripts read them from the burn order), oldest first."""
+        prefix = f"allowance:{a.plan}:"
+        since = a.plan_since or 0
+        left = [b for b in a.burn_order() if b.id.startswith(prefix) and b.created >= since]
+        return sorted(left, key=lambda b: (b.created, b.id))
+
+    def _allowance_cut(
+        self, account: str, a: ModelAccount, left: list[ModelBucket], n: int | None, reason: str
+    ) -> None:
+        """Expires ``n`` credits (all with None) of the buckets ``left``, oldest first, as one
+        expiry transaction."""
+        alloc: list[tuple[str, int]] = []
+        total = 0
+        for b in left:
+            assert b.remaining is not None
+            c = b.remaining if n is None else min(b.remaining, n - total)
+            if c > 0:
+                b.remaining -= c
+                alloc.append((b.id, -c))
+                total += c
+        if total > 0:
+            a.avail -= total
+            extra = {"reason": reason, "plan": a.plan}
+            self._emit(account, a, self._extra_txid(), "expiry", -total, alloc, extra)
+
+    def _renewal(
+        self, a: ModelAccount, plan: ModelPlan, left: list[ModelBucket]
+    ) -> tuple[int, int, int, int, int | None]:
+        """A renewal due now: the period's start and end, how many periods it covers, the
+        credits to issue and to cut from ``left`` (None: all of it)."""
+        assert a.plan_anchor is not None
+        start, stop, k = period_of(a.plan_anchor, plan.interval, plan.count, self._now)
+        n = 1
+        if a.plan_next is not None:
+            _, _, due = period_of(a.plan_anchor, plan.interval, plan.count, a.plan_next)
+            n = max(1, k - due + 1)
+        if plan.mode == "reset":
+            return start, stop, n, plan.credits, None
+        unused = sum(b.remaining or 0 for b in left)
+        kept = unused if plan.rollover is None else min(unused, plan.rollover)
+        more = (n - 1) * plan.credits  # what n renewals in a row leave, nothing spent
+        if plan.rollover is not None:
+            more = min(more, plan.rollover - kept)
+        return start, stop, n, min(plan.credits + more, MAX_CREDITS), unused - kept
+
+    def _plan_renew(self, account: str, a: ModelAccount) -> None:
+        """Renews the account's plan if a period began since the last renewal (or the plan
+        was just set): the cut, the period's allowance bucket (unless it exists), the next
+        renewal's deadline."""
+        plan = self._plan(a)
+        if plan is None or (a.plan_next is not None and a.plan_next > self._now):
+            return
+        left = self._allowance_left(a)
+        start, stop, n, credits, cut = self._renewal(a, plan, left)
+        if cut is None or cut > 0:
+            reason = "period_end" if plan.mode == "reset" else "rollover"
+            self._allowance_cut(account, a, left, cut, reason)
+        bid = f"allowance:{a.plan}:{start}"
+        credits = min(credits, MAX_CREDITS - a.avail - a.held)
+        if credits > 0 and bid not in a.buckets:
+            txid = self._extra_txid()
+            repaid = min(a.debt, credits)
+            a.debt -= repaid
+            expires = stop if plan.mode == "reset" else None
+            b = ModelBucket(
+                bid,
+                credits,
+                self._now,
+                expires,
+                plan.priority,
+                "allowance",
+                "",
+                "",
+                txid,
+                remaining=credits - repaid,
+            )
+            a.buckets[bid] = b
+            a.avail += credits - repaid
+            if expires is not None:
+                a.deadlines["b:" + bid] = expires
+            self._emit(
+                account,
+                a,
+                txid,
+                "allowance",
+                credits,
+                [(bid, credits - repaid)],
+                {
+                    "bucket": b.entry(),
+                    "repaid": repaid,
+                    "plan": a.plan,
+                    "period": start,
+                    "periods": n,
+                    "desc": f"allowance of plan {a.plan}",
+                },
+            )
+            b.bal = a.balance
+        a.plan_next = stop
+        a.deadlines["p:"] = stop
 
     def _check_overflow(self, account: str, a: ModelAccount, credits: int) -> None:
         """Processes what is due, then refuses to let the account hold more than 2^53-1."""
@@ -634,9 +852,39 @@ class LedgerModel:
         low_balance_threshold: int | None = None,
         rate_limit: RateLimit | None = None,
         spend_limit: SpendLimit | None = None,
+        plan: str | DefaultPlan | None = DEFAULT_PLAN,
+        plan_anchor: int | None = None,
     ) -> bool:
+        return self.put_account(
+            account,
+            overdraft_limit=overdraft_limit,
+            low_balance_threshold=low_balance_threshold,
+            rate_limit=rate_limit,
+            spend_limit=spend_limit,
+            plan=plan,
+            plan_anchor=plan_anchor,
+        ).created
+
+    def put_account(
+        self,
+        account: str,
+        *,
+        overdraft_limit: int = 0,
+        low_balance_threshold: int | None = None,
+        rate_limit: RateLimit | None = None,
+        spend_limit: SpendLimit | None = None,
+        plan: str | DefaultPlan | None = DEFAULT_PLAN,
+        plan_anchor: int | None = None,
+    ) -> AccountConfig:
         return self._configure(
-            account, False, overdraft_limit, low_balance_threshold, rate_limit, spend_limit
+            account,
+            False,
+            overdraft_limit,
+            low_balance_threshold,
+            rate_limit,
+            spend_limit,
+            plan,
+            plan_anchor,
         )
 
     def update_account(
@@ -647,12 +895,19 @@ class LedgerModel:
         low_balance_threshold: int | Keep | None = KEEP,
         rate_limit: RateLimit | Keep | None = KEEP,
         spend_limit: SpendLimit | Keep | None = KEEP,
+        plan: str | Keep | None = KEEP,
+        plan_anchor: int | None = None,
     ) -> AccountConfig:
-        self._configure(
-            account, True, overdraft_limit, low_balance_threshold, rate_limit, spend_limit
+        return self._configure(
+            account,
+            True,
+            overdraft_limit,
+            low_balance_threshold,
+            rate_limit,
+            spend_limit,
+            plan,
+            plan_anchor,
         )
-        a = self.accounts[account]
-        return AccountConfig(False, a.ovl, a.lbt, a.rate, a.spend)
 
     def _configure(
         self,
@@ -662,41 +917,107 @@ class LedgerModel:
         low_balance_threshold: int | Keep | None,
         rate_limit: RateLimit | Keep | None,
         spend_limit: SpendLimit | Keep | None,
-    ) -> bool:
+        plan: str | Keep | DefaultPlan | None,
+        plan_anchor: int | None,
+    ) -> AccountConfig:
+        """account.lua: settings only, except that another plan (or an anchor that moves its
+        periods) first processes what is due, cuts the old plan's allowance and issues the
+        new plan's current period."""
         self._begin()
         if not isinstance(overdraft_limit, Keep):
             self._check_range("overdraft_limit", overdraft_limit, 0, MAX_CREDITS)
         if isinstance(spend_limit, SpendLimit):
             self._check_range("spend_limit.credits", spend_limit.credits, 1, MAX_CREDITS)
+        if plan_anchor is not None:
+            self._check_range("plan_anchor", plan_anchor, 0, MAX_TIMESTAMP_MS)
         a = self.accounts.get(account)
         if a is None and patch:
             raise UnknownAccount(f"account {account} does not exist")
-        created = a is None
+        exists = a is not None
+        old_pl = a.plan if a is not None else None
+        old_pan = a.plan_anchor if a is not None else None
+        new_pl = old_pl
+        if isinstance(plan, DefaultPlan):
+            d = self.default_plan
+            new_pl = d if not exists and d is not None and d in self.plans else None
+        elif not isinstance(plan, Keep):
+            new_pl = plan or None
+        spec = None
+        if new_pl is not None:
+            spec = self.plans.get(new_pl)
+            if spec is None:
+                raise InvalidInput(f"plan {new_pl} does not exist", field="plan")
+        elif plan_anchor is not None:
+            raise InvalidInput("plan_anchor needs a plan", field="plan_anchor")
+        if plan_anchor is not None:
+            new_pan = plan_anchor
+        elif new_pl == old_pl and old_pan is not None:
+            new_pan = old_pan
+        else:
+            new_pan = self._now
+        changed = new_pl != old_pl
+        moved_end: int | None = None
+        if not changed and spec is not None and new_pan != old_pan:
+            # the same plan re-anchored: a change if the current period starts elsewhere; if
+            # only its end moves, the next renewal moves with it
+            assert old_pan is not None
+            s1, e1 = period_of(old_pan, spec.interval, spec.count, self._now)[:2]
+            s2, e2 = period_of(new_pan, spec.interval, spec.count, self._now)[:2]
+            changed = s1 != s2
+            if not changed and e1 != e2:
+                moved_end = e2
         if a is None:
             a = self.accounts[account] = ModelAccount(created=self._now)
+        own_rate = a.rate if exists else None
+        eff_old = self._spend_limit(a) if exists else None  # own, else the old plan's
         if not isinstance(overdraft_limit, Keep):
             a.ovl = overdraft_limit
         if not isinstance(low_balance_threshold, Keep):
             a.lbt = low_balance_threshold
         if not isinstance(rate_limit, Keep):
-            if rate_limit != a.rate:  # a limit set anew starts from a full burst
-                a.tat = None
+            if rate_limit is None or rate_limit != own_rate:
+                a.tat = None  # a limit set anew starts from a full burst
             a.rate = rate_limit
+
+        if changed and exists:
+            self._expire_due(account, a)  # what is due under the old plan happens first
+        if changed and old_pl is not None:
+            if new_pl is not None:
+                self._allowance_cut(account, a, self._allowance_left(a), None, "plan_change")
+            self.plan_counts[old_pl] -= 1
+            a.deadlines.pop("p:", None)
+            a.plan = a.plan_anchor = a.plan_since = a.plan_next = None
+        if changed and own_rate is None:
+            a.tat = None  # the plan's rate limit, or none: not the one the TAT was for
+        if changed and new_pl is not None:
+            self.plan_counts[new_pl] = self.plan_counts.get(new_pl, 0) + 1
+            a.plan, a.plan_anchor, a.plan_since, a.plan_next = new_pl, new_pan, self._now, None
+            self._plan_renew(account, a)
+        elif new_pl is not None and new_pan != old_pan:
+            a.plan_anchor = new_pan
+            if moved_end is not None:
+                a.plan_next = moved_end
+                a.deadlines["p:"] = moved_end
+
+        own = a.spend
         if not isinstance(spend_limit, Keep):
-            old = a.spend
-            if (
-                spend_limit is None
-                or old is None
-                or (old.interval, old.interval_count)
-                != (
-                    spend_limit.interval,
-                    spend_limit.interval_count,
-                )
-            ):
-                # another window: counted from now
-                a.spend_state = None if spend_limit is None else self._spend_reset(a, spend_limit)
-            a.spend = spend_limit
-        return created
+            own = a.spend = spend_limit
+        eff = self._spend_limit(a)
+        assert eff == (own or (spec.spend if spec else None))
+
+        def window_of(limit: SpendLimit | None) -> tuple[str | None, int] | None:
+            return None if limit is None else (limit.interval, limit.interval_count)
+
+        if eff is None:
+            a.spend_state = None
+        elif (
+            window_of(eff) != window_of(eff_old)
+            or changed
+            or (new_pl is not None and new_pan != old_pan)  # a new anchor moves the windows
+        ):
+            # counted from now: what the old limit counted is never given back here
+            a.spend_state = self._spend_reset(a, eff, a.spend_state if eff_old else None)
+        return AccountConfig(not exists, a.ovl, a.lbt, a.rate, a.spend, a.plan, a.plan_anchor)
 
     def grant(
         self,
@@ -1126,10 +1447,13 @@ class LedgerModel:
             debt=a.debt,
             overdraft_limit=a.ovl,
             low_balance_threshold=a.lbt,
-            rate_limit=a.rate,
+            rate_limit=self._rate(a),
             created_at=a.created,
             buckets=buckets,
             spend=s[0] if (s := self._spend(a)) else None,
+            plan=(
+                None if a.plan is None else PlanState(a.plan, a.plan_anchor or 0, a.plan_next or 0)
+            ),
         )
 
     def expire(self, account: str) -> int:
@@ -1179,6 +1503,10 @@ class LedgerModel:
                 for k, (tx, cost, bal, fp, n) in a.idempotency.items()
             },
             usages={tx: u.record() for tx, u in a.usages.items()},
+            plan=a.plan,
+            plan_anchor=a.plan_anchor,
+            plan_since=a.plan_since,
+            plan_next=a.plan_next,
         )
 
     def transactions(self, account: str | None = None) -> list[Txn]:

@@ -14,7 +14,15 @@ import pytest
 from sidecar.errors import InvalidInput
 from sidecar.ledger.calls import Ledger
 from sidecar.ledger.keyspace import KeySpace
-from sidecar.ledger.results import Allowed, RateLimit, RateLimited, SpendLimit, SpendLimited
+from sidecar.ledger.results import (
+    Allowed,
+    Insufficient,
+    RateLimit,
+    RateLimited,
+    SpendLimit,
+    SpendLimited,
+)
+from sidecar.ledger.units import MAX_CREDITS
 from sidecar.redis.client import RedisClient
 from tests.conftest import FakeClock, outbox_entries
 
@@ -257,3 +265,48 @@ async def test_an_unknown_plan_or_an_anchor_without_a_plan_is_refused_naming_the
         await ledger.update_account("a", plan_anchor=1)
     assert e.value.field == "plan_anchor"
     assert len(await txns(redis)) == 0
+
+
+async def test_a_dry_run_counts_a_lapsing_holds_credits_in_the_rollover_cut(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
+) -> None:
+    """The renewal runs after the hold lapsed (its deadline comes first): the credits the hold
+    gives back to the allowance are unused, so the rollover cap cuts them too."""
+    await define(redis, ledger.keys, "pro", 30, "week", mode="accumulate", rollover=10)
+    await ledger.configure_account("a", plan="pro")
+    await ledger.hold("a", "h", 20, 30_000)
+    clock.advance(7 * DAY)
+    dry = await ledger.deduct("a", 45, "k", dry_run=True)
+    assert dry == Insufficient(40, 45)  # 10 kept + 30 new, not 30 + 30
+    assert await ledger.deduct("a", 45, "k") == dry
+
+
+async def test_a_dry_run_caps_the_renewal_by_what_the_account_holds_after_expiries(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
+) -> None:
+    """Near 2^53-1 credits, the renewal is capped by what the account holds when it runs:
+    after a huge bucket due at the same time expired, not before."""
+    await define(redis, ledger.keys, "free", 20, "day")
+    await ledger.configure_account("a", plan="free")
+    await ledger.grant("a", "huge", MAX_CREDITS - 25, expires_at=clock.now + 1000)
+    clock.advance(DAY)
+    dry = await ledger.deduct("a", 10, "k", dry_run=True)
+    assert isinstance(dry, Allowed) and dry.balance == 10
+    real = await ledger.deduct("a", 10, "k")
+    assert isinstance(real, Allowed) and real.balance == 10
+
+
+async def test_an_anchor_moving_only_the_periods_end_keeps_its_allowance_and_moves_renewal(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
+) -> None:
+    """Anchored on Jan 30, then on Jan 31: on Mar 1 both periods start on Feb 28 (clamped),
+    but end on Mar 30 and Mar 31: the period's allowance (issued once for the period starting
+    Feb 28) stays, and the next renewal moves to Mar 31 (docs/plans.md)."""
+    await define(redis, ledger.keys, "m", 100, "month")
+    clock.now = ms("2027-03-01T12:00:00")
+    await ledger.configure_account("a", plan="m", plan_anchor=ms("2027-01-30T00:00:00"))
+    await ledger.deduct("a", 10, "k")
+    await ledger.update_account("a", plan_anchor=ms("2027-01-31T00:00:00"))
+    b = await ledger.balance("a")
+    assert b.balance == 90 and b.plan is not None
+    assert b.plan.next_renewal == ms("2027-03-31T00:00:00")

@@ -8,12 +8,14 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from sidecar.ledger import windows
 from sidecar.ledger.calls import (
     Ledger,
 )
 from sidecar.ledger.results import Allowed, SpendLimit, SpendLimited
 from sidecar.ledger.units import MAX_TIMESTAMP_MS
 from tests.conftest import FakeClock
+from tests.model import period_of as model_period_of
 
 DAY = 86_400_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -135,3 +137,32 @@ async def test_a_refund_of_a_check_counted_by_an_earlier_limit_gives_nothing_bac
     await ledger.refund("a", "r3", third.transaction_id, 2)
     spend = (await ledger.balance("a")).spend
     assert spend is not None and spend.spent == 6
+
+
+def test_plan_periods_in_python_match_an_independent_datetime_computation() -> None:
+    """sidecar/ledger/windows.py's period_of (the scripts' day-number arithmetic) against the
+    reference model's (datetime): anchors on month ends and leap days, at any time of day,
+    periods of several intervals, times before and after the anchor; and window() with an
+    anchor is that period (from 1970 at the earliest)."""
+    rng = random.Random(21)
+    anchors = [
+        _ms(datetime(2026, 12, 31, 23, 30, tzinfo=UTC)),
+        _ms(datetime(2024, 2, 29, 10, tzinfo=UTC)),
+        _ms(datetime(2027, 1, 31, tzinfo=UTC)),
+        _ms(datetime(1970, 1, 1, tzinfo=UTC)),
+    ] + [rng.randrange(0, _ms(datetime(2200, 1, 1, tzinfo=UTC))) for _ in range(200)]
+    units: tuple[Unit, ...] = ("day", "week", "month", "year")
+    wrong: list[tuple[object, ...]] = []
+    for anchor in anchors:
+        for _ in range(10):
+            unit, count = rng.choice(units), rng.choice((1, 2, 3, 7, 12))
+            t = anchor + rng.randrange(-5 * 366 * DAY, 20 * 366 * DAY)
+            if t < 0:
+                continue
+            got = windows.period_of(anchor, unit, count, t)
+            if got != model_period_of(anchor, unit, count, t) or not got[0] <= t < got[1]:
+                wrong.append((anchor, unit, count, t, got))
+            limit = SpendLimit(1, unit, count)
+            if windows.window(limit, t, anchor) != (max(0, got[0]), got[1]):
+                wrong.append((anchor, unit, count, t, "window"))
+    assert wrong == []

@@ -885,21 +885,23 @@ local function plan_renew()
   schedule('p:', stop)
 end
 
--- What a renewal due now would add to the available credits (dry runs, preview_due), the
--- buckets in `gone` (expiring in the same preview) left out.
-local function plan_preview(gone)
+-- What a renewal due now would add to the available credits (dry runs, preview_due), as it
+-- would run after what the preview processed before it: the buckets in `gone` expired, the
+-- credits in `back` ({bucket = credits}) returned by lapsed holds, `avail` and `held` the
+-- account's available and held credits then.
+local function plan_preview(gone, back, avail, held)
   local spec = plan_spec(acct.pl)
   if not spec or (acct.pn and acct.pn > NOW) then return 0 end
   local left = {}
   for _, b in ipairs(allowance_left()) do
-    if not gone[b[1]] then left[#left + 1] = b end
+    if not gone[b[1]] then left[#left + 1] = {b[1], b[2] + (back[b[1]] or 0), b[3]} end
   end
   local start, _, _, credits, cut = renewal(spec, left)
   if cut == nil then
     cut = 0
     for _, b in ipairs(left) do cut = cut + b[2] end
   end
-  credits = math.min(credits, MAXINT - acct.avail - acct.held)
+  credits = math.min(credits, MAXINT - (avail - cut) - held)
   if credits <= 0 or bucket_meta('allowance:' .. acct.pl .. ':' .. fmt(start)) then credits = 0 end
   return credits - cut
 end
@@ -951,9 +953,9 @@ end
 -- back under the limit). Exact but for one case: credits a lapsing hold would return to a
 -- bucket watched by a clawback (pc:<bucket>, see "Clawbacks") are counted as taken back.
 local function preview_due()
-  local avail = acct.avail
+  local avail, held = acct.avail, acct.held
   local lim = spend_load(acct.sl, acct.ss)
-  local back, gone, renew = {}, {}, false
+  local back, gone = {}, {}
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', D, '-inf', NOW)) do
     local id = string.sub(member, 3)
     local kind = string.sub(member, 1, 1)
@@ -963,11 +965,13 @@ local function preview_due()
         gone[id] = true
       end
     elseif kind == 'p' then
-      renew = acct.pl ~= nil
+      -- in its turn, as expire_due renews: after what is due before it, not what comes after
+      if acct.pl then avail = avail + plan_preview(gone, back, avail, held) end
     else
       local raw = redis.call('HGET', H, id)
       local rec = raw and cjson.decode(raw)
       if rec and rec.state == 'active' then
+        held = held - rec.amount
         for _, a in ipairs(rec.alloc) do
           local v = redis.call('HMGET', A, 'r:' .. a[1], 'pc:' .. a[1])
           if v[1] and not v[2] and not gone[a[1]] then
@@ -979,7 +983,6 @@ local function preview_due()
       end
     end
   end
-  if renew then avail = avail + plan_preview(gone) end
   return avail, lim
 end
 

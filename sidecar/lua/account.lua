@@ -79,11 +79,15 @@ elseif anchor then
 end
 local new_pan = anchor or (new_pl == old_pl and old_pan) or NOW
 local plan_changed = new_pl ~= old_pl
+local moved_end = nil
 if not plan_changed and new_pl and new_pan ~= old_pan then
-  -- the same plan re-anchored: a change only if its periods move
+  -- the same plan re-anchored: a plan change if the current period starts elsewhere; if only
+  -- its end moves, the next renewal moves with it and the period's allowance stays (it was
+  -- issued once for the period starting there)
   local s1, e1 = period_of(old_pan, spec.unit, spec.count, NOW)
   local s2, e2 = period_of(new_pan, spec.unit, spec.count, NOW)
-  plan_changed = s1 ~= s2 or e1 ~= e2
+  plan_changed = s1 ~= s2
+  if not plan_changed and e1 ~= e2 then moved_end = e2 end
 end
 in_time()
 local created = 0
@@ -126,7 +130,13 @@ if plan_changed and new_pl then
   acct.pl, acct.pan, acct.pn, ANCHOR = new_pl, new_pan, nil, new_pan
   plan_renew()
 elseif new_pl and new_pan ~= old_pan then
-  redis.call('HSET', A, 'pan', fmt(new_pan))  -- the same periods: only the value changes
+  acct.pan, ANCHOR = new_pan, new_pan
+  redis.call('HSET', A, 'pan', fmt(new_pan))
+  if moved_end then
+    acct.pn = moved_end
+    redis.call('HSET', A, 'pn', fmt(moved_end))
+    schedule('p:', moved_end)
+  end
 end
 
 -- The spending limit that applies (the account's own, else its plan's) and what it spent.
@@ -141,7 +151,8 @@ local function window_of(spec_v) return spec_v and string.match(spec_v, '^%d+:(%
 if not eff then
   redis.call('HDEL', A, 'ss')
   acct.ss = nil
-elseif window_of(eff) ~= window_of(eff_old) or plan_changed then
+elseif window_of(eff) ~= window_of(eff_old) or plan_changed
+    or (new_pl and new_pan ~= old_pan) then  -- (a new anchor moves the account's windows)
   -- counted from now: what was counted before (by the old limit) is never given back here
   acct.ss = spend_reset(eff, eff_old and acct.ss)
   redis.call('HSET', A, 'ss', acct.ss)
