@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from sidecar.errors import InvalidInput
+from sidecar.ledger.apikeys import ApiKeys
 from sidecar.ledger.calls import Ledger
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.results import (
@@ -310,3 +311,22 @@ async def test_an_anchor_moving_only_the_periods_end_keeps_its_allowance_and_mov
     b = await ledger.balance("a")
     assert b.balance == 90 and b.plan is not None
     assert b.plan.next_renewal == ms("2027-03-31T00:00:00")
+
+
+async def test_an_api_keys_window_on_a_plan_counts_from_the_anchor_in_listings_and_checks(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock
+) -> None:
+    await define(redis, ledger.keys, "m", 1000, "month")
+    clock.now = ms("2027-01-20T00:00:00")
+    await ledger.configure_account("a", plan="m", plan_anchor=ms("2027-01-10T06:00:00"))
+    keys = ApiKeys(ledger)
+    info, _ = await keys.create("a", spend_limit=SpendLimit(5, "month"))
+    assert isinstance(await ledger.deduct("a", 4, "k1", key_id=info.key_id), Allowed)
+    (listed,) = await keys.list("a")
+    assert listed.spend is not None
+    assert (listed.spend.spent, listed.spend.ends_at) == (4, ms("2027-02-10T06:00:00"))
+    clock.now = ms("2027-02-05T00:00:00")  # a calendar month later, the same anchored window
+    refused = await ledger.deduct("a", 2, "k2", key_id=info.key_id)
+    assert isinstance(refused, SpendLimited) and refused.scope == "key"
+    (listed,) = await keys.list("a")
+    assert listed.spend is not None and listed.spend.spent == 4

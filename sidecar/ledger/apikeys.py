@@ -182,13 +182,17 @@ class ApiKeys:
         records = [orjson.loads(v) for v in raw.values()]
         limited = [r["key_id"] for r in records if r.get("spend_limit")]
         states: list[Any] = []
+        anchor: int | None = None
         if limited:
-            states = await store_call(
+            # (an account on a plan counts its windows from the plan's anchor: pl, pan)
+            *states, plan, pan = await store_call(
                 self.redis.hmget(
-                    self.keys.for_account(account).account, [f"ks:{k}" for k in limited]
+                    self.keys.for_account(account).account,
+                    [*(f"ks:{k}" for k in limited), "pl", "pan"],
                 ),
                 self.ledger.deadline_s,
             )
+            anchor = int(pan) if plan and pan else None
         state_of = dict(zip(limited, states, strict=True))
         now = self.ledger.clock()
         infos = []
@@ -197,7 +201,7 @@ class ApiKeys:
             state = state_of.get(r["key_id"])
             spend = None
             if limit is not None and not r.get("revoked_at"):  # (a revoked key spends nothing)
-                spend = windows.current(limit, state.decode() if state else None, now)
+                spend = windows.current(limit, state.decode() if state else None, now, anchor)
             infos.append(KeyInfo.from_record(orjson.dumps(r), spend))
         return sorted(infos, key=lambda k: (k.created_at, k.key_id))
 
