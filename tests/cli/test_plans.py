@@ -86,3 +86,21 @@ def test_api_errors_exit_1_with_the_reason(
 ) -> None:
     out = cli(served, *args)
     assert out.returncode == 1 and message in out.stderr, out.stderr
+
+
+def test_an_account_goes_on_a_plan_and_off_it_with_accounts_set(served: dict[str, str]) -> None:
+    out = cli(
+        served, "plans", "put", "cli-free", "--name", "Free", "--credits", "7", "--interval", "day"
+    )
+    assert out.returncode == 0, out.stderr
+    out = cli(served, "accounts", "create", "cli-p", "--plan", "cli-free")
+    assert out.returncode == 0, out.stderr
+    out = cli(served, "accounts", "set", "cli-p", "--overdraft-limit", "3")
+    assert out.returncode == 0 and "plan cli-free, overdraft limit 3" in out.stdout
+    assert cli(served, "balance", "cli-p").stdout.startswith("7  (available 7")
+    out = cli(served, "accounts", "set", "cli-p", "--no-plan", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["plan"] is None
+    out = cli(served, "accounts", "set", "cli-p", "--plan", "nope")
+    assert out.returncode == 1 and "plan nope does not exist" in out.stderr
+    out = cli(served, "accounts", "set", "cli-p", "--plan", "cli-free", "--no-plan")
+    assert out.returncode == 2
