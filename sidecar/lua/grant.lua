@@ -2,7 +2,8 @@
 --
 -- KEYS: the common seven (see _lib.lua).
 -- ARGV: the common five, then
---   [6] grant id (= bucket id, unique per account)   [7] credits (1 .. 2^53-1)
+--   [6] grant id (= bucket id, unique per account; not allowance:*, the ids of plans'
+--   allowances)   [7] credits (1 .. 2^53-1)
 --   [8] expires_at (unix ms, '' = never)   [9] priority (int32, lower burns first)
 --   [10] source (purchase, promo, manual, refund...)   [11] metadata (JSON object or '')
 --   [12] description
@@ -13,6 +14,11 @@
 --       | {'overflow'} (the account would hold more than 2^53-1 credits; nothing granted).
 
 local gid = id_arg(ARGV[6], 'grant_id', 128)
+-- (allowance:<plan>:<period start> is a plan's allowance bucket: renewals issue it once and cut
+-- it; a grant by that name would stand in for the allowance and be cut as one)
+if string.sub(gid, 1, 10) == 'allowance:' then
+  fail('INVALID', 'grant_id must not start with allowance: (the ids of plans\' allowances)')
+end
 local credits = int_arg(ARGV[7], 'credits', 1, MAXINT)
 local expires = opt_int_arg(ARGV[8], 'expires_at', 1, MAX_TIME)
 local priority = int_arg(ARGV[9], 'priority', -2147483648, 2147483647)
