@@ -995,6 +995,8 @@ class LedgerModel:
             self._plan_renew(account, a)
         elif new_pl is not None and new_pan != old_pan:
             a.plan_anchor = new_pan
+            if a.plan_next is not None and a.plan_next <= self._now:
+                self._expire_due(account, a)  # a renewal due: under the new anchor, first
             if moved_end is not None:
                 a.plan_next = moved_end
                 a.deadlines["p:"] = moved_end

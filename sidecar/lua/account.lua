@@ -132,6 +132,10 @@ if plan_changed and new_pl then
 elseif new_pl and new_pan ~= old_pan then
   acct.pan, ANCHOR = new_pan, new_pan
   redis.call('HSET', A, 'pan', fmt(new_pan))
+  -- a renewal due (a boundary passed unseen) happens first, under the new anchor: the period
+  -- starting where it did under both was never issued, and moving the next renewal alone
+  -- would skip it
+  if acct.pn and acct.pn <= NOW then expire_due() end
   if moved_end then
     acct.pn = moved_end
     redis.call('HSET', A, 'pn', fmt(moved_end))
