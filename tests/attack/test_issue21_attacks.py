@@ -68,6 +68,14 @@ def sharded(redis: RedisClient, clock: FakeClock) -> AsyncIterator[Ledger]:
     ledger.close()
 
 
+@pytest.fixture
+def kept(redis: RedisClient, clock: FakeClock) -> AsyncIterator[Ledger]:
+    """A ledger keeping its records 90 days (tests that move months and rebuild)."""
+    ledger = Ledger(redis, KeySpace(), retention_ms=90 * DAY, clock=clock)
+    yield ledger
+    ledger.close()
+
+
 async def define(
     ledger: Ledger,
     plan: str,
@@ -551,3 +559,177 @@ async def test_checks_holds_refunds_dry_runs_and_sweeps_racing_a_boundary_on_fou
         cuts = [t for t in await txns(redis, ledger.keys, a, "expiry") if t.get("reason")]
         assert len(cuts) == 1 and cuts[0]["amount"] == -(60 - 25), a
         await assert_books_balance(ledger, a)
+
+
+# --- bad input: a 4xx naming the field, nothing written ------------------------------------
+
+GOOD_ALLOWANCE: dict[str, Any] = {"credits": 10, "interval": "month"}
+BAD_PLANS: list[tuple[Any, str]] = [
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "credits": 0}}, "credits"),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "credits": -5}}, "credits"),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "credits": 2**53}}, "credits"),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "credits": 1.5}}, "credits"),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "credits": "10"}}, "credits"),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "interval": "hour"}}, "interval"),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "interval_count": 0}}, "interval_count"),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "interval_count": 1001}}, "interval_count"),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "interval_count": True}}, "interval_count"),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "rollover_max": 5}}, "rollover_max"),
+    (
+        {"name": "P", "allowance": {**GOOD_ALLOWANCE, "mode": "accumulate", "rollover_max": 11}},
+        "rollover_max",
+    ),
+    (
+        {"name": "P", "allowance": {**GOOD_ALLOWANCE, "mode": "accumulate", "rollover_max": -1}},
+        "rollover_max",
+    ),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "mode": "rollover"}}, "mode"),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "trigger": "invoice"}}, "trigger"),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "priority": 2**31}}, "priority"),
+    ({"name": "P", "allowance": {**GOOD_ALLOWANCE, "extra": 1}}, "extra"),
+    ({"name": "", "allowance": GOOD_ALLOWANCE}, "name"),
+    ({"name": "x" * 201, "allowance": GOOD_ALLOWANCE}, "name"),
+    ({"name": "a\x00b", "allowance": GOOD_ALLOWANCE}, "name"),
+    ({"allowance": GOOD_ALLOWANCE}, "name"),
+    ({"name": "P"}, "allowance"),
+    ({"name": "P", "allowance": GOOD_ALLOWANCE, "default": "yes"}, "default"),
+    ({"name": "P", "allowance": GOOD_ALLOWANCE, "rate_limit": {"requests": 0}}, "requests"),
+    (
+        {"name": "P", "allowance": GOOD_ALLOWANCE, "spend_limit": {"credits": 1, "interval": "x"}},
+        "interval",
+    ),
+    ([], ""),
+    ("plan", ""),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_PLANS)
+async def test_a_bad_plan_definition_is_a_4xx_naming_the_field_and_changes_nothing(
+    client: Client, redis: RedisClient, body: Any, field: str
+) -> None:
+    r = await client.put("/v1/plans/p", json={"name": "P", "allowance": GOOD_ALLOWANCE},
+                         headers=admin())
+    assert r.status == 201
+    before = await snapshot(redis)
+    r = await client.put("/v1/plans/p", json=body, headers=admin())
+    assert_names_the_problem(r.status, await r.json(), field)
+    assert await snapshot(redis) == before
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"name": "\\ud800", "allowance": {"credits": 10, "interval": "month"}}',
+        b'{"name": "P", "allowance": {"credits": 1e3, "interval": "month"}}',
+        b'{"name": "P", "allowance": {"credits": 10, "interval": "month"}, "name": "Q"}',
+        b'{"name": "P", "allowance": {"credits": 10, "interval": "month"',
+        b"\xff\xfe",
+    ],
+)
+async def test_malformed_plan_json_is_a_4xx_and_changes_nothing(
+    client: Client, redis: RedisClient, raw: bytes
+) -> None:
+    before = await snapshot(redis)
+    r = await client.put(
+        "/v1/plans/p", data=raw, headers={**admin(), "Content-Type": "application/json"}
+    )
+    text = await r.text()
+    if r.status in (200, 201):  # (a duplicate name: the last one, as JSON parsers do)
+        return
+    assert_names_the_problem(r.status, await r.json())
+    assert await snapshot(redis) == before, text
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/plans/" + "p" * 65, "/v1/plans/a%20b", "/v1/plans/%C3%A9", "/v1/plans/a%2Fb"]
+)
+async def test_a_bad_plan_id_is_a_4xx_and_changes_nothing(
+    client: Client, redis: RedisClient, path: str
+) -> None:
+    before = await snapshot(redis)
+    for method in ("PUT", "GET", "DELETE"):
+        r = await client.request(
+            method, path, json={"name": "P", "allowance": GOOD_ALLOWANCE}, headers=admin()
+        )
+        assert 400 <= r.status < 500, (method, path, r.status)
+        assert await snapshot(redis) == before
+
+
+async def test_a_unicode_name_of_200_characters_is_taken_and_kept_exactly(
+    client: Client, redis: RedisClient
+) -> None:
+    name = "\U0001f680é" * 100  # 200 characters, 600 bytes
+    body = {"name": name, "allowance": GOOD_ALLOWANCE}
+    r = await client.put("/v1/plans/a.b:c", json=body, headers=admin())
+    assert r.status == 201, await r.text()
+    r = await client.get("/v1/plans/a.b:c", headers=admin())
+    assert (await r.json())["name"] == name
+
+
+BAD_ACCOUNTS: list[tuple[dict[str, Any], str]] = [
+    ({"plan": "nope"}, "plan"),
+    ({"plan": "p", "plan_anchor": "10000-01-01T00:00:00Z"}, "plan_anchor"),
+    ({"plan": "p", "plan_anchor": "9999-12-31T23:59:60Z"}, "plan_anchor"),
+    ({"plan": "p", "plan_anchor": "2027-01-01T00:00:00"}, "plan_anchor"),
+    ({"plan": "p", "plan_anchor": "0001-01-01T00:00:00Z"}, "plan_anchor"),
+    ({"plan": "p", "plan_anchor": -1}, "plan_anchor"),
+    ({"plan": "p", "plan_anchor": 253402300800000}, "plan_anchor"),
+    ({"plan": "p", "plan_anchor": 1.5}, "plan_anchor"),
+    ({"plan": "p" * 65}, "plan"),
+    ({"plan": "a b"}, "plan"),
+    ({"plan": 5}, "plan"),
+    ({"plan_anchor": "2027-01-01T00:00:00Z"}, "plan_anchor"),
+]
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+@pytest.mark.parametrize(("body", "field"), BAD_ACCOUNTS)
+async def test_a_bad_plan_setting_of_an_account_is_a_4xx_naming_the_field_and_changes_nothing(
+    client: Client, redis: RedisClient, method: str, body: dict[str, Any], field: str
+) -> None:
+    r = await client.put("/v1/plans/p", json={"name": "P", "allowance": GOOD_ALLOWANCE},
+                         headers=admin())
+    assert r.status == 201
+    r = await client.put("/v1/accounts/acme", json={}, headers=admin())
+    assert r.status == 201
+    before = await snapshot(redis)
+    for account in ("acme", "new-one"):
+        r = await client.request(method, f"/v1/accounts/{account}", json=body, headers=admin())
+        text = await r.text()
+        assert 400 <= r.status < 500, text
+        if not (method == "PATCH" and account == "new-one"):
+            assert_names_the_problem(r.status, await r.json(), field)
+        assert await snapshot(redis) == before
+
+
+# --- plan changes, default flags and rebuild -----------------------------------------------
+
+
+async def test_changes_removals_reanchors_and_a_moving_default_reconcile_and_rebuild(
+    kept: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    ledger = kept
+    await define(ledger, "free", 100, "month", default=True)
+    await define(ledger, "pro", 500, "month", mode="accumulate", rollover=200)
+    clock.now = ms("2027-01-30T12:00:00")
+    await ledger.put_account("a", plan_anchor=ms("2027-01-30T00:00:00"))  # free, the default
+    await ledger.put_account("b")
+    await ledger.deduct("a", 30, "k1")
+    await define(ledger, "pro", 500, "month", mode="accumulate", rollover=200, default=True)
+    clock.now = ms("2027-03-01T12:00:00")  # Feb 28 passed unseen
+    await ledger.update_account("a", plan_anchor=ms("2027-01-31T00:00:00"))
+    await ledger.update_account("b", plan="pro")
+    await ledger.put_account("c")  # pro, the default now
+    await ledger.put_account("b", overdraft_limit=5)  # PUT without plan: removes it
+    await sql_round_trip(ledger, engine, clock.now)
+    assert (await Plans(ledger).get("free")).default is False
+    assert (await ledger.put_account("d")).plan == "pro"
+    clock.now = ms("2027-03-31T00:00:00")
+    for acct in "acd":  # (b's cut bucket, empty, expires silently: SQL's clock never sees it)
+        await ledger.balance(acct)
+    await sql_round_trip(ledger, engine, clock.now)
+    b = await ledger.balance("a")
+    assert b.balance == 100 and b.plan is not None
+    assert b.plan.next_renewal == ms("2027-04-30T00:00:00")
+    assert (await ledger.balance("b")).balance == 500  # no more renewals
+    assert (await ledger.balance("c")).balance == 500  # (its month runs to Apr 1)
