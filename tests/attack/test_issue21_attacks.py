@@ -12,9 +12,10 @@ nothing; never a 500."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,14 +67,14 @@ async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def sharded(redis: RedisClient, clock: FakeClock) -> AsyncIterator[Ledger]:
+def sharded(redis: RedisClient, clock: FakeClock) -> Iterator[Ledger]:
     ledger = Ledger(redis, KeySpace(shards=4), retention_ms=30 * DAY, clock=clock)
     yield ledger
     ledger.close()
 
 
 @pytest.fixture
-def kept(redis: RedisClient, clock: FakeClock) -> AsyncIterator[Ledger]:
+def kept(redis: RedisClient, clock: FakeClock) -> Iterator[Ledger]:
     """A ledger keeping its records 90 days (tests that move months and rebuild)."""
     ledger = Ledger(redis, KeySpace(), retention_ms=90 * DAY, clock=clock)
     yield ledger
@@ -240,8 +241,10 @@ async def test_thousands_of_missed_daily_periods_catch_up_in_one_exact_bounded_c
 async def test_anchors_at_the_edges_of_time_answer_and_renew_without_a_500(
     client: Client, redis: RedisClient, clock: FakeClock, anchor: str, interval: str, count: int
 ) -> None:
-    plan = {"name": "Edge", "allowance": {"credits": 10, "interval": interval,
-                                          "interval_count": count}}
+    plan = {
+        "name": "Edge",
+        "allowance": {"credits": 10, "interval": interval, "interval_count": count},
+    }
     r = await client.put("/v1/plans/e.d:g-e", json=plan, headers=admin())
     assert r.status == 201, await r.text()
     r = await client.put(
@@ -420,8 +423,8 @@ async def test_deleting_a_plan_racing_accounts_joining_it_on_four_shards_keeps_t
         if deleted:
             assert on_x == []
             for s in range(4):
-                left = await redis.hkeys(ledger.keys.plans(s))
-                assert not [k for k in left if k.endswith(b":x") or k == b"default"], left
+                fields: Any = await redis.hkeys(ledger.keys.plans(s))
+                assert not [k for k in fields if k.endswith(b":x") or k == b"default"], fields
         else:
             assert await plans.accounts("x") == len(on_x)
             for s in range(4):
@@ -434,8 +437,7 @@ async def test_deleting_a_plan_racing_accounts_joining_it_on_four_shards_keeps_t
             await ledger.update_account(a, plan=None)
         await plans.remove("y")
         for s in range(4):
-            left = await redis.hgetall(ledger.keys.plans(s))
-            assert {k: v for k, v in left.items() if not k.startswith(b"n:")} == {}
+            left: Any = await redis.hgetall(ledger.keys.plans(s))
             assert left == {}, left
 
 
@@ -550,10 +552,8 @@ async def test_checks_holds_refunds_dry_runs_and_sweeps_racing_a_boundary_on_fou
         elif kind == 3:
             t = firsts[a]
             assert isinstance(t, Allowed)
-            try:
+            with contextlib.suppress(errors.SidecarError):  # (refunded in full already)
                 await ledger.refund(a, f"r{i}", t.transaction_id, 1)
-            except errors.SidecarError:
-                pass
         else:
             await ledger.sweep()
 
@@ -612,8 +612,9 @@ BAD_PLANS: list[tuple[Any, str]] = [
 async def test_a_bad_plan_definition_is_a_4xx_naming_the_field_and_changes_nothing(
     client: Client, redis: RedisClient, body: Any, field: str
 ) -> None:
-    r = await client.put("/v1/plans/p", json={"name": "P", "allowance": GOOD_ALLOWANCE},
-                         headers=admin())
+    r = await client.put(
+        "/v1/plans/p", json={"name": "P", "allowance": GOOD_ALLOWANCE}, headers=admin()
+    )
     assert r.status == 201
     before = await snapshot(redis)
     r = await client.put("/v1/plans/p", json=body, headers=admin())
@@ -692,8 +693,9 @@ BAD_ACCOUNTS: list[tuple[dict[str, Any], str]] = [
 async def test_a_bad_plan_setting_of_an_account_is_a_4xx_naming_the_field_and_changes_nothing(
     client: Client, redis: RedisClient, method: str, body: dict[str, Any], field: str
 ) -> None:
-    r = await client.put("/v1/plans/p", json={"name": "P", "allowance": GOOD_ALLOWANCE},
-                         headers=admin())
+    r = await client.put(
+        "/v1/plans/p", json={"name": "P", "allowance": GOOD_ALLOWANCE}, headers=admin()
+    )
     assert r.status == 201
     r = await client.put("/v1/accounts/acme", json={}, headers=admin())
     assert r.status == 201
@@ -793,9 +795,7 @@ async def test_calls_queued_behind_a_paused_redis_across_a_boundary_issue_it_onc
         await ledger.sweep()
         b = await ledger.balance("a")
         assert b.balance == 10 + 50 - 1
-        allowances = [
-            e for e in await outbox_entries(redis_client) if e.get("type") == "allowance"
-        ]
+        allowances = [e for e in await outbox_entries(redis_client) if e.get("type") == "allowance"]
         assert len(allowances) == 2
         await assert_books_balance(ledger, "a")
     finally:
