@@ -38,7 +38,7 @@ from sidecar.persistence.writer import OutboxWriter
 from sidecar.redis.client import RedisClient, connect
 from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
-from tests.conftest import FakeClock, admin, outbox_entries, snapshot
+from tests.conftest import FakeClock, admin, outbox_entries, service, snapshot
 from tests.persistence.test_rebuild import redis_state
 from tests.ports import free_port
 
@@ -868,3 +868,41 @@ async def test_two_plans_made_default_at_once_leave_every_shard_the_same_default
         assert len(defaults) == 1, (i, defaults)
         new = [await ledger.put_account(f"n{i}-{j}") for j in range(12)]  # on every shard
         assert len({c.plan for c in new}) == 1
+
+
+# --- over HTTP: everything at once right after a boundary ----------------------------------
+
+
+async def test_checks_dry_runs_reads_grants_and_patches_over_http_at_a_boundary_issue_once(
+    client: Client, redis: RedisClient, clock: FakeClock, ledger: Ledger
+) -> None:
+    plan = {"name": "Daily", "allowance": {"credits": 500, "interval": "day"}}
+    assert (await client.put("/v1/plans/daily", json=plan, headers=admin())).status == 201
+    r = await client.put("/v1/accounts/acme", json={"plan": "daily"}, headers=admin())
+    assert r.status == 201
+    clock.advance(DAY)
+
+    async def one(i: int) -> int:
+        kind = i % 5
+        if kind == 0:
+            body = {"account": "acme", "cost": 1, "idempotency_key": f"k{i}"}
+            r = await client.post("/v1/check", json=body, headers=service())
+        elif kind == 1:
+            body = {"account": "acme", "cost": 1, "idempotency_key": f"d{i}", "dry_run": True}
+            r = await client.post("/v1/check", json=body, headers=service())
+        elif kind == 2:
+            r = await client.get("/v1/accounts/acme/balance", headers=admin())
+        elif kind == 3:
+            grant = {"grant_id": f"g{i}", "credits": 2}
+            r = await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())
+        else:
+            r = await client.patch(
+                "/v1/accounts/acme", json={"overdraft_limit": i}, headers=admin()
+            )
+        assert r.status < 300, await r.text()
+        return r.status
+
+    await asyncio.gather(*(one(i) for i in range(150)))
+    issued = [e for e in await outbox_entries(redis) if e.get("type") == "allowance"]
+    assert [e["period"] for e in issued] == [clock.now - DAY, clock.now]
+    assert await assert_books_balance(ledger, "acme") == 500 - 30 + 30 * 2
