@@ -968,3 +968,31 @@ async def test_random_plan_sequences_keep_dry_runs_honest_and_the_books_balanced
         clock.advance(rng.choice([1, 3_600_000, DAY // 2, DAY, 3 * DAY, 20 * DAY]))
         await assert_books_balance(ledger, "a")
     await sql_round_trip(ledger, engine, clock.now)
+
+
+async def test_accounts_anchored_at_the_edges_of_time_reconcile_and_rebuild(
+    kept: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    ledger = kept
+    await define(ledger, "y1000", 7, "year", count=1000, mode="accumulate", rollover=3)
+    await define(ledger, "m1000", 11, "month", count=1000)
+    await define(ledger, "w1000", 13, "week", count=1000, mode="accumulate")
+    await define(ledger, "d", 17, "day")
+    last = ms("9999-12-31T23:59:59.999")
+    for name, plan, anchor in [
+        ("a", "y1000", last),
+        ("b", "m1000", last),
+        ("c", "w1000", 1),
+        ("d", "d", last),
+        ("e", "y1000", 1),
+    ]:
+        await ledger.configure_account(name, plan=plan, plan_anchor=anchor)
+        await ledger.deduct(name, 1, "k")
+    clock.advance(3 * DAY)
+    for name in "abcde":
+        await assert_books_balance(ledger, name)
+    await sql_round_trip(ledger, engine, clock.now)
+    clock.advance(DAY)
+    await sql_round_trip(ledger, engine, clock.now)
+    assert (await ledger.balance("d")).balance == 17
+    assert (await ledger.balance("a")).balance == 6
