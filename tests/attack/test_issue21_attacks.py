@@ -996,3 +996,28 @@ async def test_accounts_anchored_at_the_edges_of_time_reconcile_and_rebuild(
     await sql_round_trip(ledger, engine, clock.now)
     assert (await ledger.balance("d")).balance == 17
     assert (await ledger.balance("a")).balance == 6
+
+
+async def test_a_plan_change_racing_the_sweeper_and_checks_at_a_boundary_issues_each_once(
+    sharded: Ledger, redis: RedisClient, clock: FakeClock
+) -> None:
+    ledger = sharded
+    await define(ledger, "old", 100, "day", mode="accumulate", rollover=40)
+    await define(ledger, "new", 300, "week")
+    accounts = [f"p{i}" for i in range(16)]
+    for a in accounts:
+        await ledger.put_account(a, plan="old")
+        await ledger.deduct(a, 10, "first")
+    clock.advance(DAY)
+    await asyncio.gather(
+        *(ledger.update_account(a, plan="new") for a in accounts),
+        *(ledger.deduct(a, 1, f"c{i}") for i in range(3) for a in accounts),
+        *(ledger.sweep() for _ in range(4)),
+    )
+    for a in accounts:
+        issued = [(t["plan"], t["period"]) for t in await txns(redis, ledger.keys, a, "allowance")]
+        assert len(issued) == len(set(issued)), issued
+        assert issued[-1] == ("new", clock.now)
+        cuts = [t for t in await txns(redis, ledger.keys, a, "expiry") if t.get("reason")]
+        assert [c["reason"] for c in cuts] in (["rollover", "plan_change"], ["plan_change"])
+        await assert_books_balance(ledger, a)
