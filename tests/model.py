@@ -501,6 +501,8 @@ class LedgerModel:
         txn.update({k: v for k, v in extra.items() if v is not None})
         if a.spend_state is not None:  # the spending limit's state after it
             txn["spend"] = f"{a.spend_state[0]}:{a.spend_state[1]}"
+        if a.plan_next is not None:  # an account on a plan: its next renewal after it
+            txn["pn"] = a.plan_next
         touched = [b for b, _ in alloc]
         held = extra.get("held")
         if isinstance(held, list):
@@ -785,6 +787,7 @@ class LedgerModel:
             return
         left = self._allowance_left(a)
         start, stop, n, credits, cut = self._renewal(a, plan, left)
+        a.plan_next = stop  # (the renewal's entries carry it)
         if cut is None or cut > 0:
             reason = "period_end" if plan.mode == "reset" else "rollover"
             self._allowance_cut(account, a, left, cut, reason)
@@ -794,7 +797,7 @@ class LedgerModel:
             txid = self._extra_txid()
             repaid = min(a.debt, credits)
             a.debt -= repaid
-            expires = stop if plan.mode == "reset" else None
+            expires = min(stop, MAX_TIMESTAMP_MS) if plan.mode == "reset" else None
             b = ModelBucket(
                 bid,
                 credits,

@@ -70,6 +70,7 @@ INT_DETAILS = (
     "version",
     "pending",
     "debt_added",
+    "pn",  # a transaction of an account on a plan: its next renewal after it
     "period",  # an allowance: the start of its period
     "periods",  # an allowance: how many periods it covers (more than 1: periods nobody saw)
 )
@@ -289,6 +290,12 @@ class TxnEntry:
         in sidecar/lua/_lib.lua), if any."""
         v = self.details.get("spend")
         return v if isinstance(v, str) else None
+
+    @property
+    def plan_next(self) -> int | None:
+        """An account on a plan: its next renewal after it (ms)."""
+        v = self.details.get("pn")
+        return v if type(v) is int else None
 
     @property
     def key_spend(self) -> tuple[str, str] | None:

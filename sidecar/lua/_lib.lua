@@ -302,8 +302,10 @@ local function emit(txid, ttype, amount, alloc, extra)
   end
   for _, a in ipairs(alloc) do touch(a[1]) end
   for _, a in ipairs((extra and extra.held) or {}) do touch(a[1]) end
-  -- the spending limit's state after it (ss), so the SQL ledger can restore it
+  -- the spending limit's state after it (ss), so the SQL ledger can restore it; likewise the
+  -- next renewal of an account on a plan
   if acct.ss then parts[#parts + 1] = ',"spend":' .. cjson.encode(acct.ss) end
+  if acct.pn then parts[#parts + 1] = ',"pn":' .. fmt(acct.pn) end
   parts[#parts + 1] = ',"buckets":' .. jenc(state) .. '}'
   redis.call('XADD', OUTBOX, '*', 'd', table.concat(parts))
 end
@@ -860,6 +862,7 @@ local function plan_renew()
   if acct.pn and acct.pn > NOW then return end
   local left = allowance_left()
   local start, stop, n, credits, cut = renewal(spec, left)
+  acct.pn = stop  -- (the renewal's entries carry it)
   if cut == nil or cut > 0 then
     allowance_cut(left, cut, spec.mode == 'reset' and 'period_end' or 'rollover')
   end

@@ -166,7 +166,7 @@ save_account()
 
 -- every setting after the call, as the SQL ledger keeps them
 local v = redis.call('HMGET', A, 'created', 'ovl', 'lbt', 'rl_n', 'rl_ms', 'rl_burst', 'sl',
-  'pl', 'pan', 'psn')
+  'pl', 'pan', 'psn', 'pn')
 local spend = nil
 if v[7] then
   local c, unit, count = string.match(v[7], '^(%d+):(%a+):(%d+)$')
@@ -178,7 +178,8 @@ outbox_add({'kind', 'account', 'id', TXID, 'account', ACCOUNT, 'ts', NOW,
   'settings', {overdraft_limit = tonumber(v[2]) or 0, low_balance_threshold = tonumber(v[3]),
     rate_limit_requests = tonumber(v[4]), rate_limit_period_ms = tonumber(v[5]),
     rate_limit_burst = tonumber(v[6]), spend_limit = spend, plan = v[8] or cjson.null,
-    plan_anchor = tonumber(v[9]) or cjson.null, plan_since = tonumber(v[10]) or cjson.null},
+    plan_anchor = tonumber(v[9]) or cjson.null, plan_since = tonumber(v[10]) or cjson.null,
+    plan_next = tonumber(v[11]) or cjson.null},
   -- what was spent in the limit's window ('from:spent', see "Spending limits" in _lib.lua)
   'spend_state', acct.ss or cjson.null})
 return {created, v[2] or '0', v[3] or '', v[4] or '', v[5] or '', v[6] or '', v[7] or '',

@@ -19,7 +19,8 @@
 --     {target, state (cbs:<purchase>: {v, pol, b, tk, pd, debt, un}, see _lib.lua)}},
 --   rate_limit? [requests, period_ms, burst], spend_limit? ('credits:unit:count', see
 --   "Spending limits" in _lib.lua), spend_state? ('from:spent'), plan?, plan_anchor?,
---   plan_since?, plan_last? (see "Plans" in _lib.lua), purge (how many
+--   plan_since?, plan_next? (its next renewal) or plan_last? (the start of the latest period its
+--   stay on the plan issued; neither: due now; see "Plans" in _lib.lua), purge (how many
 --   stale keys follow),
 --   buckets [{id, credits, created, expires?, priority, source, metadata, fp, tx, bal,
 --     remaining? (absent: expired), held, held_field (true: h:<id> exists, a hold drew on it)}],
@@ -156,7 +157,9 @@ if not absent(S.plan) then
   local spec = plan_spec(pl)
   if not spec then fail('INVALID', 'plan ' .. pl .. ' is not in Redis: restore the plans first') end
   pn = clock
-  if not absent(S.plan_last) then
+  if not absent(S.plan_next) then
+    pn = int_v(S.plan_next, 'plan_next', 0, MAXINT)
+  elseif not absent(S.plan_last) then
     local _, stop = period_of(pan, spec.unit, spec.count, int_v(S.plan_last, 'plan_last', 0, MAX_TIME))
     pn = stop
   end

@@ -114,6 +114,10 @@ class Account(Base):
     plan: Mapped[str | None] = mapped_column(String(64))
     plan_anchor_ms: Mapped[int | None] = mapped_column(BigInteger)
     plan_since_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # its next renewal (pn), carried by its transactions and settings changes, and the outbox
+    # entry id that last set it
+    plan_next_ms: Mapped[int | None] = mapped_column(BigInteger)
+    plan_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
     stripe_customer_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     billing_email: Mapped[str | None] = mapped_column(String(320))  # receipts (Stripe customer)
     # Settings version: the outbox entry id ("%015d-%010d") of the last settings change applied.

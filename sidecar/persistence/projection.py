@@ -54,6 +54,8 @@ STATE_COLS = ("id", "balance", "debt", "seq", "clock_ms")
 # The spending limit's state (sidecar/lua/_lib.lua ss), set by transactions and by settings
 # changes alike: the latest by outbox entry id wins.
 SPEND_COLS = ("id", "spend_state", "spend_version")
+# An account's next plan renewal, likewise set by transactions and settings changes.
+PLAN_NEXT_COLS = ("id", "plan_next_ms", "plan_version")
 TXN_COLS = (
     "id",
     "account",
@@ -164,6 +166,7 @@ class Batch:
         self.touched_accounts: set[str] = set()
         self.settings: dict[str, Row] = {}
         self.spend: dict[str, Row] = {}
+        self.plan_next: dict[str, Row] = {}
         self.key_spend: dict[str, Row] = {}  # key id -> (key id, state, version)
         self.account_state: dict[str, Row] = {}
         self.txns: dict[str, Row] = {}
@@ -204,6 +207,12 @@ class Batch:
         old = self.spend.get(account)
         if old is None or old[2] < row[2]:
             self.spend[account] = row
+
+    def _plan_next(self, account: str, at: int | None, entry_id: str) -> None:
+        row = (account, at, stream_version(entry_id))
+        old = self.plan_next.get(account)
+        if old is None or old[2] < row[2]:
+            self.plan_next[account] = row
 
     def _key_spend(self, key_id: str, state: Any, entry_id: str) -> None:
         row = (key_id, state, stream_version(entry_id))
@@ -281,6 +290,8 @@ class Batch:
         self.touched_accounts.add(account)
         if t.spend_state is not None:
             self._spend(account, t.spend_state, entry_id)
+        if t.plan_next is not None:
+            self._plan_next(account, t.plan_next, entry_id)
         if t.key_spend is not None:  # (checked by outbox.txn)
             self._key_spend(*t.key_spend, entry_id)
         self.txns[txid] = txn
@@ -346,6 +357,8 @@ class Batch:
             self.settings[account] = row
         if "spend_state" in e:
             self._spend(account, spend, entry_id)
+        if "plan" in s:  # (entries written before plans existed: no change)
+            self._plan_next(account, _opt_int(s, "plan_next"), entry_id)
 
     def _key(self, e: Mapping[str, Any], entry_id: str) -> None:
         account = _text(e, "account", 128)

@@ -207,11 +207,19 @@ async def _clawbacks(conn: AsyncConnection, account: str) -> tuple[dict[str, Any
 
 
 def _plan(acct: RowMapping, buckets: list[dict[str, Any]]) -> dict[str, Any]:
-    """The account's plan as restore.lua takes it: what its current stay on the plan issued
-    (the allowance buckets created since it was set: allowance:<plan>:<period start>, see
-    "Plans" in sidecar/lua/_lib.lua) gives the latest period issued."""
+    """The account's plan as restore.lua takes it: its next renewal as its last entry carried
+    it; for an account whose entries never did, the latest period its current stay on the
+    plan issued (the allowance buckets created since it was set: allowance:<plan>:<period
+    start>, see "Plans" in sidecar/lua/_lib.lua)."""
     plan, since = str(acct["plan"]), int(acct["plan_since_ms"] or 0)
     _need(acct, f"account {acct['id']}: plan {plan}", ("plan_anchor_ms", "plan_since_ms"))
+    if acct["plan_next_ms"] is not None:
+        return {
+            "plan": plan,
+            "plan_anchor": int(acct["plan_anchor_ms"]),
+            "plan_since": since,
+            "plan_next": int(acct["plan_next_ms"]),
+        }
     prefix = f"allowance:{plan}:"
     ours = sorted(
         (b for b in buckets if b["id"].startswith(prefix) and b["created"] >= since),

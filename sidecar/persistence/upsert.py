@@ -31,6 +31,7 @@ from sidecar.persistence.projection import (
     HOLD_STATE_COLS,
     KEY_COLS,
     PLAN_COLS,
+    PLAN_NEXT_COLS,
     SETTINGS_COLS,
     SPEND_COLS,
     STATE_COLS,
@@ -73,6 +74,15 @@ async def apply(conn: AsyncConnection, batch: Batch) -> None:
         ["id"],
         update=SPEND_COLS[1:],
         where='"accounts"."spend_version" < excluded."spend_version"',
+    )
+    await _upsert(
+        conn,
+        accounts,
+        PLAN_NEXT_COLS,
+        list(batch.plan_next.values()),
+        ["id"],
+        update=PLAN_NEXT_COLS[1:],
+        where='"accounts"."plan_version" < excluded."plan_version"',
     )
     for table, pk, def_cols, defs, state_cols, state in (
         (

@@ -371,7 +371,6 @@ REDEFINED_REBUILD = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=REDEFINED_REBUILD)
 async def test_a_plan_redefined_from_days_to_months_mid_period_rebuilds_to_the_same_state(
     ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
 ) -> None:
@@ -384,7 +383,6 @@ async def test_a_plan_redefined_from_days_to_months_mid_period_rebuilds_to_the_s
     await sql_round_trip(ledger, engine, clock.now)
 
 
-@pytest.mark.xfail(strict=True, reason=REDEFINED_REBUILD)
 async def test_a_plan_redefined_from_months_to_days_mid_period_rebuilds_to_the_same_state(
     ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
 ) -> None:
@@ -829,12 +827,6 @@ async def test_an_allowance_repays_debt_first_and_the_books_balance(
     await assert_books_balance(ledger, "a")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a renewal that issues nothing (no room under 2^53-1) writes no transaction, and SQL "
-    "keeps no next renewal: rebuilt, the account's next renewal is the skipped period's, due "
-    "at once, and the next touch issues 50 credits the ledger had not",
-)
 async def test_a_full_account_skips_a_period_and_rebuild_does_not_issue_it_afterwards(
     kept: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
 ) -> None:

@@ -1,5 +1,6 @@
 """Plans with renewing allowances: the plans (mirrored from the outbox's kind=plan entries) and
-each account's plan, its anchor and since when it is on it.
+each account's plan, its anchor, since when it is on it, and its next renewal (with the outbox
+entry that last set it: the latest wins).
 
 Revision ID: 0009
 Revises: 0008
@@ -35,10 +36,16 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("plan", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("plan_anchor_ms", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("plan_since_ms", sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column("plan_next_ms", sa.BigInteger(), nullable=True))
+        batch_op.add_column(
+            sa.Column("plan_version", sa.String(length=32), nullable=False, server_default="")
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("accounts", schema=None) as batch_op:
+        batch_op.drop_column("plan_version")
+        batch_op.drop_column("plan_next_ms")
         batch_op.drop_column("plan_since_ms")
         batch_op.drop_column("plan_anchor_ms")
         batch_op.drop_column("plan")
