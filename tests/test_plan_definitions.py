@@ -198,7 +198,15 @@ async def test_plan_lua_deletes_only_a_retired_plan_without_accounts(
     assert await fields(redis) == {}
 
 
-GOOD = ["Pro", "100:month:1:accumulate:50:-1", "10:1000:10", "500:week:2", "0", "period"]
+GOOD = [
+    "Pro",
+    "100:month:1:accumulate:50:-1",
+    "10:1000:10",
+    "500:week:2",
+    "0",
+    "period",
+    "000000000000001:tx_test",
+]
 
 
 @pytest.mark.parametrize(
@@ -226,6 +234,7 @@ GOOD = ["Pro", "100:month:1:accumulate:50:-1", "10:1000:10", "500:week:2", "0", 
         (3, "5:fortnight:1", "spend_limit.interval"),
         (4, "yes", "default"),
         (5, "invoice", "allowance.trigger"),
+        (6, "1:tx_test", "stamp"),
     ],
 )
 async def test_plan_lua_checks_everything_before_writing(

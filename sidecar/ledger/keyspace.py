@@ -131,6 +131,11 @@ class KeySpace:
     def due(self, shard: int) -> str:
         return f"{self._tag(shard)}:due"
 
+    def plan_stamps(self, shard: int) -> str:
+        """Hash: the stamps that order concurrent plan changes (sidecar/lua/plan.lua); only
+        plan.lua reads it, the account scripts never do."""
+        return f"{self._tag(shard)}:plans:stamps"
+
     def plans(self, shard: int) -> str:
         """Hash: the plans, as the shard's scripts read them (docs/plans.md)."""
         return f"{self._tag(shard)}:plans"

@@ -42,7 +42,7 @@ def plan_from_json(raw: bytes | str) -> Plan:
 
 
 def put_args(plan: Plan) -> list[str | int]:
-    """plan.lua's put arguments (ARGV[8..13]) for ``plan``."""
+    """plan.lua's put arguments (ARGV[8..13]) for ``plan``; the caller adds the stamp."""
     rl = plan.rate_limit
     return [
         plan.name,
@@ -69,16 +69,23 @@ async def run_plan_script(
     """Runs plan.lua on ``shard``: ``common`` is the common five arguments (the plan id first);
     the outbox entry is appended on shard 0 only (and never without ``entry``: a rebuild's).
     Script errors as domain errors."""
-    script_keys = [keys.plans(shard), keys.outbox(shard)]
+    script_keys = [keys.plans(shard), keys.outbox(shard), keys.plan_stamps(shard)]
     argv = [*common, mode, "1" if entry and shard == 0 else "0", *args]
 
     async def invoke() -> Any:
         try:
             return await script(keys=script_keys, args=argv)
         except NoScriptError:  # flushed between the reload and the EVALSHA: EVAL cannot miss
-            return await redis.eval(cast(str, script.script), 2, *script_keys, *argv)
+            return await redis.eval(cast(str, script.script), 3, *script_keys, *argv)
 
     return await store_call(invoke(), deadline_s)
+
+
+def put_stamp(now: int, txid: str) -> str:
+    """A put's stamp, the same on every shard: when it was made (never before the stamps it
+    follows), then its transaction id (a tie-break). Every shard keeps the put with the
+    greatest, so two PUTs at once leave every shard with the same one (sidecar/lua/plan.lua)."""
+    return f"{now:015d}:{txid}"
 
 
 def last_to_first(keys: KeySpace) -> list[int]:
@@ -128,7 +135,14 @@ class Plans:
         """Defines ``plan_id`` or replaces its definition on every shard; True when it was
         created (it was not on shard 0). PlanBusy while it is being deleted."""
         now, txid = self.ledger.clock(), new_transaction_id()
-        args = put_args(plan)
+        # after the stamps of the plan's and the default flag's last changes (shard 0 hears of
+        # each last): a put made after another always stands
+        last = await store_call(
+            self.redis.hmget(self.keys.plan_stamps(0), [f"v:{plan_id}", "dv"]),
+            self.ledger.deadline_s,
+        )
+        after = max((int(_text(v).split(":", 1)[0]) + 1 for v in last if v), default=0)
+        args = [*put_args(plan), put_stamp(max(now, after), txid)]
         reply: Any = None
         for shard in last_to_first(self.keys):
             reply = await self._run(shard, plan_id, "put", args, now=now, txid=txid)

@@ -2,7 +2,9 @@
 --
 -- A plan belongs to no account: every shard keeps a copy in its plans hash, so a check reads
 -- its account's plan in its own slot. sidecar/ledger/plans.py runs this on every shard.
--- KEYS (not the common ones): [1] the shard's plans hash   [2] the shard's outbox stream.
+-- KEYS (not the common ones): [1] the shard's plans hash   [2] the shard's outbox stream
+--   [3] the shard's plan stamps (hash: v:<plan> the stamp of the last put applied, kept when
+--   the plan is deleted; dv the stamp of the put that last moved the default flag).
 -- ARGV: the common five, the plan id in the account's place ([4] unused), then
 --   [6] mode: 'put', 'retire', 'unretire' or 'delete'
 --   [7] '1': append the kind=plan outbox entry, '0': not (the caller asks it of shard 0 only,
@@ -17,6 +19,10 @@
 --             limit: see "Spending limits" in _lib.lua)
 --        [12] '1': the default plan (the flag moves here), '0': not (if it was, no plan is)
 --        [13] the allowance's trigger: 'period' (the only one)
+--        [14] the put's stamp ('<ms, 15 digits>:<transaction id>', the same on every shard;
+--             compared as text): a put older than the last one applied here (KEYS[3]) changes
+--             nothing, and the default flag moves only for a put newer than its last move
+--             (dv), so two PUTs at once leave every shard with the newer one
 -- Units: credits are integers (up to 2^53-1), times unix ms (ARGV[2], now: the entry's ts).
 -- The plans hash: d:<plan> the definition (JSON: plan, name, allowance, rate_limit,
 --   spend_limit, default; what the API answers), a:<plan>, r:<plan>, s:<plan> the allowance,
@@ -38,7 +44,7 @@
 -- default flag appends one for the plan that lost it too.
 
 OUTBOX = KEYS[2]  -- _lib.lua's outbox_add appends to OUTBOX: this script's is KEYS[2]
-local PLANS = KEYS[1]
+local PLANS, STAMPS = KEYS[1], KEYS[3]
 local PLAN = id_arg(ARGV[1], 'plan', 64)
 local mode = ARGV[6]
 if mode ~= 'put' and mode ~= 'retire' and mode ~= 'unretire' and mode ~= 'delete' then
@@ -142,18 +148,33 @@ end
 if ARGV[12] ~= '0' and ARGV[12] ~= '1' then fail('INVALID', 'default must be 0 or 1') end
 local default = ARGV[12] == '1'
 if ARGV[13] ~= 'period' then fail('INVALID', 'allowance.trigger must be period') end
+local stamp = ARGV[14] or ''
+if not string.match(stamp, '^%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d:[%w._:-]+$') or #stamp > 100 then
+  fail('INVALID', 'stamp must be <ms, 15 digits>:<transaction id>')
+end
 if redis.call('HEXISTS', PLANS, 'x:' .. PLAN) == 1 then
   fail('PLAN_BUSY', 'plan ' .. PLAN .. ' is being deleted')
 end
+local st = redis.call('HMGET', PLANS, 'default', 'd:' .. PLAN)
+local sv = redis.call('HMGET', STAMPS, 'v:' .. PLAN, 'dv')
+st = {sv[1], sv[2], st[1], st[2]}
+if stamp <= (st[1] or '') then
+  -- an older put reaching this shard after a newer one (two PUTs at once): the newer stands
+  return {0, st[4] or ''}
+end
 in_time()
 
+local was = st[3]
+local move = stamp > (st[2] or '') and (default or was == PLAN)
+if not move then default = was == PLAN end  -- (a newer put moved the flag: it stays)
 local definition = jenc({plan = PLAN, name = name, default = default,
   allowance = {credits = credits, interval = unit, interval_count = count, mode = amode,
     rollover_max = rollover or cjson.null, priority = prio, trigger = 'period'},
   rate_limit = rl, spend_limit = sl})
-local created = redis.call('HEXISTS', PLANS, 'd:' .. PLAN) == 0 and 1 or 0
-local was = redis.call('HGET', PLANS, 'default')
-if default then
+local created = st[4] and 0 or 1
+redis.call('HSET', STAMPS, 'v:' .. PLAN, stamp)
+if move then redis.call('HSET', STAMPS, 'dv', stamp) end
+if move and default then
   if was and was ~= PLAN then
     local raw = redis.call('HGET', PLANS, 'd:' .. was)
     if raw then
@@ -163,7 +184,7 @@ if default then
     end
   end
   redis.call('HSET', PLANS, 'default', PLAN)
-elseif was == PLAN then
+elseif move then
   redis.call('HDEL', PLANS, 'default')
 end
 redis.call('HSET', PLANS, 'd:' .. PLAN, definition, 'a:' .. PLAN,

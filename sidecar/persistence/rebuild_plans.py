@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar.errors import RebuildError, SidecarError
 from sidecar.ledger.keyspace import KeySpace
-from sidecar.ledger.plans import put_args, run_plan_script
+from sidecar.ledger.plans import put_args, put_stamp, run_plan_script
 from sidecar.ledger.redis_calls import CALL_DEADLINE_S
 from sidecar.ledger.results import Plan
 from sidecar.lua import Scripts
@@ -57,13 +57,14 @@ async def restore_plans(
     refuses (one being deleted)."""
     found = await sql_plans(engine)
     script = Scripts.register(redis).plan
-    for plan_id in sorted(found, key=lambda p: (found[p][1], p)):
+    for order, plan_id in enumerate(sorted(found, key=lambda p: (found[p][1], p))):
         definition, is_default = found[plan_id]
         try:
             plan = dataclasses.replace(Plan.from_json(definition), default=is_default)
         except (KeyError, TypeError, ValueError) as e:
             raise RebuildError(f"plan {plan_id}: SQL's definition is not a plan's: {e}") from None
         common: list[str | int] = [plan_id, now_ms, REBUILD_TXID, retention_ms, ""]
+        stamp = put_stamp(now_ms, f"{REBUILD_TXID}.{order:06d}")  # the default last: greatest
         for shard in range(keys.shards):
             try:
                 await run_plan_script(
@@ -73,7 +74,7 @@ async def restore_plans(
                     shard,
                     common,
                     "put",
-                    put_args(plan),
+                    [*put_args(plan), stamp],
                     deadline_s=CALL_DEADLINE_S,
                     entry=False,
                 )

@@ -850,13 +850,6 @@ async def test_a_full_account_skips_a_period_and_rebuild_does_not_issue_it_after
     assert (await ledger.balance("a")).balance == MAXINT - 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Plans.put writes shard by shard with nothing ordering two concurrent puts: each "
-    "shard keeps whichever arrived last there, so two plans made default at once (or one plan "
-    "PUT twice at once with different definitions) leave shards disagreeing: new accounts get "
-    "a default plan by their shard, GET and SQL show shard 0's",
-)
 async def test_two_plans_made_default_at_once_leave_every_shard_the_same_default(
     sharded: Ledger, redis: RedisClient, clock: FakeClock
 ) -> None:

@@ -195,14 +195,15 @@ async def check_story_coverage(engine: AsyncEngine) -> None:
 
 async def redis_state(redis: RedisClient, keys: KeySpace) -> dict[bytes, Any]:
     """Every key and its content, without the streams (outbox, events: not restored), the
-    rate limiters' TATs (tat, kt:<key>, rt:<route> in the account hashes: they start fresh) and
+    rate limiters' TATs (tat, kt:<key>, rt:<route> in the account hashes: they start fresh), the
+    plan stamps (they only order concurrent plan changes; a rebuild takes fresh ones) and
     the attempt tokens of idempotency records (at: kept by no SQL row, a restored record is
     never voided, see sidecar/lua/void.lua; a replay adds its own)."""
     prefix = keys.account_prefix(0).encode()
     out: dict[bytes, Any] = {}
     everything: dict[bytes, Any] = await redis_snapshot(redis)
     for key, (kind, value) in everything.items():
-        if kind == "stream":
+        if kind == "stream" or key.endswith(b":plans:stamps"):  # (plan.lua's ordering stamps)
             continue
         if kind == "hash" and key.startswith(prefix):
             assert isinstance(value, dict)
