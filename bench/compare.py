@@ -228,8 +228,13 @@ async def spent(side: Side, accounts: list[str]) -> tuple[int, int]:
             async with s.get(f"/v1/accounts/{a}/balance") as r:
                 if r.status != 200:
                     raise BenchFailure(f"{side.name}: balance {r.status} {await r.text()}")
-                bal = int((await r.json())["balance"])
-            total += GRANT - bal
+                body = await r.json()
+            bal = int(body["balance"])
+            # what came in: the grant, and a plan's allowance buckets (head's accounts on one)
+            issued = GRANT + sum(
+                int(b["credits"]) for b in body["buckets"] if b["source"] == "allowance"
+            )
+            total += issued - bal
             lowest = min(lowest, bal)
     return total, lowest
 
