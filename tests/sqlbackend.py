@@ -272,6 +272,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "own_database: picks its SQL database itself (SIDECAR_TEST_SQL changes nothing); "
         "skipped when SIDECAR_TEST_SQL=postgresql, as a repeat of the default pass",
     )
+    config.addinivalue_line(
+        "markers",
+        "sql_free: never reaches the SQL ledger (its writer is off, it reads nothing from SQL); "
+        "skipped when SIDECAR_TEST_SQL=postgresql, as a repeat of the default pass",
+    )
 
 
 def pytest_report_header() -> str:
@@ -284,6 +289,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     reasons = {
         "sqlite_only": "checks SQLite specifics",
         "own_database": "picks its own database: the SQLite pass ran it already",
+        "sql_free": "never reaches SQL: the SQLite pass ran it already",
     }
     for item in items:
         for marker, reason in reasons.items():

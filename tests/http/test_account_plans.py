@@ -19,6 +19,8 @@ from tests.test_plans import define, ms
 
 Client = TestClient[web.Request, web.Application]
 
+pytestmark = pytest.mark.sql_free  # (its writer is off: SQL is never reached)
+
 
 @pytest.fixture
 async def client(settings: Settings, redis: RedisClient, clock: FakeClock) -> AsyncIterator[Client]:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
@@ -28,6 +29,8 @@ Client = TestClient[web.Request, web.Application]
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # Static files of the console: the page itself (/console) is described, its assets are not.
 UNDESCRIBED_PREFIXES = ("/console/",)
+
+pytestmark = pytest.mark.sql_free  # (its writer is off: SQL is never reached)
 
 
 def served(app: web.Application) -> set[tuple[str, str]]:

@@ -23,6 +23,8 @@ from tests.test_plans import DAY, define
 
 Client = TestClient[web.Request, web.Application]
 
+pytestmark = pytest.mark.sql_free  # (its writer is off: SQL is never reached)
+
 
 @pytest.fixture
 async def plan(settings: Settings, redis: RedisClient) -> AsyncIterator[None]:

@@ -47,6 +47,8 @@ PRO_VIEW = {
 }
 FREE = {"name": "Free", "allowance": {"credits": 1000, "interval": "month"}, "default": True}
 
+pytestmark = pytest.mark.sql_free  # (its writer is off: SQL is never reached)
+
 
 async def put(c: Client, plan: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     r = await c.put(f"/v1/plans/{plan}", json=body, headers=admin())

@@ -20,6 +20,8 @@ from tests.http.test_metrics import scrape, value
 
 Client = TestClient[web.Request, web.Application]
 
+pytestmark = pytest.mark.sql_free  # (its writer is off: SQL is never reached)
+
 
 @pytest.fixture
 async def client(settings: Settings, redis: RedisClient, clock: FakeClock) -> AsyncIterator[Client]:
