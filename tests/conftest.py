@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,19 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[RedisClient]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+async def paused(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, RedisClient]]:
+    """A Redis of its own (fsync always) for a test that SIGSTOPs it; resumed and stopped after."""
+    server = RedisServer(tmp_path / "redis", port=free_port(), appendfsync="always")
+    server.start()
+    client = connect(server.url)
+    yield server, client
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGCONT)
+    await client.aclose()
+    server.stop()
 
 
 @pytest.fixture

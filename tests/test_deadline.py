@@ -9,8 +9,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,10 +24,9 @@ from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.results import (
     Allowed,
 )
-from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.client import RedisClient
 from sidecar.redis.embedded import RedisServer
 from tests.conftest import FakeClock, outbox_entries, snapshot
-from tests.ports import free_port
 
 
 async def deduct_late(ledger: Ledger, key: str, *, deadline: int) -> Any:
@@ -84,18 +81,6 @@ async def test_a_retry_that_arrives_late_still_gets_the_result_of_the_call_that_
     reply = await deduct_late(ledger, "k1", deadline=wall_clock_ms() - 60_000)
     assert reply[0] == b"ok" and reply[1].decode() == first.transaction_id and reply[4] == 1
     assert (await ledger.balance("acme")).balance == 95
-
-
-@pytest.fixture
-async def paused(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, RedisClient]]:
-    server = RedisServer(tmp_path / "redis", port=free_port(), appendfsync="always")
-    server.start()
-    client = connect(server.url)
-    yield server, client
-    assert server.process is not None
-    os.kill(server.process.pid, signal.SIGCONT)
-    await client.aclose()
-    server.stop()
 
 
 @pytest.mark.slow

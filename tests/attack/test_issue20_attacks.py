@@ -30,13 +30,12 @@ from sidecar.ledger.results import Allowed, HoldResult, RateLimit, SpendLimit
 from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
-from sidecar.redis.client import RedisClient, connect
+from sidecar.redis.client import RedisClient
 from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin, outbox_entries, service, snapshot
 from tests.persistence.test_rebuild import redis_state
 from tests.persistence.test_writer import drain, make_writer
-from tests.ports import free_port
 
 Client = TestClient[web.Request, web.Application]
 MAXINT = 2**53 - 1
@@ -635,18 +634,6 @@ async def test_rebuild_restores_the_balance_replays_answered_when_a_clawback_too
 
 
 # --- a paused Redis -----------------------------------------------------------------------
-
-
-@pytest.fixture
-async def paused(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, RedisClient]]:
-    server = RedisServer(tmp_path / "redis", port=free_port(), appendfsync="always")
-    server.start()
-    c = connect(server.url)
-    yield server, c
-    assert server.process is not None
-    os.kill(server.process.pid, signal.SIGCONT)
-    await c.aclose()
-    server.stop()
 
 
 @pytest.mark.slow
