@@ -13,7 +13,6 @@ import itertools
 import os
 import re
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +26,6 @@ from sidecar.http.app import create_app
 from sidecar.ledger.calls import Ledger
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.results import Allowed, HoldResult, RateLimit, SpendLimit
-from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
 from sidecar.redis.client import RedisClient
@@ -40,21 +38,6 @@ from tests.persistence.test_writer import drain, make_writer
 Client = TestClient[web.Request, web.Application]
 MAXINT = 2**53 - 1
 PURCHASE = "purchase:cs_1:li_1"
-
-
-@pytest.fixture
-async def client(settings: Settings, redis: RedisClient, clock: FakeClock) -> AsyncIterator[Client]:
-    async with TestClient(TestServer(create_app(settings, clock=clock))) as c:
-        yield c
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    """A migrated SQLite ledger of this test's own."""
-    e = create_engine(resolve_url(None, tmp_path))
-    await migrate(e)
-    yield e
-    await e.dispose()
 
 
 async def make_account(c: Client, credits: int, **settings: Any) -> None:

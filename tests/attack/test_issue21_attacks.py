@@ -15,54 +15,32 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sidecar import errors
-from sidecar.http.app import create_app
 from sidecar.ledger.calls import Ledger
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.plans import Plans
 from sidecar.ledger.results import Allowance, Allowed, HoldResult, Plan
-from sidecar.persistence.db import create_engine, migrate, resolve_url
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
 from sidecar.persistence.writer import OutboxWriter
 from sidecar.redis.client import RedisClient
 from sidecar.redis.embedded import RedisServer
-from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin, outbox_entries, service, snapshot
 from tests.persistence.test_rebuild import redis_state
+from tests.test_plans import ms
 
 Client = TestClient[web.Request, web.Application]
 MAXINT = 2**53 - 1
 DAY = 86_400_000
-
-
-def ms(iso: str) -> int:
-    return int(datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp() * 1000)
-
-
-@pytest.fixture
-async def client(settings: Settings, redis: RedisClient, clock: FakeClock) -> AsyncIterator[Client]:
-    async with TestClient(TestServer(create_app(settings, clock=clock))) as c:
-        yield c
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    """A migrated SQLite ledger of this test's own."""
-    e = create_engine(resolve_url(None, tmp_path))
-    await migrate(e)
-    yield e
-    await e.dispose()
 
 
 @pytest.fixture
