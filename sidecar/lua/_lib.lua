@@ -217,6 +217,7 @@ end
 -- More account fields for save_account to write in its one HSET (the hot path saves a
 -- command per field): only for fields nothing reads again before the save.
 local staged = {}
+local known = {}  -- bucket id -> {remaining, held} after writes staged for it (draw's defer)
 local function stage(field, value)
   staged[#staged + 1] = field
   staged[#staged + 1] = value
@@ -279,15 +280,16 @@ local function outbox_add(kv)
 end
 
 -- Appends one kind=txn entry to the outbox. alloc: {{bucket, delta_remaining}, ...};
--- extra: more fields of the entry (strings, numbers, tables).
-local function emit(txid, ttype, amount, alloc, extra)
+-- extra: more fields of the entry (strings, numbers, tables); alloc_json: jenc(alloc), if the
+-- caller has it already.
+local function emit(txid, ttype, amount, alloc, extra, alloc_json)
   acct.seq = acct.seq + 1
   -- The fixed fields in one format (the hot path): ids are id_arg-checked, [A-Za-z0-9._:-]
   -- only, and types are ours, so none needs JSON escaping.
   local parts = {string.format(
     '{"kind":"txn","id":"%s","account":"%s","seq":%d,"type":"%s","amount":%d,"balance":%d,'
     .. '"debt":%d,"ts":%d,"alloc":%s',
-    txid, ACCOUNT, acct.seq, ttype, amount, balance(), acct.debt, NOW, jenc(alloc))}
+    txid, ACCOUNT, acct.seq, ttype, amount, balance(), acct.debt, NOW, alloc_json or jenc(alloc))}
   for k, v in pairs(extra or {}) do
     parts[#parts + 1] = ',"' .. k .. '":' .. (type(v) == 'table' and v.json or jenc(v))
   end
@@ -297,6 +299,11 @@ local function emit(txid, ttype, amount, alloc, extra)
   local function touch(id)
     if id == '' or seen[id] then return end
     seen[id] = true
+    local k = known[id]
+    if k then
+      state[#state + 1] = {id, k[1], k[2]}
+      return
+    end
     local v = redis.call('HMGET', A, 'r:' .. id, 'h:' .. id)
     state[#state + 1] = {id, v[1] and tonumber(v[1]) or cjson.null, tonumber(v[2]) or 0}
   end
@@ -346,8 +353,10 @@ end
 
 -- Draws `amount` credits from live buckets in burn order; with hold=true the credits
 -- move to the buckets' held fields instead of being spent. Returns the allocation
--- list and how much could not be covered.
-local function draw(amount, hold)
+-- list and how much could not be covered. defer (not with hold): the buckets' new remaining
+-- is staged for save_account's HSET and noted in `known` (emit reads it there), for a caller
+-- that reads no bucket again before it saves: the check, two commands fewer.
+local function draw(amount, hold, defer)
   local need, alloc, drained = amount, {}, {}
   local start = 0
   while need > 0 do
@@ -360,7 +369,12 @@ local function draw(amount, hold)
       if rem > 0 then
         local t = math.min(rem, need)
         need = need - t
-        redis.call('HSET', A, 'r:' .. id, fmt(rem - t))
+        if defer then
+          stage('r:' .. id, fmt(rem - t))
+          known[id] = {rem - t, held}
+        else
+          redis.call('HSET', A, 'r:' .. id, fmt(rem - t))
+        end
         if hold then
           redis.call('HSET', A, 'h:' .. id, fmt(held + t))
         elseif rem == t and held == 0 then
@@ -607,173 +621,181 @@ end
 -- short (pending first, then unrecovered), and pending credits a hold charged instead are
 -- settled by the policy (unrecovered, or debt). A cb:<purchase> above the parts (written by
 -- an earlier release, which kept no breakdown) counts the difference as unrecovered.
-
-local function claw_load(pid, ids)
-  local v = redis.call('HMGET', A, 'cb:' .. pid, 'cbs:' .. pid)
-  local st
-  if v[2] then
-    st = cjson.decode(v[2])
-  else
-    st = {v = 0, pol = 'unspent', b = ids or {}, tk = {}, pd = {}, debt = 0, un = 0}
-    for i = 1, #st.b do
-      st.tk[i] = 0
-      st.pd[i] = 0
-    end
-  end
-  local sum = st.debt + st.un
-  for i = 1, #st.b do sum = sum + st.tk[i] + st.pd[i] end
-  local cb = tonumber(v[1]) or 0
-  if cb > sum then
-    st.un = st.un + cb - sum
-    sum = cb
-  end
-  st.t = sum
-  return st
-end
-
--- Stores a clawback and appends its 'revoke' transaction (amount: the balance's change); the
--- transaction carries the state after it, from which `rebuild` restores the clawback.
-local function claw_save(pid, st, txid, amount, alloc, extra)
-  local t = st.t
-  st.t = nil
-  local enc = jenc(st)
-  st.t = t
-  redis.call('HSET', A, 'cb:' .. pid, fmt(t), 'cbs:' .. pid, enc)
-  for _, id in ipairs(st.b) do redis.call('HSET', A, 'pc:' .. id, pid) end
-  extra.purchase = pid
-  extra.target = t
-  extra.version = st.v
-  extra.state = {json = enc}
-  emit(txid, 'revoke', amount, alloc, extra)
-end
-
--- After credits came back to buckets (credit_bucket): each clawback watching one of them
--- takes what it is short of, and settles pending credits that their hold charged.
-local function claw_returns()
-  if #touched == 0 then return end
-  local list, seen, pids = touched, {}, {}
-  touched = {}
-  for _, id in ipairs(list) do
-    local pid = redis.call('HGET', A, 'pc:' .. id)
-    if pid and not seen[pid] then
-      seen[pid] = true
-      pids[#pids + 1] = pid
-    end
-  end
-  for _, pid in ipairs(pids) do
-    local st = claw_load(pid)
-    local alloc, taken, debt_added, unrec = {}, 0, 0, 0
-    for i, id in ipairs(st.b) do
-      local v = redis.call('HMGET', A, 'r:' .. id, 'h:' .. id)
-      local r, h = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-      local c = math.min(r, st.pd[i])
-      st.pd[i] = st.pd[i] - c
-      local u = math.min(r - c, st.un)
-      st.un = st.un - u
-      c = c + u
-      if c > 0 then
-        redis.call('HSET', A, 'r:' .. id, fmt(r - c))
-        sync_order(id, bucket_meta(id))
-        st.tk[i] = st.tk[i] + c
-        alloc[#alloc + 1] = {id, -c}
-        taken = taken + c
+-- Built on first use (settle_lib().close_hold(...) ...), as plan_lib below: clawbacks and
+-- closing holds are not on the check's path.
+local settle_fns = nil
+local function settle_lib()
+  if settle_fns then return settle_fns end
+  local function claw_load(pid, ids)
+    local v = redis.call('HMGET', A, 'cb:' .. pid, 'cbs:' .. pid)
+    local st
+    if v[2] then
+      st = cjson.decode(v[2])
+    else
+      st = {v = 0, pol = 'unspent', b = ids or {}, tk = {}, pd = {}, debt = 0, un = 0}
+      for i = 1, #st.b do
+        st.tk[i] = 0
+        st.pd[i] = 0
       end
-      if st.pd[i] > h then
-        -- the hold charged (or the bucket's expiry forfeited) credits the clawback waited for
-        local x = st.pd[i] - h
-        st.pd[i] = h
-        if st.pol == 'negative' and acct.debt + x <= MAXINT then
-          st.debt = st.debt + x
-          acct.debt = acct.debt + x
-          debt_added = debt_added + x
-        else
-          st.un = st.un + x
-          unrec = unrec + x
+    end
+    local sum = st.debt + st.un
+    for i = 1, #st.b do sum = sum + st.tk[i] + st.pd[i] end
+    local cb = tonumber(v[1]) or 0
+    if cb > sum then
+      st.un = st.un + cb - sum
+      sum = cb
+    end
+    st.t = sum
+    return st
+  end
+
+  -- Stores a clawback and appends its 'revoke' transaction (amount: the balance's change); the
+  -- transaction carries the state after it, from which `rebuild` restores the clawback.
+  local function claw_save(pid, st, txid, amount, alloc, extra)
+    local t = st.t
+    st.t = nil
+    local enc = jenc(st)
+    st.t = t
+    redis.call('HSET', A, 'cb:' .. pid, fmt(t), 'cbs:' .. pid, enc)
+    for _, id in ipairs(st.b) do redis.call('HSET', A, 'pc:' .. id, pid) end
+    extra.purchase = pid
+    extra.target = t
+    extra.version = st.v
+    extra.state = {json = enc}
+    emit(txid, 'revoke', amount, alloc, extra)
+  end
+
+  -- After credits came back to buckets (credit_bucket): each clawback watching one of them
+  -- takes what it is short of, and settles pending credits that their hold charged.
+  local function claw_returns()
+    if #touched == 0 then return end
+    local list, seen, pids = touched, {}, {}
+    touched = {}
+    for _, id in ipairs(list) do
+      local pid = redis.call('HGET', A, 'pc:' .. id)
+      if pid and not seen[pid] then
+        seen[pid] = true
+        pids[#pids + 1] = pid
+      end
+    end
+    for _, pid in ipairs(pids) do
+      local st = claw_load(pid)
+      local alloc, taken, debt_added, unrec = {}, 0, 0, 0
+      for i, id in ipairs(st.b) do
+        local v = redis.call('HMGET', A, 'r:' .. id, 'h:' .. id)
+        local r, h = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+        local c = math.min(r, st.pd[i])
+        st.pd[i] = st.pd[i] - c
+        local u = math.min(r - c, st.un)
+        st.un = st.un - u
+        c = c + u
+        if c > 0 then
+          redis.call('HSET', A, 'r:' .. id, fmt(r - c))
+          sync_order(id, bucket_meta(id))
+          st.tk[i] = st.tk[i] + c
+          alloc[#alloc + 1] = {id, -c}
+          taken = taken + c
+        end
+        if st.pd[i] > h then
+          -- the hold charged (or the bucket's expiry forfeited) credits the clawback waited for
+          local x = st.pd[i] - h
+          st.pd[i] = h
+          if st.pol == 'negative' and acct.debt + x <= MAXINT then
+            st.debt = st.debt + x
+            acct.debt = acct.debt + x
+            debt_added = debt_added + x
+          else
+            st.un = st.un + x
+            unrec = unrec + x
+          end
         end
       end
-    end
-    if taken > 0 or debt_added > 0 or unrec > 0 then
-      acct.avail = acct.avail - taken
-      claw_save(pid, st, extra_txid(), -(taken + debt_added), alloc, {
-        unrecovered = unrec, debt_added = debt_added,
-        desc = 'clawback of ' .. pid .. ': credits came back or a hold was closed',
-      })
+      if taken > 0 or debt_added > 0 or unrec > 0 then
+        acct.avail = acct.avail - taken
+        claw_save(pid, st, extra_txid(), -(taken + debt_added), alloc, {
+          unrecovered = unrec, debt_added = debt_added,
+          desc = 'clawback of ' .. pid .. ': credits came back or a hold was closed',
+        })
+      end
     end
   end
-end
 
--- Closes an active hold: charges `charge` of it (in the order it was drawn) and
--- returns the rest to the buckets it came from; credits whose bucket expired
--- meanwhile are forfeited. A settle above the hold (`charge` > its amount) charges all of it
--- and draws the rest in burn order like a check, into the overdraft as far as the account
--- allows; what neither covers is not charged (rec.uncovered), and the draw counts against
--- the account's spending limit in the current window. Emits one settle/release transaction
--- (the draw is in its alloc, what went into the overdraft in `overdraft`). Returns the hold's
--- record, what was charged per bucket ({{bucket, -credits}, ...}, as a usage's alloc), what
--- the draw added to the debt, the count the extra went to if not the hold's (xw, or nil) and
--- the extra (xn).
-local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
-  local over = math.max(0, charge - rec.amount)
-  charge = charge - over
-  local left, returned, forfeited = charge, 0, 0
-  local alloc, held, charged = {}, {}, {}
-  for _, a in ipairs(rec.alloc) do
-    local id, n = a[1], a[2]
-    local c = math.min(n, left)
-    left = left - c
-    if c > 0 then charged[#charged + 1] = {id, -c} end
-    redis.call('HINCRBY', A, 'h:' .. id, fmt(-n))
-    held[#held + 1] = {id, -n}
-    local back = credit_bucket(id, n - c)
-    if back > 0 then alloc[#alloc + 1] = {id, back} end
-    returned = returned + back
-    forfeited = forfeited + (n - c - back)
-    sync_order(id, bucket_meta(id))
-  end
-  acct.held = acct.held - rec.amount
-  -- the hold counted its whole amount against the account's limit; only the charge stays
-  spend_return('sl', 'ss', rec.sw, rec.amount - charge)
-  local fields = {held = held, hold_id = hold_id, forfeited = forfeited, state = state,
-    desc = desc or '', meta = meta or ''}
-  local short, take = 0, 0
-  if over > 0 then
-    take = math.min(over, math.max(0, balance() + acct.ovl))
-    if take > 0 then
-      local drawn
-      drawn, short = draw(take, false)
-      acct.debt = acct.debt + short
-      for _, d in ipairs(drawn) do
-        alloc[#alloc + 1] = d
-        charged[#charged + 1] = d
-      end
-      local lim = spend_load(acct.sl, acct.ss)
-      if lim then
-        lim.spent = lim.spent + take
-        acct.ss = spend_state(lim)
-        redis.call('HSET', A, 'ss', acct.ss)
-        -- counted in another count than the hold's (a later window, a limit set since):
-        -- a refund gives the extra back there (xw), the hold's charge to the hold's (sw)
-        if lim.from ~= rec.sw then fields.xw, rec.xw = lim.from, lim.from end
-      end
+  -- Closes an active hold: charges `charge` of it (in the order it was drawn) and
+  -- returns the rest to the buckets it came from; credits whose bucket expired
+  -- meanwhile are forfeited. A settle above the hold (`charge` > its amount) charges all of it
+  -- and draws the rest in burn order like a check, into the overdraft as far as the account
+  -- allows; what neither covers is not charged (rec.uncovered), and the draw counts against
+  -- the account's spending limit in the current window. Emits one settle/release transaction
+  -- (the draw is in its alloc, what went into the overdraft in `overdraft`). Returns the hold's
+  -- record, what was charged per bucket ({{bucket, -credits}, ...}, as a usage's alloc), what
+  -- the draw added to the debt, the count the extra went to if not the hold's (xw, or nil) and
+  -- the extra (xn).
+  local function close_hold(hold_id, rec, charge, state, txid, desc, meta)
+    local over = math.max(0, charge - rec.amount)
+    charge = charge - over
+    local left, returned, forfeited = charge, 0, 0
+    local alloc, held, charged = {}, {}, {}
+    for _, a in ipairs(rec.alloc) do
+      local id, n = a[1], a[2]
+      local c = math.min(n, left)
+      left = left - c
+      if c > 0 then charged[#charged + 1] = {id, -c} end
+      redis.call('HINCRBY', A, 'h:' .. id, fmt(-n))
+      held[#held + 1] = {id, -n}
+      local back = credit_bucket(id, n - c)
+      if back > 0 then alloc[#alloc + 1] = {id, back} end
+      returned = returned + back
+      forfeited = forfeited + (n - c - back)
+      sync_order(id, bucket_meta(id))
     end
-    fields.overdraft, fields.uncovered = short, over - take
-    if over > take then rec.uncovered = over - take end
-    charge = charge + take
-    returned = returned - take
+    acct.held = acct.held - rec.amount
+    -- the hold counted its whole amount against the account's limit; only the charge stays
+    spend_return('sl', 'ss', rec.sw, rec.amount - charge)
+    local fields = {held = held, hold_id = hold_id, forfeited = forfeited, state = state,
+      desc = desc or '', meta = meta or ''}
+    local short, take = 0, 0
+    if over > 0 then
+      take = math.min(over, math.max(0, balance() + acct.ovl))
+      if take > 0 then
+        local drawn
+        drawn, short = draw(take, false)
+        acct.debt = acct.debt + short
+        for _, d in ipairs(drawn) do
+          alloc[#alloc + 1] = d
+          charged[#charged + 1] = d
+        end
+        local lim = spend_load(acct.sl, acct.ss)
+        if lim then
+          lim.spent = lim.spent + take
+          acct.ss = spend_state(lim)
+          redis.call('HSET', A, 'ss', acct.ss)
+          -- counted in another count than the hold's (a later window, a limit set since):
+          -- a refund gives the extra back there (xw), the hold's charge to the hold's (sw)
+          if lim.from ~= rec.sw then fields.xw, rec.xw = lim.from, lim.from end
+        end
+      end
+      fields.overdraft, fields.uncovered = short, over - take
+      if over > take then rec.uncovered = over - take end
+      charge = charge + take
+      returned = returned - take
+    end
+    fields.charged = charge
+    rec.state = state
+    rec.charged = charge
+    rec.close_tx = txid
+    emit(txid, state == 'settled' and 'settle' or 'release', returned, alloc, fields)
+    claw_returns()
+    rec.close_balance = balance()
+    rec.forfeited = forfeited
+    local xw = rec.xw
+    rec.xw = nil
+    redis.call('HSET', H, hold_id, jenc(rec))
+    schedule('h:' .. hold_id, NOW + RETENTION)
+    return rec, charged, short, xw, over > 0 and charge - rec.amount or 0
   end
-  fields.charged = charge
-  rec.state = state
-  rec.charged = charge
-  rec.close_tx = txid
-  emit(txid, state == 'settled' and 'settle' or 'release', returned, alloc, fields)
-  claw_returns()
-  rec.close_balance = balance()
-  rec.forfeited = forfeited
-  local xw = rec.xw
-  rec.xw = nil
-  redis.call('HSET', H, hold_id, jenc(rec))
-  schedule('h:' .. hold_id, NOW + RETENTION)
-  return rec, charged, short, xw, over > 0 and charge - rec.amount or 0
+  settle_fns = {claw_load = claw_load, claw_save = claw_save, claw_returns = claw_returns,
+    close_hold = close_hold}
+  return settle_fns
 end
 
 -- Plans (docs/plans.md). An account on a plan has pl (the plan), pan (its anchor, ms), psn
@@ -783,130 +805,141 @@ end
 -- accumulate; rollover '' = none), its rate limit 'r:<plan>' and spending limit 's:<plan>'.
 -- Each period's allowance is the bucket allowance:<plan>:<period start>: issued once, never
 -- again while that bucket exists (its static record is kept for good).
-local function plan_spec(plan)
-  local v = redis.call('HGET', P, 'a:' .. plan)
-  if not v then return nil end
-  local c, unit, count, mode, roll, prio =
-    string.match(v, '^(%d+):(%a+):(%d+):(%a+):(%d*):(%-?%d+)$')
-  return {credits = tonumber(c), unit = unit, count = tonumber(count), mode = mode,
-    rollover = tonumber(roll), priority = tonumber(prio)}
-end
+--
+-- Built on first use (plan_lib().renew() ...): a Lua function statement creates a closure on
+-- every script call, capturing its upvalues, and renewals are rare; the checks that renew
+-- nothing skip creating these (docs/benchmarks.md, "What a check costs Redis").
+local plan_fns = nil
+local function plan_lib()
+  if plan_fns then return plan_fns end
+  local function plan_spec(plan)
+    local v = redis.call('HGET', P, 'a:' .. plan)
+    if not v then return nil end
+    local c, unit, count, mode, roll, prio =
+      string.match(v, '^(%d+):(%a+):(%d+):(%a+):(%d*):(%-?%d+)$')
+    return {credits = tonumber(c), unit = unit, count = tonumber(count), mode = mode,
+      rollover = tonumber(roll), priority = tonumber(prio)}
+  end
 
--- The allowance left of the account's stay on its plan: {id, remaining, created} of each
--- live bucket allowance:<plan>:* created since it was set, oldest first. Read from the
--- burn-order zset (its members carry the bucket's creation time): renewals are rare.
-local function allowance_left()
-  local out = {}
-  local prefix = 'allowance:' .. acct.pl .. ':'
-  local since = tonumber(redis.call('HGET', A, 'psn')) or 0
-  for _, m in ipairs(redis.call('ZRANGE', O, 0, -1)) do
-    local id = string.sub(m, OKEY_PREFIX + 1)
-    local created = tonumber(string.sub(m, 28, 42))  -- (okey: priority:expires:created:id)
-    if string.sub(id, 1, #prefix) == prefix and created >= since
-        and string.match(string.sub(id, #prefix + 1), '^%d+$') then
-      out[#out + 1] = {id, tonumber(redis.call('HGET', A, 'r:' .. id)) or 0, created}
+  -- The allowance left of the account's stay on its plan: {id, remaining, created} of each
+  -- live bucket allowance:<plan>:* created since it was set, oldest first. Read from the
+  -- burn-order zset (its members carry the bucket's creation time): renewals are rare.
+  local function allowance_left()
+    local out = {}
+    local prefix = 'allowance:' .. acct.pl .. ':'
+    local since = tonumber(redis.call('HGET', A, 'psn')) or 0
+    for _, m in ipairs(redis.call('ZRANGE', O, 0, -1)) do
+      local id = string.sub(m, OKEY_PREFIX + 1)
+      local created = tonumber(string.sub(m, 28, 42))  -- (okey: priority:expires:created:id)
+      if string.sub(id, 1, #prefix) == prefix and created >= since
+          and string.match(string.sub(id, #prefix + 1), '^%d+$') then
+        out[#out + 1] = {id, tonumber(redis.call('HGET', A, 'r:' .. id)) or 0, created}
+      end
+    end
+    table.sort(out, function(x, y) return x[3] < y[3] or (x[3] == y[3] and x[1] < y[1]) end)
+    return out
+  end
+
+  -- Expires `n` credits (all of them with n = nil) of the allowance buckets `left`, oldest
+  -- first, as one expiry transaction (`reason`).
+  local function allowance_cut(left, n, reason)
+    local alloc, total = {}, 0
+    for _, b in ipairs(left) do
+      local c = n and math.min(b[2], n - total) or b[2]
+      if c > 0 then
+        redis.call('HSET', A, 'r:' .. b[1], fmt(b[2] - c))
+        sync_order(b[1], bucket_meta(b[1]))
+        alloc[#alloc + 1] = {b[1], -c}
+        total = total + c
+      end
+    end
+    if total > 0 then
+      acct.avail = acct.avail - total
+      emit(extra_txid(), 'expiry', -total, alloc, {reason = reason, plan = acct.pl})
     end
   end
-  table.sort(out, function(x, y) return x[3] < y[3] or (x[3] == y[3] and x[1] < y[1]) end)
-  return out
-end
 
--- Expires `n` credits (all of them with n = nil) of the allowance buckets `left`, oldest
--- first, as one expiry transaction (`reason`).
-local function allowance_cut(left, n, reason)
-  local alloc, total = {}, 0
-  for _, b in ipairs(left) do
-    local c = n and math.min(b[2], n - total) or b[2]
-    if c > 0 then
-      redis.call('HSET', A, 'r:' .. b[1], fmt(b[2] - c))
-      sync_order(b[1], bucket_meta(b[1]))
-      alloc[#alloc + 1] = {b[1], -c}
-      total = total + c
+  -- What a renewal due now does: the period now, how many periods it covers (n: those since
+  -- the one due at acct.pn; 1 for a plan just set), the credits to issue and to cut from the
+  -- allowance left (nil: all of it). spec: plan_spec's; left: allowance_left's.
+  local function renewal(spec, left)
+    local start, stop, k = period_of(acct.pan, spec.unit, spec.count, NOW)
+    local n = 1
+    if acct.pn then
+      local _, _, kd = period_of(acct.pan, spec.unit, spec.count, acct.pn)
+      n = math.max(1, k - kd + 1)
     end
+    if spec.mode == 'reset' then return start, stop, n, spec.credits, nil end
+    local u = 0
+    for _, b in ipairs(left) do u = u + b[2] end
+    local kept = spec.rollover and math.min(u, spec.rollover) or u
+    local credits = spec.credits
+    if n > 1 then
+      -- what n renewals in a row leave with nothing spent (docs/plans.md)
+      local more = (n - 1) * spec.credits
+      credits = credits + (spec.rollover and math.min(more, spec.rollover - kept) or more)
+    end
+    return start, stop, n, math.min(credits, MAXINT), u - kept
   end
-  if total > 0 then
-    acct.avail = acct.avail - total
-    emit(extra_txid(), 'expiry', -total, alloc, {reason = reason, plan = acct.pl})
-  end
-end
 
--- What a renewal due now does: the period now, how many periods it covers (n: those since
--- the one due at acct.pn; 1 for a plan just set), the credits to issue and to cut from the
--- allowance left (nil: all of it). spec: plan_spec's; left: allowance_left's.
-local function renewal(spec, left)
-  local start, stop, k = period_of(acct.pan, spec.unit, spec.count, NOW)
-  local n = 1
-  if acct.pn then
-    local _, _, kd = period_of(acct.pan, spec.unit, spec.count, acct.pn)
-    n = math.max(1, k - kd + 1)
+  -- Renews the account's plan if a period has begun since the last renewal (or the plan was
+  -- just set: acct.pn nil): cuts what the plan's mode expires, issues the period's allowance
+  -- bucket (repaying debt first, like a grant) unless it exists, and schedules the next renewal.
+  local function plan_renew()
+    local spec = plan_spec(acct.pl)
+    if not spec then return end
+    if acct.pn and acct.pn > NOW then return end
+    local left = allowance_left()
+    local start, stop, n, credits, cut = renewal(spec, left)
+    acct.pn = stop  -- (the renewal's entries carry it)
+    if cut == nil or cut > 0 then
+      allowance_cut(left, cut, spec.mode == 'reset' and 'period_end' or 'rollover')
+    end
+    local id = 'allowance:' .. acct.pl .. ':' .. fmt(start)
+    credits = math.min(credits, MAXINT - acct.avail - acct.held)
+    if credits > 0 and not bucket_meta(id) then
+      local txid = extra_txid()
+      local repaid = math.min(acct.debt, credits)
+      acct.debt = acct.debt - repaid
+      -- (a period ending past 9999-12-31 expires at its last millisecond, as no API time is later)
+      local expires = spec.mode == 'reset' and math.min(stop, MAX_TIME) or nil
+      local meta = add_bucket(id, credits, credits - repaid, expires, spec.priority, 'allowance',
+        '', '', txid)
+      emit(txid, 'allowance', credits, {{id, credits - repaid}}, {
+        bucket = bucket_entry(id, meta), repaid = repaid, plan = acct.pl, period = start,
+        periods = n, desc = 'allowance of plan ' .. acct.pl,
+      })
+      meta.bal = balance()
+      redis.call('HSET', A, 'm:' .. id, jenc(meta))
+    end
+    acct.pn = stop
+    redis.call('HSET', A, 'pn', fmt(stop))
+    schedule('p:', stop)
   end
-  if spec.mode == 'reset' then return start, stop, n, spec.credits, nil end
-  local u = 0
-  for _, b in ipairs(left) do u = u + b[2] end
-  local kept = spec.rollover and math.min(u, spec.rollover) or u
-  local credits = spec.credits
-  if n > 1 then
-    -- what n renewals in a row leave with nothing spent (docs/plans.md)
-    local more = (n - 1) * spec.credits
-    credits = credits + (spec.rollover and math.min(more, spec.rollover - kept) or more)
-  end
-  return start, stop, n, math.min(credits, MAXINT), u - kept
-end
 
--- Renews the account's plan if a period has begun since the last renewal (or the plan was
--- just set: acct.pn nil): cuts what the plan's mode expires, issues the period's allowance
--- bucket (repaying debt first, like a grant) unless it exists, and schedules the next renewal.
-local function plan_renew()
-  local spec = plan_spec(acct.pl)
-  if not spec then return end
-  if acct.pn and acct.pn > NOW then return end
-  local left = allowance_left()
-  local start, stop, n, credits, cut = renewal(spec, left)
-  acct.pn = stop  -- (the renewal's entries carry it)
-  if cut == nil or cut > 0 then
-    allowance_cut(left, cut, spec.mode == 'reset' and 'period_end' or 'rollover')
+  -- What a renewal due now would add to the available credits (dry runs, preview_due), as it
+  -- would run after what the preview processed before it: the buckets in `gone` expired, the
+  -- credits in `back` ({bucket = credits}) returned by lapsed holds, `avail` and `held` the
+  -- account's available and held credits then.
+  local function plan_preview(gone, back, avail, held)
+    local spec = plan_spec(acct.pl)
+    if not spec or (acct.pn and acct.pn > NOW) then return 0 end
+    local left = {}
+    for _, b in ipairs(allowance_left()) do
+      if not gone[b[1]] then left[#left + 1] = {b[1], b[2] + (back[b[1]] or 0), b[3]} end
+    end
+    local start, _, _, credits, cut = renewal(spec, left)
+    if cut == nil then
+      cut = 0
+      for _, b in ipairs(left) do cut = cut + b[2] end
+    end
+    credits = math.min(credits, MAXINT - (avail - cut) - held)
+    if credits <= 0 or bucket_meta('allowance:' .. acct.pl .. ':' .. fmt(start)) then credits = 0 end
+    return credits - cut
   end
-  local id = 'allowance:' .. acct.pl .. ':' .. fmt(start)
-  credits = math.min(credits, MAXINT - acct.avail - acct.held)
-  if credits > 0 and not bucket_meta(id) then
-    local txid = extra_txid()
-    local repaid = math.min(acct.debt, credits)
-    acct.debt = acct.debt - repaid
-    -- (a period ending past 9999-12-31 expires at its last millisecond, as no API time is later)
-    local expires = spec.mode == 'reset' and math.min(stop, MAX_TIME) or nil
-    local meta = add_bucket(id, credits, credits - repaid, expires, spec.priority, 'allowance',
-      '', '', txid)
-    emit(txid, 'allowance', credits, {{id, credits - repaid}}, {
-      bucket = bucket_entry(id, meta), repaid = repaid, plan = acct.pl, period = start,
-      periods = n, desc = 'allowance of plan ' .. acct.pl,
-    })
-    meta.bal = balance()
-    redis.call('HSET', A, 'm:' .. id, jenc(meta))
-  end
-  acct.pn = stop
-  redis.call('HSET', A, 'pn', fmt(stop))
-  schedule('p:', stop)
-end
-
--- What a renewal due now would add to the available credits (dry runs, preview_due), as it
--- would run after what the preview processed before it: the buckets in `gone` expired, the
--- credits in `back` ({bucket = credits}) returned by lapsed holds, `avail` and `held` the
--- account's available and held credits then.
-local function plan_preview(gone, back, avail, held)
-  local spec = plan_spec(acct.pl)
-  if not spec or (acct.pn and acct.pn > NOW) then return 0 end
-  local left = {}
-  for _, b in ipairs(allowance_left()) do
-    if not gone[b[1]] then left[#left + 1] = {b[1], b[2] + (back[b[1]] or 0), b[3]} end
-  end
-  local start, _, _, credits, cut = renewal(spec, left)
-  if cut == nil then
-    cut = 0
-    for _, b in ipairs(left) do cut = cut + b[2] end
-  end
-  credits = math.min(credits, MAXINT - (avail - cut) - held)
-  if credits <= 0 or bucket_meta('allowance:' .. acct.pl .. ':' .. fmt(start)) then credits = 0 end
-  return credits - cut
+  plan_fns = {spec = plan_spec, left = allowance_left, cut = allowance_cut, renew = plan_renew,
+    preview = plan_preview}
+  return plan_fns
 end
 
 local function expire_bucket(id)
@@ -934,13 +967,13 @@ local function expire_due()
       if kind == 'b' then
         expire_bucket(id)
       elseif kind == 'p' then
-        if acct.pl then plan_renew() end
+        if acct.pl then plan_lib().renew() end
       else
         local raw = redis.call('HGET', H, id)
         if raw then
           local rec = cjson.decode(raw)
           if rec.state == 'active' then
-            close_hold(id, rec, 0, 'expired', extra_txid(), 'hold expired', '')
+            settle_lib().close_hold(id, rec, 0, 'expired', extra_txid(), 'hold expired', '')
           else
             redis.call('HDEL', H, id)
           end
@@ -969,7 +1002,7 @@ local function preview_due()
       end
     elseif kind == 'p' then
       -- in its turn, as expire_due renews: after what is due before it, not what comes after
-      if acct.pl then avail = avail + plan_preview(gone, back, avail, held) end
+      if acct.pl then avail = avail + plan_lib().preview(gone, back, avail, held) end
     else
       local raw = redis.call('HGET', H, id)
       local rec = raw and cjson.decode(raw)
@@ -1084,7 +1117,7 @@ local function refund_usage(ukey, u, src, rid, arg, amount, desc, metadata, more
   end
   emit(TXID, 'refund', restored + repaid + excess, alloc, extra)
   -- credits back in a bucket whose purchase was refunded by Stripe go to its clawback
-  claw_returns()
+  settle_lib().claw_returns()
   local bal = balance()
   redis.call('HINCRBY', ukey, 'refunded', fmt(amount))
   redis.call('HSET', ukey, 'rf:' .. rid, jenc({arg = arg, tx = TXID, bal = bal,

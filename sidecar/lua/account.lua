@@ -69,7 +69,7 @@ elseif plan_arg ~= KEEP then
 end
 local spec = nil
 if new_pl then
-  spec = plan_spec(new_pl)
+  spec = plan_lib().spec(new_pl)
   if not spec then fail('INVALID', 'plan ' .. new_pl .. ' does not exist') end
   if new_pl ~= old_pl and redis.call('HGET', P, 'x:' .. new_pl) then
     fail('INVALID', 'plan ' .. new_pl .. ' is being deleted')
@@ -116,7 +116,7 @@ end
 -- The plan: what is due under the old one happens first.
 if plan_changed and exists then expire_due() end
 if plan_changed and old_pl then
-  if new_pl then allowance_cut(allowance_left(), nil, 'plan_change') end
+  if new_pl then plan_lib().cut(plan_lib().left(), nil, 'plan_change') end
   redis.call('HINCRBY', P, 'n:' .. old_pl, -1)
   redis.call('ZREM', D, 'p:')
   deadlines_changed = true
@@ -128,7 +128,7 @@ if plan_changed and new_pl then
   redis.call('HINCRBY', P, 'n:' .. new_pl, 1)
   redis.call('HSET', A, 'pl', new_pl, 'pan', fmt(new_pan), 'psn', fmt(NOW))
   acct.pl, acct.pan, acct.pn, ANCHOR = new_pl, new_pan, nil, new_pan
-  plan_renew()
+  plan_lib().renew()
 elseif new_pl and new_pan ~= old_pan then
   acct.pan, ANCHOR = new_pan, new_pan
   redis.call('HSET', A, 'pan', fmt(new_pan))

@@ -66,7 +66,7 @@ if rec.state ~= 'active' then
 end
 local before = balance()
 local charged, short, xw, xn
-rec, charged, short, xw, xn = close_hold(hid, rec, amount, want, TXID, desc, metadata)
+rec, charged, short, xw, xn = settle_lib().close_hold(hid, rec, amount, want, TXID, desc, metadata)
 if rec.charged > 0 then
   redis.call('HSET', KEYS[8], 'cost', fmt(rec.charged), 'alloc', jenc(charged), 'overdraft',
     fmt(short), 'refunded', '0')

@@ -161,7 +161,7 @@ if not report and before - cost < -acct.ovl then
   return {'insufficient', before, cost}
 end
 
-local alloc, short = draw(cost, false)
+local alloc, short = draw(cost, false, true)
 acct.debt = acct.debt + short
 for i = 1, #tats, 2 do stage(tats[i], tats[i + 1]) end
 local after = balance()
@@ -180,11 +180,13 @@ if alim then
   stage('ss', acct.ss)
   usage.sw = alim.from
 end
-emit(TXID, 'usage', -cost, alloc, usage)
-local record = {tx = TXID, cost = cost, bal = after, fp = fp}
-if token ~= '' then record.at = {token} end
-redis.call('SET', KEYS[8], jenc(record), 'PX', window)
-local uf = {'cost', fmt(cost), 'alloc', jenc(alloc), 'overdraft', fmt(short), 'refunded', '0'}
+local alloc_json = jenc(alloc)
+emit(TXID, 'usage', -cost, alloc, usage, alloc_json)
+-- the record as jenc would write it (sorted keys; fp is hex, the ids and token need no escaping)
+local record = string.format('{%s"bal":%d,"cost":%d,"fp":"%s","tx":"%s"}',
+  token ~= '' and '"at":["' .. token .. '"],' or '', after, cost, fp, TXID)
+redis.call('SET', KEYS[8], record, 'PX', window)
+local uf = {'cost', fmt(cost), 'alloc', alloc_json, 'overdraft', fmt(short), 'refunded', '0'}
 if klim then
   uf[9], uf[10], uf[11], uf[12] = 'kid', key_id, 'kw', fmt(klim.from)
 end

@@ -154,7 +154,7 @@ if not absent(S.plan) then
   pl = id_arg(S.plan, 'plan', 64)
   pan = int_v(S.plan_anchor, 'plan_anchor', 0, MAX_TIME)
   psn = int_v(S.plan_since, 'plan_since', 0, MAX_TIME)
-  local spec = plan_spec(pl)
+  local spec = plan_lib().spec(pl)
   if not spec then fail('INVALID', 'plan ' .. pl .. ' is not in Redis: restore the plans first') end
   pn = clock
   if not absent(S.plan_next) then

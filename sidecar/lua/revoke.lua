@@ -42,7 +42,7 @@ local desc = text_arg(ARGV[10], 'description', 2048)
 local version = int_arg(ARGV[11], 'version', 0, MAXINT)
 
 require_account()
-local st = claw_load(pid, ids)
+local st = settle_lib().claw_load(pid, ids)
 if #st.b ~= #ids then fail('INVALID', 'buckets differ from those of the purchase\'s clawback') end
 for i, id in ipairs(ids) do
   if st.b[i] ~= id then fail('INVALID', 'buckets differ from those of the purchase\'s clawback') end
@@ -63,7 +63,7 @@ end
 in_time()
 -- Everything is valid: from here on, only writes.
 expire_due()
-st = claw_load(pid, ids)  -- a hold closed by expire_due may have moved it
+st = settle_lib().claw_load(pid, ids)  -- a hold closed by expire_due may have moved it
 want = target - st.t
 if want == 0 then
   -- a newer view with the same target: only its version is kept (no transaction)
@@ -158,6 +158,6 @@ extra.unrecovered = unrec
 extra.debt_added = debt_added
 extra.pending = pend
 extra.desc = desc
-claw_save(pid, st, TXID, given - taken - debt_added, alloc, extra)
+settle_lib().claw_save(pid, st, TXID, given - taken - debt_added, alloc, extra)
 save_account()
 return summary(TXID, taken, debt_added, unrec, pend, given)
