@@ -114,7 +114,7 @@ def list_cmd(url: str | None, as_json: bool) -> None:
         echo_json(found)
         return
     echo_table(
-        ("PLAN", "NAME", "ALLOWANCE", "RATE LIMIT", "SPEND LIMIT", "DEFAULT"),
+        ("PLAN", "NAME", "ALLOWANCE", "RATE LIMIT", "SPEND LIMIT", "DEFAULT", "ACCOUNTS"),
         [
             (
                 p["plan"],
@@ -123,6 +123,7 @@ def list_cmd(url: str | None, as_json: bool) -> None:
                 rate_limit_text(p["rate_limit"]),
                 _spend_text(p["spend_limit"]),
                 "yes" if p["default"] else "",
+                str(p["accounts"]),
             )
             for p in found["plans"]
         ],
@@ -133,7 +134,7 @@ def list_cmd(url: str | None, as_json: bool) -> None:
 @click.argument("plan")
 @url_option
 def get(plan: str, url: str | None) -> None:
-    """PLAN's definition (JSON)."""
+    """PLAN's definition and how many accounts are on it (JSON)."""
     path = f"/v1/plans/{seg(plan)}"
     echo_json(run_admin(admin_client(url), lambda c: c.request("GET", path)))
 

@@ -17,7 +17,7 @@ routes = Routes()
 PLAN_404 = "`unknown_plan`"
 
 
-def plan_view(plan_id: str, p: Plan) -> PlanView:
+def plan_view(plan_id: str, p: Plan, accounts: int) -> PlanView:
     a = p.allowance
     return PlanView(
         plan=plan_id,
@@ -34,6 +34,7 @@ def plan_view(plan_id: str, p: Plan) -> PlanView:
         rate_limit=rate_limit_view(p.rate_limit),
         spend_limit=spend_limit_view(p.spend_limit),
         default=p.default,
+        accounts=accounts,
     )
 
 
@@ -54,8 +55,12 @@ def plan_view(plan_id: str, p: Plan) -> PlanView:
 )
 async def put_plan(call: Call[PlanPath, None, PlanRequest]) -> Reply:
     plan = call.body.to_plan()
-    created = await call.app[PLANS].put(call.path.plan, plan)
-    return Reply(plan_view(call.path.plan, plan), 201 if created else 200)
+    plans = call.app[PLANS]
+    created = await plans.put(call.path.plan, plan)
+    return Reply(
+        plan_view(call.path.plan, plan, await plans.accounts(call.path.plan)),
+        201 if created else 200,
+    )
 
 
 @routes.route(
@@ -68,8 +73,10 @@ async def put_plan(call: Call[PlanPath, None, PlanRequest]) -> Reply:
     errors={503: None},
 )
 async def list_plans(call: Call[None, None, None]) -> PlanList:
-    found = await call.app[PLANS].list()
-    return PlanList(plans=[plan_view(k, p) for k, p in found.items()])
+    plans = call.app[PLANS]
+    found = await plans.list()
+    counts = await plans.accounts_on(list(found))
+    return PlanList(plans=[plan_view(k, p, counts[k]) for k, p in found.items()])
 
 
 @routes.route(
@@ -83,7 +90,9 @@ async def list_plans(call: Call[None, None, None]) -> PlanList:
     errors={404: PLAN_404, 503: None},
 )
 async def get_plan(call: Call[PlanPath, None, None]) -> PlanView:
-    return plan_view(call.path.plan, await call.app[PLANS].get(call.path.plan))
+    plans = call.app[PLANS]
+    plan = await plans.get(call.path.plan)
+    return plan_view(call.path.plan, plan, await plans.accounts(call.path.plan))
 
 
 @routes.route(

@@ -306,6 +306,7 @@ class PlanView(Model):
     rate_limit: RateLimit | None
     spend_limit: SpendLimitView | None
     default: Annotated[bool, Meta(description="new accounts without a plan get this one")]
+    accounts: Annotated[int, Meta(description="how many accounts are on it now")]
 
 
 class PlanList(Model):

@@ -166,13 +166,21 @@ class Plans:
 
     async def accounts(self, plan_id: str) -> int:
         """How many accounts are on ``plan_id`` (on every shard)."""
-        total = 0
+        return (await self.accounts_on([plan_id]))[plan_id]
+
+    async def accounts_on(self, plan_ids: Sequence[str]) -> dict[str, int]:
+        """How many accounts are on each of ``plan_ids`` (on every shard): one read a shard."""
+        totals = dict.fromkeys(plan_ids, 0)
+        if not plan_ids:
+            return totals
+        fields = [f"n:{p}" for p in plan_ids]
         for shard in range(self.keys.shards):
-            n = await store_call(
-                self.redis.hget(self.keys.plans(shard), f"n:{plan_id}"), self.ledger.deadline_s
+            counts = await store_call(
+                self.redis.hmget(self.keys.plans(shard), fields), self.ledger.deadline_s
             )
-            total += int(n or 0)
-        return total
+            for p, n in zip(plan_ids, counts, strict=True):
+                totals[p] += int(n or 0)
+        return totals
 
     async def remove(self, plan_id: str) -> None:
         """Deletes ``plan_id`` from every shard. UnknownPlan if no shard has it; PlanInUse

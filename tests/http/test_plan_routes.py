@@ -44,6 +44,7 @@ PRO_VIEW = {
     "rate_limit": {"requests": 100, "period_ms": 1000, "burst": 200},
     "spend_limit": None,
     "default": False,
+    "accounts": 0,
 }
 FREE = {"name": "Free", "allowance": {"credits": 1000, "interval": "month"}, "default": True}
 
@@ -165,6 +166,12 @@ async def test_on_several_shards_a_plan_reaches_each_and_its_accounts_are_counte
         for shard in range(4):
             assert await redis.hget(keys.plans(shard), "a:pro") is not None
         await redis.hset(keys.plans(2), "n:pro", 1)
+        await redis.hset(keys.plans(3), "n:pro", 2)
+        r = await c.get("/v1/plans/pro", headers=admin())
+        assert (await r.json())["accounts"] == 3
+        r = await c.get("/v1/plans", headers=admin())
+        assert [p["accounts"] for p in (await r.json())["plans"]] == [3]
+        await redis.hdel(keys.plans(3), "n:pro")
         r = await c.delete("/v1/plans/pro", headers=admin())
         assert r.status == 409 and "1 account" in (await r.json())["error"]["message"]
         await redis.hdel(keys.plans(2), "n:pro")
@@ -189,6 +196,8 @@ async def test_plans_and_the_accounts_on_them_end_to_end(client: Client) -> None
     assert status == 201
     r = await client.patch("/v1/accounts/cust_42", json={"plan": "pro"}, headers=admin())
     assert r.status == 200 and (await r.json())["plan"] == "pro"
+    r = await client.get("/v1/plans", headers=admin())
+    assert {p["plan"]: p["accounts"] for p in (await r.json())["plans"]} == {"free": 0, "pro": 1}
     assert (await client.delete("/v1/plans/free", headers=admin())).status == 204
     r = await client.delete("/v1/plans/pro", headers=admin())
     assert r.status == 409
