@@ -64,6 +64,18 @@ class KeyRevoked(SidecarError):
     code = "key_revoked"
 
 
+class UnknownToken(SidecarError):
+    """One of the sidecar's own API tokens (docs/tokens.md) that does not exist."""
+
+    code = "unknown_token"
+
+
+class TokenRevoked(SidecarError):
+    """A change to a sidecar API token that was revoked."""
+
+    code = "token_revoked"
+
+
 class PlanInUse(SidecarError):
     """A plan that accounts are on cannot be deleted; ``accounts``: how many."""
 
@@ -151,6 +163,8 @@ _SCRIPT_ERRORS: dict[str, type[SidecarError]] = {
     "UNKNOWN_PLAN": UnknownPlan,
     "PLAN_IN_USE": PlanInUse,
     "PLAN_BUSY": PlanBusy,
+    "UNKNOWN_TOKEN": UnknownToken,
+    "TOKEN_REVOKED": TokenRevoked,
     "CONFLICT": IdempotencyConflict,
     "HOLD_CLOSED": HoldClosed,
     "HOLD_EXPIRED": HoldExpired,

@@ -3,7 +3,7 @@ credits, read the balance. All need the admin token."""
 
 from __future__ import annotations
 
-from sidecar.http.auth import ADMIN
+from sidecar.http.auth import ADMIN, READ
 from sidecar.http.contract import Call, Out, Reply, Routes
 from sidecar.http.responses import AccountSettings, Balance, BucketView, Granted, PlanState
 from sidecar.http.schemas import (
@@ -139,7 +139,7 @@ async def grant(call: Call[AccountPath, None, GrantRequest]) -> Reply:
     "/v1/accounts/{account}/balance",
     "An account's balance, settings and live buckets (in burn order)",
     tag="accounts",
-    auth=ADMIN,
+    auth=READ,
     params=AccountPath,
     responses={200: Out(Balance, "the balance")},
     errors={404: ACCOUNT_404, 503: None},

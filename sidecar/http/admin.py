@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar import errors
-from sidecar.http.auth import ADMIN
+from sidecar.http.auth import READ
 from sidecar.http.contract import Call, Out, Routes
 from sidecar.http.queries import (
     AccountsQuery,
@@ -76,7 +76,7 @@ def _reads(call: Call[Any, Any, Any]) -> Reads:
     "/v1/admin/accounts",
     "Accounts, ordered by id (from the SQL ledger)",
     tag="reads",
-    auth=ADMIN,
+    auth=READ,
     query=AccountsQuery,
     responses={200: Out(AccountList, "a page of accounts; `next` for the next")},
     errors={503: SQL_503},
@@ -155,7 +155,7 @@ def _csv_response(account: str, rows: list[TransactionRow], nxt: int | None) -> 
     "An account's transactions, newest first (from the SQL ledger)",
     operation_id="list_transactions",
     tag="reads",
-    auth=ADMIN,
+    auth=READ,
     params=AccountPath,
     query=TransactionsQuery,
     responses={
@@ -211,7 +211,7 @@ async def transactions(
     "/v1/accounts/{account}/usage",
     "Credits used and checks, per hour or day (from the SQL ledger)",
     tag="reads",
-    auth=ADMIN,
+    auth=READ,
     params=AccountPath,
     query=UsageQuery,
     responses={200: Out(Usage, "the usage series")},
@@ -257,7 +257,7 @@ async def usage(call: Call[AccountPath, UsageQuery, None]) -> Usage:
     "An account's active holds and the closed ones still remembered (from Redis)",
     operation_id="list_holds",
     tag="reads",
-    auth=ADMIN,
+    auth=READ,
     params=AccountPath,
     query=NoQuery,
     responses={200: Out(HoldList, "the holds")},

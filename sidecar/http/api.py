@@ -25,6 +25,7 @@ from sidecar.http import (
     proxy,
     routes,
     stripe_events,
+    tokens,
 )
 from sidecar.http.auth import NONE, SECURITY_SCHEMES
 from sidecar.http.contract import Api, Call, Out, Routes
@@ -42,6 +43,7 @@ API = Api(
         accounts.routes,
         keys.routes,
         plans.routes,
+        tokens.routes,
         admin.admin_routes,
         ops.ops_routes,
         billing.billing_routes,
@@ -62,6 +64,7 @@ API = Api(
         "holds",
         "keys",
         "plans",
+        "tokens",
         "reads",
         "billing",
         "operations",

@@ -16,6 +16,7 @@ from sidecar.billing.context import Billing
 from sidecar.billing.gateway import StripeGateway
 from sidecar.billing.stores import Sql
 from sidecar.billing.worker import BillingWorker
+from sidecar.errors import SidecarError
 from sidecar.gate.decision import Gate
 from sidecar.gate.pricing import PricingError, load_pricing
 from sidecar.http import api
@@ -32,6 +33,7 @@ from sidecar.http.state import (
     PLANS,
     REDIS_URL,
     SETTINGS,
+    TOKEN_CACHE,
     TOKENS,
     WRITER,
     WRITER_PROCESS,
@@ -48,6 +50,8 @@ from sidecar.ledger.plans import Plans
 from sidecar.ledger.redis_calls import (
     CALL_DEADLINE_S,
 )
+from sidecar.ledger.token_cache import TokenCache
+from sidecar.ledger.tokens import Tokens
 from sidecar.persistence.db import engine_for, migrate_while_unreachable
 from sidecar.persistence.writer import pause
 from sidecar.redis.client import connect
@@ -78,7 +82,6 @@ def create_app(
         client_max_size=MAX_BODY,
     )
     app[SETTINGS] = settings
-    app[TOKENS] = {role: settings.token(role).encode() for role in ("admin", "service")}
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         server, url = redis_for(settings, embedded)
@@ -98,6 +101,12 @@ def create_app(
         app[LEDGER] = ledger = ledger_for(client, settings, clock)
         app[API_KEYS] = api_keys = ApiKeys(ledger)
         app[PLANS] = Plans(ledger)
+        app[TOKENS] = tokens = Tokens(ledger)
+        app[TOKEN_CACHE] = token_cache = TokenCache(tokens, ledger.clock)
+        stop_tokens = asyncio.Event()
+        with contextlib.suppress(SidecarError):
+            await token_cache.refresh()  # Redis away: the poll loads them once it answers
+        follow_tokens = asyncio.create_task(token_cache.run(stop_tokens), name="tokens")
         app[GATE] = Gate(
             ledger,
             api_keys,
@@ -112,6 +121,7 @@ def create_app(
         try:
             yield
         finally:
+            await stop_task(follow_tokens, stop_tokens)
             await ledger.voids.drain(2.0)  # pending voids: sent if Redis answers by then
             ledger.close()
             await client.aclose()

@@ -1,11 +1,14 @@
 """Who may call an operation: the kinds of caller a route declares (sidecar/http/contract.py), each
 with its OpenAPI security requirement and the check the registry runs before the handler.
 
-Bearer tokens are compared in constant time against every role's token (so the time taken does
-not tell which role, or how much of a token, matched). The API key of the proxies' auth
-endpoints is the gate's business (sidecar/gate/decision.py), the Stripe signature the
-webhook's; those kinds only document the caller. A later customer-portal session is one more
-kind here.
+A token route names the scopes it needs (any one of them; ``admin`` holds them all:
+docs/tokens.md). The bearer token is compared in constant time against both bootstrap tokens of
+the settings (so the time taken does not tell which, or how much of one, matched), else looked
+up in this process's copy of the stored tokens (sidecar/ledger/token_cache.py: no round trip).
+The caller is kept on the request (:data:`CALLER`) for what follows: the account-prefix check
+(sidecar/http/contract.py) and the audit trail. The API key of the proxies' auth endpoints is
+the gate's business (sidecar/gate/decision.py), the Stripe signature the webhook's; those kinds
+only document the caller.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from sidecar import errors
-from sidecar.http.state import SETTINGS, TOKENS
+from sidecar.http.state import SETTINGS, TOKEN_CACHE
+from sidecar.ledger.tokens import BOOTSTRAP_ADMIN, BOOTSTRAP_SERVICE, Caller, Scope
 
 Check = Callable[[web.Request], None]
-# The OpenAPI security requirement: alternatives, each a set of scheme names.
-Security = tuple[tuple[str, ...], ...]
+# The OpenAPI security requirement: alternatives, each {scheme name: scopes}.
+Security = tuple[tuple[tuple[str, tuple[str, ...]], ...], ...]
+CALLER = web.RequestKey("caller", Caller)
 
 
 def bearer(request: web.Request) -> bytes | None:
@@ -32,22 +37,35 @@ def bearer(request: web.Request) -> bytes | None:
     return token.strip().encode("utf-8", "surrogateescape")
 
 
-def role_check(tokens: dict[str, bytes], roles: tuple[str, ...]) -> Check:
-    """Constant-time check of the bearer token against the tokens of every role; 401 for no
-    token or an unknown one, 403 for a valid token of a role not in ``roles``."""
-    secrets = tuple(tokens.items())
-    allowed = frozenset(roles)
-    refusal = f"this route needs the {' or '.join(roles)} token"
+def scope_check(app: web.Application, scopes: tuple[Scope, ...]) -> Check:
+    """401 for no token or an unknown one, 403 naming the scope for a token without any of
+    ``scopes``; else the caller is kept on the request."""
+    settings = app[SETTINGS]
+    bootstrap = (
+        (BOOTSTRAP_ADMIN, settings.token("admin").encode()),
+        (BOOTSTRAP_SERVICE, settings.token("service").encode()),
+    )
+    wanted = " or ".join(f"`{s}`" for s in scopes)
 
     def check(request: web.Request) -> None:
         given = bearer(request)
         if given is None:
             raise errors.Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-        matched = {role for role, secret in secrets if hmac.compare_digest(given, secret)}
-        if not matched:
+        caller: Caller | None = None
+        for who, secret in bootstrap:
+            if hmac.compare_digest(given, secret):
+                caller = who
+        if caller is None and (cache := request.app.get(TOKEN_CACHE)) is not None:
+            caller = cache.verify(given)
+        if caller is None:
             raise errors.Unauthorized("invalid token")
-        if not matched & allowed:
-            raise errors.Forbidden(refusal)
+        if not caller.allows(scopes):
+            held = ", ".join(sorted(caller.scopes))
+            raise errors.Forbidden(
+                f"this route needs a token with the {wanted} scope (or `admin`); "
+                f"token {caller.token_id} has: {held}"
+            )
+        request[CALLER] = caller
 
     return check
 
@@ -70,41 +88,53 @@ def metrics_check(app: web.Application) -> Check | None:
 @dataclass(frozen=True, slots=True)
 class Auth:
     """A kind of caller: its name, its OpenAPI security requirement, whether a refusal is the
-    error body's 401/403 (``bearer_errors``), and the check made for it once per app."""
+    error body's 401/403 (``bearer_errors``), the check made for it once per app, and for a
+    token route the scopes it needs (any one; ``admin`` always does)."""
 
     name: str
     security: Security
     resolve: Callable[[web.Application], Check | None]
     bearer_errors: bool = False
+    scopes: tuple[Scope, ...] = ()
 
 
 def _nothing(app: web.Application) -> None:
     return None
 
 
-def _roles(*roles: str) -> Callable[[web.Application], Check]:
-    return lambda app: role_check(app[TOKENS], roles)
+def scoped(name: str, *scopes: Scope) -> Auth:
+    """A token route needing one of ``scopes`` (or ``admin``)."""
+    alternatives = tuple(dict.fromkeys((*scopes, "admin")))
+    return Auth(
+        name,
+        tuple(((("token", (s,)),)) for s in alternatives),
+        lambda app: scope_check(app, scopes),
+        bearer_errors=True,
+        scopes=scopes,
+    )
 
 
 NONE = Auth("none", (), _nothing)
-ADMIN = Auth("admin", (("adminToken",),), _roles("admin"), bearer_errors=True)
-SERVICE = Auth("service", (("adminToken",), ("serviceToken",)), _roles("service", "admin"), True)
+ADMIN = scoped("admin", "admin")
+SERVICE = scoped("service", "service")  # checks, holds, usage reports
+READ = scoped("read", "read")  # balances, transactions, usage, the console's reads
+CHECKOUT = scoped("checkout", "checkout")  # starting a Stripe Checkout
+PORTAL = scoped("portal", "portal")  # customer-portal sessions (issue 23)
+# the package catalogue: what an app selling credits reads before a checkout
+CATALOG = scoped("catalog", "read", "checkout", "service")
 # Checked by the gate (sidecar/gate/decision.py), which answers its own 401.
-API_KEY = Auth("api_key", (("apiKey",), ("apiKeyHeader",)), _nothing)
-METRICS = Auth("metrics", ((), ("metricsToken",)), metrics_check)
+API_KEY = Auth("api_key", (((("apiKey", ()),)), ((("apiKeyHeader", ()),))), _nothing)
+METRICS = Auth("metrics", ((), ((("metricsToken", ()),))), metrics_check)
 # Checked by the webhook handler: the signature authenticates the raw body.
-STRIPE_SIGNATURE = Auth("stripe_signature", (("stripeSignature",),), _nothing)
+STRIPE_SIGNATURE = Auth("stripe_signature", (((("stripeSignature", ()),)),), _nothing)
 
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
-    "adminToken": {
+    "token": {
         "type": "http",
         "scheme": "bearer",
-        "description": "the admin token (SIDECAR_ADMIN_TOKEN)",
-    },
-    "serviceToken": {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "the service token (SIDECAR_SERVICE_TOKEN)",
+        "description": "a sidecar API token with the scope the operation lists (docs/tokens.md):"
+        " a named token (`cst_…`, POST /v1/tokens), or a bootstrap one: SIDECAR_ADMIN_TOKEN"
+        " (admin), SIDECAR_SERVICE_TOKEN (service, checkout)",
     },
     "apiKey": {"type": "http", "scheme": "bearer", "description": "a client's API key (csk_…)"},
     "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},

@@ -10,7 +10,7 @@ from sidecar import errors
 from sidecar.billing import currency, netguard, notify, purchases, topup
 from sidecar.billing.gateway import StripeGateway, StripeRefused, StripeTransient
 from sidecar.billing.stores import Package
-from sidecar.http.auth import ADMIN, SERVICE
+from sidecar.http.auth import ADMIN, CATALOG, CHECKOUT, READ
 from sidecar.http.billing_responses import (
     AutoTopUp,
     BillingProfile,
@@ -144,7 +144,7 @@ async def _price_agrees(gateway: StripeGateway, p: Package) -> None:
     "/v1/admin/packages",
     "Credit packages",
     tag="billing",
-    auth=SERVICE,
+    auth=CATALOG,
     query=PackagesQuery,
     responses={200: Out(PackageList, "the packages")},
     errors={503: SQL_503},
@@ -159,7 +159,7 @@ async def list_packages(call: Call[None, PackagesQuery, None]) -> PackageList:
     "/v1/admin/packages/{package_id}",
     "A credit package",
     tag="billing",
-    auth=SERVICE,
+    auth=CATALOG,
     params=PackagePath,
     responses={200: Out(PackageView, "the package")},
     errors={404: "`unknown_package`", 503: SQL_503},
@@ -180,7 +180,7 @@ CHECKOUT_409 = "`idempotency_conflict`: the idempotency_key was used with other 
     "/v1/checkout",
     "A Stripe Checkout Session for an account: its URL",
     tag="billing",
-    auth=SERVICE,
+    auth=CHECKOUT,
     body=CheckoutRequest,
     responses={201: Out(CheckoutSession, "the session")},
     errors={
@@ -219,7 +219,7 @@ async def checkout(call: Call[None, None, CheckoutRequest]) -> CheckoutSession:
     "A Stripe Checkout Session in setup mode: the customer saves a card without paying (it "
     "becomes the auto top-up's card)",
     tag="billing",
-    auth=SERVICE,
+    auth=CHECKOUT,
     body=SetupCheckoutRequest,
     responses={201: Out(CheckoutSession, "the session")},
     errors={404: "`unknown_account`", 409: CHECKOUT_409, 502: None, 503: BILLING_503},
@@ -246,7 +246,7 @@ async def setup_checkout(call: Call[None, None, SetupCheckoutRequest]) -> Checko
     "The payment methods saved on the account's Stripe customer",
     operation_id="list_payment_methods",
     tag="billing",
-    auth=ADMIN,
+    auth=READ,
     params=AccountPath,
     responses={200: Out(PaymentMethods, "its saved payment methods")},
     errors={404: "`unknown_account`", 502: None, 503: BILLING_503},
@@ -339,7 +339,7 @@ async def put_auto_topup(call: Call[AccountPath, None, AutoTopUpRequest]) -> Aut
     "/v1/admin/accounts/{account}/auto-topup",
     "An account's auto top-up, with its failures",
     tag="billing",
-    auth=ADMIN,
+    auth=READ,
     params=AccountPath,
     responses={200: Out(AutoTopUp, "the auto top-up")},
     errors={404: "`unknown_account`: none set", 503: SQL_503},
@@ -430,7 +430,7 @@ async def put_notifications(
     "/v1/admin/accounts/{account}/notifications",
     "An account's webhook endpoint and its recent deliveries",
     tag="billing",
-    auth=ADMIN,
+    auth=READ,
     params=AccountPath,
     responses={200: Out(Notifications, "the endpoint and deliveries")},
     errors={503: SQL_503},

@@ -26,15 +26,16 @@ import re
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, get_args
+from typing import Any, Generic, TypeVar, cast, get_args
 
 import msgspec
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from sidecar import errors
-from sidecar.http.auth import Auth, Check
+from sidecar.http.auth import CALLER, Auth, Check
 from sidecar.http.errors import ENCODER, validation_error
+from sidecar.ledger.tokens import Caller
 
 P = TypeVar("P")
 Q = TypeVar("Q")
@@ -189,10 +190,12 @@ class Routes:
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_body(request: web.Request, model: type[M]) -> M:
+async def read_body(request: web.Request, model: type[M], *, optional: bool = False) -> M:
     """The JSON body as ``model``: 400 for bytes that are not a JSON object, 422 naming the
-    first field that is wrong."""
+    first field that is wrong. ``optional``: no body at all reads as ``{}``."""
     raw = await request.read()
+    if optional and not raw:
+        raw = b"{}"
     try:
         return model.model_validate_json(raw)
     except ValidationError as e:
@@ -260,6 +263,32 @@ def response_types(model: Any) -> tuple[type, ...]:
     return (model,) if isinstance(model, type) else ()
 
 
+def account_reader(op: Operation) -> Callable[[Call[Any, Any, Any]], str | None]:
+    """How to find the one account a request of ``op`` is about: the ``account`` of its path
+    parameters or of its body, as validated (decoded, checked against the id pattern); None
+    for a route about no single account."""
+    if op.params is not None and "account" in op.params.model_fields:
+        return lambda call: cast(str, call.path.account)
+    if op.body is not None and "account" in op.body.model_fields:
+        return lambda call: cast(str, call.body.account)
+    return lambda call: None
+
+
+def confine(caller: Caller, account: str | None, op: Operation) -> None:
+    """403 unless a token limited to an account prefix calls about an account within it."""
+    prefix = caller.account_prefix
+    if account is None:
+        raise errors.Forbidden(
+            f"token {caller.token_id} is limited to accounts starting with {prefix!r}; "
+            f"{op.method} {op.spec_path} is not about one account"
+        )
+    if not caller.may_touch(account):
+        raise errors.Forbidden(
+            f"token {caller.token_id} is limited to accounts starting with {prefix!r}",
+            field="account",
+        )
+
+
 def endpoint(op: Operation, app: web.Application) -> Endpoint:
     """The aiohttp handler of ``op`` in ``app``: everything the declaration decides is
     resolved here, once."""
@@ -272,17 +301,22 @@ def endpoint(op: Operation, app: web.Application) -> Endpoint:
     declared = {s: response_types(o.model) for s, o in op.responses.items() if o.model is not None}
     encode = ENCODER.encode
 
+    account_of = account_reader(op)
+    optional = not op.body_required
+
     async def handle(request: web.Request) -> web.StreamResponse:
         if check is not None:
             check(request)
-        result = await fn(
-            Call(
-                request,
-                path(request) if path is not None else None,
-                query(request) if query is not None else None,
-                await read_body(request, body) if body is not None else None,
-            )
+        call = Call(
+            request,
+            path(request) if path is not None else None,
+            query(request) if query is not None else None,
+            await read_body(request, body, optional=optional) if body is not None else None,
         )
+        caller = request.get(CALLER)
+        if caller is not None and caller.account_prefix is not None:
+            confine(caller, account_of(call), op)
+        result = await fn(call)
         if isinstance(result, web.StreamResponse):
             return result
         status, headers = default, None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from msgspec import structs
 
-from sidecar.http.auth import ADMIN
+from sidecar.http.auth import ADMIN, READ
 from sidecar.http.contract import Call, Out, Routes
 from sidecar.http.responses import Key, KeyCreated, KeyList
 from sidecar.http.schemas import (
@@ -63,7 +63,7 @@ async def create_key(call: Call[AccountPath, None, KeyRequest]) -> KeyCreated:
     "/v1/accounts/{account}/keys",
     "An account's API keys (metadata only), with what each spent in its limit's window",
     tag="keys",
-    auth=ADMIN,
+    auth=READ,
     params=AccountPath,
     responses={200: Out(KeyList, "the keys")},
     errors={503: None},

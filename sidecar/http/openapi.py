@@ -142,7 +142,7 @@ class Spec:
             "operationId": operation_id,
             "summary": op.summary,
             "tags": [op.tag],
-            "security": [{name: [] for name in alt} for alt in op.auth.security],
+            "security": [{name: list(scopes) for name, scopes in alt} for alt in op.auth.security],
             "responses": dict(sorted(responses.items())),
         }
         if op.description:

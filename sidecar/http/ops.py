@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sidecar import errors
-from sidecar.http.auth import ADMIN
+from sidecar.http.auth import ADMIN, READ
 from sidecar.http.contract import Call, Out, Routes
 from sidecar.http.queries import (
     DeadLettersQuery,
@@ -36,7 +36,7 @@ ops_routes = Routes()
     "/v1/admin/outbox",
     "The outbox per shard: length, unwritten entries, writer lag, dead letters",
     tag="operations",
-    auth=ADMIN,
+    auth=READ,
     responses={200: Out(Outbox, "the outbox's state and the writer's")},
     errors={503: None},
 )
@@ -81,7 +81,7 @@ def _shard(call: Call[Any, Any, Any], shard: int) -> int:
     "/v1/admin/outbox/dead-letters",
     "The entries the writer gave up on, with their error, oldest first",
     tag="operations",
-    auth=ADMIN,
+    auth=READ,
     query=DeadLettersQuery,
     responses={200: Out(DeadLetters, "the shard's dead letters")},
     errors={503: None},

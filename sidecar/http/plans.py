@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from sidecar.http.auth import ADMIN
+from sidecar.http.auth import ADMIN, READ
 from sidecar.http.contract import Call, Out, Reply, Routes
 from sidecar.http.responses import AllowanceView, PlanList, PlanView
 from sidecar.http.schemas import PlanPath, PlanRequest
@@ -68,7 +68,7 @@ async def put_plan(call: Call[PlanPath, None, PlanRequest]) -> Reply:
     "/v1/plans",
     "Every plan",
     tag="plans",
-    auth=ADMIN,
+    auth=READ,
     responses={200: Out(PlanList, "the plans, by id")},
     errors={503: None},
 )
@@ -84,7 +84,7 @@ async def list_plans(call: Call[None, None, None]) -> PlanList:
     "/v1/plans/{plan}",
     "One plan",
     tag="plans",
-    auth=ADMIN,
+    auth=READ,
     params=PlanPath,
     responses={200: Out(PlanView, "the plan's definition")},
     errors={404: PLAN_404, 503: None},

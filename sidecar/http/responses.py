@@ -284,6 +284,28 @@ class KeyCreated(Key):
     key: Annotated[str, Meta(description="the key: shown only here")]
 
 
+class TokenView(Model):
+    token_id: str
+    name: str
+    scopes: list[Literal["admin", "service", "read", "portal", "checkout"]]
+    account_prefix: Annotated[str | None, Meta(description="null: every account")]
+    created_at: Time
+    rotated_at: Time | None
+    revoked_at: Time | None
+    previous_valid_until: Annotated[
+        Time | None, Meta(description="a replaced secret still valid until then (rotation)")
+    ]
+    last_used_at: Annotated[Time | None, Meta(description="to within a few seconds")]
+
+
+class TokenCreated(TokenView):
+    token: Annotated[str, Meta(description="the token: shown only here")]
+
+
+class TokenList(Model):
+    tokens: list[TokenView]
+
+
 class KeyList(Model):
     account: str
     keys: list[Key]

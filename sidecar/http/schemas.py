@@ -33,6 +33,7 @@ from sidecar.ledger.results import (
     RateLimit,
     SpendLimit,
 )
+from sidecar.ledger.tokens import MAX_GRACE_MS, Scope
 from sidecar.ledger.units import MAX_CREDITS, MAX_TIMESTAMP_MS, MissingOffset, parse_rfc3339
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
@@ -262,6 +263,29 @@ class KeyRequest(Body):
     spend_limit: SpendLimitBody | None = None
 
 
+class TokenRequest(Body):
+    """A sidecar API token to create (docs/tokens.md)."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=5)]
+    account_prefix: Id | None = Field(
+        None, description="limit the token to the accounts whose id starts with this"
+    )
+
+    @field_validator("scopes")
+    @classmethod
+    def _distinct(cls, v: list[Scope]) -> list[Scope]:
+        if len(set(v)) != len(v):
+            raise ValueError("a scope is given twice")
+        return v
+
+
+class TokenRotateRequest(Body):
+    grace_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_MS // 1000)] = Field(
+        3600, description="how long the token being replaced stays valid (default an hour)"
+    )
+
+
 class KeyPatch(Body):
     """An API key's settings to change: its spending limit (``null`` removes it)."""
 
@@ -418,6 +442,12 @@ class PlanPath(Path):
 
 class HoldPath(Path):
     hold_id: Id = Field(description="the hold's id")
+
+
+class TokenPath(Path):
+    token_id: Annotated[
+        str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9]+$")
+    ] = Field(description="the token's id")
 
 
 class KeyPath(Path):

@@ -12,6 +12,8 @@ from sidecar.ledger.calls import (
     Ledger,
 )
 from sidecar.ledger.plans import Plans
+from sidecar.ledger.token_cache import TokenCache
+from sidecar.ledger.tokens import Tokens
 from sidecar.persistence.writer import OutboxWriter
 from sidecar.redis.client import RedisClient
 from sidecar.runtime.writer_runner import WriterProcess
@@ -22,7 +24,8 @@ LEDGER = web.AppKey("ledger", Ledger)
 API_KEYS = web.AppKey("api_keys", ApiKeys)
 PLANS = web.AppKey("plans", Plans)
 GATE = web.AppKey("gate", Gate)
-TOKENS = web.AppKey("tokens", dict[str, bytes])
+TOKENS = web.AppKey("tokens", Tokens)
+TOKEN_CACHE = web.AppKey("token_cache", TokenCache)
 WRITER = web.AppKey("writer", OutboxWriter)
 REDIS_URL = web.AppKey("redis_url", str)
 # When the Redis is this `serve`'s embedded one (its process, or its supervisor's): a client

@@ -7,7 +7,7 @@ from sidecar import errors
 from sidecar.billing.gateway import API_VERSION
 from sidecar.billing.webhook import verify
 from sidecar.billing.worker import HANDLED
-from sidecar.http.auth import ADMIN, STRIPE_SIGNATURE
+from sidecar.http.auth import ADMIN, READ, STRIPE_SIGNATURE
 from sidecar.http.billing import SQL_503
 from sidecar.http.billing_responses import (
     BillingEvent,
@@ -89,7 +89,7 @@ async def stripe_webhook(call: Call[None, None, None]) -> WebhookReceived:
     "Stored Stripe events, newest first (`status=dead`: the dead letters)",
     operation_id="list_billing_events",
     tag="billing",
-    auth=ADMIN,
+    auth=READ,
     query=EventsQuery,
     responses={200: Out(BillingEvents, "the events")},
     errors={503: SQL_503},
@@ -118,7 +118,7 @@ async def list_events(call: Call[None, EventsQuery, None]) -> BillingEvents:
     "/v1/admin/billing/status",
     "Stripe events and webhook deliveries by status (`dead` ones need a look)",
     tag="billing",
-    auth=ADMIN,
+    auth=READ,
     responses={200: Out(BillingStatus, "the counts")},
     errors={503: SQL_503},
 )

@@ -136,6 +136,20 @@ class KeySpace:
         plan.lua reads it, the account scripts never do."""
         return f"{self._tag(shard)}:plans:stamps"
 
+    def tokens(self) -> str:
+        """Hash on shard 0: the sidecar's own API tokens, id -> record, and ``~v`` their
+        version (sidecar/lua/token.lua; docs/tokens.md)."""
+        return f"{self._tag(0)}:tokens"
+
+    def token_workers(self) -> str:
+        """Hash on shard 0: each serving process -> the tokens version it has applied and when
+        it last said so ("<version>:<ms>"); a change waits for the live ones to apply it."""
+        return f"{self._tag(0)}:tokens:workers"
+
+    def token_use(self) -> str:
+        """Hash on shard 0: token id -> when it was last used (ms), written now and then."""
+        return f"{self._tag(0)}:tokens:used"
+
     def plans(self, shard: int) -> str:
         """Hash: the plans, as the shard's scripts read them (docs/plans.md)."""
         return f"{self._tag(shard)}:plans"

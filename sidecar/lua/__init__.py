@@ -30,6 +30,7 @@ NAMES = (
     "revoke",
     "void",
     "plan",
+    "token",
 )
 STANDALONE = ("lease",)  # not prefixed with _lib.lua: they touch no ledger state
 
@@ -61,6 +62,7 @@ class Scripts:
     revoke: AsyncScript
     void: AsyncScript
     plan: AsyncScript
+    token: AsyncScript
     lease: AsyncScript
 
     @classmethod

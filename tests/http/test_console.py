@@ -241,7 +241,7 @@ async def run_console(page: Page, served: Served) -> None:
     await sign_in(page, "not-the-token")
     await expect(login_error).to_have_text("invalid token (unauthorized)")
     await sign_in(page, SERVICE)
-    await expect(login_error).to_have_text("this route needs the admin token (forbidden)")
+    await expect(login_error).to_contain_text("needs a token with the `read` scope (or `admin`)")
     assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
 
     # The admin token: the account list, 50 a page, kept in sessionStorage, not in the URL.

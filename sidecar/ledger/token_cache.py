@@ -1,0 +1,119 @@
+"""Every serving process's copy of the sidecar's API tokens (docs/tokens.md), so that checking
+a token on a request costs no round trip, and the protocol that makes a change reach them all.
+
+Each process polls the tokens' version (one ``HGET`` every ``poll_s``), reloads the records when
+it moved, and reports the version it applied, with a heartbeat, in the workers hash. A change
+(create, rotate, revoke) answers only once every live process has reported its version
+(:meth:`TokenCache.applied`), so a revoked token is refused by every worker from the moment the
+revoke is answered. A process that stopped reporting is not waited for (and is forgotten after
+a while). What a token was last used for is kept in memory and written now and then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+
+from sidecar.errors import StoreUnavailable
+from sidecar.ledger.tokens import Caller, TokenRecord, Tokens, token_hash, token_id_of
+from sidecar.persistence.writer import pause
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_MS = 1_000
+LIVE_MS = 3_000  # a process that has not reported for this long is not waited for
+FORGET_MS = 600_000  # nor remembered after this
+USE_FLUSH_MS = 5_000
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class TokenCache:
+    def __init__(
+        self,
+        tokens: Tokens,
+        clock: Callable[[], int],
+        *,
+        worker: str | None = None,
+        poll_s: float = 0.25,
+    ) -> None:
+        self.tokens = tokens
+        self.clock = clock
+        self.worker = worker or worker_name()
+        self.poll_s = poll_s
+        self.version = -1  # nothing loaded yet
+        self.records: dict[str, TokenRecord] = {}
+        self._used: dict[str, int] = {}
+        self._reported = (-1, 0)  # version, when
+        self._flushed = 0
+        self._lock = asyncio.Lock()
+
+    def verify(self, token: bytes) -> Caller | None:
+        """The caller a presented ``cst_`` token stands for, or None (unknown, revoked, a
+        replaced secret past its grace). Compared in constant time against its record."""
+        token_id = token_id_of(token)
+        record = self.records.get(token_id) if token_id is not None else None
+        if record is None or record.revoked_at is not None:
+            return None
+        digest = token_hash(token)
+        now = self.clock()
+        ok = hmac.compare_digest(digest, record.hash)
+        for p in record.previous:
+            ok = (hmac.compare_digest(digest, p.hash) and p.expires > now) or ok
+        if not ok:
+            return None
+        self._used[record.id] = now
+        return Caller(record.id, record.name, record.scopes, record.account_prefix)
+
+    async def refresh(self) -> None:
+        """Loads the records if their version moved, and reports what this process applied."""
+        async with self._lock:
+            version = await self.tokens.version()
+            if version != self.version:
+                self.version, self.records = await self.tokens.all()
+            now = self.clock()
+            if self._reported[0] != self.version or now - self._reported[1] >= HEARTBEAT_MS:
+                await self.tokens.report_applied(self.worker, self.version, now)
+                self._reported = (self.version, now)
+            if self._used and now - self._flushed >= USE_FLUSH_MS:
+                used, self._used = self._used, {}
+                await self.tokens.record_use(used)
+                self._flushed = now
+
+    async def applied(self, version: int, timeout_s: float = 5.0) -> bool:
+        """Waits until every live process serves with ``version`` or later (this one first);
+        False if some did not within ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout_s
+        while True:
+            await self.refresh()
+            now = self.clock()
+            workers = await self.tokens.workers()
+            behind = [w for w, (v, at) in workers.items() if v < version and now - at < LIVE_MS]
+            if not behind:
+                await self.tokens.forget_workers(
+                    [w for w, (_, at) in workers.items() if now - at > FORGET_MS]
+                )
+                return True
+            if loop.time() >= until:
+                log.warning("tokens version %d not applied in time by %s", version, behind)
+                return False
+            await asyncio.sleep(min(self.poll_s, 0.05))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follows the tokens until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except StoreUnavailable:
+                pass  # Redis is away: the records held stay in force, the next poll retries
+            except Exception:
+                log.exception("tokens refresh failed")
+            await pause(stop, self.poll_s)
