@@ -31,6 +31,7 @@ COMMANDS = {
     "reconcile": "sidecar.cli.sql:reconcile_cmd",
     "refunds": "sidecar.cli.activity:refunds",
     "serve": "sidecar.cli.serve:serve",
+    "tokens": "sidecar.cli.tokens:tokens",
     "transactions": "sidecar.cli.activity:transactions",
     "worker": "sidecar.cli.billing:worker",
     "writer": "sidecar.cli.sql:writer",

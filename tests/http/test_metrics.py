@@ -6,14 +6,7 @@ of `serve --workers 2`."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,11 +24,11 @@ from sidecar.ledger.arguments import (
 )
 from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
+from tests import workers
 from tests.billing.conftest import Rig, fake, make_rig, rig  # noqa: F401  (fixtures)
 from tests.billing.fakestripe import event, sign_webhook
 from tests.billing.test_topup import arm, grant, spend, wait_for
 from tests.conftest import FakeClock, admin, service
-from tests.ports import free_port
 
 Client = TestClient[web.Request, web.Application]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -276,63 +269,25 @@ async def test_auto_topups_are_counted(rig: Rig) -> None:  # noqa: F811
 
 
 def _get(listen: str, path: str, token: str = "") -> tuple[int, bytes, str]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    req = urllib.request.Request(f"http://{listen}{path}", headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310
-            return int(r.status), r.read(), r.headers.get("X-Request-Id", "")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), ""
+    return workers.get(listen, path, token)
 
 
 def _post(listen: str, path: str, body: object, token: str) -> int:
-    req = urllib.request.Request(
-        f"http://{listen}{path}",
-        data=json.dumps(body).encode(),
-        method="POST" if path != "/v1/accounts/acme" else "PUT",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return e.code
+    method = "POST" if path != "/v1/accounts/acme" else "PUT"
+    return workers.send(listen, method, path, body, token)[0]
 
 
 @pytest.fixture
 def two_workers(tmp_path: Path) -> Iterator[str]:
-    listen = f"127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env |= {
-        "SIDECAR_DATA_DIR": str(tmp_path),
-        "SIDECAR_LISTEN": listen,
-        "SIDECAR_WRITER": "off",
-        "SIDECAR_ADMIN_TOKEN": "admin-token-workers-0123",
-        "SIDECAR_SERVICE_TOKEN": "service-token-workers-0123",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve", "--workers", "2"], env=env)
-    try:
-        pids: set[bytes] = set()
-        deadline = time.monotonic() + 30
-        while len(pids) < 2 and time.monotonic() < deadline:
-            try:
-                _, body, _ = _get(listen, "/healthz")
-                pids.add(body)
-            except OSError:
-                time.sleep(0.05)
-        assert len(pids) == 2, "both workers should answer"
+    with workers.two_workers(tmp_path) as listen:
         yield listen
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
 
 
 async def test_metrics_of_two_workers_are_one_sum(two_workers: str) -> None:
     listen, admin_token, service_token = (
         two_workers,
-        "admin-token-workers-0123",
-        "service-token-workers-0123",
+        workers.ADMIN_TOKEN,
+        workers.SERVICE_TOKEN,
     )
 
     def run() -> tuple[int, list[float]]:
