@@ -1,6 +1,7 @@
 """Schemathesis fuzzes the real app, served on a local port, from its own OpenAPI document
 (generated from the route declarations, sidecar/http/api.py): valid and invalid requests for
-every operation, with the admin token (the proxies' auth endpoints get real API keys). Checked
+every operation, with the admin token or, for half the cases, a named token holding only the
+operation's scope (the proxies' auth endpoints get real API keys). Checked
 on every answer: never a server error, the status and content type are documented, the body
 matches the generated response schema (response_schema_conformance); and an answer of 4xx
 changed nothing in Redis (equal snapshots before and after).
@@ -36,12 +37,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from sidecar.http.api import build_spec
+from sidecar.http.api import API, build_spec
 from sidecar.http.app import create_app
 from sidecar.http.schemas import (
     ID_PATTERN,
 )
 from sidecar.http.state import BILLING, LEDGER
+from sidecar.ledger.tokens import SCOPES
 from sidecar.persistence.writer import OutboxWriter
 from sidecar.redis.client import RedisClient, connect
 from sidecar.redis.embedded import RedisServer
@@ -65,6 +67,8 @@ CHECKS = [
 VALID_ID = re.compile(ID_PATTERN)
 PRICE = "price_starter"
 
+# Each scoped operation's scopes, by (method, path as the spec writes it).
+SCOPED = {(op.method, op.spec_path): op.auth.scopes for op in API.operations if op.auth.scopes}
 # The proxies' auth endpoints answer any method with one handler: GET and POST are enough.
 schema = schemathesis.openapi.from_dict(build_spec()).exclude(
     operation_id_regex=r"^auth_.*_(put|patch|delete)$"
@@ -84,6 +88,7 @@ class Served:
     # What seed() made: ids by the names fields and parameters give them; API keys.
     ids: dict[str, str] = field(default_factory=dict)
     api_keys: tuple[str, str] = ("", "")  # the rich account's, the broke one's
+    tokens: dict[str, str] = field(default_factory=dict)  # a named token of each scope
     in_sql: bool = False  # the first seed was written to the SQL ledger
     # The last snapshot taken, and Redis' write counter when it was taken.
     known: tuple[int, dict[bytes, object]] | None = field(default=None, repr=False)
@@ -134,6 +139,8 @@ def seed(s: Served) -> None:
     call("PUT", "/v1/admin/packages/starter", package)
     plan = {"name": "Pro", "allowance": {"credits": 100, "interval": "month"}}
     call("PUT", "/v1/plans/pro", plan)
+    for scope in SCOPES:  # a named token of each scope, for half the cases (SCOPED below)
+        s.tokens[scope] = call("POST", "/v1/tokens", {"name": scope, "scopes": [scope]})["token"]
     rich = call("POST", "/v1/accounts/acme/keys", {"name": "fuzz"})
     broke = call("POST", "/v1/accounts/broke/keys", {"name": "fuzz"})
     s.api_keys = (rich["key"], broke["key"])
@@ -245,6 +252,9 @@ def test_api_answers_as_documented_and_rejected_requests_change_nothing(
     served.start(case.operation.label)
     aim(case, served)
     token = ADMIN
+    scopes = SCOPED.get((case.method.upper(), case.path))
+    if scopes and zlib.crc32(repr((case.body, case.query)).encode()) % 2:
+        token = served.tokens[scopes[0]]  # a named token with just the route's scope
     if case.path.startswith("/auth/"):  # a client's API key: one with credits, or broke
         token = served.api_keys[zlib.crc32(repr(case.headers).encode()) % 2]
     before = served.state()
