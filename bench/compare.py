@@ -72,6 +72,8 @@ class Config:
     head_account: dict[str, Any] = field(default_factory=dict)
     # plans PUT on head before its accounts are seeded ({plan id: PUT /v1/plans body})
     head_plans: dict[str, Any] = field(default_factory=dict)
+    # head's checks carry a named token with these scopes (POST /v1/tokens), not the bootstrap one
+    head_token: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -111,6 +113,7 @@ class Side:
     slack: int = 0  # requests possibly served after wrk stopped counting
     rounds: list[Round] = field(default_factory=list)
     verified: str = ""
+    token: str = SERVICE_TOKEN  # what its checks carry
 
 
 def git(*args: str, cwd: Path = ROOT) -> str:
@@ -218,6 +221,18 @@ async def seed(
         await asyncio.gather(*(one(a) for a in accounts))
 
 
+async def named_token(side: Side, scopes: list[str]) -> str:
+    """A named sidecar API token with ``scopes``, made through the side's admin API."""
+    assert side.server is not None
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession(side.server.url, headers=headers) as s:
+        body = {"name": "bench", "scopes": scopes}
+        async with s.post("/v1/tokens", json=body) as r:
+            if r.status != 201:
+                raise BenchFailure(f"{side.name}: POST /v1/tokens {r.status} {await r.text()}")
+            return str((await r.json())["token"])
+
+
 async def spent(side: Side, accounts: list[str]) -> tuple[int, int]:
     """Credits spent and the lowest balance, read through the side's own API."""
     assert side.server is not None
@@ -258,7 +273,7 @@ async def redis_counters(client: aioredis.Redis) -> tuple[float, int, int, int]:
 
 async def load(cfg: Config, side: Side, seconds: float) -> dict[str, Any]:
     assert side.server is not None
-    args = [str(cfg.accounts), SERVICE_TOKEN]
+    args = [str(cfg.accounts), side.token]
     res = await asyncio.to_thread(wrk, side.server.url, "check.lua", args, cfg.connections, seconds)
     side.ok += res["requests"] - res["non2xx"]
     side.slack += cfg.connections
@@ -407,6 +422,8 @@ async def run(cfg: Config) -> dict[str, Any]:
                 for s in sides:
                     if s is head:
                         await seed(s, accounts, cfg.head_account, cfg.head_plans)
+                        if cfg.head_token:
+                            s.token = await named_token(s, cfg.head_token)
                     else:
                         await seed(s, accounts, {}, {})
                 log(f"seeded {cfg.accounts} accounts on each side; warm-up {cfg.warmup:g} s each")
@@ -495,6 +512,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
         default={},
         help='JSON {plan id: PUT /v1/plans body} defined on head first, e.g. for "plan" above',
     )
+    p.add_argument(
+        "--head-token",
+        nargs="+",
+        default=[],
+        metavar="SCOPE",
+        help="head's checks carry a named token with these scopes (e.g. service)",
+    )
     a = p.parse_args(argv)
     return Config(
         a.base,
@@ -507,6 +531,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         a.out,
         a.head_account,
         a.head_plans,
+        a.head_token,
     )
 
 

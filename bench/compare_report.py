@@ -76,7 +76,12 @@ def render(r: dict[str, Any]) -> str:
                 if c.get("head_account")
                 else ""
             )
-            + (f" Head's plans: `{json.dumps(c['head_plans'])}`." if c.get("head_plans") else ""),
+            + (f" Head's plans: `{json.dumps(c['head_plans'])}`." if c.get("head_plans") else "")
+            + (
+                f" Head's checks carry a named token with scopes `{c['head_token']}`."
+                if c.get("head_token")
+                else ""
+            ),
             "",
             md_table(summary_rows, ["", f"base `{b['commit']}`", f"head {head_name}", "head/base"]),
             "",
