@@ -3,8 +3,10 @@ credits, read the balance. All need the admin token."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sidecar.http.auth import ADMIN, READ
-from sidecar.http.contract import Call, Out, Reply, Routes
+from sidecar.http.contract import Audited, Call, Out, Reply, Routes, via_get
 from sidecar.http.responses import AccountSettings, Balance, BucketView, Granted, PlanState
 from sidecar.http.schemas import (
     AccountPatch,
@@ -19,6 +21,13 @@ from sidecar.ledger.results import AccountConfig
 from sidecar.ledger.units import MAX_TIMESTAMP_MS, iso
 
 routes = Routes()
+
+
+async def now_balance(call: Call[Any, Any, Any]) -> Any:
+    """What ``balance`` answers before a change (its audit entry's ``before``)."""
+    return await via_get(balance, call)
+
+
 ACCOUNT_404 = "`unknown_account`"
 
 
@@ -28,6 +37,7 @@ ACCOUNT_404 = "`unknown_account`"
     "Create an account or replace all its settings (those not sent are removed)",
     tag="accounts",
     auth=ADMIN,
+    audit=Audited("account.put", before=now_balance),
     params=AccountPath,
     body=AccountRequest,
     responses={
@@ -69,6 +79,7 @@ def settings_view(account: str, c: AccountConfig) -> AccountSettings:
     "Change some of an account's settings (only those sent; null removes one)",
     tag="accounts",
     auth=ADMIN,
+    audit=Audited("account.patch", before=now_balance),
     params=AccountPath,
     body=AccountPatch,
     responses={200: Out(AccountSettings, "updated: every setting after the change")},
@@ -98,6 +109,7 @@ async def patch_account(call: Call[AccountPath, None, AccountPatch]) -> AccountS
     "Grant credits (a bucket; once per grant_id)",
     tag="accounts",
     auth=ADMIN,
+    audit=Audited("grant.create", target="grant_id"),
     params=AccountPath,
     body=GrantRequest,
     responses={

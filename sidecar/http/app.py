@@ -25,6 +25,7 @@ from sidecar.http.health import drain_outbox, metrics_ctx, outbox_alert_ctx
 from sidecar.http.server import body_first
 from sidecar.http.state import (
     API_KEYS,
+    AUDIT,
     BILLING,
     BILLING_WORKER,
     EMBEDDED_REDIS,
@@ -42,6 +43,7 @@ from sidecar.ledger.apikeys import ApiKeys
 from sidecar.ledger.arguments import (
     wall_clock_ms,
 )
+from sidecar.ledger.audit import AuditLog
 from sidecar.ledger.calls import (
     Clock,
     ledger_for,
@@ -102,6 +104,7 @@ def create_app(
         app[API_KEYS] = api_keys = ApiKeys(ledger)
         app[PLANS] = Plans(ledger)
         app[TOKENS] = tokens = Tokens(ledger)
+        app[AUDIT] = AuditLog(client, ledger.keys, ledger.deadline_s)
         app[TOKEN_CACHE] = token_cache = TokenCache(tokens, ledger.clock)
         stop_tokens = asyncio.Event()
         with contextlib.suppress(SidecarError):

@@ -24,7 +24,7 @@ from sidecar.http.billing_responses import (
     PaymentMethod,
     PaymentMethods,
 )
-from sidecar.http.contract import Call, Out, Reply, Routes
+from sidecar.http.contract import Audited, Call, Out, Reply, Routes, via_get
 from sidecar.http.queries import (
     PackagesQuery,
 )
@@ -41,6 +41,21 @@ from sidecar.http.schemas import (
 from sidecar.http.state import BILLING, SETTINGS
 
 billing_routes = Routes()
+
+
+async def now_get_package(call: Call[Any, Any, Any]) -> Any:
+    """What ``get_package`` answers before a change (its audit entry's ``before``)."""
+    return await via_get(get_package, call)
+
+
+async def now_get_notifications(call: Call[Any, Any, Any]) -> Any:
+    """What ``get_notifications`` answers before a change (its audit entry's ``before``)."""
+    return await via_get(get_notifications, call)
+
+
+async def now_get_auto_topup(call: Call[Any, Any, Any]) -> Any:
+    """What ``get_auto_topup`` answers before a change (its audit entry's ``before``)."""
+    return await via_get(get_auto_topup, call)
 
 
 SQL_503 = "`ledger_unavailable`: the SQL store could not be reached"
@@ -70,6 +85,7 @@ def package_view(p: Package) -> PackageView:
     "Create or replace a credit package (`active: false` retires it)",
     tag="billing",
     auth=ADMIN,
+    audit=Audited("package.put", before=now_get_package),
     params=PackagePath,
     body=PackageRequest,
     responses={200: Out(PackageView, "replaced"), 201: Out(PackageView, "created")},
@@ -277,6 +293,7 @@ async def payment_methods(call: Call[AccountPath, None, None]) -> PaymentMethods
     "Set an account's billing email (on its Stripe customer: receipts go there)",
     tag="billing",
     auth=ADMIN,
+    audit=Audited("billing_profile.put"),
     params=AccountPath,
     body=BillingProfileRequest,
     responses={200: Out(BillingProfile, "the billing profile")},
@@ -305,6 +322,7 @@ async def put_billing_profile(
     "Set an account's auto top-up",
     tag="billing",
     auth=ADMIN,
+    audit=Audited("auto_topup.put", before=now_get_auto_topup),
     params=AccountPath,
     body=AutoTopUpRequest,
     responses={200: Out(AutoTopUp, "the auto top-up")},
@@ -358,6 +376,7 @@ async def get_auto_topup(call: Call[AccountPath, None, None]) -> AutoTopUp:
     "Remove an account's auto top-up",
     tag="billing",
     auth=ADMIN,
+    audit=Audited("auto_topup.delete", before=now_get_auto_topup),
     params=AccountPath,
     responses={200: Out(Deleted, "whether there was one")},
     errors={503: SQL_503},
@@ -397,6 +416,7 @@ def _topup_view(cfg: dict[str, Any] | None) -> AutoTopUp:
     "Where low-balance webhooks go; returns the signing secret (only here)",
     tag="billing",
     auth=ADMIN,
+    audit=Audited("notifications.put", before=now_get_notifications),
     params=AccountPath,
     body=NotificationRequest,
     responses={200: Out(NotificationEndpoint, "the endpoint and its secret")},
@@ -462,6 +482,7 @@ async def get_notifications(call: Call[AccountPath, None, None]) -> Notification
     "Remove an account's webhook endpoint",
     tag="billing",
     auth=ADMIN,
+    audit=Audited("notifications.delete", before=now_get_notifications),
     params=AccountPath,
     responses={200: Out(Deleted, "whether there was one")},
     errors={503: SQL_503},

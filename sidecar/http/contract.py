@@ -35,7 +35,10 @@ from pydantic import BaseModel, ValidationError
 from sidecar import errors
 from sidecar.http.auth import CALLER, Auth, Check
 from sidecar.http.errors import ENCODER, validation_error
+from sidecar.http.state import AUDIT, LEDGER
+from sidecar.ledger.audit import AuditEntry
 from sidecar.ledger.tokens import Caller
+from sidecar.runtime.logs import REQUEST_ID
 
 P = TypeVar("P")
 Q = TypeVar("Q")
@@ -84,6 +87,18 @@ class Out:
     content: Mapping[str, Schema] | None = None
 
 
+@dataclass(frozen=True)
+class Audited:
+    """A change the audit trail records (docs/audit.md): its ``action``, and how to read the
+    resource before it (``before``: e.g. the route's GET handler through :func:`via_get`). What the
+    call answered is the ``after``; the account and the target (the last path parameter, else
+    ``target`` of the body) are found from the request."""
+
+    action: str
+    before: Callable[[Call[Any, Any, Any]], Awaitable[Any]] | None = None
+    target: str | None = None  # a body field naming the thing changed (grant_id, refund_id)
+
+
 Handler = Callable[[Call[Any, Any, Any]], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
 Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -115,6 +130,7 @@ class Operation:
     # Around the whole endpoint (auth, validation, handler): what must see every request of
     # the route, refusals included (the check's metrics).
     wrap: Callable[[Endpoint], Endpoint] | None = None
+    audit: Audited | None = None
 
     @property
     def spec_path(self) -> str:
@@ -152,6 +168,7 @@ class Routes:
         body_limit: Callable[[web.Application], int] | None = None,
         documented: bool = True,
         wrap: Callable[[Endpoint], Endpoint] | None = None,
+        audit: Audited | None = None,
     ) -> Callable[[H], H]:
         errs = dict(errors) if isinstance(errors, Mapping) else dict.fromkeys(errors)
 
@@ -177,6 +194,7 @@ class Routes:
                     body_limit,
                     documented,
                     wrap,
+                    audit,
                 )
             )
             return handler
@@ -289,6 +307,69 @@ def confine(caller: Caller, account: str | None, op: Operation) -> None:
         )
 
 
+REASON_HEADER = "X-Audit-Reason"
+MAX_REASON = 500
+
+
+def reason_of(call: Call[Any, Any, Any]) -> str | None:
+    """Why the change is made: the body's ``reason`` where the body has one (grants, refunds:
+    their models require it where docs/audit.md says so), else the X-Audit-Reason header."""
+    if call.body is not None and hasattr(call.body, "reason"):
+        return cast(str | None, call.body.reason)
+    given = call.request.headers.get(REASON_HEADER)
+    if given is None:
+        return None
+    if not 0 < len(given) <= MAX_REASON or not given.isprintable():
+        raise errors.InvalidInput(
+            f"{REASON_HEADER} must be 1-{MAX_REASON} printable characters", field=REASON_HEADER
+        )
+    return given
+
+
+async def via_get(handler: Handler, call: Call[Any, Any, Any]) -> Any:
+    """What ``handler`` (a GET of the same path) answers now, as plain data; None if the thing
+    does not exist (yet)."""
+    try:
+        found = await handler(Call(call.request, call.path, None, None))
+    except errors.SidecarError:
+        return None
+    return msgspec.to_builtins(found)
+
+
+async def record(
+    call: Call[Any, Any, Any],
+    audited: Audited,
+    account: str | None,
+    reason: str | None,
+    before: Any,
+    result: Any,
+) -> None:
+    """Appends the audit entry of a change just answered (docs/audit.md)."""
+    app, request = call.app, call.request
+    caller = request.get(CALLER)
+    after = msgspec.to_builtins(result) if result is not None else None
+    target: str | None = None
+    if audited.target is not None and call.body is not None:
+        target = getattr(call.body, audited.target, None)
+    elif call.path is not None:
+        values = [v for k, v in call.path.model_dump().items() if k != "account"]
+        target = str(values[-1]) if values else None
+    entry = AuditEntry(
+        at=app[LEDGER].clock(),
+        token_id=caller.token_id if caller is not None else "",
+        token_name=caller.name if caller is not None else "",
+        request_id=REQUEST_ID.get() or "",
+        action=audited.action,
+        account=account,
+        target=target,
+        reason=reason,
+        before=before,
+        after=after,
+        replayed=bool(isinstance(after, dict) and after.get("replayed")),
+    )
+    await app[AUDIT].append(entry)
+
+
 def endpoint(op: Operation, app: web.Application) -> Endpoint:
     """The aiohttp handler of ``op`` in ``app``: everything the declaration decides is
     resolved here, once."""
@@ -303,6 +384,7 @@ def endpoint(op: Operation, app: web.Application) -> Endpoint:
 
     account_of = account_reader(op)
     optional = not op.body_required
+    audited = op.audit
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if check is not None:
@@ -316,13 +398,20 @@ def endpoint(op: Operation, app: web.Application) -> Endpoint:
         caller = request.get(CALLER)
         if caller is not None and caller.account_prefix is not None:
             confine(caller, account_of(call), op)
+        if audited is not None:
+            reason = reason_of(call)
+            before = await audited.before(call) if audited.before is not None else None
         result = await fn(call)
         if isinstance(result, web.StreamResponse):
+            if audited is not None and result.status < 300:
+                await record(call, audited, account_of(call), reason, before, None)
             return result
         status, headers = default, None
         if type(result) is Reply:
             reply: Reply = result
             result, status, headers = reply.body, reply.status, reply.headers
+        if audited is not None and status < 300:
+            await record(call, audited, account_of(call), reason, before, result)
         if not isinstance(result, declared.get(status, ())):
             raise TypeError(
                 f"{op.operation_id}: {type(result).__name__} is not declared for {status}"

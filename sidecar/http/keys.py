@@ -6,7 +6,7 @@ from __future__ import annotations
 from msgspec import structs
 
 from sidecar.http.auth import ADMIN, READ
-from sidecar.http.contract import Call, Out, Routes
+from sidecar.http.contract import Audited, Call, Out, Routes
 from sidecar.http.responses import Key, KeyCreated, KeyList
 from sidecar.http.schemas import (
     AccountPath,
@@ -42,6 +42,7 @@ def key_view(k: KeyInfo) -> Key:
     "Issue an API key (shown once)",
     tag="keys",
     auth=ADMIN,
+    audit=Audited("key.create"),
     params=AccountPath,
     body=KeyRequest,
     responses={201: Out(KeyCreated, "the key, with its secret")},
@@ -80,6 +81,7 @@ async def list_keys(call: Call[AccountPath, None, None]) -> KeyList:
     "Set or remove an API key's spending limit (the same window keeps what was spent)",
     tag="keys",
     auth=ADMIN,
+    audit=Audited("key.patch"),
     params=KeyPath,
     body=KeyPatch,
     responses={200: Out(Key, "the key's record after the change")},
@@ -99,6 +101,7 @@ async def patch_key(call: Call[KeyPath, None, KeyPatch]) -> Key:
     "Revoke an API key (takes effect on the next request)",
     tag="keys",
     auth=ADMIN,
+    audit=Audited("key.revoke"),
     params=KeyPath,
     responses={200: Out(Key, "the key's record, with revoked_at")},
     errors={404: "`unknown_key`", 503: None},

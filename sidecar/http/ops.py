@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sidecar import errors
 from sidecar.http.auth import ADMIN, READ
-from sidecar.http.contract import Call, Out, Routes
+from sidecar.http.contract import Audited, Call, Out, Routes
 from sidecar.http.queries import (
     DeadLettersQuery,
 )
@@ -118,6 +118,7 @@ class DeadLetterRetryRequest(BaseModel):
     "Move dead letters back into the outbox (unknown ids: 422, nothing moved)",
     tag="operations",
     auth=ADMIN,
+    audit=Audited("dead_letters.retry"),
     # Read by the handler: no body is the default, and a body that is not an object is a 422.
     body_schema=DeadLetterRetryRequest.model_json_schema(),
     body_required=False,

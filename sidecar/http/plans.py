@@ -3,10 +3,12 @@ while accounts are on it). Admin token."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from sidecar.http.auth import ADMIN, READ
-from sidecar.http.contract import Call, Out, Reply, Routes
+from sidecar.http.contract import Audited, Call, Out, Reply, Routes, via_get
 from sidecar.http.responses import AllowanceView, PlanList, PlanView
 from sidecar.http.schemas import PlanPath, PlanRequest
 from sidecar.http.state import PLANS
@@ -14,6 +16,13 @@ from sidecar.http.views import rate_limit_view, spend_limit_view
 from sidecar.ledger.results import Plan
 
 routes = Routes()
+
+
+async def now_get_plan(call: Call[Any, Any, Any]) -> Any:
+    """What ``get_plan`` answers before a change (its audit entry's ``before``)."""
+    return await via_get(get_plan, call)
+
+
 PLAN_404 = "`unknown_plan`"
 
 
@@ -45,6 +54,7 @@ def plan_view(plan_id: str, p: Plan, accounts: int) -> PlanView:
     "each account's next period)",
     tag="plans",
     auth=ADMIN,
+    audit=Audited("plan.put", before=now_get_plan),
     params=PlanPath,
     body=PlanRequest,
     responses={
@@ -101,6 +111,7 @@ async def get_plan(call: Call[PlanPath, None, None]) -> PlanView:
     "Delete a plan (refused while any account is on it)",
     tag="plans",
     auth=ADMIN,
+    audit=Audited("plan.delete", before=now_get_plan),
     params=PlanPath,
     responses={204: Out(None, "deleted")},
     errors={

@@ -14,7 +14,7 @@ from msgspec import UNSET
 
 from sidecar import errors
 from sidecar.http.auth import ADMIN, SERVICE
-from sidecar.http.contract import Call, Endpoint, Header, Out, Reply, Routes
+from sidecar.http.contract import Audited, Call, Endpoint, Header, Out, Reply, Routes
 from sidecar.http.responses import (
     CheckAllowed,
     CheckShadowed,
@@ -331,6 +331,7 @@ async def release(call: Call[HoldPath, None, ReleaseRequest]) -> HoldClosed:
     "Refund a transaction (all of it, or an amount; once per refund_id)",
     tag="accounts",
     auth=ADMIN,
+    audit=Audited("refund.create", target="refund_id"),
     body=RefundRequest,
     responses={
         200: Out(Refunded, "a replay of the same refund"),

@@ -122,6 +122,12 @@ class UsageRequest(Body):
     metadata: Metadata = None
 
 
+# Why a change is made, for the audit trail (docs/audit.md).
+Reason = Annotated[
+    str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")
+]
+
+
 class GrantRequest(Body):
     grant_id: Id
     credits: Credits
@@ -130,6 +136,18 @@ class GrantRequest(Body):
     source: Source = "manual"
     description: Description = ""
     metadata: Metadata = None
+    reason: Reason | None = Field(
+        None,
+        validate_default=True,
+        description="why (the audit trail, docs/audit.md): required for a manual grant",
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_for_manual_grants(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("source") == "manual":
+            raise ValueError("a manual grant needs a reason (the audit trail)")
+        return v
 
 
 class RateLimitBody(Body):
@@ -323,6 +341,7 @@ class RefundRequest(Body):
     amount: Credits | None = None
     description: Description = ""
     metadata: Metadata = None
+    reason: Reason = Field(description="why (the audit trail, docs/audit.md)")
 
 
 def _http_url(v: str) -> str:

@@ -8,6 +8,7 @@ from sidecar.billing.context import Billing
 from sidecar.billing.worker import BillingWorker
 from sidecar.gate.decision import Gate
 from sidecar.ledger.apikeys import ApiKeys
+from sidecar.ledger.audit import AuditLog
 from sidecar.ledger.calls import (
     Ledger,
 )
@@ -26,6 +27,7 @@ PLANS = web.AppKey("plans", Plans)
 GATE = web.AppKey("gate", Gate)
 TOKENS = web.AppKey("tokens", Tokens)
 TOKEN_CACHE = web.AppKey("token_cache", TokenCache)
+AUDIT = web.AppKey("audit", AuditLog)
 WRITER = web.AppKey("writer", OutboxWriter)
 REDIS_URL = web.AppKey("redis_url", str)
 # When the Redis is this `serve`'s embedded one (its process, or its supervisor's): a client

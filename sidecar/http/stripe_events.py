@@ -17,7 +17,7 @@ from sidecar.http.billing_responses import (
     WebhookEndpoint,
     WebhookReceived,
 )
-from sidecar.http.contract import Call, Out, Routes
+from sidecar.http.contract import Audited, Call, Out, Routes
 from sidecar.http.queries import (
     EventsQuery,
 )
@@ -143,6 +143,7 @@ async def billing_status(call: Call[None, None, None]) -> BillingStatus:
     operation_id="retry_billing_event",
     tag="billing",
     auth=ADMIN,
+    audit=Audited("billing_event.retry"),
     params=EventPath,
     responses={200: Out(EventRetried, "queued again")},
     errors={422: "`invalid_request`: no dead or retrying event with that id", 503: SQL_503},

@@ -7,11 +7,13 @@ then on a revoked token is refused by all of them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from msgspec import structs
 
 from sidecar.http.auth import ADMIN
-from sidecar.http.contract import Call, Out, Reply, Routes
+from sidecar.http.contract import Audited, Call, Out, Reply, Routes, via_get
 from sidecar.http.responses import TokenCreated, TokenList, TokenView
 from sidecar.http.schemas import TokenPath, TokenRequest, TokenRotateRequest
 from sidecar.http.state import TOKEN_CACHE, TOKENS
@@ -48,6 +50,7 @@ async def applied(app: web.Application) -> None:
     "Create a sidecar API token (shown once)",
     tag="tokens",
     auth=ADMIN,
+    audit=Audited("token.create"),
     body=TokenRequest,
     responses={201: Out(TokenCreated, "the token, with its secret")},
     errors={503: None},
@@ -93,12 +96,18 @@ async def get_token(call: Call[TokenPath, None, None]) -> TokenView:
     return token_view(record, (await tokens.last_used()).get(record.id))
 
 
+async def now_get_token(call: Call[Any, Any, Any]) -> Any:
+    """What ``get_token`` answers before a change (its audit entry's ``before``)."""
+    return await via_get(get_token, call)
+
+
 @routes.route(
     "POST",
     "/v1/tokens/{token_id}/rotate",
     "Give a token a new secret (shown once); the one it replaces stays valid for the grace",
     tag="tokens",
     auth=ADMIN,
+    audit=Audited("token.rotate", before=now_get_token),
     params=TokenPath,
     body=TokenRotateRequest,
     body_required=False,
@@ -120,6 +129,7 @@ async def rotate_token(call: Call[TokenPath, None, TokenRotateRequest]) -> Token
     "Revoke a token: refused by every serving process once this answers",
     tag="tokens",
     auth=ADMIN,
+    audit=Audited("token.revoke", before=now_get_token),
     params=TokenPath,
     responses={200: Out(TokenView, "the token, with revoked_at")},
     errors={404: NOT_FOUND, 503: None},
