@@ -125,6 +125,8 @@ def create_app(
             yield
         finally:
             await stop_task(follow_tokens, stop_tokens)
+            with contextlib.suppress(SidecarError):
+                await token_cache.leave()
             await ledger.voids.drain(2.0)  # pending voids: sent if Redis answers by then
             ledger.close()
             await client.aclose()

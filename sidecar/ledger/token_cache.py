@@ -107,6 +107,10 @@ class TokenCache:
                 return False
             await asyncio.sleep(min(self.poll_s, 0.05))
 
+    async def leave(self) -> None:
+        """This process stops serving: no change waits for it any more."""
+        await self.tokens.forget_workers([self.worker])
+
     async def run(self, stop: asyncio.Event) -> None:
         """Follows the tokens until ``stop`` is set."""
         while not stop.is_set():
