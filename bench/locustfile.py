@@ -157,7 +157,7 @@ def seed(host: str) -> None:
     def one(account: str) -> None:
         if call("GET", f"/v1/accounts/{account}/balance") == 404:  # settings of others kept
             call("PUT", f"/v1/accounts/{account}", {})
-        grant = {"grant_id": "bench-seed", "credits": SEED_CREDITS}
+        grant = {"grant_id": "bench-seed", "credits": SEED_CREDITS, "reason": "test"}
         status = call("POST", f"/v1/accounts/{account}/grants", grant)
         if status not in (200, 201):
             raise RuntimeError(f"seeding {account}: HTTP {status}")

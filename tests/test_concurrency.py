@@ -27,8 +27,8 @@ async def test_1000_concurrent_checks_spend_exactly_the_live_credits(
     100 of 1000 one-credit checks pass, no bucket goes negative, buckets drain in burn order."""
     await client.put("/v1/accounts/acme", json={}, headers=admin())
     grants = [
-        {"grant_id": "expired", "credits": 40, "expires_at": clock.now + 1000},
-        {"grant_id": "paid", "credits": 70},
+        {"grant_id": "expired", "credits": 40, "expires_at": clock.now + 1000, "reason": "test"},
+        {"grant_id": "paid", "credits": 70, "reason": "test"},
         {"grant_id": "promo", "credits": 30, "priority": -1, "source": "promo"},
     ]
     for g in grants:

@@ -115,7 +115,7 @@ def exercise(listen: str) -> dict[str, str]:
     """Requests that carry every kind of secret; returns the secrets to look for."""
     status, _, _ = request(listen, "PUT", "/v1/accounts/acme", {}, bearer(ADMIN))
     assert status == 201
-    grant = {"grant_id": "g", "credits": 100}
+    grant = {"grant_id": "g", "credits": 100, "reason": "test"}
     assert request(listen, "POST", "/v1/accounts/acme/grants", grant, bearer(ADMIN))[0] == 201
     status, created, _ = request(listen, "POST", "/v1/accounts/acme/keys", {}, bearer(ADMIN))
     key = created["key"]

@@ -244,6 +244,7 @@ def _timestamp(value: str | None) -> int | str | None:
 @click.option("--priority", type=AsciiInt(), default=0, show_default=True, help="lower burns first")
 @click.option("--source", default="manual", show_default=True, help="purchase, promo, manual, …")
 @click.option("--description", default="", help="recorded on the transaction")
+@click.option("--reason", help="why, for the audit trail (required for a manual grant)")
 @url_option
 @json_option
 def add(
@@ -254,6 +255,7 @@ def add(
     priority: int,
     source: str,
     description: str,
+    reason: str | None,
     url: str | None,
     as_json: bool,
 ) -> None:
@@ -270,6 +272,8 @@ def add(
     }
     if expires_at is not None:
         body["expires_at"] = _timestamp(expires_at)
+    if reason is not None:
+        body["reason"] = reason
     path = f"/v1/accounts/{seg(account)}/grants"
     result = run_admin(admin_client(url), lambda c: c.request("POST", path, body))
     if as_json:

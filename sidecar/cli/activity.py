@@ -117,6 +117,7 @@ def refunds() -> None:
 @click.option("--id", "refund_id", required=True, help="refund id (reuse it to retry safely)")
 @click.option("--credits", type=AsciiInt(), help="how much to give back (default: all of it)")
 @click.option("--description", default="", help="recorded on the refund transaction")
+@click.option("--reason", required=True, help="why, for the audit trail")
 @url_option
 @json_option
 def create(
@@ -125,6 +126,7 @@ def create(
     refund_id: str,
     credits: int | None,
     description: str,
+    reason: str,
     url: str | None,
     as_json: bool,
 ) -> None:
@@ -134,6 +136,7 @@ def create(
         "refund_id": refund_id,
         "transaction_id": transaction_id,
         "description": description,
+        "reason": reason,
     }
     if credits is not None:
         body["amount"] = credits

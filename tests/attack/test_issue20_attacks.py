@@ -44,7 +44,7 @@ async def make_account(c: Client, credits: int, **settings: Any) -> None:
     r = await c.put("/v1/accounts/acme", json=settings, headers=admin())
     assert r.status == 201, await r.text()
     if credits:
-        grant = {"grant_id": "g", "credits": credits}
+        grant = {"grant_id": "g", "credits": credits, "reason": "test"}
         r = await c.post("/v1/accounts/acme/grants", json=grant, headers=admin())
         assert r.status == 201, await r.text()
 

@@ -30,7 +30,7 @@ async def spend(rig: Rig, account: str, cost: int, key: str) -> None:
 async def grant(rig: Rig, account: str, credits: int, grant_id: str) -> None:
     r = await rig.client.post(
         f"/v1/accounts/{account}/grants",
-        json={"grant_id": grant_id, "credits": credits},
+        json={"grant_id": grant_id, "credits": credits, "reason": "test"},
         headers=admin(),
     )
     assert r.status == 201, await r.text()

@@ -97,7 +97,7 @@ def test_embedded_redis_killed_is_restarted_from_its_aof_and_nothing_acknowledge
     new: int | None = None
     try:
         assert call(listen, "PUT", "/v1/accounts/acme", {}, ADMIN)[0] == 201
-        grant = {"grant_id": "g", "credits": 1000}
+        grant = {"grant_id": "g", "credits": 1000, "reason": "test"}
         assert call(listen, "POST", "/v1/accounts/acme/grants", grant, ADMIN)[0] == 201
         acknowledged: dict[str, str] = {}
         for i in range(20):

@@ -108,7 +108,7 @@ def test_sigterm_answers_in_flight_writes_sql_and_keeps_the_aof(
     proc = start(env, workers)
     started = children(proc.pid)
     assert call(listen, "PUT", "/v1/accounts/acme", {}, ADMIN)[0] == 201
-    grant = {"grant_id": "g", "credits": 1000}
+    grant = {"grant_id": "g", "credits": 1000, "reason": "test"}
     assert call(listen, "POST", "/v1/accounts/acme/grants", grant, ADMIN)[0] == 201
     acknowledged = []
     for i in range(20):

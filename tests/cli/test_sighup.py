@@ -146,7 +146,7 @@ def test_sighup_storm_during_start_up_kills_nothing(tmp_path: Path, workers: int
         assert "exited" not in log.read_text()
         # It serves, and the held reloads were done once each process could.
         assert call(listen, "PUT", "/v1/accounts/acme", {}, ADMIN)[0] == 201
-        grant = {"grant_id": "g", "credits": 10}
+        grant = {"grant_id": "g", "credits": 10, "reason": "test"}
         assert call(listen, "POST", "/v1/accounts/acme/grants", grant, ADMIN)[0] == 201
         check = {"account": "acme", "cost": 1, "idempotency_key": "k"}
         assert call(listen, "POST", "/v1/check", check, SERVICE)[0] == 200

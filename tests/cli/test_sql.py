@@ -78,7 +78,7 @@ def test_flushall_then_rebuild_restores_the_running_sidecar(served: dict[str, st
     """What an operator does after losing Redis: rebuild from SQL, then reconcile is clean
     and the balance, buckets and a replayed request come back as before."""
     assert call(served, "PUT", "/v1/accounts/rb-1", {})[0] == 201
-    grant = {"grant_id": "g", "credits": 20}
+    grant = {"grant_id": "g", "credits": 20, "reason": "test"}
     assert call(served, "POST", "/v1/accounts/rb-1/grants", grant)[0] == 201
     check = {"account": "rb-1", "cost": 3, "idempotency_key": "r1"}
     first = call(served, "POST", "/v1/check", check)[1]

@@ -57,7 +57,7 @@ def test_hung_writer_is_seen_killed_and_replaced_and_nothing_is_lost(
     stopped: list[int] = []
     try:
         assert call(listen, "PUT", "/v1/accounts/acme", {}, ADMIN)[0] == 201
-        grant = {"grant_id": "g", "credits": 1000}
+        grant = {"grant_id": "g", "credits": 1000, "reason": "test"}
         assert call(listen, "POST", "/v1/accounts/acme/grants", grant, ADMIN)[0] == 201
         for i in range(10):
             assert check(listen, f"before-{i}")[0] == 200

@@ -108,7 +108,7 @@ def test_serve_on_a_cluster_url_end_to_end(redis_cluster: LocalCluster, tmp_path
         accounts = [f"acct-{i}" for i in range(20)]
         for a in accounts:
             assert call(env, "PUT", f"/v1/accounts/{a}", {}, ADMIN)[0] == 201
-            grant = {"grant_id": "g", "credits": 5}
+            grant = {"grant_id": "g", "credits": 5, "reason": "test"}
             assert call(env, "POST", f"/v1/accounts/{a}/grants", grant, ADMIN)[0] == 201
         allowed = refused = 0
         for a in accounts:

@@ -95,12 +95,12 @@ async def stack(
     base = f"http://127.0.0.1:{sidecar.port}"
     async with aiohttp.ClientSession() as http:
         await http.put(f"{base}/v1/accounts/acme", json={}, headers=admin())
-        grant = {"grant_id": "g", "credits": 3}
+        grant = {"grant_id": "g", "credits": 3, "reason": "test"}
         await http.post(f"{base}/v1/accounts/acme/grants", json=grant, headers=admin())
         async with http.post(f"{base}/v1/accounts/acme/keys", json={}, headers=admin()) as r:
             key = (await r.json())["key"]
         await http.put(f"{base}/v1/accounts/rich", json={}, headers=admin())
-        grant = {"grant_id": "g", "credits": 1000}
+        grant = {"grant_id": "g", "credits": 1000, "reason": "test"}
         await http.post(f"{base}/v1/accounts/rich/grants", json=grant, headers=admin())
         async with http.post(f"{base}/v1/accounts/rich/keys", json={}, headers=admin()) as r:
             rich_key = (await r.json())["key"]

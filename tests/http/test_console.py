@@ -131,7 +131,7 @@ async def served(settings: Settings, redis: Any) -> AsyncIterator[Served]:
             for g in grants:
                 await call(http, "POST", "/v1/accounts/acme/grants", g, admin())
             await call(
-                http, "POST", "/v1/accounts/ghost/grants", {"grant_id": "g", "credits": 10}, admin()
+                http, "POST", "/v1/accounts/ghost/grants", {"grant_id": "g", "credits": 10, "reason": "test"}, admin()
             )
             for i in range(6):
                 check = {"account": "acme", "cost": 10, "idempotency_key": f"req-{i}"}

@@ -132,7 +132,7 @@ def seed(s: Served) -> None:
 
     call("PUT", "/v1/accounts/acme", {})
     call("PUT", "/v1/accounts/broke", {})
-    call("POST", "/v1/accounts/acme/grants", {"grant_id": "g1", "credits": 1000})
+    call("POST", "/v1/accounts/acme/grants", {"grant_id": "g1", "credits": 1000, "reason": "test"})
     usage = call("POST", "/v1/check", {"account": "acme", "cost": 3, "idempotency_key": "r1"})
     call("POST", "/v1/holds", {"account": "acme", "hold_id": "h1", "amount": 5})
     package = {"name": "Starter", "credits": 1000, "price": 500, "stripe_price_id": PRICE}

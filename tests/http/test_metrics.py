@@ -74,7 +74,7 @@ async def onboard(c: Client, account: str, credits: int, **settings: Any) -> str
     assert r.status == 201, await r.text()
     r = await c.post(
         f"/v1/accounts/{account}/grants",
-        json={"grant_id": "g", "credits": credits},
+        json={"grant_id": "g", "credits": credits, "reason": "test"},
         headers=admin(),
     )
     assert r.status == 201
@@ -292,7 +292,7 @@ async def test_metrics_of_two_workers_are_one_sum(two_workers: str) -> None:
 
     def run() -> tuple[int, list[float]]:
         assert _post(listen, "/v1/accounts/acme", {}, admin_token) == 201
-        grant = {"grant_id": "g", "credits": 1000}
+        grant = {"grant_id": "g", "credits": 1000, "reason": "test"}
         assert _post(listen, "/v1/accounts/acme/grants", grant, admin_token) == 201
         n = 60
         for i in range(n):  # a new connection each: the kernel spreads them over both workers

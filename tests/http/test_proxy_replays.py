@@ -132,7 +132,7 @@ async def test_after_the_replay_window_the_request_id_is_a_new_request_but_stays
         again = await c.get("/auth/nginx", headers=h)
         assert again.status == 200 and again.headers["X-Credits-Transaction"] != tx
         assert await balance(c) == 23
-        refund = {"account": "acme", "refund_id": "rf", "transaction_id": tx}
+        refund = {"account": "acme", "refund_id": "rf", "transaction_id": tx, "reason": "test"}
         r = await c.post("/v1/refunds", json=refund, headers=admin())
         assert r.status == 201 and (await r.json())["refunded"] == 1
 
@@ -142,7 +142,7 @@ async def test_check_api_replays_only_the_same_description_and_metadata(
 ) -> None:
     await client.put("/v1/accounts/acme", json={}, headers=admin())
     await client.post(
-        "/v1/accounts/acme/grants", json={"grant_id": "g", "credits": 10}, headers=admin()
+        "/v1/accounts/acme/grants", json={"grant_id": "g", "credits": 10, "reason": "test"}, headers=admin()
     )
     body = {"account": "acme", "cost": 2, "idempotency_key": "k", "description": "chat"}
     first = await client.post("/v1/check", json=body, headers=admin())

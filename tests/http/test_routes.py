@@ -24,7 +24,7 @@ async def setup_account(client: Client, credits: int = 100, **settings: Any) -> 
     r = await client.put("/v1/accounts/acme", json=settings, headers=admin())
     assert r.status == 201
     r = await client.post(
-        "/v1/accounts/acme/grants", json={"grant_id": "g1", "credits": credits}, headers=admin()
+        "/v1/accounts/acme/grants", json={"grant_id": "g1", "credits": credits, "reason": "test"}, headers=admin()
     )
     assert r.status == 201
 
@@ -134,7 +134,7 @@ async def test_balance_lists_live_buckets_in_burn_order(client: Client, clock: F
 
 async def test_grant_replay_returns_200_and_conflict_409(client: Client) -> None:
     await setup_account(client)
-    grant = {"grant_id": "g1", "credits": 100}
+    grant = {"grant_id": "g1", "credits": 100, "reason": "test"}
     r = await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())
     assert r.status == 200 and (await r.json())["replayed"]
     r = await client.post("/v1/accounts/acme/grants", json={**grant, "credits": 5}, headers=admin())
@@ -161,13 +161,13 @@ async def test_hold_settle_release_and_refund_over_http(client: Client) -> None:
     used = await (await check(client, 8, "r1")).json()
     r = await client.post(
         "/v1/refunds",
-        json={"account": "acme", "refund_id": "rf1", "transaction_id": used["transaction_id"]},
+        json={"account": "acme", "refund_id": "rf1", "transaction_id": used["transaction_id"], "reason": "test"},
         headers=admin(),
     )
     assert r.status == 201 and (await r.json())["refunded"] == 8
     r = await client.post(
         "/v1/refunds",
-        json={"account": "acme", "refund_id": "rf2", "transaction_id": used["transaction_id"]},
+        json={"account": "acme", "refund_id": "rf2", "transaction_id": used["transaction_id"], "reason": "test"},
         headers=admin(),
     )
     assert r.status == 409 and (await r.json())["error"]["code"] == "fully_refunded"
@@ -265,39 +265,39 @@ async def test_bad_check_input_is_a_named_4xx_and_changes_nothing(
 @pytest.mark.parametrize(
     ("path", "body", "field"),
     [
-        ("/v1/accounts/acme/grants", {"grant_id": "g2", "credits": 0}, "credits"),
-        ("/v1/accounts/acme/grants", {"grant_id": "g2", "credits": 2.5}, "credits"),
-        ("/v1/accounts/acme/grants", {"grant_id": "g2"}, "credits"),
-        ("/v1/accounts/acme/grants", {"grant_id": "g/2", "credits": 1}, "grant_id"),
+        ("/v1/accounts/acme/grants", {"grant_id": "g2", "credits": 0, "reason": "test"}, "credits"),
+        ("/v1/accounts/acme/grants", {"grant_id": "g2", "credits": 2.5, "reason": "test"}, "credits"),
+        ("/v1/accounts/acme/grants", {"grant_id": "g2", "reason": "test"}, "credits"),
+        ("/v1/accounts/acme/grants", {"grant_id": "g/2", "credits": 1, "reason": "test"}, "grant_id"),
         (
             "/v1/accounts/acme/grants",
-            {"grant_id": "g2", "credits": 1, "priority": 2**31},
+            {"grant_id": "g2", "credits": 1, "priority": 2**31, "reason": "test"},
             "priority",
         ),
         (
             "/v1/accounts/acme/grants",
-            {"grant_id": "g2", "credits": 1, "expires_at": "tomorrow"},
+            {"grant_id": "g2", "credits": 1, "expires_at": "tomorrow", "reason": "test"},
             "expires_at",
         ),
         (
             "/v1/accounts/acme/grants",
-            {"grant_id": "g2", "credits": 1, "expires_at": "2030-01-01T00:00:00"},
+            {"grant_id": "g2", "credits": 1, "expires_at": "2030-01-01T00:00:00", "reason": "test"},
             "expires_at",
         ),
         (
             "/v1/accounts/acme/grants",
-            {"grant_id": "g2", "credits": 1, "expires_at": "2001-01-01T00:00:00Z"},
+            {"grant_id": "g2", "credits": 1, "expires_at": "2001-01-01T00:00:00Z", "reason": "test"},
             "expires_at",
         ),
-        ("/v1/accounts/acme/grants", {"grant_id": "g2", "credits": MAX_CREDITS}, None),
+        ("/v1/accounts/acme/grants", {"grant_id": "g2", "credits": MAX_CREDITS, "reason": "test"}, None),
         (
             "/v1/accounts/acme/grants",
-            {"grant_id": "g2", "credits": 1, "expires_at": 999_999_999_999_998},
+            {"grant_id": "g2", "credits": 1, "expires_at": 999_999_999_999_998, "reason": "test"},
             "expires_at",
         ),
         (
             "/v1/accounts/acme/grants",
-            {"grant_id": "g2", "credits": 1, "expires_at": "9999-12-31T23:59:59-23:59"},
+            {"grant_id": "g2", "credits": 1, "expires_at": "9999-12-31T23:59:59-23:59", "reason": "test"},
             "expires_at",
         ),
         ("/v1/accounts/acme", {"overdraft_limit": -1}, "overdraft_limit"),
@@ -305,10 +305,10 @@ async def test_bad_check_input_is_a_named_4xx_and_changes_nothing(
         ("/v1/holds", {"account": "acme", "hold_id": "h", "amount": 1, "ttl_ms": 0}, "ttl_ms"),
         ("/v1/holds/h/settle", {"account": "acme", "amount": -1}, "amount"),
         ("/v1/holds/nohold/settle", {"account": "acme", "amount": 1}, None),
-        ("/v1/refunds", {"account": "acme", "refund_id": "r", "transaction_id": "tx_x"}, None),
+        ("/v1/refunds", {"account": "acme", "refund_id": "r", "transaction_id": "tx_x", "reason": "test"}, None),
         (
             "/v1/refunds",
-            {"account": "acme", "refund_id": "r", "transaction_id": "tx_x", "amount": 0},
+            {"account": "acme", "refund_id": "r", "transaction_id": "tx_x", "amount": 0, "reason": "test"},
             "amount",
         ),
     ],
@@ -342,7 +342,7 @@ def test_rfc3339_timestamps_convert_to_exact_milliseconds() -> None:
     from sidecar.http.schemas import GrantRequest
 
     g = GrantRequest.model_validate_json(
-        b'{"grant_id": "g", "credits": 1, "expires_at": "2039-09-04T05:40:49.648Z"}'
+        b'{"grant_id": "g", "credits": 1, "expires_at": "2039-09-04T05:40:49.648Z", "reason": "test"}'
     )
     assert g.expires_at == 2198727649648  # float timestamp() gives ...647
 

@@ -328,7 +328,7 @@ async def test_a_flood_of_slow_connections_does_not_take_serve_away_from_other_c
             admin = {"Authorization": f"Bearer {ADMIN}"}
             async with session.put(f"{base}/v1/accounts/acme", json={}, headers=admin) as r:
                 assert r.status == 201
-            grant = {"grant_id": "g", "credits": 100}
+            grant = {"grant_id": "g", "credits": 100, "reason": "test"}
             async with session.post(
                 f"{base}/v1/accounts/acme/grants", json=grant, headers=admin
             ) as r:

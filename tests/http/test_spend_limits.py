@@ -40,7 +40,7 @@ async def client(
 async def account(c: Client, credits: int = 100, **settings: Any) -> None:
     r = await c.put("/v1/accounts/acme", json=settings, headers=admin())
     assert r.status == 201, await r.text()
-    grant = {"grant_id": "g", "credits": credits}
+    grant = {"grant_id": "g", "credits": credits, "reason": "test"}
     assert (await c.post("/v1/accounts/acme/grants", json=grant, headers=admin())).status == 201
 
 
@@ -93,7 +93,7 @@ async def test_a_hold_counts_until_settled_and_a_refund_gives_room_back(client: 
     assert r.status == 200
     status, body = await check(client, 8, "k2")
     assert status == 200
-    refund = {"account": "acme", "refund_id": "r", "transaction_id": body["transaction_id"]}
+    refund = {"account": "acme", "refund_id": "r", "transaction_id": body["transaction_id"], "reason": "test"}
     assert (await client.post("/v1/refunds", json=refund, headers=admin())).status == 201
     assert (await balance(client))["spend"]["spent"] == 2
     big = {"account": "acme", "hold_id": "h2", "amount": 9}
@@ -304,7 +304,7 @@ async def test_a_dry_run_counts_what_is_due_to_expire_without_expiring_it(
     client: Client, clock: FakeClock, redis: RedisClient, settings: Settings
 ) -> None:
     await account(client, credits=5)
-    grant = {"grant_id": "soon", "credits": 10, "expires_at": clock.now + 1_000}
+    grant = {"grant_id": "soon", "credits": 10, "expires_at": clock.now + 1_000, "reason": "test"}
     assert (await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())).status
     clock.advance(2_000)
     body = {"account": "acme", "cost": 8, "idempotency_key": "k", "dry_run": True}

@@ -102,7 +102,7 @@ async def test_a_read_token_reads_and_cannot_change_anything(client: Client) -> 
     read = bearer((await create(client, ["read"]))["token"])
     assert (await client.put("/v1/accounts/acme", json={}, headers=admin())).status == 201
     assert (await client.get("/v1/accounts/acme/balance", headers=read)).status == 200
-    grant = {"grant_id": "g", "credits": 5}
+    grant = {"grant_id": "g", "credits": 5, "reason": "test"}
     r = await client.post("/v1/accounts/acme/grants", json=grant, headers=read)
     assert r.status == 403 and "`admin`" in (await r.json())["error"]["message"]
     check = {"account": "acme", "cost": 1, "idempotency_key": "k"}
@@ -111,7 +111,7 @@ async def test_a_read_token_reads_and_cannot_change_anything(client: Client) -> 
 
 async def test_bootstrap_tokens_keep_working_as_before(client: Client) -> None:
     assert (await client.put("/v1/accounts/acme", json={}, headers=admin())).status == 201
-    grant = {"grant_id": "g", "credits": 5}
+    grant = {"grant_id": "g", "credits": 5, "reason": "test"}
     assert (
         await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())
     ).status == 201
@@ -247,7 +247,7 @@ async def test_a_prefix_token_reaches_its_accounts_only(client: Client) -> None:
     t = bearer((await create(client, ["read", "service"], prefix="acme_"))["token"])
     for a in ("acme_1", "other"):
         assert (await client.put(f"/v1/accounts/{a}", json={}, headers=admin())).status == 201
-        grant = {"grant_id": "g", "credits": 10}
+        grant = {"grant_id": "g", "credits": 10, "reason": "test"}
         r = await client.post(f"/v1/accounts/{a}/grants", json=grant, headers=admin())
         assert r.status == 201
     assert (await client.get("/v1/accounts/acme_1/balance", headers=t)).status == 200

@@ -31,7 +31,7 @@ async def client(settings: Settings, redis: RedisClient, clock: FakeClock) -> As
 
 async def account(c: Client, credits: int, **settings: Any) -> None:
     assert (await c.put("/v1/accounts/acme", json=settings, headers=admin())).status == 201
-    grant = {"grant_id": "g", "credits": credits}
+    grant = {"grant_id": "g", "credits": credits, "reason": "test"}
     assert (await c.post("/v1/accounts/acme/grants", json=grant, headers=admin())).status == 201
 
 
@@ -63,7 +63,7 @@ async def test_usage_beyond_the_balance_and_overdraft_becomes_debt_and_blocks_ch
     b = await balance(client)
     assert b["balance"] == -14 and b["debt"] == 14
     assert await check(client, 1, "c1") == 402  # past the overdraft: refused until covered
-    grant = {"grant_id": "g2", "credits": 20}
+    grant = {"grant_id": "g2", "credits": 20, "reason": "test"}
     assert (await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())).status
     assert (await balance(client))["balance"] == 6
     assert await check(client, 1, "c2") == 200
@@ -104,7 +104,7 @@ async def test_a_reported_usage_is_refundable(client: Client) -> None:
     await account(client, 10)
     _, body = await report(client, 15, "job-1")
     assert body["debt_added"] == 5
-    refund = {"account": "acme", "refund_id": "r1", "transaction_id": body["transaction_id"]}
+    refund = {"account": "acme", "refund_id": "r1", "transaction_id": body["transaction_id"], "reason": "test"}
     r = await client.post("/v1/refunds", json=refund, headers=admin())
     assert r.status == 201, await r.text()
     b = await balance(client)

@@ -245,7 +245,7 @@ async def test_sql_down_fails_no_request_and_the_lag_drains_when_it_is_back(
     try:
         async with TestClient(TestServer(create_app(settings))) as c:
             await c.put("/v1/accounts/acme", json={}, headers=admin())
-            grant = {"grant_id": "g", "credits": 1000}
+            grant = {"grant_id": "g", "credits": 1000, "reason": "test"}
             await c.post("/v1/accounts/acme/grants", json=grant, headers=admin())
 
             async def status() -> dict[str, Any]:
