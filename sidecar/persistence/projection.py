@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.ledger import outbox
+from sidecar.ledger import outbox, token_entry
 from sidecar.ledger.outbox import TXN_TYPES, PoisonEntry
 from sidecar.ledger.outbox import int_field as _int
 from sidecar.ledger.outbox import opt_int_field as _opt_int
@@ -432,7 +432,7 @@ class Batch:
             self.plans[p.plan] = row
 
     def _token(self, e: Mapping[str, Any], entry_id: str) -> None:
-        t = outbox.token(e)  # every check; raises PoisonEntry
+        t = token_entry.token(e)  # every check; raises PoisonEntry
         r = t.record
         row = (
             t.token_id,

@@ -160,6 +160,8 @@ def _described(fields: dict[str, str]) -> tuple[str, str, str, Any]:
     except ValueError:
         entry = {}
     who, kind, txid = (str(entry.get(k, "?")) for k in ("account", "kind", "id"))
+    if kind == "token" and isinstance(entry.get("token_id"), str):
+        who = f"token {entry['token_id']}"  # as its differences name it
     return who, kind, txid, entry.get("seq")
 
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sidecar.ledger import outbox
+from sidecar.ledger import token_entry
 from sidecar.ledger.calls import Ledger
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.outbox import FIELD, PoisonEntry
@@ -54,7 +54,7 @@ async def token_rows(engine: AsyncEngine) -> dict[str, tuple[Any, ...]]:
 
 async def records(ledger: Ledger) -> dict[bytes, bytes]:
     """Shard 0's tokens hash without its version."""
-    raw: dict[bytes, bytes] = await ledger.redis.hgetall(ledger.keys.tokens())
+    raw: dict[Any, Any] = await ledger.redis.hgetall(ledger.keys.tokens())
     return {k: v for k, v in raw.items() if k != VERSION_FIELD.encode()}
 
 
@@ -165,10 +165,10 @@ def _record(**change: Any) -> dict[str, Any]:
 def test_the_token_entry_decoder_refuses_what_token_lua_never_writes(
     change: dict[str, Any],
 ) -> None:
-    t = outbox.token(GOOD)
+    t = token_entry.token(GOOD)
     assert t.token_id == "abc123" and t.token.scopes == {"admin", "read"}
     with pytest.raises(PoisonEntry):
-        outbox.token(GOOD | change)
+        token_entry.token(GOOD | change)
 
 
 async def test_a_malformed_token_entry_is_a_dead_letter_naming_the_problem(
@@ -182,6 +182,8 @@ async def test_a_malformed_token_entry_is_a_dead_letter_naming_the_problem(
     assert len(dead) == 1
     assert b"hash is not 64 lowercase hex digits" in dead[0][1][b"dl_error"]
     assert list(await token_rows(engine)) == [good.id]
+    (difference,) = await reconcile(ledger.redis, ledger.keys, engine)
+    assert difference.account == "token abc123" and "dead letter" in difference.what
 
 
 async def test_the_records_lua_json_writes_are_the_bytes_token_lua_wrote(
