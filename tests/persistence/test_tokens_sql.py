@@ -20,6 +20,7 @@ from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.outbox import FIELD, PoisonEntry
 from sidecar.ledger.token_cache import TokenCache
 from sidecar.ledger.tokens import VERSION_FIELD, Tokens, token_hash
+from sidecar.lua import Scripts
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.rebuild_tokens import lua_json
 from sidecar.persistence.reconcile import reconcile
@@ -319,3 +320,26 @@ async def drain_all(ledger: Ledger, engine: AsyncEngine) -> None:
         await writer.ensure_group(shard)
         while await writer.step(shard):
             pass
+
+
+async def test_restore_tokens_lua_leaves_a_record_changed_since_it_was_read(
+    ledger: Ledger,
+) -> None:
+    redis, key, tokens = ledger.redis, ledger.keys.tokens(), Tokens(ledger)
+    t, _ = await tokens.create("ops", ["admin"])
+    read = await redis.hget(key, t.id)
+    await tokens.revoke(t.id)  # token.lua changes it after the rebuild read it
+    revoked = await redis.hget(key, t.id)
+    version = await tokens.version()
+    script = Scripts.register(redis).restore_tokens
+    now = ledger.clock()
+    assert await script(keys=[key], args=[now, t.id, read, b"{}", "new1", "", b"{}"]) == [
+        1,
+        now,
+    ]
+    assert await redis.hget(key, t.id) == revoked  # kept: not the record the rebuild read
+    assert await redis.hget(key, "new1") == b"{}"  # absent, as read: written
+    assert now > version
+    # a version already past the rebuild's clock still moves forward
+    await redis.hset(key, VERSION_FIELD, now + 5)
+    assert await script(keys=[key], args=[now, "new2", "", b"{}"]) == [1, now + 6]
