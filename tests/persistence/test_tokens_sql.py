@@ -327,7 +327,7 @@ async def test_restore_tokens_lua_leaves_a_record_changed_since_it_was_read(
 ) -> None:
     redis, key, tokens = ledger.redis, ledger.keys.tokens(), Tokens(ledger)
     t, _ = await tokens.create("ops", ["admin"])
-    read = await redis.hget(key, t.id)
+    read = await redis.hget(key, t.id) or b""
     await tokens.revoke(t.id)  # token.lua changes it after the rebuild read it
     revoked = await redis.hget(key, t.id)
     version = await tokens.version()
