@@ -3,8 +3,8 @@
 
 The Lua scripts (``outbox_add`` and ``emit`` in sidecar/lua/_lib.lua) append each entry with one
 field, ``d``: a JSON object with exact integers. Its ``kind`` says what it records: ``txn`` (a
-ledger transaction), ``account`` (an account's settings), ``key`` (an API key's record) or
-``plan`` (a plan's definition: :class:`PlanEntry`, decoded by :func:`plan`). One
+ledger transaction), ``account`` (settings), ``key`` (an API key), ``token`` (the sidecar's
+API token: token_entry.py) or ``plan`` (:class:`PlanEntry`, decoded by :func:`plan`). One
 field instead of one per value: the writer decodes an entry in one C call instead of
 converting a dozen strings, and Redis stores and sends fewer, larger values.
 

@@ -32,7 +32,8 @@ NAMES = (
     "plan",
     "token",
 )
-STANDALONE = ("lease",)  # not prefixed with _lib.lua: they touch no ledger state
+# not prefixed with _lib.lua: they touch no account and need none of it
+STANDALONE = ("lease", "restore_tokens")
 
 
 @cache
@@ -64,6 +65,7 @@ class Scripts:
     plan: AsyncScript
     token: AsyncScript
     lease: AsyncScript
+    restore_tokens: AsyncScript
 
     @classmethod
     def register(cls, client: RedisClient) -> Scripts:

@@ -24,7 +24,10 @@
 
 OUTBOX = KEYS[2]  -- _lib.lua's outbox_add appends to OUTBOX: this script's is KEYS[2]
 local TOKENS = KEYS[1]
-local TOKEN = id_arg(ARGV[1], 'token_id', 64)
+local TOKEN = ARGV[1]
+if type(TOKEN) ~= 'string' or not string.match(TOKEN, '^[a-z0-9]+$') or #TOKEN > 64 then
+  fail('INVALID', 'token_id must be 1-64 characters of [a-z0-9]')
+end
 local mode = ARGV[6]
 if mode ~= 'create' and mode ~= 'rotate' and mode ~= 'revoke' then
   fail('INVALID', 'mode must be create, rotate or revoke')

@@ -146,6 +146,26 @@ class Plan(Base):
     updated_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class ApiToken(Base):
+    """One of the sidecar's own API tokens (docs/tokens.md), mirrored from the outbox's
+    kind=token entries: its SHA-256 and the ones it replaced, never a token. ``rebuild`` puts
+    the record back in Redis as token.lua wrote it (sidecar/persistence/rebuild_tokens.py)."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    scopes: Mapped[str] = mapped_column(Text)  # JSON array, in the record's order
+    account_prefix: Mapped[str | None] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    # the replaced hashes still valid in their grace: JSON [{"hash", "expires"}], the record's
+    previous: Mapped[str] = mapped_column(Text)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    rotated_ms: Mapped[int | None] = mapped_column(BigInteger)
+    revoked_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # the outbox entry id ("%015d-%010d") of the last change applied: changes move forward only
+    version: Mapped[str] = mapped_column(String(32))
+
+
 class ApiKey(Base):
     """An API key's record: its SHA-256 only, never the key."""
 

@@ -7,7 +7,8 @@ A batch of entries becomes a handful of multi-row upserts in one SQL transaction
   sequence number is newer than the row's ``version`` (order-independent, and an admin's
   correction is never overwritten by an older entry replayed later);
 - account settings and API keys: last write wins by outbox entry id / revocation time;
-- plans: last write wins by outbox entry id (a deleted plan keeps its row, ``deleted``).
+- plans: last write wins by outbox entry id (a deleted plan keeps its row, ``deleted``);
+- the sidecar's API tokens: last write wins by outbox entry id (one row per token).
 
 Entries are validated while they are parsed, a transaction by its model's decoder
 (sidecar/ledger/outbox.py ``txn``); a malformed one raises :class:`PoisonEntry`.
@@ -21,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.ledger import outbox
+from sidecar.ledger import outbox, token_entry
 from sidecar.ledger.outbox import TXN_TYPES, PoisonEntry
 from sidecar.ledger.outbox import int_field as _int
 from sidecar.ledger.outbox import opt_int_field as _opt_int
@@ -132,6 +133,18 @@ KEY_COLS = (
     "settings_version",
 )
 PLAN_COLS = ("id", "name", "definition", "is_default", "deleted", "version", "updated_ms")
+TOKEN_COLS = (
+    "id",
+    "name",
+    "scopes",
+    "account_prefix",
+    "token_hash",
+    "previous",
+    "created_ms",
+    "rotated_ms",
+    "revoked_ms",
+    "version",
+)
 Row = tuple[Any, ...]
 
 
@@ -177,9 +190,16 @@ class Batch:
         self.hold_state: dict[tuple[str, str], Row] = {}
         self.keys: dict[str, Row] = {}
         self.plans: dict[str, Row] = {}
+        self.tokens: dict[str, Row] = {}
 
     def __len__(self) -> int:
-        return len(self.txns) + len(self.settings) + len(self.keys) + len(self.plans)
+        return (
+            len(self.txns)
+            + len(self.settings)
+            + len(self.keys)
+            + len(self.plans)
+            + len(self.tokens)
+        )
 
     def add(self, entry_id: str, entry: Mapping[str, Any], orig_id: str | None = None) -> None:
         """Adds one decoded entry (raises PoisonEntry, leaving the batch unchanged).
@@ -194,6 +214,8 @@ class Batch:
                 self._key(entry, orig_id or entry_id)
             elif kind == "plan":
                 self._plan(entry, orig_id or entry_id)
+            elif kind == "token":
+                self._token(entry, orig_id or entry_id)
             else:
                 raise PoisonEntry(f"unknown entry kind {str(kind)[:40]!r}")
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
@@ -408,6 +430,25 @@ class Batch:
         old = self.plans.get(p.plan)
         if old is None or old[5] < row[5]:
             self.plans[p.plan] = row
+
+    def _token(self, e: Mapping[str, Any], entry_id: str) -> None:
+        t = token_entry.token(e)  # every check; raises PoisonEntry
+        r = t.record
+        row = (
+            t.token_id,
+            r["name"],
+            _dumps(r["scopes"]),
+            r["account_prefix"],
+            r["hash"],
+            _dumps([{"hash": p["hash"], "expires": p["expires"]} for p in r["previous"]]),
+            r["created_at"],
+            r["rotated_at"],
+            r["revoked_at"],
+            stream_version(entry_id),
+        )
+        old = self.tokens.get(t.token_id)
+        if old is None or old[9] < row[9]:
+            self.tokens[t.token_id] = row
 
 
 SPEND_INTERVALS = ("day", "week", "month", "year")

@@ -7,7 +7,7 @@ burn order, bucket expiries and hold TTLs still scheduled, the same settings and
 the idempotency, usage (refund) and closed-hold records that were still inside the retention
 window. A retried check, grant, hold, settle or refund is therefore answered as the first time
 and never charged or credited twice. The plans SQL has come back first, on every shard
-(rebuild_plans.py).
+(rebuild_plans.py), and so do the sidecar's own API tokens (rebuild_tokens.py).
 
 This module runs the command: which accounts, the checks made before anything is written, and
 per account one read and one write. Reading an account's state from SQL (one snapshot each, and
@@ -35,6 +35,7 @@ from sidecar.persistence.rebuild_sql import (
     snapshot,
     sql_seqs,
 )
+from sidecar.persistence.rebuild_tokens import restore_tokens
 from sidecar.redis.client import RedisClient
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ async def rebuild(
             )
     # the plans first: an account restored on a plan finds it
     await restore_plans(redis, keys, engine, now_ms=now_ms, retention_ms=retention_ms)
+    await restore_tokens(redis, keys, engine, now_ms=now_ms)
     script = Scripts.register(redis).restore
     for a in accounts:
         async with snapshot(engine) as conn:

@@ -1,5 +1,6 @@
-"""Compares the Redis ledger with the SQL ledger, per account and bucket, and the plans'
-definitions (rebuild_plans.py; a plan's difference names "plan <id>" as its account).
+"""Compares the Redis ledger with the SQL ledger, per account and bucket, the plans'
+definitions (rebuild_plans.py; a plan's difference names "plan <id>" as its account) and the
+sidecar's API tokens (rebuild_tokens.py; "token <id>").
 
 Differences are reported, never fixed: `credit-sidecar rebuild` restores Redis from SQL, and
 the writer brings SQL up to Redis. Only transactions already written to SQL can match, so
@@ -23,6 +24,7 @@ from sidecar.ledger import outbox
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.persistence.models import Account, ArchiveTotal, CreditBalance, CreditTransaction
 from sidecar.persistence.rebuild_plans import plan_differences
+from sidecar.persistence.rebuild_tokens import token_differences
 from sidecar.redis.client import RedisClient
 from sidecar.redis.client import text as _s
 
@@ -158,6 +160,8 @@ def _described(fields: dict[str, str]) -> tuple[str, str, str, Any]:
     except ValueError:
         entry = {}
     who, kind, txid = (str(entry.get(k, "?")) for k in ("account", "kind", "id"))
+    if kind == "token" and isinstance(entry.get("token_id"), str):
+        who = f"token {entry['token_id']}"  # as its differences name it
     return who, kind, txid, entry.get("seq")
 
 
@@ -187,8 +191,8 @@ async def dead_letters(
 async def reconcile(
     redis: RedisClient, keys: KeySpace, engine: AsyncEngine, account: str | None = None
 ) -> list[Difference]:
-    """Differences for one account, or for every account on either side and every plan, then
-    dead letters."""
+    """Differences for one account, or for every account on either side, every plan and every
+    token, then dead letters."""
     if account is not None:
         return await reconcile_account(redis, keys, engine, account) + await dead_letters(
             redis, keys, account
@@ -201,4 +205,6 @@ async def reconcile(
         out += await reconcile_account(redis, keys, engine, a)
     for plan, what, in_redis, in_sql in await plan_differences(redis, keys, engine):
         out.append(Difference(f"plan {plan}", what, in_redis, in_sql))
+    for token, what, in_redis, in_sql in await token_differences(redis, keys, engine):
+        out.append(Difference(f"token {token}", what, in_redis, in_sql))
     return out + await dead_letters(redis, keys)

@@ -1,7 +1,7 @@
 """Writes a :class:`~sidecar.persistence.projection.Batch` into SQL: one upsert per table and
 kind of row, each guarded by its version (a transaction's seq, a settings change's, a spend
-state's or a plan change's outbox entry id), so applying a batch again, or an older one,
-changes nothing."""
+state's, a plan change's or a token change's outbox entry id), so applying a batch again, or
+an older one, changes nothing."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sidecar.persistence.models import (
     Account,
     ApiKey,
+    ApiToken,
     CreditAllocation,
     CreditBalance,
     CreditHold,
@@ -35,6 +36,7 @@ from sidecar.persistence.projection import (
     SETTINGS_COLS,
     SPEND_COLS,
     STATE_COLS,
+    TOKEN_COLS,
     TXN_COLS,
     Batch,
     Row,
@@ -144,6 +146,15 @@ async def apply(conn: AsyncConnection, batch: Batch) -> None:
         ["id"],
         update=PLAN_COLS[1:],
         where='"plans"."version" < excluded."version"',
+    )
+    await _upsert(
+        conn,
+        table_of(ApiToken),
+        TOKEN_COLS,
+        list(batch.tokens.values()),
+        ["id"],
+        update=TOKEN_COLS[1:],
+        where='"api_tokens"."version" < excluded."version"',
     )
     await _upsert(conn, table_of(CreditTransaction), TXN_COLS, list(batch.txns.values()), ["id"])
     await _upsert(
