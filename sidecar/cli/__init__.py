@@ -16,6 +16,7 @@ from sidecar import __version__
 COMMANDS = {
     "accounts": "sidecar.cli.accounts:accounts",
     "archive": "sidecar.cli.sql:archive_cmd",
+    "audit": "sidecar.cli.audit:audit",
     "balance": "sidecar.cli.accounts:balance",
     "billing": "sidecar.cli.billing:billing",
     "config": "sidecar.cli.config:config",

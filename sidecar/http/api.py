@@ -16,6 +16,7 @@ from sidecar import __version__
 from sidecar.http import (
     accounts,
     admin,
+    audit,
     billing,
     console,
     health,
@@ -46,6 +47,7 @@ API = Api(
         tokens.routes,
         admin.admin_routes,
         ops.ops_routes,
+        audit.routes,
         billing.billing_routes,
         stripe_events.stripe_routes,
         proxy.proxy_routes,

@@ -13,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
@@ -180,3 +181,17 @@ class PackagesQuery(LaxQuery):
 class EventsQuery(LaxQuery):
     status: EventStatus | None = Field(None, description="only events in this state")
     limit: PageSize = Field(100, description="at most this many")
+
+
+class AuditQueryParams(Query):
+    account: Id | None = Field(None, description="only changes to this account")
+    token_id: Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z0-9:]+$")] | None = (
+        Field(None, description="only changes by this token (bootstrap:admin: SIDECAR_ADMIN_TOKEN)")
+    )
+    action: Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z_.]+$")] | None = Field(
+        None, description="only this action (e.g. grant.create)"
+    )
+    since: QueryTime | None = Field(None, description="only changes at or after this")
+    until: QueryTime | None = Field(None, description="only changes before this")
+    before: Seq | None = Field(None, description="only entries with a seq below this (paging)")
+    limit: PageSize = Field(50, description="page size")

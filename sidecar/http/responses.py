@@ -485,3 +485,24 @@ class AuthOutcome(Model):
         UNSET
     )
     message: Annotated[str, Meta(description="a 400: what is wrong with it")] | UnsetType = UNSET
+
+
+class AuditEntryView(Model):
+    seq: int
+    at: Time
+    token_id: str
+    token_name: str
+    request_id: str
+    action: str
+    account: str | None
+    target: str | None
+    reason: str | None
+    before: Any
+    after: Any
+    replayed: bool
+    hash: str
+
+
+class AuditList(Model):
+    entries: Annotated[list[AuditEntryView], Meta(description="newest first")]
+    next: Annotated[int | None, Meta(description="`before` of the next page, or null")]

@@ -85,10 +85,12 @@ class AuditRow:
 
 def verify(rows: Iterable[AuditRow], head: tuple[int, str] | None) -> list[str]:
     """What is wrong with the trail (rows in ``seq`` order): each problem names the ``seq``.
-    ``head``: the last (seq, hash) the writer recorded elsewhere, if any."""
+    ``head``: the last (seq, hash) the writer recorded outside SQL (Redis), if any: rows
+    deleted from the end leave it ahead of the trail. (It may lag the trail: it is written
+    after each commit.)"""
     problems: list[str] = []
     prev, expect = GENESIS, 1
-    last: tuple[int, str] | None = None
+    hashes: dict[int, str] = {}
     for row in rows:
         if row.seq != expect:
             problems.append(f"seq {expect}..{row.seq - 1}: missing (deleted?)")
@@ -96,12 +98,12 @@ def verify(rows: Iterable[AuditRow], head: tuple[int, str] | None) -> list[str]:
             problems.append(f"seq {row.seq}: prev_hash does not match the entry before it")
         if chain_hash(row.prev_hash, row.seq, row.body) != row.hash:
             problems.append(f"seq {row.seq}: hash does not match its content (edited?)")
-        prev, expect, last = row.hash, row.seq + 1, (row.seq, row.hash)
-    if head is not None and head != last:
-        if last is None or head[0] > last[0]:
-            problems.append(f"seq {last[0] + 1 if last else 1}..{head[0]}: missing at the end")
-        else:
-            problems.append(f"seq {head[0]}: the recorded head does not match the trail")
+        prev, expect, hashes[row.seq] = row.hash, row.seq + 1, row.hash
+    if head is not None and head[0] > 0:
+        if head[0] >= expect:
+            problems.append(f"seq {expect}..{head[0]}: missing at the end (deleted?)")
+        elif hashes.get(head[0]) != head[1]:
+            problems.append(f"seq {head[0]}: does not match the head recorded in Redis")
     return problems
 
 
@@ -116,3 +118,36 @@ class AuditLog:
         await store_call(
             self.redis.xadd(self.keys.outbox(0), {FIELD: orjson.dumps(d)}), self.deadline_s
         )
+
+
+AUDIT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "at": int,
+    "token_id": str,
+    "token_name": str,
+    "request_id": str,
+    "action": str,
+    "account": (str, type(None)),
+    "target": (str, type(None)),
+    "reason": (str, type(None)),
+    "replayed": bool,
+}
+
+
+def decode(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A kind=audit outbox entry's body (what the hash covers), every field checked; raises
+    ValueError naming the problem (the writer dead-letters the entry)."""
+    body: dict[str, Any] = {}
+    for name, kind in AUDIT_FIELDS.items():
+        if name not in entry:
+            raise ValueError(f"audit entry without {name}")
+        v = entry[name]
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+            raise ValueError(f"audit entry field {name} has the wrong type")
+        body[name] = v
+    for name in ("before", "after"):
+        if name not in entry:
+            raise ValueError(f"audit entry without {name}")
+        body[name] = entry[name]
+    if not 0 < len(body["action"]) <= 64 or len(body["token_id"]) > 64:
+        raise ValueError("audit entry: action or token_id out of range")
+    return body

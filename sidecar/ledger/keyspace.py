@@ -150,6 +150,11 @@ class KeySpace:
         """Hash on shard 0: token id -> when it was last used (ms), written now and then."""
         return f"{self._tag(0)}:tokens:used"
 
+    def audit_head(self) -> str:
+        """String on shard 0: the audit trail's last (seq:hash) as the writer appended it to
+        SQL (docs/audit.md): ``audit verify`` finds rows deleted from the end by it."""
+        return f"{self._tag(0)}:audit:head"
+
     def plans(self, shard: int) -> str:
         """Hash: the plans, as the shard's scripts read them (docs/plans.md)."""
         return f"{self._tag(shard)}:plans"

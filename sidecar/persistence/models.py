@@ -166,6 +166,29 @@ class ApiToken(Base):
     version: Mapped[str] = mapped_column(String(32))
 
 
+class AuditLogEntry(Base):
+    """One change made through the admin API (docs/audit.md), appended by the writer from the
+    outbox's kind=audit entries in their order, never updated: each row keeps the hash of the
+    one before it (sidecar/ledger/audit.py), so an edited or deleted row is found."""
+
+    __tablename__ = "audit_log"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    entry_id: Mapped[str] = mapped_column(String(40), unique=True)  # the kind=audit entry's id
+    at_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+    token_id: Mapped[str] = mapped_column(String(64), index=True)
+    token_name: Mapped[str] = mapped_column(String(200))
+    request_id: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    account: Mapped[str | None] = mapped_column(String(128), index=True)
+    target: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str | None] = mapped_column(Text)
+    before: Mapped[str] = mapped_column(Text)  # JSON (null when there was nothing)
+    after: Mapped[str] = mapped_column(Text)  # JSON, secrets masked
+    replayed: Mapped[bool] = mapped_column(Boolean)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
 class ApiKey(Base):
     """An API key's record: its SHA-256 only, never the key."""
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.ledger import outbox, token_entry
+from sidecar.ledger import audit, outbox, token_entry
 from sidecar.ledger.outbox import TXN_TYPES, PoisonEntry
 from sidecar.ledger.outbox import int_field as _int
 from sidecar.ledger.outbox import opt_int_field as _opt_int
@@ -190,6 +190,8 @@ class Batch:
         self.hold_state: dict[tuple[str, str], Row] = {}
         self.keys: dict[str, Row] = {}
         self.plans: dict[str, Row] = {}
+        self.audits: dict[str, dict[str, Any]] = {}  # outbox entry id -> body, in order
+        self.audit_head: tuple[int, str] | None = None  # set by upsert.apply
         self.tokens: dict[str, Row] = {}
 
     def __len__(self) -> int:
@@ -214,6 +216,8 @@ class Batch:
                 self._key(entry, orig_id or entry_id)
             elif kind == "plan":
                 self._plan(entry, orig_id or entry_id)
+            elif kind == "audit":
+                self.audits[orig_id or entry_id] = audit.decode(entry)
             elif kind == "token":
                 self._token(entry, orig_id or entry_id)
             else:

@@ -13,6 +13,7 @@ from sqlalchemy import Table, bindparam, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from sidecar.persistence import audit_store
 from sidecar.persistence.models import (
     Account,
     ApiKey,
@@ -156,6 +157,7 @@ async def apply(conn: AsyncConnection, batch: Batch) -> None:
         update=TOKEN_COLS[1:],
         where='"api_tokens"."version" < excluded."version"',
     )
+    batch.audit_head = await audit_store.append(conn, batch.audits)
     await _upsert(conn, table_of(CreditTransaction), TXN_COLS, list(batch.txns.values()), ["id"])
     await _upsert(
         conn,

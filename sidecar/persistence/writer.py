@@ -372,6 +372,10 @@ class OutboxWriter:
     async def _commit(self, batch: Batch) -> None:
         async with self.engine.begin() as conn:
             await apply(conn, batch)
+        if batch.audit_head is not None:
+            # the trail's head outside SQL, so rows deleted from its end are found (docs/audit.md)
+            seq, digest = batch.audit_head
+            await self.redis.set(self.keys.audit_head(), f"{seq}:{digest}")
 
     async def _one_by_one(self, shard: int, entries: list[tuple[str, dict[str, str]]]) -> None:
         for entry_id, fields in entries:
