@@ -38,7 +38,9 @@ async def test_app_without_redis_url_runs_a_private_server_and_stops_it(tmp_path
         r = await client.put("/v1/accounts/a", json={}, headers=admin())
         assert r.status == 201
         r = await client.post(
-            "/v1/accounts/a/grants", json={"grant_id": "g", "credits": 5, "reason": "test"}, headers=admin()
+            "/v1/accounts/a/grants",
+            json={"grant_id": "g", "credits": 5, "reason": "test"},
+            headers=admin(),
         )
         assert r.status == 201
         r = await client.post(
@@ -56,7 +58,9 @@ async def test_embedded_data_survives_a_restart(tmp_path: Path) -> None:
     async with TestClient(TestServer(create_app(settings))) as client:
         await client.put("/v1/accounts/a", json={}, headers=admin())
         await client.post(
-            "/v1/accounts/a/grants", json={"grant_id": "g", "credits": 5, "reason": "test"}, headers=admin()
+            "/v1/accounts/a/grants",
+            json={"grant_id": "g", "credits": 5, "reason": "test"},
+            headers=admin(),
         )
     async with TestClient(TestServer(create_app(settings))) as client:
         body = await (await client.get("/v1/accounts/a/balance", headers=admin())).json()

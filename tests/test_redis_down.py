@@ -61,7 +61,9 @@ async def onboard(c: Client, keys: int = 1) -> list[str]:
     """Account acme with 1000 credits and ``keys`` API keys of it."""
     await c.put("/v1/accounts/acme", json={}, headers=admin())
     await c.post(
-        "/v1/accounts/acme/grants", json={"grant_id": "g", "credits": 1000, "reason": "test"}, headers=admin()
+        "/v1/accounts/acme/grants",
+        json={"grant_id": "g", "credits": 1000, "reason": "test"},
+        headers=admin(),
     )
     out = []
     for _ in range(keys):

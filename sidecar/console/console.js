@@ -595,6 +595,50 @@ function packagesView() {
   });
 }
 
+function auditView() {
+  const [trail, body] = panel("Audit trail", "audit");
+  $("view").replaceChildren(
+    h("h2", {}, "Audit"),
+    h("p", { class: "muted" },
+      "Every change made through the admin API: who (the token), when, why, before and after " +
+      "(secrets masked). `credit-sidecar audit verify` checks the chain."),
+    trail,
+  );
+  let before = null;
+  const fill = () => load(body, async () => {
+    const params = { limit: 50 };
+    if (before) params.before = before;
+    const data = await api("v1/audit", params);
+    const rows = table(
+      [
+        { label: "Seq", value: (e) => fmtInt(e.seq), num: true },
+        { label: "When", value: (e) => fmtTime(e.at) },
+        { label: "Token", value: (e) => h("span", { title: e.token_id }, e.token_name) },
+        { label: "Action", value: (e) => h("code", {}, e.action) },
+        { label: "Account", value: (e) => (e.account ? accountLink(e.account) : "—") },
+        { label: "Target", value: (e) => e.target ?? "—" },
+        { label: "Reason", value: (e) => e.reason ?? "—" },
+        {
+          label: "Change",
+          value: (e) => h("details", {}, h("summary", {}, "before / after"),
+            h("pre", {}, fmtJSON(e.before)), h("pre", {}, fmtJSON(e.after))),
+        },
+      ],
+      data.entries,
+      "Nothing changed through the admin API yet (or the writer has not written it).",
+      { id: "audit-table" },
+    );
+    const more = h("button", {
+      type: "button",
+      id: "audit-next",
+      hidden: data.next === null,
+      on: { click: () => { before = data.next; fill(); } },
+    }, "Older");
+    return h("div", {}, rows, more);
+  });
+  fill();
+}
+
 function deadLettersView() {
   const [outbox, outboxBody] = panel("Outbox → SQL writer", "outbox");
   const [dead, deadBody] = panel("Outbox dead letters", "outbox-dead-letters");
@@ -732,6 +776,7 @@ function route() {
     accountView(account);
   } else if (name === "packages") packagesView();
   else if (name === "dead-letters") deadLettersView();
+  else if (name === "audit") auditView();
   else accountsView();
 }
 

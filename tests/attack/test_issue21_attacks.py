@@ -167,7 +167,7 @@ async def test_a_grant_named_like_an_allowance_bucket_is_refused_naming_grant_id
     with pytest.raises(errors.InvalidInput) as e:
         await ledger.grant("a", f"allowance:pro:{nxt}", 500, source="purchase")
     assert e.value.field == "grant_id"
-    body = {"grant_id": f"allowance:pro:{nxt}", "credits": 500}
+    body = {"grant_id": f"allowance:pro:{nxt}", "credits": 500, "reason": "test"}
     r = await client.post("/v1/accounts/a/grants", json=body, headers=admin())
     assert_names_the_problem(r.status, await r.json(), "grant_id")
     assert await snapshot(redis) == before
@@ -853,7 +853,7 @@ async def test_checks_dry_runs_reads_grants_and_patches_over_http_at_a_boundary_
         elif kind == 2:
             r = await client.get("/v1/accounts/acme/balance", headers=admin())
         elif kind == 3:
-            grant = {"grant_id": f"g{i}", "credits": 2}
+            grant = {"grant_id": f"g{i}", "credits": 2, "reason": "test"}
             r = await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())
         else:
             r = await client.patch(

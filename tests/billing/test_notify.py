@@ -60,7 +60,9 @@ def verify(body: bytes, header: str, secret: str) -> bool:
 async def setup(rig: Rig, receiver: Receiver) -> str:
     await rig.account("acme", low_balance_threshold=100)
     r = await rig.client.post(
-        "/v1/accounts/acme/grants", json={"grant_id": "g", "credits": 150, "reason": "test"}, headers=admin()
+        "/v1/accounts/acme/grants",
+        json={"grant_id": "g", "credits": 150, "reason": "test"},
+        headers=admin(),
     )
     assert r.status == 201
     r = await rig.client.put(

@@ -70,7 +70,9 @@ async def with_endpoint(rig: Rig, account: str, url: str, *, threshold: int = 10
     through the API."""
     await rig.account(account, low_balance_threshold=threshold)
     r = await rig.client.post(
-        f"/v1/accounts/{account}/grants", json={"grant_id": "g", "credits": 150, "reason": "test"}, headers=admin()
+        f"/v1/accounts/{account}/grants",
+        json={"grant_id": "g", "credits": 150, "reason": "test"},
+        headers=admin(),
     )
     assert r.status == 201, await r.text()
     r = await rig.client.put(

@@ -50,7 +50,7 @@ def test_create_then_update_show_and_balance(served: dict[str, str]) -> None:
     out = ok(served, "accounts", "create", "cli-a", "--overdraft-limit", "5")
     assert "updated (settings replaced)" in out
 
-    ok(served, "grants", "add", "cli-a", "--credits", "30", "--id", "g-show")
+    ok(served, "grants", "add", "cli-a", "--credits", "30", "--id", "g-show", "--reason", "t")
     shown = ok(served, "accounts", "show", "cli-a")
     assert "balance              30" in shown and "overdraft limit      5" in shown
     assert "g-show" in shown and "BUCKET" in shown
@@ -65,7 +65,19 @@ def test_create_then_update_show_and_balance(served: dict[str, str]) -> None:
 
 def test_grants_add_is_idempotent_by_id_and_validated_by_the_api(served: dict[str, str]) -> None:
     ok(served, "accounts", "create", "cli-g")
-    args = ["grants", "add", "cli-g", "--credits", "100", "--id", "order-1", "--priority", "-1"]
+    args = [
+        "grants",
+        "add",
+        "cli-g",
+        "--credits",
+        "100",
+        "--id",
+        "order-1",
+        "--priority",
+        "-1",
+        "--reason",
+        "t",
+    ]
     args += ["--source", "promo", "--expires-at", "2030-01-01T00:00:00Z"]
     first = ok(served, *args)
     assert "granted 100 credits to cli-g as order-1" in first and "balance 100" in first
@@ -74,21 +86,23 @@ def test_grants_add_is_idempotent_by_id_and_validated_by_the_api(served: dict[st
     assert bucket["priority"] == -1 and bucket["source"] == "promo"
     assert bucket["expires_at"] == "2030-01-01T00:00:00.000Z"
 
-    generated = ok(served, "grants", "add", "cli-g", "--credits", "5")
+    generated = ok(served, "grants", "add", "cli-g", "--credits", "5", "--reason", "t")
     assert " as cli-" in generated and "balance 105" in generated  # the id is shown to reuse
 
-    bad = cli(served, "grants", "add", "cli-g", "--credits", "1", "--expires-at", "soon")
+    bad = cli(
+        served, "grants", "add", "cli-g", "--credits", "1", "--expires-at", "soon", "--reason", "t"
+    )
     assert bad.returncode == 1 and "422 invalid_request: expires_at" in bad.stderr
-    bad = cli(served, "grants", "add", "cli-g", "--credits", "0", "--id", "zero")
+    bad = cli(served, "grants", "add", "cli-g", "--credits", "0", "--id", "zero", "--reason", "t")
     assert bad.returncode == 1 and "credits" in bad.stderr
-    missing = cli(served, "grants", "add", "cli-nobody", "--credits", "1")
+    missing = cli(served, "grants", "add", "cli-nobody", "--credits", "1", "--reason", "t")
     assert missing.returncode == 1 and "404 unknown_account" in missing.stderr
 
 
 def test_list_reads_the_sql_ledger_by_prefix_page_by_page(served: dict[str, str]) -> None:
     for name in ("cli-l1", "cli-l2", "cli-l3"):
         ok(served, "accounts", "create", name)
-        ok(served, "grants", "add", name, "--credits", "7", "--id", "g")
+        ok(served, "grants", "add", name, "--credits", "7", "--id", "g", "--reason", "t")
     body = listed(served, 3, "--prefix", "cli-l")
     assert [a["account"] for a in body["accounts"]] == ["cli-l1", "cli-l2", "cli-l3"]
     assert all(a["balance"] == 7 for a in body["accounts"])

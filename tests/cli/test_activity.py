@@ -44,7 +44,7 @@ def in_sql(env: dict[str, str], account: str, count: int) -> None:
 
 def test_transactions_as_a_table_json_and_csv(served: dict[str, str], tmp_path: Path) -> None:
     ok(served, "accounts", "create", "cli-t")
-    ok(served, "grants", "add", "cli-t", "--credits", "100", "--id", "g1")
+    ok(served, "grants", "add", "cli-t", "--credits", "100", "--id", "g1", "--reason", "t")
     txids = [checked(served, "cli-t", n, f"r{n}") for n in (1, 2, 3)]
     in_sql(served, "cli-t", 4)
 
@@ -90,7 +90,7 @@ def test_transactions_as_a_table_json_and_csv(served: dict[str, str], tmp_path: 
 def test_holds_lists_active_and_closed_holds(served: dict[str, str]) -> None:
     ok(served, "accounts", "create", "cli-h")
     assert ok(served, "holds", "cli-h").strip() == "no holds on cli-h"
-    ok(served, "grants", "add", "cli-h", "--credits", "50", "--id", "g1")
+    ok(served, "grants", "add", "cli-h", "--credits", "50", "--id", "g1", "--reason", "t")
     for hold_id, amount in (("job-1", 20), ("job-2", 5)):
         code, _ = call(
             served, "POST", "/v1/holds", {"account": "cli-h", "hold_id": hold_id, "amount": amount}
@@ -112,21 +112,47 @@ def test_holds_lists_active_and_closed_holds(served: dict[str, str]) -> None:
 
 def test_refunds_create_gives_credits_back_once(served: dict[str, str]) -> None:
     ok(served, "accounts", "create", "cli-r")
-    ok(served, "grants", "add", "cli-r", "--credits", "50", "--id", "g1")
+    ok(served, "grants", "add", "cli-r", "--credits", "50", "--id", "g1", "--reason", "t")
     txid = checked(served, "cli-r", 10, "r1")
 
-    out = ok(served, "refunds", "create", "cli-r", txid, "--id", "rf-1", "--credits", "4")
+    out = ok(
+        served,
+        "refunds",
+        "create",
+        "cli-r",
+        txid,
+        "--id",
+        "rf-1",
+        "--credits",
+        "4",
+        "--reason",
+        "t",
+    )
     assert f"refunded 4 credits of {txid} to cli-r" in out and "balance 44" in out
-    again = ok(served, "refunds", "create", "cli-r", txid, "--id", "rf-1", "--credits", "4")
+    again = ok(
+        served,
+        "refunds",
+        "create",
+        "cli-r",
+        txid,
+        "--id",
+        "rf-1",
+        "--credits",
+        "4",
+        "--reason",
+        "t",
+    )
     assert "a replay: nothing changed" in again and "balance 44" in again
-    rest = json.loads(ok(served, "refunds", "create", "cli-r", txid, "--id", "rf-2", "--json"))
+    rest = json.loads(
+        ok(served, "refunds", "create", "cli-r", txid, "--id", "rf-2", "--json", "--reason", "t")
+    )
     assert rest["refunded"] == 6 and rest["balance"] == 50
 
-    over = cli(served, "refunds", "create", "cli-r", txid, "--id", "rf-3")
+    over = cli(served, "refunds", "create", "cli-r", txid, "--id", "rf-3", "--reason", "t")
     assert over.returncode == 1 and "409 fully_refunded" in over.stderr
-    unknown = cli(served, "refunds", "create", "cli-r", "tx_nope", "--id", "rf-4")
+    unknown = cli(served, "refunds", "create", "cli-r", "tx_nope", "--id", "rf-4", "--reason", "t")
     assert unknown.returncode == 1 and "404 unknown_transaction" in unknown.stderr
-    no_id = cli(served, "refunds", "create", "cli-r", txid)
+    no_id = cli(served, "refunds", "create", "cli-r", txid, "--reason", "t")
     assert no_id.returncode == 2 and "--id" in no_id.stderr
 
 

@@ -39,7 +39,12 @@ async def account(client: Client, name: str, credits: int = 0) -> None:
     if credits:
         r = await client.post(
             f"/v1/accounts/{name}/grants",
-            json={"grant_id": f"g-{name}", "credits": credits, "metadata": {"order": 7}},
+            json={
+                "grant_id": f"g-{name}",
+                "credits": credits,
+                "metadata": {"order": 7},
+                "reason": "test",
+            },
             headers=admin(),
         )
         assert r.status == 201

@@ -131,7 +131,11 @@ async def served(settings: Settings, redis: Any) -> AsyncIterator[Served]:
             for g in grants:
                 await call(http, "POST", "/v1/accounts/acme/grants", g, admin())
             await call(
-                http, "POST", "/v1/accounts/ghost/grants", {"grant_id": "g", "credits": 10, "reason": "test"}, admin()
+                http,
+                "POST",
+                "/v1/accounts/ghost/grants",
+                {"grant_id": "g", "credits": 10, "reason": "test"},
+                admin(),
             )
             for i in range(6):
                 check = {"account": "acme", "cost": 10, "idempotency_key": f"req-{i}"}
@@ -316,6 +320,16 @@ async def run_console(page: Page, served: Served) -> None:
     await expect(billing).to_have_count(1)
     await expect(billing).to_contain_text("evt_dead")
     await expect(billing).to_contain_text("no package for price price_gone")
+
+    # The audit trail: the seed's admin changes, newest first, the package last made; the
+    # details open on before / after.
+    await page.get_by_role("link", name="Audit").click()
+    changes = page.locator("#audit-table tbody tr")
+    await expect(changes.first).to_contain_text("package.put")
+    await expect(page.locator("#audit-table")).to_contain_text("grant.create")
+    await expect(page.locator("#audit-table")).to_contain_text("SIDECAR_ADMIN_TOKEN")
+    await changes.first.get_by_text("before / after").click()
+    await expect(changes.first).to_contain_text('"credits":1000')
 
     # Signing out forgets the token.
     await page.get_by_role("button", name="Sign out").click()

@@ -195,7 +195,9 @@ async def test_cost_header_is_honoured_only_when_trusted(
         async with TestClient(TestServer(create_app(s, clock=clock))) as c:
             await c.put("/v1/accounts/acme", json={}, headers=admin())
             await c.post(
-                "/v1/accounts/acme/grants", json={"grant_id": "g", "credits": 25, "reason": "test"}, headers=admin()
+                "/v1/accounts/acme/grants",
+                json={"grant_id": "g", "credits": 25, "reason": "test"},
+                headers=admin(),
             )
             key = (await (await c.post("/v1/accounts/acme/keys", json={}, headers=admin())).json())[
                 "key"
@@ -256,7 +258,9 @@ async def test_shadow_mode_records_but_never_denies(
     async with TestClient(TestServer(create_app(s, clock=clock))) as c:
         await c.put("/v1/accounts/acme", json={}, headers=admin())
         await c.post(
-            "/v1/accounts/acme/grants", json={"grant_id": "g", "credits": 1, "reason": "test"}, headers=admin()
+            "/v1/accounts/acme/grants",
+            json={"grant_id": "g", "credits": 1, "reason": "test"},
+            headers=admin(),
         )
         key = (await (await c.post("/v1/accounts/acme/keys", json={}, headers=admin())).json())[
             "key"

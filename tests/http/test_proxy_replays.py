@@ -142,7 +142,9 @@ async def test_check_api_replays_only_the_same_description_and_metadata(
 ) -> None:
     await client.put("/v1/accounts/acme", json={}, headers=admin())
     await client.post(
-        "/v1/accounts/acme/grants", json={"grant_id": "g", "credits": 10, "reason": "test"}, headers=admin()
+        "/v1/accounts/acme/grants",
+        json={"grant_id": "g", "credits": 10, "reason": "test"},
+        headers=admin(),
     )
     body = {"account": "acme", "cost": 2, "idempotency_key": "k", "description": "chat"}
     first = await client.post("/v1/check", json=body, headers=admin())

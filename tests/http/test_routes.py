@@ -24,7 +24,9 @@ async def setup_account(client: Client, credits: int = 100, **settings: Any) -> 
     r = await client.put("/v1/accounts/acme", json=settings, headers=admin())
     assert r.status == 201
     r = await client.post(
-        "/v1/accounts/acme/grants", json={"grant_id": "g1", "credits": credits, "reason": "test"}, headers=admin()
+        "/v1/accounts/acme/grants",
+        json={"grant_id": "g1", "credits": credits, "reason": "test"},
+        headers=admin(),
     )
     assert r.status == 201
 
@@ -161,13 +163,23 @@ async def test_hold_settle_release_and_refund_over_http(client: Client) -> None:
     used = await (await check(client, 8, "r1")).json()
     r = await client.post(
         "/v1/refunds",
-        json={"account": "acme", "refund_id": "rf1", "transaction_id": used["transaction_id"], "reason": "test"},
+        json={
+            "account": "acme",
+            "refund_id": "rf1",
+            "transaction_id": used["transaction_id"],
+            "reason": "test",
+        },
         headers=admin(),
     )
     assert r.status == 201 and (await r.json())["refunded"] == 8
     r = await client.post(
         "/v1/refunds",
-        json={"account": "acme", "refund_id": "rf2", "transaction_id": used["transaction_id"], "reason": "test"},
+        json={
+            "account": "acme",
+            "refund_id": "rf2",
+            "transaction_id": used["transaction_id"],
+            "reason": "test",
+        },
         headers=admin(),
     )
     assert r.status == 409 and (await r.json())["error"]["code"] == "fully_refunded"
@@ -266,9 +278,17 @@ async def test_bad_check_input_is_a_named_4xx_and_changes_nothing(
     ("path", "body", "field"),
     [
         ("/v1/accounts/acme/grants", {"grant_id": "g2", "credits": 0, "reason": "test"}, "credits"),
-        ("/v1/accounts/acme/grants", {"grant_id": "g2", "credits": 2.5, "reason": "test"}, "credits"),
+        (
+            "/v1/accounts/acme/grants",
+            {"grant_id": "g2", "credits": 2.5, "reason": "test"},
+            "credits",
+        ),
         ("/v1/accounts/acme/grants", {"grant_id": "g2", "reason": "test"}, "credits"),
-        ("/v1/accounts/acme/grants", {"grant_id": "g/2", "credits": 1, "reason": "test"}, "grant_id"),
+        (
+            "/v1/accounts/acme/grants",
+            {"grant_id": "g/2", "credits": 1, "reason": "test"},
+            "grant_id",
+        ),
         (
             "/v1/accounts/acme/grants",
             {"grant_id": "g2", "credits": 1, "priority": 2**31, "reason": "test"},
@@ -286,10 +306,19 @@ async def test_bad_check_input_is_a_named_4xx_and_changes_nothing(
         ),
         (
             "/v1/accounts/acme/grants",
-            {"grant_id": "g2", "credits": 1, "expires_at": "2001-01-01T00:00:00Z", "reason": "test"},
+            {
+                "grant_id": "g2",
+                "credits": 1,
+                "expires_at": "2001-01-01T00:00:00Z",
+                "reason": "test",
+            },
             "expires_at",
         ),
-        ("/v1/accounts/acme/grants", {"grant_id": "g2", "credits": MAX_CREDITS, "reason": "test"}, None),
+        (
+            "/v1/accounts/acme/grants",
+            {"grant_id": "g2", "credits": MAX_CREDITS, "reason": "test"},
+            None,
+        ),
         (
             "/v1/accounts/acme/grants",
             {"grant_id": "g2", "credits": 1, "expires_at": 999_999_999_999_998, "reason": "test"},
@@ -297,7 +326,12 @@ async def test_bad_check_input_is_a_named_4xx_and_changes_nothing(
         ),
         (
             "/v1/accounts/acme/grants",
-            {"grant_id": "g2", "credits": 1, "expires_at": "9999-12-31T23:59:59-23:59", "reason": "test"},
+            {
+                "grant_id": "g2",
+                "credits": 1,
+                "expires_at": "9999-12-31T23:59:59-23:59",
+                "reason": "test",
+            },
             "expires_at",
         ),
         ("/v1/accounts/acme", {"overdraft_limit": -1}, "overdraft_limit"),
@@ -305,10 +339,20 @@ async def test_bad_check_input_is_a_named_4xx_and_changes_nothing(
         ("/v1/holds", {"account": "acme", "hold_id": "h", "amount": 1, "ttl_ms": 0}, "ttl_ms"),
         ("/v1/holds/h/settle", {"account": "acme", "amount": -1}, "amount"),
         ("/v1/holds/nohold/settle", {"account": "acme", "amount": 1}, None),
-        ("/v1/refunds", {"account": "acme", "refund_id": "r", "transaction_id": "tx_x", "reason": "test"}, None),
         (
             "/v1/refunds",
-            {"account": "acme", "refund_id": "r", "transaction_id": "tx_x", "amount": 0, "reason": "test"},
+            {"account": "acme", "refund_id": "r", "transaction_id": "tx_x", "reason": "test"},
+            None,
+        ),
+        (
+            "/v1/refunds",
+            {
+                "account": "acme",
+                "refund_id": "r",
+                "transaction_id": "tx_x",
+                "amount": 0,
+                "reason": "test",
+            },
             "amount",
         ),
     ],

@@ -93,7 +93,12 @@ async def test_a_hold_counts_until_settled_and_a_refund_gives_room_back(client: 
     assert r.status == 200
     status, body = await check(client, 8, "k2")
     assert status == 200
-    refund = {"account": "acme", "refund_id": "r", "transaction_id": body["transaction_id"], "reason": "test"}
+    refund = {
+        "account": "acme",
+        "refund_id": "r",
+        "transaction_id": body["transaction_id"],
+        "reason": "test",
+    }
     assert (await client.post("/v1/refunds", json=refund, headers=admin())).status == 201
     assert (await balance(client))["spend"]["spent"] == 2
     big = {"account": "acme", "hold_id": "h2", "amount": 9}

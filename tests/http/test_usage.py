@@ -104,7 +104,12 @@ async def test_a_reported_usage_is_refundable(client: Client) -> None:
     await account(client, 10)
     _, body = await report(client, 15, "job-1")
     assert body["debt_added"] == 5
-    refund = {"account": "acme", "refund_id": "r1", "transaction_id": body["transaction_id"], "reason": "test"}
+    refund = {
+        "account": "acme",
+        "refund_id": "r1",
+        "transaction_id": body["transaction_id"],
+        "reason": "test",
+    }
     r = await client.post("/v1/refunds", json=refund, headers=admin())
     assert r.status == 201, await r.text()
     b = await balance(client)
