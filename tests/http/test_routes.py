@@ -386,7 +386,7 @@ def test_rfc3339_timestamps_convert_to_exact_milliseconds() -> None:
     from sidecar.http.schemas import GrantRequest
 
     g = GrantRequest.model_validate_json(
-        b'{"grant_id": "g", "credits": 1, "expires_at": "2039-09-04T05:40:49.648Z", "reason": "test"}'
+        b'{"grant_id": "g", "credits": 1, "expires_at": "2039-09-04T05:40:49.648Z", "reason": "t"}'
     )
     assert g.expires_at == 2198727649648  # float timestamp() gives ...647
 
