@@ -35,7 +35,7 @@ async def audits(redis: RedisClient) -> list[dict[str, Any]]:
 
 
 async def to_sql(client: Client) -> None:
-    app = client.server.app
+    app = client.app
     await drain(make_writer(app[LEDGER], app[BILLING].sql.engine))
 
 
@@ -149,7 +149,7 @@ async def test_secrets_never_reach_the_trail(client: Client, redis: RedisClient)
         assert s not in trail
     assert trail.count("'***'") >= 4
     await to_sql(client)
-    rows = await walk(client.server.app[BILLING].sql.engine)
+    rows = await walk(client.app[BILLING].sql.engine)
     assert rows and not any(s in repr(rows) for s in (token, rotated, key, secret))
 
 
@@ -200,7 +200,7 @@ async def test_the_writer_chains_the_trail_and_verify_finds_it_intact(
     await changes(client, 3, first=5)
     await to_sql(client)
     await to_sql(client)  # nothing new: nothing appended twice
-    engine = client.server.app[BILLING].sql.engine
+    engine = client.app[BILLING].sql.engine
     rows = await walk(engine)
     assert [r.seq for r in rows] == list(range(1, 9))
     assert verify(rows, await head(redis)) == []
@@ -221,7 +221,7 @@ async def test_verify_finds_an_entry_edited_or_deleted_in_sql(
 ) -> None:
     await changes(client, 5)
     await to_sql(client)
-    engine = client.server.app[BILLING].sql.engine
+    engine = client.app[BILLING].sql.engine
     async with engine.begin() as conn:
         await conn.execute(text(statement))
     problems = verify(await walk(engine), await head(redis))
