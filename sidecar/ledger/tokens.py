@@ -13,6 +13,7 @@ are not stored: they are :class:`Caller`s with fixed scopes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import string
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from sidecar.ledger.arguments import new_transaction_id
 from sidecar.ledger.calls import Ledger
 from sidecar.ledger.redis_calls import store_call
 from sidecar.redis.client import text as _text
+
+log = logging.getLogger(__name__)
 
 Scope = Literal["admin", "service", "read", "portal", "checkout"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -187,7 +190,9 @@ class Tokens:
         return TokenRecord.from_json(raw)
 
     async def all(self) -> tuple[int, dict[str, TokenRecord]]:
-        """The version and every token, by id."""
+        """The version and every token, by id. A record that cannot be read is left out (and
+        logged): its token is refused, and one bad record does not stop every process from
+        following the others (a revocation never applied) nor every change from answering."""
         raw: dict[Any, Any] = await store_call(
             self.redis.hgetall(self.keys.tokens()), self.ledger.deadline_s
         )
@@ -197,8 +202,11 @@ class Tokens:
             key = _text(k)
             if key == VERSION_FIELD:
                 version = int(v)
-            else:
+                continue
+            try:
                 found[key] = TokenRecord.from_json(v)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                log.error("token %r: unreadable record left out (%s: %s)", key, type(e).__name__, e)
         return version, found
 
     async def last_used(self) -> dict[str, int]:

@@ -805,6 +805,39 @@ async def test_a_token_created_just_after_redis_lost_the_tokens_is_taken_at_once
     assert not await works(client, old["token"])
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"{not json",
+        b"{}",
+        b'{"id": "x"}',
+        b'{"id": "x", "name": "n", "scopes": 5, "hash": 1}',
+        b"7",
+    ],
+)
+async def test_one_unreadable_token_record_does_not_freeze_revocations_or_fail_every_change(
+    client: Client, redis: RedisClient, record: bytes
+) -> None:
+    """A record this process cannot read (written by another version, or by hand): its token
+    is refused, and the others are followed as before. (It froze every process's copy: a
+    revoke answered 500 yet was in Redis, and the revoked token stayed valid everywhere.)"""
+    good = await create(client, ["read"])
+    doomed = await create(client, ["read"])
+    await redis.hset(TOKENS, "zzzzzzzzzzzzzzzz", record)
+    await redis.hincrby(TOKENS, "~v", 1)
+    assert await works(client, good["token"])
+    fresh = await create(client, ["read"])
+    assert await works(client, fresh["token"])
+    r = await client.delete(f"/v1/tokens/{doomed['token_id']}", headers=admin())
+    assert r.status == 200, await r.text()
+    assert not await works(client, doomed["token"])
+    r = await client.get("/v1/tokens", headers=admin())
+    assert r.status == 200
+    listed = {t["token_id"] for t in (await r.json())["tokens"]}
+    assert listed == {good["token_id"], doomed["token_id"], fresh["token_id"]}
+    assert not await works(client, "cst_zzzzzzzzzzzzzzzz_x")
+
+
 @pytest.fixture
 async def paused_client(
     paused: tuple[RedisServer, RedisClient], tmp_path: Path, sqlite_template: Path, clock: FakeClock
