@@ -27,7 +27,10 @@ from sidecar.http.api import API
 from sidecar.http.app import create_app
 from sidecar.http.contract import Operation
 from sidecar.http.state import TOKEN_CACHE
+from sidecar.ledger.calls import Ledger
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.token_cache import TokenCache
+from sidecar.ledger.tokens import Tokens
 from sidecar.redis.client import RedisClient
 from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
@@ -680,6 +683,21 @@ async def test_twenty_concurrent_rotations_with_grace_keep_the_last_secret_and_g
     assert len([s for s in secrets if await works(client, s)]) == 1
 
 
+async def test_a_ninth_rotation_within_the_grace_drops_the_secret_whose_grace_ends_first(
+    client: Client, clock: FakeClock
+) -> None:
+    """docs/tokens.md: eight replaced secrets at most."""
+    made = await create(client, ["read"])
+    path = f"/v1/tokens/{made['token_id']}/rotate"
+    secrets = [made["token"]]
+    for _ in range(9):
+        r = await client.post(path, json={"grace_seconds": 60}, headers=admin())
+        assert r.status == 200
+        secrets.append((await r.json())["token"])
+        clock.advance(1)
+    assert [await works(client, s) for s in secrets] == [False] + [True] * 9
+
+
 async def test_rotations_racing_a_revoke_end_revoked_with_every_secret_dead(
     client: Client, redis: RedisClient
 ) -> None:
@@ -917,3 +935,94 @@ async def test_with_redis_paused_a_cached_token_authorizes_and_changes_answer_50
     r = await c.delete(f"/v1/tokens/{victim['token_id']}", headers=admin())
     assert r.status == 200
     assert not await works(c, victim["token"])
+
+
+@pytest.mark.slow
+async def test_an_app_started_while_redis_is_paused_takes_bootstrap_only_then_named_tokens(
+    paused: tuple[RedisServer, RedisClient], tmp_path: Path, sqlite_template: Path, clock: FakeClock
+) -> None:
+    """docs/tokens.md: a process that starts while Redis is away knows only the bootstrap
+    tokens until Redis answers; a named token is a 401 (JSON) meanwhile, never a 500."""
+    server, redis_client = paused
+    ledger = Ledger(redis_client, KeySpace(), clock=clock)
+    try:
+        _, named = await Tokens(ledger).create("early", ["read"])
+    finally:
+        ledger.close()
+    data = tmp_path / "data"
+    data.mkdir()
+    premigrated(sqlite_template, data)
+    settings = Settings(
+        redis_url=server.url,
+        admin_token=SecretStr(ADMIN),
+        service_token=SecretStr(SERVICE),
+        data_dir=data,
+        writer="off",
+        billing_worker="off",
+        redis_deadline_s=1.0,
+        redis_deadline_margin_ms=200,
+    )
+    stop_redis(server)
+    try:
+        app = create_app(settings, clock=clock)
+        async with TestClient(TestServer(app)) as c:
+            r = await c.get("/v1/plans", headers=bearer(named))
+            await refused(r, 401, "unauthorized")
+            r = await c.get("/v1/plans", headers=admin())
+            await refused(r, 503)  # authorized; the store is away
+            await resume_redis(server, redis_client)
+
+            async def taken() -> bool:
+                return await works(c, named)
+
+            await wait_until(taken)
+    finally:
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+async def test_token_changes_survive_redis_losing_its_scripts(
+    client: Client, redis: RedisClient
+) -> None:
+    made = await create(client, ["read"])
+    await redis.script_flush()
+    r = await client.post(f"/v1/tokens/{made['token_id']}/rotate", headers=admin())
+    assert r.status == 200, await r.text()
+    await redis.script_flush()
+    fresh = await create(client, ["read"])
+    await redis.script_flush()
+    r = await client.delete(f"/v1/tokens/{made['token_id']}", headers=admin())
+    assert r.status == 200, await r.text()
+    assert not await works(client, made["token"])
+    assert await works(client, fresh["token"])
+
+
+# --- the applied protocol across processes -----------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a process's heartbeat is stamped and judged on each process's own clock: a "
+    "process whose clock is more than LIVE_MS behind is taken for dead and not waited for",
+)
+async def test_a_revoke_waits_for_a_live_process_whose_clock_is_behind(
+    redis: RedisClient, clock: FakeClock
+) -> None:
+    """Two serving processes on one Redis (two hosts), the second's clock 10 s behind. The
+    second has reported in just now but has not applied the revoke: the revoke must not be
+    answered as applied everywhere."""
+    here = Ledger(redis, KeySpace(), clock=clock)
+    behind_clock = FakeClock(clock.now - 10_000)
+    there = Ledger(redis, KeySpace(), clock=behind_clock)
+    try:
+        tokens = Tokens(here)
+        record, _ = await tokens.create("app", ["read"])
+        mine = TokenCache(tokens, clock, worker="here")
+        theirs = TokenCache(Tokens(there), behind_clock, worker="there")
+        await mine.refresh()
+        await theirs.refresh()  # alive, on the version before the revoke
+        await tokens.revoke(record.id)
+        assert not await mine.applied(await tokens.version(), timeout_s=0.5)
+    finally:
+        here.close()
+        there.close()
