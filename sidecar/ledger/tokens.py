@@ -40,6 +40,14 @@ MAX_GRACE_MS = 30 * 86_400_000
 VERSION_FIELD = "~v"
 
 
+def _int(v: bytes | str) -> int | None:
+    """An integer of the tokens' bookkeeping hashes, None for what is not one."""
+    try:
+        return int(v)
+    except ValueError:
+        return None
+
+
 def new_token() -> tuple[str, str]:
     """A new token's id and the token itself (``cst_<id>_<secret>``, 256 random bits)."""
     token_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_LENGTH))
@@ -213,7 +221,8 @@ class Tokens:
         raw: dict[Any, Any] = await store_call(
             self.redis.hgetall(self.keys.token_use()), self.ledger.deadline_s
         )
-        return {_text(k): int(v) for k, v in raw.items()}
+        out = {_text(k): _int(v) for k, v in raw.items()}
+        return {k: v for k, v in out.items() if v is not None}  # (others not this version's)
 
     async def version(self) -> int:
         v = await store_call(
@@ -235,8 +244,10 @@ class Tokens:
         )
         out: dict[str, tuple[int, int]] = {}
         for k, v in raw.items():
-            version, _, at = _text(v).partition(":")
-            out[_text(k)] = (int(version), int(at))
+            version, _, at = v.partition(b":" if isinstance(v, bytes) else ":")
+            report = (_int(version), _int(at))
+            if report[0] is not None and report[1] is not None:  # else not this version's
+                out[_text(k)] = (report[0], report[1])
         return out
 
     async def forget_workers(self, workers: Sequence[str]) -> None:

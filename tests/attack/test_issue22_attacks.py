@@ -856,6 +856,26 @@ async def test_one_unreadable_token_record_does_not_freeze_revocations_or_fail_e
     assert not await works(client, "cst_zzzzzzzzzzzzzzzz_x")
 
 
+@pytest.mark.parametrize("value", [b"garbage", b"1:x", b"x:1", b"", b"\xff:1", b"12:34:56"])
+async def test_an_unreadable_heartbeat_or_last_use_note_fails_no_token_change(
+    client: Client, redis: RedisClient, value: bytes
+) -> None:
+    """The processes' heartbeats and last-use notes (another version's, or by hand): no
+    change answers 500 after it was made (a rotation's new secret lost with it)."""
+    made = await create(client, ["read"])
+    await redis.hset(KeySpace().token_workers(), "old-process", value)
+    await redis.hset(KeySpace().token_use(), made["token_id"], value)
+    fresh = await create(client, ["read"])
+    r = await client.post(f"/v1/tokens/{made['token_id']}/rotate", headers=admin())
+    assert r.status == 200, await r.text()
+    assert await works(client, (await r.json())["token"])
+    for path in ("/v1/tokens", f"/v1/tokens/{made['token_id']}"):
+        assert (await client.get(path, headers=admin())).status == 200
+    r = await client.delete(f"/v1/tokens/{fresh['token_id']}", headers=admin())
+    assert r.status == 200, await r.text()
+    assert not await works(client, fresh["token"])
+
+
 @pytest.fixture
 async def paused_client(
     paused: tuple[RedisServer, RedisClient], tmp_path: Path, sqlite_template: Path, clock: FakeClock
