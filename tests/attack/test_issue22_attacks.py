@@ -805,6 +805,54 @@ async def test_redis_flushed_under_the_app_refuses_named_tokens_keeps_bootstrap_
     assert await works(client, fresh["token"])
 
 
+async def test_redis_flushed_while_requests_stream_in_never_answers_500(
+    client: Client, redis: RedisClient
+) -> None:
+    named = (await create(client, ["read"]))["token"]
+    seen: dict[str, set[int]] = {"named": set(), "bootstrap": set()}
+    stop = asyncio.Event()
+
+    async def stream(who: str, token: str) -> None:
+        while not stop.is_set():
+            r = await client.get("/v1/plans", headers=bearer(token))
+            seen[who].add(r.status)
+            assert r.content_type == "application/json"
+
+    streams = [asyncio.create_task(stream("named", named)) for _ in range(4)]
+    streams += [asyncio.create_task(stream("bootstrap", ADMIN)) for _ in range(4)]
+    await asyncio.sleep(0.2)
+    await redis.flushall()
+    await asyncio.sleep(0.6)  # past a poll: the named token is gone by now
+    stop.set()
+    await asyncio.gather(*streams)
+    assert seen["named"] == {200, 401} and seen["bootstrap"] == {200}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/tokens/"),
+        ("GET", "/v1//tokens"),
+        ("GET", "/V1/tokens"),
+        ("POST", "/v1/tokens/abc/rotate/"),
+        ("PUT", "/v1/tokens/abc"),
+        ("PATCH", "/v1/tokens"),
+        ("GET", "/v1/tokens/abc/rotate"),
+        ("GET", "/v1/tokens?token_id=abc"),
+    ],
+)
+async def test_odd_token_paths_and_methods_are_json_4xx(
+    client: Client, redis: RedisClient, method: str, path: str
+) -> None:
+    before = await snapshot(redis)
+    r = await client.request(method, path, headers=admin(), allow_redirects=False)
+    if r.status == 200:  # the listing, its query ignored
+        assert path.startswith("/v1/tokens?")
+    else:
+        assert 400 <= r.status < 500 or r.status in (301, 308), (r.status, await r.text())
+    assert await snapshot(redis) == before
+
+
 async def test_a_token_created_just_after_redis_lost_the_tokens_is_taken_at_once(
     client: Client, redis: RedisClient, clock: FakeClock
 ) -> None:
