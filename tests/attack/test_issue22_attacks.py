@@ -404,6 +404,26 @@ async def test_authorization_header_variants_are_parsed_one_way(
     assert got == 200 or b'"error"' in body or got == 400
 
 
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        (b"authorization: Bearer " + ADMIN.encode(), 200),  # names are case-insensitive
+        (b"AUTHORIZATION: Bearer " + ADMIN.encode(), 200),
+        (b"Authorization: Bearer " + ADMIN.encode() + b"\r\nauthorization: Bearer x", 401),
+        (b"Authorization: Bearer\r\n " + ADMIN.encode(), 400),  # obsolete line folding
+        (b"Authorization : Bearer " + ADMIN.encode(), 400),  # space before the colon
+        (b"Authorization: Bearer x\r\nX-Authorization: Bearer " + ADMIN.encode(), 401),
+        (b"Proxy-Authorization: Bearer " + ADMIN.encode(), 401),
+        (b"Authorization: Bearer " + ADMIN.encode() + b", Bearer x", 401),
+    ],
+)
+async def test_authorization_header_smuggling_is_refused(
+    client: Client, headers: bytes, status: int
+) -> None:
+    got, body = await raw_request(client, b"GET /v1/tokens HTTP/1.1\r\nHost: x\r\n" + headers)
+    assert got == status, (headers, got, body)
+
+
 async def test_a_token_with_a_trailing_newline_or_nul_in_a_header_is_refused_never_500(
     client: Client,
 ) -> None:
@@ -742,6 +762,51 @@ async def test_twenty_concurrent_creates_make_twenty_distinct_working_tokens(
     assert all([await works(client, m["token"]) for m in made])
     r = await client.get("/v1/tokens", headers=admin())
     assert len((await r.json())["tokens"]) == 20
+
+
+async def test_twenty_concurrent_creates_of_one_token_id_make_one_token_the_rest_409(
+    client: Client, redis: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids are random (82 bits), so this takes forcing: every create draws the same id. One
+    is created; the others are refused (409, JSON) without touching it."""
+    import sidecar.ledger.tokens as tokens_module
+
+    drawn = iter(range(20))
+
+    def same_id() -> tuple[str, str]:
+        return "samesamesamesame", f"cst_samesamesamesame_secret{next(drawn)}"
+
+    monkeypatch.setattr(tokens_module, "new_token", same_id)
+    answers = await asyncio.gather(
+        *(
+            client.post("/v1/tokens", json={"name": f"n{i}", "scopes": ["read"]}, headers=admin())
+            for i in range(20)
+        )
+    )
+    statuses = sorted(a.status for a in answers)
+    assert statuses == [201] + [409] * 19, statuses
+    winner = next(a for a in answers if a.status == 201)
+    token = (await winner.json())["token"]
+    for a in answers:
+        if a.status == 409:
+            await refused(a, 409)
+    assert await works(client, token)
+    r = await client.get("/v1/tokens", headers=admin())
+    assert [t["name"] for t in (await r.json())["tokens"]] == [(await winner.json())["name"]]
+
+
+async def test_idempotency_keys_of_another_account_are_not_replayed_to_a_prefix_token(
+    client: Client,
+) -> None:
+    await setup_accounts(client)
+    check = {"account": "other", "cost": 9, "idempotency_key": "shared"}
+    r = await client.post("/v1/check", json=check, headers=admin())
+    theirs = (await r.json())["transaction_id"]
+    t = bearer((await create(client, ["service"], prefix="acme_"))["token"])
+    r = await client.post("/v1/check", json=check | {"account": "acme_1"}, headers=t)
+    assert r.status == 200, await r.text()
+    mine = await r.json()
+    assert mine["transaction_id"] != theirs and mine.get("replayed") in (None, False)
 
 
 async def test_requests_streaming_in_while_a_token_is_revoked_are_refused_from_the_answer_on(
