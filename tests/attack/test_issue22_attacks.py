@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -424,6 +425,32 @@ async def test_authorization_header_smuggling_is_refused(
     assert got == status, (headers, got, body)
 
 
+async def test_pipelined_requests_on_one_connection_do_not_share_a_caller(
+    client: Client,
+) -> None:
+    """An authorized request, then one without a token and one with a read token, on one
+    keep-alive connection: each is judged on its own header."""
+    read = (await create(client, ["read"]))["token"]
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(
+            b"GET /v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + ADMIN.encode()
+            + b"\r\n\r\nGET /v1/tokens HTTP/1.1\r\nHost: x\r\n\r\n"
+            + b"GET /v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + read.encode()
+            + b"\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    statuses = [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+    assert statuses == [200, 401, 403], data
+
+
 async def test_a_token_with_a_trailing_newline_or_nul_in_a_header_is_refused_never_500(
     client: Client,
 ) -> None:
@@ -521,6 +548,23 @@ async def test_rotated_then_revoked_every_secret_dies_and_it_stays_dead(
     assert await snapshot(redis) == before
     clock.advance(-10_000)  # the clock stepping back brings no grace back
     assert [await works(client, s) for s in secrets] == [False] * 4
+
+
+async def test_a_rotation_with_no_grace_cuts_only_the_secret_it_replaces_a_revoke_all(
+    client: Client,
+) -> None:
+    """As documented ("each replaced secret keeps its own"): a grace-0 rotation after a
+    rotation with a grace leaves the earlier secret in its grace; to cut every secret of a
+    leaked token, revoke it."""
+    made = await create(client, ["read"])
+    path = f"/v1/tokens/{made['token_id']}"
+    r = await client.post(f"{path}/rotate", json={"grace_seconds": 3600}, headers=admin())
+    first = (await r.json())["token"]
+    r = await client.post(f"{path}/rotate", json={"grace_seconds": 0}, headers=admin())
+    second = (await r.json())["token"]
+    assert [await works(client, t) for t in (made["token"], first, second)] == [True, False, True]
+    assert (await client.delete(path, headers=admin())).status == 200
+    assert [await works(client, t) for t in (made["token"], first, second)] == [False] * 3
 
 
 async def test_a_rotation_with_no_grace_cuts_the_old_secret_at_once(client: Client) -> None:
