@@ -1228,3 +1228,40 @@ async def test_a_revoke_is_not_taken_by_a_process_cut_off_from_redis(
         assert cut_off.verify(token.encode()) is None
     finally:
         ledger.close()
+
+
+async def test_a_process_starting_while_a_token_is_revoked_is_waited_for(
+    redis: RedisClient, clock: FakeClock
+) -> None:
+    """A process that loaded the tokens but has not reported yet (starting up) when a revoke
+    is made: the revoke is not answered until it applied it."""
+    ledger = Ledger(redis, KeySpace(), clock=clock)
+    try:
+        tokens = Tokens(ledger)
+        record, token = await tokens.create("app", ["read"])
+        here = TokenCache(tokens, clock, worker="here")
+        await here.refresh()
+        starting_tokens = Tokens(ledger)
+        starting = TokenCache(starting_tokens, clock, worker="starting")
+        loaded, report = asyncio.Event(), asyncio.Event()
+        real_report = starting_tokens.report_applied
+
+        async def slow_report(worker: str, version: int, now: int) -> None:
+            if version >= 0:  # its records are loaded: hold its report back
+                loaded.set()
+                await report.wait()
+            await real_report(worker, version, now)
+
+        starting_tokens.report_applied = slow_report  # type: ignore[method-assign]
+        start = asyncio.create_task(starting.refresh())
+        await loaded.wait()
+        await tokens.revoke(record.id)
+        version = await tokens.version()
+        assert not await here.applied(version, timeout_s=0.5)
+        report.set()
+        await start
+        await starting.refresh()  # its next poll
+        assert await here.applied(version, timeout_s=0.5)
+        assert starting.verify(token.encode()) is None
+    finally:
+        ledger.close()
