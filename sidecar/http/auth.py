@@ -30,8 +30,12 @@ CALLER = web.RequestKey("caller", Caller)
 
 
 def bearer(request: web.Request) -> bytes | None:
-    """The bearer token of the Authorization header (surrogate-escaped bytes kept), or None."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    """The bearer token of the Authorization header (surrogate-escaped bytes kept), or None.
+    Two Authorization headers are refused (401): a proxy in front may read the other one."""
+    values = request.headers.getall("Authorization", ())
+    if len(values) > 1:
+        raise errors.Unauthorized("more than one Authorization header")
+    scheme, _, token = (values[0] if values else "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return None
     return token.strip().encode("utf-8", "surrogateescape")

@@ -75,6 +75,10 @@ class TokenCache:
     async def refresh(self) -> None:
         """Loads the records if their version moved, and reports what this process applied."""
         async with self._lock:
+            if self.version < 0:
+                # Known to be serving before the first load: a change made between that load
+                # and the first report waits for this process, not only those that reported.
+                await self.tokens.report_applied(self.worker, -1, self.clock())
             version = await self.tokens.version()
             if version != self.version:
                 self.version, self.records = await self.tokens.all()

@@ -13,6 +13,7 @@ are not stored: they are :class:`Caller`s with fixed scopes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import string
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ from sidecar.ledger.calls import Ledger
 from sidecar.ledger.redis_calls import store_call
 from sidecar.redis.client import text as _text
 
+log = logging.getLogger(__name__)
+
 Scope = Literal["admin", "service", "read", "portal", "checkout"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 TOKEN_PREFIX = "cst_"  # noqa: S105 (the prefix, not a secret)
@@ -35,6 +38,14 @@ ID_LENGTH = 16
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 MAX_GRACE_MS = 30 * 86_400_000
 VERSION_FIELD = "~v"
+
+
+def _int(v: bytes | str) -> int | None:
+    """An integer of the tokens' bookkeeping hashes, None for what is not one."""
+    try:
+        return int(v)
+    except ValueError:
+        return None
 
 
 def new_token() -> tuple[str, str]:
@@ -187,7 +198,9 @@ class Tokens:
         return TokenRecord.from_json(raw)
 
     async def all(self) -> tuple[int, dict[str, TokenRecord]]:
-        """The version and every token, by id."""
+        """The version and every token, by id. A record that cannot be read is left out (and
+        logged): its token is refused, and one bad record does not stop every process from
+        following the others (a revocation never applied) nor every change from answering."""
         raw: dict[Any, Any] = await store_call(
             self.redis.hgetall(self.keys.tokens()), self.ledger.deadline_s
         )
@@ -197,15 +210,19 @@ class Tokens:
             key = _text(k)
             if key == VERSION_FIELD:
                 version = int(v)
-            else:
+                continue
+            try:
                 found[key] = TokenRecord.from_json(v)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                log.error("token %r: unreadable record left out (%s: %s)", key, type(e).__name__, e)
         return version, found
 
     async def last_used(self) -> dict[str, int]:
         raw: dict[Any, Any] = await store_call(
             self.redis.hgetall(self.keys.token_use()), self.ledger.deadline_s
         )
-        return {_text(k): int(v) for k, v in raw.items()}
+        out = {_text(k): _int(v) for k, v in raw.items()}
+        return {k: v for k, v in out.items() if v is not None}  # (others not this version's)
 
     async def version(self) -> int:
         v = await store_call(
@@ -227,8 +244,10 @@ class Tokens:
         )
         out: dict[str, tuple[int, int]] = {}
         for k, v in raw.items():
-            version, _, at = _text(v).partition(":")
-            out[_text(k)] = (int(version), int(at))
+            version, _, at = v.partition(b":" if isinstance(v, bytes) else ":")
+            report = (_int(version), _int(at))
+            if report[0] is not None and report[1] is not None:  # else not this version's
+                out[_text(k)] = (report[0], report[1])
         return out
 
     async def forget_workers(self, workers: Sequence[str]) -> None:

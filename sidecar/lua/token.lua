@@ -3,7 +3,8 @@
 -- Tokens belong to no account: shard 0 keeps them all in one hash, which every worker reads
 -- whole and polls for changes (sidecar/ledger/token_cache.py).
 -- KEYS (not the common ones): [1] the tokens hash: field <token id> -> the record (JSON),
---   field '~v' -> the version, bumped by every change   [2] shard 0's outbox stream
+--   field '~v' -> the version, bumped by every change (a hash without one starts it at now)
+--   [2] shard 0's outbox stream
 -- ARGV: the common five, the token id in the account's place, then
 --   [6] mode: 'create', 'rotate' or 'revoke'
 --   create: [7] name (1-200 characters)  [8] scopes (JSON array of admin, service, read,
@@ -49,6 +50,10 @@ end
 
 local function save(rec)
   local raw = jenc(rec)
+  -- A hash without a version (new, or lost by Redis) starts it at now, not 0: counting from 1
+  -- again could reach the number a serving process holds from before the loss, and it would
+  -- take the new records for the ones it has (a token just created refused for good).
+  if redis.call('HEXISTS', TOKENS, '~v') == 0 then redis.call('HSET', TOKENS, '~v', NOW) end
   redis.call('HSET', TOKENS, TOKEN, raw)
   local v = redis.call('HINCRBY', TOKENS, '~v', 1)
   entry(raw)
