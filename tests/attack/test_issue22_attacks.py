@@ -80,7 +80,7 @@ async def setup_accounts(c: Client) -> None:
     """acme_1 (ours for an ``acme_`` token) and other, each with 100 credits, a key and a hold."""
     for a in ("acme_1", "other"):
         assert (await c.put(f"/v1/accounts/{a}", json={}, headers=admin())).status == 201
-        grant = {"grant_id": "g", "credits": 100}
+        grant = {"grant_id": "g", "credits": 100, "reason": "test"}
         r = await c.post(f"/v1/accounts/{a}/grants", json=grant, headers=admin())
         assert r.status == 201, await r.text()
         hold = {"account": a, "hold_id": f"h_{a}", "amount": 10}
@@ -137,6 +137,7 @@ async def test_a_prefix_admin_token_reaches_no_other_account_on_any_route_and_ch
         "scopes": ["admin"],
         "grant_id": "g2",
         "credits": 5,
+        "reason": "test",
     }
     before = await snapshot(redis)
     r = await client.request(op.method, _concrete(op), json=body, headers=t)
@@ -221,7 +222,7 @@ async def test_a_prefix_admin_token_refunding_another_accounts_transaction_finds
     txid = (await r.json())["transaction_id"]
     t = bearer((await create(client, ["admin"], prefix="acme_"))["token"])
     before = await snapshot(redis)
-    refund = {"account": "acme_1", "refund_id": "r1", "transaction_id": txid}
+    refund = {"account": "acme_1", "refund_id": "r1", "transaction_id": txid, "reason": "t"}
     r = await client.post("/v1/refunds", json=refund, headers=t)
     assert r.status in (404, 409, 422), (r.status, await r.text())
     await refused(r, r.status)
