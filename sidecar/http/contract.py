@@ -354,6 +354,9 @@ async def record(
     elif call.path is not None:
         values = [v for k, v in call.path.model_dump().items() if k != "account"]
         target = str(values[-1]) if values else None
+    if target is None and isinstance(after, dict):
+        # a creation names what it made in its answer (a token's or a key's new id)
+        target = next((str(after[k]) for k in ("token_id", "key_id") if after.get(k)), None)
     entry = AuditEntry(
         at=app[LEDGER].clock(),
         token_id=caller.token_id if caller is not None else "",

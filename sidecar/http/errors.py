@@ -86,6 +86,8 @@ def validation_error(e: ValidationError) -> errors.InvalidInput:
         msg = "unknown field"
     elif first["type"] == "missing":
         msg = "field required"
+    elif first["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")  # our validators' own words
     return errors.InvalidInput(f"{field}: {msg}" if field else msg, field=field)
 
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.cli.conftest import call, cli
+
+pytestmark = pytest.mark.sql_free  # (nothing here depends on the SQL backend)
 
 
 def test_create_list_rotate_and_revoke_a_token(served: dict[str, str]) -> None:

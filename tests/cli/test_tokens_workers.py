@@ -7,19 +7,21 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests import workers
 from tests.workers import ADMIN_TOKEN
 
+pytestmark = pytest.mark.sql_free  # (nothing here depends on the SQL backend)
+
 CALLS = 40  # a new connection each: the kernel spreads them over both workers
 
 
-@pytest.fixture
-def listen(tmp_path: Path) -> Iterator[str]:
-    with workers.two_workers(tmp_path) as listen:
+@pytest.fixture(scope="module")
+def listen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One `serve --workers 2` for the module (each test makes tokens of its own)."""
+    with workers.two_workers(tmp_path_factory.mktemp("workers")) as listen:
         yield listen
 
 

@@ -117,6 +117,9 @@ async def test_a_change_leaves_exactly_one_entry_naming_its_token(
     e = new[0]
     assert e["action"] == action and e["token_id"] == ops["token_id"] and e["token_name"] == "ops"
     assert e["request_id"] == "req-42"
+    made = await r.json() if r.status != 204 else {}
+    if action in ("token.create", "key.create"):  # what a creation made is its target
+        assert e["target"] == made.get("token_id", made.get("key_id"))
 
 
 async def test_the_entry_says_before_after_and_why(client: Client, redis: RedisClient) -> None:
