@@ -13,7 +13,7 @@ from sidecar.cli.common import AsciiInt, echo_json, load_settings, open_store, r
 from sidecar.cli.tables import echo_table
 from sidecar.ledger.audit import verify
 from sidecar.ledger.keyspace import KeySpace
-from sidecar.ledger.units import iso
+from sidecar.ledger.units import iso, parse_rfc3339
 from sidecar.persistence.audit_store import AuditQuery, find, walk
 from sidecar.persistence.db import engine_for
 from sidecar.redis.client import text as _text
@@ -28,6 +28,8 @@ def audit() -> None:
 @click.option("--account")
 @click.option("--token", "token_id", help="a token id (bootstrap:admin for SIDECAR_ADMIN_TOKEN)")
 @click.option("--action", help="e.g. grant.create, token.revoke")
+@click.option("--since", help="changes at or after this RFC 3339 time")
+@click.option("--until", help="changes before this RFC 3339 time")
 @click.option("--before", "before_seq", type=AsciiInt(), help="entries before this seq (paging)")
 @click.option("--limit", type=AsciiInt(), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -35,13 +37,23 @@ def list_cmd(
     account: str | None,
     token_id: str | None,
     action: str | None,
+    since: str | None,
+    until: str | None,
     before_seq: int | None,
     limit: int,
     as_json: bool,
 ) -> None:
     """The newest entries first."""
     settings = load_settings()
-    q = AuditQuery(account, token_id, action, before_seq=before_seq, limit=max(1, min(limit, 500)))
+    q = AuditQuery(
+        account,
+        token_id,
+        action,
+        _time(since, "--since"),
+        _time(until, "--until"),
+        before_seq,
+        max(1, min(limit, 500)),
+    )
 
     async def run() -> list[Any]:
         engine = engine_for(settings)
@@ -69,6 +81,15 @@ def list_cmd(
             for r in rows
         ],
     )
+
+
+def _time(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_rfc3339(value)
+    except ValueError:
+        raise click.BadParameter("an RFC 3339 time with an offset", param_hint=name) from None
 
 
 @audit.command("verify")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
+import socket
 import time
 
 import click
@@ -15,12 +17,16 @@ from sidecar.cli.common import (
     run_sql,
     run_until_signal,
 )
+from sidecar.ledger.audit import AuditEntry, AuditLog
 from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.redis_calls import CALL_DEADLINE_S
 from sidecar.ledger.units import MissingOffset, parse_rfc3339
 from sidecar.persistence.db import engine_for, migrate
 from sidecar.persistence.outbox_status import outbox_status
 from sidecar.persistence.reconcile import reconcile
+from sidecar.runtime.logs import new_request_id
 from sidecar.runtime.writer_runner import make_writer, run_inline, tune_gc
+from sidecar.settings import Settings
 
 
 @click.command()
@@ -135,6 +141,29 @@ def rebuild_cmd(account: str | None, replace: bool, force: bool) -> None:
     click.echo(f"restored {n} account(s) from SQL")
 
 
+async def audit_archive(
+    settings: Settings, account: str | None, reason: str | None, summary: dict[str, object]
+) -> None:
+    """The archive run's audit entry (docs/audit.md), appended as the API's are: to shard 0's
+    outbox, which the writer chains into SQL. Its actor is the command line (whoever can run
+    it holds the data dir or the Redis and SQL URLs)."""
+    keys = KeySpace(settings.shards)
+    entry = AuditEntry(
+        at=int(time.time() * 1000),
+        token_id="cli",  # noqa: S106 (an actor id, not a secret)
+        token_name=f"credit-sidecar archive ({getpass.getuser()}@{socket.gethostname()})",
+        request_id=new_request_id(),
+        action="archive.run",
+        account=account,
+        target=None,
+        reason=reason,
+        before=None,
+        after=summary,
+    )
+    async with open_store(settings) as redis:
+        await AuditLog(redis, keys, CALL_DEADLINE_S).append(entry)
+
+
 def _cutoff(value: str, now_ms: int) -> int:
     """``90d`` / ``12h`` (that long ago) or an RFC 3339 time, as unix ms."""
     units = {"d": 86_400_000, "h": 3_600_000}
@@ -154,8 +183,11 @@ def _cutoff(value: str, now_ms: int) -> int:
 )
 @click.option("--account", help="only this account (default: every account)")
 @click.option("--dry-run", is_flag=True, help="count what would move; move nothing")
+@click.option("--reason", help="why, for the audit trail (docs/audit.md)")
 @click.option("--json", "as_json", is_flag=True)
-def archive_cmd(before: str, account: str | None, dry_run: bool, as_json: bool) -> None:
+def archive_cmd(
+    before: str, account: str | None, dry_run: bool, reason: str | None, as_json: bool
+) -> None:
     """Move old transactions (and their allocations) to the archive tables.
 
     The ledger totals do not change: live amounts plus the archived total still equal each
@@ -181,13 +213,16 @@ def archive_cmd(before: str, account: str | None, dry_run: bool, as_json: bool) 
             )
         finally:
             await engine.dispose()
-        return {
+        summary: dict[str, object] = {
             "dry_run": dry_run,
             "before_ms": before_ms,
             "transactions": r.transactions,
             "allocations": r.allocations,
             "accounts": len(r.accounts),
         }
+        if not dry_run:
+            await audit_archive(settings, account, reason, summary)
+        return summary
 
     try:
         out = run_sql(run(), settings)
