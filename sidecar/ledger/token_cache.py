@@ -2,7 +2,8 @@
 a token on a request costs no round trip, and the protocol that makes a change reach them all.
 
 Each process polls the tokens' version (one ``HGET`` every ``poll_s``), reloads the records when
-it moved, and reports the version it applied, with a heartbeat, in the workers hash. A change
+it moved, and reports the version it applied, with a heartbeat stamped on Redis's clock (the
+hosts' clocks may disagree: sidecar/lua/token_workers.lua), in the workers hash. A change
 (create, rotate, revoke) answers only once every live process has reported its version
 (:meth:`TokenCache.applied`), so a revoked token is refused by every worker from the moment the
 revoke is answered. A process that stopped reporting is not waited for (and is forgotten after
@@ -17,6 +18,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 
 from sidecar.errors import StoreUnavailable
@@ -51,7 +53,7 @@ class TokenCache:
         self.version = -1  # nothing loaded yet
         self.records: dict[str, TokenRecord] = {}
         self._used: dict[str, int] = {}
-        self._reported = (-1, 0)  # version, when
+        self._reported = (-1, -HEARTBEAT_MS)  # version, when (monotonic ms)
         self._flushed = 0
         self._lock = asyncio.Lock()
 
@@ -78,14 +80,14 @@ class TokenCache:
             if self.version < 0:
                 # Known to be serving before the first load: a change made between that load
                 # and the first report waits for this process, not only those that reported.
-                await self.tokens.report_applied(self.worker, -1, self.clock())
+                await self.tokens.report_applied(self.worker, -1)
             version = await self.tokens.version()
             if version != self.version:
                 self.version, self.records = await self.tokens.all()
-            now = self.clock()
-            if self._reported[0] != self.version or now - self._reported[1] >= HEARTBEAT_MS:
-                await self.tokens.report_applied(self.worker, self.version, now)
-                self._reported = (self.version, now)
+            now, beat = self.clock(), int(time.monotonic() * 1000)
+            if self._reported[0] != self.version or beat - self._reported[1] >= HEARTBEAT_MS:
+                await self.tokens.report_applied(self.worker, self.version)
+                self._reported = (self.version, beat)
             if self._used and now - self._flushed >= USE_FLUSH_MS:
                 used, self._used = self._used, {}
                 await self.tokens.record_use(used)
@@ -98,8 +100,7 @@ class TokenCache:
         until = loop.time() + timeout_s
         while True:
             await self.refresh()
-            now = self.clock()
-            workers = await self.tokens.workers()
+            now, workers = await self.tokens.workers()  # both on Redis's clock
             behind = [w for w, (v, at) in workers.items() if v < version and now - at < LIVE_MS]
             if not behind:
                 await self.tokens.forget_workers(

@@ -230,25 +230,35 @@ class Tokens:
         )
         return int(v or 0)
 
-    async def report_applied(self, worker: str, version: int, now: int) -> None:
-        """``worker`` serves with ``version`` of the tokens (and is alive at ``now``)."""
-        await store_call(
-            self.redis.hset(self.keys.token_workers(), worker, f"{version}:{now}"),
-            self.ledger.deadline_s,
-        )
+    async def _workers_script(self, *args: str | int) -> Any:
+        script = self.ledger.scripts.token_workers
+        keys = [self.keys.token_workers()]
 
-    async def workers(self) -> dict[str, tuple[int, int]]:
-        """Each serving process: the version it applied, and when it last said so (ms)."""
-        raw: dict[Any, Any] = await store_call(
-            self.redis.hgetall(self.keys.token_workers()), self.ledger.deadline_s
-        )
+        async def invoke() -> Any:
+            try:
+                return await script(keys=keys, args=list(args))
+            except NoScriptError:  # flushed between the reload and the EVALSHA: EVAL cannot miss
+                return await self.redis.eval(cast(str, script.script), 1, *keys, *args)
+
+        return await store_call(invoke(), self.ledger.deadline_s)
+
+    async def report_applied(self, worker: str, version: int) -> None:
+        """``worker`` serves with ``version`` of the tokens, and is alive now (Redis's clock:
+        sidecar/lua/token_workers.lua)."""
+        await self._workers_script("report", worker, version)
+
+    async def workers(self) -> tuple[int, dict[str, tuple[int, int]]]:
+        """Redis's time now (ms), and each serving process's report: the version it applied,
+        and when it last said so, on that same clock."""
+        reply = await self._workers_script("read")
+        now, flat = int(reply[0]), reply[1:]
         out: dict[str, tuple[int, int]] = {}
-        for k, v in raw.items():
+        for k, v in zip(flat[::2], flat[1::2], strict=True):
             version, _, at = v.partition(b":" if isinstance(v, bytes) else ":")
             report = (_int(version), _int(at))
             if report[0] is not None and report[1] is not None:  # else not this version's
                 out[_text(k)] = (report[0], report[1])
-        return out
+        return now, out
 
     async def forget_workers(self, workers: Sequence[str]) -> None:
         if workers:

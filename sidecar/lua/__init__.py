@@ -33,7 +33,7 @@ NAMES = (
     "token",
 )
 # not prefixed with _lib.lua: they touch no account and need none of it
-STANDALONE = ("lease", "restore_tokens")
+STANDALONE = ("lease", "restore_tokens", "token_workers")
 
 
 @cache
@@ -66,6 +66,7 @@ class Scripts:
     token: AsyncScript
     lease: AsyncScript
     restore_tokens: AsyncScript
+    token_workers: AsyncScript
 
     @classmethod
     def register(cls, client: RedisClient) -> Scripts:
