@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 HEARTBEAT_MS = 1_000
 LIVE_MS = 3_000  # a process that has not reported for this long is not waited for
 FORGET_MS = 600_000  # nor remembered after this
+# A process that has not heard from Redis for this long no longer vouches for stored tokens
+# (503): a revoke stops waiting for a process after LIVE_MS without a report, so by then the
+# process must have stopped taking the tokens it may no longer know are revoked.
+STALE_MS = 2_500
 USE_FLUSH_MS = 5_000
 
 
@@ -55,12 +59,17 @@ class TokenCache:
         self._used: dict[str, int] = {}
         self._reported = (-1, -HEARTBEAT_MS)  # version, when (monotonic ms)
         self._flushed = 0
+        self._heard = -STALE_MS - 1  # monotonic ms of the last refresh that reached Redis
         self._lock = asyncio.Lock()
 
     def verify(self, token: bytes) -> Caller | None:
         """The caller a presented ``cst_`` token stands for, or None (unknown, revoked, a
         replaced secret past its grace). Compared in constant time against its record."""
         token_id = token_id_of(token)
+        if token_id is not None and self.stale():
+            raise StoreUnavailable(
+                "the token store could not be reached: stored tokens cannot be confirmed"
+            )
         record = self.records.get(token_id) if token_id is not None else None
         if record is None or record.revoked_at is not None:
             return None
@@ -73,6 +82,10 @@ class TokenCache:
             return None
         self._used[record.id] = now
         return Caller(record.id, record.name, record.scopes, record.account_prefix)
+
+    def stale(self) -> bool:
+        """Whether this process last heard from Redis too long ago to vouch for its copy."""
+        return int(time.monotonic() * 1000) - self._heard > STALE_MS
 
     async def refresh(self) -> None:
         """Loads the records if their version moved, and reports what this process applied."""
@@ -88,6 +101,7 @@ class TokenCache:
             if self._reported[0] != self.version or beat - self._reported[1] >= HEARTBEAT_MS:
                 await self.tokens.report_applied(self.worker, self.version)
                 self._reported = (self.version, beat)
+            self._heard = beat
             if self._used and now - self._flushed >= USE_FLUSH_MS:
                 used, self._used = self._used, {}
                 await self.tokens.record_use(used)
