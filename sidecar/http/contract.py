@@ -96,7 +96,9 @@ class Audited:
 
     action: str
     before: Callable[[Call[Any, Any, Any]], Awaitable[Any]] | None = None
-    target: str | None = None  # a body field naming the thing changed (grant_id, refund_id)
+    # a field naming the thing changed: of the body (grant_id, refund_id), else of the answer
+    # (the key_id or token_id a creation makes up)
+    target: str | None = None
 
 
 Handler = Callable[[Call[Any, Any, Any]], Awaitable[Any]]
@@ -312,10 +314,11 @@ MAX_REASON = 500
 
 
 def reason_of(call: Call[Any, Any, Any]) -> str | None:
-    """Why the change is made: the body's ``reason`` where the body has one (grants, refunds:
-    their models require it where docs/audit.md says so), else the X-Audit-Reason header."""
-    if call.body is not None and hasattr(call.body, "reason"):
-        return cast(str | None, call.body.reason)
+    """Why the change is made: the body's ``reason`` where the body gives one (grants, refunds:
+    their models require it where docs/audit.md says so), else the X-Audit-Reason header (a
+    purchase grant's too)."""
+    if call.body is not None and getattr(call.body, "reason", None) is not None:
+        return cast(str, call.body.reason)
     given = call.request.headers.get(REASON_HEADER)
     if given is None:
         return None
@@ -349,11 +352,15 @@ async def record(
     caller = request.get(CALLER)
     after = msgspec.to_builtins(result) if result is not None else None
     target: str | None = None
-    if audited.target is not None and call.body is not None:
-        target = getattr(call.body, audited.target, None)
+    if audited.target is not None:
+        target = getattr(call.body, audited.target, None) if call.body is not None else None
+        if target is None and isinstance(after, dict):
+            target = after.get(audited.target)
     elif call.path is not None:
         values = [v for k, v in call.path.model_dump().items() if k != "account"]
         target = str(values[-1]) if values else None
+    if account is None and isinstance(after, dict) and isinstance(after.get("account"), str):
+        account = after["account"]  # a key changed by its id: the account it belongs to
     entry = AuditEntry(
         at=app[LEDGER].clock(),
         token_id=caller.token_id if caller is not None else "",

