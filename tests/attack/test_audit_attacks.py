@@ -14,12 +14,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from sidecar.http.state import BILLING
+from sidecar.http.state import BILLING, LEDGER
 from sidecar.ledger.audit import verify
+from sidecar.ledger.keyspace import KeySpace
+from sidecar.ledger.outbox import FIELD
 from sidecar.persistence.audit_store import walk
 from sidecar.redis.client import RedisClient
 from tests.conftest import admin, snapshot
 from tests.http.test_audit import audits, bearer, head, to_sql
+from tests.persistence.test_writer import drain, make_writer
 
 Client = TestClient[web.Request, web.Application]
 
@@ -232,3 +235,83 @@ async def test_a_bad_reason_header_is_refused_before_any_change(
     r = await client.put("/v1/accounts/acme", json={}, headers=admin() | {"X-Audit-Reason": reason})
     assert r.status in (400, 422)
     assert await snapshot(redis) == before
+
+
+# -- malformed kind=audit entries written straight into the outbox -------------------------
+
+
+def good_entry(**changes: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "kind": "audit",
+        "id": "au_x",
+        "at": 1_700_000_000_000,
+        "token_id": "bootstrap:admin",
+        "token_name": "bootstrap:admin",
+        "request_id": "req-1",
+        "action": "account.put",
+        "account": "acme",
+        "target": None,
+        "reason": None,
+        "before": None,
+        "after": {"account": "acme"},
+        "replayed": False,
+    }
+    entry.update(changes)
+    return {k: v for k, v in entry.items() if v is not DROP}
+
+
+DROP = object()
+
+
+async def test_a_nul_inside_before_or_after_is_kept_escaped_and_verifies(
+    client: Client, redis: RedisClient
+) -> None:
+    entry = good_entry(before={"n\u0000": "nul\u0000"}, after=["\u0000", {"x": None}])
+    await redis.xadd(KeySpace().outbox(0), {FIELD: orjson.dumps(entry)})
+    await to_sql(client)
+    rows = await walk(client.app[BILLING].sql.engine)
+    assert rows[-1].body["before"] == {"n\u0000": "nul\u0000"}
+    assert verify(rows, await head(redis)) == []
+
+
+async def dead_letters(redis: RedisClient) -> list[dict[str, str]]:
+    raw: Any = await redis.xrange(KeySpace().dead_letters(0))
+    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in raw]
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"token_id": DROP}, "without token_id"),
+        ({"before": DROP}, "without before"),
+        ({"at": "yesterday"}, "field at has the wrong type"),
+        ({"at": True}, "field at has the wrong type"),
+        ({"replayed": "no"}, "field replayed has the wrong type"),
+        ({"account": 7}, "field account has the wrong type"),
+        ({"action": ""}, "action or token_id out of range"),
+        ({"action": "a" * 65}, "action or token_id out of range"),
+        ({"token_id": "t" * 65}, "action or token_id out of range"),
+        ({"at": 2**63}, "field at out of range"),
+        ({"at": -1}, "field at out of range"),
+        ({"request_id": "r" * 129}, "field request_id too long"),
+        ({"token_name": "n" * 201}, "field token_name too long"),
+        ({"account": "a" * 129}, "field account too long"),
+        ({"target": "t" * 256}, "field target too long"),
+        ({"reason": "nul\u0000"}, "field reason too long or with NUL"),
+    ],
+)
+async def test_a_malformed_audit_entry_is_dead_lettered_naming_it_and_the_chain_goes_on(
+    client: Client, redis: RedisClient, changes: dict[str, Any], error: str
+) -> None:
+    await setup_account(client, "a0")
+    await redis.xadd(KeySpace().outbox(0), {FIELD: orjson.dumps(good_entry(**changes))})
+    await setup_account(client, "a1")
+    app = client.app
+    writer = make_writer(app[LEDGER], app[BILLING].sql.engine, max_attempts=1)
+    await asyncio.wait_for(drain(writer), 30)
+    dead = await dead_letters(redis)
+    assert len(dead) == 1, dead
+    assert error in dead[0]["dl_error"], dead[0]["dl_error"]
+    rows = await walk(app[BILLING].sql.engine)
+    assert [r.body["account"] for r in rows] == ["a0", "a1"]
+    assert verify(rows, await head(redis)) == []
