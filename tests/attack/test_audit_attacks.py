@@ -488,3 +488,132 @@ async def test_a_dead_lettered_audit_entry_retried_joins_the_chain_once(
     # still malformed: dead again, and the retry itself is in the trail
     assert [r.body["action"] for r in rows] == ["account.put", "dead_letters.retry"]
     assert verify(rows, await head(redis)) == []
+
+
+# -- GET /v1/audit ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("before=0", "before"),
+        ("before=-5", "before"),
+        ("before=99999999999999999999999", "before"),
+        ("since=yesterday", "since"),
+        ("until=2026-01-01", "until"),
+        ("account=a%20b", "account"),
+        ("account=" + "a" * 129, "account"),
+        ("token_id=BOOT", "token_id"),
+        ("action=drop;table", "action"),
+        ("limit=1&limit=2", "limit"),
+        ("acount=acme", "acount"),
+    ],
+)
+async def test_a_bad_audit_query_is_a_422_naming_the_parameter(
+    client: Client, query: str, field: str
+) -> None:
+    r = await client.get(f"/v1/audit?{query}", headers=admin())
+    assert r.status == 422, await r.text()
+    assert (await r.json())["error"]["field"] == field
+
+
+async def test_paging_walks_every_entry_once_and_ends(client: Client) -> None:
+    await changes(client, 7)
+    await to_sql(client)
+    seen: list[int] = []
+    url = "/v1/audit?limit=3"
+    while True:
+        page = await (await client.get(url, headers=admin())).json()
+        seen += [e["seq"] for e in page["entries"]]
+        if page["next"] is None:
+            break
+        url = f"/v1/audit?limit=3&before={page['next']}"
+    assert seen == list(range(7, 0, -1))
+    page = await (await client.get("/v1/audit?limit=7", headers=admin())).json()
+    assert page["next"] is None  # the last page, exactly full, does not point past seq 1
+
+
+async def test_time_filters_take_since_inclusive_and_until_exclusive(client: Client) -> None:
+    await changes(client, 3)
+    await to_sql(client)
+    entries = (await (await client.get("/v1/audit", headers=admin())).json())["entries"]
+    at = entries[0]["at"]
+    r = await client.get("/v1/audit", params={"since": at}, headers=admin())
+    assert len((await r.json())["entries"]) == 3
+    r = await client.get("/v1/audit", params={"until": at}, headers=admin())
+    assert (await r.json())["entries"] == []
+
+
+async def test_a_read_token_reads_the_trail_a_service_token_does_not(client: Client) -> None:
+    await changes(client, 1)
+    await to_sql(client)
+    t = await token(client, "read")
+    assert (await client.get("/v1/audit", headers=bearer(t["token"]))).status == 200
+    s = await token(client, "service")
+    assert (await client.get("/v1/audit", headers=bearer(s["token"]))).status == 403
+
+
+@pytest.mark.parametrize("query", ["", "?account=acme", "?account=beta"])
+async def test_a_prefix_limited_token_gets_no_other_accounts_entries(
+    client: Client, query: str
+) -> None:
+    await setup_account(client, "acme")
+    await setup_account(client, "beta")
+    await to_sql(client)
+    t = await token(client, "read", prefix="acme")
+    r = await client.get(f"/v1/audit{query}", headers=bearer(t["token"]))
+    assert r.status == 403
+    assert "beta" not in await r.text()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="design: GET /v1/tokens is admin-only, but a read token sees every token's name, "
+    "scopes and account prefix in the before/after of token.* entries of GET /v1/audit",
+)
+async def test_a_read_token_does_not_learn_the_token_inventory_from_the_trail(
+    client: Client,
+) -> None:
+    await token(client, "admin", prefix="secret-tenant")
+    await to_sql(client)
+    t = await token(client, "read")
+    assert (await client.get("/v1/tokens", headers=bearer(t["token"]))).status == 403
+    r = await client.get("/v1/audit", headers=bearer(t["token"]))
+    assert "secret-tenant" not in await r.text()
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+
+async def test_no_secret_reaches_any_field_of_any_entry_nor_the_logs(
+    client: Client, redis: RedisClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    await setup_account(client)
+    made: list[str] = []
+    t = await token(client, "admin")
+    made.append(t["token"])
+    tid = t["token_id"]
+    for _ in range(2):
+        r = await client.post(f"/v1/tokens/{tid}/rotate", json={}, headers=admin())
+        assert r.status == 200, await r.text()
+        made.append((await r.json())["token"])
+    # the token itself makes changes: its own secret in the Authorization header only
+    ops = bearer(made[-1])
+    r = await client.post("/v1/accounts/acme/keys", json={"name": "k"}, headers=ops)
+    made.append((await r.json())["key"])
+    hook = {"url": "https://example.com/hook"}
+    for _ in range(2):  # the second PUT's before is the first's endpoint
+        r = await client.put("/v1/admin/accounts/acme/notifications", json=hook, headers=ops)
+        made.append((await r.json())["secret"])
+    assert (await client.delete(f"/v1/tokens/{tid}", headers=admin())).status == 200
+    await to_sql(client)
+    trail = (await (await client.get("/v1/audit?limit=1000", headers=admin())).json())["entries"]
+    raw = repr(await audits(redis)) + repr(trail) + caplog.text
+    for secret in made:
+        assert secret not in raw
+        assert secret[-12:] not in raw  # not even a tail of one
+    notif = [e for e in trail if e["action"] == "notifications.put"]
+    assert notif[0]["before"] is not None and notif[0]["after"]["secret"] == "***"
