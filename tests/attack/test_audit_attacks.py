@@ -30,7 +30,7 @@ from sidecar.persistence.audit_store import walk
 from sidecar.redis.client import RedisClient
 from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
-from tests.conftest import ADMIN, SERVICE, FakeClock, admin, premigrated, snapshot
+from tests.conftest import ADMIN, SERVICE, FakeClock, admin, premigrated, service, snapshot
 from tests.http.test_audit import audits, bearer, head, to_sql
 from tests.persistence.test_writer import drain, make_writer
 
@@ -689,3 +689,40 @@ async def test_a_sql_only_change_whose_audit_append_failed_is_audited_on_retry(
     assert r.status == 200
     e = [e for e in await audits(redis_client) if e["action"] == "package.put"][-1]
     assert e["before"]["credits"] == 10  # what it was before the change
+
+
+async def test_a_replayed_refund_leaves_a_second_entry_marked_replayed(
+    client: Client, redis: RedisClient
+) -> None:
+    await setup_account(client)
+    grant = {"grant_id": "p", "credits": 5, "source": "purchase"}
+    assert (await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())).status
+    check = {"account": "acme", "cost": 2, "idempotency_key": "k"}
+    used = await (await client.post("/v1/check", json=check, headers=service())).json()
+    refund = {
+        "account": "acme",
+        "refund_id": "r",
+        "transaction_id": used["transaction_id"],
+        "reason": "outage",
+    }
+    for _ in range(2):
+        assert (await client.post("/v1/refunds", json=refund, headers=admin())).status < 300
+    entries = [e for e in await audits(redis) if e["action"] == "refund.create"]
+    assert [(e["target"], e["replayed"]) for e in entries] == [("r", False), ("r", True)]
+
+
+async def test_unicode_and_escapes_in_before_and_after_round_trip_through_sql_and_verify(
+    client: Client, redis: RedisClient
+) -> None:
+    name = 'ünïcødé \u2028 \U0001f389 "quoted" \\ back \x01\x1b[31m' + "x" * 150
+    plan = {"name": name, "allowance": {"credits": 10, "interval": "month"}}
+    assert (await client.put("/v1/plans/pro", json=plan, headers=admin())).status == 201
+    plan["name"] = name[::-1]
+    assert (await client.put("/v1/plans/pro", json=plan, headers=admin())).status == 200
+    t = await token(client, "read")
+    r = await client.post(f"/v1/tokens/{t['token_id']}/rotate", json={}, headers=admin())
+    assert r.status == 200
+    await to_sql(client)
+    rows = await walk(client.app[BILLING].sql.engine)
+    assert rows[1].body["before"]["name"] == name and rows[1].body["after"]["name"] == name[::-1]
+    assert verify(rows, await head(redis)) == []
