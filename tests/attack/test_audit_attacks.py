@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from sidecar.http.app import create_app
 from sidecar.http.state import BILLING, LEDGER
-from sidecar.ledger.audit import verify
+from sidecar.ledger.audit import chain_hash, verify
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.outbox import FIELD
 from sidecar.persistence.audit_store import walk
@@ -726,3 +726,43 @@ async def test_unicode_and_escapes_in_before_and_after_round_trip_through_sql_an
     rows = await walk(client.app[BILLING].sql.engine)
     assert rows[1].body["before"]["name"] == name and rows[1].body["after"]["name"] == name[::-1]
     assert verify(rows, await head(redis)) == []
+
+
+async def test_an_entry_edited_and_the_chain_recomputed_after_it_is_found_by_the_head(
+    client: Client, redis: RedisClient
+) -> None:
+    await changes(client, 4)
+    await to_sql(client)
+    engine = client.app[BILLING].sql.engine
+    rows = await walk(engine)
+    prev = rows[1].prev_hash
+    async with engine.begin() as conn:
+        for row in rows[1:]:
+            body = dict(row.body)
+            if row.seq == 2:
+                body["reason"] = "nothing to see"
+            digest = chain_hash(prev, row.seq, body)
+            await conn.execute(
+                text(
+                    "UPDATE audit_log SET reason = :reason, prev_hash = :prev, hash = :hash"
+                    " WHERE seq = :seq"
+                ),
+                {"reason": body["reason"], "prev": prev, "hash": digest, "seq": row.seq},
+            )
+            prev = digest
+    problems = verify(await walk(engine), await head(redis))
+    assert problems == ["seq 4: does not match the head recorded in Redis"]
+
+
+async def test_concurrent_identical_plan_puts_each_leave_an_entry(
+    client: Client, redis: RedisClient
+) -> None:
+    plan = {"name": "Pro", "allowance": {"credits": 10, "interval": "month"}}
+    rs = await asyncio.gather(
+        *(client.put("/v1/plans/pro", json=plan, headers=admin()) for _ in range(10))
+    )
+    assert sorted(r.status for r in rs).count(201) >= 1
+    entries = [e for e in await audits(redis) if e["action"] == "plan.put"]
+    assert len(entries) == 10 and {e["target"] for e in entries} == {"pro"}
+    await to_sql(client)
+    assert verify(await walk(client.app[BILLING].sql.engine), await head(redis)) == []
