@@ -30,6 +30,7 @@ from sidecar.persistence.audit_store import walk
 from sidecar.redis.client import RedisClient
 from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
+from tests.cli.conftest import cli
 from tests.conftest import ADMIN, SERVICE, FakeClock, admin, premigrated, service, snapshot
 from tests.http.test_audit import audits, bearer, head, to_sql
 from tests.persistence.test_writer import drain, make_writer
@@ -766,3 +767,28 @@ async def test_concurrent_identical_plan_puts_each_leave_an_entry(
     assert len(entries) == 10 and {e["target"] for e in entries} == {"pro"}
     await to_sql(client)
     assert verify(await walk(client.app[BILLING].sql.engine), await head(redis)) == []
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+
+async def test_the_cli_verifies_the_trail_and_exits_1_naming_what_was_deleted(
+    client: Client, settings: Settings
+) -> None:
+    await changes(client, 3)
+    await to_sql(client)
+    env = {
+        "SIDECAR_REDIS_URL": settings.redis_url,
+        "SIDECAR_DATA_DIR": str(settings.data_dir),
+        "SIDECAR_ADMIN_TOKEN": ADMIN,
+    }
+    if "SIDECAR_DATABASE_URL" in os.environ:
+        env["SIDECAR_DATABASE_URL"] = os.environ["SIDECAR_DATABASE_URL"]
+    out = await asyncio.to_thread(cli, env, "audit", "verify")
+    assert out.returncode == 0 and "intact: 3 entries" in out.stdout, out
+    listed = await asyncio.to_thread(cli, env, "audit", "list", "--json", "--limit", "2")
+    assert [e["seq"] for e in orjson.loads(listed.stdout)["entries"]] == [3, 2]
+    await tamper(client, "DELETE FROM audit_log WHERE seq = 3")
+    out = await asyncio.to_thread(cli, env, "audit", "verify", "--json")
+    assert out.returncode == 1
+    assert orjson.loads(out.stdout)["problems"] == ["seq 3..3: missing at the end (deleted?)"]
