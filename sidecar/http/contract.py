@@ -319,9 +319,12 @@ def reason_of(call: Call[Any, Any, Any]) -> str | None:
     purchase grant's too)."""
     if call.body is not None and getattr(call.body, "reason", None) is not None:
         return cast(str, call.body.reason)
-    given = call.request.headers.get(REASON_HEADER)
-    if given is None:
+    values = call.request.headers.getall(REASON_HEADER, [])
+    if not values:
         return None
+    if len(values) > 1:  # which one is the reason? (as a query parameter given twice)
+        raise errors.InvalidInput(f"{REASON_HEADER}: given more than once", field=REASON_HEADER)
+    given = values[0]
     if not 0 < len(given) <= MAX_REASON or not given.isprintable():
         raise errors.InvalidInput(
             f"{REASON_HEADER} must be 1-{MAX_REASON} printable characters", field=REASON_HEADER

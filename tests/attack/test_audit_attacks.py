@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 from pydantic import SecretStr
 from sqlalchemy import text
 
@@ -792,3 +793,28 @@ async def test_the_cli_verifies_the_trail_and_exits_1_naming_what_was_deleted(
     out = await asyncio.to_thread(cli, env, "audit", "verify", "--json")
     assert out.returncode == 1
     assert orjson.loads(out.stdout)["problems"] == ["seq 3..3: missing at the end (deleted?)"]
+
+
+async def test_a_reason_header_given_twice_is_a_422_naming_it_and_changes_nothing(
+    client: Client, redis: RedisClient
+) -> None:
+    before = await snapshot(redis)
+    headers = CIMultiDict(admin())
+    headers.add("X-Audit-Reason", "the real reason")
+    headers.add("X-Audit-Reason", "another one")
+    r = await client.put("/v1/accounts/acme", json={}, headers=headers)
+    assert r.status == 422 and (await r.json())["error"]["field"] == "X-Audit-Reason"
+    assert await snapshot(redis) == before
+
+
+async def test_revoking_twice_leaves_a_second_entry_whose_before_shows_it_revoked(
+    client: Client, redis: RedisClient
+) -> None:
+    t = await token(client, "read")
+    for _ in range(2):
+        r = await client.delete(f"/v1/tokens/{t['token_id']}", headers=admin())
+        assert r.status == 200
+    first, second = [e for e in await audits(redis) if e["action"] == "token.revoke"]
+    assert first["before"]["revoked_at"] is None
+    assert second["before"]["revoked_at"] is not None
+    assert second["before"]["revoked_at"] == second["after"]["revoked_at"]
