@@ -818,3 +818,26 @@ async def test_revoking_twice_leaves_a_second_entry_whose_before_shows_it_revoke
     assert first["before"]["revoked_at"] is None
     assert second["before"]["revoked_at"] is not None
     assert second["before"]["revoked_at"] == second["after"]["revoked_at"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="design: when a grant's audit append is lost (the documented window between the "
+    "change and its XADD, or the XADD failing: the client gets a 503 for a grant that was "
+    "made), the client's retry is recorded as replayed, 'nothing changed': the trail then "
+    "holds no entry saying the grant was made",
+)
+async def test_a_grant_whose_entry_was_lost_is_recorded_as_made_on_retry(
+    client: Client, redis: RedisClient
+) -> None:
+    await setup_account(client)
+    grant = {"grant_id": "g", "credits": 5, "reason": "goodwill"}
+    assert (await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())).status
+    # the entry lost between the change and its XADD
+    raw: Any = await redis.xrange(KeySpace().outbox(0))
+    (lost,) = [i for i, f in raw if orjson.loads(f[FIELD.encode()]).get("action") == "grant.create"]
+    await redis.xdel(KeySpace().outbox(0), lost)
+    r = await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())
+    assert r.status == 200
+    entries = [e for e in await audits(redis) if e["action"] == "grant.create"]
+    assert [e["replayed"] for e in entries] == [False]
