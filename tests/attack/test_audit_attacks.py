@@ -778,6 +778,7 @@ async def test_the_cli_verifies_the_trail_and_exits_1_naming_what_was_deleted(
 ) -> None:
     await changes(client, 3)
     await to_sql(client)
+    assert settings.redis_url is not None
     env = {
         "SIDECAR_REDIS_URL": settings.redis_url,
         "SIDECAR_DATA_DIR": str(settings.data_dir),
