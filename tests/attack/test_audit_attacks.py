@@ -842,3 +842,21 @@ async def test_a_grant_whose_entry_was_lost_is_recorded_as_made_on_retry(
     assert r.status == 200
     entries = [e for e in await audits(redis) if e["action"] == "grant.create"]
     assert [e["replayed"] for e in entries] == [False]
+
+
+async def test_a_large_before_and_after_reach_sql_whole_and_verify(
+    client: Client, redis: RedisClient
+) -> None:
+    await setup_account(client)
+    for i in range(200):  # 200 buckets: the balance view (before and after) lists each
+        grant = {"grant_id": f"g{i}", "credits": 1, "source": "purchase", "priority": i}
+        assert (await client.post("/v1/accounts/acme/grants", json=grant, headers=admin())).status
+    r = await client.patch("/v1/accounts/acme", json={"overdraft_limit": 3}, headers=admin())
+    assert r.status == 200
+    await to_sql(client)
+    rows = await walk(client.app[BILLING].sql.engine)
+    patch = rows[-1].body
+    assert patch["action"] == "account.patch"
+    assert len(orjson.dumps(patch["before"])) > 10_000
+    assert patch["before"] != patch["after"]
+    assert verify(rows, await head(redis)) == []
