@@ -608,7 +608,16 @@ function auditView() {
   const fill = () => load(body, async () => {
     const params = { limit: 50 };
     if (before) params.before = before;
-    const data = await api("v1/audit", params);
+    let data;
+    try {
+      data = await api("v1/audit", params);
+    } catch (e) {
+      // a read token may browse everything else: say why this page is empty, stay signed in
+      if (e instanceof ApiError && e.status === 403) {
+        return h("p", { class: "muted", id: "audit-forbidden" }, "The audit trail needs a token with the admin scope.");
+      }
+      throw e;
+    }
     const rows = table(
       [
         { label: "Seq", value: (e) => fmtInt(e.seq), num: true },

@@ -1,9 +1,10 @@
 """The audit trail's route (docs/audit.md): changes made through the admin API, newest first,
-filtered by account, token, action and time. The read scope (the console shows it)."""
+filtered by account, token, action and time. The admin scope: the trail shows every account's
+settings and the token inventory (names, scopes, prefixes)."""
 
 from __future__ import annotations
 
-from sidecar.http.auth import READ
+from sidecar.http.auth import ADMIN
 from sidecar.http.contract import Call, Out, Routes
 from sidecar.http.queries import AuditQueryParams
 from sidecar.http.responses import AuditEntryView, AuditList
@@ -19,7 +20,7 @@ routes = Routes()
     "/v1/audit",
     "The audit trail: every change made through the admin API, newest first",
     tag="operations",
-    auth=READ,
+    auth=ADMIN,
     query=AuditQueryParams,
     responses={200: Out(AuditList, "a page of entries")},
     errors={503: None},

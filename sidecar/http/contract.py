@@ -96,7 +96,9 @@ class Audited:
 
     action: str
     before: Callable[[Call[Any, Any, Any]], Awaitable[Any]] | None = None
-    target: str | None = None  # a body field naming the thing changed (grant_id, refund_id)
+    # a field naming the thing changed: of the body (grant_id, refund_id), else of the answer
+    # (the key_id or token_id a creation makes up)
+    target: str | None = None
 
 
 Handler = Callable[[Call[Any, Any, Any]], Awaitable[Any]]
@@ -312,13 +314,17 @@ MAX_REASON = 500
 
 
 def reason_of(call: Call[Any, Any, Any]) -> str | None:
-    """Why the change is made: the body's ``reason`` where the body has one (grants, refunds:
-    their models require it where docs/audit.md says so), else the X-Audit-Reason header."""
-    if call.body is not None and hasattr(call.body, "reason"):
-        return cast(str | None, call.body.reason)
-    given = call.request.headers.get(REASON_HEADER)
-    if given is None:
+    """Why the change is made: the body's ``reason`` where the body gives one (grants, refunds:
+    their models require it where docs/audit.md says so), else the X-Audit-Reason header (a
+    purchase grant's too)."""
+    if call.body is not None and getattr(call.body, "reason", None) is not None:
+        return cast(str, call.body.reason)
+    values = call.request.headers.getall(REASON_HEADER, [])
+    if not values:
         return None
+    if len(values) > 1:  # which one is the reason? (as a query parameter given twice)
+        raise errors.InvalidInput(f"{REASON_HEADER}: given more than once", field=REASON_HEADER)
+    given = values[0]
     if not 0 < len(given) <= MAX_REASON or not given.isprintable():
         raise errors.InvalidInput(
             f"{REASON_HEADER} must be 1-{MAX_REASON} printable characters", field=REASON_HEADER
@@ -349,14 +355,18 @@ async def record(
     caller = request.get(CALLER)
     after = msgspec.to_builtins(result) if result is not None else None
     target: str | None = None
-    if audited.target is not None and call.body is not None:
-        target = getattr(call.body, audited.target, None)
+    if audited.target is not None:
+        target = getattr(call.body, audited.target, None) if call.body is not None else None
+        if target is None and isinstance(after, dict):
+            target = after.get(audited.target)
     elif call.path is not None:
         values = [v for k, v in call.path.model_dump().items() if k != "account"]
         target = str(values[-1]) if values else None
     if target is None and isinstance(after, dict):
         # a creation names what it made in its answer (a token's or a key's new id)
         target = next((str(after[k]) for k in ("token_id", "key_id") if after.get(k)), None)
+    if account is None and isinstance(after, dict) and isinstance(after.get("account"), str):
+        account = after["account"]  # a key changed by its id: the account it belongs to
     entry = AuditEntry(
         at=app[LEDGER].clock(),
         token_id=caller.token_id if caller is not None else "",

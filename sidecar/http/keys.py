@@ -42,7 +42,7 @@ def key_view(k: KeyInfo) -> Key:
     "Issue an API key (shown once)",
     tag="keys",
     auth=ADMIN,
-    audit=Audited("key.create"),
+    audit=Audited("key.create", target="key_id"),
     params=AccountPath,
     body=KeyRequest,
     responses={201: Out(KeyCreated, "the key, with its secret")},

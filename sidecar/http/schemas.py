@@ -122,10 +122,16 @@ class UsageRequest(Body):
     metadata: Metadata = None
 
 
+def _printable(v: str) -> str:
+    # As the X-Audit-Reason header (contract.reason_of): no control, format (bidi overrides),
+    # line or paragraph separator characters, which would garble the trail where it is shown.
+    if not v.isprintable():
+        raise ValueError("must be printable characters")
+    return v
+
+
 # Why a change is made, for the audit trail (docs/audit.md).
-Reason = Annotated[
-    str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")
-]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_printable)]
 
 
 class GrantRequest(Body):

@@ -50,7 +50,7 @@ async def applied(app: web.Application) -> None:
     "Create a sidecar API token (shown once)",
     tag="tokens",
     auth=ADMIN,
-    audit=Audited("token.create"),
+    audit=Audited("token.create", target="token_id"),
     body=TokenRequest,
     responses={201: Out(TokenCreated, "the token, with its secret")},
     errors={503: None},

@@ -20,6 +20,7 @@ import orjson
 from sidecar.ledger.keyspace import KeySpace
 from sidecar.ledger.outbox import FIELD
 from sidecar.ledger.redis_calls import store_call
+from sidecar.ledger.units import MAX_TIMESTAMP_MS
 from sidecar.redis.client import RedisClient
 
 GENESIS = "0" * 64  # the prev_hash of the first entry
@@ -133,6 +134,19 @@ AUDIT_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
+# audit_log's column lengths (sidecar/persistence/models.py); reason is TEXT (NUL is refused:
+# PostgreSQL cannot store it)
+TEXT_LIMITS = {
+    "token_id": 64,
+    "token_name": 200,
+    "request_id": 128,
+    "action": 64,
+    "account": 128,
+    "target": 255,
+    "reason": 100_000,
+}
+
+
 def decode(entry: Mapping[str, Any]) -> dict[str, Any]:
     """A kind=audit outbox entry's body (what the hash covers), every field checked; raises
     ValueError naming the problem (the writer dead-letters the entry)."""
@@ -150,4 +164,13 @@ def decode(entry: Mapping[str, Any]) -> dict[str, Any]:
         body[name] = entry[name]
     if not 0 < len(body["action"]) <= 64 or len(body["token_id"]) > 64:
         raise ValueError("audit entry: action or token_id out of range")
+    # What audit_log's columns hold on both backends: refused here, named, rather than by
+    # SQLite's driver (an OverflowError, which is no refusal: the writer retried it forever)
+    # or by PostgreSQL only (SQLite does not enforce lengths).
+    if not 0 <= body["at"] <= MAX_TIMESTAMP_MS:
+        raise ValueError("audit entry field at out of range")
+    for name, most in TEXT_LIMITS.items():
+        v = body[name]
+        if v is not None and (len(v) > most or "\x00" in v):
+            raise ValueError(f"audit entry field {name} too long or with NUL")
     return body

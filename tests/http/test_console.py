@@ -27,7 +27,7 @@ from sidecar.ledger.arguments import (
     wall_clock_ms,
 )
 from sidecar.settings import Settings
-from tests.conftest import SERVICE, admin, service
+from tests.conftest import ADMIN, SERVICE, admin, service
 from tests.persistence.test_writer import drain, make_writer
 from tests.ports import free_port
 
@@ -321,8 +321,14 @@ async def run_console(page: Page, served: Served) -> None:
     await expect(billing).to_contain_text("evt_dead")
     await expect(billing).to_contain_text("no package for price price_gone")
 
-    # The audit trail: the seed's admin changes, newest first, the package last made; the
-    # details open on before / after.
+    # The audit trail needs the admin scope: the read token is told so and stays signed in;
+    # the admin token sees the seed's admin changes, newest first, the package last made, the
+    # details opening on before / after.
+    await page.get_by_role("link", name="Audit").click()
+    await expect(page.locator("#audit-forbidden")).to_contain_text("admin scope")
+    assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") == served.read_token
+    await page.get_by_role("button", name="Sign out").click()
+    await sign_in(page, ADMIN)
     await page.get_by_role("link", name="Audit").click()
     changes = page.locator("#audit-table tbody tr")
     await expect(changes.first).to_contain_text("package.put")
