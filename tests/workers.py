@@ -62,7 +62,7 @@ def two_workers(data_dir: Path) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve", "--workers", "2"], env=env)
     try:
         pids: set[bytes] = set()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # N workers starting on a busy CI machine
         while len(pids) < 2 and time.monotonic() < deadline:
             try:
                 _, body, _ = get(listen, "/healthz")

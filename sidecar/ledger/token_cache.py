@@ -22,7 +22,14 @@ import time
 from collections.abc import Callable
 
 from sidecar.errors import StoreUnavailable
-from sidecar.ledger.tokens import Caller, TokenRecord, Tokens, token_hash, token_id_of
+from sidecar.ledger.tokens import (
+    TOKEN_PREFIX,
+    Caller,
+    TokenRecord,
+    Tokens,
+    token_hash,
+    token_id_of,
+)
 from sidecar.persistence.writer import pause
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,9 @@ FORGET_MS = 600_000  # nor remembered after this
 # process must have stopped taking the tokens it may no longer know are revoked.
 STALE_MS = 2_500
 USE_FLUSH_MS = 5_000
+NEVER = 2**62
+MAX_KNOWN = 10_000
+PREFIX = TOKEN_PREFIX.encode()
 
 
 def worker_name() -> str:
@@ -60,28 +70,42 @@ class TokenCache:
         self._reported = (-1, -HEARTBEAT_MS)  # version, when (monotonic ms)
         self._flushed = 0
         self._heard = -STALE_MS - 1  # monotonic ms of the last refresh that reached Redis
+        # tokens verified against the records held: caller, and until when (a replaced
+        # secret's grace); emptied whenever the records are reloaded
+        self._known: dict[bytes, tuple[Caller, int]] = {}
         self._lock = asyncio.Lock()
 
     def verify(self, token: bytes) -> Caller | None:
         """The caller a presented ``cst_`` token stands for, or None (unknown, revoked, a
         replaced secret past its grace). Compared in constant time against its record."""
-        token_id = token_id_of(token)
-        if token_id is not None and self.stale():
+        if not token.startswith(PREFIX):
+            return None
+        if self.stale():
             raise StoreUnavailable(
                 "the token store could not be reached: stored tokens cannot be confirmed"
             )
+        now = self.clock()
+        known = self._known.get(token)
+        if known is not None and known[1] > now:  # checked against these records already
+            self._used[known[0].token_id] = now
+            return known[0]
+        token_id = token_id_of(token)
         record = self.records.get(token_id) if token_id is not None else None
         if record is None or record.revoked_at is not None:
             return None
         digest = token_hash(token)
-        now = self.clock()
-        ok = hmac.compare_digest(digest, record.hash)
+        until = NEVER if hmac.compare_digest(digest, record.hash) else 0
         for p in record.previous:
-            ok = (hmac.compare_digest(digest, p.hash) and p.expires > now) or ok
-        if not ok:
+            if hmac.compare_digest(digest, p.hash) and p.expires > now:
+                until = max(until, p.expires)
+        if until <= now:
             return None
+        caller = Caller(record.id, record.name, record.scopes, record.account_prefix)
+        if len(self._known) >= MAX_KNOWN:
+            self._known.clear()
+        self._known[token] = (caller, until)  # valid tokens only: at most a few per record
         self._used[record.id] = now
-        return Caller(record.id, record.name, record.scopes, record.account_prefix)
+        return caller
 
     def stale(self) -> bool:
         """Whether this process last heard from Redis too long ago to vouch for its copy."""
@@ -97,6 +121,7 @@ class TokenCache:
             version = await self.tokens.version()
             if version != self.version:
                 self.version, self.records = await self.tokens.all()
+                self._known = {}
             now, beat = self.clock(), int(time.monotonic() * 1000)
             if self._reported[0] != self.version or beat - self._reported[1] >= HEARTBEAT_MS:
                 await self.tokens.report_applied(self.worker, self.version)
