@@ -10,19 +10,15 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
-from pydantic import SecretStr
 from sqlalchemy import text
 
-from sidecar.http.app import create_app
 from sidecar.http.state import BILLING, LEDGER
 from sidecar.ledger.audit import chain_hash, verify
 from sidecar.ledger.keyspace import KeySpace
@@ -32,7 +28,7 @@ from sidecar.redis.client import RedisClient
 from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.cli.conftest import cli
-from tests.conftest import ADMIN, SERVICE, FakeClock, admin, premigrated, service, snapshot
+from tests.conftest import ADMIN, admin, service, snapshot
 from tests.http.test_audit import audits, bearer, head, to_sql
 from tests.persistence.test_writer import drain, make_writer
 
@@ -627,30 +623,6 @@ async def test_no_secret_reaches_any_field_of_any_entry_nor_the_logs(
 
 
 # -- a change whose audit append fails (Redis paused under the app) ---------------------------
-
-
-@pytest.fixture
-async def paused_client(
-    paused: tuple[RedisServer, RedisClient], tmp_path: Path, sqlite_template: Path, clock: FakeClock
-) -> AsyncIterator[tuple[Client, RedisServer, RedisClient]]:
-    """The app on a Redis of its own that the test may SIGSTOP (a 1 s deadline)."""
-    server, redis_client = paused
-    data = tmp_path / "data"
-    data.mkdir()
-    premigrated(sqlite_template, data)
-    settings = Settings(
-        redis_url=server.url,
-        admin_token=SecretStr(ADMIN),
-        service_token=SecretStr(SERVICE),
-        data_dir=data,
-        writer="off",
-        billing_worker="off",
-        redis_deadline_s=1.0,
-        redis_deadline_margin_ms=200,
-    )
-    app = create_app(settings, clock=clock)
-    async with TestClient(TestServer(app)) as c:
-        yield c, server, redis_client
 
 
 @pytest.mark.slow

@@ -15,14 +15,13 @@ import contextlib
 import os
 import re
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from pydantic import SecretStr
 
 from sidecar.errors import StoreUnavailable
 from sidecar.http.api import API
@@ -35,8 +34,8 @@ from sidecar.ledger.token_cache import TokenCache
 from sidecar.ledger.tokens import Tokens
 from sidecar.redis.client import RedisClient
 from sidecar.redis.embedded import RedisServer
-from sidecar.settings import Settings
-from tests.conftest import ADMIN, SERVICE, FakeClock, admin, premigrated, snapshot
+from tests.attack.conftest import paused_settings
+from tests.conftest import ADMIN, SERVICE, FakeClock, admin, snapshot
 
 Client = TestClient[web.Request, web.Application]
 pytestmark = pytest.mark.sql_free  # (the writer is off: SQL is never reached)
@@ -1035,30 +1034,6 @@ async def test_an_unreadable_heartbeat_or_last_use_note_fails_no_token_change(
     assert not await works(client, fresh["token"])
 
 
-@pytest.fixture
-async def paused_client(
-    paused: tuple[RedisServer, RedisClient], tmp_path: Path, sqlite_template: Path, clock: FakeClock
-) -> AsyncIterator[tuple[Client, RedisServer, RedisClient]]:
-    """The app on a Redis of its own that the test may SIGSTOP (a 1 s deadline)."""
-    server, redis_client = paused
-    data = tmp_path / "data"
-    data.mkdir()
-    premigrated(sqlite_template, data)
-    settings = Settings(
-        redis_url=server.url,
-        admin_token=SecretStr(ADMIN),
-        service_token=SecretStr(SERVICE),
-        data_dir=data,
-        writer="off",
-        billing_worker="off",
-        redis_deadline_s=1.0,
-        redis_deadline_margin_ms=200,
-    )
-    app = create_app(settings, clock=clock)
-    async with TestClient(TestServer(app)) as c:
-        yield c, server, redis_client
-
-
 def stop_redis(server: RedisServer) -> None:
     assert server.process is not None
     os.kill(server.process.pid, signal.SIGSTOP)
@@ -1129,19 +1104,7 @@ async def test_an_app_started_while_redis_is_paused_takes_bootstrap_only_then_na
         _, named = await Tokens(ledger).create("early", ["read"])
     finally:
         ledger.close()
-    data = tmp_path / "data"
-    data.mkdir()
-    premigrated(sqlite_template, data)
-    settings = Settings(
-        redis_url=server.url,
-        admin_token=SecretStr(ADMIN),
-        service_token=SecretStr(SERVICE),
-        data_dir=data,
-        writer="off",
-        billing_worker="off",
-        redis_deadline_s=1.0,
-        redis_deadline_margin_ms=200,
-    )
+    settings = paused_settings(server, tmp_path, sqlite_template)
     stop_redis(server)
     try:
         app = create_app(settings, clock=clock)

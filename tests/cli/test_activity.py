@@ -115,33 +115,10 @@ def test_refunds_create_gives_credits_back_once(served: dict[str, str]) -> None:
     ok(served, "grants", "add", "cli-r", "--credits", "50", "--id", "g1", "--reason", "t")
     txid = checked(served, "cli-r", 10, "r1")
 
-    out = ok(
-        served,
-        "refunds",
-        "create",
-        "cli-r",
-        txid,
-        "--id",
-        "rf-1",
-        "--credits",
-        "4",
-        "--reason",
-        "t",
-    )
+    four = ("refunds", "create", "cli-r", txid, "--id", "rf-1", "--credits", "4", "--reason", "t")
+    out = ok(served, *four)
     assert f"refunded 4 credits of {txid} to cli-r" in out and "balance 44" in out
-    again = ok(
-        served,
-        "refunds",
-        "create",
-        "cli-r",
-        txid,
-        "--id",
-        "rf-1",
-        "--credits",
-        "4",
-        "--reason",
-        "t",
-    )
+    again = ok(served, *four)
     assert "a replay: nothing changed" in again and "balance 44" in again
     rest = json.loads(
         ok(served, "refunds", "create", "cli-r", txid, "--id", "rf-2", "--json", "--reason", "t")
