@@ -35,3 +35,11 @@ def test_per_request_keys_of_different_accounts_never_collide() -> None:
     ks = KeySpace()
     assert ks.idempotency("a", "b:c") != ks.idempotency("a:b", "c")
     assert ks.usage("a", "b:c") != ks.usage("a:b", "c")
+
+
+def test_the_tokens_and_audit_keys_share_shard_0s_slot_with_its_outbox() -> None:
+    """token.lua writes the tokens hash and appends to shard 0's outbox in one call; the
+    processes' reports, last uses and the audit head live beside them (one Cluster slot)."""
+    ks = KeySpace(shards=16)
+    keys = [ks.tokens(), ks.token_workers(), ks.token_use(), ks.audit_head(), ks.outbox(0)]
+    assert len({key_slot(k.encode()) for k in keys}) == 1, keys
