@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sidecar.ledger.audit import AuditEntry, AuditLog, verify
 from sidecar.ledger.calls import (
     Ledger,
 )
@@ -20,7 +21,10 @@ from sidecar.ledger.results import (
     SpendLimit,
     SpendLimited,
 )
+from sidecar.ledger.token_cache import TokenCache
+from sidecar.ledger.tokens import Tokens
 from sidecar.ledger.voids import Void, request_digest, send_void
+from sidecar.persistence.audit_store import walk
 from sidecar.persistence.rebuild import rebuild
 from sidecar.persistence.reconcile import reconcile
 from sidecar.redis.client import RedisClient
@@ -253,3 +257,48 @@ async def test_a_previous_account_goes_on_a_plan_renews_and_survives_rebuild(
     assert (await ledger.balance("acme")).balance == 107  # not issued again
     clock.advance(DAY)
     assert (await ledger.balance("acme")).balance == 107  # the next day's, once
+
+
+async def test_tokens_and_audit_entries_join_pending_previous_entries_and_survive_rebuild(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    """A Redis of the previous release (no tokens hash, no audit head; its entries still
+    pending): a token made and rotated and an audit entry appended after the upgrade reach SQL
+    with the old entries, reconcile is clean, the trail verifies, and after a FLUSHALL and
+    rebuild the token still verifies."""
+    await populate(redis, ledger, clock)
+    tokens = Tokens(ledger)
+    record, _ = await tokens.create("app", ["read"])
+    _, secret = await tokens.rotate(record.id, 60_000)
+    await AuditLog(redis, ledger.keys, 5.0).append(
+        AuditEntry(
+            clock.now,
+            "bootstrap:admin",
+            "admin",
+            "req-1",
+            "token.rotate",
+            None,
+            record.id,
+            "upgrade",
+            None,
+            {"token": "***"},
+        )
+    )
+    assert await drain(make_writer(ledger, engine)) >= 6
+    assert await reconcile(redis, ledger.keys, engine) == []
+    rows = await walk(engine)
+    assert [r.body["action"] for r in rows] == ["token.rotate"]
+    assert verify(rows, None) == []
+    await redis.flushall()
+    await rebuild(
+        redis,
+        ledger.keys,
+        engine,
+        replace=True,
+        now_ms=clock.now,
+        retention_ms=ledger.retention_ms,
+    )
+    cache = TokenCache(Tokens(ledger), clock, worker="after")
+    await cache.refresh()
+    caller = cache.verify(secret.encode())
+    assert caller is not None and caller.token_id == record.id
