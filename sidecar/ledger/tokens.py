@@ -48,9 +48,10 @@ def _int(v: bytes | str) -> int | None:
         return None
 
 
-def new_token() -> tuple[str, str]:
-    """A new token's id and the token itself (``cst_<id>_<secret>``, 256 random bits)."""
-    token_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_LENGTH))
+def new_token(token_id: str | None = None) -> tuple[str, str]:
+    """A token's id (a new one unless given: a rotation keeps it) and a new token for it
+    (``cst_<id>_<secret>``, a secret of 256 random bits)."""
+    token_id = token_id or "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_LENGTH))
     return token_id, f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
 
 
@@ -181,8 +182,7 @@ class Tokens:
 
     async def rotate(self, token_id: str, grace_ms: int) -> tuple[TokenRecord, str]:
         """A new secret for ``token_id``; the one it replaces stays valid for ``grace_ms``."""
-        _, token = new_token()
-        token = f"{TOKEN_PREFIX}{token_id}_{token.rsplit('_', 1)[-1]}"
+        _, token = new_token(token_id)
         record = await self._run(token_id, "rotate", [token_hash(token), grace_ms])
         return record, token
 

@@ -298,3 +298,17 @@ async def test_a_prefix_token_cannot_name_another_account_through_json_escapes(
     raw = b'{"account": "\\u006fther", "cost": 1, "idempotency_key": "k"}'
     r = await client.post("/v1/check", data=raw, headers=t | {"Content-Type": "application/json"})
     assert r.status == 403
+
+
+async def test_a_rotated_token_gets_a_whole_new_secret_every_time(client: Client) -> None:
+    """The secret is url-safe base64 and may hold `_`: a rotation keeps all 43 characters of
+    it (256 bits), never only the part after its last `_`."""
+    made = await create(client, ["read"])
+    prefix = f"cst_{made['token_id']}_"
+    for _ in range(40):  # about one secret in five holds a `_`
+        r = await client.post(
+            f"/v1/tokens/{made['token_id']}/rotate", json={"grace_seconds": 0}, headers=admin()
+        )
+        token = (await r.json())["token"]
+        assert token.startswith(prefix) and len(token) == len(prefix) + 43
+        assert (await client.get("/v1/plans", headers=bearer(token))).status == 200
