@@ -338,6 +338,49 @@ class Settings(BaseSettings):
         "SQL before stopping it (what is left is written at the next start)",
     )
 
+    # -- the customer portal (docs/portal.md) --
+    portal_url: str | None = Field(
+        None,
+        description="the portal's public base URL (e.g. https://billing.example.com): the "
+        "start of every portal session's URL; unset = the scheme and host the session's "
+        "request came to (right when the app calls the sidecar at the address its customers "
+        "reach, wrong behind a proxy)",
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+    )
+    portal_link_ttl_s: int = Field(
+        300, ge=10, le=3600, description="how long a portal session's link may be opened (once)"
+    )
+    portal_session_ttl_s: int = Field(
+        3600,
+        ge=60,
+        le=7 * 86400,
+        description="how long a portal session lasts once its link was opened",
+    )
+    portal_product_name: str = Field(
+        "Credits", min_length=1, max_length=80, description="the name the portal shows"
+    )
+    portal_logo_url: str | None = Field(
+        None,
+        pattern=r"^https://[^\s]+$",
+        description="an https URL of the logo the portal shows (its origin is allowed in the "
+        "page's img-src)",
+    )
+    portal_accent_color: str = Field(
+        "#2563eb", pattern=r"^#[0-9a-fA-F]{6}$", description="the portal's accent colour, #rrggbb"
+    )
+    portal_support_url: str | None = Field(
+        None,
+        pattern=r"^(https?://|mailto:)[^\s]+$",
+        description="where the portal's Help link goes (https:// or mailto:)",
+    )
+    portal_frame_ancestors: str | None = Field(
+        None,
+        pattern=r"^(https?://[A-Za-z0-9*.-]+(:[0-9]+)?)( https?://[A-Za-z0-9*.-]+(:[0-9]+)?)*$",
+        description="origins allowed to embed the portal in an iframe, space separated "
+        "(https://app.example.com); unset = not framable. Set, the session cookie is "
+        "SameSite=None; Secure; Partitioned so it is sent inside the cross-site frame",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
