@@ -3,12 +3,14 @@
 // The admin token lives in this tab's sessionStorage and goes out only as an Authorization
 // header to the same origin. Everything the API returns reaches the page as text (text nodes,
 // textContent, setAttribute of fixed attributes): never as HTML. API URLs are relative to the
-// page (/console), so the console also works behind a proxy that adds a path prefix.
+// page (/console), so the console also works behind a proxy that adds a path prefix. The DOM
+// helpers, tables, chart and formats are the ones the customer portal uses too (/ui/ui.js).
+
+import {
+  ApiError, DAY_MS, errorBox, errorOf, formats, h, networkError, panel, stats, table, usageChart,
+} from "../ui/ui.js";
 
 const TOKEN_KEY = "credit-sidecar.admin-token";
-const SVG_NS = "http://www.w3.org/2000/svg";
-const HOUR_MS = 3_600_000;
-const DAY_MS = 86_400_000;
 const ACCOUNTS_PAGE = 50;
 const TRANSACTIONS_PAGE = 50;
 const TRANSACTION_TYPES = [
@@ -24,14 +26,6 @@ const USAGE_RANGES = [
 const $ = (id) => document.getElementById(id);
 
 // -- API ----------------------------------------------------------------------------------
-
-class ApiError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
 
 function storedToken() {
   return sessionStorage.getItem(TOKEN_KEY);
@@ -52,64 +46,20 @@ async function api(path, params = {}, { token = storedToken(), accept = "applica
       credentials: "omit",
     });
   } catch (e) {
-    throw new ApiError(0, "network_error", `the sidecar did not answer (${e.message})`);
+    throw networkError(e, "the sidecar");
   }
-  if (!response.ok) {
-    let code = "http_error";
-    let message = `${response.status} ${response.statusText}`;
-    try {
-      const body = await response.json();
-      if (body && body.error) {
-        code = String(body.error.code ?? code);
-        message = String(body.error.message ?? message);
-      }
-    } catch {
-      // not JSON: keep the status line
-    }
-    throw new ApiError(response.status, code, message);
-  }
+  if (!response.ok) throw await errorOf(response);
   return accept === "application/json" ? response.json() : response.blob();
 }
 
 const enc = encodeURIComponent;
 
-// -- DOM helpers --------------------------------------------------------------------------
+// -- Formats (en-US: the operator's console is not localised) ---------------------------
 
-/** An element; children that are not nodes become text nodes. */
-function h(tag, props = {}, ...children) {
-  return build(document.createElement(tag), props, children);
-}
-
-/** An SVG element (attributes are numbers or fixed strings; text only through children). */
-function s(tag, props = {}, ...children) {
-  return build(document.createElementNS(SVG_NS, tag), props, children);
-}
-
-function build(el, props, children) {
-  for (const [key, value] of Object.entries(props)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "on") {
-      for (const [event, fn] of Object.entries(value)) el.addEventListener(event, fn);
-    } else {
-      el.setAttribute(key, value === true ? "" : String(value));
-    }
-  }
-  for (const child of children.flat(Infinity)) {
-    if (child === undefined || child === null || child === false) continue;
-    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return el;
-}
-
-function fmtInt(n) {
-  if (n === undefined || n === null) return "—";
-  return Number.isSafeInteger(n) ? n.toLocaleString("en-US") : String(n);
-}
-
-function fmtSigned(n) {
-  if (typeof n !== "number") return fmtInt(n);
-  return n > 0 ? `+${fmtInt(n)}` : fmtInt(n);
-}
+const fmt = formats("en-US");
+const fmtInt = fmt.int;
+const fmtSigned = fmt.signed;
+const fmtPrice = fmt.price;
 
 /** An RFC 3339 timestamp as a <time>, shortened to the second; the full value on hover. */
 function fmtTime(value) {
@@ -125,66 +75,8 @@ function fmtJSON(value) {
   return h("code", { class: "json" }, JSON.stringify(value));
 }
 
-function fmtPrice(cents, currency) {
-  try {
-    const format = new Intl.NumberFormat("en-US", { style: "currency", currency });
-    const digits = format.resolvedOptions().maximumFractionDigits;
-    return format.format(cents / 10 ** digits);
-  } catch {
-    return `${fmtInt(cents)} ${currency} (minor units)`;
-  }
-}
-
 function accountLink(account) {
   return h("a", { href: `#/account/${enc(account)}`, class: "account-link" }, account);
-}
-
-/** A table from column specs {label, value(row), num?}; a note when there are no rows. */
-function table(columns, rows, empty, props = {}) {
-  if (!rows.length) return h("p", { class: "empty" }, empty);
-  return h(
-    "div",
-    { class: "table-wrap" },
-    h(
-      "table",
-      props,
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: c.num && "num" }, c.label)))),
-      h(
-        "tbody",
-        {},
-        rows.map((row) =>
-          h("tr", {}, columns.map((c) => h("td", { class: c.num && "num" }, c.value(row)))),
-        ),
-      ),
-    ),
-  );
-}
-
-function stats(pairs, props = {}) {
-  return h(
-    "dl",
-    { class: "stats", ...props },
-    pairs.map(([label, value, cls]) =>
-      h("div", { class: cls }, h("dt", {}, label), h("dd", {}, value)),
-    ),
-  );
-}
-
-function errorBox(e) {
-  const text = e instanceof ApiError && e.code ? `${e.message} (${e.code})` : String(e.message);
-  return h("p", { class: "error", role: "alert" }, text);
-}
-
-/** A titled panel; returns [panel, body] so the body can be filled later. */
-function panel(title, id, ...controls) {
-  const body = h("div", { class: "panel-body" });
-  const el = h(
-    "section",
-    { class: "panel", id },
-    h("div", { class: "panel-head" }, h("h3", {}, title), h("div", { class: "controls" }, controls)),
-    body,
-  );
-  return [el, body];
 }
 
 // -- Views --------------------------------------------------------------------------------
@@ -397,7 +289,19 @@ function accountView(account) {
         since: new Date(since).toISOString(),
         until: new Date(until).toISOString(),
       });
-      return usageChart(data.points, since, until, r.interval);
+      const label = (t) => {
+        const iso = new Date(t).toISOString();
+        return r.interval === "day" ? iso.slice(0, 10) : `${iso.slice(5, 10)} ${iso.slice(11, 16)}`;
+      };
+      return usageChart(data.points, since, until, r.interval, {
+        int: fmtInt,
+        label,
+        tip: (t) => `${label(t)} UTC`,
+        summary: (credits, checks) =>
+          credits || checks
+            ? `${fmtInt(credits)} credits in ${fmtInt(checks)} checks (times in UTC)`
+            : "No usage in this period.",
+      });
     });
   range.addEventListener("change", drawUsage);
   drawUsage();
@@ -487,87 +391,6 @@ function accountView(account) {
       csv.disabled = false;
     }
   });
-}
-
-/** Credits used per interval as an inline SVG line chart: every interval of the period is a
- * slot (the API may leave out empty ones), a circle marks each slot with usage. */
-function usageChart(points, since, until, interval) {
-  const step = interval === "day" ? DAY_MS : HOUR_MS;
-  const byStart = new Map();
-  for (const p of points) {
-    const t = Date.parse(p.start);
-    if (!Number.isNaN(t)) byStart.set(t, p);
-  }
-  const slots = new Set(byStart.keys());
-  for (let t = Math.floor(since / step) * step; t <= until; t += step) slots.add(t);
-  const series = [...slots]
-    .sort((a, b) => a - b)
-    .map((t) => ({ t, credits: byStart.get(t)?.credits ?? 0, checks: byStart.get(t)?.checks ?? 0 }));
-
-  const width = 760;
-  const height = 240;
-  const m = { left: 64, right: 16, top: 14, bottom: 30 };
-  const plotW = width - m.left - m.right;
-  const plotH = height - m.top - m.bottom;
-  const max = Math.max(1, ...series.map((p) => p.credits));
-  const x = (i) => m.left + (series.length > 1 ? (i * plotW) / (series.length - 1) : plotW / 2);
-  const y = (v) => m.top + plotH - (v / max) * plotH;
-  const label = (t) => {
-    const iso = new Date(t).toISOString();
-    return interval === "day" ? iso.slice(0, 10) : `${iso.slice(5, 10)} ${iso.slice(11, 16)}`;
-  };
-
-  const svg = s("svg", {
-    id: "usage-chart",
-    class: "chart",
-    viewBox: `0 0 ${width} ${height}`,
-    role: "img",
-    "aria-label": `Credits used per ${interval}`,
-  });
-  for (const v of [0, max / 2, max]) {
-    svg.append(
-      s("line", { class: "grid", x1: m.left, x2: width - m.right, y1: y(v), y2: y(v) }),
-      s("text", { class: "axis", x: m.left - 8, y: y(v) + 4, "text-anchor": "end" },
-        fmtInt(Math.round(v))),
-    );
-  }
-  const ticks = series.length > 2 ? [0, Math.floor((series.length - 1) / 2), series.length - 1] : [0];
-  for (const i of ticks) {
-    svg.append(
-      s("text", {
-        class: "axis",
-        x: x(i),
-        y: height - 10,
-        "text-anchor": i === 0 ? "start" : i === series.length - 1 ? "end" : "middle",
-      }, label(series[i].t)),
-    );
-  }
-  const coords = series.map((p, i) => `${x(i).toFixed(1)},${y(p.credits).toFixed(1)}`);
-  const baseline = y(0).toFixed(1);
-  svg.append(
-    s("polygon", {
-      class: "area",
-      points: `${x(0).toFixed(1)},${baseline} ${coords.join(" ")} ${x(series.length - 1).toFixed(1)},${baseline}`,
-    }),
-    s("polyline", { class: "line", points: coords.join(" ") }),
-  );
-  series.forEach((p, i) => {
-    if (!p.credits && !p.checks) return;
-    svg.append(
-      s("circle", { class: "point", cx: x(i), cy: y(p.credits), r: 3.5, "data-credits": p.credits },
-        s("title", {}, `${label(p.t)} UTC: ${fmtInt(p.credits)} credits, ${fmtInt(p.checks)} checks`)),
-    );
-  });
-
-  const credits = series.reduce((sum, p) => sum + p.credits, 0);
-  const checks = series.reduce((sum, p) => sum + p.checks, 0);
-  return [
-    h("p", { class: "muted", id: "usage-total" },
-      credits || checks
-        ? `${fmtInt(credits)} credits in ${fmtInt(checks)} checks (times in UTC)`
-        : "No usage in this period."),
-    svg,
-  ];
 }
 
 function packagesView() {

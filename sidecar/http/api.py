@@ -27,6 +27,7 @@ from sidecar.http import (
     routes,
     stripe_events,
     tokens,
+    webui,
 )
 from sidecar.http.auth import NONE, SECURITY_SCHEMES
 from sidecar.http.contract import Api, Call, Out, Routes
@@ -40,6 +41,7 @@ API = Api(
         meta,
         health.health_routes,
         console.console_routes,
+        webui.webui_routes,
         routes.routes,
         accounts.routes,
         keys.routes,
