@@ -38,6 +38,18 @@ class Forbidden(SidecarError):
     code = "forbidden"
 
 
+class PortalSessionRequired(SidecarError):
+    """A portal route without a live portal session (none, expired, revoked, signed out)."""
+
+    code = "portal_session_required"
+
+
+class CsrfRefused(SidecarError):
+    """A portal change without the session's X-CSRF-Token, or sent from another site."""
+
+    code = "csrf"
+
+
 class UnknownAccount(SidecarError):
     code = "unknown_account"
 

@@ -32,6 +32,7 @@ from sidecar.http.state import (
     GATE,
     LEDGER,
     PLANS,
+    PORTAL_SESSIONS,
     REDIS_URL,
     SETTINGS,
     TOKEN_CACHE,
@@ -49,6 +50,7 @@ from sidecar.ledger.calls import (
     ledger_for,
 )
 from sidecar.ledger.plans import Plans
+from sidecar.ledger.portal import PortalSessions
 from sidecar.ledger.redis_calls import (
     CALL_DEADLINE_S,
 )
@@ -105,6 +107,11 @@ def create_app(
         app[PLANS] = Plans(ledger)
         app[TOKENS] = tokens = Tokens(ledger)
         app[AUDIT] = AuditLog(client, ledger.keys, ledger.deadline_s)
+        app[PORTAL_SESSIONS] = PortalSessions(
+            ledger,
+            link_ttl_ms=settings.portal_link_ttl_s * 1000,
+            session_ttl_ms=settings.portal_session_ttl_s * 1000,
+        )
         app[TOKEN_CACHE] = token_cache = TokenCache(tokens, ledger.clock)
         stop_tokens = asyncio.Event()
         with contextlib.suppress(SidecarError):

@@ -14,19 +14,25 @@ only document the caller.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from sidecar import errors
-from sidecar.http.state import SETTINGS, TOKEN_CACHE
+from sidecar.http.state import PORTAL_SESSIONS, SETTINGS, TOKEN_CACHE
+from sidecar.ledger.portal import PortalSession
 from sidecar.ledger.tokens import BOOTSTRAP_ADMIN, BOOTSTRAP_SERVICE, Caller, Scope
+from sidecar.settings import Settings
 
-Check = Callable[[web.Request], None]
+# A check raises to refuse; one that needs Redis (a portal session) returns its awaitable.
+Check = Callable[[web.Request], Awaitable[None] | None]
 # The OpenAPI security requirement: alternatives, each {scheme name: scopes}.
 Security = tuple[tuple[tuple[str, tuple[str, ...]], ...], ...]
 CALLER = web.RequestKey("caller", Caller)
+PORTAL = web.RequestKey("portal_session", PortalSession)
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def bearer(request: web.Request) -> bytes | None:
@@ -70,6 +76,61 @@ def scope_check(app: web.Application, scopes: tuple[Scope, ...]) -> Check:
                 f"token {caller.token_id} has: {held}"
             )
         request[CALLER] = caller
+
+    return check
+
+
+def portal_secure(settings: Settings, request: web.Request) -> bool:
+    """Whether the portal's cookie is Secure (and so ``__Host-`` prefixed: no sibling
+    subdomain can plant one): served over TLS, a public URL in https, or embedding configured
+    (SameSite=None needs Secure; browsers allow it on http://localhost)."""
+    return bool(
+        request.secure
+        or (settings.portal_url or "").startswith("https://")
+        or settings.portal_frame_ancestors
+    )
+
+
+def portal_cookie(settings: Settings, request: web.Request) -> str:
+    """The name of the portal session's cookie for this request."""
+    return "__Host-cs_portal" if portal_secure(settings, request) else "cs_portal"
+
+
+def portal_check(app: web.Application) -> Check:
+    """A live portal session from its cookie (401 ``portal_session_required`` otherwise); a
+    change also needs the session's CSRF token in X-CSRF-Token and not to come from another
+    site (403 ``csrf``). The session, and a caller naming it for the audit trail, are kept
+    on the request: the account is the session's, never one the request names."""
+    settings = app[SETTINGS]
+
+    async def check(request: web.Request) -> None:
+        unsafe = request.method not in _SAFE_METHODS
+        if unsafe and request.headers.get("Sec-Fetch-Site") == "cross-site":
+            raise errors.CsrfRefused("portal changes are made from the portal's own pages")
+        name = portal_cookie(settings, request)
+        # Two cookies of the name (one planted for a narrower path or a parent domain): which
+        # session is the customer's? Neither.
+        sent = [c for header in request.headers.getall("Cookie", ()) for c in header.split(";")]
+        found = [c.strip()[len(name) + 1 :] for c in sent if c.strip().startswith(name + "=")]
+        if len(found) != 1:
+            raise errors.PortalSessionRequired(
+                "no portal session: open the portal from the link your app gives you"
+                if not found
+                else "more than one portal session cookie"
+            )
+        session = await request.app[PORTAL_SESSIONS].get(found[0])
+        if session is None:
+            raise errors.PortalSessionRequired(
+                "this portal session has ended: open the portal again from your app"
+            )
+        if unsafe:
+            given = request.headers.getall(CSRF_HEADER, ())
+            if len(given) != 1 or not session.csrf_ok(given[0]):
+                raise errors.CsrfRefused(
+                    f"a portal change needs the session's {CSRF_HEADER} header", field=CSRF_HEADER
+                )
+        request[PORTAL] = session
+        request[CALLER] = Caller(f"portal:{session.id}", "portal session", frozenset({"portal"}))
 
     return check
 
@@ -123,9 +184,11 @@ ADMIN = scoped("admin", "admin")
 SERVICE = scoped("service", "service")  # checks, holds, usage reports
 READ = scoped("read", "read")  # balances, transactions, usage, the console's reads
 CHECKOUT = scoped("checkout", "checkout")  # starting a Stripe Checkout
-PORTAL = scoped("portal", "portal")  # customer-portal sessions (issue 23)
+PORTAL_TOKEN = scoped("portal", "portal")  # making customer-portal sessions (docs/portal.md)
 # the package catalogue: what an app selling credits reads before a checkout
 CATALOG = scoped("catalog", "read", "checkout", "service")
+# The customer portal's own API: a portal session's cookie (docs/portal.md).
+PORTAL_SESSION = Auth("portal_session", (((("portalSession", ()),)),), portal_check)
 # Checked by the gate (sidecar/gate/decision.py), which answers its own 401.
 API_KEY = Auth("api_key", (((("apiKey", ()),)), ((("apiKeyHeader", ()),))), _nothing)
 METRICS = Auth("metrics", ((), ((("metricsToken", ()),))), metrics_check)
@@ -148,4 +211,12 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
         "description": "the metrics token (SIDECAR_METRICS_TOKEN), when set",
     },
     "stripeSignature": {"type": "apiKey", "in": "header", "name": "Stripe-Signature"},
+    "portalSession": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "cs_portal",
+        "description": "a customer-portal session (docs/portal.md), set when its link is opened;"
+        " `__Host-cs_portal` when the portal is served over https or embedded. A change also"
+        " needs the session's `csrf_token` in `X-CSRF-Token`",
+    },
 }

@@ -33,10 +33,10 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from sidecar import errors
-from sidecar.http.auth import CALLER, Auth, Check
+from sidecar.http.auth import CALLER, PORTAL, PORTAL_SESSION, Auth, Check
 from sidecar.http.errors import ENCODER, validation_error
 from sidecar.http.state import AUDIT, LEDGER
-from sidecar.ledger.audit import AuditEntry
+from sidecar.ledger.audit import MASK, AuditEntry
 from sidecar.ledger.tokens import Caller
 from sidecar.runtime.logs import REQUEST_ID
 
@@ -99,6 +99,8 @@ class Audited:
     # a field naming the thing changed: of the body (grant_id, refund_id), else of the answer
     # (the key_id or token_id a creation makes up)
     target: str | None = None
+    # fields of the answer the trail never keeps (a portal session's link opens it)
+    secret: tuple[str, ...] = ()
 
 
 Handler = Callable[[Call[Any, Any, Any]], Awaitable[Any]]
@@ -140,7 +142,7 @@ class Operation:
         return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", self.path)
 
     def default_status(self) -> int:
-        return min(s for s in self.responses if s < 300) if self.responses else 200
+        return min((s for s in self.responses if s < 300), default=200)
 
 
 class Routes:
@@ -286,7 +288,9 @@ def response_types(model: Any) -> tuple[type, ...]:
 def account_reader(op: Operation) -> Callable[[Call[Any, Any, Any]], str | None]:
     """How to find the one account a request of ``op`` is about: the ``account`` of its path
     parameters or of its body, as validated (decoded, checked against the id pattern); None
-    for a route about no single account."""
+    for a route about no single account. A portal route's is always its session's."""
+    if op.auth is PORTAL_SESSION:
+        return lambda call: call.request[PORTAL].account
     if op.params is not None and "account" in op.params.model_fields:
         return lambda call: cast(str, call.path.account)
     if op.body is not None and "account" in op.body.model_fields:
@@ -354,6 +358,8 @@ async def record(
     app, request = call.app, call.request
     caller = request.get(CALLER)
     after = msgspec.to_builtins(result) if result is not None else None
+    if audited.secret and isinstance(after, dict):
+        after = {k: MASK if k in audited.secret else v for k, v in after.items()}
     target: str | None = None
     if audited.target is not None:
         target = getattr(call.body, audited.target, None) if call.body is not None else None
@@ -400,8 +406,8 @@ def endpoint(op: Operation, app: web.Application) -> Endpoint:
     audited = op.audit
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if check is not None:
-            check(request)
+        if check is not None and (pending := check(request)) is not None:
+            await pending
         call = Call(
             request,
             path(request) if path is not None else None,

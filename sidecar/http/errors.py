@@ -23,6 +23,8 @@ STATUS: dict[type[errors.SidecarError], int] = {
     errors.InvalidSignature: 400,
     errors.Unauthorized: 401,
     errors.Forbidden: 403,
+    errors.PortalSessionRequired: 401,
+    errors.CsrfRefused: 403,
     errors.UnknownAccount: 404,
     errors.UnknownHold: 404,
     errors.UnknownTransaction: 404,
@@ -114,7 +116,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def _render(e: errors.SidecarError) -> web.Response:
     status = STATUS.get(type(e), 400)
-    headers = {"WWW-Authenticate": 'Bearer realm="credit-sidecar"'} if status == 401 else None
+    bearer = status == 401 and not isinstance(e, errors.PortalSessionRequired)  # a cookie's
+    headers = {"WWW-Authenticate": 'Bearer realm="credit-sidecar"'} if bearer else None
     return error_response(status, e.code, e.message, e.field, headers)
 
 

@@ -13,6 +13,7 @@ from sidecar.ledger.calls import (
     Ledger,
 )
 from sidecar.ledger.plans import Plans
+from sidecar.ledger.portal import PortalSessions
 from sidecar.ledger.token_cache import TokenCache
 from sidecar.ledger.tokens import Tokens
 from sidecar.persistence.writer import OutboxWriter
@@ -28,6 +29,7 @@ GATE = web.AppKey("gate", Gate)
 TOKENS = web.AppKey("tokens", Tokens)
 TOKEN_CACHE = web.AppKey("token_cache", TokenCache)
 AUDIT = web.AppKey("audit", AuditLog)
+PORTAL_SESSIONS = web.AppKey("portal_sessions", PortalSessions)
 WRITER = web.AppKey("writer", OutboxWriter)
 REDIS_URL = web.AppKey("redis_url", str)
 # When the Redis is this `serve`'s embedded one (its process, or its supervisor's): a client

@@ -155,6 +155,16 @@ class KeySpace:
         SQL (docs/audit.md): ``audit verify`` finds rows deleted from the end by it."""
         return f"{self._tag(0)}:audit:head"
 
+    def portal_session(self, session_id: str) -> str:
+        """String on shard 0: a customer-portal session's record (JSON), expiring with it
+        (sidecar/lua/portal.lua; docs/portal.md)."""
+        return f"{self._tag(0)}:portal:session:{session_id}"
+
+    def portal_epochs(self) -> str:
+        """Hash on shard 0: account (or ``*``) -> how many times its portal sessions were all
+        revoked; a session made before the last revocation is void."""
+        return f"{self._tag(0)}:portal:epochs"
+
     def plans(self, shard: int) -> str:
         """Hash: the plans, as the shard's scripts read them (docs/plans.md)."""
         return f"{self._tag(shard)}:plans"

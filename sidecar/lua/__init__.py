@@ -33,7 +33,7 @@ NAMES = (
     "token",
 )
 # not prefixed with _lib.lua: they touch no account and need none of it
-STANDALONE = ("lease", "restore_tokens", "token_workers")
+STANDALONE = ("lease", "restore_tokens", "token_workers", "portal")
 
 
 @cache
@@ -67,6 +67,7 @@ class Scripts:
     lease: AsyncScript
     restore_tokens: AsyncScript
     token_workers: AsyncScript
+    portal: AsyncScript
 
     @classmethod
     def register(cls, client: RedisClient) -> Scripts:

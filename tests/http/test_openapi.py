@@ -123,13 +123,17 @@ def test_operations_have_unique_ids_known_security_and_declared_path_parameters(
             for status, response in op["responses"].items():
                 assert response["description"], (method, path, status)
                 # Errors have the one body (402 and 429 of a check are its answers).
-                probe = path in ("/readyz", "/healthz")  # a probe answers with its own body
+                # a probe answers with its own body, a portal link opened in a browser a page
+                probe = path in ("/readyz", "/healthz", "/portal/s/{link}")
                 if int(status) >= 400 and int(status) not in (402, 429) and not probe:
                     schema = response["content"]["application/json"]["schema"]
                     denial = path.startswith("/auth/") and status != "404"  # a gate's answer
                     body = "AuthOutcome" if denial else "Error"
                     assert schema == {"$ref": REF.format(name=body)}, (method, path, status)
-            if op["security"] and path.startswith("/v1/"):
+            if op["security"] and path.startswith("/v1/portal/"):  # a session, no token
+                wanted = {"401"} if method == "get" else {"401", "403"}  # 403: the CSRF check
+                assert wanted <= set(op["responses"]), (method, path)
+            elif op["security"] and path.startswith("/v1/"):
                 assert {"401", "403"} <= set(op["responses"]), (method, path)
     assert len(ids) == len(set(ids)), "duplicate operationIds"
 

@@ -1,0 +1,471 @@
+"""The customer portal's API (docs/portal.md): what the portal's pages call, each route
+authorised by the customer's portal session (its cookie; a change also by its CSRF token) and
+about that session's account only: no route takes an account, so no request can name
+another. Each answers what the admin API's route for the same thing answers (the same
+handler, called for the session's account), and each change is in the audit trail with the
+session as its actor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from sidecar import errors
+from sidecar.billing import purchases
+from sidecar.http import accounts, admin, billing, keys
+from sidecar.http.auth import PORTAL, PORTAL_SESSION
+from sidecar.http.billing_responses import CheckoutSession, PackageList, PaymentMethods
+from sidecar.http.contract import Audited, Call, Out, Reply, Routes, via_get
+from sidecar.http.portal_models import (
+    Branding,
+    CheckoutSessionPath,
+    Features,
+    PortalAlerts,
+    PortalAlertsRequest,
+    PortalAutoTopUp,
+    PortalCheckoutRequest,
+    PortalKeyRequest,
+    PortalSessionView,
+    PortalSetupRequest,
+    PortalSignedOut,
+    PortalSpendLimit,
+    PortalSpendLimitRequest,
+    PurchaseStatus,
+)
+from sidecar.http.portal_sessions import PAGE, clear_cookie, portal_base
+from sidecar.http.queries import TransactionsQuery, UsageQuery
+from sidecar.http.responses import Balance, Key, KeyCreated, KeyList, TransactionList, Usage
+from sidecar.http.schemas import AccountPath, AutoTopUpRequest, KeyPatch, KeyPath
+from sidecar.http.state import API_KEYS, BILLING, LEDGER, PORTAL_SESSIONS, SETTINGS
+from sidecar.http.views import spend_limit_view, spend_view
+from sidecar.ledger.portal import Section
+from sidecar.ledger.units import iso
+
+routes = Routes()
+TAG = "portal"
+SESSION_401 = "`portal_session_required`: no live portal session (open the portal again)"
+CHANGE_ERRORS: dict[int, str | None] = {
+    401: SESSION_401,
+    403: "`csrf`: a change needs the session's X-CSRF-Token, from the portal's own pages",
+    503: None,
+}
+READ_ERRORS: dict[int, str | None] = {401: SESSION_401, 503: None}
+BILLING_SECTIONS: frozenset[Section] = frozenset({"buy", "auto_topup", "billing"})
+
+
+def account(call: Call[Any, Any, Any]) -> str:
+    return call.request[PORTAL].account
+
+
+def as_account(call: Call[Any, Any, Any], body: Any = None) -> Call[AccountPath, Any, Any]:
+    """``call`` as the admin route's handler takes it: about the session's account."""
+    path = AccountPath.model_construct(account=account(call))
+    return Call(call.request, path, call.query, call.body if body is None else body)
+
+
+async def _balance_now(call: Call[Any, Any, Any]) -> Any:
+    return await via_get(accounts.balance, as_account(call))
+
+
+# -- the session -----------------------------------------------------------------------------
+
+
+@routes.route(
+    "GET",
+    "/v1/portal/session",
+    "The portal session: its account, what to show, branding, and the CSRF token for changes",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    responses={200: Out(PortalSessionView, "the session")},
+    errors=READ_ERRORS,
+)
+async def portal_session(call: Call[None, None, None]) -> PortalSessionView:
+    session = call.request[PORTAL]
+    settings = call.app[SETTINGS]
+    b = call.app[BILLING]
+    stripe_on = settings.stripe_api_key is not None
+    customer = await b.customers.customer(session.account) if stripe_on else None
+    bal = await call.app[LEDGER].balance(session.account)
+    sections = [
+        s
+        for s in session.sections
+        if stripe_on or s not in BILLING_SECTIONS
+        if s != "billing" or customer is not None
+    ]
+    return PortalSessionView(
+        account=session.account,
+        expires_at=iso(session.expires_at) or "",
+        return_url=session.return_url,
+        locale=session.locale,
+        sections=sections,
+        csrf_token=session.csrf,
+        branding=Branding(
+            product_name=settings.portal_product_name,
+            logo_url=settings.portal_logo_url,
+            accent_color=settings.portal_accent_color,
+            support_url=settings.portal_support_url,
+        ),
+        features=Features(
+            billing=stripe_on, billing_portal=customer is not None, plans=bal.plan is not None
+        ),
+    )
+
+
+@routes.route(
+    "DELETE",
+    "/v1/portal/session",
+    "Sign out: the session ends and its cookie goes",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    responses={200: Out(PortalSignedOut, "signed out")},
+    errors=CHANGE_ERRORS,
+)
+async def sign_out(call: Call[None, None, None]) -> web.Response:
+    await call.app[PORTAL_SESSIONS].end(call.request[PORTAL])
+    response = web.json_response({"ended": True})
+    clear_cookie(call.request, response)
+    return response
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+
+@routes.route(
+    "GET",
+    "/v1/portal/balance",
+    "The balance, its buckets (source, expiry), plan and spending limit",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    responses={200: Out(Balance, "the balance")},
+    errors=READ_ERRORS,
+)
+async def portal_balance(call: Call[None, None, None]) -> Balance:
+    return await accounts.balance(as_account(call))
+
+
+@routes.route(
+    "GET",
+    "/v1/portal/transactions",
+    "The transactions, newest first (JSON, or CSV with format=csv)",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    query=TransactionsQuery,
+    responses={
+        200: Out(
+            TransactionList,
+            "a page of transactions; CSV with `format=csv`",
+            content={"text/csv": {"type": "string"}},
+        )
+    },
+    errors=READ_ERRORS,
+)
+async def portal_transactions(
+    call: Call[None, TransactionsQuery, None],
+) -> TransactionList | web.Response:
+    return await admin.transactions(as_account(call))
+
+
+@routes.route(
+    "GET",
+    "/v1/portal/usage",
+    "Credits used and checks, per hour or day",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    query=UsageQuery,
+    responses={200: Out(Usage, "the usage series")},
+    errors=READ_ERRORS,
+)
+async def portal_usage(call: Call[None, UsageQuery, None]) -> Usage:
+    return await admin.usage(as_account(call))
+
+
+@routes.route(
+    "GET",
+    "/v1/portal/packages",
+    "The credit packages on sale",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    responses={200: Out(PackageList, "the active packages")},
+    errors=READ_ERRORS,
+)
+async def portal_packages(call: Call[None, None, None]) -> PackageList:
+    packages = await call.app[BILLING].packages.listing(active_only=True)
+    return PackageList(packages=[billing.package_view(p) for p in packages])
+
+
+# -- buying ----------------------------------------------------------------------------------
+
+
+@routes.route(
+    "POST",
+    "/v1/portal/checkout",
+    "Buy a package: a Stripe Checkout Session to open in a new window",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    audit=Audited("portal.checkout", target="package_id"),
+    body=PortalCheckoutRequest,
+    responses={201: Out(CheckoutSession, "the session")},
+    errors={
+        **CHANGE_ERRORS,
+        404: "`unknown_package`",
+        409: billing.CHECKOUT_409,
+        502: None,
+        503: billing.BILLING_503,
+    },
+)
+async def portal_checkout(call: Call[None, None, PortalCheckoutRequest]) -> CheckoutSession:
+    req, acct = call.body, account(call)
+    base = portal_base(call.request)
+    session = await purchases.checkout(
+        call.app[BILLING],
+        acct,
+        [purchases.Item(req.package_id, req.quantity)],
+        f"{base}{PAGE}?purchase={{CHECKOUT_SESSION_ID}}",
+        f"{base}{PAGE}",
+        f"portal:{req.idempotency_key}",  # the page's, apart from the admin API's
+    )
+    return CheckoutSession(id=session.id, url=session.url, account=acct)
+
+
+@routes.route(
+    "GET",
+    "/v1/portal/purchases/{session_id}",
+    "A purchase started from the portal: pending until its credits are granted",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    params=CheckoutSessionPath,
+    responses={200: Out(PurchaseStatus, "its state")},
+    errors=READ_ERRORS,
+)
+async def portal_purchase(call: Call[CheckoutSessionPath, None, None]) -> PurchaseStatus:
+    status = await purchases.checkout_status(call.app[BILLING], account(call), call.path.session_id)
+    return PurchaseStatus(
+        session_id=status.session_id, status=status.status, credits=status.credits
+    )
+
+
+@routes.route(
+    "POST",
+    "/v1/portal/payment-method",
+    "Save a card for auto top-up: a Stripe Checkout Session in setup mode (new window)",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    audit=Audited("portal.payment_method"),
+    body=PortalSetupRequest,
+    responses={201: Out(CheckoutSession, "the session")},
+    errors={**CHANGE_ERRORS, 409: billing.CHECKOUT_409, 502: None, 503: billing.BILLING_503},
+)
+async def portal_setup(call: Call[None, None, PortalSetupRequest]) -> CheckoutSession:
+    acct, b = account(call), call.app[BILLING]
+    base = portal_base(call.request)
+    on_sale = await b.packages.listing(active_only=True)
+    session = await purchases.setup_checkout(
+        b,
+        acct,
+        f"{base}{PAGE}?card=saved",
+        f"{base}{PAGE}",
+        on_sale[0].currency if on_sale else "usd",
+        f"portal:{call.body.idempotency_key}",
+    )
+    return CheckoutSession(id=session.id, url=session.url, account=acct)
+
+
+@routes.route(
+    "GET",
+    "/v1/portal/payment-methods",
+    "The cards saved for auto top-up",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    responses={200: Out(PaymentMethods, "the saved payment methods")},
+    errors={**READ_ERRORS, 502: None},
+)
+async def portal_payment_methods(call: Call[None, None, None]) -> PaymentMethods:
+    return await billing.payment_methods(as_account(call))
+
+
+@routes.route(
+    "GET",
+    "/v1/portal/auto-topup",
+    "The auto top-up (null: none)",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    responses={200: Out(PortalAutoTopUp, "the auto top-up")},
+    errors=READ_ERRORS,
+)
+async def portal_get_topup(call: Call[None, None, None]) -> PortalAutoTopUp:
+    try:
+        found = await billing.get_auto_topup(as_account(call))
+    except errors.UnknownAccount:  # none set
+        found = None
+    return PortalAutoTopUp(account=account(call), auto_topup=found)
+
+
+async def _topup_now(call: Call[Any, Any, Any]) -> Any:
+    return await via_get(billing.get_auto_topup, as_account(call))
+
+
+@routes.route(
+    "PUT",
+    "/v1/portal/auto-topup",
+    "Turn auto top-up on (or change it): a package bought with a saved card below a threshold",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    audit=Audited("portal.auto_topup.put", before=_topup_now),
+    body=AutoTopUpRequest,
+    responses={200: Out(PortalAutoTopUp, "the auto top-up")},
+    errors={**CHANGE_ERRORS, 404: "`unknown_package`", 422: None, 502: None},
+)
+async def portal_put_topup(call: Call[None, None, AutoTopUpRequest]) -> PortalAutoTopUp:
+    found = await billing.put_auto_topup(as_account(call))
+    return PortalAutoTopUp(account=account(call), auto_topup=found)
+
+
+@routes.route(
+    "DELETE",
+    "/v1/portal/auto-topup",
+    "Turn auto top-up off",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    audit=Audited("portal.auto_topup.delete", before=_topup_now),
+    responses={200: Out(PortalAutoTopUp, "none now")},
+    errors=CHANGE_ERRORS,
+)
+async def portal_delete_topup(call: Call[None, None, None]) -> PortalAutoTopUp:
+    await billing.delete_auto_topup(as_account(call))
+    return PortalAutoTopUp(account=account(call), auto_topup=None)
+
+
+# -- the account's own settings ----------------------------------------------------------------
+
+
+@routes.route(
+    "GET",
+    "/v1/portal/alerts",
+    "The low-balance alert threshold",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    responses={200: Out(PortalAlerts, "the threshold")},
+    errors=READ_ERRORS,
+)
+async def portal_alerts(call: Call[None, None, None]) -> PortalAlerts:
+    b = await call.app[LEDGER].balance(account(call))
+    return PortalAlerts(account=b.account, low_balance_threshold=b.low_balance_threshold)
+
+
+@routes.route(
+    "PUT",
+    "/v1/portal/alerts",
+    "Set or remove the low-balance alert threshold",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    audit=Audited("portal.alerts.put", before=_balance_now),
+    body=PortalAlertsRequest,
+    responses={200: Out(PortalAlerts, "the threshold after the change")},
+    errors=CHANGE_ERRORS,
+)
+async def portal_put_alerts(call: Call[None, None, PortalAlertsRequest]) -> PortalAlerts:
+    threshold = call.body.low_balance_threshold
+    c = await call.app[LEDGER].update_account(account(call), low_balance_threshold=threshold)
+    return PortalAlerts(account=account(call), low_balance_threshold=c.low_balance_threshold)
+
+
+@routes.route(
+    "PUT",
+    "/v1/portal/spend-limit",
+    "Set or remove the account's own spending limit (the same window keeps what was spent)",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    audit=Audited("portal.spend_limit.put", before=_balance_now),
+    body=PortalSpendLimitRequest,
+    responses={200: Out(PortalSpendLimit, "the limit after the change")},
+    errors=CHANGE_ERRORS,
+)
+async def portal_spend_limit(
+    call: Call[None, None, PortalSpendLimitRequest],
+) -> PortalSpendLimit:
+    limit = call.body.spend_limit
+    acct, ledger = account(call), call.app[LEDGER]
+    await ledger.update_account(
+        acct, spend_limit=limit.to_spend_limit() if limit is not None else None
+    )
+    b = await ledger.balance(acct)
+    return PortalSpendLimit(
+        account=acct,
+        spend_limit=spend_limit_view(b.spend.limit if b.spend is not None else None),
+        spend=spend_view(b.spend),
+    )
+
+
+# -- API keys --------------------------------------------------------------------------------
+
+
+@routes.route(
+    "GET",
+    "/v1/portal/keys",
+    "The account's API keys, with what each spent in its limit's window",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    responses={200: Out(KeyList, "the keys")},
+    errors=READ_ERRORS,
+)
+async def portal_keys(call: Call[None, None, None]) -> KeyList:
+    return await keys.list_keys(as_account(call))
+
+
+@routes.route(
+    "POST",
+    "/v1/portal/keys",
+    "Create an API key (its secret shown once)",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    audit=Audited("portal.key.create", target="key_id"),
+    body=PortalKeyRequest,
+    responses={
+        201: Out(KeyCreated, "the key, with its secret"),
+        200: Out(KeyCreated, "a replay of the same idempotency_key: the key, no secret"),
+    },
+    errors={**CHANGE_ERRORS, 409: "`idempotency_conflict`"},
+)
+async def portal_create_key(call: Call[None, None, PortalKeyRequest]) -> Reply | KeyCreated:
+    return await keys.create_key(as_account(call))
+
+
+async def _own_key(call: Call[KeyPath, None, Any]) -> None:
+    """404 for a key that is not the session's account's: as for one that does not exist."""
+    listed = await call.app[API_KEYS].list(account(call))
+    if not any(k.key_id == call.path.key_id for k in listed):
+        raise errors.UnknownKey(f"no key {call.path.key_id}", field="key_id")
+
+
+@routes.route(
+    "PATCH",
+    "/v1/portal/keys/{key_id}",
+    "Set or remove a key's spending limit",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    audit=Audited("portal.key.patch"),
+    params=KeyPath,
+    body=KeyPatch,
+    responses={200: Out(Key, "the key after the change")},
+    errors={**CHANGE_ERRORS, 404: "`unknown_key`", 409: "`key_revoked`"},
+)
+async def portal_patch_key(call: Call[KeyPath, None, KeyPatch]) -> Key:
+    await _own_key(call)
+    return await keys.patch_key(call)
+
+
+@routes.route(
+    "DELETE",
+    "/v1/portal/keys/{key_id}",
+    "Revoke a key (refused from the next request on)",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    audit=Audited("portal.key.revoke"),
+    params=KeyPath,
+    responses={200: Out(Key, "the key, with revoked_at")},
+    errors={**CHANGE_ERRORS, 404: "`unknown_key`"},
+)
+async def portal_revoke_key(call: Call[KeyPath, None, None]) -> Key:
+    await _own_key(call)
+    return await keys.revoke_key(call)

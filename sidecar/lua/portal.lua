@@ -1,0 +1,87 @@
+-- portal.lua: customer-portal sessions (docs/portal.md): made by the business's backend, opened
+-- once by the customer's browser through their link, then checked on every portal request;
+-- revoked one by one, per account, or all at once.
+--
+-- Standalone (not prefixed with _lib.lua): a session moves no credits and writes no outbox entry
+-- (the admin route that makes one is in the audit trail). Everything lives on shard 0, like the
+-- tokens, so one script sees a session and the revocation counters together.
+-- KEYS: [1] the session (string: its record, JSON; expires with it)  [2] the revocation counters
+--   (hash: account -> n, '*' -> n; a session remembers both at its creation and is void once
+--   either moved)
+-- ARGV: [1] mode  [2] now (unix ms), then
+--   create: [3] the record (JSON, from sidecar/ledger/portal.py: id, account, link_hash,
+--     link_expires_at, ...)  [4] its time to live (ms): the link's
+--   open: [3] the link's SHA-256 (hex)  [4] the session secret's SHA-256  [5] the session's
+--     lifetime (ms)
+--   get: nothing more; end: nothing more (the caller checked the secret)
+--   revoke: [3] the account, or '*' for every session
+-- Units: times are unix ms; lifetimes ms.
+-- Returns create/open/get: the record (JSON) or false (no such session, a used or expired
+-- link, a revoked or expired session); end: 1|0; revoke: the counter after the call.
+
+local SESSION, EPOCHS = KEYS[1], KEYS[2]
+local mode, now = ARGV[1], tonumber(ARGV[2])
+if not now then return redis.error_reply('CS INVALID now must be a number') end
+
+local function epoch(name)
+  return tonumber(redis.call('HGET', EPOCHS, name) or '0')
+end
+
+if mode == 'revoke' then
+  local who = ARGV[3]
+  if type(who) ~= 'string' or #who == 0 then
+    return redis.error_reply('CS INVALID account must be given')
+  end
+  return redis.call('HINCRBY', EPOCHS, who, 1)
+end
+
+if mode == 'create' then
+  local rec = cjson.decode(ARGV[3])
+  local ttl = tonumber(ARGV[4])
+  if type(rec.account) ~= 'string' or not ttl or ttl <= 0 then
+    return redis.error_reply('CS INVALID record and ttl must be given')
+  end
+  rec.epoch_account = epoch(rec.account)
+  rec.epoch_all = epoch('*')
+  local raw = cjson.encode(rec)
+  -- NX: a session id is made up once; a clash is the caller's to retry, never an overwrite
+  if not redis.call('SET', SESSION, raw, 'PX', ttl, 'NX') then
+    return redis.error_reply('CS CONFLICT session id exists')
+  end
+  return raw
+end
+
+local raw = redis.call('GET', SESSION)
+if not raw then return false end
+local rec = cjson.decode(raw)
+if rec.epoch_account ~= epoch(rec.account) or rec.epoch_all ~= epoch('*') then
+  redis.call('DEL', SESSION)  -- revoked: gone for good
+  return false
+end
+
+if mode == 'open' then
+  -- the link works once, before it expires
+  if rec.opened_at ~= cjson.null and rec.opened_at ~= nil then return false end
+  if rec.link_hash ~= ARGV[3] or now >= rec.link_expires_at then return false end
+  local life = tonumber(ARGV[5])
+  if not life or life <= 0 then return redis.error_reply('CS INVALID lifetime must be > 0') end
+  rec.opened_at = now
+  rec.secret_hash = ARGV[4]
+  rec.expires_at = now + life
+  raw = cjson.encode(rec)
+  redis.call('SET', SESSION, raw, 'PXAT', rec.expires_at)
+  return raw
+end
+
+if mode == 'get' then
+  if rec.opened_at == cjson.null or rec.opened_at == nil or now >= rec.expires_at then
+    return false
+  end
+  return raw
+end
+
+if mode == 'end' then
+  return redis.call('DEL', SESSION)
+end
+
+return redis.error_reply('CS INVALID mode must be create, open, get, end or revoke')
