@@ -567,42 +567,51 @@ function watchPurchase(id, { paid }) {
 
 views.auto_topup = () => {
   const [el, body] = section("auto_topup", "Automatic top-up");
-  const enabled = h("input", { type: "checkbox" });
+  const enabled = h("input", { type: "checkbox", id: "auto-topup-enabled" });
+  enabled.dataset.field = "enabled";
   const pkg = h("select", {});
   const threshold = h("input", { type: "text", inputmode: "numeric", autocomplete: "off" });
-  const save = h("button", { type: "submit" }, "Save");
-  const form = h("form", { id: "auto-topup-form", novalidate: true },
+  const method = h("select", {});
+  const save = h("button", { type: "submit", id: "auto-topup-save" }, "Save");
+  const form = h("form", { id: "auto-topup-form", class: "grid-form", novalidate: true },
     h("div", { class: "check" }, enabled, h("label", { for: "auto-topup-enabled" }, "Top up automatically")),
     field("auto-topup-package", "Package to buy", pkg, { field: "package_id" }),
-    field("auto-topup-threshold", "When the balance falls below", threshold, { field: "threshold" }),
+    field("auto-topup-threshold", "When the balance falls below (credits)", threshold, { field: "threshold" }),
+    field("auto-topup-card", "Pay with", method, { field: "payment_method" }),
     h("div", { class: "actions" }, save));
-  enabled.id = "auto-topup-enabled";
-  enabled.dataset.field = "enabled";
   const card = h("p", { id: "card-status", class: "muted" });
   const saveCard = h("button", { type: "button", id: "save-card", class: "secondary" }, "Save a card");
   const cardBox = h("div", { class: "card-row" }, card, saveCard);
-  const status = h("p", { id: "auto-topup-status", class: "muted" });
+  const status = h("p", { id: "auto-topup-status" });
   let current = null;
 
   const refresh = () => load(body, async () => {
-    const [list, auto] = await Promise.all([
+    const [list, auto, methods] = await Promise.all([
       packages(),
-      api("auto-topup").catch((e) => {
-        if (e instanceof ApiError && e.status === 404) return null;
-        throw e;
+      api("auto-topup").then((d) => d.auto_topup),
+      api("payment-methods").then((d) => d.payment_methods).catch((e) => {
+        if (e instanceof ApiError && e.status === 401) throw e;
+        return [];
       }),
     ]);
     current = auto;
     pkg.replaceChildren(...list.map((p) => h("option", { value: p.id }, `${p.name} (${state.fmt.int(p.credits)} credits)`)));
+    method.replaceChildren(...methods.map((m) => h("option", { value: m.id }, m.label || m.type)));
     if (auto) {
       enabled.checked = auto.enabled;
       pkg.value = auto.package_id;
       threshold.value = String(auto.threshold);
+      if (methods.some((m) => m.id === auto.payment_method)) method.value = auto.payment_method;
     }
-    card.textContent = auto?.payment_method ? "A card is saved for automatic top-ups." : "No card saved yet: save one to top up automatically.";
-    let text = auto?.enabled ? `On: buys ${auto.package_id} when the balance falls below ${state.fmt.int(auto.threshold)}.` : "Off.";
+    card.textContent = methods.length
+      ? `${methods.length === 1 ? "One card is" : `${methods.length} cards are`} saved for automatic top-ups.`
+      : "No card saved yet: save one to top up automatically.";
+    const named = list.find((p) => p.id === auto?.package_id)?.name ?? auto?.package_id;
+    let text = auto?.enabled
+      ? `On: buys ${named} when the balance falls below ${state.fmt.int(auto.threshold)} credits.`
+      : "Off.";
     if (auto?.paused) text += ` Paused: ${auto.last_error ?? "the last charge failed"}.`;
-    if (auto?.needs_customer) text += " Your bank asked for confirmation: save your card again.";
+    if (auto?.needs_customer) text += " Your bank asked for a confirmation: save your card again.";
     status.textContent = text;
     return [status, form, cardBox];
   });
@@ -610,14 +619,16 @@ views.auto_topup = () => {
   onSubmit(form, async () => {
     if (!enabled.checked) {
       if (current) await api("auto-topup", { method: "DELETE" });
-      notice("Automatic top-up is off.", { id: "auto-topup-saved" });
     } else {
-      const body2 = { package_id: pkg.value, threshold: whole(threshold), enabled: true };
-      await api("auto-topup", { method: "PUT", body: body2 });
-      notice("Automatic top-up saved.", { id: "auto-topup-saved" });
+      if (!method.value) throw new InputError("payment_method", "Save a card first.");
+      const req = { package_id: pkg.value, threshold: whole(threshold), payment_method: method.value, enabled: true };
+      await api("auto-topup", { method: "PUT", body: req });
     }
     await refresh();
+    status.focus();
   });
+  status.setAttribute("tabindex", "-1");
+  status.setAttribute("role", "status");
 
   saveCard.addEventListener("click", () => busy(saveCard, async () => {
     const win = newWindow();

@@ -27,8 +27,10 @@ from sidecar.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-# Static files of the console: the page itself (/console) is described, its assets are not.
-UNDESCRIBED_PREFIXES = ("/console/",)
+# Static files of the console and the portal: the pages themselves (/console, /portal/) are
+# described, their assets, the design system they share (/ui/) and the redirect are not.
+UNDESCRIBED_PREFIXES = ("/console/", "/ui/")
+UNDESCRIBED = {"/portal", "/portal/{name}"}
 
 pytestmark = pytest.mark.sql_free  # (its writer is off: SQL is never reached)
 
@@ -43,7 +45,11 @@ def served(app: web.Application) -> set[tuple[str, str]]:
     for r in routes:
         assert r.resource is not None
         path = r.resource.canonical
-        if path.startswith(UNDESCRIBED_PREFIXES) or (r.method == "HEAD" and path in gets):
+        if (
+            path.startswith(UNDESCRIBED_PREFIXES)
+            or path in UNDESCRIBED
+            or (r.method == "HEAD" and path in gets)
+        ):
             continue
         methods = [m.upper() for m in ANY_METHODS] if r.method == "*" else [r.method]
         out |= {(m, path) for m in methods}
