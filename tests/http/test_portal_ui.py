@@ -1,0 +1,430 @@
+"""The customer portal in a browser (the system's Chromium, driven by Playwright) against the
+real app on a real port, its SQL writer and billing worker running, Stripe played by the fake
+(tests/billing/fakestripe) and webhooks signed as Stripe signs them.
+
+The story, on a desktop and on a phone-sized screen: the business creates a portal session
+with the API -> the customer opens its URL -> sees the balance and the expiry of each bucket
+-> buys a package (double-clicked: one Checkout Session) in a new window -> is back from
+Checkout: "payment received, your credits are on their way" until the signed webhook is
+processed, then the new balance -> creates an API key (copied with the Copy button) -> the key
+is accepted -> revokes it (Escape cancels the confirmation first) -> it is refused -> signs
+out. The same story by keyboard alone (Tab, Enter, Escape). Data that looks like HTML (a
+bucket's metadata, a key's name) stays text; axe-core (from npm) finds no serious or critical
+accessibility violation. Screenshots go to .artifacts/portal-*.png.
+
+One browser, one app and one fake Stripe for the module (the suite has a time budget)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from pydantic import SecretStr
+
+from sidecar.http.app import create_app
+from sidecar.redis.client import connect
+from sidecar.redis.embedded import RedisServer
+from sidecar.settings import Settings
+from tests.billing.conftest import PRICE, SECRET
+from tests.billing.fakestripe import FakeStripe, sign_webhook
+from tests.conftest import ADMIN, SERVICE, admin, premigrated
+from tests.http.test_console import chromium
+from tests.ports import free_port
+
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
+HTML_LIKE = "<img src=x onerror=alert(1)>"
+RETURN_URL = "https://app.test/dashboard"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 375, "height": 667}
+# axe-core, installed from npm once per machine (not a dependency of the project).
+AXE_DIR = Path.home() / ".cache" / "credit-sidecar" / "axe-core"
+
+
+@dataclass
+class Portal:
+    base: str
+    fake: FakeStripe
+    http: aiohttp.ClientSession
+    browser: Browser
+
+    async def call(self, method: str, path: str, body: Any = None, auth: Any = None) -> Any:
+        async with self.http.request(method, path, json=body, headers=auth or admin()) as r:
+            assert r.status < 300, (method, path, r.status, await r.text())
+            return await r.json()
+
+    async def customer(self, account: str) -> str:
+        """An account with 1,000 purchased and 100 promo credits (expiring, with HTML in its
+        metadata); the URL of a new portal session for it."""
+        await self.call("PUT", f"/v1/accounts/{account}", {})
+        grants = [
+            {"grant_id": "order-1", "credits": 1000, "source": "purchase"},
+            {
+                "grant_id": "welcome",
+                "credits": 100,
+                "source": "promo",
+                "priority": -1,
+                "expires_at": "2031-03-01T12:00:00Z",
+                "metadata": {"note": HTML_LIKE},
+            },
+        ]
+        for g in grants:
+            await self.call("POST", f"/v1/accounts/{account}/grants", g)
+        session = await self.call(
+            "POST",
+            f"/v1/accounts/{account}/portal-sessions",
+            {"return_url": RETURN_URL, "locale": "en-GB"},
+        )
+        assert session["url"].startswith(f"{self.base}/portal/s/")
+        return str(session["url"])
+
+    async def pay(self, session_id: str) -> None:
+        """The customer pays on Stripe's page; Stripe's webhook arrives, signed."""
+        self.fake.events.clear()
+        self.fake.complete_session(session_id)
+        for e in [e for e in self.fake.events if e["type"] == "checkout.session.completed"]:
+            body = orjson.dumps(e | {"created": int(time.time())})
+            headers = {"Stripe-Signature": sign_webhook(body, SECRET)}
+            async with self.http.post("/webhooks/stripe", data=body, headers=headers) as r:
+                assert r.status == 200, await r.text()
+
+    async def key_status(self, key: str) -> int:
+        """What the gate answers a request with this API key (a proxy's ForwardAuth)."""
+        headers = {"Authorization": f"Bearer {key}", "X-Forwarded-Uri": "/v1/things"}
+        async with self.http.get("/auth/forward", headers=headers) as r:
+            return r.status
+
+    async def context(self, viewport: dict[str, int], **more: Any) -> BrowserContext:
+        ctx = await self.browser.new_context(viewport=viewport, **more)
+        await ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=self.base)
+
+        # Stripe's hosted Checkout page (the fake's URL): a stand-in the new window opens.
+        async def stripe_page(route: Any) -> None:
+            await route.fulfill(
+                status=200,
+                content_type="text/html",
+                body="<!doctype html><title>Checkout</title><h1>Stripe Checkout (fake)</h1>",
+            )
+
+        await ctx.route("https://checkout.stripe.test/**", stripe_page)
+        return ctx
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def portal(
+    redis_server: RedisServer, sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Portal]:
+    data_dir = premigrated(sqlite_template, tmp_path_factory.mktemp("portal-ui"))
+    redis = connect(redis_server.url)
+    await redis.flushall()
+    await redis.aclose()
+    async with FakeStripe() as fake, async_playwright() as pw:
+        fake.add_price(PRICE, 500)
+        fake.add_price("price_pro", 2000)
+        settings = Settings(
+            redis_url=redis_server.url,
+            admin_token=SecretStr(ADMIN),
+            service_token=SecretStr(SERVICE),
+            data_dir=data_dir,
+            writer="inline",  # the transactions the portal lists are SQL's
+            stripe_api_key=SecretStr(fake.api_key),
+            stripe_api_base=fake.url,
+            stripe_webhook_secrets=SecretStr(SECRET),
+            portal_product_name="Acme API",
+            portal_support_url="https://acme.test/help",
+        )
+        server = TestServer(create_app(settings), host="127.0.0.1", port=free_port())
+        await server.start_server()
+        browser = await pw.chromium.launch(executable_path=chromium())
+        base = f"http://127.0.0.1:{server.port}"
+        try:
+            async with aiohttp.ClientSession(base) as http:
+                p = Portal(base, fake, http, browser)
+                starter = {"name": "Starter", "credits": 1000, "price": 500}
+                await p.call("PUT", "/v1/admin/packages/starter", starter | {"stripe_price_id": PRICE})
+                pro = {"name": "Pro", "credits": 5000, "price": 2000, "stripe_price_id": "price_pro"}
+                await p.call("PUT", "/v1/admin/packages/pro", pro)
+                yield p
+        finally:
+            await browser.close()
+            await server.close()
+
+
+def watch(page: Page) -> list[str]:
+    """Script errors, CSP violations and dialogs (an injected script would open one)."""
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on(
+        "console",
+        lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
+    return problems
+
+
+# -- the story -------------------------------------------------------------------------------
+
+
+@dataclass
+class Driver:
+    """How the customer acts: with the mouse (click) or the keyboard alone (Tab to, Enter)."""
+
+    page: Page
+    keyboard: bool
+
+    async def press(self, target: Any) -> None:
+        if self.keyboard:
+            await tab_to(self.page, target)
+            await self.page.keyboard.press("Enter")
+        else:
+            await target.click()
+
+    async def fill(self, target: Any, text: str) -> None:
+        if self.keyboard:
+            await tab_to(self.page, target)
+            await self.page.keyboard.type(text)
+        else:
+            await target.fill(text)
+
+    async def double_press(self, target: Any) -> None:
+        if self.keyboard:
+            await tab_to(self.page, target)
+            await self.page.keyboard.press("Enter")
+            await self.page.keyboard.press("Enter")
+        else:
+            await target.dblclick()
+
+
+async def tab_to(page: Page, target: Any, limit: int = 120) -> None:
+    """Presses Tab until ``target`` has the focus (the keyboard's way there)."""
+    handle = await target.element_handle()
+    for _ in range(limit):
+        if await page.evaluate("(el) => document.activeElement === el", handle):
+            # what has the focus is visibly marked (:focus-visible)
+            assert await page.evaluate("(el) => el.matches(':focus-visible')", handle)
+            return
+        await page.keyboard.press("Tab")
+    raise AssertionError(f"Tab never reached {target}")
+
+
+async def story(portal: Portal, ctx: BrowserContext, account: str, *, keyboard: bool) -> Page:
+    url = await portal.customer(account)
+    page = await ctx.new_page()
+    problems = watch(page)
+    do = Driver(page, keyboard)
+
+    # The link opens the session (once) and lands on the portal: the balance, en-GB.
+    await page.goto(url)
+    assert page.url == f"{portal.base}/portal/"
+    await expect(page.locator("#balance-amount")).to_have_text("1,100 credits")
+    assert await page.evaluate("document.documentElement.lang") == "en-GB"
+    await expect(page.locator("#product")).to_have_text("Acme API")
+    await expect(page.locator("#buckets")).to_contain_text(
+        "100 promo credits expire on 1 March 2031"
+    )
+    await expect(page.locator("#buckets")).to_contain_text(HTML_LIKE)  # as text
+    await expect(page.locator("#back")).to_have_attribute("href", RETURN_URL)
+    await expect(page.locator("#transactions-table tbody tr")).to_have_count(2)
+
+    # Buy Starter, pressed twice: one Checkout Session, opened in a new window.
+    sessions_before = len(portal.fake.sessions)
+    buy = page.locator("#packages button[data-package=starter]")
+    async with page.expect_popup() as opened:
+        await do.double_press(buy)
+    checkout = await opened.value
+    await expect(checkout.locator("h1")).to_have_text("Stripe Checkout (fake)")
+    await expect(page.locator("#buy-status")).to_contain_text("Complete your payment")
+    assert len(portal.fake.sessions) == sessions_before + 1
+    session_id = list(portal.fake.sessions)[-1]
+    success_url = portal.fake.sessions[session_id]["success_url"]
+    assert success_url == f"{portal.base}/portal/?purchase={{CHECKOUT_SESSION_ID}}"
+
+    # Paid: Stripe sends the window back to the portal before its webhook has arrived.
+    await checkout.goto(success_url.replace("{CHECKOUT_SESSION_ID}", session_id))
+    await expect(checkout.locator("#notices")).to_contain_text(
+        "Payment received, your credits are on their way."
+    )
+    await portal.pay(session_id)
+    await expect(checkout.locator("#notices")).to_contain_text(
+        "Your 1,000 credits have arrived.", timeout=15_000
+    )
+    await expect(checkout.locator("#balance-amount")).to_have_text("2,100 credits")
+    assert "purchase=" not in checkout.url
+    await checkout.close()
+    # The window that started it follows too.
+    await expect(page.locator("#balance-amount")).to_have_text("2,100 credits", timeout=15_000)
+
+    # A key, named with HTML: its secret shown once, copied with the button.
+    name = f"ci {HTML_LIKE}"
+    await do.fill(page.locator("#new-key-name"), name)
+    await do.press(page.locator("#create-key"))
+    secret = page.locator("#new-key-secret")
+    await expect(page.locator("#new-key")).to_be_visible()
+    key = (await secret.text_content()) or ""
+    assert key.startswith("csk_"), key
+    await do.press(page.locator("#copy-key"))
+    await expect(page.locator("#copy-status")).to_have_text("Copied")
+    assert await page.evaluate("navigator.clipboard.readText()") == key
+    row = page.locator("#keys-table tbody tr", has_text=name)
+    await expect(row).to_have_count(1)
+    await expect(row).to_contain_text("active")
+    assert await portal.key_status(key) == 200
+
+    # Revoke: Escape cancels the confirmation, then it is confirmed.
+    revoke = row.get_by_role("button", name=f"Revoke {name}")
+    dialog = page.locator("#revoke-dialog")
+    await do.press(revoke)
+    await expect(dialog).to_be_visible()
+    await expect(page.locator("#revoke-cancel")).to_be_focused()
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(revoke).to_be_focused()  # back where the customer was
+    assert await portal.key_status(key) == 200
+    await do.press(revoke)
+    await expect(dialog).to_be_visible()
+    await do.press(page.locator("#revoke-confirm"))
+    await expect(dialog).to_be_hidden()
+    await expect(page.locator("#keys-status")).to_contain_text("revoked")
+    await expect(row).to_contain_text("revoked")
+    assert await portal.key_status(key) == 401
+
+    # Nothing the data holds became markup.
+    assert await page.locator("main img, main b").count() == 0
+    assert problems == []
+    return page
+
+
+async def test_the_story_on_a_desktop(portal: Portal) -> None:
+    ctx = await portal.context(DESKTOP)
+    try:
+        page = await story(portal, ctx, "acme-desktop", keyboard=False)
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "portal-desktop.png"), full_page=True)
+
+        # Signing out ends the session; the page then says so, with the way back.
+        await page.locator("#sign-out").click()
+        await expect(page.locator("#ended-title")).to_have_text("You have signed out")
+        await page.reload()
+        await expect(page.locator("#ended-title")).to_have_text("Your session has ended")
+        await expect(page.locator("#ended-back")).to_have_attribute("href", RETURN_URL)
+        await expect(page.locator("#ended-back")).to_have_text("Back to Acme API")
+    finally:
+        await ctx.close()
+
+
+async def test_the_story_on_a_phone(portal: Portal) -> None:
+    ctx = await portal.context(PHONE, is_mobile=True, has_touch=True)
+    try:
+        page = await story(portal, ctx, "acme-phone", keyboard=False)
+        # Nothing wider than the screen: no sideways scrolling.
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], width
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "portal-phone.png"), full_page=True)
+    finally:
+        await ctx.close()
+
+
+async def test_the_story_by_keyboard_alone(portal: Portal) -> None:
+    ctx = await portal.context(DESKTOP)
+    try:
+        await story(portal, ctx, "acme-keyboard", keyboard=True)
+    finally:
+        await ctx.close()
+
+
+async def test_bad_input_is_shown_next_to_its_field(portal: Portal) -> None:
+    ctx = await portal.context(DESKTOP)
+    try:
+        page = await ctx.new_page()
+        await page.goto(await portal.customer("acme-forms"))
+        await page.locator("#create-key").click()
+        name = page.locator("#new-key-name")
+        await expect(page.locator("#new-key-name-error")).to_have_text("Enter a name for the key.")
+        await expect(name).to_have_attribute("aria-invalid", "true")
+        await expect(name).to_have_attribute("aria-describedby", "new-key-name-error")
+        await expect(name).to_be_focused()
+        # The API's own refusal, next to the field it names.
+        await name.fill("x" * 129)
+        await page.locator("#create-key").click()
+        await expect(page.locator("#new-key-name-error")).to_contain_text("128")
+        await name.fill("ok")
+        await page.locator("#new-key-credits").fill("lots")
+        await page.locator("#create-key").click()
+        await expect(page.locator("#new-key-credits-error")).to_have_text("Enter a whole number.")
+        await expect(page.locator("#new-key-name")).not_to_have_attribute("aria-invalid", "true")
+    finally:
+        await ctx.close()
+
+
+# -- accessibility -----------------------------------------------------------------------------
+
+
+def axe_script() -> Path:
+    """axe-core's script, installed from npm into a cache dir the first time."""
+    script = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+    if script.exists():
+        return script
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed: the accessibility audit needs axe-core from npm")
+    AXE_DIR.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(AXE_DIR), "axe-core@4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and script.exists(), done.stderr
+    return script
+
+
+async def audit(page: Page, script: Path) -> list[dict[str, Any]]:
+    await page.add_script_tag(path=str(script))
+    result: dict[str, Any] = await page.evaluate(
+        "axe.run(document, {resultTypes: ['violations']})"
+    )
+    return [v for v in result["violations"] if v["impact"] in ("serious", "critical")]
+
+
+async def test_accessibility_audit(portal: Portal) -> None:
+    script = await asyncio.to_thread(axe_script)
+    # Only this context lets the test inject axe-core past the page's CSP.
+    for viewport in (DESKTOP, PHONE):
+        ctx = await portal.context(viewport, bypass_csp=True)
+        try:
+            page = await ctx.new_page()
+            await page.goto(await portal.customer(f"acme-a11y-{viewport['width']}"))
+            await expect(page.locator("#keys-table, #keys-list .empty")).to_be_visible()
+            await expect(page.locator("#usage-chart")).to_be_visible()
+            await expect(page.locator("#transactions-table")).to_be_visible()
+            found = await audit(page, script)
+            assert found == [], json.dumps(
+                [(v["id"], v["help"], [n["target"] for n in v["nodes"]]) for v in found], indent=1
+            )
+            # and with a form's error and the confirmation dialog open
+            await page.locator("#create-key").click()
+            await page.locator("#new-key-name").fill("a11y")
+            await page.locator("#create-key").click()
+            await page.get_by_role("button", name="Revoke a11y").click()
+            found = await audit(page, script)
+            assert found == [], json.dumps(
+                [(v["id"], v["help"], [n["target"] for n in v["nodes"]]) for v in found], indent=1
+            )
+        finally:
+            await ctx.close()
+
