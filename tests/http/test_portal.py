@@ -7,6 +7,7 @@ account or any admin or service route."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -380,3 +381,12 @@ async def test_the_session_url_starts_with_the_configured_public_url(
         await account(c, "acme")
         s = await new_session(c, "acme")
         assert s["url"].startswith("https://billing.example.com/credits/portal/s/")
+
+
+async def test_a_link_opened_many_times_at_once_opens_one_session(client: Client) -> None:
+    await account(client, "acme")
+    s = await new_session(client, "acme")
+    answers = await asyncio.gather(
+        *(client.get(link_path(s), allow_redirects=False) for _ in range(20))
+    )
+    assert sorted(r.status for r in answers) == [303] + [401] * 19
