@@ -34,7 +34,7 @@ from sidecar.http.portal_models import (
     PurchaseStatus,
 )
 from sidecar.http.portal_sessions import PAGE, clear_cookie, portal_base
-from sidecar.http.queries import TransactionsQuery, UsageQuery
+from sidecar.http.queries import NoQuery, TransactionsQuery, UsageQuery
 from sidecar.http.responses import Balance, Key, KeyCreated, KeyList, TransactionList, Usage
 from sidecar.http.schemas import AccountPath, AutoTopUpRequest, KeyPatch, KeyPath
 from sidecar.http.state import API_KEYS, BILLING, LEDGER, PORTAL_SESSIONS, SETTINGS
@@ -77,10 +77,11 @@ async def _balance_now(call: Call[Any, Any, Any]) -> Any:
     "The portal session: its account, what to show, branding, and the CSRF token for changes",
     tag=TAG,
     auth=PORTAL_SESSION,
+    query=NoQuery,
     responses={200: Out(PortalSessionView, "the session")},
     errors=READ_ERRORS,
 )
-async def portal_session(call: Call[None, None, None]) -> PortalSessionView:
+async def portal_session(call: Call[None, NoQuery, None]) -> PortalSessionView:
     session = call.request[PORTAL]
     settings = call.app[SETTINGS]
     b = call.app[BILLING]
@@ -137,10 +138,11 @@ async def sign_out(call: Call[None, None, None]) -> web.Response:
     "The balance, its buckets (source, expiry), plan and spending limit",
     tag=TAG,
     auth=PORTAL_SESSION,
+    query=NoQuery,
     responses={200: Out(Balance, "the balance")},
     errors=READ_ERRORS,
 )
-async def portal_balance(call: Call[None, None, None]) -> Balance:
+async def portal_balance(call: Call[None, NoQuery, None]) -> Balance:
     return await accounts.balance(as_account(call))
 
 
@@ -186,10 +188,11 @@ async def portal_usage(call: Call[None, UsageQuery, None]) -> Usage:
     "The credit packages on sale",
     tag=TAG,
     auth=PORTAL_SESSION,
+    query=NoQuery,
     responses={200: Out(PackageList, "the active packages")},
     errors=READ_ERRORS,
 )
-async def portal_packages(call: Call[None, None, None]) -> PackageList:
+async def portal_packages(call: Call[None, NoQuery, None]) -> PackageList:
     packages = await call.app[BILLING].packages.listing(active_only=True)
     return PackageList(packages=[billing.package_view(p) for p in packages])
 
@@ -234,11 +237,12 @@ async def portal_checkout(call: Call[None, None, PortalCheckoutRequest]) -> Chec
     "A purchase started from the portal: pending until its credits are granted",
     tag=TAG,
     auth=PORTAL_SESSION,
+    query=NoQuery,
     params=CheckoutSessionPath,
     responses={200: Out(PurchaseStatus, "its state")},
     errors=READ_ERRORS,
 )
-async def portal_purchase(call: Call[CheckoutSessionPath, None, None]) -> PurchaseStatus:
+async def portal_purchase(call: Call[CheckoutSessionPath, NoQuery, None]) -> PurchaseStatus:
     status = await purchases.checkout_status(call.app[BILLING], account(call), call.path.session_id)
     return PurchaseStatus(
         session_id=status.session_id, status=status.status, credits=status.credits
@@ -277,10 +281,11 @@ async def portal_setup(call: Call[None, None, PortalSetupRequest]) -> CheckoutSe
     "The cards saved for auto top-up",
     tag=TAG,
     auth=PORTAL_SESSION,
+    query=NoQuery,
     responses={200: Out(PaymentMethods, "the saved payment methods")},
     errors={**READ_ERRORS, 502: None},
 )
-async def portal_payment_methods(call: Call[None, None, None]) -> PaymentMethods:
+async def portal_payment_methods(call: Call[None, NoQuery, None]) -> PaymentMethods:
     return await billing.payment_methods(as_account(call))
 
 
@@ -290,10 +295,11 @@ async def portal_payment_methods(call: Call[None, None, None]) -> PaymentMethods
     "The auto top-up (null: none)",
     tag=TAG,
     auth=PORTAL_SESSION,
+    query=NoQuery,
     responses={200: Out(PortalAutoTopUp, "the auto top-up")},
     errors=READ_ERRORS,
 )
-async def portal_get_topup(call: Call[None, None, None]) -> PortalAutoTopUp:
+async def portal_get_topup(call: Call[None, NoQuery, None]) -> PortalAutoTopUp:
     try:
         found = await billing.get_auto_topup(as_account(call))
     except errors.UnknownAccount:  # none set
@@ -345,10 +351,11 @@ async def portal_delete_topup(call: Call[None, None, None]) -> PortalAutoTopUp:
     "The low-balance alert threshold",
     tag=TAG,
     auth=PORTAL_SESSION,
+    query=NoQuery,
     responses={200: Out(PortalAlerts, "the threshold")},
     errors=READ_ERRORS,
 )
-async def portal_alerts(call: Call[None, None, None]) -> PortalAlerts:
+async def portal_alerts(call: Call[None, NoQuery, None]) -> PortalAlerts:
     b = await call.app[LEDGER].balance(account(call))
     return PortalAlerts(account=b.account, low_balance_threshold=b.low_balance_threshold)
 
@@ -406,10 +413,11 @@ async def portal_spend_limit(
     "The account's API keys, with what each spent in its limit's window",
     tag=TAG,
     auth=PORTAL_SESSION,
+    query=NoQuery,
     responses={200: Out(KeyList, "the keys")},
     errors=READ_ERRORS,
 )
-async def portal_keys(call: Call[None, None, None]) -> KeyList:
+async def portal_keys(call: Call[None, NoQuery, None]) -> KeyList:
     return await keys.list_keys(as_account(call))
 
 

@@ -145,7 +145,6 @@ billing again.</p></main></body></html>
 )
 async def open_link(call: Call[LinkPath, None, None]) -> web.Response:
     request = call.request
-    settings = call.app[SETTINGS]
     # an <img>, a script or a prefetch is not the customer opening their link
     dest = request.headers.get("Sec-Fetch-Dest")
     opened = None
@@ -157,25 +156,31 @@ async def open_link(call: Call[LinkPath, None, None]) -> web.Response:
         )
     _, cookie = opened
     response = web.Response(status=303, headers={"Location": PAGE, **NO_LEAK})
-    embedded = settings.portal_frame_ancestors is not None
-    secure = portal_secure(settings, request)
-    response.set_cookie(
-        portal_cookie(settings, request),
-        cookie,
-        max_age=settings.portal_session_ttl_s,
-        path="/",
-        httponly=True,
-        secure=secure,
-        # None: sent inside the business's cross-site iframe (Partitioned: a cookie of that
-        # embedding only, as browsers that block third-party cookies allow)
-        samesite="None" if embedded else "Lax",
-        partitioned=embedded or None,
-    )
+    response.headers.add("Set-Cookie", session_cookie(request, cookie))
     return response
+
+
+def session_cookie(request: web.Request, value: str, *, max_age: int | None = None) -> str:
+    """The Set-Cookie value of the session's cookie (``""`` and 0: its removal). Written by
+    hand: Python's http.cookies (before 3.14) refuses the Partitioned attribute."""
+    settings = request.app[SETTINGS]
+    attributes = [
+        f"{portal_cookie(settings, request)}={value}",  # [A-Za-z0-9._-]: no quoting needed
+        f"Max-Age={settings.portal_session_ttl_s if max_age is None else max_age}",
+        "Path=/",
+        "HttpOnly",
+    ]
+    if portal_secure(settings, request):
+        attributes.append("Secure")
+    if settings.portal_frame_ancestors is not None:
+        # sent inside the business's cross-site iframe; Partitioned: a cookie of that
+        # embedding only, which browsers that block third-party cookies still allow
+        attributes += ["SameSite=None", "Partitioned"]
+    else:
+        attributes.append("SameSite=Lax")
+    return "; ".join(attributes)
 
 
 def clear_cookie(request: web.Request, response: web.StreamResponse) -> None:
     """Signs the browser out: the cookie goes (the session itself is ended by the caller)."""
-    settings = request.app[SETTINGS]
-    secure = portal_secure(settings, request)
-    response.del_cookie(portal_cookie(settings, request), path="/", secure=secure or None)
+    response.headers.add("Set-Cookie", session_cookie(request, "", max_age=0))

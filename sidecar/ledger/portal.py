@@ -73,9 +73,7 @@ class PortalSession:
     @classmethod
     def from_json(cls, raw: bytes | str) -> PortalSession:
         r: dict[str, Any] = orjson.loads(raw)
-        sections: tuple[Section, ...] = tuple(
-            cast(Section, s) for s in str(r.get("sections") or "").split(",") if s in SECTIONS
-        )
+        sections = tuple(s for s in SECTIONS if s in str(r.get("sections") or "").split(","))
         return cls(
             id=r["id"],
             account=r["account"],

@@ -69,7 +69,7 @@ if mode == 'open' then
   rec.secret_hash = ARGV[4]
   rec.expires_at = now + life
   raw = cjson.encode(rec)
-  redis.call('SET', SESSION, raw, 'PXAT', rec.expires_at)
+  redis.call('SET', SESSION, raw, 'PX', life)  -- Redis's clock may differ from ours: relative
   return raw
 end
 

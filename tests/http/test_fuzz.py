@@ -89,6 +89,7 @@ class Served:
     ids: dict[str, str] = field(default_factory=dict)
     api_keys: tuple[str, str] = ("", "")  # the rich account's, the broke one's
     tokens: dict[str, str] = field(default_factory=dict)  # a named token of each scope
+    portal: dict[str, str] = field(default_factory=dict)  # acme's portal session: its headers
     in_sql: bool = False  # the first seed was written to the SQL ledger
     # The last snapshot taken, and Redis' write counter when it was taken.
     known: tuple[int, dict[bytes, object]] | None = field(default=None, repr=False)
@@ -144,6 +145,12 @@ def seed(s: Served) -> None:
     rich = call("POST", "/v1/accounts/acme/keys", {"name": "fuzz"})
     broke = call("POST", "/v1/accounts/broke/keys", {"name": "fuzz"})
     s.api_keys = (rich["key"], broke["key"])
+    link = call("POST", "/v1/accounts/acme/portal-sessions", {})["url"]
+    opened = requests.get(link, allow_redirects=False, timeout=10)
+    assert opened.status_code == 303, opened.text
+    cookie = opened.headers["Set-Cookie"].split(";")[0]
+    view = requests.get(s.url + "/v1/portal/session", headers={"Cookie": cookie}, timeout=10)
+    s.portal = {"Cookie": cookie, "X-CSRF-Token": view.json()["csrf_token"]}
     s.ids = {
         "account": "acme",
         "hold_id": "h1",
@@ -257,10 +264,11 @@ def test_api_answers_as_documented_and_rejected_requests_change_nothing(
         token = served.tokens[scopes[0]]  # a named token with just the route's scope
     if case.path.startswith("/auth/"):  # a client's API key: one with credits, or broke
         token = served.api_keys[zlib.crc32(repr(case.headers).encode()) % 2]
+    headers = {"Authorization": f"Bearer {token}"}
+    if case.path.startswith("/v1/portal/"):  # the customer's session, not a token
+        headers = dict(served.portal)
     before = served.state()
-    response = case.call(
-        base_url=served.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    )
+    response = case.call(base_url=served.url, headers=headers, timeout=30)
     # A probe's 503 is its documented answer, not a server error: this app runs no writer, so
     # its outbox lags and /readyz says so.
     probe = case.path in ("/readyz", "/healthz")
