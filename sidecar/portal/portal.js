@@ -121,8 +121,7 @@ function field(id, label, control, { field: name, hint } = {}) {
   const parts = [h("label", { for: id }, label), control];
   if (hint) parts.push(h("p", { class: "hint muted", id: `${id}-hint` }, hint));
   parts.push(error);
-  control.setAttribute("aria-describedby", hint ? `${id}-hint` : "");
-  if (!hint) control.removeAttribute("aria-describedby");
+  if (hint) control.setAttribute("aria-describedby", `${id}-hint`);
   return h("div", { class: "field" }, parts);
 }
 
@@ -209,7 +208,7 @@ function intervalSelect() {
 }
 
 function limitText(limit) {
-  if (!limit) return "none";
+  if (!limit) return "no limit";
   const count = limit.interval_count ?? 1;
   const per = !limit.interval
     ? "in total"
@@ -286,7 +285,7 @@ function sessionEnded(title = "Your session has ended") {
 function returnLink() {
   const url = state.session?.return_url ?? sessionStorage.getItem("portal.return_url");
   if (!url || !/^https?:\/\//i.test(url)) return null;
-  const name = state.session?.branding?.product_name;
+  const name = state.session?.branding?.product_name ?? sessionStorage.getItem("portal.product_name");
   return { href: url, text: name ? `Back to ${name}` : "Back to the app" };
 }
 
@@ -340,9 +339,11 @@ function bucketText(k) {
   return text;
 }
 
+/** A bucket's note for the customer, from its metadata (the business's words, as text). */
 function metadataText(metadata) {
   if (!metadata || typeof metadata !== "object") return "";
-  return Object.values(metadata).filter((v) => typeof v === "string" || typeof v === "number").join(" · ");
+  return ["description", "note", "label", "name"]
+    .map((k) => metadata[k]).filter((v) => typeof v === "string" && v).join(" · ");
 }
 
 const views = {};
@@ -448,7 +449,7 @@ views.transactions = () => {
       ],
       data.transactions,
       type.value ? `No ${type.value} transactions.` : "No transactions yet.",
-      { id: "transactions-table" },
+      { id: "transactions-table", "aria-label": "Transactions" },
     );
     const pager = h("div", { class: "pager" });
     if (newer.length) {
@@ -530,7 +531,7 @@ function watchPurchase(id, { paid }) {
   const say = (text, kind = "notice") => notice(text, { kind, id: noticeId });
   if (paid) say("Payment received, your credits are on their way.");
   const started = Date.now();
-  let delay = 1000;
+  let delay = 500;
   const poll = async () => {
     if (state.ended) return;
     let p;
@@ -557,7 +558,7 @@ function watchPurchase(id, { paid }) {
       if (paid) say("Your payment is still being processed: your credits will show here once it is done.");
       return;
     }
-    delay = Math.min(delay * 1.5, 5000);
+    delay = Math.min(delay * 1.5, 4000);
     setTimeout(poll, delay);
   };
   poll();
@@ -597,6 +598,7 @@ views.auto_topup = () => {
     current = auto;
     pkg.replaceChildren(...list.map((p) => h("option", { value: p.id }, `${p.name} (${state.fmt.int(p.credits)} credits)`)));
     method.replaceChildren(...methods.map((m) => h("option", { value: m.id }, m.label || m.type)));
+    method.closest(".field").hidden = !methods.length;
     if (auto) {
       enabled.checked = auto.enabled;
       pkg.value = auto.package_id;
@@ -837,7 +839,7 @@ views.keys = () => {
       ],
       data.keys,
       "No API keys yet.",
-      { id: "keys-table" },
+      { id: "keys-table", "aria-label": "API keys" },
     );
   });
 
@@ -944,7 +946,9 @@ async function start() {
     return;
   }
   state.session = session;
+  // kept for the "session ended" page, shown when there is no session to ask any more
   if (session.return_url) sessionStorage.setItem("portal.return_url", session.return_url);
+  sessionStorage.setItem("portal.product_name", session.branding?.product_name ?? "");
   brand(session);
   $("loading").hidden = true;
   $("nav").hidden = false;

@@ -140,9 +140,11 @@ export function formats(locale) {
 /** A table from column specs {label, value(row), num?}; a note when there are no rows. */
 export function table(columns, rows, empty, props = {}) {
   if (!rows.length) return h("p", { class: "empty" }, empty);
+  // The wrapper scrolls a wide table sideways on a small screen: focusable, so the keyboard
+  // can scroll it too, and named after the table.
   return h(
     "div",
-    { class: "table-wrap" },
+    { class: "table-wrap", tabindex: "0", role: "region", "aria-label": props["aria-label"] ?? "Table" },
     h(
       "table",
       props,
@@ -227,7 +229,7 @@ export function usageChart(points, since, until, interval, options = {}) {
     role: "img",
     "aria-label": `Credits used per ${interval}`,
   });
-  for (const v of [0, max / 2, max]) {
+  for (const v of max >= 2 ? [0, max / 2, max] : [0, max]) {
     svg.append(
       s("line", { class: "grid", x1: m.left, x2: width - m.right, y1: y(v), y2: y(v) }),
       s("text", { class: "axis", x: m.left - 8, y: y(v) + 4, "text-anchor": "end" },

@@ -31,7 +31,14 @@ import orjson
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    ViewportSize,
+    async_playwright,
+    expect,
+)
 from pydantic import SecretStr
 
 from sidecar.http.app import create_app
@@ -40,7 +47,7 @@ from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.billing.conftest import PRICE, SECRET
 from tests.billing.fakestripe import FakeStripe, sign_webhook
-from tests.conftest import ADMIN, SERVICE, admin, premigrated
+from tests.conftest import ADMIN, SERVICE, admin, premigrated, service
 from tests.http.test_console import chromium
 from tests.ports import free_port
 
@@ -49,8 +56,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
 HTML_LIKE = "<img src=x onerror=alert(1)>"
 RETURN_URL = "https://app.test/dashboard"
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 375, "height": 667}
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
+PHONE: ViewportSize = {"width": 375, "height": 667}
 # axe-core, installed from npm once per machine (not a dependency of the project).
 AXE_DIR = Path.home() / ".cache" / "credit-sidecar" / "axe-core"
 
@@ -69,7 +76,7 @@ class Portal:
 
     async def customer(self, account: str) -> str:
         """An account with 1,000 purchased and 100 promo credits (expiring, with HTML in its
-        metadata); the URL of a new portal session for it."""
+        metadata), 30 of them used; the URL of a new portal session for it."""
         await self.call("PUT", f"/v1/accounts/{account}", {})
         grants = [
             {"grant_id": "order-1", "credits": 1000, "source": "purchase"},
@@ -84,6 +91,18 @@ class Portal:
         ]
         for g in grants:
             await self.call("POST", f"/v1/accounts/{account}/grants", g)
+        for i in range(3):  # usage for the chart: 30 credits, the promo credits first
+            check = {"account": account, "cost": 10, "idempotency_key": f"use-{i}"}
+            await self.call("POST", "/v1/check", check, service())
+        # in SQL (the writer runs on the app's loop), where the portal lists transactions from
+        path = f"/v1/accounts/{account}/transactions"
+        for _ in range(200):
+            async with self.http.get(path, headers=admin()) as r:  # 404 until written
+                if r.status == 200 and len((await r.json())["transactions"]) == 5:
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"{account}'s transactions never reached SQL")
         session = await self.call(
             "POST",
             f"/v1/accounts/{account}/portal-sessions",
@@ -108,7 +127,7 @@ class Portal:
         async with self.http.get("/auth/forward", headers=headers) as r:
             return r.status
 
-    async def context(self, viewport: dict[str, int], **more: Any) -> BrowserContext:
+    async def context(self, viewport: ViewportSize, **more: Any) -> BrowserContext:
         ctx = await self.browser.new_context(viewport=viewport, **more)
         await ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=self.base)
 
@@ -154,10 +173,13 @@ async def portal(
         try:
             async with aiohttp.ClientSession(base) as http:
                 p = Portal(base, fake, http, browser)
-                starter = {"name": "Starter", "credits": 1000, "price": 500}
-                await p.call("PUT", "/v1/admin/packages/starter", starter | {"stripe_price_id": PRICE})
-                pro = {"name": "Pro", "credits": 5000, "price": 2000, "stripe_price_id": "price_pro"}
-                await p.call("PUT", "/v1/admin/packages/pro", pro)
+                for package, name, credits, price, price_id in (
+                    ("starter", "Starter", 1000, 500, PRICE),
+                    ("pro", "Pro", 5000, 2000, "price_pro"),
+                ):
+                    body = {"name": name, "credits": credits, "price": price}
+                    body["stripe_price_id"] = price_id
+                    await p.call("PUT", f"/v1/admin/packages/{package}", body)
                 yield p
         finally:
             await browser.close()
@@ -230,15 +252,18 @@ async def story(portal: Portal, ctx: BrowserContext, account: str, *, keyboard: 
     # The link opens the session (once) and lands on the portal: the balance, en-GB.
     await page.goto(url)
     assert page.url == f"{portal.base}/portal/"
-    await expect(page.locator("#balance-amount")).to_have_text("1,100 credits")
+    await expect(page.locator("#balance-amount")).to_have_text("1,070 credits")
     assert await page.evaluate("document.documentElement.lang") == "en-GB"
     await expect(page.locator("#product")).to_have_text("Acme API")
     await expect(page.locator("#buckets")).to_contain_text(
-        "100 promo credits expire on 1 March 2031"
+        "70 promo credits expire on 1 March 2031"
     )
     await expect(page.locator("#buckets")).to_contain_text(HTML_LIKE)  # as text
     await expect(page.locator("#back")).to_have_attribute("href", RETURN_URL)
-    await expect(page.locator("#transactions-table tbody tr")).to_have_count(2)
+    await expect(page.locator("#usage-total")).to_have_text(
+        "30 credits used in 3 requests (times in UTC)"
+    )
+    await expect(page.locator("#transactions-table tbody tr")).to_have_count(5)
 
     # Buy Starter, pressed twice: one Checkout Session, opened in a new window.
     sessions_before = len(portal.fake.sessions)
@@ -262,11 +287,11 @@ async def story(portal: Portal, ctx: BrowserContext, account: str, *, keyboard: 
     await expect(checkout.locator("#notices")).to_contain_text(
         "Your 1,000 credits have arrived.", timeout=15_000
     )
-    await expect(checkout.locator("#balance-amount")).to_have_text("2,100 credits")
+    await expect(checkout.locator("#balance-amount")).to_have_text("2,070 credits")
     assert "purchase=" not in checkout.url
     await checkout.close()
     # The window that started it follows too.
-    await expect(page.locator("#balance-amount")).to_have_text("2,100 credits", timeout=15_000)
+    await expect(page.locator("#balance-amount")).to_have_text("2,070 credits", timeout=15_000)
 
     # A key, named with HTML: its secret shown once, copied with the button.
     name = f"ci {HTML_LIKE}"
@@ -367,6 +392,33 @@ async def test_bad_input_is_shown_next_to_its_field(portal: Portal) -> None:
         await page.locator("#create-key").click()
         await expect(page.locator("#new-key-credits-error")).to_have_text("Enter a whole number.")
         await expect(page.locator("#new-key-name")).not_to_have_attribute("aria-invalid", "true")
+
+        # The account's own spending limit: set, shown with what was spent, removed.
+        current = page.locator("#spend-limit-current")
+        await expect(current).to_have_text(
+            "No spending limit: requests are limited only by your balance."
+        )
+        await page.locator("#spend-limit-credits").fill("500")
+        await page.locator("#spend-limit-interval").select_option("week")
+        await page.locator("#spend-limit-save").click()
+        await expect(current).to_contain_text("Spending limit: 0 of 500 credits per week spent")
+        await expect(page.locator("#balance-spend")).to_contain_text("500 credits per week")
+        balance = await portal.call("GET", "/v1/accounts/acme-forms/balance")
+        assert balance["spend"]["spend_limit"]["credits"] == 500
+        await page.locator("#spend-limit-remove").click()
+        await expect(current).to_contain_text("No spending limit")
+        # The low-balance alert: refused below zero by the page, then set.
+        alert = page.locator("#alert-threshold")
+        await alert.fill("-5")
+        await page.locator("#alert-save").click()
+        await expect(page.locator("#alert-threshold-error")).to_have_text(
+            "Enter a whole number, 0 or more."
+        )
+        await alert.fill("100")
+        await page.locator("#alert-save").click()
+        await expect(page.locator("#alert-current")).to_have_text("Alert below 100 credits.")
+        balance = await portal.call("GET", "/v1/accounts/acme-forms/balance")
+        assert balance["low_balance_threshold"] == 100
     finally:
         await ctx.close()
 
@@ -395,9 +447,7 @@ def axe_script() -> Path:
 
 async def audit(page: Page, script: Path) -> list[dict[str, Any]]:
     await page.add_script_tag(path=str(script))
-    result: dict[str, Any] = await page.evaluate(
-        "axe.run(document, {resultTypes: ['violations']})"
-    )
+    result: dict[str, Any] = await page.evaluate("axe.run(document, {resultTypes: ['violations']})")
     return [v for v in result["violations"] if v["impact"] in ("serious", "critical")]
 
 
@@ -427,4 +477,3 @@ async def test_accessibility_audit(portal: Portal) -> None:
             )
         finally:
             await ctx.close()
-
