@@ -541,6 +541,7 @@ function watchPurchase(id, { paid }) {
       if (e instanceof ApiError && e.status === 401) return;
       p = { status: "pending" };
     }
+    if (p.status !== "pending" && p.status !== "unknown") $("buy-status")?.replaceChildren();
     if (p.status === "granted") {
       say(p.credits ? `Your ${state.fmt.int(p.credits)} credits have arrived.` : "Your credits have arrived.", "notice success");
       sections.balance?.refresh();

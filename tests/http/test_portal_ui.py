@@ -339,6 +339,9 @@ async def test_the_story_on_a_desktop(portal: Portal) -> None:
         page = await story(portal, ctx, "acme-desktop", keyboard=False)
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "portal-desktop.png"), full_page=True)
+        # what docs/img/portal.png is copied from: the top of the page
+        await page.evaluate("window.scrollTo(0, 0)")
+        await page.screenshot(path=str(ARTIFACTS / "portal.png"))
 
         # Signing out ends the session; the page then says so, with the way back.
         await page.locator("#sign-out").click()
@@ -372,7 +375,7 @@ async def test_the_story_by_keyboard_alone(portal: Portal) -> None:
         await ctx.close()
 
 
-async def test_bad_input_is_shown_next_to_its_field(portal: Portal) -> None:
+async def test_the_forms_and_their_errors(portal: Portal) -> None:
     ctx = await portal.context(DESKTOP)
     try:
         page = await ctx.new_page()
@@ -419,6 +422,35 @@ async def test_bad_input_is_shown_next_to_its_field(portal: Portal) -> None:
         await expect(page.locator("#alert-current")).to_have_text("Alert below 100 credits.")
         balance = await portal.call("GET", "/v1/accounts/acme-forms/balance")
         assert balance["low_balance_threshold"] == 100
+
+        # Auto top-up: a card saved through Checkout in setup mode (a new window), then on.
+        status = page.locator("#auto-topup-status")
+        await expect(status).to_have_text("Off.")
+        await expect(page.locator("#auto-topup-card")).to_be_hidden()  # no card to pick yet
+        async with page.expect_popup() as opened:
+            await page.locator("#save-card").click()
+        setup = await opened.value
+        await setup.wait_for_url("https://checkout.stripe.test/**")
+        session_id = list(portal.fake.sessions)[-1]
+        assert portal.fake.sessions[session_id]["mode"] == "setup"
+        portal.fake.complete_session(session_id)
+        await setup.goto(portal.fake.sessions[session_id]["success_url"])
+        await expect(setup.locator("#notices")).to_have_text("Your card is saved.")
+        await expect(setup.locator("#card-status")).to_have_text(
+            "One card is saved for automatic top-ups."
+        )
+        await setup.locator("#auto-topup-enabled").check()
+        await setup.locator("#auto-topup-package").select_option("starter")
+        await setup.locator("#auto-topup-threshold").fill("200")
+        await setup.locator("#auto-topup-save").click()
+        await expect(setup.locator("#auto-topup-status")).to_have_text(
+            "On: buys Starter when the balance falls below 200 credits."
+        )
+        topup = await portal.call("GET", "/v1/admin/accounts/acme-forms/auto-topup")
+        assert (topup["enabled"], topup["package_id"], topup["threshold"]) == (True, "starter", 200)
+        await setup.locator("#auto-topup-enabled").uncheck()
+        await setup.locator("#auto-topup-save").click()
+        await expect(setup.locator("#auto-topup-status")).to_have_text("Off.")
     finally:
         await ctx.close()
 
