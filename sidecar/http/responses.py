@@ -376,15 +376,37 @@ class TransactionList(Model):
     next: int | None
 
 
-class UsagePoint(Model):
-    start: Time
+class UsageGroup(Model):
+    key: Annotated[
+        str | None,
+        Meta(
+            description="the API key id (by=key) or the route (by=route); null: usage without one"
+        ),
+    ]
     credits: int
     checks: int
 
 
-class Usage(Model):
+class UsagePoint(Model):
+    start: Time
+    credits: int
+    checks: int
+    groups: (
+        Annotated[
+            list[UsageGroup],
+            Meta(description="with `by`: the point's usage per key or route, most credits first"),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class Usage(Model, kw_only=True):
     account: str
     interval: Literal["hour", "day"]
+    by: (
+        Annotated[Literal["key", "route"], Meta(description="as asked: what `groups` splits by")]
+        | UnsetType
+    ) = UNSET
     points: list[UsagePoint]
 
 
