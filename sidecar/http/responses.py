@@ -281,7 +281,13 @@ class Key(Model):
 
 
 class KeyCreated(Key):
-    key: Annotated[str, Meta(description="the key: shown only here")]
+    key: Annotated[
+        str | None,
+        Meta(description="the key: shown only here (null on a replay: only its hash is kept)"),
+    ]
+    replayed: Annotated[
+        bool, Meta(description="a repeat of an earlier create with the same idempotency_key")
+    ]
 
 
 class TokenView(Model):
