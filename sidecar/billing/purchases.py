@@ -26,6 +26,7 @@ from sidecar.billing.stores import Package
 from sidecar.errors import (
     IdempotencyConflict,
     InvalidInput,
+    NoBillingCustomer,
     PaymentProviderError,
     UnknownAccount,
     UnknownPackage,
@@ -115,6 +116,27 @@ async def setup_checkout(
             idempotency_key=idempotency_key("setup", account, key) if key else None,
             metadata={"kind": "setup"},
         )
+
+
+async def has_billing_customer(b: Billing, account: str) -> bool:
+    """Whether the account has a Stripe customer (what Stripe's customer portal needs); SQL
+    only, no Stripe call."""
+    return bool(await b.customers.customer(account))
+
+
+async def billing_portal_url(b: Billing, account: str, return_url: str) -> str:
+    """The URL of a new session of Stripe's customer portal for the account's Stripe
+    customer (payment methods, invoices and receipts: what Stripe hosts, not rebuilt here),
+    linking back to ``return_url``. BillingNotConfigured without Stripe; UnknownAccount;
+    NoBillingCustomer for an account that has none (it never started a Checkout): none is
+    made here, as a portal of an empty customer has nothing to show."""
+    gateway = b.stripe()
+    customer = await b.customers.customer(account)
+    if not customer:
+        await b.ledger.balance(account)  # UnknownAccount first
+        raise NoBillingCustomer(f"account {account} has no Stripe customer yet")
+    async with _stripe_call():
+        return await gateway.billing_portal_session(customer, return_url)
 
 
 async def _customer_with(b: Billing, account: str, email: str | None) -> str:

@@ -281,13 +281,8 @@ class Key(Model):
 
 
 class KeyCreated(Key):
-    key: Annotated[
-        str | None,
-        Meta(description="the key: shown only here (null on a replay: only its hash is kept)"),
-    ]
-    replayed: Annotated[
-        bool, Meta(description="a repeat of an earlier create with the same idempotency_key")
-    ]
+    key: Annotated[str | None, Meta(description="the key: shown only here (null: a replay)")]
+    replayed: Annotated[bool, Meta(description="a repeat with the same idempotency_key")]
 
 
 class TokenView(Model):
@@ -383,12 +378,7 @@ class TransactionList(Model):
 
 
 class UsageGroup(Model):
-    key: Annotated[
-        str | None,
-        Meta(
-            description="the API key id (by=key) or the route (by=route); null: usage without one"
-        ),
-    ]
+    key: Annotated[str | None, Meta(description="the key id or the route (null: none)")]
     credits: int
     checks: int
 
@@ -397,22 +387,15 @@ class UsagePoint(Model):
     start: Time
     credits: int
     checks: int
-    groups: (
-        Annotated[
-            list[UsageGroup],
-            Meta(description="with `by`: the point's usage per key or route, most credits first"),
-        ]
-        | UnsetType
-    ) = UNSET
+    groups: Annotated[list[UsageGroup], Meta(description="with `by`: the split")] | UnsetType = (
+        UNSET
+    )
 
 
 class Usage(Model, kw_only=True):
     account: str
     interval: Literal["hour", "day"]
-    by: (
-        Annotated[Literal["key", "route"], Meta(description="as asked: what `groups` splits by")]
-        | UnsetType
-    ) = UNSET
+    by: Literal["key", "route"] | UnsetType = UNSET
     points: list[UsagePoint]
 
 

@@ -6,8 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
+import pytest
 from sqlalchemy import text
 
+from sidecar import errors
+from sidecar.billing import purchases
+from sidecar.http.errors import STATUS
 from sidecar.http.state import SETTINGS
 from sidecar.persistence.db import engine_for
 from sidecar.persistence.writer import OutboxWriter
@@ -493,3 +498,34 @@ async def test_a_checkout_that_would_grant_more_than_the_ledger_holds_is_refused
     assert r.status == 422, await r.text()
     assert (await r.json())["error"]["field"] == "quantity"
     assert rig.fake.sessions == {}
+
+
+async def test_billing_portal_url_is_for_the_accounts_customer_or_a_409(
+    rig: Rig, make_rig: MakeRig
+) -> None:
+    b = rig.billing
+    await rig.account("acme")
+    await rig.package()
+    assert not await purchases.has_billing_customer(b, "acme")
+    with pytest.raises(errors.NoBillingCustomer) as e:
+        await purchases.billing_portal_url(b, "acme", "https://app.test/portal/")
+    assert STATUS[type(e.value)] == 409 and e.value.code == "no_billing_customer"
+    assert not rig.fake.customers  # none made for it
+    with pytest.raises(errors.UnknownAccount):
+        await purchases.billing_portal_url(b, "ghost", "https://app.test/portal/")
+
+    await rig.checkout("acme")  # makes the account's customer
+    assert await purchases.has_billing_customer(b, "acme")
+    url = await purchases.billing_portal_url(b, "acme", "https://app.test/portal/")
+    (session,) = rig.fake.portal_sessions.values()
+    assert url == session["url"] and session["return_url"] == "https://app.test/portal/"
+    assert session["customer"] == await b.customers.customer("acme")
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        assert r.status == 200 and "Stripe customer portal (fake)" in await r.text()
+
+    rig.fake.fail_next(5, 500)  # Stripe down (the library's retries included)
+    with pytest.raises(errors.PaymentProviderError):
+        await purchases.billing_portal_url(b, "acme", "https://app.test/portal/")
+    no_stripe = await make_rig(stripe_api_key=None)
+    with pytest.raises(errors.BillingNotConfigured):
+        await purchases.billing_portal_url(no_stripe.billing, "acme", "https://app.test/")
