@@ -141,6 +141,13 @@ class InvalidSignature(SidecarError):
     code = "invalid_signature"
 
 
+class NoBillingCustomer(SidecarError):
+    """The account has no Stripe customer yet (it never bought or saved a card), so there is
+    nothing for Stripe's customer portal to show."""
+
+    code = "no_billing_customer"
+
+
 class BillingNotConfigured(SidecarError):
     """A Stripe feature was used without SIDECAR_STRIPE_API_KEY (or webhook secrets)."""
 

@@ -220,6 +220,20 @@ class StripeGateway:
             raise _map(e) from None
         return Session(str(s.id), s.url)
 
+    async def billing_portal_session(self, customer: str, return_url: str) -> str:
+        """A session of Stripe's customer portal (payment methods, invoices, receipts) for
+        ``customer``, with a link back to ``return_url``; returns its URL. Short-lived and
+        single-purpose, so made anew on every call (no idempotency key of ours: the library's
+        own covers its retries): https://docs.stripe.com/api/customer_portal/sessions/create
+        """
+        try:
+            s = await self.client.v1.billing_portal.sessions.create_async(
+                params={"customer": customer, "return_url": return_url}
+            )
+        except stripe.StripeError as e:
+            raise _map(e) from None
+        return str(s.url)
+
     async def line_items(self, session_id: str) -> list[LineItem]:
         """Every line item of a Checkout Session (all pages)."""
         out: list[LineItem] = []

@@ -9,9 +9,10 @@ session's events grant each line item once.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sidecar.billing import topup
 from sidecar.billing.context import Billing, Permanent
@@ -26,6 +27,7 @@ from sidecar.billing.stores import Package
 from sidecar.errors import (
     IdempotencyConflict,
     InvalidInput,
+    NoBillingCustomer,
     PaymentProviderError,
     UnknownAccount,
     UnknownPackage,
@@ -76,7 +78,7 @@ async def checkout(
         line_items.append({"price": p.stripe_price_id, "quantity": item.quantity})
     async with _stripe_call():
         customer = await _customer_with(b, account, email)
-        return await gateway.create_checkout_session(
+        session = await gateway.create_checkout_session(
             account=account,
             customer=customer,
             line_items=line_items,
@@ -88,6 +90,43 @@ async def checkout(
             automatic_tax=b.settings.stripe_automatic_tax,
             metadata={"save_card": "true"} if save_card else None,
         )
+    # Known as this account's from now on (checkout_status: pending until its webhook).
+    await b.purchases.started(session.id, "checkout", account, b.clock())
+    return session
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutStatus:
+    session_id: str
+    # pending: started (or paid, its credits not granted yet); granted: the webhook granted
+    # them; failed: a delayed payment failed; expired: Stripe expired it unpaid; unknown: not
+    # a purchase this account started (another account's, or none at all: the same answer)
+    status: Literal["pending", "granted", "failed", "expired", "unknown"]
+    credits: int | None  # granted: what the purchase granted
+
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9_]{1,255}")
+
+
+async def checkout_status(b: Billing, account: str, session_id: str) -> CheckoutStatus:
+    """Where the account's Checkout Session ``session_id`` stands, from our own SQL only (no
+    Stripe call: a page polls this): what checkout() recorded when it made the session and
+    what its webhooks recorded since. A session of another account, of no account, an auto
+    top-up's PaymentIntent, or an id nobody made all answer ``unknown`` alike, so no one learns
+    of another account's purchase. InvalidInput (field ``session_id``) for a malformed id."""
+    if not _SESSION_ID.fullmatch(session_id):
+        raise InvalidInput(
+            "session_id must be 1-255 characters of [A-Za-z0-9_]", field="session_id"
+        )
+    row = await b.purchases.get(session_id)
+    if row is None or row["account"] != account or row["kind"] != "checkout":
+        return CheckoutStatus(session_id, "unknown", None)
+    status = row["status"]
+    if status == "paid":
+        return CheckoutStatus(session_id, "granted", int(row["credits"] or 0))
+    if status in ("failed", "expired"):
+        return CheckoutStatus(session_id, status, None)
+    return CheckoutStatus(session_id, "pending", None)  # pending, awaiting_payment
 
 
 async def setup_checkout(
@@ -115,6 +154,27 @@ async def setup_checkout(
             idempotency_key=idempotency_key("setup", account, key) if key else None,
             metadata={"kind": "setup"},
         )
+
+
+async def has_billing_customer(b: Billing, account: str) -> bool:
+    """Whether the account has a Stripe customer (what Stripe's customer portal needs); SQL
+    only, no Stripe call."""
+    return bool(await b.customers.customer(account))
+
+
+async def billing_portal_url(b: Billing, account: str, return_url: str) -> str:
+    """The URL of a new session of Stripe's customer portal for the account's Stripe
+    customer (payment methods, invoices and receipts: what Stripe hosts, not rebuilt here),
+    linking back to ``return_url``. BillingNotConfigured without Stripe; UnknownAccount;
+    NoBillingCustomer for an account that has none (it never started a Checkout): none is
+    made here, as a portal of an empty customer has nothing to show."""
+    gateway = b.stripe()
+    customer = await b.customers.customer(account)
+    if not customer:
+        await b.ledger.balance(account)  # UnknownAccount first
+        raise NoBillingCustomer(f"account {account} has no Stripe customer yet")
+    async with _stripe_call():
+        return await gateway.billing_portal_session(customer, return_url)
 
 
 async def _customer_with(b: Billing, account: str, email: str | None) -> str:
@@ -152,7 +212,7 @@ def _account_of(session: dict[str, Any]) -> str | None:
 async def session_event(
     b: Billing, event_id: str, etype: str, session: dict[str, Any], paid_at_s: int = 0
 ) -> str:
-    """checkout.session.completed / async_payment_succeeded / async_payment_failed;
+    """checkout.session.completed / async_payment_succeeded / async_payment_failed / expired;
     ``paid_at_s``: when the event was created (credit expiry counts from the payment)."""
     account = _account_of(session)
     sid = session.get("id")
@@ -173,6 +233,10 @@ async def session_event(
     if etype == "checkout.session.async_payment_failed":
         await b.purchases.record(base | {"status": "failed"}, now)
         return "payment failed: nothing granted"
+    if etype == "checkout.session.expired":
+        # (a session that was paid never expires: record() keeps paid anyway)
+        await b.purchases.record(base | {"status": "expired"}, now)
+        return "session expired unpaid: nothing granted"
     paid = etype == "checkout.session.async_payment_succeeded" or (
         session.get("payment_status") in PAID
     )

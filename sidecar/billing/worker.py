@@ -39,6 +39,7 @@ SESSION_EVENTS = (
     "checkout.session.completed",
     "checkout.session.async_payment_succeeded",
     "checkout.session.async_payment_failed",
+    "checkout.session.expired",
 )
 CHARGE_EVENTS = clawback.EVENTS
 PAYMENT_EVENTS = (

@@ -61,11 +61,17 @@ class AdminClient:
         return decoded
 
     async def create_key(
-        self, account: str, name: str = "", rate_limit: dict[str, int] | None = None
+        self,
+        account: str,
+        name: str = "",
+        rate_limit: dict[str, int] | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"name": name}
         if rate_limit is not None:
             body["rate_limit"] = rate_limit
+        if idempotency_key:
+            body["idempotency_key"] = idempotency_key
         result: dict[str, Any] = await self.request(
             "POST", f"/v1/accounts/{_seg(account)}/keys", body
         )

@@ -26,6 +26,11 @@ def keys() -> None:
 @click.argument("account")
 @click.option("--name", default="", help="a label for the key (e.g. where it is used)")
 @rate_limit_options("this key")
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="run again with the same key and options: no second key (its secret is not shown again)",
+)
 @url_option
 @json_option
 def create(
@@ -34,14 +39,22 @@ def create(
     rate_limit: int | None,
     period_ms: int,
     burst: int | None,
+    idempotency_key: str | None,
     url: str | None,
     as_json: bool,
 ) -> None:
     """Create a key for ACCOUNT and print it (the only time it is shown)."""
     rl = rate_limit_body(rate_limit, period_ms, burst)
-    key = run_admin(admin_client(url), lambda c: c.create_key(account, name, rl))
+    key = run_admin(admin_client(url), lambda c: c.create_key(account, name, rl, idempotency_key))
     if as_json:
         echo_json(key)
+        return
+    if key.get("replayed"):
+        click.echo(
+            f"key id {key['key_id']} was created before with this idempotency key: its secret "
+            "is shown only once (revoke it and create another if it was lost)",
+            err=True,
+        )
         return
     click.echo(key["key"])
     click.echo(

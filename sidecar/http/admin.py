@@ -14,6 +14,7 @@ import io
 from typing import Any
 
 from aiohttp import web
+from msgspec import UNSET
 
 from sidecar import errors
 from sidecar.http.auth import READ
@@ -33,6 +34,7 @@ from sidecar.http.responses import (
     Transaction,
     TransactionList,
     Usage,
+    UsageGroup,
     UsagePoint,
 )
 from sidecar.http.schemas import (
@@ -237,12 +239,20 @@ async def usage(call: Call[AccountPath, UsageQuery, None]) -> Usage:
             f"since: at most {longest // DAY_MS} days of {interval}ly points per request",
             field="since",
         )
-    points = await _reads(call).usage(account, step, start, until)
+    points = await _reads(call).usage(account, step, start, until, q.by)
     return Usage(
         account=account,
         interval=interval,
+        by=UNSET if q.by is None else q.by,
         points=[
-            UsagePoint(start=iso(p.start_ms) or "", credits=p.credits, checks=p.checks)
+            UsagePoint(
+                start=iso(p.start_ms) or "",
+                credits=p.credits,
+                checks=p.checks,
+                groups=UNSET
+                if p.groups is None
+                else [UsageGroup(key=g.key, credits=g.credits, checks=g.checks) for g in p.groups],
+            )
             for p in points
         ],
     )

@@ -40,6 +40,7 @@ STATUS: dict[type[errors.SidecarError], int] = {
     errors.PlanInUse: 409,
     errors.PlanBusy: 409,
     errors.TokenRevoked: 409,
+    errors.NoBillingCustomer: 409,
     errors.InvalidInput: 422,
     errors.BalanceOverflow: 422,
     errors.StoreUnavailable: 503,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from msgspec import structs
 
 from sidecar.http.auth import ADMIN, READ
-from sidecar.http.contract import Audited, Call, Out, Routes
+from sidecar.http.contract import Audited, Call, Out, Reply, Routes
 from sidecar.http.responses import Key, KeyCreated, KeyList
 from sidecar.http.schemas import (
     AccountPath,
@@ -45,18 +45,24 @@ def key_view(k: KeyInfo) -> Key:
     audit=Audited("key.create", target="key_id"),
     params=AccountPath,
     body=KeyRequest,
-    responses={201: Out(KeyCreated, "the key, with its secret")},
-    errors={404: "`unknown_account`", 503: None},
+    responses={
+        200: Out(KeyCreated, "a replay (same idempotency_key and parameters): `key` is null"),
+        201: Out(KeyCreated, "the key, with its secret"),
+    },
+    errors={404: "`unknown_account`", 409: "`idempotency_conflict`", 503: None},
 )
-async def create_key(call: Call[AccountPath, None, KeyRequest]) -> KeyCreated:
+async def create_key(call: Call[AccountPath, None, KeyRequest]) -> Reply:
     req = call.body
     info, key = await call.app[API_KEYS].create(
         call.path.account,
         name=req.name,
         rate_limit=req.rate_limit.to_rate_limit() if req.rate_limit else None,
         spend_limit=req.spend_limit.to_spend_limit() if req.spend_limit else None,
+        idempotency_key=req.idempotency_key,
     )
-    return KeyCreated(**structs.asdict(key_view(info)), key=key)
+    replayed = key is None
+    view = KeyCreated(**structs.asdict(key_view(info)), key=key, replayed=replayed)
+    return Reply(view, 200 if replayed else 201)
 
 
 @routes.route(

@@ -112,6 +112,11 @@ Interval = Annotated[
     BeforeValidator(_one_of(("hour", "day"))),
     WithJsonSchema({"type": "string", "enum": ["hour", "day"]}),
 ]
+UsageBy = Annotated[
+    Literal["key", "route"],
+    BeforeValidator(_one_of(("key", "route"))),
+    WithJsonSchema({"type": "string", "enum": ["key", "route"]}),
+]
 Format = Annotated[
     Literal["json", "csv"],
     BeforeValidator(_one_of(("json", "csv"))),
@@ -167,6 +172,9 @@ class UsageQuery(Query):
         None, description="end, exclusive (default: the current interval's end)"
     )
     since: QueryTime | None = Field(None, description="start (default: 7 days before `until`)")
+    by: UsageBy | None = Field(
+        None, description="also split each point by API key or by route (`groups`)"
+    )
 
 
 class DeadLettersQuery(LaxQuery):

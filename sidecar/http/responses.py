@@ -281,7 +281,8 @@ class Key(Model):
 
 
 class KeyCreated(Key):
-    key: Annotated[str, Meta(description="the key: shown only here")]
+    key: Annotated[str | None, Meta(description="the key: shown only here (null: a replay)")]
+    replayed: Annotated[bool, Meta(description="a repeat with the same idempotency_key")]
 
 
 class TokenView(Model):
@@ -376,15 +377,25 @@ class TransactionList(Model):
     next: int | None
 
 
-class UsagePoint(Model):
-    start: Time
+class UsageGroup(Model):
+    key: Annotated[str | None, Meta(description="the key id or the route (null: none)")]
     credits: int
     checks: int
 
 
-class Usage(Model):
+class UsagePoint(Model):
+    start: Time
+    credits: int
+    checks: int
+    groups: Annotated[list[UsageGroup], Meta(description="with `by`: the split")] | UnsetType = (
+        UNSET
+    )
+
+
+class Usage(Model, kw_only=True):
     account: str
     interval: Literal["hour", "day"]
+    by: Literal["key", "route"] | UnsetType = UNSET
     points: list[UsagePoint]
 
 

@@ -285,6 +285,11 @@ class KeyRequest(Body):
     name: Annotated[str, StringConstraints(max_length=128, pattern=r"^[^\x00]*$")] = ""
     rate_limit: RateLimitBody | None = None
     spend_limit: SpendLimitBody | None = None
+    idempotency_key: Id | None = Field(
+        None,
+        description="a repeat with the same parameters answers 200 with the same key "
+        "(`key: null`: the secret is shown only once); other parameters: 409",
+    )
 
 
 class TokenRequest(Body):

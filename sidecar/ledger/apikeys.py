@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import orjson
 from cachetools import LRUCache, TTLCache
 
-from sidecar.errors import UnknownAccount, UnknownKey
+from sidecar.errors import IdempotencyConflict, UnknownAccount, UnknownKey
 from sidecar.ledger import replies, windows
 from sidecar.ledger.calls import (
     Ledger,
@@ -124,6 +124,7 @@ class ApiKeys:
         # Unknown keys are remembered briefly so a flood of bad keys stays off Redis.
         self._unknown: TTLCache[str, bool] = TTLCache(10_000, ttl=5)
 
+    @overload
     async def create(
         self,
         account: str,
@@ -131,8 +132,36 @@ class ApiKeys:
         name: str = "",
         rate_limit: RateLimit | None = None,
         spend_limit: SpendLimit | None = None,
-    ) -> tuple[KeyInfo, str]:
-        """A new key for ``account``: its record, and the key itself (shown only now)."""
+        idempotency_key: None = None,
+    ) -> tuple[KeyInfo, str]: ...
+
+    @overload
+    async def create(
+        self,
+        account: str,
+        *,
+        name: str = "",
+        rate_limit: RateLimit | None = None,
+        spend_limit: SpendLimit | None = None,
+        idempotency_key: str | None,
+    ) -> tuple[KeyInfo, str | None]: ...
+
+    async def create(
+        self,
+        account: str,
+        *,
+        name: str = "",
+        rate_limit: RateLimit | None = None,
+        spend_limit: SpendLimit | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[KeyInfo, str | None]:
+        """A new key for ``account``: its record, and the key itself (shown only now).
+
+        With ``idempotency_key``, a repeat with the same parameters (name, rate limit, spending
+        limit) within the idempotency retention creates nothing: it returns the key the first
+        call made, as it is now, and None for the key itself (only its hash is kept, so it is
+        never shown twice); with other parameters it is an IdempotencyConflict. Concurrent
+        calls with one idempotency key make one key (apikey.lua decides atomically)."""
         key_id = "key_" + secrets.token_hex(8)
         key = f"{KEY_PREFIX}{secrets.token_urlsafe(32)}"
         digest = hash_key(key)
@@ -146,22 +175,30 @@ class ApiKeys:
             digest=digest,
             spend_limit=spend_limit,
         )
-        raw = replies.apikey(
-            await self.ledger.run_script(
-                self.ledger.scripts.apikey,
-                account,
-                [self.keys.api_keys(account)],
-                [
-                    "create",
-                    key_id,
-                    orjson.dumps(record).decode(),
-                    rate_spec(rate_limit),
-                    spend_limit.spec() if spend_limit else "",
-                ],
+        script_keys = [self.keys.api_keys(account)]
+        args: list[str | int] = [
+            "create",
+            key_id,
+            orjson.dumps(record).decode(),
+            rate_spec(rate_limit),
+            spend_limit.spec() if spend_limit else "",
+        ]
+        if idempotency_key:
+            script_keys.append(self.keys.key_idempotency(account, idempotency_key))
+            args.append(idempotency_key)
+        try:
+            raw, replayed = replies.apikey_created(
+                await self.ledger.run_script(self.ledger.scripts.apikey, account, script_keys, args)
             )
-        )
+        except IdempotencyConflict as e:
+            raise IdempotencyConflict(str(e), field="idempotency_key") from None
+        found = orjson.loads(raw)
+        if replayed and found.get("revoked_at"):
+            return KeyInfo.from_record(raw), None  # (revoked since: not resolvable again)
         # The key is active on its account first, then resolvable: a crash in between
-        # leaves an unusable key that can still be listed and revoked.
+        # leaves an unusable key that can still be listed and revoked, or that a replay
+        # (which writes these again) makes usable.
+        key_id, digest = found["key_id"], found["hash"]
         await store_call(
             self.redis.hset(self.keys.api_key_accounts(), key_id, account), self.ledger.deadline_s
         )
@@ -169,7 +206,7 @@ class ApiKeys:
             self.redis.hset(self.keys.api_key_index(), digest, f"{account}/{key_id}"),
             self.ledger.deadline_s,
         )
-        return KeyInfo.from_record(raw), key
+        return KeyInfo.from_record(raw), None if replayed else key
 
     async def list(self, account: str) -> list[KeyInfo]:
         if not await store_call(

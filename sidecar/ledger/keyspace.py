@@ -96,6 +96,11 @@ class KeySpace:
         """Hash: key id -> the key's JSON record (never the key itself)."""
         return f"{self._tag(self.shard_of(account))}:k:{account}"
 
+    def key_idempotency(self, account: str, key: str) -> str:
+        """String: the key an API-key creation with idempotency key ``key`` made (apikey.lua);
+        apart from ``idempotency`` (a rebuild from SQL replaces those: these are not in SQL)."""
+        return f"{self._tag(self.shard_of(account))}:ki:{account}/{key}"
+
     # Global (one slot): read only on an in-process cache miss, or by the admin API.
     @staticmethod
     def api_key_index() -> str:

@@ -6,7 +6,7 @@ holds (from Redis, current). The HTTP layer asks here; it builds no SQL and read
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from sqlalchemy import BigInteger, func, literal_column, select
@@ -63,11 +63,22 @@ class TransactionRow:
             return self.metadata
 
 
+UsageBy = Literal["key", "route"]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageGroup:
+    key: str | None  # the API key id or the route; None: usage without one
+    credits: int
+    checks: int
+
+
 @dataclass(frozen=True, slots=True)
 class UsagePoint:
     start_ms: int
     credits: int
     checks: int
+    groups: list[UsageGroup] | None = None  # with ``by``: the point split by key or route
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,30 +194,53 @@ class Reads:
         ]
         return rows, rows[-1].seq if len(found) > limit else None
 
-    async def usage(self, account: str, step: int, start: int, until: int) -> list[UsagePoint]:
+    async def usage(
+        self, account: str, step: int, start: int, until: int, by: UsageBy | None = None
+    ) -> list[UsagePoint]:
         """Credits used and checks made per ``step`` ms from ``start`` (a multiple of the
-        step) to ``until`` (exclusive), zeros included. UnknownAccount if SQL has none."""
+        step) to ``until`` (exclusive), zeros included; ``by``: each point also split by API
+        key or by route (only the groups with usage in it, most credits first). UnknownAccount
+        if SQL has none."""
         await self.require_sql_account(account)
         c = TXNS.c
         # Integer division by the width as a literal (an int we chose): the same expression text
         # in SELECT and GROUP BY, which PostgreSQL needs (two bind parameters are two expressions).
         bucket = (c.created_ms // literal_column(str(step), BigInteger)).label("bucket")
+        column = None if by is None else (c.key_id if by == "key" else c.route)
+        group_by: list[Any] = [bucket] if column is None else [bucket, column]
         q = (
-            select(bucket, func.count(), func.sum(-c.amount))
+            select(*group_by, func.count(), func.sum(-c.amount))
             .where(
                 c.account == account,
                 c.type == "usage",
                 c.created_at >= from_ms(start),
                 c.created_at < from_ms(until),
             )
-            .group_by(bucket)
+            .group_by(*group_by)
         )
         async with self.sql.tx() as conn:
-            found = {int(b): (int(n), int(s or 0)) for b, n, s in (await conn.execute(q)).all()}
+            rows = (await conn.execute(q)).all()
+        found: dict[int, tuple[int, int]] = {}
+        groups: dict[int, dict[str | None, tuple[int, int]]] = {}
+        for row in rows:
+            b, n, s = int(row[0]), int(row[-2]), int(row[-1] or 0)
+            checks, credits = found.get(b, (0, 0))
+            found[b] = (checks + n, credits + s)
+            if column is not None:
+                # (no key or route: NULL, or '' if ever stored so; one group, key None)
+                split = groups.setdefault(b, {})
+                checks, credits = split.get(row[1] or None, (0, 0))
+                split[row[1] or None] = (checks + n, credits + s)
         points = []
         for t in range(start, until, step):
             checks, credits = found.get(t // step, (0, 0))
-            points.append(UsagePoint(t, credits, checks))
+            split_list = None
+            if column is not None:
+                split_list = sorted(
+                    (UsageGroup(k, s, n) for k, (n, s) in groups.get(t // step, {}).items()),
+                    key=lambda g: (-g.credits, -g.checks, g.key or ""),
+                )
+            points.append(UsagePoint(t, credits, checks, split_list))
         return points
 
     async def holds(self, account: str) -> list[HoldRecord]:

@@ -240,6 +240,14 @@ def apikey(reply: Any) -> str:
     return text(reply)
 
 
+def apikey_created(reply: Any) -> tuple[str, bool]:
+    """apikey.lua create: the new key's record, or ``{'replayed', record}`` (the key an
+    earlier create with the same idempotency key made, as it is now) and whether it was."""
+    if isinstance(reply, list):
+        return text(reply[1]), True
+    return text(reply), False
+
+
 def restore(reply: Any) -> RestoreCounts:
     """restore.lua ``{buckets, holds, keys, idempotency records, usage records}`` written."""
     return RestoreCounts(*(int(x) for x in reply[:5]))

@@ -347,7 +347,9 @@ class StripePurchase(Base):
     kind: Mapped[str] = mapped_column(String(16))  # checkout | auto_topup
     account: Mapped[str] = mapped_column(Id, index=True)
     payment_intent: Mapped[str | None] = mapped_column(String(255), unique=True)
-    status: Mapped[str] = mapped_column(String(32))  # pending | awaiting_payment | paid | failed
+    # pending (a Checkout Session made, or a charge started) | awaiting_payment | paid | failed
+    # | expired (a Checkout Session that expired unpaid)
+    status: Mapped[str] = mapped_column(String(32))
     amount_total: Mapped[int | None] = mapped_column(BigInteger)  # minor units
     currency: Mapped[str | None] = mapped_column(String(3))
     credits: Mapped[int] = mapped_column(Credits, default=0)  # granted in total

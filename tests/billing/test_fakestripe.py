@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 import stripe
 from stripe.params import PaymentIntentCreateParams
@@ -653,3 +654,47 @@ async def test_prices_and_webhook_endpoints_are_read_as_stripe_returns_them(
     fake.add_webhook_endpoint("https://a.test/webhooks/stripe", api_version="2023-10-16")
     (we,) = (await client.v1.webhook_endpoints.list_async()).data
     assert (we.url, we.api_version) == ("https://a.test/webhooks/stripe", "2023-10-16")
+
+
+async def test_a_billing_portal_session_opens_a_page_that_links_back(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    customer = await _customer(client)
+    s = await client.v1.billing_portal.sessions.create_async(
+        params={"customer": customer, "return_url": "https://app.test/portal/?a=1&b=<2>"}
+    )
+    assert s.object == "billing_portal.session" and s.id.startswith("bps_")
+    assert (s.customer, s.return_url, s.livemode) == (
+        customer,
+        "https://app.test/portal/?a=1&b=<2>",
+        False,
+    )
+    assert s.created > 0 and s.url.startswith(fake.url + "/p/session/")
+    async with aiohttp.ClientSession() as http:  # the customer's browser: no API key
+        async with http.get(s.url) as r:
+            page = await r.text()
+            assert r.status == 200 and r.content_type == "text/html"
+        async with http.get(fake.url + "/p/session/test_forged") as r:
+            assert r.status == 404
+    assert "Stripe customer portal (fake)" in page
+    assert 'href="https://app.test/portal/?a=1&amp;b=&lt;2&gt;"' in page  # escaped
+    # without return_url: no way back on the page
+    bare = await client.v1.billing_portal.sessions.create_async(params={"customer": customer})
+    assert bare.return_url is None
+
+
+async def test_a_billing_portal_session_needs_a_known_customer_and_a_url(
+    client: stripe.StripeClient,
+) -> None:
+    bad: list[tuple[dict[str, Any], str, str]] = [
+        ({}, "parameter_missing", "customer"),
+        ({"customer": "cus_nope"}, "resource_missing", "customer"),
+        ({"customer": "cus_x", "return_url": "app.test/back"}, "url_invalid", "return_url"),
+        ({"customer": "cus_x", "flow_data": {"type": "x"}}, "", "flow_data"),
+        ({"customer": "cus_x", "retrun_url": "https://a.test"}, "parameter_unknown", "retrun_url"),
+    ]
+    for params, code, param in bad:
+        with pytest.raises(stripe.InvalidRequestError) as e:
+            await client.v1.billing_portal.sessions.create_async(params=params)  # type: ignore[arg-type]
+        assert (e.value.code or "", e.value.param) == (code, param), params
+        assert e.value.http_status == 400

@@ -6,8 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
+import pytest
 from sqlalchemy import text
 
+from sidecar import errors
+from sidecar.billing import purchases
+from sidecar.http.errors import STATUS
 from sidecar.http.state import SETTINGS
 from sidecar.persistence.db import engine_for
 from sidecar.persistence.writer import OutboxWriter
@@ -493,3 +498,95 @@ async def test_a_checkout_that_would_grant_more_than_the_ledger_holds_is_refused
     assert r.status == 422, await r.text()
     assert (await r.json())["error"]["field"] == "quantity"
     assert rig.fake.sessions == {}
+
+
+async def test_billing_portal_url_is_for_the_accounts_customer_or_a_409(
+    rig: Rig, make_rig: MakeRig
+) -> None:
+    b = rig.billing
+    await rig.account("acme")
+    await rig.package()
+    assert not await purchases.has_billing_customer(b, "acme")
+    with pytest.raises(errors.NoBillingCustomer) as e:
+        await purchases.billing_portal_url(b, "acme", "https://app.test/portal/")
+    assert STATUS[type(e.value)] == 409 and e.value.code == "no_billing_customer"
+    assert not rig.fake.customers  # none made for it
+    with pytest.raises(errors.UnknownAccount):
+        await purchases.billing_portal_url(b, "ghost", "https://app.test/portal/")
+
+    await rig.checkout("acme")  # makes the account's customer
+    assert await purchases.has_billing_customer(b, "acme")
+    url = await purchases.billing_portal_url(b, "acme", "https://app.test/portal/")
+    (session,) = rig.fake.portal_sessions.values()
+    assert url == session["url"] and session["return_url"] == "https://app.test/portal/"
+    assert session["customer"] == await b.customers.customer("acme")
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        assert r.status == 200 and "Stripe customer portal (fake)" in await r.text()
+
+    rig.fake.fail_next(5, 500)  # Stripe down (the library's retries included)
+    with pytest.raises(errors.PaymentProviderError):
+        await purchases.billing_portal_url(b, "acme", "https://app.test/portal/")
+    no_stripe = await make_rig(stripe_api_key=None)
+    with pytest.raises(errors.BillingNotConfigured):
+        await purchases.billing_portal_url(no_stripe.billing, "acme", "https://app.test/")
+
+
+async def test_checkout_status_pending_until_granted_and_unknown_for_anyone_else(
+    rig: Rig,
+) -> None:
+    """What the portal polls after Checkout: the sidecar's own SQL only."""
+    b = rig.billing
+    await rig.account("acme")
+    await rig.account("beta")
+    await rig.package()
+    created = await rig.checkout("acme")
+    sid = created["id"]
+    status = purchases.checkout_status
+    assert await status(b, "acme", sid) == purchases.CheckoutStatus(sid, "pending", None)
+    # another account's session and one nobody made answer alike
+    assert (await status(b, "beta", sid)).status == "unknown"
+    assert await status(b, "acme", "cs_test_nobody") == purchases.CheckoutStatus(
+        "cs_test_nobody", "unknown", None
+    )
+    paid = rig.fake.complete_session(sid, "paid")
+    assert (await status(b, "acme", sid)).status == "pending"  # paid, webhook not yet in
+    requests_before = len(rig.fake.requests)
+    await rig.webhook("checkout.session.completed", paid)
+    await rig.settle()
+    assert await status(b, "acme", sid) == purchases.CheckoutStatus(sid, "granted", 1000)
+    assert (await status(b, "beta", sid)).status == "unknown"
+    stripe_calls = [r for r in rig.fake.requests[requests_before:] if "line_items" not in r.path]
+    assert stripe_calls == []  # (the worker listed line items; polling called nobody)
+    # a replayed create (same idempotency key) keeps the purchase as it is
+    again = await rig.checkout("acme", idempotency_key="k1")
+    assert await rig.checkout("acme", idempotency_key="k1") == again
+    assert (await status(b, "acme", again["id"])).status == "pending"
+    assert (await status(b, "acme", sid)).status == "granted"
+    # an auto top-up's PaymentIntent id is no Checkout Session of the account
+    await b.purchases.started("pi_123", "auto_topup", "acme", 0)
+    assert (await status(b, "acme", "pi_123")).status == "unknown"
+
+
+async def test_checkout_status_expired_failed_and_bad_ids(rig: Rig) -> None:
+    b = rig.billing
+    await rig.account("acme")
+    await rig.package()
+    expiring = await rig.checkout("acme")
+    rig.fake.expire_session(expiring["id"])
+    (expired,) = rig.take_events("checkout.session.expired")
+    await rig.deliver(expired)
+    await rig.settle()
+    assert (await purchases.checkout_status(b, "acme", expiring["id"])).status == "expired"
+    failing = await rig.checkout("acme")
+    unpaid = rig.fake.complete_session(failing["id"], "unpaid")
+    await rig.webhook("checkout.session.completed", unpaid)
+    await rig.settle()
+    assert (await purchases.checkout_status(b, "acme", failing["id"])).status == "pending"
+    await rig.webhook("checkout.session.async_payment_failed", unpaid)
+    await rig.settle()
+    assert (await purchases.checkout_status(b, "acme", failing["id"])).status == "failed"
+    assert await rig.balance("acme") == 0
+    for bad in ("", "cs_a/b", "cs test", "cs_" + "x" * 300, "cs_\x00"):
+        with pytest.raises(errors.InvalidInput) as e:
+            await purchases.checkout_status(b, "acme", bad)
+        assert e.value.field == "session_id"

@@ -84,3 +84,16 @@ def test_without_a_token_or_a_reachable_sidecar_the_cli_says_so(
     assert not (tmp_path / "admin_token").exists()  # the CLI never invents a token
     out = cli(served, "keys", "list", "acme", "--url", f"http://127.0.0.1:{free_port()}")
     assert out.returncode == 1 and "cannot reach the sidecar" in out.stderr
+
+
+def test_create_with_an_idempotency_key_makes_one_key(served: dict[str, str]) -> None:
+    before = len(call(served, "GET", "/v1/accounts/acme/keys")[1]["keys"])  # (shared server)
+    first = cli(served, "keys", "create", "acme", "--idempotency-key", "deploy-7")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("csk_")
+    again = cli(served, "keys", "create", "acme", "--idempotency-key", "deploy-7")
+    assert again.returncode == 0 and again.stdout == ""
+    assert "created before" in again.stderr
+    other = cli(served, "keys", "create", "acme", "--name", "x", "--idempotency-key", "deploy-7")
+    assert other.returncode != 0 and "idempotency" in other.stderr
+    assert len(call(served, "GET", "/v1/accounts/acme/keys")[1]["keys"]) == before + 1

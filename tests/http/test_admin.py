@@ -262,6 +262,54 @@ async def test_usage_sums_credits_and_counts_checks_per_hour_and_day(
     assert sum(p["checks"] for p in default["points"]) == 3
 
 
+async def test_usage_by_key_and_by_route_splits_each_point(
+    client: Client, clock: FakeClock
+) -> None:
+    await account(client, "acme", credits=1000)
+    await account(client, "beta", credits=1000)
+    keys = []
+    for name in ("one", "two"):
+        r = await client.post("/v1/accounts/acme/keys", json={"name": name}, headers=admin())
+        keys.append((await r.json())["key_id"])
+    r = await client.post("/v1/accounts/beta/keys", json={"name": "b"}, headers=admin())
+    beta_key = (await r.json())["key_id"]
+    ledger = client.app[LEDGER]
+    await ledger.deduct("acme", 5, "a", key_id=keys[0], route="search")
+    await ledger.deduct("acme", 7, "b", key_id=keys[1], route="search")
+    await ledger.deduct("acme", 2, "c", key_id=keys[0], route="embed")
+    await use(client, "acme", 3, "d")  # no key, no route
+    await ledger.deduct("beta", 100, "a", key_id=beta_key, route="search")  # never acme's
+    clock.advance(HOUR)
+    await ledger.deduct("acme", 1, "e", key_id=keys[1], route="embed")
+    await to_sql(client)
+
+    window = "&since=2027-01-15T08:00:00Z&until=2027-01-15T10:00:00Z"
+    body = await get(client, f"/v1/accounts/acme/usage?by=key{window}")
+    assert body["by"] == "key"
+    first, second = body["points"]
+    assert (first["credits"], first["checks"]) == (17, 4)
+    assert first["groups"] == [
+        {"key": keys[0], "credits": 7, "checks": 2},
+        {"key": keys[1], "credits": 7, "checks": 1},
+        {"key": None, "credits": 3, "checks": 1},
+    ]  # most credits first, then most checks
+    assert sum(g["credits"] for g in first["groups"]) == first["credits"]
+    assert second["groups"] == [{"key": keys[1], "credits": 1, "checks": 1}]
+
+    body = await get(client, f"/v1/accounts/acme/usage?by=route&interval=day{window}")
+    (day,) = body["points"]
+    assert day["groups"] == [
+        {"key": "search", "credits": 12, "checks": 2},
+        {"key": "embed", "credits": 3, "checks": 2},
+        {"key": None, "credits": 3, "checks": 1},
+    ]
+    # empty points have an empty split; without by, no groups at all (as before)
+    body = await get(client, "/v1/accounts/acme/usage?by=route")
+    assert all(p["groups"] == [] for p in body["points"] if not p["checks"])
+    body = await get(client, "/v1/accounts/acme/usage")
+    assert "by" not in body and all("groups" not in p for p in body["points"])
+
+
 # -- holds -----------------------------------------------------------------------------------
 
 
@@ -332,6 +380,7 @@ async def test_holds_lists_active_and_closed_holds_from_redis(
         ("/v1/accounts/acme/usage?since=2027-01-15T00:00:00Z&until=2027-01-14T00:00:00Z", "until"),
         ("/v1/accounts/acme/usage?interval=hour&since=2026-01-01T00:00:00Z", "since"),
         ("/v1/accounts/acme/usage?interval=day&since=2020-01-01T00:00:00Z", "since"),
+        ("/v1/accounts/acme/usage?by=model", "by"),
         ("/v1/accounts/acme/holds?limit=5", "limit"),
     ],
 )

@@ -17,7 +17,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
+from sidecar.http.api import API
 from sidecar.http.app import create_app
+from sidecar.http.auth import PORTAL_SESSION
 from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
 from tests.conftest import FakeClock, admin, outbox_entries, service
@@ -390,3 +392,38 @@ async def test_a_link_opened_many_times_at_once_opens_one_session(client: Client
         *(client.get(link_path(s), allow_redirects=False) for _ in range(20))
     )
     assert sorted(r.status for r in answers) == [303] + [401] * 19
+
+
+def test_every_portal_change_but_sign_out_declares_an_audit_action() -> None:
+    changes = [op for op in API.operations if op.auth is PORTAL_SESSION and op.method != "GET"]
+    assert len(changes) >= 9
+    unaudited = [f"{op.method} {op.path}" for op in changes if op.audit is None]
+    assert unaudited == ["DELETE /v1/portal/session"]
+
+
+async def test_a_customer_change_is_audited_as_the_portal_session(
+    client: Client, redis: RedisClient
+) -> None:
+    await account(client, "acme")
+    csrf = await open_portal(client, "acme")
+    sid = (await redis.keys("cs:{0}:portal:session:*"))[0].decode().rsplit(":", 1)[1]
+    h = {"X-CSRF-Token": csrf}
+    r = await client.put("/v1/portal/alerts", json={"low_balance_threshold": 7}, headers=h)
+    assert r.status == 200 and (await r.json())["low_balance_threshold"] == 7
+    r = await client.put(
+        "/v1/portal/spend-limit",
+        json={"spend_limit": {"credits": 9, "interval": "week"}},
+        headers=h,
+    )
+    assert r.status == 200
+    entries = [
+        e
+        for e in await outbox_entries(redis)
+        if e.get("kind") == "audit" and e["action"].startswith("portal.")
+    ]
+    assert [e["action"] for e in entries] == ["portal.alerts.put", "portal.spend_limit.put"]
+    for e in entries:
+        assert e["token_id"] == f"portal:{sid}" and e["token_name"] == "portal session"
+        assert e["account"] == "acme"
+    assert entries[0]["before"]["low_balance_threshold"] is None
+    assert entries[0]["after"]["low_balance_threshold"] == 7

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sidecar.ledger.apikeys import ApiKeys
 from sidecar.ledger.audit import AuditEntry, AuditLog, verify
 from sidecar.ledger.calls import (
     Ledger,
@@ -302,3 +303,35 @@ async def test_tokens_and_audit_entries_join_pending_previous_entries_and_surviv
     await cache.refresh()
     caller = cache.verify(secret.encode())
     assert caller is not None and caller.token_id == record.id
+
+
+async def test_keys_of_before_idempotent_creation_keep_working_and_replays_survive_rebuild(
+    ledger: Ledger, redis: RedisClient, clock: FakeClock, engine: AsyncEngine
+) -> None:
+    """apikey.lua's create took no idempotency key before: keys made that way (the same
+    record, the same fields) are listed, usable and revocable next to an idempotent create; a
+    rebuild from SQL leaves the creation's record (kept apart from the check's ``i:`` records)
+    and the replay still answers the same key."""
+    await populate(redis, ledger, clock)
+    keys = ApiKeys(ledger)
+    old, old_secret = await keys.create("acme", name="before")  # the previous call's shape
+    new, secret = await keys.create("acme", name="portal", idempotency_key="ui-1")
+    assert secret is not None
+    await drain(make_writer(ledger, engine))
+    assert await reconcile(redis, ledger.keys, engine) == []
+    await rebuild(
+        redis,
+        ledger.keys,
+        engine,
+        replace=True,
+        now_ms=clock.now,
+        retention_ms=ledger.retention_ms,
+    )
+    again, none = await keys.create("acme", name="portal", idempotency_key="ui-1")
+    assert none is None and again.key_id == new.key_id
+    assert {k.key_id for k in await keys.list("acme")} == {old.key_id, new.key_id}
+    ident = await keys.resolve(old_secret)
+    assert ident is not None and ident.key_id == old.key_id
+    r = await ledger.deduct("acme", 1, "r9", key_id=old.key_id)
+    assert isinstance(r, Allowed)
+    await keys.revoke(old.key_id)

@@ -38,6 +38,15 @@ class PurchaseStore(SqlStore):
             )
         return None if row is None else dict(row)
 
+    async def started(self, purchase_id: str, kind: str, account: str, now_ms: int) -> None:
+        """Records a purchase as started (status ``pending``: a Checkout Session just made),
+        unless it is recorded already (a replayed create, or its events came first)."""
+        at = from_ms(now_ms)
+        row = {"id": purchase_id, "kind": kind, "account": account, "status": "pending"}
+        async with self.tx() as conn:
+            stmt = insert_for(conn, PURCHASES).values(row | {"created_at": at, "updated_at": at})
+            await conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+
     async def record(self, values: dict[str, Any], now_ms: int) -> None:
         """Creates the purchase, or updates the given columns of it."""
         row = values | {"updated_at": from_ms(now_ms)}
@@ -45,11 +54,13 @@ class PurchaseStore(SqlStore):
             stmt = insert_for(conn, PURCHASES).values(row | {"created_at": from_ms(now_ms)})
             changed = {k: v for k, v in row.items() if k not in ("id", "kind", "account")}
             if "status" in changed:
-                # paid is final, failed only gives way to paid: events arrive in any order.
+                # paid is final, failed and expired only give way to paid: events arrive in
+                # any order.
                 new = stmt.excluded.status
                 changed["status"] = case(
                     (PURCHASES.c.status == "paid", "paid"),
                     (and_(PURCHASES.c.status == "failed", new != "paid"), "failed"),
+                    (and_(PURCHASES.c.status == "expired", new != "paid"), "expired"),
                     else_=new,
                 )
             await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=changed))

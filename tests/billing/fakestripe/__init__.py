@@ -27,6 +27,7 @@ of its resource:
 - ``checkout``: sessions in payment and setup mode (the PaymentIntent created at
   confirmation), line items, SetupIntents, Stripe Tax and invoices by parameter;
 - ``endpoints``: webhook endpoints and their API version;
+- ``billing_portal``: customer portal sessions, and the page their ``url`` opens;
 - ``webhooks``: ``event`` and ``sign_webhook``, as Stripe shapes and signs deliveries.
 
 Top-level parameters Stripe does not know are refused as Stripe refuses them; ``expand`` is
@@ -40,19 +41,19 @@ Tests drive it directly: test controls (``add_price``, ``add_payment_method``, `
 ``drop_reply_next``) change what Stripe holds and record the events Stripe would send in
 ``events``; ``requests`` records every request, and the stored objects (``customers``,
 ``sessions``, ``payment_intents``, ``charges``, ``refunds``, ``disputes``,
-``payment_methods``, ``setup_intents``, ``prices``) are the live dicts the API returns
-copies of.
+``payment_methods``, ``setup_intents``, ``prices``, ``portal_sessions``) are the live dicts
+the API returns copies of.
 """
 
 from __future__ import annotations
 
-from tests.billing.fakestripe.endpoints import Endpoints
+from tests.billing.fakestripe.billing_portal import BillingPortal
 from tests.billing.fakestripe.forms import FormDecodeError, decode_form
 from tests.billing.fakestripe.state import RecordedRequest
 from tests.billing.fakestripe.webhooks import API_VERSION, event, sign_webhook
 
 
-class FakeStripe(Endpoints):
+class FakeStripe(BillingPortal):
     """The fake Stripe API server; use ``async with FakeStripe() as fake`` or ``start()`` and
     ``stop()``. ``url`` is its base address while it runs."""
 

@@ -17,7 +17,7 @@ import copy
 import hmac
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self, TypeAlias
 from urllib.parse import parse_qsl
@@ -38,12 +38,17 @@ from tests.billing.fakestripe.webhooks import API_VERSION
 
 Handler: TypeAlias = Callable[..., StripeObject]
 Route: TypeAlias = tuple[str, str, Handler]
+# A page the customer's browser opens (a hosted page's URL): GET, no API key.
+Page: TypeAlias = tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 
 class Server(State):
     """Lifecycle and request handling; resources add their routes (``routes()``)."""
 
     def routes(self) -> list[Route]:
+        return []
+
+    def pages(self) -> list[Page]:
         return []
 
     def __init__(self, api_key: str = "sk_test_fakestripe") -> None:
@@ -59,6 +64,8 @@ class Server(State):
         if self._runner is not None:
             raise RuntimeError("FakeStripe is already running")
         app = web.Application()
+        for path, page in self.pages():
+            app.router.add_get(path, page)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
