@@ -525,10 +525,16 @@ async function buy(p, button, status) {
 }
 
 /** Follows a Checkout Session until its credits are granted (then the balance and the
- * transactions are reloaded) or it expired. `paid`: the customer is back from Checkout. */
+ * transactions are reloaded), it failed or expired, or it is not this account's. `paid`: the
+ * customer is back from Checkout (the page was opened at ?purchase=<id>). */
 function watchPurchase(id, { paid }) {
   const noticeId = `purchase-${id.replace(/[^A-Za-z0-9_-]/g, "")}`;
   const say = (text, kind = "notice") => notice(text, { kind, id: noticeId });
+  const finish = (text, kind = "notice") => {
+    say(text, kind);
+    $("buy-status")?.replaceChildren();
+    if (paid) history.replaceState(null, "", location.pathname);
+  };
   if (paid) say("Payment received, your credits are on their way.");
   const started = Date.now();
   let delay = 500;
@@ -539,21 +545,18 @@ function watchPurchase(id, { paid }) {
       p = await api(`purchases/${encodeURIComponent(id)}`);
     } catch (e) {
       if (e instanceof ApiError && e.status === 401) return;
-      p = { status: "pending" };
+      // a malformed id is refused (4xx) for good; the network or a 5xx may pass: ask again
+      p = { status: e instanceof ApiError && e.status >= 400 && e.status < 500 ? "unknown" : "pending" };
     }
-    if (p.status !== "pending" && p.status !== "unknown") $("buy-status")?.replaceChildren();
     if (p.status === "granted") {
-      say(p.credits ? `Your ${state.fmt.int(p.credits)} credits have arrived.` : "Your credits have arrived.", "notice success");
+      finish(p.credits ? `Your ${state.fmt.int(p.credits)} credits have arrived.` : "Your credits have arrived.", "notice success");
       sections.balance?.refresh();
       sections.transactions?.refresh();
-      if (paid) history.replaceState(null, "", location.pathname);
       return;
     }
-    if (p.status === "expired") {
-      say("The payment was not completed; nothing was charged.", "notice");
-      if (paid) history.replaceState(null, "", location.pathname);
-      return;
-    }
+    if (p.status === "failed") return finish("The payment did not go through; nothing was charged.", "error");
+    if (p.status === "expired") return finish("The payment was not completed; nothing was charged.");
+    if (p.status === "unknown") return finish("This purchase was not found for your account.", "error");
     const limit = paid ? 10 * 60_000 : 30 * 60_000;
     if (Date.now() - started > limit) {
       if (paid) say("Your payment is still being processed: your credits will show here once it is done.");

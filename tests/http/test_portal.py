@@ -325,8 +325,10 @@ async def test_a_portal_session_reaches_no_admin_or_service_route(client: Client
         "/console",
         "/console/",
         "/console/{name}",
+        "/portal",
         "/portal/",
         "/portal/{name}",
+        "/ui/{name}",
         "/portal/s/{link}",
     }
     values = {"account": "beta", "key_id": "key_x", "hold_id": "h1", "plan": "pro"}

@@ -296,7 +296,10 @@ async def story(portal: Portal, ctx: BrowserContext, account: str, *, keyboard: 
     # A key, named with HTML: its secret shown once, copied with the button.
     name = f"ci {HTML_LIKE}"
     await do.fill(page.locator("#new-key-name"), name)
-    await do.press(page.locator("#create-key"))
+    if keyboard:
+        await do.press(page.locator("#create-key"))
+    else:  # pressed twice: one key
+        await do.double_press(page.locator("#create-key"))
     secret = page.locator("#new-key-secret")
     await expect(page.locator("#new-key")).to_be_visible()
     key = (await secret.text_content()) or ""
@@ -306,6 +309,8 @@ async def story(portal: Portal, ctx: BrowserContext, account: str, *, keyboard: 
     assert await page.evaluate("navigator.clipboard.readText()") == key
     row = page.locator("#keys-table tbody tr", has_text=name)
     await expect(row).to_have_count(1)
+    keys = await portal.call("GET", f"/v1/accounts/{account}/keys")
+    assert [k["name"] for k in keys["keys"]] == [name]
     await expect(row).to_contain_text("active")
     assert await portal.key_status(key) == 200
 
@@ -395,6 +400,12 @@ async def test_the_forms_and_their_errors(portal: Portal) -> None:
         await page.locator("#create-key").click()
         await expect(page.locator("#new-key-credits-error")).to_have_text("Enter a whole number.")
         await expect(page.locator("#new-key-name")).not_to_have_attribute("aria-invalid", "true")
+
+        # Back from a Checkout that is not this account's: said so, no waiting.
+        await page.goto(f"{portal.base}/portal/?purchase=cs_test_someone_elses")
+        await expect(page.locator("#notices")).to_have_text(
+            "This purchase was not found for your account."
+        )
 
         # The account's own spending limit: set, shown with what was spent, removed.
         current = page.locator("#spend-limit-current")
