@@ -8,9 +8,13 @@ with the API -> the customer opens its URL -> sees the balance and the expiry of
 Checkout: "payment received, your credits are on their way" until the signed webhook is
 processed, then the new balance -> creates an API key (copied with the Copy button) -> the key
 is accepted -> revokes it (Escape cancels the confirmation first) -> it is refused -> signs
-out. The same story by keyboard alone (Tab, Enter, Escape). Data that looks like HTML (a
-bucket's metadata, a key's name) stays text; axe-core (from npm) finds no serious or critical
-accessibility violation. Screenshots go to .artifacts/portal-*.png.
+out. The same story by keyboard alone (Tab, Enter, Escape). The branding (accent colour, logo
+from its own origin) under the page's CSP. The forms: errors next to their field, a key's
+spending limit in a dialog, the account's limit and alert, auto top-up with a card saved
+through Checkout in setup mode, transactions paged, filtered and downloaded as CSV, a session
+revoked by the business. Data that looks like HTML (a bucket's metadata, a key's name) stays
+text; axe-core (from npm) finds no serious or critical accessibility violation. Screenshots go
+to .artifacts/portal-*.png (portal.png is docs/img/portal.png).
 
 One browser, one app and one fake Stripe for the module (the suite has a time budget)."""
 
@@ -58,6 +62,12 @@ HTML_LIKE = "<img src=x onerror=alert(1)>"
 RETURN_URL = "https://app.test/dashboard"
 DESKTOP: ViewportSize = {"width": 1280, "height": 900}
 PHONE: ViewportSize = {"width": 375, "height": 667}
+LOGO_URL = "https://cdn.acme.test/logo.svg"
+LOGO = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32" viewBox="0 0 32 32">'
+    '<circle cx="16" cy="16" r="14" fill="#fff"/><path d="M9 22 16 8l7 14z" fill="#0f766e"/></svg>'
+)
+ACCENT = "#0f766e"
 # axe-core, installed from npm once per machine (not a dependency of the project).
 AXE_DIR = Path.home() / ".cache" / "credit-sidecar" / "axe-core"
 
@@ -74,9 +84,10 @@ class Portal:
             assert r.status < 300, (method, path, r.status, await r.text())
             return await r.json()
 
-    async def customer(self, account: str) -> str:
-        """An account with 1,000 purchased and 100 promo credits (expiring, with HTML in its
-        metadata), 30 of them used; the URL of a new portal session for it."""
+    async def customer(self, account: str, checks: int = 3, note: str = HTML_LIKE) -> str:
+        """An account with 1,000 purchased and 100 promo credits (expiring, ``note`` in its
+        metadata: HTML unless told), ``checks`` requests of 10 credits made; the URL of a new
+        portal session for it."""
         await self.call("PUT", f"/v1/accounts/{account}", {})
         grants = [
             {"grant_id": "order-1", "credits": 1000, "source": "purchase"},
@@ -86,19 +97,19 @@ class Portal:
                 "source": "promo",
                 "priority": -1,
                 "expires_at": "2031-03-01T12:00:00Z",
-                "metadata": {"note": HTML_LIKE},
+                "metadata": {"note": note},
             },
         ]
         for g in grants:
             await self.call("POST", f"/v1/accounts/{account}/grants", g)
-        for i in range(3):  # usage for the chart: 30 credits, the promo credits first
+        for i in range(checks):  # usage for the chart, the promo credits first
             check = {"account": account, "cost": 10, "idempotency_key": f"use-{i}"}
             await self.call("POST", "/v1/check", check, service())
         # in SQL (the writer runs on the app's loop), where the portal lists transactions from
         path = f"/v1/accounts/{account}/transactions"
         for _ in range(200):
             async with self.http.get(path, headers=admin()) as r:  # 404 until written
-                if r.status == 200 and len((await r.json())["transactions"]) == 5:
+                if r.status == 200 and len((await r.json())["transactions"]) == 2 + checks:
                     break
             await asyncio.sleep(0.05)
         else:
@@ -140,6 +151,12 @@ class Portal:
             )
 
         await ctx.route("https://checkout.stripe.test/**", stripe_page)
+
+        # The logo (SIDECAR_PORTAL_LOGO_URL), from its own origin: the CSP lets it in.
+        async def logo(route: Any) -> None:
+            await route.fulfill(status=200, content_type="image/svg+xml", body=LOGO)
+
+        await ctx.route(LOGO_URL, logo)
         return ctx
 
 
@@ -164,6 +181,8 @@ async def portal(
             stripe_api_base=fake.url,
             stripe_webhook_secrets=SecretStr(SECRET),
             portal_product_name="Acme API",
+            portal_logo_url=LOGO_URL,
+            portal_accent_color=ACCENT,
             portal_support_url="https://acme.test/help",
         )
         server = TestServer(create_app(settings), host="127.0.0.1", port=free_port())
@@ -243,8 +262,10 @@ async def tab_to(page: Page, target: Any, limit: int = 120) -> None:
     raise AssertionError(f"Tab never reached {target}")
 
 
-async def story(portal: Portal, ctx: BrowserContext, account: str, *, keyboard: bool) -> Page:
-    url = await portal.customer(account)
+async def story(
+    portal: Portal, ctx: BrowserContext, account: str, *, keyboard: bool, note: str = HTML_LIKE
+) -> Page:
+    url = await portal.customer(account, note=note)
     page = await ctx.new_page()
     problems = watch(page)
     do = Driver(page, keyboard)
@@ -255,10 +276,15 @@ async def story(portal: Portal, ctx: BrowserContext, account: str, *, keyboard: 
     await expect(page.locator("#balance-amount")).to_have_text("1,070 credits")
     assert await page.evaluate("document.documentElement.lang") == "en-GB"
     await expect(page.locator("#product")).to_have_text("Acme API")
+    # The branding: the accent colour (set by the script, as the CSP allows) and the logo.
+    header = await page.evaluate("getComputedStyle(document.querySelector('.top')).backgroundColor")
+    assert header == "rgb(15, 118, 110)", header
+    await expect(page.locator("#logo")).to_be_visible()
+    assert await page.evaluate("document.getElementById('logo').naturalWidth") == 32
     await expect(page.locator("#buckets")).to_contain_text(
         "70 promo credits expire on 1 March 2031"
     )
-    await expect(page.locator("#buckets")).to_contain_text(HTML_LIKE)  # as text
+    await expect(page.locator("#buckets")).to_contain_text(note)  # as text
     await expect(page.locator("#back")).to_have_attribute("href", RETURN_URL)
     await expect(page.locator("#usage-total")).to_have_text(
         "30 credits used in 3 requests (times in UTC)"
@@ -341,7 +367,8 @@ async def story(portal: Portal, ctx: BrowserContext, account: str, *, keyboard: 
 async def test_the_story_on_a_desktop(portal: Portal) -> None:
     ctx = await portal.context(DESKTOP)
     try:
-        page = await story(portal, ctx, "acme-desktop", keyboard=False)
+        # (a plain note: this one's screenshot is the docs')
+        page = await story(portal, ctx, "acme-desktop", keyboard=False, note="Welcome offer")
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "portal-desktop.png"), full_page=True)
         # what docs/img/portal.png is copied from: the top of the page
@@ -384,7 +411,25 @@ async def test_the_forms_and_their_errors(portal: Portal) -> None:
     ctx = await portal.context(DESKTOP)
     try:
         page = await ctx.new_page()
-        await page.goto(await portal.customer("acme-forms"))
+        await page.goto(await portal.customer("acme-forms", checks=28))
+
+        # Transactions: 30, 25 a page; by type; as CSV (the link downloads it, cookie and all).
+        rows = page.locator("#transactions-table tbody tr")
+        await expect(rows).to_have_count(25)
+        await page.locator("#transactions-older").click()
+        await expect(rows).to_have_count(5)
+        await page.locator("#transactions-newer").click()
+        await expect(rows).to_have_count(25)
+        await page.locator("#transaction-type").select_option("grant")
+        await expect(rows).to_have_count(1)
+        await expect(rows).to_contain_text("+100")
+        async with page.expect_download() as info:
+            await page.locator("#transactions-csv").click()
+        download = await info.value
+        assert download.suggested_filename == "acme-forms-transactions.csv"  # the API names it
+        text = await asyncio.to_thread(Path(await download.path()).read_text)
+        assert text.splitlines()[0].startswith("id,seq,type,amount") and len(text.splitlines()) == 2
+
         await page.locator("#create-key").click()
         name = page.locator("#new-key-name")
         await expect(page.locator("#new-key-name-error")).to_have_text("Enter a name for the key.")
@@ -400,6 +445,27 @@ async def test_the_forms_and_their_errors(portal: Portal) -> None:
         await page.locator("#create-key").click()
         await expect(page.locator("#new-key-credits-error")).to_have_text("Enter a whole number.")
         await expect(page.locator("#new-key-name")).not_to_have_attribute("aria-invalid", "true")
+
+        # A key's own spending limit, in a dialog: refused empty, then set.
+        await page.locator("#new-key-credits").fill("")
+        await page.locator("#create-key").click()
+        row = page.locator("#keys-table tbody tr", has_text="ok")
+        await expect(row).to_contain_text("no limit")
+        await row.get_by_role("button", name="Set the spending limit of ok").click()
+        dialog = page.locator("#key-limit-dialog")
+        await expect(dialog).to_be_visible()
+        await page.locator("#key-limit-credits").fill("")
+        await page.locator("#key-limit-save").click()
+        await expect(page.locator("#key-limit-credits-error")).to_have_text(
+            "Enter a limit, or remove it."
+        )
+        await page.locator("#key-limit-credits").fill("50")
+        await page.locator("#key-limit-interval").select_option("day")
+        await page.locator("#key-limit-save").click()
+        await expect(dialog).to_be_hidden()
+        await expect(row).to_contain_text("0 of 50 credits per day spent this period")
+        keys = await portal.call("GET", "/v1/accounts/acme-forms/keys")
+        assert keys["keys"][0]["spend_limit"]["credits"] == 50
 
         # Back from a Checkout that is not this account's: said so, no waiting.
         await page.goto(f"{portal.base}/portal/?purchase=cs_test_someone_elses")
@@ -462,6 +528,14 @@ async def test_the_forms_and_their_errors(portal: Portal) -> None:
         await setup.locator("#auto-topup-enabled").uncheck()
         await setup.locator("#auto-topup-save").click()
         await expect(setup.locator("#auto-topup-status")).to_have_text("Off.")
+
+        # The business signs the customer out: the next change says the session has ended.
+        await portal.call("DELETE", "/v1/accounts/acme-forms/portal-sessions")
+        await page.locator("#alert-save").click()
+        await expect(page.locator("#ended-title")).to_have_text("Your session has ended")
+        await expect(page.locator("#ended-title")).to_be_focused()
+        await expect(page.locator("#ended-back")).to_have_attribute("href", RETURN_URL)
+        await expect(page.locator("#sections")).to_be_empty()
     finally:
         await ctx.close()
 
