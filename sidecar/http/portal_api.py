@@ -7,6 +7,7 @@ session as its actor."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from sidecar.http.auth import PORTAL, PORTAL_SESSION
 from sidecar.http.billing_responses import CheckoutSession, PackageList, PaymentMethods
 from sidecar.http.contract import Audited, Call, Out, Reply, Routes, via_get
 from sidecar.http.portal_models import (
+    BillingPortalLink,
     Branding,
     CheckoutSessionPath,
     Features,
@@ -86,7 +88,10 @@ async def portal_session(call: Call[None, NoQuery, None]) -> PortalSessionView:
     settings = call.app[SETTINGS]
     b = call.app[BILLING]
     stripe_on = settings.stripe_api_key is not None
-    customer = await b.customers.customer(session.account) if stripe_on else None
+    customer: bool | None = None
+    if stripe_on:
+        with contextlib.suppress(errors.LedgerUnavailable):  # no link, the rest still works
+            customer = await purchases.has_billing_customer(b, session.account) or None
     bal = await call.app[LEDGER].balance(session.account)
     sections = [
         s
@@ -435,7 +440,7 @@ async def portal_keys(call: Call[None, NoQuery, None]) -> KeyList:
     },
     errors={**CHANGE_ERRORS, 409: "`idempotency_conflict`"},
 )
-async def portal_create_key(call: Call[None, None, PortalKeyRequest]) -> Reply | KeyCreated:
+async def portal_create_key(call: Call[None, None, PortalKeyRequest]) -> Reply:
     return await keys.create_key(as_account(call))
 
 
@@ -477,3 +482,28 @@ async def portal_patch_key(call: Call[KeyPath, None, KeyPatch]) -> Key:
 async def portal_revoke_key(call: Call[KeyPath, None, None]) -> Key:
     await _own_key(call)
     return await keys.revoke_key(call)
+
+
+# -- Stripe's own portal -----------------------------------------------------------------------
+
+
+@routes.route(
+    "POST",
+    "/v1/portal/billing-portal",
+    "Billing details: a link into Stripe's customer portal (payment methods, invoices, receipts)",
+    tag=TAG,
+    auth=PORTAL_SESSION,
+    audit=Audited("portal.billing_portal", secret=("url",)),
+    responses={201: Out(BillingPortalLink, "open it in a new window")},
+    errors={
+        **CHANGE_ERRORS,
+        409: "`no_billing_customer`: the account never bought through Stripe",
+        502: None,
+        503: billing.BILLING_503,
+    },
+)
+async def portal_billing_portal(call: Call[None, None, None]) -> BillingPortalLink:
+    url = await purchases.billing_portal_url(
+        call.app[BILLING], account(call), f"{portal_base(call.request)}{PAGE}"
+    )
+    return BillingPortalLink(url=url)

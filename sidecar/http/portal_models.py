@@ -55,6 +55,7 @@ class PortalKeyRequest(KeyRequest):
     business's to set)."""
 
     rate_limit: None = Field(None, description="not settable from the portal")
+    idempotency_key: IdempotencyKey  # required: a double click makes one key
 
 
 class PortalSpendLimitRequest(Body):
@@ -138,7 +139,13 @@ class PortalSpendLimit(Model):
 
 class PurchaseStatus(Model):
     session_id: str
-    status: Literal["pending", "granted", "expired", "unknown"]
+    status: Annotated[
+        Literal["pending", "granted", "failed", "expired", "unknown"],
+        Meta(
+            description="pending: paid or being paid, credits not granted yet; failed: a "
+            "delayed payment that failed; unknown: not a purchase this account started here"
+        ),
+    ]
     credits: int | None
 
 

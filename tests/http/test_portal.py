@@ -408,7 +408,8 @@ async def test_a_customer_change_is_audited_as_the_portal_session(
 ) -> None:
     await account(client, "acme")
     csrf = await open_portal(client, "acme")
-    sid = (await redis.keys("cs:{0}:portal:session:*"))[0].decode().rsplit(":", 1)[1]
+    found = (await redis.keys("cs:{0}:portal:session:*"))[0]
+    sid = (found.decode() if isinstance(found, bytes) else found).rsplit(":", 1)[1]
     h = {"X-CSRF-Token": csrf}
     r = await client.put("/v1/portal/alerts", json={"low_balance_threshold": 7}, headers=h)
     assert r.status == 200 and (await r.json())["low_balance_threshold"] == 7
@@ -429,3 +430,23 @@ async def test_a_customer_change_is_audited_as_the_portal_session(
         assert e["account"] == "acme"
     assert entries[0]["before"]["low_balance_threshold"] is None
     assert entries[0]["after"]["low_balance_threshold"] == 7
+
+
+async def test_a_double_clicked_create_key_makes_one_key_shown_once(client: Client) -> None:
+    await account(client, "acme")
+    csrf = await open_portal(client, "acme")
+    body = {"name": "ci", "idempotency_key": "click-1"}
+    answers = await asyncio.gather(
+        *(
+            client.post("/v1/portal/keys", json=body, headers={"X-CSRF-Token": csrf})
+            for _ in range(5)
+        )
+    )
+    made = [await r.json() for r in answers]
+    assert sorted(r.status for r in answers) == [200, 200, 200, 200, 201]
+    assert len({m["key_id"] for m in made}) == 1
+    assert [m["key"] is not None for m in made].count(True) == 1  # the secret: once
+    listed = await (await client.get("/v1/portal/keys")).json()
+    assert len(listed["keys"]) == 1
+    r = await client.post("/v1/portal/keys", json={"name": "ci"}, headers={"X-CSRF-Token": csrf})
+    assert r.status == 422 and (await r.json())["error"]["field"] == "idempotency_key"
