@@ -916,7 +916,7 @@ views.billing = () => {
   button.addEventListener("click", () => busy(button, async () => {
     const win = newWindow();
     try {
-      const s = await api("billing-portal", { method: "POST", body: {} });
+      const s = await api("billing-portal", { method: "POST" });
       win.go(s.url, (link) => status.append(" ", link));
     } catch (e) {
       win.close();

@@ -315,6 +315,16 @@ async def story(
     )
     await expect(checkout.locator("#balance-amount")).to_have_text("2,070 credits")
     assert "purchase=" not in checkout.url
+    # Now a Stripe customer: "Billing details" opens Stripe's own portal in a new window.
+    await expect(checkout.locator("#section-billing")).to_be_visible()
+    async with checkout.expect_popup() as opened:
+        await Driver(checkout, keyboard).press(checkout.locator("#billing-portal"))
+    stripe_portal = await opened.value
+    await expect(stripe_portal.locator("h1")).to_have_text("Stripe customer portal (fake)")
+    await expect(stripe_portal.locator("#return")).to_have_attribute(
+        "href", f"{portal.base}/portal/"
+    )
+    await stripe_portal.close()
     await checkout.close()
     # The window that started it follows too.
     await expect(page.locator("#balance-amount")).to_have_text("2,070 credits", timeout=15_000)
