@@ -276,17 +276,46 @@ function sessionEnded(title = "Your session has ended") {
   const back = returnLink();
   if (back) {
     $("ended-back").href = back.href;
+    if (back.target) $("ended-back").target = back.target;
     $("ended-back").textContent = back.text;
     $("ended-back").hidden = false;
   }
   $("ended-title").focus();
 }
 
+/** This tab's memory of the session's return link and product name, for the "session ended"
+ * page (there is no session to ask then). Storage may be refused (a cross-site frame whose
+ * browser blocks third-party storage): then nothing is remembered. */
+function remember(name, value) {
+  try {
+    if (value) sessionStorage.setItem(`portal.${name}`, value);
+  } catch {
+    // refused: the ended page goes without
+  }
+}
+
+function remembered(name) {
+  try {
+    return sessionStorage.getItem(`portal.${name}`);
+  } catch {
+    return null;
+  }
+}
+
+/** Whether the portal is inside the business's frame (its way back then leaves the frame). */
+function framed() {
+  try {
+    return window.top !== window.self;
+  } catch {
+    return true;
+  }
+}
+
 function returnLink() {
-  const url = state.session?.return_url ?? sessionStorage.getItem("portal.return_url");
+  const url = state.session?.return_url ?? remembered("return_url");
   if (!url || !/^https?:\/\//i.test(url)) return null;
-  const name = state.session?.branding?.product_name ?? sessionStorage.getItem("portal.product_name");
-  return { href: url, text: name ? `Back to ${name}` : "Back to the app" };
+  const name = state.session?.branding?.product_name ?? remembered("product_name");
+  return { href: url, text: name ? `Back to ${name}` : "Back to the app", target: framed() ? "_top" : null };
 }
 
 function brand(session) {
@@ -310,6 +339,7 @@ function brand(session) {
   const back = returnLink();
   if (back) {
     $("back").href = back.href;
+    if (back.target) $("back").target = back.target;
     $("back").textContent = back.text;
     $("back").hidden = false;
   }
@@ -951,8 +981,8 @@ async function start() {
   }
   state.session = session;
   // kept for the "session ended" page, shown when there is no session to ask any more
-  if (session.return_url) sessionStorage.setItem("portal.return_url", session.return_url);
-  sessionStorage.setItem("portal.product_name", session.branding?.product_name ?? "");
+  remember("return_url", session.return_url);
+  remember("product_name", session.branding?.product_name);
   brand(session);
   $("loading").hidden = true;
   $("nav").hidden = false;

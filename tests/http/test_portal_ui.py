@@ -34,6 +34,7 @@ import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from playwright.async_api import (
     Browser,
@@ -78,6 +79,7 @@ class Portal:
     fake: FakeStripe
     http: aiohttp.ClientSession
     browser: Browser
+    settings: Settings
 
     async def call(self, method: str, path: str, body: Any = None, auth: Any = None) -> Any:
         async with self.http.request(method, path, json=body, headers=auth or admin()) as r:
@@ -191,7 +193,7 @@ async def portal(
         base = f"http://127.0.0.1:{server.port}"
         try:
             async with aiohttp.ClientSession(base) as http:
-                p = Portal(base, fake, http, browser)
+                p = Portal(base, fake, http, browser, settings)
                 for package, name, credits, price, price_id in (
                     ("starter", "Starter", 1000, 500, PRICE),
                     ("pro", "Pro", 5000, 2000, "price_pro"),
@@ -604,3 +606,71 @@ async def test_accessibility_audit(portal: Portal) -> None:
             )
         finally:
             await ctx.close()
+
+
+# -- embedded ----------------------------------------------------------------------------------
+
+
+async def test_embedded_in_the_apps_iframe(portal: Portal) -> None:
+    """With SIDECAR_PORTAL_FRAME_ANCESTORS set, the business's page (another site:
+    http://127.0.0.1:<port>) frames the portal (http://localhost:<port>): the session cookie
+    (SameSite=None, Partitioned) works inside the cross-site frame, and Checkout, which cannot
+    be framed, opens in a new top-level window."""
+    embedder = web.Application()
+    port = free_port()
+    frame_src: list[str] = []
+
+    async def app_page(request: web.Request) -> web.Response:
+        body = (
+            '<!doctype html><html lang="en"><title>Acme app</title><h1>Acme app</h1>'
+            f'<iframe title="Billing" src="{frame_src[0]}" width="1000" height="700"></iframe>'
+        )
+        return web.Response(text=body, content_type="text/html")
+
+    embedder.router.add_get("/", app_page)
+    app_server = TestServer(embedder, host="127.0.0.1", port=port)
+    settings = portal.settings.model_copy(
+        update={
+            "portal_frame_ancestors": f"http://127.0.0.1:{port}",
+            "writer": "off",  # the module's app writes SQL; this one shares its ledger
+            "billing_worker": "off",
+        }
+    )
+    framed = TestServer(create_app(settings), host="127.0.0.1", port=free_port())
+    await app_server.start_server()
+    await framed.start_server()
+    ctx = await portal.context(DESKTOP)
+    try:
+        url = await portal.customer("acme-embedded")  # on the module's app, then opened on:
+        async with aiohttp.ClientSession(f"http://localhost:{framed.port}") as http:
+            r = await http.post(
+                "/v1/accounts/acme-embedded/portal-sessions",
+                json={"return_url": RETURN_URL},
+                headers=admin(),
+            )
+            assert r.status == 201, await r.text()
+            frame_src.append((await r.json())["url"])
+        assert url.startswith(portal.base) and frame_src[0].startswith("http://localhost:")
+        page = await ctx.new_page()
+        problems = watch(page)
+        await page.goto(f"http://127.0.0.1:{port}/")
+        frame = page.frame_locator("iframe")
+        await expect(frame.locator("#balance-amount")).to_have_text("1,070 credits")
+        # the way back leaves the frame
+        await expect(frame.locator("#back")).to_have_attribute("target", "_top")
+        cookies = await ctx.cookies(f"http://localhost:{framed.port}")
+        assert [(c["sameSite"], c["secure"], c["httpOnly"]) for c in cookies] == [
+            ("None", True, True)
+        ]
+        assert cookies[0].get("partitionKey") == "http://127.0.0.1"  # this embedding's only
+        async with ctx.expect_page() as opened:
+            await frame.locator("#packages button[data-package=starter]").click()
+        checkout = await opened.value
+        await checkout.wait_for_url("https://checkout.stripe.test/**")
+        assert checkout.main_frame.parent_frame is None  # a window of its own, not the frame
+        await expect(frame.locator("#buy-status")).to_contain_text("Complete your payment")
+        assert problems == []
+    finally:
+        await ctx.close()
+        await framed.close()
+        await app_server.close()
