@@ -219,6 +219,13 @@ def watch(page: Page) -> list[str]:
     return problems
 
 
+async def portal_session(page: Page) -> Any:
+    """GET /v1/portal/session as the page would (its cookie)."""
+    return await page.evaluate(
+        "fetch('../v1/portal/session', {credentials: 'same-origin'}).then((r) => r.json())"
+    )
+
+
 # -- the story -------------------------------------------------------------------------------
 
 
@@ -458,9 +465,41 @@ async def test_the_forms_and_their_errors(portal: Portal) -> None:
         await expect(page.locator("#new-key-credits-error")).to_have_text("Enter a whole number.")
         await expect(page.locator("#new-key-name")).not_to_have_attribute("aria-invalid", "true")
 
-        # A key's own spending limit, in a dialog: refused empty, then set.
+        # The network loses the answer to the first try (the key was made): the retry of the
+        # same intent carries the same idempotency key (and the session's CSRF token), so no
+        # second key is made, and the page says the secret was shown once.
+        sent: list[tuple[dict[str, str], Any]] = []
+        dropped: list[str] = []
+
+        async def flaky(route: Any) -> None:
+            request = route.request
+            if request.method == "POST":
+                sent.append((await request.all_headers(), request.post_data_json))
+                if not dropped:
+                    dropped.append(request.url)
+                    await route.fetch()  # it reaches the sidecar; its answer is lost
+                    await route.abort("connectionreset")
+                    return
+            await route.continue_()
+
+        await page.route("**/v1/portal/keys", flaky)
         await page.locator("#new-key-credits").fill("")
         await page.locator("#create-key").click()
+        await expect(page.locator("#key-form .form-error")).to_contain_text("did not answer")
+        await page.locator("#create-key").click()
+        await expect(page.locator("#new-key-text")).to_contain_text(
+            "was already created; its secret was shown only once"
+        )
+        await expect(page.locator("#copy-key")).to_be_hidden()
+        await page.unroute("**/v1/portal/keys")
+        csrf = (await portal_session(page))["csrf_token"]
+        assert [h["x-csrf-token"] for h, _ in sent] == [csrf, csrf]
+        first, second = (body["idempotency_key"] for _, body in sent)
+        assert first == second and len(first) >= 32
+        keys = await portal.call("GET", "/v1/accounts/acme-forms/keys")
+        assert [k["name"] for k in keys["keys"]] == ["ok"]
+
+        # A key's own spending limit, in a dialog: refused empty, then set.
         row = page.locator("#keys-table tbody tr", has_text="ok")
         await expect(row).to_contain_text("no limit")
         await row.get_by_role("button", name="Set the spending limit of ok").click()
@@ -587,7 +626,14 @@ async def test_accessibility_audit(portal: Portal) -> None:
         ctx = await portal.context(viewport, bypass_csp=True)
         try:
             page = await ctx.new_page()
-            await page.goto(await portal.customer(f"acme-a11y-{viewport['width']}"))
+            account = f"acme-a11y-{viewport['width']}"
+            url = await portal.customer(account)
+            # on a plan: its name and next renewal under the balance
+            plan = {"name": "Pro", "allowance": {"credits": 500, "interval": "month"}}
+            await portal.call("PUT", "/v1/plans/pro", plan)
+            await portal.call("PATCH", f"/v1/accounts/{account}", {"plan": "pro"})
+            await page.goto(url)
+            await expect(page.locator("#plan")).to_contain_text("Plan pro, renews on ")
             await expect(page.locator("#keys-table, #keys-list .empty")).to_be_visible()
             await expect(page.locator("#usage-chart")).to_be_visible()
             await expect(page.locator("#transactions-table")).to_be_visible()
