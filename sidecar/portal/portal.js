@@ -378,10 +378,16 @@ function metadataText(metadata) {
 
 const views = {};
 
+/** The balance as the page first loads it (the balance and limits sections both show it). */
+let firstBalanceData = null;
+const firstBalance = () => (firstBalanceData ??= api("balance"));
+
 views.balance = () => {
   const [el, body] = section("balance", "Balance");
+  let first = true;
   const refresh = () => load(body, async () => {
-    const b = await api("balance");
+    const b = await (first ? firstBalance() : api("balance"));
+    first = false;
     const f = state.fmt;
     const parts = [
       h("p", { class: "big-number", id: "balance-amount" }, f.int(b.balance), h("span", { class: "unit" }, " credits")),
@@ -895,8 +901,10 @@ views.limits = () => {
   onSubmit(form, async (button) => {
     const spend = button.value === "remove" ? null : limit.value();
     if (button.value === "save" && spend === null) throw new InputError("spend_limit.credits", "Enter a limit, or remove it.");
-    await api("spend-limit", { method: "PUT", body: { spend_limit: spend } });
-    await refresh();
+    const after = await api("spend-limit", { method: "PUT", body: { spend_limit: spend } });
+    showLimit(after.spend, after.spend_limit);
+    sections.balance?.refresh();
+    current.focus();
   });
 
   const threshold = h("input", { type: "text", inputmode: "numeric", autocomplete: "off" });
@@ -915,22 +923,31 @@ views.limits = () => {
     threshold.value = t === null || t === undefined ? "" : String(t);
   };
 
-  const refresh = async () => {
-    const [b, a] = await Promise.all([
-      api("balance"),
-      api("alerts").catch(() => ({ low_balance_threshold: null })),
-    ]);
-    const limitNow = b.spend?.spend_limit ?? null;
-    current.textContent = b.spend ? `Spending limit: ${spendText(b.spend)}.` : "No spending limit: requests are limited only by your balance.";
+  const showLimit = (spend, limitNow) => {
+    current.textContent = spend
+      ? `Spending limit: ${spendText(spend)}.`
+      : "No spending limit: requests are limited only by your balance.";
     remove.hidden = !limitNow;
     limit.set(limitNow);
+  };
+  current.setAttribute("tabindex", "-1");
+  current.setAttribute("role", "status");
+
+  const refresh = async (first = false) => {
+    const [b, a] = await Promise.all([
+      first ? firstBalance() : api("balance"),
+      api("alerts").catch((e) => {
+        if (e instanceof ApiError && e.status === 401) throw e;
+        return { low_balance_threshold: null };
+      }),
+    ]);
+    showLimit(b.spend, b.spend?.spend_limit ?? null);
     showAlert(a);
-    sections.balance?.refresh();
   };
   body.replaceChildren(
     h("h3", { class: "sub" }, "Spending limit"), current, form,
     h("h3", { class: "sub" }, "Low-balance alert"), alertCurrent, alertForm);
-  refresh().catch((e) => {
+  refresh(true).catch((e) => {
     if (!(e instanceof ApiError && e.status === 401)) current.textContent = e.message;
   });
   return { el, refresh };
