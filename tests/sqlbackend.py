@@ -277,6 +277,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "sql_free: never reaches the SQL ledger (its writer is off, it reads nothing from SQL); "
         "skipped when SIDECAR_TEST_SQL=postgresql, as a repeat of the default pass",
     )
+    config.addinivalue_line(
+        "markers",
+        "sql_bystander: reaches the SQL ledger only as a bystander (the writer's sink, the app's "
+        "start); what it tests is processes, signals, HTTP or the network, which the backend "
+        "does not change: skipped when SIDECAR_TEST_SQL=postgresql, as a repeat",
+    )
 
 
 def pytest_report_header() -> str:
@@ -290,6 +296,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         "sqlite_only": "checks SQLite specifics",
         "own_database": "picks its own database: the SQLite pass ran it already",
         "sql_free": "never reaches SQL: the SQLite pass ran it already",
+        "sql_bystander": "SQL is only a bystander of what it tests: the SQLite pass ran it",
     }
     for item in items:
         for marker, reason in reasons.items():

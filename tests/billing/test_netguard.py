@@ -16,6 +16,8 @@ from tests.billing.conftest import MakeRig, Rig
 from tests.billing.webhooks import Endpoint, cross, finished, with_endpoint
 from tests.conftest import admin
 
+pytestmark = pytest.mark.sql_bystander  # its subject: where webhooks may connect
+
 REFUSED = [
     "http://127.0.0.1/hook",
     "http://127.9.9.9:8080/",

@@ -17,6 +17,8 @@ from sidecar.ledger.units import from_ms
 from tests.billing.conftest import MakeRig
 from tests.billing.webhooks import Endpoint, cross, deliveries, eventually, with_endpoint
 
+pytestmark = pytest.mark.sql_bystander  # its subject: webhook concurrency
+
 DAY_MS = 86_400_000
 
 

@@ -12,6 +12,8 @@ import pytest
 from tests.cli.conftest import http
 from tests.ports import free_port
 
+pytestmark = pytest.mark.sql_bystander  # its subject: the data dir lock
+
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_second_serve_on_the_same_data_dir_exits_2_with_one_line(

@@ -20,7 +20,10 @@ from tests.cli.test_embedded_redis_crash import owns_port
 from tests.cli.test_shutdown import ADMIN, SERVICE, call, stop
 from tests.ports import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.sql_bystander,
+]  # its subject: signals and the processes `serve` starts
 
 
 def descendants(pid: int) -> set[int]:

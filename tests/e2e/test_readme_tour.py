@@ -115,6 +115,7 @@ def test_the_readme_tour_works_as_written_through_curl_and_nginx(
     out = run(localize(api, tmp, ports), tmp, env)
     assert '"allowed":true' in out and '"balance":1090' in out, out
     assert '"balance":1100' in out  # the grants
+    assert re.search(r'"url":"http://localhost:\d+/portal/s/[a-z0-9]{16}\.', out), out
     nginx = localize(through_nginx, tmp, ports)
     # the API stand-in and nginx start in the background: wait for them before the curls
     start, curls = nginx.split("KEY=", 1)

@@ -30,6 +30,8 @@ from tests.billing.fakestripe import event, sign_webhook
 from tests.billing.test_topup import arm, grant, spend, wait_for
 from tests.conftest import FakeClock, admin, service
 
+pytestmark = pytest.mark.sql_bystander  # its subject: the metrics
+
 Client = TestClient[web.Request, web.Application]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 METRICS_TOKEN = "metrics-test-token-0123"

@@ -21,6 +21,8 @@ from tests.conftest import FakeClock, snapshot
 from tests.http.test_proxy import PRICING, Client, onboard
 from tests.rawhttp import Headers, Reply, send
 
+pytestmark = pytest.mark.sql_bystander  # its subject: bytes before the gate
+
 MODES = ["nginx", "forward", "envoy"]
 URI_FIELD = {"nginx": "X-Original-URI", "forward": "X-Forwarded-Uri", "envoy": "path"}
 METHOD_HEADER = {"nginx": "X-Original-Method", "forward": "X-Forwarded-Method"}

@@ -31,6 +31,8 @@ from sidecar.settings import Settings
 from tests.conftest import ADMIN, SERVICE
 from tests.ports import free_port
 
+pytestmark = pytest.mark.sql_bystander  # its subject: the HTTP server's limits
+
 
 @dataclass
 class Served:
