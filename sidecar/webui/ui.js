@@ -46,6 +46,9 @@ export function networkError(e, who = "the server") {
 
 // -- DOM -----------------------------------------------------------------------------------
 
+/** The element with this id. */
+export const $ = (id) => document.getElementById(id);
+
 /** An element; children that are not nodes become text nodes. Props are attributes, except
  * `on` ({event: listener}); null / undefined / false props and children are left out. */
 export function h(tag, props = {}, ...children) {
