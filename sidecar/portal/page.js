@@ -34,18 +34,25 @@ export function section(name, title, ...controls) {
   return [el, body];
 }
 
+// The latest load of each body: an answer to an earlier one (a control changed twice in
+// quick succession, the answers crossing) is dropped rather than shown over the latest.
+const loads = new WeakMap();
+
 /** Fills `body` with what `fn` builds; the API's error instead when it fails. */
 export async function load(body, fn) {
+  const turn = (loads.get(body) ?? 0) + 1;
+  loads.set(body, turn);
+  const latest = () => loads.get(body) === turn;
   body.setAttribute("aria-busy", "true");
   if (!body.childElementCount) body.replaceChildren(h("p", { class: "muted" }, "Loading…"));
   try {
     const content = await fn();
-    body.replaceChildren(...[content].flat().filter(Boolean));
+    if (latest()) body.replaceChildren(...[content].flat().filter(Boolean));
   } catch (e) {
-    if (sessionGone(e)) return;
+    if (sessionGone(e) || !latest()) return;
     body.replaceChildren(h("p", { class: "error", role: "alert" }, e.message));
   } finally {
-    body.removeAttribute("aria-busy");
+    if (latest()) body.removeAttribute("aria-busy");
   }
 }
 
