@@ -7,7 +7,7 @@
 // helpers, tables, chart and formats are the ones the customer portal uses too (/ui/ui.js).
 
 import {
-  ApiError, DAY_MS, errorBox, errorOf, formats, h, networkError, panel, stats, table, usageChart,
+  $, ApiError, DAY_MS, errorBox, errorOf, formats, h, networkError, panel, stats, table, usageChart,
 } from "../ui/ui.js";
 
 const TOKEN_KEY = "credit-sidecar.admin-token";
@@ -22,8 +22,6 @@ const USAGE_RANGES = [
   { label: "Last 30 days, daily", interval: "day", span: 30 * DAY_MS },
   { label: "Last 90 days, daily", interval: "day", span: 90 * DAY_MS },
 ];
-
-const $ = (id) => document.getElementById(id);
 
 // -- API ----------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
-"""The customer portal's static files, shipped as package data: ``index.html``, the one
-JavaScript module ``portal.js`` and ``portal.css`` (both build on sidecar/webui/). No build
-step; sidecar/http/portal_pages.py serves them under ``/portal/``."""
+"""The customer portal's static files, shipped as package data: ``index.html``, its ES modules
+(``portal.js`` the entry, which imports the others: one per section, the page's frame, the
+API, the forms) and ``portal.css`` (all building on sidecar/webui/). No build step;
+sidecar/http/portal_pages.py serves them under ``/portal/``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ from importlib import resources
 # The files the portal is made of, with their content types: nothing else is served.
 ASSETS = {
     "index.html": "text/html",
-    "portal.js": "text/javascript",
+    "portal.js": "text/javascript",  # the entry; each section's module and what they share:
+    "page.js": "text/javascript",
+    "api.js": "text/javascript",
+    "forms.js": "text/javascript",
+    "balance.js": "text/javascript",
+    "buy.js": "text/javascript",
+    "usage.js": "text/javascript",
+    "transactions.js": "text/javascript",
+    "keys.js": "text/javascript",
+    "limits.js": "text/javascript",
+    "topup.js": "text/javascript",
+    "billing.js": "text/javascript",
     "portal.css": "text/css",
 }
 

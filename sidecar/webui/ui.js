@@ -1,5 +1,6 @@
 // What the operator console and the customer portal share: DOM helpers that insert data as
-// text only, tables, a usage chart, number and date formats through Intl, the API's errors.
+// text only, tables, a usage chart and a usage split's totals, number and date formats
+// through Intl, the API's errors.
 //
 // Everything here builds nodes with createElement / createTextNode / setAttribute of the
 // caller's fixed attribute names: data never reaches the page as HTML, so a strict CSP
@@ -46,6 +47,9 @@ export function networkError(e, who = "the server") {
 
 // -- DOM -----------------------------------------------------------------------------------
 
+/** The element with this id. */
+export const $ = (id) => document.getElementById(id);
+
 /** An element; children that are not nodes become text nodes. Props are attributes, except
  * `on` ({event: listener}); null / undefined / false props and children are left out. */
 export function h(tag, props = {}, ...children) {
@@ -89,6 +93,7 @@ export function formats(locale) {
   const withYear = new Intl.DateTimeFormat(tag, { day: "numeric", month: "long", year: "numeric" });
   const dateTime = new Intl.DateTimeFormat(tag, { dateStyle: "medium", timeStyle: "short" });
   const dateOnly = new Intl.DateTimeFormat(tag, { dateStyle: "medium" });
+  const percent = new Intl.NumberFormat(tag, { style: "percent", maximumFractionDigits: 0 });
   const dayLabel = new Intl.DateTimeFormat(tag, { day: "numeric", month: "short", timeZone: "UTC" });
   const hourLabel = new Intl.DateTimeFormat(tag, {
     day: "numeric", month: "short", hour: "numeric", minute: "2-digit", timeZone: "UTC",
@@ -104,6 +109,8 @@ export function formats(locale) {
     locale: integer.resolvedOptions().locale,
     int,
     signed: (n) => (typeof n === "number" && n > 0 ? `+${int(n)}` : int(n)),
+    /** A share (0.25 → "25%"); a share above 0 never shows as 0%. */
+    percent: (share) => (share > 0 && share < 0.005 ? `<${percent.format(0.01)}` : percent.format(share)),
     /** An amount in a currency's minor units ("500" usd → "$5.00"). */
     price(minor, currency) {
       try {
@@ -267,4 +274,50 @@ export function usageChart(points, since, until, interval, options = {}) {
   const credits = series.reduce((sum, p) => sum + p.credits, 0);
   const checks = series.reduce((sum, p) => sum + p.checks, 0);
   return [h("p", { class: "muted", id: "usage-total" }, summary(credits, checks)), svg];
+}
+
+/** The totals of a split usage series (points with `groups`, from `by=key` or `by=route`) per
+ * group, ordered as the API orders a point's groups: most credits, then most checks, then by
+ * key (null, the usage without a key or route, as ""). */
+export function groupTotals(points) {
+  const totals = new Map();
+  for (const p of points) {
+    for (const g of p.groups ?? []) {
+      const t = totals.get(g.key) ?? { key: g.key, credits: 0, checks: 0 };
+      t.credits += g.credits;
+      t.checks += g.checks;
+      totals.set(g.key, t);
+    }
+  }
+  const name = (t) => t.key ?? "";
+  return [...totals.values()].sort(
+    (a, b) => b.credits - a.credits || b.checks - a.checks || (name(a) < name(b) ? -1 : name(a) > name(b) ? 1 : 0),
+  );
+}
+
+/** A split usage series' totals per API key or route as a table (the period's credits, their
+ * share, checks), under the chart: narrow enough for a phone. Options: `int` and `percent`
+ * (formats), `label(key)` (a group's cell: text or a node; default the key itself),
+ * `none` (the null group's text), `heading` (the first column's), `name` (the table's
+ * accessible name), `id`. */
+export function usageSplit(points, options = {}) {
+  const f = formats("en-US");
+  const int = options.int ?? f.int;
+  const percent = options.percent ?? f.percent;
+  const none = options.none ?? "None";
+  const label = options.label ?? ((key) => key);
+  const heading = options.heading ?? "Group";
+  const rows = groupTotals(points);
+  const total = rows.reduce((sum, g) => sum + g.credits, 0);
+  return table(
+    [
+      { label: heading, value: (g) => (g.key === null ? h("span", { class: "muted" }, none) : label(g.key)) },
+      { label: "Credits", value: (g) => int(g.credits), num: true },
+      { label: "Share", value: (g) => (total ? percent(g.credits / total) : "—"), num: true },
+      { label: "Checks", value: (g) => int(g.checks), num: true },
+    ],
+    rows,
+    "No usage in this period.",
+    { id: options.id ?? "usage-split", class: "usage-split", "aria-label": options.name ?? `Usage by ${heading}` },
+  );
 }

@@ -1,15 +1,19 @@
 """The customer portal's page and assets (GET /portal/, /portal/{name}) and the design system
 it shares with the console (GET /ui/{name}): content types, a strict CSP built from the
-portal settings (the logo's origin in img-src, frame-ancestors), nothing else served, and
-scripts that insert data as text only. The page in a browser: tests/http/test_portal_ui.py."""
+portal settings (the logo's origin in img-src, frame-ancestors), nothing else served, every
+module the scripts import served, and scripts that insert data as text only. The page in a
+browser: tests/http/test_portal_ui.py."""
 
 from __future__ import annotations
 
+import re
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from sidecar import portal, webui
 from sidecar.http.app import create_app
 from sidecar.settings import Settings
 
@@ -58,13 +62,33 @@ async def test_branding_settings_shape_the_csp(settings: Settings, redis: Any) -
         assert "X-Frame-Options" not in r.headers  # it would forbid the embedding
 
 
+SCRIPTS = sorted(n for n in portal.ASSETS if n.endswith(".js"))
+IMPORT = re.compile(r'^import [^;]*? from "([^"]+)";', re.M | re.S)
+
+
+def test_every_portal_module_is_an_asset_and_every_import_one() -> None:
+    """Each .js file of the portal is served (and nothing else is listed), and each module a
+    script imports is one the server serves, at the URL the import names."""
+    files = {p.name for p in resources.files(portal).iterdir() if p.name.endswith(".js")}
+    assert set(SCRIPTS) == files
+    served = {f"/portal/{n}" for n in portal.ASSETS} | {f"/ui/{n}" for n in webui.ASSETS}
+    for name in SCRIPTS:
+        text = portal.asset(name).decode()
+        imports = IMPORT.findall(text)
+        assert imports, name  # each builds on ui.js at least
+        for spec in imports:
+            assert spec.startswith(("./", "../ui/")), (name, spec)
+            url = "/portal/" + spec[2:] if spec.startswith("./") else "/ui/" + spec[6:]
+            assert url in served, (name, spec)
+
+
 async def test_assets_have_their_types_and_the_scripts_write_text_only(client: Client) -> None:
-    for path, ctype in (
-        ("/portal/portal.js", "text/javascript"),
+    assets = [(f"/portal/{n}", "text/javascript") for n in SCRIPTS] + [
         ("/portal/portal.css", "text/css"),
         ("/ui/ui.js", "text/javascript"),
         ("/ui/base.css", "text/css"),
-    ):
+    ]
+    for path, ctype in assets:
         r = await client.get(path)
         assert r.status == 200, path
         assert r.content_type == ctype and r.charset == "utf-8"
@@ -84,7 +108,11 @@ async def test_nothing_else_is_served(client: Client) -> None:
     for path in (
         "/portal/index.html",
         "/portal/app.js",
+        "/portal/ui.js",  # the design system's, served under /ui/ only
+        "/portal/Portal.js",
+        "/portal/usage.js.map",
         "/portal/..%2fportal.js",
+        "/portal/..%2fui%2fui.js",
         "/ui/index.html",
         "/ui/console.js",
         "/ui/..%2fui.js",

@@ -7,8 +7,9 @@ with the API -> the customer opens its URL -> sees the balance and the expiry of
 -> buys a package (double-clicked: one Checkout Session) in a new window -> is back from
 Checkout: "payment received, your credits are on their way" until the signed webhook is
 processed, then the new balance -> creates an API key (copied with the Copy button) -> the key
-is accepted -> revokes it (Escape cancels the confirmation first) -> it is refused -> signs
-out. The same story by keyboard alone (Tab, Enter, Escape). The branding (accent colour, logo
+is accepted -> splits the usage by API key (the key's name) and by route -> revokes the key
+(Escape cancels the confirmation first) -> it is refused -> signs out. The same story by
+keyboard alone (Tab, Enter, arrow keys, Escape). The branding (accent colour, logo
 from its own origin) under the page's CSP. The forms: errors next to their field, a key's
 spending limit in a dialog, the account's limit and alert, auto top-up with a card saved
 through Checkout in setup mode, transactions paged, filtered and downloaded as CSV, a session
@@ -134,6 +135,18 @@ class Portal:
             async with self.http.post("/webhooks/stripe", data=body, headers=headers) as r:
                 assert r.status == 200, await r.text()
 
+    async def usage_of(self, account: str, by: str, key: str) -> dict[str, int]:
+        """The account's usage in the last day by ``by`` for one group, once SQL has it (the
+        writer's lag): its credits and checks."""
+        path = f"/v1/accounts/{account}/usage?interval=day&by={by}"
+        for _ in range(200):
+            usage = await self.call("GET", path)
+            found = [g for p in usage["points"] for g in p["groups"] if g["key"] == key]
+            if found:
+                return {n: sum(g[n] for g in found) for n in ("credits", "checks")}
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no usage by {by} {key} for {account} in SQL: {usage}")
+
     async def key_status(self, key: str) -> int:
         """What the gate answers a request with this API key (a proxy's ForwardAuth)."""
         headers = {"Authorization": f"Bearer {key}", "X-Forwarded-Uri": "/v1/things"}
@@ -167,6 +180,9 @@ async def portal(
     redis_server: RedisServer, sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Portal]:
     data_dir = premigrated(sqlite_template, tmp_path_factory.mktemp("portal-ui"))
+    # a named route, for the usage split by route (a key's requests go to /v1/things)
+    pricing = tmp_path_factory.mktemp("portal-pricing") / "pricing.toml"
+    pricing.write_text('[[route]]\nname = "things"\npath = "/v1/things"\ncost = 1\n')
     redis = connect(redis_server.url)
     await redis.flushall()
     await redis.aclose()
@@ -186,6 +202,7 @@ async def portal(
             portal_logo_url=LOGO_URL,
             portal_accent_color=ACCENT,
             portal_support_url="https://acme.test/help",
+            pricing_file=pricing,
         )
         server = TestServer(create_app(settings), host="127.0.0.1", port=free_port())
         await server.start_server()
@@ -249,6 +266,20 @@ class Driver:
             await self.page.keyboard.type(text)
         else:
             await target.fill(text)
+
+    async def choose(self, select: Any, value: str) -> None:
+        """Picks an option of a <select>: by keyboard, Tab to it and arrow keys (Chromium
+        changes a closed select's value with them, a change event each)."""
+        if not self.keyboard:
+            await select.select_option(value)
+            return
+        await tab_to(self.page, select)
+        values = await select.evaluate("(el) => [...el.options].map((o) => o.value)")
+        now = values.index(await select.input_value())
+        step = "ArrowDown" if values.index(value) > now else "ArrowUp"
+        for _ in range(abs(values.index(value) - now)):
+            await self.page.keyboard.press(step)
+        await expect(select).to_have_value(value)
 
     async def double_press(self, target: Any) -> None:
         if self.keyboard:
@@ -358,6 +389,26 @@ async def story(
     assert [k["name"] for k in keys["keys"]] == [name]
     await expect(row).to_contain_text("active")
     assert await portal.key_status(key) == 200
+
+    # Usage split by API key: the key's name (HTML-like: as text) with its id, beside the
+    # checks made without a key; then by route. Totals of the period, under the chart.
+    key_id = keys["keys"][0]["key_id"]
+    used = await portal.usage_of(account, "key", key_id)
+    await portal.usage_of(account, "route", "things")
+    await do.choose(page.locator("#usage-by"), "key")
+    split = page.locator("#usage-split tbody tr")
+    await expect(split).to_have_count(2)
+    await expect(page.locator("#usage-split-title")).to_have_text("Usage by API key")
+    await expect(split.nth(0)).to_have_text("Without a key3097%3")
+    await expect(split.nth(1)).to_have_text(f"{name} {key_id}{used['credits']}3%{used['checks']}")
+    await do.choose(page.locator("#usage-by"), "route")
+    await expect(page.locator("#usage-split-title")).to_have_text("Usage by route")
+    await expect(split).to_have_count(2)
+    await expect(split.nth(0)).to_have_text("Without a route3097%3")
+    await expect(split.nth(1)).to_have_text(f"things{used['credits']}3%{used['checks']}")
+    await expect(page.locator("#usage-total")).to_have_text(
+        "31 credits used in 4 requests (times in UTC)"
+    )
 
     # Revoke: Escape cancels the confirmation, then it is confirmed.
     revoke = row.get_by_role("button", name=f"Revoke {name}")
@@ -636,6 +687,8 @@ async def test_accessibility_audit(portal: Portal) -> None:
             await expect(page.locator("#plan")).to_contain_text("Plan pro, renews on ")
             await expect(page.locator("#keys-table, #keys-list .empty")).to_be_visible()
             await expect(page.locator("#usage-chart")).to_be_visible()
+            await page.locator("#usage-by").select_option("key")  # with the split's table
+            await expect(page.locator("#usage-split")).to_be_visible()
             await expect(page.locator("#transactions-table")).to_be_visible()
             found = await audit(page, script)
             assert found == [], json.dumps(
