@@ -1,5 +1,5 @@
 """The customer portal's pages (sidecar/portal/): ``GET /portal/`` serves the page, which calls
-the portal API (sidecar/http/portal.py) with the session cookie its link set; ``GET
+the portal API (sidecar/http/portal_api.py) with the session cookie its link set; ``GET
 /portal/{name}`` its script and style. Loading them needs no session (they hold no data).
 
 Headers: a strict Content-Security-Policy (scripts, styles and fetches from this origin only,
