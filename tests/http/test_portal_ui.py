@@ -22,6 +22,7 @@ One browser, one app and one fake Stripe for the module (the suite has a time bu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -308,6 +309,7 @@ async def story(
     url = await portal.customer(account, note=note)
     page = await ctx.new_page()
     problems = watch(page)
+    exchanges = overheard(ctx)
     do = Driver(page, keyboard)
 
     # The link opens the session (once) and lands on the portal: the balance, en-GB.
@@ -431,7 +433,34 @@ async def story(
     # Nothing the data holds became markup.
     assert await page.locator("main img, main b").count() == 0
     assert problems == []
+    # The sidecar's own tokens never reached the browser: not in what it was sent, not in what
+    # it sent (the session is a cookie; no Authorization header is ever made by the page).
+    heard = await asyncio.gather(*exchanges)
+    assert len(heard) > 20
+    assert any(b'"csrf_token"' in received for _, _, received in heard)  # bodies were read
+    for url, sent, received in heard:
+        if url.startswith(portal.base):
+            assert "authorization" not in sent, url
+            for token in (ADMIN, SERVICE):
+                assert token.encode() not in received, url
     return page
+
+
+def overheard(ctx: BrowserContext) -> list[asyncio.Task[tuple[str, dict[str, str], bytes]]]:
+    """Every exchange of the context's pages, read as it comes (a popup may be closed by the
+    end): its URL, the request's headers, and the response's headers and body."""
+    seen: list[asyncio.Task[tuple[str, dict[str, str], bytes]]] = []
+
+    async def read(r: Any) -> tuple[str, dict[str, str], bytes]:
+        sent: dict[str, str] = {}
+        body = b""
+        with contextlib.suppress(Exception):  # a redirect or a closed page keeps no body
+            sent = await r.request.all_headers()
+            body = str(await r.all_headers()).encode() + await r.body()
+        return r.url, sent, body
+
+    ctx.on("response", lambda r: seen.append(asyncio.ensure_future(read(r))))
+    return seen
 
 
 async def test_the_story_on_a_desktop(portal: Portal) -> None:
