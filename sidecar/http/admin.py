@@ -25,7 +25,7 @@ from sidecar.http.queries import (
     TransactionsQuery,
     UsageQuery,
 )
-from sidecar.http.responses import (
+from sidecar.http.read_responses import (
     AccountList,
     AccountSummary,
     HoldBucket,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from sidecar.http.auth import ADMIN
 from sidecar.http.contract import Call, Out, Routes
 from sidecar.http.queries import AuditQueryParams
-from sidecar.http.responses import AuditEntryView, AuditList
+from sidecar.http.read_responses import AuditEntryView, AuditList
 from sidecar.http.state import BILLING
 from sidecar.ledger.units import iso
 from sidecar.persistence.audit_store import AuditQuery, find

@@ -13,7 +13,7 @@ from sidecar.http.contract import Audited, Call, Out, Routes
 from sidecar.http.queries import (
     DeadLettersQuery,
 )
-from sidecar.http.responses import (
+from sidecar.http.read_responses import (
     DeadLetter,
     DeadLetters,
     DeadLettersRetried,

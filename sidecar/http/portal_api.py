@@ -37,7 +37,8 @@ from sidecar.http.portal_models import (
 )
 from sidecar.http.portal_sessions import PAGE, clear_cookie, portal_base
 from sidecar.http.queries import NoQuery, TransactionsQuery, UsageQuery
-from sidecar.http.responses import Balance, Key, KeyCreated, KeyList, TransactionList, Usage
+from sidecar.http.read_responses import TransactionList, Usage
+from sidecar.http.responses import Balance, Key, KeyCreated, KeyList
 from sidecar.http.schemas import AccountPath, AutoTopUpRequest, KeyPatch, KeyPath
 from sidecar.http.state import API_KEYS, BILLING, LEDGER, PORTAL_SESSIONS, SETTINGS
 from sidecar.http.views import spend_limit_view, spend_view

@@ -13,7 +13,7 @@ of decoding them first, and builds its Allowed with :func:`sidecar.ledger.result
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -30,6 +30,7 @@ from sidecar.ledger.results import (
     PlanState,
     RateLimit,
     RateLimited,
+    RateState,
     RefundResult,
     RestoreCounts,
     Revoked,
@@ -98,8 +99,18 @@ def spend_limited(reply: Any, required: int) -> SpendLimited:
     return SpendLimited("account", window, required)
 
 
+def rate_state(tail: Any) -> RateState:
+    """deduct.lua's ``which, requests, period ms, requests left, ms until whole``."""
+    which = text(tail[0])
+    policy: Literal["account", "key", "route"] = (
+        "account" if which == "account" else "key" if which == "key" else "route"
+    )
+    return RateState(policy, int(tail[1]), int(tail[2]), int(tail[3]), int(tail[4]))
+
+
 def deduct(reply: Any, cost: int) -> DeductResult:
-    """deduct.lua ``{'ok', txid, balance, cost, replayed, low_balance}``,
+    """deduct.lua ``{'ok', txid, balance, cost, replayed, low_balance[, debt added[, the
+    tightest rate limiter: which, requests, period ms, left, ms until whole]]}``,
     ``{'insufficient', balance, cost}``, ``{'rate_limited', wait_ms}``, ``{'revoked'}`` or
     ``{'spend_limited', ...}`` (``cost``: the call's, which that refusal reports)."""
     status = reply[0]
@@ -111,6 +122,7 @@ def deduct(reply: Any, cost: int) -> DeductResult:
             int(reply[3]),
             bool(reply[4]),
             bool(reply[5]),
+            rate_state(reply[7:12]) if len(reply) > 7 else None,
         )
     if status in _INSUFFICIENT:
         return Insufficient(int(reply[1]), int(reply[2]))

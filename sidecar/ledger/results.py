@@ -154,6 +154,17 @@ class GrantResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RateState:
+    """What a check left of its tightest rate limiter (the RateLimit header fields)."""
+
+    policy: Literal["account", "key", "route"]
+    requests: int  # per period
+    period_ms: int
+    remaining: int  # requests that would pass now
+    reset_ms: int  # until the limiter is whole again
+
+
+@dataclass(frozen=True, slots=True)
 class Allowed:
     transaction_id: str
     balance: int
@@ -161,6 +172,7 @@ class Allowed:
     replayed: bool
     low_balance: bool
     allowed: Literal[True] = True
+    rate: RateState | None = None  # None: no rate limit applies (or a replay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,17 +194,31 @@ class RevokeResult:
 # object.__setattr__, looked up anew per field; setting the slots directly is about 2.5x
 # cheaper (bench/replies.py) and gives the same object. tests/test_replies.py keeps this
 # list equal to the class's fields.
-ALLOWED_FIELDS = ("transaction_id", "balance", "cost", "replayed", "low_balance", "allowed")
+ALLOWED_FIELDS = (
+    "transaction_id",
+    "balance",
+    "cost",
+    "replayed",
+    "low_balance",
+    "allowed",
+    "rate",
+)
 _new = object.__new__
-_set_txid, _set_balance, _set_cost, _set_replayed, _set_low, _set_allowed = (
+_set_txid, _set_balance, _set_cost, _set_replayed, _set_low, _set_allowed, _set_rate = (
     getattr(Allowed, name).__set__ for name in ALLOWED_FIELDS
 )
 
 
 def new_allowed(
-    transaction_id: str, balance: int, cost: int, replayed: bool, low_balance: bool
+    transaction_id: str,
+    balance: int,
+    cost: int,
+    replayed: bool,
+    low_balance: bool,
+    rate: RateState | None = None,
 ) -> Allowed:
-    """``Allowed(transaction_id, balance, cost, replayed, low_balance)``, built faster."""
+    """``Allowed(transaction_id, balance, cost, replayed, low_balance, rate=rate)``, built
+    faster."""
     a: Allowed = _new(Allowed)
     _set_txid(a, transaction_id)
     _set_balance(a, balance)
@@ -200,6 +226,7 @@ def new_allowed(
     _set_replayed(a, replayed)
     _set_low(a, low_balance)
     _set_allowed(a, True)
+    _set_rate(a, rate)
     return a
 
 

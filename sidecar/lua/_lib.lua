@@ -1023,10 +1023,13 @@ local function preview_due()
 end
 
 -- GCRA over several limiters at once; limits = {{tat field in the account hash, requests,
--- period ms, burst}, ...}. Returns the ms to wait (0 when every limiter passes) and the
--- HSET arguments that store the new TATs (microseconds), to apply only on success.
+-- period ms, burst}, ...}. Returns the ms to wait (0 when every limiter passes), the HSET
+-- arguments that store the new TATs (microseconds), to apply only on success, and the state
+-- the request leaves of the tightest limiter (fewest requests left, then the longest to be
+-- whole again): {tat field, requests, period ms, requests left, ms until whole}, or nil
+-- without limiters (what the RateLimit headers say: docs/http-api.md).
 local function rate_check(limits)
-  local wait, tats = 0, {}
+  local wait, tats, tight = 0, {}, nil
   local now_us = NOW * 1000
   for _, l in ipairs(limits) do
     local interval = l[3] * 1000 / l[2]
@@ -1039,8 +1042,13 @@ local function rate_check(limits)
     end
     tats[#tats + 1] = l[1]
     tats[#tats + 1] = fmt(math.floor(new_tat))
+    local left = math.max(0, math.floor((interval * l[4] - (new_tat - now_us)) / interval))
+    local whole = math.ceil((new_tat - now_us) / 1000)
+    if not tight or left < tight[4] or (left == tight[4] and whole > tight[5]) then
+      tight = {l[1], l[2], l[3], left, whole}
+    end
   end
-  return wait, tats
+  return wait, tats, tight
 end
 
 local function account_limits()

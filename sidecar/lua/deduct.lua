@@ -32,7 +32,10 @@
 -- (see "Spending limits" in _lib.lua); then deduct, or change nothing when balance - cost
 -- would go below -overdraft. The usage record keeps the limits' windows, which refunds read.
 -- Returns {'ok', transaction id ('' for cost 0), balance after, cost, replayed (0|1),
---          low_balance (0|1)} | {'insufficient', balance, cost}
+--          low_balance (0|1), debt added (0 but for a report), and, when a rate limit applies
+--          to a call that is not a replay, the tightest limiter's state after it: which
+--          ('account', 'key', 'route'), requests, period (ms), requests left, ms until whole}
+--       | {'insufficient', balance, cost}
 --       | {'rate_limited', retry after (ms)} | {'revoked'}
 --       | {'spend_limited', scope, credits, interval, count, spent, window end} (_lib.lua)
 -- ARGV[18] '1': a dry run. The same answer as the call would get (as if due deadlines had
@@ -86,6 +89,19 @@ if key_id ~= '' then
 end
 if route_limit then limits[#limits + 1] = route_limit end
 
+-- An 'ok' reply with the state of the tightest rate limiter (rate_check's third value) after
+-- it: {..., which ('account', 'key' or 'route'), requests, period ms, requests left, ms until
+-- whole}; unchanged without one (no limiter: nothing to say, nothing paid).
+local function with_rate(reply, tight)
+  if tight then
+    local f = tight[1]
+    local which = f == 'tat' and 'account' or string.sub(f, 1, 3) == 'kt:' and 'key' or 'route'
+    reply[8], reply[9], reply[10], reply[11], reply[12] =
+      which, tight[2], tight[3], tight[4], tight[5]
+  end
+  return reply
+end
+
 local fp = cost > 0 and request_fp({key_id, route, desc, metadata, identity})
 local prior = cost > 0 and redis.call('GET', KEYS[8])
 if prior then
@@ -114,7 +130,7 @@ if prior then
   return {'ok', p.tx, p.bal, cost, 1, 0, 0}
 end
 if dry then
-  local wait = rate_check(limits)
+  local wait, _, tight = rate_check(limits)
   if wait > 0 then return {'rate_limited', wait} end
   local avail, alim = preview_due()
   local before = avail - acct.debt
@@ -125,19 +141,19 @@ if dry then
     if before - cost < -acct.ovl then return {'insufficient', before, cost} end
   end
   local low = cost > 0 and acct.lbt and before >= acct.lbt and before - cost < acct.lbt
-  return {'ok', '', before - cost, cost, 0, low and 1 or 0}
+  return with_rate({'ok', '', before - cost, cost, 0, low and 1 or 0, 0}, tight)
 end
 in_time()
 
-local wait, tats = 0, {}
-if not report then wait, tats = rate_check(limits) end
+local wait, tats, tight = 0, {}, nil
+if not report then wait, tats, tight = rate_check(limits) end
 if wait > 0 then return {'rate_limited', wait} end
 
 expire_due()
 if cost == 0 then
   for i = 1, #tats, 2 do stage(tats[i], tats[i + 1]) end
   save_account()
-  return {'ok', '', balance(), 0, 0, 0}
+  return with_rate({'ok', '', balance(), 0, 0, 0, 0}, tight)
 end
 local klim = key_spend and spend_load(key_spend[1], key_spend[2]) or nil
 if not report and spend_over(klim, cost) then
@@ -198,4 +214,4 @@ redis.call('HSET', KEYS[9], unpack(uf))
 redis.call('PEXPIRE', KEYS[9], RETENTION)
 local low = low_balance_event(KEYS[10], before, TXID)
 save_account()
-return {'ok', TXID, after, cost, 0, low, short}
+return with_rate({'ok', TXID, after, cost, 0, low, short}, tight)
