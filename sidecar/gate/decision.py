@@ -29,6 +29,7 @@ from sidecar.ledger.results import (
     Allowed,
     Insufficient,
     RateLimited,
+    RateState,
     Revoked,
     SpendLimited,
     SpendWindow,
@@ -57,6 +58,7 @@ class Outcome:
     replayed: bool = False  # allowed as the replay of an earlier request (charged then)
     spend: SpendWindow | None = None  # a 402 over a spending limit: the limit and its window
     dry_run: bool = False  # X-Credits-Dry-Run: what the check would get; nothing changed
+    rate: RateState | None = None  # allowed: what is left of the tightest rate limiter
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -207,6 +209,7 @@ class Gate:
                 r.cost,
                 transaction_id=r.transaction_id,
                 replayed=r.replayed,
+                rate=r.rate,
             )
         if isinstance(r, Insufficient):
             return Outcome(

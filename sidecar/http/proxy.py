@@ -46,7 +46,7 @@ from sidecar.http.schemas import (
     TailPath,
 )
 from sidecar.http.state import GATE
-from sidecar.http.views import limit_view
+from sidecar.http.views import limit_view, rate_headers
 from sidecar.ledger.units import iso
 from sidecar.runtime import metrics
 
@@ -72,6 +72,8 @@ def outcome_headers(o: Outcome) -> dict[str, str]:
         h["X-Credits-Replayed"] = "true" if o.replayed else "false"
     if o.retry_after_ms is not None:
         h["Retry-After"] = str(math.ceil(o.retry_after_ms / 1000))
+    if o.rate is not None:
+        h.update(rate_headers(o.rate))
     if o.spend is not None:
         h["X-Credits-Spend-Limit"] = str(o.spend.limit.credits)
         h["X-Credits-Spent"] = str(o.spend.spent)
@@ -263,6 +265,14 @@ ALLOWED = outcome(
             str,
             "`1`: a dry run (SIDECAR_TRUST_DRY_RUN_HEADER and the proxy's X-Credits-Dry-Run: 1):"
             " the answer the request would get, nothing charged; on every answer to a dry run",
+        ),
+        "RateLimit-Policy": Header(
+            str,
+            'when a rate limit applies: the tightest, `"<account|key|route>";q=<requests>;'
+            "w=<seconds>` (IETF draft-ietf-httpapi-ratelimit-headers)",
+        ),
+        "RateLimit": Header(
+            str, 'and what is left of it: `"<policy>";r=<requests left>;t=<seconds to whole>`'
         ),
     },
 )

@@ -83,6 +83,18 @@ class RateLimit(Model):
     burst: int
 
 
+class RateLimitState(Model):
+    """What the check left of its tightest rate limiter (the RateLimit header fields)."""
+
+    policy: Annotated[
+        Literal["account", "key", "route"], Meta(description="whose limit: the tightest")
+    ]
+    limit: Annotated[int, Meta(description="requests per period")]
+    period_ms: int
+    remaining: Annotated[int, Meta(description="requests that would pass now")]
+    reset_ms: Annotated[int, Meta(description="until the limiter is whole again")]
+
+
 class CheckAllowed(Model):
     allowed: Literal[True]
     account: str
@@ -91,6 +103,10 @@ class CheckAllowed(Model):
     transaction_id: Annotated[str | None, Meta(description="null: a dry run")]
     replayed: bool
     low_balance: bool
+    rate_limit: Annotated[
+        RateLimitState | None,
+        Meta(description="null: no rate limit applies to the account, key or route (or a replay)"),
+    ] = None
     dry_run: Annotated[bool, Meta(description="sent only for a dry run")] | UnsetType = UNSET
 
 

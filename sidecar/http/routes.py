@@ -37,7 +37,7 @@ from sidecar.http.schemas import (
     UsageRequest,
 )
 from sidecar.http.state import LEDGER, SETTINGS
-from sidecar.http.views import insufficient, spend_limited
+from sidecar.http.views import insufficient, rate_state_view, spend_limited
 from sidecar.ledger.results import (
     Allowed,
     CloseResult,
@@ -135,6 +135,7 @@ async def check(call: Call[None, None, CheckRequest]) -> CheckAllowed | Reply:
             transaction_id=r.transaction_id or None,
             replayed=r.replayed,
             low_balance=r.low_balance,
+            rate_limit=rate_state_view(r.rate),
             dry_run=True if req.dry_run else UNSET,
         )
     if isinstance(r, Revoked):  # not reachable without a key id; kept exhaustive
