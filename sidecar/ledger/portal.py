@@ -94,7 +94,8 @@ class PortalSession:
         return self.secret_hash is not None and hmac.compare_digest(_hash(secret), self.secret_hash)
 
     def csrf_ok(self, given: str) -> bool:
-        return hmac.compare_digest(given.encode(), self.csrf.encode())
+        # a header's bytes that are not UTF-8 arrive surrogate-escaped: kept, and never a match
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.csrf.encode())
 
 
 @dataclass(frozen=True, slots=True)
