@@ -11,7 +11,9 @@ Throughout: a refused request is a 4xx (401 for a session that does not hold, 40
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,10 +22,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from sidecar.http.app import create_app
+from sidecar.persistence.db import create_engine
 from sidecar.redis.client import RedisClient
+from sidecar.runtime.logs import AccessLogger
 from sidecar.settings import Settings
 from tests.billing.conftest import Rig, fake, make_rig, rig  # noqa: F401  (fixtures)
-from tests.conftest import FakeClock, admin
+from tests.conftest import FakeClock, admin, snapshot
 from tests.http.test_portal import account, link_path, new_session, open_portal
 
 Client = TestClient[web.Request, web.Application]
@@ -227,3 +231,306 @@ async def test_a_link_opens_up_to_its_last_millisecond_and_the_clock_going_back(
     assert (await client.get("/v1/portal/balance")).status == 200
     clock.advance(3_600_000 + 3_600_000)
     await refused(await client.get("/v1/portal/balance"), 401, "portal_session_required")
+
+
+# -- one account's session reaching for another's ---------------------------------------------
+
+
+async def test_a_session_cannot_name_another_account_by_query_header_body_or_path(
+    client: Client, other: Client, redis: RedisClient
+) -> None:
+    await account(client, "acme", 10)
+    await account(client, "beta", 99)
+    token = await open_portal(client, "acme")
+    await open_portal(other, "beta")
+    r = await client.post("/v1/accounts/beta/keys", json={}, headers=admin())
+    beta_key = (await r.json())["key_id"]
+    h = {**csrf(token), "X-Account": "beta", "X-Sidecar-Account": "beta", "Host": "beta"}
+    before = await snapshot(redis)
+    for method, path, body in (
+        ("GET", "/v1/portal/balance/", None),
+        ("GET", "/v1/portal/balance?account=beta&account=acme", None),
+        ("GET", "/v1/portal/transactions?format=csv&account=beta", None),
+        ("GET", "/v1/portal//balance", None),
+        ("GET", "/v1/portal/keys/../../accounts/beta/balance", None),
+        ("GET", "/v1/portal/%2e%2e/accounts/beta/balance", None),
+        ("PUT", "/v1/portal/alerts", '{"low_balance_threshold": 5, "account": "beta"}'),
+        (
+            "PUT",
+            "/v1/portal/alerts",
+            '{"low_balance_threshold": 5, "low_balance_threshold": "beta"}',
+        ),
+        ("PUT", "/v1/portal/spend-limit", '{"spend_limit": null, "__proto__": {"a": 1}}'),
+        ("PATCH", f"/v1/portal/keys/{beta_key}", '{"spend_limit": null}'),
+        ("DELETE", f"/v1/portal/keys/{beta_key}", None),
+        ("DELETE", f"/v1/portal/keys/{beta_key}%2F..%2F..", None),
+        ("POST", "/v1/portal/keys", '{"idempotency_key": "k", "account": "beta"}'),
+        ("POST", "/v1/portal/keys", '{"idempotency_key": "k", "rate_limit": null, "x": 1}'),
+        ("DELETE", "/v1/accounts/beta/portal-sessions", None),
+        ("DELETE", "/v1/portal-sessions", None),
+        ("POST", "/v1/accounts/beta/portal-sessions", "{}"),
+        ("GET", "/v1/accounts/beta/balance", None),
+    ):
+        r = await client.request(
+            method, path, data=body, headers={**h, "Content-Type": "application/json"}
+        )
+        assert r.status in (400, 401, 404, 405, 422), (method, path, r.status, await r.text())
+        if r.status < 500 and r.content_type == "application/json":
+            assert "beta" not in (await r.text()).replace('"beta"', "") or r.status != 200
+    assert await snapshot(redis) == before  # nothing written by any of them
+    # and beta's session still reads beta's, acme's acme's
+    assert (await (await other.get("/v1/portal/balance")).json())["balance"] == 99
+    assert (await (await client.get("/v1/portal/balance")).json())["balance"] == 10
+
+
+async def rig_portal(rig: Rig, name: str) -> dict[str, str]:  # noqa: F811
+    """Opens a session for ``name`` in the rig's client (its jar cleared first): the CSRF."""
+    c = rig.client
+    s = await new_session(c, name)
+    c.session.cookie_jar.clear()
+    assert (await c.get(link_path(s), allow_redirects=False)).status == 303
+    return csrf((await (await c.get("/v1/portal/session")).json())["csrf_token"])
+
+
+async def test_the_portal_loads_with_sql_gone(rig: Rig, tmp_path: Path) -> None:  # noqa: F811
+    """The session view reads Redis; the Stripe-customer lookup (SQL) is skipped when SQL is
+    away, so the portal still loads; SQL's own reads answer 503."""
+    await rig.account("acme")
+    await rig_portal(rig, "acme")
+    c, sql = rig.client, rig.billing.sql
+    real = sql.engine
+    sql.engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'no' / 'ledger.db'}")
+    try:
+        r = await c.get("/v1/portal/session")
+        assert r.status == 200, await r.text()
+        view = await r.json()
+        assert view["features"]["billing"] is True and "billing" not in view["sections"]
+        assert (await c.get("/v1/portal/balance")).status == 200
+        for path in ("/v1/portal/auto-topup", "/v1/portal/packages", "/v1/portal/purchases/cs_1"):
+            r = await c.get(path)
+            assert r.status == 503, (path, r.status, await r.text())
+    finally:
+        await sql.engine.dispose()
+        sql.engine = real
+
+
+# -- money ---------------------------------------------------------------------------------------
+
+
+async def test_checkout_clicks_replays_and_edge_quantities(rig: Rig, redis: RedisClient) -> None:  # noqa: F811
+    await rig.account("acme")
+    await rig.account("beta")
+    await rig.package()
+    await rig.package("pro", name="Pro", credits=5000, stripe_price_id="price_pro", price=2000)
+    c = rig.client
+    h = await rig_portal(rig, "acme")
+    for quantity in (0, -1, 101, "1", 1.0, True, None, 2**64):
+        q = {"package_id": "starter", "quantity": quantity, "idempotency_key": "q"}
+        r = await c.post("/v1/portal/checkout", json=q, headers=h)
+        await refused(r, 422, "invalid_request")
+    for body in (
+        {"package_id": "starter"},
+        {"package_id": "starter", "idempotency_key": ""},
+        {"package_id": "starter", "idempotency_key": "a" * 129},
+        {"package_id": "starter", "idempotency_key": "k", "success_url": "https://evil.test"},
+        {"package_id": "starter", "idempotency_key": "k", "account": "beta"},
+        {"package_id": "../starter", "idempotency_key": "k"},
+    ):
+        r = await c.post("/v1/portal/checkout", json=body, headers=h)
+        await refused(r, 422)
+    # one idempotency key, then another package under it: refused, not a second purchase
+    clicks = await asyncio.gather(
+        *(
+            c.post(
+                "/v1/portal/checkout", json={"package_id": p, "idempotency_key": "buy-1"}, headers=h
+            )
+            for p in ("starter", "starter", "starter")
+        )
+    )
+    assert {r.status for r in clicks} == {201}
+    first = {(await r.json())["id"] for r in clicks}
+    assert len(first) == 1
+    r = await c.post(
+        "/v1/portal/checkout", json={"package_id": "pro", "idempotency_key": "buy-1"}, headers=h
+    )
+    await refused(r, 409, "idempotency_conflict")
+    r = await c.post(
+        "/v1/portal/checkout",
+        json={"package_id": "starter", "quantity": 2, "idempotency_key": "buy-1"},
+        headers=h,
+    )
+    await refused(r, 409, "idempotency_conflict")
+    sid = first.pop()
+    assert rig.fake.sessions[sid]["client_reference_id"] == "acme"
+    # beta's session with acme's idempotency key makes beta's own session, never acme's
+    hb = await rig_portal(rig, "beta")
+    r = await c.post(
+        "/v1/portal/checkout",
+        json={"package_id": "starter", "idempotency_key": "buy-1"},
+        headers=hb,
+    )
+    assert r.status == 201
+    theirs = await r.json()
+    assert theirs["id"] != sid and theirs["account"] == "beta"
+    assert rig.fake.sessions[theirs["id"]]["client_reference_id"] == "beta"
+    for probe in (sid, sid + "x", "cs_" + "0" * 250, "pi_123"):
+        r = await c.get(f"/v1/portal/purchases/{probe}")
+        if r.status == 200:
+            assert (await r.json())["status"] == "unknown", probe
+        else:
+            await refused(r, 422)
+    # a package withdrawn between listing and the click; more credits than the ledger holds
+    listed = await (await c.get("/v1/portal/packages")).json()
+    assert {p["id"] for p in listed["packages"]} == {"starter", "pro"}
+    r = await c.put(
+        "/v1/admin/packages/pro",
+        json={
+            "name": "Pro",
+            "credits": 5000,
+            "stripe_price_id": "price_pro",
+            "price": 2000,
+            "active": False,
+        },
+        headers=admin(),
+    )
+    assert r.status == 200, await r.text()
+    r = await c.post(
+        "/v1/portal/checkout", json={"package_id": "pro", "idempotency_key": "late"}, headers=hb
+    )
+    await refused(r, 404, "unknown_package")
+    rig.fake.add_price("price_huge", 100)
+    r = await c.put(
+        "/v1/admin/packages/huge",
+        json={"name": "Huge", "credits": 2**53 - 1, "stripe_price_id": "price_huge", "price": 100},
+        headers=admin(),
+    )
+    assert r.status == 201, await r.text()
+    r = await c.post(
+        "/v1/portal/checkout",
+        json={"package_id": "huge", "quantity": 2, "idempotency_key": "huge"},
+        headers=hb,
+    )
+    await refused(r, 422)
+
+
+async def test_auto_topup_takes_only_the_accounts_own_card_and_sane_values(rig: Rig) -> None:  # noqa: F811
+    await rig.account("acme")
+    await rig.account("beta")
+    await rig.package()
+    beta_customer = await rig.billing.customer("beta")
+    beta_card = rig.fake.add_payment_method(beta_customer)
+    nobodys = rig.fake.add_payment_method(None)
+    acme_card = rig.fake.add_payment_method(await rig.billing.customer("acme"))
+    c = rig.client
+    h = await rig_portal(rig, "acme")
+    for pm in (beta_card, nobodys, "pm_doesnotexist"):
+        body = {"threshold": 10, "package_id": "starter", "payment_method": pm}
+        r = await c.put("/v1/portal/auto-topup", json=body, headers=h)
+        await refused(r, 422)
+        assert beta_customer not in await r.text()  # beta's customer is never named
+    for body in (
+        {"threshold": 2**53, "package_id": "starter", "payment_method": acme_card},
+        {"threshold": 1.5, "package_id": "starter", "payment_method": acme_card},
+        {"threshold": 10, "package_id": "starter", "payment_method": acme_card, "account": "beta"},
+        {"threshold": 10, "package_id": "nope", "payment_method": acme_card},
+    ):
+        r = await c.put("/v1/portal/auto-topup", json=body, headers=h)
+        assert r.status in (404, 422), (body, r.status)
+    assert (await (await c.get("/v1/portal/auto-topup")).json())["auto_topup"] is None
+    body = {"threshold": 10, "package_id": "starter", "payment_method": acme_card}
+    r = await c.put("/v1/portal/auto-topup", json=body, headers=h)
+    assert r.status == 200, await r.text()
+    r = await c.get("/v1/admin/accounts/beta/auto-topup", headers=admin())
+    assert r.status == 404  # beta's untouched
+
+
+async def test_spend_limit_and_alert_extremes(client: Client) -> None:
+    await account(client, "acme", 10)
+    h = csrf(await open_portal(client, "acme"))
+    for limit in (
+        {"credits": 0},
+        {"credits": 2**53},
+        {"credits": -1},
+        {"credits": 1.0},
+        {"credits": 5, "interval": "hour"},
+        {"credits": 5, "interval": "day", "interval_count": 0},
+        {"credits": 5, "interval": "day", "interval_count": 1001},
+        {"credits": 5, "interval_count": 2},
+        {"credits": 5, "account": "beta"},
+    ):
+        r = await client.put("/v1/portal/spend-limit", json={"spend_limit": limit}, headers=h)
+        await refused(r, 422, "invalid_request")
+    r = await client.put("/v1/portal/spend-limit", json={}, headers=h)
+    await refused(r, 422)
+    for threshold in (2**53, -(2**53), 1.5, "5", True):
+        r = await client.put(
+            "/v1/portal/alerts", json={"low_balance_threshold": threshold}, headers=h
+        )
+        await refused(r, 422, "invalid_request")
+    top = {"credits": 2**53 - 1, "interval": "year", "interval_count": 1000}
+    r = await client.put("/v1/portal/spend-limit", json={"spend_limit": top}, headers=h)
+    assert r.status == 200, await r.text()
+    r = await client.put("/v1/portal/spend-limit", json={"spend_limit": None}, headers=h)
+    assert r.status == 200 and (await r.json())["spend_limit"] is None
+    for allowed in (2**53 - 1, -(2**53 - 1), None):
+        r = await client.put(
+            "/v1/portal/alerts", json={"low_balance_threshold": allowed}, headers=h
+        )
+        assert r.status == 200, await r.text()
+
+
+async def test_key_creation_replays_with_other_parameters_are_409(client: Client) -> None:
+    await account(client, "acme", 10)
+    h = csrf(await open_portal(client, "acme"))
+    body = {"name": "ci", "spend_limit": {"credits": 5, "interval": "day"}, "idempotency_key": "k"}
+    answers = await asyncio.gather(
+        *(client.post("/v1/portal/keys", json=body, headers=h) for _ in range(10))
+    )
+    assert sorted(r.status for r in answers) == [200] * 9 + [201]
+    for changed in (
+        {"name": "cd"},
+        {"spend_limit": None},
+        {"spend_limit": {"credits": 6, "interval": "day"}},
+        {"spend_limit": {"credits": 5, "interval": "week"}},
+    ):
+        r = await client.post("/v1/portal/keys", json=body | changed, headers=h)
+        await refused(r, 409, "idempotency_conflict")
+    made = await (await client.get("/v1/portal/keys")).json()
+    assert len(made["keys"]) == 1
+    kid = made["keys"][0]["key_id"]
+    assert (await client.delete(f"/v1/portal/keys/{kid}", headers=h)).status == 200
+    r = await client.post("/v1/portal/keys", json=body, headers=h)  # replay of a revoked key
+    assert r.status == 200 and (await r.json())["key"] is None
+    assert (await r.json())["revoked_at"] is not None
+    r = await client.patch(f"/v1/portal/keys/{kid}", json={"spend_limit": None}, headers=h)
+    await refused(r, 409, "key_revoked")
+    r = await client.patch(
+        f"/v1/portal/keys/{kid}", json={"spend_limit": None, "rate_limit": None}, headers=h
+    )
+    await refused(r, 422)
+
+
+# -- the audit trail and the logs ------------------------------------------------------------------
+
+
+async def test_a_links_secret_never_reaches_the_access_log(
+    settings: Settings, redis: RedisClient, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A link refused (a prefetch: not spent) or opened is logged by its session id only."""
+    logger = logging.getLogger("aiohttp.access")
+    server = TestServer(create_app(settings, clock=clock))
+    await server.start_server(access_log_class=AccessLogger, access_log=logger)
+    async with TestClient(server) as c:
+        await account(c, "acme")
+        s = await new_session(c, "acme")
+        sid, secret = URL(s["url"]).name.split(".")
+        with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+            r = await c.get(link_path(s), headers={"Sec-Fetch-Dest": "image"})
+            assert r.status == 401
+            r = await c.get(link_path(s), allow_redirects=False)
+            assert r.status == 303
+        logged = [rec for rec in caplog.records if rec.name == "aiohttp.access"]
+        assert len(logged) == 2
+        for rec in logged:
+            assert secret not in rec.getMessage() and secret not in str(rec.__dict__)
+            assert sid in rec.getMessage()
