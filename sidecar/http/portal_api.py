@@ -211,7 +211,9 @@ async def portal_packages(call: Call[None, NoQuery, None]) -> PackageList:
     "Buy a package: a Stripe Checkout Session to open in a new window",
     tag=TAG,
     auth=PORTAL_SESSION,
-    audit=Audited("portal.checkout", target="package_id"),
+    # a Checkout Session's url lets whoever holds it pay, or save a card, on the customer's
+    # behalf: never kept (as Stripe's portal link)
+    audit=Audited("portal.checkout", target="package_id", secret=("url",)),
     body=PortalCheckoutRequest,
     responses={201: Out(CheckoutSession, "the session")},
     errors={
@@ -260,7 +262,7 @@ async def portal_purchase(call: Call[CheckoutSessionPath, NoQuery, None]) -> Pur
     "Save a card for auto top-up: a Stripe Checkout Session in setup mode (new window)",
     tag=TAG,
     auth=PORTAL_SESSION,
-    audit=Audited("portal.payment_method"),
+    audit=Audited("portal.payment_method", secret=("url",)),
     body=PortalSetupRequest,
     responses={201: Out(CheckoutSession, "the session")},
     errors={**CHANGE_ERRORS, 409: billing.CHECKOUT_409, 502: None, 503: billing.BILLING_503},

@@ -27,7 +27,7 @@ from sidecar.redis.client import RedisClient
 from sidecar.runtime.logs import AccessLogger
 from sidecar.settings import Settings
 from tests.billing.conftest import Rig, fake, make_rig, rig  # noqa: F401  (fixtures)
-from tests.conftest import FakeClock, admin, snapshot
+from tests.conftest import FakeClock, admin, outbox_entries, snapshot
 from tests.http.test_portal import account, link_path, new_session, open_portal
 
 Client = TestClient[web.Request, web.Application]
@@ -511,6 +511,65 @@ async def test_key_creation_replays_with_other_parameters_are_409(client: Client
 
 
 # -- the audit trail and the logs ------------------------------------------------------------------
+
+
+async def test_every_customer_change_is_audited_once_as_the_session_with_no_secret(
+    rig: Rig,  # noqa: F811
+    redis: RedisClient,
+) -> None:
+    await rig.account("acme")
+    await rig.package()
+    c = rig.client
+    s = await new_session(c, "acme")
+    sid, link_secret = URL(s["url"]).name.split(".")
+    assert (await c.get(link_path(s), allow_redirects=False)).status == 303
+    view = await (await c.get("/v1/portal/session")).json()
+    h = csrf(view["csrf_token"])
+    shown: list[str] = [link_secret, cookie_of(c).split(".")[1], view["csrf_token"]]
+    r = await c.post("/v1/portal/keys", json={"name": "k", "idempotency_key": "i"}, headers=h)
+    created = await r.json()
+    shown.append(created["key"])
+    kid = created["key_id"]
+    calls: list[tuple[str, str, Any]] = [
+        ("POST", "/v1/portal/keys", {"name": "k", "idempotency_key": "i"}),  # a replay
+        ("PATCH", f"/v1/portal/keys/{kid}", {"spend_limit": {"credits": 3}}),
+        ("DELETE", f"/v1/portal/keys/{kid}", None),
+        ("PUT", "/v1/portal/alerts", {"low_balance_threshold": 4}),
+        ("PUT", "/v1/portal/spend-limit", {"spend_limit": None}),
+        ("POST", "/v1/portal/checkout", {"package_id": "starter", "idempotency_key": "b"}),
+        ("POST", "/v1/portal/payment-method", {"idempotency_key": "p"}),
+        ("POST", "/v1/portal/billing-portal", None),
+        ("DELETE", "/v1/portal/auto-topup", None),
+    ]
+    for method, path, body in calls:
+        r = await c.request(method, path, json=body, headers=h)
+        assert r.status < 300, (method, path, r.status, await r.text())
+        answer = await r.json()
+        if isinstance(answer.get("url"), str):
+            shown.append(answer["url"])
+    entries = [
+        e
+        for e in await outbox_entries(redis)
+        if e.get("kind") == "audit" and e["action"].startswith("portal.")
+    ]
+    assert [e["action"] for e in entries] == [
+        "portal.key.create",
+        "portal.key.create",
+        "portal.key.patch",
+        "portal.key.revoke",
+        "portal.alerts.put",
+        "portal.spend_limit.put",
+        "portal.checkout",
+        "portal.payment_method",
+        "portal.billing_portal",
+        "portal.auto_topup.delete",
+    ]
+    assert [e["replayed"] for e in entries][:2] == [False, True]
+    for e in entries:
+        assert e["token_id"] == f"portal:{sid}" and e["account"] == "acme", e
+    trail = str(await outbox_entries(redis))
+    for secret in shown:
+        assert secret not in trail, secret
 
 
 async def test_a_links_secret_never_reaches_the_access_log(
