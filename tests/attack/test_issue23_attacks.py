@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from yarl import URL
 from sidecar.http.app import create_app
 from sidecar.persistence.db import create_engine
 from sidecar.redis.client import RedisClient
+from sidecar.redis.embedded import RedisServer
 from sidecar.runtime.logs import AccessLogger
 from sidecar.settings import Settings
 from tests.billing.conftest import Rig, fake, make_rig, rig  # noqa: F401  (fixtures)
@@ -593,3 +596,92 @@ async def test_a_links_secret_never_reaches_the_access_log(
         for rec in logged:
             assert secret not in rec.getMessage() and secret not in str(rec.__dict__)
             assert sid in rec.getMessage()
+
+
+# -- chaos ---------------------------------------------------------------------------------------
+
+
+def signal_redis(server: RedisServer, sig: signal.Signals) -> None:
+    assert server.process is not None
+    os.kill(server.process.pid, sig)
+
+
+async def resumed(server: RedisServer, redis_client: RedisClient) -> None:
+    """Redis running again, and whatever was queued while it was stopped run."""
+    signal_redis(server, signal.SIGCONT)
+    for _ in range(200):
+        try:
+            if await redis_client.ping():
+                return
+        except Exception:  # (not up yet)
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.slow
+async def test_with_redis_paused_every_session_call_is_503_and_changes_nothing(
+    paused_client: tuple[Client, RedisServer, RedisClient],
+) -> None:
+    """Paused past the app's deadline: open, read, change, sign out, revoke and create all
+    answer 503 (never 500, never a session); once Redis runs again nothing they asked for
+    happened late: the link still opens, the session still holds."""
+    c, server, redis_client = paused_client
+    await account(c, "acme", 5)
+    token = await open_portal(c, "acme")
+    pending = await new_session(c, "acme")
+    before = await snapshot(redis_client)
+    signal_redis(server, signal.SIGSTOP)
+    try:
+        answers = await asyncio.gather(
+            c.get(link_path(pending), allow_redirects=False),
+            c.get("/v1/portal/balance"),
+            c.put("/v1/portal/alerts", json={"low_balance_threshold": 1}, headers=csrf(token)),
+            c.delete("/v1/accounts/acme/portal-sessions", headers=admin()),
+            c.delete("/v1/portal-sessions", headers=admin()),
+            c.post("/v1/accounts/acme/portal-sessions", json={}, headers=admin()),
+        )
+        for r in answers:
+            await refused(r, 503)
+            assert "Set-Cookie" not in r.headers
+        r = await c.delete("/v1/portal/session", headers=csrf(token))
+        await refused(r, 503)
+    finally:
+        await resumed(server, redis_client)
+    await asyncio.sleep(0.2)  # (the late calls, if any were run, have run)
+    assert await snapshot(redis_client) == before
+    assert (await c.get("/v1/portal/balance")).status == 200
+    c.session.cookie_jar.clear()
+    assert (await c.get(link_path(pending), allow_redirects=False)).status == 303
+    r = await c.get("/v1/portal/session")
+    assert (await r.json())["account"] == "acme"
+
+
+@pytest.mark.slow
+async def test_redis_killed_and_restarted_empty_ends_sessions_without_a_500(
+    paused_client: tuple[Client, RedisServer, RedisClient],
+) -> None:
+    c, server, redis_client = paused_client
+    await account(c, "acme", 5)
+    await open_portal(c, "acme")
+    pending = await new_session(c, "acme")
+    server.stop()
+    try:
+        for r in (
+            await c.get("/v1/portal/balance"),
+            await c.get(link_path(pending), allow_redirects=False),
+        ):
+            await refused(r, 503)
+    finally:
+        server.start()
+    for _ in range(200):  # (the client's circuit breaker lets a connect through again soon)
+        try:
+            await redis_client.flushall()  # (a Redis that lost its data)
+            break
+        except Exception:  # (the breaker still open)
+            await asyncio.sleep(0.05)
+    for _ in range(200):
+        r = await c.get("/v1/portal/balance")
+        if r.status != 503:
+            break
+        await asyncio.sleep(0.05)
+    await refused(r, 401, "portal_session_required")
+    await refused(await c.get(link_path(pending), allow_redirects=False), 401)
