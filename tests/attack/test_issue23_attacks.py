@@ -656,6 +656,42 @@ async def test_with_redis_paused_every_session_call_is_503_and_changes_nothing(
 
 
 @pytest.mark.slow
+async def test_calls_cut_off_by_a_stall_never_hand_one_session_anothers_answer(
+    paused_client: tuple[Client, RedisServer, RedisClient],
+) -> None:
+    """Reads of two accounts' sessions, cut off mid-flight by a stall (their connections'
+    replies left unread), then many more at once: each cookie still gets its own account."""
+    c, server, redis_client = paused_client
+    jars: dict[str, str] = {}
+    for name in ("acme", "beta"):
+        await account(c, name, 5)
+        await open_portal(c, name)
+        jars[name] = f"cs_portal={cookie_of(c)}"
+        c.session.cookie_jar.clear()
+    signal_redis(server, signal.SIGSTOP)
+    try:
+        cut = await asyncio.gather(
+            *(
+                c.get("/v1/portal/session", headers={"Cookie": jars[n]})
+                for n in ["acme", "beta"] * 10
+            )
+        )
+        assert {r.status for r in cut} == {503}
+    finally:
+        await resumed(server, redis_client)
+    names = ["acme", "beta"] * 30
+    answers = await asyncio.gather(
+        *(c.get("/v1/portal/session", headers={"Cookie": jars[n]}) for n in names)
+    )
+    for name, r in zip(names, answers, strict=True):
+        if r.status == 200:
+            assert (await r.json())["account"] == name
+        else:
+            await refused(r, 503)
+    assert sum(r.status == 200 for r in answers) > 0
+
+
+@pytest.mark.slow
 async def test_redis_killed_and_restarted_empty_ends_sessions_without_a_500(
     paused_client: tuple[Client, RedisServer, RedisClient],
 ) -> None:
@@ -685,3 +721,54 @@ async def test_redis_killed_and_restarted_empty_ends_sessions_without_a_500(
         await asyncio.sleep(0.05)
     await refused(r, 401, "portal_session_required")
     await refused(await c.get(link_path(pending), allow_redirects=False), 401)
+
+
+async def test_method_tricks_head_options_override_and_swapped_credentials(client: Client) -> None:
+    await account(client, "acme", 5)
+    token = await open_portal(client, "acme")
+    cookie = cookie_of(client)
+    for method, path in (("HEAD", "/v1/portal/balance"), ("OPTIONS", "/v1/portal/alerts")):
+        r = await client.request(method, path)
+        assert r.status in (200, 401, 405), (method, path, r.status)
+    # a POST that asks to be a DELETE is a POST (405 here), and changes nothing
+    r = await client.post(
+        "/v1/portal/session", headers={**csrf(token), "X-HTTP-Method-Override": "DELETE"}
+    )
+    assert r.status == 405
+    r = await client.get("/v1/portal/alerts?_method=PUT&low_balance_threshold=1")
+    assert r.status == 422
+    assert (await client.get("/v1/portal/balance")).status == 200
+    # a GET never changes anything, whatever it carries
+    r = await client.get("/v1/portal/session", headers=csrf(token))
+    assert r.status == 200
+    # the cookie is no link, the CSRF token no cookie, a token no session
+    client.session.cookie_jar.clear()
+    r = await client.get(f"/portal/s/{cookie}", allow_redirects=False)
+    assert r.status == 401
+    for jar in (f"cs_portal={token}", f"cs_portal={cookie.split('.')[0]}.{token}"):
+        r = await client.get("/v1/portal/balance", headers={"Cookie": jar})
+        await refused(r, 401, "portal_session_required")
+    r = await client.get("/v1/portal/balance", headers=admin())
+    await refused(r, 401, "portal_session_required")
+    r = await client.get("/v1/portal/balance", headers={"Cookie": f"cs_portal={cookie}"})
+    assert r.status == 200
+
+
+async def test_a_prefix_limited_portal_token_stays_in_its_prefix(client: Client) -> None:
+    await account(client, "acme_1")
+    await account(client, "other")
+    r = await client.post(
+        "/v1/tokens",
+        json={"name": "app", "scopes": ["portal"], "account_prefix": "acme_"},
+        headers=admin(),
+    )
+    bearer = {"Authorization": f"Bearer {(await r.json())['token']}"}
+    r = await client.post("/v1/accounts/acme_1/portal-sessions", json={}, headers=bearer)
+    assert r.status == 201
+    for method, path in (
+        ("POST", "/v1/accounts/other/portal-sessions"),
+        ("DELETE", "/v1/accounts/other/portal-sessions"),
+        ("DELETE", "/v1/portal-sessions"),
+    ):
+        r = await client.request(method, path, json={}, headers=bearer)
+        await refused(r, 403)
