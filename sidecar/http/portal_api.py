@@ -26,6 +26,7 @@ from sidecar.http.portal_models import (
     PortalAlerts,
     PortalAlertsRequest,
     PortalAutoTopUp,
+    PortalCheckout,
     PortalCheckoutRequest,
     PortalKeyRequest,
     PortalSessionView,
@@ -215,7 +216,7 @@ async def portal_packages(call: Call[None, NoQuery, None]) -> PackageList:
     # behalf: never kept (as Stripe's portal link)
     audit=Audited("portal.checkout", target="package_id", secret=("url",)),
     body=PortalCheckoutRequest,
-    responses={201: Out(CheckoutSession, "the session")},
+    responses={201: Out(PortalCheckout, "the session (a double click's: the same one)")},
     errors={
         **CHANGE_ERRORS,
         404: "`unknown_package`",
@@ -224,10 +225,10 @@ async def portal_packages(call: Call[None, NoQuery, None]) -> PackageList:
         503: billing.BILLING_503,
     },
 )
-async def portal_checkout(call: Call[None, None, PortalCheckoutRequest]) -> CheckoutSession:
+async def portal_checkout(call: Call[None, None, PortalCheckoutRequest]) -> PortalCheckout:
     req, acct = call.body, account(call)
     base = portal_base(call.request)
-    session = await purchases.checkout(
+    started = await purchases.checkout(
         call.app[BILLING],
         acct,
         [purchases.Item(req.package_id, req.quantity)],
@@ -235,7 +236,9 @@ async def portal_checkout(call: Call[None, None, PortalCheckoutRequest]) -> Chec
         f"{base}{PAGE}",
         f"portal:{req.idempotency_key}",  # the page's, apart from the admin API's
     )
-    return CheckoutSession(id=session.id, url=session.url, account=acct)
+    s = started.session
+    # replayed: the audit trail keeps a double click as one change and its replay
+    return PortalCheckout(id=s.id, url=s.url, account=acct, replayed=not started.new)
 
 
 @routes.route(

@@ -540,6 +540,7 @@ async def test_every_customer_change_is_audited_once_as_the_session_with_no_secr
         ("PUT", "/v1/portal/alerts", {"low_balance_threshold": 4}),
         ("PUT", "/v1/portal/spend-limit", {"spend_limit": None}),
         ("POST", "/v1/portal/checkout", {"package_id": "starter", "idempotency_key": "b"}),
+        ("POST", "/v1/portal/checkout", {"package_id": "starter", "idempotency_key": "b"}),
         ("POST", "/v1/portal/payment-method", {"idempotency_key": "p"}),
         ("POST", "/v1/portal/billing-portal", None),
         ("DELETE", "/v1/portal/auto-topup", None),
@@ -563,11 +564,14 @@ async def test_every_customer_change_is_audited_once_as_the_session_with_no_secr
         "portal.alerts.put",
         "portal.spend_limit.put",
         "portal.checkout",
+        "portal.checkout",
         "portal.payment_method",
         "portal.billing_portal",
         "portal.auto_topup.delete",
     ]
+    # a double click is one change: the second entry says it was a replay
     assert [e["replayed"] for e in entries][:2] == [False, True]
+    assert [e["replayed"] for e in entries if e["action"] == "portal.checkout"] == [False, True]
     for e in entries:
         assert e["token_id"] == f"portal:{sid}" and e["account"] == "acme", e
     trail = str(await outbox_entries(redis))
