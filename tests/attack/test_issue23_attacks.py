@@ -650,7 +650,9 @@ async def test_with_redis_paused_every_session_call_is_503_and_changes_nothing(
         await refused(r, 503)
     finally:
         await resumed(server, redis_client)
-    await asyncio.sleep(0.2)  # (the late calls, if any were run, have run)
+    # (the calls queued in the stall were readable at Redis' first loop after SIGCONT, so
+    # they ran before the PING answered: a second one to be sure)
+    assert await redis_client.ping()
     assert await snapshot(redis_client) == before
     assert (await c.get("/v1/portal/balance")).status == 200
     c.session.cookie_jar.clear()
@@ -776,3 +778,27 @@ async def test_a_prefix_limited_portal_token_stays_in_its_prefix(client: Client)
     ):
         r = await client.request(method, path, json={}, headers=bearer)
         await refused(r, 403)
+
+
+async def test_another_sessions_csrf_token_or_another_site_changes_nothing(
+    client: Client, other: Client
+) -> None:
+    await account(client, "acme", 5)
+    await account(client, "beta", 5)
+    token = await open_portal(client, "acme")
+    beta_token = await open_portal(other, "beta")
+    body = {"low_balance_threshold": 3}
+    for headers in (
+        csrf(beta_token),
+        {**csrf(token), "Sec-Fetch-Site": "cross-site"},
+        [("X-CSRF-Token", token), ("X-CSRF-Token", beta_token)],
+    ):
+        r = await client.put("/v1/portal/alerts", json=body, headers=headers)
+        await refused(r, 403, "csrf")
+    for site in ("same-origin", "same-site", "none"):
+        r = await client.put(
+            "/v1/portal/alerts", json=body, headers={**csrf(token), "Sec-Fetch-Site": site}
+        )
+        assert r.status == 200, site
+    alerts = await (await other.get("/v1/portal/alerts")).json()
+    assert alerts == {"account": "beta", "low_balance_threshold": None}
