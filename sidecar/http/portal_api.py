@@ -7,6 +7,7 @@ session as its actor."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -55,6 +56,10 @@ CHANGE_ERRORS: dict[int, str | None] = {
 }
 READ_ERRORS: dict[int, str | None] = {401: SESSION_401, 503: None}
 BILLING_SECTIONS: frozenset[Section] = frozenset({"buy", "auto_topup", "billing"})
+# How long the session view (the portal's first call) waits on SQL for the Stripe-customer
+# lookup: a SQL that hangs (a partition: no error, no answer) hides the billing link, and
+# the portal loads.
+CUSTOMER_LOOKUP_S = 1.0
 
 
 def account(call: Call[Any, Any, Any]) -> str:
@@ -91,8 +96,10 @@ async def portal_session(call: Call[None, NoQuery, None]) -> PortalSessionView:
     stripe_on = settings.stripe_api_key is not None
     customer: bool | None = None
     if stripe_on:
-        with contextlib.suppress(errors.LedgerUnavailable):  # no link, the rest still works
-            customer = await purchases.has_billing_customer(b, session.account) or None
+        # no link, the rest still works
+        with contextlib.suppress(errors.LedgerUnavailable, TimeoutError):
+            async with asyncio.timeout(CUSTOMER_LOOKUP_S):
+                customer = await purchases.has_billing_customer(b, session.account) or None
     bal = await call.app[LEDGER].balance(session.account)
     sections = [
         s

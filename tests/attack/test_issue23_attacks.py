@@ -802,3 +802,31 @@ async def test_another_sessions_csrf_token_or_another_site_changes_nothing(
         assert r.status == 200, site
     alerts = await (await other.get("/v1/portal/alerts")).json()
     assert alerts == {"account": "beta", "low_balance_threshold": None}
+
+
+@pytest.mark.slow
+async def test_the_portal_loads_while_sql_hangs(rig: Rig) -> None:  # noqa: F811
+    """SQL that accepts connections and never answers (a partition, a stalled server): the
+    session view does not wait on it for the Stripe-customer lookup."""
+    await rig.account("acme")
+    await rig_portal(rig, "acme")
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # never a byte back
+
+    hole = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = hole.sockets[0].getsockname()[1]
+    sql = rig.billing.sql
+    real = sql.engine
+    sql.engine = create_engine(f"postgresql+asyncpg://u:p@127.0.0.1:{port}/ledger")
+    try:
+        async with asyncio.timeout(10):
+            r = await rig.client.get("/v1/portal/session")
+        assert r.status == 200, await r.text()
+        assert "billing" not in (await r.json())["sections"]
+    finally:
+        sql.engine = real
+        for w in held:
+            w.close()
+        hole.close()
