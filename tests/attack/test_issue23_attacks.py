@@ -203,6 +203,9 @@ async def test_a_link_after_revocations_or_a_flush_never_opens(
     assert (await client.delete("/v1/portal-sessions", headers=admin())).status == 200
     await refused(await client.get(link_path(c), allow_redirects=False), 401)
     await refused(await client.get("/v1/portal/balance"), 401, "portal_session_required")
+    # the scripts flushed from Redis (a restart without persistence of them): loaded again
+    await redis.script_flush()
+    await refused(await client.get("/v1/portal/balance"), 401, "portal_session_required")
     # after FLUSHALL: every link and session is gone, none is taken for another
     d = await new_session(client, "acme")
     e = await new_session(client, "beta")
