@@ -107,6 +107,12 @@ async def revoke_all_sessions(call: Call[None, None, None]) -> PortalSessionsRev
     return PortalSessionsRevoked(account=None, revoked=True)
 
 
+# What browsers send with a request made ahead of the customer's click: Sec-Purpose
+# (prefetch, prerender: Fetch Metadata), Purpose (Chrome before it), X-Purpose (Safari's
+# previews), X-Moz (Firefox's prefetch).
+SPECULATIVE = ("Sec-Purpose", "Purpose", "X-Purpose", "X-Moz")
+
+
 class LinkPath(Path):
     link: str  # checked by PortalSessions.open: anything else is a link that does not open
 
@@ -145,10 +151,12 @@ billing again.</p></main></body></html>
 )
 async def open_link(call: Call[LinkPath, None, None]) -> web.Response:
     request = call.request
-    # an <img>, a script or a prefetch is not the customer opening their link
+    # an <img>, a script or a prefetch is not the customer opening their link; a
+    # navigation's prefetch or prerender says document, and names its purpose
     dest = request.headers.get("Sec-Fetch-Dest")
+    speculative = any(h in request.headers for h in SPECULATIVE)
     opened = None
-    if dest in (None, "document", "iframe"):
+    if dest in (None, "document", "iframe") and not speculative:
         opened = await call.app[PORTAL_SESSIONS].open(call.path.link)
     if opened is None:
         return web.Response(

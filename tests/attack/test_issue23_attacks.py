@@ -85,6 +85,19 @@ async def test_mangled_links_never_open_and_never_spend_the_real_one(client: Cli
     for dest in ("empty", "script", "DOCUMENT", "document, image"):
         r = await client.get(link_path(s), headers={"Sec-Fetch-Dest": dest}, allow_redirects=False)
         assert r.status == 401, dest
+    # a navigation's prefetch or prerender (speculation rules, the address bar's preloading)
+    # says document, and a purpose: the customer has not opened it (yet)
+    for purpose in (
+        {"Sec-Purpose": "prefetch"},
+        {"Sec-Purpose": "prefetch;prerender"},
+        {"Purpose": "prefetch"},
+        {"X-Purpose": "preview"},
+        {"X-Moz": "prefetch"},
+    ):
+        headers = {"Sec-Fetch-Dest": "document", **purpose}
+        r = await client.get(link_path(s), headers=headers, allow_redirects=False)
+        assert r.status == 401 and "Set-Cookie" not in r.headers, purpose
+        assert r.headers["Cache-Control"] == "no-store"
     # none of that spent it
     assert (await client.get(link_path(s), allow_redirects=False)).status == 303
 
