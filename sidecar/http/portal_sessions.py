@@ -6,6 +6,8 @@ work the same way."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from aiohttp import web
 
 from sidecar.http.auth import ADMIN, CALLER, NONE, PORTAL_TOKEN, portal_cookie, portal_secure
@@ -163,9 +165,16 @@ async def open_link(call: Call[LinkPath, None, None]) -> web.Response:
             status=401, text=EXPIRED_PAGE, content_type="text/html", headers=NO_LEAK
         )
     _, cookie = opened
-    response = web.Response(status=303, headers={"Location": PAGE, **NO_LEAK})
+    response = web.Response(status=303, headers={"Location": landing(request), **NO_LEAK})
     response.headers.add("Set-Cookie", session_cookie(request, cookie))
     return response
+
+
+def landing(request: web.Request) -> str:
+    """Where an opened link lands: the portal under SIDECAR_PORTAL_URL's path (a proxy may
+    serve the sidecar under one), on the scheme and host the browser came by."""
+    configured = request.app[SETTINGS].portal_url
+    return (urlsplit(configured).path.rstrip("/") if configured else "") + PAGE
 
 
 def session_cookie(request: web.Request, value: str, *, max_age: int | None = None) -> str:

@@ -893,3 +893,19 @@ async def test_a_key_creation_answered_503_after_the_key_was_made_can_still_be_s
     r = await client.post("/v1/portal/keys", json=body, headers=h)
     assert r.status in (200, 201)
     assert (await r.json())["key"] is not None  # the customer never saw it
+
+
+async def test_a_link_under_a_public_url_with_a_path_lands_on_the_portal_there(
+    settings: Settings, redis: RedisClient, clock: FakeClock
+) -> None:
+    """Behind a proxy that serves the sidecar under /credits/, the link is under /credits/:
+    so must be the page it lands on (not the host's /portal/, which is not the sidecar)."""
+    public = settings.model_copy(update={"portal_url": "https://billing.example.com/credits/"})
+    async with TestClient(TestServer(create_app(public, clock=clock))) as c:
+        await account(c, "acme")
+        s = await new_session(c, "acme")
+        assert URL(s["url"]).path.startswith("/credits/portal/s/")
+        link = URL(s["url"]).path.removeprefix("/credits")  # (the proxy strips its prefix)
+        r = await c.get(link, allow_redirects=False)
+        assert r.status == 303
+        assert URL(r.headers["Location"]).path == "/credits/portal/"
