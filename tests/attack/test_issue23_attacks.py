@@ -909,3 +909,22 @@ async def test_a_link_under_a_public_url_with_a_path_lands_on_the_portal_there(
         r = await c.get(link, allow_redirects=False)
         assert r.status == 303
         assert URL(r.headers["Location"]).path == "/credits/portal/"
+
+
+async def test_no_portal_answer_may_be_stored_by_a_cache(client: Client) -> None:
+    """Answers to a cookie (unlike to an Authorization header) may be stored by a shared
+    cache in front of the sidecar, and by the browser on disk: the CSRF token, the account's
+    keys and transactions must not be."""
+    await account(client, "acme", 5)
+    token = await open_portal(client, "acme")
+    for path in (
+        "/v1/portal/session",
+        "/v1/portal/balance",
+        "/v1/portal/keys",
+        "/v1/portal/alerts",
+    ):
+        r = await client.get(path)
+        assert r.status == 200, path
+        assert "no-store" in r.headers.get("Cache-Control", ""), path
+    r = await client.post("/v1/portal/keys", json={"idempotency_key": "c"}, headers=csrf(token))
+    assert r.status == 201 and "no-store" in r.headers.get("Cache-Control", "")
