@@ -928,3 +928,33 @@ async def test_no_portal_answer_may_be_stored_by_a_cache(client: Client) -> None
         assert "no-store" in r.headers.get("Cache-Control", ""), path
     r = await client.post("/v1/portal/keys", json={"idempotency_key": "c"}, headers=csrf(token))
     assert r.status == 201 and "no-store" in r.headers.get("Cache-Control", "")
+
+
+async def test_a_planted_cookie_beside_the_host_one_never_swaps_the_session(
+    settings: Settings, redis: RedisClient, clock: FakeClock
+) -> None:
+    """Served over https (here: embedding on), the session is __Host-cs_portal: a cs_portal
+    planted by a sibling subdomain (another account's session) is not read."""
+    embedded = settings.model_copy(update={"portal_frame_ancestors": "https://app.example.com"})
+    async with TestClient(TestServer(create_app(embedded, clock=clock))) as c:
+        await account(c, "acme")
+        await account(c, "beta")
+        values = {}
+        for name in ("acme", "beta"):
+            s = await new_session(c, name)
+            r = await c.get(link_path(s), allow_redirects=False)
+            values[name] = r.headers["Set-Cookie"].split(";")[0].split("=", 1)[1]
+        c.session.cookie_jar.clear()
+        acme, beta = values["acme"], values["beta"]
+        for cookie in (
+            f"cs_portal={beta}; __Host-cs_portal={acme}",
+            f"__Host-cs_portal={acme}; cs_portal={beta}; __host-cs_portal={beta}",
+        ):
+            r = await c.get("/v1/portal/balance", headers={"Cookie": cookie})
+            assert r.status == 200 and (await r.json())["account"] == "acme", cookie
+        for cookie in (
+            f"__Host-cs_portal={acme}; __Host-cs_portal={beta}",
+            f"__Host-cs_portal={beta},__Host-cs_portal={acme}",
+        ):
+            r = await c.get("/v1/portal/balance", headers={"Cookie": cookie})
+            await refused(r, 401, "portal_session_required")
