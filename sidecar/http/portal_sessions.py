@@ -157,8 +157,12 @@ async def open_link(call: Call[LinkPath, None, None]) -> web.Response:
     # navigation's prefetch or prerender says document, and names its purpose
     dest = request.headers.get("Sec-Fetch-Dest")
     speculative = any(h in request.headers for h in SPECULATIVE)
+    # a frame only where embedding is configured: elsewhere its cookie (SameSite=Lax) is
+    # refused in a cross-site frame and the pages refuse to be framed, so it would only
+    # spend the link
+    windows = ("document", "iframe") if call.app[SETTINGS].portal_frame_ancestors else ("document",)
     opened = None
-    if dest in (None, "document", "iframe") and not speculative:
+    if dest in (None, *windows) and not speculative:
         opened = await call.app[PORTAL_SESSIONS].open(call.path.link)
     if opened is None:
         return web.Response(

@@ -958,3 +958,21 @@ async def test_a_planted_cookie_beside_the_host_one_never_swaps_the_session(
         ):
             r = await c.get("/v1/portal/balance", headers={"Cookie": cookie})
             await refused(r, 401, "portal_session_required")
+
+
+async def test_a_framed_open_spends_the_link_only_where_embedding_is_configured(
+    client: Client, settings: Settings, redis: RedisClient, clock: FakeClock
+) -> None:
+    """Without SIDECAR_PORTAL_FRAME_ANCESTORS a frame cannot use the session (its cookie is
+    SameSite=Lax: refused in a cross-site frame; the pages refuse to be framed): a link
+    loaded in one stays for the customer's own window."""
+    await account(client, "acme")
+    s = await new_session(client, "acme")
+    framed = {"Sec-Fetch-Dest": "iframe"}
+    r = await client.get(link_path(s), headers=framed, allow_redirects=False)
+    assert r.status == 401 and "Set-Cookie" not in r.headers
+    assert (await client.get(link_path(s), allow_redirects=False)).status == 303
+    embedded = settings.model_copy(update={"portal_frame_ancestors": "https://app.example.com"})
+    async with TestClient(TestServer(create_app(embedded, clock=clock))) as c:
+        s = await new_session(c, "acme")
+        assert (await c.get(link_path(s), headers=framed, allow_redirects=False)).status == 303
