@@ -45,6 +45,13 @@ class Item:
     quantity: int
 
 
+@dataclass(frozen=True, slots=True)
+class Started:
+    session: Session
+    # False: the session an earlier call made (the same idempotency key: a double click)
+    new: bool
+
+
 async def checkout(
     b: Billing,
     account: str,
@@ -55,9 +62,10 @@ async def checkout(
     *,
     save_card: bool = False,
     email: str | None = None,
-) -> Session:
+) -> Started:
     """A Checkout Session (mode payment) for ``items``, for the account's Stripe customer;
-    ``save_card``: the customer agrees to keep the card for auto top-up (off-session use)."""
+    ``save_card``: the customer agrees to keep the card for auto top-up (off-session use).
+    With ``key`` a repeat makes no second session: it is Stripe's replay of the first."""
     gateway = b.stripe()
     await b.ledger.balance(account)  # UnknownAccount before anything is created at Stripe
     line_items = []
@@ -91,8 +99,8 @@ async def checkout(
             metadata={"save_card": "true"} if save_card else None,
         )
     # Known as this account's from now on (checkout_status: pending until its webhook).
-    await b.purchases.started(session.id, "checkout", account, b.clock())
-    return session
+    new = await b.purchases.started(session.id, "checkout", account, b.clock())
+    return Started(session, new)
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,7 +216,7 @@ async def checkout(call: Call[None, None, CheckoutRequest]) -> CheckoutSession:
         if req.package_id is not None
         else [purchases.Item(i.package_id, i.quantity) for i in req.items or []]
     )
-    session = await purchases.checkout(
+    started = await purchases.checkout(
         call.app[BILLING],
         req.account,
         items,
@@ -226,6 +226,7 @@ async def checkout(call: Call[None, None, CheckoutRequest]) -> CheckoutSession:
         save_card=req.save_card,
         email=req.email,
     )
+    session = started.session
     return CheckoutSession(id=session.id, url=session.url, account=req.account)
 
 

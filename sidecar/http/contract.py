@@ -404,8 +404,17 @@ def endpoint(op: Operation, app: web.Application) -> Endpoint:
     account_of = account_reader(op)
     optional = not op.body_required
     audited = op.audit
+    # An answer to a cookie, unlike one to an Authorization header, is one a shared cache may
+    # keep (RFC 9111 3.5), and a browser keeps on disk: a portal session's are never stored.
+    private = op.auth is PORTAL_SESSION
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        response = await answer(request)
+        if private and not response.prepared:
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def answer(request: web.Request) -> web.StreamResponse:
         if check is not None and (pending := check(request)) is not None:
             await pending
         call = Call(

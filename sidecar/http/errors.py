@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from sidecar import errors
 from sidecar.http.responses import Error, ErrorDetail
+from sidecar.runtime.logs import loggable_path
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = _HTTP_CODES.get(e.status, "http_error")
         return error_response(e.status, code, e.reason, headers=_allow(e))
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, loggable_path(request))
         return error_response(500, "internal_error", "internal error")
 
 

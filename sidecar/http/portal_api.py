@@ -7,6 +7,7 @@ session as its actor."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -26,6 +27,7 @@ from sidecar.http.portal_models import (
     PortalAlerts,
     PortalAlertsRequest,
     PortalAutoTopUp,
+    PortalCheckout,
     PortalCheckoutRequest,
     PortalKeyRequest,
     PortalSessionView,
@@ -55,6 +57,10 @@ CHANGE_ERRORS: dict[int, str | None] = {
 }
 READ_ERRORS: dict[int, str | None] = {401: SESSION_401, 503: None}
 BILLING_SECTIONS: frozenset[Section] = frozenset({"buy", "auto_topup", "billing"})
+# How long the session view (the portal's first call) waits on SQL for the Stripe-customer
+# lookup: a SQL that hangs (a partition: no error, no answer) hides the billing link, and
+# the portal loads.
+CUSTOMER_LOOKUP_S = 1.0
 
 
 def account(call: Call[Any, Any, Any]) -> str:
@@ -91,8 +97,10 @@ async def portal_session(call: Call[None, NoQuery, None]) -> PortalSessionView:
     stripe_on = settings.stripe_api_key is not None
     customer: bool | None = None
     if stripe_on:
-        with contextlib.suppress(errors.LedgerUnavailable):  # no link, the rest still works
-            customer = await purchases.has_billing_customer(b, session.account) or None
+        # no link, the rest still works
+        with contextlib.suppress(errors.LedgerUnavailable, TimeoutError):
+            async with asyncio.timeout(CUSTOMER_LOOKUP_S):
+                customer = await purchases.has_billing_customer(b, session.account) or None
     bal = await call.app[LEDGER].balance(session.account)
     sections = [
         s
@@ -212,9 +220,11 @@ async def portal_packages(call: Call[None, NoQuery, None]) -> PackageList:
     "Buy a package: a Stripe Checkout Session to open in a new window",
     tag=TAG,
     auth=PORTAL_SESSION,
-    audit=Audited("portal.checkout", target="package_id"),
+    # a Checkout Session's url lets whoever holds it pay, or save a card, on the customer's
+    # behalf: never kept (as Stripe's portal link)
+    audit=Audited("portal.checkout", target="package_id", secret=("url",)),
     body=PortalCheckoutRequest,
-    responses={201: Out(CheckoutSession, "the session")},
+    responses={201: Out(PortalCheckout, "the session (a double click's: the same one)")},
     errors={
         **CHANGE_ERRORS,
         404: "`unknown_package`",
@@ -223,10 +233,10 @@ async def portal_packages(call: Call[None, NoQuery, None]) -> PackageList:
         503: billing.BILLING_503,
     },
 )
-async def portal_checkout(call: Call[None, None, PortalCheckoutRequest]) -> CheckoutSession:
+async def portal_checkout(call: Call[None, None, PortalCheckoutRequest]) -> PortalCheckout:
     req, acct = call.body, account(call)
     base = portal_base(call.request)
-    session = await purchases.checkout(
+    started = await purchases.checkout(
         call.app[BILLING],
         acct,
         [purchases.Item(req.package_id, req.quantity)],
@@ -234,7 +244,9 @@ async def portal_checkout(call: Call[None, None, PortalCheckoutRequest]) -> Chec
         f"{base}{PAGE}",
         f"portal:{req.idempotency_key}",  # the page's, apart from the admin API's
     )
-    return CheckoutSession(id=session.id, url=session.url, account=acct)
+    s = started.session
+    # replayed: the audit trail keeps a double click as one change and its replay
+    return PortalCheckout(id=s.id, url=s.url, account=acct, replayed=not started.new)
 
 
 @routes.route(
@@ -261,7 +273,7 @@ async def portal_purchase(call: Call[CheckoutSessionPath, NoQuery, None]) -> Pur
     "Save a card for auto top-up: a Stripe Checkout Session in setup mode (new window)",
     tag=TAG,
     auth=PORTAL_SESSION,
-    audit=Audited("portal.payment_method"),
+    audit=Audited("portal.payment_method", secret=("url",)),
     body=PortalSetupRequest,
     responses={201: Out(CheckoutSession, "the session")},
     errors={**CHANGE_ERRORS, 409: billing.CHECKOUT_409, 502: None, 503: billing.BILLING_503},

@@ -122,6 +122,15 @@ class PortalAutoTopUp(Model):
     auto_topup: Annotated[AutoTopUp | None, Meta(description="null: none set")]
 
 
+class PortalCheckout(Model):
+    id: str
+    url: str | None
+    account: str
+    replayed: Annotated[
+        bool, Meta(description="the session an earlier call with this idempotency_key made")
+    ]
+
+
 class PortalSignedOut(Model):
     ended: bool
 

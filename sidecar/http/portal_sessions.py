@@ -6,6 +6,8 @@ work the same way."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from aiohttp import web
 
 from sidecar.http.auth import ADMIN, CALLER, NONE, PORTAL_TOKEN, portal_cookie, portal_secure
@@ -107,6 +109,12 @@ async def revoke_all_sessions(call: Call[None, None, None]) -> PortalSessionsRev
     return PortalSessionsRevoked(account=None, revoked=True)
 
 
+# What browsers send with a request made ahead of the customer's click: Sec-Purpose
+# (prefetch, prerender: Fetch Metadata), Purpose (Chrome before it), X-Purpose (Safari's
+# previews), X-Moz (Firefox's prefetch).
+SPECULATIVE = ("Sec-Purpose", "Purpose", "X-Purpose", "X-Moz")
+
+
 class LinkPath(Path):
     link: str  # checked by PortalSessions.open: anything else is a link that does not open
 
@@ -145,19 +153,32 @@ billing again.</p></main></body></html>
 )
 async def open_link(call: Call[LinkPath, None, None]) -> web.Response:
     request = call.request
-    # an <img>, a script or a prefetch is not the customer opening their link
+    # an <img>, a script or a prefetch is not the customer opening their link; a
+    # navigation's prefetch or prerender says document, and names its purpose
     dest = request.headers.get("Sec-Fetch-Dest")
+    speculative = any(h in request.headers for h in SPECULATIVE)
+    # a frame only where embedding is configured: elsewhere its cookie (SameSite=Lax) is
+    # refused in a cross-site frame and the pages refuse to be framed, so it would only
+    # spend the link
+    windows = ("document", "iframe") if call.app[SETTINGS].portal_frame_ancestors else ("document",)
     opened = None
-    if dest in (None, "document", "iframe"):
+    if dest in (None, *windows) and not speculative:
         opened = await call.app[PORTAL_SESSIONS].open(call.path.link)
     if opened is None:
         return web.Response(
             status=401, text=EXPIRED_PAGE, content_type="text/html", headers=NO_LEAK
         )
     _, cookie = opened
-    response = web.Response(status=303, headers={"Location": PAGE, **NO_LEAK})
+    response = web.Response(status=303, headers={"Location": landing(request), **NO_LEAK})
     response.headers.add("Set-Cookie", session_cookie(request, cookie))
     return response
+
+
+def landing(request: web.Request) -> str:
+    """Where an opened link lands: the portal under SIDECAR_PORTAL_URL's path (a proxy may
+    serve the sidecar under one), on the scheme and host the browser came by."""
+    configured = request.app[SETTINGS].portal_url
+    return (urlsplit(configured).path.rstrip("/") if configured else "") + PAGE
 
 
 def session_cookie(request: web.Request, value: str, *, max_age: int | None = None) -> str:

@@ -94,7 +94,8 @@ class PortalSession:
         return self.secret_hash is not None and hmac.compare_digest(_hash(secret), self.secret_hash)
 
     def csrf_ok(self, given: str) -> bool:
-        return hmac.compare_digest(given.encode(), self.csrf.encode())
+        # a header's bytes that are not UTF-8 arrive surrogate-escaped: kept, and never a match
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.csrf.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +113,12 @@ class PortalSessions:
         self.link_ttl_ms = link_ttl_ms
         self.session_ttl_ms = session_ttl_ms
 
-    async def _run(self, session_id: str, *args: str | int) -> Any:
+    async def _run(self, session_id: str, mode: str, *args: str | int) -> Any:
+        """portal.lua in ``mode`` now, with the deadline past which it changes nothing (the
+        caller has answered 503 by then)."""
         script = self.ledger.scripts.portal
         keys = [self.keys.portal_session(session_id), self.keys.portal_epochs()]
+        args = (mode, self.ledger.clock(), self.ledger.script_deadline(), *args)
 
         async def invoke() -> Any:
             try:
@@ -152,9 +156,7 @@ class PortalSessions:
             "csrf": secrets.token_urlsafe(32),
             "secret_hash": None,
         }
-        raw = await self._run(
-            session_id, "create", now, orjson.dumps(record).decode(), self.link_ttl_ms
-        )
+        raw = await self._run(session_id, "create", orjson.dumps(record).decode(), self.link_ttl_ms)
         return NewSession(PortalSession.from_json(raw), f"{session_id}.{link_secret}")
 
     async def open(self, link: str) -> tuple[PortalSession, str] | None:
@@ -168,7 +170,6 @@ class PortalSessions:
         raw = await self._run(
             sid,
             "open",
-            self.ledger.clock(),
             _hash(link_secret),
             _hash(secret),
             self.session_ttl_ms,
@@ -183,7 +184,7 @@ class PortalSessions:
         if parts is None:
             return None
         sid, secret = parts
-        raw = await self._run(sid, "get", self.ledger.clock())
+        raw = await self._run(sid, "get")
         if not raw:
             return None
         session = PortalSession.from_json(raw)
@@ -191,10 +192,10 @@ class PortalSessions:
 
     async def end(self, session: PortalSession) -> None:
         """Signs a session out (the caller proved it)."""
-        await self._run(session.id, "end", self.ledger.clock())
+        await self._run(session.id, "end")
 
     async def revoke(self, account: str | None) -> int:
         """Voids every session of ``account`` (None: of every account), opened or not."""
         who = "*" if account is None else account
         # the counters' hash is the only key touched; the session key is any shard-0 name
-        return int(await self._run("_", "revoke", self.ledger.clock(), who))
+        return int(await self._run("_", "revoke", who))

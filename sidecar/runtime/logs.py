@@ -15,7 +15,8 @@ it was logged in; and the access log, which names no header and no query string.
   task carries into everything it logs.
 - Secrets stay out: the access log records method, path (without its query string), status,
   size, duration, remote address and request id, never a header (Authorization, X-API-Key,
-  Stripe-Signature) or a body.
+  Stripe-Signature) or a body; a customer-portal link's path (``/portal/s/<id>.<secret>``:
+  a link refused unspent still opens) by its session id only.
 """
 
 from __future__ import annotations
@@ -175,6 +176,15 @@ def request_id_middleware(header: str) -> Middleware:
     return middleware
 
 
+# A portal link's path carries its secret (docs/portal.md): only the session id is logged.
+_PORTAL_LINK = re.compile(r"^/portal/s/([^/.]*)[^/]*")
+
+
+def loggable_path(request: BaseRequest) -> str:
+    """The request's path as a log may show it: a portal link's secret masked."""
+    return _PORTAL_LINK.sub(r"/portal/s/\1.***", request.path)
+
+
 class AccessLogger(AbstractAccessLogger):
     """One record per request: ``GET /v1/accounts/acme/balance 200 0.84ms``, with the fields
     as ``record.http`` (the JSON formatter makes them keys). No headers, no query string:
@@ -182,16 +192,17 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
         ms = round(time * 1000, 3)
+        path = loggable_path(request)
         self.logger.info(
             "%s %s %s %.2fms",
             request.method,
-            request.path,
+            path,
             response.status,
             ms,
             extra={
                 "http": {
                     "method": request.method,
-                    "path": request.path,
+                    "path": path,
                     "status": response.status,
                     "bytes": response.body_length,
                     "duration_ms": ms,

@@ -38,14 +38,16 @@ class PurchaseStore(SqlStore):
             )
         return None if row is None else dict(row)
 
-    async def started(self, purchase_id: str, kind: str, account: str, now_ms: int) -> None:
+    async def started(self, purchase_id: str, kind: str, account: str, now_ms: int) -> bool:
         """Records a purchase as started (status ``pending``: a Checkout Session just made),
-        unless it is recorded already (a replayed create, or its events came first)."""
+        unless it is recorded already (a replayed create, or its events came first); whether
+        this call recorded it."""
         at = from_ms(now_ms)
         row = {"id": purchase_id, "kind": kind, "account": account, "status": "pending"}
         async with self.tx() as conn:
             stmt = insert_for(conn, PURCHASES).values(row | {"created_at": at, "updated_at": at})
-            await conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+            done = await conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+        return bool(done.rowcount)
 
     async def record(self, values: dict[str, Any], now_ms: int) -> None:
         """Creates the purchase, or updates the given columns of it."""
