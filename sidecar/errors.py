@@ -50,6 +50,12 @@ class CsrfRefused(SidecarError):
     code = "csrf"
 
 
+class TooManyKeys(SidecarError):
+    """A key the portal would create past SIDECAR_PORTAL_MAX_KEYS active ones."""
+
+    code = "too_many_keys"
+
+
 class UnknownAccount(SidecarError):
     code = "unknown_account"
 

@@ -356,6 +356,13 @@ class Settings(BaseSettings):
         le=7 * 86400,
         description="how long a portal session lasts once its link was opened",
     )
+    portal_max_keys: int = Field(
+        20,
+        ge=0,
+        le=1000,
+        description="a customer may create API keys in the portal while the account has fewer "
+        "active ones than this (0: never)",
+    )
     portal_product_name: str = Field(
         "Credits", min_length=1, max_length=80, description="the name the portal shows"
     )

@@ -427,7 +427,8 @@ def endpoint(op: Operation, app: web.Application) -> Endpoint:
         if caller is not None and caller.account_prefix is not None:
             confine(caller, account_of(call), op)
         if audited is not None:
-            reason = reason_of(call)
+            # a customer's words have no place in the operator's trail
+            reason = reason_of(call) if op.auth is not PORTAL_SESSION else None
             before = await audited.before(call) if audited.before is not None else None
         result = await fn(call)
         if isinstance(result, web.StreamResponse):

@@ -26,6 +26,7 @@ STATUS: dict[type[errors.SidecarError], int] = {
     errors.Forbidden: 403,
     errors.PortalSessionRequired: 401,
     errors.CsrfRefused: 403,
+    errors.TooManyKeys: 409,
     errors.UnknownAccount: 404,
     errors.UnknownHold: 404,
     errors.UnknownTransaction: 404,

@@ -451,9 +451,20 @@ async def portal_keys(call: Call[None, NoQuery, None]) -> KeyList:
         201: Out(KeyCreated, "the key, with its secret"),
         200: Out(KeyCreated, "a replay of the same idempotency_key: the key, no secret"),
     },
-    errors={**CHANGE_ERRORS, 409: "`idempotency_conflict`"},
+    errors={
+        **CHANGE_ERRORS,
+        409: "`idempotency_conflict`; `too_many_keys`: SIDECAR_PORTAL_MAX_KEYS active keys",
+    },
 )
 async def portal_create_key(call: Call[None, None, PortalKeyRequest]) -> Reply:
+    # A customer cannot fill Redis (which every account shares) with keys. A soft cap: two
+    # creations at once at the cap may both pass; a retry of one made at the cap is refused.
+    cap = call.app[SETTINGS].portal_max_keys
+    listed = await call.app[API_KEYS].list(account(call))
+    if sum(k.revoked_at is None for k in listed) >= cap:
+        raise errors.TooManyKeys(
+            f"at most {cap} active API keys: revoke one first", field="idempotency_key"
+        )
     return await keys.create_key(as_account(call))
 
 

@@ -85,11 +85,12 @@ async def create_portal_session(
     audit=Audited("portal_session.revoke"),
     params=AccountPath,
     responses={200: Out(PortalSessionsRevoked, "revoked")},
-    errors={503: None},
+    errors={404: "`unknown_account`", 503: None},
 )
 async def revoke_account_sessions(
     call: Call[AccountPath, None, None],
 ) -> PortalSessionsRevoked:
+    await call.app[LEDGER].balance(call.path.account)  # UnknownAccount: nothing to revoke
     await call.app[PORTAL_SESSIONS].revoke(call.path.account)
     return PortalSessionsRevoked(account=call.path.account, revoked=True)
 

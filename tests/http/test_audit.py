@@ -6,6 +6,7 @@ there (the first, a middle one, the last); GET /v1/audit reads them back filtere
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,6 +62,12 @@ def test_every_admin_change_declares_its_audit_action_and_is_tried_here_or_with_
     # a customer's, in a portal session: tests/http/test_portal.py
     portal = {op.audit.action for op in API.operations if op.audit and op.auth is PORTAL_SESSION}
     assert declared - stripe - portal == {c[0] for c in CHANGES}
+
+
+def test_every_declared_action_is_in_the_docs() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "audit.md").read_text()
+    declared = {op.audit.action for op in API.operations if op.audit is not None}
+    assert [a for a in sorted(declared) if f"`{a}`" not in docs] == []
 
 
 # The admin changes that need no Stripe, each as one call: (method, path, body).

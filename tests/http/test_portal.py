@@ -450,3 +450,28 @@ async def test_a_double_clicked_create_key_makes_one_key_shown_once(client: Clie
     assert len(listed["keys"]) == 1
     r = await client.post("/v1/portal/keys", json={"name": "ci"}, headers={"X-CSRF-Token": csrf})
     assert r.status == 422 and (await r.json())["error"]["field"] == "idempotency_key"
+
+
+async def test_the_portal_creates_keys_up_to_the_cap_of_active_ones(
+    settings: Settings, redis: RedisClient, clock: FakeClock
+) -> None:
+    capped = settings.model_copy(update={"portal_max_keys": 2})
+    async with TestClient(TestServer(create_app(capped, clock=clock))) as c:
+        await account(c, "acme")
+        csrf = await open_portal(c, "acme")
+        h = {"X-CSRF-Token": csrf}
+        made = []
+        for i in range(2):
+            r = await c.post("/v1/portal/keys", json={"idempotency_key": f"k{i}"}, headers=h)
+            assert r.status == 201
+            made.append((await r.json())["key_id"])
+        r = await c.post("/v1/portal/keys", json={"idempotency_key": "k2"}, headers=h)
+        assert r.status == 409 and (await r.json())["error"]["code"] == "too_many_keys"
+        assert (await c.delete(f"/v1/portal/keys/{made[0]}", headers=h)).status == 200
+        r = await c.post("/v1/portal/keys", json={"idempotency_key": "k2"}, headers=h)
+        assert r.status == 201  # a revoked key makes room
+
+
+async def test_revoking_the_sessions_of_an_unknown_account_is_a_404(client: Client) -> None:
+    r = await client.delete("/v1/accounts/nobody/portal-sessions", headers=admin())
+    assert r.status == 404 and (await r.json())["error"]["code"] == "unknown_account"
