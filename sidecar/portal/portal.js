@@ -44,6 +44,8 @@ function brand(session) {
   const b = session.branding ?? {};
   const name = b.product_name || "Billing";
   $("product").textContent = name;
+  $("account-name").textContent = `Account ${session.account}`;
+  $("account-name").hidden = false;
   document.title = `${name} · Billing`;
   if (b.logo_url && /^https:\/\//i.test(b.logo_url)) {
     $("logo").setAttribute("src", b.logo_url);

@@ -318,6 +318,7 @@ async def story(
     await expect(page.locator("#balance-amount")).to_have_text("1,070 credits")
     assert await page.evaluate("document.documentElement.lang") == "en-GB"
     await expect(page.locator("#product")).to_have_text("Acme API")
+    await expect(page.locator("#account-name")).to_have_text(f"Account {account}")
     # The branding: the accent colour (set by the script, as the CSP allows) and the logo.
     header = await page.evaluate("getComputedStyle(document.querySelector('.top')).backgroundColor")
     assert header == "rgb(15, 118, 110)", header
