@@ -96,6 +96,7 @@ from sidecar.ledger.results import (
     PlanState,
     RateLimit,
     RateLimited,
+    RateState,
     RefundResult,
     SpendLimit,
     SpendLimited,
@@ -660,11 +661,12 @@ class LedgerModel:
             else:
                 del a.holds[ident]
 
-    def _rate_check(self, a: ModelAccount) -> tuple[int, int | None]:
-        """GCRA in the scripts' (double) arithmetic: (wait ms, new TAT in us when allowed)."""
+    def _rate_check(self, a: ModelAccount) -> tuple[int, int | None, RateState | None]:
+        """GCRA in the scripts' (double) arithmetic: (wait ms, new TAT in us when allowed,
+        what the request leaves of the limiter)."""
         rate = self._rate(a)
         if rate is None:
-            return 0, None
+            return 0, None, None
         interval = rate.period_ms * 1000 / rate.requests
         now_us = self._now * 1000
         tat: float = a.tat if a.tat is not None else now_us
@@ -672,8 +674,11 @@ class LedgerModel:
         new_tat = tat + interval
         allow_at = new_tat - interval * rate.burst
         if now_us < allow_at:
-            return math.ceil((allow_at - now_us) / 1000), None
-        return 0, math.floor(new_tat)
+            return math.ceil((allow_at - now_us) / 1000), None, None
+        left = max(0, math.floor((interval * rate.burst - (new_tat - now_us)) / interval))
+        whole = math.ceil((new_tat - now_us) / 1000)
+        state = RateState("account", rate.requests, rate.period_ms, left, whole)
+        return 0, math.floor(new_tat), state
 
     def _plan(self, a: ModelAccount) -> ModelPlan | None:
         return self.plans.get(a.plan) if a.plan is not None else None
@@ -1139,7 +1144,7 @@ class LedgerModel:
             self.accounts, self.outbox = saved
             self._calls = calls
             if isinstance(r, Allowed):
-                return Allowed("", r.balance, r.cost, r.replayed, r.low_balance)
+                return Allowed("", r.balance, r.cost, r.replayed, r.low_balance, rate=r.rate)
             return r
         self._begin()
         self._check_range("cost", cost, 0, MAX_CREDITS)
@@ -1149,14 +1154,14 @@ class LedgerModel:
         prior = self._replay(a, idempotency_key, cost, fp) if cost > 0 else None
         if prior is not None:
             return Allowed(prior[0], prior[1], cost, True, False)
-        wait, new_tat = self._rate_check(a)
+        wait, new_tat, rate = self._rate_check(a)
         if wait > 0:
             return RateLimited(wait)
         self._expire_due(account, a)
         if cost == 0:  # a free route: authenticated and rate limited, nothing recorded
             if new_tat is not None:
                 a.tat = new_tat
-            return Allowed("", a.balance, 0, False, False)
+            return Allowed("", a.balance, 0, False, False, rate=rate)
         limit = self._spend(a)
         if limit is not None and limit[0].spent + cost > limit[0].limit.credits:
             return SpendLimited("account", limit[0], cost)
@@ -1168,7 +1173,7 @@ class LedgerModel:
             a.tat = new_tat
         after = a.balance
         low = a.lbt is not None and before >= a.lbt and after < a.lbt
-        return Allowed(self._txid, after, cost, False, low)
+        return Allowed(self._txid, after, cost, False, low, rate=rate)
 
     def report_usage(
         self,
