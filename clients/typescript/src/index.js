@@ -311,6 +311,7 @@ export class CreditSidecar {
         transaction_id: null,
         replayed: false,
         low_balance: false,
+        charged: false,
         fail_open: true,
       });
     }
