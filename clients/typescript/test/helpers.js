@@ -52,8 +52,11 @@ export async function droppingRelay(target, drops = 1) {
   const { hostname, port } = new URL(target);
   let left = drops;
   const stats = { connections: 0, dropped: 0 };
+  const sockets = new Set();
   const server = net.createServer((client) => {
     stats.connections += 1;
+    sockets.add(client);
+    client.on("close", () => sockets.delete(client));
     const drop = left > 0;
     if (drop) left -= 1;
     const upstream = net.connect(Number(port), hostname);
@@ -76,7 +79,11 @@ export async function droppingRelay(target, drops = 1) {
   return {
     url: `http://127.0.0.1:${server.address().port}`,
     stats,
-    close: () => new Promise((resolve) => server.close(resolve)),
+    close: () =>
+      new Promise((resolve) => {
+        server.close(resolve);
+        for (const s of sockets) s.destroy(); // the client's kept-alive connections
+      }),
   };
 }
 
