@@ -680,7 +680,8 @@ export function deniedResponse(error, { failurePolicy = "fail_closed" } = {}) {
       headers: { "X-Credits-Reason": "credits_unavailable", "Retry-After": "1" },
     };
   }
-  if (!(error instanceof CreditSidecarError) || ![401, 402, 409, 429].includes(error.status)) return null;
+  // 401/403 here are about the app's own token: the app's error handler, not the caller, hears of them.
+  if (!(error instanceof CreditSidecarError) || ![402, 409, 429].includes(error.status)) return null;
   const headers = { "X-Credits-Reason": error.code };
   const balance = error.body?.balance;
   if (balance != null) headers["X-Credits-Balance"] = String(balance);

@@ -197,3 +197,21 @@ test("express: a stream refused up front answers 402 without holding", async () 
   assert.equal((await r.json()).reason, "insufficient_credits");
   assert.equal((await admin.balance(acct)).held, 0);
 });
+
+test("express: the app's own wrong token is the app's error (500), never the caller's 401", async () => {
+  const a = app(service({ token: "not-the-service-token" }));
+  const errors = [];
+  a.use((err, req, res, next) => {
+    errors.push(err);
+    res.status(500).json({ error: { code: "internal" } });
+  });
+  const s = await listen(a);
+  try {
+    const r = await fetch(`http://127.0.0.1:${s.address().port}/one`, { headers: { "x-account": "ts-any" } });
+    assert.equal(r.status, 500);
+    assert.equal(errors[0].name, "Unauthorized");
+  } finally {
+    s.closeAllConnections();
+    s.close();
+  }
+});
