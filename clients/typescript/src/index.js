@@ -361,8 +361,9 @@ export class CreditSidecar {
    * estimate if nothing was — or releases the hold if `fn` throws. Returns what `fn` returned.
    */
   async withHold(account, estimate, fn, options = {}) {
-    const hold = await this.hold({ account, amount: estimate, ...options });
-    const meter = new Meter(this, account, hold, estimate);
+    const holdId = options.holdId ?? uuid();
+    const hold = await this.hold({ ...options, account, amount: estimate, holdId });
+    const meter = new Meter(this, account, { hold_id: holdId, ...hold }, estimate);
     let value;
     try {
       value = await fn(meter);
