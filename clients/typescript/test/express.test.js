@@ -121,6 +121,19 @@ test("express: 429 answers Retry-After in seconds and the retry time in the body
   assert.equal(r.headers.get("x-credits-reason"), "rate_limited");
 });
 
+test("express: an allowed request carries the IETF RateLimit fields of the sidecar's tightest limiter", async () => {
+  const acct = await account(100, { rate_limit: { requests: 3, period_ms: 30000 } });
+  const first = await get("/one", acct);
+  assert.equal(first.status, 200);
+  assert.equal(first.headers.get("ratelimit-policy"), '"account";q=3;w=30');
+  assert.equal(first.headers.get("ratelimit"), '"account";r=2;t=10');
+  const second = await get("/one", acct);
+  assert.equal(second.headers.get("ratelimit"), '"account";r=1;t=20');
+  const plain = await get("/one", await account(100));
+  assert.equal(plain.status, 200);
+  assert.equal(plain.headers.get("ratelimit"), null);
+});
+
 test("express: no account is a 401; a cost per request from a function", async () => {
   const r = await fetch(base + "/one");
   assert.equal(r.status, 401);
