@@ -25,7 +25,9 @@ from tests.clients.conftest import Sidecar, funded
 from tests.conftest import SERVICE
 
 
-def test_allowed_check_charges_and_answers_typed(admin_client: Client, service_client: Client) -> None:
+def test_allowed_check_charges_and_answers_typed(
+    admin_client: Client, service_client: Client
+) -> None:
     funded(admin_client, "acme", 100)
     r = service_client.check("acme", 10, description="search")
     assert (r.allowed, r.account, r.balance, r.cost, r.replayed) == (True, "acme", 90, 10, False)
@@ -43,7 +45,10 @@ def test_insufficient_credits_is_402_with_balance_and_required(
     with pytest.raises(InsufficientCredits) as e:
         service_client.check("poor", 10)
     assert (e.value.status, e.value.code, e.value.balance, e.value.required) == (
-        402, "insufficient_credits", 5, 10,
+        402,
+        "insufficient_credits",
+        5,
+        10,
     )
     assert admin_client.balance("poor").balance == 5  # nothing charged
 

@@ -7,7 +7,7 @@ headers, no account -> 401, a request id repeated -> charged once, the sidecar s
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import django
 import httpx
@@ -20,7 +20,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from credit_sidecar import AsyncClient, Client, CheckResult
+from credit_sidecar import AsyncClient, CheckResult, Client
 from credit_sidecar.middleware.asgi import CreditsMiddleware, RequireCredits
 from credit_sidecar.middleware.flask import FlaskCredits, require_credits
 from tests.clients.conftest import Sidecar, funded
@@ -45,7 +45,9 @@ def starlette_app(client: AsyncClient) -> Starlette:
     async def things(request: Request) -> JSONResponse:
         return JSONResponse({"things": []})
 
-    app = Starlette(routes=[Route("/free", things), Route("/things", things), Route("/big", things)])
+    app = Starlette(
+        routes=[Route("/free", things), Route("/things", things), Route("/big", things)]
+    )
     app.add_middleware(
         CreditsMiddleware,
         client=client,
@@ -68,13 +70,15 @@ def fastapi_app(client: AsyncClient) -> FastAPI:
         return {"ok": "search"}
 
     @app.get("/one")
-    async def one(charge: CheckResult = Depends(RequireCredits(1))) -> dict[str, Any]:
+    async def one(charge: Annotated[CheckResult, Depends(RequireCredits(1))]) -> dict[str, Any]:
         return {"balance": charge.balance}
 
     return app
 
 
-async def asgi_get(app: Any, path: str, key: str | None = "key-acme", **headers: str) -> httpx.Response:
+async def asgi_get(
+    app: Any, path: str, key: str | None = "key-acme", **headers: str
+) -> httpx.Response:
     if key:
         headers["X-API-Key"] = key
     transport = httpx.ASGITransport(app=app)
@@ -103,11 +107,15 @@ async def test_asgi(kind: str, accounts: Client, sidecar: Sidecar) -> None:
     r = await asgi_get(app, big, key="key-poor")
     assert r.status_code == 402
     assert r.json() == {
-        "allowed": False, "reason": "insufficient_credits", "account": "poor",
-        "balance": 5, "required": 10,
+        "allowed": False,
+        "reason": "insufficient_credits",
+        "account": "poor",
+        "balance": 5,
+        "required": 10,
     }
     assert (r.headers["x-credits-reason"], r.headers["x-credits-balance"]) == (
-        "insufficient_credits", "5",
+        "insufficient_credits",
+        "5",
     )
     # 429 with Retry-After
     await asgi_get(app, big, key="key-busy")
@@ -161,7 +169,9 @@ def flask_app(client: Client) -> Flask:
 def test_flask(accounts: Client, sidecar: Sidecar) -> None:
     with Client(sidecar.url, SERVICE) as client:
         http = flask_app(client).test_client()
-        assert "X-Credits-Balance" not in http.get("/free", headers={"X-API-Key": "key-acme"}).headers
+        assert (
+            "X-Credits-Balance" not in http.get("/free", headers={"X-API-Key": "key-acme"}).headers
+        )
         r = http.get("/things", headers={"X-API-Key": "key-acme"})
         assert r.status_code == 200 and r.headers["X-Credits-Balance"] == "99"
         r = http.get("/search", headers={"X-API-Key": "key-acme", "X-Request-Id": "r-1"})

@@ -103,13 +103,14 @@ class Base:
         if not supports(version, self.supported_sidecar):
             low, below = self.supported_sidecar
             raise errors.IncompatibleSidecar(
-                f"sidecar {version or '(unknown version)'} is not supported by credit-sidecar-client "
+                f"sidecar {version or '(unknown version)'} is not supported by "
+                f"credit-sidecar-client "
                 f"{__version__} (supported: >={low}, <{below})",
                 code="incompatible_sidecar",
             )
         ops = set()
         paths = spec.get("paths")
-        for path, item in (paths.items() if isinstance(paths, dict) else []):
+        for path, item in paths.items() if isinstance(paths, dict) else []:
             for method in item if isinstance(item, dict) else []:
                 ops.add((method.upper(), path))
         self.sidecar_version = version
@@ -125,7 +126,9 @@ class Base:
                 code="incompatible_sidecar",
             )
 
-    def _open(self, call: Call[T], exc: errors.SidecarUnavailable, account: str, cost: int) -> CheckResult:
+    def _open(
+        self, call: Call[T], exc: errors.SidecarUnavailable, account: str, cost: int
+    ) -> CheckResult:
         """fail_open: the check is let through, uncharged, with a warning."""
         log.warning(
             "credit-sidecar unreachable, %s let through uncharged (fail_open): %s",

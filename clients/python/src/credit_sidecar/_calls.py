@@ -46,9 +46,13 @@ OPERATIONS: dict[str, tuple[str, str]] = {
 # Operations the sidecar's spec lists for service callers (the `service` scope or the
 # `service` tag) that this client deliberately does not call, and why.
 NOT_COVERED: dict[str, str] = {
-    "list_packages": "selling credits goes through Stripe Checkout (docs/stripe.md), not this client",
+    "list_packages": (
+        "selling credits goes through Stripe Checkout (docs/stripe.md), not this client"
+    ),
     "get_package": "as list_packages",
-    "healthz": "liveness for orchestrators; the client reports unreachability as SidecarUnavailable",
+    "healthz": (
+        "liveness for orchestrators; the client reports unreachability as SidecarUnavailable"
+    ),
     "readyz": "readiness for orchestrators, as healthz",
     "metrics": "Prometheus text for scrapers",
     "console": "an HTML page for operators",
@@ -157,15 +161,27 @@ def balance(account: str) -> Call[m.Balance]:
     return Call("balance", m.Balance.from_json, {"account": account})
 
 
-def put_account(account: str, settings: Mapping[str, Any], reason: str | None) -> Call[m.AccountSettings]:
+def put_account(
+    account: str, settings: Mapping[str, Any], reason: str | None
+) -> Call[m.AccountSettings]:
     return Call(
-        "put_account", m.AccountSettings.from_json, {"account": account}, dict(settings), reason=reason
+        "put_account",
+        m.AccountSettings.from_json,
+        {"account": account},
+        dict(settings),
+        reason=reason,
     )
 
 
-def patch_account(account: str, changes: Mapping[str, Any], reason: str | None) -> Call[m.AccountSettings]:
+def patch_account(
+    account: str, changes: Mapping[str, Any], reason: str | None
+) -> Call[m.AccountSettings]:
     return Call(
-        "patch_account", m.AccountSettings.from_json, {"account": account}, dict(changes), reason=reason
+        "patch_account",
+        m.AccountSettings.from_json,
+        {"account": account},
+        dict(changes),
+        reason=reason,
     )
 
 
@@ -217,7 +233,9 @@ def list_keys(account: str) -> Call[list[m.Key]]:
     return Call("list_keys", _keys, {"account": account})
 
 
-def patch_key(key_id: str, spend_limit: Mapping[str, Any] | None, reason: str | None) -> Call[m.Key]:
+def patch_key(
+    key_id: str, spend_limit: Mapping[str, Any] | None, reason: str | None
+) -> Call[m.Key]:
     body = {"spend_limit": dict(spend_limit) if spend_limit is not None else None}
     return Call("patch_key", m.Key.from_json, {"key_id": key_id}, body, reason=reason)
 
@@ -255,7 +273,9 @@ def create_portal_session(
 ) -> Call[m.PortalSession]:
     body = _opt({}, return_url=return_url, locale=locale, sections=sections)
     # each call makes a session: not sent again once it may have landed
-    return Call("create_portal_session", m.PortalSession.from_json, {"account": account}, body, retry=False)
+    return Call(
+        "create_portal_session", m.PortalSession.from_json, {"account": account}, body, retry=False
+    )
 
 
 def create_token(
@@ -278,10 +298,19 @@ def get_token(token_id: str) -> Call[m.Token]:
     return Call("get_token", m.Token.from_json, {"token_id": token_id})
 
 
-def rotate_token(token_id: str, grace_seconds: int | None, reason: str | None) -> Call[m.TokenCreated]:
+def rotate_token(
+    token_id: str, grace_seconds: int | None, reason: str | None
+) -> Call[m.TokenCreated]:
     body = _opt({}, grace_seconds=grace_seconds)
     # a second rotation would replace the secret the first answer carried
-    return Call("rotate_token", m.TokenCreated.from_json, {"token_id": token_id}, body, retry=False, reason=reason)
+    return Call(
+        "rotate_token",
+        m.TokenCreated.from_json,
+        {"token_id": token_id},
+        body,
+        retry=False,
+        reason=reason,
+    )
 
 
 def revoke_token(token_id: str, reason: str | None) -> Call[m.Token]:

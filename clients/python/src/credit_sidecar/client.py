@@ -117,7 +117,8 @@ class Client(Base):
             remaining = end - time.monotonic()
             if remaining <= 0:
                 raise errors.SidecarUnavailable(
-                    f"{call.method} {call.template}: no answer within the {self.deadline}s deadline",
+                    f"{call.method} {call.template}: "
+                    f"no answer within the {self.deadline}s deadline",
                     code="sidecar_unavailable",
                 )
             try:
@@ -141,10 +142,10 @@ class Client(Base):
     def check_compatibility(self) -> str:
         """Reads the sidecar's ``/openapi.json``: raises IncompatibleSidecar unless its version
         is supported; returns the version. Done lazily on the first call otherwise."""
-        self._learn(self._send(calls.openapi()))
+        spec: dict[str, Any] = self._send(calls.openapi())
+        self._learn(spec)
         assert self.sidecar_version is not None
         return self.sidecar_version
-
 
     # -- service calls ---------------------------------------------------------------------
 
@@ -214,13 +215,19 @@ class Client(Base):
         or releases the hold when nothing was set or the block raised."""
         try:
             held: Hold | None = self.hold(
-                account, estimate, hold_id=hold_id, ttl_ms=ttl_ms,
-                description=description, metadata=metadata,
+                account,
+                estimate,
+                hold_id=hold_id,
+                ttl_ms=ttl_ms,
+                description=description,
+                metadata=metadata,
             )
         except errors.SidecarUnavailable as e:
             if self.failure_policy != "fail_open":
                 raise
-            self._open(calls.hold(account, estimate, hold_id, ttl_ms, None, None), e, account, estimate)
+            self._open(
+                calls.hold(account, estimate, hold_id, ttl_ms, None, None), e, account, estimate
+            )
             held = None
         h = Holding(account, held)
         try:
@@ -241,13 +248,19 @@ class Client(Base):
 
     # -- admin calls -----------------------------------------------------------------------
 
-    def put_account(self, account: str, settings: JSON | None = None, *, reason: str | None = None) -> AccountSettings:
+    def put_account(
+        self, account: str, settings: JSON | None = None, *, reason: str | None = None
+    ) -> AccountSettings:
         return self._send(calls.put_account(account, settings or {}, reason))
 
-    def patch_account(self, account: str, changes: JSON, *, reason: str | None = None) -> AccountSettings:
+    def patch_account(
+        self, account: str, changes: JSON, *, reason: str | None = None
+    ) -> AccountSettings:
         return self._send(calls.patch_account(account, changes, reason))
 
-    def set_spend_limit(self, account: str, limit: JSON | None, *, reason: str | None = None) -> AccountSettings:
+    def set_spend_limit(
+        self, account: str, limit: JSON | None, *, reason: str | None = None
+    ) -> AccountSettings:
         """The account's spending limit (``{"credits", "interval"?, "interval_count"?}``; None
         removes it)."""
         return self._send(calls.patch_account(account, {"spend_limit": limit}, reason))
@@ -266,7 +279,17 @@ class Client(Base):
         metadata: JSON | None = None,
     ) -> Granted:
         return self._send(
-            calls.grant(account, credits, grant_id, reason, source, expires_at, priority, description, metadata)
+            calls.grant(
+                account,
+                credits,
+                grant_id,
+                reason,
+                source,
+                expires_at,
+                priority,
+                description,
+                metadata,
+            )
         )
 
     def create_key(
@@ -279,12 +302,16 @@ class Client(Base):
         idempotency_key: str | None = None,
         reason: str | None = None,
     ) -> KeyCreated:
-        return self._send(calls.create_key(account, name, rate_limit, spend_limit, idempotency_key, reason))
+        return self._send(
+            calls.create_key(account, name, rate_limit, spend_limit, idempotency_key, reason)
+        )
 
     def list_keys(self, account: str) -> list[Key]:
         return self._send(calls.list_keys(account))
 
-    def set_key_spend_limit(self, key_id: str, limit: JSON | None, *, reason: str | None = None) -> Key:
+    def set_key_spend_limit(
+        self, key_id: str, limit: JSON | None, *, reason: str | None = None
+    ) -> Key:
         return self._send(calls.patch_key(key_id, limit, reason))
 
     def revoke_key(self, key_id: str, *, reason: str | None = None) -> Key:
@@ -313,7 +340,12 @@ class Client(Base):
         return self._send(calls.create_portal_session(account, return_url, locale, sections))
 
     def create_token(
-        self, name: str, scopes: list[str], *, account_prefix: str | None = None, reason: str | None = None
+        self,
+        name: str,
+        scopes: list[str],
+        *,
+        account_prefix: str | None = None,
+        reason: str | None = None,
     ) -> TokenCreated:
         return self._send(calls.create_token(name, scopes, account_prefix, reason))
 
@@ -323,7 +355,9 @@ class Client(Base):
     def get_token(self, token_id: str) -> Token:
         return self._send(calls.get_token(token_id))
 
-    def rotate_token(self, token_id: str, *, grace_seconds: int | None = None, reason: str | None = None) -> TokenCreated:
+    def rotate_token(
+        self, token_id: str, *, grace_seconds: int | None = None, reason: str | None = None
+    ) -> TokenCreated:
         return self._send(calls.rotate_token(token_id, grace_seconds, reason))
 
     def revoke_token(self, token_id: str, *, reason: str | None = None) -> Token:
@@ -384,7 +418,8 @@ class AsyncClient(Base):
             remaining = end - loop.time()
             if remaining <= 0:
                 raise errors.SidecarUnavailable(
-                    f"{call.method} {call.template}: no answer within the {self.deadline}s deadline",
+                    f"{call.method} {call.template}: "
+                    f"no answer within the {self.deadline}s deadline",
                     code="sidecar_unavailable",
                 )
             try:
@@ -406,7 +441,8 @@ class AsyncClient(Base):
             await asyncio.sleep(self._delay(attempt, end - loop.time()))
 
     async def check_compatibility(self) -> str:
-        self._learn(await self._send(calls.openapi()))
+        spec: dict[str, Any] = await self._send(calls.openapi())
+        self._learn(spec)
         assert self.sidecar_version is not None
         return self.sidecar_version
 
@@ -439,7 +475,9 @@ class AsyncClient(Base):
         description: str | None = None,
         metadata: JSON | None = None,
     ) -> UsageRecorded:
-        return await self._send(calls.report_usage(account, cost, idempotency_key, description, metadata))
+        return await self._send(
+            calls.report_usage(account, cost, idempotency_key, description, metadata)
+        )
 
     async def hold(
         self,
@@ -458,7 +496,9 @@ class AsyncClient(Base):
     ) -> HoldClosed:
         return await self._send(calls.settle(hold_id, amount, account, description))
 
-    async def release(self, hold_id: str, *, account: str, description: str | None = None) -> HoldClosed:
+    async def release(
+        self, hold_id: str, *, account: str, description: str | None = None
+    ) -> HoldClosed:
         return await self._send(calls.release(hold_id, account, description))
 
     @asynccontextmanager
@@ -475,13 +515,19 @@ class AsyncClient(Base):
         """As :meth:`Client.holding`: ``async with client.holding(account, 100) as h``."""
         try:
             held: Hold | None = await self.hold(
-                account, estimate, hold_id=hold_id, ttl_ms=ttl_ms,
-                description=description, metadata=metadata,
+                account,
+                estimate,
+                hold_id=hold_id,
+                ttl_ms=ttl_ms,
+                description=description,
+                metadata=metadata,
             )
         except errors.SidecarUnavailable as e:
             if self.failure_policy != "fail_open":
                 raise
-            self._open(calls.hold(account, estimate, hold_id, ttl_ms, None, None), e, account, estimate)
+            self._open(
+                calls.hold(account, estimate, hold_id, ttl_ms, None, None), e, account, estimate
+            )
             held = None
         h = Holding(account, held)
         try:
@@ -503,13 +549,19 @@ class AsyncClient(Base):
 
     # -- admin calls -----------------------------------------------------------------------
 
-    async def put_account(self, account: str, settings: JSON | None = None, *, reason: str | None = None) -> AccountSettings:
+    async def put_account(
+        self, account: str, settings: JSON | None = None, *, reason: str | None = None
+    ) -> AccountSettings:
         return await self._send(calls.put_account(account, settings or {}, reason))
 
-    async def patch_account(self, account: str, changes: JSON, *, reason: str | None = None) -> AccountSettings:
+    async def patch_account(
+        self, account: str, changes: JSON, *, reason: str | None = None
+    ) -> AccountSettings:
         return await self._send(calls.patch_account(account, changes, reason))
 
-    async def set_spend_limit(self, account: str, limit: JSON | None, *, reason: str | None = None) -> AccountSettings:
+    async def set_spend_limit(
+        self, account: str, limit: JSON | None, *, reason: str | None = None
+    ) -> AccountSettings:
         return await self._send(calls.patch_account(account, {"spend_limit": limit}, reason))
 
     async def grant(
@@ -526,7 +578,17 @@ class AsyncClient(Base):
         metadata: JSON | None = None,
     ) -> Granted:
         return await self._send(
-            calls.grant(account, credits, grant_id, reason, source, expires_at, priority, description, metadata)
+            calls.grant(
+                account,
+                credits,
+                grant_id,
+                reason,
+                source,
+                expires_at,
+                priority,
+                description,
+                metadata,
+            )
         )
 
     async def create_key(
@@ -539,12 +601,16 @@ class AsyncClient(Base):
         idempotency_key: str | None = None,
         reason: str | None = None,
     ) -> KeyCreated:
-        return await self._send(calls.create_key(account, name, rate_limit, spend_limit, idempotency_key, reason))
+        return await self._send(
+            calls.create_key(account, name, rate_limit, spend_limit, idempotency_key, reason)
+        )
 
     async def list_keys(self, account: str) -> list[Key]:
         return await self._send(calls.list_keys(account))
 
-    async def set_key_spend_limit(self, key_id: str, limit: JSON | None, *, reason: str | None = None) -> Key:
+    async def set_key_spend_limit(
+        self, key_id: str, limit: JSON | None, *, reason: str | None = None
+    ) -> Key:
         return await self._send(calls.patch_key(key_id, limit, reason))
 
     async def revoke_key(self, key_id: str, *, reason: str | None = None) -> Key:
@@ -573,7 +639,12 @@ class AsyncClient(Base):
         return await self._send(calls.create_portal_session(account, return_url, locale, sections))
 
     async def create_token(
-        self, name: str, scopes: list[str], *, account_prefix: str | None = None, reason: str | None = None
+        self,
+        name: str,
+        scopes: list[str],
+        *,
+        account_prefix: str | None = None,
+        reason: str | None = None,
     ) -> TokenCreated:
         return await self._send(calls.create_token(name, scopes, account_prefix, reason))
 
@@ -583,7 +654,9 @@ class AsyncClient(Base):
     async def get_token(self, token_id: str) -> Token:
         return await self._send(calls.get_token(token_id))
 
-    async def rotate_token(self, token_id: str, *, grace_seconds: int | None = None, reason: str | None = None) -> TokenCreated:
+    async def rotate_token(
+        self, token_id: str, *, grace_seconds: int | None = None, reason: str | None = None
+    ) -> TokenCreated:
         return await self._send(calls.rotate_token(token_id, grace_seconds, reason))
 
     async def revoke_token(self, token_id: str, *, reason: str | None = None) -> Token:

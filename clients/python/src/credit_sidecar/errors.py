@@ -139,9 +139,7 @@ BY_STATUS: dict[int, type[CreditSidecarError]] = {
 }
 
 
-def from_response(
-    status: int, body: Any, headers: Mapping[str, str]
-) -> CreditSidecarError:
+def from_response(status: int, body: Any, headers: Mapping[str, str]) -> CreditSidecarError:
     """The error of a non-2xx answer."""
     data: dict[str, Any] = body if isinstance(body, dict) else {}
     if status == 402 or (status == 429 and "retry_after_ms" in data):
@@ -151,10 +149,16 @@ def from_response(
             message = f"rate limited: retry after {data.get('retry_after_ms')} ms"
         elif reason in ("spend_limit", "key_spend_limit"):
             cls = SpendLimitReached
-            message = f"spending limit reached: {data.get('spent')} spent, {data.get('required')} more asked"
+            message = (
+                f"spending limit reached: {data.get('spent')} spent, "
+                f"{data.get('required')} more asked"
+            )
         else:
             cls = InsufficientCredits
-            message = f"insufficient credits: balance {data.get('balance')}, required {data.get('required')}"
+            message = (
+                f"insufficient credits: balance {data.get('balance')}, "
+                f"required {data.get('required')}"
+            )
         return cls(message, status=status, code=reason or "denied", body=data, headers=headers)
     err = data.get("error") if isinstance(data.get("error"), dict) else {}
     assert isinstance(err, dict)

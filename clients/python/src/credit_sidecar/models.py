@@ -33,7 +33,7 @@ class Model:
 class RateLimitState(Model):
     """The tightest rate limiter of a check (IETF RateLimit header fields)."""
 
-    SCHEMA = ("RateLimitState",)
+    SCHEMA: ClassVar[tuple[str, ...]] = ("RateLimitState",)
     policy: str = ""
     limit: int = 0
     remaining: int = 0
@@ -47,7 +47,7 @@ class CheckResult(Model):
     decision, or a check let through by ``fail_open`` while the sidecar was unreachable
     (``unchecked`` True, then nothing else is known)."""
 
-    SCHEMA = ("CheckAllowed", "CheckShadowed")
+    SCHEMA: ClassVar[tuple[str, ...]] = ("CheckAllowed", "CheckShadowed")
     allowed: bool = True
     account: str = ""
     balance: int | None = None
@@ -68,7 +68,7 @@ class CheckResult(Model):
 
 @dataclass(frozen=True, kw_only=True)
 class UsageRecorded(Model):
-    SCHEMA = ("UsageRecorded",)
+    SCHEMA: ClassVar[tuple[str, ...]] = ("UsageRecorded",)
     account: str = ""
     cost: int = 0
     transaction_id: str = ""
@@ -79,7 +79,7 @@ class UsageRecorded(Model):
 
 @dataclass(frozen=True, kw_only=True)
 class Hold(Model):
-    SCHEMA = ("Hold",)
+    SCHEMA: ClassVar[tuple[str, ...]] = ("Hold",)
     account: str = ""
     hold_id: str = ""
     amount: int = 0
@@ -92,7 +92,7 @@ class Hold(Model):
 
 @dataclass(frozen=True, kw_only=True)
 class HoldClosed(Model):
-    SCHEMA = ("HoldClosed",)
+    SCHEMA: ClassVar[tuple[str, ...]] = ("HoldClosed",)
     account: str = ""
     hold_id: str = ""
     state: str = ""
@@ -106,7 +106,7 @@ class HoldClosed(Model):
 
 @dataclass(frozen=True, kw_only=True)
 class Balance(Model):
-    SCHEMA = ("Balance",)
+    SCHEMA: ClassVar[tuple[str, ...]] = ("Balance",)
     account: str = ""
     balance: int = 0
     available: int = 0
@@ -122,7 +122,7 @@ class Balance(Model):
 
 @dataclass(frozen=True, kw_only=True)
 class AccountSettings(Model):
-    SCHEMA = ("AccountSettings",)
+    SCHEMA: ClassVar[tuple[str, ...]] = ("AccountSettings",)
     account: str = ""
     created: bool = False
     overdraft_limit: int = 0
@@ -134,7 +134,7 @@ class AccountSettings(Model):
 
 @dataclass(frozen=True, kw_only=True)
 class Granted(Model):
-    SCHEMA = ("Granted",)
+    SCHEMA: ClassVar[tuple[str, ...]] = ("Granted",)
     account: str = ""
     grant_id: str = ""
     credits: int = 0
@@ -145,7 +145,7 @@ class Granted(Model):
 
 @dataclass(frozen=True, kw_only=True)
 class Key(Model):
-    SCHEMA = ("Key", "KeyCreated")
+    SCHEMA: ClassVar[tuple[str, ...]] = ("Key", "KeyCreated")
     key_id: str = ""
     account: str = ""
     name: str | None = None
@@ -161,14 +161,14 @@ class Key(Model):
 class KeyCreated(Key):
     """``key`` is the secret, shown to the first call only: None on a replay."""
 
-    SCHEMA = ("KeyCreated",)
+    SCHEMA: ClassVar[tuple[str, ...]] = ("KeyCreated",)
     key: str | None = None
     replayed: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
 class Plan(Model):
-    SCHEMA = ("PlanView",)
+    SCHEMA: ClassVar[tuple[str, ...]] = ("PlanView",)
     plan: str = ""
     name: str = ""
     allowance: dict[str, Any] = field(default_factory=dict)
@@ -180,7 +180,7 @@ class Plan(Model):
 
 @dataclass(frozen=True, kw_only=True)
 class Token(Model):
-    SCHEMA = ("TokenView", "TokenCreated")
+    SCHEMA: ClassVar[tuple[str, ...]] = ("TokenView", "TokenCreated")
     token_id: str = ""
     name: str = ""
     scopes: list[str] = field(default_factory=list)
@@ -196,13 +196,13 @@ class Token(Model):
 class TokenCreated(Token):
     """``token`` is the secret, shown only by the call that made it."""
 
-    SCHEMA = ("TokenCreated",)
+    SCHEMA: ClassVar[tuple[str, ...]] = ("TokenCreated",)
     token: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
 class PortalSession(Model):
-    SCHEMA = ("PortalSessionCreated",)
+    SCHEMA: ClassVar[tuple[str, ...]] = ("PortalSessionCreated",)
     id: str = ""
     account: str = ""
     url: str = ""

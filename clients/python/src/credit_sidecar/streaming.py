@@ -47,7 +47,9 @@ async def _close(client: AsyncClient, meter: Meter) -> None:
         else:
             meter.result = await client.release(hold.hold_id, account=hold.account)
     except errors.CreditSidecarError as e:
-        log.error("credit-sidecar: closing hold %s failed (it lapses at its ttl): %s", hold.hold_id, e)
+        log.error(
+            "credit-sidecar: closing hold %s failed (it lapses at its ttl): %s", hold.hold_id, e
+        )
 
 
 async def _shielded(client: AsyncClient, meter: Meter) -> None:

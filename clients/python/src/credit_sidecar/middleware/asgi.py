@@ -25,7 +25,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-AccountOf = Callable[[HTTPConnection], "str | None | Awaitable[str | None]"]
+AccountOf = Callable[[HTTPConnection], "Awaitable[str | None] | str | None"]
 
 CONFIG = "credit_sidecar"  # scope key: the middleware's Credits
 VERDICTS = "credit_sidecar.verdicts"  # scope key: the checks made for this request
@@ -117,7 +117,9 @@ class CreditsMiddleware:
                 added = {k.lower(): v for verdict in verdicts for k, v in verdict.headers.items()}
                 if added:
                     kept = [
-                        (k, v) for k, v in message.get("headers", []) if k.decode().lower() not in added
+                        (k, v)
+                        for k, v in message.get("headers", [])
+                        if k.decode().lower() not in added
                     ]
                     message["headers"] = kept + [(k.encode(), v.encode()) for k, v in added.items()]
             await send(message)

@@ -80,7 +80,9 @@ class CreditsMiddleware:
     ) -> HttpResponse | None:
         cost = getattr(view, ATTR, None)
         if cost is None:
-            cost = common.route_cost(self.costs, self.default_cost, request.method or "GET", request.path)
+            cost = common.route_cost(
+                self.costs, self.default_cost, request.method or "GET", request.path
+            )
         if not cost:
             return None
         verdict = common.check_sync(
