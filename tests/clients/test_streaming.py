@@ -1,6 +1,7 @@
-"""A streamed response billed by tokens, on a real uvicorn server in front of a real sidecar:
-the estimate is held before the response starts, the counted tokens are settled when the stream
-ends, and a client that disconnects mid-stream gets its hold released (nothing charged)."""
+"""A streamed response billed by tokens, on a real uvicorn server (and a Flask app) in front of
+a real sidecar: the estimate is held before the response starts, the counted tokens are settled
+when the stream ends, and a client that disconnects mid-stream gets its hold released (nothing
+charged)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from flask import Flask
+from flask import Response as FlaskResponse
+from flask import request as flask_request
 from starlette.requests import Request
 from starlette.responses import Response
 
 from credit_sidecar import AsyncClient, Client, InsufficientCredits
 from credit_sidecar.middleware.asgi import render
 from credit_sidecar.middleware.common import refused
-from credit_sidecar.streaming import MeteredStreamingResponse
+from credit_sidecar.streaming import MeteredStreamingResponse, metered_sync
 from tests.clients.conftest import Sidecar, funded
 from tests.conftest import SERVICE
 from tests.ports import free_port
@@ -110,3 +114,32 @@ def test_disconnect_releases_the_hold(admin_client: Client, server: str) -> None
     wait_for(lambda: admin_client.balance("acme").held == 0, timeout=10)
     b = admin_client.balance("acme")
     assert b.balance == 1000
+
+
+def flask_streaming_app(client: Client) -> Flask:
+    app = Flask(__name__)
+
+    @app.get("/generate")
+    def generate() -> FlaskResponse:
+        hold = client.hold("acme", ESTIMATE)
+        words = (f"word{i} " for i in range(int(flask_request.args.get("words", 5))))
+        body = metered_sync(client, hold, words, count=lambda chunk: 1)
+        return FlaskResponse(body, mimetype="text/plain")
+
+    return app
+
+
+def test_wsgi_stream_settled_and_closed_early_released(
+    admin_client: Client, sidecar: Sidecar
+) -> None:
+    funded(admin_client, "acme", 1000)
+    with Client(sidecar.url, SERVICE) as client:
+        http = flask_streaming_app(client).test_client()
+        assert http.get("/generate?words=4").text.count("word") == 4
+        assert admin_client.balance("acme").balance == 996
+        r = http.get("/generate?words=50", buffered=False)
+        assert next(iter(r.response)) == b"word0 "
+        assert admin_client.balance("acme").held == ESTIMATE
+        r.close()  # what a WSGI server does when the client goes away
+    b = admin_client.balance("acme")
+    assert (b.balance, b.held) == (996, 0)
