@@ -269,3 +269,12 @@ def test_a_sidecar_too_old_for_a_call(admin_client: Client, sidecar: Sidecar) ->
         with pytest.raises(IncompatibleSidecar):
             c.check("acme", 1)
     assert admin_client.balance("acme").balance == 99
+
+
+def test_a_sidecar_newer_than_the_client_warns_and_works(
+    admin_client: Client, sidecar: Sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    funded(admin_client, "acme", 100)
+    with Client(sidecar.url, SERVICE, supported_sidecar=("0.0.1", "0.1.0")) as c:
+        assert c.check("acme", 1).balance == 99  # an upgraded sidecar must not stop the app
+    assert "newer than this client" in caplog.text

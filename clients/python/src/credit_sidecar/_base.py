@@ -13,7 +13,7 @@ import httpx
 from credit_sidecar import errors
 from credit_sidecar._calls import Call
 from credit_sidecar.models import CheckResult
-from credit_sidecar.version import SUPPORTED_SIDECAR, __version__, supports
+from credit_sidecar.version import SUPPORTED_SIDECAR, __version__, parse, supports
 
 T = TypeVar("T")
 log = logging.getLogger("credit_sidecar")
@@ -100,8 +100,17 @@ class Base:
         """Checks the sidecar's version and remembers which operations it has."""
         info = spec.get("info")
         version = str(info.get("version", "")) if isinstance(info, dict) else ""
-        if not supports(version, self.supported_sidecar):
-            low, below = self.supported_sidecar
+        low, below = self.supported_sidecar
+        if version and parse(version) >= parse(below):
+            # newer than this client knows: each call is still checked against the sidecar's
+            # spec, and an app must not go down (fail_closed) because its sidecar was upgraded
+            log.warning(
+                "credit-sidecar %s is newer than this client was made for (<%s): "
+                "upgrade credit-sidecar-client",
+                version,
+                below,
+            )
+        elif not supports(version, self.supported_sidecar):
             raise errors.IncompatibleSidecar(
                 f"sidecar {version or '(unknown version)'} is not supported by "
                 f"credit-sidecar-client "
@@ -127,12 +136,13 @@ class Base:
             )
 
     def _open(
-        self, call: Call[T], exc: errors.SidecarUnavailable, account: str, cost: int
+        self, op: str, exc: errors.SidecarUnavailable, account: str, cost: int
     ) -> CheckResult:
         """fail_open: the check is let through, uncharged, with a warning."""
         log.warning(
-            "credit-sidecar unreachable, %s let through uncharged (fail_open): %s",
-            call.op,
+            "credit-sidecar unreachable, %s for %s let through uncharged (fail_open): %s",
+            op,
+            account,
             exc.message,
         )
         return CheckResult(account=account, cost=cost, charged=False, unchecked=True)

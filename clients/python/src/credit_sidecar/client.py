@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
@@ -19,7 +19,7 @@ import httpx
 
 from credit_sidecar import _calls as calls
 from credit_sidecar import errors
-from credit_sidecar._base import RETRY_STATUSES, Base, FailurePolicy
+from credit_sidecar._base import RETRY_STATUSES, Base, FailurePolicy, log
 from credit_sidecar.models import (
     AccountSettings,
     Balance,
@@ -166,7 +166,7 @@ class Client(Base):
             return self._send(call)
         except errors.SidecarUnavailable as e:
             if self.failure_policy == "fail_open":
-                return self._open(call, e, account, cost)
+                return self._open("check", e, account, cost)
             raise
 
     def report_usage(
@@ -225,9 +225,7 @@ class Client(Base):
         except errors.SidecarUnavailable as e:
             if self.failure_policy != "fail_open":
                 raise
-            self._open(
-                calls.hold(account, estimate, hold_id, ttl_ms, None, None), e, account, estimate
-            )
+            self._open("hold", e, account, estimate)
             held = None
         h = Holding(account, held)
         try:
@@ -463,7 +461,7 @@ class AsyncClient(Base):
             return await self._send(call)
         except errors.SidecarUnavailable as e:
             if self.failure_policy == "fail_open":
-                return self._open(call, e, account, cost)
+                return self._open("check", e, account, cost)
             raise
 
     async def report_usage(
@@ -525,9 +523,7 @@ class AsyncClient(Base):
         except errors.SidecarUnavailable as e:
             if self.failure_policy != "fail_open":
                 raise
-            self._open(
-                calls.hold(account, estimate, hold_id, ttl_ms, None, None), e, account, estimate
-            )
+            self._open("hold", e, account, estimate)
             held = None
         h = Holding(account, held)
         try:
@@ -535,7 +531,7 @@ class AsyncClient(Base):
         except BaseException:
             if held is not None:
                 # shielded: a cancelled request (a client gone) must still free its credits
-                await _aquietly(asyncio.shield(self.release(held.hold_id, account=account)))
+                await shielded(_aquietly(self.release(held.hold_id, account=account)))
             raise
         if held is None:
             return
@@ -670,22 +666,27 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
-def _quietly(fn: Any) -> None:
+def _quietly(release: Callable[[], HoldClosed]) -> None:
     """Releasing after the block failed: the block's own error is the one to raise."""
     try:
-        fn()
+        release()
     except errors.CreditSidecarError as e:
-        errors_log(e)
+        log.warning("credit-sidecar: releasing a hold failed (it lapses at its ttl): %s", e.message)
 
 
-async def _aquietly(aw: Any) -> None:
+async def _aquietly(release: Awaitable[HoldClosed]) -> None:
     try:
-        await aw
+        await release
     except errors.CreditSidecarError as e:
-        errors_log(e)
+        log.warning("credit-sidecar: releasing a hold failed (it lapses at its ttl): %s", e.message)
 
 
-def errors_log(e: errors.CreditSidecarError) -> None:
-    from credit_sidecar._base import log
-
-    log.warning("credit-sidecar: releasing a hold failed (it lapses at its ttl): %s", e.message)
+async def shielded(aw: Awaitable[T]) -> T:
+    """``aw`` run to its end even if the caller is cancelled meanwhile (the cancellation goes
+    on after it): a hold's settle or release must not be lost with the request."""
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise

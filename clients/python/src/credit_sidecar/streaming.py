@@ -12,13 +12,12 @@ frees (or charges) its credits.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from credit_sidecar import errors
-from credit_sidecar.client import AsyncClient, Client
+from credit_sidecar.client import AsyncClient, Client, shielded
 from credit_sidecar.models import Hold, HoldClosed
 
 T = TypeVar("T")
@@ -52,15 +51,6 @@ async def _close(client: AsyncClient, meter: Meter) -> None:
         )
 
 
-async def _shielded(client: AsyncClient, meter: Meter) -> None:
-    task = asyncio.ensure_future(_close(client, meter))
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task  # finish closing, then let the cancellation go on
-        raise
-
-
 async def metered(
     client: AsyncClient,
     hold: Hold,
@@ -77,7 +67,7 @@ async def metered(
             yield chunk
         meter.completed = True
     finally:
-        await _shielded(client, meter)
+        await shielded(_close(client, meter))
 
 
 def metered_sync(
@@ -135,4 +125,4 @@ else:
             try:
                 await super().__call__(scope, receive, send)
             finally:
-                await _shielded(self._client, self.meter)
+                await shielded(_close(self._client, self.meter))

@@ -1,9 +1,11 @@
 """The client's version and the sidecar versions it speaks to.
 
 ``SUPPORTED_SIDECAR`` is a half-open range ``[lowest, below)`` of the sidecar's
-``/openapi.json`` ``info.version``. Besides the range, each call checks that the sidecar's spec
-has its operation (method and path), so a sidecar too old for one call fails that call with
-:class:`~credit_sidecar.errors.IncompatibleSidecar` and nothing else.
+``/openapi.json`` ``info.version``: a sidecar older than ``lowest`` fails every call with
+:class:`~credit_sidecar.errors.IncompatibleSidecar`; one at ``below`` or newer is logged as a
+warning and used (upgrading the sidecar first must not take the apps down). Besides the range,
+each call checks that the sidecar's spec has its operation (method and path), so a sidecar too
+old for one call fails that call, and nothing else.
 """
 
 from __future__ import annotations
