@@ -70,6 +70,7 @@ def every_call() -> list[calls.Call[Any]]:
         calls.rotate_token("t", 1, "r"),
         calls.revoke_token("t", "r"),
         calls.openapi(),
+        calls.authorize("csk_x", "GET", "/x", "r", 1),
     ]
 
 
@@ -137,6 +138,24 @@ def test_result_fields_are_in_the_response_schemas(spec: dict[str, Any]) -> None
         assert not missing, f"{op}: {model.__name__} reads {missing}, not in the spec"
         for name in model.SCHEMA:
             assert name in spec["components"]["schemas"], name
+    # the forward auth's answer is in its headers (and its body's reason)
+    allowed = operation(spec, "auth_forward_get")["responses"]["200"]
+    sent = {h.lower() for h in allowed["headers"]}
+    from_headers = {
+        "account": "x-credits-account",
+        "balance": "x-credits-balance",
+        "cost": "x-credits-cost",
+        "transaction_id": "x-credits-transaction",
+        "replayed": "x-credits-replayed",
+        "dry_run": "x-credits-dry-run",
+    }
+    assert set(from_headers.values()) <= sent
+    (outcome,) = success_schemas(spec, "auth_forward_get")
+    assert set(models.Authorized.field_names()) - set(from_headers) - {"unchecked"} <= set(
+        outcome["properties"]
+    )
+    params = {p["name"] for p in operation(spec, "auth_forward_get")["parameters"]}
+    assert {"X-Forwarded-Method", "X-Forwarded-Uri"} <= params
     for op, (field, model) in LISTS.items():
         (listing,) = success_schemas(spec, op)
         (item,) = resolve(spec, listing["properties"][field]["items"])

@@ -269,3 +269,29 @@ def test_django(accounts: Client, sidecar: Sidecar, django_setup: None) -> None:
     conf = dict(django_settings.CREDIT_SIDECAR, FAILURE_POLICY="fail_open")
     with override_settings(CREDIT_SIDECAR=conf):
         assert DjangoClient().get("/search", **acme).status_code == 200  # type: ignore[arg-type]
+
+
+def test_django_by_api_key(accounts: Client, sidecar: Sidecar, django_setup: None) -> None:
+    """API_KEY instead of ACCOUNT: the sidecar resolves the key (this sidecar does not trust
+    X-Credits-Cost: its own route table prices, 1 credit a request)."""
+    from django.test import Client as DjangoClient
+    from django.test.utils import override_settings
+
+    key = accounts.create_key("acme").key
+    old = accounts.create_key("acme")
+    accounts.revoke_key(old.key_id)
+    conf = dict(django_settings.CREDIT_SIDECAR)
+    del conf["ACCOUNT"]
+    conf["API_KEY"] = f"{__name__}.django_key"
+    with override_settings(CREDIT_SIDECAR=conf):
+        http = DjangoClient()
+        r = http.get("/search", HTTP_X_API_KEY=key)
+        assert r.status_code == 200
+        assert (r["X-Credits-Account"], r["X-Credits-Balance"]) == ("acme", "99")
+        r = http.get("/search", HTTP_X_API_KEY=old.key)
+        assert r.status_code == 401 and r.json()["reason"] == "invalid_api_key"
+
+
+def django_key(request: Any) -> str | None:
+    key: str | None = request.headers.get("X-API-Key")
+    return key

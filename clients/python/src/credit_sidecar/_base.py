@@ -68,6 +68,7 @@ class Base:
         headers = dict(self.headers)
         if call.reason is not None:
             headers["X-Audit-Reason"] = call.reason
+        headers.update(call.headers)
         args: dict[str, Any] = {"headers": headers}
         if call.body is not None:
             args["json"] = call.body
@@ -93,6 +94,8 @@ class Base:
         except ValueError:
             body = None
         if response.is_success:
+            if call.read_headers:
+                return call.parse({"body": body, "headers": response.headers})
             return call.parse(body)
         raise errors.from_response(response.status_code, body, dict(response.headers))
 

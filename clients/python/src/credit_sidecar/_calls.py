@@ -41,6 +41,8 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "rotate_token": ("POST", "/v1/tokens/{token_id}/rotate"),
     "revoke_token": ("DELETE", "/v1/tokens/{token_id}"),
     "openapi": ("GET", "/openapi.json"),
+    # the proxies' forward-auth endpoint, called with a customer's API key (any method; GET)
+    "auth_forward_get": ("GET", "/auth/forward"),
 }
 
 # Operations the sidecar's spec lists for service callers (the `service` scope or the
@@ -74,6 +76,9 @@ class Call(Generic[T]):
     # safe to send again once it may have reached the sidecar (an idempotency key, or a read)
     retry: bool = True
     reason: str | None = None  # X-Audit-Reason of an admin change
+    headers: Mapping[str, str] = field(default_factory=dict)  # sent over the client's own
+    # parse gets {"body": ..., "headers": ...}: an answer told in headers (the forward auth)
+    read_headers: bool = False
 
     @property
     def method(self) -> str:
@@ -315,6 +320,43 @@ def rotate_token(
 
 def revoke_token(token_id: str, reason: str | None) -> Call[m.Token]:
     return Call("revoke_token", m.Token.from_json, {"token_id": token_id}, reason=reason)
+
+
+def _authorized(data: Any) -> m.Authorized:
+    body, headers = data["body"] or {}, data["headers"]
+
+    def number(name: str) -> int | None:
+        value = headers.get(name)
+        return int(value) if value is not None and value.isdigit() else None
+
+    return m.Authorized(
+        raw=body,
+        allowed=True,
+        reason=str(body.get("reason", "allowed")),
+        account=headers.get("x-credits-account", ""),
+        balance=number("x-credits-balance"),
+        cost=number("x-credits-cost"),
+        transaction_id=headers.get("x-credits-transaction"),
+        replayed=headers.get("x-credits-replayed") == "true",
+        dry_run=headers.get("x-credits-dry-run") == "true",
+    )
+
+
+def authorize(
+    api_key: str, method: str, uri: str, request_id: str | None, cost: int | None
+) -> Call[m.Authorized]:
+    """A customer's request decided by its API key: the sidecar finds the key's account (a
+    revoked or unknown key: 401), applies the key's limits, and charges. The request id makes a
+    retry a replay: one is made per logical call unless the request brought its own."""
+    headers = {
+        "Authorization": f"Bearer {api_key}",
+        "X-Forwarded-Method": method,
+        "X-Forwarded-Uri": uri,
+        "X-Request-Id": request_id or new_key(),
+    }
+    if cost is not None:
+        headers["X-Credits-Cost"] = str(cost)  # honoured with SIDECAR_TRUST_COST_HEADER=true
+    return Call("auth_forward_get", _authorized, headers=headers, read_headers=True)
 
 
 def _spec(data: Any) -> dict[str, Any]:

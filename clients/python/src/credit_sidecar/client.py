@@ -22,6 +22,7 @@ from credit_sidecar import errors
 from credit_sidecar._base import RETRY_STATUSES, Base, FailurePolicy, log
 from credit_sidecar.models import (
     AccountSettings,
+    Authorized,
     Balance,
     CheckResult,
     Granted,
@@ -167,6 +168,28 @@ class Client(Base):
         except errors.SidecarUnavailable as e:
             if self.failure_policy == "fail_open":
                 return self._open("check", e, account, cost)
+            raise
+
+    def authorize(
+        self,
+        api_key: str,
+        method: str,
+        uri: str,
+        *,
+        request_id: str | None = None,
+        cost: int | None = None,
+    ) -> Authorized:
+        """Decides a customer's request by its API key (the sidecar's ``/auth/forward``, as a
+        proxy would): the key's account, its limits, the route's price (``cost``, when the
+        sidecar trusts ``X-Credits-Cost``; else the sidecar's route table). Raises Unauthorized
+        for a missing, unknown or revoked key, and the check's errors."""
+        call = calls.authorize(api_key, method, uri, request_id, cost)
+        try:
+            return self._send(call)
+        except errors.SidecarUnavailable as e:
+            if self.failure_policy == "fail_open":
+                self._open("authorize", e, "(by API key)", cost or 0)
+                return Authorized(reason="fail_open", unchecked=True)
             raise
 
     def report_usage(
@@ -462,6 +485,28 @@ class AsyncClient(Base):
         except errors.SidecarUnavailable as e:
             if self.failure_policy == "fail_open":
                 return self._open("check", e, account, cost)
+            raise
+
+    async def authorize(
+        self,
+        api_key: str,
+        method: str,
+        uri: str,
+        *,
+        request_id: str | None = None,
+        cost: int | None = None,
+    ) -> Authorized:
+        """Decides a customer's request by its API key (the sidecar's ``/auth/forward``, as a
+        proxy would): the key's account, its limits, the route's price (``cost``, when the
+        sidecar trusts ``X-Credits-Cost``; else the sidecar's route table). Raises Unauthorized
+        for a missing, unknown or revoked key, and the check's errors."""
+        call = calls.authorize(api_key, method, uri, request_id, cost)
+        try:
+            return await self._send(call)
+        except errors.SidecarUnavailable as e:
+            if self.failure_policy == "fail_open":
+                self._open("authorize", e, "(by API key)", cost or 0)
+                return Authorized(reason="fail_open", unchecked=True)
             raise
 
     async def report_usage(

@@ -162,6 +162,9 @@ def from_response(status: int, body: Any, headers: Mapping[str, str]) -> CreditS
         return cls(message, status=status, code=reason or "denied", body=data, headers=headers)
     err = data.get("error") if isinstance(data.get("error"), dict) else {}
     assert isinstance(err, dict)
+    if not err and "reason" in data:  # the forward auth's outcome: {allowed, reason, message?}
+        err = {"code": data["reason"], "message": data.get("message", data["reason"])}
+        err["field"] = data.get("field")
     code = str(err.get("code", f"http_{status}"))
     message = str(err.get("message", f"HTTP {status}"))
     field = err.get("field")

@@ -211,3 +211,21 @@ class PortalSession(Model):
     return_url: str | None = None
     locale: str | None = None
     sections: list[str] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Authorized(Model):
+    """A request allowed by its API key (``authorize``): what the forward auth's headers say
+    (``X-Credits-*``); ``raw`` is its JSON body (``reason``: ``allowed``, or ``fail_open`` when
+    the sidecar's own failure policy let it through uncharged)."""
+
+    SCHEMA: ClassVar[tuple[str, ...]] = ("AuthOutcome",)
+    allowed: bool = True
+    reason: str = "allowed"
+    account: str = ""
+    balance: int | None = None
+    cost: int | None = None
+    transaction_id: str | None = None
+    replayed: bool = False
+    dry_run: bool = False
+    unchecked: bool = False  # fail_open, the sidecar unreachable: nothing known, not the account

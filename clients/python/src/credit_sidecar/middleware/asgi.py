@@ -18,7 +18,7 @@ from credit_sidecar import errors
 from credit_sidecar.client import AsyncClient
 from credit_sidecar.middleware import common
 from credit_sidecar.middleware.common import CreditsDenied, Verdict
-from credit_sidecar.models import CheckResult
+from credit_sidecar.models import Authorized, CheckResult
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -32,22 +32,31 @@ VERDICTS = "credit_sidecar.verdicts"  # scope key: the checks made for this requ
 
 
 class Credits:
-    """How to check a request: the client, how to find its account, the request id header."""
+    """How to check a request: the client, how to find its account (``account``: the request ->
+    the account id; or ``api_key``: the request -> the customer's API key, which the sidecar
+    resolves, revocation and per-key limits included), the request id header."""
 
     def __init__(
         self,
         client: AsyncClient,
-        account: AccountOf,
+        account: AccountOf | None = None,
         *,
+        api_key: AccountOf | None = None,
         request_id_header: str = "X-Request-Id",
         description: str | None = None,
     ) -> None:
+        if (account is None) == (api_key is None):
+            raise ValueError("give one of account= or api_key=")
         self.client = client
         self.account = account
+        self.api_key = api_key
         self.request_id_header = request_id_header
         self.description = description
 
     async def check(self, conn: HTTPConnection, cost: int) -> Verdict:
+        if self.api_key is not None:
+            return await self._by_key(conn, self.api_key, cost)
+        assert self.account is not None
         account = self.account(conn)
         if inspect.isawaitable(account):
             account = await account
@@ -69,6 +78,25 @@ class Credits:
             return common.refused(e)
         return common.allowed(result)
 
+    async def _by_key(self, conn: HTTPConnection, api_key: AccountOf, cost: int) -> Verdict:
+        key = api_key(conn)
+        if inspect.isawaitable(key):
+            key = await key
+        if not key:
+            return common.no_account()
+        uri = conn.url.path + (f"?{conn.url.query}" if conn.url.query else "")
+        try:
+            result = await self.client.authorize(
+                key,
+                conn.scope.get("method", "GET"),
+                uri,
+                request_id=conn.headers.get(self.request_id_header),
+                cost=cost,
+            )
+        except errors.CreditSidecarError as e:
+            return common.refused(e, by_key=True)
+        return common.allowed(result)
+
 
 def render(verdict: Verdict) -> Response:
     return JSONResponse(verdict.body, status_code=verdict.status, headers=verdict.headers)
@@ -78,14 +106,16 @@ class CreditsMiddleware:
     """``app.add_middleware(CreditsMiddleware, client=AsyncClient(...), account=fn,
     costs={"GET /v1/things": 1}, default_cost=None)``. Routes not in ``costs`` cost
     ``default_cost`` (None: free). ``account(request)`` (sync or async) names the account, None
-    answers 401."""
+    answers 401; or ``api_key(request)`` gives the customer's API key and the sidecar finds the
+    account (see :class:`Credits`)."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         client: AsyncClient,
-        account: AccountOf,
+        account: AccountOf | None = None,
+        api_key: AccountOf | None = None,
         costs: Mapping[str, int] | None = None,
         default_cost: int | None = None,
         request_id_header: str = "X-Request-Id",
@@ -93,7 +123,9 @@ class CreditsMiddleware:
         self.app = app
         self.costs = dict(costs or {})
         self.default_cost = default_cost
-        self.credits = Credits(client, account, request_id_header=request_id_header)
+        self.credits = Credits(
+            client, account, api_key=api_key, request_id_header=request_id_header
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -143,7 +175,9 @@ class RequireCredits:
         self.cost = cost
         self.credits = credits
 
-    async def __call__(self, request: Request, response: Response) -> CheckResult | None:
+    async def __call__(
+        self, request: Request, response: Response
+    ) -> CheckResult | Authorized | None:
         credits = self.credits or request.scope.get(CONFIG)
         if credits is None:
             raise RuntimeError("RequireCredits needs CreditsMiddleware on the app, or credits=")

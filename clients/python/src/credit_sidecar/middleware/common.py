@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from credit_sidecar import errors
-from credit_sidecar.models import CheckResult
+from credit_sidecar.models import Authorized, CheckResult
 
 log = logging.getLogger("credit_sidecar.middleware")
 
@@ -30,7 +30,7 @@ class Verdict:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: dict[str, Any] | None = None
-    result: CheckResult | None = None
+    result: CheckResult | Authorized | None = None
 
     @property
     def allowed(self) -> bool:
@@ -93,7 +93,7 @@ def rate_limit_headers(state: Mapping[str, Any] | None) -> dict[str, str]:
     }
 
 
-def allowed(result: CheckResult) -> Verdict:
+def allowed(result: CheckResult | Authorized) -> Verdict:
     headers: dict[str, str] = {}
     if result.unchecked:  # fail_open: nothing is known
         return Verdict(200, headers, None, result)
@@ -105,12 +105,26 @@ def allowed(result: CheckResult) -> Verdict:
     if result.transaction_id:
         headers["X-Credits-Transaction"] = result.transaction_id
     headers["X-Credits-Replayed"] = "true" if result.replayed else "false"
-    headers.update(rate_limit_headers(result.rate_limit))
+    if isinstance(result, CheckResult):
+        headers.update(rate_limit_headers(result.rate_limit))
     return Verdict(200, headers, None, result)
 
 
-def refused(exc: errors.CreditSidecarError) -> Verdict:
-    """The answer to a check that raised."""
+PASSED_ON = ("www-authenticate", "retry-after")
+
+
+def refused(exc: errors.CreditSidecarError, *, by_key: bool = False) -> Verdict:
+    """The answer to a check that raised. ``by_key``: decided by the customer's API key, so a
+    401 (a missing, unknown or revoked key) or 403 is the customer's, answered as it is."""
+    if by_key and exc.status and not isinstance(exc, errors.SidecarUnavailable):
+        headers = {
+            k: v
+            for k, v in exc.headers.items()
+            if k.lower().startswith("x-credits-") or k.lower() in PASSED_ON
+        }
+        if not any(k.lower() == "x-credits-reason" for k in headers):
+            headers["X-Credits-Reason"] = exc.code
+        return Verdict(exc.status, headers, exc.body or _error(exc.code, exc.message))
     if isinstance(exc, errors.Denied):
         headers = {"X-Credits-Reason": exc.code}
         if exc.account:
@@ -159,4 +173,17 @@ def check_sync(
         result = client.check(account, cost, idempotency_key=key, description=f"{method} {path}")
     except errors.CreditSidecarError as e:
         return refused(e)
+    return allowed(result)
+
+
+def authorize_sync(
+    client: Any, api_key: str | None, cost: int, request_id: str | None, method: str, uri: str
+) -> Verdict:
+    """One request decided by its API key with the sync client (the WSGI middlewares)."""
+    if not api_key:
+        return no_account()
+    try:
+        result = client.authorize(api_key, method, uri, request_id=request_id, cost=cost)
+    except errors.CreditSidecarError as e:
+        return refused(e, by_key=True)
     return allowed(result)

@@ -5,6 +5,7 @@ configure it in settings::
         "URL": "http://127.0.0.1:8080",
         "TOKEN": "...",                          # a service token
         "ACCOUNT": "myapp.credits.account_of",   # request -> account id or None
+        # or "API_KEY": "myapp.credits.key_of",  # request -> the customer's API key
         "COSTS": {"GET /api/search": 10},        # optional route table
         "DEFAULT_COST": None,                    # routes not in the table: free
         "REQUEST_ID_HEADER": "X-Request-Id",
@@ -46,10 +47,12 @@ class CreditsMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
         conf: dict[str, Any] = dict(getattr(settings, "CREDIT_SIDECAR", {}))
-        account = conf["ACCOUNT"]
-        self.account: Callable[[HttpRequest], str | None] = (
-            import_string(account) if isinstance(account, str) else account
-        )
+        # ACCOUNT: request -> account id; or API_KEY: request -> the customer's API key, which
+        # the sidecar resolves (revoked keys, per-key limits)
+        self.account = _callable(conf.get("ACCOUNT"))
+        self.api_key = _callable(conf.get("API_KEY"))
+        if (self.account is None) == (self.api_key is None):
+            raise ValueError("CREDIT_SIDECAR: give one of ACCOUNT or API_KEY")
         self.costs: dict[str, int] = dict(conf.get("COSTS", {}))
         self.default_cost: int | None = conf.get("DEFAULT_COST")
         # Django's META name of the header: X-Request-Id -> HTTP_X_REQUEST_ID
@@ -85,14 +88,22 @@ class CreditsMiddleware:
             )
         if not cost:
             return None
-        verdict = common.check_sync(
-            self.client,
-            self.account(request),
-            cost,
-            request.META.get(self.request_id_meta),
-            request.method or "GET",
-            request.path,
-        )
+        request_id = request.META.get(self.request_id_meta)
+        method = request.method or "GET"
+        if self.api_key is not None:
+            verdict = common.authorize_sync(
+                self.client,
+                self.api_key(request),
+                cost,
+                request_id,
+                method,
+                request.get_full_path(),
+            )
+        else:
+            assert self.account is not None
+            verdict = common.check_sync(
+                self.client, self.account(request), cost, request_id, method, request.path
+            )
         if not verdict.allowed:
             response = JsonResponse(verdict.body, status=verdict.status)
             for name, value in verdict.headers.items():
@@ -100,3 +111,12 @@ class CreditsMiddleware:
             return response
         request.credit_verdict = verdict  # type: ignore[attr-defined]
         return None
+
+
+def _callable(value: Any) -> Callable[[HttpRequest], str | None] | None:
+    if value is None:
+        return None
+    found: Callable[[HttpRequest], str | None] = (
+        import_string(value) if isinstance(value, str) else value
+    )
+    return found

@@ -24,13 +24,17 @@ class FlaskCredits:
         app: Flask | None = None,
         *,
         client: Client,
-        account: Callable[[Request], str | None],
+        account: Callable[[Request], str | None] | None = None,
+        api_key: Callable[[Request], str | None] | None = None,
         costs: Mapping[str, int] | None = None,
         default_cost: int | None = None,
         request_id_header: str = "X-Request-Id",
     ) -> None:
+        if (account is None) == (api_key is None):
+            raise ValueError("give one of account= or api_key=")
         self.client = client
         self.account = account
+        self.api_key = api_key
         self.costs = dict(costs or {})
         self.default_cost = default_cost
         self.request_id_header = request_id_header
@@ -43,6 +47,13 @@ class FlaskCredits:
         app.after_request(self._after)
 
     def check(self, cost: int) -> Verdict:
+        request_id = request.headers.get(self.request_id_header)
+        if self.api_key is not None:
+            uri = request.full_path if request.query_string else request.path
+            return common.authorize_sync(
+                self.client, self.api_key(request), cost, request_id, request.method, uri
+            )
+        assert self.account is not None
         return common.check_sync(
             self.client,
             self.account(request),
