@@ -151,7 +151,8 @@ def test_result_fields_are_in_the_response_schemas(spec: dict[str, Any]) -> None
     }
     assert set(from_headers.values()) <= sent
     (outcome,) = success_schemas(spec, "auth_forward_get")
-    assert set(models.Authorized.field_names()) - set(from_headers) - {"unchecked"} <= set(
+    client_made = {"unchecked", "rate_limit_headers"}
+    assert set(models.Authorized.field_names()) - set(from_headers) - client_made <= set(
         outcome["properties"]
     )
     params = {p["name"] for p in operation(spec, "auth_forward_get")["parameters"]}

@@ -97,7 +97,7 @@ async def test_asgi(kind: str, accounts: Client, sidecar: Sidecar) -> None:
     assert r.status_code == 200
     assert (r.headers["x-credits-account"], r.headers["x-credits-balance"]) == ("acme", "90")
     assert (r.headers["x-credits-cost"], r.headers["x-credits-replayed"]) == ("10", "false")
-    assert r.headers["x-credits-transaction"]
+    assert r.headers["x-credits-transaction"] and r.headers["x-credits-reason"] == "allowed"
     # the same request id again: charged once, flagged a replay
     r1 = await asgi_get(app, big, **{"X-Request-Id": "req-42"})
     r2 = await asgi_get(app, big, **{"X-Request-Id": "req-42"})
@@ -139,6 +139,17 @@ async def test_asgi(kind: str, accounts: Client, sidecar: Sidecar) -> None:
     assert r.status_code == 200 and "x-credits-balance" not in r.headers
     await client.aclose()
     await opened.aclose()
+
+
+async def test_rate_limit_headers_from_the_check(accounts: Client, sidecar: Sidecar) -> None:
+    async with AsyncClient(sidecar.url, SERVICE) as client:
+        spec = (await client._http.get("/openapi.json")).json()
+        if "rate_limit" not in spec["components"]["schemas"]["CheckAllowed"]["properties"]:
+            pytest.skip("this sidecar's checks do not answer rate_limit yet (main's 2fadceb)")
+        r = await asgi_get(starlette_app(client), "/things", key="key-busy")  # 1 a minute
+    assert r.status_code == 200
+    assert r.headers["ratelimit-policy"] == '"account";q=1;w=60'
+    assert r.headers["ratelimit"].startswith('"account";r=0;t=')
 
 
 def flask_app(client: Client) -> Flask:

@@ -339,6 +339,11 @@ def _authorized(data: Any) -> m.Authorized:
         transaction_id=headers.get("x-credits-transaction"),
         replayed=headers.get("x-credits-replayed") == "true",
         dry_run=headers.get("x-credits-dry-run") == "true",
+        rate_limit_headers={
+            name: headers[name.lower()]
+            for name in ("RateLimit-Policy", "RateLimit")
+            if name.lower() in headers
+        },
     )
 
 

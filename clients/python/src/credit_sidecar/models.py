@@ -229,3 +229,5 @@ class Authorized(Model):
     replayed: bool = False
     dry_run: bool = False
     unchecked: bool = False  # fail_open, the sidecar unreachable: nothing known, not the account
+    # the answer's RateLimit and RateLimit-Policy header fields, as the sidecar wrote them
+    rate_limit_headers: dict[str, str] = field(default_factory=dict)

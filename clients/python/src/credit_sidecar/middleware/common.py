@@ -94,10 +94,9 @@ def rate_limit_headers(state: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def allowed(result: CheckResult | Authorized) -> Verdict:
-    headers: dict[str, str] = {}
     if result.unchecked:  # fail_open: nothing is known
-        return Verdict(200, headers, None, result)
-    headers["X-Credits-Account"] = result.account
+        return Verdict(200, {"X-Credits-Reason": "fail_open"}, None, result)
+    headers = {"X-Credits-Reason": "allowed", "X-Credits-Account": result.account}
     if result.balance is not None:
         headers["X-Credits-Balance"] = str(result.balance)
     if result.cost is not None:
@@ -107,10 +106,12 @@ def allowed(result: CheckResult | Authorized) -> Verdict:
     headers["X-Credits-Replayed"] = "true" if result.replayed else "false"
     if isinstance(result, CheckResult):
         headers.update(rate_limit_headers(result.rate_limit))
+    else:
+        headers.update(result.rate_limit_headers)
     return Verdict(200, headers, None, result)
 
 
-PASSED_ON = ("www-authenticate", "retry-after")
+PASSED_ON = ("www-authenticate", "retry-after", "ratelimit", "ratelimit-policy")
 
 
 def refused(exc: errors.CreditSidecarError, *, by_key: bool = False) -> Verdict:
