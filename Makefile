@@ -10,10 +10,11 @@ unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test check lint setup system-deps clean bench bench-deps bench-writer bench-aof bench-memory bench-compare
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e './clients/python'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,0 +1,67 @@
+"""credit-sidecar's Python client: ``Client`` (sync), ``AsyncClient``, typed results and
+errors; middleware in :mod:`credit_sidecar.middleware`. Docs: docs/clients/python.md."""
+
+from credit_sidecar.client import AsyncClient, Client, Holding
+from credit_sidecar.errors import (
+    Conflict,
+    CreditSidecarError,
+    Denied,
+    Forbidden,
+    IncompatibleSidecar,
+    InsufficientCredits,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    SidecarUnavailable,
+    SpendLimitReached,
+    Unauthorized,
+)
+from credit_sidecar.models import (
+    AccountSettings,
+    Balance,
+    CheckResult,
+    Granted,
+    Hold,
+    HoldClosed,
+    Key,
+    KeyCreated,
+    Plan,
+    PortalSession,
+    Token,
+    TokenCreated,
+    UsageRecorded,
+)
+from credit_sidecar.version import SUPPORTED_SIDECAR, __version__
+
+__all__ = [
+    "SUPPORTED_SIDECAR",
+    "AccountSettings",
+    "AsyncClient",
+    "Balance",
+    "CheckResult",
+    "Client",
+    "Conflict",
+    "CreditSidecarError",
+    "Denied",
+    "Forbidden",
+    "Granted",
+    "Hold",
+    "HoldClosed",
+    "Holding",
+    "IncompatibleSidecar",
+    "InsufficientCredits",
+    "InvalidRequest",
+    "Key",
+    "KeyCreated",
+    "NotFound",
+    "Plan",
+    "PortalSession",
+    "RateLimited",
+    "SidecarUnavailable",
+    "SpendLimitReached",
+    "Token",
+    "TokenCreated",
+    "Unauthorized",
+    "UsageRecorded",
+    "__version__",
+]
