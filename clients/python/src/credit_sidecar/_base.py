@@ -89,10 +89,7 @@ class Base:
 
     @staticmethod
     def _result(call: Call[T], response: httpx.Response) -> T:
-        try:
-            body: Any = response.json() if response.content else None
-        except ValueError:
-            body = None
+        body = json_body(response)
         if response.is_success:
             if call.read_headers:
                 return call.parse({"body": body, "headers": response.headers})
@@ -149,3 +146,11 @@ class Base:
             exc.message,
         )
         return CheckResult(account=account, cost=cost, charged=False, unchecked=True)
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The answer's JSON, or None when it has no body or not JSON."""
+    try:
+        return response.json() if response.content else None
+    except ValueError:
+        return None
