@@ -1,0 +1,95 @@
+// What the Express and Hono middleware share: the header convention (docs/clients/typescript.md,
+// docs/http-api.md "Response headers"), a refusal as an answer, request ids as idempotency keys and
+// route-cost tables.
+
+import { CreditSidecarError, RateLimited, SidecarUnavailable } from "./errors.js";
+import { uuid } from "./transport.js";
+
+// The sidecar's ids: 1-128 characters of [A-Za-z0-9._:-] (docs/http-api.md).
+const ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Is this a valid sidecar id (1-128 of [A-Za-z0-9._:-])? Request ids used as idempotency keys must be. */
+export function isValidId(value) {
+  return typeof value === "string" && ID.test(value);
+}
+
+/** The headers of an allowed check: X-Credits-* and, when the answer has one, RateLimit(-Policy). */
+export function allowedHeaders(result) {
+  const headers = {};
+  if (result.fail_open) {
+    headers["X-Credits-Reason"] = "fail_open";
+    return headers;
+  }
+  if (result.account != null) headers["X-Credits-Account"] = String(result.account);
+  if (result.balance != null) headers["X-Credits-Balance"] = String(result.balance);
+  if (result.cost != null) headers["X-Credits-Cost"] = String(result.cost);
+  if (result.transaction_id) headers["X-Credits-Transaction"] = String(result.transaction_id);
+  if (result.replayed != null) headers["X-Credits-Replayed"] = result.replayed ? "true" : "false";
+  Object.assign(headers, rateLimitHeaders(result.rate_limit));
+  return headers;
+}
+
+/** IETF draft-ietf-httpapi-ratelimit-headers fields from the check's `rate_limit`, if any. */
+export function rateLimitHeaders(rateLimit) {
+  if (!rateLimit || typeof rateLimit !== "object") return {};
+  const policy = String(rateLimit.policy ?? "default").replace(/["\\]/g, "");
+  const seconds = (ms) => Math.max(0, Math.ceil(Number(ms ?? 0) / 1000));
+  return {
+    "RateLimit-Policy": `"${policy}";q=${rateLimit.limit};w=${seconds(rateLimit.period_ms)}`,
+    RateLimit: `"${policy}";r=${rateLimit.remaining};t=${seconds(rateLimit.reset_ms)}`,
+  };
+}
+
+/**
+ * The answer a middleware gives for a refusal: the sidecar's status and JSON body, with
+ * X-Credits-Reason, X-Credits-Balance where known and Retry-After (seconds, rounded up) on 429.
+ * Null for errors that are not a refusal of the request (the app's error handler takes those).
+ */
+export function deniedResponse(error, { failurePolicy = "fail_closed" } = {}) {
+  if (error instanceof SidecarUnavailable) {
+    if (failurePolicy === "fail_open") return null;
+    return {
+      status: 503,
+      body: { error: { code: "credits_unavailable", message: "the credit check is unavailable; try again" } },
+      headers: { "X-Credits-Reason": "credits_unavailable", "Retry-After": "1" },
+    };
+  }
+  // 401/403 here are about the app's own token: the app's error handler, not the caller, hears of them.
+  if (!(error instanceof CreditSidecarError) || ![402, 409, 429].includes(error.status)) return null;
+  const headers = { "X-Credits-Reason": error.code };
+  const balance = error.body?.balance;
+  if (balance != null) headers["X-Credits-Balance"] = String(balance);
+  if (error instanceof RateLimited) headers["Retry-After"] = String(Math.max(1, Math.ceil(error.retryAfterMs / 1000)));
+  Object.assign(headers, rateLimitHeaders(error.body?.rate_limit));
+  return { status: error.status, body: error.body, headers };
+}
+
+/** The idempotency key of a request: its X-Request-Id when a valid id, else a fresh uuid. */
+export function requestIdempotencyKey(requestId) {
+  return isValidId(requestId) ? requestId : uuid();
+}
+
+/**
+ * A route-cost table's lookup: `{"GET /v1/images": 10, "/v1/chat/*": 5}` (method optional, `*`
+ * matches within a segment, a trailing `/**` any rest). Returns the first match's cost, else `fallback`.
+ */
+export function routeCostLookup(table, fallback) {
+  const rules = Object.entries(table).map(([pattern, cost]) => {
+    const m = /^([A-Z]+)\s+(.*)$/.exec(pattern.trim());
+    const method = m ? m[1] : null;
+    const path = m ? m[2] : pattern.trim();
+    const rx = new RegExp(
+      "^" +
+        path
+          .split("/**")
+          .map((part) => part.split("*").map((s) => s.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join("[^/]*"))
+          .join("(?:/.*)?") +
+        "/?$",
+    );
+    return { method, rx, cost };
+  });
+  return (method, path) => {
+    for (const r of rules) if ((!r.method || r.method === method) && r.rx.test(path)) return r.cost;
+    return fallback;
+  };
+}

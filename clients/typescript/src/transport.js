@@ -1,0 +1,121 @@
+// The wire under CreditSidecar: one logical call sent with fetch, attempts within a per-attempt
+// timeout and retried with jittered backoff (network errors, timeouts, 502/503/504 only), the
+// answer parsed or turned into a typed error; and the failure policy (fail_open lets a check or
+// hold through uncharged when the sidecar is unavailable).
+
+import { IncompatibleSidecar, SidecarUnavailable, errorFor } from "./errors.js";
+import { SUPPORTED_SIDECAR } from "./version.js";
+
+export const RETRYABLE_STATUS = new Set([502, 503, 504]);
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A fresh idempotency key (or hold, grant, refund id): made once per call, sent on every attempt. */
+export function uuid() {
+  return globalThis.crypto.randomUUID();
+}
+
+export function dropUndefined(obj) {
+  const out = {};
+  for (const [k, v] of Object.entries(obj)) if (v !== undefined) out[k] = v;
+  return out;
+}
+
+function combineSignals(timeout, outer) {
+  if (!outer) return timeout;
+  if (typeof AbortSignal.any === "function") return AbortSignal.any([timeout, outer]);
+  const ctl = new AbortController();
+  const abort = (s) => ctl.abort(s.reason);
+  for (const s of [timeout, outer]) {
+    if (s.aborted) abort(s);
+    else s.addEventListener("abort", () => abort(s), { once: true });
+  }
+  return ctl.signal;
+}
+
+/**
+ * One logical call: the same body (and so the same idempotency key) on every attempt. `client`
+ * gives the settings read as the call goes (timeoutMs, retries, backoffMs, maxBackoffMs,
+ * userAgent); `fetch`, `url` and `auth` (the bearer token, if any) are its private parts.
+ */
+export async function send(client, { fetch, url, auth }, method, path, { body, query, retry = true, headers, signal, raw = false } = {}) {
+  let target = url + path;
+  if (query) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== null) q.set(k, String(v));
+    const s = q.toString();
+    if (s) target += `?${s}`;
+  }
+  const init = {
+    method,
+    headers: dropUndefined({
+      accept: "application/json",
+      "content-type": body === undefined ? undefined : "application/json",
+      authorization: auth ? `Bearer ${auth}` : undefined,
+      "user-agent": client.userAgent,
+      ...headers,
+    }),
+    body: body === undefined ? undefined : JSON.stringify(body),
+  };
+  const attempts = retry ? client.retries + 1 : 1;
+  let last;
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    if (attempt > 0) {
+      // Exponential backoff with full jitter: retries of many clients do not arrive together.
+      const cap = Math.min(client.maxBackoffMs, client.backoffMs * 2 ** (attempt - 1));
+      await sleep(Math.random() * cap);
+      if (signal?.aborted) break;
+    }
+    let response;
+    try {
+      // called as a method of the client, as CreditSidecar did before transport.js (`this.#fetch(...)`)
+      response = await fetch.call(client, target, {
+        ...init,
+        signal: combineSignals(AbortSignal.timeout(client.timeoutMs), signal),
+      });
+    } catch (cause) {
+      if (signal?.aborted) throw cause;
+      const timedOut = cause?.name === "TimeoutError";
+      last = new SidecarUnavailable(
+        timedOut
+          ? `${method} ${path}: no answer within ${client.timeoutMs} ms`
+          : `${method} ${path}: ${cause?.cause?.code ?? cause?.message ?? "connection failed"}`,
+        { code: timedOut ? "timeout" : "unreachable", cause },
+      );
+      continue;
+    }
+    if (raw) return response;
+    const text = await response.text().catch(() => "");
+    let parsed = null;
+    if (text) {
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = { error: { code: `http_${response.status}`, message: text.slice(0, 200) } };
+      }
+    }
+    if (response.ok) return parsed;
+    const error = errorFor(response.status, parsed, response.headers);
+    if ((response.status === 404 && error.code === "not_found") || response.status === 405) {
+      throw new IncompatibleSidecar(
+        `this sidecar has no ${method} ${path.split("?")[0]}: it is older than this client needs (${SUPPORTED_SIDECAR})`,
+        { status: response.status, code: "incompatible_sidecar", body: parsed },
+      );
+    }
+    if (RETRYABLE_STATUS.has(response.status)) {
+      last = error;
+      continue;
+    }
+    throw error;
+  }
+  throw last ?? new SidecarUnavailable(`${method} ${path}: aborted`, { code: "aborted" });
+}
+
+/** The failure policy: under fail_open an unavailable sidecar lets `what` through as `result`; else throws. */
+export function failOpen(client, what, error, result) {
+  if (client.failurePolicy !== "fail_open" || !(error instanceof SidecarUnavailable)) throw error;
+  client.logger?.warn?.(`credit-sidecar: ${what} let through uncharged (fail_open): ${error.message}`);
+  return result;
+}
