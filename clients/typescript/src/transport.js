@@ -70,8 +70,8 @@ export async function send(client, { fetch, url, auth }, method, path, { body, q
     }
     let response;
     try {
-      // called as a method of the client, as CreditSidecar did before transport.js (`this.#fetch(...)`)
-      response = await fetch.call(client, target, {
+      // called as a plain function: a browser's window.fetch refuses any other `this`
+      response = await fetch.call(undefined, target, {
         ...init,
         signal: combineSignals(AbortSignal.timeout(client.timeoutMs), signal),
       });
