@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # sidecar, the tests (and pytest's assertion rewriting of them) from source, seconds each.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: run test check lint setup system-deps clean bench bench-deps bench-writer bench-aof bench-memory bench-compare
+.PHONY: run test check lint setup system-deps clean bench bench-deps bench-writer bench-aof bench-memory bench-compare bench-middleware
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -72,6 +72,11 @@ bench-aof: $(STAMP)
 
 bench-memory: $(STAMP) system-deps
 	$(BIN)/python -m bench.memory
+
+# The client middleware's own overhead (Python ASGI, Express) against the same route without it,
+# and the sidecar's round trip alone; needs node and npm (examples/express's dependencies).
+bench-middleware: $(STAMP) system-deps bench-deps
+	$(BIN)/python -m bench.middleware
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .hypothesis
