@@ -1,0 +1,169 @@
+"""Hostile callers and chaos against the Python middleware, on one real sidecar for the module:
+a request id reused for other requests, odd ids, bad accounts and costs, header injection, two
+checks in one request, and a sidecar answering garbage or 5xx (a refusal never becomes an allow,
+nothing is charged twice or answered as refused after a charge)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis as redis_sync
+from fastapi import Depends, FastAPI
+from pydantic import SecretStr
+
+from credit_sidecar import AsyncClient, Client
+from credit_sidecar.middleware.asgi import CreditsMiddleware, RequireCredits
+from sidecar.redis.embedded import RedisServer
+from sidecar.settings import Settings
+from tests.clients.conftest import Sidecar, funded
+from tests.conftest import ADMIN, SERVICE, premigrated
+
+
+@pytest.fixture(scope="module")
+def shared(
+    redis_server: RedisServer, sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sidecar]:
+    r = redis_sync.Redis.from_url(redis_server.url)
+    r.flushall()
+    r.close()
+    settings = Settings(
+        redis_url=redis_server.url,
+        admin_token=SecretStr(ADMIN),
+        service_token=SecretStr(SERVICE),
+        data_dir=premigrated(sqlite_template, tmp_path_factory.mktemp("attacks")),
+        writer="off",
+        billing_worker="off",
+    )
+    s = Sidecar(settings)
+    s.start()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def admin(shared: Sidecar) -> Iterator[Client]:
+    with Client(shared.url, ADMIN) as c:
+        yield c
+
+
+def fresh(admin: Client, credits: int) -> str:
+    account = f"atk-{uuid.uuid4().hex[:12]}"
+    funded(admin, account, credits)
+    return account
+
+
+def app_for(url: str, who: Any, **client: Any) -> FastAPI:
+    """Middleware pricing /a and /b at 1, /big at 10; /both also has a RequireCredits(5)."""
+    app = FastAPI()
+    app.add_middleware(
+        CreditsMiddleware,
+        client=AsyncClient(url, SERVICE, **client),
+        account=who,
+        costs={"/a": 1, "/b": 1, "/big": 10, "/both": 1},
+    )
+
+    @app.get("/a")
+    @app.get("/b")
+    @app.get("/big")
+    async def priced() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    @app.get("/both", dependencies=[Depends(RequireCredits(5))])
+    async def both() -> dict[str, str]:
+        return {"ok": "both"}
+
+    return app
+
+
+async def get(app: FastAPI, path: str, **headers: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+        sent = {k.replace("_", "-"): v.encode("latin-1") for k, v in headers.items()}
+        return await http.get(path, headers=sent)
+
+
+async def test_one_request_id_on_other_routes_and_accounts(admin: Client, shared: Sidecar) -> None:
+    one, two = fresh(admin, 100), fresh(admin, 100)
+    who = {"k1": one, "k2": two}
+    app = app_for(shared.url, lambda c: who.get(c.headers.get("x-key", "")))
+    rid = {"X-Request-Id": "same-id-1"}
+    assert (await get(app, "/a", x_key="k1", **rid)).status_code == 200
+    again = await get(app, "/a", x_key="k1", **rid)  # the retry: charged once
+    assert again.headers["X-Credits-Replayed"] == "true"
+    for path in ("/b", "/big"):  # the id on other routes: a new charge, never a free pass
+        r = await get(app, path, x_key="k1", **rid)
+        assert (r.status_code, r.headers["X-Credits-Replayed"]) == (200, "false")
+    r = await get(app, "/a", x_key="k2", **rid)  # another account: its own charge
+    assert (r.status_code, r.headers["X-Credits-Replayed"]) == (200, "false")
+    assert admin.balance(one).balance == 100 - 1 - 1 - 10
+    assert admin.balance(two).balance == 99
+
+
+async def test_two_checks_in_one_request_with_a_request_id(
+    admin: Client, shared: Sidecar
+) -> None:
+    """The table's check and the route's RequireCredits both charge, with or without an id, and
+    a retry with the id replays both: never a 409 after a charge."""
+    acct = fresh(admin, 100)
+    app = app_for(shared.url, lambda c: acct)
+    assert (await get(app, "/both")).status_code == 200
+    assert admin.balance(acct).balance == 94
+    first = await get(app, "/both", x_request_id="both-1")
+    assert first.status_code == 200, first.text
+    assert admin.balance(acct).balance == 88
+    retry = await get(app, "/both", x_request_id="both-1")
+    assert (retry.status_code, retry.headers["X-Credits-Replayed"]) == (200, "true")
+    assert admin.balance(acct).balance == 88
+
+
+@pytest.mark.parametrize("rid", ["", "x" * 129, "a b", "é", "a/b", "a\tb"])
+async def test_odd_request_ids_are_new_requests(admin: Client, shared: Sidecar, rid: str) -> None:
+    acct = fresh(admin, 10)
+    app = app_for(shared.url, lambda c: acct)
+    headers = {"X-Request-Id": rid.encode("utf-8").decode("latin-1")}
+    for _ in range(2):
+        r = await get(app, "/a", **headers)
+        assert (r.status_code, r.headers["X-Credits-Replayed"]) == (200, "false")
+    assert admin.balance(acct).balance == 8
+
+
+@pytest.mark.parametrize(
+    "account", ["bad id", "x" * 300, "a\r\nSet-Cookie: x=1", "no-such-account-zz", "../admin"]
+)
+async def test_bad_accounts_never_allowed_nor_500(shared: Sidecar, account: str) -> None:
+    app = app_for(shared.url, lambda c: account)
+    r = await get(app, "/a")
+    assert r.status_code in (401, 402, 404, 422), (r.status_code, r.text)
+    assert "set-cookie" not in r.headers
+    assert r.json()["error"]["code"] if "error" in r.json() else r.json()["reason"]
+
+
+@pytest.mark.parametrize("cost", [-1, 1.5, 2**60, True])
+async def test_bad_costs_never_charge_nor_credit(
+    admin: Client, shared: Sidecar, cost: Any
+) -> None:
+    acct = fresh(admin, 10)
+    app = FastAPI()
+    app.add_middleware(
+        CreditsMiddleware,
+        client=AsyncClient(shared.url, SERVICE),
+        account=lambda c: acct,
+        costs={"/x": cost},
+    )
+
+    @app.get("/x")
+    async def x() -> dict[str, str]:
+        return {"ok": "ran"}
+
+    r = await get(app, "/x")
+    balance = admin.balance(acct).balance
+    if r.status_code == 200:
+        assert cost is True and balance == 9
+    else:
+        assert r.status_code == 422 and balance == 10, (r.status_code, balance)
+
