@@ -104,9 +104,7 @@ async def test_one_request_id_on_other_routes_and_accounts(admin: Client, shared
     assert admin.balance(two).balance == 99
 
 
-async def test_two_checks_in_one_request_with_a_request_id(
-    admin: Client, shared: Sidecar
-) -> None:
+async def test_two_checks_in_one_request_with_a_request_id(admin: Client, shared: Sidecar) -> None:
     """The table's check and the route's RequireCredits both charge, with or without an id, and
     a retry with the id replays both: never a 409 after a charge."""
     acct = fresh(admin, 100)
@@ -144,9 +142,7 @@ async def test_bad_accounts_never_allowed_nor_500(shared: Sidecar, account: str)
 
 
 @pytest.mark.parametrize("cost", [-1, 1.5, 2**60, True])
-async def test_bad_costs_never_charge_nor_credit(
-    admin: Client, shared: Sidecar, cost: Any
-) -> None:
+async def test_bad_costs_never_charge_nor_credit(admin: Client, shared: Sidecar, cost: Any) -> None:
     acct = fresh(admin, 10)
     app = FastAPI()
     app.add_middleware(
@@ -166,4 +162,3 @@ async def test_bad_costs_never_charge_nor_credit(
         assert cost is True and balance == 9
     else:
         assert r.status_code == 422 and balance == 10, (r.status_code, balance)
-

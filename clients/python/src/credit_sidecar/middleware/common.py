@@ -69,13 +69,17 @@ def route_cost(
     return best[1] if best is not None else default_cost
 
 
-def idempotency_key(request_id: str | None, account: str, method: str, path: str) -> str:
+def idempotency_key(
+    request_id: str | None, account: str, method: str, path: str, nth: int = 0
+) -> str:
     """The check's idempotency key: derived from the request's own id when it sent a valid one
     (a retry of the same request is then charged once), else a new one per request. The account,
-    method and path are part of it: the same id on another route is another charge."""
+    method and path are part of it: the same id on another route is another charge. ``nth``
+    counts the checks already made for this request (a route table's and a route's own guard):
+    each is its own charge, which a shared key would turn into a 409 after the first charged."""
     if request_id and REQUEST_ID.fullmatch(request_id):
-        digest = hashlib.sha256(f"{request_id}\n{account}\n{method}\n{path}".encode()).hexdigest()
-        return f"req-{digest[:40]}"
+        text = f"{request_id}\n{account}\n{method}\n{path}" + (f"\n{nth}" if nth else "")
+        return f"req-{hashlib.sha256(text.encode()).hexdigest()[:40]}"
     return uuid.uuid4().hex
 
 
@@ -164,12 +168,19 @@ def _error(code: str, message: str) -> dict[str, Any]:
 
 
 def check_sync(
-    client: Any, account: str | None, cost: int, request_id: str | None, method: str, path: str
+    client: Any,
+    account: str | None,
+    cost: int,
+    request_id: str | None,
+    method: str,
+    path: str,
+    nth: int = 0,
 ) -> Verdict:
-    """One request's check with the sync client (the WSGI middlewares)."""
+    """One request's check with the sync client (the WSGI middlewares); ``nth``: the checks
+    already made for this request."""
     if not account:
         return no_account()
-    key = idempotency_key(request_id, account, method, path)
+    key = idempotency_key(request_id, account, method, path, nth)
     try:
         result = client.check(account, cost, idempotency_key=key, description=f"{method} {path}")
     except errors.CreditSidecarError as e:

@@ -54,13 +54,15 @@ class FlaskCredits:
                 self.client, self.api_key(request), cost, request_id, request.method, uri
             )
         assert self.account is not None
+        g.credit_checks = g.get("credit_checks", 0) + 1  # the table's and a view's own
         return common.check_sync(
             self.client,
             self.account(request),
             cost,
-            request.headers.get(self.request_id_header),
+            request_id,
             request.method,
             request.path,
+            g.credit_checks - 1,
         )
 
     def _before(self) -> Response | None:
