@@ -83,7 +83,7 @@ def app_for(url: str, who: Any, **client: Any) -> FastAPI:
 async def get(app: FastAPI, path: str, **headers: str) -> httpx.Response:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
-        sent = {k.replace("_", "-"): v.encode("latin-1") for k, v in headers.items()}
+        sent = {k.replace("_", "-").encode(): v.encode("latin-1") for k, v in headers.items()}
         return await http.get(path, headers=sent)
 
 
