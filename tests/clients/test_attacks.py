@@ -5,15 +5,18 @@ nothing is charged twice or answered as refused after a charge)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import redis as redis_sync
 from fastapi import Depends, FastAPI
+from aiohttp import web
 from pydantic import SecretStr
 
 from credit_sidecar import AsyncClient, Client
@@ -22,6 +25,7 @@ from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.clients.conftest import Sidecar, funded
 from tests.conftest import ADMIN, SERVICE, premigrated
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +166,115 @@ async def test_bad_costs_never_charge_nor_credit(admin: Client, shared: Sidecar,
         assert cost is True and balance == 9
     else:
         assert r.status_code == 422 and balance == 10, (r.status_code, balance)
+
+
+class Chaos:
+    """A relay in front of the sidecar that spoils the answers of the paths in ``rules``
+    (a path's ending -> what to do): ``garbage`` a 200 that is not JSON, ``empty`` a 200 with
+    no body, ``500`` an error page, ``cut`` a 200 cut mid-body and closed, ``hang`` no answer;
+    ``after:`` forwards the request to the sidecar first (it took effect, the answer is lost);
+    ``once:`` spoils the first such request only."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+        self.rules: dict[str, str] = {}
+        self.seen: list[str] = []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(request.path)
+        key = next((k for k in self.rules if request.path.endswith(k)), None)
+        rule = self.rules.get(key) if key else None
+        if rule and rule.startswith("once:"):  # the first such request only
+            rule = rule.removeprefix("once:")
+            del self.rules[key]
+        forward = rule is None or rule.startswith("after:")
+        if forward:
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+            async with (
+                aiohttp.ClientSession() as http,
+                http.request(
+                    request.method, self.sidecar.url + request.path_qs, data=body, headers=headers
+                ) as r,
+            ):
+                answer = web.Response(
+                    status=r.status, body=await r.read(), content_type=r.content_type
+                )
+            if rule is None:
+                return answer
+        action = (rule or "").removeprefix("after:")
+        if action == "hang":
+            await asyncio.sleep(30)
+        if action == "500":
+            return web.Response(status=500, text="<html>Internal Server Error</html>")
+        if action == "empty":
+            return web.Response(status=200)
+        if action == "cut":
+            cut = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+            cut.content_length = 500
+            await cut.prepare(request)
+            await cut.write(b'{"allowed": tr')
+            assert request.transport is not None
+            request.transport.close()
+            return cut
+        return web.Response(status=200, text="<html>welcome to nginx</html>")
+
+    def start(self) -> None:
+        async def up() -> None:
+            self.runner = web.AppRunner(web.Application(handler_args={}, middlewares=[]))
+            self.runner.app.router.add_route("*", "/{tail:.*}", self.handle)
+            await self.runner.setup()
+            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+        self.sidecar._run(up())
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.sidecar._run(self.runner.cleanup())
+
+
+@pytest.fixture(scope="module")
+def chaos(shared: Sidecar) -> Iterator[Chaos]:
+    c = Chaos(shared)
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def rules(chaos: Chaos) -> Iterator[dict[str, str]]:
+    chaos.rules.clear()
+    chaos.seen.clear()
+    yield chaos.rules
+    chaos.rules.clear()
+
+
+@pytest.mark.parametrize("policy", ["fail_closed", "fail_open"])
+@pytest.mark.parametrize("spoil", ["garbage", "empty", "500", "after:garbage", "after:500"])
+async def test_a_spoiled_check_answer(
+    admin: Client, chaos: Chaos, rules: dict[str, str], spoil: str, policy: str
+) -> None:
+    """A check answered with no usable answer is the sidecar unavailable: 503 under fail_closed,
+    through (marked fail_open) under fail_open; never the app's 500, never an allow that says
+    it was charged."""
+    acct = fresh(admin, 10)
+    rules["/v1/check"] = spoil
+    app = app_for(chaos.url, lambda c: acct, failure_policy=policy, max_attempts=1)
+    r = await get(app, "/a")
+    if policy == "fail_closed":
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "credits_unavailable")
+    else:
+        assert (r.status_code, r.headers["X-Credits-Reason"]) == (200, "fail_open")
+
+
+async def test_a_check_cut_mid_answer_is_retried_and_charged_once(
+    admin: Client, chaos: Chaos, rules: dict[str, str]
+) -> None:
+    acct = fresh(admin, 10)
+    rules["/v1/check"] = "once:after:cut"
+    r = await get(app_for(chaos.url, lambda c: acct), "/a")
+    assert (r.status_code, r.headers.get("X-Credits-Replayed")) == (200, "true"), r.text
+    assert admin.balance(acct).balance == 9
