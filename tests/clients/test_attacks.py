@@ -15,8 +15,8 @@ import aiohttp
 import httpx
 import pytest
 import redis as redis_sync
-from fastapi import Depends, FastAPI
 from aiohttp import web
+from fastapi import Depends, FastAPI
 from pydantic import SecretStr
 
 from credit_sidecar import AsyncClient, Client
