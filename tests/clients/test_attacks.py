@@ -188,7 +188,7 @@ class Chaos:
         self.seen.append(request.path)
         key = next((k for k in self.rules if request.path.endswith(k)), None)
         rule = self.rules.get(key) if key else None
-        if rule and rule.startswith("once:"):  # the first such request only
+        if key and rule and rule.startswith("once:"):  # the first such request only
             rule = rule.removeprefix("once:")
             del self.rules[key]
         forward = rule is None or rule.startswith("after:")
