@@ -121,3 +121,120 @@ test("express: a client gone before the hold is made still has the hold released
   await new Promise((r) => setTimeout(r, 300));
   await eventually(async () => (await admin.balance(acct)).held === 0 && (await balanceOf(acct)) === 100);
 });
+
+// A relay in front of the sidecar that spoils the answers of the paths in `rules` (a path's
+// ending -> what to do), as tests/clients/test_attacks.py's Chaos: garbage, empty, 500, cut
+// (a 200 cut mid-body), hang; "after:" forwards first (it took effect, the answer is lost);
+// "once:" spoils the first such request only.
+const rules = new Map();
+const chaos = http.createServer(async (req, res) => {
+  const chunks = [];
+  for await (const c of req) chunks.push(c);
+  const key = [...rules.keys()].find((k) => req.url.split("?")[0].endsWith(k));
+  let rule = key ? rules.get(key) : undefined;
+  if (rule?.startsWith("once:")) {
+    rule = rule.slice(5);
+    rules.delete(key);
+  }
+  let answer;
+  if (!rule || rule.startsWith("after:")) {
+    const headers = { ...req.headers };
+    delete headers.host;
+    delete headers["content-length"];
+    const r = await fetch(process.env.SIDECAR_URL + req.url, {
+      method: req.method,
+      headers,
+      body: chunks.length ? Buffer.concat(chunks) : undefined,
+    });
+    answer = { status: r.status, type: r.headers.get("content-type"), body: Buffer.from(await r.arrayBuffer()) };
+  }
+  const action = rule?.replace(/^after:/, "");
+  if (!action) {
+    res.writeHead(answer.status, { "content-type": answer.type ?? "application/json" });
+    return res.end(answer.body);
+  }
+  if (action === "hang") return;
+  if (action === "500") return res.writeHead(500, { "content-type": "text/html" }).end("<html>oops</html>");
+  if (action === "empty") return res.writeHead(200).end();
+  if (action === "cut") {
+    res.writeHead(200, { "content-type": "application/json", "content-length": "500" });
+    res.write('{"allowed": tr');
+    return setTimeout(() => res.socket.destroy(), 20);
+  }
+  res.writeHead(200, { "content-type": "text/html" }).end("<html>welcome to nginx</html>");
+});
+let chaosUrl;
+before(async () => {
+  await new Promise((resolve) => chaos.listen(0, "127.0.0.1", resolve));
+  chaosUrl = `http://127.0.0.1:${chaos.address().port}`;
+});
+after(() => {
+  chaos.closeAllConnections();
+  chaos.close();
+});
+
+async function serve(app) {
+  const s = await new Promise((resolve) => {
+    const srv = app.listen(0, "127.0.0.1", () => resolve(srv));
+  });
+  return {
+    url: `http://127.0.0.1:${s.address().port}`,
+    close: () => {
+      s.closeAllConnections();
+      s.close();
+    },
+  };
+}
+
+for (const policy of ["fail_closed", "fail_open"]) {
+  for (const spoil of ["garbage", "empty", "500", "after:garbage", "after:500", "cut"]) {
+    test(`chaos, ${policy}: a check answered ${spoil} is the sidecar unavailable, never the app's error`, async () => {
+      const acct = await account(10);
+      rules.clear();
+      rules.set("/v1/check", spoil);
+      const client = service({ url: chaosUrl, failurePolicy: policy, retries: 0 });
+      for (const [kind, get] of [
+        ["express", async (path) => {
+          const s = await serve(expressApp(client));
+          try {
+            return await fetch(s.url + path, { headers: { "x-account": acct } });
+          } finally {
+            s.close();
+          }
+        }],
+        ["hono", (path) => honoApp(client).request(path, { headers: { "x-account": acct } })],
+      ]) {
+        const r = await get("/a");
+        if (policy === "fail_closed") {
+          assert.equal(r.status, 503, `${kind}: ${r.status}`);
+          assert.equal((await r.json()).error.code, "credits_unavailable");
+        } else {
+          assert.equal(r.status, 200, `${kind}: ${r.status}`);
+          assert.equal(r.headers.get("x-credits-reason"), "fail_open", kind);
+        }
+      }
+      rules.clear();
+    });
+  }
+}
+
+test("chaos: a check whose answer is cut mid-body is retried with its key and charged once", async () => {
+  const acct = await account(10);
+  rules.clear();
+  rules.set("/v1/check", "once:after:cut");
+  const r = await honoApp(service({ url: chaosUrl })).request("/a", { headers: { "x-account": acct } });
+  assert.equal(r.status, 200);
+  assert.equal(r.headers.get("x-credits-replayed"), "true");
+  assert.equal(await balanceOf(acct), 9);
+});
+
+test("chaos: a sidecar that never answers is given up within the retries' bound", async () => {
+  rules.clear();
+  rules.set("/v1/check", "hang");
+  const client = service({ url: chaosUrl, timeoutMs: 100, retries: 2, backoffMs: 10, maxBackoffMs: 20 });
+  const started = Date.now();
+  const r = await honoApp(client).request("/a", { headers: { "x-account": "anyone" } });
+  assert.equal(r.status, 503);
+  assert.ok(Date.now() - started < 3 * 100 + 2 * 20 + 300, `${Date.now() - started} ms`);
+  rules.clear();
+});
