@@ -6,8 +6,9 @@ nothing is charged twice or answered as refused after a charge)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from pydantic import SecretStr
 
 from credit_sidecar import AsyncClient, Client
 from credit_sidecar.middleware.asgi import CreditsMiddleware, RequireCredits
+from credit_sidecar.streaming import MeteredStreamingResponse
 from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.clients.conftest import Sidecar, funded
@@ -278,3 +280,53 @@ async def test_a_check_cut_mid_answer_is_retried_and_charged_once(
     r = await get(app_for(chaos.url, lambda c: acct), "/a")
     assert (r.status_code, r.headers.get("X-Credits-Replayed")) == (200, "true"), r.text
     assert admin.balance(acct).balance == 9
+
+
+async def test_one_request_id_sent_100_times_at_once_is_charged_once(
+    admin: Client, shared: Sidecar
+) -> None:
+    acct = fresh(admin, 100)
+    app = app_for(shared.url, lambda c: acct)
+    answers = await asyncio.gather(*(get(app, "/big", x_request_id="burst-1") for _ in range(100)))
+    replayed = sorted(r.headers.get("X-Credits-Replayed", str(r.status_code)) for r in answers)
+    assert {r.status_code for r in answers} <= {200, 409}, {r.status_code for r in answers}
+    assert replayed.count("false") == 1, replayed
+    assert admin.balance(acct).balance == 90
+
+
+async def test_a_settle_whose_answer_is_lost_is_retried_and_charged_once(
+    admin: Client, chaos: Chaos, rules: dict[str, str]
+) -> None:
+    acct = fresh(admin, 100)
+    rules["/settle"] = "once:after:cut"
+    async with AsyncClient(chaos.url, SERVICE) as client, client.holding(acct, 50) as h:
+        h.settle(7)
+    assert h.result is not None and h.result.charged == 7
+    assert admin.balance(acct).balance == 93
+    assert chaos.seen.count(f"/v1/holds/{h.hold_id}/settle") == 2
+
+
+@pytest.mark.parametrize("fail_at", [0, 2])
+async def test_a_stream_whose_body_fails_is_released_once(
+    admin: Client, shared: Sidecar, fail_at: int
+) -> None:
+    acct = fresh(admin, 100)
+    client = AsyncClient(shared.url, SERVICE)
+    app = FastAPI()
+
+    @app.get("/stream")
+    async def stream() -> MeteredStreamingResponse:
+        async def tokens() -> AsyncIterator[str]:
+            for i in range(5):
+                if i == fail_at:
+                    raise RuntimeError("the model failed")
+                yield "tok "
+
+        hold = await client.hold(acct, 50)
+        return MeteredStreamingResponse(client, hold, tokens(), count=lambda _: 1)
+
+    with contextlib.suppress(Exception):  # the app's error, however the server shows it
+        await get(app, "/stream")
+    assert admin.balance(acct).balance == 100
+    held = admin.balance(acct)
+    assert held.held == 0, held
