@@ -238,3 +238,83 @@ test("chaos: a sidecar that never answers is given up within the retries' bound"
   assert.ok(Date.now() - started < 3 * 100 + 2 * 20 + 300, `${Date.now() - started} ms`);
   rules.clear();
 });
+
+test("express: 100 requests at once with one X-Request-Id are charged once", async () => {
+  const acct = await account(100);
+  const answers = await Promise.all(
+    Array.from({ length: 100 }, () => fetch(`${base}/a`, { headers: { "x-account": acct, "x-request-id": "burst-ts" } })),
+  );
+  const fresh = answers.filter((r) => r.headers.get("x-credits-replayed") === "false");
+  assert.equal(fresh.length, 1);
+  assert.ok(answers.every((r) => r.status === 200 || r.status === 409));
+  assert.equal(await balanceOf(acct), 99);
+});
+
+test("chaos: a settle whose answer is lost is retried with its body and charged once", async () => {
+  const acct = await account(100);
+  rules.clear();
+  rules.set("/settle", "once:after:cut");
+  const client = service({ url: chaosUrl });
+  await client.withHold(acct, 50, (h) => h.settle(7));
+  assert.equal(await balanceOf(acct), 93);
+  assert.equal((await admin.balance(acct)).held, 0);
+});
+
+function streamingApps(client) {
+  const opts = { client, account: who };
+  const e = express();
+  // the handler fails mid-stream (after 2 tokens) or before its first byte
+  e.get("/fails", ex.meteredStream(40, opts), async (req, res, next) => {
+    const at = Number(req.query.at);
+    res.setHeader("content-type", "text/plain");
+    for (let i = 0; i < 5; i++) {
+      if (i === at) return next(new Error("the model failed"));
+      res.write("tok ");
+      req.credits.add(1);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    res.end();
+  });
+  const h = new Hono();
+  h.get("/fails", hono.meteredStream(40, { client, account: (c) => c.req.header("x-account") }), (c) => {
+    const at = Number(c.req.query("at"));
+    if (at === 0) throw new Error("the model failed");
+    const meter = c.get("credits");
+    let i = 0;
+    return c.body(
+      new ReadableStream({
+        pull(controller) {
+          if (i === at) return controller.error(new Error("the model failed"));
+          i += 1;
+          meter.add(1);
+          controller.enqueue(new TextEncoder().encode("tok "));
+        },
+      }),
+    );
+  });
+  return { e, h };
+}
+
+for (const at of [0, 2]) {
+  test(`express and hono: a stream whose handler fails at token ${at} is released once, nothing charged`, async () => {
+    const settled = [];
+    const client = service();
+    const { e, h } = streamingApps(client);
+    const s = await serve(e);
+    try {
+      for (const get of [
+        (acct) => fetch(`${s.url}/fails?at=${at}`, { headers: { "x-account": acct } }).then((r) => r.text()),
+        (acct) => h.request(`/fails?at=${at}`, { headers: { "x-account": acct } }).then((r) => r.text()),
+      ]) {
+        const acct = await account(100);
+        await get(acct).catch(() => {});
+        await eventually(async () => (await admin.balance(acct)).held === 0);
+        settled.push(await balanceOf(acct));
+      }
+    } finally {
+      s.close();
+    }
+    // a stream that failed charges nothing (counted tokens are not settled on a failure)
+    assert.deepEqual(settled, [100, 100]);
+  });
+}
