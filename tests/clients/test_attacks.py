@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,10 +19,12 @@ import pytest
 import redis as redis_sync
 from aiohttp import web
 from fastapi import Depends, FastAPI
+from flask import Flask
 from pydantic import SecretStr
 
 from credit_sidecar import AsyncClient, Client
 from credit_sidecar.middleware.asgi import CreditsMiddleware, RequireCredits
+from credit_sidecar.middleware.flask import FlaskCredits, require_credits
 from credit_sidecar.streaming import MeteredStreamingResponse
 from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
@@ -209,7 +212,7 @@ class Chaos:
                 return answer
         action = (rule or "").removeprefix("after:")
         if action == "hang":
-            await asyncio.sleep(30)
+            await asyncio.sleep(2)  # past any client's deadline in these tests
         if action == "500":
             return web.Response(status=500, text="<html>Internal Server Error</html>")
         if action == "empty":
@@ -330,3 +333,32 @@ async def test_a_stream_whose_body_fails_is_released_once(
     assert admin.balance(acct).balance == 100
     held = admin.balance(acct)
     assert held.held == 0, held
+
+
+def test_flask_table_and_view_checks_with_a_request_id(admin: Client, shared: Sidecar) -> None:
+    acct = fresh(admin, 100)
+    app = Flask(__name__)
+    with Client(shared.url, SERVICE) as client:
+        FlaskCredits(app, client=client, account=lambda r: acct, costs={"/both": 1})
+
+        @app.get("/both")
+        @require_credits(5)
+        def both() -> dict[str, str]:
+            return {"ok": "both"}
+
+        http = app.test_client()
+        for _ in range(2):  # the second: a retry, both checks replayed
+            r = http.get("/both", headers={"X-Request-Id": "flask-both"})
+            assert r.status_code == 200, r.get_data(as_text=True)
+        assert admin.balance(acct).balance == 94
+
+
+async def test_a_sidecar_that_never_answers_is_given_up_by_the_deadline(
+    chaos: Chaos, rules: dict[str, str]
+) -> None:
+    rules["/v1/check"] = "hang"
+    app = app_for(chaos.url, lambda c: "anyone", timeout=0.2, deadline=0.5, max_attempts=10)
+    started = time.monotonic()
+    r = await get(app, "/a")
+    assert r.status_code == 503
+    assert time.monotonic() - started < 1.5
