@@ -225,6 +225,11 @@ class Chaos:
             assert request.transport is not None
             request.transport.close()
             return cut
+        if action == "evil402":  # a refusal whose fields would split the response's headers
+            evil = "insufficient_credits\r\nSet-Cookie: stolen=1"
+            return web.json_response(
+                {"allowed": False, "reason": evil, "balance": evil, "required": 1}, status=402
+            )
         return web.Response(status=200, text="<html>welcome to nginx</html>")
 
     def start(self) -> None:
@@ -362,3 +367,14 @@ async def test_a_sidecar_that_never_answers_is_given_up_by_the_deadline(
     r = await get(app, "/a")
     assert r.status_code == 503
     assert time.monotonic() - started < 1.5
+
+
+async def test_header_injection_through_the_sidecar_answer(
+    chaos: Chaos, rules: dict[str, str]
+) -> None:
+    """A refusal is still a refusal, and its fields never become headers of their own."""
+    rules["/v1/check"] = "evil402"
+    r = await get(app_for(chaos.url, lambda c: "anyone"), "/a")
+    assert r.status_code == 402
+    assert "set-cookie" not in r.headers
+    assert all("\r" not in v and "\n" not in v for v in r.headers.values()), r.headers
