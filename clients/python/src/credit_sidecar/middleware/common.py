@@ -20,6 +20,7 @@ from credit_sidecar.models import Authorized, CheckResult
 log = logging.getLogger("credit_sidecar.middleware")
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+UNSAFE = re.compile(r"[^\x20-\x7e]")  # what a header value must not carry (CR, LF, controls)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class Verdict:
     headers: dict[str, str] = field(default_factory=dict)
     body: dict[str, Any] | None = None
     result: CheckResult | Authorized | None = None
+
+    def __post_init__(self) -> None:
+        # the values come from answers (a reason, an account): never a header of their own
+        clean = {k: UNSAFE.sub("", str(v)) for k, v in self.headers.items()}
+        object.__setattr__(self, "headers", clean)
 
     @property
     def allowed(self) -> bool:
