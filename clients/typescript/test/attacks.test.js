@@ -161,6 +161,12 @@ const chaos = http.createServer(async (req, res) => {
     res.write('{"allowed": tr');
     return setTimeout(() => res.socket.destroy(), 20);
   }
+  if (action === "evil402") {
+    // a refusal whose fields would split the response's headers
+    const evil = "insufficient_credits\r\nSet-Cookie: stolen=1";
+    const body = JSON.stringify({ allowed: false, reason: evil, balance: evil, required: 1 });
+    return res.writeHead(402, { "content-type": "application/json" }).end(body);
+  }
   res.writeHead(200, { "content-type": "text/html" }).end("<html>welcome to nginx</html>");
 });
 let chaosUrl;
@@ -318,3 +324,23 @@ for (const at of [0, 2]) {
     assert.deepEqual(settled, [100, 100]);
   });
 }
+
+test("chaos: CR/LF in the sidecar's refusal never splits the headers, and it is still a 402", async () => {
+  rules.clear();
+  rules.set("/v1/check", "evil402");
+  const client = service({ url: chaosUrl });
+  const s = await serve(expressApp(client));
+  try {
+    for (const r of [
+      await fetch(`${s.url}/a`, { headers: { "x-account": "anyone" } }),
+      await honoApp(client).request("/a", { headers: { "x-account": "anyone" } }),
+    ]) {
+      assert.equal(r.status, 402);
+      assert.equal(r.headers.get("set-cookie"), null);
+      for (const [, v] of r.headers) assert.doesNotMatch(v, /[\r\n]/);
+    }
+  } finally {
+    s.close();
+    rules.clear();
+  }
+});
