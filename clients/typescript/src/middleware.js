@@ -13,8 +13,20 @@ export function isValidId(value) {
   return typeof value === "string" && ID.test(value);
 }
 
+// What a header value must not carry (CR, LF, controls, non-ASCII): values come from answers.
+const UNSAFE = /[^\x20-\x7e]/g;
+
+function clean(headers) {
+  for (const k of Object.keys(headers)) headers[k] = String(headers[k]).replace(UNSAFE, "");
+  return headers;
+}
+
 /** The headers of an allowed check: X-Credits-* and, when the answer has one, RateLimit(-Policy). */
 export function allowedHeaders(result) {
+  return clean(allowedHeadersOf(result));
+}
+
+function allowedHeadersOf(result) {
   const headers = {};
   if (result.fail_open) {
     headers["X-Credits-Reason"] = "fail_open";
@@ -64,7 +76,7 @@ export function deniedResponse(error, { failurePolicy = "fail_closed" } = {}) {
   if (balance != null) headers["X-Credits-Balance"] = String(balance);
   if (error instanceof RateLimited) headers["Retry-After"] = String(Math.max(1, Math.ceil(error.retryAfterMs / 1000)));
   Object.assign(headers, rateLimitHeaders(error.body?.rate_limit));
-  return { status: error.status, body: error.body, headers };
+  return { status: error.status, body: error.body, headers: clean(headers) };
 }
 
 /**
