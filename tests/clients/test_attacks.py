@@ -47,6 +47,7 @@ def shared(
         data_dir=premigrated(sqlite_template, tmp_path_factory.mktemp("attacks")),
         writer="off",
         billing_worker="off",
+        trust_cost_header=True,  # the api_key= middleware prices its routes
     )
     s = Sidecar(settings)
     s.start()
@@ -378,3 +379,27 @@ async def test_header_injection_through_the_sidecar_answer(
     assert r.status_code == 402
     assert "set-cookie" not in r.headers
     assert all("\r" not in v and "\n" not in v for v in r.headers.values()), r.headers
+
+
+async def test_two_checks_by_api_key_in_one_request_with_a_request_id(
+    admin: Client, shared: Sidecar
+) -> None:
+    acct = fresh(admin, 100)
+    key = admin.create_key(acct, name="k").key
+    assert key is not None
+    app = FastAPI()
+    app.add_middleware(
+        CreditsMiddleware,
+        client=AsyncClient(shared.url, SERVICE),
+        api_key=lambda c: c.headers.get("x-api-key"),
+        costs={"/both": 1},
+    )
+
+    @app.get("/both", dependencies=[Depends(RequireCredits(5))])
+    async def both() -> dict[str, str]:
+        return {"ok": "both"}
+
+    for _ in range(2):  # the second: a retry, both checks replayed
+        r = await get(app, "/both", x_api_key=key, x_request_id="keyed-both")
+        assert r.status_code == 200, r.text
+    assert admin.balance(acct).balance == 94
