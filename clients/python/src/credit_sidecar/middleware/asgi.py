@@ -87,12 +87,15 @@ class Credits:
         if not key:
             return common.no_account()
         uri = conn.url.path + (f"?{conn.url.query}" if conn.url.query else "")
+        checks = conn.scope[CHECKS] = conn.scope.get(CHECKS, 0) + 1
         try:
             result = await self.client.authorize(
                 key,
                 conn.scope.get("method", "GET"),
                 uri,
-                request_id=conn.headers.get(self.request_id_header),
+                request_id=common.nth_request_id(
+                    conn.headers.get(self.request_id_header), checks - 1
+                ),
                 cost=cost,
             )
         except errors.CreditSidecarError as e:

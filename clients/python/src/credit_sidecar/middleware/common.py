@@ -89,6 +89,15 @@ def idempotency_key(
     return uuid.uuid4().hex
 
 
+def nth_request_id(request_id: str | None, nth: int) -> str | None:
+    """The request id sent for a request's ``nth`` check by API key: the sidecar binds an id to
+    one check (key, method, URI, cost), so from the second check on each gets its own, derived
+    the same way on a retry."""
+    if nth and request_id and REQUEST_ID.fullmatch(request_id):
+        return idempotency_key(request_id, "", "", "", nth)
+    return request_id
+
+
 def rate_limit_headers(state: Mapping[str, Any] | None) -> dict[str, str]:
     """IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers) from the check's
     ``rate_limit``: ``{policy, limit, remaining, reset_ms, period_ms}``, when it has one."""
@@ -195,11 +204,18 @@ def check_sync(
 
 
 def authorize_sync(
-    client: Any, api_key: str | None, cost: int, request_id: str | None, method: str, uri: str
+    client: Any,
+    api_key: str | None,
+    cost: int,
+    request_id: str | None,
+    method: str,
+    uri: str,
+    nth: int = 0,
 ) -> Verdict:
     """One request decided by its API key with the sync client (the WSGI middlewares)."""
     if not api_key:
         return no_account()
+    request_id = nth_request_id(request_id, nth)
     try:
         result = client.authorize(api_key, method, uri, request_id=request_id, cost=cost)
     except errors.CreditSidecarError as e:
