@@ -1,7 +1,7 @@
 // CreditSidecar, the client: the service calls (check, holds, usage, balance, authorize) and the
 // admin calls, each one request through transport.js. Types: client.d.ts.
 
-import { InvalidRequest, IncompatibleSidecar, errorFor } from "./errors.js";
+import { InvalidRequest, IncompatibleSidecar, SidecarUnavailable, errorFor } from "./errors.js";
 import { Meter } from "./meter.js";
 import { RETRYABLE_STATUS, dropUndefined, failOpen, send, uuid } from "./transport.js";
 import { SUPPORTED_SIDECAR, VERSION, satisfies } from "./version.js";
@@ -73,7 +73,12 @@ export class CreditSidecar {
       dry_run: dryRun || undefined,
     });
     try {
-      return await this.request("POST", "/v1/check", { body, signal });
+      const answer = await this.request("POST", "/v1/check", { body, signal });
+      if (answer?.allowed !== true) {
+        // a check's 200 says allowed: true; anything else is not the sidecar's answer
+        throw new SidecarUnavailable("POST /v1/check: an answer without allowed: true", { code: "unreachable" });
+      }
+      return answer;
     } catch (error) {
       return failOpen(this, `check of ${cost} for ${account}`, error, {
         allowed: true,

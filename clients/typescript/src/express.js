@@ -5,6 +5,7 @@ import {
   Meter,
   allowedHeaders,
   deniedResponse,
+  nthCheck,
   requestIdempotencyKey,
   routeCostLookup,
 } from "./index.js";
@@ -48,7 +49,12 @@ export function requireCredits(cost, options) {
       const result = await client.check({
         account,
         cost: amount,
-        idempotencyKey: requestIdempotencyKey(req.get?.("x-request-id") ?? req.headers["x-request-id"]),
+        idempotencyKey: await requestIdempotencyKey(req.get?.("x-request-id") ?? req.headers["x-request-id"], {
+          account,
+          method: req.method,
+          path: (req.baseUrl ?? "") + (req.path ?? req.url),
+          nth: nthCheck(req),
+        }),
         description: options.description?.(req) ?? `${req.method} ${req.path ?? req.url}`,
         metadata: options.metadata?.(req),
       });
@@ -122,6 +128,11 @@ export function meteredStream(estimate, options) {
       const closing = options.onDisconnect === "settle" && meter.amount !== undefined ? meter.finish() : meter.release();
       closing.then(options.onSettled, log);
     });
+    if (res.destroyed || res.socket?.destroyed) {
+      // The client left while the hold was being made: "close" came before its listener.
+      meter.release().then(options.onSettled, log);
+      return;
+    }
     next();
   };
 }

@@ -5,6 +5,7 @@ import {
   Meter,
   allowedHeaders,
   deniedResponse,
+  nthCheck,
   requestIdempotencyKey,
   routeCostLookup,
 } from "./index.js";
@@ -43,7 +44,12 @@ export function requireCredits(cost, options) {
       result = await client.check({
         account,
         cost: amount,
-        idempotencyKey: requestIdempotencyKey(c.req.header("x-request-id")),
+        idempotencyKey: await requestIdempotencyKey(c.req.header("x-request-id"), {
+          account,
+          method: c.req.method,
+          path: c.req.path,
+          nth: nthCheck(c.req.raw),
+        }),
         description: options.description?.(c) ?? `${c.req.method} ${c.req.path}`,
         metadata: options.metadata?.(c),
       });

@@ -24,5 +24,6 @@ export {
   rateLimitHeaders,
   deniedResponse,
   requestIdempotencyKey,
+  nthCheck,
   routeCostLookup,
 } from "./middleware.js";

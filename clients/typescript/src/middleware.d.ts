@@ -12,7 +12,11 @@ export interface DeniedResponse {
   headers: Record<string, string>;
 }
 export declare function deniedResponse(error: unknown, options?: { failurePolicy?: FailurePolicy }): DeniedResponse | null;
-export declare function requestIdempotencyKey(requestId: string | null | undefined): string;
+export declare function requestIdempotencyKey(
+  requestId: string | null | undefined,
+  scope: { account: string; method: string; path: string; nth?: number },
+): Promise<string>;
+export declare function nthCheck(request: object): number;
 export declare function routeCostLookup(
   table: Record<string, number>,
   fallback: number,

@@ -2,7 +2,7 @@
 // docs/http-api.md "Response headers"), a refusal as an answer, request ids as idempotency keys and
 // route-cost tables.
 
-import { CreditSidecarError, RateLimited, SidecarUnavailable } from "./errors.js";
+import { CreditSidecarError, IncompatibleSidecar, RateLimited, SidecarUnavailable } from "./errors.js";
 import { uuid } from "./transport.js";
 
 // The sidecar's ids: 1-128 characters of [A-Za-z0-9._:-] (docs/http-api.md).
@@ -13,8 +13,20 @@ export function isValidId(value) {
   return typeof value === "string" && ID.test(value);
 }
 
+// What a header value must not carry (CR, LF, controls, non-ASCII): values come from answers.
+const UNSAFE = /[^\x20-\x7e]/g;
+
+function clean(headers) {
+  for (const k of Object.keys(headers)) headers[k] = String(headers[k]).replace(UNSAFE, "");
+  return headers;
+}
+
 /** The headers of an allowed check: X-Credits-* and, when the answer has one, RateLimit(-Policy). */
 export function allowedHeaders(result) {
+  return clean(allowedHeadersOf(result));
+}
+
+function allowedHeadersOf(result) {
   const headers = {};
   if (result.fail_open) {
     headers["X-Credits-Reason"] = "fail_open";
@@ -55,18 +67,39 @@ export function deniedResponse(error, { failurePolicy = "fail_closed" } = {}) {
     };
   }
   // 401/403 here are about the app's own token: the app's error handler, not the caller, hears of them.
-  if (!(error instanceof CreditSidecarError) || ![402, 409, 429].includes(error.status)) return null;
+  // 400/404/413/422 are about this request (an account id the sidecar refuses, a bad cost): answered
+  // with the sidecar's status and body, as the Python middleware does, never the app's error page.
+  if (!(error instanceof CreditSidecarError) || error instanceof IncompatibleSidecar) return null;
+  if (![400, 402, 404, 409, 413, 422, 429].includes(error.status)) return null;
   const headers = { "X-Credits-Reason": error.code };
   const balance = error.body?.balance;
   if (balance != null) headers["X-Credits-Balance"] = String(balance);
   if (error instanceof RateLimited) headers["Retry-After"] = String(Math.max(1, Math.ceil(error.retryAfterMs / 1000)));
   Object.assign(headers, rateLimitHeaders(error.body?.rate_limit));
-  return { status: error.status, body: error.body, headers };
+  return { status: error.status, body: error.body, headers: clean(headers) };
 }
 
-/** The idempotency key of a request: its X-Request-Id when a valid id, else a fresh uuid. */
-export function requestIdempotencyKey(requestId) {
-  return isValidId(requestId) ? requestId : uuid();
+/**
+ * The idempotency key of a request's check: derived from its X-Request-Id when a valid id, else a
+ * fresh uuid. The account, method, path and `nth` (the checks this request already had) are hashed
+ * in, as the Python middleware does (the same key): the id on another route or account is another
+ * charge, never a replay of a different request, and a request's second check is its own charge.
+ */
+export async function requestIdempotencyKey(requestId, { account, method, path, nth = 0 }) {
+  if (!isValidId(requestId)) return uuid();
+  const text = `${requestId}\n${account}\n${method}\n${path}` + (nth ? `\n${nth}` : "");
+  const digest = await globalThis.crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  const hex = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  return `req-${hex.slice(0, 40)}`;
+}
+
+const checksMade = new WeakMap();
+
+/** How many checks `request` (Express's req, Hono's c.req.raw) had before this one; counts this one. */
+export function nthCheck(request) {
+  const n = checksMade.get(request) ?? 0;
+  checksMade.set(request, n + 1);
+  return n;
 }
 
 /**

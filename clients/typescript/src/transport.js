@@ -87,7 +87,15 @@ export async function send(client, { fetch, url, auth }, method, path, { body, q
       continue;
     }
     if (raw) return response;
-    const text = await response.text().catch(() => "");
+    let text;
+    try {
+      text = await response.text();
+    } catch (cause) {
+      // the answer cut mid-body: as a dropped connection, retried with the same body
+      if (signal?.aborted) throw cause;
+      last = new SidecarUnavailable(`${method} ${path}: the answer was cut off`, { code: "unreachable", cause });
+      continue;
+    }
     let parsed = null;
     if (text) {
       try {
@@ -96,7 +104,18 @@ export async function send(client, { fetch, url, auth }, method, path, { body, q
         parsed = { error: { code: `http_${response.status}`, message: text.slice(0, 200) } };
       }
     }
-    if (response.ok) return parsed;
+    if (response.status === 204) return null; // "no content" (a plan deleted)
+    if (response.ok) {
+      // a 2xx that is not the sidecar's JSON (an HTML page, no body: a wrong URL, a proxy in
+      // between) says nothing about the call: the sidecar is unavailable, never a success
+      if (parsed === null || typeof parsed !== "object" || (text && !isJson(text))) {
+        throw new SidecarUnavailable(`${method} ${path}: ${response.status} without the sidecar's answer`, {
+          status: response.status,
+          code: "unreachable",
+        });
+      }
+      return parsed;
+    }
     const error = errorFor(response.status, parsed, response.headers);
     if ((response.status === 404 && error.code === "not_found") || response.status === 405) {
       throw new IncompatibleSidecar(
@@ -111,6 +130,15 @@ export async function send(client, { fetch, url, auth }, method, path, { body, q
     throw error;
   }
   throw last ?? new SidecarUnavailable(`${method} ${path}: aborted`, { code: "aborted" });
+}
+
+function isJson(text) {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** The failure policy: under fail_open an unavailable sidecar lets `what` through as `result`; else throws. */

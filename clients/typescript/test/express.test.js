@@ -89,10 +89,16 @@ test("express: a retried request (same X-Request-Id) is charged once and marked 
   assert.equal(again.status, 200);
   assert.equal(again.headers.get("x-credits-replayed"), "true");
   assert.equal(await balanceOf(acct), 90);
-  // the id on another route (another cost) is a conflict, passed on as the sidecar's 409
+  // the id on another route is another request, charged (as the Python middleware does)
   const other = await get("/one", acct, { "x-request-id": id });
-  assert.equal(other.status, 409);
-  assert.equal((await other.json()).error.code, "idempotency_conflict");
+  assert.equal(other.headers.get("x-credits-replayed"), "false");
+  assert.equal(await balanceOf(acct), 89);
+  // the same route at another cost is a conflict, passed on as the sidecar's 409, not charged
+  assert.equal((await get("/priced?cost=2", acct, { "x-request-id": id })).status, 200);
+  const conflict = await get("/priced?cost=3", acct, { "x-request-id": id });
+  assert.equal(conflict.status, 409);
+  assert.equal((await conflict.json()).error.code, "idempotency_conflict");
+  assert.equal(await balanceOf(acct), 87);
 });
 
 test("express: 402 answers the sidecar's JSON body with X-Credits-Reason and the balance", async () => {

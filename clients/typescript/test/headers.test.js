@@ -2,6 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  InvalidRequest,
   RateLimited,
   SidecarUnavailable,
   Unauthorized,
@@ -35,17 +36,22 @@ test("denied: the body as is, X-Credits-Reason, Retry-After rounded up; others g
   assert.equal(d.headers["X-Credits-Reason"], "rate_limited");
   assert.equal(deniedResponse(new Unauthorized("bad token", { status: 401 })), null);
   assert.equal(deniedResponse(new Error("bug")), null);
+  assert.equal(deniedResponse(new InvalidRequest("bad account", { status: 422, code: "invalid_request" })).status, 422);
   const down = deniedResponse(new SidecarUnavailable("down"));
   assert.equal(down.status, 503);
   assert.equal(down.body.error.code, "credits_unavailable");
   assert.equal(deniedResponse(new SidecarUnavailable("down"), { failurePolicy: "fail_open" }), null);
 });
 
-test("the idempotency key is the request's X-Request-Id when it is a valid id", () => {
-  assert.equal(requestIdempotencyKey("req-1.a:b_c"), "req-1.a:b_c");
-  assert.match(requestIdempotencyKey("not valid!"), /^[0-9a-f-]{36}$/);
-  assert.match(requestIdempotencyKey(undefined), /^[0-9a-f-]{36}$/);
-  assert.match(requestIdempotencyKey("x".repeat(129)), /^[0-9a-f-]{36}$/);
+test("the idempotency key is derived from a valid X-Request-Id, the account, route and nth check", async () => {
+  const at = { account: "acme", method: "GET", path: "/one" };
+  // the same keys as the Python middleware's (credit_sidecar.middleware.common.idempotency_key)
+  assert.equal(await requestIdempotencyKey("req-1.a:b_c", at), "req-7323cad8e9c795f56af5c21ae84beb6b5b5b1742");
+  assert.equal(await requestIdempotencyKey("req-1.a:b_c", { ...at, nth: 1 }), "req-57f921600475de44193682915474206fe974ec27");
+  assert.notEqual(await requestIdempotencyKey("req-1.a:b_c", { ...at, path: "/two" }), "req-7323cad8e9c795f56af5c21ae84beb6b5b5b1742");
+  assert.match(await requestIdempotencyKey("not valid!", at), /^[0-9a-f-]{36}$/);
+  assert.match(await requestIdempotencyKey(undefined, at), /^[0-9a-f-]{36}$/);
+  assert.match(await requestIdempotencyKey("x".repeat(129), at), /^[0-9a-f-]{36}$/);
 });
 
 test("route-cost patterns: method optional, * within a segment, /** any rest", () => {

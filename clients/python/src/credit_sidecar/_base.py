@@ -91,9 +91,18 @@ class Base:
     def _result(call: Call[T], response: httpx.Response) -> T:
         body = json_body(response)
         if response.is_success:
-            if call.read_headers:
-                return call.parse({"body": body, "headers": response.headers})
-            return call.parse(body)
+            try:
+                if call.read_headers:
+                    return call.parse({"body": body, "headers": response.headers})
+                return call.parse(body)
+            except (TypeError, ValueError, KeyError) as e:
+                # a 200 that is not the sidecar's answer (an HTML page, no body: a wrong URL,
+                # a proxy in between) says nothing about the call: the sidecar is unavailable
+                raise errors.SidecarUnavailable(
+                    f"{call.method} {call.template}: {response.status_code} without the "
+                    f"sidecar's answer ({e})",
+                    code="sidecar_unavailable",
+                ) from e
         raise errors.from_response(response.status_code, body, dict(response.headers))
 
     def _learn(self, spec: Mapping[str, Any]) -> None:

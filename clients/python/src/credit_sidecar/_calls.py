@@ -117,7 +117,14 @@ def check(
     )
     if dry_run:
         body["dry_run"] = True
-    return Call("check", m.CheckResult.from_json, body=body)
+    return Call("check", _check_answer, body=body)
+
+
+def _check_answer(data: Any) -> m.CheckResult:
+    """A check's 200 says ``allowed: true``; anything else is not the sidecar's answer."""
+    if not isinstance(data, dict) or data.get("allowed") is not True:
+        raise TypeError("a check's answer without allowed: true")
+    return m.CheckResult.from_json(data)
 
 
 def report_usage(

@@ -168,7 +168,8 @@ def from_response(status: int, body: Any, headers: Mapping[str, str]) -> CreditS
     code = str(err.get("code", f"http_{status}"))
     message = str(err.get("message", f"HTTP {status}"))
     field = err.get("field")
-    cls = BY_STATUS.get(status, CreditSidecarError)
+    # any other 5xx (a 500, a proxy's 599) is no usable answer either: the sidecar unavailable
+    cls = BY_STATUS.get(status, SidecarUnavailable if status >= 500 else CreditSidecarError)
     return cls(
         message,
         status=status,

@@ -29,6 +29,7 @@ AccountOf = Callable[[HTTPConnection], "Awaitable[str | None] | str | None"]
 
 CONFIG = "credit_sidecar"  # scope key: the middleware's Credits
 VERDICTS = "credit_sidecar.verdicts"  # scope key: the checks made for this request
+CHECKS = "credit_sidecar.checks"  # scope key: how many checks this request has had
 
 
 class Credits:
@@ -64,8 +65,9 @@ class Credits:
             return common.no_account()
         method = conn.scope.get("method", "GET")
         path = conn.url.path
+        checks = conn.scope[CHECKS] = conn.scope.get(CHECKS, 0) + 1
         key = common.idempotency_key(
-            conn.headers.get(self.request_id_header), account, method, path
+            conn.headers.get(self.request_id_header), account, method, path, checks - 1
         )
         try:
             result = await self.client.check(
@@ -85,12 +87,15 @@ class Credits:
         if not key:
             return common.no_account()
         uri = conn.url.path + (f"?{conn.url.query}" if conn.url.query else "")
+        checks = conn.scope[CHECKS] = conn.scope.get(CHECKS, 0) + 1
         try:
             result = await self.client.authorize(
                 key,
                 conn.scope.get("method", "GET"),
                 uri,
-                request_id=conn.headers.get(self.request_id_header),
+                request_id=common.nth_request_id(
+                    conn.headers.get(self.request_id_header), checks - 1
+                ),
                 cost=cost,
             )
         except errors.CreditSidecarError as e:

@@ -20,6 +20,7 @@ from credit_sidecar.models import Authorized, CheckResult
 log = logging.getLogger("credit_sidecar.middleware")
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+UNSAFE = re.compile(r"[^\x20-\x7e]")  # what a header value must not carry (CR, LF, controls)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class Verdict:
     headers: dict[str, str] = field(default_factory=dict)
     body: dict[str, Any] | None = None
     result: CheckResult | Authorized | None = None
+
+    def __post_init__(self) -> None:
+        # the values come from answers (a reason, an account): never a header of their own
+        clean = {k: UNSAFE.sub("", str(v)) for k, v in self.headers.items()}
+        object.__setattr__(self, "headers", clean)
 
     @property
     def allowed(self) -> bool:
@@ -69,14 +75,27 @@ def route_cost(
     return best[1] if best is not None else default_cost
 
 
-def idempotency_key(request_id: str | None, account: str, method: str, path: str) -> str:
+def idempotency_key(
+    request_id: str | None, account: str, method: str, path: str, nth: int = 0
+) -> str:
     """The check's idempotency key: derived from the request's own id when it sent a valid one
     (a retry of the same request is then charged once), else a new one per request. The account,
-    method and path are part of it: the same id on another route is another charge."""
+    method and path are part of it: the same id on another route is another charge. ``nth``
+    counts the checks already made for this request (a route table's and a route's own guard):
+    each is its own charge, which a shared key would turn into a 409 after the first charged."""
     if request_id and REQUEST_ID.fullmatch(request_id):
-        digest = hashlib.sha256(f"{request_id}\n{account}\n{method}\n{path}".encode()).hexdigest()
-        return f"req-{digest[:40]}"
+        text = f"{request_id}\n{account}\n{method}\n{path}" + (f"\n{nth}" if nth else "")
+        return f"req-{hashlib.sha256(text.encode()).hexdigest()[:40]}"
     return uuid.uuid4().hex
+
+
+def nth_request_id(request_id: str | None, nth: int) -> str | None:
+    """The request id sent for a request's ``nth`` check by API key: the sidecar binds an id to
+    one check (key, method, URI, cost), so from the second check on each gets its own, derived
+    the same way on a retry."""
+    if nth and request_id and REQUEST_ID.fullmatch(request_id):
+        return idempotency_key(request_id, "", "", "", nth)
+    return request_id
 
 
 def rate_limit_headers(state: Mapping[str, Any] | None) -> dict[str, str]:
@@ -164,12 +183,19 @@ def _error(code: str, message: str) -> dict[str, Any]:
 
 
 def check_sync(
-    client: Any, account: str | None, cost: int, request_id: str | None, method: str, path: str
+    client: Any,
+    account: str | None,
+    cost: int,
+    request_id: str | None,
+    method: str,
+    path: str,
+    nth: int = 0,
 ) -> Verdict:
-    """One request's check with the sync client (the WSGI middlewares)."""
+    """One request's check with the sync client (the WSGI middlewares); ``nth``: the checks
+    already made for this request."""
     if not account:
         return no_account()
-    key = idempotency_key(request_id, account, method, path)
+    key = idempotency_key(request_id, account, method, path, nth)
     try:
         result = client.check(account, cost, idempotency_key=key, description=f"{method} {path}")
     except errors.CreditSidecarError as e:
@@ -178,11 +204,18 @@ def check_sync(
 
 
 def authorize_sync(
-    client: Any, api_key: str | None, cost: int, request_id: str | None, method: str, uri: str
+    client: Any,
+    api_key: str | None,
+    cost: int,
+    request_id: str | None,
+    method: str,
+    uri: str,
+    nth: int = 0,
 ) -> Verdict:
     """One request decided by its API key with the sync client (the WSGI middlewares)."""
     if not api_key:
         return no_account()
+    request_id = nth_request_id(request_id, nth)
     try:
         result = client.authorize(api_key, method, uri, request_id=request_id, cost=cost)
     except errors.CreditSidecarError as e:

@@ -48,19 +48,27 @@ class FlaskCredits:
 
     def check(self, cost: int) -> Verdict:
         request_id = request.headers.get(self.request_id_header)
+        g.credit_checks = g.get("credit_checks", 0) + 1  # the table's and a view's own
         if self.api_key is not None:
             uri = request.full_path if request.query_string else request.path
             return common.authorize_sync(
-                self.client, self.api_key(request), cost, request_id, request.method, uri
+                self.client,
+                self.api_key(request),
+                cost,
+                request_id,
+                request.method,
+                uri,
+                g.credit_checks - 1,
             )
         assert self.account is not None
         return common.check_sync(
             self.client,
             self.account(request),
             cost,
-            request.headers.get(self.request_id_header),
+            request_id,
             request.method,
             request.path,
+            g.credit_checks - 1,
         )
 
     def _before(self) -> Response | None:
