@@ -22,7 +22,7 @@ from sidecar.http.app import create_app
 from sidecar.http.auth import PORTAL_SESSION
 from sidecar.redis.client import RedisClient
 from sidecar.settings import Settings
-from tests.conftest import FakeClock, admin, outbox_entries, service
+from tests.conftest import FakeClock, admin, outbox_entries, service, snapshot
 
 Client = TestClient[web.Request, web.Application]
 pytestmark = pytest.mark.sql_free  # the routes it calls read Redis only (writer off)
@@ -475,3 +475,26 @@ async def test_the_portal_creates_keys_up_to_the_cap_of_active_ones(
 async def test_revoking_the_sessions_of_an_unknown_account_is_a_404(client: Client) -> None:
     r = await client.delete("/v1/accounts/nobody/portal-sessions", headers=admin())
     assert r.status == 404 and (await r.json())["error"]["code"] == "unknown_account"
+
+
+async def test_every_portal_change_refuses_a_request_without_the_csrf_token(
+    client: Client, redis: RedisClient
+) -> None:
+    """The registry walked: each state-changing portal operation, sent with the session's
+    cookie but without its CSRF token (or from another site), is a 403 and writes nothing."""
+    await account(client, "acme", 10)
+    csrf = await open_portal(client, "acme")
+    r = await client.post(
+        "/v1/portal/keys", json={"idempotency_key": "k"}, headers={"X-CSRF-Token": csrf}
+    )
+    key_id = (await r.json())["key_id"]
+    changes = [op for op in API.operations if op.auth is PORTAL_SESSION and op.method != "GET"]
+    before = await snapshot(redis)
+    for op in changes:
+        path = op.spec_path.replace("{key_id}", key_id)
+        for headers in ({}, {"X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site"}):
+            r = await client.request(op.method, path, json={}, headers=headers)
+            assert r.status == 403, (op.method, path, headers)
+            assert (await r.json())["error"]["code"] == "csrf"
+    assert await snapshot(redis) == before
+    assert len(changes) >= 11
