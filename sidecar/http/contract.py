@@ -408,12 +408,6 @@ def endpoint(op: Operation, app: web.Application) -> Endpoint:
     # keep (RFC 9111 3.5), and a browser keeps on disk: a portal session's are never stored.
     private = op.auth is PORTAL_SESSION
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        response = await answer(request)
-        if private and not response.prepared:
-            response.headers["Cache-Control"] = "no-store"
-        return response
-
     async def answer(request: web.Request) -> web.StreamResponse:
         if check is not None and (pending := check(request)) is not None:
             await pending
@@ -449,6 +443,16 @@ def endpoint(op: Operation, app: web.Application) -> Endpoint:
             body=encode(result), status=status, headers=headers, content_type="application/json"
         )
 
+    handle: Endpoint = answer
+    if private:  # (only these: every other route, the check's included, pays no extra layer)
+
+        async def handle_private(request: web.Request) -> web.StreamResponse:
+            response = await answer(request)
+            if not response.prepared:
+                response.headers["Cache-Control"] = "no-store"
+            return response
+
+        handle = handle_private
     result = op.wrap(handle) if op.wrap is not None else handle
     if op.body_limit is not None:
         result.body_limit = op.body_limit  # type: ignore[attr-defined]  # read by body_first

@@ -31,7 +31,7 @@ from sidecar.http.portal_models import (
     PortalSpendLimit,
     PortalSpendLimitRequest,
 )
-from sidecar.http.portal_sessions import clear_cookie
+from sidecar.http.portal_sessions import cleared_cookie
 from sidecar.http.queries import NoQuery, TransactionsQuery, UsageQuery
 from sidecar.http.read_responses import TransactionList, Usage
 from sidecar.http.responses import Balance, Key, KeyCreated, KeyList
@@ -61,10 +61,10 @@ def account(call: Call[Any, Any, Any]) -> str:
     return call.request[PORTAL].account
 
 
-def as_account(call: Call[Any, Any, Any], body: Any = None) -> Call[AccountPath, Any, Any]:
+def as_account(call: Call[Any, Any, Any]) -> Call[AccountPath, Any, Any]:
     """``call`` as the admin route's handler takes it: about the session's account."""
     path = AccountPath.model_construct(account=account(call))
-    return Call(call.request, path, call.query, call.body if body is None else body)
+    return Call(call.request, path, call.query, call.body)
 
 
 async def _balance_now(call: Call[Any, Any, Any]) -> Any:
@@ -89,18 +89,18 @@ async def portal_session(call: Call[None, NoQuery, None]) -> PortalSessionView:
     settings = call.app[SETTINGS]
     b = call.app[BILLING]
     stripe_on = settings.stripe_api_key is not None
-    customer: bool | None = None
+    customer = False
     if stripe_on:
         # no link, the rest still works
         with contextlib.suppress(errors.LedgerUnavailable, TimeoutError):
             async with asyncio.timeout(CUSTOMER_LOOKUP_S):
-                customer = await purchases.has_billing_customer(b, session.account) or None
+                customer = await purchases.has_billing_customer(b, session.account)
     bal = await call.app[LEDGER].balance(session.account)
     sections = [
         s
         for s in session.sections
         if stripe_on or s not in BILLING_SECTIONS
-        if s != "billing" or customer is not None
+        if s != "billing" or customer
     ]
     return PortalSessionView(
         account=session.account,
@@ -115,9 +115,7 @@ async def portal_session(call: Call[None, NoQuery, None]) -> PortalSessionView:
             accent_color=settings.portal_accent_color,
             support_url=settings.portal_support_url,
         ),
-        features=Features(
-            billing=stripe_on, billing_portal=customer is not None, plans=bal.plan is not None
-        ),
+        features=Features(billing=stripe_on, billing_portal=customer, plans=bal.plan is not None),
     )
 
 
@@ -130,11 +128,9 @@ async def portal_session(call: Call[None, NoQuery, None]) -> PortalSessionView:
     responses={200: Out(PortalSignedOut, "signed out")},
     errors=CHANGE_ERRORS,
 )
-async def sign_out(call: Call[None, None, None]) -> web.Response:
+async def sign_out(call: Call[None, None, None]) -> Reply:
     await call.app[PORTAL_SESSIONS].end(call.request[PORTAL])
-    response = web.json_response({"ended": True})
-    clear_cookie(call.request, response)
-    return response
+    return Reply(PortalSignedOut(ended=True), 200, {"Set-Cookie": cleared_cookie(call.request)})
 
 
 # -- reads -----------------------------------------------------------------------------------

@@ -203,6 +203,6 @@ def session_cookie(request: web.Request, value: str, *, max_age: int | None = No
     return "; ".join(attributes)
 
 
-def clear_cookie(request: web.Request, response: web.StreamResponse) -> None:
-    """Signs the browser out: the cookie goes (the session itself is ended by the caller)."""
-    response.headers.add("Set-Cookie", session_cookie(request, "", max_age=0))
+def cleared_cookie(request: web.Request) -> str:
+    """The Set-Cookie that signs the browser out (the session itself is ended by the caller)."""
+    return session_cookie(request, "", max_age=0)

@@ -9,6 +9,7 @@ import {
   requestIdempotencyKey,
   routeCostLookup,
 } from "./index.js";
+import { resolveAccount } from "./middleware.js";
 
 function send(res, denied) {
   res.status(denied.status);
@@ -22,11 +23,6 @@ function refuse(res, code, message, status = 401) {
 
 function setHeaders(res, headers) {
   for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
-}
-
-async function resolveAccount(options, req) {
-  const account = await options.account(req);
-  return typeof account === "string" && account !== "" ? account : null;
 }
 
 /**

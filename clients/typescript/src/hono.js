@@ -9,6 +9,7 @@ import {
   requestIdempotencyKey,
   routeCostLookup,
 } from "./index.js";
+import { resolveAccount } from "./middleware.js";
 
 function send(c, denied) {
   return c.json(denied.body, denied.status, denied.headers);
@@ -16,11 +17,6 @@ function send(c, denied) {
 
 function refuse(c, code, message, status = 401) {
   return c.json({ error: { code, message } }, status);
-}
-
-async function resolveAccount(options, c) {
-  const account = await options.account(c);
-  return typeof account === "string" && account !== "" ? account : null;
 }
 
 /**

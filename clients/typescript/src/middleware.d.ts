@@ -3,6 +3,10 @@
 import type { CreditSidecar, FailurePolicy } from "./client.js";
 import type { CheckResult, Metadata, RateLimitState } from "./results.js";
 
+export declare function resolveAccount<C>(
+  options: { account: (ctx: C) => string | null | undefined | Promise<string | null | undefined> },
+  ctx: C,
+): Promise<string | null>;
 export declare function isValidId(value: unknown): value is string;
 export declare function allowedHeaders(result: CheckResult): Record<string, string>;
 export declare function rateLimitHeaders(rateLimit: RateLimitState | null | undefined): Record<string, string>;

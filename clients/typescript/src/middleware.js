@@ -8,6 +8,13 @@ import { uuid } from "./transport.js";
 // The sidecar's ids: 1-128 characters of [A-Za-z0-9._:-] (docs/http-api.md).
 const ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
+/** The account `options.account(ctx)` names for a request (a request or a Hono context), or null
+ * for anything but a non-empty string. */
+export async function resolveAccount(options, ctx) {
+  const account = await options.account(ctx);
+  return typeof account === "string" && account !== "" ? account : null;
+}
+
 /** Is this a valid sidecar id (1-128 of [A-Za-z0-9._:-])? Request ids used as idempotency keys must be. */
 export function isValidId(value) {
   return typeof value === "string" && ID.test(value);
