@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from credit_sidecar import Client, InsufficientCredits, SidecarUnavailable
+from credit_sidecar import AsyncClient, Client, InsufficientCredits, SidecarUnavailable
 from credit_sidecar.middleware.common import rate_limit_headers, route_cost
 from tests.clients.conftest import Sidecar, funded
 from tests.conftest import SERVICE
@@ -90,6 +90,29 @@ def test_timeout_per_attempt_and_deadline(silent: str) -> None:
         took = time.monotonic() - start
     assert 0.35 < took < 1.0, took
     assert "Timeout" in e.value.message or "deadline" in e.value.message
+
+
+async def test_async_timeout_per_attempt_and_deadline(silent: str) -> None:
+    async with AsyncClient(silent, SERVICE, timeout=0.2, deadline=0.5, verify_sidecar=False) as c:
+        start = time.monotonic()
+        with pytest.raises(SidecarUnavailable) as e:
+            await c.check("acme", 1)
+        took = time.monotonic() - start
+    assert 0.35 < took < 1.0, took
+    assert "Timeout" in e.value.message or "deadline" in e.value.message
+
+
+async def test_async_refused_connection_is_retried_then_unavailable() -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens: every connection is refused, no byte of a request left
+    async with AsyncClient(
+        f"http://127.0.0.1:{port}", SERVICE, backoff=0.001, verify_sidecar=False
+    ) as c:
+        with pytest.raises(SidecarUnavailable) as e:
+            await c.report_usage("acme", 1)
+    assert "ClientConnectorError" in e.value.message
 
 
 def test_rate_limit_headers_follow_the_ietf_draft() -> None:

@@ -53,6 +53,10 @@ export interface CreditSidecarOptions {
   maxBackoffMs?: number;
   /** What check/hold do when the sidecar is unavailable. Default "fail_closed". */
   failurePolicy?: FailurePolicy;
+  /**
+   * How requests are sent. Default: on Node, node:http(s) with a keep-alive agent of this client's
+   * (src/nodewire.js: half of fetch's CPU per call); elsewhere the runtime's fetch.
+   */
   fetch?: typeof globalThis.fetch;
   /** Where fail_open warnings go. Default console. */
   logger?: Logger | null;

@@ -3,6 +3,7 @@
 
 import { InvalidRequest, IncompatibleSidecar, SidecarUnavailable, errorFor } from "./errors.js";
 import { Meter } from "./meter.js";
+import { nodeFetch } from "./nodewire.js";
 import { RETRYABLE_STATUS, dropUndefined, failOpen, send, uuid } from "./transport.js";
 import { SUPPORTED_SIDECAR, VERSION, satisfies } from "./version.js";
 
@@ -39,7 +40,7 @@ export class CreditSidecar {
     this.#url = String(url).replace(/\/+$/, "");
     this.#token = token;
     this.#adminToken = adminToken ?? token;
-    this.#fetch = fetchImpl ?? ((...args) => globalThis.fetch(...args));
+    this.#fetch = fetchImpl ?? nodeFetch() ?? ((...args) => globalThis.fetch(...args));
     this.timeoutMs = timeoutMs;
     this.retries = Math.max(0, retries);
     this.backoffMs = backoffMs;

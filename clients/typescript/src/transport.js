@@ -1,4 +1,4 @@
-// The wire under CreditSidecar: one logical call sent with fetch, attempts within a per-attempt
+// The calls under CreditSidecar: one logical call sent with the client's fetch (nodewire.js on Node), attempts within a per-attempt
 // timeout and retried with jittered backoff (network errors, timeouts, 502/503/504 only), the
 // answer parsed or turned into a typed error; and the failure policy (fail_open lets a check or
 // hold through uncharged when the sidecar is unavailable).

@@ -347,3 +347,69 @@ test("versions: the sidecar's is supported; another is IncompatibleSidecar", asy
     other.close();
   }
 });
+
+test("on Node the default wire is node:http with keep-alive: calls reuse one connection", async () => {
+  let connections = 0;
+  const upstream = new URL(SIDECAR_URL);
+  // a counting relay: each request passed to the sidecar, each new connection counted
+  const relay = http.createServer((req, res) => {
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => {
+      const up = http.request(
+        { host: upstream.hostname, port: upstream.port, path: req.url, method: req.method, headers: req.headers },
+        (r) => {
+          res.writeHead(r.statusCode, r.headers);
+          r.pipe(res);
+        },
+      );
+      up.end(Buffer.concat(chunks));
+    });
+  });
+  relay.on("connection", () => (connections += 1));
+  await new Promise((r) => relay.listen(0, "127.0.0.1", r));
+  try {
+    const acct = await account(100);
+    const c = service({ url: `http://127.0.0.1:${relay.address().port}` });
+    for (let i = 0; i < 5; i++) assert.equal((await c.check({ account: acct, cost: 1 })).allowed, true);
+    assert.equal(connections, 1);
+    assert.equal(await balanceOf(acct), 95);
+  } finally {
+    relay.closeAllConnections();
+    relay.close();
+  }
+});
+
+test("the default wire: a refused connection is retried, then SidecarUnavailable(unreachable)", async () => {
+  const c = service({ url: await deadUrl(), retries: 2, backoffMs: 1 });
+  await assert.rejects(c.check({ account: "ts-x", cost: 1 }), (e) => {
+    assert.ok(e instanceof SidecarUnavailable);
+    assert.equal(e.code, "unreachable");
+    assert.match(e.message, /ECONNREFUSED/);
+    return true;
+  });
+});
+
+test("the default wire: an answer cut mid-body is retried with the same idempotency key", async () => {
+  const keys = [];
+  const cutting = http.createServer((req, res) => {
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => {
+      keys.push(JSON.parse(Buffer.concat(chunks).toString()).idempotency_key);
+      res.writeHead(200, { "content-type": "application/json", "content-length": "100" });
+      res.write('{"allowed": tr');
+      res.socket.destroy(); // 14 of the 100 bytes promised
+    });
+  });
+  await new Promise((r) => cutting.listen(0, "127.0.0.1", r));
+  try {
+    const c = service({ url: `http://127.0.0.1:${cutting.address().port}`, retries: 2, backoffMs: 1 });
+    await assert.rejects(c.check({ account: "ts-x", cost: 1 }), (e) => e instanceof SidecarUnavailable);
+    assert.equal(keys.length, 3);
+    assert.equal(new Set(keys).size, 1);
+  } finally {
+    cutting.closeAllConnections();
+    cutting.close();
+  }
+});

@@ -3,15 +3,15 @@ turning an answer into a result or a typed error, and the compatibility check.""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-import httpx
-
 from credit_sidecar import errors
 from credit_sidecar._calls import Call
+from credit_sidecar._wire import Answer, NoAnswer, encode
 from credit_sidecar.models import CheckResult
 from credit_sidecar.version import SUPPORTED_SIDECAR, __version__, parse, supports
 
@@ -20,8 +20,6 @@ log = logging.getLogger("credit_sidecar")
 
 FailurePolicy = Literal["fail_closed", "fail_open"]
 RETRY_STATUSES = frozenset({502, 503, 504})
-# Errors raised before a byte of the request left: always safe to send again.
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class Base:
@@ -69,16 +67,15 @@ class Base:
         if call.reason is not None:
             headers["X-Audit-Reason"] = call.reason
         headers.update(call.headers)
-        args: dict[str, Any] = {"headers": headers}
+        content = None
         if call.body is not None:
-            args["json"] = call.body
-        if call.query:
-            args["params"] = call.query
-        return args
+            content = encode(call.body)
+            headers["Content-Type"] = "application/json"
+        return {"headers": headers, "content": content, "params": call.query or None}
 
     @staticmethod
-    def _retryable(exc: httpx.TransportError, call: Call[Any]) -> bool:
-        return call.retry or isinstance(exc, NOT_SENT)
+    def _retryable(exc: NoAnswer, call: Call[Any]) -> bool:
+        return call.retry or exc.not_sent
 
     @staticmethod
     def _unavailable(exc: Exception, call: Call[Any]) -> errors.SidecarUnavailable:
@@ -88,9 +85,9 @@ class Base:
         )
 
     @staticmethod
-    def _result(call: Call[T], response: httpx.Response) -> T:
+    def _result(call: Call[T], response: Answer) -> T:
         body = json_body(response)
-        if response.is_success:
+        if response.ok:
             try:
                 if call.read_headers:
                     return call.parse({"body": body, "headers": response.headers})
@@ -99,11 +96,11 @@ class Base:
                 # a 200 that is not the sidecar's answer (an HTML page, no body: a wrong URL,
                 # a proxy in between) says nothing about the call: the sidecar is unavailable
                 raise errors.SidecarUnavailable(
-                    f"{call.method} {call.template}: {response.status_code} without the "
+                    f"{call.method} {call.template}: {response.status} without the "
                     f"sidecar's answer ({e})",
                     code="sidecar_unavailable",
                 ) from e
-        raise errors.from_response(response.status_code, body, dict(response.headers))
+        raise errors.from_response(response.status, body, response.header_dict())
 
     def _learn(self, spec: Mapping[str, Any]) -> None:
         """Checks the sidecar's version and remembers which operations it has."""
@@ -157,9 +154,9 @@ class Base:
         return CheckResult(account=account, cost=cost, charged=False, unchecked=True)
 
 
-def json_body(response: httpx.Response) -> Any:
+def json_body(response: Answer) -> Any:
     """The answer's JSON, or None when it has no body or not JSON."""
     try:
-        return response.json() if response.content else None
+        return json.loads(response.content) if response.content else None
     except ValueError:
         return None

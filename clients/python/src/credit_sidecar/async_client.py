@@ -1,5 +1,5 @@
-"""The async client, :class:`AsyncClient`, on httpx: the same calls as the sync
-:class:`~credit_sidecar.sync_client.Client`, awaited, sent the same way."""
+"""The async client, :class:`AsyncClient`, on aiohttp (credit_sidecar._wire): the same calls
+as the sync :class:`~credit_sidecar.sync_client.Client`, awaited, sent the same way."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import httpx
 from credit_sidecar import _calls as calls
 from credit_sidecar import errors
 from credit_sidecar._base import RETRY_STATUSES, Base, FailurePolicy, json_body
+from credit_sidecar._wire import AiohttpWire, AsyncHttpxWire, NoAnswer
 from credit_sidecar.holding import Holding, aquietly, shielded
 from credit_sidecar.models import (
     AccountSettings,
@@ -66,10 +67,14 @@ class AsyncClient(Base):
             verify_sidecar=verify_sidecar,
             supported_sidecar=supported_sidecar,
         )
-        self._http = httpx.AsyncClient(base_url=self.base_url, transport=transport)
+        self._wire: AiohttpWire | AsyncHttpxWire = (
+            AiohttpWire(self.base_url)
+            if transport is None
+            else AsyncHttpxWire(self.base_url, transport)
+        )
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._wire.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -95,18 +100,18 @@ class AsyncClient(Base):
                     code="sidecar_unavailable",
                 )
             try:
-                response = await self._http.request(
-                    call.method, call.path, timeout=min(self.timeout, remaining), **args
+                response = await self._wire.request(
+                    call.method, call.path, limit_s=min(self.timeout, remaining), **args
                 )
-            except httpx.TransportError as e:
+            except NoAnswer as e:
                 failure: errors.CreditSidecarError = self._unavailable(e, call)
                 if not self._retryable(e, call):
                     raise failure from e
             else:
-                if response.status_code not in RETRY_STATUSES or not call.retry:
+                if response.status not in RETRY_STATUSES or not call.retry:
                     return self._result(call, response)
                 failure = errors.from_response(
-                    response.status_code, json_body(response), dict(response.headers)
+                    response.status, json_body(response), response.header_dict()
                 )
             if attempt >= self.max_attempts:
                 raise failure

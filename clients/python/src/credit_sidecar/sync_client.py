@@ -13,6 +13,7 @@ import httpx
 from credit_sidecar import _calls as calls
 from credit_sidecar import errors
 from credit_sidecar._base import RETRY_STATUSES, Base, FailurePolicy, json_body
+from credit_sidecar._wire import HttpxWire, NoAnswer
 from credit_sidecar.holding import Holding, quietly
 from credit_sidecar.models import (
     AccountSettings,
@@ -67,10 +68,10 @@ class Client(Base):
             verify_sidecar=verify_sidecar,
             supported_sidecar=supported_sidecar,
         )
-        self._http = httpx.Client(base_url=self.base_url, transport=transport)
+        self._wire = HttpxWire(self.base_url, transport)
 
     def close(self) -> None:
-        self._http.close()
+        self._wire.close()
 
     def __enter__(self) -> Client:
         return self
@@ -95,18 +96,18 @@ class Client(Base):
                     code="sidecar_unavailable",
                 )
             try:
-                response = self._http.request(
-                    call.method, call.path, timeout=min(self.timeout, remaining), **args
+                response = self._wire.request(
+                    call.method, call.path, limit_s=min(self.timeout, remaining), **args
                 )
-            except httpx.TransportError as e:
+            except NoAnswer as e:
                 failure: errors.CreditSidecarError = self._unavailable(e, call)
                 if not self._retryable(e, call):
                     raise failure from e
             else:
-                if response.status_code not in RETRY_STATUSES or not call.retry:
+                if response.status not in RETRY_STATUSES or not call.retry:
                     return self._result(call, response)
                 failure = errors.from_response(
-                    response.status_code, json_body(response), dict(response.headers)
+                    response.status, json_body(response), response.header_dict()
                 )
             if attempt >= self.max_attempts:
                 raise failure

@@ -1,0 +1,65 @@
+// The default wire on Node: the part of `fetch` the client uses (method, headers, a string body,
+// a signal; status, ok, headers.get, text), sent with node:http(s) over a keep-alive agent of the
+// client's own. Half of fetch's CPU per call, which is most of what a middleware adds to a
+// request (`make bench-middleware`). Elsewhere (Deno, Bun, edge runtimes, a browser), or on a Node
+// without process.getBuiltinModule (before 20.16), the client uses the runtime's fetch.
+
+/** A fetch-shaped function over node:http(s), or null where the runtime's fetch is the wire. */
+export function nodeFetch({ maxSockets = 100 } = {}) {
+  const isNode = globalThis.process?.release?.name === "node" && !globalThis.Deno && !globalThis.Bun;
+  const load = isNode ? globalThis.process.getBuiltinModule : undefined;
+  if (typeof load !== "function") return null;
+  const modules = { "http:": load("node:http"), "https:": load("node:https") };
+  const agents = {};
+  // lifo: the socket used last is used next, so idle ones age out at the server, not mid-call
+  const agentFor = (protocol) =>
+    (agents[protocol] ??= new modules[protocol].Agent({ keepAlive: true, maxSockets, scheduling: "lifo" }));
+
+  return function fetchOverNodeHttp(target, { method = "GET", headers = {}, body, signal } = {}) {
+    return new Promise((resolve, reject) => {
+      const url = new URL(target);
+      const mod = modules[url.protocol];
+      if (!mod) {
+        reject(new TypeError(`fetch failed: unsupported protocol ${url.protocol}`));
+        return;
+      }
+      const failed = (cause) => (signal?.aborted ? signal.reason : new TypeError("fetch failed", { cause }));
+      const req = mod.request(url, { method, headers, agent: agentFor(url.protocol), signal }, (res) => {
+        const chunks = [];
+        // read from the start (no backpressure on the socket); text() waits for the end
+        const whole = new Promise((done, cut) => {
+          res.on("data", (c) => chunks.push(c));
+          res.on("end", () => done(Buffer.concat(chunks).toString("utf8")));
+          res.on("error", (e) => cut(failed(e)));
+          res.on("close", () => res.complete || cut(failed(new Error("the answer was cut off"))));
+        });
+        whole.catch(() => {}); // an unread body's failure is not an unhandled rejection
+        resolve(new NodeResponse(res.statusCode, res.headers, whole));
+      });
+      req.on("error", (e) => reject(failed(e)));
+      req.end(body);
+    });
+  };
+}
+
+class NodeResponse {
+  #text;
+
+  constructor(status, rawHeaders, text) {
+    this.status = status;
+    this.ok = status >= 200 && status < 300;
+    this.headers = new Headers();
+    for (const [name, value] of Object.entries(rawHeaders)) {
+      for (const v of Array.isArray(value) ? value : [value]) this.headers.append(name, v);
+    }
+    this.#text = text;
+  }
+
+  text() {
+    return this.#text;
+  }
+
+  async json() {
+    return JSON.parse(await this.#text);
+  }
+}
