@@ -8,18 +8,25 @@ deployed (``credit-sidecar serve``: 1 worker, its writer process, SQLite), and f
 (uvicorn + Starlette with and without ``CreditsMiddleware``, Express with and without
 ``requireCredits``), each route costing 1 credit when behind the middleware; and the floor
 under the sidecar's round trip (bench/mw_floor_app.py: aiohttp answering from one Redis call).
-``wrk`` (1 thread,
-keep-alive connections) offers each target the same paced load (``--connections`` connections,
-each waiting ``--pace-ms`` on average between requests: a rate well below every target's peak,
-so latency is the request's own, not a queue's) for ``--rounds`` rounds of ``--seconds``,
-the targets' order reversed every other round so machine noise hits them alike. Added latency
-is paired per round (with minus without, measured back to back), then the median of the rounds.
+``wrk`` (1 thread, keep-alive connections) offers each target two loads in turn:
+
+- steady (the goal's "moderate load"): one connection, each request sent as the last one is
+  answered. Nothing queues and the machine is never idle; about half its two cores are busy.
+- sparse: ``--connections`` connections each pausing ``--pace-ms`` on average between requests
+  (about 200 req/s). The cores idle between requests; on a VM whose idle vCPUs halt, every
+  process a request wakes costs it a wake-up, so the more processes a request crosses, the more
+  it pays.
+
+Each load runs ``--rounds`` rounds of ``--seconds`` per target, the targets' order reversed
+every other round so machine noise hits them alike. Added latency is paired per round (with
+minus without, measured back to back), then the median of the rounds.
 
 Verified: every answer a 2xx, and the credits spent equal the checks counted (plus at most the
 requests in flight when each wrk run stopped). Results: ``bench/results/middleware/``
 (``middleware.md``, ``middleware.json``).
 
     .venv/bin/python -m bench.middleware [--rounds 3] [--seconds 5] [--connections 32]
+        [--pace-ms 160] [--loads steady,sparse]
 """
 
 from __future__ import annotations
@@ -62,12 +69,31 @@ GOAL_MS = 1.0
 
 
 @dataclass(frozen=True)
+class Shape:
+    """A load wrk offers: ``connections`` keep-alive connections, each pausing ``pace_ms`` on
+    average between its requests (0: the next request as soon as the last is answered)."""
+
+    name: str
+    connections: int
+    pace_ms: int
+
+    def describe(self) -> str:
+        if not self.pace_ms:
+            conns = "one connection" if self.connections == 1 else f"{self.connections} connections"
+            return f"{conns}, each request sent as the last is answered (nothing queues)"
+        rate = self.connections * 1000 / self.pace_ms
+        return (
+            f"{self.connections} connections, each pausing {self.pace_ms} ms on average between "
+            f"requests (about {rate:,.0f} req/s offered)"
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     rounds: int
     seconds: float
     warmup: float
-    connections: int
-    pace_ms: int
+    shapes: tuple[Shape, ...]
     out: Path
 
 
@@ -138,13 +164,13 @@ def node_version() -> str:
     return subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
 
 
-def load(cfg: Config, target: Target, url: str, seconds: float) -> dict[str, Any]:
-    pace = str(cfg.pace_ms)
+def load(shape: Shape, target: Target, url: str, seconds: float) -> dict[str, Any]:
+    pace = str(shape.pace_ms)
     if target.script == "check.lua":
         args = ["1", SERVICE_TOKEN, "1", "/v1/check", pace]
     else:
         args = [ACCOUNT, pace]
-    r = wrk(url + target.path, target.script, args, cfg.connections, seconds)
+    r = wrk(url + target.path, target.script, args, shape.connections, seconds)
     if r["non2xx"] or r["socket_errors"]:
         raise BenchFailure(f"{target.name}: {r['non2xx']} non-2xx, {r['socket_errors']} errors")
     return r
@@ -205,7 +231,9 @@ async def run(cfg: Config) -> dict[str, Any]:
                     {n: (lambda s=s: s.pids()) for n, s in servers.items()}
                     | {"redis_server": lambda: [redis_pid]}
                 )
-                result = await measure(cfg, servers, probe)
+                result: dict[str, Any] = {
+                    "loads": {sh.name: await measure(cfg, sh, servers, probe) for sh in cfg.shapes}
+                }
             finally:
                 for s in apps.values():
                     await s.__aexit__(None, None, None)
@@ -214,14 +242,24 @@ async def run(cfg: Config) -> dict[str, Any]:
     finally:
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    counted, slack = result.pop("_counted"), result.pop("_slack")
+    counted = sum(r.pop("_counted") for r in result["loads"].values())
+    slack = sum(r.pop("_slack") for r in result["loads"].values())
     if not counted <= spent <= counted + slack:
         raise BenchFailure(f"WRONG RESULT: {spent} credits spent for {counted} checks counted")
     result["verified"] = (
         f"{spent:,} credits spent for {counted:,} checks counted (at most {slack} in flight "
         "when a wrk run stopped); every answer a 2xx"
     )
-    result["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()}
+    result["config"] = {
+        "rounds": cfg.rounds,
+        "seconds": cfg.seconds,
+        "warmup": cfg.warmup,
+        "loads": {
+            sh.name: {"connections": sh.connections, "pace_ms": sh.pace_ms} for sh in cfg.shapes
+        },
+    }
+    steady = result["loads"].get("steady")
+    result["goal_met"] = steady["goal_met"] if steady else {}
     result["started"] = started
     result["busy_before_pct"] = quiet
     result["host"] = host_info() | {
@@ -229,6 +267,7 @@ async def run(cfg: Config) -> dict[str, Any]:
         "uvicorn": package_version("uvicorn"),
         "starlette": package_version("starlette"),
         "httpx": package_version("httpx"),
+        "aiohttp": package_version("aiohttp"),
     }
     result["code"] = code_state(
         [
@@ -243,25 +282,27 @@ async def run(cfg: Config) -> dict[str, Any]:
     return result
 
 
-async def measure(cfg: Config, servers: dict[str, Server], probe: CpuProbe) -> dict[str, Any]:
+async def measure(
+    cfg: Config, shape: Shape, servers: dict[str, Server], probe: CpuProbe
+) -> dict[str, Any]:
     counted = slack = 0
-    log(f"warm-up: {cfg.warmup:g} s per target")
+    log(f"{shape.name} load, warm-up: {cfg.warmup:g} s per target")
     for t in TARGETS:
-        r = await asyncio.to_thread(load, cfg, t, servers[t.server].url, cfg.warmup)
+        r = await asyncio.to_thread(load, shape, t, servers[t.server].url, cfg.warmup)
         if t.charged:
             counted += r["requests"]
-            slack += cfg.connections
+            slack += shape.connections
     rounds: list[dict[str, Any]] = []
     for i in range(cfg.rounds):
         order = TARGETS if i % 2 == 0 else TARGETS[::-1]
         this: dict[str, Any] = {}
         for t in order:
             a = probe.snap()
-            r = await asyncio.to_thread(load, cfg, t, servers[t.server].url, cfg.seconds)
+            r = await asyncio.to_thread(load, shape, t, servers[t.server].url, cfg.seconds)
             cpu = CpuProbe.usage(a, probe.snap())
             if t.charged:
                 counted += r["requests"]
-                slack += cfg.connections
+                slack += shape.connections
             this[t.key] = {
                 "rate": round(r["requests"] / (r["duration_us"] / 1e6), 1),
                 "p50_ms": ms(r["p50_us"]),
@@ -274,7 +315,7 @@ async def measure(cfg: Config, servers: dict[str, Server], probe: CpuProbe) -> d
                 "cpu": cpu,
             }
             log(
-                f"round {i + 1} {t.key}: {this[t.key]['rate']:.0f}/s p50 "
+                f"{shape.name} round {i + 1} {t.key}: {this[t.key]['rate']:.0f}/s p50 "
                 f"{this[t.key]['p50_ms']} p99 {this[t.key]['p99_ms']} ms"
             )
         for lang, (bare, mw) in PAIRS.items():
@@ -328,11 +369,19 @@ def floor_note(s: dict[str, Any]) -> str:
     )
 
 
-def render(result: dict[str, Any]) -> str:
-    cfg, s, added = result["config"], result["summary"], result["added_ms"]
-    offered = cfg["connections"] * 1000 / cfg["pace_ms"]
+SHAPE_NOTES = {
+    "steady": "the goal's moderate load: nothing queues, the machine never idles",
+    "sparse": (
+        "the cores idle between requests: on a VM whose idle vCPUs halt, each process a "
+        "request wakes costs it a wake-up"
+    ),
+}
+
+
+def section(name: str, shape: dict[str, Any], load: dict[str, Any]) -> str:
+    s, added = load["summary"], load["added_ms"]
     rows = []
-    for key, name in result["targets"].items():
+    for key, title in load["targets"].items():
         x = s[key]
         extra = ""
         for lang, (_, mw) in PAIRS.items():
@@ -341,7 +390,7 @@ def render(result: dict[str, Any]) -> str:
                 extra = f"**{a['p50']:+.2f}** / {a['p99']:+.2f} ms, {a['cpu_us']:+,.0f} µs"
         rows.append(
             [
-                name,
+                title,
                 f"{x['rate']:,.0f}",
                 f"{x['p50_ms']:.2f}",
                 f"{x['p90_ms']:.2f}",
@@ -362,11 +411,10 @@ def render(result: dict[str, Any]) -> str:
             "added p50 / p99, CPU",
         ],
     )
-    cpus = [r[k]["cpu"] for r in result["rounds"] for k in result["targets"]]
     verdict = "; ".join(
-        f"{lang}: {'met' if ok else 'NOT met'} ({added[lang]['p50']:+.2f} ms, of which "
+        f"{lang}: {added[lang]['p50']:+.2f} ms ({'within' if ok else 'over'} the goal; "
         f"{added[lang]['own_p50']:+.2f} ms beyond the sidecar's round trip)"
-        for lang, ok in result["goal_met"].items()
+        for lang, ok in load["goal_met"].items()
     )
     per_round = md_table(
         [
@@ -375,35 +423,60 @@ def render(result: dict[str, Any]) -> str:
                 f"{r[f'added_{lang}']['p50']:+.2f} / {r[f'added_{lang}']['p99']:+.2f}"
                 for lang in PAIRS
             ]
-            for i, r in enumerate(result["rounds"])
+            for i, r in enumerate(load["rounds"])
         ],
         ["round", "python added p50 / p99 ms", "express added p50 / p99 ms"],
     )
-    h = result["host"]
-    return f"""# Middleware overhead
+    desc = Shape(name, shape["connections"], shape["pace_ms"]).describe()
+    return f"""## {name.capitalize()} load: {desc}
 
-Started {result["started"]}, commit `{result["code"]["commit"]}`. {h["cpus_usable"]} cores
-({h["cpu_model"]}), Python {h["python"]}, uvicorn {h["uvicorn"]}, httpx {h["httpx"]}, Node
-{h["node"]}. Every process on this one machine: wrk, Redis, the sidecar (1 worker and its writer
-process) and the four app servers.
-
-Load: wrk, 1 thread, {cfg["connections"]} keep-alive connections, each pausing {cfg["pace_ms"]} ms
-on average between requests (offered about {offered:,.0f} req/s per target), {cfg["rounds"]} rounds
-of {cfg["seconds"]:g} s per target after a {cfg["warmup"]:g} s warm-up, the order reversed every
-other round. Medians of the rounds; "added" is the route with the middleware minus the same route
-without it, paired per round (the sidecar's round trip included). The clients use their default
-connection pools (keep-alive to the sidecar). Server CPU µs/req: the target's own processes
-(the app server; for the sidecar row, its worker and writer), so the middleware's CPU per
-request is the difference of a pair.
+{SHAPE_NOTES.get(name, "")}.
 
 {table}
 
-Goal (at most {GOAL_MS:g} ms added at p50 under moderate load): {verdict}.
+Added at p50: {verdict}.
 
 {floor_note(s)}
 
 {per_round}
+"""
 
+
+def render(result: dict[str, Any]) -> str:
+    cfg, h = result["config"], result["host"]
+    sections = "\n".join(
+        section(name, cfg["loads"][name], load) for name, load in result["loads"].items()
+    )
+    cpus = [
+        r[k]["cpu"]
+        for load in result["loads"].values()
+        for r in load["rounds"]
+        for k in load["targets"]
+    ]
+    goal = result["goal_met"]
+    verdict = (
+        "; ".join(f"{lang}: {'met' if ok else 'NOT met'}" for lang, ok in goal.items())
+        if goal
+        else "not measured (no steady load in this run)"
+    )
+    return f"""# Middleware overhead
+
+Started {result["started"]}, commit `{result["code"]["commit"]}`. {h["cpus_usable"]} cores
+({h["cpu_model"]}), Python {h["python"]}, uvicorn {h["uvicorn"]}, aiohttp {h["aiohttp"]}, Node
+{h["node"]}. Every process on this one machine: wrk, Redis, the sidecar (1 worker and its writer
+process), the floor and the four app servers.
+
+Goal (at most {GOAL_MS:g} ms added at p50 under moderate load, the steady load below): {verdict}.
+
+Each load: wrk, 1 thread, keep-alive connections, {cfg["rounds"]} rounds of {cfg["seconds"]:g} s
+per target after a {cfg["warmup"]:g} s warm-up, the order reversed every other round. Medians
+of the rounds; "added" is the route with the middleware minus the same route without it,
+paired per round (the sidecar's round trip included). The clients use their default connection
+pools (keep-alive to the sidecar). Server CPU µs/req: the target's own processes (the app
+server; for the sidecar row, its worker and writer), so the middleware's CPU per request is the
+difference of a pair.
+
+{sections}
 Verified: {result["verified"]}.
 {noise_note(result["busy_before_pct"], cpus)}
 """
@@ -414,16 +487,22 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=2.0)
-    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--connections", type=int, default=32, help="the sparse load's connections")
     p.add_argument(
         "--pace-ms",
         type=int,
         default=160,
-        help="mean pause per connection between requests (32 / 160 ms: ~200 req/s)",
+        help="the sparse load's mean pause per connection between requests (32 / 160 ms: "
+        "~200 req/s)",
     )
+    p.add_argument("--loads", default="steady,sparse", help="which loads, in order")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "middleware")
     a = p.parse_args(argv)
-    return Config(a.rounds, a.seconds, a.warmup, a.connections, a.pace_ms, a.out)
+    known = {"steady": Shape("steady", 1, 0), "sparse": Shape("sparse", a.connections, a.pace_ms)}
+    names = [n.strip() for n in a.loads.split(",") if n.strip()]
+    if not names or any(n not in known for n in names):
+        p.error(f"--loads: a comma-separated list of {', '.join(known)}")
+    return Config(a.rounds, a.seconds, a.warmup, tuple(known[n] for n in names), a.out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,8 @@ export interface CreditSidecarOptions {
   adminToken?: string;
   /** Per attempt (AbortSignal.timeout). Default 2000. */
   timeoutMs?: number;
+  /** The whole call, its attempts and their backoff included; then SidecarUnavailable("timeout"). Default 5000. */
+  deadlineMs?: number;
   /** Retries after the first attempt, only on network errors, timeouts, 502/503/504. Default 2. */
   retries?: number;
   /** The first retry's backoff cap (full jitter, doubling). Default 50. */
@@ -95,6 +97,7 @@ export declare class CreditSidecar {
   constructor(options: CreditSidecarOptions);
   readonly url: string;
   timeoutMs: number;
+  deadlineMs: number;
   retries: number;
   backoffMs: number;
   maxBackoffMs: number;

@@ -25,6 +25,7 @@ export class CreditSidecar {
     token,
     adminToken,
     timeoutMs = 2000,
+    deadlineMs = 5000,
     retries = 2,
     backoffMs = 50,
     maxBackoffMs = 1000,
@@ -42,6 +43,7 @@ export class CreditSidecar {
     this.#adminToken = adminToken ?? token;
     this.#fetch = fetchImpl ?? nodeFetch() ?? ((...args) => globalThis.fetch(...args));
     this.timeoutMs = timeoutMs;
+    this.deadlineMs = deadlineMs;
     this.retries = Math.max(0, retries);
     this.backoffMs = backoffMs;
     this.maxBackoffMs = maxBackoffMs;

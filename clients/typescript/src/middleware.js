@@ -95,9 +95,17 @@ export function deniedResponse(error, { failurePolicy = "fail_closed" } = {}) {
 export async function requestIdempotencyKey(requestId, { account, method, path, nth = 0 }) {
   if (!isValidId(requestId)) return uuid();
   const text = `${requestId}\n${account}\n${method}\n${path}` + (nth ? `\n${nth}` : "");
+  return `req-${(await sha256Hex(text)).slice(0, 40)}`;
+}
+
+// On Node, node:crypto hashes on the spot; WebCrypto's digest goes through a worker thread (a
+// thread hop per request). Elsewhere WebCrypto is what there is.
+const nodeCrypto = globalThis.process?.getBuiltinModule?.("node:crypto");
+
+async function sha256Hex(text) {
+  if (nodeCrypto) return nodeCrypto.createHash("sha256").update(text, "utf8").digest("hex");
   const digest = await globalThis.crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
-  const hex = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-  return `req-${hex.slice(0, 40)}`;
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 const checksMade = new WeakMap();

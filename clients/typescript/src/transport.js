@@ -1,7 +1,8 @@
-// The calls under CreditSidecar: one logical call sent with the client's fetch (nodewire.js on Node), attempts within a per-attempt
-// timeout and retried with jittered backoff (network errors, timeouts, 502/503/504 only), the
-// answer parsed or turned into a typed error; and the failure policy (fail_open lets a check or
-// hold through uncharged when the sidecar is unavailable).
+// The calls under CreditSidecar: one logical call sent with the client's fetch (nodewire.js on
+// Node), each attempt within a timeout and all of them within the call's deadline, retried with
+// jittered backoff (network errors, timeouts, 502/503/504 only), the answer parsed or turned into
+// a typed error; and the failure policy (fail_open lets a check or hold through uncharged when
+// the sidecar is unavailable).
 
 import { IncompatibleSidecar, SidecarUnavailable, errorFor } from "./errors.js";
 import { SUPPORTED_SIDECAR } from "./version.js";
@@ -60,27 +61,38 @@ export async function send(client, { fetch, url, auth }, method, path, { body, q
     body: body === undefined ? undefined : JSON.stringify(body),
   };
   const attempts = retry ? client.retries + 1 : 1;
+  // the whole call, attempts and backoff included, ends by the deadline
+  const end = performance.now() + client.deadlineMs;
   let last;
   for (let attempt = 0; attempt < attempts; attempt++) {
     if (attempt > 0) {
       // Exponential backoff with full jitter: retries of many clients do not arrive together.
       const cap = Math.min(client.maxBackoffMs, client.backoffMs * 2 ** (attempt - 1));
-      await sleep(Math.random() * cap);
+      await sleep(Math.min(Math.random() * cap, Math.max(0, end - performance.now())));
       if (signal?.aborted) break;
     }
+    const remaining = end - performance.now();
+    if (remaining <= 0) {
+      last = new SidecarUnavailable(`${method} ${path}: no answer within the ${client.deadlineMs} ms deadline`, {
+        code: "timeout",
+        cause: last,
+      });
+      break;
+    }
+    const limit = Math.min(client.timeoutMs, remaining);
     let response;
     try {
       // called as a plain function: a browser's window.fetch refuses any other `this`
       response = await fetch.call(undefined, target, {
         ...init,
-        signal: combineSignals(AbortSignal.timeout(client.timeoutMs), signal),
+        signal: combineSignals(AbortSignal.timeout(Math.ceil(limit)), signal),
       });
     } catch (cause) {
       if (signal?.aborted) throw cause;
       const timedOut = cause?.name === "TimeoutError";
       last = new SidecarUnavailable(
         timedOut
-          ? `${method} ${path}: no answer within ${client.timeoutMs} ms`
+          ? `${method} ${path}: no answer within ${Math.ceil(limit)} ms`
           : `${method} ${path}: ${cause?.cause?.code ?? cause?.message ?? "connection failed"}`,
         { code: timedOut ? "timeout" : "unreachable", cause },
       );

@@ -413,3 +413,19 @@ test("the default wire: an answer cut mid-body is retried with the same idempote
     cutting.close();
   }
 });
+
+test("a deadline per call: retries of a silent sidecar stop at deadlineMs, not timeoutMs × attempts", async () => {
+  const silent = http.createServer(() => {}); // accepts, never answers
+  await new Promise((r) => silent.listen(0, "127.0.0.1", r));
+  try {
+    const url = `http://127.0.0.1:${silent.address().port}`;
+    const slow = service({ url, timeoutMs: 300, deadlineMs: 500, retries: 10, backoffMs: 1 });
+    let attempts = 0;
+    silent.on("request", () => (attempts += 1));
+    await assert.rejects(slow.check({ account: "ts-x", cost: 1 }), (e) => e instanceof SidecarUnavailable && e.code === "timeout");
+    assert.ok(attempts <= 2, `${attempts} attempts within a 500 ms deadline of 300 ms attempts`);
+  } finally {
+    silent.closeAllConnections();
+    silent.close();
+  }
+});

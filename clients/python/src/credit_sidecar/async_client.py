@@ -73,6 +73,8 @@ class AsyncClient(Base):
             else AsyncHttpxWire(self.base_url, transport)
         )
 
+    _compat_lock: asyncio.Lock | None = None
+
     async def aclose(self) -> None:
         await self._wire.aclose()
 
@@ -84,7 +86,11 @@ class AsyncClient(Base):
 
     async def _send(self, call: calls.Call[T]) -> T:
         if self.verify_sidecar and self._operations is None and call.op != "openapi":
-            await self.check_compatibility()
+            # once: an app's first burst of requests waits for one read of the spec
+            self._compat_lock = self._compat_lock or asyncio.Lock()
+            async with self._compat_lock:
+                if self._operations is None:
+                    await self.check_compatibility()
         self._require(call)
         loop = asyncio.get_running_loop()
         end = loop.time() + self.deadline
