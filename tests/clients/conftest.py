@@ -35,6 +35,10 @@ class Sidecar:
 
     def start(self) -> None:
         self.thread.start()
+        self.resume()
+
+    def resume(self) -> None:
+        """Serves again on the same port (after :meth:`stop`): a sidecar restarted."""
 
         async def up() -> None:
             self.runner = web.AppRunner(create_app(self.settings))

@@ -22,10 +22,10 @@ from flask import request as flask_request
 from starlette.requests import Request
 from starlette.responses import Response
 
-from credit_sidecar import AsyncClient, Client, InsufficientCredits
+from credit_sidecar import AsyncClient, Client, InsufficientCredits, late
 from credit_sidecar.middleware.asgi import render
 from credit_sidecar.middleware.common import refused
-from credit_sidecar.streaming import MeteredStreamingResponse, metered_sync
+from credit_sidecar.streaming import MeteredStreamingResponse, metered, metered_sync
 from tests.clients.conftest import Sidecar, funded
 from tests.conftest import SERVICE
 from tests.ports import free_port
@@ -143,3 +143,62 @@ def test_wsgi_stream_settled_and_closed_early_released(
         r.close()  # what a WSGI server does when the client goes away
     b = admin_client.balance("acme")
     assert (b.balance, b.held) == (996, 0)
+
+
+async def test_a_settle_the_sidecar_could_not_take_lands_once_it_is_back(
+    admin_client: Client, sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(late, "BACKOFF_S", (0.05, 0.1))
+    funded(admin_client, "acme", 100)
+    async with AsyncClient(sidecar.url, SERVICE, deadline=0.3, backoff=0.01) as client:
+        hold = await client.hold("acme", 30, ttl_ms=60_000)
+
+        async def tokens() -> AsyncIterator[str]:
+            for t in ("a", "b", "c"):
+                yield t
+            await asyncio.to_thread(sidecar.stop)  # down as the stream ends
+
+        assert [t async for t in metered(client, hold, tokens(), count=lambda t: 4)] == list("abc")
+        [retrying] = late.pending()
+        assert not retrying.done()  # the settle failed within its deadline; retried
+        await asyncio.to_thread(sidecar.resume)
+        assert await asyncio.wait_for(retrying, 10) is True
+    b = admin_client.balance("acme")
+    assert (b.balance, b.held) == (88, 0)  # 12 charged, once; the rest of the hold back
+
+
+async def test_a_late_settle_stops_at_hold_expired_and_charges_nothing(
+    admin_client: Client, sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(late, "BACKOFF_S", (0.05,))
+    funded(admin_client, "acme", 100)
+    async with AsyncClient(sidecar.url, SERVICE, deadline=0.3, backoff=0.01) as client:
+        hold = await client.hold("acme", 30, ttl_ms=200)
+        await asyncio.sleep(0.4)  # the hold lapses: its TTL released it
+        assert await asyncio.wait_for(late.settle_later(client, hold, 12), 10) is False
+    b = admin_client.balance("acme")
+    assert (b.balance, b.held) == (100, 0)
+
+
+def test_a_wsgi_settle_the_sidecar_could_not_take_lands_once_it_is_back(
+    admin_client: Client, sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(late, "BACKOFF_S", (0.05, 0.1))
+    funded(admin_client, "acme", 100)
+    with Client(sidecar.url, SERVICE, deadline=0.3, backoff=0.01) as client:
+        hold = client.hold("acme", 30, ttl_ms=60_000)
+        threads: list[threading.Thread] = []
+        real = late.settle_later_sync
+        monkeypatch.setattr(late, "settle_later_sync", lambda *a: threads.append(real(*a)))
+
+        def tokens() -> Iterator[str]:
+            yield from ("a", "b")
+            sidecar.stop()
+
+        assert list(metered_sync(client, hold, tokens(), count=lambda t: 5)) == ["a", "b"]
+        [thread] = threads
+        sidecar.resume()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    b = admin_client.balance("acme")
+    assert (b.balance, b.held) == (90, 0)

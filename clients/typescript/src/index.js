@@ -17,7 +17,7 @@ export {
   IncompatibleSidecar,
 } from "./errors.js";
 export { CreditSidecar } from "./client.js";
-export { Meter } from "./meter.js";
+export { LATE_BACKOFF_MS, Meter, lateSettles, settleLater } from "./meter.js";
 export {
   isValidId,
   allowedHeaders,

@@ -12,8 +12,11 @@ import {
   InsufficientCredits,
   RateLimited,
   SidecarUnavailable,
+  Meter,
   SpendLimitReached,
   Unauthorized,
+  lateSettles,
+  settleLater,
   SUPPORTED_SIDECAR,
   VERSION,
   satisfies,
@@ -27,6 +30,7 @@ import {
   balanceOf,
   deadUrl,
   droppingRelay,
+  switchableRelay,
   quiet,
   service,
 } from "./helpers.js";
@@ -428,4 +432,40 @@ test("a deadline per call: retries of a silent sidecar stop at deadlineMs, not t
     silent.closeAllConnections();
     silent.close();
   }
+});
+
+test("a settle the sidecar could not take is sent again in the background and lands once", async () => {
+  const acct = await account(100);
+  const relay = await switchableRelay(SIDECAR_URL);
+  try {
+    const c = service({ url: relay.url, retries: 0, logger: quiet });
+    const hold = await c.hold({ account: acct, amount: 30, ttlMs: 60_000 });
+    const meter = new Meter(c, acct, hold, 30);
+    meter.add(12);
+    relay.state.down = true;
+    await assert.rejects(meter.finish(), (e) => e instanceof SidecarUnavailable);
+    const [retrying] = lateSettles();
+    assert.ok(retrying, "a late settle is pending");
+    relay.state.down = false;
+    assert.equal(await retrying, true);
+    const b = await admin.balance(acct);
+    assert.deepEqual([b.balance, b.held], [88, 0]); // 12 charged once, the rest of the hold back
+  } finally {
+    await relay.close();
+  }
+});
+
+test("a late settle stops at hold_expired and charges nothing", async () => {
+  const acct = await account(100);
+  const c = service({ logger: quiet });
+  const hold = await c.hold({ account: acct, amount: 30, ttlMs: 200 });
+  await new Promise((r) => setTimeout(r, 400)); // the hold lapses: its TTL released it
+  const alive = setInterval(() => {}, 50); // a late settle's timers are unref'd: keep the test's loop up
+  try {
+    assert.equal(await settleLater(c, { account: acct, hold, amount: 12, backoffMs: [10] }), false);
+  } finally {
+    clearInterval(alive);
+  }
+  const b = await admin.balance(acct);
+  assert.deepEqual([b.balance, b.held], [100, 0]);
 });

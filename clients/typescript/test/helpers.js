@@ -1,6 +1,7 @@
 // Shared by the tests: the real sidecar from the environment, fresh accounts, a dropping relay.
 
 import net from "node:net";
+import http from "node:http";
 import { randomUUID } from "node:crypto";
 import { CreditSidecar } from "../src/index.js";
 
@@ -94,4 +95,40 @@ export async function deadUrl() {
   const { port } = server.address();
   await new Promise((resolve) => server.close(resolve));
   return `http://127.0.0.1:${port}`;
+}
+
+/** An HTTP relay to `target` that answers 503 to everything while `down` is true. */
+export async function switchableRelay(target) {
+  const upstream = new URL(target);
+  const state = { down: false, refused: 0 };
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => {
+      if (state.down) {
+        state.refused += 1;
+        res.writeHead(503, { "content-type": "application/json" }).end('{"error":{"code":"down","message":"down"}}');
+        return;
+      }
+      const up = http.request(
+        { host: upstream.hostname, port: upstream.port, path: req.url, method: req.method, headers: req.headers },
+        (r) => {
+          res.writeHead(r.statusCode, r.headers);
+          r.pipe(res);
+        },
+      );
+      up.on("error", () => res.destroy());
+      up.end(Buffer.concat(chunks));
+    });
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    state,
+    close: () =>
+      new Promise((resolve) => {
+        server.close(resolve);
+        server.closeAllConnections();
+      }),
+  };
 }

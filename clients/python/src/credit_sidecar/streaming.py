@@ -7,7 +7,8 @@ count when the stream ends, release the hold when the client goes away or the st
   also sees the client's ``http.disconnect`` and releases then.
 
 The settle or release is shielded from cancellation: a request cancelled by its client still
-frees (or charges) its credits.
+frees (or charges) its credits. A settle the sidecar cannot take (down past the client's
+deadline) is sent again in the background until the hold lapses (:mod:`credit_sidecar.late`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from credit_sidecar import errors
+from credit_sidecar import errors, late
 from credit_sidecar.client import AsyncClient, Client, shielded
 from credit_sidecar.models import Hold, HoldClosed
 
@@ -45,10 +46,14 @@ async def _close(client: AsyncClient, meter: Meter) -> None:
             meter.result = await client.settle(hold.hold_id, meter.used, account=hold.account)
         else:
             meter.result = await client.release(hold.hold_id, account=hold.account)
+    except errors.SidecarUnavailable as e:
+        if meter.completed:  # the work is done: its charge is sent again until the hold lapses
+            log.warning("credit-sidecar: settling hold %s failed, retrying: %s", hold.hold_id, e)
+            late.settle_later(client, hold, meter.used)
+        else:  # a release that fails is done by the hold's TTL
+            log.warning("credit-sidecar: releasing hold %s failed: %s", hold.hold_id, e)
     except errors.CreditSidecarError as e:
-        log.error(
-            "credit-sidecar: closing hold %s failed (it lapses at its ttl): %s", hold.hold_id, e
-        )
+        log.error("credit-sidecar: closing hold %s failed: %s", hold.hold_id, e)
 
 
 async def metered(
@@ -86,6 +91,14 @@ def metered_sync(
                 client.settle(hold.hold_id, meter.used, account=hold.account)
             else:
                 client.release(hold.hold_id, account=hold.account)
+        except errors.SidecarUnavailable as e:
+            if meter.completed:
+                log.warning(
+                    "credit-sidecar: settling hold %s failed, retrying: %s", hold.hold_id, e
+                )
+                late.settle_later_sync(client, hold, meter.used)
+            else:
+                log.warning("credit-sidecar: releasing hold %s failed: %s", hold.hold_id, e)
         except errors.CreditSidecarError as e:
             log.error("credit-sidecar: closing hold %s failed: %s", hold.hold_id, e)
 
