@@ -138,6 +138,10 @@ class AiohttpWire:
                 auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding",),
             )
+            # aiohttp sends a GET, PUT or DELETE again when its connection drops before the
+            # answer: a request the client does not send again once it may have landed (a
+            # delete_plan) would be; the client's own retry rule decides alone (aiohttp >= 3.11)
+            session._retry_connection = False
             self._loop = loop
             # a client never closed (an app's, for its lifetime) lets go of its connections
             # at exit without aiohttp's "unclosed session" warnings
