@@ -6,8 +6,6 @@ still ends by its deadline), odd ids in paths, a path prefix, one client on two 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import redis as redis_sync
 from aiohttp import web
 from pydantic import SecretStr
 
-from credit_sidecar import AsyncClient, Client, SidecarUnavailable
+from credit_sidecar import AsyncClient, Client, InvalidRequest, SidecarUnavailable
 from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.clients.conftest import Sidecar, funded
@@ -146,3 +144,42 @@ async def test_concurrent_first_calls_to_a_silent_sidecar_each_end_by_the_deadli
     assert all(isinstance(o, SidecarUnavailable) for o in outcomes), outcomes
     assert relay.seen == ["GET /openapi.json"]
     assert took < 1.2, took
+
+
+@pytest.fixture
+def prefixed(shared: Sidecar) -> Iterator[Relay]:
+    r = Relay(shared, prefix="/sidecar")
+    r.start()
+    yield r
+    r.stop()
+
+
+async def test_a_base_url_with_a_path_prefix_keeps_it(admin: Client, prefixed: Relay) -> None:
+    acct = f"wa-{uuid.uuid4().hex[:8]}"
+    funded(admin, acct, 7)
+    async with AsyncClient(prefixed.url, ADMIN) as c:
+        assert (await c.balance(acct)).balance == 7
+    with Client(prefixed.url, ADMIN) as s:
+        assert s.balance(acct).balance == 7
+    assert all(seen.startswith("GET /sidecar/") for seen in prefixed.seen), prefixed.seen
+
+
+@pytest.mark.parametrize("reason", ["a\r\nX-Evil: 1", "a\x00"])
+async def test_a_header_with_a_control_character_is_an_invalid_request_never_sent(
+    relay: Relay, reason: str
+) -> None:
+    """Never "unavailable" (retried, and let through under fail_open): a clear 400, unsent."""
+    async with AsyncClient(relay.url, ADMIN, verify_sidecar=False) as c:
+        with pytest.raises(InvalidRequest) as e:
+            await c.put_account("crlf", {}, reason=reason)
+        assert (e.value.status, e.value.code, e.value.field) == (
+            400,
+            "invalid_header",
+            "X-Audit-Reason",
+        )
+    with (
+        Client(relay.url, ADMIN + reason, verify_sidecar=False) as s,
+        pytest.raises(InvalidRequest),
+    ):
+        s.balance("crlf")
+    assert relay.seen == []

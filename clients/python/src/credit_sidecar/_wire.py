@@ -76,7 +76,12 @@ class HttpxWire:
     ) -> Answer:
         try:
             response = self._http.request(
-                method, path, headers=headers, content=content, params=params, timeout=limit_s
+                method,
+                path,
+                headers=_utf8(headers),
+                content=content,
+                params=params,
+                timeout=limit_s,
             )
         except httpx.TransportError as e:
             raise NoAnswer(e, not_sent=isinstance(e, _HTTPX_NOT_SENT)) from e
@@ -104,7 +109,12 @@ class AsyncHttpxWire:
     ) -> Answer:
         try:
             response = await self._http.request(
-                method, path, headers=headers, content=content, params=params, timeout=limit_s
+                method,
+                path,
+                headers=_utf8(headers),
+                content=content,
+                params=params,
+                timeout=limit_s,
             )
         except httpx.TransportError as e:
             raise NoAnswer(e, not_sent=isinstance(e, _HTTPX_NOT_SENT)) from e
@@ -192,6 +202,12 @@ def _let_go(session: aiohttp.ClientSession) -> None:
         # on a closed loop) and marks the connector closed; nothing is left to await
         with contextlib.suppress(RuntimeError):
             connector._close()
+
+
+def _utf8(headers: Mapping[str, str]) -> dict[bytes, bytes]:
+    """Header values as UTF-8, as aiohttp sends them (httpx encodes a str as ASCII: a customer's
+    key or path with an "é" raised UnicodeEncodeError)."""
+    return {k.encode(): v.encode("utf-8", "surrogateescape") for k, v in headers.items()}
 
 
 def encode(body: Any) -> bytes:
