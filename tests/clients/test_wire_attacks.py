@@ -6,6 +6,10 @@ still ends by its deadline), odd ids in paths, a path prefix, one client on two 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -57,14 +61,17 @@ class Relay:
     path ending in a ``lose`` entry is forwarded, then its connection closed with no answer
     (the sidecar acted, the answer is lost); ``silent`` never answers anything."""
 
-    def __init__(self, sidecar: Sidecar, prefix: str = "") -> None:
+    def __init__(
+        self, sidecar: Sidecar, prefix: str = "", tls: ssl.SSLContext | None = None
+    ) -> None:
         self.sidecar = sidecar
         self.prefix = prefix
         self.lose: set[str] = set()
         self.silent = False
         self.seen: list[str] = []
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}{prefix}"
+        self.tls = tls
+        self.url = f"http{'s' if tls else ''}://127.0.0.1:{self.port}{prefix}"
         self.runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -97,7 +104,7 @@ class Relay:
             self.runner = web.AppRunner(web.Application())
             self.runner.app.router.add_route("*", "/{tail:.*}", self.handle)
             await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+            await web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=self.tls).start()
 
         self.sidecar._run(up())
 
@@ -183,3 +190,69 @@ async def test_a_header_with_a_control_character_is_an_invalid_request_never_sen
     ):
         s.balance("crlf")
     assert relay.seen == []
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A private CA (ca.pem) and 127.0.0.1's certificate it signed (cert.pem, key.pem)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: the HTTPS test makes its CA with it")
+    d = tmp_path_factory.mktemp("tls")
+    (d / "leaf.cnf").write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "authorityKeyIdentifier=keyid,issuer\nkeyUsage=digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+    )
+    for args in (
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem",
+        "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr",
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1"
+        " -extfile leaf.cnf -out cert.pem",
+    ):
+        subprocess.run([openssl, *args.split()], cwd=d, check=True, capture_output=True)
+    return d / "ca.pem", d / "cert.pem", d / "key.pem"
+
+
+@pytest.fixture
+def https_relay(shared: Sidecar, tls_files: tuple[Path, Path, Path]) -> Iterator[Relay]:
+    _, cert, key = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    r = Relay(shared, tls=context)
+    r.start()
+    yield r
+    r.stop()
+
+
+async def test_an_https_sidecar_signed_by_the_ca_in_ssl_cert_file_is_trusted(
+    admin: Client,
+    https_relay: Relay,
+    tls_files: tuple[Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SSL_CERT_FILE names the CA of a private sidecar's certificate, as it did before the
+    clients stopped reading proxies from the environment (trust_env=False)."""
+    acct = f"wa-{uuid.uuid4().hex[:8]}"
+    funded(admin, acct, 3)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_files[0]))
+    with Client(https_relay.url, ADMIN, max_attempts=1) as s:
+        assert s.balance(acct).balance == 3
+    # aiohttp's default TLS context is made at its import: the async client in a process whose
+    # environment names the CA from its start, as an app's does
+    script = (
+        "import asyncio, sys\n"
+        "from credit_sidecar import AsyncClient\n"
+        "async def main():\n"
+        "    async with AsyncClient(sys.argv[1], sys.argv[2], max_attempts=1) as c:\n"
+        "        print((await c.balance(sys.argv[3])).balance)\n"
+        "asyncio.run(main())\n"
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", script, https_relay.url, ADMIN, acct],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "3"), done.stderr

@@ -62,7 +62,14 @@ class HttpxWire:
     """The sync client's wire."""
 
     def __init__(self, base_url: str, transport: httpx.BaseTransport | None) -> None:
-        self._http = httpx.Client(base_url=base_url, transport=transport, trust_env=False)
+        # the environment's proxies are not used (as aiohttp, the async client's wire), but
+        # SSL_CERT_FILE / SSL_CERT_DIR still name a private sidecar's CA, as before
+        self._http = httpx.Client(
+            base_url=base_url,
+            transport=transport,
+            trust_env=False,
+            verify=httpx.create_ssl_context(trust_env=True),
+        )
 
     def request(
         self,
