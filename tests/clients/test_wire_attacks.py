@@ -21,7 +21,13 @@ import redis as redis_sync
 from aiohttp import web
 from pydantic import SecretStr
 
-from credit_sidecar import AsyncClient, Client, InvalidRequest, SidecarUnavailable
+from credit_sidecar import (
+    AsyncClient,
+    Client,
+    CreditSidecarError,
+    InvalidRequest,
+    SidecarUnavailable,
+)
 from sidecar.redis.embedded import RedisServer
 from sidecar.settings import Settings
 from tests.clients.conftest import Sidecar, funded
@@ -67,6 +73,7 @@ class Relay:
         self.sidecar = sidecar
         self.prefix = prefix
         self.lose: set[str] = set()
+        self.redirect: set[str] = set()  # answered 307 to /elsewhere (same origin)
         self.silent = False
         self.seen: list[str] = []
         self.port = free_port()
@@ -79,6 +86,8 @@ class Relay:
         self.seen.append(f"{request.method} {request.raw_path}")
         if self.silent:
             await asyncio.sleep(1)
+        if any(request.path.endswith(p) for p in self.redirect):
+            raise web.HTTPTemporaryRedirect(f"{self.prefix}/elsewhere")
         if not request.raw_path.startswith(self.prefix + "/"):
             return web.json_response({"error": {"code": "not_found"}}, status=404)
         path = request.raw_path.removeprefix(self.prefix)
@@ -256,3 +265,16 @@ async def test_an_https_sidecar_signed_by_the_ca_in_ssl_cert_file_is_trusted(
         timeout=60,
     )
     assert (done.returncode, done.stdout.strip()) == (0, "3"), done.stderr
+
+
+async def test_a_redirect_is_not_followed_by_either_client(relay: Relay) -> None:
+    """As httpx (the sync client) and node:http: a 307 from whatever answers at the sidecar's
+    address is an error, never the check sent on to another address."""
+    relay.redirect.add("/v1/check")
+    async with AsyncClient(relay.url, SERVICE, verify_sidecar=False) as c:
+        with pytest.raises(CreditSidecarError) as e:
+            await c.check("acme", 1)
+    assert e.value.status == 307
+    with Client(relay.url, SERVICE, verify_sidecar=False) as s, pytest.raises(CreditSidecarError):
+        s.check("acme", 1)
+    assert not any("/elsewhere" in seen for seen in relay.seen), relay.seen

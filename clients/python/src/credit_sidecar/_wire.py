@@ -180,8 +180,15 @@ class AiohttpWire:
         url = URL(self.base_url + path, encoded=True)
         limits = aiohttp.ClientTimeout(total=limit_s, connect=limit_s)
         try:
+            # a redirect is answered as it is (as httpx and node:http): a check is never sent on
             async with session.request(
-                method, url, headers=headers, data=content, params=params, timeout=limits
+                method,
+                url,
+                headers=headers,
+                data=content,
+                params=params,
+                timeout=limits,
+                allow_redirects=False,
             ) as r:
                 return Answer(r.status, r.headers, await r.read())
         except aiohttp.ClientConnectorError as e:  # the connection was never made
