@@ -6,6 +6,7 @@ still ends by its deadline), odd ids in paths, a path prefix, one client on two 
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import ssl
 import subprocess
@@ -278,3 +279,21 @@ async def test_a_redirect_is_not_followed_by_either_client(relay: Relay) -> None
     with Client(relay.url, SERVICE, verify_sidecar=False) as s, pytest.raises(CreditSidecarError):
         s.check("acme", 1)
     assert not any("/elsewhere" in seen for seen in relay.seen), relay.seen
+
+
+def test_a_client_used_on_many_event_loops_keeps_no_session_of_a_finished_one(
+    shared: Sidecar,
+) -> None:
+    """A sync app calling asyncio.run(client.check(...)) per request, with one client: each
+    loop's session is let go when the next loop comes, never kept until the client goes."""
+
+    async def one(c: AsyncClient) -> None:
+        await c.list_plans()
+
+    c = AsyncClient(shared.url, ADMIN, verify_sidecar=False)
+    for _ in range(30):
+        asyncio.run(one(c))
+    gc.collect()
+    sessions = [o for o in gc.get_objects() if isinstance(o, aiohttp.ClientSession)]
+    assert len(sessions) <= 1, len(sessions)
+    asyncio.run(c.aclose())

@@ -141,6 +141,11 @@ class AiohttpWire:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        # the current session, let go at exit by one finalizer (a client never closed, an app's
+        # for its lifetime: its connections, without aiohttp's "unclosed session" warnings);
+        # one per session kept each finished loop's session for the client's life
+        self._current_session: list[aiohttp.ClientSession] = []
+        weakref.finalize(self, _let_go_all, self._current_session)
 
     def _current(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -160,9 +165,7 @@ class AiohttpWire:
             # delete_plan) would be; the client's own retry rule decides alone (aiohttp >= 3.11)
             session._retry_connection = False
             self._loop = loop
-            # a client never closed (an app's, for its lifetime) lets go of its connections
-            # at exit without aiohttp's "unclosed session" warnings
-            weakref.finalize(self, _let_go, session)
+            self._current_session[:] = [session]
         return self._session
 
     async def request(
@@ -201,8 +204,14 @@ class AiohttpWire:
     async def aclose(self) -> None:
         self._closed = True
         session, self._session = self._session, None
+        self._current_session.clear()
         if session is not None and not session.closed:
             await session.close()
+
+
+def _let_go_all(sessions: list[aiohttp.ClientSession]) -> None:
+    for session in sessions:
+        _let_go(session)
 
 
 def _let_go(session: aiohttp.ClientSession) -> None:
