@@ -403,3 +403,69 @@ async def test_two_checks_by_api_key_in_one_request_with_a_request_id(
         r = await get(app, "/both", x_api_key=key, x_request_id="keyed-both")
         assert r.status_code == 200, r.text
     assert admin.balance(acct).balance == 94
+
+
+UNSENDABLE = [  # (path, key suffix): what no header may carry, and what httpx cannot encode
+    ("/a%00", ""),
+    ("/a%0D%0AX-Credits-Cost:%200", ""),
+    ("/a%7F", ""),
+    ("/a%C3%A9", ""),
+    ("/a", "\x01"),
+    ("/a", "\x7f"),
+    ("/a", "\xe9"),
+]
+
+
+def keyed(admin: Client) -> tuple[str, str]:
+    acct = fresh(admin, 10)
+    key = admin.create_key(acct, name="k").key
+    assert key is not None
+    return acct, key
+
+
+def charged_or_refused(admin: Client, acct: str, status: int, text: str) -> None:
+    """Never the app's 500, never let through uncharged (fail_open must not cover a bad input)."""
+    balance = admin.balance(acct).balance
+    assert status < 500, (status, balance, text)
+    if status < 400:
+        assert balance == 9, (status, balance, text)
+
+
+@pytest.mark.parametrize("path,suffix", UNSENDABLE)
+async def test_a_request_whose_uri_or_key_cannot_be_a_header_is_charged_or_refused(
+    admin: Client, shared: Sidecar, path: str, suffix: str
+) -> None:
+    acct, key = keyed(admin)
+    app = FastAPI()
+    app.add_middleware(
+        CreditsMiddleware,
+        client=AsyncClient(shared.url, SERVICE, failure_policy="fail_open"),
+        api_key=lambda c: c.headers.get("x-api-key"),
+        default_cost=1,
+    )
+
+    @app.get("/{p:path}")
+    async def anything(p: str) -> dict[str, str]:
+        return {"ok": "ran"}
+
+    r = await get(app, path, x_api_key=key + suffix)
+    charged_or_refused(admin, acct, r.status_code, r.text)
+
+
+@pytest.mark.parametrize("path,suffix", UNSENDABLE)
+def test_flask_a_request_whose_uri_or_key_cannot_be_a_header_is_charged_or_refused(
+    admin: Client, shared: Sidecar, path: str, suffix: str
+) -> None:
+    acct, key = keyed(admin)
+    app = Flask(__name__)
+    with Client(shared.url, SERVICE, failure_policy="fail_open") as client:
+        FlaskCredits(
+            app, client=client, api_key=lambda r: r.headers.get("x-api-key"), default_cost=1
+        )
+
+        @app.get("/<path:p>")
+        def anything(p: str) -> dict[str, str]:
+            return {"ok": "ran"}
+
+        r = app.test_client().get(path, headers={"X-Api-Key": key + suffix})
+        charged_or_refused(admin, acct, r.status_code, r.get_data(as_text=True))

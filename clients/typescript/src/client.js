@@ -4,7 +4,7 @@
 import { InvalidRequest, IncompatibleSidecar, SidecarUnavailable, errorFor } from "./errors.js";
 import { Meter } from "./meter.js";
 import { nodeFetch } from "./nodewire.js";
-import { RETRYABLE_STATUS, dropUndefined, failOpen, send, uuid } from "./transport.js";
+import { RETRYABLE_STATUS, dropUndefined, failOpen, rawUri, send, uuid } from "./transport.js";
 import { SUPPORTED_SIDECAR, VERSION, satisfies } from "./version.js";
 
 function pathPart(value, name) {
@@ -183,7 +183,7 @@ export class CreditSidecar {
       signal,
       headers: dropUndefined({
         "x-forwarded-method": method,
-        "x-forwarded-uri": path,
+        "x-forwarded-uri": rawUri(path),
         "x-request-id": requestId ?? uuid(),
       }),
     });

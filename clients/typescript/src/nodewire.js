@@ -4,16 +4,21 @@
 // request (`make bench-middleware`). Elsewhere (Deno, Bun, edge runtimes, a browser), or on a Node
 // without process.getBuiltinModule (before 20.16), the client uses the runtime's fetch.
 
+const sharedAgents = {};
+
 /** A fetch-shaped function over node:http(s), or null where the runtime's fetch is the wire. */
 export function nodeFetch({ maxSockets = 100 } = {}) {
   const isNode = globalThis.process?.release?.name === "node" && !globalThis.Deno && !globalThis.Bun;
   const load = isNode ? globalThis.process.getBuiltinModule : undefined;
   if (typeof load !== "function") return null;
   const modules = { "http:": load("node:http"), "https:": load("node:https") };
-  const agents = {};
-  // lifo: the socket used last is used next, so idle ones age out at the server, not mid-call
-  const agentFor = (protocol) =>
-    (agents[protocol] ??= new modules[protocol].Agent({ keepAlive: true, maxSockets, scheduling: "lifo" }));
+  // the process's clients share their agents, as fetch's global pool: a client made per call
+  // (or per token) reuses the kept-alive connections, never leaves one idle socket of its own
+  const agentFor = (protocol) => {
+    const key = `${protocol}${maxSockets}`;
+    // lifo: the socket used last is used next, so idle ones age out at the server, not mid-call
+    return (sharedAgents[key] ??= new modules[protocol].Agent({ keepAlive: true, maxSockets, scheduling: "lifo" }));
+  };
 
   return function fetchOverNodeHttp(target, { method = "GET", headers = {}, body, signal } = {}) {
     return new Promise((resolve, reject) => {

@@ -4,10 +4,22 @@
 // a typed error; and the failure policy (fail_open lets a check or hold through uncharged when
 // the sidecar is unavailable).
 
-import { IncompatibleSidecar, SidecarUnavailable, errorFor } from "./errors.js";
+import { IncompatibleSidecar, InvalidRequest, SidecarUnavailable, errorFor } from "./errors.js";
 import { SUPPORTED_SIDECAR } from "./version.js";
 
 export const RETRYABLE_STATUS = new Set([502, 503, 504]);
+// what node:http and fetch refuse in a header value (RFC 9110 5.5; a ByteString)
+const UNSENDABLE = /[^\t\x20-\x7e\x80-\xff]/;
+
+// what a request's raw URI never holds: an app's decoded path ("/a%00" decoded is "/a\0")
+const NOT_IN_A_URI = /[\x00-\x20\x7f-\uffff]+/g;
+
+/** The URI as a proxy sends it: controls, spaces and non-ASCII percent-encoded (UTF-8). */
+export function rawUri(uri) {
+  return String(uri).replace(NOT_IN_A_URI, (run) =>
+    Array.from(new TextEncoder().encode(run), (b) => `%${b.toString(16).toUpperCase().padStart(2, "0")}`).join(""),
+  );
+}
 
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -60,6 +72,17 @@ export async function send(client, { fetch, url, auth }, method, path, { body, q
     }),
     body: body === undefined ? undefined : JSON.stringify(body),
   };
+  // a value no header may carry (a control, or past Latin-1): never sent, and never "unavailable"
+  // (retried, and let through under fail_open), as the sidecar answers a bad header: a 400
+  for (const [name, value] of Object.entries(init.headers)) {
+    if (UNSENDABLE.test(String(value))) {
+      throw new InvalidRequest(`${method} ${path}: ${name} has a character no header may carry`, {
+        status: 400,
+        code: "invalid_header",
+        field: name,
+      });
+    }
+  }
   const attempts = retry ? client.retries + 1 : 1;
   // the whole call, attempts and backoff included, ends by the deadline
   const end = performance.now() + client.deadlineMs;

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
@@ -20,6 +21,8 @@ log = logging.getLogger("credit_sidecar")
 
 FailurePolicy = Literal["fail_closed", "fail_open"]
 RETRY_STATUSES = frozenset({502, 503, 504})
+# what no HTTP header value may carry (RFC 9110 5.5: no controls but the tab)
+_UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class Base:
@@ -67,6 +70,16 @@ class Base:
         if call.reason is not None:
             headers["X-Audit-Reason"] = call.reason
         headers.update(call.headers)
+        for name, value in headers.items():
+            if _UNSENDABLE.search(value):
+                # never sent, and never "unavailable" (fail_open would let it through): a
+                # customer's API key or request id with a control character is refused
+                raise errors.InvalidRequest(
+                    f"{call.method} {call.template}: {name} has a control character",
+                    status=400,
+                    code="invalid_header",
+                    field=name,
+                )
         content = None
         if call.body is not None:
             content = encode(call.body)

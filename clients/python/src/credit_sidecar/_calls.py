@@ -5,6 +5,7 @@ async client alike. A mutation carries its idempotency key in the body; a builde
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -363,12 +364,22 @@ def authorize(
     headers = {
         "Authorization": f"Bearer {api_key}",
         "X-Forwarded-Method": method,
-        "X-Forwarded-Uri": uri,
+        "X-Forwarded-Uri": raw_uri(uri),
         "X-Request-Id": request_id or new_key(),
     }
     if cost is not None:
         headers["X-Credits-Cost"] = str(cost)  # honoured with SIDECAR_TRUST_COST_HEADER=true
     return Call("auth_forward_get", _authorized, headers=headers, read_headers=True)
+
+
+# what a request's raw URI never holds: a middleware's path is decoded ("/a%00" is "/a\x00")
+_NOT_IN_A_URI = re.compile(r"[\x00-\x20\x7f-\U0010ffff]+")
+
+
+def raw_uri(uri: str) -> str:
+    """The URI as a proxy sends it: controls, spaces and non-ASCII percent-encoded (UTF-8), so
+    it can be a header's value and the sidecar prices the path the request named."""
+    return _NOT_IN_A_URI.sub(lambda c: quote(c.group(), safe="", errors="surrogatepass"), uri)
 
 
 def _spec(data: Any) -> dict[str, Any]:

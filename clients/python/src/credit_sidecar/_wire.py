@@ -62,7 +62,14 @@ class HttpxWire:
     """The sync client's wire."""
 
     def __init__(self, base_url: str, transport: httpx.BaseTransport | None) -> None:
-        self._http = httpx.Client(base_url=base_url, transport=transport, trust_env=False)
+        # the environment's proxies are not used (as aiohttp, the async client's wire), but
+        # SSL_CERT_FILE / SSL_CERT_DIR still name a private sidecar's CA, as before
+        self._http = httpx.Client(
+            base_url=base_url,
+            transport=transport,
+            trust_env=False,
+            verify=httpx.create_ssl_context(trust_env=True),
+        )
 
     def request(
         self,
@@ -76,7 +83,12 @@ class HttpxWire:
     ) -> Answer:
         try:
             response = self._http.request(
-                method, path, headers=headers, content=content, params=params, timeout=limit_s
+                method,
+                path,
+                headers=_utf8(headers),
+                content=content,
+                params=params,
+                timeout=limit_s,
             )
         except httpx.TransportError as e:
             raise NoAnswer(e, not_sent=isinstance(e, _HTTPX_NOT_SENT)) from e
@@ -104,7 +116,12 @@ class AsyncHttpxWire:
     ) -> Answer:
         try:
             response = await self._http.request(
-                method, path, headers=headers, content=content, params=params, timeout=limit_s
+                method,
+                path,
+                headers=_utf8(headers),
+                content=content,
+                params=params,
+                timeout=limit_s,
             )
         except httpx.TransportError as e:
             raise NoAnswer(e, not_sent=isinstance(e, _HTTPX_NOT_SENT)) from e
@@ -124,6 +141,11 @@ class AiohttpWire:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        # the current session, let go at exit by one finalizer (a client never closed, an app's
+        # for its lifetime: its connections, without aiohttp's "unclosed session" warnings);
+        # one per session kept each finished loop's session for the client's life
+        self._current_session: list[aiohttp.ClientSession] = []
+        weakref.finalize(self, _let_go_all, self._current_session)
 
     def _current(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -138,10 +160,12 @@ class AiohttpWire:
                 auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding",),
             )
+            # aiohttp sends a GET, PUT or DELETE again when its connection drops before the
+            # answer: a request the client does not send again once it may have landed (a
+            # delete_plan) would be; the client's own retry rule decides alone (aiohttp >= 3.11)
+            session._retry_connection = False
             self._loop = loop
-            # a client never closed (an app's, for its lifetime) lets go of its connections
-            # at exit without aiohttp's "unclosed session" warnings
-            weakref.finalize(self, _let_go, session)
+            self._current_session[:] = [session]
         return self._session
 
     async def request(
@@ -159,8 +183,15 @@ class AiohttpWire:
         url = URL(self.base_url + path, encoded=True)
         limits = aiohttp.ClientTimeout(total=limit_s, connect=limit_s)
         try:
+            # a redirect is answered as it is (as httpx and node:http): a check is never sent on
             async with session.request(
-                method, url, headers=headers, data=content, params=params, timeout=limits
+                method,
+                url,
+                headers=headers,
+                data=content,
+                params=params,
+                timeout=limits,
+                allow_redirects=False,
             ) as r:
                 return Answer(r.status, r.headers, await r.read())
         except aiohttp.ClientConnectorError as e:  # the connection was never made
@@ -173,8 +204,14 @@ class AiohttpWire:
     async def aclose(self) -> None:
         self._closed = True
         session, self._session = self._session, None
+        self._current_session.clear()
         if session is not None and not session.closed:
             await session.close()
+
+
+def _let_go_all(sessions: list[aiohttp.ClientSession]) -> None:
+    for session in sessions:
+        _let_go(session)
 
 
 def _let_go(session: aiohttp.ClientSession) -> None:
@@ -188,6 +225,12 @@ def _let_go(session: aiohttp.ClientSession) -> None:
         # on a closed loop) and marks the connector closed; nothing is left to await
         with contextlib.suppress(RuntimeError):
             connector._close()
+
+
+def _utf8(headers: Mapping[str, str]) -> dict[bytes, bytes]:
+    """Header values as UTF-8, as aiohttp sends them (httpx encodes a str as ASCII: a customer's
+    key or path with an "é" raised UnicodeEncodeError)."""
+    return {k.encode(): v.encode("utf-8", "surrogateescape") for k, v in headers.items()}
 
 
 def encode(body: Any) -> bytes:

@@ -73,7 +73,8 @@ class AsyncClient(Base):
             else AsyncHttpxWire(self.base_url, transport)
         )
 
-    _compat_lock: asyncio.Lock | None = None
+    # the first read of the sidecar's spec, shared by the calls that need it while it runs
+    _compat_read: asyncio.Task[str] | None = None
 
     async def aclose(self) -> None:
         await self._wire.aclose()
@@ -86,11 +87,15 @@ class AsyncClient(Base):
 
     async def _send(self, call: calls.Call[T]) -> T:
         if self.verify_sidecar and self._operations is None and call.op != "openapi":
-            # once: an app's first burst of requests waits for one read of the spec
-            self._compat_lock = self._compat_lock or asyncio.Lock()
-            async with self._compat_lock:
-                if self._operations is None:
-                    await self.check_compatibility()
+            # once: an app's first burst of requests waits for one read of the spec, and shares
+            # its failure (each call still ends by its deadline, not after the others' reads)
+            loop = asyncio.get_running_loop()
+            read = self._compat_read
+            if read is None or read.done() or read.get_loop() is not loop:
+                read = self._compat_read = loop.create_task(self.check_compatibility())
+                read.add_done_callback(_retrieved)
+            # shielded: a caller cancelled (its client gone) leaves the read to the others
+            await asyncio.shield(read)
         self._require(call)
         loop = asyncio.get_running_loop()
         end = loop.time() + self.deadline
@@ -364,3 +369,9 @@ class AsyncClient(Base):
 
     async def revoke_token(self, token_id: str, *, reason: str | None = None) -> Token:
         return await self._send(calls.revoke_token(token_id, reason))
+
+
+def _retrieved(read: asyncio.Task[str]) -> None:
+    """A read whose every caller was cancelled fails unseen, not as "never retrieved"."""
+    if not read.cancelled():
+        read.exception()
