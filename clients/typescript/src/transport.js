@@ -106,10 +106,13 @@ export async function send(client, { fetch, url, auth }, method, path, { body, q
     let response;
     try {
       // called as a plain function: a browser's window.fetch refuses any other `this`
-      response = await fetch.call(undefined, target, {
-        ...init,
-        signal: combineSignals(AbortSignal.timeout(Math.ceil(limit)), signal),
-      });
+      response = await fetch.call(
+        undefined,
+        target,
+        fetch.takesTimeoutMs // nodewire.js times the exchange itself
+          ? { ...init, signal, timeoutMs: Math.ceil(limit) }
+          : { ...init, signal: combineSignals(AbortSignal.timeout(Math.ceil(limit)), signal) },
+      );
     } catch (cause) {
       if (signal?.aborted) throw cause;
       const timedOut = cause?.name === "TimeoutError";
@@ -132,9 +135,11 @@ export async function send(client, { fetch, url, auth }, method, path, { body, q
       continue;
     }
     let parsed = null;
+    let json = false; // the body is JSON (else `parsed` stands in for it)
     if (text) {
       try {
         parsed = JSON.parse(text);
+        json = true;
       } catch {
         parsed = { error: { code: `http_${response.status}`, message: text.slice(0, 200) } };
       }
@@ -143,7 +148,7 @@ export async function send(client, { fetch, url, auth }, method, path, { body, q
     if (response.ok) {
       // a 2xx that is not the sidecar's JSON (an HTML page, no body: a wrong URL, a proxy in
       // between) says nothing about the call: the sidecar is unavailable, never a success
-      if (parsed === null || typeof parsed !== "object" || (text && !isJson(text))) {
+      if (parsed === null || typeof parsed !== "object" || !json) {
         throw new SidecarUnavailable(`${method} ${path}: ${response.status} without the sidecar's answer`, {
           status: response.status,
           code: "unreachable",
@@ -165,15 +170,6 @@ export async function send(client, { fetch, url, auth }, method, path, { body, q
     throw error;
   }
   throw last ?? new SidecarUnavailable(`${method} ${path}: aborted`, { code: "aborted" });
-}
-
-function isJson(text) {
-  try {
-    JSON.parse(text);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The failure policy: under fail_open an unavailable sidecar lets `what` through as `result`; else throws. */

@@ -3,9 +3,10 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import http from "node:http";
 
 import { CreditSidecar, InvalidRequest } from "../src/index.js";
-import { ADMIN_TOKEN, SERVICE_TOKEN, account, balanceOf, droppingRelay, quiet } from "./helpers.js";
+import { ADMIN_TOKEN, SERVICE_TOKEN, account, balanceOf, droppingRelay, quiet, service } from "./helpers.js";
 
 test("nodewire: clients made one after another share one kept-alive connection", async () => {
   const id = await account(5);
@@ -43,4 +44,24 @@ test("authorize: a decoded path is sent percent-encoded: charged, or refused (a 
     await assert.rejects(client.authorize({ apiKey: key, path }), (e) => e instanceof InvalidRequest && e.status === 400);
   }
   assert.equal(await balanceOf(id), 8);
+});
+
+test("the caller's signal stops a call on the Node wire at once, with its reason, and no retry", async () => {
+  let requests = 0;
+  const silent = http.createServer(() => (requests += 1)); // accepts, never answers
+  await new Promise((r) => silent.listen(0, "127.0.0.1", r));
+  try {
+    const c = service({ url: `http://127.0.0.1:${silent.address().port}`, timeoutMs: 5000, retries: 3 });
+    const ctl = new AbortController();
+    setTimeout(() => ctl.abort(new Error("the app gave up")), 50);
+    await assert.rejects(c.check({ account: "ts-x", cost: 1, signal: ctl.signal }), /the app gave up/);
+    assert.equal(requests, 1);
+    const already = new AbortController();
+    already.abort(new Error("before it started"));
+    await assert.rejects(c.check({ account: "ts-x", cost: 1, signal: already.signal }), /before it started/);
+    assert.equal(requests, 1);
+  } finally {
+    silent.closeAllConnections();
+    silent.close();
+  }
 });
