@@ -58,7 +58,13 @@ from tests.conftest import ADMIN, SERVICE, admin, premigrated, service
 from tests.http.test_console import chromium
 from tests.ports import free_port
 
-pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
+# sql_bystander: its subject is the pages in a browser (what they show, the forms, the keyboard,
+# the audit); the portal API they call runs on both SQL backends in its own tests
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.sql_bystander,
+    pytest.mark.asyncio(loop_scope="module"),
+]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
 HTML_LIKE = "<img src=x onerror=alert(1)>"
