@@ -5,13 +5,16 @@ stoppable mid-test (the failure policies)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as redis_sync
 from aiohttp import web
+from pydantic import SecretStr
 
 from credit_sidecar import Client
 from sidecar.http.app import create_app
@@ -59,15 +62,35 @@ class Sidecar:
         self.loop.close()
 
 
-@pytest.fixture
-def sidecar(settings: Settings, redis_server: RedisServer) -> Iterator[Sidecar]:
+@contextlib.contextmanager
+def serving(settings: Settings, redis_server: RedisServer) -> Iterator[Sidecar]:
+    """A sidecar with ``settings`` on ``redis_server``, flushed first, until the block ends."""
     r = redis_sync.Redis.from_url(redis_server.url)
     r.flushall()
     r.close()
     s = Sidecar(settings)
     s.start()
-    yield s
-    s.close()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def redis_only(redis_server: RedisServer, data_dir: Path, **more: Any) -> Settings:
+    """Settings of a sidecar answering from Redis alone: the writer and billing worker off."""
+    return Settings(
+        redis_url=redis_server.url,
+        admin_token=SecretStr(ADMIN),
+        service_token=SecretStr(SERVICE),
+        data_dir=data_dir,
+        **({"writer": "off", "billing_worker": "off"} | more),
+    )
+
+
+@pytest.fixture
+def sidecar(settings: Settings, redis_server: RedisServer) -> Iterator[Sidecar]:
+    with serving(settings, redis_server) as s:
+        yield s
 
 
 @pytest.fixture

@@ -16,19 +16,16 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
-import redis as redis_sync
 from aiohttp import web
 from fastapi import Depends, FastAPI
 from flask import Flask
-from pydantic import SecretStr
 
 from credit_sidecar import AsyncClient, Client
 from credit_sidecar.middleware.asgi import CreditsMiddleware, RequireCredits
 from credit_sidecar.middleware.flask import FlaskCredits, require_credits
 from credit_sidecar.streaming import MeteredStreamingResponse
 from sidecar.redis.embedded import RedisServer
-from sidecar.settings import Settings
-from tests.clients.conftest import Sidecar, funded
+from tests.clients.conftest import Sidecar, funded, redis_only, serving
 from tests.conftest import ADMIN, SERVICE, premigrated
 from tests.ports import free_port
 
@@ -37,22 +34,10 @@ from tests.ports import free_port
 def shared(
     redis_server: RedisServer, sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Sidecar]:
-    r = redis_sync.Redis.from_url(redis_server.url)
-    r.flushall()
-    r.close()
-    settings = Settings(
-        redis_url=redis_server.url,
-        admin_token=SecretStr(ADMIN),
-        service_token=SecretStr(SERVICE),
-        data_dir=premigrated(sqlite_template, tmp_path_factory.mktemp("attacks")),
-        writer="off",
-        billing_worker="off",
-        trust_cost_header=True,  # the api_key= middleware prices its routes
-    )
-    s = Sidecar(settings)
-    s.start()
-    yield s
-    s.close()
+    data_dir = premigrated(sqlite_template, tmp_path_factory.mktemp("attacks"))
+    # trust_cost_header: the api_key= middleware prices its routes
+    with serving(redis_only(redis_server, data_dir, trust_cost_header=True), redis_server) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

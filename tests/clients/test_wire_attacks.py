@@ -18,9 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import redis as redis_sync
 from aiohttp import web
-from pydantic import SecretStr
 
 from credit_sidecar import (
     AsyncClient,
@@ -30,8 +28,7 @@ from credit_sidecar import (
     SidecarUnavailable,
 )
 from sidecar.redis.embedded import RedisServer
-from sidecar.settings import Settings
-from tests.clients.conftest import Sidecar, funded
+from tests.clients.conftest import Sidecar, funded, redis_only, serving
 from tests.conftest import ADMIN, SERVICE, premigrated
 from tests.ports import free_port
 
@@ -40,21 +37,9 @@ from tests.ports import free_port
 def shared(
     redis_server: RedisServer, sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Sidecar]:
-    r = redis_sync.Redis.from_url(redis_server.url)
-    r.flushall()
-    r.close()
-    settings = Settings(
-        redis_url=redis_server.url,
-        admin_token=SecretStr(ADMIN),
-        service_token=SecretStr(SERVICE),
-        data_dir=premigrated(sqlite_template, tmp_path_factory.mktemp("wire-attacks")),
-        writer="off",
-        billing_worker="off",
-    )
-    s = Sidecar(settings)
-    s.start()
-    yield s
-    s.close()
+    data_dir = premigrated(sqlite_template, tmp_path_factory.mktemp("wire-attacks"))
+    with serving(redis_only(redis_server, data_dir), redis_server) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis as redis_sync
-from pydantic import SecretStr
 
 from credit_sidecar import Client
 from sidecar.redis.embedded import RedisServer
-from sidecar.settings import Settings
-from tests.clients.conftest import Sidecar
+from tests.clients.conftest import Sidecar, redis_only, serving
 from tests.conftest import ADMIN, SERVICE, premigrated
 from tests.ports import free_port
 
@@ -34,25 +31,14 @@ FUNDED, BROKE = "demo-key-acme", "demo-key-broke"  # the examples' DEMO_KEYS
 def sidecar(
     redis_server: RedisServer, sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Sidecar]:
-    r = redis_sync.Redis.from_url(redis_server.url)
-    r.flushall()
-    r.close()
-    settings = Settings(
-        redis_url=redis_server.url,
-        admin_token=SecretStr(ADMIN),
-        service_token=SecretStr(SERVICE),
-        data_dir=premigrated(sqlite_template, tmp_path_factory.mktemp("examples")),
-        writer="off",  # balances and holds come from Redis
-        billing_worker="off",
-    )
-    s = Sidecar(settings)
-    s.start()
-    with Client(s.url, ADMIN) as admin:
-        admin.put_account("acme", {})
-        admin.grant("acme", 1000, source="purchase", grant_id="fund-acme")
-        admin.put_account("broke", {})
-    yield s
-    s.close()
+    data_dir = premigrated(sqlite_template, tmp_path_factory.mktemp("examples"))
+    # the writer is off: balances and holds come from Redis
+    with serving(redis_only(redis_server, data_dir), redis_server) as s:
+        with Client(s.url, ADMIN) as admin:
+            admin.put_account("acme", {})
+            admin.grant("acme", 1000, source="purchase", grant_id="fund-acme")
+            admin.put_account("broke", {})
+        yield s
 
 
 @pytest.fixture(scope="module")
