@@ -278,3 +278,12 @@ def test_a_sidecar_newer_than_the_client_warns_and_works(
     with Client(sidecar.url, SERVICE, supported_sidecar=("0.0.1", "0.1.0")) as c:
         assert c.check("acme", 1).balance == 99  # an upgraded sidecar must not stop the app
     assert "newer than this client" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "url", ["http://user:pass@127.0.0.1:8080", "ftp://127.0.0.1", "127.0.0.1:8080", "http://"]
+)
+def test_a_base_url_with_credentials_or_without_an_http_host_is_refused_at_once(url: str) -> None:
+    for make in (Client, AsyncClient):
+        with pytest.raises(ValueError, match="base_url"):
+            make(url, SERVICE)

@@ -9,6 +9,7 @@ import random
 import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from credit_sidecar import errors
 from credit_sidecar._calls import Call
@@ -44,6 +45,13 @@ class Base:
             raise ValueError("failure_policy must be 'fail_closed' or 'fail_open'")
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        url = urlsplit(base_url)
+        if url.scheme.lower() not in ("http", "https") or not url.hostname:
+            raise ValueError(f"base_url must be an http(s) URL with a host, not {base_url!r}")
+        if url.username is not None or url.password is not None:
+            # the sidecar authenticates by the token; user:pass@ would be sent (or not) by
+            # each HTTP library its own way
+            raise ValueError("base_url must not carry credentials (user:pass@): pass the token")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.deadline = deadline
